@@ -1,0 +1,365 @@
+"""Ports: what the core needs from the outside world, as ``typing.Protocol`` classes.
+
+Adapters in ``kici_adapters`` implement these (``PgInbox``, ``GitHubLockfileSource``, ...); working in-memory
+fakes live in ``kici_core.testing.fakes``. Methods take and return the domain records defined here and raise
+only documented :mod:`kici_core.errors` (``StorageUnavailable`` for any storage outage).
+
+Timestamps are timezone-aware ``datetime`` values in UTC. Ids are strings (UUID text where the database uses
+``uuid``); the core never generates them itself — callers pass ids in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+from kici_core.jsontypes import JSONObject, JSONValue
+
+DeliverySource = Literal["relay", "direct"]
+DeliveryStatus = Literal["received", "processed", "duplicate", "lockfile_missing", "lockfile_corrupt", "failed"]
+TERMINAL_DELIVERY_STATUSES: frozenset[str] = frozenset({"processed", "lockfile_missing", "lockfile_corrupt", "failed"})
+
+
+# --------------------------------------------------------------------------------------------- sources
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GitHubSource:
+    """A GitHub App registered as a webhook source (``sources`` row). Secrets live in the SecretStore under
+    org ``__system__``, scope ``__source__/<id>``, keys ``privateKey`` and ``webhookSecret``."""
+
+    id: str
+    routing_key: str  # "github:<appId>"
+    name: str
+    app_id: str
+    customer_id: str = "__default__"
+    api_url: str | None = None  # GitHub Enterprise API base; None = the configured default
+    slug: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenericSource:
+    """A generic or local webhook source (``generic_webhook_sources`` row). Its secret (HMAC secret, bearer
+    token or API key) lives in the SecretStore under org ``__system__``, scope ``__webhook__/<id>``; only
+    non-secret settings are in ``verification_config``."""
+
+    id: str
+    org_id: str
+    name: str
+    routing_key: str  # "generic:<orgId>:<id>"
+    provider_type: Literal["generic", "local"] = "generic"
+    verification_method: str = "hmac_sha256"
+    verification_config: JSONObject = field(default_factory=dict)
+    event_type_header: str | None = "X-Event-Type"
+    event_type_path: str | None = None
+    idempotency_key_header: str | None = None
+    idempotency_key_path: str | None = None
+    dedup_window_seconds: int = 300
+    max_payload_bytes: int = 1_048_576
+    allowed_events: tuple[str, ...] | None = None
+    enabled: bool = True
+    rate_limit_rpm: int = 600
+    git_config: JSONObject | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    deleted_at: datetime | None = None
+
+
+class SourceStore(Protocol):
+    """Webhook sources. Writes are visible to every reader at once (no restart, no stale cache)."""
+
+    async def add_github(self, source: GitHubSource) -> GitHubSource:
+        """Insert; raises ``Conflict`` when the routing key exists."""
+        ...
+
+    async def github_by_routing_key(self, routing_key: str) -> GitHubSource | None: ...
+
+    async def list_github(self) -> list[GitHubSource]: ...
+
+    async def update_github(self, source: GitHubSource) -> GitHubSource:
+        """Replace the mutable fields; raises ``NotFound``."""
+        ...
+
+    async def remove_github(self, routing_key: str) -> bool:
+        """Delete; True when a row was removed (idempotent)."""
+        ...
+
+    async def add_generic(self, source: GenericSource) -> GenericSource:
+        """Insert; raises ``Conflict`` when ``(org_id, name)`` exists among non-deleted sources."""
+        ...
+
+    async def generic_by_id(self, source_id: str) -> GenericSource | None: ...
+
+    async def generic_by_org_and_name(self, org_id: str, name: str) -> GenericSource | None:
+        """Non-deleted source by name (the URL segment), falling back to id when ``name`` is a UUID."""
+        ...
+
+    async def list_generic(self, org_id: str | None = None, *, include_deleted: bool = False) -> list[GenericSource]: ...
+
+    async def update_generic(self, source: GenericSource) -> GenericSource: ...
+
+    async def remove_generic(self, source_id: str, *, hard: bool = False) -> bool: ...
+
+
+# --------------------------------------------------------------------------------------------- secrets
+class SecretStore(Protocol):
+    """Encrypted scoped secrets. Values are plaintext only in memory; storage holds AES-256-GCM text."""
+
+    async def get(self, org_id: str, scope: str, key: str) -> str | None:
+        """The decrypted value, or None. Raises ``SecretDecryptError`` when the master key is wrong."""
+        ...
+
+    async def put(self, org_id: str, scope: str, key: str, value: str) -> None: ...
+
+    async def delete(self, org_id: str, scope: str, key: str | None = None) -> int:
+        """Delete one key, or the whole scope when ``key`` is None; returns rows removed."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- blobs
+class BlobStore(Protocol):
+    """Object storage for gzipped payloads and logs. ``put`` is durable when it returns."""
+
+    async def put(self, key: str, data: bytes) -> None: ...
+
+    async def get(self, key: str) -> bytes:
+        """Raises ``NotFound`` when the key does not exist."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def delete(self, key: str) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------- deliveries
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """A verified webhook delivery, about to be accepted durably."""
+
+    org_id: str
+    delivery_id: str
+    routing_key: str
+    event: str
+    action: str | None
+    source: DeliverySource
+    provider: str  # "github" | "generic" | "local"
+    body: bytes  # the payload bytes to store (JSON text)
+    received_at: datetime
+    repo_identifier: str | None = None
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcceptResult:
+    duplicate: bool
+    """True when ``(org_id, delivery_id)`` was already claimed; nothing was written."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboxItem:
+    """An accepted delivery claimed for processing under a lease."""
+
+    org_id: str
+    delivery_id: str
+    routing_key: str
+    event: str
+    action: str | None
+    source: DeliverySource
+    provider: str
+    payload_key: str | None
+    received_at: datetime
+    attempts: int  # processing attempts including this one
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NeedEdge:
+    upstream_name: str  # expanded upstream job name
+    run_on: tuple[str, ...]  # terminal job statuses that satisfy the edge
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    job_id: str
+    name: str  # expanded name (matrix children carry their suffix)
+    base_name: str
+    matrix_values: JSONObject | None
+    needs: tuple[NeedEdge, ...]
+    runs_on: tuple[JSONObject, ...]  # label matchers as in the lock file
+    exclude_labels: tuple[JSONObject, ...]
+    job_config: JSONObject  # the lock-file job (steps untouched) handed to the agent
+    runnable: bool  # no needs: enqueue for dispatch in the same transaction
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewRun:
+    run_id: str
+    workflow_name: str
+    provider: str
+    routing_key: str
+    repo_identifier: str | None
+    repo_url: str | None
+    ref: str | None
+    sha: str | None
+    trigger_decision: JSONObject
+    jobs: tuple[NewJob, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryOutcome:
+    """How processing ended; recorded on the event_log row."""
+
+    status: DeliveryStatus
+    matched_count: int = 0
+    repo_identifier: str | None = None
+    ref: str | None = None
+    error_message: str | None = None
+    decision_trace: JSONValue = None
+
+
+class DeliveryInbox(Protocol):
+    """Durable acceptance and the processing inbox (ARCHITECTURE §1-2)."""
+
+    async def accept(self, delivery: Delivery) -> AcceptResult:
+        """Store the gzipped payload object, then in ONE transaction claim ``(org_id, delivery_id)`` and insert
+        the event_log row (status ``received``) and the inbox row. Durable when it returns. A duplicate writes
+        nothing and returns ``duplicate=True``. Raises ``StorageUnavailable``."""
+        ...
+
+    async def claim(self, *, worker_id: str, limit: int, lease_seconds: float) -> list[InboxItem]:
+        """Claim up to ``limit`` unfinished deliveries whose lease is free or expired (``SKIP LOCKED``),
+        oldest first, incrementing their attempt count."""
+        ...
+
+    async def payload(self, item: InboxItem) -> bytes:
+        """The stored (un-gzipped) payload bytes. Raises ``NotFound``."""
+        ...
+
+    async def complete(self, item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun]) -> list[str]:
+        """In ONE transaction: create the runs with their jobs, needs edges and dispatch-queue rows for runnable
+        jobs (a run exists at most once per ``(delivery, workflow)``: re-completing creates none), write the
+        outcome on the event_log row, and finish the inbox row. Returns the run ids that exist for the delivery,
+        first first. Notifies dispatchers."""
+        ...
+
+    async def fail(self, item: InboxItem, error: str, *, retry_after: float | None) -> None:
+        """Release the lease after a failed attempt: retry after ``retry_after`` seconds, or (None) park it as
+        ``failed`` with ``error`` on the event_log row."""
+        ...
+
+    async def replay(self, org_id: str, delivery_id: str) -> bool:
+        """Put a stored delivery back in the inbox for processing again; False when unknown."""
+        ...
+
+    async def depth(self) -> int:
+        """Deliveries accepted and not yet finished."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- event log (read)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventLogEntry:
+    org_id: str
+    delivery_id: str
+    routing_key: str
+    event: str
+    action: str | None
+    source: DeliverySource
+    provider: str
+    repo_identifier: str | None
+    ref: str | None
+    payload_key: str | None
+    payload_omitted: bool
+    payload_omitted_reason: str | None
+    payload_size_bytes: int
+    payload_hash: str
+    matched_count: int
+    status: DeliveryStatus
+    run_id: str | None
+    error_message: str | None
+    received_at: datetime
+    decision_trace: JSONValue = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventLogQuery:
+    org_id: str | None = None
+    routing_key: str | None = None
+    event: str | None = None
+    action: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    delivery_id_contains: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+class EventLog(Protocol):
+    async def list(self, query: EventLogQuery) -> tuple[list[EventLogEntry], int]:
+        """Entries newest first, and the total matching count."""
+        ...
+
+    async def get(self, org_id: str | None, delivery_id: str) -> EventLogEntry | None:
+        """One entry; with ``org_id`` None the newest entry with that delivery id."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- providers
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockfileFetch:
+    """Result of a lock-file fetch: ``content`` None means the file does not exist (HTTP 404)."""
+
+    content: bytes | None
+    cached: bool = False
+
+
+class LockfileSource(Protocol):
+    async def fetch_lockfile(self, source: GitHubSource, repo: str, ref: str) -> LockfileFetch:
+        """Raw ``.kici/kici.lock.json`` at ``ref``. Raises ``UpstreamUnavailable`` on persistent 401/403/5xx or
+        network errors (after retries) and ``InvalidInput`` when the file exceeds the size limit."""
+        ...
+
+
+class ChangedFilesSource(Protocol):
+    async def changed_files(self, source: GitHubSource, repo: str, *, base: str | None, head: str,
+                            pull_number: int | None = None) -> list[str]:
+        """Changed paths of a push (compare ``base...head``) or a pull request (PR files API)."""
+        ...
+
+
+class CloneTokenSource(Protocol):
+    async def clone_token(self, source: GitHubSource, repo: str) -> str | None:
+        """A short-lived token an agent may use to clone ``repo``; None when the provider needs none."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- clock
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current UTC time."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a monotonic clock, for deadlines."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- outbound links
+class AgentChannel(Protocol):
+    """The sockets of the agents connected to this process."""
+
+    async def send(self, agent_id: str, message: Mapping[str, JSONValue]) -> bool:
+        """Send one JSON message; False when the agent is not connected here."""
+        ...
+
+    async def close(self, agent_id: str, code: int, reason: str) -> None: ...
+
+
+class PlatformLink(Protocol):
+    """Messages for the Platform (platform/hybrid). ``send`` is durable: the message reaches the Platform
+    at least once, in order, across disconnects and restarts."""
+
+    async def send(self, message: Mapping[str, JSONValue]) -> None: ...

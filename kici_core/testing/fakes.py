@@ -1,0 +1,367 @@
+"""Working in-memory implementations of every port, with inspection fields for tests.
+
+They follow the same contracts as the PostgreSQL adapters (``tests/contract`` runs one suite against both), so a
+process wired with fakes behaves like one wired with PostgreSQL, minus durability.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+from kici_core import errors
+from kici_core.jsontypes import JSONValue
+from kici_core.keys import event_log_payload_key
+from kici_core.ports import (
+    TERMINAL_DELIVERY_STATUSES,
+    AcceptResult,
+    Delivery,
+    DeliveryOutcome,
+    EventLogEntry,
+    EventLogQuery,
+    GenericSource,
+    GitHubSource,
+    InboxItem,
+    LockfileFetch,
+    NewJob,
+    NewRun,
+)
+
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+        self._mono = 1000.0
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)
+        self._mono += seconds
+
+
+class FakeBlobStore:
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.fail_puts = False
+
+    async def put(self, key: str, data: bytes) -> None:
+        if self.fail_puts:
+            raise errors.StorageUnavailable("object storage unavailable")
+        self.objects[key] = bytes(data)
+
+    async def get(self, key: str) -> bytes:
+        try:
+            return self.objects[key]
+        except KeyError:
+            raise errors.NotFound(f"object not found: {key}") from None
+
+    async def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    async def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
+
+
+class FakeSecretStore:
+    """Keeps values in a dict; ``sealed`` shows what a real store would write (never the plaintext)."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str, str], str] = {}
+
+    async def get(self, org_id: str, scope: str, key: str) -> str | None:
+        return self.values.get((org_id, scope, key))
+
+    async def put(self, org_id: str, scope: str, key: str, value: str) -> None:
+        self.values[(org_id, scope, key)] = value
+
+    async def delete(self, org_id: str, scope: str, key: str | None = None) -> int:
+        doomed = [k for k in self.values if k[0] == org_id and k[1] == scope and (key is None or k[2] == key)]
+        for k in doomed:
+            del self.values[k]
+        return len(doomed)
+
+
+class FakeSourceStore:
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self.github: dict[str, GitHubSource] = {}
+        self.generic: dict[str, GenericSource] = {}
+        self._clock = clock or FakeClock()
+
+    async def add_github(self, source: GitHubSource) -> GitHubSource:
+        if source.routing_key in self.github:
+            raise errors.Conflict("Conflict: resource already exists")
+        now = self._clock.now()
+        stored = dataclasses.replace(source, created_at=source.created_at or now, updated_at=now)
+        self.github[source.routing_key] = stored
+        return stored
+
+    async def github_by_routing_key(self, routing_key: str) -> GitHubSource | None:
+        return self.github.get(routing_key)
+
+    async def list_github(self) -> list[GitHubSource]:
+        return sorted(self.github.values(), key=lambda s: s.routing_key)
+
+    async def update_github(self, source: GitHubSource) -> GitHubSource:
+        if source.routing_key not in self.github:
+            raise errors.NotFound("Source not found")
+        stored = dataclasses.replace(source, updated_at=self._clock.now())
+        self.github[source.routing_key] = stored
+        return stored
+
+    async def remove_github(self, routing_key: str) -> bool:
+        return self.github.pop(routing_key, None) is not None
+
+    async def add_generic(self, source: GenericSource) -> GenericSource:
+        for other in self.generic.values():
+            if other.deleted_at is None and other.org_id == source.org_id and other.name == source.name:
+                raise errors.Conflict("Conflict: resource already exists")
+        now = self._clock.now()
+        stored = dataclasses.replace(source, created_at=source.created_at or now, updated_at=now)
+        self.generic[source.id] = stored
+        return stored
+
+    async def generic_by_id(self, source_id: str) -> GenericSource | None:
+        return self.generic.get(source_id)
+
+    async def generic_by_org_and_name(self, org_id: str, name: str) -> GenericSource | None:
+        for s in self.generic.values():
+            if s.deleted_at is None and s.org_id == org_id and s.name == name:
+                return s
+        if _UUID_RE.match(name):
+            s2 = self.generic.get(name.lower())
+            if s2 is not None and s2.deleted_at is None and s2.org_id == org_id:
+                return s2
+        return None
+
+    async def list_generic(self, org_id: str | None = None, *, include_deleted: bool = False) -> list[GenericSource]:
+        return sorted(
+            (s for s in self.generic.values()
+             if (org_id is None or s.org_id == org_id) and (include_deleted or s.deleted_at is None)),
+            key=lambda s: (s.org_id, s.name),
+        )
+
+    async def update_generic(self, source: GenericSource) -> GenericSource:
+        if source.id not in self.generic:
+            raise errors.NotFound("Source not found")
+        stored = dataclasses.replace(source, updated_at=self._clock.now())
+        self.generic[source.id] = stored
+        return stored
+
+    async def remove_generic(self, source_id: str, *, hard: bool = False) -> bool:
+        s = self.generic.get(source_id)
+        if s is None:
+            return False
+        if hard:
+            del self.generic[source_id]
+        else:
+            self.generic[source_id] = dataclasses.replace(s, deleted_at=self._clock.now(), enabled=False)
+        return True
+
+
+@dataclasses.dataclass(slots=True)
+class _InboxRow:
+    item: InboxItem
+    done: bool = False
+    locked_until: datetime | None = None
+    available_at: datetime | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class FakeRun:
+    run: NewRun
+    org_id: str
+    delivery_id: str
+    status: str = "pending"
+
+
+class FakeDeliveryInbox:
+    """Inbox + event log in memory. ``runs`` and ``queue`` show what ``complete`` created."""
+
+    def __init__(self, blobs: FakeBlobStore, clock: FakeClock) -> None:
+        self.blobs = blobs
+        self.clock = clock
+        self.entries: dict[tuple[str, str], EventLogEntry] = {}
+        self.rows: dict[tuple[str, str], _InboxRow] = {}
+        self.runs: dict[str, FakeRun] = {}
+        self.runs_by_delivery: dict[tuple[str, str, str], str] = {}
+        self.queue: list[NewJob] = []
+        self.notifications = 0
+
+    async def accept(self, delivery: Delivery) -> AcceptResult:
+        key = (delivery.org_id, delivery.delivery_id)
+        if key in self.entries:
+            return AcceptResult(duplicate=True)
+        payload_key = event_log_payload_key(delivery.org_id, delivery.delivery_id)
+        await self.blobs.put(payload_key, gzip.compress(delivery.body))
+        self.entries[key] = EventLogEntry(
+            org_id=delivery.org_id, delivery_id=delivery.delivery_id, routing_key=delivery.routing_key,
+            event=delivery.event, action=delivery.action, source=delivery.source, provider=delivery.provider,
+            repo_identifier=delivery.repo_identifier, ref=delivery.ref, payload_key=payload_key,
+            payload_omitted=False, payload_omitted_reason=None, payload_size_bytes=len(delivery.body),
+            payload_hash=hashlib.sha256(delivery.body).hexdigest(), matched_count=0, status="received",
+            run_id=None, error_message=None, received_at=delivery.received_at,
+        )
+        self.rows[key] = _InboxRow(item=InboxItem(
+            org_id=delivery.org_id, delivery_id=delivery.delivery_id, routing_key=delivery.routing_key,
+            event=delivery.event, action=delivery.action, source=delivery.source, provider=delivery.provider,
+            payload_key=payload_key, received_at=delivery.received_at, attempts=0,
+        ))
+        return AcceptResult(duplicate=False)
+
+    async def claim(self, *, worker_id: str, limit: int, lease_seconds: float) -> list[InboxItem]:
+        now = self.clock.now()
+        out: list[InboxItem] = []
+        for key, row in sorted(self.rows.items(), key=lambda kv: kv[1].item.received_at):
+            if len(out) >= limit:
+                break
+            if row.done or (row.locked_until is not None and row.locked_until > now):
+                continue
+            if row.available_at is not None and row.available_at > now:
+                continue
+            row.item = dataclasses.replace(row.item, attempts=row.item.attempts + 1)
+            row.locked_until = now + timedelta(seconds=lease_seconds)
+            self.entries[key] = dataclasses.replace(self.entries[key], attempts=row.item.attempts)
+            out.append(row.item)
+        return out
+
+    async def payload(self, item: InboxItem) -> bytes:
+        if item.payload_key is None:
+            raise errors.NotFound("payload was not stored")
+        return gzip.decompress(await self.blobs.get(item.payload_key))
+
+    async def complete(self, item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun]) -> list[str]:
+        key = (item.org_id, item.delivery_id)
+        run_ids: list[str] = [rid for (o, d, _w), rid in self.runs_by_delivery.items() if (o, d) == key]
+        for run in runs:
+            rkey = (item.org_id, item.delivery_id, run.workflow_name)
+            if rkey in self.runs_by_delivery:
+                continue
+            self.runs_by_delivery[rkey] = run.run_id
+            self.runs[run.run_id] = FakeRun(run=run, org_id=item.org_id, delivery_id=item.delivery_id)
+            self.queue.extend(job for job in run.jobs if job.runnable)
+            run_ids.append(run.run_id)
+        entry = self.entries[key]
+        if entry.status not in TERMINAL_DELIVERY_STATUSES or entry.status == "failed":
+            self.entries[key] = dataclasses.replace(
+                entry, status=outcome.status, matched_count=outcome.matched_count,
+                repo_identifier=outcome.repo_identifier, ref=outcome.ref, error_message=outcome.error_message,
+                decision_trace=outcome.decision_trace, run_id=run_ids[0] if run_ids else None,
+            )
+        self.rows[key].done = True
+        self.rows[key].locked_until = None
+        self.notifications += 1
+        return run_ids
+
+    async def fail(self, item: InboxItem, error: str, *, retry_after: float | None) -> None:
+        key = (item.org_id, item.delivery_id)
+        row = self.rows[key]
+        row.locked_until = None
+        if retry_after is None:
+            row.done = True
+            self.entries[key] = dataclasses.replace(self.entries[key], status="failed", error_message=error)
+        else:
+            row.available_at = self.clock.now() + timedelta(seconds=retry_after)
+            self.entries[key] = dataclasses.replace(self.entries[key], error_message=error)
+
+    async def replay(self, org_id: str, delivery_id: str) -> bool:
+        row = self.rows.get((org_id, delivery_id))
+        if row is None:
+            return False
+        row.done = False
+        row.locked_until = None
+        row.available_at = None
+        return True
+
+    async def depth(self) -> int:
+        return sum(1 for r in self.rows.values() if not r.done)
+
+    # -- EventLog (read side) --------------------------------------------------------------------------
+    async def list(self, query: EventLogQuery) -> tuple[list[EventLogEntry], int]:
+        def keep(e: EventLogEntry) -> bool:
+            return (
+                (query.org_id is None or e.org_id == query.org_id)
+                and (query.routing_key is None or e.routing_key == query.routing_key)
+                and (query.event is None or e.event == query.event)
+                and (query.action is None or e.action == query.action)
+                and (query.status is None or e.status == query.status)
+                and (query.since is None or e.received_at >= query.since)
+                and (query.until is None or e.received_at < query.until)
+                and (query.delivery_id_contains is None or query.delivery_id_contains in e.delivery_id)
+            )
+
+        hits = sorted((e for e in self.entries.values() if keep(e)), key=lambda e: e.received_at, reverse=True)
+        return hits[query.offset : query.offset + query.limit], len(hits)
+
+    async def get(self, org_id: str | None, delivery_id: str) -> EventLogEntry | None:
+        hits = [e for (o, d), e in self.entries.items() if d == delivery_id and (org_id is None or o == org_id)]
+        return max(hits, key=lambda e: e.received_at) if hits else None
+
+
+class FakeLockfileSource:
+    """Lock files keyed by ``(repo, ref)``; ``fail_with`` makes every fetch raise."""
+
+    def __init__(self) -> None:
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.fetches: list[tuple[str, str]] = []
+        self.fail_with: errors.KiciError | None = None
+
+    async def fetch_lockfile(self, source: GitHubSource, repo: str, ref: str) -> LockfileFetch:
+        self.fetches.append((repo, ref))
+        if self.fail_with is not None:
+            raise self.fail_with
+        return LockfileFetch(content=self.files.get((repo, ref)))
+
+
+class FakeChangedFilesSource:
+    def __init__(self) -> None:
+        self.files: dict[tuple[str, str], list[str]] = {}
+        self.calls: list[tuple[str, str | None, str, int | None]] = []
+
+    async def changed_files(self, source: GitHubSource, repo: str, *, base: str | None, head: str,
+                            pull_number: int | None = None) -> list[str]:
+        self.calls.append((repo, base, head, pull_number))
+        return list(self.files.get((repo, head), []))
+
+
+class FakeCloneTokenSource:
+    def __init__(self, token: str | None = "ghs_fake") -> None:
+        self.token = token
+
+    async def clone_token(self, source: GitHubSource, repo: str) -> str | None:
+        return self.token
+
+
+class FakeAgentChannel:
+    def __init__(self) -> None:
+        self.connected: set[str] = set()
+        self.sent: list[tuple[str, Mapping[str, JSONValue]]] = []
+        self.closed: list[tuple[str, int, str]] = []
+
+    async def send(self, agent_id: str, message: Mapping[str, JSONValue]) -> bool:
+        if agent_id not in self.connected:
+            return False
+        self.sent.append((agent_id, dict(message)))
+        return True
+
+    async def close(self, agent_id: str, code: int, reason: str) -> None:
+        self.connected.discard(agent_id)
+        self.closed.append((agent_id, code, reason))
+
+
+class FakePlatformLink:
+    def __init__(self) -> None:
+        self.sent: list[Mapping[str, JSONValue]] = []
+
+    async def send(self, message: Mapping[str, JSONValue]) -> None:
+        self.sent.append(dict(message))

@@ -316,22 +316,26 @@ class LockfileFetch:
     cached: bool = False
 
 
+RepoSource = GitHubSource | GenericSource
+"""The source a repository is read through: a GitHub App, or a ``local`` source naming a ``file://`` repo."""
+
+
 class LockfileSource(Protocol):
-    async def fetch_lockfile(self, source: GitHubSource, repo: str, ref: str) -> LockfileFetch:
+    async def fetch_lockfile(self, source: RepoSource, repo: str, ref: str) -> LockfileFetch:
         """Raw ``.kici/kici.lock.json`` at ``ref``. Raises ``UpstreamUnavailable`` on persistent 401/403/5xx or
         network errors (after retries) and ``InvalidInput`` when the file exceeds the size limit."""
         ...
 
 
 class ChangedFilesSource(Protocol):
-    async def changed_files(self, source: GitHubSource, repo: str, *, base: str | None, head: str,
+    async def changed_files(self, source: RepoSource, repo: str, *, base: str | None, head: str,
                             pull_number: int | None = None) -> list[str]:
         """Changed paths of a push (compare ``base...head``) or a pull request (PR files API)."""
         ...
 
 
 class CloneTokenSource(Protocol):
-    async def clone_token(self, source: GitHubSource, repo: str) -> str | None:
+    async def clone_token(self, source: RepoSource, repo: str) -> str | None:
         """A short-lived token an agent may use to clone ``repo``; None when the provider needs none."""
         ...
 

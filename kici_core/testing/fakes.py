@@ -29,6 +29,7 @@ from kici_core.ports import (
     LockfileFetch,
     NewJob,
     NewRun,
+    RepoSource,
 )
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
@@ -316,7 +317,7 @@ class FakeLockfileSource:
         self.fetches: list[tuple[str, str]] = []
         self.fail_with: errors.KiciError | None = None
 
-    async def fetch_lockfile(self, source: GitHubSource, repo: str, ref: str) -> LockfileFetch:
+    async def fetch_lockfile(self, source: RepoSource, repo: str, ref: str) -> LockfileFetch:
         self.fetches.append((repo, ref))
         if self.fail_with is not None:
             raise self.fail_with
@@ -328,7 +329,7 @@ class FakeChangedFilesSource:
         self.files: dict[tuple[str, str], list[str]] = {}
         self.calls: list[tuple[str, str | None, str, int | None]] = []
 
-    async def changed_files(self, source: GitHubSource, repo: str, *, base: str | None, head: str,
+    async def changed_files(self, source: RepoSource, repo: str, *, base: str | None, head: str,
                             pull_number: int | None = None) -> list[str]:
         self.calls.append((repo, base, head, pull_number))
         return list(self.files.get((repo, head), []))
@@ -338,7 +339,7 @@ class FakeCloneTokenSource:
     def __init__(self, token: str | None = "ghs_fake") -> None:
         self.token = token
 
-    async def clone_token(self, source: GitHubSource, repo: str) -> str | None:
+    async def clone_token(self, source: RepoSource, repo: str) -> str | None:
         return self.token
 
 

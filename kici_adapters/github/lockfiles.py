@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from kici_adapters import metrics
 from kici_adapters.github import client as gh
@@ -147,8 +148,6 @@ class GitHubLockfileSource:
             bytes are not cached and the error propagates, so corrupt files are never cached.
     """
 
-    provider = "github"
-
     def __init__(
         self,
         *,
@@ -158,6 +157,9 @@ class GitHubLockfileSource:
         validate: Callable[[bytes], object] | None = None,
     ) -> None:
         self.app = app
+        # github.com is "github"; an Enterprise server gets its own namespace in a shared cache.
+        host = urlsplit(app.client.api_url).netloc
+        self.provider = "github" if app.client.api_url == gh.DEFAULT_API_URL else f"github@{host}"
         self.cache = cache if cache is not None else LockfileCache(clock=app.client.clock)
         self.max_bytes = max_bytes
         self._validate = validate
@@ -171,10 +173,16 @@ class GitHubLockfileSource:
             AppNotInstalled: the App has no installation for ``repo``.
             GitHubApiError: GitHub kept failing (an ``UpstreamUnavailable``); not a missing file.
         """
+        return (await self.fetch_with_origin(repo, ref, installation_id=installation_id))[0]
+
+    async def fetch_with_origin(
+        self, repo: str, ref: str, *, installation_id: int | None = None
+    ) -> tuple[bytes, bool]:
+        """Like :meth:`fetch`, also saying whether the bytes came from the cache."""
         key = LockfileCache.key(self.provider, repo, ref)
         cached = self.cache.get(key)
         if cached is not None:
-            return cached
+            return cached, True
         started = time.perf_counter()
         try:
             body = await self._download(repo, ref, installation_id)
@@ -183,7 +191,7 @@ class GitHubLockfileSource:
         if self._validate is not None:
             self._validate(body)
         self.cache.put(key, ref, body)
-        return body
+        return body, False
 
     async def _download(self, repo: str, ref: str, installation_id: int | None) -> bytes:
         try:

@@ -20,7 +20,12 @@ import httpx
 from kici_adapters.github import client as gh
 from kici_adapters.github.app import GitHubApp
 from kici_adapters.github.changes import GitHubChangedFilesSource
-from kici_adapters.github.lockfiles import DEFAULT_MAX_BYTES, GitHubLockfileSource, LockfileCache, LockfileMissing
+from kici_adapters.github.lockfiles import (
+    DEFAULT_MAX_BYTES,
+    GitHubLockfileSource,
+    LockfileCache,
+    LockfileMissing,
+)
 from kici_core.errors import ConfigError, InvalidInput
 from kici_core.ports import GitHubSource, LockfileFetch, RepoSource, SecretStore
 

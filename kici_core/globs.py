@@ -519,7 +519,10 @@ def compile_js_regex(source: str, flags: str = "") -> re.Pattern[str]:
             py_flags |= _JS_FLAGS[f]
         elif f not in _JS_IGNORED_FLAGS:
             raise PatternError(f"invalid regex flag {f!r}")
-    translated = _translate_js(source, flags)
+    try:
+        translated = _translate_js(source, flags)
+    except PatternError as exc:
+        raise PatternError(f"invalid regex /{source}/{flags}: {exc.message}") from None
     try:
         return re.compile(translated, py_flags)
     except (re.error, OverflowError, RecursionError) as exc:

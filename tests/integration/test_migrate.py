@@ -1,0 +1,100 @@
+"""Migrations: applied once, recorded with checksums, edited files refused, safe under concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import psycopg
+import pytest
+
+from kici_adapters.postgres import migrate
+from kici_core.errors import ConfigError, KiciError
+
+
+def _tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_shipped_migrations_are_numbered_and_ordered() -> None:
+    names = [m.name for m in migrate.known_migrations()]
+    assert names, "no migrations shipped"
+    assert names[0].startswith("0001_")
+    assert names == sorted(names)
+
+
+def test_apply_creates_schema_and_second_run_is_noop(empty_db_url: str) -> None:
+    names = [m.name for m in migrate.known_migrations()]
+    assert migrate.apply_migrations(empty_db_url) == names
+    assert migrate.apply_migrations(empty_db_url) == []
+    expected = {
+        "schema_migrations", "sources", "generic_webhook_sources", "scoped_secrets", "admin_tokens",
+        "agent_tokens", "event_log", "delivery_inbox", "execution_runs", "execution_jobs",
+        "execution_job_needs", "execution_steps", "dispatch_queue", "log_chunks", "agents",
+        "platform_outbox", "cluster_meta", "secret_audit_log",
+    }
+    assert expected <= _tables(empty_db_url)
+    with psycopg.connect(empty_db_url) as conn:
+        rows = conn.execute("SELECT name, checksum FROM schema_migrations ORDER BY name").fetchall()
+        cluster = conn.execute("SELECT value FROM cluster_meta WHERE key = 'cluster_id'").fetchone()
+    assert rows == [(m.name, m.checksum) for m in migrate.known_migrations()]
+    assert cluster is not None and len(cluster[0]) == 36
+
+
+def test_edited_applied_migration_is_refused_naming_the_file(empty_db_url: str) -> None:
+    first = migrate.Migration(name="0001_first.sql", sql=b"CREATE TABLE a (x int);")
+    assert migrate.apply_migrations(empty_db_url, [first]) == ["0001_first.sql"]
+    edited = migrate.Migration(name="0001_first.sql", sql=b"CREATE TABLE a (x bigint);")
+    with pytest.raises(ConfigError, match="0001_first.sql was edited"):
+        migrate.apply_migrations(empty_db_url, [edited])
+
+
+def test_unknown_applied_migration_is_refused(empty_db_url: str) -> None:
+    one = migrate.Migration(name="0001_a.sql", sql=b"SELECT 1;")
+    two = migrate.Migration(name="0002_b.sql", sql=b"SELECT 2;")
+    migrate.apply_migrations(empty_db_url, [one, two])
+    with pytest.raises(ConfigError, match="0002_b.sql"):
+        migrate.apply_migrations(empty_db_url, [one])
+
+
+def test_failed_migration_leaves_nothing_behind(empty_db_url: str) -> None:
+    good = migrate.Migration(name="0001_good.sql", sql=b"CREATE TABLE good (x int);")
+    bad = migrate.Migration(name="0002_bad.sql", sql=b"CREATE TABLE half (x int); SELECT nope FROM missing;")
+    with pytest.raises(KiciError, match="0002_bad.sql"):
+        migrate.apply_migrations(empty_db_url, [good, bad])
+    assert "good" in _tables(empty_db_url)
+    assert "half" not in _tables(empty_db_url)
+    with psycopg.connect(empty_db_url) as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations").fetchall()]
+    assert names == ["0001_good.sql"]
+
+
+def test_plan_refuses_out_of_order_history() -> None:
+    one = migrate.Migration(name="0001_a.sql", sql=b"SELECT 1;")
+    two = migrate.Migration(name="0002_b.sql", sql=b"SELECT 2;")
+    with pytest.raises(ConfigError, match="0001_a.sql is not applied"):
+        migrate.plan([one, two], {"0002_b.sql": two.checksum})
+
+
+def _migrate_in_child(url: str, queue: multiprocessing.Queue[list[str]]) -> None:
+    queue.put(migrate.apply_migrations(url))
+
+
+def test_three_processes_apply_each_migration_exactly_once(empty_db_url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue[list[str]] = ctx.Queue()
+    procs = [ctx.Process(target=_migrate_in_child, args=(empty_db_url, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    applied = sorted(name for result in results for name in result)
+    assert applied == [m.name for m in migrate.known_migrations()]
+    with psycopg.connect(empty_db_url) as conn:
+        count = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
+    assert count is not None and count[0] == len(applied)

@@ -1,0 +1,131 @@
+"""Shared PostgreSQL helpers and fixtures for integration and e2e tests.
+
+One server per test session: ``KICI_TEST_DATABASE_URL`` when set (a superuser URL on a disposable
+server), else an embedded PostgreSQL 18 in a temporary directory. A template database with every
+migration applied is built once; each test gets its own clone (``CREATE DATABASE ... TEMPLATE``), which
+is fast and fully isolated.
+
+Use from a conftest::
+
+    from tests.support.pg import pg_server, pg_template, db_url, database  # noqa: F401
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from kici_adapters.postgres.embedded import EmbeddedPostgres
+from kici_adapters.postgres.migrate import apply_migrations
+from kici_adapters.postgres.pool import Database
+
+TEMPLATE_DB = "kici_template"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PgServer:
+    """The session's server: ``admin_url`` points at its maintenance database."""
+
+    admin_url: str
+    embedded: EmbeddedPostgres | None
+
+    def url_for(self, database: str) -> str:
+        """The same server, another database."""
+        parts = urlsplit(self.admin_url)
+        return urlunsplit(parts._replace(path="/" + database))
+
+
+def create_database(server: PgServer, name: str, *, template: str | None = None) -> str:
+    """Create ``name`` (optionally from ``template``) and return its URL."""
+    with psycopg.connect(server.admin_url, autocommit=True) as conn:
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            query = sql.SQL("{} TEMPLATE {}").format(query, sql.Identifier(template))
+        conn.execute(query)
+    return server.url_for(name)
+
+
+def drop_database(server: PgServer, name: str) -> None:
+    """Drop ``name``, disconnecting anyone still using it."""
+    with psycopg.connect(server.admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def start_embedded() -> tuple[EmbeddedPostgres, Path]:
+    """Start a throwaway embedded server; returns it and the directory to delete afterwards.
+
+    The directory is made with ``mkdtemp`` in the system temp dir, which an unprivileged server account can
+    reach even when tests run as root.
+    """
+    root = Path(tempfile.mkdtemp(prefix="kici-pg-"))
+    server = EmbeddedPostgres(root, durable=False)
+    server.start()
+    return server, root
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The session's PostgreSQL server (external or embedded)."""
+    external = os.environ.get("KICI_TEST_DATABASE_URL")
+    if external:
+        yield PgServer(admin_url=external, embedded=None)
+        return
+    embedded, root = start_embedded()
+    try:
+        yield PgServer(admin_url=embedded.url(), embedded=embedded)
+    finally:
+        embedded.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: PgServer) -> str:
+    """Name of a template database with every migration applied (rebuilt once per session)."""
+    name = f"{TEMPLATE_DB}_{uuid.uuid4().hex[:8]}" if pg_server.embedded is None else TEMPLATE_DB
+    drop_database(pg_server, name)
+    url = create_database(pg_server, name)
+    apply_migrations(url)
+    return name
+
+
+@pytest.fixture
+def db_url(pg_server: PgServer, pg_template: str) -> Iterator[str]:
+    """URL of a fresh database cloned from the migrated template, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    url = create_database(pg_server, name, template=pg_template)
+    try:
+        yield url
+    finally:
+        drop_database(pg_server, name)
+
+
+@pytest.fixture
+def empty_db_url(pg_server: PgServer) -> Iterator[str]:
+    """URL of a fresh, empty database (no migrations), dropped after the test."""
+    name = f"e_{uuid.uuid4().hex[:16]}"
+    url = create_database(pg_server, name)
+    try:
+        yield url
+    finally:
+        drop_database(pg_server, name)
+
+
+@pytest.fixture
+async def database(db_url: str) -> AsyncIterator[Database]:
+    """An opened :class:`Database` on a fresh migrated database."""
+    db = Database(db_url, max_size=4, timeout=5.0)
+    await db.open()
+    try:
+        yield db
+    finally:
+        await db.close()

@@ -1,0 +1,16 @@
+"""``kici-relay``: a small stand-in for the KiCI Platform's WebSocket relay, for development and tests.
+
+Modules: ``store`` (SQLite keys, sources, recorded messages), ``routing`` (routing keys and patterns),
+``hub`` (connections, chunked delivery), ``ws`` (the ``/ws`` endpoint), ``ingress`` (webhook HTTP
+routes), ``schemas`` (field checks of forwarded messages), ``app`` (Starlette app), ``server`` (uvicorn),
+``cli`` (click).
+"""
+
+from __future__ import annotations
+
+
+def main() -> None:
+    """Entry point of the ``kici-relay`` console script."""
+    from kici_runtime.relay import cli
+
+    cli.main()

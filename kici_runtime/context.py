@@ -1,0 +1,61 @@
+"""What the HTTP app needs, gathered in one object by ``wiring.py`` (or by a test with fakes)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from kici_core.ports import DeliveryInbox, EventLog, SecretStore, SourceStore
+from kici_core.ratelimit import SlidingWindowLimiter
+
+MAX_BODY_BYTES = 26_214_400  # 25 MiB: every route
+GENERIC_MAX_BODY_BYTES = 10 * 1024 * 1024  # the generic route's hard cap, before the per-source limit
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+async def _always_ready() -> bool:
+    return True
+
+
+def _noop() -> None:
+    return None
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(slots=True, kw_only=True)
+class AppContext:
+    mode: str  # platform | hybrid | independent
+    sources: SourceStore
+    secrets: SecretStore
+    inbox: DeliveryInbox
+    event_log: EventLog
+    clock: SystemClock = field(default_factory=SystemClock)
+    base_path: str = ""
+    version: str = "0.1.0"
+    build_commit: str = "unknown"
+    build_date: str = "unknown"
+    started_at: float = field(default_factory=time.monotonic)
+    wake_worker: Callable[[], None] = _noop
+    check_database: Callable[[], Awaitable[bool]] = _always_ready
+    ids: Callable[[], str] = new_id
+    limiter: SlidingWindowLimiter = field(default_factory=SlidingWindowLimiter)
+    max_body_bytes: int = MAX_BODY_BYTES
+    generic_max_body_bytes: int = GENERIC_MAX_BODY_BYTES
+    trusted_proxy: bool = False
+
+    @property
+    def direct_webhooks_enabled(self) -> bool:
+        return self.mode in ("hybrid", "independent")

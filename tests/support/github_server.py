@@ -1,0 +1,482 @@
+"""A local HTTP server that speaks the part of GitHub's REST API KiCI uses.
+
+Usage::
+
+    with GitHubServer() as gh:
+        gh.add_app(123, public_pem)
+        gh.add_installation(77, app_id=123, repos=["acme/app"])
+        gh.put_file("acme/app", "main", ".kici/kici.lock.json", b"{...}")
+        client = GitHubClient(api_url=gh.url)
+
+Endpoints: ``GET /app``, ``GET /repos/{o}/{r}/installation``, ``POST /app/installations/{id}/access_tokens``
+(App JWT, RS256, verified with the App's public key and the server clock), and with an installation token
+``GET /repos/{o}/{r}/contents/{path}?ref=`` (raw or JSON media type), ``GET /repos/{o}/{r}/compare/{b}...{h}``
+and ``GET /repos/{o}/{r}/pulls/{n}/files?per_page=&page=`` (with ``Link`` headers).
+
+Fault injection: :meth:`GitHubServer.fail` (next N responses for a path get a status and headers),
+:meth:`GitHubServer.delay` (hold the response, to trigger client timeouts) and :meth:`GitHubServer.drop`
+(close the connection without answering). Every request is recorded in :attr:`GitHubServer.requests`.
+The server never logs requests, so tokens and keys stay out of test output.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import fnmatch
+import functools
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+__all__ = ["AppKey", "GitHubServer", "ManualClock", "RecordedRequest", "app_key"]
+
+_JWT_EXP_MESSAGE = (
+    "'Expiration time' claim ('exp') must be a numeric value representing the future time at which "
+    "the assertion expires"
+)
+_JWT_IAT_MESSAGE = "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued"
+_COMPARE_CAP = 300
+_PR_FILES_CAP = 3000
+
+
+@dataclass(frozen=True)
+class AppKey:
+    """A GitHub App key pair for tests: ``private_pem`` for the client, ``public_pem`` for the server."""
+
+    private_pem: str = field(repr=False)
+    public_pem: bytes
+
+
+@functools.lru_cache(maxsize=4)
+def app_key(index: int = 0) -> AppKey:
+    """A 2048-bit RSA key pair, generated once per process per ``index`` (PKCS#1 PEM, like GitHub's)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return AppKey(private_pem=private, public_pem=public)
+
+
+class ManualClock:
+    """Epoch seconds that move only when told to; callable like ``time.time``."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = float(int(time.time())) if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward."""
+        self.now += seconds
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server saw it (header names lower-case, path without the prefix)."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass
+class _Fault:
+    pattern: str
+    remaining: int
+    status: int | None = None  # None with drop=False: delay only
+    headers: Mapping[str, str] = field(default_factory=dict)
+    message: str | None = None
+    delay: float = 0.0
+    drop: bool = False
+
+
+@dataclass
+class _App:
+    app_id: str
+    public_key: bytes
+    slug: str
+    name: str
+    owner: str
+
+
+@dataclass
+class _Installation:
+    installation_id: int
+    app_id: str
+    repos: set[str]
+
+
+@dataclass
+class _Token:
+    installation_id: int
+    expires_at: float
+
+
+class _Reply(Exception):
+    def __init__(self, status: int, body: Any, headers: Mapping[str, str] | None = None, raw: bool = False):
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = dict(headers or {})
+        self.raw = raw
+
+
+class GitHubServer:
+    """In-memory GitHub on ``127.0.0.1``; use as a context manager and read :attr:`url`.
+
+    Args:
+        prefix: path prefix of the API, e.g. ``/api/v3`` to look like GitHub Enterprise.
+        clock: the server's notion of now (epoch seconds), for JWT checks and token expiry.
+        token_ttl: lifetime of issued installation tokens, in seconds.
+    """
+
+    def __init__(
+        self, *, prefix: str = "", clock: Callable[[], float] = time.time, token_ttl: float = 3600.0
+    ) -> None:
+        self.prefix = prefix.rstrip("/")
+        self.clock = clock
+        self.token_ttl = token_ttl
+        self.requests: list[RecordedRequest] = []
+        self.errors: list[BaseException] = []  # unexpected exceptions inside the server
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._apps: dict[str, _App] = {}
+        self._installations: dict[int, _Installation] = {}
+        self._tokens: dict[str, _Token] = {}
+        self._files: dict[tuple[str, str, str], bytes] = {}
+        self._branches: dict[tuple[str, str], str] = {}
+        self._default_branch: dict[str, str] = {}
+        self._compares: dict[tuple[str, str, str], list[str]] = {}
+        self._pull_files: dict[tuple[str, int], list[str]] = {}
+        self._faults: list[_Fault] = []
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> GitHubServer:
+        """Bind ``127.0.0.1`` on a free port and serve in a background thread."""
+        handler = type("_BoundHandler", (_Handler,), {"gh": self})
+        httpd = _QuietServer(("127.0.0.1", 0), handler)
+        self._httpd = httpd
+        self.url = f"http://127.0.0.1:{httpd.server_address[1]}{self.prefix}"
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving; delayed responses are released at once."""
+        self._closing.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> GitHubServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ model
+    def add_app(
+        self, app_id: int | str, public_key_pem: bytes, *, slug: str = "kici-test", name: str = "KiCI Test",
+        owner: str = "acme",
+    ) -> None:
+        """Register an App; its JWTs are verified with ``public_key_pem``."""
+        with self._lock:
+            self._apps[str(app_id)] = _App(str(app_id), public_key_pem, slug, name, owner)
+
+    def add_installation(self, installation_id: int, *, app_id: int | str, repos: Iterable[str]) -> None:
+        """Install App ``app_id`` on ``repos`` (``owner/name``)."""
+        with self._lock:
+            self._installations[installation_id] = _Installation(installation_id, str(app_id), set(repos))
+
+    def remove_installation(self, installation_id: int) -> None:
+        """Uninstall; its tokens stop working."""
+        with self._lock:
+            self._installations.pop(installation_id, None)
+            for tok in [t for t, v in self._tokens.items() if v.installation_id == installation_id]:
+                del self._tokens[tok]
+
+    def put_file(self, repo: str, ref: str, path: str, content: bytes) -> None:
+        """Store ``content`` at ``path`` for ``ref`` (a SHA or a branch name)."""
+        with self._lock:
+            self._files[(repo, ref, path)] = content
+
+    def set_branch(self, repo: str, branch: str, sha: str, *, default: bool = False) -> None:
+        """Point ``branch`` at ``sha`` (lookups by branch then read the SHA's files)."""
+        with self._lock:
+            self._branches[(repo, branch)] = sha
+            if default:
+                self._default_branch[repo] = branch
+
+    def set_compare(self, repo: str, base: str, head: str, files: Iterable[str]) -> None:
+        """The file list of ``compare/base...head`` (truncated to 300 like GitHub)."""
+        with self._lock:
+            self._compares[(repo, base, head)] = list(files)
+
+    def set_pull_files(self, repo: str, number: int, files: Iterable[str]) -> None:
+        """The files of pull request ``number`` (listed up to 3,000 like GitHub)."""
+        with self._lock:
+            self._pull_files[(repo, number)] = list(files)
+
+    # ------------------------------------------------------------------ faults
+    def fail(
+        self, path: str, status: int, *, times: int = 1, headers: Mapping[str, str] | None = None,
+        message: str | None = None,
+    ) -> None:
+        """The next ``times`` requests whose path matches ``path`` (fnmatch) answer ``status``."""
+        with self._lock:
+            self._faults.append(_Fault(path, times, status=status, headers=dict(headers or {}), message=message))
+
+    def delay(self, path: str, seconds: float, *, times: int = 1) -> None:
+        """Hold the next ``times`` matching responses for ``seconds`` (released early by :meth:`close`)."""
+        with self._lock:
+            self._faults.append(_Fault(path, times, delay=seconds))
+
+    def drop(self, path: str, *, times: int = 1) -> None:
+        """Close the connection without a response for the next ``times`` matching requests."""
+        with self._lock:
+            self._faults.append(_Fault(path, times, drop=True))
+
+    def requests_for(self, path: str, method: str | None = None) -> list[RecordedRequest]:
+        """Recorded requests whose path matches ``path`` (fnmatch), optionally of one method."""
+        with self._lock:
+            return [
+                r for r in self.requests
+                if fnmatch.fnmatchcase(r.path, path) and (method is None or r.method == method)
+            ]
+
+    @property
+    def tokens_issued(self) -> int:
+        """How many installation tokens were minted so far."""
+        return len(self.requests_for("/app/installations/*/access_tokens", "POST"))
+
+    # ------------------------------------------------------------------ request handling (server thread)
+    def _take_fault(self, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.remaining > 0 and fnmatch.fnmatchcase(path, fault.pattern):
+                    fault.remaining -= 1
+                    return fault
+        return None
+
+    def _now(self) -> float:
+        return self.clock()
+
+    def _check_jwt(self, headers: Mapping[str, str]) -> _App:
+        auth = headers.get("authorization", "")
+        if not auth.startswith("Bearer "):
+            raise _Reply(401, {"message": "A JSON web token could not be decoded"})
+        token = auth[len("Bearer ") :]
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise _Reply(401, {"message": "A JSON web token could not be decoded"}) from None
+        with self._lock:
+            app = self._apps.get(str(unverified.get("iss")))
+        if app is None:
+            raise _Reply(401, {"message": "Integration not found"})
+        try:
+            claims = jwt.decode(
+                token, app.public_key, algorithms=["RS256"], options={"verify_exp": False, "verify_iat": False}
+            )
+        except jwt.PyJWTError:
+            raise _Reply(401, {"message": "A JSON web token could not be decoded"}) from None
+        now = self._now()
+        iat, exp = claims.get("iat"), claims.get("exp")
+        if not isinstance(iat, int) or iat > now + 60:
+            raise _Reply(401, {"message": _JWT_IAT_MESSAGE})
+        if not isinstance(exp, int) or exp <= now or exp > now + 600 or exp - iat > 600:
+            raise _Reply(401, {"message": _JWT_EXP_MESSAGE})
+        return app
+
+    def _check_token(self, headers: Mapping[str, str], repo: str) -> None:
+        auth = headers.get("authorization", "")
+        scheme, _, value = auth.partition(" ")
+        with self._lock:
+            tok = self._tokens.get(value) if scheme in ("token", "Bearer") else None
+            if tok is None or tok.expires_at <= self._now():
+                raise _Reply(401, {"message": "Bad credentials"})
+            inst = self._installations.get(tok.installation_id)
+            if inst is None or repo not in inst.repos:
+                raise _Reply(404, {"message": "Not Found"})
+
+    def _dispatch(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> _Reply:
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        if method == "GET" and parts == ["app"]:
+            app = self._check_jwt(headers)
+            return _Reply(200, {"id": int(app.app_id), "slug": app.slug, "name": app.name,
+                                "owner": {"login": app.owner}})
+        if method == "POST" and len(parts) == 4 and parts[:2] == ["app", "installations"] and \
+                parts[3] == "access_tokens":
+            return self._mint(self._check_jwt(headers), parts[2])
+        if len(parts) < 3 or parts[0] != "repos" or method != "GET":
+            raise _Reply(404, {"message": "Not Found"})
+        repo, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+        if rest == ["installation"]:
+            app = self._check_jwt(headers)
+            with self._lock:
+                for inst in self._installations.values():
+                    if inst.app_id == app.app_id and repo in inst.repos:
+                        return _Reply(200, {"id": inst.installation_id, "app_id": int(app.app_id),
+                                            "account": {"login": parts[1]}})
+            raise _Reply(404, {"message": "Not Found"})
+        self._check_token(headers, repo)
+        if rest[:1] == ["contents"] and len(rest) > 1:
+            return self._contents(repo, "/".join(rest[1:]), query.get("ref", "HEAD"), headers)
+        if rest[:1] == ["compare"] and len(rest) == 2 and "..." in rest[1]:
+            base, _, head = rest[1].partition("...")
+            with self._lock:
+                files = self._compares.get((repo, base, head))
+            if files is None:
+                raise _Reply(404, {"message": "Not Found"})
+            return _Reply(200, {"status": "ahead", "total_commits": 1,
+                                "files": [{"filename": f, "status": "modified"} for f in files[:_COMPARE_CAP]]})
+        if rest[:1] == ["pulls"] and len(rest) == 3 and rest[2] == "files" and rest[1].isdigit():
+            return self._pulls(repo, int(rest[1]), query, path)
+        raise _Reply(404, {"message": "Not Found"})
+
+    def _mint(self, app: _App, installation: str) -> _Reply:
+        with self._lock:
+            inst = self._installations.get(int(installation)) if installation.isdigit() else None
+            if inst is None or inst.app_id != app.app_id:
+                raise _Reply(404, {"message": "Not Found"})
+            token = "ghs_" + secrets.token_hex(18)
+            expires = self._now() + self.token_ttl
+            self._tokens[token] = _Token(inst.installation_id, expires)
+        stamp = datetime.fromtimestamp(int(expires), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return _Reply(201, {"token": token, "expires_at": stamp, "permissions": {"contents": "read"}})
+
+    def _contents(self, repo: str, path: str, ref: str, headers: Mapping[str, str]) -> _Reply:
+        with self._lock:
+            if ref == "HEAD":
+                ref = self._default_branch.get(repo, "main")
+            candidates = [ref]
+            if (repo, ref) in self._branches:
+                candidates.append(self._branches[(repo, ref)])
+            content = next((self._files[(repo, r, path)] for r in candidates if (repo, r, path) in self._files),
+                           None)
+            listing = sorted(
+                p for (rp, r, p) in self._files if rp == repo and r in candidates and p.startswith(path + "/")
+            )
+        if content is None and listing:
+            return _Reply(200, [{"type": "file", "path": p, "name": p.rsplit("/", 1)[-1]} for p in listing])
+        if content is None:
+            raise _Reply(404, {"message": "Not Found"})
+        if "raw" in headers.get("accept", ""):
+            return _Reply(200, content, {"content-type": "application/vnd.github.raw"}, raw=True)
+        return _Reply(200, {"type": "file", "path": path, "size": len(content), "encoding": "base64",
+                            "content": base64.b64encode(content).decode()})
+
+    def _pulls(self, repo: str, number: int, query: Mapping[str, str], path: str) -> _Reply:
+        with self._lock:
+            files = self._pull_files.get((repo, number))
+        if files is None:
+            raise _Reply(404, {"message": "Not Found"})
+        per_page = max(1, min(100, int(query.get("per_page", "30"))))
+        page = max(1, int(query.get("page", "1")))
+        files = files[:_PR_FILES_CAP]
+        chunk = files[(page - 1) * per_page : page * per_page]
+        headers: dict[str, str] = {}
+        last = max(1, -(-len(files) // per_page))
+        if page < last:
+            base = f"{self.url}{path}?per_page={per_page}"
+            headers["link"] = f'<{base}&page={page + 1}>; rel="next", <{base}&page={last}>; rel="last"'
+        return _Reply(200, [{"filename": f, "status": "modified"} for f in chunk], headers)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that time out and hang up are part of the tests
+
+
+class _Handler(BaseHTTPRequestHandler):
+    gh: GitHubServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # never echo requests (they carry tokens)
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        return email.utils.formatdate(self.gh.clock() if timestamp is None else timestamp, usegmt=True)
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        gh = self.gh
+        split = urlsplit(self.path)
+        path = split.path
+        if gh.prefix:
+            if not path.startswith(gh.prefix + "/"):
+                self._send(_Reply(404, {"message": "Not Found"}))
+                return
+            path = path[len(gh.prefix) :]
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        query = dict(parse_qsl(split.query))
+        with gh._lock:
+            gh.requests.append(RecordedRequest(self.command, path, query, headers, body))
+        fault = gh._take_fault(path)
+        if fault is not None:
+            if fault.delay:
+                gh._closing.wait(fault.delay)
+            if fault.drop:
+                self.close_connection = True
+                return
+            if fault.status is not None:
+                self._send(_Reply(fault.status, {"message": fault.message or f"injected {fault.status}"},
+                                  fault.headers))
+                return
+        try:
+            reply = gh._dispatch(self.command, path, query, headers)
+        except _Reply as err:
+            reply = err
+        except Exception as exc:  # a bug in this server: answer 500 and keep it for the test to see
+            with gh._lock:
+                gh.errors.append(exc)
+            reply = _Reply(500, {"message": f"test server error: {type(exc).__name__}"})
+        self._send(reply)
+
+    def _send(self, reply: _Reply) -> None:
+        data = reply.body if reply.raw else json.dumps(reply.body).encode()
+        try:
+            self.send_response(reply.status)
+            if "content-type" not in {k.lower() for k in reply.headers}:
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True

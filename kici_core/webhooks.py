@@ -114,54 +114,6 @@ def verify_generic(
     return False
 
 
-def parse_generic_body(body: bytes, content_type: str | None) -> dict[str, JSONValue]:
-    """Decode a generic delivery's body into an object (webhooks spec §7.2 step 1)."""
-    text = body.decode("utf-8", errors="replace")
-    if not text.strip():
-        return {}
-    ctype = (content_type or "").lower()
-    if not ctype or "application/json" in ctype:
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = None
-        else:
-            if isinstance(value, dict):
-                return value
-            return {"value": value}
-    if "application/x-www-form-urlencoded" in ctype:
-        return dict(parse_qsl(text, keep_blank_values=True))
-    return {"body": text}
-
-
-def dot_path(payload: Mapping[str, JSONValue], path: str | None) -> str | None:
-    """A string value at a dot path (leading ``$`` / ``$.`` allowed); None for anything else."""
-    if not path:
-        return None
-    p = path[2:] if path.startswith("$.") else path[1:] if path.startswith("$") else path
-    cur: JSONValue = payload
-    for part in (x for x in p.split(".") if x):
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(part)
-    return cur if isinstance(cur, str) else None
-
-
-def generic_event_type(
-    headers: Mapping[str, str], payload: Mapping[str, JSONValue], *,
-    event_type_header: str | None, event_type_path: str | None,
-) -> str:
-    """The event name of a generic delivery: configured header, configured path, ``x-event-type``, ``default``."""
-    if event_type_header:
-        v = headers.get(event_type_header.lower())
-        if v:
-            return v
-    v2 = dot_path(payload, event_type_path)
-    if v2:
-        return v2
-    return headers.get("x-event-type") or "default"
-
-
 def github_body_json(body: bytes, content_type: str | None) -> JSONValue:
     """GitHub payload bytes as JSON: ``application/json`` directly, form bodies through their ``payload`` field.
 

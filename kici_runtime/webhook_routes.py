@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from kici_adapters import metrics
-from kici_core import dedup, errors, webhooks
+from kici_core import dedup, errors, events, webhooks
 from kici_core.ports import Delivery, GenericSource
 from kici_core.ratelimit import retry_after_header
 from kici_runtime.context import AppContext
@@ -210,9 +210,9 @@ async def generic_webhook(request: Request) -> Response:
             return _reject(400, "Missing x-event-type header for local source")
         action = payload.get("action") if isinstance(payload.get("action"), str) else None
     else:
-        payload = webhooks.parse_generic_body(body, content_type)
-        event = webhooks.generic_event_type(headers, payload, event_type_header=source.event_type_header,
-                                            event_type_path=source.event_type_path)
+        payload = events.parse_generic_body(body, content_type)
+        event = events.generic_event_type(payload, headers, event_type_header=source.event_type_header,
+                                          event_type_path=source.event_type_path)
         action = None if event == "default" else event
         if source.allowed_events and event not in source.allowed_events:
             return JSONResponse({"accepted": True, "status": "filtered",

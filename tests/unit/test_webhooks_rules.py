@@ -58,24 +58,6 @@ def test_generic_bearer_api_key_allowlist_none() -> None:
     assert not webhooks.verify_generic("unknown", {}, "x", {}, b"", None)
 
 
-def test_generic_body_parsing() -> None:
-    assert webhooks.parse_generic_body(b"  ", None) == {}
-    assert webhooks.parse_generic_body(b'{"a":1}', "application/json") == {"a": 1}
-    assert webhooks.parse_generic_body(b"3", None) == {"value": 3}
-    assert webhooks.parse_generic_body(b"a=1&a=2&b=x", "application/x-www-form-urlencoded") == {"a": "2", "b": "x"}
-    assert webhooks.parse_generic_body(b"not json", "application/json") == {"body": "not json"}
-    assert webhooks.parse_generic_body(b"plain", "text/plain") == {"body": "plain"}
-
-
-def test_generic_event_type_order() -> None:
-    payload = {"meta": {"kind": "deploy"}}
-    h = {"x-kind": "build", "x-event-type": "fallback"}
-    assert webhooks.generic_event_type(h, payload, event_type_header="X-Kind", event_type_path="$.meta.kind") == "build"
-    assert webhooks.generic_event_type({}, payload, event_type_header="X-Kind", event_type_path="$.meta.kind") == "deploy"
-    assert webhooks.generic_event_type({"x-event-type": "e"}, {}, event_type_header=None, event_type_path=None) == "e"
-    assert webhooks.generic_event_type({}, {}, event_type_header=None, event_type_path=None) == "default"
-
-
 def test_github_form_and_json_bodies() -> None:
     assert webhooks.github_body_json(b'{"a":1}', "application/json") == {"a": 1}
     assert webhooks.github_body_json(b"payload=%7B%22a%22%3A2%7D", "application/x-www-form-urlencoded") == {"a": 2}

@@ -36,6 +36,7 @@ __all__ = [
     "compile_selector",
     "derived_labels",
     "explain_waiting",
+    "is_eligible",
 ]
 
 
@@ -334,6 +335,12 @@ class Candidate:
         return self.accepting and self.active_jobs < self.max_concurrency
 
 
+@functools.lru_cache(maxsize=65536)
+def is_eligible(selector: JobSelector, agent: AgentLabels) -> bool:
+    """Cached :meth:`JobSelector.admits` (both arguments are immutable and hashable)."""
+    return selector.admits(agent)
+
+
 def _load_key(c: Candidate) -> tuple[Fraction, float, str]:
     return (Fraction(c.active_jobs, max(c.max_concurrency, 1)), c.idle_since, c.agent_id)
 
@@ -347,7 +354,7 @@ def choose_agent(candidates: Iterable[Candidate], selector: JobSelector) -> str 
     """
     best: Candidate | None = None
     for cand in candidates:
-        if not cand.has_capacity or not selector.admits(cand.labels):
+        if not cand.has_capacity or not is_eligible(selector, cand.labels):
             continue
         if best is None or _load_key(cand) < _load_key(best):
             best = cand

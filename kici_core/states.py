@@ -98,7 +98,7 @@ class Actor(enum.StrEnum):
     restart = "restart"  # orchestrator startup recovery
 
 
-TERMINAL: Mapping[Kind, frozenset[str]] = {
+_TERMINAL_MEMBERS: Mapping[Kind, frozenset[enum.StrEnum]] = {
     Kind.run: frozenset({RunStatus.success, RunStatus.failed, RunStatus.cancelled}),
     Kind.job: frozenset(
         {
@@ -113,6 +113,7 @@ TERMINAL: Mapping[Kind, frozenset[str]] = {
     Kind.step: frozenset({StepStatus.success, StepStatus.failed, StepStatus.skipped, StepStatus.cancelled}),
     Kind.dispatch: frozenset({DispatchStatus.completed, DispatchStatus.failed, DispatchStatus.expired}),
 }
+TERMINAL: Mapping[Kind, frozenset[str]] = {k: frozenset(map(str, v)) for k, v in _TERMINAL_MEMBERS.items()}
 
 _A = Actor
 _J = JobStatus

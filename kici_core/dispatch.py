@@ -1,0 +1,609 @@
+"""Sans-I/O dispatcher for the agents connected to one orchestrator process.
+
+The durable queue lives in the database; this object holds the process's *view* of it (the
+pending jobs its driver told it about) and its own agents, and decides which job goes where. Every
+input is a method call carrying ``now`` (seconds) and ids; every output is a list of effect values
+(:mod:`kici_core.dispatch_effects`) that the driver runs in order. It never reads a clock, makes an
+id or touches a socket.
+
+Boundary with the pipeline: only *runnable* jobs reach :meth:`Dispatcher.job_queued`. ``needs``
+gating, skip cascades and run conclusion happen before (in the pipeline's transaction); a job
+waiting for an upstream is never in this queue.
+
+Rules enforced:
+
+* an agent never holds more dispatched jobs than its ``max_concurrency`` because of a dispatch;
+* a job goes only to an agent whose labels admit it (:mod:`kici_core.routing`);
+* queued jobs are considered oldest first (``created_at``, then arrival order); each free slot of
+  every agent is filled in one pass, not one job per event;
+* among eligible agents with a free slot the least loaded wins, ties to the one idle longest;
+* a dispatch not acknowledged within ``ack_timeout`` is cancelled, its agent closed with 4031 and
+  forgotten, and the job requeued; a job is delivered at most ``max_attempts`` times, then fails;
+* a job is assigned to at most one agent at a time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from kici_core import dispatch_effects as fx
+from kici_core import errors, routing
+from kici_core.states import JobStatus
+
+__all__ = ["AgentView", "Dispatcher"]
+
+_TERMINAL_AGENT_STATES = frozenset(str(s) for s in (JobStatus.success, JobStatus.failed, JobStatus.cancelled))
+
+
+class _Phase(enum.Enum):
+    QUEUED = "queued"
+    AWAITING_ACK = "awaiting_ack"
+    ACKED = "acked"
+    RUNNING = "running"
+    RECOVERING = "recovering"
+
+
+@dataclass(slots=True, kw_only=True)
+class _Job:
+    job_id: str
+    run_id: str
+    selector: routing.JobSelector | None
+    order: tuple[float, int]
+    attempts: int = 0
+    expires_at: float | None = None
+    phase: _Phase = _Phase.QUEUED
+    agent_id: str | None = None
+    ack_deadline: float | None = None
+    heartbeat_at: float | None = None
+    recovery_deadline: float | None = None
+    cancel_reason: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class _Agent:
+    agent_id: str
+    connection_id: str
+    labels: routing.AgentLabels
+    max_concurrency: int
+    idle_since: float
+    heartbeat_at: float
+    accepting: bool = True
+    jobs: set[str] = field(default_factory=set)
+
+    def candidate(self) -> routing.Candidate:
+        return routing.Candidate(
+            agent_id=self.agent_id,
+            labels=self.labels,
+            active_jobs=len(self.jobs),
+            max_concurrency=self.max_concurrency,
+            idle_since=self.idle_since,
+            accepting=self.accepting,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentView:
+    """Read-only snapshot of one connected agent."""
+
+    agent_id: str
+    connection_id: str
+    labels: routing.AgentLabels
+    max_concurrency: int
+    active_jobs: tuple[str, ...]
+    accepting: bool
+
+
+class Dispatcher:
+    """The dispatch state machine for one process's agents. See the module docstring."""
+
+    def __init__(self, *, config: fx.DispatcherConfig | None = None) -> None:
+        self.config = config or fx.DispatcherConfig()
+        self._agents: dict[str, _Agent] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._queue: list[tuple[float, int, str]] = []  # sorted FIFO keys of QUEUED jobs
+        self._seq = 0
+        self._completed: OrderedDict[str, tuple[str, float]] = OrderedDict()  # job -> (agent, until)
+
+    # ---------------------------------------------------------------- inspection
+
+    def agent(self, agent_id: str) -> AgentView | None:
+        """Snapshot of a connected agent, or ``None``."""
+        a = self._agents.get(agent_id)
+        if a is None:
+            return None
+        return AgentView(
+            agent_id=a.agent_id,
+            connection_id=a.connection_id,
+            labels=a.labels,
+            max_concurrency=a.max_concurrency,
+            active_jobs=tuple(sorted(a.jobs)),
+            accepting=a.accepting,
+        )
+
+    def agent_ids(self) -> tuple[str, ...]:
+        """Ids of the connected agents (for ``kici_agents_active``)."""
+        return tuple(sorted(self._agents))
+
+    def queued(self) -> tuple[str, ...]:
+        """Job ids waiting in this process's view, oldest first."""
+        return tuple(key[2] for key in self._queue)
+
+    def assignment(self, job_id: str) -> str | None:
+        """The agent a job is dispatched to, recovering for, or ``None``."""
+        job = self._jobs.get(job_id)
+        return None if job is None or job.phase is _Phase.QUEUED else job.agent_id
+
+    def owns(self, agent_id: str, job_id: str, *, now: float) -> bool:
+        """Whether a message about ``job_id`` from ``agent_id`` passes the in-memory ownership
+        check: the job is assigned or recovering for it, or it finished there within
+        ``ownership_grace``. (The driver may still accept it from the database fallback.)"""
+        job = self._jobs.get(job_id)
+        if job is not None and job.phase is not _Phase.QUEUED and job.agent_id == agent_id:
+            return True
+        done = self._completed.get(job_id)
+        return done is not None and done[0] == agent_id and now < done[1]
+
+    def why_waiting(self, job_id: str) -> routing.WaitExplanation | None:
+        """Why a queued job has no agent yet, or ``None`` if it is not queued here."""
+        job = self._jobs.get(job_id)
+        if job is None or job.phase is not _Phase.QUEUED or job.selector is None:
+            return None
+        return routing.explain_waiting(job.selector, {a.agent_id: a.labels for a in self._agents.values()})
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which :meth:`tick` has something to do, or ``None``."""
+        times: list[float] = []
+        for job in self._jobs.values():
+            if job.phase is _Phase.AWAITING_ACK and job.ack_deadline is not None:
+                times.append(job.ack_deadline)
+            elif job.phase in (_Phase.ACKED, _Phase.RUNNING) and job.heartbeat_at is not None:
+                times.append(job.heartbeat_at + self.config.stale_after)
+            elif job.phase is _Phase.RECOVERING and job.recovery_deadline is not None:
+                times.append(job.recovery_deadline)
+            elif job.phase is _Phase.QUEUED and job.expires_at is not None:
+                times.append(job.expires_at)
+        times.extend(a.heartbeat_at + self.config.agent_heartbeat_timeout for a in self._agents.values())
+        return min(times) if times else None
+
+    # ---------------------------------------------------------------- queue inputs
+
+    def job_queued(
+        self,
+        *,
+        job_id: str,
+        run_id: str,
+        selector: routing.JobSelector,
+        created_at: float,
+        now: float,
+        attempts: int = 0,
+        expires_at: float | None = None,
+    ) -> list[fx.Effect]:
+        """A runnable job is pending in the durable queue (new, requeued elsewhere, or found by a
+        notification). Known jobs are ignored, so a job is never assigned twice."""
+        if job_id in self._jobs:
+            return []
+        job = _Job(
+            job_id=job_id,
+            run_id=run_id,
+            selector=selector,
+            order=(created_at, self._next_seq()),
+            attempts=attempts,
+            expires_at=expires_at,
+        )
+        self._jobs[job_id] = job
+        self._enqueue(job)
+        return self._fill(now)
+
+    def job_withdrawn(self, *, job_id: str, now: float) -> list[fx.Effect]:
+        """The row is no longer pending for us: another process claimed it, it expired or was
+        cancelled in the database, or our ``MarkDispatched`` claim lost. Only queued jobs and
+        unacknowledged claims are dropped; started jobs are unaffected."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return []
+        if job.phase is _Phase.QUEUED:
+            self._dequeue(job)
+            del self._jobs[job_id]
+            return []
+        if job.phase is _Phase.AWAITING_ACK:
+            self._release(job, now)
+            del self._jobs[job_id]
+            return self._fill(now)
+        return []
+
+    def job_recovering(self, *, job_id: str, run_id: str, agent_id: str, deadline: float) -> list[fx.Effect]:
+        """Teach the dispatcher a durable ``recovering`` row (after a restart, or before an agent
+        that ran elsewhere registers here) so that agent can reclaim it."""
+        if job_id in self._jobs:
+            return []
+        self._jobs[job_id] = _Job(
+            job_id=job_id,
+            run_id=run_id,
+            selector=None,
+            order=(0.0, self._next_seq()),
+            phase=_Phase.RECOVERING,
+            agent_id=agent_id,
+            recovery_deadline=deadline,
+        )
+        return []
+
+    # ---------------------------------------------------------------- agent inputs
+
+    def agent_registered(
+        self,
+        *,
+        agent_id: str,
+        connection_id: str,
+        labels: routing.AgentLabels,
+        now: float,
+        max_concurrency: int = 1,
+        in_flight_jobs: Iterable[str] = (),
+    ) -> list[fx.Effect]:
+        """``agent.register`` passed its gates on ``connection_id``.
+
+        A new connection for a known ``agent_id`` supersedes the old one (closed with 4003); jobs
+        the agent still lists in ``in_flight_jobs`` stay with it, others are handled as if it had
+        disconnected. On the same connection it is a refresh: labels and capacity change, the live
+        job count is kept. In-flight jobs recovering for this agent are reclaimed; in-flight jobs
+        that are not this agent's are cancelled on it. Then ``register.ack``, then the agent is
+        filled.
+
+        Raises:
+            InvalidInput: ``max_concurrency`` is below 1.
+        """
+        if max_concurrency < 1:
+            raise errors.InvalidInput("maxConcurrency must be at least 1")
+        in_flight = list(dict.fromkeys(in_flight_jobs))
+        effects: list[fx.Effect] = []
+        existing = self._agents.get(agent_id)
+        if existing is not None and existing.connection_id == connection_id:
+            agent = existing
+            agent.labels = labels
+            agent.max_concurrency = max_concurrency
+            agent.accepting = True
+        else:
+            kept: set[str] = set()
+            if existing is not None:
+                effects.append(
+                    fx.CloseAgent(
+                        agent_id=agent_id,
+                        connection_id=existing.connection_id,
+                        code=fx.CLOSE_SUPERSEDED,
+                        reason=fx.REASON_SUPERSEDED,
+                    )
+                )
+                kept = existing.jobs & set(in_flight)
+                existing.jobs -= kept
+                effects += self._disconnect(existing, now)
+            agent = _Agent(
+                agent_id=agent_id,
+                connection_id=connection_id,
+                labels=labels,
+                max_concurrency=max_concurrency,
+                idle_since=now,
+                heartbeat_at=now,
+                jobs=kept,
+            )
+            self._agents[agent_id] = agent
+        for job_id in in_flight:
+            job = self._jobs.get(job_id)
+            if job is not None and job_id in agent.jobs:
+                effects += self._mark_acked(job, now)
+            elif job is not None and job.phase is _Phase.RECOVERING and job.agent_id == agent_id:
+                job.phase = _Phase.RUNNING
+                job.recovery_deadline = None
+                job.heartbeat_at = now
+                agent.jobs.add(job_id)
+                effects.append(fx.Reclaim(job_id=job_id, agent_id=agent_id))
+            else:
+                effects.append(fx.SendCancel(agent_id=agent_id, job_id=job_id, reason=fx.REASON_NOT_ASSIGNED))
+        effects.append(fx.SendRegisterAck(agent_id=agent_id, connection_id=connection_id))
+        return effects + self._fill(now)
+
+    def agent_heartbeat(self, *, agent_id: str, now: float) -> list[fx.Effect]:
+        """A connection ``heartbeat`` from the agent (the only liveness signal for the socket)."""
+        agent = self._agents.get(agent_id)
+        if agent is not None:
+            agent.heartbeat_at = now
+        return []
+
+    def agent_gone(self, *, agent_id: str, connection_id: str, now: float) -> list[fx.Effect]:
+        """The connection closed. Ignored unless it is the agent's current connection. Jobs not yet
+        acknowledged are requeued; started jobs wait ``recovery_grace`` for a reconnect."""
+        agent = self._agents.get(agent_id)
+        if agent is None or agent.connection_id != connection_id:
+            return []
+        return self._disconnect(agent, now) + self._fill(now)
+
+    # ---------------------------------------------------------------- job inputs
+
+    def job_acked(self, *, agent_id: str, job_id: str, now: float) -> list[fx.Effect]:
+        """``job.ack`` from ``agent_id``; ignored unless the dispatch is this agent's."""
+        job = self._owned(agent_id, job_id)
+        return [] if job is None else self._mark_acked(job, now)
+
+    def job_rejected(self, *, agent_id: str, job_id: str, reason: str, now: float) -> list[fx.Effect]:
+        """``job.reject``: free the slot and requeue (or fail once the budget is spent). After a
+        ``draining`` reject the agent gets no more work until it registers again."""
+        job = self._owned(agent_id, job_id)
+        if job is None or job.phase not in (_Phase.AWAITING_ACK, _Phase.ACKED):
+            return []
+        if reason == "draining":
+            self._agents[agent_id].accepting = False
+        effects = self._requeue_or_fail(job, f"agent rejected dispatch ({reason})", now)
+        return effects + self._fill(now)
+
+    def job_status(self, *, agent_id: str, job_id: str, state: str, now: float) -> list[fx.Effect]:
+        """``job.status`` from ``agent_id``. ``running`` settles the ack and starts the heartbeat
+        clock; ``success``/``failed``/``cancelled`` free the slot (once) and refill the agent.
+        Other states change nothing here."""
+        job = self._owned(agent_id, job_id)
+        if job is None:
+            return []
+        if state == JobStatus.running:
+            effects = self._mark_acked(job, now)
+            job.phase = _Phase.RUNNING
+            job.heartbeat_at = now
+            return effects
+        if state in _TERMINAL_AGENT_STATES:
+            effects = []
+            if job.phase is _Phase.AWAITING_ACK:
+                effects.append(fx.AckResolved(job_id=job_id, agent_id=agent_id))
+            self._release(job, now)
+            del self._jobs[job_id]
+            self._remember_completed(job_id, agent_id, now)
+            return effects + self._fill(now)
+        return []
+
+    def job_heartbeat(self, *, agent_id: str, job_id: str, now: float) -> list[fx.Effect]:
+        """``job.heartbeat``: counts only while the job is running on this agent."""
+        job = self._owned(agent_id, job_id)
+        if job is not None and job.phase is _Phase.RUNNING:
+            job.heartbeat_at = now
+        return []
+
+    def cancel_requested(
+        self,
+        *,
+        reason: str,
+        now: float,
+        run_id: str | None = None,
+        job_id: str | None = None,
+        force: bool = False,
+    ) -> list[fx.Effect]:
+        """Cancel one job or every job of a run known here.
+
+        Queued, unacknowledged and recovering jobs end at once as ``cancelled`` (an unacknowledged
+        one also gets a best-effort ``job.cancel``). Started jobs get ``job.cancel`` and keep their
+        slot until the agent reports a terminal status. Each ``SendCancel`` is one notified agent.
+
+        Raises:
+            InvalidInput: neither or both of ``run_id`` and ``job_id`` given.
+        """
+        if (run_id is None) == (job_id is None):
+            raise errors.InvalidInput("cancel needs exactly one of run_id or job_id")
+        if job_id is not None:
+            targets = [self._jobs[job_id]] if job_id in self._jobs else []
+        else:
+            targets = sorted((j for j in self._jobs.values() if j.run_id == run_id), key=lambda j: j.order)
+        effects: list[fx.Effect] = []
+        freed = False
+        for job in targets:
+            ended = fx.FailJob(job_id=job.job_id, status=JobStatus.cancelled, reason=reason)
+            if job.phase is _Phase.QUEUED:
+                self._dequeue(job)
+                del self._jobs[job.job_id]
+                effects.append(ended)
+            elif job.phase is _Phase.RECOVERING:
+                del self._jobs[job.job_id]
+                effects.append(ended)
+            elif job.phase is _Phase.AWAITING_ACK:
+                assert job.agent_id is not None
+                effects.append(fx.SendCancel(agent_id=job.agent_id, job_id=job.job_id, reason=reason, force=force))
+                self._release(job, now)
+                del self._jobs[job.job_id]
+                effects.append(ended)
+                freed = True
+            else:
+                assert job.agent_id is not None
+                job.cancel_reason = reason
+                effects.append(fx.SendCancel(agent_id=job.agent_id, job_id=job.job_id, reason=reason, force=force))
+        return effects + (self._fill(now) if freed else [])
+
+    # ---------------------------------------------------------------- time
+
+    def tick(self, *, now: float) -> list[fx.Effect]:
+        """Run every deadline due at ``now``: ack timeouts, silent connections, recovery windows,
+        stale started jobs, queue expiry. Then fill free slots."""
+        effects: list[fx.Effect] = []
+        effects += self._expire_acks(now)
+        for agent in sorted(self._agents.values(), key=lambda a: a.agent_id):
+            if now - agent.heartbeat_at > self.config.agent_heartbeat_timeout:
+                effects.append(
+                    fx.CloseAgent(
+                        agent_id=agent.agent_id,
+                        connection_id=agent.connection_id,
+                        code=fx.CLOSE_HEARTBEAT_TIMEOUT,
+                        reason=fx.REASON_HEARTBEAT_TIMEOUT,
+                    )
+                )
+                effects += self._disconnect(agent, now)
+        for job in sorted(self._jobs.values(), key=lambda j: j.order):
+            if job.phase is _Phase.RECOVERING and job.recovery_deadline is not None and job.recovery_deadline <= now:
+                del self._jobs[job.job_id]
+                effects.append(
+                    fx.FailJob(job_id=job.job_id, status=JobStatus.failed, reason=fx.REASON_RECOVERY_EXPIRED)
+                )
+            elif job.phase in (_Phase.ACKED, _Phase.RUNNING):
+                effects += self._check_stale(job, now)
+            elif job.phase is _Phase.QUEUED and job.expires_at is not None and job.expires_at <= now:
+                self._dequeue(job)
+                del self._jobs[job.job_id]
+                effects.append(
+                    fx.FailJob(job_id=job.job_id, status=JobStatus.timed_out_stale, reason=fx.REASON_QUEUE_EXPIRED)
+                )
+        while self._completed and next(iter(self._completed.values()))[1] <= now:
+            self._completed.popitem(last=False)
+        return effects + self._fill(now)
+
+    # ---------------------------------------------------------------- internals
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _enqueue(self, job: _Job) -> None:
+        job.phase = _Phase.QUEUED
+        job.agent_id = None
+        job.ack_deadline = None
+        job.heartbeat_at = None
+        bisect.insort(self._queue, (*job.order, job.job_id))
+
+    def _dequeue(self, job: _Job) -> None:
+        key = (*job.order, job.job_id)
+        index = bisect.bisect_left(self._queue, key)
+        if index < len(self._queue) and self._queue[index] == key:
+            del self._queue[index]
+
+    def _owned(self, agent_id: str, job_id: str) -> _Job | None:
+        agent = self._agents.get(agent_id)
+        job = self._jobs.get(job_id)
+        if agent is None or job is None or job_id not in agent.jobs:
+            return None
+        return job
+
+    def _release(self, job: _Job, now: float) -> None:
+        if job.agent_id is not None and job.agent_id in self._agents:
+            agent = self._agents[job.agent_id]
+            if job.job_id in agent.jobs:
+                agent.jobs.discard(job.job_id)
+                agent.idle_since = now
+        job.agent_id = None
+
+    def _remember_completed(self, job_id: str, agent_id: str, now: float) -> None:
+        self._completed[job_id] = (agent_id, now + self.config.ownership_grace)
+        self._completed.move_to_end(job_id)
+        while len(self._completed) > self.config.completed_cap:
+            self._completed.popitem(last=False)
+
+    def _mark_acked(self, job: _Job, now: float) -> list[fx.Effect]:
+        if job.phase is not _Phase.AWAITING_ACK:
+            return []
+        assert job.agent_id is not None
+        job.phase = _Phase.ACKED
+        job.ack_deadline = None
+        job.heartbeat_at = now
+        return [fx.AckResolved(job_id=job.job_id, agent_id=job.agent_id)]
+
+    def _requeue_or_fail(self, job: _Job, context: str, now: float) -> list[fx.Effect]:
+        self._release(job, now)
+        job.attempts += 1
+        if job.cancel_reason is not None:
+            del self._jobs[job.job_id]
+            return [fx.FailJob(job_id=job.job_id, status=JobStatus.cancelled, reason=job.cancel_reason)]
+        if job.attempts >= self.config.max_attempts or job.selector is None:
+            del self._jobs[job.job_id]
+            reason = f"Job failed: re-dispatch attempts exhausted after {job.attempts} attempts ({context})"
+            return [fx.FailJob(job_id=job.job_id, status=JobStatus.failed, reason=reason)]
+        self._enqueue(job)
+        return [fx.Requeue(job_id=job.job_id, attempts=job.attempts, context=context)]
+
+    def _disconnect(self, agent: _Agent, now: float) -> list[fx.Effect]:
+        """Forget ``agent``; requeue its unacknowledged jobs, put started ones in recovery."""
+        if self._agents.get(agent.agent_id) is agent:
+            del self._agents[agent.agent_id]
+        effects: list[fx.Effect] = []
+        for job_id in sorted(agent.jobs, key=lambda j: self._jobs[j].order):
+            job = self._jobs[job_id]
+            if job.phase is _Phase.AWAITING_ACK:
+                agent.jobs.discard(job_id)
+                effects += self._requeue_or_fail(job, "agent disconnected before acknowledging dispatch", now)
+            elif job.cancel_reason is not None:
+                del self._jobs[job_id]
+                effects.append(fx.FailJob(job_id=job_id, status=JobStatus.cancelled, reason=job.cancel_reason))
+            else:
+                deadline = now + self.config.recovery_grace
+                job.phase = _Phase.RECOVERING
+                job.recovery_deadline = deadline
+                job.agent_id = agent.agent_id
+                effects.append(fx.MarkRecovering(job_id=job_id, agent_id=agent.agent_id, deadline=deadline))
+        agent.jobs.clear()
+        return effects
+
+    def _expire_acks(self, now: float) -> list[fx.Effect]:
+        late: dict[str, list[_Job]] = {}
+        for job in self._jobs.values():
+            if job.phase is _Phase.AWAITING_ACK and job.ack_deadline is not None and job.ack_deadline <= now:
+                assert job.agent_id is not None
+                late.setdefault(job.agent_id, []).append(job)
+        effects: list[fx.Effect] = []
+        for agent_id in sorted(late):
+            agent = self._agents[agent_id]
+            jobs = sorted(late[agent_id], key=lambda j: j.order)
+            for job in jobs:
+                effects.append(fx.SendCancel(agent_id=agent_id, job_id=job.job_id, reason=fx.REASON_ACK_TIMEOUT))
+            effects.append(
+                fx.CloseAgent(
+                    agent_id=agent_id,
+                    connection_id=agent.connection_id,
+                    code=fx.CLOSE_DISPATCH_ACK_TIMEOUT,
+                    reason=fx.REASON_ACK_TIMEOUT,
+                )
+            )
+            for job in jobs:
+                agent.jobs.discard(job.job_id)
+                effects += self._requeue_or_fail(job, fx.REASON_ACK_TIMEOUT, now)
+            # The agent is forgotten at once so the requeue cannot pick it; its other jobs are
+            # handled as for any disconnect.
+            effects += self._disconnect(agent, now)
+        return effects
+
+    def _check_stale(self, job: _Job, now: float) -> list[fx.Effect]:
+        if job.heartbeat_at is None or now - job.heartbeat_at < self.config.stale_after:
+            return []
+        assert job.agent_id is not None
+        agent_id = job.agent_id
+        if job.phase is _Phase.RUNNING:
+            reason = f"No heartbeat received for {int(now - job.heartbeat_at)}s"
+        else:
+            reason = fx.REASON_NEVER_STARTED
+        self._release(job, now)
+        del self._jobs[job.job_id]
+        self._remember_completed(job.job_id, agent_id, now)
+        return [
+            fx.SendCancel(agent_id=agent_id, job_id=job.job_id, reason=fx.CANCEL_NO_HEARTBEAT),
+            fx.FailJob(job_id=job.job_id, status=JobStatus.timed_out_stale, reason=reason),
+        ]
+
+    def _fill(self, now: float) -> list[fx.Effect]:
+        """Assign queued jobs, oldest first, until no agent with a free slot can take any."""
+        free = {a.agent_id: a.candidate() for a in self._agents.values() if a.accepting and len(a.jobs) < a.max_concurrency}
+        effects: list[fx.Effect] = []
+        for _, _, job_id in list(self._queue):
+            if not free:
+                break
+            job = self._jobs[job_id]
+            if job.selector is None or (job.expires_at is not None and job.expires_at <= now):
+                continue
+            agent_id = routing.choose_agent(free.values(), job.selector)
+            if agent_id is None:
+                continue
+            agent = self._agents[agent_id]
+            self._dequeue(job)
+            deadline = now + self.config.ack_timeout
+            job.phase = _Phase.AWAITING_ACK
+            job.agent_id = agent_id
+            job.ack_deadline = deadline
+            agent.jobs.add(job_id)
+            agent.idle_since = now
+            effects.append(fx.MarkDispatched(job_id=job_id, agent_id=agent_id, ack_deadline=deadline))
+            effects.append(fx.SendDispatch(agent_id=agent_id, job_id=job_id))
+            if len(agent.jobs) < agent.max_concurrency:
+                free[agent_id] = agent.candidate()
+            else:
+                del free[agent_id]
+        return effects

@@ -62,7 +62,7 @@ def _v(name: str, kind: Kind, default: str | None, tier: Tier, description: str,
 VARIABLES: tuple[Var, ...] = (
     # --- mode, listener, routing -------------------------------------------------------------
     _v("KICI_MODE", "enum", "platform", "core", "Operating mode. kici-server runs platform/hybrid, kici-standalone runs independent.", choices=_MODES, yaml="instance.mode"),
-    _v("KICI_INSTANCE_MODE", "enum", None, "core", "Alias of KICI_MODE (env form of instance.mode); refusing to boot when it disagrees with KICI_MODE or instance.mode.", choices=_MODES, alias_of="KICI_MODE"),
+    _v("KICI_INSTANCE_MODE", "enum", None, "core", "Alias of KICI_MODE (env form of instance.mode); boot is refused when it disagrees with KICI_MODE or instance.mode.", choices=_MODES, alias_of="KICI_MODE"),
     _v("KICI_PORT", "int", "4000", "core", "Port of the single HTTP/WebSocket listener (0 picks a free port).", minimum=0, maximum=65535, yaml="server.port"),
     _v("KICI_SERVER_PORT", "int", None, "core", "Alias of KICI_PORT.", minimum=0, maximum=65535, alias_of="KICI_PORT"),
     _v("KICI_HOST", "str", "0.0.0.0", "core", "Interface the listener binds to (all interfaces by default).", yaml="server.host"),
@@ -74,7 +74,7 @@ VARIABLES: tuple[Var, ...] = (
     _v("KICI_NODE_ENV", "enum", None, "core", "Alias of NODE_ENV.", choices=("development", "production", "test"), alias_of="NODE_ENV"),
     # --- logging ------------------------------------------------------------------------------
     _v("KICI_LOG_LEVEL", "enum", "info", "core", "Log threshold of the JSON log lines on stdout.", choices=_LEVELS, yaml="server.logLevel", used_by=("server", "standalone", "agent")),
-    _v("KICI_SERVER_LOG_LEVEL", "enum", None, "core", "Alias of KICI_LOG_LEVEL.", choices=_LEVELS, alias_of="KICI_LOG_LEVEL"),
+    _v("KICI_SERVER_LOG_LEVEL", "enum", None, "core", "Alias of KICI_LOG_LEVEL.", choices=_LEVELS, alias_of="KICI_LOG_LEVEL", used_by=("server", "standalone", "agent")),
     _v("KICI_LOG_FORMAT", "enum", "auto", "core", "Accepted for compatibility; the server entry points always log JSON.", choices=("auto", "plain", "json")),
     # --- database -----------------------------------------------------------------------------
     _v("KICI_DATABASE_URL", "url", None, "core", "PostgreSQL URL (postgresql:// or postgres://). Required; the value `embedded` (or leaving it unset with KICI_DEV=true) starts an embedded PostgreSQL for development.", secret=True, yaml="database.url"),

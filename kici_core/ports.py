@@ -189,7 +189,9 @@ class NewJob:
     runs_on: tuple[JSONObject, ...]  # label matchers as in the lock file
     exclude_labels: tuple[JSONObject, ...]
     job_config: JSONObject  # the lock-file job (steps untouched) handed to the agent
-    runnable: bool  # no needs: enqueue for dispatch in the same transaction
+    runnable: bool  # needs met: enqueue for dispatch in the same transaction
+    status: str = "pending"  # or already "failed"/"skipped" at planning time (see reason)
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,6 +206,7 @@ class NewRun:
     sha: str | None
     trigger_decision: JSONObject
     jobs: tuple[NewJob, ...]
+    status: str = "pending"  # already terminal when planning failed every job
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

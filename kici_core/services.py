@@ -1,0 +1,256 @@
+"""Use cases over the ports: processing an accepted delivery into runs (webhooks spec §5, ARCHITECTURE §2).
+
+``Pipeline.process`` turns one claimed inbox item into a :class:`ProcessOutput` (the outcome recorded on the
+event_log row and the runs to create); ``handle_item`` drives one item end to end against the inbox,
+including the retry policy. Everything here is deterministic given the ports: ids and time come in through
+``ids`` and ``timer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kici_core import errors, events, lockfile, matching, planning
+from kici_core.jsontypes import JSONObject, JSONValue
+from kici_core.ports import (
+    ChangedFilesSource,
+    DeliveryInbox,
+    DeliveryOutcome,
+    GenericSource,
+    InboxItem,
+    LockfileSource,
+    NeedEdge,
+    NewJob,
+    NewRun,
+    PlatformLink,
+    RepoSource,
+    SourceStore,
+)
+
+MAX_ATTEMPTS = 8
+"""Processing attempts before a delivery is parked as ``failed`` (replayable with ``event-log replay``)."""
+
+
+def retry_delay(attempts: int) -> float | None:
+    """Seconds before the next attempt after ``attempts`` failed ones; None: give up and park it."""
+    if attempts >= MAX_ATTEMPTS:
+        return None
+    return float(min(2 ** attempts, 300))
+
+
+def to_plain(value: object) -> JSONValue:
+    """A JSON-serialisable copy of a (possibly read-only) lock-file value."""
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Provider:
+    """How to read repositories of one provider (``github`` or ``local``)."""
+
+    lockfiles: LockfileSource
+    changed_files: ChangedFilesSource
+    repo_url: Callable[[RepoSource, str, Mapping[str, JSONValue]], str]
+    """Clone URL of ``repo`` for agents."""
+
+
+class PipelineObserver(Protocol):
+    """Metrics hooks (the runtime binds them to Prometheus)."""
+
+    def matched(self, seconds: float) -> None: ...
+
+    def processed(self, result: str) -> None: ...
+
+
+class _NoObserver:
+    def matched(self, seconds: float) -> None:
+        return None
+
+    def processed(self, result: str) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessOutput:
+    outcome: DeliveryOutcome
+    runs: tuple[NewRun, ...] = ()
+    match: matching.MatchResult | None = None
+    event: events.NormalisedEvent | None = None
+
+
+def _received(reason: str, **kw: str | None) -> ProcessOutput:
+    return ProcessOutput(outcome=DeliveryOutcome(status="received", error_message=reason,
+                                                 repo_identifier=kw.get("repo"), ref=kw.get("ref")))
+
+
+@dataclass(slots=True, kw_only=True)
+class Pipeline:
+    sources: SourceStore
+    providers: Mapping[str, Provider]
+    ids: Callable[[], str]
+    timer: Callable[[], float]
+    observer: PipelineObserver = field(default_factory=_NoObserver)
+
+    async def _source(self, item: InboxItem) -> RepoSource | None:
+        if item.provider == "github":
+            return await self.sources.github_by_routing_key(item.routing_key)
+        if item.provider == "local":
+            # routing key "generic:<org>:<id>"
+            source_id = item.routing_key.rsplit(":", 1)[-1]
+            found = await self.sources.generic_by_id(source_id)
+            return found if isinstance(found, GenericSource) and found.provider_type == "local" else None
+        return None
+
+    async def process(self, item: InboxItem, body: bytes) -> ProcessOutput:
+        """Normalise, read the lock file, match and plan. Raises ``Unavailable`` for retryable failures."""
+        try:
+            payload_value = json.loads(body)
+        except ValueError:
+            return ProcessOutput(outcome=DeliveryOutcome(status="failed", error_message="stored payload is not JSON"))
+        payload: Mapping[str, JSONValue] = payload_value if isinstance(payload_value, dict) else {"value": payload_value}
+        provider = self.providers.get(item.provider)
+        if provider is None:
+            return _received(f"no repository provider for {item.provider} deliveries")
+        event = events.normalize_github(item.event, payload)
+        if event is None:
+            return _received(f"event {item.event!r} is not supported")
+        repo = events.repo_full_name(payload)
+        if repo is None:
+            return _received("payload names no repository")
+        source = await self._source(item)
+        if source is None:
+            return _received(f"no source registered for {item.routing_key}", repo=repo)
+        ref = events.lockfile_ref(item.event, payload)
+        fetched = await provider.lockfiles.fetch_lockfile(source, repo, ref)
+        if fetched.content is None:
+            return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_missing", repo_identifier=repo, ref=ref))
+        try:
+            lock = lockfile.parse_lockfile(fetched.content)
+        except errors.LockfileError as exc:
+            return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_corrupt", repo_identifier=repo, ref=ref,
+                                                         error_message=str(exc)[:2000]))
+        workflows = [matching.WorkflowTriggers(name=w.name, triggers=w.triggers) for w in lock.workflows]
+        event = dataclasses.replace(event, source_repo=repo)
+        if any(t.needs_paths for w in lock.workflows for t in w.triggers):
+            event = event.with_changed_files(await self._changed_files(provider, source, repo, item.event, payload))
+        started = self.timer()
+        result = matching.evaluate(workflows, event)
+        self.observer.matched(self.timer() - started)
+        plans = planning.plan_runs(lock, result.matched_names, id_factory=self.ids)
+        decisions = {d.workflow_name: d for d in result.decisions}
+        sha = ref if ref != "HEAD" else None
+        runs = tuple(
+            _new_run(plan, run_id=self.ids(), provider=item.provider, routing_key=item.routing_key, repo=repo,
+                     repo_url=provider.repo_url(source, repo, payload), ref=events.job_ref(event), sha=sha,
+                     decision=decisions[plan.workflow_name].summary_dict())
+            for plan in plans
+        )
+        outcome = DeliveryOutcome(status="processed", matched_count=len(runs), repo_identifier=repo, ref=ref,
+                                  decision_trace=result.to_dict())
+        self.observer.processed("matched" if runs else "skipped")
+        return ProcessOutput(outcome=outcome, runs=runs, match=result, event=event)
+
+    async def _changed_files(self, provider: Provider, source: RepoSource, repo: str, event_name: str,
+                             payload: Mapping[str, JSONValue]) -> list[str]:
+        req = events.changed_files_request(event_name, payload)
+        if req is None:
+            return []
+        if req.kind == "pull_request":
+            return await provider.changed_files.changed_files(source, repo, base=None, head="", pull_number=req.number)
+        return await provider.changed_files.changed_files(source, repo, base=req.base, head=req.head or "")
+
+
+def _new_run(plan: planning.RunPlan, *, run_id: str, provider: str, routing_key: str, repo: str, repo_url: str,
+             ref: str, sha: str | None, decision: JSONObject) -> NewRun:
+    runnable = set(plan.runnable)
+    jobs = tuple(
+        NewJob(
+            job_id=j.job_id, name=j.name, base_name=j.base_name,
+            matrix_values=dict(j.matrix_values) if j.matrix_values is not None else None,
+            needs=tuple(NeedEdge(upstream_name=e.upstream, run_on=tuple(sorted(e.run_on))) for e in j.needs),
+            runs_on=tuple(dict(m) for m in j.lock_job.runs_on),
+            exclude_labels=tuple(dict(m) for m in j.lock_job.exclude_labels),
+            job_config=_job_config(j),
+            runnable=j.name in runnable,
+            status=j.status, reason=j.reason,
+        )
+        for j in plan.jobs
+    )
+    status = plan.conclusion.status if plan.conclusion is not None else "pending"
+    return NewRun(run_id=run_id, workflow_name=plan.workflow_name, provider=provider, routing_key=routing_key,
+                  repo_identifier=repo, repo_url=repo_url, ref=ref, sha=sha, trigger_decision=decision, jobs=jobs,
+                  status=status)
+
+
+def _job_config(job: planning.PlannedJob) -> JSONObject:
+    raw = to_plain(job.lock_job.raw)
+    config: dict[str, JSONValue] = dict(raw) if isinstance(raw, dict) else {}
+    config["name"] = job.base_name
+    if job.matrix_values is not None:
+        config["matrix"] = dict(job.matrix_values)
+    return config
+
+
+async def handle_item(
+    item: InboxItem,
+    *,
+    inbox: DeliveryInbox,
+    pipeline: Pipeline,
+    platform: PlatformLink | None = None,
+    on_error: Callable[[InboxItem, BaseException], Awaitable[None]] | None = None,
+) -> list[str] | None:
+    """Process one claimed item and record its outcome; returns the run ids, or None when it will be retried.
+
+    Retryable failures (``Unavailable``: GitHub or storage down) release the item with a backoff; after
+    :data:`MAX_ATTEMPTS` it is parked as ``failed``. Any other error parks it as ``failed`` at once with the
+    error's message (it will fail the same way again; ``event-log replay`` retries by hand).
+    """
+    try:
+        body = await inbox.payload(item)
+        out = await pipeline.process(item, body)
+    except errors.Unavailable as exc:
+        if on_error is not None:
+            await on_error(item, exc)
+        delay = retry_delay(item.attempts)
+        await inbox.fail(item, f"{type(exc).__name__}: {exc}"[:2000], retry_after=delay)
+        if delay is None:
+            pipeline.observer.processed("error")
+        return None
+    except errors.KiciError as exc:
+        if on_error is not None:
+            await on_error(item, exc)
+        await inbox.fail(item, f"{type(exc).__name__}: {exc}"[:2000], retry_after=None)
+        pipeline.observer.processed("error")
+        return None
+    run_ids = await inbox.complete(item, out.outcome, out.runs)
+    if platform is not None:
+        await platform.send(_execution_event(item, out, run_id=pipeline.ids()))
+    return run_ids
+
+
+def _execution_event(item: InboxItem, out: ProcessOutput, *, run_id: str) -> dict[str, JSONValue]:
+    decisions: list[JSONValue] = [d.summary_dict() for d in out.match.decisions] if out.match else []
+    return {
+        "type": "execution.event",
+        "runId": run_id,
+        "event": "started",
+        "data": {
+            "deliveryId": item.delivery_id,
+            "webhookEvent": item.event,
+            "action": item.action,
+            "repoIdentifier": out.outcome.repo_identifier,
+            "ref": out.outcome.ref,
+            "matchedWorkflows": len(out.runs),
+            "totalWorkflows": len(decisions),
+            "decisions": decisions,
+        },
+    }

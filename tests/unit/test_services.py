@@ -1,0 +1,185 @@
+"""The processing pipeline over fakes: every outcome, retries, idempotent completion."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import timedelta
+from itertools import count
+
+import pytest
+
+from kici_core import errors, services
+from kici_core.jsontypes import JSONValue
+from kici_core.ports import Delivery, GitHubSource, RepoSource
+from kici_core.testing import fakes
+
+pytestmark = pytest.mark.anyio
+
+SHA = "a" * 40
+LOCK = {
+    "schemaVersion": 29,
+    "source": {"file": ".kici/workflows/ci.ts"},
+    "contentHash": "x",
+    "workflows": [
+        {"name": "ci", "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
+         "jobs": [
+             {"_type": "static", "name": "lint", "runsOn": [{"kind": "exact", "value": "linux"}], "needs": [],
+              "steps": [{"name": "lint", "run": "echo lint"}]},
+             {"_type": "static", "name": "test", "needs": ["lint"], "steps": [{"name": "t", "run": "true"}],
+              "matrix": {"_type": "static", "values": {"py": ["3.11", "3.12"]}}},
+         ]},
+        {"name": "docs", "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}],
+                                       "paths": ["docs/**"]}],
+         "jobs": [{"_type": "static", "name": "build", "needs": [], "steps": [{"name": "b", "run": "true"}]}]},
+        {"name": "release", "triggers": [{"_type": "tag", "patterns": [{"type": "glob", "pattern": "v*"}]}],
+         "jobs": [{"_type": "static", "name": "r", "needs": [], "steps": []}]},
+    ],
+}
+
+
+def push_payload(ref: str = "refs/heads/main", before: str = "b" * 40) -> dict[str, JSONValue]:
+    return {"ref": ref, "before": before, "after": SHA, "repository": {"full_name": "acme/app", "default_branch": "main",
+                                                                        "clone_url": "https://github.com/acme/app.git"}}
+
+
+class World:
+    def __init__(self) -> None:
+        self.clock = fakes.FakeClock()
+        self.blobs = fakes.FakeBlobStore()
+        self.inbox = fakes.FakeDeliveryInbox(self.blobs, self.clock)
+        self.sources = fakes.FakeSourceStore(self.clock)
+        self.lockfiles = fakes.FakeLockfileSource()
+        self.changes = fakes.FakeChangedFilesSource()
+        self.platform = fakes.FakePlatformLink()
+        ids = count(1)
+
+        def url(source: RepoSource, repo: str, payload: Mapping[str, JSONValue]) -> str:
+            return f"https://github.com/{repo}.git"
+
+        self.pipeline = services.Pipeline(
+            sources=self.sources,
+            providers={"github": services.Provider(lockfiles=self.lockfiles, changed_files=self.changes, repo_url=url)},
+            ids=lambda: f"id-{next(ids)}", timer=lambda: 0.0,
+        )
+
+    async def setup(self) -> None:
+        await self.sources.add_github(GitHubSource(id="s1", routing_key="github:1", name="app", app_id="1"))
+        self.lockfiles.files[("acme/app", SHA)] = json.dumps(LOCK).encode()
+
+    async def deliver(self, payload: dict[str, JSONValue], event: str = "push", delivery_id: str = "d1") -> None:
+        await self.inbox.accept(Delivery(org_id="acme", delivery_id=delivery_id, routing_key="github:1", event=event,
+                                         action=None, source="direct", provider="github",
+                                         body=json.dumps(payload).encode(), received_at=self.clock.now()))
+
+    async def run_once(self) -> list[str] | None:
+        items = await self.inbox.claim(worker_id="w", limit=10, lease_seconds=30)
+        assert len(items) == 1
+        return await services.handle_item(items[0], inbox=self.inbox, pipeline=self.pipeline, platform=self.platform)
+
+
+async def test_push_creates_runs_with_matrix_and_needs_and_trace() -> None:
+    w = World()
+    await w.setup()
+    w.changes.files[("acme/app", SHA)] = ["src/main.py"]
+    await w.deliver(push_payload())
+    run_ids = await w.run_once()
+    assert run_ids is not None and len(run_ids) == 1
+    run = w.inbox.runs[run_ids[0]].run
+    assert run.workflow_name == "ci" and run.sha == SHA and run.ref == "main"
+    names = {j.name: j for j in run.jobs}
+    assert list(names) == ["lint", "test (3.11)", "test (3.12)"]
+    assert [j.name for j in run.jobs if j.runnable] == ["lint"]
+    assert all(e.upstream_name == "lint" for j in run.jobs if j.base_name == "test" for e in j.needs)
+    assert [j.name for j in w.inbox.queue] == ["lint"]
+    lint = names["lint"]
+    assert lint.job_config["steps"] == [{"name": "lint", "run": "echo lint"}]
+    entry = await w.inbox.get("acme", "d1")
+    assert entry is not None and entry.status == "processed" and entry.matched_count == 1
+    assert entry.run_id == run_ids[0] and entry.repo_identifier == "acme/app"
+    trace = entry.decision_trace
+    assert isinstance(trace, dict)
+    docs = next(d for d in trace["decisions"] if d["workflowName"] == "docs")  # type: ignore[union-attr]
+    assert docs["matched"] is False  # changed files did not touch docs/**
+    assert w.changes.calls == [("acme/app", "b" * 40, SHA, None)]
+    assert w.platform.sent and w.platform.sent[0]["type"] == "execution.event"
+
+
+async def test_completing_twice_creates_no_second_run() -> None:
+    w = World()
+    await w.setup()
+    await w.deliver(push_payload())
+    first = await w.run_once()
+    assert await w.inbox.replay("acme", "d1")
+    second = await w.run_once()
+    assert first == second and len(w.inbox.runs) == 1 and len(w.inbox.queue) == 1
+
+
+async def test_outcomes_missing_corrupt_unsupported() -> None:
+    w = World()
+    await w.setup()
+    await w.deliver(push_payload(), delivery_id="d1")
+    w.lockfiles.files[("acme/app", SHA)] = b'{"schemaVersion": 29, "workflows": [{"name": 1}]}'
+    await w.run_once()
+    e = await w.inbox.get("acme", "d1")
+    assert e is not None and e.status == "lockfile_corrupt" and e.error_message
+    w.lockfiles.files.clear()
+    await w.deliver(push_payload(), delivery_id="d2")
+    await w.run_once()
+    e = await w.inbox.get("acme", "d2")
+    assert e is not None and e.status == "lockfile_missing" and e.ref == SHA
+    await w.deliver({"zen": "hi"}, event="ping", delivery_id="d3")
+    await w.run_once()
+    e = await w.inbox.get("acme", "d3")
+    assert e is not None and e.status == "received"
+
+
+async def test_tag_push_matches_tag_trigger_not_push() -> None:
+    w = World()
+    await w.setup()
+    await w.deliver(push_payload(ref="refs/tags/v1.2"))
+    run_ids = await w.run_once()
+    assert run_ids is not None
+    assert [w.inbox.runs[r].run.workflow_name for r in run_ids] == ["release"]
+
+
+async def test_upstream_outage_retries_with_backoff_then_parks() -> None:
+    w = World()
+    await w.setup()
+    w.lockfiles.fail_with = errors.UpstreamUnavailable("GitHub answered 502")
+    await w.deliver(push_payload())
+    assert await w.run_once() is None
+    e = await w.inbox.get("acme", "d1")
+    assert e is not None and e.status == "received" and "502" in (e.error_message or "")
+    assert await w.inbox.claim(worker_id="w", limit=1, lease_seconds=30) == []  # backing off
+    for _ in range(services.MAX_ATTEMPTS - 1):
+        w.clock.advance(400)
+        items = await w.inbox.claim(worker_id="w", limit=1, lease_seconds=30)
+        assert len(items) == 1
+        await services.handle_item(items[0], inbox=w.inbox, pipeline=w.pipeline)
+    e = await w.inbox.get("acme", "d1")
+    assert e is not None and e.status == "failed" and await w.inbox.depth() == 0
+    # the outage is over: replay processes it
+    w.lockfiles.fail_with = None
+    assert await w.inbox.replay("acme", "d1")
+    assert await w.run_once()
+    e = await w.inbox.get("acme", "d1")
+    assert e is not None and e.status == "processed"
+
+
+async def test_expired_lease_is_claimed_again() -> None:
+    w = World()
+    await w.setup()
+    await w.deliver(push_payload())
+    (item,) = await w.inbox.claim(worker_id="w1", limit=1, lease_seconds=30)
+    assert await w.inbox.claim(worker_id="w2", limit=1, lease_seconds=30) == []
+    w.clock.advance(timedelta(seconds=31).total_seconds())
+    (again,) = await w.inbox.claim(worker_id="w2", limit=1, lease_seconds=30)
+    assert again.delivery_id == item.delivery_id and again.attempts == 2
+
+
+def test_retry_delay_grows_and_stops() -> None:
+    delays = [services.retry_delay(n) for n in range(1, services.MAX_ATTEMPTS + 1)]
+    assert delays[-1] is None
+    finite = [d for d in delays if d is not None]
+    assert finite == sorted(finite) and finite[0] >= 1

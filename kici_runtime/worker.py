@@ -1,0 +1,107 @@
+"""The background delivery worker: claims accepted deliveries from the inbox and runs the pipeline on them.
+
+Several workers (in one process or many) share the inbox safely: claims use leases, so a crashed worker's
+deliveries are claimed again once the lease expires. ``wake()`` is called by the webhook routes after each
+acceptance so processing starts at once instead of at the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+
+from kici_adapters import metrics
+from kici_core import errors, services
+from kici_core.ports import DeliveryInbox, InboxItem, PlatformLink
+
+log = logging.getLogger("kici.worker")
+
+
+class PrometheusObserver:
+    def matched(self, seconds: float) -> None:
+        metrics.trigger_match_duration.observe(seconds)
+
+    def processed(self, result: str) -> None:
+        metrics.webhooks_processed.labels(result=result).inc()
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        *,
+        inbox: DeliveryInbox,
+        pipeline: services.Pipeline,
+        platform: PlatformLink | None = None,
+        worker_id: str = "worker",
+        concurrency: int = 8,
+        lease_seconds: float = 120.0,
+        poll_seconds: float = 1.0,
+        on_runs_created: Callable[[], None] | None = None,
+    ) -> None:
+        self._inbox = inbox
+        self._pipeline = pipeline
+        self._platform = platform
+        self._worker_id = worker_id
+        self._concurrency = concurrency
+        self._lease = lease_seconds
+        self._poll = poll_seconds
+        self._wake = anyio.Event()
+        self._on_runs_created = on_runs_created
+        self.processed = 0
+
+    def wake(self) -> None:
+        """Ask the worker to look at the inbox now (thread-unsafe; call from the event loop)."""
+        self._wake.set()
+
+    async def _handle(self, item: InboxItem, limiter: anyio.CapacityLimiter) -> None:
+        async with limiter:
+            try:
+                run_ids = await services.handle_item(item, inbox=self._inbox, pipeline=self._pipeline,
+                                                     platform=self._platform, on_error=self._log_error)
+            except errors.Unavailable as exc:
+                # recording the outcome failed (storage down): the lease expires and the item is claimed again
+                log.warning("could not record a delivery outcome; it will be processed again",
+                            extra={"deliveryId": item.delivery_id, "error": str(exc)})
+                return
+            self.processed += 1
+            if run_ids and self._on_runs_created is not None:
+                self._on_runs_created()
+            if run_ids is not None:
+                log.info("Webhook processed", extra={"deliveryId": item.delivery_id, "event": item.event,
+                                                     "runs": len(run_ids)})
+
+    async def _log_error(self, item: InboxItem, exc: BaseException) -> None:
+        metrics.processing_failures.labels(reason=type(exc).__name__).inc()
+        log.warning("delivery processing failed", extra={"deliveryId": item.delivery_id, "error": str(exc),
+                                                         "attempt": item.attempts})
+
+    async def run_once(self) -> int:
+        """Claim one batch and process it; returns how many items were claimed."""
+        try:
+            items = await self._inbox.claim(worker_id=self._worker_id, limit=self._concurrency * 2,
+                                            lease_seconds=self._lease)
+        except errors.Unavailable as exc:
+            log.warning("inbox unavailable", extra={"error": str(exc)})
+            return 0
+        if items:
+            limiter = anyio.CapacityLimiter(self._concurrency)
+            async with anyio.create_task_group() as tg:
+                for item in items:
+                    tg.start_soon(self._handle, item, limiter)
+        return len(items)
+
+    async def run(self) -> None:
+        """Process until cancelled."""
+        while True:
+            self._wake = anyio.Event()
+            claimed = await self.run_once()
+            if claimed:
+                continue
+            try:
+                metrics.inbox_depth.set(await self._inbox.depth())
+            except errors.Unavailable:
+                pass
+            with anyio.move_on_after(self._poll):
+                await self._wake.wait()

@@ -33,6 +33,7 @@ __all__ = [
     "mask",
     "register_secret",
     "register_secrets",
+    "reset_secrets",
 ]
 
 _AGENT_TOKEN = re.compile(r"kat_[0-9a-f]{64}", re.IGNORECASE)
@@ -70,11 +71,25 @@ def register_secrets(values: Iterable[str]) -> None:
         register_secret(value)
 
 
+def reset_secrets() -> None:
+    """Forget every registered secret (tests use it to keep their secrets to themselves)."""
+    global _secret_pattern
+    with _secrets_lock:
+        _secrets.clear()
+        _secret_pattern = None
+
+
 def mask(text: str) -> str:
     """``text`` with agent tokens and registered secrets masked."""
-    text = _AGENT_TOKEN.sub("kat_***", text)
     pattern = _secret_pattern
-    return pattern.sub(_MASK, text) if pattern is not None else text
+    while True:
+        # Repeat until stable: masking can join the text around a secret into another secret.
+        masked = _AGENT_TOKEN.sub("kat_***", text)
+        if pattern is not None:
+            masked = pattern.sub(_MASK, masked)
+        if masked == text:
+            return masked
+        text = masked
 
 
 @contextlib.contextmanager

@@ -247,7 +247,9 @@ def test_platform_modes_need_url_and_token(mode: str, missing: str) -> None:
 
 
 def test_several_problems_are_reported_together() -> None:
-    err = pytest.raises(SettingsError, server, {"KICI_MODE": "hybrid"}).value
+    with pytest.raises(SettingsError) as info:
+        server({"KICI_MODE": "hybrid"})
+    err = info.value
     assert str(err).splitlines()[0] == "Configuration validation failed:"
     assert len(err.issues) == 3
     assert {i.split()[0] for i in err.issues} == {"KICI_DATABASE_URL", "KICI_PLATFORM_URL", "KICI_PLATFORM_TOKEN"}
@@ -359,7 +361,9 @@ def test_config_file_syntax_error(tmp_path: pathlib.Path) -> None:
 def test_unknown_yaml_keys_are_refused_with_hint(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "o.yaml"
     path.write_text("server:\n  prot: 1\nbogus: true\n")
-    err = pytest.raises(SettingsError, standalone, {**INDEPENDENT, "KICI_CONFIG": str(path)}).value
+    with pytest.raises(SettingsError) as info:
+        standalone({**INDEPENDENT, "KICI_CONFIG": str(path)})
+    err = info.value
     assert str(err).splitlines()[0] == f"Config validation failed for {path}:"
     assert "server.prot: unknown key (did you mean server.port?)" in err.issues
     assert "bogus: unknown key" in err.issues

@@ -1,0 +1,165 @@
+"""Structured JSON logging: fields, levels, context, masking."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kici_runtime import logging as kici_logging
+
+TOKEN = "kat_" + "0123456789abcdef" * 4
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    buf = io.StringIO()
+    root = logging.getLogger()
+    old_level = root.level
+    handler = kici_logging.configure_logging("debug", stream=buf)
+    yield buf
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+    kici_logging.reset_secrets()
+
+
+def lines(buf: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in buf.getvalue().splitlines()]
+
+
+def test_one_json_object_per_line_with_spec_fields(stream: io.StringIO) -> None:
+    log = logging.getLogger("kici.test")
+    log.info("Webhook accepted", extra={"deliveryId": "d-1", "event": "push"})
+    log.warning("careful\nsecond line")
+    raw = stream.getvalue().splitlines()
+    assert len(raw) == 2
+    first, second = lines(stream)
+    assert list(first)[:4] == ["level", "message", "timestamp", "service"]
+    assert first["level"] == "info" and first["message"] == "Webhook accepted"
+    assert first["service"] == "orchestrator"
+    assert first["deliveryId"] == "d-1" and first["event"] == "push"
+    stamp = datetime.datetime.fromisoformat(str(first["timestamp"]).replace("Z", "+00:00"))
+    assert stamp.tzinfo is not None
+    assert second["level"] == "warn" and second["message"] == "careful\nsecond line"
+
+
+def test_level_threshold_applies(stream: io.StringIO) -> None:
+    kici_logging.configure_logging("warn", stream=stream)
+    log = logging.getLogger("kici.test")
+    log.info("hidden")
+    log.debug("hidden too")
+    log.error("shown")
+    log.critical("also shown")
+    assert [(d["level"], d["message"]) for d in lines(stream)] == [("error", "shown"), ("error", "also shown")]
+
+
+def test_configure_twice_keeps_one_handler(stream: io.StringIO) -> None:
+    kici_logging.configure_logging("info", stream=stream)
+    logging.getLogger("kici.test").info("once")
+    assert len(lines(stream)) == 1
+
+
+def test_unknown_level_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown log level"):
+        kici_logging.configure_logging("loud")
+
+
+def test_context_fields_come_first_and_nest(stream: io.StringIO) -> None:
+    log = logging.getLogger("kici.test")
+    with kici_logging.log_context(requestId="r-1", runId="run-1"):
+        with kici_logging.log_context(jobId="j-1"):
+            log.info("inside", extra={"deliveryId": "d"})
+        log.info("outer")
+    log.info("outside")
+    inner, outer, outside = lines(stream)
+    assert list(inner)[4:] == ["requestId", "runId", "jobId", "deliveryId"]
+    assert outer["runId"] == "run-1" and "jobId" not in outer
+    assert "requestId" not in outside
+
+
+def test_extra_cannot_replace_core_fields(stream: io.StringIO) -> None:
+    logging.getLogger("kici.test").info("real", extra={"level": "debug", "timestamp": "x"})
+    (doc,) = lines(stream)
+    assert doc["level"] == "info" and doc["message"] == "real" and doc["timestamp"] != "x"
+
+
+def test_agent_tokens_are_masked_everywhere(stream: io.StringIO) -> None:
+    log = logging.getLogger("kici.test")
+    log.info("token %s", TOKEN.upper().replace("KAT_", "kat_"), extra={"auth": {"token": TOKEN}, "list": [TOKEN]})
+    out = stream.getvalue()
+    assert "0123456789abcdef" not in out.lower()
+    (doc,) = lines(stream)
+    assert doc["message"] == "token kat_***"
+    assert doc["auth"] == {"token": "kat_***"} and doc["list"] == ["kat_***"]
+
+
+def test_registered_secrets_are_masked_in_message_fields_and_stack(stream: io.StringIO) -> None:
+    secret = 'p@ss"word\\with-quotes'
+    kici_logging.register_secret(secret)
+    kici_logging.register_secrets(["", "second-secret-value"])
+    log = logging.getLogger("kici.test")
+    try:
+        raise RuntimeError(f"connect failed for {secret}")
+    except RuntimeError:
+        log.exception("db down %s", "second-secret-value", extra={"dsn": f"postgresql://u:{secret}@h/db", secret: 1})
+    out = stream.getvalue()
+    assert secret not in out and json.dumps(secret)[1:-1] not in out and "second-secret-value" not in out
+    (doc,) = lines(stream)
+    assert doc["message"] == "db down ***"
+    assert doc["dsn"] == "postgresql://u:***@h/db"
+    assert doc["error"] == "connect failed for ***"
+    assert "RuntimeError" in str(doc["stack"]) and "***" in str(doc["stack"])
+
+
+def test_reset_secrets_forgets_them(stream: io.StringIO) -> None:
+    kici_logging.register_secret("forget-me")
+    kici_logging.reset_secrets()
+    assert kici_logging.mask("forget-me") == "forget-me"
+
+
+def test_masking_is_stable_when_joined_text_forms_a_secret() -> None:
+    kici_logging.register_secret("ab***cd")
+    kici_logging.register_secret("xyz")
+    try:
+        assert kici_logging.mask("abxyzcd") == "***"
+    finally:
+        kici_logging.reset_secrets()
+
+
+def test_fatal_startup_line(stream: io.StringIO) -> None:
+    kici_logging.log_fatal_startup(ValueError("KICI_DATABASE_URL is required"))
+    (doc,) = lines(stream)
+    assert doc["message"] == "Fatal startup error" and doc["level"] == "error"
+    assert doc["error"] == "KICI_DATABASE_URL is required" and "ValueError" in str(doc["stack"])
+
+
+def test_static_fields_and_service_override(stream: io.StringIO) -> None:
+    kici_logging.configure_logging("info", service="agent", stream=stream, static_fields={"environment": "production"})
+    logging.getLogger("kici.test").info("hi", extra={"odd": object()})
+    (doc,) = lines(stream)
+    assert doc["service"] == "agent" and doc["environment"] == "production"
+    assert str(doc["odd"]).startswith("<object object")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    secret=st.text(alphabet=st.characters(codec="utf-8"), min_size=6, max_size=20),
+    before=st.text(max_size=10),
+    after=st.text(max_size=10),
+)
+def test_no_registered_secret_survives_any_message(secret: str, before: str, after: str) -> None:
+    kici_logging.register_secret(secret)
+    try:
+        formatter = kici_logging.JsonFormatter()
+        record = logging.LogRecord("kici", logging.INFO, __file__, 1, before + secret + after, None, None)
+        record.__dict__["field"] = {"k": before + secret}
+        doc = json.loads(formatter.format(record))
+    finally:
+        kici_logging.reset_secrets()
+    assert secret not in str(doc["message"]) and secret not in json.dumps(doc["field"], ensure_ascii=False)

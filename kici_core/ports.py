@@ -370,3 +370,71 @@ class PlatformLink(Protocol):
     at least once, in order, across disconnects and restarts."""
 
     async def send(self, message: Mapping[str, JSONValue]) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------- tokens
+AdminRole = Literal["owner", "admin", "auditor"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminToken:
+    """An admin API token; only the sha256 of the token text is stored."""
+
+    id: str
+    label: str
+    role: AdminRole
+    routing_key: str | None = None
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentToken:
+    """An agent connection token (``kat_`` + 64 hex); only its hash and a prefix are stored."""
+
+    id: str
+    token_prefix: str
+    labels: tuple[str, ...] = ()
+    mandatory_labels: tuple[str, ...] = ()
+    agent_type: Literal["static", "ephemeral"] = "static"
+    created_by: str | None = None
+    created_at: datetime | None = None
+    last_seen_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class TokenStore(Protocol):
+    """Admin and agent tokens, stored hashed (lower-case hex sha256 of the token text)."""
+
+    async def create_admin_token(self, token: AdminToken, token_hash: str) -> AdminToken:
+        """Insert; raises ``Conflict`` on a duplicate hash."""
+        ...
+
+    async def ensure_bootstrap_admin_token(self, token_hash: str, new_id: str) -> None:
+        """Upsert the ``label='bootstrap'`` owner token with this hash (replacing an older bootstrap hash)."""
+        ...
+
+    async def has_active_admin_token(self) -> bool: ...
+
+    async def admin_token_by_hash(self, token_hash: str) -> AdminToken | None:
+        """The token when it exists, is not revoked and has not expired (and records ``last_used_at``)."""
+        ...
+
+    async def list_admin_tokens(self) -> list[AdminToken]: ...
+
+    async def revoke_admin_token(self, token_id: str) -> bool: ...
+
+    async def create_agent_token(self, token: AgentToken, token_hash: str) -> AgentToken: ...
+
+    async def agent_token_by_hash(self, token_hash: str) -> AgentToken | None:
+        """A usable agent token (not revoked, not expired) and touch ``last_seen_at``."""
+        ...
+
+    async def list_agent_tokens(self) -> list[AgentToken]:
+        """Non-revoked agent tokens."""
+        ...
+
+    async def revoke_agent_token(self, token_id: str) -> bool: ...

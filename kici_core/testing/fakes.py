@@ -19,6 +19,8 @@ from kici_core.keys import event_log_payload_key
 from kici_core.ports import (
     TERMINAL_DELIVERY_STATUSES,
     AcceptResult,
+    AdminToken,
+    AgentToken,
     Delivery,
     DeliveryOutcome,
     EventLogEntry,
@@ -366,3 +368,70 @@ class FakePlatformLink:
 
     async def send(self, message: Mapping[str, JSONValue]) -> None:
         self.sent.append(dict(message))
+
+
+class FakeTokenStore:
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self._clock = clock or FakeClock()
+        self.admin: dict[str, tuple[AdminToken, str]] = {}
+        self.agent: dict[str, tuple[AgentToken, str]] = {}
+
+    async def create_admin_token(self, token: AdminToken, token_hash: str) -> AdminToken:
+        if any(h == token_hash for _, h in self.admin.values()):
+            raise errors.Conflict("Conflict: resource already exists")
+        stored = dataclasses.replace(token, created_at=token.created_at or self._clock.now())
+        self.admin[token.id] = (stored, token_hash)
+        return stored
+
+    async def ensure_bootstrap_admin_token(self, token_hash: str, new_id: str) -> None:
+        for tid, (tok, _h) in list(self.admin.items()):
+            if tok.label == "bootstrap":
+                self.admin[tid] = (dataclasses.replace(tok, revoked=False, role="owner", routing_key=None), token_hash)
+                return
+        await self.create_admin_token(AdminToken(id=new_id, label="bootstrap", role="owner"), token_hash)
+
+    async def has_active_admin_token(self) -> bool:
+        return any(not tok.revoked for tok, _ in self.admin.values())
+
+    async def admin_token_by_hash(self, token_hash: str) -> AdminToken | None:
+        now = self._clock.now()
+        for tid, (tok, h) in self.admin.items():
+            if h == token_hash and not tok.revoked and (tok.expires_at is None or tok.expires_at > now):
+                used = dataclasses.replace(tok, last_used_at=now)
+                self.admin[tid] = (used, h)
+                return used
+        return None
+
+    async def list_admin_tokens(self) -> list[AdminToken]:
+        return sorted((t for t, _ in self.admin.values()), key=lambda t: (t.created_at or self._clock.now(), t.id))
+
+    async def revoke_admin_token(self, token_id: str) -> bool:
+        found = self.admin.get(token_id)
+        if found is None or found[0].revoked:
+            return False
+        self.admin[token_id] = (dataclasses.replace(found[0], revoked=True), found[1])
+        return True
+
+    async def create_agent_token(self, token: AgentToken, token_hash: str) -> AgentToken:
+        stored = dataclasses.replace(token, created_at=token.created_at or self._clock.now())
+        self.agent[token.id] = (stored, token_hash)
+        return stored
+
+    async def agent_token_by_hash(self, token_hash: str) -> AgentToken | None:
+        now = self._clock.now()
+        for tid, (tok, h) in self.agent.items():
+            if h == token_hash and tok.revoked_at is None and (tok.expires_at is None or tok.expires_at > now):
+                seen = dataclasses.replace(tok, last_seen_at=now)
+                self.agent[tid] = (seen, h)
+                return seen
+        return None
+
+    async def list_agent_tokens(self) -> list[AgentToken]:
+        return [t for t, _ in self.agent.values() if t.revoked_at is None]
+
+    async def revoke_agent_token(self, token_id: str) -> bool:
+        found = self.agent.get(token_id)
+        if found is None or found[0].revoked_at is not None:
+            return False
+        self.agent[token_id] = (dataclasses.replace(found[0], revoked_at=self._clock.now()), found[1])
+        return True

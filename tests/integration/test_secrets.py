@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -26,7 +27,7 @@ class FakeMonotonic:
         return self.t
 
 
-async def _stored(database: Database, org: str, scope: str, key: str) -> dict:
+async def _stored(database: Database, org: str, scope: str, key: str) -> dict[str, Any]:
     async with database.connection() as conn:
         cur = await conn.execute(
             "SELECT encrypted_value, key_version FROM scoped_secrets WHERE org_id = %s AND scope = %s AND key = %s",

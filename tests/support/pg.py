@@ -50,7 +50,7 @@ def create_database(server: PgServer, name: str, *, template: str | None = None)
     with psycopg.connect(server.admin_url, autocommit=True) as conn:
         query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
         if template is not None:
-            query = sql.SQL("{} TEMPLATE {}").format(query, sql.Identifier(template))
+            query = sql.SQL("{} TEMPLATE {} STRATEGY FILE_COPY").format(query, sql.Identifier(template))
         conn.execute(query)
     return server.url_for(name)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -103,7 +104,7 @@ def test_wrong_length_message_names_the_byte_count() -> None:
         secrets.parse_master_key(base64.b64encode(b"x" * 31).decode())
 
 
-def test_resolve_from_file(tmp_path) -> None:
+def test_resolve_from_file(tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(KEY_HEX + "\n")
     assert secrets.resolve_master_key(None, key_file) == KEY

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Final
 
 from kici_core.errors import LockfileError
-from kici_core.jsontypes import JSONObject, JSONValue
+from kici_core.jsontypes import JSONObject
 from kici_core.lockfile_jobs import TERMINAL_JOB_STATUSES, Job, Need, parse_job, parse_label_matcher
 from kici_core.lockfile_matrix import MAX_MATRIX_CHILDREN, MatrixChild
 from kici_core.lockfile_values import (
@@ -296,7 +296,6 @@ __all__ = [
     "MAX_MATRIX_CHILDREN",
     "SCHEMA_VERSION",
     "TERMINAL_JOB_STATUSES",
-    "JSONValue",
     "Job",
     "Lockfile",
     "LockfileError",

@@ -26,7 +26,6 @@ from kici_runtime.config_vars import BY_NAME
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "AdminSettings",
-    "AgentSettings",
     "EntryPoint",
     "Mode",
     "Secret",
@@ -36,7 +35,6 @@ __all__ = [
     "decode_master_key",
     "from_process_env",
     "load_admin_settings",
-    "load_agent_settings",
     "load_settings",
     "normalise_base_path",
 ]
@@ -467,54 +465,7 @@ def _mask_url_password(url: str) -> str:
     return urllib.parse.urlunsplit(parsed._replace(netloc=f"{user}:***@{netloc}"))
 
 
-# --- kici-agent and kici-admin -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AgentSettings:
-    """What the reference agent (``kici-agent``) reads from its environment."""
-
-    orchestrator_url: str
-    token: Secret | None
-    labels: tuple[str, ...]
-    max_concurrency: int
-    agent_id: str | None
-    work_dir: str | None
-    max_log_size_bytes: int
-    log_level: LogLevel
-    scaler_managed: bool
-
-
-def load_agent_settings(environ: Mapping[str, str]) -> AgentSettings:
-    """Resolve the agent's settings (env only; no unknown-variable guard on the agent side).
-
-    Raises:
-        SettingsError: missing/invalid ``KICI_ORCHESTRATOR_URL``, bad integers, or a user label
-            starting with ``kici:`` on an agent that the auto-scaler did not spawn.
-    """
-    reader = Reader(environ, {}, None)
-    url = _url(reader, "KICI_ORCHESTRATOR_URL", ("ws", "wss"))
-    if url is None and not reader.issues:
-        reader.issues.append("KICI_ORCHESTRATOR_URL is required (e.g. ws://orchestrator:4000/ws)")
-    scaler_managed = reader.text("KICI_SCALER_MANAGED") in ("1", "true")
-    labels = tuple(dict.fromkeys(s.strip() for s in (reader.text("KICI_LABELS") or "").split(",") if s.strip()))
-    reserved = [label for label in labels if label.lower().startswith("kici:")]
-    if reserved and not scaler_managed:
-        reader.issues.append(f"{reader.resolved['KICI_LABELS'].label} must not contain kici: labels, got {reserved[0]!r}")
-    settings = AgentSettings(
-        orchestrator_url=url or "",
-        token=reader.secret("KICI_AGENT_TOKEN"),
-        labels=labels,
-        max_concurrency=_int(reader, "KICI_AGENT_MAX_CONCURRENCY"),
-        agent_id=reader.text("KICI_AGENT_ID"),
-        work_dir=reader.text("KICI_AGENT_WORK_DIR"),
-        max_log_size_bytes=_int(reader, "KICI_MAX_LOG_SIZE_BYTES"),
-        log_level=cast(LogLevel, reader.choice("KICI_LOG_LEVEL") or "info"),
-        scaler_managed=scaler_managed,
-    )
-    if reader.issues:
-        fail(reader.issues)
-    return settings
+# --- kici-admin --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -73,8 +73,8 @@ VARIABLES: tuple[Var, ...] = (
     _v("NODE_ENV", "enum", "development", "core", "Informational; reported as the `environment` log field.", choices=("development", "production", "test")),
     _v("KICI_NODE_ENV", "enum", None, "core", "Alias of NODE_ENV.", choices=("development", "production", "test"), alias_of="NODE_ENV"),
     # --- logging ------------------------------------------------------------------------------
-    _v("KICI_LOG_LEVEL", "enum", "info", "core", "Log threshold of the JSON log lines on stdout.", choices=_LEVELS, yaml="server.logLevel", used_by=("server", "standalone", "agent")),
-    _v("KICI_SERVER_LOG_LEVEL", "enum", None, "core", "Alias of KICI_LOG_LEVEL.", choices=_LEVELS, alias_of="KICI_LOG_LEVEL", used_by=("server", "standalone", "agent")),
+    _v("KICI_LOG_LEVEL", "enum", "info", "core", "Log threshold of the JSON log lines on stdout.", choices=_LEVELS, yaml="server.logLevel"),
+    _v("KICI_SERVER_LOG_LEVEL", "enum", None, "core", "Alias of KICI_LOG_LEVEL.", choices=_LEVELS, alias_of="KICI_LOG_LEVEL"),
     _v("KICI_LOG_FORMAT", "enum", "auto", "core", "Accepted for compatibility; the server entry points always log JSON.", choices=("auto", "plain", "json")),
     # --- database -----------------------------------------------------------------------------
     _v("KICI_DATABASE_URL", "url", None, "core", "PostgreSQL URL (postgresql:// or postgres://). Required; the value `embedded` (or leaving it unset with KICI_DEV=true) starts an embedded PostgreSQL for development.", secret=True, yaml="database.url"),
@@ -109,12 +109,12 @@ VARIABLES: tuple[Var, ...] = (
     _v("KICI_QUEUE_MAX_DEPTH", "int", "1000", "core", "Queued jobs before enqueue is refused.", minimum=1, yaml="queue.maxDepth"),
     _v("KICI_QUEUE_TIMEOUT_MS", "int", "3600000", "core", "How long a queued job may wait; 0 = forever.", minimum=0, yaml="queue.timeoutMs"),
     _v("KICI_QUEUE_BACKPRESSURE_THRESHOLD", "int", "100", "core", "Sustained pending depth that logs queue.backpressure.sustained; 0 disables.", minimum=0, yaml="queue.backpressureThreshold"),
-    _v("KICI_JOB_HEARTBEAT_INTERVAL_MS", "int", "60000", "core", "Expected job heartbeat cadence.", minimum=1, yaml="staleDetector.heartbeatIntervalMs"),
+    _v("KICI_JOB_HEARTBEAT_INTERVAL_MS", "int", "60000", "core", "Expected job heartbeat cadence.", minimum=1, yaml="staleDetector.heartbeatIntervalMs", used_by=("server", "standalone", "agent")),
     _v("KICI_STALE_DETECTOR_SCAN_INTERVAL_MS", "int", "60000", "core", "Stale-run scan cadence.", minimum=1, yaml="staleDetector.scanIntervalMs"),
     _v("KICI_STALE_DETECTOR_THRESHOLD_MULTIPLIER", "float", "2", "core", "A job is stale after multiplier × heartbeat interval.", minimum=1, yaml="staleDetector.thresholdMultiplier"),
     _v("KICI_SCALER_CONFIG_PATH", "path", None, "core", "scalers.yaml; enables the container auto-scaler (and its NET_ADMIN/nftables check).", yaml="scaler.configPath"),
     _v("KICI_SCALER_CONFIG_DIR", "path", None, "core", "scalers.d/ drop-in directory.", yaml="scaler.configDir"),
-    _v("KICI_ORCHESTRATOR_URL", "url", None, "core", "Agent-facing orchestrator WebSocket URL (scaler-spawned agents; the kici-agent target). Orchestrator default: ws://127.0.0.1:<KICI_PORT>/ws.", used_by=("server", "standalone", "agent")),
+    _v("KICI_ORCHESTRATOR_URL", "url", None, "core", "Orchestrator WebSocket URL agents connect to: kici-agent's target (it also accepts http(s):// and appends /ws), and the URL the scaler gives spawned agents (default ws://127.0.0.1:<KICI_PORT>/ws).", used_by=("server", "standalone", "agent")),
     # --- storage ------------------------------------------------------------------------------
     _v("KICI_DATA_DIR", "path", None, "core", "Data root; default /var/lib/kici when writable, else the user state directory, else a temp directory."),
     _v("KICI_STORAGE_TYPE", "enum", None, "core", "Object storage backend: s3 or filesystem; unset = filesystem logs under the data root, cache disabled.", choices=("s3", "filesystem"), yaml="storage.type"),
@@ -137,12 +137,11 @@ VARIABLES: tuple[Var, ...] = (
     _v("KICI_BUILD_COMMIT", "str", "unknown", "core", "Build commit baked into the image; reported by /health."),
     # --- kici-agent ---------------------------------------------------------------------------
     _v("KICI_AGENT_TOKEN", "str", None, "core", "Agent token (kat_…) presented on connect; omit when the orchestrator runs KICI_AGENT_AUTH=none.", secret=True, used_by=AGENT),
-    _v("KICI_LABELS", "str", "", "core", "Comma-separated agent labels; user labels may not start with `kici:`.", used_by=AGENT),
-    _v("KICI_AGENT_LABELS", "str", None, "core", "Alias of KICI_LABELS.", alias_of="KICI_LABELS", used_by=AGENT),
+    _v("KICI_AGENT_LABELS", "str", "", "core", "Comma-separated agent labels; labels may not start with `kici:` (the agent adds those itself).", used_by=AGENT),
     _v("KICI_AGENT_MAX_CONCURRENCY", "int", "1", "core", "Jobs the agent runs at once.", minimum=1, used_by=AGENT),
-    _v("KICI_AGENT_ID", "str", None, "core", "Agent id; generated at start when unset.", used_by=AGENT),
-    _v("KICI_AGENT_WORK_DIR", "path", None, "core", "Directory for job checkouts (default: a temporary directory).", used_by=AGENT),
-    _v("KICI_SCALER_MANAGED", "str", None, "core", "Set to 1 by the auto-scaler for agents it spawns; allows scaler-assigned `kici:` labels.", used_by=AGENT),
+    _v("KICI_AGENT_ID", "str", None, "core", "Agent id; derived from the host name and work directory when unset.", used_by=AGENT),
+    _v("KICI_AGENT_WORK_DIR", "path", None, "core", "Directory for job checkouts (default: a fresh temporary directory).", used_by=AGENT),
+    _v("KICI_AGENT_GRACE_PERIOD_SECONDS", "float", "10", "core", "On shutdown, how long running steps get before they are killed.", minimum=0, used_by=AGENT),
     _v("KICI_MAX_LOG_SIZE_BYTES", "int", "10485760", "core", "Per-step log cap; beyond it one truncation marker is sent.", minimum=1, used_by=AGENT),
     # --- kici-admin ---------------------------------------------------------------------------
     _v("KICI_ADMIN_URL", "url", "http://localhost:4000", "core", "kici-admin --url default (include any KICI_BASE_PATH).", used_by=ADMIN),
@@ -210,6 +209,8 @@ ACCEPTED_NAMES: tuple[str, ...] = (
     "KICI_PROPERTIES",
     "KICI_EXECUTION_MODE",
     "KICI_GITHUB_TOKEN",
+    "KICI_LABELS",
+    "KICI_SCALER_MANAGED",
     "KICI_BACKPRESSURE_MODE",
 )
 

@@ -424,36 +424,7 @@ def test_describe_masks_secrets_and_repr_hides_them() -> None:
     assert described["KICI_SECRET_KEY"].startswith("***")
 
 
-# --- agent and admin ---------------------------------------------------------------------------
-
-
-def test_agent_settings() -> None:
-    a = config.load_agent_settings(
-        {"KICI_ORCHESTRATOR_URL": "ws://o:4000/ws", "KICI_AGENT_TOKEN": "kat_x", "KICI_LABELS": "linux, docker,,x64,linux",
-         "KICI_AGENT_MAX_CONCURRENCY": "3", "KICI_AGENT_ID": "a1", "KICI_AGENT_WORK_DIR": "/w"}
-    )
-    assert a.labels == ("linux", "docker", "x64") and a.max_concurrency == 3 and a.agent_id == "a1"
-    assert a.token is not None and a.token.reveal() == "kat_x" and "kat_x" not in repr(a)
-    assert config.load_agent_settings({"KICI_ORCHESTRATOR_URL": "wss://o/ws", "KICI_AGENT_LABELS": "gpu"}).labels == ("gpu",)
-
-
-@pytest.mark.parametrize(
-    ("env", "expect"),
-    [
-        ({}, "KICI_ORCHESTRATOR_URL is required"),
-        ({"KICI_ORCHESTRATOR_URL": "http://o/ws"}, "KICI_ORCHESTRATOR_URL must be a ws:// or wss:// URL"),
-        ({"KICI_ORCHESTRATOR_URL": "ws://o/ws", "KICI_AGENT_MAX_CONCURRENCY": "0"}, "KICI_AGENT_MAX_CONCURRENCY must be at least 1"),
-        ({"KICI_ORCHESTRATOR_URL": "ws://o/ws", "KICI_LABELS": "Kici:os:linux"}, "KICI_LABELS must not contain kici: labels"),
-    ],
-)
-def test_agent_refusals(env: dict[str, str], expect: str) -> None:
-    with pytest.raises(ConfigError, match="^" + expect):
-        config.load_agent_settings(env)
-
-
-def test_scaler_managed_agent_may_carry_kici_labels() -> None:
-    env = {"KICI_ORCHESTRATOR_URL": "ws://o/ws", "KICI_LABELS": "kici:scaler:x", "KICI_SCALER_MANAGED": "1"}
-    assert config.load_agent_settings(env).labels == ("kici:scaler:x",)
+# --- admin CLI ---------------------------------------------------------------------------
 
 
 def test_admin_settings_default_url() -> None:
@@ -477,7 +448,7 @@ KICI_PG_CUSTOMER_SECRETS KICI_CLUSTER_INSTANCE_ID KICI_STORAGE_TYPE KICI_STORAGE
 KICI_STORAGE_REGION KICI_STORAGE_ENDPOINT KICI_STORAGE_EXTERNAL_ENDPOINT KICI_STORAGE_UPLOAD_ENDPOINT
 KICI_STORAGE_FORCE_PATH_STYLE KICI_STORAGE_LOG_BUCKET KICI_STORAGE_FS_PATH KICI_STORAGE_FS_BASE_URL
 KICI_STORAGE_PATH KICI_LOCKFILE_MAX_BYTES KICI_HOST GITHUB_API_URL KICI_ORCHESTRATOR_URL KICI_AGENT_TOKEN
-KICI_AGENT_LABELS KICI_AGENT_MAX_CONCURRENCY KICI_AGENT_ID KICI_AGENT_WORK_DIR KICI_ADMIN_URL KICI_ADMIN_TOKEN
+KICI_AGENT_LABELS KICI_AGENT_GRACE_PERIOD_SECONDS KICI_AGENT_MAX_CONCURRENCY KICI_AGENT_ID KICI_AGENT_WORK_DIR KICI_ADMIN_URL KICI_ADMIN_TOKEN
 """.split()
 
 

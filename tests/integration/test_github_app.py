@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import jwt
@@ -81,7 +81,7 @@ def test_check_private_key_accepts_pkcs1_and_pkcs8() -> None:
         (lambda: b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n", "could not be parsed"),
     ],
 )
-def test_check_private_key_rejects_with_clear_message(make, fragment: str) -> None:
+def test_check_private_key_rejects_with_clear_message(make: Callable[[], bytes], fragment: str) -> None:
     pem = make()
     with pytest.raises(InvalidInput) as info:
         check_private_key(pem)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -53,7 +54,7 @@ def server(clock: ManualClock) -> Iterator[GitHubServer]:
 
 
 def _source(server: GitHubServer, clock: ManualClock, sleep: RecordingSleep | None = None, *,
-            timeout: float = 10.0, **kwargs) -> GitHubLockfileSource:
+            timeout: float = 10.0, **kwargs: Any) -> GitHubLockfileSource:
     client = GitHubClient(api_url=server.url, clock=clock, sleep=sleep or RecordingSleep(), timeout=timeout)
     app = GitHubApp(app_id=APP_ID, private_key=app_key().private_pem, client=client)
     return GitHubLockfileSource(app=app, **kwargs)

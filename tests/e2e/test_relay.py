@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,24 +56,18 @@ async def relay(tmp_path: Path) -> AsyncIterator[RunningRelay]:
         yield running
 
 
-async def connected_peer(relay: RunningRelay, *routing_keys: str, patterns: tuple[str, ...] = ()) -> Any:
-    """An async context manager: an authenticated peer that registered ``routing_keys``."""
+@asynccontextmanager
+async def connected_peer(
+    relay: RunningRelay, *routing_keys: str, patterns: tuple[str, ...] = ()
+) -> AsyncIterator[RelayPeer]:
+    """An authenticated peer with a fresh key of ORG that registered ``routing_keys``."""
     _, token = relay.store.create_key(org=ORG, name="orch", patterns=patterns)
-
-    class _Ctx:
-        async def __aenter__(self) -> RelayPeer:
-            self._cm = RelayPeer.connect(relay.ws_url)
-            peer = await self._cm.__aenter__()
-            assert (await peer.auth(token))["type"] == "auth.success"
-            if routing_keys:
-                ack = await peer.register(*routing_keys)
-                assert [a["routingKey"] for a in ack["accepted"]] == list(routing_keys)
-            return peer
-
-        async def __aexit__(self, *exc: object) -> None:
-            await self._cm.__aexit__(*exc)
-
-    return _Ctx()
+    async with RelayPeer.connect(relay.ws_url) as peer:
+        assert (await peer.auth(token))["type"] == "auth.success"
+        if routing_keys:
+            ack = await peer.register(*routing_keys)
+            assert [a["routingKey"] for a in ack["accepted"]] == list(routing_keys)
+        yield peer
 
 
 async def post_while(
@@ -206,7 +201,7 @@ async def test_routing_patterns_decide_which_keys_are_accepted(relay: RunningRel
 
 
 async def test_key_without_patterns_gets_every_source_and_deregister_removes(relay: RunningRelay) -> None:
-    async with await connected_peer(relay, "github:123456", "github:42") as peer:
+    async with connected_peer(relay, "github:123456", "github:42") as peer:
         await peer.send(
             {"type": "source.deregister", "messageId": "m-1", "routingKeys": ["github:123456", "nope"]}
         )
@@ -222,7 +217,7 @@ async def test_delivery_goes_only_to_a_connection_allowed_for_the_key(relay: Run
     _, denied_token = relay.store.create_key(org=ORG, name="generic-only", patterns=("generic:*",))
     async with (
         RelayPeer.connect(relay.ws_url) as denied,
-        await connected_peer(relay, "github:123456") as allowed,
+        connected_peer(relay, "github:123456") as allowed,
     ):
         await denied.auth(denied_token)
         ack = await denied.register("github:123456")
@@ -232,15 +227,13 @@ async def test_delivery_goes_only_to_a_connection_allowed_for_the_key(relay: Run
         async def orchestrator() -> str:
             delivery = await allowed.receive_delivery()
             await allowed.ack(delivery)
-            return delivery.start["deliveryId"]
+            return str(delivery.start["deliveryId"])
 
         resp, got = await post_while(
             relay, f"/webhook/{ORG}/github", body, github_headers(body), orchestrator
         )
         assert resp.status_code == 200 and got == "d-1"
-        assert [c["keyName"] for c in relay.hub.candidates(ORG, "github:123456") for c in [c.to_json()]] == [
-            "orch"
-        ]
+        assert [c.key.name for c in relay.hub.candidates(ORG, "github:123456")] == ["orch"]
 
 
 @given(st.sampled_from(["github", "generic", "gitlab"]), st.text("abc:123", min_size=1, max_size=8))
@@ -268,7 +261,7 @@ async def test_signed_github_webhook_is_relayed_chunked_and_reassembles(relay: R
     payload = {"action": "opened", "blob": "x" * 150_000, "unicode": "héllo ✓"}
     body = json.dumps(payload).encode()
     headers = github_headers(body, delivery="7d1e9a40", event="pull_request")
-    async with await connected_peer(relay, "github:123456") as peer:
+    async with connected_peer(relay, "github:123456") as peer:
 
         async def orchestrator() -> Any:
             delivery = await peer.receive_delivery()
@@ -299,7 +292,7 @@ async def test_signed_github_webhook_is_relayed_chunked_and_reassembles(relay: R
 
 async def test_empty_body_is_one_empty_final_chunk(relay: RunningRelay) -> None:
     body = b""
-    async with await connected_peer(relay, "github:123456") as peer:
+    async with connected_peer(relay, "github:123456") as peer:
 
         async def orchestrator() -> Any:
             delivery = await peer.receive_delivery()
@@ -350,7 +343,7 @@ def test_relay_frames_split_and_reassemble(body: bytes, chunk_size: int) -> None
 )
 async def test_ack_result_maps_to_http_status(relay: RunningRelay, result: str | None, status: int) -> None:
     body = b'{"zen":"hi"}'
-    async with await connected_peer(relay, "github:123456") as peer:
+    async with connected_peer(relay, "github:123456") as peer:
 
         async def orchestrator() -> None:
             delivery = await peer.receive_delivery()
@@ -373,7 +366,7 @@ async def test_ack_result_maps_to_http_status(relay: RunningRelay, result: str |
 
 async def test_no_ack_within_timeout_is_503_with_retry_after(relay: RunningRelay) -> None:
     body = b"{}"
-    async with await connected_peer(relay, "github:123456") as peer:
+    async with connected_peer(relay, "github:123456") as peer:
         resp, delivery = await post_while(
             relay, f"/webhook/{ORG}/github", body, github_headers(body), peer.receive_delivery
         )
@@ -394,8 +387,8 @@ async def test_no_connected_orchestrator_is_503(relay: RunningRelay) -> None:
 async def test_missed_ack_fails_over_to_the_next_orchestrator(relay: RunningRelay) -> None:
     body = b'{"n":1}'
     async with (
-        await connected_peer(relay, "github:123456") as first,
-        await connected_peer(relay, "github:123456") as second,
+        connected_peer(relay, "github:123456") as first,
+        connected_peer(relay, "github:123456") as second,
     ):
 
         async def orchestrators() -> tuple[Any, Any]:
@@ -418,7 +411,7 @@ async def test_bad_signature_is_rejected_at_the_relay_without_relaying(relay: Ru
         "X-Hub-Signature-256": sign(body, "wrong"),
         "X-GitHub-Delivery": "forged",
     }
-    async with await connected_peer(relay, "github:123456") as peer:
+    async with connected_peer(relay, "github:123456") as peer:
         async with httpx.AsyncClient(base_url=relay.base_url) as client:
             resp = await client.post(f"/webhook/{ORG}/github", content=body, headers=forged)
             missing = {k: v for k, v in forged.items() if k != "X-Hub-Signature-256"}
@@ -471,7 +464,7 @@ async def test_generic_webhook_is_verified_and_relayed(relay: RunningRelay) -> N
         "X-Event-Type": "deploy.finished",
         "X-Delivery-Id": "gen-7",
     }
-    async with await connected_peer(relay, "generic:acme:deploys") as peer:
+    async with connected_peer(relay, "generic:acme:deploys") as peer:
         async with httpx.AsyncClient(base_url=relay.base_url) as client:
             bad = await client.post(
                 f"/webhook/{ORG}/generic/deploys", content=body, headers=headers | {"X-Signature-256": "00"}
@@ -510,7 +503,7 @@ async def test_forwarded_messages_are_recorded_and_listed(relay: RunningRelay) -
         "lines": ["hello"], "timestamp": 1767225689511,
     }  # fmt: skip
     broken = dict(status, messageId="m3", sha=None, status="exploded")
-    async with await connected_peer(relay) as peer:
+    async with connected_peer(relay) as peer:
         async with httpx.AsyncClient(base_url=relay.base_url, timeout=30) as client:
             for frame in (status, log_chunk, broken, {"type": "mystery.thing"}):
                 await peer.send(frame)
@@ -545,7 +538,7 @@ async def test_forwarded_messages_are_recorded_and_listed(relay: RunningRelay) -
 
 
 async def test_auth_request_is_never_recorded(relay: RunningRelay) -> None:
-    async with await connected_peer(relay, "github:123456"):
+    async with connected_peer(relay, "github:123456"):
         pass
     recorded = relay.store.list_messages()
     assert [m.type for m in recorded] == ["source.register"]

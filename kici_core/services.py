@@ -194,9 +194,10 @@ def _new_run(plan: planning.RunPlan, *, run_id: str, provider: str, routing_key:
 def _job_config(job: planning.PlannedJob) -> JSONObject:
     raw = to_plain(job.lock_job.raw)
     config: dict[str, JSONValue] = dict(raw) if isinstance(raw, dict) else {}
-    config["name"] = job.base_name
+    config["name"] = job.name
+    config["baseJobName"] = job.base_name
     if job.matrix_values is not None:
-        config["matrix"] = dict(job.matrix_values)
+        config["matrixValues"] = dict(job.matrix_values)
     return config
 
 

@@ -19,6 +19,8 @@ from typing import Literal
 import anyio
 from anyio.abc import Process
 
+_EOF_GRACE_S = 5.0
+
 
 class StopRequest:
     """A job-wide stop switch: ``cancel`` asks for a graceful stop, a second ``cancel`` forces it."""
@@ -100,9 +102,12 @@ async def run_process(
         stdout = proc.stdout
         async with anyio.create_task_group() as tg:
 
+            pumped = anyio.Event()
+
             async def _pump() -> None:
                 async for data in stdout:
                     on_output(data)
+                pumped.set()
 
             async def _watch() -> None:
                 nonlocal stopped_by
@@ -116,15 +121,14 @@ async def run_process(
                 else:
                     await _stop(proc, grace_s, stop.forced)
 
-            async def _reap() -> None:
-                await proc.wait()
-                # Kill whatever the child left in its group so the pipe reaches EOF.
-                _signal_group(proc, signal.SIGKILL)
-
+            tg.start_soon(_pump)
             tg.start_soon(_watch)
-            tg.start_soon(_reap)
-            await _pump()
             await proc.wait()
+            # Kill whatever the child left in its group so the pipe reaches EOF; a process that left the
+            # group but kept the pipe open gets a short grace before its output is abandoned.
+            _signal_group(proc, signal.SIGKILL)
+            with anyio.move_on_after(_EOF_GRACE_S):
+                await pumped.wait()
             tg.cancel_scope.cancel()
     code = proc.returncode
     if code is not None and code < 0:

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.anyio
 
 TOKEN = "kat_" + "3f9a0c41" * 8
 CLONE_TOKEN = "ghs_exampleInstallationToken0123456789"
-TERMINAL = {"success", "failed", "cancelled", "skipped"}
+PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
@@ -394,7 +394,7 @@ async def test_reconnect_reports_in_flight_jobs_and_replays_buffered_messages(tm
 @asynccontextmanager
 async def agent_process(peer: ScriptedOrchestrator, tmp_path: Path) -> AsyncIterator[Any]:
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "KICI_AGENT_TOKEN": TOKEN,
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+           "PYTHONPATH": PROJECT_ROOT}
     async with await anyio.open_process(
         [sys.executable, "-m", "kici_runtime.agent", "--url", peer.url, "--labels", "linux",
          "--agent-id", "sub-agent", "--work-dir", str(tmp_path / "work")],

@@ -75,9 +75,9 @@ class ScriptedOrchestrator:
         await self.connections[-1].close(code, reason)
 
     # --- observing --------------------------------------------------------------------------------
-    async def next(self, predicate: Predicate | None = None, *, timeout: float = 15) -> Received:
+    async def next(self, predicate: Predicate | None = None, *, within: float = 15) -> Received:
         """The next recorded message (after the previous ``next``) matching ``predicate``."""
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(within):
             while True:
                 while self._cursor < len(self.received):
                     item = self.received[self._cursor]
@@ -88,9 +88,9 @@ class ScriptedOrchestrator:
                 await changed.wait()
 
     async def wait_for(self, predicate: Predicate, *, connection: int | None = None,
-                       timeout: float = 15) -> Received:
+                       within: float = 15) -> Received:
         """The first recorded message (from the start, optionally on one connection) matching ``predicate``."""
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(within):
             seen = 0
             while True:
                 for item in self.received[seen:]:
@@ -100,8 +100,8 @@ class ScriptedOrchestrator:
                 changed = self._changed
                 await changed.wait()
 
-    async def wait_closed(self, connection: int, *, timeout: float = 15) -> int | None:
-        with anyio.fail_after(timeout):
+    async def wait_closed(self, connection: int, *, within: float = 15) -> int | None:
+        with anyio.fail_after(within):
             while True:
                 for index, code in self.closed:
                     if index == connection:

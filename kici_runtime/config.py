@@ -250,7 +250,7 @@ def load_settings(
         stale_detector_threshold_multiplier=reader.number("KICI_STALE_DETECTOR_THRESHOLD_MULTIPLIER") or 2.0,
         scaler_config_path=reader.text("KICI_SCALER_CONFIG_PATH"),
         scaler_config_dir=reader.text("KICI_SCALER_CONFIG_DIR"),
-        orchestrator_url=_url(reader, "KICI_ORCHESTRATOR_URL", ("ws", "wss")),
+        orchestrator_url=_url(reader, "KICI_ORCHESTRATOR_URL", ("ws", "wss", "http", "https")),
         data_dir=reader.text("KICI_DATA_DIR"),
         storage=_storage(reader),
         instance_id=reader.text("KICI_CLUSTER_INSTANCE_ID"),

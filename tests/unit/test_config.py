@@ -492,3 +492,17 @@ def test_generator_check_mode(tmp_path: pathlib.Path, monkeypatch: pytest.Monkey
     assert module.main(["--check"]) == 1
     assert module.main([]) == 0
     assert module.main(["--check"]) == 0
+
+
+def test_from_process_env_reads_the_real_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    for name, value in INDEPENDENT.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("KICI_ORCHESTRATOR_URL", "http://orch:4000")
+    path = tmp_path / "o.yaml"
+    path.write_text("server:\n  port: 4400\n")
+    monkeypatch.setenv("KICI_CONFIG", str(path))
+    s = config.from_process_env("standalone")
+    assert s.mode == "independent" and s.orchestrator_url == "http://orch:4000" and s.port == 4400
+    monkeypatch.setenv("KICI_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="Failed to read config file"):
+        config.from_process_env("standalone")

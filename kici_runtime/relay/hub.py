@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from kici_core.errors import NotFound
 from kici_core.jsontypes import JSONValue
 from kici_runtime.relay import routing, schemas
 from kici_runtime.relay.store import ApiKey, RecordedMessage, RelayStore
@@ -120,6 +121,11 @@ class Connection:
         async with self._lock:
             for frame in frames:
                 await self._send_text(json.dumps(frame, separators=(",", ":")))
+
+    async def send_text(self, text: str) -> None:
+        """Send one raw text frame."""
+        async with self._lock:
+            await self._send_text(text)
 
     async def close(self, code: int, reason: str) -> None:
         """Close the socket once; later calls do nothing."""
@@ -336,6 +342,37 @@ class RelayHub:
                     return found
                 await changed.wait()
         return []
+
+    # --- fault injection (tests of orchestrator clients) ----------------------------------------
+
+    async def inject(self, connection_id: str, frame: dict[str, JSONValue] | str) -> None:
+        """Send an arbitrary frame (a dict as JSON, a str verbatim) to one connection.
+
+        Lets a test play a misbehaving Platform: malformed or out-of-order chunks, a legacy single-frame
+        ``webhook.relay``, garbage text, a ``dashboard.*`` request.
+
+        Raises:
+            NotFound: no such live connection.
+        """
+        conn = self._live(connection_id)
+        if isinstance(frame, str):
+            await conn.send_text(frame)
+        else:
+            await conn.send(frame)
+
+    async def drop(self, connection_id: str, code: int = 1001, reason: str = "Going away") -> None:
+        """Close one connection with ``code`` (default 1001), as a Platform restart would.
+
+        Raises:
+            NotFound: no such live connection.
+        """
+        await self._live(connection_id).close(code, reason)
+
+    def _live(self, connection_id: str) -> Connection:
+        conn = self.connections.get(connection_id)
+        if conn is None or conn.closed:
+            raise NotFound(f"no live connection {connection_id!r}")
+        return conn
 
     # --- revocation ---------------------------------------------------------------------------
 

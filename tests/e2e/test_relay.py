@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kici_core.errors import NotFound
 from kici_runtime.relay import cli, routing
 from kici_runtime.relay.hub import Delivery, RelaySettings, relay_frames
 from kici_runtime.relay.store import RelayStore
@@ -176,6 +177,19 @@ async def test_missing_heartbeats_close_4004(tmp_path: Path) -> None:
             assert (await peer.auth(token))["type"] == "auth.success"
             await peer.send({"type": "heartbeat", "timestamp": 1767225600000})
             assert await peer.wait_closed() == 4004
+
+
+async def test_fault_injection_reaches_the_orchestrator(relay: RunningRelay) -> None:
+    async with connected_peer(relay) as peer:
+        (conn,) = relay.hub.connections.values()
+        await relay.hub.inject(conn.connection_id, "not json at all")
+        await relay.hub.inject(conn.connection_id, {"type": "webhook.relay", "payload": {}})
+        assert await peer.ws.recv() == "not json at all"
+        assert (await peer.recv())["type"] == "webhook.relay"
+        await relay.hub.drop(conn.connection_id)
+        assert await peer.wait_closed() == 1001
+    with pytest.raises(NotFound):
+        await relay.hub.drop(conn.connection_id)
 
 
 # --- routing patterns ------------------------------------------------------------------------------

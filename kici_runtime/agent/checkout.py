@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from kici_runtime.agent.process import ProcessResult, StopRequest, run_process
+from kici_runtime.agent import process
+from kici_runtime.agent.process import ProcessResult, StopRequest
 
 
 class CheckoutError(Exception):
@@ -113,7 +114,7 @@ async def checkout(
     async def git(*args: str, cwd: Path, what: str) -> None:
         log(f"$ git {' '.join(args)}")
         try:
-            result = await run_process(
+            result = await process.run_process(
                 ["git", *args], cwd=cwd, env=env, on_output=on_output, stop=stop,
                 deadline=deadline, grace_s=grace_s,
             )
@@ -126,7 +127,7 @@ async def checkout(
 
     async def head() -> str:
         chunks: list[bytes] = []
-        result = await run_process(
+        result = await process.run_process(
             ["git", "rev-parse", "HEAD"], cwd=dest, env=env, on_output=chunks.append, stop=stop,
             deadline=deadline, grace_s=grace_s,
         )
@@ -144,7 +145,7 @@ async def checkout(
     # The URL is passed as an argument but logged redacted; it carries no credentials of ours.
     log(f"$ git {' '.join(clone_args)} -- {shown} {dest.name}")
     try:
-        result = await run_process(
+        result = await process.run_process(
             ["git", *clone_args, "--", url, str(dest)], cwd=dest.parent, env=env, on_output=on_output,
             stop=stop, deadline=deadline, grace_s=grace_s,
         )

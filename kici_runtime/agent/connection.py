@@ -26,7 +26,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from kici_core.errors import AuthError
 from kici_core.jsontypes import JSONValue
-from kici_runtime.agent.config import AGENT_VERSION, PROTOCOL_VERSION, AgentConfig, register_labels
+from kici_runtime.agent import config as config_mod
+from kici_runtime.agent.config import AGENT_VERSION, PROTOCOL_VERSION, AgentConfig
 from kici_runtime.agent.outbox import Message, Outbox
 
 log = logging.getLogger("kici.agent")
@@ -167,7 +168,7 @@ class Connection:
             "type": "agent.register",
             "messageId": f"register-{cfg.agent_id}-{_now_ms()}",
             "agentId": cfg.agent_id,
-            "labels": register_labels(cfg),
+            "labels": config_mod.register_labels(cfg),
             "platform": cfg.platform,
             "arch": cfg.arch,
             "version": AGENT_VERSION,

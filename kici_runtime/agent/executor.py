@@ -14,10 +14,12 @@ from anyio.abc import TaskGroup
 
 from kici_core.jsontypes import JSONValue
 from kici_runtime.agent import checkout as checkout_mod
+from kici_runtime.agent import job as job_mod
+from kici_runtime.agent import process
 from kici_runtime.agent.config import AgentConfig
-from kici_runtime.agent.job import UNSUPPORTED_STEP, JobSpec, StepSpec, job_message
+from kici_runtime.agent.job import UNSUPPORTED_STEP, JobSpec, StepSpec
 from kici_runtime.agent.logs import LogStreamer
-from kici_runtime.agent.process import ProcessResult, StopRequest, run_process
+from kici_runtime.agent.process import ProcessResult, StopRequest
 
 Send = Callable[[dict[str, JSONValue]], None]
 
@@ -55,7 +57,7 @@ class JobRunner:
         self.stop.cancel(reason, force=force)
 
     def _emit(self, kind: str, *, message_id: bool = True, **fields: JSONValue) -> None:
-        self._send(job_message(kind, self.spec, message_id=_new_id() if message_id else None,
+        self._send(job_mod.job_message(kind, self.spec, message_id=_new_id() if message_id else None,
                                now_ms=_now_ms(), **fields))
 
     def _chunk(self, step_index: int, lines: list[str]) -> None:
@@ -202,7 +204,7 @@ class JobRunner:
                 step_deadline = anyio.current_time() + step.timeout_ms / 1000 if step.timeout_ms else None
                 if step_deadline is not None and (deadline is None or step_deadline < deadline):
                     deadline = step_deadline
-                result = await run_process(
+                result = await process.run_process(
                     ["bash", "-e", "-o", "pipefail", "-c", step.run], cwd=cwd,
                     env=self._env(workspace, step), on_output=streamer.feed, stop=self.stop,
                     deadline=deadline, grace_s=self._grace,

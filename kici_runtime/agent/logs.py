@@ -13,8 +13,6 @@ from collections.abc import Callable
 import anyio
 from anyio.abc import TaskGroup
 
-from kici_core.jsontypes import JSONValue
-
 Emit = Callable[[int, list[str]], None]
 """Called with ``(stepIndex, lines)`` for each chunk to send."""
 
@@ -105,16 +103,3 @@ class LogStreamer:
             if pending is self._pending:
                 self.flush()
 
-
-def log_chunk(*, run_id: str, job_id: str, step_index: int, lines: list[str], message_id: str,
-              now_ms: int) -> dict[str, JSONValue]:
-    """A ``log.chunk`` message (spec §4.2.10)."""
-    return {
-        "type": "log.chunk",
-        "messageId": message_id,
-        "runId": run_id,
-        "jobId": job_id,
-        "stepIndex": step_index,
-        "lines": list(lines),
-        "timestamp": now_ms,
-    }

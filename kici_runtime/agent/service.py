@@ -12,10 +12,10 @@ from anyio.abc import TaskGroup
 
 from kici_core.errors import ProtocolError
 from kici_core.jsontypes import JSONValue
+from kici_runtime.agent import job as job_mod
 from kici_runtime.agent.config import AgentConfig
 from kici_runtime.agent.connection import AuthRejected, Connection
 from kici_runtime.agent.executor import JobRunner
-from kici_runtime.agent.job import TERMINAL_JOB_STATES, job_message, parse_dispatch
 from kici_runtime.agent.outbox import Message, Outbox
 
 log = logging.getLogger("kici.agent")
@@ -114,23 +114,23 @@ class Agent:
     def on_dispatch(self, message: dict[str, Any]) -> None:
         """Accept (``job.ack``) or refuse (``job.reject`` + ``agent.status``) a ``job.dispatch``."""
         try:
-            spec = parse_dispatch(message)
+            spec = job_mod.parse_dispatch(message)
         except ProtocolError as exc:
             log.warning("ignoring an invalid job.dispatch: %s", exc)
             return
         if spec.job_id in self.runners:
-            self.outbox.put(job_message("job.ack", spec, message_id=str(uuid.uuid4()), now_ms=_now_ms()))
+            self.outbox.put(job_mod.job_message("job.ack", spec, message_id=str(uuid.uuid4()), now_ms=_now_ms()))
             return
         reason = "draining" if self.draining else "busy" if len(self.runners) >= self.config.max_concurrency else None
         if reason is not None:
-            self.outbox.put(job_message("job.reject", spec, message_id=str(uuid.uuid4()), now_ms=_now_ms(),
+            self.outbox.put(job_mod.job_message("job.reject", spec, message_id=str(uuid.uuid4()), now_ms=_now_ms(),
                                         reason=reason))
             self._send_status()
             return
         runner = JobRunner(spec, config=self.config, send=self.outbox.put)
         self.runners[spec.job_id] = runner
         self.in_flight[spec.job_id] = spec.run_id
-        self.outbox.put(job_message("job.ack", spec, message_id=str(uuid.uuid4()), now_ms=_now_ms()))
+        self.outbox.put(job_mod.job_message("job.ack", spec, message_id=str(uuid.uuid4()), now_ms=_now_ms()))
         assert self._tg is not None
         self._tg.start_soon(self._run_job, runner)
 
@@ -159,7 +159,7 @@ class Agent:
         self._send_status()
 
     def _on_sent(self, message: Message) -> None:
-        if message.get("type") == "job.status" and message.get("state") in TERMINAL_JOB_STATES:
+        if message.get("type") == "job.status" and message.get("state") in job_mod.TERMINAL_JOB_STATES:
             self.in_flight.pop(str(message.get("jobId")), None)
 
     def _send_status(self) -> None:

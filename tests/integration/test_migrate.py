@@ -99,3 +99,37 @@ def test_three_processes_apply_each_migration_exactly_once(empty_db_url: str) ->
     with psycopg.connect(empty_db_url) as conn:
         count = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
     assert count is not None and count[0] == len(applied)
+
+
+def test_schema_enforces_the_race_critical_uniques(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        claim = (
+            "INSERT INTO event_log (org_id, delivery_id, routing_key, event, source, provider,"
+            " payload_size_bytes, payload_hash) VALUES ('o', 'd1', 'github:1', 'push', 'direct', 'github', 2, 'h')"
+            " ON CONFLICT (org_id, delivery_id) DO NOTHING RETURNING id"
+        )
+        first = conn.execute(claim).fetchone()
+        assert first is not None
+        assert conn.execute(claim).fetchone() is None  # the duplicate claims nothing
+        run = (
+            "INSERT INTO execution_runs (run_id, org_id, delivery_id, workflow_name, provider, routing_key)"
+            " VALUES (gen_random_uuid(), 'o', 'd1', 'ci', 'github', 'github:1')"
+            " ON CONFLICT DO NOTHING RETURNING run_id"
+        )
+        run_row = conn.execute(run).fetchone()
+        assert run_row is not None
+        assert conn.execute(run).fetchone() is None  # at most one run per (delivery, workflow)
+        job_id = conn.execute(
+            "INSERT INTO execution_jobs (job_id, run_id, job_name, base_name, required_labels)"
+            " VALUES (gen_random_uuid(), %s, 'build', 'build', '{linux,x64}') RETURNING job_id",
+            (run_row[0],),
+        ).fetchone()
+        assert job_id is not None
+        chunk = (
+            "INSERT INTO log_chunks (run_id, job_id, step_index, seq, content) VALUES (%s, %s, NULL, 1, 'x')"
+            " ON CONFLICT DO NOTHING RETURNING id"
+        )
+        assert conn.execute(chunk, (run_row[0], job_id[0])).fetchone() is not None
+        assert conn.execute(chunk, (run_row[0], job_id[0])).fetchone() is None
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE execution_jobs SET status = 'done' WHERE job_id = %s", (job_id[0],))

@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from kici_core.ports import DeliveryInbox, EventLog, SecretStore, SourceStore
+from kici_core.jsontypes import JSONObject
+from kici_core.ports import BlobStore, DeliveryInbox, EventLog, SecretStore, SourceStore, TokenStore
 from kici_core.ratelimit import SlidingWindowLimiter
 
 MAX_BODY_BYTES = 26_214_400  # 25 MiB: every route
@@ -35,6 +36,10 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+GitHubAppCheck = Callable[[str, str, "str | None"], Awaitable[JSONObject]]
+"""``(app_id, private_key_pem, api_url) -> {"name", "slug"}`` via ``GET /app``; raises a ``KiciError``."""
+
+
 @dataclass(slots=True, kw_only=True)
 class AppContext:
     mode: str  # platform | hybrid | independent
@@ -55,6 +60,16 @@ class AppContext:
     max_body_bytes: int = MAX_BODY_BYTES
     generic_max_body_bytes: int = GENERIC_MAX_BODY_BYTES
     trusted_proxy: bool = False
+    # --- admin API (kici_runtime.admin_api) ---
+    tokens: TokenStore | None = None
+    blobs: BlobStore | None = None
+    secret_key_configured: bool = False  # False: admin routes answer 503 (no KICI_SECRET_KEY)
+    rotate_key: Callable[[], Awaitable[int]] | None = None  # re-encrypts scoped_secrets; returns the count
+    migrate: Callable[[], Awaitable[list[str]]] | None = None  # applies pending migrations; returns names
+    migration_status: Callable[[], Awaitable[list[JSONObject]]] | None = None  # [{name, status, appliedAt}]
+    github_app_check: GitHubAppCheck | None = None  # None: GitHub sources are not validated against GitHub
+    kick_agent_token: Callable[[str], Awaitable[int]] | None = None  # close live sockets of a revoked token
+    webhook_public_url: str | None = None  # KICI_WEBHOOK_PUBLIC_URL: base of the webhook URL shown on add
 
     @property
     def direct_webhooks_enabled(self) -> bool:

@@ -34,6 +34,18 @@ def q(d, job_id, *names, run="r1", created=0.0, now=0.0, attempts=0, expires=Non
     )
 
 
+def view(d: dispatch.Dispatcher, agent_id: str) -> dispatch.AgentView:
+    v = d.agent(agent_id)
+    assert v is not None
+    return v
+
+
+def why(d: dispatch.Dispatcher, job_id: str) -> routing.WaitExplanation:
+    w = d.why_waiting(job_id)
+    assert w is not None
+    return w
+
+
 def sent(effects):
     return [(e.agent_id, e.job_id) for e in effects if isinstance(e, fx.SendDispatch)]
 
@@ -57,7 +69,7 @@ class TestPlacement:
         reg(d, "a", "linux")
         assert q(d, "j1", "gpu") == []
         assert d.queued() == ("j1",)
-        assert "no connected agent has 'gpu'" in d.why_waiting("j1").message
+        assert "no connected agent has 'gpu'" in why(d, "j1").message
 
     def test_register_fills_every_slot_in_fifo_order(self):
         d = dispatch.Dispatcher()
@@ -67,14 +79,14 @@ class TestPlacement:
         assert isinstance(effects[0], fx.SendRegisterAck)
         assert sent(effects) == [("a", "j1"), ("a", "j2"), ("a", "j0")]
         assert d.queued() == ("j3",)
-        assert d.why_waiting("j3").eligible == ("a",)
+        assert why(d, "j3").eligible == ("a",)
 
     def test_never_exceeds_max_concurrency(self):
         d = dispatch.Dispatcher()
         reg(d, "a", "l", maxc=2)
         for i in range(5):
             q(d, f"j{i}", "l", created=float(i))
-        assert d.agent("a").active_jobs == ("j0", "j1")
+        assert view(d, "a").active_jobs == ("j0", "j1")
 
     def test_least_loaded_then_longest_idle(self):
         d = dispatch.Dispatcher()
@@ -89,7 +101,7 @@ class TestPlacement:
         reg(d, "a", "l", maxc=2)
         q(d, "j1", "l")
         assert q(d, "j1", "l") == []
-        assert d.agent("a").active_jobs == ("j1",)
+        assert view(d, "a").active_jobs == ("j1",)
 
     def test_terminal_status_frees_slot_and_refills(self):
         d = dispatch.Dispatcher()
@@ -101,7 +113,7 @@ class TestPlacement:
         assert sent(effects) == [("a", "j2")]
         # A replayed terminal message does not free a second slot.
         assert d.job_status(agent_id="a", job_id="j1", state="success", now=3.0) == []
-        assert d.agent("a").active_jobs == ("j2",)
+        assert view(d, "a").active_jobs == ("j2",)
         assert d.owns("a", "j1", now=20.0)
         assert not d.owns("a", "j1", now=40.0)
 
@@ -185,7 +197,7 @@ class TestAckDeadline:
                 reason="Job failed: re-dispatch attempts exhausted after 5 attempts (agent rejected dispatch (busy))",
             )
         ]
-        assert d.agent("a").active_jobs == ()
+        assert view(d, "a").active_jobs == ()
 
     def test_five_deliveries_at_most(self):
         d = dispatch.Dispatcher()
@@ -212,7 +224,7 @@ class TestAckDeadline:
         effects = d.job_rejected(agent_id="a", job_id="j1", reason="draining", now=2.0)
         assert sent(effects) == []
         assert d.queued() == ("j1",)
-        assert d.agent("a").accepting is False
+        assert view(d, "a").accepting is False
         assert sent(reg(d, "a", "l", maxc=2, now=3.0)) == [("a", "j1")]  # re-register resumes
 
 
@@ -245,7 +257,7 @@ class TestDisconnectAndReclaim:
             fx.MarkDispatched(job_id="unacked", agent_id="a", ack_deadline=40.0),
             fx.SendDispatch(agent_id="a", job_id="unacked"),
         ]
-        assert d.agent("a").active_jobs == ("started", "unacked")
+        assert view(d, "a").active_jobs == ("started", "unacked")
         assert d.tick(now=200.0)[0] == fx.SendCancel(agent_id="a", job_id="unacked", reason="dispatch ack timeout")
 
     def test_recovery_window_expires(self):
@@ -263,7 +275,7 @@ class TestDisconnectAndReclaim:
         d.job_recovering(job_id="j9", run_id="r", agent_id="a", deadline=120.0)
         effects = reg(d, "a", "l", now=10.0, in_flight=["j9"])
         assert effects[0] == fx.Reclaim(job_id="j9", agent_id="a")
-        assert d.agent("a").active_jobs == ("j9",)
+        assert view(d, "a").active_jobs == ("j9",)
 
     def test_duplicate_agent_id_supersedes_and_carries_jobs(self):
         d = self.setup_dispatcher()
@@ -273,8 +285,8 @@ class TestDisconnectAndReclaim:
         )
         assert fx.AckResolved(job_id="unacked", agent_id="a") in effects
         assert not of(effects, fx.MarkRecovering) and not of(effects, fx.Requeue)
-        assert d.agent("a").active_jobs == ("started", "unacked")
-        assert d.agent("a").connection_id == "a-c2"
+        assert view(d, "a").active_jobs == ("started", "unacked")
+        assert view(d, "a").connection_id == "a-c2"
         # The old socket's close is not the current connection: nothing happens.
         assert d.agent_gone(agent_id="a", connection_id="a-c1", now=7.0) == []
         assert d.agent("a") is not None
@@ -352,9 +364,9 @@ class TestCancel:
         ]
         assert sent(effects) == [("a", "other")]  # the freed slot goes to another run's job
         # The started job keeps its slot until the agent reports.
-        assert d.agent("a").active_jobs == ("other", "running")
+        assert view(d, "a").active_jobs == ("other", "running")
         d.job_status(agent_id="a", job_id="running", state="cancelled", now=3.0)
-        assert d.agent("a").active_jobs == ("other",)
+        assert view(d, "a").active_jobs == ("other",)
 
     def test_cancelled_job_is_not_requeued_when_agent_drops(self):
         d = dispatch.Dispatcher()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kici_core.errors import InvalidInput
@@ -29,6 +28,7 @@ __all__ = [
     "compile_glob_list",
     "compile_js_regex",
     "compile_jsonpath",
+    "compile_path_filter",
     "glob_match",
     "glob_to_regex_source",
     "js_regex_search",
@@ -63,7 +63,7 @@ _POSIX_CLASSES = {
 }
 
 _NOT_DOT = r"(?!\.)"
-_SEGMENT = r"(?!\.)[^/]+"
+_SEGMENT = r"(?!\.)[^/]++"  # possessive: a segment never gives back characters
 _EXTGLOB_CHARS = "@*+?!"
 
 
@@ -387,6 +387,28 @@ def compile_glob_list(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     return _compile(source, f"globs {list(patterns)!r}")
 
 
+@functools.lru_cache(maxsize=4096)
+def compile_path_filter(include: tuple[str, ...], exclude: tuple[str, ...]) -> re.Pattern[str]:
+    """One regex that fully matches a path iff it matches no ``exclude`` glob and (when
+    ``include`` is non-empty) some ``include`` glob: one regex call per changed file.
+
+    Raises:
+        PatternError: one of the globs is invalid.
+    """
+    for p in include + exclude:
+        compile_glob(p)
+    inc = "|".join(f"(?:{glob_to_regex_source(p)})" for p in include)
+    exc = "|".join(f"(?:{glob_to_regex_source(p)})" for p in exclude)
+    if not exc:
+        source = f"(?:{inc})" if inc else "(?s:.*)"
+    elif not inc:
+        source = f"(?!(?:{exc})\\Z)(?s:.*)"
+    else:
+        # Includes first: most paths fail on their first characters, before any exclusion runs.
+        source = f"(?=(?:{inc})\\Z)(?!(?:{exc})\\Z)(?s:.*)"
+    return _compile(source, f"path filter {list(include)!r} / {list(exclude)!r}")
+
+
 def glob_match(pattern: str, candidate: str) -> bool:
     """True when ``candidate`` matches the picomatch glob ``pattern``."""
     return compile_glob(pattern).fullmatch(candidate) is not None
@@ -635,18 +657,3 @@ def compile_jsonpath(path: str) -> JsonPath:
             steps.append(("key", re.sub(r"\\(.)", r"\1", quoted)))
         pos = m.end()
     return JsonPath(source=path, steps=tuple(steps))
-
-
-# Shape of a reusable single-string predicate, for callers that want to cache one.
-StringPredicate = Callable[[str], bool]
-
-
-def any_regex(patterns: Sequence[tuple[str, str]]) -> StringPredicate | None:
-    """Predicate true when any ``(source, flags)`` JS regex searches successfully; None if empty."""
-    compiled = [compile_js_regex(s, f).search for s, f in patterns]
-    if not compiled:
-        return None
-    if len(compiled) == 1:
-        one = compiled[0]
-        return lambda value: one(value) is not None
-    return lambda value: any(search(value) is not None for search in compiled)

@@ -266,3 +266,13 @@ def test_trace_stops_after_first_match_and_untraced_agrees() -> None:
 def test_needs_changed_files() -> None:
     assert m.needs_changed_files([wf("a", {"_type": "pr", "paths": ["!x"]})])
     assert not m.needs_changed_files([wf("a", {"_type": "push"}), wf("b", {"_type": "tag"})])
+
+
+def test_bench_quick_runs() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "matching.py"
+    out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, check=True, timeout=120)
+    assert "trigger evaluations" in out.stdout and "PR trigger" in out.stdout

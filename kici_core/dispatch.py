@@ -25,13 +25,12 @@ Rules enforced:
 from __future__ import annotations
 
 import bisect
-import enum
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from kici_core import dispatch_effects as fx
 from kici_core import errors, routing
+from kici_core.dispatch_model import AgentEntry, AgentView, JobEntry, Phase
 from kici_core.states import JobStatus
 
 __all__ = ["AgentView", "Dispatcher"]
@@ -39,71 +38,13 @@ __all__ = ["AgentView", "Dispatcher"]
 _TERMINAL_AGENT_STATES = frozenset(str(s) for s in (JobStatus.success, JobStatus.failed, JobStatus.cancelled))
 
 
-class _Phase(enum.Enum):
-    QUEUED = "queued"
-    AWAITING_ACK = "awaiting_ack"
-    ACKED = "acked"
-    RUNNING = "running"
-    RECOVERING = "recovering"
-
-
-@dataclass(slots=True, kw_only=True)
-class _Job:
-    job_id: str
-    run_id: str
-    selector: routing.JobSelector | None
-    order: tuple[float, int]
-    attempts: int = 0
-    expires_at: float | None = None
-    phase: _Phase = _Phase.QUEUED
-    agent_id: str | None = None
-    ack_deadline: float | None = None
-    heartbeat_at: float | None = None
-    recovery_deadline: float | None = None
-    cancel_reason: str | None = None
-
-
-@dataclass(slots=True, kw_only=True)
-class _Agent:
-    agent_id: str
-    connection_id: str
-    labels: routing.AgentLabels
-    max_concurrency: int
-    idle_since: float
-    heartbeat_at: float
-    accepting: bool = True
-    jobs: set[str] = field(default_factory=set)
-
-    def candidate(self) -> routing.Candidate:
-        return routing.Candidate(
-            agent_id=self.agent_id,
-            labels=self.labels,
-            active_jobs=len(self.jobs),
-            max_concurrency=self.max_concurrency,
-            idle_since=self.idle_since,
-            accepting=self.accepting,
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AgentView:
-    """Read-only snapshot of one connected agent."""
-
-    agent_id: str
-    connection_id: str
-    labels: routing.AgentLabels
-    max_concurrency: int
-    active_jobs: tuple[str, ...]
-    accepting: bool
-
-
 class Dispatcher:
     """The dispatch state machine for one process's agents. See the module docstring."""
 
     def __init__(self, *, config: fx.DispatcherConfig | None = None) -> None:
         self.config = config or fx.DispatcherConfig()
-        self._agents: dict[str, _Agent] = {}
-        self._jobs: dict[str, _Job] = {}
+        self._agents: dict[str, AgentEntry] = {}
+        self._jobs: dict[str, JobEntry] = {}
         self._queue: list[tuple[float, int, str]] = []  # sorted FIFO keys of QUEUED jobs
         self._seq = 0
         self._completed: OrderedDict[str, tuple[str, float]] = OrderedDict()  # job -> (agent, until)
@@ -135,14 +76,14 @@ class Dispatcher:
     def assignment(self, job_id: str) -> str | None:
         """The agent a job is dispatched to, recovering for, or ``None``."""
         job = self._jobs.get(job_id)
-        return None if job is None or job.phase is _Phase.QUEUED else job.agent_id
+        return None if job is None or job.phase is Phase.QUEUED else job.agent_id
 
     def owns(self, agent_id: str, job_id: str, *, now: float) -> bool:
         """Whether a message about ``job_id`` from ``agent_id`` passes the in-memory ownership
         check: the job is assigned or recovering for it, or it finished there within
         ``ownership_grace``. (The driver may still accept it from the database fallback.)"""
         job = self._jobs.get(job_id)
-        if job is not None and job.phase is not _Phase.QUEUED and job.agent_id == agent_id:
+        if job is not None and job.phase is not Phase.QUEUED and job.agent_id == agent_id:
             return True
         done = self._completed.get(job_id)
         return done is not None and done[0] == agent_id and now < done[1]
@@ -150,7 +91,7 @@ class Dispatcher:
     def why_waiting(self, job_id: str) -> routing.WaitExplanation | None:
         """Why a queued job has no agent yet, or ``None`` if it is not queued here."""
         job = self._jobs.get(job_id)
-        if job is None or job.phase is not _Phase.QUEUED or job.selector is None:
+        if job is None or job.phase is not Phase.QUEUED or job.selector is None:
             return None
         return routing.explain_waiting(job.selector, {a.agent_id: a.labels for a in self._agents.values()})
 
@@ -158,13 +99,13 @@ class Dispatcher:
         """The earliest time at which :meth:`tick` has something to do, or ``None``."""
         times: list[float] = []
         for job in self._jobs.values():
-            if job.phase is _Phase.AWAITING_ACK and job.ack_deadline is not None:
+            if job.phase is Phase.AWAITING_ACK and job.ack_deadline is not None:
                 times.append(job.ack_deadline)
-            elif job.phase in (_Phase.ACKED, _Phase.RUNNING) and job.heartbeat_at is not None:
+            elif job.phase in (Phase.ACKED, Phase.RUNNING) and job.heartbeat_at is not None:
                 times.append(job.heartbeat_at + self.config.stale_after)
-            elif job.phase is _Phase.RECOVERING and job.recovery_deadline is not None:
+            elif job.phase is Phase.RECOVERING and job.recovery_deadline is not None:
                 times.append(job.recovery_deadline)
-            elif job.phase is _Phase.QUEUED and job.expires_at is not None:
+            elif job.phase is Phase.QUEUED and job.expires_at is not None:
                 times.append(job.expires_at)
         times.extend(a.heartbeat_at + self.config.agent_heartbeat_timeout for a in self._agents.values())
         return min(times) if times else None
@@ -186,7 +127,7 @@ class Dispatcher:
         notification). Known jobs are ignored, so a job is never assigned twice."""
         if job_id in self._jobs:
             return []
-        job = _Job(
+        job = JobEntry(
             job_id=job_id,
             run_id=run_id,
             selector=selector,
@@ -205,11 +146,11 @@ class Dispatcher:
         job = self._jobs.get(job_id)
         if job is None:
             return []
-        if job.phase is _Phase.QUEUED:
+        if job.phase is Phase.QUEUED:
             self._dequeue(job)
             del self._jobs[job_id]
             return []
-        if job.phase is _Phase.AWAITING_ACK:
+        if job.phase is Phase.AWAITING_ACK:
             self._release(job, now)
             del self._jobs[job_id]
             return self._fill(now)
@@ -220,12 +161,12 @@ class Dispatcher:
         that ran elsewhere registers here) so that agent can reclaim it."""
         if job_id in self._jobs:
             return []
-        self._jobs[job_id] = _Job(
+        self._jobs[job_id] = JobEntry(
             job_id=job_id,
             run_id=run_id,
             selector=None,
             order=(0.0, self._next_seq()),
-            phase=_Phase.RECOVERING,
+            phase=Phase.RECOVERING,
             agent_id=agent_id,
             recovery_deadline=deadline,
         )
@@ -279,7 +220,7 @@ class Dispatcher:
                 kept = existing.jobs & set(in_flight)
                 existing.jobs -= kept
                 effects += self._disconnect(existing, now)
-            agent = _Agent(
+            agent = AgentEntry(
                 agent_id=agent_id,
                 connection_id=connection_id,
                 labels=labels,
@@ -293,8 +234,8 @@ class Dispatcher:
             job = self._jobs.get(job_id)
             if job is not None and job_id in agent.jobs:
                 effects += self._mark_acked(job, now)
-            elif job is not None and job.phase is _Phase.RECOVERING and job.agent_id == agent_id:
-                job.phase = _Phase.RUNNING
+            elif job is not None and job.phase is Phase.RECOVERING and job.agent_id == agent_id:
+                job.phase = Phase.RUNNING
                 job.recovery_deadline = None
                 job.heartbeat_at = now
                 agent.jobs.add(job_id)
@@ -330,7 +271,7 @@ class Dispatcher:
         """``job.reject``: free the slot and requeue (or fail once the budget is spent). After a
         ``draining`` reject the agent gets no more work until it registers again."""
         job = self._owned(agent_id, job_id)
-        if job is None or job.phase not in (_Phase.AWAITING_ACK, _Phase.ACKED):
+        if job is None or job.phase not in (Phase.AWAITING_ACK, Phase.ACKED):
             return []
         if reason == "draining":
             self._agents[agent_id].accepting = False
@@ -346,12 +287,12 @@ class Dispatcher:
             return []
         if state == JobStatus.running:
             effects = self._mark_acked(job, now)
-            job.phase = _Phase.RUNNING
+            job.phase = Phase.RUNNING
             job.heartbeat_at = now
             return effects
         if state in _TERMINAL_AGENT_STATES:
             effects = []
-            if job.phase is _Phase.AWAITING_ACK:
+            if job.phase is Phase.AWAITING_ACK:
                 effects.append(fx.AckResolved(job_id=job_id, agent_id=agent_id))
             self._release(job, now)
             del self._jobs[job_id]
@@ -362,7 +303,7 @@ class Dispatcher:
     def job_heartbeat(self, *, agent_id: str, job_id: str, now: float) -> list[fx.Effect]:
         """``job.heartbeat``: counts only while the job is running on this agent."""
         job = self._owned(agent_id, job_id)
-        if job is not None and job.phase is _Phase.RUNNING:
+        if job is not None and job.phase is Phase.RUNNING:
             job.heartbeat_at = now
         return []
 
@@ -394,16 +335,18 @@ class Dispatcher:
         freed = False
         for job in targets:
             ended = fx.FailJob(job_id=job.job_id, status=JobStatus.cancelled, reason=reason)
-            if job.phase is _Phase.QUEUED:
+            if job.phase is Phase.QUEUED:
                 self._dequeue(job)
                 del self._jobs[job.job_id]
                 effects.append(ended)
-            elif job.phase is _Phase.RECOVERING:
+            elif job.phase is Phase.RECOVERING:
                 del self._jobs[job.job_id]
                 effects.append(ended)
-            elif job.phase is _Phase.AWAITING_ACK:
+            elif job.phase is Phase.AWAITING_ACK:
                 assert job.agent_id is not None
-                effects.append(fx.SendCancel(agent_id=job.agent_id, job_id=job.job_id, reason=reason, force=force))
+                effects.append(
+                    fx.SendCancel(agent_id=job.agent_id, job_id=job.job_id, reason=reason, force=force)
+                )
                 self._release(job, now)
                 del self._jobs[job.job_id]
                 effects.append(ended)
@@ -411,7 +354,9 @@ class Dispatcher:
             else:
                 assert job.agent_id is not None
                 job.cancel_reason = reason
-                effects.append(fx.SendCancel(agent_id=job.agent_id, job_id=job.job_id, reason=reason, force=force))
+                effects.append(
+                    fx.SendCancel(agent_id=job.agent_id, job_id=job.job_id, reason=reason, force=force)
+                )
         return effects + (self._fill(now) if freed else [])
 
     # ---------------------------------------------------------------- time
@@ -433,18 +378,24 @@ class Dispatcher:
                 )
                 effects += self._disconnect(agent, now)
         for job in sorted(self._jobs.values(), key=lambda j: j.order):
-            if job.phase is _Phase.RECOVERING and job.recovery_deadline is not None and job.recovery_deadline <= now:
+            if (
+                job.phase is Phase.RECOVERING
+                and job.recovery_deadline is not None
+                and job.recovery_deadline <= now
+            ):
                 del self._jobs[job.job_id]
                 effects.append(
                     fx.FailJob(job_id=job.job_id, status=JobStatus.failed, reason=fx.REASON_RECOVERY_EXPIRED)
                 )
-            elif job.phase in (_Phase.ACKED, _Phase.RUNNING):
+            elif job.phase in (Phase.ACKED, Phase.RUNNING):
                 effects += self._check_stale(job, now)
-            elif job.phase is _Phase.QUEUED and job.expires_at is not None and job.expires_at <= now:
+            elif job.phase is Phase.QUEUED and job.expires_at is not None and job.expires_at <= now:
                 self._dequeue(job)
                 del self._jobs[job.job_id]
                 effects.append(
-                    fx.FailJob(job_id=job.job_id, status=JobStatus.timed_out_stale, reason=fx.REASON_QUEUE_EXPIRED)
+                    fx.FailJob(
+                        job_id=job.job_id, status=JobStatus.timed_out_stale, reason=fx.REASON_QUEUE_EXPIRED
+                    )
                 )
         while self._completed and next(iter(self._completed.values()))[1] <= now:
             self._completed.popitem(last=False)
@@ -456,27 +407,27 @@ class Dispatcher:
         self._seq += 1
         return self._seq
 
-    def _enqueue(self, job: _Job) -> None:
-        job.phase = _Phase.QUEUED
+    def _enqueue(self, job: JobEntry) -> None:
+        job.phase = Phase.QUEUED
         job.agent_id = None
         job.ack_deadline = None
         job.heartbeat_at = None
         bisect.insort(self._queue, (*job.order, job.job_id))
 
-    def _dequeue(self, job: _Job) -> None:
+    def _dequeue(self, job: JobEntry) -> None:
         key = (*job.order, job.job_id)
         index = bisect.bisect_left(self._queue, key)
         if index < len(self._queue) and self._queue[index] == key:
             del self._queue[index]
 
-    def _owned(self, agent_id: str, job_id: str) -> _Job | None:
+    def _owned(self, agent_id: str, job_id: str) -> JobEntry | None:
         agent = self._agents.get(agent_id)
         job = self._jobs.get(job_id)
         if agent is None or job is None or job_id not in agent.jobs:
             return None
         return job
 
-    def _release(self, job: _Job, now: float) -> None:
+    def _release(self, job: JobEntry, now: float) -> None:
         if job.agent_id is not None and job.agent_id in self._agents:
             agent = self._agents[job.agent_id]
             if job.job_id in agent.jobs:
@@ -490,16 +441,16 @@ class Dispatcher:
         while len(self._completed) > self.config.completed_cap:
             self._completed.popitem(last=False)
 
-    def _mark_acked(self, job: _Job, now: float) -> list[fx.Effect]:
-        if job.phase is not _Phase.AWAITING_ACK:
+    def _mark_acked(self, job: JobEntry, now: float) -> list[fx.Effect]:
+        if job.phase is not Phase.AWAITING_ACK:
             return []
         assert job.agent_id is not None
-        job.phase = _Phase.ACKED
+        job.phase = Phase.ACKED
         job.ack_deadline = None
         job.heartbeat_at = now
         return [fx.AckResolved(job_id=job.job_id, agent_id=job.agent_id)]
 
-    def _requeue_or_fail(self, job: _Job, context: str, now: float) -> list[fx.Effect]:
+    def _requeue_or_fail(self, job: JobEntry, context: str, now: float) -> list[fx.Effect]:
         self._release(job, now)
         job.attempts += 1
         if job.cancel_reason is not None:
@@ -512,22 +463,24 @@ class Dispatcher:
         self._enqueue(job)
         return [fx.Requeue(job_id=job.job_id, attempts=job.attempts, context=context)]
 
-    def _disconnect(self, agent: _Agent, now: float) -> list[fx.Effect]:
+    def _disconnect(self, agent: AgentEntry, now: float) -> list[fx.Effect]:
         """Forget ``agent``; requeue its unacknowledged jobs, put started ones in recovery."""
         if self._agents.get(agent.agent_id) is agent:
             del self._agents[agent.agent_id]
         effects: list[fx.Effect] = []
         for job_id in sorted(agent.jobs, key=lambda j: self._jobs[j].order):
             job = self._jobs[job_id]
-            if job.phase is _Phase.AWAITING_ACK:
+            if job.phase is Phase.AWAITING_ACK:
                 agent.jobs.discard(job_id)
                 effects += self._requeue_or_fail(job, "agent disconnected before acknowledging dispatch", now)
             elif job.cancel_reason is not None:
                 del self._jobs[job_id]
-                effects.append(fx.FailJob(job_id=job_id, status=JobStatus.cancelled, reason=job.cancel_reason))
+                effects.append(
+                    fx.FailJob(job_id=job_id, status=JobStatus.cancelled, reason=job.cancel_reason)
+                )
             else:
                 deadline = now + self.config.recovery_grace
-                job.phase = _Phase.RECOVERING
+                job.phase = Phase.RECOVERING
                 job.recovery_deadline = deadline
                 job.agent_id = agent.agent_id
                 effects.append(fx.MarkRecovering(job_id=job_id, agent_id=agent.agent_id, deadline=deadline))
@@ -535,9 +488,9 @@ class Dispatcher:
         return effects
 
     def _expire_acks(self, now: float) -> list[fx.Effect]:
-        late: dict[str, list[_Job]] = {}
+        late: dict[str, list[JobEntry]] = {}
         for job in self._jobs.values():
-            if job.phase is _Phase.AWAITING_ACK and job.ack_deadline is not None and job.ack_deadline <= now:
+            if job.phase is Phase.AWAITING_ACK and job.ack_deadline is not None and job.ack_deadline <= now:
                 assert job.agent_id is not None
                 late.setdefault(job.agent_id, []).append(job)
         effects: list[fx.Effect] = []
@@ -545,7 +498,9 @@ class Dispatcher:
             agent = self._agents[agent_id]
             jobs = sorted(late[agent_id], key=lambda j: j.order)
             for job in jobs:
-                effects.append(fx.SendCancel(agent_id=agent_id, job_id=job.job_id, reason=fx.REASON_ACK_TIMEOUT))
+                effects.append(
+                    fx.SendCancel(agent_id=agent_id, job_id=job.job_id, reason=fx.REASON_ACK_TIMEOUT)
+                )
             effects.append(
                 fx.CloseAgent(
                     agent_id=agent_id,
@@ -562,12 +517,12 @@ class Dispatcher:
             effects += self._disconnect(agent, now)
         return effects
 
-    def _check_stale(self, job: _Job, now: float) -> list[fx.Effect]:
+    def _check_stale(self, job: JobEntry, now: float) -> list[fx.Effect]:
         if job.heartbeat_at is None or now - job.heartbeat_at < self.config.stale_after:
             return []
         assert job.agent_id is not None
         agent_id = job.agent_id
-        if job.phase is _Phase.RUNNING:
+        if job.phase is Phase.RUNNING:
             reason = f"No heartbeat received for {int(now - job.heartbeat_at)}s"
         else:
             reason = fx.REASON_NEVER_STARTED
@@ -581,7 +536,11 @@ class Dispatcher:
 
     def _fill(self, now: float) -> list[fx.Effect]:
         """Assign queued jobs, oldest first, until no agent with a free slot can take any."""
-        free = {a.agent_id: a.candidate() for a in self._agents.values() if a.accepting and len(a.jobs) < a.max_concurrency}
+        free = {
+            a.agent_id: a.candidate()
+            for a in self._agents.values()
+            if a.accepting and len(a.jobs) < a.max_concurrency
+        }
         effects: list[fx.Effect] = []
         for _, _, job_id in list(self._queue):
             if not free:
@@ -595,7 +554,7 @@ class Dispatcher:
             agent = self._agents[agent_id]
             self._dequeue(job)
             deadline = now + self.config.ack_timeout
-            job.phase = _Phase.AWAITING_ACK
+            job.phase = Phase.AWAITING_ACK
             job.agent_id = agent_id
             job.ack_deadline = deadline
             agent.jobs.add(job_id)

@@ -186,8 +186,8 @@ def compile_js_regex(source: str, flags: str) -> re.Pattern[str]:
 
     Use the result with ``.search`` (JS ``test`` is unanchored). Flags ``i``, ``m``, ``s`` map to
     Python flags; ``g``, ``u``, ``y``, ``d`` do not change a single test and are ignored (so the
-    result is stateless, unlike a cached JS ``g`` regex). ``\\w``, ``\\b`` and ``\\s`` use ASCII
-    semantics like JS without ``u``. Compiled patterns are cached.
+    result is stateless, unlike a cached JS ``g`` regex). ``\\d``, ``\\w`` and ``\\b`` are ASCII as in
+    JS; ``\\s`` and ``i`` are ASCII-only too (a small difference from JS). Compiled patterns are cached.
 
     Raises:
         InvalidInput: unknown flag, or syntax Python cannot express.
@@ -253,9 +253,9 @@ class JobSelector:
         return f"{text} exclude [{', '.join(exc)}]" if exc else text
 
 
-def _split_matchers(matchers: Sequence[Mapping[str, object]], what: str) -> tuple[
-    frozenset[str], tuple[tuple[str, str], ...]
-]:
+def _split_matchers(
+    matchers: Sequence[Mapping[str, object]], what: str
+) -> tuple[frozenset[str], tuple[tuple[str, str], ...]]:
     exact: set[str] = set()
     patterns: list[tuple[str, str]] = []
     for index, matcher in enumerate(matchers):
@@ -411,7 +411,9 @@ def explain_waiting(selector: JobSelector, agents: Mapping[str, AgentLabels]) ->
         if not any(pattern.search(label) for label in all_labels):
             unmatched.append(f"a label matching /{source}/{flags}")
     # Agents that meet the positive requirements but fail an exclude matcher or a taint.
-    positive = JobSelector(required_exact=selector.required_exact, required_patterns=selector.required_patterns)
+    positive = JobSelector(
+        required_exact=selector.required_exact, required_patterns=selector.required_patterns
+    )
     excluded: list[str] = []
     tainted: list[str] = []
     for agent_id, labels in sorted(agents.items()):

@@ -168,7 +168,11 @@ TRANSITIONS: Mapping[Kind, Mapping[tuple[str, str], frozenset[Actor]]] = {
     Kind.run: _merge(
         _edges([_R.pending], [_R.running], _A.pipeline),
         _edges([_R.pending, _R.running], [_R.cancelling], _A.cancel),
-        _edges([_R.pending, _R.running, _R.cancelling, _R.held], [_R.success, _R.failed, _R.cancelled], _A.pipeline),
+        _edges(
+            [_R.pending, _R.running, _R.cancelling, _R.held],
+            [_R.success, _R.failed, _R.cancelled],
+            _A.pipeline,
+        ),
         _edges([_R.pending, _R.running, _R.held], [_R.cancelled], _A.cancel),
         _edges([_R.pending], [_R.held], _A.pipeline),
         _edges([_R.held], [_R.pending], _A.pipeline),

@@ -18,7 +18,9 @@ class TestGitHub:
         assert k1 == k2 == dedup.DedupKey(org_id="org1", delivery_id=GUID)
 
     def test_direct_and_relayed_copies_share_a_key(self):
-        assert dedup.github_dedup_key("org1", {"X-GitHub-Delivery": GUID}) == dedup.relay_dedup_key("org1", GUID)
+        assert dedup.github_dedup_key("org1", {"X-GitHub-Delivery": GUID}) == dedup.relay_dedup_key(
+            "org1", GUID
+        )
 
     def test_orgs_are_separate(self):
         assert dedup.relay_dedup_key("a", GUID) != dedup.relay_dedup_key("b", GUID)
@@ -65,9 +67,15 @@ class TestGeneric:
 
     def test_body_path_then_idempotency_header(self):
         body = {"event": {"id": "b1", "n": 3}}
-        assert self.key({"x-idempotency-key": "k2"}, body=body, idempotency_key_path="$.event.id") == f"{self.rk}:b1"
+        assert (
+            self.key({"x-idempotency-key": "k2"}, body=body, idempotency_key_path="$.event.id")
+            == f"{self.rk}:b1"
+        )
         # non-string values do not count
-        assert self.key({"x-idempotency-key": "k2"}, body=body, idempotency_key_path="event.n") == f"{self.rk}:k2"
+        assert (
+            self.key({"x-idempotency-key": "k2"}, body=body, idempotency_key_path="event.n")
+            == f"{self.rk}:k2"
+        )
         assert self.key({}, body=body, idempotency_key_path="$event.missing") == f"{self.rk}:fresh-uuid"
 
     def test_delivery_header_order(self):
@@ -81,17 +89,25 @@ class TestGeneric:
 
     def test_universal_git_reads_provider_headers(self):
         k = dedup.universal_git_dedup_key(
-            org_id="org1", routing_key="git:1", headers={"X-GitHub-Delivery": GUID, "X-Request-Id": "r"}, fallback_id="u"
+            org_id="org1",
+            routing_key="git:1",
+            headers={"X-GitHub-Delivery": GUID, "X-Request-Id": "r"},
+            fallback_id="u",
         )
         assert k.delivery_id == f"git:1:{GUID}"
         k2 = dedup.universal_git_dedup_key(
-            org_id="org1", routing_key="git:1", headers={"X-Gitea-Delivery": "g", "X-GitHub-Delivery": GUID}, fallback_id="u"
+            org_id="org1",
+            routing_key="git:1",
+            headers={"X-Gitea-Delivery": "g", "X-GitHub-Delivery": GUID},
+            fallback_id="u",
         )
         assert k2.delivery_id == "git:1:g"
 
     def test_fanout_slot(self):
         inbound = dedup.relay_dedup_key("org1", "d1")
-        assert dedup.fanout_delivery_id(inbound, "reg9") == dedup.DedupKey(org_id="org1", delivery_id="d1:reg9")
+        assert dedup.fanout_delivery_id(inbound, "reg9") == dedup.DedupKey(
+            org_id="org1", delivery_id="d1:reg9"
+        )
         with pytest.raises(errors.InvalidInput):
             dedup.fanout_delivery_id(inbound, "")
 
@@ -107,6 +123,8 @@ class TestGeneric:
     def test_derivation_is_deterministic_and_case_insensitive(self, value, upper):
         name = "X-DELIVERY-ID" if upper else "x-delivery-id"
         a = dedup.generic_dedup_key(org_id="o", routing_key="rk", headers={name: value}, fallback_id="f1")
-        b = dedup.generic_dedup_key(org_id="o", routing_key="rk", headers={"x-delivery-id": value}, fallback_id="f2")
+        b = dedup.generic_dedup_key(
+            org_id="o", routing_key="rk", headers={"x-delivery-id": value}, fallback_id="f2"
+        )
         assert a == b
         assert a.delivery_id == f"rk:{value}"

@@ -30,7 +30,13 @@ def reg(d, agent_id, *names, maxc=1, conn=None, now=0.0, in_flight=()):
 
 def q(d, job_id, *names, run="r1", created=0.0, now=0.0, attempts=0, expires=None):
     return d.job_queued(
-        job_id=job_id, run_id=run, selector=sel(*names), created_at=created, now=now, attempts=attempts, expires_at=expires
+        job_id=job_id,
+        run_id=run,
+        selector=sel(*names),
+        created_at=created,
+        now=now,
+        attempts=attempts,
+        expires_at=expires,
     )
 
 
@@ -242,7 +248,9 @@ class TestDisconnectAndReclaim:
         effects = d.agent_gone(agent_id="a", connection_id="a-c1", now=5.0)
         assert effects == [
             fx.MarkRecovering(job_id="started", agent_id="a", deadline=125.0),
-            fx.Requeue(job_id="unacked", attempts=1, context="agent disconnected before acknowledging dispatch"),
+            fx.Requeue(
+                job_id="unacked", attempts=1, context="agent disconnected before acknowledging dispatch"
+            ),
         ]
         assert d.owns("a", "started", now=6.0)
 
@@ -258,7 +266,9 @@ class TestDisconnectAndReclaim:
             fx.SendDispatch(agent_id="a", job_id="unacked"),
         ]
         assert view(d, "a").active_jobs == ("started", "unacked")
-        assert d.tick(now=200.0)[0] == fx.SendCancel(agent_id="a", job_id="unacked", reason="dispatch ack timeout")
+        assert d.tick(now=200.0)[0] == fx.SendCancel(
+            agent_id="a", job_id="unacked", reason="dispatch ack timeout"
+        )
 
     def test_recovery_window_expires(self):
         d = self.setup_dispatcher()
@@ -281,7 +291,10 @@ class TestDisconnectAndReclaim:
         d = self.setup_dispatcher()
         effects = reg(d, "a", "l", maxc=2, conn="a-c2", now=6.0, in_flight=["started", "unacked"])
         assert effects[0] == fx.CloseAgent(
-            agent_id="a", connection_id="a-c1", code=4003, reason="Superseded by a newer connection for this agentId"
+            agent_id="a",
+            connection_id="a-c1",
+            code=4003,
+            reason="Superseded by a newer connection for this agentId",
         )
         assert fx.AckResolved(job_id="unacked", agent_id="a") in effects
         assert not of(effects, fx.MarkRecovering) and not of(effects, fx.Requeue)
@@ -314,7 +327,9 @@ class TestDisconnectAndReclaim:
         d.job_status(agent_id="a", job_id="unacked", state="running", now=100.0)
         assert d.tick(now=200.0) == []
         effects = d.tick(now=280.5)
-        assert effects[0] == fx.CloseAgent(agent_id="a", connection_id="a-c1", code=4004, reason="Heartbeat timeout")
+        assert effects[0] == fx.CloseAgent(
+            agent_id="a", connection_id="a-c1", code=4004, reason="Heartbeat timeout"
+        )
         assert of(effects, fx.MarkRecovering)
 
 
@@ -331,7 +346,9 @@ class TestStale:
         effects = d.tick(now=180.0)
         assert effects[:2] == [
             fx.SendCancel(agent_id="a", job_id="j1", reason="No heartbeat received"),
-            fx.FailJob(job_id="j1", status=JobStatus.timed_out_stale, reason="No heartbeat received for 120s"),
+            fx.FailJob(
+                job_id="j1", status=JobStatus.timed_out_stale, reason="No heartbeat received for 120s"
+            ),
         ]
         assert sent(effects) == [("a", "j2")]
         assert d.agent("a") is not None  # the agent stays registered
@@ -342,7 +359,10 @@ class TestStale:
         q(d, "j1", "l")
         d.job_acked(agent_id="a", job_id="j1", now=0.0)
         effects = d.tick(now=120.0)
-        assert fx.FailJob(job_id="j1", status=JobStatus.timed_out_stale, reason=fx.REASON_NEVER_STARTED) in effects
+        assert (
+            fx.FailJob(job_id="j1", status=JobStatus.timed_out_stale, reason=fx.REASON_NEVER_STARTED)
+            in effects
+        )
 
 
 class TestCancel:

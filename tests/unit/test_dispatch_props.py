@@ -71,7 +71,9 @@ class DispatcherMachine(RuleBasedStateMachine):
             assert len(view.active_jobs) <= view.max_concurrency, "maxConcurrency exceeded"
 
     def live_jobs_of(self, agent_id: str) -> list[str]:
-        return sorted(j for j, a in self.assigned.items() if a == agent_id and self.phase.get(j) != "recovering")
+        return sorted(
+            j for j, a in self.assigned.items() if a == agent_id and self.phase.get(j) != "recovering"
+        )
 
     # -------------------------------------------------------------- rules
 
@@ -107,10 +109,15 @@ class DispatcherMachine(RuleBasedStateMachine):
         selector = routing.compile_selector([{"kind": "exact", "value": x} for x in sorted(required)])
         self.selectors[job_id] = selector
         self.runs[job_id] = run
-        self.apply(self.d.job_queued(job_id=job_id, run_id=run, selector=selector, created_at=self.now, now=self.now))
+        self.apply(
+            self.d.job_queued(job_id=job_id, run_id=run, selector=selector, created_at=self.now, now=self.now)
+        )
 
     @precondition(lambda self: self.assigned)
-    @rule(data=st.data(), kind=st.sampled_from(["ack", "running", "success", "failed", "busy", "draining", "hb"]))
+    @rule(
+        data=st.data(),
+        kind=st.sampled_from(["ack", "running", "success", "failed", "busy", "draining", "hb"]),
+    )
     def agent_message(self, data: st.DataObject, kind: str) -> None:
         job_id = data.draw(st.sampled_from(sorted(self.assigned)))
         agent_id = self.assigned[job_id]
@@ -132,7 +139,11 @@ class DispatcherMachine(RuleBasedStateMachine):
                 self.phase[job_id] = "acked"
         self.apply(effects)
 
-    @rule(agent_id=st.sampled_from(AGENTS), job=st.integers(0, 30), state=st.sampled_from(["success", "running"]))
+    @rule(
+        agent_id=st.sampled_from(AGENTS),
+        job=st.integers(0, 30),
+        state=st.sampled_from(["success", "running"]),
+    )
     def stray_message(self, agent_id: str, job: int, state: str) -> None:
         job_id = f"j{job}"
         if self.assigned.get(job_id) == agent_id:

@@ -17,7 +17,9 @@ def rx(source: str, flags: str = "") -> dict[str, object]:
     return {"kind": "regex", "source": source, "flags": flags}
 
 
-def agent(*labels: str, mandatory: tuple[str, ...] = (), platform: str | None = None, arch: str | None = None):
+def agent(
+    *labels: str, mandatory: tuple[str, ...] = (), platform: str | None = None, arch: str | None = None
+):
     return routing.AgentLabels(
         labels=frozenset(labels), mandatory_labels=frozenset(mandatory), platform=platform, arch=arch
     )
@@ -96,7 +98,9 @@ class TestEligibility:
         # A regex that would match the taint does not count.
         assert not routing.agent_eligible([rx("^gpu$")], [], a)
 
-    @pytest.mark.parametrize("bad", [{"value": "x"}, {"kind": "glob", "value": "x"}, {"kind": "exact"}, {"kind": "regex"}])
+    @pytest.mark.parametrize(
+        "bad", [{"value": "x"}, {"kind": "glob", "value": "x"}, {"kind": "exact"}, {"kind": "regex"}]
+    )
     def test_malformed_matchers_are_errors(self, bad):
         with pytest.raises(errors.InvalidInput):
             routing.agent_eligible([bad], [], agent("x"))
@@ -188,7 +192,10 @@ class TestChooseAgent:
         )
     )
     def test_choice_is_minimal_among_available(self, specs):
-        cands = [cand(f"a{i}", act, mx, idle, labels=("l",) if ok else ("x",)) for i, (act, mx, idle, ok) in enumerate(specs)]
+        cands = [
+            cand(f"a{i}", act, mx, idle, labels=("l",) if ok else ("x",))
+            for i, (act, mx, idle, ok) in enumerate(specs)
+        ]
         available = [c for c in cands if c.active_jobs < c.max_concurrency and "l" in c.labels.labels]
         got = routing.choose_agent(cands, self.sel)
         if not available:
@@ -215,7 +222,12 @@ class TestExplainWaiting:
         sel = routing.compile_selector([ex("a"), ex("b")], [ex("bad")])
         e = routing.explain_waiting(
             sel,
-            {"x": agent("a"), "y": agent("b"), "z": agent("a", "b", "bad"), "t": agent("a", "b", mandatory=("m",))},
+            {
+                "x": agent("a"),
+                "y": agent("b"),
+                "z": agent("a", "b", "bad"),
+                "t": agent("a", "b", mandatory=("m",)),
+            },
         )
         assert e.unmatched_required == ()
         assert e.excluded == ("z",)

@@ -9,12 +9,27 @@ from kici_core.states import Actor, JobStatus, Kind, RunStatus
 
 
 def test_exact_wire_values():
-    assert [s.value for s in RunStatus] == ["pending", "running", "success", "failed", "cancelled", "cancelling", "held"]
+    assert [s.value for s in RunStatus] == [
+        "pending",
+        "running",
+        "success",
+        "failed",
+        "cancelled",
+        "cancelling",
+        "held",
+    ]
     assert [s.value for s in JobStatus] == [
         "pending", "queued", "running", "recovering", "cancelling", "success", "failed",
         "cancelled", "skipped", "timed_out_stale", "drift_dropped",
     ]  # fmt: skip
-    assert {s.value for s in states.StepStatus} == {"running", "success", "failed", "skipped", "pending", "cancelled"}
+    assert {s.value for s in states.StepStatus} == {
+        "running",
+        "success",
+        "failed",
+        "skipped",
+        "pending",
+        "cancelled",
+    }
     assert {s.value for s in states.DispatchStatus} == {
         "pending", "dispatched", "completed", "failed", "expired", "recovering",
     }  # fmt: skip

@@ -1,0 +1,75 @@
+"""Internal bookkeeping records of :mod:`kici_core.dispatch` (one per job, one per agent)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from kici_core import routing
+
+__all__ = ["AgentEntry", "AgentView", "JobEntry", "Phase"]
+
+
+class Phase(enum.Enum):
+    """Where a job stands in this process."""
+
+    QUEUED = "queued"
+    AWAITING_ACK = "awaiting_ack"
+    ACKED = "acked"
+    RUNNING = "running"
+    RECOVERING = "recovering"
+
+
+@dataclass(slots=True, kw_only=True)
+class JobEntry:
+    """A job this process knows: queued here, or assigned to / recovering for one of its agents."""
+
+    job_id: str
+    run_id: str
+    selector: routing.JobSelector | None
+    order: tuple[float, int]
+    attempts: int = 0
+    expires_at: float | None = None
+    phase: Phase = Phase.QUEUED
+    agent_id: str | None = None
+    ack_deadline: float | None = None
+    heartbeat_at: float | None = None
+    recovery_deadline: float | None = None
+    cancel_reason: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class AgentEntry:
+    """A connected agent and the jobs it holds."""
+
+    agent_id: str
+    connection_id: str
+    labels: routing.AgentLabels
+    max_concurrency: int
+    idle_since: float
+    heartbeat_at: float
+    accepting: bool = True
+    jobs: set[str] = field(default_factory=set)
+
+    def candidate(self) -> routing.Candidate:
+        """The agent as :func:`routing.choose_agent` sees it."""
+        return routing.Candidate(
+            agent_id=self.agent_id,
+            labels=self.labels,
+            active_jobs=len(self.jobs),
+            max_concurrency=self.max_concurrency,
+            idle_since=self.idle_since,
+            accepting=self.accepting,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentView:
+    """Read-only snapshot of one connected agent."""
+
+    agent_id: str
+    connection_id: str
+    labels: routing.AgentLabels
+    max_concurrency: int
+    active_jobs: tuple[str, ...]
+    accepting: bool

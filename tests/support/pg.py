@@ -89,13 +89,16 @@ def pg_server() -> Iterator[PgServer]:
 
 
 @pytest.fixture(scope="session")
-def pg_template(pg_server: PgServer) -> str:
-    """Name of a template database with every migration applied (rebuilt once per session)."""
+def pg_template(pg_server: PgServer) -> Iterator[str]:
+    """Name of a template database with every migration applied (built once per session, dropped after)."""
     name = f"{TEMPLATE_DB}_{uuid.uuid4().hex[:8]}" if pg_server.embedded is None else TEMPLATE_DB
     drop_database(pg_server, name)
     url = create_database(pg_server, name)
-    apply_migrations(url)
-    return name
+    try:
+        apply_migrations(url)
+        yield name
+    finally:
+        drop_database(pg_server, name)
 
 
 @pytest.fixture

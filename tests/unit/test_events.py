@@ -15,7 +15,8 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "github"
 
 
 def load(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / f"{name}.json").read_text())
+    data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
+    return data
 
 
 def test_branch_push() -> None:

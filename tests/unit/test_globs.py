@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from kici_core import globs
@@ -132,7 +134,7 @@ def test_invalid_js_regex(source: str, flags: str) -> None:
 
 
 def test_jsonpath_subset() -> None:
-    doc = {"env": "prod", "a": {"b": [{"c": 1}, {"c": 2}]}, "x.y": True}
+    doc: Any = {"env": "prod", "a": {"b": [{"c": 1}, {"c": 2}]}, "x.y": True}
     assert globs.compile_jsonpath("$.env").find(doc) == ["prod"]
     assert globs.compile_jsonpath("env").find(doc) == ["prod"]
     assert globs.compile_jsonpath("$.a.b[1].c").find(doc) == [2]

@@ -119,5 +119,6 @@ def test_triggers_are_frozen_and_comparable() -> None:
     a = t.parse_trigger({"_type": "tag", "patterns": [glob("v*")]})
     b = t.parse_trigger({"_type": "tag", "patterns": [glob("v*")]})
     assert a == b
+    assert isinstance(a, t.TagTrigger)
     with pytest.raises(AttributeError):
         a.patterns = ()  # type: ignore[misc]

@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # KiCI orchestrator image.
 #   docker build -t kici-orchestrator:latest .
+# (packages/orchestrator/Dockerfile is a link to this file, for the guide's -f path)
 # Stage 1 builds a wheel and installs it with its dependencies into /opt/kici (a virtual environment);
 # stage 2 copies only that environment onto a slim base.
 

@@ -1,0 +1,400 @@
+"""``PgDeliveryInbox``: durable acceptance, the processing inbox and the event log over PostgreSQL.
+
+Acceptance (ARCHITECTURE §1): the gzipped body goes to the BlobStore first, then one statement claims
+``(org_id, delivery_id)`` in ``event_log`` (``ON CONFLICT DO NOTHING``) and queues the claimed row in
+``delivery_inbox``. Concurrent ``accept`` calls share commits (group commit, see :class:`GroupCommit`): the
+commit, not the statement, is what costs, so one commit for many deliveries is the throughput lever.
+
+Processing (§2): ``claim`` leases pending rows with ``FOR UPDATE SKIP LOCKED``; ``complete`` writes runs, jobs,
+needs edges, dispatch-queue rows, the event_log outcome and the inbox row's completion in one transaction
+and then ``NOTIFY kici_jobs``. Time comes from the database clock (``now()``), so every process agrees.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+import psycopg
+from psycopg.types.json import Jsonb
+
+from kici_adapters.postgres import eventlog
+from kici_adapters.postgres.pool import Connection, Database
+from kici_adapters.postgres.queries import q
+from kici_core import errors
+from kici_core.jsontypes import JSONObject
+from kici_core.keys import event_log_payload_key
+from kici_core.ports import (
+    AcceptResult,
+    BlobStore,
+    Delivery,
+    DeliveryOutcome,
+    EventLogEntry,
+    EventLogQuery,
+    InboxItem,
+    NewJob,
+    NewRun,
+)
+
+DEFAULT_MAX_PAYLOAD_BYTES = 5 * 1024 * 1024
+"""``KICI_EVENT_LOG_MAX_PAYLOAD_BYTES`` default: larger bodies are recorded without a stored object."""
+MAX_BATCH = 512
+_ORG_ID_MAX = 16
+_log = logging.getLogger("kici.inbox")
+
+
+# ------------------------------------------------------------------------------------------ rows
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcceptRow:
+    """One event_log row to claim (the body itself is already in object storage, or omitted)."""
+
+    org_id: str
+    delivery_id: str
+    routing_key: str
+    event: str
+    action: str | None
+    source: str
+    provider: str
+    repo_identifier: str | None
+    ref: str | None
+    payload_key: str | None
+    payload_omitted_reason: str | None
+    payload_size_bytes: int
+    payload_hash: str
+    received_at: datetime
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.org_id, self.delivery_id)
+
+
+_COLUMNS = ("org_id", "delivery_id", "routing_key", "event", "action", "source", "provider", "repo_identifier",
+            "ref", "payload_key", "payload_omitted_reason", "payload_size_bytes", "payload_hash", "received_at")
+
+
+def _batch_params(rows: Sequence[AcceptRow]) -> dict[str, list[Any]]:
+    params: dict[str, list[Any]] = {name: [getattr(r, name) for r in rows] for name in _COLUMNS}
+    params["payload_omitted"] = [r.payload_omitted_reason is not None for r in rows]
+    return params
+
+
+async def insert_accept_rows(db: Database, rows: Sequence[AcceptRow]) -> set[tuple[str, str]]:
+    """Claim and queue ``rows`` in one transaction (keys must be distinct); returns the keys that were new."""
+    async with db.transaction() as conn:
+        cur = await conn.execute(q("accept_batch"), _batch_params(rows))
+        return {(r["org_id"], r["delivery_id"]) for r in await cur.fetchall()}
+
+
+# ------------------------------------------------------------------------------------------ group commit
+CommitResult = tuple[set[tuple[str, str]], dict[tuple[str, str], Exception]]
+"""What one commit reports: the keys it claimed, and the keys whose row the database rejected."""
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    row: AcceptRow
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    lead: bool = False
+    duplicate: bool | None = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Shares one commit among concurrent acceptances.
+
+    The first caller to find the batcher idle becomes the leader: it takes everything queued (up to
+    ``max_batch``) and commits it as one statement. Callers arriving meanwhile queue up; when the commit
+    ends, the oldest queued caller is woken to lead the next batch, so no caller ever works for others
+    longer than one commit. Each caller learns its own duplicate flag; when a commit fails, every caller in
+    that batch gets ``StorageUnavailable``. Nobody returns before the commit holding its row has finished,
+    and the commit itself is shielded from cancellation so a cancelled caller cannot strand the others.
+    """
+
+    def __init__(self, commit: Callable[[Sequence[AcceptRow]], Awaitable[CommitResult]],
+                 *, max_batch: int = MAX_BATCH) -> None:
+        self._commit = commit
+        self._max = max_batch
+        self._queue: list[_Waiter] = []
+        self._busy = False
+        self.batches = 0
+        """Commits issued (for tests and the benchmark)."""
+
+    async def submit(self, row: AcceptRow) -> bool:
+        """Commit ``row`` (with whatever else is pending); True when it was a duplicate."""
+        waiter = _Waiter(row=row)
+        self._queue.append(waiter)
+        if not self._busy:
+            self._busy = True
+            await self._lead()
+        else:
+            try:
+                await waiter.wake.wait()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    if waiter.lead and waiter.duplicate is None and waiter.error is None:
+                        await self._lead()
+                    elif waiter in self._queue:
+                        self._queue.remove(waiter)
+                raise
+            if waiter.lead and waiter.duplicate is None and waiter.error is None:
+                await self._lead()
+        if waiter.error is not None:
+            raise errors.StorageUnavailable(f"delivery not recorded: {waiter.error}") from waiter.error
+        assert waiter.duplicate is not None
+        return waiter.duplicate
+
+    async def _lead(self) -> None:
+        with anyio.CancelScope(shield=True):
+            batch = self._queue[: self._max]
+            del self._queue[: len(batch)]
+            try:
+                claimed, failed = await self._commit(_first_per_key(w.row for w in batch))
+                self.batches += 1
+                seen: set[tuple[str, str]] = set()
+                for w in batch:
+                    if w.row.key in failed:
+                        w.error = failed[w.row.key]
+                    else:
+                        w.duplicate = w.row.key not in claimed or w.row.key in seen
+                    seen.add(w.row.key)
+            except Exception as exc:
+                for w in batch:
+                    w.error = exc
+            finally:
+                if self._queue:
+                    nxt = self._queue[0]
+                    nxt.lead = True
+                    nxt.wake.set()
+                else:
+                    self._busy = False
+                for w in batch:
+                    w.wake.set()
+
+
+def _first_per_key(rows: Iterable[AcceptRow]) -> list[AcceptRow]:
+    out: dict[tuple[str, str], AcceptRow] = {}
+    for r in rows:
+        out.setdefault(r.key, r)
+    return list(out.values())
+
+
+# ------------------------------------------------------------------------------------------ complete
+def split_matchers(matchers: Sequence[JSONObject]) -> tuple[list[str], list[JSONObject]]:
+    """Exact label values and regex matchers, in order (``{kind: exact, value}`` / ``{kind: regex, ...}``)."""
+    exact: list[str] = []
+    patterns: list[JSONObject] = []
+    for m in matchers:
+        if m.get("kind") == "exact" and isinstance(m.get("value"), str):
+            exact.append(str(m["value"]))
+        else:
+            patterns.append(dict(m))
+    return exact, patterns
+
+
+def _job_params(run: NewRun, job: NewJob) -> dict[str, Any]:
+    exact, _ = split_matchers(job.runs_on)
+    return {
+        "job_id": job.job_id, "run_id": run.run_id, "job_name": job.name, "base_name": job.base_name,
+        "status": job.status, "matrix_values": None if job.matrix_values is None else Jsonb(job.matrix_values),
+        "runs_on": Jsonb(list(job.runs_on)), "exclude_labels": Jsonb(list(job.exclude_labels)),
+        "required_labels": exact, "job_config": Jsonb(job.job_config), "error_message": job.reason,
+        "runnable": job.runnable,
+    }
+
+
+def _queue_params(item: InboxItem, run: NewRun, job: NewJob) -> dict[str, Any]:
+    labels, patterns = split_matchers(job.runs_on)
+    ex_labels, ex_patterns = split_matchers(job.exclude_labels)
+    return {
+        "job_id": job.job_id, "run_id": run.run_id, "workflow_name": run.workflow_name, "job_name": job.name,
+        "runs_on_labels": Jsonb(labels), "runs_on_patterns": Jsonb(patterns),
+        "exclude_labels": Jsonb(ex_labels), "exclude_patterns": Jsonb(ex_patterns), "required_labels": labels,
+        "job_config": Jsonb(job.job_config), "repo_url": run.repo_url, "ref": run.ref, "sha": run.sha,
+        "delivery_id": item.delivery_id, "provider": run.provider, "routing_key": run.routing_key,
+    }
+
+
+async def _insert_run(conn: Connection, item: InboxItem, event_log_id: Any, run: NewRun) -> bool:
+    cur = await conn.execute(q("run_insert"), {
+        "run_id": run.run_id, "event_log_id": event_log_id, "org_id": item.org_id, "delivery_id": item.delivery_id,
+        "workflow_name": run.workflow_name, "status": run.status, "provider": run.provider,
+        "routing_key": run.routing_key, "repo_identifier": run.repo_identifier, "repo_url": run.repo_url,
+        "ref": run.ref, "sha": run.sha, "trigger_decision": Jsonb(run.trigger_decision),
+    })
+    if await cur.fetchone() is None:
+        return False  # this (delivery, workflow) already has its run: nothing more to write
+    async with conn.cursor() as c:
+        if run.jobs:
+            await c.executemany(q("job_insert"), [_job_params(run, j) for j in run.jobs])
+        needs = [{"run_id": run.run_id, "job_name": j.name, "upstream_name": e.upstream_name,
+                  "run_on": list(e.run_on)} for j in run.jobs for e in j.needs]
+        if needs:
+            await c.executemany(q("job_need_insert"), needs)
+        queued = [_queue_params(item, run, j) for j in run.jobs if j.runnable]
+        if queued:
+            await c.executemany(q("queue_insert"), queued)
+    return True
+
+
+# ------------------------------------------------------------------------------------------ the store
+class PgDeliveryInbox:
+    """The ``DeliveryInbox`` and ``EventLog`` ports over PostgreSQL and a BlobStore.
+
+    Args:
+        db: the connection pool.
+        blobs: where gzipped bodies go.
+        max_payload_bytes: bodies larger than this are recorded with ``payload_omitted`` (``size_exceeded``).
+        group_commit: share commits among concurrent ``accept`` calls (default on).
+    """
+
+    def __init__(self, db: Database, blobs: BlobStore, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                 group_commit: bool = True, max_batch: int = MAX_BATCH) -> None:
+        self._db = db
+        self._blobs = blobs
+        self._max_payload = max_payload_bytes
+        self._group: GroupCommit | None = GroupCommit(self._commit_rows, max_batch=max_batch) if group_commit else None
+
+    @property
+    def group(self) -> GroupCommit | None:
+        """The group-commit batcher, or None when disabled."""
+        return self._group
+
+    async def _commit_rows(self, rows: Sequence[AcceptRow]) -> CommitResult:
+        try:
+            return await insert_accept_rows(self._db, rows), {}
+        except (errors.StorageUnavailable, errors.Conflict):
+            raise
+        except psycopg.Error:
+            if len(rows) == 1:
+                raise
+        # A row the database rejects must not sink its batch-mates: commit them one by one, so a row that
+        # still fails makes only its own caller fail.
+        _log.warning("accept batch rejected; retrying its %d rows one by one", len(rows))
+        claimed: set[tuple[str, str]] = set()
+        failed: dict[tuple[str, str], Exception] = {}
+        for row in rows:
+            try:
+                claimed |= await insert_accept_rows(self._db, [row])
+            except psycopg.Error as exc:
+                failed[row.key] = exc
+        return claimed, failed
+
+    async def _store_body(self, delivery: Delivery) -> tuple[str | None, str | None]:
+        if len(delivery.body) > self._max_payload:
+            _log.warning("event-log payload over the size limit; not stored",
+                         extra={"deliveryId": delivery.delivery_id, "bytes": len(delivery.body)})
+            return None, "size_exceeded"
+        key = event_log_payload_key(delivery.org_id, delivery.delivery_id)
+        try:
+            await self._blobs.put(key, gzip.compress(delivery.body, compresslevel=6))
+        except errors.KiciError as exc:
+            _log.error("event-log payload write failed", extra={"deliveryId": delivery.delivery_id,
+                                                                "error": str(exc)})
+            return None, "storage_failed"
+        return key, None
+
+    async def accept(self, delivery: Delivery) -> AcceptResult:
+        """Store the body, then claim the delivery and queue it in one commit (shared with concurrent callers).
+
+        Raises:
+            InvalidInput: the org id or source cannot be stored.
+            StorageUnavailable: the database did not commit the row.
+        """
+        if len(delivery.org_id) > _ORG_ID_MAX or delivery.source not in ("relay", "direct"):
+            raise errors.InvalidInput("org id longer than 16 characters or unknown delivery source")
+        payload_key, omitted = await self._store_body(delivery)
+        row = AcceptRow(
+            org_id=delivery.org_id, delivery_id=delivery.delivery_id, routing_key=delivery.routing_key,
+            event=delivery.event, action=delivery.action, source=delivery.source, provider=delivery.provider,
+            repo_identifier=delivery.repo_identifier, ref=delivery.ref, payload_key=payload_key,
+            payload_omitted_reason=omitted, payload_size_bytes=len(delivery.body),
+            payload_hash=hashlib.sha256(delivery.body).hexdigest(), received_at=delivery.received_at,
+        )
+        if self._group is not None:
+            return AcceptResult(duplicate=await self._group.submit(row))
+        claimed = await insert_accept_rows(self._db, [row])  # StorageUnavailable propagates as is
+        return AcceptResult(duplicate=row.key not in claimed)
+
+    async def claim(self, *, worker_id: str, limit: int, lease_seconds: float) -> list[InboxItem]:
+        """Lease up to ``limit`` claimable rows (pending, available, lease free or expired), oldest first."""
+        if limit <= 0:
+            return []
+        async with self._db.connection() as conn:
+            cur = await conn.execute(q("claim"), {"worker_id": worker_id, "limit": limit,
+                                                  "lease_seconds": float(lease_seconds)})
+            rows = await cur.fetchall()
+        return [_row_to_item(r) for r in rows]
+
+    async def payload(self, item: InboxItem) -> bytes:
+        """The stored body, un-gzipped. Raises ``NotFound`` when it was not stored."""
+        if item.payload_key is None:
+            raise errors.NotFound("payload was not stored")
+        return gzip.decompress(await self._blobs.get(item.payload_key))
+
+    async def complete(self, item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun]) -> list[str]:
+        """Create the runs (at most once per delivery and workflow), record the outcome, finish the inbox row and
+        notify dispatchers, in one transaction. Returns the delivery's run ids, first first."""
+        async with self._db.transaction() as conn:
+            cur = await conn.execute(q("event_log_lock"), {"org_id": item.org_id, "delivery_id": item.delivery_id})
+            entry = await cur.fetchone()
+            if entry is None:
+                raise errors.NotFound(f"delivery {item.delivery_id} not found")
+            created = 0
+            for run in runs:
+                created += await _insert_run(conn, item, entry["id"], run)
+            cur = await conn.execute(q("runs_for_delivery"), {"org_id": item.org_id, "delivery_id": item.delivery_id})
+            run_ids = [str(r["run_id"]) for r in await cur.fetchall()]
+            await conn.execute(q("event_log_outcome"), {
+                "id": entry["id"], "status": outcome.status, "matched_count": outcome.matched_count,
+                "run_id": run_ids[0] if run_ids else None, "repo_identifier": outcome.repo_identifier,
+                "ref": outcome.ref, "error_message": outcome.error_message,
+                "decision_trace": None if outcome.decision_trace is None else Jsonb(outcome.decision_trace),
+            })
+            await conn.execute(q("inbox_done"), {"id": entry["id"]})
+            await conn.execute(q("notify_jobs"), {"payload": run_ids[0] if created else ""})
+        return run_ids
+
+    async def fail(self, item: InboxItem, error: str, *, retry_after: float | None) -> None:
+        """Release the lease: retry after ``retry_after`` seconds, or park the delivery as ``failed``."""
+        params: dict[str, Any] = {"org_id": item.org_id, "delivery_id": item.delivery_id, "error": error}
+        async with self._db.connection() as conn:
+            if retry_after is None:
+                await conn.execute(q("inbox_park"), params)
+            else:
+                await conn.execute(q("inbox_retry"), {**params, "retry_after": max(0.0, float(retry_after))})
+
+    async def replay(self, org_id: str, delivery_id: str) -> bool:
+        """Put a stored delivery back in the inbox (available now, lease cleared, attempts reset)."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(q("inbox_replay"), {"org_id": org_id, "delivery_id": delivery_id})
+            return await cur.fetchone() is not None
+
+    async def depth(self) -> int:
+        """Deliveries accepted and not yet finished (pending inbox rows, leased or not)."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(q("inbox_depth"))
+            row = await cur.fetchone()
+        return int(row["n"]) if row else 0
+
+    # -- EventLog ------------------------------------------------------------------------------------
+    async def list(self, query: EventLogQuery) -> tuple[list[EventLogEntry], int]:
+        """Entries newest first, and the total matching count."""
+        return await eventlog.list_entries(self._db, query)
+
+    async def get(self, org_id: str | None, delivery_id: str) -> EventLogEntry | None:
+        """One entry; with ``org_id`` None the newest entry with that delivery id."""
+        return await eventlog.get_entry(self._db, org_id, delivery_id)
+
+
+def _row_to_item(row: Mapping[str, Any]) -> InboxItem:
+    entry = eventlog.row_to_entry(row)
+    return InboxItem(
+        org_id=entry.org_id, delivery_id=entry.delivery_id, routing_key=entry.routing_key, event=entry.event,
+        action=entry.action, source=entry.source, provider=entry.provider, payload_key=entry.payload_key,
+        received_at=entry.received_at, attempts=int(row["attempts"]),
+    )

@@ -1,0 +1,291 @@
+-- Named queries for the PostgreSQL stores (loaded by queries.py). psycopg %(name)s placeholders.
+
+-- ========================================================================================= sources
+-- name: github_insert
+INSERT INTO sources (id, customer_id, name, routing_key, app_id, api_url, slug, config, created_at, updated_at)
+VALUES (%(id)s, %(customer_id)s, %(name)s, %(routing_key)s, %(app_id)s, %(api_url)s, %(slug)s, %(config)s,
+        COALESCE(%(created_at)s, now()), now())
+RETURNING *
+
+-- name: github_by_routing_key
+SELECT * FROM sources WHERE routing_key = %(routing_key)s
+
+-- name: github_list
+SELECT * FROM sources ORDER BY routing_key
+
+-- name: github_update
+UPDATE sources
+   SET customer_id = %(customer_id)s, name = %(name)s, app_id = %(app_id)s, api_url = %(api_url)s,
+       slug = %(slug)s, config = %(config)s, updated_at = now()
+ WHERE routing_key = %(routing_key)s
+RETURNING *
+
+-- name: github_delete
+DELETE FROM sources WHERE routing_key = %(routing_key)s RETURNING id
+
+-- name: generic_insert
+INSERT INTO generic_webhook_sources (
+    id, org_id, name, routing_key, provider_type, verification_method, verification_config,
+    event_type_header, event_type_path, idempotency_key_header, idempotency_key_path, dedup_window_seconds,
+    max_payload_bytes, allowed_events, enabled, rate_limit_rpm, git_config, created_at, updated_at, deleted_at)
+VALUES (
+    %(id)s, %(org_id)s, %(name)s, %(routing_key)s, %(provider_type)s, %(verification_method)s,
+    %(verification_config)s, %(event_type_header)s, %(event_type_path)s, %(idempotency_key_header)s,
+    %(idempotency_key_path)s, %(dedup_window_seconds)s, %(max_payload_bytes)s, %(allowed_events)s, %(enabled)s,
+    %(rate_limit_rpm)s, %(git_config)s, COALESCE(%(created_at)s, now()), now(), %(deleted_at)s)
+RETURNING *
+
+-- name: generic_by_id
+SELECT * FROM generic_webhook_sources WHERE id = %(id)s
+
+-- name: generic_by_org_and_name
+-- The name first; an id only when no live source carries that name.
+SELECT * FROM generic_webhook_sources
+ WHERE org_id = %(org_id)s AND deleted_at IS NULL
+   AND (name = %(name)s OR id = %(as_id)s::uuid)
+ ORDER BY (name = %(name)s) DESC
+ LIMIT 1
+
+-- name: generic_list
+SELECT * FROM generic_webhook_sources
+ WHERE (%(org_id)s::text IS NULL OR org_id = %(org_id)s)
+   AND (%(include_deleted)s OR deleted_at IS NULL)
+ ORDER BY org_id, name, id
+
+-- name: generic_update
+UPDATE generic_webhook_sources
+   SET org_id = %(org_id)s, name = %(name)s, routing_key = %(routing_key)s, provider_type = %(provider_type)s,
+       verification_method = %(verification_method)s, verification_config = %(verification_config)s,
+       event_type_header = %(event_type_header)s, event_type_path = %(event_type_path)s,
+       idempotency_key_header = %(idempotency_key_header)s, idempotency_key_path = %(idempotency_key_path)s,
+       dedup_window_seconds = %(dedup_window_seconds)s, max_payload_bytes = %(max_payload_bytes)s,
+       allowed_events = %(allowed_events)s, enabled = %(enabled)s, rate_limit_rpm = %(rate_limit_rpm)s,
+       git_config = %(git_config)s, deleted_at = %(deleted_at)s, updated_at = now()
+ WHERE id = %(id)s
+RETURNING *
+
+-- name: generic_soft_delete
+UPDATE generic_webhook_sources
+   SET deleted_at = COALESCE(deleted_at, now()), enabled = false, updated_at = now()
+ WHERE id = %(id)s
+RETURNING id
+
+-- name: generic_hard_delete
+DELETE FROM generic_webhook_sources WHERE id = %(id)s RETURNING id
+
+-- ========================================================================================= tokens
+-- name: admin_token_insert
+INSERT INTO admin_tokens (id, token_hash, label, role, routing_key, created_at, expires_at, last_used_at, revoked_at)
+VALUES (%(id)s, %(token_hash)s, %(label)s, %(role)s, %(routing_key)s, COALESCE(%(created_at)s, now()),
+        %(expires_at)s, %(last_used_at)s, CASE WHEN %(revoked)s THEN now() END)
+RETURNING *
+
+-- name: admin_token_bootstrap_lock
+-- Serialises concurrent boots so exactly one bootstrap row exists.
+SELECT pg_advisory_xact_lock(543210002)
+
+-- name: admin_token_bootstrap_update
+UPDATE admin_tokens
+   SET token_hash = %(token_hash)s, role = 'owner', routing_key = NULL, revoked_at = NULL, expires_at = NULL
+ WHERE id = (SELECT id FROM admin_tokens WHERE label = 'bootstrap' ORDER BY created_at, id LIMIT 1)
+RETURNING id
+
+-- name: admin_token_bootstrap_insert
+INSERT INTO admin_tokens (id, token_hash, label, role) VALUES (%(id)s, %(token_hash)s, 'bootstrap', 'owner')
+
+-- name: admin_token_any_active
+SELECT EXISTS (SELECT 1 FROM admin_tokens WHERE NOT revoked) AS active
+
+-- name: admin_token_use
+UPDATE admin_tokens SET last_used_at = now()
+ WHERE token_hash = %(token_hash)s AND NOT revoked AND (expires_at IS NULL OR expires_at > now())
+RETURNING *
+
+-- name: admin_token_list
+SELECT * FROM admin_tokens ORDER BY created_at, id
+
+-- name: admin_token_revoke
+UPDATE admin_tokens SET revoked_at = now() WHERE id = %(id)s AND revoked_at IS NULL RETURNING id
+
+-- name: agent_token_insert
+INSERT INTO agent_tokens (id, token_hash, token_prefix, labels, mandatory_labels, agent_type, created_by,
+                          created_at, last_seen_at, expires_at, revoked_at)
+VALUES (%(id)s, %(token_hash)s, %(token_prefix)s, %(labels)s, %(mandatory_labels)s, %(agent_type)s,
+        %(created_by)s, COALESCE(%(created_at)s, now()), %(last_seen_at)s, %(expires_at)s, %(revoked_at)s)
+RETURNING *
+
+-- name: agent_token_use
+UPDATE agent_tokens SET last_seen_at = now()
+ WHERE token_hash = %(token_hash)s AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+RETURNING *
+
+-- name: agent_token_list
+SELECT * FROM agent_tokens WHERE revoked_at IS NULL ORDER BY created_at, id
+
+-- name: agent_token_revoke
+UPDATE agent_tokens SET revoked_at = now() WHERE id = %(id)s AND revoked_at IS NULL RETURNING id
+
+-- ========================================================================================= inbox
+-- name: accept_batch
+-- One statement per batch: claim each (org_id, delivery_id) and queue the claimed ones. Rows that lose the
+-- claim (duplicates) are simply absent from the result; nothing is written for them.
+WITH input AS (
+    SELECT * FROM unnest(
+        %(org_id)s::text[], %(delivery_id)s::text[], %(routing_key)s::text[], %(event)s::text[],
+        %(action)s::text[], %(source)s::text[], %(provider)s::text[], %(repo_identifier)s::text[],
+        %(ref)s::text[], %(payload_key)s::text[], %(payload_omitted)s::boolean[],
+        %(payload_omitted_reason)s::text[], %(payload_size_bytes)s::integer[], %(payload_hash)s::text[],
+        %(received_at)s::timestamptz[]
+    ) WITH ORDINALITY AS t(org_id, delivery_id, routing_key, event, action, source, provider, repo_identifier,
+                           ref, payload_key, payload_omitted, payload_omitted_reason, payload_size_bytes,
+                           payload_hash, received_at, ord)
+), claimed AS (
+    INSERT INTO event_log (org_id, delivery_id, routing_key, event, action, source, provider, repo_identifier,
+                           ref, payload_key, payload_omitted, payload_omitted_reason, payload_size_bytes,
+                           payload_hash, status, received_at)
+    SELECT org_id, delivery_id, routing_key, event, action, source, provider, repo_identifier, ref, payload_key,
+           payload_omitted, payload_omitted_reason, payload_size_bytes, payload_hash, 'received', received_at
+      FROM input ORDER BY ord
+    ON CONFLICT (org_id, delivery_id) DO NOTHING
+    RETURNING id, org_id, delivery_id
+), queued AS (
+    INSERT INTO delivery_inbox (event_log_id) SELECT id FROM claimed
+)
+SELECT org_id, delivery_id FROM claimed
+
+-- name: claim
+WITH picked AS (
+    SELECT event_log_id FROM delivery_inbox
+     WHERE state = 'pending' AND available_at <= now()
+       AND (locked_until IS NULL OR locked_until <= now())
+     ORDER BY created_at, event_log_id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE delivery_inbox i
+       SET locked_until = now() + make_interval(secs => %(lease_seconds)s), locked_by = %(worker_id)s,
+           attempts = i.attempts + 1, updated_at = now()
+      FROM picked
+     WHERE i.event_log_id = picked.event_log_id
+    RETURNING i.event_log_id, i.attempts, i.created_at
+)
+SELECT e.*, leased.attempts FROM leased JOIN event_log e ON e.id = leased.event_log_id
+ ORDER BY leased.created_at, e.received_at, e.id
+
+-- name: event_log_lock
+SELECT id, status FROM event_log WHERE org_id = %(org_id)s AND delivery_id = %(delivery_id)s FOR UPDATE
+
+-- name: run_insert
+INSERT INTO execution_runs (run_id, event_log_id, org_id, delivery_id, workflow_name, status, provider, routing_key,
+                            repo_identifier, repo_url, ref, sha, trigger_decision, created_at)
+VALUES (%(run_id)s, %(event_log_id)s, %(org_id)s, %(delivery_id)s, %(workflow_name)s, %(status)s, %(provider)s,
+        %(routing_key)s, %(repo_identifier)s, %(repo_url)s, %(ref)s, %(sha)s, %(trigger_decision)s, clock_timestamp())
+ON CONFLICT (org_id, delivery_id, workflow_name) WHERE original_run_id IS NULL DO NOTHING
+RETURNING run_id
+
+-- name: job_insert
+INSERT INTO execution_jobs (job_id, run_id, job_name, base_name, status, matrix_values, runs_on, exclude_labels,
+                            required_labels, job_config, error_message, needs_satisfied, ready_at)
+VALUES (%(job_id)s, %(run_id)s, %(job_name)s, %(base_name)s, %(status)s, %(matrix_values)s, %(runs_on)s,
+        %(exclude_labels)s, %(required_labels)s, %(job_config)s, %(error_message)s, %(runnable)s,
+        CASE WHEN %(runnable)s THEN now() END)
+
+-- name: job_need_insert
+INSERT INTO execution_job_needs (run_id, job_name, upstream_name, run_on)
+VALUES (%(run_id)s, %(job_name)s, %(upstream_name)s, %(run_on)s)
+ON CONFLICT DO NOTHING
+
+-- name: queue_insert
+INSERT INTO dispatch_queue (id, run_id, workflow_name, job_name, runs_on_labels, runs_on_patterns, exclude_labels,
+                            exclude_patterns, required_labels, job_config, repo_url, ref, sha, delivery_id,
+                            provider, routing_key, status)
+VALUES (%(job_id)s, %(run_id)s, %(workflow_name)s, %(job_name)s, %(runs_on_labels)s, %(runs_on_patterns)s,
+        %(exclude_labels)s, %(exclude_patterns)s, %(required_labels)s, %(job_config)s, %(repo_url)s, %(ref)s,
+        %(sha)s, %(delivery_id)s, %(provider)s, %(routing_key)s, 'pending')
+
+-- name: runs_for_delivery
+SELECT run_id FROM execution_runs
+ WHERE org_id = %(org_id)s AND delivery_id = %(delivery_id)s AND original_run_id IS NULL
+ ORDER BY created_at, run_id
+
+-- name: event_log_outcome
+-- A terminal outcome is final, except `failed` (a replay may still succeed).
+UPDATE event_log
+   SET status = %(status)s, matched_count = %(matched_count)s, run_id = %(run_id)s,
+       repo_identifier = %(repo_identifier)s, ref = %(ref)s, error_message = %(error_message)s,
+       decision_trace = %(decision_trace)s, processed_at = now()
+ WHERE id = %(id)s
+   AND status NOT IN ('processed', 'lockfile_missing', 'lockfile_corrupt')
+
+-- name: inbox_done
+UPDATE delivery_inbox SET state = 'done', locked_until = NULL, locked_by = NULL, updated_at = now()
+ WHERE event_log_id = %(id)s
+
+-- name: notify_jobs
+SELECT pg_notify('kici_jobs', %(payload)s)
+
+-- name: inbox_retry
+WITH entry AS (
+    UPDATE event_log SET error_message = %(error)s
+     WHERE org_id = %(org_id)s AND delivery_id = %(delivery_id)s
+    RETURNING id
+)
+UPDATE delivery_inbox i
+   SET locked_until = NULL, locked_by = NULL, last_error = %(error)s,
+       available_at = now() + make_interval(secs => %(retry_after)s), updated_at = now()
+  FROM entry WHERE i.event_log_id = entry.id
+
+-- name: inbox_park
+WITH entry AS (
+    UPDATE event_log SET status = 'failed', error_message = %(error)s, processed_at = now()
+     WHERE org_id = %(org_id)s AND delivery_id = %(delivery_id)s
+    RETURNING id
+)
+UPDATE delivery_inbox i
+   SET state = 'failed', locked_until = NULL, locked_by = NULL, last_error = %(error)s, updated_at = now()
+  FROM entry WHERE i.event_log_id = entry.id
+
+-- name: inbox_replay
+UPDATE delivery_inbox i
+   SET state = 'pending', available_at = now(), locked_until = NULL, locked_by = NULL, attempts = 0,
+       updated_at = now()
+  FROM event_log e
+ WHERE e.id = i.event_log_id AND e.org_id = %(org_id)s AND e.delivery_id = %(delivery_id)s
+RETURNING i.event_log_id
+
+-- name: inbox_depth
+SELECT count(*) AS n FROM delivery_inbox WHERE state = 'pending'
+
+-- ========================================================================================= event log (read)
+-- name: event_log_page
+SELECT e.*, COALESCE(i.attempts, 0) AS attempts
+  FROM event_log e LEFT JOIN delivery_inbox i ON i.event_log_id = e.id
+ WHERE (%(org_id)s::text IS NULL OR e.org_id = %(org_id)s)
+   AND (%(routing_key)s::text IS NULL OR e.routing_key = %(routing_key)s)
+   AND (%(event)s::text IS NULL OR e.event = %(event)s)
+   AND (%(action)s::text IS NULL OR e.action = %(action)s)
+   AND (%(status)s::text IS NULL OR e.status = %(status)s)
+   AND (%(since)s::timestamptz IS NULL OR e.received_at >= %(since)s)
+   AND (%(until)s::timestamptz IS NULL OR e.received_at < %(until)s)
+   AND (%(contains)s::text IS NULL OR strpos(e.delivery_id, %(contains)s) > 0)
+ ORDER BY e.received_at DESC, e.id DESC
+ LIMIT %(limit)s OFFSET %(offset)s
+
+-- name: event_log_count
+SELECT count(*) AS n
+  FROM event_log e
+ WHERE (%(org_id)s::text IS NULL OR e.org_id = %(org_id)s)
+   AND (%(routing_key)s::text IS NULL OR e.routing_key = %(routing_key)s)
+   AND (%(event)s::text IS NULL OR e.event = %(event)s)
+   AND (%(action)s::text IS NULL OR e.action = %(action)s)
+   AND (%(status)s::text IS NULL OR e.status = %(status)s)
+   AND (%(since)s::timestamptz IS NULL OR e.received_at >= %(since)s)
+   AND (%(until)s::timestamptz IS NULL OR e.received_at < %(until)s)
+   AND (%(contains)s::text IS NULL OR strpos(e.delivery_id, %(contains)s) > 0)
+
+-- name: event_log_get
+SELECT e.*, COALESCE(i.attempts, 0) AS attempts
+  FROM event_log e LEFT JOIN delivery_inbox i ON i.event_log_id = e.id
+ WHERE e.delivery_id = %(delivery_id)s AND (%(org_id)s::text IS NULL OR e.org_id = %(org_id)s)
+ ORDER BY e.received_at DESC, e.id DESC
+ LIMIT 1

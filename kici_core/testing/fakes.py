@@ -35,6 +35,16 @@ from kici_core.ports import (
 )
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+DEFAULT_MAX_PAYLOAD_BYTES = 5 * 1024 * 1024
+
+
+def _check_hash(token_hash: str) -> str:
+    if not _HASH_RE.match(token_hash):
+        raise errors.InvalidInput("token hash must be a lower-case hex sha256 digest")
+    return token_hash
+
+
 class FakeClock:
     """A clock that only moves when told to."""
 
@@ -116,9 +126,10 @@ class FakeSourceStore:
         return sorted(self.github.values(), key=lambda s: s.routing_key)
 
     async def update_github(self, source: GitHubSource) -> GitHubSource:
-        if source.routing_key not in self.github:
+        old = self.github.get(source.routing_key)
+        if old is None:
             raise errors.NotFound("Source not found")
-        stored = dataclasses.replace(source, updated_at=self._clock.now())
+        stored = dataclasses.replace(source, created_at=old.created_at, updated_at=self._clock.now())
         self.github[source.routing_key] = stored
         return stored
 
@@ -127,7 +138,9 @@ class FakeSourceStore:
 
     async def add_generic(self, source: GenericSource) -> GenericSource:
         for other in self.generic.values():
-            if other.deleted_at is None and other.org_id == source.org_id and other.name == source.name:
+            if (other.id == source.id or other.routing_key == source.routing_key
+                    or (other.deleted_at is None and source.deleted_at is None
+                        and other.org_id == source.org_id and other.name == source.name)):
                 raise errors.Conflict("Conflict: resource already exists")
         now = self._clock.now()
         stored = dataclasses.replace(source, created_at=source.created_at or now, updated_at=now)
@@ -155,9 +168,16 @@ class FakeSourceStore:
         )
 
     async def update_generic(self, source: GenericSource) -> GenericSource:
-        if source.id not in self.generic:
+        old = self.generic.get(source.id)
+        if old is None:
             raise errors.NotFound("Source not found")
-        stored = dataclasses.replace(source, updated_at=self._clock.now())
+        for other in self.generic.values():
+            if other.id != source.id and (
+                other.routing_key == source.routing_key
+                or (other.deleted_at is None and source.deleted_at is None
+                    and other.org_id == source.org_id and other.name == source.name)):
+                raise errors.Conflict("Conflict: resource already exists")
+        stored = dataclasses.replace(source, created_at=old.created_at, updated_at=self._clock.now())
         self.generic[source.id] = stored
         return stored
 
@@ -168,7 +188,7 @@ class FakeSourceStore:
         if hard:
             del self.generic[source_id]
         else:
-            self.generic[source_id] = dataclasses.replace(s, deleted_at=self._clock.now(), enabled=False)
+            self.generic[source_id] = dataclasses.replace(s, deleted_at=s.deleted_at or self._clock.now(), enabled=False)
         return True
 
 
@@ -191,9 +211,11 @@ class FakeRun:
 class FakeDeliveryInbox:
     """Inbox + event log in memory. ``runs`` and ``queue`` show what ``complete`` created."""
 
-    def __init__(self, blobs: FakeBlobStore, clock: FakeClock) -> None:
+    def __init__(self, blobs: FakeBlobStore, clock: FakeClock, *,
+                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
         self.blobs = blobs
         self.clock = clock
+        self.max_payload_bytes = max_payload_bytes
         self.entries: dict[tuple[str, str], EventLogEntry] = {}
         self.rows: dict[tuple[str, str], _InboxRow] = {}
         self.runs: dict[str, FakeRun] = {}
@@ -205,13 +227,21 @@ class FakeDeliveryInbox:
         key = (delivery.org_id, delivery.delivery_id)
         if key in self.entries:
             return AcceptResult(duplicate=True)
-        payload_key = event_log_payload_key(delivery.org_id, delivery.delivery_id)
-        await self.blobs.put(payload_key, gzip.compress(delivery.body))
+        object_key = event_log_payload_key(delivery.org_id, delivery.delivery_id)
+        payload_key: str | None = object_key
+        omitted: str | None = None
+        if len(delivery.body) > self.max_payload_bytes:
+            payload_key, omitted = None, "size_exceeded"
+        else:
+            try:
+                await self.blobs.put(object_key, gzip.compress(delivery.body))
+            except errors.KiciError:
+                payload_key, omitted = None, "storage_failed"
         self.entries[key] = EventLogEntry(
             org_id=delivery.org_id, delivery_id=delivery.delivery_id, routing_key=delivery.routing_key,
             event=delivery.event, action=delivery.action, source=delivery.source, provider=delivery.provider,
             repo_identifier=delivery.repo_identifier, ref=delivery.ref, payload_key=payload_key,
-            payload_omitted=False, payload_omitted_reason=None, payload_size_bytes=len(delivery.body),
+            payload_omitted=omitted is not None, payload_omitted_reason=omitted, payload_size_bytes=len(delivery.body),
             payload_hash=hashlib.sha256(delivery.body).hexdigest(), matched_count=0, status="received",
             run_id=None, error_message=None, received_at=delivery.received_at,
         )
@@ -284,6 +314,9 @@ class FakeDeliveryInbox:
         row.done = False
         row.locked_until = None
         row.available_at = None
+        row.item = dataclasses.replace(row.item, attempts=0)
+        key = (org_id, delivery_id)
+        self.entries[key] = dataclasses.replace(self.entries[key], attempts=0)
         return True
 
     async def depth(self) -> int:
@@ -377,17 +410,24 @@ class FakeTokenStore:
         self.agent: dict[str, tuple[AgentToken, str]] = {}
 
     async def create_admin_token(self, token: AdminToken, token_hash: str) -> AdminToken:
-        if any(h == token_hash for _, h in self.admin.values()):
+        _check_hash(token_hash)
+        if token.id in self.admin or any(h == token_hash for _, h in self.admin.values()):
             raise errors.Conflict("Conflict: resource already exists")
         stored = dataclasses.replace(token, created_at=token.created_at or self._clock.now())
         self.admin[token.id] = (stored, token_hash)
         return stored
 
     async def ensure_bootstrap_admin_token(self, token_hash: str, new_id: str) -> None:
-        for tid, (tok, _h) in list(self.admin.items()):
-            if tok.label == "bootstrap":
-                self.admin[tid] = (dataclasses.replace(tok, revoked=False, role="owner", routing_key=None), token_hash)
-                return
+        _check_hash(token_hash)
+        bootstrap = sorted((tok for tok, _h in self.admin.values() if tok.label == "bootstrap"),
+                           key=lambda t: (t.created_at or self._clock.now(), t.id))
+        if bootstrap:
+            tok = bootstrap[0]
+            if any(h == token_hash and tid != tok.id for tid, (_t, h) in self.admin.items()):
+                raise errors.Conflict("Conflict: resource already exists")
+            self.admin[tok.id] = (dataclasses.replace(tok, revoked=False, role="owner", routing_key=None,
+                                                      expires_at=None), token_hash)
+            return
         await self.create_admin_token(AdminToken(id=new_id, label="bootstrap", role="owner"), token_hash)
 
     async def has_active_admin_token(self) -> bool:
@@ -413,6 +453,9 @@ class FakeTokenStore:
         return True
 
     async def create_agent_token(self, token: AgentToken, token_hash: str) -> AgentToken:
+        _check_hash(token_hash)
+        if token.id in self.agent or any(h == token_hash for _, h in self.agent.values()):
+            raise errors.Conflict("Conflict: resource already exists")
         stored = dataclasses.replace(token, created_at=token.created_at or self._clock.now())
         self.agent[token.id] = (stored, token_hash)
         return stored
@@ -427,7 +470,8 @@ class FakeTokenStore:
         return None
 
     async def list_agent_tokens(self) -> list[AgentToken]:
-        return [t for t, _ in self.agent.values() if t.revoked_at is None]
+        return sorted((t for t, _ in self.agent.values() if t.revoked_at is None),
+                      key=lambda t: (t.created_at or self._clock.now(), t.id))
 
     async def revoke_agent_token(self, token_id: str) -> bool:
         found = self.agent.get(token_id)

@@ -18,6 +18,7 @@ from kici_adapters import metrics
 from kici_core import dedup, errors, events, webhooks
 from kici_core.ports import Delivery, GenericSource
 from kici_core.ratelimit import retry_after_header
+from kici_runtime import ingest
 from kici_runtime.context import AppContext
 
 log = logging.getLogger("kici.webhooks")
@@ -71,13 +72,7 @@ def _client_ip(request: Request, headers: dict[str, str], trusted_proxy: bool) -
 
 async def _accept(ctx: AppContext, delivery: Delivery) -> bool:
     """Durably accept; True when it was a duplicate. Storage outages become 503 upstream."""
-    result = await ctx.inbox.accept(delivery)
-    if result.duplicate:
-        metrics.dedup_hits.inc()
-        log.info("Duplicate webhook", extra={"deliveryId": delivery.delivery_id, "event": delivery.event})
-        return True
-    ctx.wake_worker()
-    return False
+    return await ingest.accept(ctx, delivery)  # shared with the Platform relay
 
 
 def _unavailable() -> JSONResponse:
@@ -106,14 +101,12 @@ async def github_webhook(request: Request) -> Response:
         source = await ctx.sources.github_by_routing_key(f"github:{target_id}")
         if source is None or source.customer_id not in (org_id, "__default__"):
             return _reject(404, "Unknown organization")
-        scope = f"__source__/{source.id}"
-        candidates = [await ctx.secrets.get(SYSTEM_ORG, scope, k) for k in ("webhookSecret", "webhookSecretPrevious")]
+        secrets = await ingest.github_secrets(ctx.secrets, source)  # shared with the Platform relay
     except errors.Unavailable:
         return _unavailable()
     except errors.SecretDecryptError:
         log.error("cannot decrypt the webhook secret of a GitHub source", extra={"routingKey": source.routing_key if source else None})
         return _reject(500, "Source verification misconfigured")
-    secrets = [s for s in candidates if s]
     if not secrets:
         return _reject(500, "Source verification misconfigured")
     if not webhooks.verify_any_github_signature(secrets, body, headers.get("x-hub-signature-256")):
@@ -150,10 +143,7 @@ async def github_webhook(request: Request) -> Response:
 
 
 async def _source_secret(ctx: AppContext, source: GenericSource) -> str | None:
-    name = webhooks.SECRET_METHODS.get(source.verification_method)
-    if name is None:
-        return None
-    return await ctx.secrets.get(SYSTEM_ORG, f"__webhook__/{source.id}", name)
+    return await ingest.generic_secret(ctx.secrets, source)  # shared with the Platform relay
 
 
 async def generic_webhook(request: Request) -> Response:

@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute
 from kici_adapters import localgit, metrics
 from kici_adapters.github.lockfiles import LockfileCache
 from kici_adapters.github.provider import GitHubProvider
+from kici_adapters.platform.outbox import PgPlatformOutbox
 from kici_adapters.postgres import migrate
 from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.pool import Database
@@ -106,6 +107,7 @@ class Orchestrator:
     worker: DeliveryWorker
     github: GitHubProvider
     background: list[Callable[[], Any]] = field(default_factory=list)
+    platform_outbox: PgPlatformOutbox | None = None  # platform/hybrid only (kici_runtime.server)
 
 
 async def _database_url(settings: Settings, stack: AsyncExitStack) -> str:
@@ -159,7 +161,10 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             },
             ids=_uuid, timer=_perf_counter, observer=PrometheusObserver(),
         )
-        worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=f"{socket.gethostname()}:{os.getpid()}")
+        # --- Platform link (platform/hybrid): execution.event and status forwarding go to the durable outbox
+        platform_outbox = PgPlatformOutbox(db) if settings.platform_enabled else None
+        worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=f"{socket.gethostname()}:{os.getpid()}",
+                                platform=platform_outbox)
 
         async def check_database() -> bool:
             async with db.connection() as conn:
@@ -174,7 +179,8 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             generic_max_body_bytes=settings.generic_webhook_max_body_bytes,
         )
         app = build_app(ctx, extra_routes or [])
-        yield Orchestrator(settings=settings, db=db, ctx=ctx, app=app, worker=worker, github=github)
+        yield Orchestrator(settings=settings, db=db, ctx=ctx, app=app, worker=worker, github=github,
+                           platform_outbox=platform_outbox)
 
 
 def _uuid() -> str:
@@ -231,6 +237,10 @@ async def serve(settings: Settings, *, ready: Callable[[int], None] | None = Non
                 port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.port
                 label = "Orchestrator (standalone)" if settings.entry_point == "standalone" else "Orchestrator"
                 log.info(f"{label} started on port {port}")
+                if settings.platform_enabled:  # --- Platform relay client (platform/hybrid), once HTTP listens
+                    from kici_runtime import server as platform_server
+
+                    tg.start_soon(platform_server.run_platform_link, orch)
                 if ready is not None:
                     ready(port)
 

@@ -420,7 +420,7 @@ class FakeTokenStore:
     async def ensure_bootstrap_admin_token(self, token_hash: str, new_id: str) -> None:
         _check_hash(token_hash)
         bootstrap = sorted((tok for tok, _h in self.admin.values() if tok.label == "bootstrap"),
-                           key=lambda t: (t.created_at or self._clock.now(), t.id))
+                           key=lambda t: t.created_at or self._clock.now())
         if bootstrap:
             tok = bootstrap[0]
             if any(h == token_hash and tid != tok.id for tid, (_t, h) in self.admin.items()):
@@ -443,7 +443,8 @@ class FakeTokenStore:
         return None
 
     async def list_admin_tokens(self) -> list[AdminToken]:
-        return sorted((t for t, _ in self.admin.values()), key=lambda t: (t.created_at or self._clock.now(), t.id))
+        # oldest first; ties (a clock that did not move) keep insertion order
+        return sorted((t for t, _ in self.admin.values()), key=lambda t: t.created_at or self._clock.now())
 
     async def revoke_admin_token(self, token_id: str) -> bool:
         found = self.admin.get(token_id)
@@ -471,7 +472,7 @@ class FakeTokenStore:
 
     async def list_agent_tokens(self) -> list[AgentToken]:
         return sorted((t for t, _ in self.agent.values() if t.revoked_at is None),
-                      key=lambda t: (t.created_at or self._clock.now(), t.id))
+                      key=lambda t: t.created_at or self._clock.now())
 
     async def revoke_agent_token(self, token_id: str) -> bool:
         found = self.agent.get(token_id)

@@ -14,6 +14,7 @@ from kici_core.keys import event_log_payload_key
 from kici_core.ports import (
     Delivery,
     DeliveryOutcome,
+    EventLogEntry,
     EventLogQuery,
     InboxItem,
     NeedEdge,
@@ -221,7 +222,7 @@ async def test_event_log_filters_and_paging(inbox_h: Harness) -> None:
     assert [(e.org_id, e.delivery_id) for e in entries] == [
         ("other", "gh-aaa"), ("acme", "gen-ccc"), ("acme", "gh-bbb"), ("acme", "gh-aaa")]
 
-    def ids(result: tuple[list, int]) -> tuple[list[str], int]:
+    def ids(result: tuple[list[EventLogEntry], int]) -> tuple[list[str], int]:
         return [e.delivery_id for e in result[0]], result[1]
 
     assert ids(await log.list(EventLogQuery(org_id="acme", limit=2))) == (["gen-ccc", "gh-bbb"], 3)

@@ -5,8 +5,8 @@ case-sensitive matching; ``*`` and ``?`` never cross ``/``; ``**`` as a whole se
 segments; wildcards never match a ``.`` at the start of a segment; ``x/**`` also matches ``x``;
 braces, POSIX classes and extglobs are supported; a leading ``!`` negates.
 
-Regexes are JavaScript ``RegExp`` sources with flags, translated to Python ``re`` and used with
-``search`` (unanchored), like ``RegExp.prototype.test``.
+JavaScript regexes live in :mod:`kici_core.jsregex` (``compile_js_regex`` and ``js_regex_search``
+are re-exported here, as is :class:`PatternError`).
 
 Every pattern is compiled once (``functools.lru_cache``); lists of globs are combined into one
 compiled alternation.
@@ -18,8 +18,9 @@ import functools
 import re
 from dataclasses import dataclass
 
-from kici_core.errors import InvalidInput
 from kici_core.jsontypes import JSONValue
+from kici_core.jsregex import compile_js_regex, js_regex_search
+from kici_core.patterns import PatternError
 
 __all__ = [
     "JsonPath",
@@ -35,10 +36,6 @@ __all__ = [
 ]
 
 _MAX_BRACE_EXPANSIONS = 4096
-
-
-class PatternError(InvalidInput):
-    """A glob, regex or JSONPath pattern is invalid or unsupported."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,148 +409,6 @@ def compile_path_filter(include: tuple[str, ...], exclude: tuple[str, ...]) -> r
 def glob_match(pattern: str, candidate: str) -> bool:
     """True when ``candidate`` matches the picomatch glob ``pattern``."""
     return compile_glob(pattern).fullmatch(candidate) is not None
-
-
-# ---------------------------------------------------------------------------------------------
-# JavaScript regexes
-# ---------------------------------------------------------------------------------------------
-
-_JS_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
-_JS_IGNORED_FLAGS = set("gyudv")
-# Letters with a meaning in a JS escape; any other escaped letter is the letter itself.
-_JS_ESCAPE_LETTERS = set("dDwWsSbBnrtvfcxuk0")
-_JS_DOT = "[^\\n\\r\\u2028\\u2029]"
-
-
-def _translate_js_class(src: str, i: int) -> tuple[str, int]:
-    """Translate a JS class starting at ``src[i] == '['``; returns (python, next index)."""
-    j = i + 1
-    negate = j < len(src) and src[j] == "^"
-    if negate:
-        j += 1
-    if j < len(src) and src[j] == "]":
-        # "[]" matches nothing, "[^]" matches anything.
-        return ("[\\s\\S]" if negate else "(?!)"), j + 1
-    out: list[str] = []
-    while j < len(src) and src[j] != "]":
-        ch = src[j]
-        if ch == "\\" and j + 1 < len(src):
-            nxt = src[j + 1]
-            if nxt == "d":
-                out.append("0-9")
-            elif nxt == "w":
-                out.append("A-Za-z0-9_")
-            elif nxt.isalpha() and nxt not in _JS_ESCAPE_LETTERS:
-                out.append(re.escape(nxt))
-            elif nxt == "u" and src[j + 2 : j + 3] == "{":
-                close = src.find("}", j + 3)
-                if close == -1:
-                    raise PatternError("bad \\u{...} escape")
-                out.append(f"\\U{int(src[j + 3 : close], 16):08x}")
-                j = close + 1
-                continue
-            else:
-                out.append(src[j : j + 2])
-            j += 2
-            continue
-        if ch in "[&~|":
-            out.append("\\" + ch)
-        elif ch == "-" and src[j + 1 : j + 2] == "-":
-            out.append("\\-")
-        else:
-            out.append(ch)
-        j += 1
-    if j >= len(src):
-        raise PatternError("unterminated character class")
-    return "[" + ("^" if negate else "") + "".join(out) + "]", j + 1
-
-
-def _translate_js(source: str, flags: str) -> str:
-    multiline = "m" in flags
-    dotall = "s" in flags
-    out: list[str] = []
-    i = 0
-    n = len(source)
-    while i < n:
-        ch = source[i]
-        if ch == "\\":
-            if i + 1 >= n:
-                raise PatternError("regex ends with a backslash")
-            nxt = source[i + 1]
-            if nxt == "d":
-                out.append("[0-9]")
-            elif nxt == "D":
-                out.append("[^0-9]")
-            elif nxt == "w":
-                out.append("[A-Za-z0-9_]")
-            elif nxt == "W":
-                out.append("[^A-Za-z0-9_]")
-            elif nxt == "k" and source[i + 2 : i + 3] == "<":
-                close = source.find(">", i + 3)
-                if close == -1:
-                    raise PatternError("bad \\k<name> backreference")
-                out.append(f"(?P={source[i + 3 : close]})")
-                i = close + 1
-                continue
-            elif nxt == "u" and source[i + 2 : i + 3] == "{":
-                close = source.find("}", i + 3)
-                if close == -1:
-                    raise PatternError("bad \\u{...} escape")
-                out.append(f"\\U{int(source[i + 3 : close], 16):08x}")
-                i = close + 1
-                continue
-            elif nxt.isalpha() and nxt not in _JS_ESCAPE_LETTERS:
-                out.append(re.escape(nxt))
-            else:
-                out.append(source[i : i + 2])
-            i += 2
-            continue
-        if ch == "[":
-            cls, i = _translate_js_class(source, i)
-            out.append(cls)
-            continue
-        if ch == "(" and source.startswith("(?<", i) and source[i + 3 : i + 4] not in ("=", "!"):
-            out.append("(?P<")
-            i += 3
-            continue
-        if ch == "$" and not multiline:
-            out.append("\\Z")
-        elif ch == "." and not dotall:
-            out.append(_JS_DOT)
-        else:
-            out.append(ch)
-        i += 1
-    return "".join(out)
-
-
-@functools.lru_cache(maxsize=8192)
-def compile_js_regex(source: str, flags: str = "") -> re.Pattern[str]:
-    """Compile a JavaScript ``RegExp`` (source + flags) to Python; use ``.search``.
-
-    Flags ``i``, ``m``, ``s`` map to Python flags; ``g``, ``y``, ``u``, ``d``, ``v`` are ignored.
-
-    Raises:
-        PatternError: unknown flag, or the source is not a valid (or supported) regex.
-    """
-    py_flags = 0
-    for f in flags:
-        if f in _JS_FLAGS:
-            py_flags |= _JS_FLAGS[f]
-        elif f not in _JS_IGNORED_FLAGS:
-            raise PatternError(f"invalid regex flag {f!r}")
-    try:
-        translated = _translate_js(source, flags)
-    except PatternError as exc:
-        raise PatternError(f"invalid regex /{source}/{flags}: {exc.message}") from None
-    try:
-        return re.compile(translated, py_flags)
-    except (re.error, OverflowError, RecursionError) as exc:
-        raise PatternError(f"invalid regex /{source}/{flags}: {exc}") from exc
-
-
-def js_regex_search(source: str, flags: str, candidate: str) -> bool:
-    """``RegExp(source, flags).test(candidate)`` without the ``g``/``y`` statefulness."""
-    return compile_js_regex(source, flags).search(candidate) is not None
 
 
 # ---------------------------------------------------------------------------------------------

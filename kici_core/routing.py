@@ -18,12 +18,12 @@ least loaded one, ties going to the agent idle longest.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 from kici_core import errors
+from kici_core.jsregex import compile_js_regex
 
 __all__ = [
     "AgentLabels",
@@ -93,116 +93,6 @@ class AgentLabels:
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "mandatory_labels", mandatory)
         object.__setattr__(self, "effective", labels | derived_labels(self.platform, self.arch))
-
-
-# --------------------------------------------------------------------------------------------
-# JavaScript regex -> Python re
-
-_JS_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
-_IGNORED_JS_FLAGS = frozenset("guyd")
-
-
-def _translate_js(source: str, multiline: bool) -> str:
-    """Rewrite the JS-only constructs of ``source`` into Python ``re`` syntax.
-
-    Handles ``(?<name>``, ``\\k<name>``, ``$`` without the ``m`` flag (JS: end of input only),
-    ``\\d``/``\\D`` (ASCII in JS), ``\\/``, and the JS-only classes ``[]`` and ``[^]``.
-    """
-    out: list[str] = []
-    i, n = 0, len(source)
-    in_class = False
-    while i < n:
-        c = source[i]
-        if c == "\\":
-            if i + 1 >= n:
-                raise errors.InvalidInput("regex ends with a lone backslash")
-            nxt = source[i + 1]
-            if nxt == "d":
-                out.append("0-9" if in_class else "[0-9]")
-            elif nxt == "D":
-                if in_class:
-                    raise errors.InvalidInput(r"regex uses \D inside a character class (unsupported)")
-                out.append("[^0-9]")
-            elif nxt == "/":
-                out.append("/")
-            elif nxt == "k" and not in_class and source.startswith("<", i + 2):
-                end = source.find(">", i + 3)
-                if end < 0:
-                    raise errors.InvalidInput("regex has an unterminated \\k<name>")
-                out.append(f"(?P={source[i + 3 : end]})")
-                i = end + 1
-                continue
-            else:
-                out.append(source[i : i + 2])
-            i += 2
-            continue
-        if in_class:
-            if c == "]":
-                in_class = False
-                out.append(c)
-            elif c in "[&~|" or (c == "-" and out and out[-1] == "-"):
-                # Literal in a JS class; escaped so Python sees no set-operation syntax.
-                out.append("\\" + c)
-            else:
-                out.append(c)
-            i += 1
-            continue
-        if c == "[":
-            if source.startswith("[^]", i):
-                out.append(r"[\s\S]")
-                i += 3
-                continue
-            if source.startswith("[]", i):
-                out.append("(?!)")
-                i += 2
-                continue
-            in_class = True
-            out.append(c)
-            # A leading "]" would be literal in Python but closes the (empty) class in JS; the two
-            # empty forms are handled above, so only "^" needs copying through here.
-            if source.startswith("^", i + 1):
-                out.append("^")
-                i += 1
-            i += 1
-            continue
-        if c == "(" and source.startswith("(?<", i) and not source.startswith(("(?<=", "(?<!"), i):
-            out.append("(?P<")
-            i += 3
-            continue
-        if c == "$" and not multiline:
-            out.append(r"\Z")  # end of input only, like JS without the m flag
-            i += 1
-            continue
-        out.append(c)
-        i += 1
-    if in_class:
-        raise errors.InvalidInput("regex has an unterminated character class")
-    return "".join(out)
-
-
-@functools.lru_cache(maxsize=4096)
-def compile_js_regex(source: str, flags: str) -> re.Pattern[str]:
-    """Compile a JavaScript ``RegExp`` (source and flags) into an equivalent Python pattern.
-
-    Use the result with ``.search`` (JS ``test`` is unanchored). Flags ``i``, ``m``, ``s`` map to
-    Python flags; ``g``, ``u``, ``y``, ``d`` do not change a single test and are ignored (so the
-    result is stateless, unlike a cached JS ``g`` regex). ``\\d``, ``\\w`` and ``\\b`` are ASCII as in
-    JS; ``\\s`` and ``i`` are ASCII-only too (a small difference from JS). Compiled patterns are cached.
-
-    Raises:
-        InvalidInput: unknown flag, or syntax Python cannot express.
-    """
-    py_flags = re.ASCII
-    for flag in flags:
-        if flag in _JS_FLAGS:
-            py_flags |= _JS_FLAGS[flag]
-        elif flag not in _IGNORED_JS_FLAGS:
-            raise errors.InvalidInput(f"unknown regex flag {flag!r} in /{source}/{flags}")
-    translated = _translate_js(source, multiline="m" in flags)
-    try:
-        return re.compile(translated, py_flags)
-    except re.error as exc:
-        raise errors.InvalidInput(f"unsupported regex /{source}/{flags}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,370 @@
+"""kici-admin against the real admin app over the fakes: CliRunner + a sync httpx transport that hands each
+request to the ASGI app on an anyio blocking portal (no sockets)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from click.testing import CliRunner, Result
+
+from kici_core.ports import Delivery, DeliveryOutcome
+from kici_runtime.admin_cli import cli, human_bytes
+from tests.unit.test_admin_api import AUDITOR, OWNER, PEM, Env, make_env
+
+GH_SECRET = "whsec-super-secret-value-9876"
+
+
+class PortalTransport(httpx.BaseTransport):
+    """Synchronous transport running an ASGI app's requests on a blocking portal's event loop."""
+
+    def __init__(self, portal: BlockingPortal, app: Any) -> None:
+        self.portal = portal
+        self.inner = httpx.ASGITransport(app=app)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
+
+        async def run() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+            req = httpx.Request(request.method, request.url, headers=request.headers, content=body)
+            resp = await self.inner.handle_async_request(req)
+            content = await resp.aread()
+            return resp.status_code, list(resp.headers.raw), content
+
+        status, headers, content = self.portal.call(run)
+        return httpx.Response(status, headers=headers, content=content)
+
+
+@dataclass
+class Harness:
+    env: Env
+    portal: BlockingPortal
+    transport: PortalTransport
+    github_transport: httpx.AsyncBaseTransport | None = None
+
+    def run(self, *args: str, token: str | None = OWNER, input: str | None = None,
+            env: dict[str, str] | None = None) -> Result:
+        head = ["--url", "http://admin.test"] + (["--token", token] if token else [])
+        obj = {"transport": self.transport, "github_transport": self.github_transport}
+        return CliRunner().invoke(cli, [*head, *args], obj=obj, input=input, env=env, catch_exceptions=False)
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        return self.portal.call(fn, *args)
+
+
+@pytest.fixture
+def h() -> Iterator[Harness]:
+    with start_blocking_portal(backend="asyncio") as portal:
+        env, client = portal.call(make_env)
+        app = client._transport.app  # type: ignore[attr-defined]
+        yield Harness(env=env, portal=portal, transport=PortalTransport(portal, app))
+        portal.call(client.aclose)
+
+
+def add_github(h: Harness, tmp_path: Path, *extra: str) -> Result:
+    key = tmp_path / "key.pem"
+    key.write_text(PEM)
+    return h.run("source", "add", "github", "--name", "my-org", "--app-id", "123456",
+                 "--private-key", f"@{key}", "--webhook-secret", GH_SECRET, *extra)
+
+
+# ------------------------------------------------------------------------------------------ global
+def test_missing_token_and_help() -> None:
+    result = CliRunner().invoke(cli, ["source", "list"])
+    assert result.exit_code == 1 and result.output.strip() == "Error: --token or KICI_ADMIN_TOKEN is required"
+    assert CliRunner().invoke(cli, ["source", "--help"]).exit_code == 0
+    assert "0.1.0" in CliRunner().invoke(cli, ["-V"]).output
+
+
+def test_env_token_and_http_errors(h: Harness) -> None:
+    r = h.run("source", "list", token=None, env={"KICI_ADMIN_TOKEN": OWNER})
+    assert r.exit_code == 0 and "No sources configured." in r.output
+    r = h.run("source", "list", token="wrong")
+    assert r.exit_code == 1 and r.output.strip() == "Error: HTTP 401: Invalid or expired token"
+    r = h.run("token", "list", token=AUDITOR)
+    assert r.exit_code == 1 and 'HTTP 403: Role "auditor" does not have permission "token.manage"' in r.output
+
+
+def test_unreachable_server_exit_code() -> None:
+    r = CliRunner().invoke(cli, ["--url", "http://127.0.0.1:9", "--token", "x", "source", "list"])
+    assert r.exit_code == 69 and r.output.startswith("Error: cannot reach the orchestrator")
+    assert "Traceback" not in r.output
+
+
+# ------------------------------------------------------------------------------------------ sources
+def test_source_add_github_as_in_the_guide(h: Harness, tmp_path: Path) -> None:
+    r = add_github(h, tmp_path)
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[0] == "Source added: github:123456 (my-org)"
+    assert "Webhook URL:  (unavailable — webhook-public-url-not-set)" in r.output
+    assert GH_SECRET not in r.output and "PRIVATE KEY" not in r.output
+    sid = next(iter(h.env.sources.github.values())).id
+    assert h.env.secrets.values[("__system__", f"__source__/{sid}", "privateKey")] == PEM.strip()
+
+    r = h.run("source", "list")
+    lines = r.output.splitlines()
+    assert lines[0] == "GitHub sources:"
+    assert lines[1].startswith("  github:123456        my-org                         (github) secret …9876")
+    assert lines[-1] == "Tip: use --org <orgId> to also list generic sources."
+    assert GH_SECRET not in r.output
+    r = h.run("source", "list", "--json")
+    doc = json.loads(r.output)
+    assert doc["generic"] == [] and doc["github"][0]["routingKey"] == "github:123456"
+    assert GH_SECRET not in r.output
+
+    r = h.run("source", "show", "github:123456")
+    assert "App ID:       123456" in r.output and GH_SECRET not in r.output
+    r = h.run("source", "add", "github", "--name", "x", "--app-id", "123456", "--private-key", PEM)
+    assert r.exit_code == 1 and r.output.strip() == (
+        "Error: HTTP 409: Source with routing key github:123456 already exists")
+
+
+def test_source_add_github_checks_key_locally(h: Harness, tmp_path: Path) -> None:
+    r = h.run("source", "add", "github", "--name", "x", "--private-key", PEM)
+    assert r.output.strip() == "Error: --app-id is required (or use --manifest for one-click setup)"
+    r = h.run("source", "add", "github", "--name", "x", "--app-id", "1")
+    assert r.output.strip() == "Error: Private key is required (--private-key, --stdin, or --from-env)"
+    r = h.run("source", "add", "github", "--name", "x", "--app-id", "1", "--private-key", "garbage-key-material")
+    assert r.exit_code == 65 and "not PEM" in r.output and "garbage-key-material" not in r.output
+    assert h.env.sources.github == {}
+    r = h.run("source", "add", "github", "--name", "x", "--app-id", "1", "--from-env", "KICI_TEST_PEM",
+              env={"KICI_TEST_PEM": PEM})
+    assert r.exit_code == 0, r.output
+    r = h.run("source", "add", "github", "--name", "x", "--app-id", "2", "--stdin", input=PEM)
+    assert r.exit_code == 0, r.output
+    r = h.run("source", "add", "github", "--name", "x", "--app-id", "3", "--from-env", "NOPE_NOT_SET")
+    assert r.output.strip() == "Error: Environment variable NOPE_NOT_SET is not set"
+
+
+def test_source_add_github_verify(h: Harness, tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def github(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        assert request.headers["authorization"].startswith("Bearer ")
+        app_id = 123456 if "ok" in request.url.host else 99
+        return httpx.Response(200, json={"id": app_id, "slug": "kici-ci", "name": "KiCI CI", "owner": {"login": "o"}})
+
+    h.github_transport = httpx.MockTransport(github)
+    r = add_github(h, tmp_path, "--verify", "--api-url", "https://ok.github.test")
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[0] == "Verified with GitHub: KiCI CI (kici-ci)" and seen == ["/app"]
+    r = h.run("source", "add", "github", "--name", "x", "--app-id", "123456", "--private-key", PEM, "--verify",
+              "--api-url", "https://other.github.test")
+    assert r.exit_code == 65 and "belongs to GitHub App 99" in r.output
+
+
+def test_source_update_rotate_and_remove(h: Harness, tmp_path: Path) -> None:
+    add_github(h, tmp_path)
+    r = h.run("source", "rotate-secret", "github:123456", "--webhook-secret", "whsec-brand-new-1111")
+    assert r.exit_code == 0 and r.output.startswith("Webhook secret rotated: github:123456")
+    assert "whsec-brand-new" not in r.output
+    assert "[rotating]" in h.run("source", "list").output
+    r = h.run("source", "update", "github:123456", "--drop-previous-secret", "--name", "renamed")
+    assert r.output.strip() == "Source updated: github:123456"
+    assert "[rotating]" not in h.run("source", "list").output
+    r = h.run("source", "get-webhook-secret", "github:123456")
+    assert r.output.strip() == "whsec-brand-new-1111"
+    r = h.run("source", "update", "github:123456")
+    assert r.exit_code == 1 and "no fields to update" in r.output
+    r = h.run("source", "remove", "github:123456", input="n\n")
+    assert r.output.endswith('Remove source "github:123456"? (y/N) n\nCancelled.\n')
+    r = h.run("source", "remove", "github:123456", "--yes")
+    assert r.output.strip() == "Source removed: github:123456" and h.env.sources.github == {}
+    r = h.run("source", "remove", "github:1", "--hard", "--yes")
+    assert r.exit_code == 1 and "--hard" in r.output
+
+
+def test_generic_source_commands(h: Harness, tmp_path: Path) -> None:
+    r = h.run("source", "add", "generic", "--org", "acme", "--name", "deploys", "--secret", "gen-secret-4242",
+              "--allowed-events", "deploy,rollback", "--rate-limit", "60")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("Generic source created:\n  ID:")
+    assert "Routing key:  generic:acme:" in r.output and "Enabled:      yes" in r.output
+    assert "gen-secret-4242" not in r.output and "Secret:       …4242" in r.output
+    assert "/webhook/acme/generic/deploys" in r.output
+    sid = next(iter(h.env.sources.generic))
+    assert h.env.secrets.values[("__system__", f"__webhook__/{sid}", "secret")] == "gen-secret-4242"
+
+    r = h.run("source", "list", "--org", "acme")
+    assert "Generic sources:" in r.output and sid in r.output and "enabled" in r.output
+    assert "Tip:" not in r.output
+    assert h.run("source", "disable", sid).output.strip() == f"Generic source disabled: {sid}"
+    assert " disabled " in h.run("source", "list", "--org", "acme").output
+    assert h.run("source", "enable", sid).output.strip() == f"Generic source enabled: {sid}"
+
+    r = h.run("source", "rotate-secret", sid, "--secret", "gen-secret-next-7777")
+    assert r.exit_code == 0, r.output
+    assert h.env.secrets.values[("__system__", f"__webhook__/{sid}", "secret")] == "gen-secret-next-7777"
+    r = h.run("source", "show", sid, "--json")
+    doc = json.loads(r.output)
+    assert doc["verificationConfig"] == {"secretRef": True, "secretFingerprint": "…7777"}
+    assert "gen-secret" not in h.run("source", "get", sid).output
+
+    r = h.run("source", "remove", sid, "--generic", "--yes")
+    assert r.output.strip() == f"Generic source soft-deleted: {sid}"
+    r = h.run("source", "list", "--org", "acme", "--include-deleted")
+    assert "[deleted]" in r.output
+    r = h.run("source", "remove", sid, "--generic", "--hard", "--yes")
+    assert r.output.strip() == f"Generic source permanently deleted: {sid}"
+    r = h.run("source", "show", sid)
+    assert r.exit_code == 1 and r.output.strip() == "Error: HTTP 404: Source not found"
+
+
+def test_local_source_and_validation_error(h: Harness, tmp_path: Path) -> None:
+    r = h.run("source", "add", "generic", "--org", "acme", "--name", "repo", "--local-repo", str(tmp_path), "--json")
+    doc = json.loads(r.output)["source"]
+    assert doc["providerType"] == "local" and doc["gitConfig"]["url"] == tmp_path.resolve().as_uri()
+    r = h.run("source", "add", "generic", "--org", "acme", "--name", "nosecret")
+    assert r.exit_code == 1
+    assert r.output.strip() == ("Error: HTTP 400: Validation error: verificationConfig secret is required "
+                                "for hmac_sha256")
+
+
+# ------------------------------------------------------------------------------------------ event log
+def _seed(h: Harness) -> None:
+    async def seed() -> None:
+        env = h.env
+        for i, (event, size) in enumerate((("push", 10), ("pull_request", 3000))):
+            await env.inbox.accept(Delivery(
+                org_id="acme", delivery_id=f"d-{i}", routing_key="github:123456", event=event,
+                action="opened" if event == "pull_request" else None, source="direct", provider="github",
+                body=json.dumps({"pad": "x" * size, "token": "not-a-secret"}).encode(),
+                received_at=env.clock.now() + timedelta(seconds=i)))
+        [item, _] = await env.inbox.claim(worker_id="w", limit=2, lease_seconds=30)
+        trace: dict[str, Any] = {"eventType": "push", "action": None, "matchedWorkflows": ["ci"], "totalWorkflows": 2,
+                 "decisions": [
+                     {"workflowName": "ci", "matched": True, "matchedTrigger": 0, "summary": "Trigger conditions met",
+                      "checksCount": 1, "triggers": []},
+                     {"workflowName": "deploy", "matched": False, "matchedTrigger": None,
+                      "summary": "No matching trigger", "checksCount": 2, "triggers": [
+                          {"index": 0, "triggerType": "push", "matched": False, "reason": "branch not matched",
+                           "checks": [{"check": "event type", "pattern": "push", "value": "push", "passed": True},
+                                      {"check": "branch", "pattern": "release/*", "value": "main",
+                                       "passed": False, "reason": "branch not matched"}]},
+                          {"index": 1, "triggerType": "tag", "matched": False, "reason": "not a tag push",
+                           "checks": []}]}]}
+        await env.inbox.complete(item, DeliveryOutcome(status="processed", matched_count=1, repo_identifier="o/r",
+                                                       ref="refs/heads/main", decision_trace=trace), [])
+
+    h.call(seed)
+
+
+def test_event_log_list_table(h: Harness) -> None:
+    assert h.run("event-log", "list").output.strip() == "No deliveries found."
+    _seed(h)
+    r = h.run("event-log", "list")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].split() == ["received_at", "delivery_id", "routing_key", "event", "source", "status",
+                                "matched", "size"]
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert lines[2].split() == ["2026-03-01T00:00:01.000Z", "d-1", "github:123456", "pull_request:opened",
+                                "direct", "received", "0", "3.0KB"]
+    assert lines[3].split()[1:] == ["d-0", "github:123456", "push", "direct", "processed", "1", "46B"]
+    assert lines[-2:] == ["", "Showing 2 of 2 (offset 0, limit 50)"]
+    r = h.run("event-log", "list", "--event", "push", "--limit", "1", "--json")
+    doc = json.loads(r.output)
+    assert [d["deliveryId"] for d in doc["deliveries"]] == ["d-0"] and doc["limit"] == 1
+    r = h.run("event-log", "list", "--since", "not-a-date")
+    assert r.exit_code == 1 and "HTTP 400" in r.output
+
+
+def test_event_log_show_explains_why(h: Harness) -> None:
+    _seed(h)
+    r = h.run("event-log", "show", "d-0", "--org", "acme")
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert out.startswith("Delivery: d-0\n  Org:           acme\n  Routing key:   github:123456\n")
+    assert "  Repo:          o/r\n" in out and "  Status:        processed\n" in out
+    assert "  Payload:       stored -- 46B\n" in out
+    assert "Workflows (1 of 2 matched):" in out
+    assert "  ci: matched (trigger #0)" in out
+    assert "  deploy: not matched — No matching trigger" in out
+    assert ('    trigger #0 (push): rejected by branch: pattern "release/*", value "main" — branch not matched'
+            in out)
+    assert "    trigger #1 (tag): rejected: not a tag push" in out
+    assert "Payload:\n" not in out
+    r = h.run("event-log", "show", "d-0", "--org", "acme", "--payload")
+    assert '"token": "not-a-secret"' in r.output
+    r = h.run("event-log", "show", "d-1", "--org", "acme")
+    assert "No decision trace recorded (status received)." in r.output
+    r = h.run("event-log", "show", "zzz", "--org", "acme")
+    assert r.exit_code == 1 and r.output.strip() == "Error: HTTP 404: Delivery not found"
+    assert h.run("event-log", "show", "d-0").exit_code == 2  # --org is required (usage error)
+
+
+def test_event_log_replay(h: Harness) -> None:
+    _seed(h)
+    r = h.run("event-log", "replay", "d-0", "--org", "acme")
+    assert r.output.strip() == "Delivery d-0 queued for processing again."
+    assert h.env.woken == [1]
+
+
+# ------------------------------------------------------------------------------------------ tokens, key, db
+def test_token_commands(h: Harness) -> None:
+    r = h.run("token", "create", "ci-bot", "--role", "auditor")
+    lines = r.output.splitlines()
+    assert lines[0].startswith("Token created: ") and lines[2] == "Save this token -- it will not be shown again."
+    new_token = lines[0].removeprefix("Token created: ")
+    token_id = lines[1].removeprefix("Token ID: ")
+    assert h.run("event-log", "list", token=new_token).exit_code == 0
+    r = h.run("token", "list")
+    assert "ci-bot" in r.output and new_token not in r.output and OWNER not in r.output
+    assert h.run("token", "revoke", token_id).output.strip() == f"Token {token_id} revoked."
+    assert h.run("event-log", "list", token=new_token).exit_code == 1
+
+
+def test_agent_token_commands(h: Harness) -> None:
+    r = h.run("agent-token", "create", "--labels", "linux, x64", "--mandatory-label", "gpu")
+    lines = r.output.splitlines()
+    token = lines[0].removeprefix("Agent token created: ")
+    assert token.startswith("kat_") and len(token) == 68
+    token_id = lines[1].removeprefix("Token ID: ")
+    r = h.run("agent-token", "list")
+    assert token[:12] + "…" in r.output and token not in r.output and "linux,x64" in r.output
+    r = h.run("agent-token", "revoke", token_id)
+    assert r.output.strip() == f"Agent token {token_id} revoked; 0 connection(s) closed."
+    assert h.run("agent-token", "list").output.strip() == "No agent tokens."
+
+
+def test_rotate_key_and_db(h: Harness) -> None:
+    assert h.run("rotate-key").output.strip() == "Error: HTTP 503: Key rotation is not available on this server"
+
+    async def rotate() -> int:
+        return 3
+
+    async def migrate() -> list[str]:
+        return []
+
+    async def status() -> list[Any]:
+        return [{"name": "0001_initial.sql", "status": "applied", "appliedAt": "2026-01-01T00:00:00.000Z"},
+                {"name": "0002_next.sql", "status": "pending", "appliedAt": None}]
+
+    h.env.ctx.rotate_key, h.env.ctx.migrate, h.env.ctx.migration_status = rotate, migrate, status
+    assert h.run("rotate-key").output.strip() == "Re-encrypted 3 secrets, 0 config versions."
+    assert h.run("db", "migrate").output.strip() == "Database schema is up to date."
+    r = h.run("db", "status")
+    assert r.output.splitlines()[2].split() == ["0001_initial.sql", "applied", "2026-01-01T00:00:00.000Z"]
+    assert r.output.splitlines()[3].split() == ["0002_next.sql", "pending", "-"]
+    assert json.loads(h.run("db", "migrate", "--status", "--json").output)["migrations"][1]["status"] == "pending"
+
+
+def test_human_bytes() -> None:
+    assert [human_bytes(n) for n in (0, 1023, 1024, 1536, 1024 * 1024, 5 * 1024 * 1024 + 1)] == [
+        "0B", "1023B", "1.0KB", "1.5KB", "1.00MB", "5.00MB"]
+
+
+def test_runs_group_is_an_extension_point() -> None:
+    from kici_runtime import admin_cli
+
+    assert isinstance(admin_cli.runs, click.Group) and admin_cli.cli.commands["runs"] is admin_cli.runs
+

@@ -1,0 +1,81 @@
+"""What ``PgDeliveryInbox.complete`` writes: runs, jobs, needs edges, dispatch rows, and the notification."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+
+from kici_adapters.postgres.inbox import PgDeliveryInbox, split_matchers
+from kici_adapters.postgres.pool import Database
+from kici_core.ports import Delivery, DeliveryOutcome, NeedEdge, NewJob, NewRun
+from kici_core.testing import fakes
+
+pytestmark = pytest.mark.anyio
+
+
+async def rows(db: Database, sql: Any) -> list[dict[str, Any]]:
+    async with db.connection() as conn:
+        cur = await conn.execute(sql)
+        return list(await cur.fetchall())
+
+
+def test_split_matchers_keeps_order() -> None:
+    exact, patterns = split_matchers([{"kind": "exact", "value": "linux"}, {"kind": "regex", "source": "^gpu-",
+                                                                          "flags": "i"}, {"kind": "exact", "value": "x"}])
+    assert exact == ["linux", "x"]
+    assert patterns == [{"kind": "regex", "source": "^gpu-", "flags": "i"}]
+
+
+async def test_complete_writes_the_run_graph_and_notifies(database: Database) -> None:
+    inbox = PgDeliveryInbox(database, fakes.FakeBlobStore())
+    await inbox.accept(Delivery(org_id="acme", delivery_id="d1", routing_key="github:1", event="push", action=None,
+                                source="direct", provider="github", body=b"{}", received_at=datetime.now(UTC)))
+    (item,) = await inbox.claim(worker_id="w", limit=1, lease_seconds=60)
+    build = NewJob(job_id=str(uuid.uuid4()), name="build (py=3.12)", base_name="build", matrix_values={"py": "3.12"},
+                   needs=(), runs_on=({"kind": "exact", "value": "linux"}, {"kind": "regex", "source": "^x86", "flags": ""}),
+                   exclude_labels=({"kind": "exact", "value": "slow"}, {"kind": "regex", "source": "arm", "flags": "i"}),
+                   job_config={"name": "build (py=3.12)", "steps": [{"run": "make"}]}, runnable=True)
+    deploy = NewJob(job_id=str(uuid.uuid4()), name="deploy", base_name="deploy", matrix_values=None,
+                    needs=(NeedEdge(upstream_name="build (py=3.12)", run_on=("success", "skipped")),),
+                    runs_on=(), exclude_labels=(), job_config={"name": "deploy"}, runnable=False)
+    broken = NewJob(job_id=str(uuid.uuid4()), name="broken", base_name="broken", matrix_values=None, needs=(),
+                    runs_on=(), exclude_labels=(), job_config={}, runnable=False, status="failed",
+                    reason="matrix expansion failed")
+    run = NewRun(run_id=str(uuid.uuid4()), workflow_name="ci", provider="github", routing_key="github:1",
+                 repo_identifier="acme/app", repo_url="https://example.test/acme/app.git", ref="refs/heads/main",
+                 sha="b" * 40, trigger_decision={"trigger": "push"}, jobs=(build, deploy, broken))
+
+    async with database.dedicated() as listener:
+        await listener.execute("LISTEN kici_jobs")
+        ids = await inbox.complete(item, DeliveryOutcome(status="processed", matched_count=1), [run])
+        with anyio.fail_after(10):
+            note = await anext(listener.notifies())
+    assert note.channel == "kici_jobs" and note.payload == run.run_id
+    assert ids == [run.run_id]
+
+    (r,) = await rows(database, "SELECT * FROM execution_runs")
+    assert (str(r["run_id"]), r["workflow_name"], r["status"], r["sha"], r["trigger_decision"]) == (
+        run.run_id, "ci", "pending", "b" * 40, {"trigger": "push"})
+    jobs = {j["job_name"]: j for j in await rows(database, "SELECT * FROM execution_jobs")}
+    assert jobs["build (py=3.12)"]["required_labels"] == ["linux"]
+    assert jobs["build (py=3.12)"]["matrix_values"] == {"py": "3.12"}
+    assert jobs["build (py=3.12)"]["needs_satisfied"] is True
+    assert (jobs["broken"]["status"], jobs["broken"]["error_message"]) == ("failed", "matrix expansion failed")
+    needs = await rows(database, "SELECT job_name, upstream_name, run_on FROM execution_job_needs")
+    assert needs == [{"job_name": "deploy", "upstream_name": "build (py=3.12)", "run_on": ["success", "skipped"]}]
+
+    (q,) = await rows(database, "SELECT * FROM dispatch_queue")
+    assert str(q["id"]) == build.job_id and q["status"] == "pending"
+    assert q["runs_on_labels"] == ["linux"]
+    assert q["runs_on_patterns"] == [{"kind": "regex", "source": "^x86", "flags": ""}]
+    assert q["exclude_labels"] == ["slow"]
+    assert q["exclude_patterns"] == [{"kind": "regex", "source": "arm", "flags": "i"}]
+    assert q["required_labels"] == ["linux"]
+    assert (q["workflow_name"], q["job_name"], q["delivery_id"], q["repo_url"]) == (
+        "ci", "build (py=3.12)", "d1", "https://example.test/acme/app.git")
+    (e,) = await rows(database, "SELECT status, run_id, processed_at FROM event_log")
+    assert e["status"] == "processed" and str(e["run_id"]) == run.run_id and e["processed_at"] is not None

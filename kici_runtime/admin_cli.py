@@ -355,11 +355,23 @@ def db_status(ctx: click.Context, as_json: bool) -> None:
     _print_status(ctx, as_json)
 
 
+RUNS_MODULE = "kici_runtime.admin_cli_runs"
+"""Attaches the ``runs`` commands: at import (``@admin_cli.runs.command()``) or via ``register(runs)``."""
+
+
 def _register() -> None:
+    import importlib
+    import importlib.util
+
     from kici_runtime import admin_cli_events, admin_cli_sources
 
     cli.add_command(admin_cli_sources.source)
     cli.add_command(admin_cli_events.event_log)
+    if importlib.util.find_spec(RUNS_MODULE) is not None:
+        module = importlib.import_module(RUNS_MODULE)
+        register = getattr(module, "register", None)
+        if callable(register):
+            register(runs)
 
 
 _register()

@@ -368,3 +368,30 @@ def test_runs_group_is_an_extension_point() -> None:
 
     assert isinstance(admin_cli.runs, click.Group) and admin_cli.cli.commands["runs"] is admin_cli.runs
 
+
+
+# ------------------------------------------------------------------------------------------ docs
+def _gen_module() -> Any:
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("gen_admin_docs", root / "tools" / "gen_admin_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_admin_docs_are_current() -> None:
+    gen = _gen_module()
+    assert gen.TARGET.read_text(encoding="utf-8") == gen.render_markdown(), "run: python tools/gen_admin_docs.py"
+
+
+def test_admin_docs_check_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = _gen_module()
+    monkeypatch.setattr(gen, "ROOT", tmp_path)
+    monkeypatch.setattr(gen, "TARGET", tmp_path / "kici-admin.md")
+    assert gen.main(["--check"]) == 1
+    assert gen.main([]) == 0 and gen.main(["--check"]) == 0
+    text = gen.TARGET.read_text(encoding="utf-8")
+    assert "### `kici-admin event-log show`" in text and "`--private-key TEXT`" in text

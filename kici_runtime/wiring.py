@@ -20,25 +20,31 @@ from typing import Any
 
 import anyio
 import uvicorn
-from kici_adapters.postgres.stores import PgDeliveryInbox, PgSourceStore, PgTokenStore
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from kici_adapters import localgit, metrics
+from kici_adapters.agents.endpoint import AgentEndpoint
 from kici_adapters.github.lockfiles import LockfileCache
 from kici_adapters.github.provider import GitHubProvider
 from kici_adapters.platform.outbox import PgPlatformOutbox
 from kici_adapters.postgres import migrate
+from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue
 from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.runs import PgRunStore
+from kici_adapters.postgres.stores import PgDeliveryInbox, PgSourceStore, PgTokenStore
 from kici_adapters.secrets import PgSecretStore
 from kici_adapters.storage import FilesystemBlobStore, S3BlobStore
 from kici_core import errors, lockfile, services
+from kici_core.dispatch_effects import DispatcherConfig
 from kici_core.jsontypes import JSONValue
 from kici_core.ports import BlobStore, GitHubSource, RepoSource, SecretStore
+from kici_runtime import admin_runs
 from kici_runtime.app import build_app
 from kici_runtime.config import Settings
 from kici_runtime.context import AppContext
+from kici_runtime.dispatcher import AgentHub
 from kici_runtime.worker import DeliveryWorker, PrometheusObserver
 
 log = logging.getLogger("kici.runtime")
@@ -108,6 +114,8 @@ class Orchestrator:
     github: GitHubProvider
     background: list[Callable[[], Any]] = field(default_factory=list)
     platform_outbox: PgPlatformOutbox | None = None  # platform/hybrid only (kici_runtime.server)
+    agents: AgentHub | None = None  # --- agent dispatch (kici_runtime.dispatcher): the /ws hub and its loops
+    agent_endpoint: AgentEndpoint | None = None
 
 
 async def _database_url(settings: Settings, stack: AsyncExitStack) -> str:
@@ -166,6 +174,10 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=f"{socket.gethostname()}:{os.getpid()}",
                                 platform=platform_outbox)
 
+        # --- agent dispatch: the /ws endpoint, the dispatcher driver and admin run routes
+        hub, endpoint = _agent_parts(settings, db, sources, github)
+        extra_routes = [endpoint.route("/ws"), *admin_runs.routes(hub), *(extra_routes or [])]
+
         async def check_database() -> bool:
             async with db.connection() as conn:
                 await conn.execute("SELECT delivery_id FROM event_log LIMIT 1")
@@ -178,9 +190,40 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             max_body_bytes=settings.http_max_body_bytes,
             generic_max_body_bytes=settings.generic_webhook_max_body_bytes,
         )
-        app = build_app(ctx, extra_routes or [])
+        ctx.kick_agent_token = endpoint.kick_token
+        app = build_app(ctx, extra_routes)
         yield Orchestrator(settings=settings, db=db, ctx=ctx, app=app, worker=worker, github=github,
-                           platform_outbox=platform_outbox)
+                           platform_outbox=platform_outbox, agents=hub, agent_endpoint=endpoint)
+
+
+def instance_id(settings: Settings) -> str:
+    """This process's id in ``agents.connected_instance``: ``KICI_CLUSTER_INSTANCE_ID``, else ``<host>:<port>``
+    (stable across restarts, so a restarted process recognises the jobs its agents were running)."""
+    return settings.instance_id or f"{socket.gethostname()}:{settings.port}"
+
+
+def _agent_parts(settings: Settings, db: Database, sources: PgSourceStore,
+                 github: GitHubProvider) -> tuple[AgentHub, AgentEndpoint]:
+    """The dispatcher driver and the /ws endpoint for ``settings``."""
+    me = instance_id(settings)
+
+    async def clone_token(row: DispatchRow) -> str | None:
+        if row.provider != "github" or not row.routing_key or not row.repo_identifier:
+            return None  # local sources are cloned from a file:// URL without a credential
+        source = await sources.github_by_routing_key(row.routing_key)
+        if source is None:
+            raise errors.ConfigError(f"no GitHub source for {row.routing_key}")
+        return await github.clone_token(source, row.repo_identifier)
+
+    config = DispatcherConfig(
+        ack_timeout=max(1.0, settings.dispatch_ack_timeout_ms / 1000),
+        recovery_grace=2 * settings.agent_max_reconnect_delay_ms / 1000,
+        stale_after=settings.job_heartbeat_interval_ms * settings.stale_detector_threshold_multiplier / 1000,
+    )
+    hub = AgentHub(db=db, queue=PgDispatchQueue(db), instance_id=me, config=config, clone_token=clone_token,
+                   runs=PgRunStore(db, forward=settings.platform_enabled, instance_id=me))
+    endpoint = AgentEndpoint(hub=hub, tokens=PgTokenStore(db), auth_mode=settings.agent_auth)
+    return hub, endpoint
 
 
 def _uuid() -> str:
@@ -215,10 +258,13 @@ async def serve(settings: Settings, *, ready: Callable[[int], None] | None = Non
     """Run the orchestrator until SIGTERM/SIGINT: HTTP server and background loops in one task group."""
     async with orchestrator(settings) as orch:
         config = uvicorn.Config(orch.app, host=settings.host, port=settings.port, log_config=None,
-                                access_log=False, lifespan="off", timeout_graceful_shutdown=30)
+                                access_log=False, lifespan="off", timeout_graceful_shutdown=30,
+                                ws_max_size=26_214_400)
         server = _Server(config)
         async with anyio.create_task_group() as tg:
             tg.start_soon(orch.worker.run)
+            if orch.agents is not None:  # --- agent dispatch loops (LISTEN, poll, deadlines, sweeps, gauges)
+                tg.start_soon(orch.agents.run)
 
             async def run_http() -> None:
                 await server.serve()
@@ -228,6 +274,8 @@ async def serve(settings: Settings, *, ready: Callable[[int], None] | None = Non
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for _ in signals:
                         log.info("Shutdown requested: draining HTTP requests and stopping background loops")
+                        if orch.agent_endpoint is not None:  # --- agents reconnect elsewhere/later (1001)
+                            await orch.agent_endpoint.close_all()
                         server.should_exit = True
                         return
 

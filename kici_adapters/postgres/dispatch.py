@@ -1,0 +1,354 @@
+"""The durable dispatch queue (``dispatch_queue``) and the ``agents`` table, for the runtime dispatcher.
+
+Rows move only through guarded updates (``WHERE status = ...``), so two processes never both win: a claim is
+``pending -> dispatched`` for one agent; a requeue ``dispatched -> pending``; recovery ``dispatched ->
+recovering -> dispatched | failed``. :meth:`PgDispatchQueue.claim_for` is the SQL fast path an agent uses
+to pull work: it prefilters on exact labels (``required_labels <@ agent_labels``) and takes rows with
+``FOR UPDATE SKIP LOCKED``, oldest first; the caller checks regex and exclude matchers before keeping a row.
+Sweeps that must run in one process at a time use :meth:`PgDispatchQueue.try_lock`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from kici_adapters.postgres.pool import Database
+from kici_core.jsontypes import JSONObject, JSONValue
+
+__all__ = ["DispatchRow", "PgDispatchQueue", "QueuedRow"]
+
+_PENDING = """
+SELECT q.id, q.run_id, q.created_at, q.expires_at, q.dispatch_attempts, j.runs_on, j.exclude_labels
+  FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id
+ WHERE q.status = 'pending' AND (%(ids)s::uuid[] IS NULL OR q.id = ANY(%(ids)s))
+ ORDER BY q.seq
+ LIMIT %(limit)s
+"""
+_CLAIM = """
+UPDATE dispatch_queue
+   SET status = 'dispatched', agent_id = %(agent_id)s, ack_agent_id = %(agent_id)s, ack_deadline = %(deadline)s,
+       last_provisioning_error = NULL
+ WHERE id = %(id)s AND status = 'pending'
+RETURNING id
+"""
+_CLAIM_FOR = """
+SELECT q.id FROM dispatch_queue q
+ WHERE q.status = 'pending' AND (q.expires_at IS NULL OR q.expires_at >= now())
+   AND q.required_labels <@ %(labels)s::text[]
+ ORDER BY q.seq
+ LIMIT %(limit)s
+ FOR UPDATE SKIP LOCKED
+"""
+_ROW = """
+SELECT q.*, j.base_name, j.matrix_values, r.repo_identifier, r.routing_key AS run_routing_key
+  FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id JOIN execution_runs r ON r.run_id = q.run_id
+ WHERE q.id = %(id)s
+"""
+_UPSTREAMS = """
+SELECT n.upstream_name, u.base_name, u.status, u.outputs, u.matrix_values
+  FROM execution_job_needs n JOIN execution_jobs u ON u.run_id = n.run_id AND u.job_name = n.upstream_name
+ WHERE n.run_id = %(run_id)s AND n.job_name = %(job_name)s
+ ORDER BY u.job_name
+"""
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _ts(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuedRow:
+    """A pending row as the dispatcher needs it (times are epoch seconds)."""
+
+    job_id: str
+    run_id: str
+    created_at: float
+    expires_at: float | None
+    attempts: int
+    runs_on: tuple[JSONObject, ...]
+    exclude_labels: tuple[JSONObject, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DispatchRow:
+    """Everything ``job.dispatch`` is built from."""
+
+    job_id: str
+    run_id: str
+    workflow_name: str
+    job_name: str
+    base_name: str
+    job_config: JSONObject
+    repo_url: str
+    ref: str
+    sha: str
+    provider: str | None
+    routing_key: str | None
+    repo_identifier: str | None
+    request_id: str | None
+    upstream_outputs: JSONObject
+    upstream_statuses: dict[str, str]
+
+
+def _queued(row: dict[str, Any]) -> QueuedRow:
+    return QueuedRow(job_id=str(row["id"]), run_id=str(row["run_id"]), created_at=row["created_at"].timestamp(),
+                     expires_at=_epoch(row["expires_at"]), attempts=int(row["dispatch_attempts"]),
+                     runs_on=tuple(row["runs_on"] or ()), exclude_labels=tuple(row["exclude_labels"] or ()))
+
+
+def _upstream_outputs(rows: Sequence[dict[str, Any]]) -> JSONObject:
+    """``upstreamJobOutputs`` keyed by base name; a matrix upstream gives ``{byMatrix, merged}`` (§7.4)."""
+    out: dict[str, JSONValue] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["base_name"], []).append(row)
+    for base, members in groups.items():
+        if len(members) == 1 and not members[0]["matrix_values"]:
+            outputs = members[0]["outputs"]
+            out[base] = outputs if isinstance(outputs, dict) else {}
+            continue
+        by_matrix: dict[str, JSONValue] = {}
+        merged: dict[str, JSONValue] = {}
+        for row in sorted(members, key=lambda r: str(r["upstream_name"])):
+            name = str(row["upstream_name"])
+            suffix = name[len(base) + 2:-1] if name.startswith(base + " (") and name.endswith(")") else name
+            outputs = row["outputs"] if isinstance(row["outputs"], dict) else {}
+            by_matrix[suffix] = outputs
+            merged.update(outputs)
+        out[base] = {"byMatrix": by_matrix, "merged": merged}
+    return out
+
+
+class PgDispatchQueue:
+    """The ``dispatch_queue`` and ``agents`` tables (see the module docstring)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # ------------------------------------------------------------------------------------ queue
+    async def pending(self, *, ids: Sequence[str] | None = None, limit: int = 10_000) -> list[QueuedRow]:
+        """Pending rows oldest first (all, or only ``ids``)."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_PENDING, {"ids": None if ids is None else list(ids), "limit": limit})
+            return [_queued(r) for r in await cur.fetchall()]
+
+    async def claim_for(self, labels: Sequence[str], *, limit: int = 10) -> list[str]:
+        """Ids of pending rows whose exact labels ``labels`` cover, oldest first, skipping rows another
+        transaction holds (a read-only probe: :meth:`claim` takes them)."""
+        async with self._db.transaction() as conn:
+            cur = await conn.execute(_CLAIM_FOR, {"labels": list(labels), "limit": limit})
+            return [str(r["id"]) for r in await cur.fetchall()]
+
+    async def claim(self, job_id: str, *, agent_id: str, ack_deadline: float) -> bool:
+        """Guarded ``pending -> dispatched`` for ``agent_id``; False when the row is no longer pending."""
+        async with self._db.transaction() as conn:
+            await conn.execute("UPDATE execution_jobs SET agent_id = %(agent_id)s, attempts = attempts + 1"
+                               " WHERE job_id = %(id)s AND status IN ('pending', 'queued')",
+                               {"id": job_id, "agent_id": agent_id})
+            cur = await conn.execute(_CLAIM, {"id": job_id, "agent_id": agent_id, "deadline": _ts(ack_deadline)})
+            return await cur.fetchone() is not None
+
+    async def load(self, job_id: str) -> DispatchRow | None:
+        """The row and its upstream results, for building ``job.dispatch``."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_ROW, {"id": job_id})
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            cur = await conn.execute(_UPSTREAMS, {"run_id": row["run_id"], "job_name": row["job_name"]})
+            ups = [dict(u) for u in await cur.fetchall()]
+        config = row["job_config"] if isinstance(row["job_config"], dict) else {}
+        return DispatchRow(
+            job_id=str(row["id"]), run_id=str(row["run_id"]), workflow_name=row["workflow_name"],
+            job_name=row["job_name"], base_name=row["base_name"], job_config=config,
+            repo_url=row["repo_url"] or "", ref=row["ref"] or "", sha=row["sha"] or "",
+            provider=row["provider"], routing_key=row["routing_key"] or row["run_routing_key"],
+            repo_identifier=row["repo_identifier"], request_id=row["request_id"],
+            upstream_outputs=_upstream_outputs(ups),
+            upstream_statuses={str(u["upstream_name"]): str(u["status"]) for u in ups},
+        )
+
+    async def ack_resolved(self, job_id: str) -> None:
+        """Clear the ack deadline of a dispatched row."""
+        async with self._db.connection() as conn:
+            await conn.execute("UPDATE dispatch_queue SET ack_deadline = NULL, ack_agent_id = NULL"
+                               " WHERE id = %(id)s AND status = 'dispatched'", {"id": job_id})
+
+    async def requeue(self, job_id: str, *, attempts: int) -> bool:
+        """Guarded ``dispatched -> pending`` with the new attempt count; notifies dispatchers."""
+        async with self._db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE dispatch_queue SET status = 'pending', dispatch_attempts = %(n)s, agent_id = NULL,"
+                " ack_deadline = NULL, ack_agent_id = NULL WHERE id = %(id)s AND status = 'dispatched' RETURNING id",
+                {"id": job_id, "n": attempts})
+            ok = await cur.fetchone() is not None
+            if ok:
+                await conn.execute("UPDATE execution_jobs SET agent_id = NULL WHERE job_id = %(id)s"
+                                   " AND status IN ('pending', 'queued')", {"id": job_id})
+                await conn.execute("SELECT pg_notify('kici_jobs', %(id)s)", {"id": job_id})
+            return ok
+
+    async def mark_recovering(self, job_id: str, *, agent_id: str, deadline: float) -> bool:
+        """``dispatched -> recovering`` (and the job ``running -> recovering``)."""
+        async with self._db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE dispatch_queue SET status = 'recovering', recovery_agent_id = %(agent)s,"
+                " recovery_deadline = %(deadline)s, ack_deadline = NULL, ack_agent_id = NULL"
+                " WHERE id = %(id)s AND status = 'dispatched' RETURNING id",
+                {"id": job_id, "agent": agent_id, "deadline": _ts(deadline)})
+            ok = await cur.fetchone() is not None
+            if ok:
+                await conn.execute("UPDATE execution_jobs SET status = 'recovering', updated_at = now()"
+                                   " WHERE job_id = %(id)s AND status IN ('running', 'cancelling')", {"id": job_id})
+            return ok
+
+    async def reclaim(self, job_id: str, *, agent_id: str) -> bool:
+        """``recovering -> dispatched`` for the agent that reconnected; the job goes back to ``running``."""
+        async with self._db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE dispatch_queue SET status = 'dispatched', agent_id = %(agent)s, recovery_agent_id = NULL,"
+                " recovery_deadline = NULL, ack_deadline = NULL, ack_agent_id = NULL"
+                " WHERE id = %(id)s AND (status = 'recovering' OR (status = 'dispatched' AND agent_id = %(agent)s))"
+                " RETURNING id", {"id": job_id, "agent": agent_id})
+            ok = await cur.fetchone() is not None
+            if ok:
+                await conn.execute(
+                    "UPDATE execution_jobs SET status = 'running', agent_id = %(agent)s, last_heartbeat_at = now(),"
+                    " started_at = COALESCE(started_at, now()), updated_at = now()"
+                    " WHERE job_id = %(id)s AND status IN ('recovering', 'running', 'pending', 'queued')",
+                    {"id": job_id, "agent": agent_id})
+            return ok
+
+    async def reclaimable(self, agent_id: str, job_ids: Sequence[str]) -> list[tuple[str, str, float | None]]:
+        """Of ``job_ids``, the rows this agent may reclaim: ``recovering`` for it, or still ``dispatched`` to it
+        (its old connection died with this or another process). Returns ``(job_id, run_id, deadline)``."""
+        if not job_ids:
+            return []
+        async with self._db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT id, run_id, recovery_deadline FROM dispatch_queue WHERE id::text = ANY(%(ids)s)"
+                " AND ((status = 'recovering' AND recovery_agent_id = %(agent)s)"
+                "      OR (status = 'dispatched' AND agent_id = %(agent)s))",
+                {"ids": list(job_ids), "agent": agent_id})
+            return [(str(r["id"]), str(r["run_id"]), _epoch(r["recovery_deadline"])) for r in await cur.fetchall()]
+
+    async def owned(self, agent_id: str, job_id: str) -> bool:
+        """The database side of the ownership check (§5.10): recovering or dispatched for this agent, or
+        already terminal (late messages are harmless)."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT 1 FROM dispatch_queue WHERE id::text = %(id)s AND ("
+                " (status = 'recovering' AND recovery_agent_id = %(agent)s)"
+                " OR (status = 'dispatched' AND agent_id = %(agent)s)"
+                " OR status IN ('completed', 'failed', 'expired'))", {"id": job_id, "agent": agent_id})
+            return await cur.fetchone() is not None
+
+    async def depth(self) -> dict[str, int]:
+        """Row counts for ``pending`` and ``dispatched``."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute("SELECT status, count(*) AS n FROM dispatch_queue"
+                                     " WHERE status IN ('pending', 'dispatched') GROUP BY status")
+            counts = {"pending": 0, "dispatched": 0}
+            counts.update({r["status"]: int(r["n"]) for r in await cur.fetchall()})
+            return counts
+
+    # ------------------------------------------------------------------------------------ sweeps
+    @asynccontextmanager
+    async def try_lock(self, key: int) -> AsyncIterator[bool]:
+        """Hold ``pg_try_advisory_lock(key)`` for the block if free; yields whether it was taken."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%(k)s) AS ok", {"k": key})
+            row = await cur.fetchone()
+            taken = bool(row and row["ok"])
+            try:
+                yield taken
+            finally:
+                if taken:
+                    await conn.execute("SELECT pg_advisory_unlock(%(k)s)", {"k": key})
+
+    async def orphaned_dispatched(self, instance_id: str) -> list[tuple[str, str, str]]:
+        """Dispatched rows whose agent is not connected to a live process we know of: its agent row names
+        this instance (a previous life of this process) or no instance. ``(job_id, run_id, agent_id)``."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT q.id, q.run_id, q.agent_id FROM dispatch_queue q LEFT JOIN agents a ON a.agent_id = q.agent_id"
+                " WHERE q.status = 'dispatched' AND q.agent_id IS NOT NULL"
+                "   AND (a.connected_instance IS NULL OR a.connected_instance = %(me)s)", {"me": instance_id})
+            return [(str(r["id"]), str(r["run_id"]), str(r["agent_id"])) for r in await cur.fetchall()]
+
+    async def recovering(self) -> list[tuple[str, str, str, float]]:
+        """Every recovering row: ``(job_id, run_id, recovery_agent_id, deadline)``."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute("SELECT id, run_id, recovery_agent_id, recovery_deadline FROM dispatch_queue"
+                                     " WHERE status = 'recovering'")
+            return [(str(r["id"]), str(r["run_id"]), str(r["recovery_agent_id"] or ""),
+                     _epoch(r["recovery_deadline"]) or 0.0) for r in await cur.fetchall()]
+
+    async def overdue(self, *, grace_s: float) -> dict[str, list[tuple[str, int]]]:
+        """Rows past a deadline by more than ``grace_s``: ``ack`` (dispatched, unacknowledged: id, attempts),
+        ``recovery`` (recovering) and ``expired`` (pending past ``expires_at``)."""
+        async with self._db.connection() as conn:
+            out: dict[str, list[tuple[str, int]]] = {}
+            for key, where in (
+                ("ack", "status = 'dispatched' AND ack_deadline < now() - make_interval(secs => %(g)s)"),
+                ("recovery", "status = 'recovering' AND recovery_deadline < now() - make_interval(secs => %(g)s)"),
+                ("expired", "status = 'pending' AND expires_at < now() - make_interval(secs => %(g)s)"),
+            ):
+                cur = await conn.execute("SELECT id, dispatch_attempts FROM dispatch_queue WHERE " + where,  # type: ignore[operator]
+                                         {"g": grace_s})
+                out[key] = [(str(r["id"]), int(r["dispatch_attempts"])) for r in await cur.fetchall()]
+            return out
+
+    # ------------------------------------------------------------------------------------ agents
+    async def agent_connected(self, *, agent_id: str, labels: Sequence[str], mandatory: Sequence[str],
+                              platform: str | None, arch: str | None, version: str | None, hostname: str | None,
+                              max_concurrency: int, token_id: str | None, instance_id: str,
+                              metadata: JSONObject) -> None:
+        """Upsert the agent's durable shadow, naming this process as its host."""
+        async with self._db.connection() as conn:
+            await conn.execute(
+                "INSERT INTO agents (agent_id, labels, mandatory_labels, platform, arch, version, hostname,"
+                " max_concurrency, token_id, connected_instance, connected_at, last_seen_at, metadata)"
+                " VALUES (%(id)s, %(labels)s, %(mand)s, %(platform)s, %(arch)s, %(version)s, %(host)s, %(max)s,"
+                " %(token)s, %(me)s, now(), now(), %(meta)s)"
+                " ON CONFLICT (agent_id) DO UPDATE SET labels = EXCLUDED.labels,"
+                " mandatory_labels = EXCLUDED.mandatory_labels, platform = EXCLUDED.platform, arch = EXCLUDED.arch,"
+                " version = EXCLUDED.version, hostname = EXCLUDED.hostname,"
+                " max_concurrency = EXCLUDED.max_concurrency, token_id = EXCLUDED.token_id,"
+                " connected_instance = EXCLUDED.connected_instance, connected_at = now(), last_seen_at = now(),"
+                " metadata = EXCLUDED.metadata",
+                {"id": agent_id, "labels": list(labels), "mand": list(mandatory), "platform": platform,
+                 "arch": arch, "version": version, "host": hostname, "max": max_concurrency, "token": token_id,
+                 "me": instance_id, "meta": Jsonb(metadata)})
+
+    async def agent_disconnected(self, agent_id: str, *, instance_id: str) -> None:
+        """Clear ``connected_instance`` if this process still holds the agent."""
+        async with self._db.connection() as conn:
+            await conn.execute("UPDATE agents SET connected_instance = NULL, last_seen_at = now()"
+                               " WHERE agent_id = %(id)s AND connected_instance = %(me)s",
+                               {"id": agent_id, "me": instance_id})
+
+    async def release_instance(self, instance_id: str) -> None:
+        """Mark every agent this instance held as disconnected (startup after a crash, or shutdown)."""
+        async with self._db.connection() as conn:
+            await conn.execute("UPDATE agents SET connected_instance = NULL WHERE connected_instance = %(me)s",
+                               {"me": instance_id})
+
+    async def agents(self) -> list[dict[str, JSONValue]]:
+        """Connected agents (any process): id, labels, instance."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute("SELECT agent_id, labels, mandatory_labels, connected_instance FROM agents"
+                                     " WHERE connected_instance IS NOT NULL ORDER BY agent_id")
+            return [{"agentId": r["agent_id"], "labels": list(r["labels"]),
+                     "mandatoryLabels": list(r["mandatory_labels"]), "instance": r["connected_instance"]}
+                    for r in await cur.fetchall()]

@@ -1,0 +1,573 @@
+"""Run, job and step state in PostgreSQL: what agents report, and what a finished job releases.
+
+Every status write is guarded on the current status (``UPDATE ... WHERE status = ANY(...)``), so late or
+racing messages lose. A terminal job is handled in ONE transaction that locks its run row: the job's status,
+its dispatch row, the ``needs`` scheduler (:func:`kici_core.planning.release`: downstream jobs become
+runnable and are enqueued, or are skipped, cascading), the run's conclusion
+(:func:`kici_core.planning.conclude`) and, in platform/hybrid mode, the ``platform_outbox`` rows the Platform
+must hear. New queue rows are announced with ``NOTIFY kici_jobs``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from kici_adapters.postgres.pool import Connection, Database
+from kici_core import errors, planning
+from kici_core.jsontypes import JSONObject, JSONValue
+
+__all__ = ["FinishResult", "PgRunStore", "StartResult"]
+
+ACTIVE_JOB = ["pending", "queued", "running", "recovering", "cancelling"]
+TERMINAL_RUN = ("success", "failed", "cancelled")
+
+_JOB_RUN = "SELECT run_id FROM execution_jobs WHERE job_id = %(job_id)s"
+_LOCK_RUN = "SELECT * FROM execution_runs WHERE run_id = %(run_id)s FOR UPDATE"
+_START_JOB = """
+UPDATE execution_jobs
+   SET status = 'running', started_at = COALESCE(started_at, now()), last_heartbeat_at = now(),
+       agent_id = COALESCE(%(agent_id)s, agent_id), updated_at = now()
+ WHERE job_id = %(job_id)s AND status = ANY(%(from)s)
+RETURNING run_id, job_name, matrix_values, started_at, agent_id, runs_on
+"""
+_START_RUN = """
+UPDATE execution_runs SET status = 'running', started_at = COALESCE(started_at, now())
+ WHERE run_id = %(run_id)s AND status = 'pending'
+RETURNING *
+"""
+_END_JOB = """
+UPDATE execution_jobs
+   SET status = %(status)s, error_message = COALESCE(%(error)s, error_message),
+       outputs = COALESCE(%(outputs)s, outputs), completed_at = now(), updated_at = now(),
+       duration_ms = CASE WHEN started_at IS NULL THEN NULL
+                          ELSE (extract(epoch FROM now() - started_at) * 1000)::bigint END
+ WHERE job_id = %(job_id)s AND status = ANY(%(from)s)
+RETURNING run_id, job_name, matrix_values, started_at, completed_at, duration_ms, agent_id, error_message,
+          log_bytes, runs_on
+"""
+_END_ROW = """
+UPDATE dispatch_queue
+   SET status = CASE WHEN status = 'pending' THEN %(pending_to)s ELSE %(row_status)s END,
+       ack_deadline = NULL, ack_agent_id = NULL, recovery_deadline = NULL
+ WHERE id = %(job_id)s AND status IN ('pending', 'dispatched', 'recovering')
+"""
+_CANCEL_STEPS = """
+UPDATE execution_steps SET status = 'cancelled', completed_at = now()
+ WHERE job_id = %(job_id)s AND status IN ('running', 'pending')
+"""
+_RUN_JOBS = "SELECT job_id, job_name, status, needs_satisfied FROM execution_jobs WHERE run_id = %(run_id)s " \
+            "ORDER BY created_at, job_name"
+_RUN_NEEDS = "SELECT job_name, upstream_name, run_on FROM execution_job_needs WHERE run_id = %(run_id)s"
+_RELEASE = """
+UPDATE execution_jobs SET needs_satisfied = true, ready_at = now(), updated_at = now()
+ WHERE run_id = %(run_id)s AND job_name = ANY(%(names)s) AND status = 'pending' AND NOT needs_satisfied
+RETURNING job_id
+"""
+_ENQUEUE = """
+INSERT INTO dispatch_queue (id, run_id, workflow_name, job_name, runs_on_labels, runs_on_patterns, exclude_labels,
+                            exclude_patterns, required_labels, job_config, repo_url, ref, sha, delivery_id,
+                            provider, provider_context, routing_key, status)
+SELECT j.job_id, j.run_id, r.workflow_name, j.job_name, to_jsonb(j.required_labels),
+       COALESCE((SELECT jsonb_agg(m) FROM jsonb_array_elements(j.runs_on) m WHERE m->>'kind' <> 'exact'), '[]'),
+       COALESCE((SELECT jsonb_agg(m->'value') FROM jsonb_array_elements(j.exclude_labels) m
+                  WHERE m->>'kind' = 'exact'), '[]'),
+       COALESCE((SELECT jsonb_agg(m) FROM jsonb_array_elements(j.exclude_labels) m
+                  WHERE m->>'kind' <> 'exact'), '[]'),
+       j.required_labels, j.job_config, r.repo_url, r.ref, r.sha, r.delivery_id, r.provider, r.provider_context,
+       r.routing_key, 'pending'
+  FROM execution_jobs j JOIN execution_runs r ON r.run_id = j.run_id
+ WHERE j.job_id = ANY(%(ids)s)
+ON CONFLICT (id) DO NOTHING
+"""
+_SKIP = """
+UPDATE execution_jobs SET status = 'skipped', error_message = %(reason)s, completed_at = now(), updated_at = now()
+ WHERE run_id = %(run_id)s AND job_name = %(name)s AND status = 'pending'
+RETURNING job_id, job_name, matrix_values, runs_on
+"""
+_CONCLUDE = """
+UPDATE execution_runs
+   SET status = %(status)s, completed_at = now(),
+       duration_ms = (extract(epoch FROM now() - COALESCE(started_at, created_at)) * 1000)::bigint,
+       failure_reason = COALESCE(failure_reason, %(reason)s)
+ WHERE run_id = %(run_id)s AND status NOT IN ('success', 'failed', 'cancelled')
+RETURNING *
+"""
+_NOTIFY = "SELECT pg_notify('kici_jobs', %(payload)s)"
+_OUTBOX = "INSERT INTO platform_outbox (kind, payload) VALUES (%(kind)s, %(payload)s)"
+_HEARTBEAT = """
+UPDATE execution_jobs SET last_heartbeat_at = now() WHERE job_id = %(job_id)s AND status = 'running'
+"""
+_STEP_UPSERT = """
+INSERT INTO execution_steps (run_id, job_id, step_index, step_name, step_type, status, exit_code, error_message,
+                             started_at, completed_at, duration_ms)
+VALUES (%(run_id)s, %(job_id)s, %(step_index)s, %(step_name)s, %(step_type)s, %(status)s, %(exit_code)s,
+        %(error)s, CASE WHEN %(status)s = 'running' THEN now() END,
+        CASE WHEN %(terminal)s THEN now() END, %(duration_ms)s)
+ON CONFLICT (run_id, job_id, step_index) DO UPDATE
+   SET status = EXCLUDED.status, step_name = COALESCE(EXCLUDED.step_name, execution_steps.step_name),
+       step_type = COALESCE(EXCLUDED.step_type, execution_steps.step_type),
+       exit_code = COALESCE(EXCLUDED.exit_code, execution_steps.exit_code),
+       error_message = COALESCE(EXCLUDED.error_message, execution_steps.error_message),
+       started_at = COALESCE(execution_steps.started_at, EXCLUDED.started_at),
+       completed_at = COALESCE(EXCLUDED.completed_at, execution_steps.completed_at),
+       duration_ms = COALESCE(EXCLUDED.duration_ms, execution_steps.duration_ms)
+ WHERE execution_steps.status IN ('running', 'pending')
+RETURNING id
+"""
+_JOB_NAME = "SELECT j.run_id, j.job_name FROM execution_jobs j WHERE j.job_id = %(job_id)s AND j.run_id = %(run_id)s"
+_LOG_INSERT = """
+INSERT INTO log_chunks (run_id, job_id, step_index, seq, content, byte_count)
+SELECT %(run_id)s, %(job_id)s, %(step_index)s,
+       COALESCE((SELECT max(seq) + 1 FROM log_chunks WHERE job_id = %(job_id)s
+                  AND step_index IS NOT DISTINCT FROM %(step_index)s), 0),
+       %(content)s, %(bytes)s
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+_LOG_BYTES = """
+WITH j AS (UPDATE execution_jobs SET log_bytes = log_bytes + %(bytes)s WHERE job_id = %(job_id)s RETURNING run_id)
+UPDATE execution_runs SET log_bytes = log_bytes + %(bytes)s WHERE run_id = (SELECT run_id FROM j)
+"""
+
+
+def _ms(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+def _labels(runs_on: Any) -> list[JSONValue]:
+    if not isinstance(runs_on, list):
+        return []
+    return [m.get("value") if m.get("kind") == "exact" else f"/{m.get('source')}/{m.get('flags', '')}"
+            for m in runs_on if isinstance(m, dict)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartResult:
+    """What :meth:`PgRunStore.job_started` changed."""
+
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FinishResult:
+    """What :meth:`PgRunStore.finish_job` changed: ``changed`` False for a repeat (no-op)."""
+
+    changed: bool
+    run_id: str | None = None
+    queued: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+    run_status: str | None = None
+
+
+@dataclass(slots=True)
+class _Tx:
+    conn: Connection
+    outbox: list[tuple[str, JSONObject]] = field(default_factory=list)
+
+
+class PgRunStore:
+    """Job, step and log persistence plus run completion.
+
+    Args:
+        db: the pool.
+        forward: True in platform/hybrid mode: write ``platform_outbox`` rows in the same transactions.
+        instance_id: reported as ``orchestratorId`` on forwarded job statuses.
+    """
+
+    def __init__(self, db: Database, *, forward: bool = False, instance_id: str | None = None) -> None:
+        self._db = db
+        self._forward = forward
+        self._instance = instance_id
+
+    # ------------------------------------------------------------------------------------ outbox
+    def _job_forward(self, tx: _Tx, row: Mapping[str, Any], job_id: str, status: str) -> None:
+        if not self._forward:
+            return
+        msg: dict[str, JSONValue] = {
+            "type": "job.status.forward", "messageId": str(uuid.uuid4()), "runId": str(row["run_id"]),
+            "jobId": job_id, "jobName": row["job_name"], "status": status,
+            "agentId": row.get("agent_id"), "orchestratorId": self._instance,
+            "runsOnLabels": _labels(row.get("runs_on")),
+        }
+        if row.get("matrix_values"):
+            msg["matrixValues"] = row["matrix_values"]
+        for key, col in (("startedAt", "started_at"), ("completedAt", "completed_at")):
+            if row.get(col) is not None:
+                msg[key] = _ms(row[col])
+        if row.get("duration_ms") is not None:
+            msg["durationMs"] = row["duration_ms"]
+        if row.get("error_message") is not None:
+            msg["errorMessage"] = row["error_message"]
+        if status in planning.TERMINAL_JOB_STATUSES:
+            msg["logBytes"] = int(row.get("log_bytes") or 0)
+        tx.outbox.append(("job.status.forward", msg))
+
+    def _run_forward(self, tx: _Tx, run: Mapping[str, Any], job_count: int) -> None:
+        if not self._forward:
+            return
+        msg: dict[str, JSONValue] = {
+            "type": "execution.status", "messageId": str(uuid.uuid4()), "runId": str(run["run_id"]),
+            "workflowName": run["workflow_name"], "status": run["status"],
+            "repoIdentifier": run.get("repo_identifier"), "repoProvider": run.get("provider"),
+            "sha": run.get("sha"), "ref": run.get("ref"), "jobCount": job_count,
+            "startedAt": _ms(run.get("started_at") or run.get("created_at")),
+        }
+        msg = {k: v for k, v in msg.items() if v is not None}
+        if run["status"] in TERMINAL_RUN:
+            msg["completedAt"] = _ms(run.get("completed_at"))
+            msg["durationMs"] = run.get("duration_ms")
+            msg["logBytes"] = int(run.get("log_bytes") or 0)
+            if run["status"] == "failed" and run.get("failure_reason"):
+                msg["failureReason"] = run["failure_reason"]
+        tx.outbox.append(("execution.status", msg))
+
+    async def _flush(self, tx: _Tx) -> None:
+        for kind, payload in tx.outbox:
+            await tx.conn.execute(_OUTBOX, {"kind": kind, "payload": Jsonb(payload)})
+        tx.outbox.clear()
+
+    # ------------------------------------------------------------------------------------ job status
+    async def job_started(self, job_id: str, *, agent_id: str | None) -> StartResult:
+        """``job.status running`` (or a reclaim): job -> ``running`` (``started_at`` set once), run -> ``running``.
+        A job already terminal is left alone."""
+        async with self._db.transaction() as conn:
+            tx = _Tx(conn)
+            cur = await conn.execute(_START_JOB, {"job_id": job_id, "agent_id": agent_id,
+                                                  "from": ["pending", "queued", "running", "recovering"]})
+            row = await cur.fetchone()
+            if row is None:
+                return StartResult(changed=False)
+            self._job_forward(tx, row, job_id, "running")
+            cur = await conn.execute(_START_RUN, {"run_id": row["run_id"]})
+            run = await cur.fetchone()
+            if run is not None:
+                self._run_forward(tx, run, 0)
+            await self._flush(tx)
+            return StartResult(changed=True)
+
+    async def set_job_status(self, job_id: str, status: str, *, from_statuses: Sequence[str]) -> bool:
+        """A guarded non-terminal change (``cancelling``, ``recovering``); True when applied."""
+        async with self._db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE execution_jobs SET status = %(status)s, updated_at = now() "
+                "WHERE job_id = %(job_id)s AND status = ANY(%(from)s) "
+                "RETURNING run_id, job_name, matrix_values, started_at, agent_id, runs_on",
+                {"job_id": job_id, "status": status, "from": list(from_statuses)})
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            tx = _Tx(conn)
+            self._job_forward(tx, row, job_id, status)
+            await self._flush(tx)
+            return True
+
+    async def finish_job(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        outputs: JSONValue = None,
+        row_status: str = "completed",
+        pending_row_status: str = "expired",
+        require_row: str | None = None,
+    ) -> FinishResult:
+        """End a job with a terminal ``status`` and run what follows, in one transaction (module docstring).
+
+        ``row_status`` is the dispatch row's new status when it was dispatched/recovering (``completed`` for
+        an agent's report, ``failed`` when the orchestrator ends the job); ``pending_row_status`` when it was
+        still pending. A job already terminal makes this a no-op (``changed=False``); so does a dispatch row
+        whose status is not ``require_row`` when that is given (a recovery window that a reclaim beat).
+
+        Raises:
+            InvalidInput: ``status`` is not a terminal job status.
+            StorageUnavailable: the database is unreachable.
+        """
+        if status not in planning.TERMINAL_JOB_STATUSES:
+            raise errors.InvalidInput(f"{status!r} is not a terminal job status")
+        async with self._db.transaction() as conn:
+            cur = await conn.execute(_JOB_RUN, {"job_id": job_id})
+            found = await cur.fetchone()
+            if found is None:
+                return FinishResult(changed=False)
+            run_id = found["run_id"]
+            await conn.execute(_LOCK_RUN, {"run_id": run_id})
+            if require_row is not None:
+                cur = await conn.execute("SELECT status FROM dispatch_queue WHERE id = %(id)s FOR UPDATE",
+                                         {"id": job_id})
+                queue_row = await cur.fetchone()
+                if queue_row is None or queue_row["status"] != require_row:
+                    return FinishResult(changed=False, run_id=str(run_id))
+            cur = await conn.execute(_END_JOB, {
+                "job_id": job_id, "status": status, "error": error,
+                "outputs": None if outputs is None else Jsonb(outputs), "from": ACTIVE_JOB,
+            })
+            row = await cur.fetchone()
+            if row is None:
+                return FinishResult(changed=False, run_id=str(run_id))
+            tx = _Tx(conn)
+            self._job_forward(tx, row, job_id, status)
+            await conn.execute(_END_ROW, {"job_id": job_id, "row_status": row_status,
+                                          "pending_to": pending_row_status})
+            await conn.execute(_CANCEL_STEPS, {"job_id": job_id})
+            result = await self._after_terminal(tx, str(run_id))
+            await self._flush(tx)
+            return result
+
+    async def _after_terminal(self, tx: _Tx, run_id: str) -> FinishResult:
+        """Release downstream jobs, skip unmet ones, conclude the run (inside the caller's transaction)."""
+        conn = tx.conn
+        cur = await conn.execute(_RUN_JOBS, {"run_id": run_id})
+        jobs = await cur.fetchall()
+        cur = await conn.execute(_RUN_NEEDS, {"run_id": run_id})
+        edges: dict[str, list[planning.Edge]] = {j["job_name"]: [] for j in jobs}
+        for need in await cur.fetchall():
+            if need["job_name"] in edges and need["upstream_name"] in edges:
+                edges[need["job_name"]].append(
+                    planning.Edge(upstream=need["upstream_name"], run_on=frozenset(need["run_on"])))
+        statuses = {j["job_name"]: j["status"] for j in jobs}
+        released = frozenset(j["job_name"] for j in jobs if j["needs_satisfied"])
+        decision = planning.release(planning.needs_graph(edges), statuses, released=released)
+        queued: list[str] = []
+        skipped: list[str] = []
+        for skip in decision.skipped:
+            cur = await conn.execute(_SKIP, {"run_id": run_id, "name": skip.job, "reason": skip.reason})
+            row = await cur.fetchone()
+            if row is not None:
+                statuses[skip.job] = "skipped"
+                skipped.append(str(row["job_id"]))
+                self._job_forward(tx, {**row, "run_id": run_id, "error_message": skip.reason},
+                                  str(row["job_id"]), "skipped")
+        if decision.runnable:
+            cur = await conn.execute(_RELEASE, {"run_id": run_id, "names": list(decision.runnable)})
+            queued = [str(r["job_id"]) for r in await cur.fetchall()]
+            if queued:
+                await conn.execute(_ENQUEUE, {"ids": queued})
+                await conn.execute(_NOTIFY, {"payload": run_id})
+        run_status = await self._conclude(tx, run_id, statuses)
+        return FinishResult(changed=True, run_id=run_id, queued=tuple(queued), skipped=tuple(skipped),
+                            run_status=run_status)
+
+    async def _conclude(self, tx: _Tx, run_id: str, statuses: Mapping[str, str]) -> str | None:
+        conclusion = planning.conclude(statuses)
+        if conclusion is None:
+            return None
+        cur = await tx.conn.execute(_CONCLUDE, {"run_id": run_id, "status": conclusion.status,
+                                                "reason": conclusion.description})
+        run = await cur.fetchone()
+        if run is None:
+            return None
+        self._run_forward(tx, run, len(statuses))
+        return conclusion.status
+
+    # ------------------------------------------------------------------------------------ steps, logs
+    async def job_heartbeat(self, job_id: str) -> None:
+        """``job.heartbeat``: ``last_heartbeat_at = now()``, only while the job is ``running``."""
+        async with self._db.connection() as conn:
+            await conn.execute(_HEARTBEAT, {"job_id": job_id})
+
+    async def step_status(self, *, run_id: str, job_id: str, step_index: int, step_name: str, state: str,
+                          data: Mapping[str, Any] | None, step_type: str | None,
+                          extra: Mapping[str, JSONValue] | None = None) -> bool:
+        """Record a ``step.status`` (insert or guarded update: a terminal step stays terminal)."""
+        data = data or {}
+        stype = step_type or (data.get("step_type") if isinstance(data.get("step_type"), str) else None)
+        exit_code = data.get("exitCode") if isinstance(data.get("exitCode"), int) else None
+        error = data.get("error") if isinstance(data.get("error"), str) else None
+        duration = data.get("durationMs") if isinstance(data.get("durationMs"), int | float) else None
+        async with self._db.transaction() as conn:
+            cur = await conn.execute(_JOB_NAME, {"job_id": job_id, "run_id": run_id})
+            job = await cur.fetchone()
+            if job is None:
+                return False
+            cur = await conn.execute(_STEP_UPSERT, {
+                "run_id": run_id, "job_id": job_id, "step_index": step_index, "step_name": step_name,
+                "step_type": stype, "status": state, "exit_code": exit_code, "error": error,
+                "terminal": state not in ("running", "pending"),
+                "duration_ms": None if duration is None else int(duration),
+            })
+            if await cur.fetchone() is None:
+                return False
+            if self._forward:
+                msg: dict[str, JSONValue] = {"type": "step.status.forward", "messageId": str(uuid.uuid4()),
+                                   "runId": run_id, "jobId": job_id, "jobName": job["job_name"],
+                                   "stepIndex": step_index, "stepName": step_name, "state": state}
+                rest = {k: v for k, v in data.items()
+                        if k not in ("secretsAccessed", "concurrencyKind", "groupId")}
+                if rest:
+                    msg["data"] = rest
+                for key in ("secretsAccessed", "concurrencyKind", "groupId"):
+                    value = (extra or {}).get(key, data.get(key))
+                    if value is not None:
+                        msg[key] = value
+                await conn.execute(_OUTBOX, {"kind": "step.status.forward", "payload": Jsonb(msg)})
+            return True
+
+    async def append_log(self, *, run_id: str, job_id: str, step_index: int, lines: Sequence[str]) -> bool:
+        """Append one ``log.chunk`` (``stepIndex -1`` is stored as the job-level bucket, NULL)."""
+        content = "\n".join(lines)
+        size = len(content.encode())
+        index = None if step_index < 0 else step_index
+        async with self._db.transaction() as conn:
+            cur = await conn.execute(_JOB_NAME, {"job_id": job_id, "run_id": run_id})
+            if await cur.fetchone() is None:
+                return False
+            for _ in range(5):  # two writers for one (job, step) race on seq: retry
+                cur = await conn.execute(_LOG_INSERT, {"run_id": run_id, "job_id": job_id, "step_index": index,
+                                                       "content": content, "bytes": size})
+                if await cur.fetchone() is not None:
+                    break
+            await conn.execute(_LOG_BYTES, {"job_id": job_id, "bytes": size})
+            if self._forward:
+                await conn.execute(_OUTBOX, {"kind": "log.chunk", "payload": Jsonb({
+                    "type": "log.chunk", "messageId": str(uuid.uuid4()), "runId": run_id, "jobId": job_id,
+                    "stepIndex": step_index, "lines": list(lines)})})
+            return True
+
+    # ------------------------------------------------------------------------------------ cancel
+    async def begin_cancel(self, run_id: str, *, reason: str, cancelled_by: str | None) -> list[dict[str, Any]]:
+        """Start cancelling a run: waiting jobs -> ``cancelled``, pending queue rows -> ``expired``, attribution.
+        Returns the run's dispatched/recovering rows (``id``, ``agent_id``, ``status``).
+
+        Raises:
+            NotFound: no such run.
+            Conflict: the run is already terminal (message = its status).
+        """
+        async with self._db.transaction() as conn:
+            cur = await conn.execute(_LOCK_RUN, {"run_id": run_id})
+            run = await cur.fetchone()
+            if run is None:
+                raise errors.NotFound(f"Run {run_id} not found")
+            if run["status"] in TERMINAL_RUN:
+                raise errors.Conflict(run["status"])
+            tx = _Tx(conn)
+            cur = await conn.execute(
+                "UPDATE execution_jobs SET status = 'cancelled', error_message = %(reason)s, completed_at = now(),"
+                " updated_at = now() WHERE run_id = %(run_id)s AND status IN ('pending', 'queued')"
+                " AND job_id NOT IN (SELECT id FROM dispatch_queue WHERE run_id = %(run_id)s"
+                "                    AND status IN ('dispatched', 'recovering'))"
+                " RETURNING job_id, run_id, job_name, matrix_values, agent_id, runs_on, error_message",
+                {"run_id": run_id, "reason": reason})
+            for row in await cur.fetchall():
+                self._job_forward(tx, row, str(row["job_id"]), "cancelled")
+            await conn.execute("UPDATE dispatch_queue SET status = 'expired' WHERE run_id = %(run_id)s"
+                               " AND status = 'pending'", {"run_id": run_id})
+            await conn.execute(
+                "UPDATE execution_runs SET cancelled_by = COALESCE(cancelled_by, %(by)s),"
+                " failure_reason = COALESCE(failure_reason, %(reason)s) WHERE run_id = %(run_id)s",
+                {"run_id": run_id, "by": cancelled_by, "reason": reason})
+            cur = await conn.execute("SELECT id, agent_id, recovery_agent_id, status FROM dispatch_queue"
+                                     " WHERE run_id = %(run_id)s AND status IN ('dispatched', 'recovering')",
+                                     {"run_id": run_id})
+            held = [dict(r) for r in await cur.fetchall()]
+            await self._flush(tx)
+            return held
+
+    async def settle_cancel(self, run_id: str, *, reason: str, notified: bool) -> str:
+        """Finish a cancel: with agents notified the run becomes ``cancelling`` (it ends when they report);
+        otherwise every remaining job is ``cancelled`` and the run concluded now. Returns the run's status."""
+        async with self._db.transaction() as conn:
+            tx = _Tx(conn)
+            cur = await conn.execute(_LOCK_RUN, {"run_id": run_id})
+            run = await cur.fetchone()
+            if run is None or run["status"] in TERMINAL_RUN:
+                return "cancelled" if run is None else str(run["status"])
+            if notified:
+                cur = await conn.execute("UPDATE execution_runs SET status = 'cancelling' WHERE run_id = %(run_id)s"
+                                         " AND status IN ('pending', 'running') RETURNING *", {"run_id": run_id})
+                updated = await cur.fetchone()
+                if updated is not None:
+                    self._run_forward(tx, updated, 0)
+                await self._flush(tx)
+                return "cancelling"
+            cur = await conn.execute(
+                "UPDATE execution_jobs SET status = 'cancelled', error_message = COALESCE(error_message, %(reason)s),"
+                " completed_at = now(), updated_at = now() WHERE run_id = %(run_id)s AND status = ANY(%(from)s)"
+                " RETURNING job_id, run_id, job_name, matrix_values, agent_id, runs_on, error_message",
+                {"run_id": run_id, "reason": reason, "from": ACTIVE_JOB})
+            for row in await cur.fetchall():
+                self._job_forward(tx, row, str(row["job_id"]), "cancelled")
+            await conn.execute("UPDATE dispatch_queue SET status = 'failed' WHERE run_id = %(run_id)s"
+                               " AND status IN ('dispatched', 'recovering')", {"run_id": run_id})
+            cur = await conn.execute(_RUN_JOBS, {"run_id": run_id})
+            statuses = {j["job_name"]: j["status"] for j in await cur.fetchall()}
+            status = await self._conclude(tx, run_id, statuses)
+            if status is None:  # a run without jobs
+                cur = await conn.execute(_CONCLUDE, {"run_id": run_id, "status": "cancelled", "reason": None})
+            await self._flush(tx)
+            return status or "cancelled"
+
+    # ------------------------------------------------------------------------------------ reads (admin)
+    async def list_runs(self, *, statuses: Sequence[str] = (), workflow: str | None = None, repo: str | None = None,
+                        since: datetime | None = None, routing_key: str | None = None, limit: int = 20,
+                        offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Runs newest first, with the total matching count."""
+        params = {"st": list(statuses) or None, "wf": workflow, "repo": repo, "since": since, "rk": routing_key,
+                  "limit": limit, "offset": offset}
+        where = (" WHERE (%(st)s::text[] IS NULL OR status = ANY(%(st)s))"
+                 " AND (%(wf)s::text IS NULL OR workflow_name = %(wf)s)"
+                 " AND (%(repo)s::text IS NULL OR repo_identifier = %(repo)s)"
+                 " AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)"
+                 " AND (%(rk)s::text IS NULL OR routing_key = %(rk)s)")
+        async with self._db.connection() as conn:
+            cur = await conn.execute("SELECT count(*) AS n FROM execution_runs" + where, params)  # type: ignore[operator]
+            row = await cur.fetchone()
+            total = int(row["n"]) if row else 0
+            cur = await conn.execute(
+                "SELECT r.*, (SELECT count(*) FROM execution_jobs j WHERE j.run_id = r.run_id) AS job_count"
+                " FROM execution_runs r" + where.replace("status", "r.status")  # type: ignore[operator]
+                + " ORDER BY r.created_at DESC, r.run_id LIMIT %(limit)s OFFSET %(offset)s", params)
+            return [dict(r) for r in await cur.fetchall()], total
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """One run row, or None (also for a malformed id)."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute("SELECT r.*, (SELECT count(*) FROM execution_jobs j WHERE j.run_id = r.run_id)"
+                                     " AS job_count FROM execution_runs r WHERE r.run_id::text = %(id)s",
+                                     {"id": run_id})
+            row = await cur.fetchone()
+            return None if row is None else dict(row)
+
+    async def list_jobs(self, run_id: str, *, include_steps: bool = False) -> list[dict[str, Any]]:
+        """The run's jobs (with needs, dispatch row status and, optionally, steps) in creation order."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT j.*, q.status AS queue_status, q.dispatch_attempts, q.agent_id AS queue_agent_id"
+                " FROM execution_jobs j LEFT JOIN dispatch_queue q ON q.id = j.job_id"
+                " WHERE j.run_id::text = %(id)s ORDER BY j.created_at, j.job_name", {"id": run_id})
+            jobs = [dict(r) for r in await cur.fetchall()]
+            cur = await conn.execute("SELECT job_name, upstream_name, run_on FROM execution_job_needs"
+                                     " WHERE run_id::text = %(id)s ORDER BY upstream_name", {"id": run_id})
+            needs: dict[str, list[dict[str, Any]]] = {}
+            for n in await cur.fetchall():
+                needs.setdefault(n["job_name"], []).append({"upstreamName": n["upstream_name"],
+                                                            "runOn": list(n["run_on"])})
+            steps: dict[Any, list[dict[str, Any]]] = {}
+            if include_steps:
+                cur = await conn.execute("SELECT * FROM execution_steps WHERE run_id::text = %(id)s"
+                                         " ORDER BY job_id, step_index", {"id": run_id})
+                for s in await cur.fetchall():
+                    steps.setdefault(s["job_id"], []).append(dict(s))
+        for job in jobs:
+            job["needs"] = needs.get(job["job_name"], [])
+            if include_steps:
+                job["steps"] = steps.get(job["job_id"], [])
+        return jobs
+
+    async def logs(self, run_id: str, *, job_name: str | None = None, after: int = 0,
+                   limit: int = 1000) -> list[dict[str, Any]]:
+        """Log chunks of a run (or one job) in arrival order, those with ``id > after``."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT c.id, c.job_id, j.job_name, c.step_index, c.seq, c.content, c.created_at"
+                " FROM log_chunks c JOIN execution_jobs j ON j.job_id = c.job_id"
+                " WHERE c.run_id::text = %(id)s AND (%(job)s::text IS NULL OR j.job_name = %(job)s)"
+                " AND c.id > %(after)s ORDER BY c.id LIMIT %(limit)s",
+                {"id": run_id, "job": job_name, "after": after, "limit": limit})
+            return [dict(r) for r in await cur.fetchall()]

@@ -1,0 +1,123 @@
+"""``kici-admin runs``: list, show, cancel and logs of execution runs (commands on the ``runs`` group).
+
+Importing this module attaches the commands to :data:`kici_runtime.admin_cli.runs`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from kici_runtime.admin_cli import client, echo_json, runs, table
+
+__all__ = ["runs"]
+
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
+
+
+def _short(value: Any, n: int = 8) -> str:
+    return "" if value is None else str(value)[:n]
+
+
+@runs.command("list")
+@click.option("--status", help="Comma-separated statuses.")
+@click.option("--workflow-name")
+@click.option("--repo", help="owner/repo")
+@click.option("--since", help="ISO timestamp")
+@click.option("--count", is_flag=True, help="Print only the number of matching runs.")
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--offset", type=int, default=0, show_default=True)
+@_JSON
+@click.pass_context
+def runs_list(ctx: click.Context, status: str | None, workflow_name: str | None, repo: str | None,
+              since: str | None, count: bool, limit: int, offset: int, as_json: bool) -> None:
+    """List runs, newest first."""
+    out = client(ctx).request("GET", "/api/v1/admin/runs", params={
+        "status": status, "workflowName": workflow_name, "repo": repo, "since": since,
+        "count": "true" if count else None, "limit": limit, "offset": offset})
+    if as_json:
+        echo_json(out)
+        return
+    if count:
+        click.echo(str(out["total"]))
+        return
+    rows = [(r["runId"], r["workflowName"], r["status"], r.get("repoIdentifier"), r.get("ref"), r.get("jobCount"),
+             r.get("createdAt")) for r in out["runs"]]
+    click.echo(table(["RUN", "WORKFLOW", "STATUS", "REPO", "REF", "JOBS", "CREATED"], rows))
+    click.echo(f"{len(rows)} of {out['total']} run(s)")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@_JSON
+@click.pass_context
+def runs_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
+    """Show a run, its jobs and their steps; waiting jobs say why no agent took them."""
+    api = client(ctx)
+    run = api.request("GET", f"/api/v1/admin/runs/{run_id}")
+    jobs = api.request("GET", f"/api/v1/admin/runs/{run_id}/jobs", params={"includeSteps": "true"})
+    if as_json:
+        echo_json({"run": run, "jobs": jobs["jobs"]})
+        return
+    click.echo(f"Run {run['runId']}  {run['workflowName']}  {run['status']}")
+    for key in ("repoIdentifier", "ref", "sha", "createdAt", "startedAt", "completedAt", "failureReason"):
+        if run.get(key):
+            click.echo(f"  {key}: {run[key]}")
+    rows = []
+    for job in jobs["jobs"]:
+        needs = ", ".join(n["upstreamName"] for n in job.get("needs", []))
+        rows.append((job["jobName"], job["status"], job.get("agentId"), needs, job.get("errorMessage")
+                     or job.get("waitingReason")))
+    click.echo("")
+    click.echo(table(["JOB", "STATUS", "AGENT", "NEEDS", "DETAIL"], rows))
+    for job in jobs["jobs"]:
+        for step in job.get("steps", []):
+            click.echo(f"  {job['jobName']} / {step['stepIndex']} {step.get('stepName') or ''}: {step['status']}")
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--force", is_flag=True, help="Skip grace periods and hooks on the agents.")
+@_JSON
+@click.pass_context
+def runs_cancel(ctx: click.Context, run_id: str, force: bool, as_json: bool) -> None:
+    """Cancel a run."""
+    out = client(ctx).request("POST", f"/api/v1/admin/runs/{run_id}/cancel", body={"force": force} if force else {})
+    if as_json:
+        echo_json(out)
+        return
+    click.echo(f"Run {run_id}: {out['status']}")
+
+
+@runs.command("logs")
+@click.argument("run_id")
+@click.option("--job", "job_name", help="Only this job (expanded name).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Poll interval with --follow.")
+@_JSON
+@click.pass_context
+def runs_logs(ctx: click.Context, run_id: str, job_name: str | None, follow: bool, interval: float,
+              as_json: bool) -> None:
+    """Print a run's log lines (prefixed with the job name when not filtered)."""
+    api = client(ctx)
+    after = 0
+    while True:
+        out = api.request("GET", f"/api/v1/admin/runs/{run_id}/logs", params={"job": job_name, "after": after})
+        for chunk in out["chunks"]:
+            if as_json:
+                echo_json(chunk)
+                continue
+            prefix = "" if job_name else f"[{chunk['jobName']}] "
+            for line in chunk["lines"]:
+                click.echo(f"{prefix}{line}")
+        after = out["next"]
+        if not follow or out["chunks"]:
+            if not follow:
+                return
+            continue
+        run = api.request("GET", f"/api/v1/admin/runs/{run_id}")
+        if run["status"] in ("success", "failed", "cancelled"):
+            return
+        time.sleep(interval)

@@ -1,0 +1,155 @@
+"""Admin API for execution runs: list, show, jobs (with steps), logs, cancel (operations spec §2.2, agent spec §9).
+
+``routes(hub)`` gives the Starlette routes; they need the process's :class:`~kici_runtime.dispatcher.AgentHub`
+(cancel notifies agents; a waiting job's ``waitingReason`` comes from routing's explanation over the agents
+connected here).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from kici_core import errors
+from kici_runtime import admin_auth
+from kici_runtime.admin_auth import Caller
+from kici_runtime.context import AppContext
+from kici_runtime.dispatcher import AgentHub
+
+__all__ = ["routes"]
+
+PREFIX = "/api/v1/admin/runs"
+_CAMEL = {"run_id": "runId", "job_id": "jobId", "job_name": "jobName", "base_name": "baseName",
+          "workflow_name": "workflowName", "repo_identifier": "repoIdentifier", "routing_key": "routingKey",
+          "repo_url": "repoUrl", "created_at": "createdAt", "started_at": "startedAt", "completed_at": "completedAt",
+          "duration_ms": "durationMs", "failure_reason": "failureReason", "cancelled_by": "cancelledBy",
+          "delivery_id": "deliveryId", "job_count": "jobCount", "log_bytes": "logBytes",
+          "matrix_values": "matrixValues", "agent_id": "agentId", "error_message": "errorMessage",
+          "last_heartbeat_at": "lastHeartbeatAt", "queue_status": "queueStatus",
+          "dispatch_attempts": "dispatchAttempts", "step_index": "stepIndex", "step_name": "stepName",
+          "step_type": "stepType", "exit_code": "exitCode", "runs_on": "runsOn", "exclude_labels": "excludeLabels",
+          "needs_satisfied": "needsSatisfied", "triggered_by": "triggeredBy", "updated_at": "updatedAt"}
+_HIDDEN = {"job_config", "trigger_decision", "provider_context", "event_log_id", "org_id", "required_labels",
+           "ack_deadline", "ready_at", "queue_agent_id", "log_path", "id", "original_run_id", "outputs", "attempts"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Decimal):
+        return int(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _out(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {_CAMEL.get(k, k): _plain(v) for k, v in row.items() if k not in _HIDDEN}
+
+
+def _since(raw: str | None) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise admin_auth.validation([{"path": ["since"], "message": "must be an ISO timestamp"}]) from None
+
+
+def _int(raw: str | None, default: int, *, name: str, low: int, high: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise admin_auth.validation([{"path": [name], "message": "must be an integer"}]) from None
+    return max(low, min(high, value))
+
+
+def routes(hub: AgentHub) -> list[BaseRoute]:
+    """The run routes, bound to ``hub``."""
+
+    async def _run_or_404(run_id: str, caller: Caller) -> dict[str, Any]:
+        run = await hub.runs.get_run(run_id)
+        if run is None:
+            raise errors.NotFound(f"Run {run_id} not found")
+        caller.require_key(run.get("routing_key"))
+        return run
+
+    async def list_runs(request: Request, ctx: AppContext, caller: Caller) -> Response:
+        caller.require("run.read")
+        q = request.query_params
+        statuses = [s for s in (q.get("status") or "").split(",") if s]
+        limit = _int(q.get("limit"), 20, name="limit", low=1, high=100)
+        offset = _int(q.get("offset"), 0, name="offset", low=0, high=10**9)
+        rows, total = await hub.runs.list_runs(statuses=statuses, workflow=q.get("workflowName"), repo=q.get("repo"),
+                                               since=_since(q.get("since")), routing_key=caller.token.routing_key,
+                                               limit=limit, offset=offset)
+        if q.get("count") in ("true", "1"):
+            return JSONResponse({"total": total})
+        return JSONResponse({"runs": [_out(r) for r in rows], "total": total, "limit": limit, "offset": offset})
+
+    async def show_run(request: Request, ctx: AppContext, caller: Caller) -> Response:
+        caller.require("run.read")
+        run = await _run_or_404(request.path_params["run_id"], caller)
+        return JSONResponse(_out(run))
+
+    async def run_jobs(request: Request, ctx: AppContext, caller: Caller) -> Response:
+        caller.require("run.read")
+        run_id = request.path_params["run_id"]
+        await _run_or_404(run_id, caller)
+        include = request.query_params.get("includeSteps") in ("true", "1")
+        jobs = await hub.runs.list_jobs(run_id, include_steps=include)
+        out = []
+        for job in jobs:
+            item = _out(job)
+            if job.get("queue_status") == "pending" and job.get("status") in ("pending", "queued"):
+                try:
+                    item["waitingReason"] = hub.explain(job.get("runs_on") or [], job.get("exclude_labels") or [])
+                except errors.InvalidInput as exc:
+                    item["waitingReason"] = f"invalid label matchers: {exc.message}"
+            if include:
+                item["steps"] = [_out(s) for s in job.get("steps", [])]
+            out.append(item)
+        return JSONResponse({"jobs": out})
+
+    async def run_logs(request: Request, ctx: AppContext, caller: Caller) -> Response:
+        caller.require("run.read")
+        run_id = request.path_params["run_id"]
+        await _run_or_404(run_id, caller)
+        after = _int(request.query_params.get("after"), 0, name="after", low=0, high=2**62)
+        chunks = await hub.runs.logs(run_id, job_name=request.query_params.get("job") or None, after=after)
+        items = [{"id": c["id"], "jobId": str(c["job_id"]), "jobName": c["job_name"],
+                  "stepIndex": -1 if c["step_index"] is None else c["step_index"],
+                  "lines": (c["content"] or "").split("\n"), "createdAt": _plain(c["created_at"])} for c in chunks]
+        return JSONResponse({"chunks": items, "next": items[-1]["id"] if items else after})
+
+    async def cancel_run(request: Request, ctx: AppContext, caller: Caller) -> Response:
+        caller.require("run.cancel")
+        run_id = request.path_params["run_id"]
+        await _run_or_404(run_id, caller)
+        body = await admin_auth.json_body(request)
+        try:
+            result = await hub.cancel_run(run_id, force=body.get("force") is True, cancelled_by=caller.token.label)
+        except errors.Conflict as exc:
+            return JSONResponse({"error": "Run already in terminal state", "status": exc.message}, status_code=409)
+        return JSONResponse(result)
+
+    return [
+        Route(PREFIX, admin_auth.endpoint(list_runs), methods=["GET"]),
+        Route(PREFIX + "/{run_id}", admin_auth.endpoint(show_run), methods=["GET"]),
+        Route(PREFIX + "/{run_id}/jobs", admin_auth.endpoint(run_jobs), methods=["GET"]),
+        Route(PREFIX + "/{run_id}/logs", admin_auth.endpoint(run_logs), methods=["GET"]),
+        Route(PREFIX + "/{run_id}/cancel", admin_auth.endpoint(cancel_run), methods=["POST"]),
+    ]

@@ -1,0 +1,501 @@
+"""The dispatcher driver: runs the core :class:`~kici_core.dispatch.Dispatcher` against PostgreSQL and sockets.
+
+The core decides (which job goes to which agent, ack deadlines, requeues, recovery windows, stale jobs);
+this module feeds it inputs (pending queue rows found via ``LISTEN kici_jobs`` and a poll, agent sockets,
+agent messages, the clock) and executes the effects it returns, in order, under one lock. Agent reports are
+persisted through :class:`~kici_adapters.postgres.runs.PgRunStore` (a terminal job releases its ``needs``
+downstreams and concludes the run in one transaction). Sweeps that act on rows of other (possibly dead)
+processes run under ``pg_try_advisory_lock`` so one process does each at a time (ARCHITECTURE §5).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+import psycopg
+
+from kici_adapters import metrics
+from kici_adapters.agents import wire
+from kici_adapters.agents.endpoint import AgentConnection
+from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue, QueuedRow
+from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.runs import PgRunStore
+from kici_core import dispatch_effects as fx
+from kici_core import errors, routing
+from kici_core.dispatch import Dispatcher
+from kici_core.jsontypes import JSONObject, JSONValue
+from kici_core.states import JobStatus
+
+__all__ = ["AgentHub", "CloneToken"]
+
+log = logging.getLogger("kici.dispatch")
+
+CloneToken = Callable[[DispatchRow], Awaitable[str | None]]
+"""``row -> installation token`` for the row's source (None: no credential, e.g. a local source)."""
+
+SWEEP_LOCK = 0x6B696369_0002  # pg_try_advisory_lock key of the deadline sweeps
+STARTUP_LOCK = 0x6B696369_0003
+CANCEL_CHANNEL = "kici_cancel"
+JOBS_CHANNEL = "kici_jobs"
+TERMINAL_AGENT_STATES = frozenset({"success", "failed", "cancelled"})
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class AgentHub:
+    """Per-process agent registry and dispatcher driver (implements the endpoint's ``Hub``).
+
+    Args:
+        db: the pool (LISTEN uses a dedicated connection).
+        queue: the dispatch queue adapter.
+        runs: the run store.
+        config: core dispatcher timers.
+        instance_id: this process, as written to ``agents.connected_instance``.
+        clone_token: mints the clone credential of a row's source.
+        clock: wall-clock seconds (deadlines are stored as timestamps).
+    """
+
+    def __init__(self, *, db: Database, queue: PgDispatchQueue, runs: PgRunStore,
+                 config: fx.DispatcherConfig | None = None, instance_id: str = "local",
+                 clone_token: CloneToken | None = None, clock: Callable[[], float] = time.time,
+                 poll_seconds: float = 5.0, sweep_seconds: float = 10.0) -> None:
+        self._db = db
+        self.queue = queue
+        self.runs = runs
+        self.core = Dispatcher(config=config)
+        self.config = self.core.config
+        self.instance_id = instance_id
+        self._clone_token = clone_token
+        self._clock = clock
+        self._poll = poll_seconds
+        self._sweep = sweep_seconds
+        self._lock = anyio.Lock()
+        self._conns: dict[str, AgentConnection] = {}  # connection id -> socket
+        self._current: dict[str, AgentConnection] = {}  # agent id -> its current socket
+        self._refresh = anyio.Event()
+        self._tick = anyio.Event()
+        self.sent_dispatches = 0
+        self._run_ids: dict[str, str] = {}  # job id -> run id, for job.cancel
+
+    # ------------------------------------------------------------------------------------ endpoint Hub
+    def token_of(self, agent_id: str) -> str | None:
+        conn = self._current.get(agent_id)
+        return None if conn is None or conn.token is None else conn.token.id
+
+    def heartbeat(self, conn: AgentConnection) -> None:
+        if conn.agent_id is not None and self._current.get(conn.agent_id) is conn:
+            self.core.agent_heartbeat(agent_id=conn.agent_id, now=self._clock())
+
+    async def register(self, conn: AgentConnection, msg: wire.AgentRegister, labels: routing.AgentLabels) -> None:
+        in_flight = [j.jobId for j in msg.inFlightJobs]
+        reclaimable = await self.queue.reclaimable(msg.agentId, in_flight) if in_flight else []
+        async with self._lock:
+            now = self._clock()
+            for job_id, run_id, deadline in reclaimable:
+                self.core.job_recovering(job_id=job_id, run_id=run_id, agent_id=msg.agentId,
+                                         deadline=deadline or now + self.config.recovery_grace)
+            self._conns[conn.connection_id] = conn
+            previous = self._current.get(msg.agentId)
+            self._current[msg.agentId] = conn
+            if previous is not None and previous is not conn:
+                self._conns.pop(previous.connection_id, None)
+                self._conns[previous.connection_id] = previous  # kept until its CloseAgent effect ran
+            effects = self.core.agent_registered(
+                agent_id=msg.agentId, connection_id=conn.connection_id, labels=labels, now=now,
+                max_concurrency=msg.maxConcurrency or 1, in_flight_jobs=in_flight)
+            metrics.agents_active.set(len(self.core.agent_ids()))
+            try:
+                await self.queue.agent_connected(
+                    agent_id=msg.agentId, labels=sorted(labels.effective), mandatory=sorted(labels.mandatory_labels),
+                    platform=msg.platform, arch=msg.arch, version=msg.version, hostname=msg.hostname,
+                    max_concurrency=msg.maxConcurrency or 1, token_id=conn.token.id if conn.token else None,
+                    instance_id=self.instance_id,
+                    metadata={k: v for k, v in msg.model_dump(exclude={"labels", "inFlightJobs", "type"}).items()
+                              if v is not None})
+            except errors.Unavailable as exc:
+                log.warning("could not record agent registration", extra={"agentId": msg.agentId, "error": str(exc)})
+            await self._run(effects)
+        log.info("Agent registered", extra={"agentId": msg.agentId, "labels": sorted(labels.effective),
+                                            "inFlight": len(in_flight)})
+
+    async def gone(self, conn: AgentConnection) -> None:
+        agent_id = conn.agent_id
+        if agent_id is None:
+            return
+        async with self._lock:
+            self._conns.pop(conn.connection_id, None)
+            current = self._current.get(agent_id) is conn
+            if current:
+                del self._current[agent_id]
+            effects = self.core.agent_gone(agent_id=agent_id, connection_id=conn.connection_id, now=self._clock())
+            metrics.agents_active.set(len(self.core.agent_ids()))
+            await self._run(effects)
+        if current:
+            try:
+                await self.queue.agent_disconnected(agent_id, instance_id=self.instance_id)
+            except errors.Unavailable:
+                pass
+        log.info("Agent disconnected", extra={"agentId": agent_id, "code": conn.close_code})
+
+    async def handle(self, conn: AgentConnection, msg: dict[str, Any], model: Any) -> None:
+        kind = msg.get("type")
+        agent_id = conn.agent_id
+        assert agent_id is not None
+        job_id = msg.get("jobId")
+        if kind in ("agent.status", "config.ack", "agent.log", "run.event", "job.context") or not isinstance(job_id, str):
+            return
+        if not await self._owns(conn, job_id):
+            return
+        run_id = str(msg.get("runId", ""))
+        if isinstance(model, wire.JobAck):
+            await self._core_call(lambda now: self.core.job_acked(agent_id=agent_id, job_id=job_id, now=now))
+        elif isinstance(model, wire.JobReject):
+            await self._core_call(lambda now: self.core.job_rejected(agent_id=agent_id, job_id=job_id,
+                                                                     reason=model.reason, now=now))
+        elif isinstance(model, wire.JobStatusMsg):
+            await self._job_status(agent_id, job_id, model)
+        elif isinstance(model, wire.StepStatusMsg):
+            await self.runs.step_status(run_id=run_id, job_id=job_id, step_index=model.stepIndex,
+                                        step_name=model.stepName, state=model.state, data=model.data,
+                                        step_type=model.step_type,
+                                        extra={"secretsAccessed": model.secretsAccessed} if model.secretsAccessed
+                                        else None)
+        elif kind == "log.chunk":
+            await self.runs.append_log(run_id=run_id, job_id=job_id, step_index=int(msg["stepIndex"]),
+                                       lines=msg["lines"])
+        elif isinstance(model, wire.JobHeartbeat):
+            self.core.job_heartbeat(agent_id=agent_id, job_id=job_id, now=self._clock())
+            await self.runs.job_heartbeat(job_id)
+
+    async def _owns(self, conn: AgentConnection, job_id: str) -> bool:
+        assert conn.agent_id is not None
+        if self.core.owns(conn.agent_id, job_id, now=self._clock()) or await self.queue.owned(conn.agent_id, job_id):
+            return True
+        now = time.monotonic()
+        conn.violations = [t for t in conn.violations if now - t < 60.0] + [now]
+        log.warning("dropped a message about a job the agent does not own",
+                    extra={"agentId": conn.agent_id, "jobId": job_id})
+        if len(conn.violations) >= 5:
+            await conn.close(1001, f"Ownership violations: job {job_id} is not assigned to this agent")
+        return False
+
+    async def _job_status(self, agent_id: str, job_id: str, msg: wire.JobStatusMsg) -> None:
+        state = msg.state
+        if state == "running":
+            await self.runs.job_started(job_id, agent_id=agent_id)
+            await self._core_call(lambda now: self.core.job_status(agent_id=agent_id, job_id=job_id, state=state,
+                                                                   now=now))
+        elif state in TERMINAL_AGENT_STATES:
+            data = msg.data or {}
+            error = data.get("error") if isinstance(data.get("error"), str) else None
+            outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else None
+            result = await self.runs.finish_job(job_id, state, error=error, outputs=outputs)
+            await self._core_call(lambda now: self.core.job_status(agent_id=agent_id, job_id=job_id, state=state,
+                                                                   now=now), queued=result.queued)
+            if result.run_status is not None:
+                log.info("Run finished", extra={"runId": result.run_id, "status": result.run_status})
+        elif state == "cancelling":
+            await self.runs.set_job_status(job_id, "cancelling", from_statuses=["running"])
+
+    # ------------------------------------------------------------------------------------ queue inputs
+    async def _core_call(self, call: Callable[[float], list[fx.Effect]], *, queued: Sequence[str] = ()) -> None:
+        async with self._lock:
+            effects = call(self._clock())
+            if queued:
+                effects += await self._feed(await self.queue.pending(ids=list(queued)))
+            await self._run(effects)
+
+    async def _feed(self, rows: Sequence[QueuedRow]) -> list[fx.Effect]:
+        """Teach the core pending rows it does not know yet (caller holds the lock)."""
+        known = set(self.core.queued())
+        effects: list[fx.Effect] = []
+        for row in rows:
+            if row.job_id in known or self.core.assignment(row.job_id) is not None:
+                continue
+            try:
+                selector = routing.compile_selector(row.runs_on, row.exclude_labels)
+            except errors.InvalidInput as exc:
+                effects.append(fx.FailJob(job_id=row.job_id, status=JobStatus.failed,
+                                          reason=f"invalid runsOn/excludeLabels: {exc}"))
+                continue
+            effects += self.core.job_queued(job_id=row.job_id, run_id=row.run_id, selector=selector,
+                                            created_at=row.created_at, now=self._clock(), attempts=row.attempts,
+                                            expires_at=row.expires_at)
+        return effects
+
+    async def refresh(self) -> None:
+        """Load every pending row into the core and dispatch what fits."""
+        rows = await self.queue.pending()
+        async with self._lock:
+            await self._run(await self._feed(rows))
+
+    def why_waiting(self, job_id: str) -> str | None:
+        """The routing explanation for a job queued in this process, if any."""
+        explanation = self.core.why_waiting(job_id)
+        return None if explanation is None else explanation.message
+
+    def explain(self, runs_on: Sequence[JSONObject], exclude: Sequence[JSONObject]) -> str:
+        """Why no connected agent of this process takes a job with these matchers."""
+        labels = {a: view.labels for a in self.core.agent_ids() if (view := self.core.agent(a)) is not None}
+        return routing.explain_waiting(routing.compile_selector(runs_on, exclude), labels).message
+
+    # ------------------------------------------------------------------------------------ effects
+    async def _run(self, effects: list[fx.Effect]) -> None:
+        """Execute effects in order (caller holds the lock). A lost claim skips its send and withdraws."""
+        work = list(effects)
+        withdrawn: set[str] = set()
+        while work:
+            eff = work.pop(0)
+            try:
+                more = await self._effect(eff, withdrawn)
+            except errors.Unavailable as exc:
+                log.warning("dispatch effect failed: storage unavailable", extra={"effect": type(eff).__name__,
+                                                                                  "error": str(exc)})
+                continue
+            work[:0] = more
+
+    async def _effect(self, eff: fx.Effect, withdrawn: set[str]) -> list[fx.Effect]:
+        if isinstance(eff, fx.MarkDispatched):
+            if await self.queue.claim(eff.job_id, agent_id=eff.agent_id, ack_deadline=eff.ack_deadline):
+                withdrawn.discard(eff.job_id)
+                return []
+            withdrawn.add(eff.job_id)
+            return self.core.job_withdrawn(job_id=eff.job_id, now=self._clock())
+        if isinstance(eff, fx.SendDispatch):
+            if eff.job_id not in withdrawn:
+                await self._send_dispatch(eff.agent_id, eff.job_id)
+            return []
+        if isinstance(eff, fx.SendRegisterAck):
+            conn = self._conns.get(eff.connection_id)
+            if conn is not None:
+                await conn.send({"type": "register.ack", "agentId": eff.agent_id, "labels": list(conn.wire_labels),
+                                 "scalerManaged": False})
+            return []
+        if isinstance(eff, fx.AckResolved):
+            await self.queue.ack_resolved(eff.job_id)
+            return []
+        if isinstance(eff, fx.SendCancel):
+            conn = self._current.get(eff.agent_id)
+            if conn is not None:
+                msg: dict[str, JSONValue] = {"type": "job.cancel", "messageId": str(uuid.uuid4()),
+                                             "runId": self._run_of(eff.job_id), "jobId": eff.job_id,
+                                             "reason": eff.reason}
+                if eff.force:
+                    msg["force"] = True
+                await conn.send(msg)
+            return []
+        if isinstance(eff, fx.CloseAgent):
+            conn = self._conns.pop(eff.connection_id, None)
+            if conn is not None:
+                if self._current.get(eff.agent_id) is conn:
+                    del self._current[eff.agent_id]
+                await conn.close(eff.code, eff.reason)
+            metrics.agents_active.set(len(self.core.agent_ids()))
+            return []
+        if isinstance(eff, fx.Requeue):
+            await self.queue.requeue(eff.job_id, attempts=eff.attempts)
+            log.info("Job requeued", extra={"jobId": eff.job_id, "attempts": eff.attempts, "context": eff.context})
+            return []
+        if isinstance(eff, fx.FailJob):
+            guard = {fx.REASON_RECOVERY_EXPIRED: "recovering", fx.REASON_QUEUE_EXPIRED: "pending"}.get(eff.reason)
+            result = await self.runs.finish_job(eff.job_id, str(eff.status), error=eff.reason, row_status="failed",
+                                                require_row=guard)
+            return await self._feed(await self.queue.pending(ids=list(result.queued))) if result.queued else []
+        if isinstance(eff, fx.MarkRecovering):
+            await self.queue.mark_recovering(eff.job_id, agent_id=eff.agent_id, deadline=eff.deadline)
+            return []
+        if isinstance(eff, fx.Reclaim):
+            if await self.queue.reclaim(eff.job_id, agent_id=eff.agent_id):
+                log.info("Job reclaimed", extra={"jobId": eff.job_id, "agentId": eff.agent_id})
+            return []
+        raise AssertionError(f"unknown effect {eff!r}")
+
+    def _run_of(self, job_id: str) -> str:
+        return self._run_ids.get(job_id, "")
+
+    async def _send_dispatch(self, agent_id: str, job_id: str) -> None:
+        conn = self._current.get(agent_id)
+        row = await self.queue.load(job_id)
+        if conn is None or row is None:
+            return
+        self._run_ids[job_id] = row.run_id
+        try:
+            message = await self._dispatch_message(row)
+            wire.check_dispatch(message)
+        except (errors.KiciError, wire.InvalidMessage) as exc:
+            # No credential or a malformed job: fail it now rather than waiting out the ack deadline.
+            log.warning("cannot build job.dispatch", extra={"jobId": job_id, "error": str(exc)})
+            await self._run(self.core.cancel_requested(job_id=job_id, reason=f"dispatch failed: {exc}",
+                                                       now=self._clock()))
+            return
+        if await conn.send(message):
+            self.sent_dispatches += 1
+            metrics.jobs_dispatched.inc()
+
+    async def _dispatch_message(self, row: DispatchRow) -> dict[str, JSONValue]:
+        config: dict[str, JSONValue] = {k: v for k, v in row.job_config.items()
+                                        if k not in wire.STRIPPED_JOB_CONFIG_KEYS}
+        config.setdefault("workflowName", row.workflow_name)
+        config.setdefault("name", row.job_name)
+        config.setdefault("baseJobName", row.base_name)
+        if row.provider:
+            config.setdefault("provider", row.provider)
+        base = row.repo_url[:-4] if row.repo_url.endswith(".git") else row.repo_url
+        msg: dict[str, JSONValue] = {
+            "type": "job.dispatch", "messageId": str(uuid.uuid4()), "runId": row.run_id, "jobId": row.job_id,
+            "repoUrl": row.repo_url, "ref": row.ref, "sha": row.sha,
+            "lockFileUrl": f"{base}/raw/{row.sha or row.ref}/.kici/kici.lock.json",
+            "jobConfig": config, "timestamp": _now_ms(),
+        }
+        if row.request_id:
+            msg["requestId"] = row.request_id
+        if row.upstream_statuses:
+            msg["upstreamJobOutputs"] = row.upstream_outputs
+            msg["upstreamJobStatuses"] = dict(row.upstream_statuses)
+        token = await self._clone_token(row) if self._clone_token is not None else None
+        if token:
+            msg["token"] = token
+            msg["sourceAuth"] = {"kind": "basic", "user": "x-access-token", "secret": token}
+        return msg
+
+    # ------------------------------------------------------------------------------------ cancel
+    async def cancel_run(self, run_id: str, *, force: bool = False, cancelled_by: str | None = None) -> JSONObject:
+        """Cancel a run (spec §9.2). Raises ``NotFound`` / ``Conflict`` (message = the terminal status)."""
+        reason = "force cancelled via API" if force else "run cancelled via API"
+        held = await self.runs.begin_cancel(run_id, reason=reason, cancelled_by=cancelled_by)
+        notified = await self._cancel_local(run_id, reason, force)
+        remote = [h for h in held if self.core.assignment(str(h["id"])) is None]
+        if remote:
+            async with self._db.connection() as conn:
+                await conn.execute("SELECT pg_notify(%(ch)s, %(p)s)",
+                                   {"ch": CANCEL_CHANNEL, "p": f"{run_id}|{int(force)}|{reason}"})
+            connected = {a["agentId"] for a in await self.queue.agents()}
+            notified += sum(1 for h in remote if (h["agent_id"] or h["recovery_agent_id"]) in connected
+                            and h["status"] == "dispatched")
+        status = await self.runs.settle_cancel(run_id, reason=reason, notified=notified > 0)
+        if notified:
+            return {"status": "cancelling", "notified": notified}
+        return {"status": status, "cancelledJobs": len(held)}
+
+    async def _cancel_local(self, run_id: str, reason: str, force: bool) -> int:
+        async with self._lock:
+            effects = self.core.cancel_requested(run_id=run_id, reason=reason, force=force, now=self._clock())
+            notified = sum(1 for e in effects if isinstance(e, fx.SendCancel) and e.agent_id in self._current
+                           and self.core.assignment(e.job_id) is not None)
+            await self._run(effects)
+            return notified
+
+    # ------------------------------------------------------------------------------------ loops
+    async def startup(self) -> None:
+        """Restart recovery (§8.5, Python decision): this instance's previous agents' dispatched rows become
+        ``recovering`` so reconnecting agents reclaim them; recovering rows are taught to the core."""
+        now = self._clock()
+        async with self.queue.try_lock(STARTUP_LOCK):
+            for job_id, _run_id, agent_id in await self.queue.orphaned_dispatched(self.instance_id):
+                await self.queue.mark_recovering(job_id, agent_id=agent_id, deadline=now + self.config.recovery_grace)
+            await self.queue.release_instance(self.instance_id)
+        async with self._lock:
+            for job_id, run_id, agent_id, deadline in await self.queue.recovering():
+                if agent_id:
+                    self.core.job_recovering(job_id=job_id, run_id=run_id, agent_id=agent_id, deadline=deadline)
+
+    async def run(self) -> None:
+        """Every background loop of the hub, until cancelled."""
+        await self.startup()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._listen)
+            tg.start_soon(self._poller)
+            tg.start_soon(self._ticker)
+            tg.start_soon(self._sweeper)
+            tg.start_soon(self._gauges)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._db.dedicated() as conn:
+                    await conn.execute(f"LISTEN {JOBS_CHANNEL}")
+                    await conn.execute(f"LISTEN {CANCEL_CHANNEL}")
+                    self._refresh.set()
+                    async for note in conn.notifies():
+                        if note.channel == CANCEL_CHANNEL:
+                            run_id, force, reason = [*note.payload.split("|", 2), "", ""][:3]
+                            await self._cancel_local(run_id, reason or "run cancelled via API", force == "1")
+                        else:
+                            self._refresh.set()
+            except (errors.Unavailable, psycopg.Error) as exc:
+                log.warning("dispatch notifications lost; reconnecting", extra={"error": str(exc)})
+                await anyio.sleep(1.0)
+
+    async def _poller(self) -> None:
+        while True:
+            with anyio.move_on_after(self._poll):
+                await self._refresh.wait()
+            self._refresh = anyio.Event()
+            try:
+                await self.refresh()
+            except errors.Unavailable as exc:
+                log.warning("could not read the dispatch queue", extra={"error": str(exc)})
+
+    async def _ticker(self) -> None:
+        while True:
+            now = self._clock()
+            deadline = self.core.next_deadline()
+            delay = 1.0 if deadline is None else min(1.0, max(0.02, deadline - now))
+            await anyio.sleep(delay)
+            async with self._lock:
+                await self._run(self.core.tick(now=self._clock()))
+
+    async def sweep_once(self) -> None:
+        """Deadlines of rows no live process handles (ack, recovery, queue expiry), under the sweep lock."""
+        async with self.queue.try_lock(SWEEP_LOCK) as mine:
+            if not mine:
+                return
+            overdue = await self.queue.overdue(grace_s=5.0)
+        for job_id, attempts in overdue["ack"]:
+            if self.core.assignment(job_id) is not None:
+                continue
+            if attempts + 1 >= self.config.max_attempts:
+                why = (f"Job failed: re-dispatch attempts exhausted after {attempts + 1} attempts "
+                       "(dispatch ack deadline sweep)")
+                await self._fail(job_id, JobStatus.failed, why, guard="dispatched")
+            else:
+                await self.queue.requeue(job_id, attempts=attempts + 1)
+        for job_id, _ in overdue["recovery"]:
+            if self.core.assignment(job_id) is None:
+                await self._fail(job_id, JobStatus.failed, fx.REASON_RECOVERY_EXPIRED, guard="recovering")
+        for job_id, _ in overdue["expired"]:
+            async with self._lock:
+                await self._run(self.core.job_withdrawn(job_id=job_id, now=self._clock()))
+            await self._fail(job_id, JobStatus.timed_out_stale, fx.REASON_QUEUE_EXPIRED, guard="pending")
+
+    async def _fail(self, job_id: str, status: JobStatus, reason: str, *, guard: str) -> None:
+        result = await self.runs.finish_job(job_id, str(status), error=reason, row_status="failed",
+                                            require_row=guard)
+        if result.queued:
+            async with self._lock:
+                await self._run(await self._feed(await self.queue.pending(ids=list(result.queued))))
+
+    async def _sweeper(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except errors.Unavailable as exc:
+                log.warning("dispatch sweep skipped", extra={"error": str(exc)})
+            await anyio.sleep(self._sweep)
+
+    async def _gauges(self) -> None:
+        while True:
+            try:
+                for status, n in (await self.queue.depth()).items():
+                    metrics.dispatch_queue_depth.labels(status=status).set(n)
+            except errors.Unavailable:
+                pass
+            metrics.agents_active.set(len(self.core.agent_ids()))
+            await anyio.sleep(5.0)

@@ -124,6 +124,9 @@ class PlatformClient:
         """Every reconnect delay chosen, in order (for diagnostics and tests)."""
         self.sessions = 0
         """How many times the link reached ``authenticated``."""
+        self.accepted_keys: frozenset[str] = frozenset()
+        """Routing keys the Platform accepted in its latest ``source.register.ack``."""
+        self.heartbeats_sent = 0
         self._state_changed = anyio.Event()
 
     # ------------------------------------------------------------------------------ public
@@ -133,7 +136,12 @@ class PlatformClient:
 
     async def wait_for(self, state: State, *, sessions: int = 0) -> None:
         """Return once the client is in ``state`` (and has authenticated at least ``sessions`` times)."""
-        while not (self.state == state and self.sessions >= sessions):
+        await self.wait_until(lambda: self.state == state and self.sessions >= sessions)
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; it is re-checked whenever the client's observable state changes
+        (state, sessions, delays, accepted keys, heartbeats)."""
+        while not predicate():
             await self._state_changed.wait()
 
     async def run(self) -> None:
@@ -148,6 +156,7 @@ class PlatformClient:
                                                      max_delay_ms=self.config.max_delay_ms)
                     self.attempts += 1
                     self.delays.append(delay)
+                    self._notify()
                     metrics.platform_connection_status.set(0)
                     log.info("Platform link down; reconnecting", extra={"delaySeconds": round(delay, 3),
                                                                         "attempt": self.attempts})
@@ -159,6 +168,9 @@ class PlatformClient:
     # ------------------------------------------------------------------------------ one connection
     def _set_state(self, state: State) -> None:
         self.state = state
+        self._notify()
+
+    def _notify(self) -> None:
         changed, self._state_changed = self._state_changed, anyio.Event()
         changed.set()
 
@@ -289,6 +301,8 @@ class PlatformClient:
         accepted = frame.get("accepted")
         rejected = frame.get("rejected")
         keys = [a.get("routingKey") for a in accepted if isinstance(a, dict)] if isinstance(accepted, list) else []
+        self.accepted_keys = frozenset(k for k in keys if isinstance(k, str))
+        self._notify()
         log.info("Platform accepted routing keys", extra={"routingKeys": keys})
         if isinstance(rejected, list) and rejected:
             log.warning("Platform rejected routing keys", extra={"rejected": rejected})
@@ -318,6 +332,8 @@ class PlatformClient:
         while True:
             await anyio.sleep(self.config.heartbeat_interval)
             await self._send(ws, protocol.heartbeat(int(time.time() * 1000)))
+            self.heartbeats_sent += 1
+            self._notify()
 
     async def _drain(self, ws: ClientConnection, outbox: Outbox, registered: anyio.Event) -> None:
         with anyio.move_on_after(self.config.register_ack_timeout):

@@ -27,7 +27,13 @@ from kici_adapters.platform.client import ClientConfig, PlatformClient
 from kici_adapters.platform.outbox import MemoryPlatformOutbox
 from kici_adapters.platform.protocol import PlatformSource
 from kici_core.ports import GenericSource, GitHubSource
-from kici_core.testing.fakes import FakeBlobStore, FakeClock, FakeDeliveryInbox, FakeSecretStore, FakeSourceStore
+from kici_core.testing.fakes import (
+    FakeBlobStore,
+    FakeClock,
+    FakeDeliveryInbox,
+    FakeSecretStore,
+    FakeSourceStore,
+)
 from kici_runtime import ingest, server
 from kici_runtime.context import AppContext
 from kici_runtime.relay.hub import RelaySettings
@@ -254,11 +260,11 @@ async def test_connects_registers_and_accepts_a_relayed_push(tmp_path: Path) -> 
         assert acks[1]["message"].get("duplicate") is True
         assert len(h.inbox.entries) == 1
 
-        heartbeats = 0
         with anyio.fail_after(BOUND):
-            while heartbeats < 2:
-                heartbeats = h.relay.hub.connections[h.connection_id()].heartbeats
-                await anyio.sleep(0.05)
+            await h.client.wait_until(lambda: h.client.heartbeats_sent >= 2)
+        # the relay counted them (it reads frames in order; the ack below was sent after them)
+        await h.post_github(body, "7d1e9a40-0001")
+        assert h.relay.hub.connections[h.connection_id()].heartbeats >= 2
 
 
 @pytest.mark.anyio
@@ -282,10 +288,10 @@ async def test_orchestrator_side_rejections_map_to_http(tmp_path: Path) -> None:
         assert deregs[0]["message"]["routingKeys"] == [f"github:{APP_ID}"]
 
 
-async def _until_routed(h: Harness) -> None:
+async def _until_routed(h: Harness, key: str = f"github:{APP_ID}") -> None:
+    """The relay applies a registration before it acks it: once the client saw the key accepted, it routes."""
     with anyio.fail_after(BOUND):
-        while not any(c.accepted for c in h.relay.hub.connections.values()):
-            await anyio.sleep(0.02)
+        await h.client.wait_until(lambda: key in h.client.accepted_keys)
 
 
 @pytest.mark.anyio
@@ -319,9 +325,7 @@ async def test_buffered_messages_arrive_in_order_after_a_dropped_link(tmp_path: 
 async def test_revoked_and_wrong_keys_keep_retrying_without_crashing(tmp_path: Path) -> None:
     async with harness(tmp_path, token="kici_not-a-real-key") as h:
         with anyio.fail_after(BOUND):
-            while len(h.client.delays) < 3:
-                await h.client.wait_for("disconnected")
-                await anyio.sleep(0.02)
+            await h.client.wait_until(lambda: len(h.client.delays) >= 3)
         assert h.client.sessions == 0 and h.client.attempts >= 3
         assert _connection_status() == 0
 
@@ -332,9 +336,7 @@ async def test_revoked_and_wrong_keys_keep_retrying_without_crashing(tmp_path: P
         prefix = h.relay.store.list_keys(org=ORG)[0].prefix
         await h.relay.hub.revoke_key(prefix)
         with anyio.fail_after(BOUND):
-            while len(h.client.delays) < 2:
-                await h.client.wait_for("disconnected")
-                await anyio.sleep(0.02)
+            await h.client.wait_until(lambda: len(h.client.delays) >= 2)
         assert h.client.sessions == 1 and h.client.state != "authenticated"
 
 
@@ -378,9 +380,7 @@ async def test_generic_relay_uses_the_direct_key_shape(tmp_path: Path) -> None:
         h.client.sources_changed()
         regs = await h.wait_messages("source.register", count=2)
         assert [s["routingKey"] for s in regs[-1]["message"]["sources"]] == [src.routing_key]
-        with anyio.fail_after(BOUND):
-            while src.routing_key not in next(iter(h.relay.hub.connections.values())).accepted:
-                await anyio.sleep(0.02)
+        await _until_routed(h, src.routing_key)
         body = b'{"status":"ok"}'
         sig = "sha256=" + hmac.new(b"gen-secret", body, hashlib.sha256).hexdigest()
         async with httpx.AsyncClient(timeout=BOUND) as http:

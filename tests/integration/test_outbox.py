@@ -1,0 +1,106 @@
+"""PgPlatformOutbox against a real PostgreSQL: durable, ordered, deleted only after a confirmed send, capped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from psycopg.types.json import Jsonb
+
+from kici_adapters import metrics
+from kici_adapters.platform.outbox import PgPlatformOutbox
+from kici_adapters.postgres.pool import Database
+from kici_core import errors
+
+pytestmark = pytest.mark.anyio
+
+
+class Link:
+    """A socket stand-in: records frames; can fail the n-th send or the confirmation."""
+
+    def __init__(self, *, fail_at: int | None = None, fail_confirm: bool = False) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.confirmed = 0
+        self._fail_at = fail_at
+        self._fail_confirm = fail_confirm
+
+    async def send(self, frame: Any) -> None:
+        if self._fail_at is not None and len(self.sent) == self._fail_at:
+            raise ConnectionError("link dropped")
+        self.sent.append(dict(frame))
+
+    async def confirm(self) -> None:
+        if self._fail_confirm:
+            raise ConnectionError("no pong")
+        self.confirmed += 1
+
+
+def _log(i: int) -> dict[str, Any]:
+    return {"type": "log.chunk", "runId": "r", "jobId": "j", "stepIndex": 0, "lines": [f"line {i}"]}
+
+
+async def test_rows_are_sent_oldest_first_and_deleted(database: Database) -> None:
+    outbox = PgPlatformOutbox(database, batch_size=7)
+    for i in range(20):
+        await outbox.send(_log(i))
+    assert await outbox.size() == 20
+    link = Link()
+    assert await outbox.drain(link.send, link.confirm) == 20
+    assert [f["lines"][0] for f in link.sent] == [f"line {i}" for i in range(20)]
+    assert all(isinstance(f["messageId"], str) and isinstance(f["timestamp"], int) for f in link.sent)
+    assert len({f["messageId"] for f in link.sent}) == 20
+    assert link.confirmed == 3  # one confirmation per batch of 7
+    assert await outbox.size() == 0
+
+
+async def test_rows_survive_a_failed_send_and_a_new_outbox(database: Database) -> None:
+    outbox = PgPlatformOutbox(database, batch_size=5)
+    for i in range(12):
+        await outbox.send(_log(i))
+    broken = Link(fail_at=7)  # the link drops in the middle of the second batch
+    with pytest.raises(ConnectionError):
+        await outbox.drain(broken.send, broken.confirm)
+    assert await outbox.size() == 7  # the first, confirmed batch is gone; nothing else was lost
+
+    unconfirmed = Link(fail_confirm=True)
+    with pytest.raises(ConnectionError):
+        await outbox.drain(unconfirmed.send, unconfirmed.confirm)
+    assert await outbox.size() == 7  # sent but never confirmed: kept
+
+    restarted = PgPlatformOutbox(database)  # as after a process restart: state is only in the table
+    link = Link()
+    await restarted.drain(link.send, link.confirm)
+    assert [f["lines"][0] for f in link.sent] == [f"line {i}" for i in range(5, 12)]
+
+
+async def test_rows_written_by_other_code_get_ids_and_field_rules(database: Database) -> None:
+    async with database.transaction() as conn:  # a dispatcher writing in its own state-change transaction
+        await conn.execute(
+            "INSERT INTO platform_outbox (kind, payload) VALUES (%s, %s)",
+            ("job.status.forward", Jsonb({"type": "job.status.forward", "runId": "r", "jobId": "j",
+                                          "jobName": "build", "status": "running", "agentId": None,
+                                          "startedAt": None, "orgId": "acme"})))
+    link = Link()
+    await PgPlatformOutbox(database).drain(link.send, link.confirm)
+    (frame,) = link.sent
+    assert frame["agentId"] is None  # nullable: kept
+    assert "startedAt" not in frame and "orgId" not in frame
+    assert isinstance(frame["messageId"], str) and isinstance(frame["timestamp"], int)
+
+
+async def test_cap_drops_the_oldest_and_counts_them(database: Database) -> None:
+    outbox = PgPlatformOutbox(database, cap=10)
+    for i in range(25):
+        await outbox.send(_log(i))
+    before = metrics.REGISTRY.get_sample_value("kici_platform_buffer_dropped_total") or 0.0
+    assert await outbox.trim() == 15
+    after = metrics.REGISTRY.get_sample_value("kici_platform_buffer_dropped_total") or 0.0
+    assert after - before == 15
+    link = Link()
+    await outbox.drain(link.send, link.confirm)
+    assert [f["lines"][0] for f in link.sent] == [f"line {i}" for i in range(15, 25)]
+
+
+async def test_a_message_without_type_is_refused(database: Database) -> None:
+    with pytest.raises(errors.InvalidInput):
+        await PgPlatformOutbox(database).send({"runId": "r"})

@@ -90,7 +90,7 @@ def _options(ctx: click.Context, cmd: click.Command) -> list[str]:
     rows = []
     for param in cmd.get_params(ctx):
         record = param.get_help_record(ctx)
-        if record is None or param.name == "help":
+        if record is None or record[0].endswith("--help"):
             continue
         flags, text = (part.replace("|", "\\|") for part in record)
         rows.append(f"| `{flags}` | {text} |")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
@@ -34,13 +35,13 @@ from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.runs import PgRunStore
 from kici_adapters.postgres.stores import PgDeliveryInbox, PgSourceStore, PgTokenStore
-from kici_adapters.secrets import PgSecretStore
+from kici_adapters.secrets import PgSecretStore, rotate_key
 from kici_adapters.storage import FilesystemBlobStore, S3BlobStore
 from kici_core import errors, lockfile, services
 from kici_core.dispatch_effects import DispatcherConfig
-from kici_core.jsontypes import JSONValue
+from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import BlobStore, GitHubSource, RepoSource, SecretStore
-from kici_runtime import admin_runs
+from kici_runtime import admin_api, admin_runs, bootstrap
 from kici_runtime.app import build_app
 from kici_runtime.config import Settings
 from kici_runtime.context import AppContext
@@ -191,9 +192,38 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             generic_max_body_bytes=settings.generic_webhook_max_body_bytes,
         )
         ctx.kick_agent_token = endpoint.kick_token
-        app = build_app(ctx, extra_routes)
+        await _wire_admin(ctx, settings, stack, db, url, tokens)
+        app = build_app(ctx, [*admin_api.routes, *extra_routes])
         yield Orchestrator(settings=settings, db=db, ctx=ctx, app=app, worker=worker, github=github,
                            platform_outbox=platform_outbox, agents=hub, agent_endpoint=endpoint)
+
+
+async def _wire_admin(ctx: AppContext, settings: Settings, stack: AsyncExitStack, db: Database, url: str,
+                      tokens: PgTokenStore) -> None:
+    """Give the admin API its operations (key rotation, migrations, GitHub checks) and the bootstrap token."""
+    ctx.secret_key_configured = settings.secret_key is not None
+    if settings.secret_key is not None:
+        key, old_key = settings.secret_key, settings.secret_key_old
+
+        async def rotate() -> int:
+            return await rotate_key(db, old_key, key)
+
+        ctx.rotate_key = rotate
+
+    async def migrate_now() -> list[str]:
+        return await migrate.apply_migrations_async(url)
+
+    async def status_now() -> list[JSONObject]:
+        return await admin_api.migration_status(url)
+
+    ctx.migrate, ctx.migration_status = migrate_now, status_now
+    if not settings.skip_github_source_validation:
+        http = httpx.AsyncClient(timeout=10.0)
+        stack.push_async_callback(http.aclose)
+        ctx.github_app_check = admin_api.github_app_check(http, settings.github_api_url)
+    ctx.webhook_public_url = settings.webhook_public_url
+    await bootstrap.ensure_bootstrap_token(
+        tokens, settings.bootstrap_admin_token.reveal() if settings.bootstrap_admin_token else None, new_id=_uuid)
 
 
 def instance_id(settings: Settings) -> str:

@@ -45,6 +45,8 @@ from kici_core.ports import (
 DEFAULT_MAX_PAYLOAD_BYTES = 5 * 1024 * 1024
 """``KICI_EVENT_LOG_MAX_PAYLOAD_BYTES`` default: larger bodies are recorded without a stored object."""
 MAX_BATCH = 512
+COMMIT_LANES = 4
+"""Batches that may be committing at once (PostgreSQL overlaps their WAL flushes)."""
 _ORG_ID_MAX = 16
 _log = logging.getLogger("kici.inbox")
 
@@ -107,20 +109,21 @@ class _Waiter:
 class GroupCommit:
     """Shares one commit among concurrent acceptances.
 
-    The first caller to find the batcher idle becomes the leader: it takes everything queued (up to
-    ``max_batch``) and commits it as one statement. Callers arriving meanwhile queue up; when the commit
-    ends, the oldest queued caller is woken to lead the next batch, so no caller ever works for others
-    longer than one commit. Each caller learns its own duplicate flag; when a commit fails, every caller in
+    A caller that finds fewer than ``lanes`` commits in flight becomes a leader: it takes everything queued
+    (up to ``max_batch``) and commits it as one statement. Callers arriving while every lane is busy queue
+    up; when a commit ends, the oldest queued caller is woken to lead the next batch on that lane, so no
+    caller ever works for others longer than one commit. Each caller learns its own duplicate flag; when a commit fails, every caller in
     that batch gets ``StorageUnavailable``. Nobody returns before the commit holding its row has finished,
     and the commit itself is shielded from cancellation so a cancelled caller cannot strand the others.
     """
 
     def __init__(self, commit: Callable[[Sequence[AcceptRow]], Awaitable[CommitResult]],
-                 *, max_batch: int = MAX_BATCH) -> None:
+                 *, max_batch: int = MAX_BATCH, lanes: int = COMMIT_LANES) -> None:
         self._commit = commit
         self._max = max_batch
+        self._lanes = max(1, lanes)
         self._queue: list[_Waiter] = []
-        self._busy = False
+        self._inflight = 0
         self.batches = 0
         """Commits issued (for tests and the benchmark)."""
 
@@ -128,8 +131,8 @@ class GroupCommit:
         """Commit ``row`` (with whatever else is pending); True when it was a duplicate."""
         waiter = _Waiter(row=row)
         self._queue.append(waiter)
-        if not self._busy:
-            self._busy = True
+        if self._inflight < self._lanes:
+            self._inflight += 1
             await self._lead()
         else:
             try:
@@ -171,7 +174,7 @@ class GroupCommit:
                     nxt.lead = True
                     nxt.wake.set()
                 else:
-                    self._busy = False
+                    self._inflight -= 1
                 for w in batch:
                     w.wake.set()
 
@@ -250,14 +253,17 @@ class PgDeliveryInbox:
         blobs: where gzipped bodies go.
         max_payload_bytes: bodies larger than this are recorded with ``payload_omitted`` (``size_exceeded``).
         group_commit: share commits among concurrent ``accept`` calls (default on).
+        max_batch: most deliveries in one commit.
+        commit_lanes: batches committing at once.
     """
 
     def __init__(self, db: Database, blobs: BlobStore, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-                 group_commit: bool = True, max_batch: int = MAX_BATCH) -> None:
+                 group_commit: bool = True, max_batch: int = MAX_BATCH, commit_lanes: int = COMMIT_LANES) -> None:
         self._db = db
         self._blobs = blobs
         self._max_payload = max_payload_bytes
-        self._group: GroupCommit | None = GroupCommit(self._commit_rows, max_batch=max_batch) if group_commit else None
+        self._group: GroupCommit | None = (
+            GroupCommit(self._commit_rows, max_batch=max_batch, lanes=commit_lanes) if group_commit else None)
 
     @property
     def group(self) -> GroupCommit | None:

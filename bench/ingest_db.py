@@ -1,0 +1,179 @@
+"""Ingest benchmark: durable acceptance against the raw cost of a committed claim.
+
+Measures, at concurrency 1, 4 and 16:
+
+(a) raw: single-row ``INSERT ... ON CONFLICT DO NOTHING`` statements, each its own commit, with psycopg on one
+    connection per concurrent client — the floor cost of a durable dedup claim;
+(b) kici: ``PgDeliveryInbox.accept`` with a ``FilesystemBlobStore`` in a temporary directory — payload object
+    written and fsynced, event_log + inbox rows committed — with group commit on and off.
+
+Run: ``python bench/ingest_db.py [--quick]``. Uses ``KICI_TEST_DATABASE_URL`` (a superuser URL on a disposable
+server; a scratch database is created and dropped) or starts an embedded PostgreSQL with durable settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import psycopg
+from psycopg import sql
+
+from kici_adapters.postgres.embedded import EmbeddedPostgres
+from kici_adapters.postgres.inbox import PgDeliveryInbox
+from kici_adapters.postgres.migrate import apply_migrations
+from kici_adapters.postgres.pool import Database
+from kici_adapters.storage import FilesystemBlobStore
+from kici_core.ports import BlobStore, Delivery
+from kici_core.testing.fakes import FakeBlobStore
+
+CONCURRENCY = (1, 4, 16)
+BODY = json.dumps({"ref": "refs/heads/main", "commits": [{"id": "c" * 40, "message": "m" * 200}] * 12}).encode()
+
+
+async def run_clients(concurrency: int, total: int, op: Callable[[int, int], Awaitable[None]]) -> float:
+    """Run ``total`` operations split over ``concurrency`` clients; returns operations per second."""
+    per_client = total // concurrency
+
+    async def client(c: int) -> None:
+        for i in range(per_client):
+            await op(c, i)
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for c in range(concurrency):
+            tg.start_soon(client, c)
+    return per_client * concurrency / (time.perf_counter() - start)
+
+
+async def raw_rate(url: str, concurrency: int, total: int) -> float:
+    conns = [await psycopg.AsyncConnection.connect(url, autocommit=True) for _ in range(concurrency)]
+    tag = uuid.uuid4().hex[:8]
+    try:
+        async def op(c: int, i: int) -> None:
+            await conns[c].execute(
+                "INSERT INTO bench_raw (org_id, delivery_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                ("bench", f"{tag}-{c}-{i}"),
+            )
+        return await run_clients(concurrency, total, op)
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+async def kici_rate(url: str, root: Path | None, concurrency: int, total: int, *,
+                    group_commit: bool) -> tuple[float, int]:
+    """``accept`` rate; ``root`` None keeps payloads in memory (isolates the database part of the path)."""
+    db = Database(url, min_size=min(concurrency, 16), max_size=max(concurrency, 4))
+    await db.open()
+    blobs: BlobStore = FakeBlobStore() if root is None else FilesystemBlobStore(root)
+    inbox = PgDeliveryInbox(db, blobs, group_commit=group_commit)
+    tag = uuid.uuid4().hex[:8]
+    now = datetime.now(UTC)
+    try:
+        async def op(c: int, i: int) -> None:
+            result = await inbox.accept(Delivery(
+                org_id="bench", delivery_id=f"{tag}-{c}-{i}", routing_key="github:1", event="push", action=None,
+                source="direct", provider="github", body=BODY, received_at=now))
+            assert not result.duplicate
+        rate = await run_clients(concurrency, total, op)
+        return rate, inbox.group.batches if inbox.group else total
+    finally:
+        await db.close()
+
+
+def _prepare(admin_url: str) -> tuple[str, Callable[[], None]]:
+    """Create a scratch database with the schema and the raw table; returns its URL and a cleanup."""
+    name = f"kici_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
+    apply_migrations(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bench_raw (org_id varchar(16) NOT NULL, delivery_id text NOT NULL,"
+                     " received_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (org_id, delivery_id))")
+
+    def cleanup() -> None:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    return url, cleanup
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Row:
+    concurrency: int
+    raw: float
+    grouped: float
+    single: float
+    commits: int
+    db_grouped: float
+    db_single: float
+
+
+async def measure(url: str, total: int) -> list[Row]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kici-bench-blobs-") as tmp:
+        for n in CONCURRENCY:
+            count = max(total, n * 4)
+            raw = await raw_rate(url, n, count)
+            grouped, commits = await kici_rate(url, Path(tmp) / f"g{n}", n, count, group_commit=True)
+            single, _ = await kici_rate(url, Path(tmp) / f"s{n}", n, count, group_commit=False)
+            db_grouped, _ = await kici_rate(url, None, n, count, group_commit=True)
+            db_single, _ = await kici_rate(url, None, n, count, group_commit=False)
+            rows.append(Row(concurrency=n, raw=raw, grouped=grouped, single=single, commits=commits,
+                            db_grouped=db_grouped, db_single=db_single))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few operations: a smoke run of a few seconds")
+    parser.add_argument("--ops", type=int, default=None, help="operations per measurement")
+    args = parser.parse_args()
+    total = args.ops or (64 if args.quick else 1600)
+
+    external = os.environ.get("KICI_TEST_DATABASE_URL")
+    server: EmbeddedPostgres | None = None
+    root: Path | None = None
+    if external:
+        admin_url = external
+    else:
+        root = Path(tempfile.mkdtemp(prefix="kici-bench-pg-"))
+        server = EmbeddedPostgres(root, durable=True)
+        admin_url = server.start()
+    try:
+        url, cleanup = _prepare(admin_url)
+        try:
+            rows = anyio.run(measure, url, total)
+        finally:
+            cleanup()
+    finally:
+        if server is not None:
+            server.stop()
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(f"ingest benchmark: {total} operations per measurement, body {len(BODY)} bytes, "
+          f"{'external' if external else 'embedded (durable)'} PostgreSQL")
+    print("raw = INSERT ON CONFLICT commits; kici = PgDeliveryInbox.accept with FilesystemBlobStore (grouped /"
+          " one tx per accept); db-only = the same with payloads kept in memory")
+    print(f"{'conc':>4}  {'raw/s':>7}  {'kici grp/s':>10} {'ratio':>6}  {'kici 1tx/s':>10} {'ratio':>6}  "
+          f"{'commits':>7}  {'db-only grp/s':>13} {'ratio':>6}  {'db-only 1tx/s':>13} {'ratio':>6}")
+    for r in rows:
+        print(f"{r.concurrency:>4}  {r.raw:>7.0f}  {r.grouped:>10.0f} {r.grouped / r.raw:>6.0%}  {r.single:>10.0f} "
+              f"{r.single / r.raw:>6.0%}  {r.commits:>7}  {r.db_grouped:>13.0f} {r.db_grouped / r.raw:>6.0%}  "
+              f"{r.db_single:>13.0f} {r.db_single / r.raw:>6.0%}")
+
+
+if __name__ == "__main__":
+    main()

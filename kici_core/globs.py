@@ -1,12 +1,12 @@
-"""Pattern dialects used by lock files: picomatch globs, JavaScript regexes and a JSONPath subset.
+"""Picomatch-compatible globs, the main pattern dialect of lock files.
 
 Globs follow picomatch 4 with default options (see ``docs/triggers.md``): whole-string,
 case-sensitive matching; ``*`` and ``?`` never cross ``/``; ``**`` as a whole segment spans
 segments; wildcards never match a ``.`` at the start of a segment; ``x/**`` also matches ``x``;
 braces, POSIX classes and extglobs are supported; a leading ``!`` negates.
 
-JavaScript regexes live in :mod:`kici_core.jsregex` (``compile_js_regex`` and ``js_regex_search``
-are re-exported here, as is :class:`PatternError`).
+JavaScript regexes live in :mod:`kici_core.jsregex` and the JSONPath subset in
+:mod:`kici_core.jsonpath`; their public names (and :class:`PatternError`) are re-exported here.
 
 Every pattern is compiled once (``functools.lru_cache``); lists of globs are combined into one
 compiled alternation.
@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
 
-from kici_core.jsontypes import JSONValue
+from kici_core.jsonpath import JsonPath, compile_jsonpath
 from kici_core.jsregex import compile_js_regex, js_regex_search
 from kici_core.patterns import PatternError
 
@@ -37,10 +36,6 @@ __all__ = [
 
 _MAX_BRACE_EXPANSIONS = 4096
 
-
-# ---------------------------------------------------------------------------------------------
-# Globs
-# ---------------------------------------------------------------------------------------------
 
 _POSIX_CLASSES = {
     "alnum": "a-zA-Z0-9",
@@ -409,106 +404,3 @@ def compile_path_filter(include: tuple[str, ...], exclude: tuple[str, ...]) -> r
 def glob_match(pattern: str, candidate: str) -> bool:
     """True when ``candidate`` matches the picomatch glob ``pattern``."""
     return compile_glob(pattern).fullmatch(candidate) is not None
-
-
-# ---------------------------------------------------------------------------------------------
-# JSONPath subset
-# ---------------------------------------------------------------------------------------------
-
-_Step = tuple[str, str | int | None]  # ("key", name) | ("index", n) | ("wild", None) | ("desc", name|None)
-_JP_TOKEN = re.compile(
-    r"""\.\.(?P<dname>[A-Za-z_$][\w$-]*|\*)"""
-    r"""|\.(?P<name>[A-Za-z_$][\w$-]*|\*)"""
-    r"""|\[\s*(?:(?P<idx>-?\d+)|'(?P<sq>(?:[^'\\]|\\.)*)'|"(?P<dq>(?:[^"\\]|\\.)*)"|(?P<star>\*))\s*\]"""
-)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JsonPath:
-    """A compiled JSONPath of the supported subset.
-
-    Supported: ``$`` root, ``.name``, ``['name']`` / ``["name"]``, ``[n]`` (negative counts from
-    the end), ``.*`` / ``[*]`` wildcards and ``..name`` / ``..*`` recursive descent. A path
-    without a leading ``$`` is taken relative to the root. Filters, slices and unions are not
-    supported.
-    """
-
-    source: str
-    steps: tuple[_Step, ...]
-
-    def find(self, doc: JSONValue) -> list[JSONValue]:
-        """Every value the path selects in ``doc`` (in document order)."""
-        current: list[JSONValue] = [doc]
-        for kind, arg in self.steps:
-            nxt: list[JSONValue] = []
-            for node in current:
-                if kind == "desc":
-                    for sub in _descendants(node):
-                        nxt.extend(_select(sub, "wild" if arg is None else "key", arg))
-                else:
-                    nxt.extend(_select(node, kind, arg))
-            current = nxt
-        return current
-
-
-def _select(node: JSONValue, kind: str, arg: str | int | None) -> list[JSONValue]:
-    if isinstance(node, dict):
-        if kind == "key":
-            return [node[arg]] if isinstance(arg, str) and arg in node else []
-        if kind == "wild":
-            return list(node.values())
-        return []
-    if isinstance(node, list):
-        if kind == "index" and isinstance(arg, int):
-            if -len(node) <= arg < len(node):
-                return [node[arg]]
-            return []
-        if kind == "wild":
-            return list(node)
-    return []
-
-
-def _descendants(node: JSONValue) -> list[JSONValue]:
-    out: list[JSONValue] = [node]
-    if isinstance(node, dict):
-        for v in node.values():
-            out.extend(_descendants(v))
-    elif isinstance(node, list):
-        for v in node:
-            out.extend(_descendants(v))
-    return out
-
-
-@functools.lru_cache(maxsize=1024)
-def compile_jsonpath(path: str) -> JsonPath:
-    """Parse a JSONPath of the supported subset (see :class:`JsonPath`).
-
-    Raises:
-        PatternError: the path uses unsupported or invalid syntax.
-    """
-    text = path.strip()
-    if text.startswith("$"):
-        text = text[1:]
-    elif text and not text.startswith((".", "[")):
-        text = "." + text
-    steps: list[_Step] = []
-    pos = 0
-    while pos < len(text):
-        m = _JP_TOKEN.match(text, pos)
-        if m is None:
-            raise PatternError(f"unsupported JSONPath {path!r} at {text[pos:]!r}")
-        if m.group("dname") is not None:
-            d = m.group("dname")
-            steps.append(("desc", None if d == "*" else d))
-        elif m.group("name") is not None:
-            nm = m.group("name")
-            steps.append(("wild", None) if nm == "*" else ("key", nm))
-        elif m.group("idx") is not None:
-            steps.append(("index", int(m.group("idx"))))
-        elif m.group("star") is not None:
-            steps.append(("wild", None))
-        else:
-            quoted = m.group("sq") if m.group("sq") is not None else m.group("dq")
-            steps.append(("key", re.sub(r"\\(.)", r"\1", quoted)))
-        pos = m.end()
-    return JsonPath(source=path, steps=tuple(steps))

@@ -11,14 +11,14 @@ Conventions: a missing list field is ``()`` (an empty list means "no filter"); l
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, TypeAlias
 
-from kici_core import globs
 from kici_core.errors import LockfileError
 from kici_core.jsontypes import JSONValue
+from kici_core.lockfile_values import kind_of
+from kici_core.trigger_fields import FieldReader, JsonCondition, LockBranchPattern, parse_branch_pattern
 
 __all__ = [
     "CommentTrigger",
@@ -47,35 +47,9 @@ __all__ = [
     "WebhookTrigger",
     "WorkflowCompleteTrigger",
     "WorkflowRunTrigger",
+    "parse_branch_pattern",
     "parse_trigger",
 ]
-
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LockBranchPattern:
-    """A branch/tag/ref/repo pattern: ``{"type": "glob"|"regex", "pattern", "flags"?}``."""
-
-    type: Literal["glob", "regex"]
-    pattern: str
-    flags: str = ""
-
-    def display(self) -> str:
-        """Human form for traces: the glob itself, or ``/source/flags`` for a regex."""
-        return self.pattern if self.type == "glob" else f"/{self.pattern}/{self.flags}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JsonCondition:
-    """One ``{jsonpath: expected}`` entry of a ``match``/``not`` filter.
-
-    ``expected`` is a list (any element), a ``/body/flags`` string (regex search on string
-    results, compiled into ``regex``) or any other JSON value (strict equality).
-    """
-
-    path: globs.JsonPath
-    expected: JSONValue
-    regex: re.Pattern[str] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -378,151 +352,7 @@ Trigger: TypeAlias = (
 # ---------------------------------------------------------------------------------------------
 
 
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Sequence):
-        return "array"
-    if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
-
-
-class _Reader:
-    """Field accessors over one trigger object that raise path-named errors."""
-
-    def __init__(self, obj: Mapping[str, object], path: str) -> None:
-        self.obj = obj
-        self.path = path
-
-    def at(self, key: str) -> str:
-        return f"{self.path}.{key}"
-
-    def str_req(self, key: str) -> str:
-        value = self.obj.get(key)
-        if not isinstance(value, str):
-            reason = "is required" if value is None else f"expected a string, got {_type_name(value)}"
-            raise LockfileError(self.at(key), reason)
-        return value
-
-    def str_opt(self, key: str) -> str | None:
-        value = self.obj.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise LockfileError(self.at(key), f"expected a string, got {_type_name(value)}")
-        return value
-
-    def _list(self, key: str) -> Sequence[object]:
-        value = self.obj.get(key)
-        if value is None:
-            return ()
-        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-            raise LockfileError(self.at(key), f"expected an array, got {_type_name(value)}")
-        return value
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        items = self._list(key)
-        for i, item in enumerate(items):
-            if not isinstance(item, str):
-                raise LockfileError(f"{self.at(key)}[{i}]", f"expected a string, got {_type_name(item)}")
-        return tuple(items)  # type: ignore[arg-type]
-
-    def globs_list(self, key: str, *, allow_negation: bool) -> tuple[str, ...]:
-        items = self.strings(key)
-        for i, item in enumerate(items):
-            body = item[1:] if allow_negation and item.startswith("!") else item
-            _check_glob(body, f"{self.at(key)}[{i}]")
-        return items
-
-    def patterns(self, key: str) -> tuple[LockBranchPattern, ...]:
-        return tuple(
-            parse_branch_pattern(item, f"{self.at(key)}[{i}]") for i, item in enumerate(self._list(key))
-        )
-
-    def mapping_opt(self, key: str) -> Mapping[str, JSONValue] | None:
-        value = self.obj.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, Mapping):
-            raise LockfileError(self.at(key), f"expected an object, got {_type_name(value)}")
-        return value
-
-    def conditions(self, key: str) -> tuple[JsonCondition, ...]:
-        value = self.mapping_opt(key)
-        if not value:
-            return ()
-        out: list[JsonCondition] = []
-        for jp, expected in value.items():
-            where = f"{self.at(key)}[{jp!r}]"
-            try:
-                compiled = globs.compile_jsonpath(jp)
-            except globs.PatternError as exc:
-                raise LockfileError(where, exc.message) from None
-            out.append(JsonCondition(path=compiled, expected=expected, regex=_expected_regex(expected, where)))
-        return tuple(out)
-
-
-_SLASH_REGEX = re.compile(r"^/(.+)/([gimsuy]*)$", re.DOTALL)
-
-
-def _expected_regex(expected: JSONValue, where: str) -> re.Pattern[str] | None:
-    if not isinstance(expected, str):
-        return None
-    m = _SLASH_REGEX.match(expected)
-    if m is None:
-        return None
-    try:
-        return globs.compile_js_regex(m.group(1), m.group(2))
-    except globs.PatternError as exc:
-        raise LockfileError(where, exc.message) from None
-
-
-def _check_glob(pattern: str, where: str) -> None:
-    try:
-        globs.compile_glob(pattern)
-    except globs.PatternError as exc:
-        raise LockfileError(where, f"invalid glob {pattern!r}: {exc.message}") from None
-
-
-def parse_branch_pattern(obj: object, path: str) -> LockBranchPattern:
-    """Parse and validate one ``LockBranchPattern`` (the glob or regex is compiled).
-
-    Raises:
-        LockfileError: not an object, bad ``type``, missing ``pattern`` or an invalid glob/regex.
-    """
-    if not isinstance(obj, Mapping):
-        raise LockfileError(path, f"expected a pattern object, got {_type_name(obj)}")
-    kind = obj.get("type")
-    if kind not in ("glob", "regex"):
-        raise LockfileError(f"{path}.type", f'expected "glob" or "regex", got {kind!r}')
-    pattern = obj.get("pattern")
-    if not isinstance(pattern, str):
-        raise LockfileError(f"{path}.pattern", f"expected a string, got {_type_name(pattern)}")
-    flags = obj.get("flags", "")
-    if flags is None:
-        flags = ""
-    if not isinstance(flags, str):
-        raise LockfileError(f"{path}.flags", f"expected a string, got {_type_name(flags)}")
-    if kind == "regex":
-        try:
-            globs.compile_js_regex(pattern, flags)
-        except globs.PatternError as exc:
-            raise LockfileError(path, exc.message) from None
-        return LockBranchPattern(type="regex", pattern=pattern, flags=flags)
-    # A leading "!" in a branch list is the glob engine's negation (not an exclusion);
-    # in repos it is an exclusion. Either way the rest must be a valid glob.
-    _check_glob(pattern.lstrip("!") if pattern.startswith("!") else pattern, path)
-    return LockBranchPattern(type="glob", pattern=pattern, flags=flags)
-
-
-def _parse_known(kind: str, r: _Reader) -> Trigger | None:
+def _parse_known(kind: str, r: FieldReader) -> Trigger | None:
     repos = r.patterns("repos")
     if kind == "push":
         return PushTrigger(
@@ -639,9 +469,9 @@ def parse_trigger(obj: Mapping[str, object] | None, path: str = "trigger") -> Tr
     if obj is None:
         return UnknownTrigger(type_name=None)
     if not isinstance(obj, Mapping):
-        raise LockfileError(path, f"expected a trigger object, got {_type_name(obj)}")
+        raise LockfileError(path, f"expected a trigger object, got {kind_of(obj)}")
     kind = obj.get("_type")
     if not isinstance(kind, str):
-        raise LockfileError(f"{path}._type", f"expected a string, got {_type_name(kind)}")
-    parsed = _parse_known(kind, _Reader(obj, path))
+        raise LockfileError(f"{path}._type", f"expected a string, got {kind_of(kind)}")
+    parsed = _parse_known(kind, FieldReader(obj, path))
     return parsed if parsed is not None else UnknownTrigger(type_name=kind)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 set -euo pipefail
-echo "testing with flavour=${KICI_MATRIX_FLAVOUR:-unknown}"
+echo "running the tests of job ${KICI_JOB_NAME:-?} at ${KICI_SHA:-?}"
 test -f README.md
 echo "all good"

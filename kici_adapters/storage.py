@@ -3,18 +3,13 @@
 Both implement the ``BlobStore`` port: ``put`` is durable when it returns, ``get`` raises ``NotFound`` for
 a missing key, and outages surface as ``StorageUnavailable``. Blocking I/O runs in worker threads.
 
-Key layout (relative keys; the S3 log store adds the fixed prefix ``kici-logs/``):
-
-* ``event-log/<orgId>/<encodedDeliveryId>.json.gz`` — gzipped body of one accepted delivery
-* ``executions/<runId>/webhook-payload.json`` — the payload a run was started from
-* ``executions/<runId>/job-<jobName>/step-<index>.log`` — a step's log; large chunks go under
-  ``executions/<runId>/job-<jobName>/step-<index>/chunk-<seq>.log``
+The key layout lives in :mod:`kici_core.keys`; its helpers are re-exported here. The S3 log store
+adds the fixed prefix ``kici-logs/``.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import secrets
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,48 +17,26 @@ from typing import Any
 import anyio.to_thread
 
 from kici_core.errors import ConfigError, InvalidInput, NotFound, StorageUnavailable
+from kici_core.keys import (
+    encode_key_segment,
+    event_log_payload_key,
+    log_chunk_key,
+    run_payload_key,
+    step_log_key,
+)
 
 LOG_PREFIX = "kici-logs/"
-# The spec writes the safe set as [A-Za-z0-9._:-] but also says "_" itself is escaped (-> _5f), which is
-# what makes the encoding reversible; we follow the latter: "_" is not in the safe set.
-_SAFE_CHAR = re.compile(r"[A-Za-z0-9.:-]")
 
-
-# ------------------------------------------------------------------------------------------- key layout
-def encode_key_segment(value: str) -> str:
-    """Make ``value`` safe as one key segment: every character other than ASCII letters, digits, ``.``,
-    ``:`` and ``-`` becomes ``_`` plus the lowercase hex of its UTF-16 code unit(s) (``/`` -> ``_2f``,
-    ``_`` -> ``_5f``). Frozen: stored keys depend on it."""
-    out: list[str] = []
-    for char in value:
-        if _SAFE_CHAR.fullmatch(char):
-            out.append(char)
-            continue
-        units = char.encode("utf-16-le")
-        for i in range(0, len(units), 2):
-            out.append("_" + format(int.from_bytes(units[i:i + 2], "little"), "x"))
-    return "".join(out)
-
-
-def event_log_payload_key(org_id: str, delivery_id: str) -> str:
-    """Key of a delivery's gzipped body (``orgId`` is not encoded, as upstream)."""
-    return f"event-log/{org_id}/{encode_key_segment(delivery_id)}.json.gz"
-
-
-def run_payload_key(run_id: str) -> str:
-    """Key of the webhook payload a run was started from (uncompressed JSON)."""
-    return f"executions/{run_id}/webhook-payload.json"
-
-
-def step_log_key(run_id: str, job_name: str, step_index: int) -> str:
-    """Key of a step's whole log."""
-    return f"executions/{run_id}/job-{job_name}/step-{step_index}.log"
-
-
-def log_chunk_key(run_id: str, job_name: str, step_index: int | None, seq: int) -> str:
-    """Key of one large log chunk stored out of line (``step_index`` None = job-level output)."""
-    step = "job" if step_index is None else f"step-{step_index}"
-    return f"executions/{run_id}/job-{job_name}/{step}/chunk-{seq:08d}.log"
+__all__ = [
+    "LOG_PREFIX",
+    "FilesystemBlobStore",
+    "S3BlobStore",
+    "encode_key_segment",
+    "event_log_payload_key",
+    "log_chunk_key",
+    "run_payload_key",
+    "step_log_key",
+]
 
 
 def _check_key(key: str) -> PurePosixPath:

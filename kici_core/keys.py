@@ -1,17 +1,38 @@
-"""Object-storage key layout (shared by every BlobStore adapter)."""
+"""Object-storage key layout (shared by every BlobStore adapter and the fakes).
+
+Relative keys (the S3 log store adds the fixed prefix ``kici-logs/``):
+
+* ``event-log/<orgId>/<encodedDeliveryId>.json.gz``: gzipped body of one accepted delivery
+* ``executions/<runId>/webhook-payload.json``: the payload a run was started from
+* ``executions/<runId>/job-<jobName>/step-<index>.log``: a step's log; large chunks go under
+  ``executions/<runId>/job-<jobName>/step-<index>/chunk-<seq>.log``
+* ``executions/<runId>/jobs/<jobId>/log.txt``: a finished job's assembled log
+"""
 
 from __future__ import annotations
 
 import re
 
+__all__ = [
+    "encode_key_segment",
+    "event_log_payload_key",
+    "job_log_key",
+    "log_chunk_key",
+    "run_payload_key",
+    "step_log_key",
+]
+
+# The spec writes the safe set as [A-Za-z0-9._:-] but also says "_" itself is escaped (-> _5f), which
+# is what makes the encoding reversible; we follow the latter: "_" is not in the safe set.
 _SAFE_KEY_CHAR = re.compile(r"[A-Za-z0-9.:-]")
 
 
 def encode_key_segment(value: str) -> str:
-    """Encode a delivery id for use in an object key.
+    """Make ``value`` (e.g. a delivery id) safe as one object-key segment.
 
-    Characters outside ``[A-Za-z0-9._:-]`` become ``_`` followed by the lower-case hex of each UTF-16 code
-    unit; ``_`` itself is encoded too (``_5f``) so the mapping is reversible. Frozen: stored keys depend on it.
+    Every character other than ASCII letters, digits, ``.``, ``:`` and ``-`` becomes ``_`` followed by
+    the lower-case hex of each of its UTF-16 code units (``/`` -> ``_2f``, ``_`` -> ``_5f``), so the
+    mapping is reversible. Frozen: stored keys depend on it.
     """
     out: list[str] = []
     for ch in value:
@@ -37,3 +58,14 @@ def run_payload_key(run_id: str) -> str:
 def job_log_key(run_id: str, job_id: str) -> str:
     """``executions/<runId>/jobs/<jobId>/log.txt``: a finished job's assembled log."""
     return f"executions/{run_id}/jobs/{job_id}/log.txt"
+
+
+def step_log_key(run_id: str, job_name: str, step_index: int) -> str:
+    """``executions/<runId>/job-<jobName>/step-<index>.log``: a step's whole log."""
+    return f"executions/{run_id}/job-{job_name}/step-{step_index}.log"
+
+
+def log_chunk_key(run_id: str, job_name: str, step_index: int | None, seq: int) -> str:
+    """Key of one large log chunk stored out of line (``step_index`` None = job-level output)."""
+    step = "job" if step_index is None else f"step-{step_index}"
+    return f"executions/{run_id}/job-{job_name}/{step}/chunk-{seq:08d}.log"

@@ -33,32 +33,40 @@ KEY_BYTES = 32
 EMPTY_SCOPE_SENTINEL = "__empty__"
 """Key of the placeholder row upstream writes for an empty scope; never returned as a secret."""
 
-_HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
+_KEY_HINT = "Provide a 64-character hex string or a base64-encoded 32-byte value."
 _log = logging.getLogger("kici.secrets")
 
 
 # ------------------------------------------------------------------------------------------- master key
-def parse_master_key(value: str, *, name: str = "KICI_SECRET_KEY") -> bytes:
-    """Decode a master key: exactly 64 hex characters, or base64 of exactly 32 bytes.
+def decode_master_key(text: str) -> bytes:
+    """Decode a master key: 64 hex characters, else base64; the result must be 32 bytes.
 
     Raises:
-        ConfigError: naming ``name`` (never echoing the value) when the key is malformed.
+        ValueError: a message meant to follow the variable's name; it never contains the key.
     """
-    text = value.strip()
+    text = text.strip()
     if _HEX_KEY.fullmatch(text):
         return bytes.fromhex(text)
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ConfigError(
-            f"{name} is not valid: provide a 64-character hex string or a base64-encoded 32-byte value"
-        ) from None
+        raise ValueError(f"is neither 64 hex characters nor valid base64. {_KEY_HINT}") from None
     if len(raw) != KEY_BYTES:
-        raise ConfigError(
-            f"{name} is not valid: Encryption key must be exactly 32 bytes, got {len(raw)} bytes. "
-            "Provide a 64-character hex string or a base64-encoded 32-byte value."
-        )
+        raise ValueError(f"Encryption key must be exactly {KEY_BYTES} bytes, got {len(raw)} bytes. {_KEY_HINT}")
     return raw
+
+
+def parse_master_key(value: str, *, name: str = "KICI_SECRET_KEY") -> bytes:
+    """Decode a master key (see :func:`decode_master_key`), naming the variable on failure.
+
+    Raises:
+        ConfigError: ``"<name> is malformed: ..."``, never echoing the value.
+    """
+    try:
+        return decode_master_key(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} is malformed: {exc}") from None
 
 
 def resolve_master_key(

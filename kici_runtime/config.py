@@ -9,16 +9,14 @@ variable (never a secret's value). Entry points call ``load_settings(os.environ,
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import os
-import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
+from kici_adapters.secrets import decode_master_key
 from kici_runtime import config_source
 from kici_runtime.config_source import DEFAULT_CONFIG_PATH, Reader, Secret, SettingsError, fail
 from kici_runtime.config_vars import BY_NAME
@@ -45,7 +43,6 @@ LogLevel = Literal["debug", "info", "warn", "error"]
 
 _ENTRY_MODES: dict[str, tuple[str, ...]] = {"server": ("platform", "hybrid"), "standalone": ("independent",)}
 _SCRIPT = {"server": "kici-server", "standalone": "kici-standalone"}
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -350,30 +347,6 @@ def _database(reader: Reader, dev: bool, secrets: list[str]) -> tuple[Secret | N
         secrets.append(parsed.password)
         secrets.append(urllib.parse.unquote(parsed.password))
     return Secret(value=url), False
-
-
-def decode_master_key(text: str) -> bytes:
-    """Decode a master key: 64 hex characters, else base64; the result must be 32 bytes.
-
-    Raises:
-        ValueError: with the spec's message (never the key itself).
-    """
-    text = text.strip()
-    if _HEX64.match(text):
-        return bytes.fromhex(text)
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(
-            "is neither 64 hex characters nor valid base64. Provide a 64-character hex string "
-            "or a base64-encoded 32-byte value."
-        ) from None
-    if len(raw) != 32:
-        raise ValueError(
-            f"Encryption key must be exactly 32 bytes, got {len(raw)} bytes. "
-            "Provide a 64-character hex string or a base64-encoded 32-byte value."
-        )
-    return raw
 
 
 def _master_key(reader: Reader, name: str, file_name: str, secrets: list[str]) -> bytes | None:

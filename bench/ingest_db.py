@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few operations: a smoke run of a few seconds")
     parser.add_argument("--ops", type=int, default=None, help="operations per measurement")
     args = parser.parse_args()
-    total = args.ops or (64 if args.quick else 1600)
+    total = args.ops or (32 if args.quick else 1600)
 
     external = os.environ.get("KICI_TEST_DATABASE_URL")
     server: EmbeddedPostgres | None = None

@@ -45,7 +45,7 @@ from kici_core.ports import (
 DEFAULT_MAX_PAYLOAD_BYTES = 5 * 1024 * 1024
 """``KICI_EVENT_LOG_MAX_PAYLOAD_BYTES`` default: larger bodies are recorded without a stored object."""
 MAX_BATCH = 512
-COMMIT_LANES = 4
+COMMIT_LANES = 2
 """Batches that may be committing at once (PostgreSQL overlaps their WAL flushes)."""
 _ORG_ID_MAX = 16
 _log = logging.getLogger("kici.inbox")

@@ -127,7 +127,8 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> None:
+    """Start PostgreSQL, the relay and the orchestrator, measure both paths, stop everything."""
     work = Path(tempfile.mkdtemp(prefix="kici-bench-"))
     pg: EmbeddedPostgres | None = None
     procs: list[subprocess.Popen[bytes]] = []
@@ -136,8 +137,8 @@ async def run(args: argparse.Namespace) -> None:
         if not url:
             pg_root = Path(tempfile.mkdtemp(prefix="kici-bench-pg-"))  # reachable by the server's own account
             pg = EmbeddedPostgres(pg_root, durable=True)
-            url = await anyio.to_thread.run_sync(pg.start)
-        await _prepare_database(url)
+            url = pg.start()
+        anyio.run(_prepare_database, url)
         relay_port, orch_port = _free_port(), _free_port()
         relay_env = {**{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
                      "KICI_RELAY_DB": str(work / "relay.sqlite3")}
@@ -155,21 +156,7 @@ async def run(args: argparse.Namespace) -> None:
                     "KICI_LOG_LEVEL": "warn"}
         procs.append(subprocess.Popen([str(BIN / "kici-server")], env=orch_env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
-        await _wait_http(f"http://127.0.0.1:{relay_port}/api/connections", ready=f"github:{APP_ID}")
-
-        relay_url = f"http://127.0.0.1:{relay_port}/webhook/{ORG}/github"
-        direct_url = f"http://127.0.0.1:{orch_port}/webhook/{ORG}/github"
-        await _load(relay_url, requests=max(20, args.requests // 10), concurrency=args.concurrency, prefix="warm")
-        results = {}
-        for name, target in (("relay", relay_url), ("direct", direct_url)):
-            elapsed, lat, failed = await _load(target, requests=args.requests, concurrency=args.concurrency,
-                                               prefix=name)
-            results[name] = args.requests / elapsed
-            print(f"{name:6s}: {args.requests} deliveries at concurrency {args.concurrency}: "
-                  f"{results[name]:8.1f}/s  p50 {_pct(lat, 0.50):6.1f} ms  p99 {_pct(lat, 0.99):6.1f} ms"
-                  f"  failures {failed}")
-        ratio = results["relay"] / results["direct"]
-        print(f"relay/direct throughput: {ratio:.0%} (target >= 70%)")
+        anyio.run(_measure, args, relay_port, orch_port)
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
@@ -183,6 +170,23 @@ async def run(args: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+async def _measure(args: argparse.Namespace, relay_port: int, orch_port: int) -> None:
+    await _wait_http(f"http://127.0.0.1:{relay_port}/api/connections", ready=f"github:{APP_ID}")
+    relay_url = f"http://127.0.0.1:{relay_port}/webhook/{ORG}/github"
+    direct_url = f"http://127.0.0.1:{orch_port}/webhook/{ORG}/github"
+    await _load(relay_url, requests=max(20, args.requests // 10), concurrency=args.concurrency, prefix="warm")
+    results = {}
+    for name, target in (("relay", relay_url), ("direct", direct_url)):
+        elapsed, lat, failed = await _load(target, requests=args.requests, concurrency=args.concurrency,
+                                           prefix=name)
+        results[name] = args.requests / elapsed
+        print(f"{name:6s}: {args.requests} deliveries at concurrency {args.concurrency}: "
+              f"{results[name]:8.1f}/s  p50 {_pct(lat, 0.50):6.1f} ms  p99 {_pct(lat, 0.99):6.1f} ms"
+              f"  failures {failed}")
+    ratio = results["relay"] / results["direct"]
+    print(f"relay/direct throughput: {ratio:.0%} (target >= 70%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="tiny run (a smoke test of the benchmark)")
@@ -193,7 +197,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.requests = 100
-    anyio.run(run, args)
+    run(args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from kici_core import errors
+from kici_core import errors, jsonpath
 from kici_core.jsontypes import JSONValue
 
 __all__ = [
@@ -117,20 +117,6 @@ def relay_dedup_key(org_id: str, delivery_id: str) -> DedupKey:
     return DedupKey(org_id=org_id, delivery_id=delivery_id)
 
 
-def _body_path(body: JSONValue, path: str) -> str | None:
-    """Dot-notation lookup (optional leading ``$`` or ``$.``); only string values count."""
-    if path.startswith("$."):
-        path = path[2:]
-    elif path.startswith("$"):
-        path = path[1:]
-    node: JSONValue = body
-    for part in path.split(".") if path else []:
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node if isinstance(node, str) and node else None
-
-
 def generic_dedup_key(
     *,
     org_id: str,
@@ -160,7 +146,7 @@ def generic_dedup_key(
         if idempotency_key_header:
             raw = _first_header(lowered, (idempotency_key_header.lower(),))
         if raw is None and idempotency_key_path:
-            raw = _body_path(body, idempotency_key_path)
+            raw = jsonpath.dot_path(body, idempotency_key_path)
         if raw is None:
             raw = _first_header(lowered, ("x-idempotency-key",))
     if raw is None:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from kici_core import jsonpath
 from kici_core.errors import InvalidInput
 from kici_core.jsontypes import JSONValue
 
@@ -141,16 +142,8 @@ class NormalisedEvent:
 # ---------------------------------------------------------------------------------------------
 
 
-def _get(obj: object, *keys: str) -> object:
-    for key in keys:
-        if not isinstance(obj, Mapping):
-            return None
-        obj = obj.get(key)
-    return obj
-
-
 def _str(obj: object, *keys: str) -> str | None:
-    value = _get(obj, *keys)
+    value = jsonpath.get_in(obj, keys)
     return value if isinstance(value, str) else None
 
 
@@ -172,7 +165,7 @@ def repo_full_name(payload: Mapping[str, object]) -> str | None:
 
 def _sender(payload: Mapping[str, object]) -> tuple[str | None, str | None]:
     login = _str(payload, "sender", "login")
-    ident = _get(payload, "sender", "id")
+    ident = jsonpath.get_in(payload, ("sender", "id"))
     if isinstance(ident, bool):
         ident = None
     user_id = str(ident) if isinstance(ident, int | str) else None
@@ -320,7 +313,7 @@ def changed_files_request(event_name: str, payload: Mapping[str, JSONValue]) -> 
     unless either is missing or all zeros (new branch, deletion). Tag pushes behave like pushes.
     """
     if event_name == "pull_request":
-        number = _get(payload, "pull_request", "number")
+        number = jsonpath.get_in(payload, ("pull_request", "number"))
         if not isinstance(number, int) or isinstance(number, bool):
             number = payload.get("number")
         if isinstance(number, int) and not isinstance(number, bool):
@@ -378,12 +371,9 @@ def generic_event_type(
         if value:
             return value
     if event_type_path:
-        path = event_type_path.removeprefix("$").removeprefix(".")
-        node: object = body
-        for part in path.split(".") if path else ():
-            node = node.get(part) if isinstance(node, Mapping) else None
-        if isinstance(node, str) and node:
-            return node
+        value = jsonpath.dot_path(body, event_type_path)
+        if value is not None:
+            return value
     return lowered.get("x-event-type") or "default"
 
 

@@ -1,20 +1,42 @@
-"""The JSONPath subset of lock-file ``match`` / ``not`` filters.
+"""Paths into JSON documents: the JSONPath subset of lock-file ``match`` / ``not`` filters, and
+the plain key lookups (:func:`get_in`, :func:`dot_path`) used by event normalisation, dedup keys
+and trigger checks.
 
-Supported: ``$`` root, ``.name``, ``['name']`` / ``["name"]``, ``[n]`` (negative counts from the
-end), ``.*`` / ``[*]`` wildcards and ``..name`` / ``..*`` recursive descent. Paths are compiled
-once (``functools.lru_cache``).
+Supported JSONPath: ``$`` root, ``.name``, ``['name']`` / ``["name"]``, ``[n]`` (negative counts
+from the end), ``.*`` / ``[*]`` wildcards and ``..name`` / ``..*`` recursive descent. Paths are
+compiled once (``functools.lru_cache``).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kici_core.jsontypes import JSONValue
 from kici_core.patterns import PatternError
 
-__all__ = ["JsonPath", "compile_jsonpath"]
+__all__ = ["JsonPath", "compile_jsonpath", "dot_path", "get_in"]
+
+
+def get_in(doc: object, keys: Iterable[str]) -> object:
+    """The value reached from ``doc`` by following object ``keys``; None when a key is missing or a
+    step is not an object."""
+    node = doc
+    for key in keys:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+def dot_path(doc: object, path: str) -> str | None:
+    """The non-empty string at a dot-notation ``path`` (``a.b.c``; a leading ``$`` and ``.`` are
+    ignored, an empty path is ``doc`` itself), else None (missing, or not a non-empty string)."""
+    path = path.removeprefix("$").removeprefix(".")
+    value = get_in(doc, path.split(".") if path else ())
+    return value if isinstance(value, str) and value else None
 
 
 _Step = tuple[str, str | int | None]  # ("key", name) | ("index", n) | ("wild", None) | ("desc", name|None)

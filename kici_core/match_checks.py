@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from kici_core import globs
+from kici_core import globs, jsonpath
 from kici_core import triggers as t
 from kici_core.events import NormalisedEvent
 from kici_core.jsontypes import JSONValue
@@ -59,12 +59,8 @@ def qlist(values: Sequence[str]) -> str:
 def payload_str(*keys: str) -> Getter:
     """Getter of the string at ``payload[keys[0]][keys[1]]...``; ``""`` when absent or not a string."""
     def get(e: Event) -> str:
-        node: object = e.payload
-        for k in keys:
-            if not isinstance(node, Mapping):
-                return ""
-            node = node.get(k)
-        return node if isinstance(node, str) else ""
+        value = jsonpath.get_in(e.payload, keys)
+        return value if isinstance(value, str) else ""
 
     return get
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from kici_core.jsontypes import JSONObject
-from kici_core.ports import BlobStore, DeliveryInbox, EventLog, SecretStore, SourceStore, TokenStore
+from kici_core.ports import BlobStore, Clock, DeliveryInbox, EventLog, SecretStore, SourceStore, TokenStore
 from kici_core.ratelimit import SlidingWindowLimiter
 
 MAX_BODY_BYTES = 26_214_400  # 25 MiB: every route
@@ -47,7 +47,7 @@ class AppContext:
     secrets: SecretStore
     inbox: DeliveryInbox
     event_log: EventLog
-    clock: SystemClock = field(default_factory=SystemClock)
+    clock: Clock = field(default_factory=SystemClock)
     base_path: str = ""
     version: str = "0.1.0"
     build_commit: str = "unknown"

@@ -208,7 +208,7 @@ async def harness(tmp_path: Path, *, orch_secret: str = SECRET, token: str | Non
     await secrets.put("__system__", "__source__/src-1", "webhookSecret", orch_secret)
     woken: list[int] = []
     ctx = AppContext(mode="platform", sources=sources, secrets=secrets, inbox=inbox, event_log=inbox,
-                     clock=clock,  # type: ignore[arg-type]  # AppContext names SystemClock; FakeClock fits
+                     clock=clock,
                      wake_worker=lambda: woken.append(1))
     outbox = MemoryPlatformOutbox()
     async with running_relay(str(tmp_path / "relay.sqlite3"), FAST_RELAY) as relay:

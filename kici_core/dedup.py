@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from kici_core import errors, jsonpath
+from kici_core import errors, jsonpath, webhooks
 from kici_core.jsontypes import JSONValue
 
 __all__ = [
@@ -82,10 +82,6 @@ class DedupKey:
             raise errors.InvalidInput("delivery id contains control characters")
 
 
-def _lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {name.lower(): value for name, value in headers.items()}
-
-
 def _first_header(headers: Mapping[str, str], names: Iterable[str]) -> str | None:
     for name in names:
         value = headers.get(name, "").strip()
@@ -101,7 +97,7 @@ def github_dedup_key(org_id: str, headers: Mapping[str, str]) -> DedupKey:
     Raises:
         InvalidInput: the header is missing or empty, or the key is invalid.
     """
-    value = _first_header(_lower_headers(headers), ("x-github-delivery",))
+    value = _first_header(webhooks.lower_headers(headers), ("x-github-delivery",))
     if value is None:
         raise errors.InvalidInput("missing X-GitHub-Delivery header")
     return DedupKey(org_id=org_id, delivery_id=value)
@@ -115,6 +111,13 @@ def relay_dedup_key(org_id: str, delivery_id: str) -> DedupKey:
         InvalidInput: the key is invalid.
     """
     return DedupKey(org_id=org_id, delivery_id=delivery_id)
+
+
+def _routed_key(org_id: str, routing_key: str, raw: str) -> DedupKey:
+    """``<routing_key>:<raw>`` for a direct generic or git-provider delivery."""
+    if not routing_key:
+        raise errors.InvalidInput("routing key is empty")
+    return DedupKey(org_id=org_id, delivery_id=f"{routing_key}:{raw}")
 
 
 def generic_dedup_key(
@@ -138,9 +141,7 @@ def generic_dedup_key(
     Raises:
         InvalidInput: ``routing_key`` is empty, or the resulting key is invalid.
     """
-    if not routing_key:
-        raise errors.InvalidInput("routing key is empty")
-    lowered = _lower_headers(headers)
+    lowered = webhooks.lower_headers(headers)
     raw: str | None = None
     if not local:
         if idempotency_key_header:
@@ -151,7 +152,7 @@ def generic_dedup_key(
             raw = _first_header(lowered, ("x-idempotency-key",))
     if raw is None:
         raw = _first_header(lowered, LOCAL_HEADER_ORDER if local else GENERIC_HEADER_ORDER)
-    return DedupKey(org_id=org_id, delivery_id=f"{routing_key}:{raw or fallback_id}")
+    return _routed_key(org_id, routing_key, raw or fallback_id)
 
 
 def universal_git_dedup_key(
@@ -164,10 +165,8 @@ def universal_git_dedup_key(
     Raises:
         InvalidInput: ``routing_key`` is empty, or the resulting key is invalid.
     """
-    if not routing_key:
-        raise errors.InvalidInput("routing key is empty")
-    raw = _first_header(_lower_headers(headers), UNIVERSAL_GIT_HEADER_ORDER)
-    return DedupKey(org_id=org_id, delivery_id=f"{routing_key}:{raw or fallback_id}")
+    raw = _first_header(webhooks.lower_headers(headers), UNIVERSAL_GIT_HEADER_ORDER)
+    return _routed_key(org_id, routing_key, raw or fallback_id)
 
 
 def fanout_delivery_id(inbound: DedupKey, registration_id: str) -> DedupKey:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from kici_core import jsonpath
+from kici_core import jsonpath, webhooks
 from kici_core.errors import InvalidInput
 from kici_core.jsontypes import JSONValue
 
@@ -365,7 +365,7 @@ def generic_event_type(
     """The event name of a generic delivery: the configured header, then the configured dot path
     in the body (leading ``$``/``$.`` stripped, string values only), then ``X-Event-Type``,
     else ``"default"``."""
-    lowered = {k.lower(): v for k, v in headers.items()}
+    lowered = webhooks.lower_headers(headers)
     if event_type_header:
         value = lowered.get(event_type_header.lower())
         if value:

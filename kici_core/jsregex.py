@@ -56,12 +56,20 @@ def _code_point(src: str, i: int) -> tuple[str, int]:
     return f"\\U{value:08x}", close + 1
 
 
-def _control(src: str, i: int) -> str | None:
-    """``\\cX`` (X a letter) as a Python escape, or None when no letter follows."""
+def _escape(src: str, i: int, unicode: bool) -> tuple[str, int]:
+    """Translate the escapes that mean the same in and out of a class, at ``src[i] == '\\\\'``
+    (a character follows); returns (python, next index)."""
+    nxt = src[i + 1]
+    if nxt in "pP" and unicode:
+        raise PatternError("Unicode property escapes are not supported")
+    if nxt == "u" and src[i + 2 : i + 3] == "{":
+        return _code_point(src, i)
     letter = src[i + 2 : i + 3]
-    if letter.isascii() and letter.isalpha():
-        return f"\\x{ord(letter) % 32:02x}"
-    return None
+    if nxt == "c" and letter.isascii() and letter.isalpha():
+        return f"\\x{ord(letter) % 32:02x}", i + 3
+    if nxt.isalpha() and nxt not in _ESCAPE_LETTERS:
+        return re.escape(nxt), i + 2
+    return src[i : i + 2], i + 2
 
 
 def _translate_class(src: str, i: int, unicode: bool) -> tuple[str, int]:
@@ -79,26 +87,15 @@ def _translate_class(src: str, i: int, unicode: bool) -> tuple[str, int]:
         ch = src[j]
         if ch == "\\" and j + 1 < len(src):
             nxt = src[j + 1]
-            control = _control(src, j) if nxt == "c" else None
             if nxt in _SHORTHANDS:
                 members.append(_SHORTHANDS[nxt])
+                j += 2
             elif nxt in _NEGATED_SHORTHANDS:
                 complements.append(_NEGATED_SHORTHANDS[nxt])
-            elif nxt in "pP" and unicode:
-                raise PatternError("Unicode property escapes are not supported")
-            elif nxt == "u" and src[j + 2 : j + 3] == "{":
-                cp, j = _code_point(src, j)
-                members.append(cp)
-                continue
-            elif control is not None:
-                members.append(control)
-                j += 3
-                continue
-            elif nxt.isalpha() and nxt not in _ESCAPE_LETTERS:
-                members.append(re.escape(nxt))
+                j += 2
             else:
-                members.append(src[j : j + 2])
-            j += 2
+                escaped, j = _escape(src, j, unicode)
+                members.append(escaped)
             continue
         if ch in "[&~|":
             members.append("\\" + ch)
@@ -135,7 +132,13 @@ def _translate(source: str, flags: str) -> str:
             if i + 1 >= n:
                 raise PatternError("regex ends with a backslash")
             nxt = source[i + 1]
-            control = _control(source, i) if nxt == "c" else None
+            if nxt == "k" and source[i + 2 : i + 3] == "<":
+                close = source.find(">", i + 3)
+                if close == -1:
+                    raise PatternError("bad \\k<name> backreference")
+                out.append(f"(?P={source[i + 3 : close]})")
+                i = close + 1
+                continue
             if nxt in _SHORTHANDS:
                 out.append(f"[{_SHORTHANDS[nxt]}]")
             elif nxt in _NEGATED_SHORTHANDS:
@@ -144,27 +147,10 @@ def _translate(source: str, flags: str) -> str:
                 out.append(_WORD_BOUNDARY)
             elif nxt == "B":
                 out.append(_NOT_WORD_BOUNDARY)
-            elif nxt in "pP" and unicode:
-                raise PatternError("Unicode property escapes are not supported")
-            elif nxt == "k" and source[i + 2 : i + 3] == "<":
-                close = source.find(">", i + 3)
-                if close == -1:
-                    raise PatternError("bad \\k<name> backreference")
-                out.append(f"(?P={source[i + 3 : close]})")
-                i = close + 1
-                continue
-            elif nxt == "u" and source[i + 2 : i + 3] == "{":
-                cp, i = _code_point(source, i)
-                out.append(cp)
-                continue
-            elif control is not None:
-                out.append(control)
-                i += 3
-                continue
-            elif nxt.isalpha() and nxt not in _ESCAPE_LETTERS:
-                out.append(re.escape(nxt))
             else:
-                out.append(source[i : i + 2])
+                escaped, i = _escape(source, i, unicode)
+                out.append(escaped)
+                continue
             i += 2
             continue
         if ch == "[":

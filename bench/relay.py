@@ -23,16 +23,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import anyio
-import httpx
+import harness
 
 from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.migrate import apply_migrations_async
@@ -48,12 +46,6 @@ SECRET_KEY = "cd" * 32
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _body(delivery: str) -> bytes:
     return json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1, "delivery": delivery,
                        "hook": {"type": "App", "app_id": int(APP_ID)}}).encode()
@@ -64,6 +56,11 @@ def _headers(body: bytes, delivery: str) -> dict[str, str]:
     return {"Content-Type": "application/json", "X-GitHub-Event": "ping", "X-GitHub-Delivery": delivery,
             "X-GitHub-Hook-Installation-Target-Type": "integration",
             "X-GitHub-Hook-Installation-Target-ID": APP_ID, "X-Hub-Signature-256": sig}
+
+
+def _request(delivery: str) -> tuple[bytes, dict[str, str]]:
+    body = _body(delivery)
+    return body, _headers(body, delivery)
 
 
 async def _prepare_database(url: str) -> None:
@@ -80,53 +77,6 @@ async def _prepare_database(url: str) -> None:
         await db.close()
 
 
-async def _wait_http(url: str, *, ready: str | None = None, seconds: float = 60) -> None:
-    """Poll ``url`` until it answers (and its body contains ``ready``); a benchmark may poll."""
-    deadline = time.monotonic() + seconds
-    async with httpx.AsyncClient(timeout=5) as http:
-        while time.monotonic() < deadline:
-            try:
-                r = await http.get(url)
-                if r.status_code == 200 and (ready is None or ready in r.text):
-                    return
-            except httpx.HTTPError:
-                pass
-            await anyio.sleep(0.2)
-    raise RuntimeError(f"{url} did not become ready")
-
-
-async def _load(url: str, *, requests: int, concurrency: int, prefix: str) -> tuple[float, list[float], int]:
-    """Post ``requests`` deliveries at ``concurrency``; returns (seconds, latencies, failures)."""
-    latencies: list[float] = []
-    failures = 0
-    counter = iter(range(requests))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
-        async def worker() -> None:
-            nonlocal failures
-            for i in counter:
-                delivery = f"{prefix}-{i}-{uuid.uuid4()}"
-                body = _body(delivery)
-                started = time.perf_counter()
-                r = await http.post(url, content=body, headers=_headers(body, delivery))
-                latencies.append(time.perf_counter() - started)
-                if r.status_code not in (200, 202):
-                    failures += 1
-
-        began = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for _ in range(concurrency):
-                tg.start_soon(worker)
-        elapsed = time.perf_counter() - began
-    return elapsed, latencies, failures
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
 def run(args: argparse.Namespace) -> None:
     """Start PostgreSQL, the relay and the orchestrator, measure both paths, stop everything."""
     work = Path(tempfile.mkdtemp(prefix="kici-bench-"))
@@ -139,7 +89,7 @@ def run(args: argparse.Namespace) -> None:
             pg = EmbeddedPostgres(pg_root, durable=True)
             url = pg.start()
         anyio.run(_prepare_database, url)
-        relay_port, orch_port = _free_port(), _free_port()
+        relay_port, orch_port = harness.free_port(), harness.free_port()
         relay_env = {**{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
                      "KICI_RELAY_DB": str(work / "relay.sqlite3")}
         relay_cmd = str(BIN / "kici-relay")
@@ -171,17 +121,18 @@ def run(args: argparse.Namespace) -> None:
 
 
 async def _measure(args: argparse.Namespace, relay_port: int, orch_port: int) -> None:
-    await _wait_http(f"http://127.0.0.1:{relay_port}/api/connections", ready=f"github:{APP_ID}")
+    await harness.wait_http(f"http://127.0.0.1:{relay_port}/api/connections", ready=f"github:{APP_ID}")
     relay_url = f"http://127.0.0.1:{relay_port}/webhook/{ORG}/github"
     direct_url = f"http://127.0.0.1:{orch_port}/webhook/{ORG}/github"
-    await _load(relay_url, requests=max(20, args.requests // 10), concurrency=args.concurrency, prefix="warm")
+    await harness.load(relay_url, _request, requests=max(20, args.requests // 10), concurrency=args.concurrency,
+                       prefix="warm")
     results = {}
     for name, target in (("relay", relay_url), ("direct", direct_url)):
-        elapsed, lat, failed = await _load(target, requests=args.requests, concurrency=args.concurrency,
-                                           prefix=name)
+        elapsed, lat, failed, _ids = await harness.load(target, _request, requests=args.requests,
+                                                        concurrency=args.concurrency, prefix=name)
         results[name] = args.requests / elapsed
         print(f"{name:6s}: {args.requests} deliveries at concurrency {args.concurrency}: "
-              f"{results[name]:8.1f}/s  p50 {_pct(lat, 0.50):6.1f} ms  p99 {_pct(lat, 0.99):6.1f} ms"
+              f"{results[name]:8.1f}/s  p50 {harness.pct(lat, 0.50):6.1f} ms  p99 {harness.pct(lat, 0.99):6.1f} ms"
               f"  failures {failed}")
     ratio = results["relay"] / results["direct"]
     print(f"relay/direct throughput: {ratio:.0%} (target >= 70%)")

@@ -1,0 +1,194 @@
+"""Direct webhook intake benchmark: signed GitHub push webhooks into ``kici-standalone`` under uvicorn.
+
+Starts an embedded PostgreSQL 18 (or uses ``--database-url``), a local server speaking GitHub's REST API
+(it serves the lock file, which the orchestrator then caches) and ``kici-standalone`` as a separate process,
+registers one GitHub App source, and posts signed ``push`` webhooks with unique delivery ids at concurrency 1,
+16 and 64. For each concurrency it prints:
+
+* accepted deliveries per second and p50/p99 latency of the 2xx (durable acceptance);
+* p50/p99 time from acceptance to ``processed`` (event_log ``processed_at - received_at``: lock file from the
+  cache, trigger matching, run + jobs + queue rows written);
+* measured in the same run against the same server, the raw rate of single-row ``INSERT ... ON CONFLICT``
+  commits at that concurrency, and the ratio.
+
+Usage: python bench/ingest_http.py [--quick] [--requests N] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import anyio
+import harness
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kici_adapters.postgres.embedded import EmbeddedPostgres
+from kici_adapters.postgres.migrate import apply_migrations_async
+from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.sources import PgSourceStore
+from kici_adapters.secrets import PgSecretStore
+from kici_core.ports import GitHubSource
+from tests.support.github_server import GitHubServer, app_key
+
+ORG = "bench"
+APP_ID = "515151"
+REPO = "acme/app"
+SHA = "5" * 40
+WEBHOOK_SECRET = "bench-webhook-secret"
+SECRET_KEY = "ab" * 32
+BIN = Path(sys.executable).parent
+LOCKFILE = {
+    "schemaVersion": 29, "source": {"file": ".kici/workflows/ci.ts"}, "contentHash": "bench",
+    "workflows": [
+        {"name": f"wf-{i}", "triggers": [
+            {"_type": "push", "branches": [{"type": "glob", "pattern": "main" if i % 2 == 0 else "release/*"}],
+             "paths": []}],
+         "jobs": [{"_type": "static", "name": "build", "runsOn": [{"kind": "exact", "value": "linux"}],
+                   "needs": [], "steps": [{"name": "b", "run": "true"}]}]}
+        for i in range(10)
+    ],
+}
+
+
+def _request(delivery: str) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": SHA,
+                       "repository": {"full_name": REPO, "default_branch": "main",
+                                      "clone_url": f"https://github.com/{REPO}.git"},
+                       "sender": {"login": "bench", "id": 1}, "installation": {"id": 1}}).encode()
+    sig = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return body, {"Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": delivery,
+                  "X-GitHub-Hook-Installation-Target-Type": "integration",
+                  "X-GitHub-Hook-Installation-Target-ID": APP_ID, "X-Hub-Signature-256": sig}
+
+
+async def _prepare(url: str) -> None:
+    await apply_migrations_async(url)
+    db = Database(url, max_size=2)
+    await db.open()
+    try:
+        sid = str(uuid.uuid4())
+        await PgSourceStore(db).add_github(GitHubSource(id=sid, routing_key=f"github:{APP_ID}", name="bench",
+                                                        app_id=APP_ID, customer_id=ORG))
+        secrets = PgSecretStore(db, bytes.fromhex(SECRET_KEY))
+        await secrets.put("__system__", f"__source__/{sid}", "webhookSecret", WEBHOOK_SECRET)
+        await secrets.put("__system__", f"__source__/{sid}", "privateKey", app_key(0).private_pem)
+    finally:
+        await db.close()
+
+
+async def _raw_rate(url: str, concurrency: int, total: int) -> float:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("CREATE TABLE IF NOT EXISTS bench_raw (id text PRIMARY KEY, at timestamptz DEFAULT now())")
+    conns = [await psycopg.AsyncConnection.connect(url, autocommit=True) for _ in range(concurrency)]
+    counter = iter(range(total))
+    prefix = uuid.uuid4().hex
+
+    async def worker(conn: psycopg.AsyncConnection) -> None:  # type: ignore[type-arg]
+        for i in counter:
+            await conn.execute("INSERT INTO bench_raw (id) VALUES (%s) ON CONFLICT DO NOTHING", (f"{prefix}{i}",))
+
+    began = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for c in conns:
+            tg.start_soon(worker, c)
+    elapsed = time.perf_counter() - began
+    for c in conns:
+        await c.close()
+    return total / elapsed
+
+
+async def _processing_latency(url: str, ids: list[str], seconds: float = 120) -> list[float]:
+    """Wait until every delivery is processed; returns processed_at - received_at per delivery."""
+    deadline = time.monotonic() + seconds
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while True:
+            cur = await conn.execute(
+                "SELECT count(*) FILTER (WHERE processed_at IS NULL), "
+                "array_agg(extract(epoch FROM processed_at - received_at)) FILTER (WHERE processed_at IS NOT NULL) "
+                "FROM event_log WHERE org_id = %s AND delivery_id = ANY(%s)", (ORG, ids))
+            row = await cur.fetchone()
+            assert row is not None
+            pending, lat = row
+            if pending == 0 or time.monotonic() > deadline:
+                return [float(x) for x in (lat or [])]
+            await anyio.sleep(0.2)
+
+
+async def _measure(args: argparse.Namespace, url: str, port: int) -> None:
+    await harness.wait_http(f"http://127.0.0.1:{port}/health")
+    target = f"http://127.0.0.1:{port}/webhook/{ORG}/github"
+    await harness.load(target, _request, requests=20, concurrency=4, prefix="warm")
+    print(f"{'conc':>4}  {'accepted/s':>10}  {'2xx p50':>8}  {'2xx p99':>8}  {'proc p50':>8}  {'proc p99':>8}  "
+          f"{'raw ins/s':>9}  {'ratio':>6}")
+    for conc in args.concurrency:
+        n = args.requests if conc > 1 else max(50, args.requests // 8)
+        elapsed, lat, failed, ids = await harness.load(target, _request, requests=n, concurrency=conc,
+                                                       prefix=f"c{conc}")
+        proc = await _processing_latency(url, ids)
+        raw = await _raw_rate(url, conc, n)
+        rate = len(ids) / elapsed
+        print(f"{conc:>4}  {rate:>10.1f}  {harness.pct(lat, .5):>7.1f}ms  {harness.pct(lat, .99):>7.1f}ms  "
+              f"{harness.pct(proc, .5):>7.1f}ms  {harness.pct(proc, .99):>7.1f}ms  {raw:>9.1f}  {rate / raw:>6.0%}"
+              + (f"  ({failed} failed)" if failed else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny run (smoke test of the benchmark)")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.concurrency = 60, [1, 16]
+    work = Path(tempfile.mkdtemp(prefix="kici-bench-"))
+    pg: EmbeddedPostgres | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    with GitHubServer() as gh:
+        gh.add_app(APP_ID, app_key(0).public_pem)
+        gh.add_installation(1, app_id=APP_ID, repos=[REPO])
+        gh.put_file(REPO, SHA, ".kici/kici.lock.json", json.dumps(LOCKFILE).encode())
+        try:
+            url = args.database_url
+            if not url:
+                pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="kici-bench-pg-")), durable=True)
+                url = pg.start()
+            anyio.run(_prepare, url)
+            port = harness.free_port()
+            env = {**{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
+                   "KICI_MODE": "independent", "KICI_DATABASE_URL": url, "KICI_SECRET_KEY": SECRET_KEY,
+                   "KICI_HOST": "127.0.0.1", "KICI_PORT": str(port), "KICI_DATA_DIR": str(work / "data"),
+                   "KICI_LOG_LEVEL": "warn", "GITHUB_API_URL": gh.url,
+                   "KICI_BOOTSTRAP_ADMIN_TOKEN": "bench-admin-token-0123456789"}
+            proc = subprocess.Popen([str(BIN / "kici-standalone")], env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            anyio.run(_measure, args, url, port)
+        finally:
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            if pg is not None:
+                pg.stop()
+                shutil.rmtree(pg.data_dir, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -28,8 +28,10 @@ test: lint typecheck
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
+PORT ?= 4000
+
 dev: $(STAMP)
-	$(BIN)/python -m kici_runtime.devserver
+	$(BIN)/python -m kici_runtime.devserver --port $(PORT)
 
 bench: $(STAMP)
 	$(BIN)/python bench/matching.py

@@ -6,8 +6,14 @@ network. ``render()`` produces the text exposition for ``GET /metrics``.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -72,6 +78,11 @@ lockfile_fetch_duration = Histogram(
     "kici_lockfile_fetch_duration_seconds",
     "Time to fetch a lock file from the provider (cache misses only).",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+payload_offload_failures = Counter(
+    "kici_payload_offload_failures_total",
+    "Accepted payloads whose move from the database to object storage failed (kept and retried).",
     registry=REGISTRY,
 )
 platform_buffer_dropped = Counter(

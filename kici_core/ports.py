@@ -309,6 +309,13 @@ class EventLog(Protocol):
         """One entry; with ``org_id`` None the newest entry with that delivery id."""
         ...
 
+    async def payload(self, org_id: str, delivery_id: str, /) -> bytes | None:
+        """The delivery's stored body, un-gzipped (wherever it currently lives); None when the delivery is
+        unknown or its payload was not stored. Raises ``NotFound`` when the stored object is missing and
+        ``Unavailable`` when storage does not answer. (Positional-only: a store that is also the
+        ``DeliveryInbox`` answers ``payload(item)`` with the same method.)"""
+        ...
+
 
 # --------------------------------------------------------------------------------------------- providers
 @dataclass(frozen=True, slots=True, kw_only=True)

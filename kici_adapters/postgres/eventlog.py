@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Mapping
 from typing import Any, cast
 
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.queries import q
+from kici_core import errors
 from kici_core.jsontypes import JSONValue
-from kici_core.ports import DeliverySource, DeliveryStatus, EventLogEntry, EventLogQuery
+from kici_core.ports import BlobStore, DeliverySource, DeliveryStatus, EventLogEntry, EventLogQuery
 
 
 def row_to_entry(row: Mapping[str, Any]) -> EventLogEntry:
@@ -55,3 +57,32 @@ async def get_entry(db: Database, org_id: str | None, delivery_id: str) -> Event
         cur = await conn.execute(q("event_log_get"), {"org_id": org_id, "delivery_id": delivery_id})
         row = await cur.fetchone()
     return None if row is None else row_to_entry(row)
+
+
+async def read_payload(db: Database, blobs: BlobStore, org_id: str, delivery_id: str) -> bytes | None:
+    """A delivery's body, un-gzipped: the ``delivery_payloads`` copy while the offloader has not moved it, else
+    the object at ``payload_key``. None when the delivery is unknown or its payload was not stored.
+
+    The offloader deletes a row only after the object is durably written, so a reader that misses the row
+    always finds the object.
+
+    Raises:
+        NotFound: the payload was stored but its object is gone (e.g. removed by retention).
+        StorageUnavailable: the database or object storage did not answer.
+        InvalidInput: the stored bytes are not gzip.
+    """
+    async with db.connection() as conn:
+        cur = await conn.execute(q("payload_get"), {"org_id": org_id, "delivery_id": delivery_id})
+        row = await cur.fetchone()
+    if row is None:
+        return None
+    if row["body"] is not None:
+        data = bytes(row["body"])
+    elif row["payload_omitted"] or row["payload_key"] is None:
+        return None
+    else:
+        data = await blobs.get(row["payload_key"])
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError) as exc:
+        raise errors.InvalidInput(f"stored payload of {delivery_id} is not gzip: {exc}") from exc

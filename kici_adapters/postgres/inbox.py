@@ -1,9 +1,12 @@
 """``PgDeliveryInbox``: durable acceptance, the processing inbox and the event log over PostgreSQL.
 
-Acceptance (ARCHITECTURE §1): the gzipped body goes to the BlobStore first, then one statement claims
-``(org_id, delivery_id)`` in ``event_log`` (``ON CONFLICT DO NOTHING``) and queues the claimed row in
-``delivery_inbox``. Concurrent ``accept`` calls share commits (group commit, see :class:`GroupCommit`): the
-commit, not the statement, is what costs, so one commit for many deliveries is the throughput lever.
+Acceptance (ARCHITECTURE §1, decision 2): one statement claims ``(org_id, delivery_id)`` in ``event_log``
+(``ON CONFLICT DO NOTHING``), queues the claimed row in ``delivery_inbox`` and stores its gzipped body in
+``delivery_payloads``, so a delivery is durable, payload included, once that statement commits. Nothing touches
+object storage on this path: :class:`kici_adapters.postgres.offload.PayloadOffloader` moves bodies there later,
+under the ``payload_key`` already recorded, and readers look in the database first, then in object storage.
+Concurrent ``accept`` calls share commits (group commit, see :class:`GroupCommit`): the commit, not the
+statement, is what costs, so one commit for many deliveries is the throughput lever.
 
 Processing (§2): ``claim`` leases pending rows with ``FOR UPDATE SKIP LOCKED``; ``complete`` writes runs, jobs,
 needs edges, dispatch-queue rows, the event_log outcome and the inbox row's completion in one transaction
@@ -12,15 +15,18 @@ and then ``NOTIFY kici_jobs``. Time comes from the database clock (``now()``), s
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 import anyio
+import anyio.to_thread
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -45,8 +51,13 @@ from kici_core.ports import (
 DEFAULT_MAX_PAYLOAD_BYTES = 5 * 1024 * 1024
 """``KICI_EVENT_LOG_MAX_PAYLOAD_BYTES`` default: larger bodies are recorded without a stored object."""
 MAX_BATCH = 512
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+"""Most gzipped payload bytes in one commit (a batch always takes at least one delivery)."""
 COMMIT_LANES = 2
 """Batches that may be committing at once (PostgreSQL overlaps their WAL flushes)."""
+GZIP_LEVEL = 6
+_GZIP_INLINE_MAX = 256 * 1024
+"""Bodies up to this size are compressed on the event loop; larger ones in a worker thread."""
 _ORG_ID_MAX = 16
 _log = logging.getLogger("kici.inbox")
 
@@ -54,7 +65,7 @@ _log = logging.getLogger("kici.inbox")
 # ------------------------------------------------------------------------------------------ rows
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AcceptRow:
-    """One event_log row to claim (the body itself is already in object storage, or omitted)."""
+    """One event_log row to claim, with its gzipped body (None when the payload is omitted)."""
 
     org_id: str
     delivery_id: str
@@ -70,6 +81,7 @@ class AcceptRow:
     payload_size_bytes: int
     payload_hash: str
     received_at: datetime
+    body: bytes | None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -77,7 +89,8 @@ class AcceptRow:
 
 
 _COLUMNS = ("org_id", "delivery_id", "routing_key", "event", "action", "source", "provider", "repo_identifier",
-            "ref", "payload_key", "payload_omitted_reason", "payload_size_bytes", "payload_hash", "received_at")
+            "ref", "payload_key", "payload_omitted_reason", "payload_size_bytes", "payload_hash", "received_at",
+            "body")
 
 
 def _batch_params(rows: Sequence[AcceptRow]) -> dict[str, list[Any]]:
@@ -87,10 +100,28 @@ def _batch_params(rows: Sequence[AcceptRow]) -> dict[str, list[Any]]:
 
 
 async def insert_accept_rows(db: Database, rows: Sequence[AcceptRow]) -> set[tuple[str, str]]:
-    """Claim and queue ``rows`` in one transaction (keys must be distinct); returns the keys that were new."""
-    async with db.transaction() as conn:
-        cur = await conn.execute(q("accept_batch"), _batch_params(rows))
-        return {(r["org_id"], r["delivery_id"]) for r in await cur.fetchall()}
+    """Claim, queue and store ``rows`` in one transaction (keys must be distinct); returns the keys that were new.
+
+    The batch is one statement run in autocommit mode, so it is its own transaction and costs one round trip
+    (no ``BEGIN``/``COMMIT`` exchanges). Committed when this returns.
+    """
+    params = _batch_params(rows)
+    async with db.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            cur = await conn.execute(q("accept_batch"), params)
+            return {(r["org_id"], r["delivery_id"]) for r in await cur.fetchall()}
+        finally:
+            # A broken connection cannot be switched back; the pool discards it anyway.
+            with suppress(psycopg.Error):
+                await conn.set_autocommit(False)
+
+
+async def gzip_body(body: bytes) -> bytes:
+    """``body`` gzipped; large bodies are compressed in a worker thread so the event loop keeps serving."""
+    if len(body) <= _GZIP_INLINE_MAX:
+        return gzip.compress(body, compresslevel=GZIP_LEVEL)
+    return await anyio.to_thread.run_sync(functools.partial(gzip.compress, body, compresslevel=GZIP_LEVEL))
 
 
 # ------------------------------------------------------------------------------------------ group commit
@@ -109,18 +140,22 @@ class _Waiter:
 class GroupCommit:
     """Shares one commit among concurrent acceptances.
 
-    A caller that finds fewer than ``lanes`` commits in flight becomes a leader: it takes everything queued
-    (up to ``max_batch``) and commits it as one statement. Callers arriving while every lane is busy queue
-    up; when a commit ends, the oldest queued caller is woken to lead the next batch on that lane, so no
-    caller ever works for others longer than one commit. Each caller learns its own duplicate flag; when a commit fails, every caller in
-    that batch gets ``StorageUnavailable``. Nobody returns before the commit holding its row has finished,
-    and the commit itself is shielded from cancellation so a cancelled caller cannot strand the others.
+    A caller that finds fewer than ``lanes`` commits in flight becomes a leader: it takes what is queued (up to
+    ``max_batch`` deliveries and ``max_batch_bytes`` of bodies) and commits it as one statement. Callers
+    arriving while every lane is busy queue up; when a commit ends, the oldest queued caller not already chosen
+    is woken to lead the next batch on that lane, so no caller ever works for others longer than one commit
+    and every lane always has exactly one leader. Each caller learns its own duplicate flag; when a commit
+    fails, every caller in that batch gets ``StorageUnavailable``. Nobody returns before the commit holding its
+    row has finished, and the commit itself is shielded from cancellation so a cancelled caller cannot strand
+    the others.
     """
 
     def __init__(self, commit: Callable[[Sequence[AcceptRow]], Awaitable[CommitResult]],
-                 *, max_batch: int = MAX_BATCH, lanes: int = COMMIT_LANES) -> None:
+                 *, max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES,
+                 lanes: int = COMMIT_LANES) -> None:
         self._commit = commit
-        self._max = max_batch
+        self._max = max(1, max_batch)
+        self._max_bytes = max_batch_bytes
         self._lanes = max(1, lanes)
         self._queue: list[_Waiter] = []
         self._inflight = 0
@@ -133,28 +168,27 @@ class GroupCommit:
         self._queue.append(waiter)
         if self._inflight < self._lanes:
             self._inflight += 1
-            await self._lead()
+            await self._lead(waiter)
         else:
             try:
                 await waiter.wake.wait()
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     if waiter.lead and waiter.duplicate is None and waiter.error is None:
-                        await self._lead()
+                        await self._lead(waiter)
                     elif waiter in self._queue:
                         self._queue.remove(waiter)
                 raise
             if waiter.lead and waiter.duplicate is None and waiter.error is None:
-                await self._lead()
+                await self._lead(waiter)
         if waiter.error is not None:
             raise errors.StorageUnavailable(f"delivery not recorded: {waiter.error}") from waiter.error
         assert waiter.duplicate is not None
         return waiter.duplicate
 
-    async def _lead(self) -> None:
+    async def _lead(self, me: _Waiter) -> None:
         with anyio.CancelScope(shield=True):
-            batch = self._queue[: self._max]
-            del self._queue[: len(batch)]
+            batch = self._take(me)
             try:
                 claimed, failed = await self._commit(_first_per_key(w.row for w in batch))
                 self.batches += 1
@@ -169,14 +203,33 @@ class GroupCommit:
                 for w in batch:
                     w.error = exc
             finally:
-                if self._queue:
-                    nxt = self._queue[0]
+                # Hand this lane to the oldest caller nobody has chosen yet; one already chosen as leader by
+                # another lane must not be chosen twice, or a lane would be lost.
+                nxt = next((w for w in self._queue if not w.lead), None)
+                if nxt is not None:
                     nxt.lead = True
                     nxt.wake.set()
                 else:
                     self._inflight -= 1
                 for w in batch:
                     w.wake.set()
+
+    def _take(self, me: _Waiter) -> list[_Waiter]:
+        """``me`` plus the oldest queued callers that fit one batch, leaving callers chosen to lead other lanes."""
+        batch = [me]
+        size = len(me.row.body or b"")
+        for w in self._queue:
+            if len(batch) >= self._max:
+                break
+            if w is me or w.lead:
+                continue
+            size += len(w.row.body or b"")
+            if size > self._max_bytes:
+                break
+            batch.append(w)
+        taken = {id(w) for w in batch}
+        self._queue = [w for w in self._queue if id(w) not in taken]
+        return batch
 
 
 def _first_per_key(rows: Iterable[AcceptRow]) -> list[AcceptRow]:
@@ -250,20 +303,25 @@ class PgDeliveryInbox:
 
     Args:
         db: the connection pool.
-        blobs: where gzipped bodies go.
+        blobs: where the offloader puts gzipped bodies; read when the database copy is gone.
         max_payload_bytes: bodies larger than this are recorded with ``payload_omitted`` (``size_exceeded``).
         group_commit: share commits among concurrent ``accept`` calls (default on).
         max_batch: most deliveries in one commit.
+        max_batch_bytes: most gzipped body bytes in one commit.
         commit_lanes: batches committing at once.
+        on_accepted: called (on the event loop) after a new delivery committed, e.g. ``PayloadOffloader.wake``.
     """
 
     def __init__(self, db: Database, blobs: BlobStore, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-                 group_commit: bool = True, max_batch: int = MAX_BATCH, commit_lanes: int = COMMIT_LANES) -> None:
+                 group_commit: bool = True, max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES,
+                 commit_lanes: int = COMMIT_LANES, on_accepted: Callable[[], None] | None = None) -> None:
         self._db = db
         self._blobs = blobs
         self._max_payload = max_payload_bytes
+        self._on_accepted = on_accepted
         self._group: GroupCommit | None = (
-            GroupCommit(self._commit_rows, max_batch=max_batch, lanes=commit_lanes) if group_commit else None)
+            GroupCommit(self._commit_rows, max_batch=max_batch, max_batch_bytes=max_batch_bytes,
+                        lanes=commit_lanes) if group_commit else None)
 
     @property
     def group(self) -> GroupCommit | None:
@@ -290,41 +348,42 @@ class PgDeliveryInbox:
                 failed[row.key] = exc
         return claimed, failed
 
-    async def _store_body(self, delivery: Delivery) -> tuple[str | None, str | None]:
-        if len(delivery.body) > self._max_payload:
-            _log.warning("event-log payload over the size limit; not stored",
-                         extra={"deliveryId": delivery.delivery_id, "bytes": len(delivery.body)})
-            return None, "size_exceeded"
-        key = event_log_payload_key(delivery.org_id, delivery.delivery_id)
-        try:
-            await self._blobs.put(key, gzip.compress(delivery.body, compresslevel=6))
-        except errors.KiciError as exc:
-            _log.error("event-log payload write failed", extra={"deliveryId": delivery.delivery_id,
-                                                                "error": str(exc)})
-            return None, "storage_failed"
-        return key, None
-
     async def accept(self, delivery: Delivery) -> AcceptResult:
-        """Store the body, then claim the delivery and queue it in one commit (shared with concurrent callers).
+        """Claim the delivery, queue it and store its gzipped body, in one commit shared with concurrent callers.
+
+        No object storage on this path: the body stays in ``delivery_payloads`` until the offloader moves it
+        to ``payload_key``. Bodies over ``max_payload_bytes`` are recorded without a payload (``size_exceeded``).
 
         Raises:
             InvalidInput: the org id or source cannot be stored.
-            StorageUnavailable: the database did not commit the row.
+            StorageUnavailable: the database did not commit the row (nothing may be acknowledged).
         """
         if len(delivery.org_id) > _ORG_ID_MAX or delivery.source not in ("relay", "direct"):
             raise errors.InvalidInput("org id longer than 16 characters or unknown delivery source")
-        payload_key, omitted = await self._store_body(delivery)
+        payload_key: str | None = None
+        omitted: str | None = None
+        body: bytes | None = None
+        if len(delivery.body) > self._max_payload:
+            _log.warning("event-log payload over the size limit; not stored",
+                         extra={"deliveryId": delivery.delivery_id, "bytes": len(delivery.body)})
+            omitted = "size_exceeded"
+        else:
+            payload_key = event_log_payload_key(delivery.org_id, delivery.delivery_id)
+            body = await gzip_body(delivery.body)
         row = AcceptRow(
             org_id=delivery.org_id, delivery_id=delivery.delivery_id, routing_key=delivery.routing_key,
             event=delivery.event, action=delivery.action, source=delivery.source, provider=delivery.provider,
             repo_identifier=delivery.repo_identifier, ref=delivery.ref, payload_key=payload_key,
             payload_omitted_reason=omitted, payload_size_bytes=len(delivery.body),
-            payload_hash=hashlib.sha256(delivery.body).hexdigest(), received_at=delivery.received_at,
+            payload_hash=hashlib.sha256(delivery.body).hexdigest(), received_at=delivery.received_at, body=body,
         )
         if self._group is not None:
-            return AcceptResult(duplicate=await self._group.submit(row))
-        claimed = await insert_accept_rows(self._db, [row])  # StorageUnavailable propagates as is
-        return AcceptResult(duplicate=row.key not in claimed)
+            duplicate = await self._group.submit(row)
+        else:
+            duplicate = row.key not in await insert_accept_rows(self._db, [row])  # StorageUnavailable propagates
+        if not duplicate and body is not None and self._on_accepted is not None:
+            self._on_accepted()
+        return AcceptResult(duplicate=duplicate)
 
     async def claim(self, *, worker_id: str, limit: int, lease_seconds: float) -> list[InboxItem]:
         """Lease up to ``limit`` claimable rows (pending, available, lease free or expired), oldest first."""
@@ -336,11 +395,29 @@ class PgDeliveryInbox:
             rows = await cur.fetchall()
         return [_row_to_item(r) for r in rows]
 
-    async def payload(self, item: InboxItem) -> bytes:
-        """The stored body, un-gzipped. Raises ``NotFound`` when it was not stored."""
+    @overload
+    async def payload(self, item: InboxItem) -> bytes: ...
+
+    @overload
+    async def payload(self, org_id: str, delivery_id: str, /) -> bytes | None: ...
+
+    async def payload(self, item: InboxItem | str, delivery_id: str | None = None) -> bytes | None:
+        """The stored body, un-gzipped: the database copy while there is one, else the object.
+
+        This store plays both ports, so ``payload`` answers both calls: ``payload(item)`` (``DeliveryInbox``)
+        raises ``NotFound`` when no payload was stored; ``payload(org_id, delivery_id)`` (``EventLog``) returns
+        None then. Either raises ``NotFound`` when the object is missing and ``StorageUnavailable`` when a store
+        does not answer.
+        """
+        if isinstance(item, str):
+            assert delivery_id is not None
+            return await eventlog.read_payload(self._db, self._blobs, item, delivery_id)
         if item.payload_key is None:
             raise errors.NotFound("payload was not stored")
-        return gzip.decompress(await self._blobs.get(item.payload_key))
+        body = await eventlog.read_payload(self._db, self._blobs, item.org_id, item.delivery_id)
+        if body is None:
+            raise errors.NotFound("payload was not stored")
+        return body
 
     async def complete(self, item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun]) -> list[str]:
         """Create the runs (at most once per delivery and workflow), record the outcome, finish the inbox row and

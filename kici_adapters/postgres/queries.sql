@@ -127,18 +127,19 @@ UPDATE agent_tokens SET revoked_at = now() WHERE id = %(id)s AND revoked_at IS N
 
 -- ========================================================================================= inbox
 -- name: accept_batch
--- One statement per batch: claim each (org_id, delivery_id) and queue the claimed ones. Rows that lose the
--- claim (duplicates) are simply absent from the result; nothing is written for them.
+-- One statement per batch (one round trip, one commit in autocommit mode): claim each (org_id, delivery_id),
+-- queue the claimed ones and store their gzipped bodies. Rows that lose the claim (duplicates) are simply
+-- absent from the result; nothing is written for them. A NULL body (payload omitted) stores no payload row.
 WITH input AS (
     SELECT * FROM unnest(
         %(org_id)s::text[], %(delivery_id)s::text[], %(routing_key)s::text[], %(event)s::text[],
         %(action)s::text[], %(source)s::text[], %(provider)s::text[], %(repo_identifier)s::text[],
         %(ref)s::text[], %(payload_key)s::text[], %(payload_omitted)s::boolean[],
         %(payload_omitted_reason)s::text[], %(payload_size_bytes)s::integer[], %(payload_hash)s::text[],
-        %(received_at)s::timestamptz[]
+        %(received_at)s::timestamptz[], %(body)s::bytea[]
     ) WITH ORDINALITY AS t(org_id, delivery_id, routing_key, event, action, source, provider, repo_identifier,
                            ref, payload_key, payload_omitted, payload_omitted_reason, payload_size_bytes,
-                           payload_hash, received_at, ord)
+                           payload_hash, received_at, body, ord)
 ), claimed AS (
     INSERT INTO event_log (org_id, delivery_id, routing_key, event, action, source, provider, repo_identifier,
                            ref, payload_key, payload_omitted, payload_omitted_reason, payload_size_bytes,
@@ -150,6 +151,10 @@ WITH input AS (
     RETURNING id, org_id, delivery_id
 ), queued AS (
     INSERT INTO delivery_inbox (event_log_id) SELECT id FROM claimed
+), stored AS (
+    INSERT INTO delivery_payloads (event_log_id, body)
+    SELECT c.id, i.body FROM claimed c JOIN input i USING (org_id, delivery_id)
+     WHERE i.body IS NOT NULL
 )
 SELECT org_id, delivery_id FROM claimed
 
@@ -255,6 +260,27 @@ RETURNING i.event_log_id
 
 -- name: inbox_depth
 SELECT count(*) AS n FROM delivery_inbox WHERE state = 'pending'
+
+-- ========================================================================================= payloads
+-- name: payload_get
+-- The database copy when the offloader has not moved it yet; else the object key to read.
+SELECT e.payload_key, e.payload_omitted, p.body
+  FROM event_log e LEFT JOIN delivery_payloads p ON p.event_log_id = e.id
+ WHERE e.org_id = %(org_id)s AND e.delivery_id = %(delivery_id)s
+
+-- name: offload_claim
+-- Oldest bodies first; rows another offloader holds are skipped. Locks last until the caller's commit.
+SELECT p.event_log_id, p.body, e.org_id, e.delivery_id, e.payload_key
+  FROM delivery_payloads p JOIN event_log e ON e.id = p.event_log_id
+ ORDER BY p.created_at
+ LIMIT %(limit)s
+   FOR UPDATE OF p SKIP LOCKED
+
+-- name: offload_delete
+DELETE FROM delivery_payloads WHERE event_log_id = ANY(%(ids)s::uuid[])
+
+-- name: offload_pending
+SELECT count(*) AS n FROM delivery_payloads
 
 -- ========================================================================================= event log (read)
 -- name: event_log_page

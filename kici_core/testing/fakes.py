@@ -12,6 +12,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import overload
 
 from kici_core import errors
 from kici_core.jsontypes import JSONValue
@@ -209,13 +210,23 @@ class FakeRun:
 
 
 class FakeDeliveryInbox:
-    """Inbox + event log in memory. ``runs`` and ``queue`` show what ``complete`` created."""
+    """Inbox + event log in memory. ``runs`` and ``queue`` show what ``complete`` created.
+
+    Like the PostgreSQL store, ``accept`` keeps the gzipped body with the entry (``pending_payloads``, the
+    database copy) and ``offload()`` moves bodies to ``blobs`` under their ``payload_key``, keeping any whose
+    write fails for the next pass. With ``offload_on_accept`` (the default) every accept is followed by an
+    offload pass, as in a running orchestrator whose offloader is woken by each acceptance; set it False to
+    drive offloading by hand. ``fail_accepts`` makes ``accept`` raise ``StorageUnavailable`` (database down).
+    """
 
     def __init__(self, blobs: FakeBlobStore, clock: FakeClock, *,
-                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, offload_on_accept: bool = True) -> None:
         self.blobs = blobs
         self.clock = clock
         self.max_payload_bytes = max_payload_bytes
+        self.offload_on_accept = offload_on_accept
+        self.fail_accepts = False
+        self.pending_payloads: dict[tuple[str, str], bytes] = {}
         self.entries: dict[tuple[str, str], EventLogEntry] = {}
         self.rows: dict[tuple[str, str], _InboxRow] = {}
         self.runs: dict[str, FakeRun] = {}
@@ -224,19 +235,17 @@ class FakeDeliveryInbox:
         self.notifications = 0
 
     async def accept(self, delivery: Delivery) -> AcceptResult:
+        if self.fail_accepts:
+            raise errors.StorageUnavailable("database unavailable")
         key = (delivery.org_id, delivery.delivery_id)
         if key in self.entries:
             return AcceptResult(duplicate=True)
-        object_key = event_log_payload_key(delivery.org_id, delivery.delivery_id)
-        payload_key: str | None = object_key
+        payload_key: str | None = event_log_payload_key(delivery.org_id, delivery.delivery_id)
         omitted: str | None = None
         if len(delivery.body) > self.max_payload_bytes:
             payload_key, omitted = None, "size_exceeded"
         else:
-            try:
-                await self.blobs.put(object_key, gzip.compress(delivery.body))
-            except errors.KiciError:
-                payload_key, omitted = None, "storage_failed"
+            self.pending_payloads[key] = gzip.compress(delivery.body)
         self.entries[key] = EventLogEntry(
             org_id=delivery.org_id, delivery_id=delivery.delivery_id, routing_key=delivery.routing_key,
             event=delivery.event, action=delivery.action, source=delivery.source, provider=delivery.provider,
@@ -250,7 +259,25 @@ class FakeDeliveryInbox:
             event=delivery.event, action=delivery.action, source=delivery.source, provider=delivery.provider,
             payload_key=payload_key, received_at=delivery.received_at, attempts=0,
         ))
+        if self.offload_on_accept and key in self.pending_payloads:
+            await self.offload()
         return AcceptResult(duplicate=False)
+
+    async def offload(self, limit: int = 100) -> tuple[int, int]:
+        """Move up to ``limit`` pending bodies to ``blobs``, oldest first; returns ``(moved, failed)``. A body
+        whose write fails stays pending."""
+        moved = failed = 0
+        for key in list(self.pending_payloads)[:limit]:
+            entry = self.entries[key]
+            assert entry.payload_key is not None
+            try:
+                await self.blobs.put(entry.payload_key, self.pending_payloads[key])
+            except errors.KiciError:
+                failed += 1
+                continue
+            del self.pending_payloads[key]
+            moved += 1
+        return moved, failed
 
     async def claim(self, *, worker_id: str, limit: int, lease_seconds: float) -> list[InboxItem]:
         now = self.clock.now()
@@ -268,10 +295,33 @@ class FakeDeliveryInbox:
             out.append(row.item)
         return out
 
-    async def payload(self, item: InboxItem) -> bytes:
+    @overload
+    async def payload(self, item: InboxItem) -> bytes: ...
+
+    @overload
+    async def payload(self, org_id: str, delivery_id: str, /) -> bytes | None: ...
+
+    async def payload(self, item: InboxItem | str, delivery_id: str | None = None) -> bytes | None:
+        """``payload(item)`` (DeliveryInbox: ``NotFound`` when not stored) or ``payload(org_id, delivery_id)``
+        (EventLog: None when not stored); the pending copy first, else the object."""
+        if isinstance(item, str):
+            assert delivery_id is not None
+            return await self._read_payload((item, delivery_id))
         if item.payload_key is None:
             raise errors.NotFound("payload was not stored")
-        return gzip.decompress(await self.blobs.get(item.payload_key))
+        body = await self._read_payload((item.org_id, item.delivery_id))
+        if body is None:
+            raise errors.NotFound("payload was not stored")
+        return body
+
+    async def _read_payload(self, key: tuple[str, str]) -> bytes | None:
+        entry = self.entries.get(key)
+        if entry is None or entry.payload_key is None:
+            return None
+        data = self.pending_payloads.get(key)
+        if data is None:
+            data = await self.blobs.get(entry.payload_key)
+        return gzip.decompress(data)
 
     async def complete(self, item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun]) -> list[str]:
         key = (item.org_id, item.delivery_id)

@@ -15,6 +15,7 @@ import pytest
 from psycopg import sql
 
 from kici_adapters.postgres.inbox import PgDeliveryInbox
+from kici_adapters.postgres.offload import PayloadOffloader
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.sources import PgSourceStore
 from kici_adapters.postgres.tokens import PgTokenStore
@@ -82,7 +83,8 @@ async def test_secrets_never_stored_in_plaintext(database: Database, tmp_path: P
     for item in await inbox.claim(worker_id="w", limit=10, lease_seconds=60):
         await inbox.complete(item, DeliveryOutcome(status="received"), [])
 
-    rows = await dump_database(database)
+    rows = await dump_database(database)  # accepted bodies are still in delivery_payloads (gzipped bytea)
+    await PayloadOffloader(database, blobs).run_once()  # ... and now in object storage
     objects = dump_objects(tmp_path / "objects")
     assert len(objects) == 2
     assert sum('"encrypted_value"' in r for r in rows) == 3  # the secrets rows were dumped too

@@ -6,7 +6,6 @@ sha256 is stored; the plaintext is in the create response and nowhere else.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import secrets as pysecrets
@@ -126,9 +125,11 @@ async def show_event_log(request: Request, ctx: AppContext, caller: Caller) -> R
     out = entry_json(entry)
     if include_payload and not entry.payload_omitted and entry.payload_key:
         try:
-            if ctx.blobs is None:
-                raise errors.Unavailable("no object storage configured")
-            payload: JSONValue = json.loads(gzip.decompress(await ctx.blobs.get(entry.payload_key)))
+            # the database copy until the offloader has moved it, then the object
+            body = await ctx.event_log.payload(entry.org_id, entry.delivery_id)
+            if body is None:
+                raise errors.NotFound("payload not stored")
+            payload: JSONValue = json.loads(body)
             out["payload"] = payload
         except (errors.KiciError, OSError, ValueError, EOFError) as exc:
             log.warning("cannot read an event-log payload", extra={"deliveryId": entry.delivery_id,

@@ -32,6 +32,7 @@ from kici_adapters.platform.outbox import PgPlatformOutbox
 from kici_adapters.postgres import migrate
 from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue
 from kici_adapters.postgres.embedded import EmbeddedPostgres
+from kici_adapters.postgres.offload import PayloadOffloader
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.runs import PgRunStore
 from kici_adapters.postgres.stores import PgDeliveryInbox, PgSourceStore, PgTokenStore
@@ -152,7 +153,9 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             log.warning("KICI_SECRET_KEY not set: secrets subsystem disabled; webhook sources cannot be registered")
             secrets = DisabledSecretStore()
         sources = PgSourceStore(db)
-        inbox = PgDeliveryInbox(db, blobs, max_payload_bytes=settings.event_log_max_payload_bytes)
+        offloader = PayloadOffloader(db, blobs)  # accepted bodies: database -> object storage, in the background
+        inbox = PgDeliveryInbox(db, blobs, max_payload_bytes=settings.event_log_max_payload_bytes,
+                                on_accepted=offloader.wake)
         tokens = PgTokenStore(db)
         github = GitHubProvider(
             secrets=secrets, default_api_url=settings.github_api_url, lockfile_max_bytes=settings.lockfile_max_bytes,
@@ -195,7 +198,8 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         await _wire_admin(ctx, settings, stack, db, url, tokens)
         app = build_app(ctx, [*admin_api.routes, *extra_routes])
         yield Orchestrator(settings=settings, db=db, ctx=ctx, app=app, worker=worker, github=github,
-                           platform_outbox=platform_outbox, agents=hub, agent_endpoint=endpoint)
+                           platform_outbox=platform_outbox, agents=hub, agent_endpoint=endpoint,
+                           background=[offloader.run])
 
 
 async def _wire_admin(ctx: AppContext, settings: Settings, stack: AsyncExitStack, db: Database, url: str,
@@ -293,6 +297,8 @@ async def serve(settings: Settings, *, ready: Callable[[int], None] | None = Non
         server = _Server(config)
         async with anyio.create_task_group() as tg:
             tg.start_soon(orch.worker.run)
+            for loop in orch.background:  # payload offloader
+                tg.start_soon(loop)
             if orch.agents is not None:  # --- agent dispatch loops (LISTEN, poll, deadlines, sweeps, gauges)
                 tg.start_soon(orch.agents.run)
 

@@ -102,10 +102,19 @@ class Harness:
                 async with wiring.orchestrator(settings) as orch:
                     self.orch = orch
                     config = uvicorn.Config(orch.app, host="127.0.0.1", port=self.port, log_config=None,
-                                            access_log=False, lifespan="off", ws_max_size=26_214_400)
+                                            access_log=False, lifespan="off", ws_max_size=26_214_400,
+                                            timeout_graceful_shutdown=5)
                     server = wiring._Server(config)
+                    served = anyio.Event()
+
+                    async def serve() -> None:
+                        try:
+                            await server.serve()
+                        finally:
+                            served.set()
+
                     async with anyio.create_task_group() as inner:
-                        inner.start_soon(server.serve)
+                        inner.start_soon(serve)
                         with anyio.fail_after(30):
                             while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
                                 await anyio.sleep(0.02)
@@ -118,6 +127,8 @@ class Harness:
                         assert orch.agent_endpoint is not None
                         await orch.agent_endpoint.close_all()
                         server.should_exit = True
+                        with anyio.fail_after(20):
+                            await served.wait()
                         inner.cancel_scope.cancel()
             finally:
                 self._stopped.set()
@@ -159,7 +170,8 @@ class Harness:
                     "KICI_AGENT_LABELS": labels, "KICI_AGENT_MAX_CONCURRENCY": str(max_concurrency),
                     "KICI_AGENT_WORK_DIR": str(self.tmp / "work" / agent_id)})
         proc = await anyio.open_process([sys.executable, "-m", "kici_runtime.agent", "--log-level", "WARNING"],
-                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
         self.agents[agent_id] = proc
         await self.wait_for(lambda: self._registered(agent_id), what=f"agent {agent_id} registered")
         return proc
@@ -206,6 +218,7 @@ class Harness:
                 proc.kill()
             with anyio.fail_after(10):
                 await proc.wait()
+            await proc.aclose()
 
 
 @asynccontextmanager

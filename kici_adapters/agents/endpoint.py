@@ -327,7 +327,7 @@ class AgentEndpoint:
             if kind == "heartbeat":
                 self.hub.heartbeat(conn)
                 continue
-            decision = limiter.check(len(text), self._clock(), force=kind in NEVER_DROPPED)
+            decision = limiter.check(len(text), self._clock(), force=isinstance(kind, str) and kind in NEVER_DROPPED)
             if decision.close is not None:
                 await self._fail(conn, CLOSE_INVALID, decision.close)
             if decision.drop:

@@ -138,6 +138,12 @@ class Independent:
             cur = await conn.execute(sql, args)  # type: ignore[arg-type]
             return await cur.fetchall()
 
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement that returns no rows; the affected row count."""
+        async with await psycopg.AsyncConnection.connect(self.db_url, autocommit=True) as conn:
+            cur = await conn.execute(sql, args)  # type: ignore[arg-type]
+            return cur.rowcount
+
     async def event(self, delivery: str) -> dict[str, Any] | None:
         """The event_log row of ``delivery`` with its inbox state (None when absent)."""
         async with await psycopg.AsyncConnection.connect(self.db_url, autocommit=True) as conn:

@@ -31,9 +31,10 @@ from kici_adapters.postgres.stores import PgSourceStore
 from kici_core.ports import GenericSource
 from kici_runtime import wiring
 from kici_runtime.config import load_settings
-from tests.support.pg import db_url, pg_server, pg_template  # noqa: F401
+from tests.support import pg as _pg
 
 pytestmark = pytest.mark.anyio
+pg_server, pg_template, db_url = _pg.pg_server, _pg.pg_template, _pg.db_url  # fixtures
 
 ORG = "acme"
 SOURCE = "repo"
@@ -186,10 +187,10 @@ class Harness:
             cur = await conn.execute(sql, params)  # type: ignore[arg-type]
             return [dict(r) for r in await cur.fetchall()]
 
-    async def wait_for(self, check: Any, *, what: str, timeout: float = 60.0) -> None:
+    async def wait_for(self, check: Any, *, what: str, limit: float = 60.0) -> None:
         """Poll an external condition (subprocesses and the database give no events to wait on)."""
-        with anyio.fail_after(timeout):
-            while not await check():
+        with anyio.fail_after(limit):
+            while not await check():  # noqa: ASYNC110 - external state, no event to wait on
                 await anyio.sleep(0.1)
 
     async def run_done(self) -> dict[str, Any]:
@@ -201,7 +202,7 @@ class Harness:
             return bool(rows) and all(r["status"] in TERMINAL for r in rows)
 
         try:
-            await self.wait_for(done, what="run finished", timeout=90)
+            await self.wait_for(done, what="run finished", limit=90)
         except TimeoutError:
             state = {t: await self.query(f"SELECT * FROM {t}") for t in
                      ("event_log", "execution_runs", "execution_jobs", "dispatch_queue", "agents")}
@@ -287,7 +288,7 @@ async def test_jobs_wait_for_a_label_and_max_concurrency_is_respected(db_url: st
             rows = await h.query("SELECT status FROM execution_jobs WHERE base_name = 'w'")
             return len(rows) == 6 and all(r["status"] == "success" for r in rows)
 
-        await h.wait_for(pool_done, what="pool jobs done", timeout=90)
+        await h.wait_for(pool_done, what="pool jobs done", limit=90)
         # Never more than maxConcurrency jobs of the one agent at once (the steps count their siblings).
         logs = await h.query("SELECT content FROM log_chunks WHERE content LIKE 'running=%%'")
         counts = [int(c["content"].split("=")[1]) for c in logs]

@@ -21,9 +21,10 @@ from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.stores import PgTokenStore
 from kici_core.ports import AgentToken
 from tests.e2e.test_agents_e2e import Harness
-from tests.support.pg import db_url, pg_server, pg_template  # noqa: F401
+from tests.support import pg as _pg
 
 pytestmark = pytest.mark.anyio
+pg_server, pg_template, db_url = _pg.pg_server, _pg.pg_template, _pg.db_url  # fixtures
 
 TOKEN = "kat_" + "ab" * 32
 

@@ -130,10 +130,12 @@ class Pipeline:
         if source is None:
             return _received(f"no source registered for {item.routing_key}", repo=repo)
         ref = events.lockfile_ref(item.event, payload)
-        fetched = await provider.lockfiles.fetch_lockfile(source, repo, ref)
-        if fetched.content is None:
-            return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_missing", repo_identifier=repo, ref=ref))
         try:
+            # a provider may validate before caching, so a corrupt (or oversized) file can surface here too
+            fetched = await provider.lockfiles.fetch_lockfile(source, repo, ref)
+            if fetched.content is None:
+                return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_missing", repo_identifier=repo,
+                                                             ref=ref))
             lock = lockfile.parse_lockfile(fetched.content)
         except errors.LockfileError as exc:
             return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_corrupt", repo_identifier=repo, ref=ref,

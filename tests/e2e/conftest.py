@@ -150,7 +150,7 @@ class Independent:
             conn.row_factory = psycopg.rows.dict_row  # type: ignore[assignment]
             cur = await conn.execute(
                 "SELECT e.status, e.matched_count, e.error_message, e.run_id, e.repo_identifier, e.ref, "
-                "i.state AS inbox_state, i.attempts, i.available_at > now() AS waiting "
+                "i.state AS inbox_state, i.attempts, i.last_error, i.available_at > now() AS waiting "
                 "FROM event_log e LEFT JOIN delivery_inbox i ON i.event_log_id = e.id "
                 "WHERE e.delivery_id = %s", (delivery,))
             row = await cur.fetchone()

@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import (
-
     GENERIC_NAME,
     ORG,
     Independent,
@@ -26,8 +25,8 @@ from tests.e2e.conftest import (
     job,
     lockfile,
     new_delivery,
-    push_body,
     poll,
+    push_body,
     push_workflow,
 )
 

@@ -8,7 +8,7 @@ expire them in the database instead of waiting, which is what the passage of the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -111,7 +111,7 @@ async def test_sigkill_while_processing_then_restart_processes_each_delivery_onc
     await _assert_each_processed_once(w, deliveries)
 
 
-async def _some(items: list[object]) -> bool | None:
+async def _some(items: Sequence[object]) -> bool | None:
     return True if items else None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,7 +113,7 @@ async def harness(database: Database, gh: GitHubServer, tmp_path: Path) -> Async
         await provider.aclose()
 
 
-FAULTS = {
+FAULTS: dict[str, tuple[str, Callable[[GitHubServer], None]]] = {
     "timeout": ("ReadTimeout", lambda gh: gh.delay(CONTENTS, 5, times=10_000)),
     "dropped": ("RemoteProtocolError", lambda gh: gh.drop(CONTENTS, times=10_000)),
     "401": ("HTTP 401", lambda gh: gh.fail(CONTENTS, 401, times=10_000, message="Bad credentials")),

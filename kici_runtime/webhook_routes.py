@@ -153,7 +153,7 @@ async def generic_webhook(request: Request) -> Response:
     org_id = request.path_params["org_id"]
     source_name = request.path_params["source_id"]
     try:
-        body = await read_body(request, ctx.generic_max_body_bytes)
+        body = await read_body(request, min(ctx.generic_max_body_bytes, ctx.max_body_bytes))
     except BodyTooLarge:
         return _too_large()
     try:

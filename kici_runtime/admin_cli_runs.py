@@ -103,6 +103,7 @@ def runs_logs(ctx: click.Context, run_id: str, job_name: str | None, follow: boo
     """Print a run's log lines (prefixed with the job name when not filtered)."""
     api = client(ctx)
     after = 0
+    ended = False
     while True:
         out = api.request("GET", f"/api/v1/admin/runs/{run_id}/logs", params={"job": job_name, "after": after})
         for chunk in out["chunks"]:
@@ -113,11 +114,12 @@ def runs_logs(ctx: click.Context, run_id: str, job_name: str | None, follow: boo
             for line in chunk["lines"]:
                 click.echo(f"{prefix}{line}")
         after = out["next"]
-        if not follow or out["chunks"]:
-            if not follow:
-                return
-            continue
-        run = api.request("GET", f"/api/v1/admin/runs/{run_id}")
-        if run["status"] in ("success", "failed", "cancelled"):
+        if out["chunks"]:
+            continue  # a page of at most 1000 chunks: read on until one comes back empty
+        if not follow or ended:
             return
-        time.sleep(interval)
+        run = api.request("GET", f"/api/v1/admin/runs/{run_id}")
+        # Lines written between the last read and the run's end are read once more before stopping.
+        ended = run["status"] in ("success", "failed", "cancelled")
+        if not ended:
+            time.sleep(interval)

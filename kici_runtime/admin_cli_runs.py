@@ -5,6 +5,7 @@ Importing this module attaches the commands to :data:`kici_runtime.admin_cli.run
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -100,15 +101,16 @@ def runs_cancel(ctx: click.Context, run_id: str, force: bool, as_json: bool) -> 
 @click.pass_context
 def runs_logs(ctx: click.Context, run_id: str, job_name: str | None, follow: bool, interval: float,
               as_json: bool) -> None:
-    """Print a run's log lines (prefixed with the job name when not filtered)."""
+    """Print a run's log lines (prefixed with the job name when not filtered); ``--json`` prints one chunk
+    object per line."""
     api = client(ctx)
     after = 0
     ended = False
     while True:
         out = api.request("GET", f"/api/v1/admin/runs/{run_id}/logs", params={"job": job_name, "after": after})
         for chunk in out["chunks"]:
-            if as_json:
-                echo_json(chunk)
+            if as_json:  # one compact object per line (JSON Lines), so --follow output stays parseable
+                click.echo(json.dumps(chunk, ensure_ascii=False))
                 continue
             prefix = "" if job_name else f"[{chunk['jobName']}] "
             for line in chunk["lines"]:

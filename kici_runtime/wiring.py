@@ -156,6 +156,7 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         offloader = PayloadOffloader(db, blobs)  # accepted bodies: database -> object storage, in the background
         inbox = PgDeliveryInbox(db, blobs, max_payload_bytes=settings.event_log_max_payload_bytes,
                                 on_accepted=offloader.wake)
+        stack.push_async_callback(inbox.aclose)  # its group-commit lane connections
         tokens = PgTokenStore(db)
         github = GitHubProvider(
             secrets=secrets, default_api_url=settings.github_api_url, lockfile_max_bytes=settings.lockfile_max_bytes,

@@ -19,8 +19,10 @@ import functools
 import gzip
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import suppress
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, overload
@@ -31,7 +33,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from kici_adapters.postgres import eventlog
-from kici_adapters.postgres.pool import Connection, Database
+from kici_adapters.postgres.pool import Connection, Database, connect, translate_errors
 from kici_adapters.postgres.queries import q
 from kici_core import errors
 from kici_core.jsontypes import JSONObject
@@ -99,22 +101,89 @@ def _batch_params(rows: Sequence[AcceptRow]) -> dict[str, list[Any]]:
     return params
 
 
-async def insert_accept_rows(db: Database, rows: Sequence[AcceptRow]) -> set[tuple[str, str]]:
-    """Claim, queue and store ``rows`` in one transaction (keys must be distinct); returns the keys that were new.
+async def execute_accept_batch(conn: Connection, rows: Sequence[AcceptRow], *, url: str) -> set[tuple[str, str]]:
+    """Claim, queue and store ``rows`` (keys must be distinct) on an autocommit connection; returns the keys that
+    were new. The batch is one statement, so it is its own transaction: one round trip, committed on return.
 
-    The batch is one statement run in autocommit mode, so it is its own transaction and costs one round trip
-    (no ``BEGIN``/``COMMIT`` exchanges). Committed when this returns.
+    Raises ``StorageUnavailable``/``Conflict`` (translated as :mod:`pool` does); other driver errors mean the
+    database rejected a row.
     """
-    params = _batch_params(rows)
+    with translate_errors(url):
+        cur = await conn.execute(q("accept_batch"), _batch_params(rows))
+        return {(r["org_id"], r["delivery_id"]) for r in await cur.fetchall()}
+
+
+async def insert_accept_rows(db: Database, rows: Sequence[AcceptRow]) -> set[tuple[str, str]]:
+    """:func:`execute_accept_batch` on a pooled connection (switched to autocommit for the statement)."""
     async with db.connection() as conn:
         await conn.set_autocommit(True)
         try:
-            cur = await conn.execute(q("accept_batch"), params)
-            return {(r["org_id"], r["delivery_id"]) for r in await cur.fetchall()}
+            return await execute_accept_batch(conn, rows, url=db.url)
         finally:
             # A broken connection cannot be switched back; the pool discards it anyway.
             with suppress(psycopg.Error):
                 await conn.set_autocommit(False)
+
+
+class LaneConnections:
+    """Dedicated autocommit connections for the group-commit lanes (at most one per lane is ever in use).
+
+    Outside the pool, so a batch costs exactly one round trip: no checkout check, no ``BEGIN``/``COMMIT``. A
+    connection idle for longer than ``check_after`` seconds is checked with an empty query before use (and
+    replaced when dead), so a server restart costs no acknowledged delivery; a broken one is dropped.
+    ``aclose()`` closes them; a store dropped without it closes them when collected.
+    """
+
+    def __init__(self, url: str, *, check_after: float = 2.0, connect_timeout: int = 5) -> None:
+        self._url = url
+        self._check_after = check_after
+        self._connect_timeout = connect_timeout
+        self._idle: list[tuple[Connection, float]] = []
+        self._open: set[Connection] = set()
+        self._finalizer = weakref.finalize(self, _finish_all, self._open)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A ready autocommit connection, returned to the idle list afterwards unless it broke."""
+        conn = await self._get()
+        try:
+            yield conn
+        finally:
+            if conn.closed or conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                await self._discard(conn)
+            else:
+                self._idle.append((conn, time.monotonic()))
+
+    async def _get(self) -> Connection:
+        while self._idle:
+            conn, since = self._idle.pop()
+            if time.monotonic() - since <= self._check_after:
+                return conn
+            try:
+                await conn.execute("")
+                return conn
+            except psycopg.Error:
+                await self._discard(conn)
+        conn = await connect(self._url, autocommit=True, connect_timeout=self._connect_timeout)
+        self._open.add(conn)
+        return conn
+
+    async def _discard(self, conn: Connection) -> None:
+        self._open.discard(conn)
+        with suppress(psycopg.Error):
+            await conn.close()
+
+    async def aclose(self) -> None:
+        """Close every connection."""
+        self._idle.clear()
+        for conn in list(self._open):
+            await self._discard(conn)
+
+
+def _finish_all(conns: set[Connection]) -> None:
+    for conn in conns:
+        conn.pgconn.finish()  # synchronous close: no event loop needed
+    conns.clear()
 
 
 async def gzip_body(body: bytes) -> bytes:
@@ -319,6 +388,7 @@ class PgDeliveryInbox:
         self._blobs = blobs
         self._max_payload = max_payload_bytes
         self._on_accepted = on_accepted
+        self._lanes = LaneConnections(db.url)
         self._group: GroupCommit | None = (
             GroupCommit(self._commit_rows, max_batch=max_batch, max_batch_bytes=max_batch_bytes,
                         lanes=commit_lanes) if group_commit else None)
@@ -328,25 +398,30 @@ class PgDeliveryInbox:
         """The group-commit batcher, or None when disabled."""
         return self._group
 
+    async def aclose(self) -> None:
+        """Close the group-commit lanes' connections (the pool is the caller's)."""
+        await self._lanes.aclose()
+
     async def _commit_rows(self, rows: Sequence[AcceptRow]) -> CommitResult:
-        try:
-            return await insert_accept_rows(self._db, rows), {}
-        except (errors.StorageUnavailable, errors.Conflict):
-            raise
-        except psycopg.Error:
-            if len(rows) == 1:
-                raise
-        # A row the database rejects must not sink its batch-mates: commit them one by one, so a row that
-        # still fails makes only its own caller fail.
-        _log.warning("accept batch rejected; retrying its %d rows one by one", len(rows))
-        claimed: set[tuple[str, str]] = set()
-        failed: dict[tuple[str, str], Exception] = {}
-        for row in rows:
+        async with self._lanes.connection() as conn:
             try:
-                claimed |= await insert_accept_rows(self._db, [row])
-            except psycopg.Error as exc:
-                failed[row.key] = exc
-        return claimed, failed
+                return await execute_accept_batch(conn, rows, url=self._db.url), {}
+            except (errors.StorageUnavailable, errors.Conflict):
+                raise
+            except psycopg.Error:
+                if len(rows) == 1:
+                    raise
+            # A row the database rejects must not sink its batch-mates: commit them one by one, so a row that
+            # still fails makes only its own caller fail.
+            _log.warning("accept batch rejected; retrying its %d rows one by one", len(rows))
+            claimed: set[tuple[str, str]] = set()
+            failed: dict[tuple[str, str], Exception] = {}
+            for row in rows:
+                try:
+                    claimed |= await execute_accept_batch(conn, [row], url=self._db.url)
+                except psycopg.Error as exc:
+                    failed[row.key] = exc
+            return claimed, failed
 
     async def accept(self, delivery: Delivery) -> AcceptResult:
         """Claim the delivery, queue it and store its gzipped body, in one commit shared with concurrent callers.

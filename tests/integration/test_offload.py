@@ -8,19 +8,23 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
+import psycopg
 import pytest
+from psycopg import sql
 
 from kici_adapters import metrics
-from kici_adapters.postgres.inbox import PgDeliveryInbox
+from kici_adapters.postgres.inbox import LaneConnections, PgDeliveryInbox
 from kici_adapters.postgres.offload import OffloadPass, PayloadOffloader
 from kici_adapters.postgres.pool import Database
 from kici_adapters.storage import FilesystemBlobStore
 from kici_core import errors
 from kici_core.keys import event_log_payload_key
-from kici_core.ports import Delivery
+from kici_core.ports import Delivery, EventLogQuery
 from kici_core.testing import fakes
+from tests.support.pg import PgServer
 
 pytestmark = pytest.mark.anyio
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -177,12 +181,43 @@ async def test_deleting_an_entry_deletes_its_pending_body(database: Database) ->
     assert await scalar(database, "SELECT count(*) FROM delivery_payloads") == 0
 
 
-async def test_database_down_means_no_acknowledgement(db_url: str) -> None:
-    db = Database(db_url, max_size=2, timeout=2.0)
-    await db.open()
-    inbox = PgDeliveryInbox(db, fakes.FakeBlobStore())
-    await inbox.accept(delivery(1))
-    await db.close()
-    for n in (2, 3):
-        with pytest.raises(errors.StorageUnavailable):
-            await inbox.accept(delivery(n))
+def kill_sessions(server: PgServer, db_url: str, *, allow_connections: bool) -> None:
+    """Terminate every session on the test database (waiting until they are gone); optionally refuse new ones."""
+    name = urlsplit(db_url).path.lstrip("/")
+    with psycopg.connect(server.admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+            sql.Identifier(name), sql.SQL("true" if allow_connections else "false")))
+        conn.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+                     " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+
+
+async def test_database_down_means_no_acknowledgement(database: Database, db_url: str, pg_server: PgServer) -> None:
+    inbox = PgDeliveryInbox(database, fakes.FakeBlobStore())
+    try:
+        await inbox.accept(delivery(1))
+        kill_sessions(pg_server, db_url, allow_connections=False)
+        try:
+            for n in (2, 3):  # the lane's connection dies mid-use, then no new one can be opened
+                with pytest.raises(errors.StorageUnavailable):
+                    await inbox.accept(delivery(n))
+        finally:
+            kill_sessions(pg_server, db_url, allow_connections=True)
+        assert (await inbox.accept(delivery(4))).duplicate is False  # back once the database is
+        entries, total = await inbox.list(EventLogQuery())
+        assert sorted(e.delivery_id for e in entries) == ["d-1", "d-4"] and total == 2
+    finally:
+        await inbox.aclose()
+
+
+async def test_idle_lane_connection_is_checked_and_replaced(db_url: str, pg_server: PgServer) -> None:
+    lanes = LaneConnections(db_url, check_after=0.0)
+    try:
+        async with lanes.connection() as conn:
+            first_pid = conn.info.backend_pid
+        kill_sessions(pg_server, db_url, allow_connections=True)  # e.g. a server restart while idle
+        async with lanes.connection() as conn:
+            cur = await conn.execute("SELECT 1 AS one")
+            assert await cur.fetchone() == {"one": 1}
+            assert conn.info.backend_pid != first_pid
+    finally:
+        await lanes.aclose()

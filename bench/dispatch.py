@@ -1,0 +1,352 @@
+"""Dispatch benchmark: webhook 2xx -> ``job.dispatch`` latency with 100 agents, then 2,000 idle agents.
+
+Starts an embedded PostgreSQL 18 (or uses ``--database-url``) and ``kici-standalone`` as a separate process
+(``KICI_AGENT_AUTH=none``), registers a ``local`` source over the admin API whose repository is a git repo in a
+temp directory (its lock file has one workflow with one job on label ``bench``), then:
+
+1. connects 100 simulated agents (plain WebSocket clients: ``agent.register``, then for every ``job.dispatch``
+   at once ``job.ack``, ``job.status running`` and ``job.status success``);
+2. sends 1,000 HMAC-signed push webhooks at 50/s and measures, per webhook, the time from its 2xx to the
+   ``job.dispatch`` of its run arriving at an agent (runs are matched to deliveries through the database);
+3. connects 2,000 idle agents that send ``heartbeat`` every 30 s, and reports the orchestrator process's RSS
+   and CPU use (psutil) while they are connected.
+
+Targets: p99 < 100 ms at 50 webhooks/s; 2,000 agents < 500 MiB RSS.
+
+Usage: python bench/dispatch.py [--quick] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import harness
+import httpx
+import psutil
+import psycopg
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kici_adapters.postgres.embedded import EmbeddedPostgres
+from kici_adapters.postgres.migrate import apply_migrations_async
+
+ORG = "bench"
+SOURCE = "dispatch"
+SECRET = "bench-dispatch-secret"
+ADMIN_TOKEN = "kat-bench-dispatch-" + "0" * 24
+BIN = Path(sys.executable).parent
+MiB = 1024 * 1024
+
+
+# ------------------------------------------------------------------------------------------------ setup
+def _git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.com",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.com"}
+    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout.strip()
+
+
+def make_repo(root: Path) -> tuple[Path, str]:
+    """A git repository whose lock file runs one job on label ``bench`` for every push to ``main``."""
+    repo = root / "repo"
+    (repo / ".kici").mkdir(parents=True)
+    lock = {"schemaVersion": 29, "source": {"file": ".kici/workflows/ci.ts"}, "contentHash": "bench",
+            "workflows": [{"name": "bench", "triggers": [
+                {"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
+                "jobs": [{"_type": "static", "name": "job", "runsOn": [{"kind": "exact", "value": "bench"}],
+                          "needs": [], "steps": [{"name": "s", "run": "true"}]}]}]}
+    (repo / ".kici" / "kici.lock.json").write_text(json.dumps(lock))
+    _git(root, "init", "-q", "-b", "main", str(repo))
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "bench")
+    return repo, _git(repo, "rev-parse", "HEAD")
+
+
+async def register_source(base: str, repo: Path) -> None:
+    """The ``local`` source, over the admin API, verified with HMAC-SHA256 and without a rate limit in the way."""
+    body = {"orgId": ORG, "name": SOURCE, "providerType": "local", "gitConfig": {"url": repo.as_uri()},
+            "verificationMethod": "hmac_sha256", "verificationConfig": {"secret": SECRET},
+            "eventTypeHeader": "x-event-type", "rateLimitRpm": 1_000_000}
+    async with httpx.AsyncClient(base_url=base, timeout=30,
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+        r = await http.post("/api/v1/admin/generic-sources", json=body)
+        if r.status_code not in (200, 201):
+            raise RuntimeError(f"source registration failed: HTTP {r.status_code} {r.text[:300]}")
+
+
+def webhook(repo: Path, sha: str, delivery: str) -> tuple[bytes, dict[str, str]]:
+    """A signed generic ``push`` for ``delivery``."""
+    body = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": sha,
+                       "repository": {"full_name": "bench/repo", "name": "repo", "default_branch": "main",
+                                      "clone_url": repo.as_uri()}, "sender": {"login": "bench", "id": 1}}).encode()
+    sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return body, {"Content-Type": "application/json", "X-Signature-256": sig, "X-Delivery-Id": delivery,
+                  "X-Event-Type": "push"}
+
+
+# ------------------------------------------------------------------------------------------------ agents
+def _msg(**fields: Any) -> str:
+    return json.dumps({"messageId": str(uuid.uuid4()), "timestamp": int(time.time() * 1000), **fields})
+
+
+async def _register(port: int, agent_id: str, labels: list[str]) -> ClientConnection:
+    ws = await connect(f"ws://127.0.0.1:{port}/ws", max_queue=64, open_timeout=60)
+    await ws.send(_msg(type="agent.register", agentId=agent_id, labels=labels, maxConcurrency=1,
+                       platform="linux", arch="x64", inFlightJobs=[]))
+    while json.loads(await ws.recv()).get("type") != "register.ack":
+        pass
+    return ws
+
+
+class Workers:
+    """Agents that take every job at once and record when each run's dispatch arrived."""
+
+    def __init__(self) -> None:
+        self.dispatched: dict[str, float] = {}  # run id -> perf_counter at receipt
+        self.wall: dict[str, float] = {}  # run id -> epoch seconds at receipt
+        self.all_connected = anyio.Event()
+
+    async def run(self, port: int, count: int) -> None:
+        ready = 0
+
+        async def agent(i: int) -> None:
+            nonlocal ready
+            ws = await _register(port, f"worker-{i}", ["bench"])
+            ready += 1
+            if ready == count:
+                self.all_connected.set()
+            try:
+                async for raw in ws:
+                    msg = json.loads(raw)
+                    if msg.get("type") != "job.dispatch":
+                        continue
+                    self.dispatched.setdefault(msg["runId"], time.perf_counter())
+                    self.wall.setdefault(msg["runId"], time.time())
+                    ids = {"runId": msg["runId"], "jobId": msg["jobId"]}
+                    await ws.send(_msg(type="job.ack", **ids))
+                    await ws.send(_msg(type="job.status", state="running", **ids))
+                    await ws.send(_msg(type="job.status", state="success", data={"exitCode": 0}, **ids))
+            except ConnectionClosed:
+                pass
+
+        async with anyio.create_task_group() as tg:
+            for i in range(count):
+                tg.start_soon(agent, i)
+
+
+async def idle_agents(port: int, count: int, connected: anyio.Event, stop: anyio.Event) -> None:
+    """``count`` idle agents (registered, heartbeat every 30 s) until ``stop``."""
+    limiter = anyio.CapacityLimiter(50)
+    done = 0
+
+    async def agent(i: int) -> None:
+        nonlocal done
+        async with limiter:
+            ws = await _register(port, f"idle-{i}", ["idle"])
+        done += 1
+        if done == count:
+            connected.set()
+        try:
+            with anyio.move_on_after(random.uniform(0, 30)):
+                await stop.wait()
+            while not stop.is_set():
+                await ws.send(json.dumps({"type": "heartbeat", "timestamp": int(time.time() * 1000)}))
+                with anyio.move_on_after(30):
+                    await stop.wait()
+        except ConnectionClosed:
+            pass
+        finally:
+            await ws.close()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(count):
+            tg.start_soon(agent, i)
+
+
+# ------------------------------------------------------------------------------------------------ measure
+async def send_webhooks(base: str, repo: Path, sha: str, *, count: int,
+                        rate: float) -> tuple[dict[str, float], dict[str, float], int]:
+    """Post ``count`` webhooks at ``rate``/s; returns delivery id -> perf_counter and -> epoch seconds at its
+    2xx, and the number of failures."""
+    accepted: dict[str, float] = {}
+    wall: dict[str, float] = {}
+    failures = 0
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
+        async def post(delivery: str) -> None:
+            nonlocal failures
+            body, headers = webhook(repo, sha, delivery)
+            r = await http.post(f"/webhook/{ORG}/generic/{SOURCE}", content=body, headers=headers)
+            if r.status_code in (200, 202):
+                accepted[delivery] = time.perf_counter()
+                wall[delivery] = time.time()
+            else:
+                if not failures:
+                    print(f"first failure: HTTP {r.status_code} {r.text[:200]}")
+                failures += 1
+
+        began = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for i in range(count):
+                delay = began + i / rate - time.perf_counter()
+                if delay > 0:
+                    await anyio.sleep(delay)  # pacing the load generator
+                tg.start_soon(post, f"d{i}-{uuid.uuid4().hex}")
+    return accepted, wall, failures
+
+
+async def delivery_runs(url: str) -> dict[str, str]:
+    """delivery id (as sent) -> run id, from ``execution_runs.delivery_id`` (``<routing key>:<delivery>``)."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute("SELECT delivery_id, run_id::text FROM execution_runs")
+        return {str(d).rsplit(":", 1)[-1]: str(r) for d, r in await cur.fetchall()}
+
+
+async def processed_at(url: str) -> dict[str, float]:
+    """run id -> epoch seconds at which its delivery's processing committed (``event_log.processed_at``)."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute("SELECT r.run_id::text, extract(epoch FROM e.processed_at)::float8"
+                                 " FROM execution_runs r JOIN event_log e ON e.delivery_id = r.delivery_id"
+                                 " AND e.org_id = r.org_id WHERE e.processed_at IS NOT NULL")
+        return {str(r): float(t) for r, t in await cur.fetchall()}
+
+
+async def wait_until(check: Any, seconds: float, what: str) -> None:
+    with anyio.fail_after(seconds):
+        while not await check():  # noqa: ASYNC110 - database state, no event to wait on
+            await anyio.sleep(0.2)  # a benchmark may poll the database
+
+
+async def measure(args: argparse.Namespace, url: str, port: int, pid: int, repo: Path, sha: str) -> None:
+    base = f"http://127.0.0.1:{port}"
+    await harness.wait_http(f"{base}/health")
+    await register_source(base, repo)
+    proc = psutil.Process(pid)
+    rss_start = proc.memory_info().rss
+    workers = Workers()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(workers.run, port, args.agents)
+        with anyio.fail_after(60):
+            await workers.all_connected.wait()
+        # Warm up (lock-file read, code paths), then measure.
+        await send_webhooks(base, repo, sha, count=5, rate=10)
+        cpu_before = proc.cpu_times()
+        began = time.perf_counter()
+        accepted, accepted_wall, failed = await send_webhooks(base, repo, sha, count=args.webhooks, rate=args.rate)
+        send_seconds = time.perf_counter() - began
+        runs: dict[str, str] = {}
+
+        async def all_dispatched() -> bool:
+            runs.update(await delivery_runs(url))
+            return all(runs.get(d) in workers.dispatched for d in accepted)
+
+        try:
+            await wait_until(all_dispatched, 60, "every run dispatched")
+        except TimeoutError:
+            print("warning: not every accepted webhook reached an agent within 60 s")
+        cpu_after = proc.cpu_times()
+        latencies = [workers.dispatched[runs[d]] - t for d, t in accepted.items()
+                     if runs.get(d) in workers.dispatched]
+        busy = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+        print(f"webhooks: {len(accepted)} accepted ({failed} failed) in {send_seconds:.1f} s "
+              f"= {len(accepted) / send_seconds:.1f}/s; agents: {args.agents}")
+        print(f"2xx -> job.dispatch: n={len(latencies)}  p50 {harness.pct(latencies, .5):.1f} ms  "
+              f"p99 {harness.pct(latencies, .99):.1f} ms  max {harness.pct(latencies, 1.0):.1f} ms  "
+              f"(target p99 < 100 ms)")
+        done = await processed_at(url)
+        walls = {d: t for d, t in accepted_wall.items() if runs.get(d) in done and runs[d] in workers.wall}
+        to_processed = [done[runs[d]] - t for d, t in walls.items()]
+        to_dispatch = [workers.wall[runs[d]] - done[runs[d]] for d in walls]
+        print(f"  of which 2xx -> processed (run and queue row committed): p50 {harness.pct(to_processed, .5):.1f} ms"
+              f"  p99 {harness.pct(to_processed, .99):.1f} ms; processed -> dispatch received: "
+              f"p50 {harness.pct(to_dispatch, .5):.1f} ms  p99 {harness.pct(to_dispatch, .99):.1f} ms")
+        print(f"orchestrator CPU during the webhook phase: {busy / max(send_seconds, 1e-9) * 100:.0f}% of one core")
+        rss_workers = proc.memory_info().rss
+
+        # Idle agents.
+        connected, stop = anyio.Event(), anyio.Event()
+        began = time.perf_counter()
+        tg.start_soon(idle_agents, port, args.idle, connected, stop)
+        with anyio.fail_after(120):
+            await connected.wait()
+        connect_seconds = time.perf_counter() - began
+        proc.cpu_percent(None)
+        await anyio.sleep(args.window)  # the measurement window itself
+        cpu = proc.cpu_percent(None)
+        rss = proc.memory_info().rss
+        print(f"idle agents: {args.idle} registered in {connect_seconds:.1f} s")
+        print(f"orchestrator RSS: {rss_start / MiB:.0f} MiB at start, {rss_workers / MiB:.0f} MiB after the webhook "
+              f"phase, {rss / MiB:.0f} MiB with {args.idle + args.agents} agents connected (target < 500 MiB)")
+        print(f"orchestrator CPU with the agents idle (heartbeat every 30 s), over {args.window:.0f} s: {cpu:.1f}%")
+        stop.set()
+        tg.cancel_scope.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny run (smoke test of the benchmark)")
+    parser.add_argument("--agents", type=int, help="working agents (default 100; --quick 10)")
+    parser.add_argument("--webhooks", type=int, help="webhooks to send (default 1000; --quick 50)")
+    parser.add_argument("--rate", type=float, default=50.0, help="webhooks per second (default 50)")
+    parser.add_argument("--idle", type=int, help="idle agents for the memory measurement (default 2000; --quick 100)")
+    parser.add_argument("--window", type=float, help="seconds of idle CPU measurement (default 15; --quick 2)")
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+    for name, full, quick in (("agents", 100, 10), ("webhooks", 1000, 50), ("idle", 2000, 100), ("window", 15.0, 2.0)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4 * (args.idle + args.agents) + 1024  # client and server ends of every socket, plus slack
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))  # inherited by the orchestrator
+    work = Path(tempfile.mkdtemp(prefix="kici-bench-"))
+    pg: EmbeddedPostgres | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        url = args.database_url
+        if not url:
+            pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="kici-bench-pg-")), durable=True)
+            url = pg.start()
+        anyio.run(apply_migrations_async, url)
+        repo, sha = make_repo(work)
+        port = harness.free_port()
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
+               "KICI_MODE": "independent", "KICI_DATABASE_URL": url, "KICI_SECRET_KEY": "cd" * 32,
+               "KICI_HOST": "127.0.0.1", "KICI_PORT": str(port), "KICI_DATA_DIR": str(work / "data"),
+               "KICI_LOG_LEVEL": "warn", "KICI_AGENT_AUTH": "none", "KICI_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN}
+        proc = subprocess.Popen([str(BIN / "kici-standalone")], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        anyio.run(measure, args, url, port, proc.pid, repo, sha)
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if pg is not None:
+            pg.stop()
+            shutil.rmtree(pg.data_dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -86,10 +86,11 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            log.info("Request completed", extra={
-                "method": scope.get("method"), "path": scope.get("path"), "status": status,
-                "duration": f"{(time.perf_counter() - started) * 1000:.0f}ms", "requestId": request_id,
-            })
+            if log.isEnabledFor(logging.INFO):  # skip building the fields when the line would be dropped
+                log.info("Request completed", extra={
+                    "method": scope.get("method"), "path": scope.get("path"), "status": status,
+                    "duration": f"{(time.perf_counter() - started) * 1000:.0f}ms", "requestId": request_id,
+                })
 
 
 def base_routes() -> list[BaseRoute]:

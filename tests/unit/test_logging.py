@@ -163,3 +163,31 @@ def test_no_registered_secret_survives_any_message(secret: str, before: str, aft
     finally:
         kici_logging.reset_secrets()
     assert secret not in str(doc["message"]) and secret not in json.dumps(doc["field"], ensure_ascii=False)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    secret=st.text(alphabet=st.characters(codec="utf-8"), min_size=6, max_size=12),
+    values=st.lists(st.one_of(st.text(max_size=12), st.integers(), st.none(), st.booleans()), max_size=4),
+    embed=st.booleans(),
+    token=st.booleans(),
+)
+def test_fast_path_writes_exactly_what_per_field_masking_writes(secret: str, values: list[object], embed: bool,
+                                                                token: bool) -> None:
+    """The whole-line check may only skip masking when masking would change nothing."""
+    kici_logging.register_secret(secret)
+    try:
+        formatter = kici_logging.JsonFormatter()
+        inner = (secret if embed else "") + ("KAT_" + "aB" * 32 if token else "")
+        record = logging.LogRecord("kici", logging.INFO, __file__, 1, "m", None, None)
+        record.__dict__.update({"field": {"k": [*values, inner]}, "tags": (inner, frozenset({"x"}))})
+        fast = formatter.format(record)
+        original = kici_logging._has_maskable
+        kici_logging._has_maskable = lambda text: True  # type: ignore[assignment]
+        try:
+            slow = formatter.format(record)
+        finally:
+            kici_logging._has_maskable = original  # type: ignore[assignment]
+    finally:
+        kici_logging.reset_secrets()
+    assert fast == slow

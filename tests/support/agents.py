@@ -109,8 +109,8 @@ class RawAgent:
         def wanted(m: dict[str, Any]) -> bool:
             return m.get("type") == kind and (job_id is None or m.get("jobId") == job_id)
 
-        for i, msg in enumerate(self._backlog):
-            if wanted(msg):
+        for i, kept in enumerate(self._backlog):
+            if wanted(kept):
                 return self._backlog.pop(i)
         with anyio.fail_after(bound):
             while True:

@@ -113,12 +113,12 @@ async def test_oversize_truncated_and_non_json_bodies_are_rejected_unrecorded(in
     oversize = new_delivery()
     resp = await w.post(f"/webhook/{ORG}/github", big, github_headers(big, oversize))
     assert resp.status_code == 413 and resp.text == "Payload Too Large"
-    generic_big = b'{"pad":"' + b"x" * (1024 * 1024) + b'"}'  # over the source's 1 MiB max_payload_bytes
+    # the global limit applies to the generic route too (its per-source JSON 413 is covered by the unit tests)
+    generic_big = b'{"pad":"' + b"x" * (1024 * 1024) + b'"}'
     generic_oversize = new_delivery()
     resp = await w.post(f"/webhook/{ORG}/generic/{GENERIC_NAME}", generic_big,
                         generic_headers(generic_big, generic_oversize))
-    assert resp.status_code == 413
-    assert resp.json() == {"rejected": True, "reason": "Payload too large", "maxBytes": 1048576}
+    assert resp.status_code == 413 and resp.text == "Payload Too Large"
 
     not_json = new_delivery()
     for body in (b"this is not json", b"[1, 2, 3]", b'{"truncated": ', b"\xff\xfe\x00binary"):

@@ -9,7 +9,8 @@ fixed concurrency:
   HTTP 200. The latency of that POST is "HTTP in to webhook.ack".
 * direct path: HTTP POST to the orchestrator's ``/webhook/<org>/github`` → durable acceptance → 200/202.
 
-Prints deliveries per second and p50/p99 latency for both, and the relay/direct ratio.
+Prints deliveries per second, p50/p99 latency and the CPU time each server process spent per delivery (a
+steadier figure than throughput on a shared machine) for both paths, and the relay/direct ratio.
 
 Usage: python bench/relay.py [--quick] [--requests N] [--concurrency 16] [--database-url URL]
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import anyio
 import harness
+import psutil
 
 from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.migrate import apply_migrations_async
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> None:
                     "KICI_LOG_LEVEL": "warn"}
         procs.append(subprocess.Popen([str(BIN / "kici-server")], env=orch_env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
-        anyio.run(_measure, args, relay_port, orch_port)
+        anyio.run(_measure, args, relay_port, orch_port, psutil.Process(procs[0].pid), psutil.Process(procs[1].pid))
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
@@ -120,7 +122,13 @@ def run(args: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-async def _measure(args: argparse.Namespace, relay_port: int, orch_port: int) -> None:
+def _cpu(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+async def _measure(args: argparse.Namespace, relay_port: int, orch_port: int, relay: psutil.Process,
+                   orch: psutil.Process) -> None:
     await harness.wait_http(f"http://127.0.0.1:{relay_port}/api/connections", ready=f"github:{APP_ID}")
     relay_url = f"http://127.0.0.1:{relay_port}/webhook/{ORG}/github"
     direct_url = f"http://127.0.0.1:{orch_port}/webhook/{ORG}/github"
@@ -128,12 +136,15 @@ async def _measure(args: argparse.Namespace, relay_port: int, orch_port: int) ->
                        prefix="warm")
     results = {}
     for name, target in (("relay", relay_url), ("direct", direct_url)):
+        cpu_relay, cpu_orch = _cpu(relay), _cpu(orch)
         elapsed, lat, failed, _ids = await harness.load(target, _request, requests=args.requests,
                                                         concurrency=args.concurrency, prefix=name)
+        per = 1000 / args.requests
+        cpu = f"cpu/delivery: relay {(_cpu(relay) - cpu_relay) * per:4.2f} ms, orchestrator {(_cpu(orch) - cpu_orch) * per:4.2f} ms"
         results[name] = args.requests / elapsed
         print(f"{name:6s}: {args.requests} deliveries at concurrency {args.concurrency}: "
               f"{results[name]:8.1f}/s  p50 {harness.pct(lat, 0.50):6.1f} ms  p99 {harness.pct(lat, 0.99):6.1f} ms"
-              f"  failures {failed}")
+              f"  failures {failed}  {cpu}")
     ratio = results["relay"] / results["direct"]
     print(f"relay/direct throughput: {ratio:.0%} (target >= 70%)")
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
+
+import anyio
 
 from kici_adapters import metrics
 from kici_adapters.platform.client import AckDecision
@@ -35,8 +38,49 @@ async def github_secrets(secrets: SecretStore, source: GitHubSource) -> list[str
         StorageUnavailable: the secret store is unreachable.
     """
     scope = f"__source__/{source.id}"
-    values = [await secrets.get(SYSTEM_ORG, scope, key) for key in GITHUB_SECRET_KEYS]
+    values = [await shared_get(secrets, SYSTEM_ORG, scope, key) for key in GITHUB_SECRET_KEYS]
     return [v for v in values if v]
+
+
+class _Read:
+    __slots__ = ("done", "error", "finished", "value")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.finished = False
+        self.value: str | None = None
+        self.error: Exception | None = None
+
+
+_READS: weakref.WeakKeyDictionary[SecretStore, dict[tuple[str, str, str], _Read]] = weakref.WeakKeyDictionary()
+
+
+async def shared_get(secrets: SecretStore, org_id: str, scope: str, key: str) -> str | None:
+    """``secrets.get(org_id, scope, key)``, sharing one read among concurrent callers.
+
+    When a store's short cache expires under load every request in flight would otherwise miss at once and
+    issue its own query; here the first caller reads and the others wait for its answer (or its error). A
+    caller whose leader was cancelled reads for itself.
+    """
+    reads = _READS.setdefault(secrets, {})
+    ident = (org_id, scope, key)
+    while (read := reads.get(ident)) is not None:
+        await read.done.wait()
+        if read.error is not None:
+            raise read.error
+        if read.finished:
+            return read.value
+    read = reads[ident] = _Read()
+    try:
+        read.value = await secrets.get(org_id, scope, key)
+        read.finished = True
+        return read.value
+    except Exception as exc:
+        read.error = exc
+        raise
+    finally:
+        del reads[ident]
+        read.done.set()
 
 
 async def generic_secret(secrets: SecretStore, source: GenericSource) -> str | None:
@@ -45,7 +89,7 @@ async def generic_secret(secrets: SecretStore, source: GenericSource) -> str | N
     name = webhooks.SECRET_METHODS.get(source.verification_method)
     if name is None:
         return None
-    return await secrets.get(SYSTEM_ORG, f"__webhook__/{source.id}", name)
+    return await shared_get(secrets, SYSTEM_ORG, f"__webhook__/{source.id}", name)
 
 
 async def accept(ctx: AppContext, delivery: Delivery) -> bool:

@@ -164,6 +164,10 @@ class RelayStore:
         self._db.row_factory = sqlite3.Row
         with self._lock:
             self._db.execute("PRAGMA busy_timeout = 5000")
+            # Every relayed ack is recorded on the event loop: with write-ahead logging and NORMAL sync a commit
+            # needs no fsync (a power cut may lose the last few commits, never corrupt the file).
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ import psycopg
 from psycopg import sql
 
 from kici_adapters.postgres.embedded import EmbeddedPostgres
-from kici_adapters.postgres.inbox import PgDeliveryInbox
+from kici_adapters.postgres.inbox import COMMIT_LANES, PgDeliveryInbox
 from kici_adapters.postgres.migrate import apply_migrations
 from kici_adapters.postgres.offload import PayloadOffloader
 from kici_adapters.postgres.pool import Database
@@ -41,6 +41,7 @@ from kici_adapters.storage import FilesystemBlobStore
 from kici_core.ports import Delivery
 
 CONCURRENCY = (1, 4, 16)
+LANES = COMMIT_LANES
 BODY = json.dumps({"ref": "refs/heads/main", "commits": [{"id": "c" * 40, "message": "m" * 200}] * 12}).encode()
 
 
@@ -82,7 +83,8 @@ async def kici_rate(url: str, root: Path, concurrency: int, total: int, *, group
     await db.open()
     blobs = FilesystemBlobStore(root)
     offloader = PayloadOffloader(db, blobs, batch=256)
-    inbox = PgDeliveryInbox(db, blobs, group_commit=group_commit, on_accepted=offloader.wake if offload else None)
+    inbox = PgDeliveryInbox(db, blobs, group_commit=group_commit, commit_lanes=LANES,
+                            on_accepted=offloader.wake if offload else None)
     tag = uuid.uuid4().hex[:8]
     now = datetime.now(UTC)
     try:
@@ -105,6 +107,7 @@ async def kici_rate(url: str, root: Path, concurrency: int, total: int, *, group
             rate = (total // concurrency) * concurrency / (time.perf_counter() - start)
         return rate, inbox.group.batches if inbox.group else total
     finally:
+        await inbox.aclose()
         await db.close()
 
 
@@ -135,17 +138,26 @@ class Row:
     offloaded: float
 
 
-async def measure(url: str, total: int) -> list[Row]:
+async def measure(url: str, total: int, rounds: int) -> list[Row]:
+    """Per concurrency: ``rounds`` alternating slices of raw / grouped / one-tx-per-accept, so that all three see
+    the same machine load (the rates are total operations over total time), then the offload run."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="kici-bench-blobs-") as tmp:
         for n in CONCURRENCY:
-            count = max(total, n * 4)
-            raw = await raw_rate(url, n, count)
-            grouped, commits = await kici_rate(url, Path(tmp) / f"g{n}", n, count, group_commit=True)
-            single, _ = await kici_rate(url, Path(tmp) / f"s{n}", n, count, group_commit=False)
-            offloaded, _ = await kici_rate(url, Path(tmp) / f"o{n}", n, count, group_commit=True, offload=True)
-            rows.append(Row(concurrency=n, raw=raw, grouped=grouped, single=single, commits=commits,
-                            offloaded=offloaded))
+            count = max(total // rounds, n * 4)
+            seconds = {"raw": 0.0, "grouped": 0.0, "single": 0.0}
+            commits = 0
+            for r in range(rounds):
+                seconds["raw"] += count / await raw_rate(url, n, count)
+                rate, batches = await kici_rate(url, Path(tmp) / f"g{n}-{r}", n, count, group_commit=True)
+                seconds["grouped"] += count / rate
+                commits += batches
+                rate, _ = await kici_rate(url, Path(tmp) / f"s{n}-{r}", n, count, group_commit=False)
+                seconds["single"] += count / rate
+            ops = count * rounds
+            offloaded, _ = await kici_rate(url, Path(tmp) / f"o{n}", n, ops, group_commit=True, offload=True)
+            rows.append(Row(concurrency=n, raw=ops / seconds["raw"], grouped=ops / seconds["grouped"],
+                            single=ops / seconds["single"], commits=commits, offloaded=offloaded))
     return rows
 
 
@@ -153,7 +165,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few operations: a smoke run of a few seconds")
     parser.add_argument("--ops", type=int, default=None, help="operations per measurement")
+    parser.add_argument("--lanes", type=int, default=COMMIT_LANES, help="group-commit lanes (tuning)")
     args = parser.parse_args()
+    global LANES
+    LANES = args.lanes
     total = args.ops or (32 if args.quick else 1600)
 
     external = os.environ.get("KICI_TEST_DATABASE_URL")
@@ -168,7 +183,7 @@ def main() -> None:
     try:
         url, cleanup = _prepare(admin_url)
         try:
-            rows = anyio.run(measure, url, total)
+            rows = anyio.run(measure, url, total, 1 if args.quick else 4)
         finally:
             cleanup()
     finally:
@@ -177,7 +192,7 @@ def main() -> None:
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
 
-    print(f"ingest benchmark: {total} operations per measurement, body {len(BODY)} bytes, "
+    print(f"ingest benchmark: {total} operations per measurement, body {len(BODY)} bytes, {LANES} lanes, "
           f"{'external' if external else 'embedded (durable)'} PostgreSQL")
     print("raw = INSERT ON CONFLICT commits; kici = PgDeliveryInbox.accept (grouped / one tx per accept);"
           " +offload = grouped accept with the PayloadOffloader writing fsynced files alongside, until drained")

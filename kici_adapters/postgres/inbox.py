@@ -55,8 +55,9 @@ DEFAULT_MAX_PAYLOAD_BYTES = 5 * 1024 * 1024
 MAX_BATCH = 512
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 """Most gzipped payload bytes in one commit (a batch always takes at least one delivery)."""
-COMMIT_LANES = 2
-"""Batches that may be committing at once (PostgreSQL overlaps their WAL flushes)."""
+COMMIT_LANES = 1
+"""Batches that may be committing at once. One measured best (bench/ingest_db.py): while a commit runs, the next
+batch fills up, so larger batches cost less per delivery than overlapping smaller ones."""
 GZIP_LEVEL = 6
 _GZIP_INLINE_MAX = 256 * 1024
 """Bodies up to this size are compressed on the event loop; larger ones in a worker thread."""
@@ -101,6 +102,12 @@ def _batch_params(rows: Sequence[AcceptRow]) -> dict[str, list[Any]]:
     return params
 
 
+def _row_params(row: AcceptRow) -> dict[str, Any]:
+    params: dict[str, Any] = {name: getattr(row, name) for name in _COLUMNS}
+    params["payload_omitted"] = row.payload_omitted_reason is not None
+    return params
+
+
 async def execute_accept_batch(conn: Connection, rows: Sequence[AcceptRow], *, url: str) -> set[tuple[str, str]]:
     """Claim, queue and store ``rows`` (keys must be distinct) on an autocommit connection; returns the keys that
     were new. The batch is one statement, so it is its own transaction: one round trip, committed on return.
@@ -109,7 +116,10 @@ async def execute_accept_batch(conn: Connection, rows: Sequence[AcceptRow], *, u
     database rejected a row.
     """
     with translate_errors(url):
-        cur = await conn.execute(q("accept_batch"), _batch_params(rows))
+        if len(rows) == 1:
+            cur = await conn.execute(q("accept_one"), _row_params(rows[0]))
+        else:
+            cur = await conn.execute(q("accept_batch"), _batch_params(rows))
         return {(r["org_id"], r["delivery_id"]) for r in await cur.fetchall()}
 
 

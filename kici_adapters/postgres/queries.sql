@@ -158,6 +158,25 @@ WITH input AS (
 )
 SELECT org_id, delivery_id FROM claimed
 
+-- name: accept_one
+-- accept_batch for a single delivery, with plain parameters (no arrays to build: cheaper for the client).
+WITH claimed AS (
+    INSERT INTO event_log (org_id, delivery_id, routing_key, event, action, source, provider, repo_identifier,
+                           ref, payload_key, payload_omitted, payload_omitted_reason, payload_size_bytes,
+                           payload_hash, status, received_at)
+    VALUES (%(org_id)s, %(delivery_id)s, %(routing_key)s, %(event)s, %(action)s, %(source)s, %(provider)s,
+            %(repo_identifier)s, %(ref)s, %(payload_key)s, %(payload_omitted)s, %(payload_omitted_reason)s,
+            %(payload_size_bytes)s, %(payload_hash)s, 'received', %(received_at)s)
+    ON CONFLICT (org_id, delivery_id) DO NOTHING
+    RETURNING id, org_id, delivery_id
+), queued AS (
+    INSERT INTO delivery_inbox (event_log_id) SELECT id FROM claimed
+), stored AS (
+    INSERT INTO delivery_payloads (event_log_id, body)
+    SELECT id, %(body)s::bytea FROM claimed WHERE %(body)s::bytea IS NOT NULL
+)
+SELECT org_id, delivery_id FROM claimed
+
 -- name: claim
 WITH picked AS (
     SELECT event_log_id FROM delivery_inbox

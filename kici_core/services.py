@@ -9,7 +9,9 @@ including the retry policy. Everything here is deterministic given the ports: id
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -79,6 +81,35 @@ class _NoObserver:
         return None
 
 
+class ParsedLockfiles:
+    """A small LRU of parsed lock files keyed by the SHA-256 of their bytes.
+
+    A :class:`~kici_core.lockfile.Lockfile` is immutable, so every delivery that reads the same file shares one
+    parse. Only valid files are kept: a corrupt one raises ``LockfileError`` every time.
+    """
+
+    def __init__(self, *, max_entries: int = 64) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[bytes, lockfile.Lockfile] = OrderedDict()
+        self.parses = 0
+        """Parses run so far (cache misses)."""
+
+    def parse(self, content: bytes) -> lockfile.Lockfile:
+        """The parsed lock file for ``content``. Raises ``LockfileError`` like :func:`lockfile.parse_lockfile`."""
+        key = hashlib.sha256(content).digest()
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            return found
+        self.parses += 1
+        parsed = lockfile.parse_lockfile(content)
+        if self._max > 0:
+            self._entries[key] = parsed
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return parsed
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProcessOutput:
     outcome: DeliveryOutcome
@@ -99,6 +130,8 @@ class Pipeline:
     ids: Callable[[], str]
     timer: Callable[[], float]
     observer: PipelineObserver = field(default_factory=_NoObserver)
+    parsed: ParsedLockfiles = field(default_factory=ParsedLockfiles)
+    """Parsed lock files shared across deliveries (by content hash)."""
 
     async def _source(self, item: InboxItem) -> RepoSource | None:
         if item.provider == "github":
@@ -136,7 +169,7 @@ class Pipeline:
             if fetched.content is None:
                 return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_missing", repo_identifier=repo,
                                                              ref=ref))
-            lock = lockfile.parse_lockfile(fetched.content)
+            lock = self.parsed.parse(fetched.content)
         except errors.LockfileError as exc:
             return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_corrupt", repo_identifier=repo, ref=ref,
                                                          error_message=str(exc)[:2000]))

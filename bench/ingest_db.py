@@ -10,8 +10,10 @@ Measures, at concurrency 1, 4 and 16:
     ``FilesystemBlobStore`` (fsynced files) in the background, as in a running orchestrator; the time includes
     draining what is left when the clients finish, so the figure is the sustainable end-to-end rate.
 
-Run: ``python bench/ingest_db.py [--quick]``. Uses ``KICI_TEST_DATABASE_URL`` (a superuser URL on a disposable
-server; a scratch database is created and dropped) or starts an embedded PostgreSQL with durable settings.
+Raw, grouped and one-tx-per-accept are measured in alternating slices (4 rounds) so that all three see the same
+load on a shared machine. Run: ``python bench/ingest_db.py [--quick] [--ops N] [--lanes N]``. Uses
+``KICI_TEST_DATABASE_URL`` (a superuser URL on a disposable server; a scratch database is created and dropped) or
+starts an embedded PostgreSQL with durable settings.
 """
 
 from __future__ import annotations

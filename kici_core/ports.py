@@ -225,14 +225,19 @@ class DeliveryInbox(Protocol):
     """Durable acceptance and the processing inbox (ARCHITECTURE §1-2)."""
 
     async def accept(self, delivery: Delivery) -> AcceptResult:
-        """Store the gzipped payload object, then in ONE transaction claim ``(org_id, delivery_id)`` and insert
-        the event_log row (status ``received``) and the inbox row. Durable when it returns. A duplicate writes
-        nothing and returns ``duplicate=True``. Raises ``StorageUnavailable``."""
+        """In ONE transaction claim ``(org_id, delivery_id)`` and insert the event_log row (status ``received``),
+        the inbox row and the gzipped payload (moved to object storage later, in the background). Durable when
+        it returns. A duplicate writes nothing and returns ``duplicate=True``. Raises ``StorageUnavailable``."""
         ...
 
     async def claim(self, *, worker_id: str, limit: int, lease_seconds: float) -> list[InboxItem]:
         """Claim up to ``limit`` unfinished deliveries whose lease is free or expired (``SKIP LOCKED``),
         oldest first, incrementing their attempt count."""
+        ...
+
+    async def release_leases(self, worker_id: str) -> int:
+        """Free the leases ``worker_id`` holds (a restarted process reclaiming what its previous life had
+        claimed, instead of waiting for the leases to expire); returns how many were released."""
         ...
 
     async def payload(self, item: InboxItem) -> bytes:

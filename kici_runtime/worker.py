@@ -93,7 +93,13 @@ class DeliveryWorker:
         return len(items)
 
     async def run(self) -> None:
-        """Process until cancelled."""
+        """Process until cancelled. First frees the leases this worker id held before a restart."""
+        try:
+            released = await self._inbox.release_leases(self._worker_id)
+        except errors.Unavailable:
+            released = 0
+        if released:
+            log.info("Released deliveries claimed before a restart", extra={"count": released})
         while True:
             self._wake = anyio.Event()
             claimed = await self.run_once()

@@ -542,6 +542,12 @@ class PgDeliveryInbox:
             cur = await conn.execute(q("inbox_replay"), {"org_id": org_id, "delivery_id": delivery_id})
             return await cur.fetchone() is not None
 
+    async def release_leases(self, worker_id: str) -> int:
+        """Free the leases ``worker_id`` holds (see the port)."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(q("release_leases"), {"worker_id": worker_id})
+            return cur.rowcount
+
     async def depth(self) -> int:
         """Deliveries accepted and not yet finished (pending inbox rows, leased or not)."""
         async with self._db.connection() as conn:

@@ -334,3 +334,9 @@ SELECT e.*, COALESCE(i.attempts, 0) AS attempts
  WHERE e.delivery_id = %(delivery_id)s AND (%(org_id)s::text IS NULL OR e.org_id = %(org_id)s)
  ORDER BY e.received_at DESC, e.id DESC
  LIMIT 1
+
+-- name: release_leases
+-- A restarted process frees the leases its previous life held (same worker id), so its claimed deliveries
+-- are processed again at once instead of after the lease expires.
+UPDATE delivery_inbox SET locked_until = NULL, locked_by = NULL, updated_at = now()
+ WHERE locked_by = %(worker_id)s AND state = 'pending' AND locked_until IS NOT NULL;

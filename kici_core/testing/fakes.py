@@ -198,6 +198,7 @@ class _InboxRow:
     item: InboxItem
     done: bool = False
     locked_until: datetime | None = None
+    locked_by: str | None = None
     available_at: datetime | None = None
 
 
@@ -291,9 +292,18 @@ class FakeDeliveryInbox:
                 continue
             row.item = dataclasses.replace(row.item, attempts=row.item.attempts + 1)
             row.locked_until = now + timedelta(seconds=lease_seconds)
+            row.locked_by = worker_id
             self.entries[key] = dataclasses.replace(self.entries[key], attempts=row.item.attempts)
             out.append(row.item)
         return out
+
+    async def release_leases(self, worker_id: str) -> int:
+        released = 0
+        for row in self.rows.values():
+            if not row.done and row.locked_until is not None and row.locked_by == worker_id:
+                row.locked_until, row.locked_by = None, None
+                released += 1
+        return released
 
     @overload
     async def payload(self, item: InboxItem) -> bytes: ...

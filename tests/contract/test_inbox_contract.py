@@ -142,6 +142,19 @@ async def test_expired_lease_is_claimable_again(inbox_h: Harness) -> None:
     assert entry is not None and entry.attempts == 2
 
 
+async def test_restarted_worker_releases_its_own_leases(inbox_h: Harness) -> None:
+    await inbox_h.inbox.accept(delivery(1))
+    assert (await claim_one(inbox_h, "host:4000")).delivery_id == "d-1"
+    await inbox_h.inbox.accept(delivery(2))
+    assert (await claim_one(inbox_h, "other:4000")).delivery_id == "d-2"
+    assert await inbox_h.inbox.claim(worker_id="host:4000", limit=10, lease_seconds=60) == []
+    # the process restarts with the same worker id: only its own lease is freed, at once
+    assert await inbox_h.inbox.release_leases("host:4000") == 1
+    again = await inbox_h.inbox.claim(worker_id="host:4000", limit=10, lease_seconds=60)
+    assert [i.delivery_id for i in again] == ["d-1"] and again[0].attempts == 2
+    assert await inbox_h.inbox.release_leases("nobody") == 0
+
+
 # ------------------------------------------------------------------------------------------ complete
 async def test_complete_creates_runs_once(inbox_h: Harness) -> None:
     await inbox_h.inbox.accept(delivery(1))

@@ -2,7 +2,10 @@
 
 The core decides (which job goes to which agent, ack deadlines, requeues, recovery windows, stale jobs);
 this module feeds it inputs (pending queue rows found via ``LISTEN kici_jobs`` and a poll, agent sockets,
-agent messages, the clock) and executes the effects it returns, in order, under one lock. Agent reports are
+agent messages, the clock) and executes the effects it returns, in order, under one lock. A notification
+reads only rows newer than those already seen (plus the rows its payload names); a full scan runs once per
+poll interval to catch anything else (a requeue by a process that died before notifying, a commit that
+landed behind the watermark). Consecutive dispatches are claimed and loaded in one statement. Agent reports are
 persisted through :class:`~kici_adapters.postgres.runs.PgRunStore` (a terminal job releases its ``needs``
 downstreams and concludes the run in one transaction). Sweeps that act on rows of other (possibly dead)
 processes run under ``pg_try_advisory_lock`` so one process does each at a time (ARCHITECTURE §5).
@@ -14,6 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from typing import Any
 
 import anyio
@@ -43,6 +47,8 @@ STARTUP_LOCK = 0x6B696369_0003
 CANCEL_CHANNEL = "kici_cancel"
 JOBS_CHANNEL = "kici_jobs"
 TERMINAL_AGENT_STATES = frozenset({"success", "failed", "cancelled"})
+SEQ_OVERLAP = 1000
+"""Queue positions re-read below the highest seen, for rows whose transactions committed out of order."""
 
 
 def _now_ms() -> int:
@@ -82,7 +88,10 @@ class AgentHub:
         self._refresh = anyio.Event()
         self._tick = anyio.Event()
         self.sent_dispatches = 0
-        self._run_ids: dict[str, str] = {}  # job id -> run id, for job.cancel
+        self._run_ids: dict[str, str] = {}  # job id -> run id of jobs dispatched here, for job.cancel
+        self._seen_seq = 0  # highest dispatch_queue.seq read
+        self._named: set[str] = set()  # kici_jobs payloads (job or run ids) not yet read
+        self._full_at: float | None = None  # monotonic time of the last full scan
 
     # ------------------------------------------------------------------------------------ endpoint Hub
     def token_of(self, agent_id: str) -> str | None:
@@ -197,6 +206,7 @@ class AgentHub:
             error = data.get("error") if isinstance(data.get("error"), str) else None
             outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else None
             result = await self.runs.finish_job(job_id, state, error=error, outputs=outputs)
+            self._run_ids.pop(job_id, None)
             await self._core_call(lambda now: self.core.job_status(agent_id=agent_id, job_id=job_id, state=state,
                                                                    now=now), queued=result.queued)
             if result.run_status is not None:
@@ -232,7 +242,28 @@ class AgentHub:
 
     async def refresh(self) -> None:
         """Load every pending row into the core and dispatch what fits."""
+        self._full_at = time.monotonic()
+        self._named.clear()
         rows = await self.queue.pending()
+        await self._take(rows)
+
+    async def refresh_new(self) -> None:
+        """Load the pending rows added since the last read (and those notifications named) and dispatch what
+        fits; a full :meth:`refresh` when the last one is older than the poll interval."""
+        if self._full_at is None or time.monotonic() - self._full_at >= self._poll:
+            await self.refresh()
+            return
+        named, self._named = list(self._named), set()
+        try:
+            rows = await self.queue.pending_since(max(0, self._seen_seq - SEQ_OVERLAP), named=named)
+        except errors.Unavailable:
+            self._named.update(named)
+            raise
+        await self._take(rows)
+
+    async def _take(self, rows: Sequence[QueuedRow]) -> None:
+        if rows:
+            self._seen_seq = max(self._seen_seq, max(r.seq for r in rows))
         async with self._lock:
             await self._run(await self._feed(rows))
 
@@ -248,11 +279,20 @@ class AgentHub:
 
     # ------------------------------------------------------------------------------------ effects
     async def _run(self, effects: list[fx.Effect]) -> None:
-        """Execute effects in order (caller holds the lock). A lost claim skips its send and withdraws."""
+        """Execute effects in order (caller holds the lock). A lost claim skips its send and withdraws.
+
+        A run of consecutive ``MarkDispatched``/``SendDispatch`` effects (one fill) is claimed in one statement,
+        then sent; what the core answers to lost claims runs after those sends."""
         work = list(effects)
         withdrawn: set[str] = set()
         while work:
             eff = work.pop(0)
+            if isinstance(eff, fx.MarkDispatched):
+                batch: list[fx.Effect] = [eff]
+                while work and isinstance(work[0], fx.MarkDispatched | fx.SendDispatch):
+                    batch.append(work.pop(0))
+                work[:0] = await self._dispatch_batch(batch)
+                continue
             try:
                 more = await self._effect(eff, withdrawn)
             except errors.Unavailable as exc:
@@ -260,6 +300,24 @@ class AgentHub:
                                                                                   "error": str(exc)})
                 continue
             work[:0] = more
+
+    async def _dispatch_batch(self, batch: list[fx.Effect]) -> list[fx.Effect]:
+        """Claim every ``MarkDispatched`` of ``batch`` at once, then send the won ones in order; returns the
+        core's effects for the lost ones (withdrawn: their slots refill)."""
+        claims = [(e.job_id, e.agent_id, e.ack_deadline) for e in batch if isinstance(e, fx.MarkDispatched)]
+        try:
+            won = await self.queue.claim_many(claims)
+        except errors.Unavailable as exc:
+            log.warning("dispatch claim failed: storage unavailable", extra={"jobs": len(claims), "error": str(exc)})
+            won = {}
+        for eff in batch:
+            if isinstance(eff, fx.SendDispatch) and eff.job_id in won:
+                await self._send_dispatch(eff.agent_id, eff.job_id, won[eff.job_id])
+        more: list[fx.Effect] = []
+        for job_id, _agent, _deadline in claims:
+            if job_id not in won:
+                more += self.core.job_withdrawn(job_id=job_id, now=self._clock())
+        return more
 
     async def _effect(self, eff: fx.Effect, withdrawn: set[str]) -> list[fx.Effect]:
         if isinstance(eff, fx.MarkDispatched):
@@ -300,11 +358,13 @@ class AgentHub:
             metrics.agents_active.set(len(self.core.agent_ids()))
             return []
         if isinstance(eff, fx.Requeue):
+            self._run_ids.pop(eff.job_id, None)
             await self.queue.requeue(eff.job_id, attempts=eff.attempts)
             log.info("Job requeued", extra={"jobId": eff.job_id, "attempts": eff.attempts, "context": eff.context})
             return []
         if isinstance(eff, fx.FailJob):
             guard = {fx.REASON_RECOVERY_EXPIRED: "recovering", fx.REASON_QUEUE_EXPIRED: "pending"}.get(eff.reason)
+            self._run_ids.pop(eff.job_id, None)
             result = await self.runs.finish_job(eff.job_id, str(eff.status), error=eff.reason, row_status="failed",
                                                 require_row=guard)
             return await self._feed(await self.queue.pending(ids=list(result.queued))) if result.queued else []
@@ -320,11 +380,14 @@ class AgentHub:
     def _run_of(self, job_id: str) -> str:
         return self._run_ids.get(job_id, "")
 
-    async def _send_dispatch(self, agent_id: str, job_id: str) -> None:
+    async def _send_dispatch(self, agent_id: str, job_id: str, row: DispatchRow | None = None) -> None:
         conn = self._current.get(agent_id)
-        row = await self.queue.load(job_id)
-        if conn is None or row is None:
+        if conn is None:
             return
+        if row is None:
+            row = await self.queue.load(job_id)
+            if row is None:
+                return
         self._run_ids[job_id] = row.run_id
         try:
             message = await self._dispatch_message(row)
@@ -408,13 +471,17 @@ class AgentHub:
 
     async def run(self) -> None:
         """Every background loop of the hub, until cancelled."""
-        await self.startup()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._listen)
-            tg.start_soon(self._poller)
-            tg.start_soon(self._ticker)
-            tg.start_soon(self._sweeper)
-            tg.start_soon(self._gauges)
+        try:
+            await self.startup()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._listen)
+                tg.start_soon(self._poller)
+                tg.start_soon(self._ticker)
+                tg.start_soon(self._sweeper)
+                tg.start_soon(self._gauges)
+        finally:
+            with anyio.CancelScope(shield=True), suppress(errors.Unavailable, psycopg.Error):
+                await self.queue.aclose()
 
     async def _listen(self) -> None:
         while True:
@@ -422,12 +489,15 @@ class AgentHub:
                 async with self._db.dedicated() as conn:
                     await conn.execute(f"LISTEN {JOBS_CHANNEL}")
                     await conn.execute(f"LISTEN {CANCEL_CHANNEL}")
+                    self._full_at = None  # notifications may have been missed: the next read is a full scan
                     self._refresh.set()
                     async for note in conn.notifies():
                         if note.channel == CANCEL_CHANNEL:
                             run_id, force, reason = [*note.payload.split("|", 2), "", ""][:3]
                             await self._cancel_local(run_id, reason or "run cancelled via API", force == "1")
                         else:
+                            if note.payload:
+                                self._named.add(note.payload)
                             self._refresh.set()
             except (errors.Unavailable, psycopg.Error) as exc:
                 log.warning("dispatch notifications lost; reconnecting", extra={"error": str(exc)})
@@ -439,7 +509,7 @@ class AgentHub:
                 await self._refresh.wait()
             self._refresh = anyio.Event()
             try:
-                await self.refresh()
+                await self.refresh_new()
             except errors.Unavailable as exc:
                 log.warning("could not read the dispatch queue", extra={"error": str(exc)})
 

@@ -6,11 +6,16 @@ recovering -> dispatched | failed``. :meth:`PgDispatchQueue.claim_for` is the SQ
 to pull work: it prefilters on exact labels (``required_labels <@ agent_labels``) and takes rows with
 ``FOR UPDATE SKIP LOCKED``, oldest first; the caller checks regex and exclude matchers before keeping a row.
 Sweeps that must run in one process at a time use :meth:`PgDispatchQueue.try_lock`.
+
+The dispatcher's hot path (reading new pending rows, claiming and loading rows to dispatch, clearing ack
+deadlines) runs on dedicated autocommit connections, one statement each: a claim and the load of everything
+``job.dispatch`` needs is one round trip for a whole batch of assignments (:meth:`PgDispatchQueue.claim_many`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,17 +23,53 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.inbox import LaneConnections
+from kici_adapters.postgres.pool import Connection, Database, translate_errors
 from kici_core.jsontypes import JSONObject, JSONValue
 
 __all__ = ["DispatchRow", "PgDispatchQueue", "QueuedRow"]
 
 _PENDING = """
-SELECT q.id, q.run_id, q.created_at, q.expires_at, q.dispatch_attempts, j.runs_on, j.exclude_labels
+SELECT q.id, q.run_id, q.seq, q.created_at, q.expires_at, q.dispatch_attempts, j.runs_on, j.exclude_labels
   FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id
  WHERE q.status = 'pending' AND (%(ids)s::uuid[] IS NULL OR q.id = ANY(%(ids)s))
  ORDER BY q.seq
  LIMIT %(limit)s
+"""
+_PENDING_SINCE = """
+SELECT q.id, q.run_id, q.seq, q.created_at, q.expires_at, q.dispatch_attempts, j.runs_on, j.exclude_labels
+  FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id
+ WHERE q.status = 'pending'
+   AND (q.seq > %(after)s OR q.id = ANY(%(named)s::uuid[]) OR q.run_id = ANY(%(named)s::uuid[]))
+ ORDER BY q.seq
+ LIMIT %(limit)s
+"""
+# One statement: claim every still-pending row of the batch for its agent, record the agent on the job, and
+# return what job.dispatch is built from (upstream results as a JSON array). The final SELECT reads the rows'
+# unchanging fields, so it may see them as they were before the updates.
+_CLAIM_MANY = """
+WITH want AS (
+  SELECT * FROM unnest(%(ids)s::uuid[], %(agents)s::text[], %(deadlines)s::timestamptz[]) AS w(id, agent, deadline)
+), claimed AS (
+  UPDATE dispatch_queue q
+     SET status = 'dispatched', agent_id = w.agent, ack_agent_id = w.agent, ack_deadline = w.deadline,
+         last_provisioning_error = NULL
+    FROM want w
+   WHERE q.id = w.id AND q.status = 'pending'
+  RETURNING q.*
+), jobs AS (
+  UPDATE execution_jobs j SET agent_id = c.agent_id, attempts = j.attempts + 1
+    FROM claimed c
+   WHERE j.job_id = c.id AND j.status IN ('pending', 'queued')
+  RETURNING j.job_id
+)
+SELECT c.*, j.base_name, j.matrix_values, r.repo_identifier, r.routing_key AS run_routing_key,
+       (SELECT coalesce(json_agg(json_build_object(
+                 'upstream_name', n.upstream_name, 'base_name', u.base_name, 'status', u.status,
+                 'outputs', u.outputs, 'matrix_values', u.matrix_values) ORDER BY u.job_name), '[]'::json)
+          FROM execution_job_needs n JOIN execution_jobs u ON u.run_id = n.run_id AND u.job_name = n.upstream_name
+         WHERE n.run_id = c.run_id AND n.job_name = c.job_name) AS upstreams
+  FROM claimed c JOIN execution_jobs j ON j.job_id = c.id JOIN execution_runs r ON r.run_id = c.run_id
 """
 _CLAIM = """
 UPDATE dispatch_queue
@@ -58,6 +99,14 @@ SELECT n.upstream_name, u.base_name, u.status, u.outputs, u.matrix_values
 """
 
 
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
@@ -77,6 +126,8 @@ class QueuedRow:
     attempts: int
     runs_on: tuple[JSONObject, ...]
     exclude_labels: tuple[JSONObject, ...]
+    seq: int = 0
+    """The row's position in the queue (``dispatch_queue.seq``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,13 +154,27 @@ class DispatchRow:
 def _queued(row: dict[str, Any]) -> QueuedRow:
     return QueuedRow(job_id=str(row["id"]), run_id=str(row["run_id"]), created_at=row["created_at"].timestamp(),
                      expires_at=_epoch(row["expires_at"]), attempts=int(row["dispatch_attempts"]),
-                     runs_on=tuple(row["runs_on"] or ()), exclude_labels=tuple(row["exclude_labels"] or ()))
+                     runs_on=tuple(row["runs_on"] or ()), exclude_labels=tuple(row["exclude_labels"] or ()),
+                     seq=int(row["seq"]))
 
 
-def _upstream_outputs(rows: Sequence[dict[str, Any]]) -> JSONObject:
+def _dispatch_row(row: Mapping[str, Any], ups: Sequence[Mapping[str, Any]]) -> DispatchRow:
+    config = row["job_config"] if isinstance(row["job_config"], dict) else {}
+    return DispatchRow(
+        job_id=str(row["id"]), run_id=str(row["run_id"]), workflow_name=row["workflow_name"],
+        job_name=row["job_name"], base_name=row["base_name"], job_config=config,
+        repo_url=row["repo_url"] or "", ref=row["ref"] or "", sha=row["sha"] or "",
+        provider=row["provider"], routing_key=row["routing_key"] or row["run_routing_key"],
+        repo_identifier=row["repo_identifier"], request_id=row["request_id"],
+        upstream_outputs=_upstream_outputs(ups),
+        upstream_statuses={str(u["upstream_name"]): str(u["status"]) for u in ups},
+    )
+
+
+def _upstream_outputs(rows: Sequence[Mapping[str, Any]]) -> JSONObject:
     """``upstreamJobOutputs`` keyed by base name; a matrix upstream gives ``{byMatrix, merged}`` (§7.4)."""
     out: dict[str, JSONValue] = {}
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault(row["base_name"], []).append(row)
     for base, members in groups.items():
@@ -134,13 +199,47 @@ class PgDispatchQueue:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._direct = LaneConnections(db.url)
+
+    async def aclose(self) -> None:
+        """Close the hot path's dedicated connections (the pool is the caller's)."""
+        await self._direct.aclose()
+
+    @asynccontextmanager
+    async def _fast(self) -> AsyncIterator[Connection]:
+        """A dedicated autocommit connection: one round trip per statement (no checkout check, no BEGIN)."""
+        with translate_errors(self._db.url):
+            async with self._direct.connection() as conn:
+                yield conn
 
     # ------------------------------------------------------------------------------------ queue
     async def pending(self, *, ids: Sequence[str] | None = None, limit: int = 10_000) -> list[QueuedRow]:
         """Pending rows oldest first (all, or only ``ids``)."""
-        async with self._db.connection() as conn:
+        async with self._fast() as conn:
             cur = await conn.execute(_PENDING, {"ids": None if ids is None else list(ids), "limit": limit})
             return [_queued(r) for r in await cur.fetchall()]
+
+    async def pending_since(self, after_seq: int, *, named: Sequence[str] = (),
+                            limit: int = 10_000) -> list[QueuedRow]:
+        """Pending rows with ``seq > after_seq``, plus pending rows whose job id or run id is in ``named``
+        (``NOTIFY kici_jobs`` payloads), oldest first."""
+        uuids = [n for n in dict.fromkeys(named) if _is_uuid(n)]
+        async with self._fast() as conn:
+            cur = await conn.execute(_PENDING_SINCE, {"after": after_seq, "named": uuids, "limit": limit})
+            return [_queued(r) for r in await cur.fetchall()]
+
+    async def claim_many(self, claims: Sequence[tuple[str, str, float]]) -> dict[str, DispatchRow]:
+        """Guarded ``pending -> dispatched`` for each ``(job_id, agent_id, ack_deadline)`` in one statement.
+        Returns the rows won, by job id, loaded for ``job.dispatch``; a job missing from the result was no
+        longer pending (another process took it, or it expired or was cancelled)."""
+        if not claims:
+            return {}
+        params = {"ids": [c[0] for c in claims], "agents": [c[1] for c in claims],
+                  "deadlines": [_ts(c[2]) for c in claims]}
+        async with self._fast() as conn:
+            cur = await conn.execute(_CLAIM_MANY, params)
+            rows = await cur.fetchall()
+        return {str(r["id"]): _dispatch_row(r, r["upstreams"] or []) for r in rows}
 
     async def claim_for(self, labels: Sequence[str], *, limit: int = 10) -> list[str]:
         """Ids of pending rows whose exact labels ``labels`` cover, oldest first, skipping rows another
@@ -167,20 +266,11 @@ class PgDispatchQueue:
                 return None
             cur = await conn.execute(_UPSTREAMS, {"run_id": row["run_id"], "job_name": row["job_name"]})
             ups = [dict(u) for u in await cur.fetchall()]
-        config = row["job_config"] if isinstance(row["job_config"], dict) else {}
-        return DispatchRow(
-            job_id=str(row["id"]), run_id=str(row["run_id"]), workflow_name=row["workflow_name"],
-            job_name=row["job_name"], base_name=row["base_name"], job_config=config,
-            repo_url=row["repo_url"] or "", ref=row["ref"] or "", sha=row["sha"] or "",
-            provider=row["provider"], routing_key=row["routing_key"] or row["run_routing_key"],
-            repo_identifier=row["repo_identifier"], request_id=row["request_id"],
-            upstream_outputs=_upstream_outputs(ups),
-            upstream_statuses={str(u["upstream_name"]): str(u["status"]) for u in ups},
-        )
+        return _dispatch_row(row, ups)
 
     async def ack_resolved(self, job_id: str) -> None:
         """Clear the ack deadline of a dispatched row."""
-        async with self._db.connection() as conn:
+        async with self._fast() as conn:
             await conn.execute("UPDATE dispatch_queue SET ack_deadline = NULL, ack_agent_id = NULL"
                                " WHERE id = %(id)s AND status = 'dispatched'", {"id": job_id})
 

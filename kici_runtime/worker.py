@@ -3,6 +3,10 @@
 Several workers (in one process or many) share the inbox safely: claims use leases, so a crashed worker's
 deliveries are claimed again once the lease expires. ``wake()`` is called by the webhook routes after each
 acceptance so processing starts at once instead of at the next poll.
+
+The loop keeps up to ``concurrency`` deliveries in flight and claims only for free slots: a slot freed by a
+finished delivery is refilled at once (while the last claim came back full, i.e. there is a backlog), and a
+wake-up claims at once, so one slow delivery never holds back the ones accepted after it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class DeliveryWorker:
         self._lease = lease_seconds
         self._poll = poll_seconds
         self._wake = anyio.Event()
+        self._slot = anyio.Event()
+        self._active = 0
         self._on_runs_created = on_runs_created
         self.processed = 0
 
@@ -57,34 +63,46 @@ class DeliveryWorker:
 
     async def _handle(self, item: InboxItem, limiter: anyio.CapacityLimiter) -> None:
         async with limiter:
-            try:
-                run_ids = await services.handle_item(item, inbox=self._inbox, pipeline=self._pipeline,
-                                                     platform=self._platform, on_error=self._log_error)
-            except errors.Unavailable as exc:
-                # recording the outcome failed (storage down): the lease expires and the item is claimed again
-                log.warning("could not record a delivery outcome; it will be processed again",
-                            extra={"deliveryId": item.delivery_id, "error": str(exc)})
-                return
-            self.processed += 1
-            if run_ids and self._on_runs_created is not None:
-                self._on_runs_created()
-            if run_ids is not None:
-                log.info("Webhook processed", extra={"deliveryId": item.delivery_id, "event": item.event,
-                                                     "runs": len(run_ids)})
+            await self._process(item)
+
+    async def _process(self, item: InboxItem) -> None:
+        try:
+            run_ids = await services.handle_item(item, inbox=self._inbox, pipeline=self._pipeline,
+                                                 platform=self._platform, on_error=self._log_error)
+        except errors.Unavailable as exc:
+            # recording the outcome failed (storage down): the lease expires and the item is claimed again
+            log.warning("could not record a delivery outcome; it will be processed again",
+                        extra={"deliveryId": item.delivery_id, "error": str(exc)})
+            return
+        self.processed += 1
+        if run_ids and self._on_runs_created is not None:
+            self._on_runs_created()
+        if run_ids is not None and log.isEnabledFor(logging.INFO):
+            log.info("Webhook processed", extra={"deliveryId": item.delivery_id, "event": item.event,
+                                                 "runs": len(run_ids)})
+
+    async def _slot_holder(self, item: InboxItem) -> None:
+        try:
+            await self._process(item)
+        finally:
+            self._active -= 1
+            self._slot.set()
 
     async def _log_error(self, item: InboxItem, exc: BaseException) -> None:
         metrics.processing_failures.labels(reason=type(exc).__name__).inc()
         log.warning("delivery processing failed", extra={"deliveryId": item.delivery_id, "error": str(exc),
                                                          "attempt": item.attempts})
 
-    async def run_once(self) -> int:
-        """Claim one batch and process it; returns how many items were claimed."""
+    async def _claim(self, limit: int) -> list[InboxItem]:
         try:
-            items = await self._inbox.claim(worker_id=self._worker_id, limit=self._concurrency * 2,
-                                            lease_seconds=self._lease)
+            return await self._inbox.claim(worker_id=self._worker_id, limit=limit, lease_seconds=self._lease)
         except errors.Unavailable as exc:
             log.warning("inbox unavailable", extra={"error": str(exc)})
-            return 0
+            return []
+
+    async def run_once(self) -> int:
+        """Claim one batch and process it all; returns how many items were claimed."""
+        items = await self._claim(self._concurrency * 2)
         if items:
             limiter = anyio.CapacityLimiter(self._concurrency)
             async with anyio.create_task_group() as tg:
@@ -93,21 +111,33 @@ class DeliveryWorker:
         return len(items)
 
     async def run(self) -> None:
-        """Process until cancelled. First frees the leases this worker id held before a restart."""
+        """Process until cancelled, up to ``concurrency`` deliveries at a time. First frees the leases this
+        worker id held before a restart."""
         try:
             released = await self._inbox.release_leases(self._worker_id)
         except errors.Unavailable:
             released = 0
         if released:
             log.info("Released deliveries claimed before a restart", extra={"count": released})
-        while True:
-            self._wake = anyio.Event()
-            claimed = await self.run_once()
-            if claimed:
-                continue
-            try:
-                metrics.inbox_depth.set(await self._inbox.depth())
-            except errors.Unavailable:
-                pass
-            with anyio.move_on_after(self._poll):
-                await self._wake.wait()
+        async with anyio.create_task_group() as tg:
+            while True:
+                self._wake = anyio.Event()
+                self._slot = anyio.Event()
+                free = self._concurrency - self._active
+                if free <= 0:
+                    await self._slot.wait()
+                    continue
+                items = await self._claim(free)
+                for item in items:
+                    self._active += 1
+                    tg.start_soon(self._slot_holder, item)
+                if len(items) == free:
+                    await self._slot.wait()  # probably more waiting: claim again as soon as a slot frees
+                    continue
+                if not items and not self._active:
+                    try:
+                        metrics.inbox_depth.set(await self._inbox.depth())
+                    except errors.Unavailable:
+                        pass
+                with anyio.move_on_after(self._poll):
+                    await self._wake.wait()

@@ -67,12 +67,12 @@ async def test_slow_delivery_does_not_hold_back_later_ones() -> None:
             for i in range(5):  # each accepted while the slow one is still in flight
                 await w.deliver(push_payload(), delivery_id=f"fast{i}")
                 worker.wake()
-            while worker.processed < 5:  # noqa: ASYNC110 - no event to wait on; bounded by fail_after
+            while worker.processed < 5:
                 await anyio.lowlevel.checkpoint()
             entry = await w.inbox.get("acme", "slow")
             assert entry is not None and entry.status != "processed"
             gated.release.set()
-            while worker.processed < 6:  # noqa: ASYNC110
+            while worker.processed < 6:
                 await anyio.lowlevel.checkpoint()
             tg.cancel_scope.cancel()
     assert gated.most_in_flight <= 2
@@ -93,7 +93,7 @@ async def test_backlog_is_drained_without_wakeups_and_within_concurrency() -> No
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker.run)
-            while worker.processed < 20:  # noqa: ASYNC110
+            while worker.processed < 20:
                 await anyio.lowlevel.checkpoint()
             tg.cancel_scope.cancel()
     assert gated.most_in_flight <= 3

@@ -482,6 +482,7 @@ class AgentHub:
         finally:
             with anyio.CancelScope(shield=True), suppress(errors.Unavailable, psycopg.Error):
                 await self.queue.aclose()
+                await self.runs.aclose()
 
     async def _listen(self) -> None:
         while True:

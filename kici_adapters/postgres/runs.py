@@ -6,19 +6,25 @@ its dispatch row, the ``needs`` scheduler (:func:`kici_core.planning.release`: d
 runnable and are enqueued, or are skipped, cascading), the run's conclusion
 (:func:`kici_core.planning.conclude`) and, in platform/hybrid mode, the ``platform_outbox`` rows the Platform
 must hear. New queue rows are announced with ``NOTIFY kici_jobs``.
+
+The two reports every job sends (``running`` and its terminal status) run on dedicated autocommit connections
+in pipeline mode: statements whose results are not needed yet travel together, so a start costs two round
+trips and a finish about four, instead of one per statement plus the pool's checkout check.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from kici_adapters.postgres.pool import Connection, Database
+from kici_adapters.postgres.inbox import LaneConnections
+from kici_adapters.postgres.pool import Connection, Database, translate_errors
 from kici_core import errors, planning
 from kici_core.jsontypes import JSONObject, JSONValue
 
@@ -27,7 +33,11 @@ __all__ = ["FinishResult", "PgRunStore", "StartResult"]
 ACTIVE_JOB = ["pending", "queued", "running", "recovering", "cancelling"]
 TERMINAL_RUN = ("success", "failed", "cancelled")
 
-_JOB_RUN = "SELECT run_id FROM execution_jobs WHERE job_id = %(job_id)s"
+_LOCK_RUN_OF_JOB = """
+SELECT run_id FROM execution_runs
+ WHERE run_id = (SELECT run_id FROM execution_jobs WHERE job_id = %(job_id)s)
+   FOR UPDATE
+"""
 _LOCK_RUN = "SELECT * FROM execution_runs WHERE run_id = %(run_id)s FOR UPDATE"
 _START_JOB = """
 UPDATE execution_jobs
@@ -38,7 +48,8 @@ RETURNING run_id, job_name, matrix_values, started_at, agent_id, runs_on
 """
 _START_RUN = """
 UPDATE execution_runs SET status = 'running', started_at = COALESCE(started_at, now())
- WHERE run_id = %(run_id)s AND status = 'pending'
+ WHERE run_id = (SELECT run_id FROM execution_jobs WHERE job_id = %(job_id)s AND status = 'running')
+   AND status = 'pending'
 RETURNING *
 """
 _END_JOB = """
@@ -184,6 +195,19 @@ class PgRunStore:
         self._db = db
         self._forward = forward
         self._instance = instance_id
+        self._direct = LaneConnections(db.url)
+
+    async def aclose(self) -> None:
+        """Close the dedicated connections of the report path (the pool is the caller's)."""
+        await self._direct.aclose()
+
+    @asynccontextmanager
+    async def _pipelined(self) -> AsyncIterator[Connection]:
+        """One transaction on a dedicated connection in pipeline mode: statements are sent as they are
+        executed and the client waits only where a result is read (and at the commit)."""
+        with translate_errors(self._db.url):
+            async with self._direct.connection() as conn, conn.pipeline(), conn.transaction():
+                yield conn
 
     # ------------------------------------------------------------------------------------ outbox
     def _job_forward(self, tx: _Tx, row: Mapping[str, Any], job_id: str, status: str) -> None:
@@ -236,16 +260,16 @@ class PgRunStore:
     async def job_started(self, job_id: str, *, agent_id: str | None) -> StartResult:
         """``job.status running`` (or a reclaim): job -> ``running`` (``started_at`` set once), run -> ``running``.
         A job already terminal is left alone."""
-        async with self._db.transaction() as conn:
+        async with self._pipelined() as conn:
             tx = _Tx(conn)
             cur = await conn.execute(_START_JOB, {"job_id": job_id, "agent_id": agent_id,
                                                   "from": ["pending", "queued", "running", "recovering"]})
+            run_cur = await conn.execute(_START_RUN, {"job_id": job_id})  # a no-op unless the job now runs
             row = await cur.fetchone()
+            run = await run_cur.fetchone()
             if row is None:
                 return StartResult(changed=False)
             self._job_forward(tx, row, job_id, "running")
-            cur = await conn.execute(_START_RUN, {"run_id": row["run_id"]})
-            run = await cur.fetchone()
             if run is not None:
                 self._run_forward(tx, run, 0)
             await self._flush(tx)
@@ -291,24 +315,25 @@ class PgRunStore:
         """
         if status not in planning.TERMINAL_JOB_STATUSES:
             raise errors.InvalidInput(f"{status!r} is not a terminal job status")
-        async with self._db.transaction() as conn:
-            cur = await conn.execute(_JOB_RUN, {"job_id": job_id})
+        async with self._pipelined() as conn:
+            end_params = {"job_id": job_id, "status": status, "error": error,
+                          "outputs": None if outputs is None else Jsonb(outputs), "from": ACTIVE_JOB}
+            cur = await conn.execute(_LOCK_RUN_OF_JOB, {"job_id": job_id})
+            # Without a guard the end is sent with the lock (it runs after it; without a run it changes nothing).
+            ended = await conn.execute(_END_JOB, end_params) if require_row is None else None
             found = await cur.fetchone()
             if found is None:
                 return FinishResult(changed=False)
             run_id = found["run_id"]
-            await conn.execute(_LOCK_RUN, {"run_id": run_id})
             if require_row is not None:
                 cur = await conn.execute("SELECT status FROM dispatch_queue WHERE id = %(id)s FOR UPDATE",
                                          {"id": job_id})
                 queue_row = await cur.fetchone()
                 if queue_row is None or queue_row["status"] != require_row:
                     return FinishResult(changed=False, run_id=str(run_id))
-            cur = await conn.execute(_END_JOB, {
-                "job_id": job_id, "status": status, "error": error,
-                "outputs": None if outputs is None else Jsonb(outputs), "from": ACTIVE_JOB,
-            })
-            row = await cur.fetchone()
+                ended = await conn.execute(_END_JOB, end_params)
+            assert ended is not None
+            row = await ended.fetchone()
             if row is None:
                 return FinishResult(changed=False, run_id=str(run_id))
             tx = _Tx(conn)

@@ -101,8 +101,9 @@ def runs_cancel(ctx: click.Context, run_id: str, force: bool, as_json: bool) -> 
 @click.pass_context
 def runs_logs(ctx: click.Context, run_id: str, job_name: str | None, follow: bool, interval: float,
               as_json: bool) -> None:
-    """Print a run's log lines (prefixed with the job name when not filtered); ``--json`` prints one chunk
-    object per line."""
+    """Print a run's log lines, prefixed with the job name unless --job is given.
+
+    With --json, one chunk object per line."""
     api = client(ctx)
     after = 0
     ended = False

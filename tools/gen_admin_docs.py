@@ -7,6 +7,7 @@ Usage: ``python tools/gen_admin_docs.py`` (write) or ``python tools/gen_admin_do
 from __future__ import annotations
 
 import argparse
+import inspect
 import pathlib
 import sys
 
@@ -106,7 +107,7 @@ def render_markdown() -> str:
         out.append(f"{heading} `{ctx.command_path}`\n")
         out.append("```\n" + " ".join([ctx.command_path, *cmd.collect_usage_pieces(ctx)]) + "\n```\n")
         if cmd.help:
-            out.append(click.unstyle(cmd.help).strip() + "\n")
+            out.append(inspect.cleandoc(click.unstyle(cmd.help)) + "\n")
         if isinstance(cmd, click.Group):
             subs = sorted(cmd.list_commands(ctx))
             out.append("Subcommands: " + (", ".join(f"`{s}`" for s in subs) if subs else "none yet") + ".\n")

@@ -20,6 +20,7 @@ from kici_core.jsontypes import JSONValue
 from kici_runtime.relay import routing
 
 KEY_PREFIX_CHARS = 16
+_SOURCE_CACHE_MAX = 1024
 
 GenericMethod = Literal["hmac_sha256", "bearer_token", "none"]
 GENERIC_METHODS: tuple[GenericMethod, ...] = ("hmac_sha256", "bearer_token", "none")
@@ -162,6 +163,11 @@ class RelayStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
+        # Source lookups (one per webhook) are answered from memory while the file is unchanged: this
+        # connection's own source writes clear the map, and ``PRAGMA data_version`` moves whenever another
+        # connection (``kici-relay source add`` in another process) commits.
+        self._sources: dict[str, Source | None] = {}
+        self._sources_version = -1
         with self._lock:
             self._db.execute("PRAGMA busy_timeout = 5000")
             # Every relayed ack is recorded on the event loop: with write-ahead logging and NORMAL sync a commit
@@ -318,6 +324,7 @@ class RelayStore:
 
     def _put_source(self, source: Source) -> None:
         with self._lock:
+            self._sources.clear()
             self._db.execute(
                 "INSERT OR REPLACE INTO sources (routing_key, org, provider, source_id, method, secret, header,"
                 " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -336,8 +343,18 @@ class RelayStore:
     def get_source(self, routing_key: str) -> Source | None:
         """The source with this routing key, if any."""
         with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._sources_version:
+                self._sources.clear()
+                self._sources_version = version
+            if routing_key in self._sources:
+                return self._sources[routing_key]
             row = self._db.execute("SELECT * FROM sources WHERE routing_key = ?", (routing_key,)).fetchone()
-        return None if row is None else _row_to_source(row)
+            source = None if row is None else _row_to_source(row)
+            if len(self._sources) >= _SOURCE_CACHE_MAX:
+                self._sources.clear()
+            self._sources[routing_key] = source
+        return source
 
     def list_sources(self) -> list[Source]:
         """Every source, by routing key."""
@@ -352,6 +369,7 @@ class RelayStore:
             NotFound: no such routing key.
         """
         with self._lock:
+            self._sources.clear()
             cur = self._db.execute("DELETE FROM sources WHERE routing_key = ?", (routing_key,))
         if cur.rowcount == 0:
             raise NotFound(f"no source with routing key {routing_key!r}")

@@ -5,7 +5,11 @@ this module feeds it inputs (pending queue rows found via ``LISTEN kici_jobs`` a
 agent messages, the clock) and executes the effects it returns, in order, under one lock. A notification
 reads only rows newer than those already seen (plus the rows its payload names); a full scan runs once per
 poll interval to catch anything else (a requeue by a process that died before notifying, a commit that
-landed behind the watermark). Consecutive dispatches are claimed and loaded in one statement. Agent reports are
+landed behind the watermark). Consecutive dispatches are claimed and loaded in one statement.
+
+Clearing a row's ack deadline after ``job.ack`` is written in the background, batched, outside the lock: while
+this process lives its core owns the deadline, and the database copy only matters to another process's sweep
+after this one died (by then the row is also past ``ack_timeout`` plus the sweep's grace). Agent reports are
 persisted through :class:`~kici_adapters.postgres.runs.PgRunStore` (a terminal job releases its ``needs``
 downstreams and concludes the run in one transaction). Sweeps that act on rows of other (possibly dead)
 processes run under ``pg_try_advisory_lock`` so one process does each at a time (ARCHITECTURE §5).
@@ -92,6 +96,8 @@ class AgentHub:
         self._seen_seq = 0  # highest dispatch_queue.seq read
         self._named: set[str] = set()  # kici_jobs payloads (job or run ids) not yet read
         self._full_at: float | None = None  # monotonic time of the last full scan
+        self._acked: dict[str, str] = {}  # job id -> agent id: ack deadlines to clear in the database
+        self._ack_wake = anyio.Event()
 
     # ------------------------------------------------------------------------------------ endpoint Hub
     def token_of(self, agent_id: str) -> str | None:
@@ -305,6 +311,8 @@ class AgentHub:
         """Claim every ``MarkDispatched`` of ``batch`` at once, then send the won ones in order; returns the
         core's effects for the lost ones (withdrawn: their slots refill)."""
         claims = [(e.job_id, e.agent_id, e.ack_deadline) for e in batch if isinstance(e, fx.MarkDispatched)]
+        for job_id, _agent, _deadline in claims:
+            self._acked.pop(job_id, None)  # an ack of an earlier dispatch must not clear this one's deadline
         try:
             won = await self.queue.claim_many(claims)
         except errors.Unavailable as exc:
@@ -337,7 +345,8 @@ class AgentHub:
                                  "scalerManaged": False})
             return []
         if isinstance(eff, fx.AckResolved):
-            await self.queue.ack_resolved(eff.job_id)
+            self._acked[eff.job_id] = eff.agent_id
+            self._ack_wake.set()
             return []
         if isinstance(eff, fx.SendCancel):
             conn = self._current.get(eff.agent_id)
@@ -479,8 +488,11 @@ class AgentHub:
                 tg.start_soon(self._ticker)
                 tg.start_soon(self._sweeper)
                 tg.start_soon(self._gauges)
+                tg.start_soon(self._ack_flusher)
         finally:
             with anyio.CancelScope(shield=True), suppress(errors.Unavailable, psycopg.Error):
+                with anyio.move_on_after(5):
+                    await self.flush_acks()
                 await self.queue.aclose()
                 await self.runs.aclose()
 
@@ -560,6 +572,26 @@ class AgentHub:
             except errors.Unavailable as exc:
                 log.warning("dispatch sweep skipped", extra={"error": str(exc)})
             await anyio.sleep(self._sweep)
+
+    async def flush_acks(self) -> None:
+        """Clear, in one statement, the database ack deadlines of every dispatch acknowledged so far."""
+        acks, self._acked = self._acked, {}
+        try:
+            await self.queue.acks_resolved(list(acks.items()))
+        except errors.Unavailable:
+            self._acked = {**acks, **self._acked}  # kept for the next flush
+            raise
+
+    async def _ack_flusher(self) -> None:
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake = anyio.Event()
+            try:
+                await self.flush_acks()
+            except errors.Unavailable as exc:
+                log.warning("could not clear ack deadlines; retrying", extra={"error": str(exc)})
+                await anyio.sleep(1.0)
+                self._ack_wake.set()
 
     async def _gauges(self) -> None:
         while True:

@@ -274,6 +274,18 @@ class PgDispatchQueue:
             await conn.execute("UPDATE dispatch_queue SET ack_deadline = NULL, ack_agent_id = NULL"
                                " WHERE id = %(id)s AND status = 'dispatched'", {"id": job_id})
 
+    async def acks_resolved(self, acks: Sequence[tuple[str, str]]) -> None:
+        """Clear the ack deadlines of ``(job_id, agent_id)`` rows still dispatched to that agent, in one
+        statement."""
+        if not acks:
+            return
+        async with self._fast() as conn:
+            await conn.execute(
+                "UPDATE dispatch_queue q SET ack_deadline = NULL, ack_agent_id = NULL"
+                "  FROM unnest(%(ids)s::uuid[], %(agents)s::text[]) AS w(id, agent)"
+                " WHERE q.id = w.id AND q.status = 'dispatched' AND q.agent_id = w.agent",
+                {"ids": [a[0] for a in acks], "agents": [a[1] for a in acks]})
+
     async def requeue(self, job_id: str, *, attempts: int) -> bool:
         """Guarded ``dispatched -> pending`` with the new attempt count; notifies dispatchers."""
         async with self._db.transaction() as conn:

@@ -84,3 +84,23 @@ async def test_concurrent_batches_never_share_a_job(database: Database) -> None:
     finally:
         for q in queues:
             await q.aclose()
+
+
+async def test_acks_resolved_clears_only_rows_still_dispatched_to_that_agent(database: Database) -> None:
+    queue = PgDispatchQueue(database)
+    try:
+        _, ids = await make_run(database, [("a", [], []), ("b", [], []), ("c", [], [])])
+        deadline = time.time() + 30
+        won = await queue.claim_many([(ids["a"], "x", deadline), (ids["b"], "y", deadline)])
+        assert set(won) == {ids["a"], ids["b"]}
+        await queue.acks_resolved([(ids["a"], "x"), (ids["b"], "someone-else"), (ids["c"], "x")])
+        async with database.connection() as conn:
+            cur = await conn.execute("SELECT id::text AS id, ack_deadline, status FROM dispatch_queue"
+                                     " WHERE id = ANY(%s::uuid[])", (list(ids.values()),))
+            rows = {r["id"]: r for r in await cur.fetchall()}
+        assert rows[ids["a"]]["ack_deadline"] is None
+        assert rows[ids["b"]]["ack_deadline"] is not None  # another agent's dispatch keeps its deadline
+        assert rows[ids["c"]]["status"] == "pending"
+        await queue.acks_resolved([])
+    finally:
+        await queue.aclose()

@@ -49,7 +49,7 @@ from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.migrate import apply_migrations_async
 
 ORG = "bench"
-SOURCE = "dispatch"
+SOURCE = f"dispatch-{uuid.uuid4().hex[:8]}"  # unique, so runs can share one --database-url
 SECRET = "bench-dispatch-secret"
 ADMIN_TOKEN = "kat-bench-dispatch-" + "0" * 24
 BIN = Path(sys.executable).parent

@@ -29,6 +29,7 @@ import psycopg
 
 from kici_adapters import metrics
 from kici_adapters.agents import wire
+from kici_adapters.agents.dispatch_message import build_dispatch
 from kici_adapters.agents.endpoint import AgentConnection
 from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue, QueuedRow
 from kici_adapters.postgres.pool import Database
@@ -412,30 +413,8 @@ class AgentHub:
             metrics.jobs_dispatched.inc()
 
     async def _dispatch_message(self, row: DispatchRow) -> dict[str, JSONValue]:
-        config: dict[str, JSONValue] = {k: v for k, v in row.job_config.items()
-                                        if k not in wire.STRIPPED_JOB_CONFIG_KEYS}
-        config.setdefault("workflowName", row.workflow_name)
-        config.setdefault("name", row.job_name)
-        config.setdefault("baseJobName", row.base_name)
-        if row.provider:
-            config.setdefault("provider", row.provider)
-        base = row.repo_url[:-4] if row.repo_url.endswith(".git") else row.repo_url
-        msg: dict[str, JSONValue] = {
-            "type": "job.dispatch", "messageId": str(uuid.uuid4()), "runId": row.run_id, "jobId": row.job_id,
-            "repoUrl": row.repo_url, "ref": row.ref, "sha": row.sha,
-            "lockFileUrl": f"{base}/raw/{row.sha or row.ref}/.kici/kici.lock.json",
-            "jobConfig": config, "timestamp": _now_ms(),
-        }
-        if row.request_id:
-            msg["requestId"] = row.request_id
-        if row.upstream_statuses:
-            msg["upstreamJobOutputs"] = row.upstream_outputs
-            msg["upstreamJobStatuses"] = dict(row.upstream_statuses)
         token = await self._clone_token(row) if self._clone_token is not None else None
-        if token:
-            msg["token"] = token
-            msg["sourceAuth"] = {"kind": "basic", "user": "x-access-token", "secret": token}
-        return msg
+        return build_dispatch(row, message_id=str(uuid.uuid4()), now_ms=_now_ms(), token=token)
 
     # ------------------------------------------------------------------------------------ cancel
     async def cancel_run(self, run_id: str, *, force: bool = False, cancelled_by: str | None = None) -> JSONObject:

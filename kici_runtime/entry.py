@@ -16,6 +16,15 @@ from kici_runtime import logging as kici_logging
 log = logging.getLogger("kici.runtime")
 
 
+def _backend_options() -> dict[str, bool]:
+    """Run on uvloop when it is installed (a faster event loop; asyncio semantics are unchanged)."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
 def run(entry_point: Literal["server", "standalone"], config_path: str | None, migrate_only: bool) -> None:
     """Load settings, configure logging, then serve (or only migrate). Exits non-zero on a fatal error."""
     kici_logging.configure_logging("info")
@@ -36,7 +45,7 @@ def run(entry_point: Literal["server", "standalone"], config_path: str | None, m
         if migrate_only:
             anyio.run(wiring.migrate_only, settings)
             return
-        anyio.run(wiring.serve, settings)
+        anyio.run(wiring.serve, settings, backend_options=_backend_options())
     except errors.KiciError as exc:
         kici_logging.log_fatal_startup(exc)
         click.echo(f"kici-{entry_point}: {exc}", err=True)

@@ -506,8 +506,10 @@ class PgDeliveryInbox:
 
     async def complete(self, item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun]) -> list[str]:
         """Create the runs (at most once per delivery and workflow), record the outcome, finish the inbox row and
-        notify dispatchers, in one transaction. Returns the delivery's run ids, first first."""
-        async with self._db.transaction() as conn:
+        notify dispatchers, in one transaction. Returns the delivery's run ids, first first.
+
+        Pipeline mode: writes whose results are not read travel with the next read or the commit."""
+        async with self._db.transaction() as conn, conn.pipeline():
             cur = await conn.execute(q("event_log_lock"), {"org_id": item.org_id, "delivery_id": item.delivery_id})
             entry = await cur.fetchone()
             if entry is None:

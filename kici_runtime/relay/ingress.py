@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from kici_core.jsontypes import JSONValue
+from kici_runtime import webhook_routes
 from kici_runtime.relay import routing, verify
 from kici_runtime.relay.hub import WS_MAX_PAYLOAD_BYTES, AckOutcome, Delivery, RelayHub
 
@@ -51,17 +52,10 @@ def _too_large() -> PlainTextResponse:
 
 async def read_body(request: Request, limit: int = WS_MAX_PAYLOAD_BYTES) -> bytes | None:
     """The request body, or None as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    try:
+        return await webhook_routes.read_body(request, limit)
+    except webhook_routes.BodyTooLarge:
         return None
-    parts: list[bytes] = []
-    total = 0
-    async for part in request.stream():
-        total += len(part)
-        if total > limit:
-            return None
-        parts.append(part)
-    return b"".join(parts)
 
 
 def ack_response(outcome: AckOutcome | None, delivery_id: str) -> Response:

@@ -25,8 +25,6 @@ import json
 import os
 import random
 import resource
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -336,16 +334,7 @@ def main() -> None:
                                 stderr=subprocess.DEVNULL)
         anyio.run(measure, args, url, port, proc.pid, repo, sha)
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if pg is not None:
-            pg.stop()
-            shutil.rmtree(pg.data_dir, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+        harness.stop([proc] if proc is not None else [], pg, work)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,21 @@ small machine shared with the server would measure the client rather than the se
 
 from __future__ import annotations
 
+import shutil
+import signal
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 import httpx
+
+from kici_adapters.postgres.embedded import EmbeddedPostgres
 
 
 def free_port() -> int:
@@ -143,3 +149,18 @@ def pct(values: list[float], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def stop(procs: list[subprocess.Popen[bytes]], pg: EmbeddedPostgres | None, *dirs: Path) -> None:
+    """SIGTERM each process (newest first; SIGKILL after 30 s), stop the embedded server, remove the dirs."""
+    for proc in reversed(procs):
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if pg is not None:
+        pg.stop()
+        shutil.rmtree(pg.data_dir, ignore_errors=True)
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)

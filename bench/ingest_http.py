@@ -23,8 +23,6 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -188,16 +186,7 @@ def main() -> None:
                                     stderr=subprocess.DEVNULL)
             anyio.run(_measure, args, url, port, psutil.Process(proc.pid))
         finally:
-            if proc is not None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            if pg is not None:
-                pg.stop()
-                shutil.rmtree(pg.data_dir, ignore_errors=True)
-            shutil.rmtree(work, ignore_errors=True)
+            harness.stop([proc] if proc is not None else [], pg, work)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -110,16 +108,7 @@ def run(args: argparse.Namespace) -> None:
                                       stderr=subprocess.DEVNULL))
         anyio.run(_measure, args, relay_port, orch_port, psutil.Process(procs[0].pid), psutil.Process(procs[1].pid))
     finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if pg is not None:
-            pg.stop()
-            shutil.rmtree(pg.data_dir, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+        harness.stop(procs, pg, work)
 
 
 def _cpu(proc: psutil.Process) -> float:

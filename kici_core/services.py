@@ -16,9 +16,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kici_core import errors, events, lockfile, matching, planning
+from kici_core import errors, events, keys, lockfile, matching, planning
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import (
+    BlobStore,
     ChangedFilesSource,
     DeliveryInbox,
     DeliveryOutcome,
@@ -243,12 +244,18 @@ async def handle_item(
     pipeline: Pipeline,
     platform: PlatformLink | None = None,
     on_error: Callable[[InboxItem, BaseException], Awaitable[None]] | None = None,
+    blobs: BlobStore | None = None,
+    on_copy_error: Callable[[str, BaseException], Awaitable[None]] | None = None,
 ) -> list[str] | None:
     """Process one claimed item and record its outcome; returns the run ids, or None when it will be retried.
 
     Retryable failures (``Unavailable``: GitHub or storage down) release the item with a backoff; after
     :data:`MAX_ATTEMPTS` it is parked as ``failed``. Any other error parks it as ``failed`` at once with the
     error's message (it will fail the same way again; ``event-log replay`` retries by hand).
+
+    With ``blobs``, each run created here also gets a copy of its triggering payload at
+    ``executions/<runId>/webhook-payload.json`` (best effort: the event log keeps the original; a failed
+    write is reported to ``on_copy_error``).
     """
     try:
         body = await inbox.payload(item)
@@ -270,6 +277,15 @@ async def handle_item(
     run_ids = await inbox.complete(item, out.outcome, out.runs)
     if platform is not None:
         await platform.send(_execution_event(item, out, run_id=pipeline.ids()))
+    if blobs is not None:
+        created = set(run_ids)
+        for run in out.runs:
+            if run.run_id in created:
+                try:
+                    await blobs.put(keys.run_payload_key(run.run_id), body)
+                except errors.KiciError as exc:
+                    if on_copy_error is not None:
+                        await on_copy_error(run.run_id, exc)
     return run_ids
 
 

@@ -176,7 +176,7 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         )
         # --- Platform link (platform/hybrid): execution.event and status forwarding go to the durable outbox
         platform_outbox = PgPlatformOutbox(db) if settings.platform_enabled else None
-        worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=instance_id(settings),
+        worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=instance_id(settings), blobs=blobs,
                                 platform=platform_outbox)
 
         # --- agent dispatch: the /ws endpoint, the dispatcher driver and admin run routes

@@ -18,7 +18,7 @@ import anyio
 
 from kici_adapters import metrics
 from kici_core import errors, services
-from kici_core.ports import DeliveryInbox, InboxItem, PlatformLink
+from kici_core.ports import BlobStore, DeliveryInbox, InboxItem, PlatformLink
 
 log = logging.getLogger("kici.worker")
 
@@ -43,8 +43,10 @@ class DeliveryWorker:
         lease_seconds: float = 120.0,
         poll_seconds: float = 1.0,
         on_runs_created: Callable[[], None] | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self._inbox = inbox
+        self._blobs = blobs
         self._pipeline = pipeline
         self._platform = platform
         self._worker_id = worker_id
@@ -68,7 +70,8 @@ class DeliveryWorker:
     async def _process(self, item: InboxItem) -> None:
         try:
             run_ids = await services.handle_item(item, inbox=self._inbox, pipeline=self._pipeline,
-                                                 platform=self._platform, on_error=self._log_error)
+                                                 platform=self._platform, on_error=self._log_error,
+                                                 blobs=self._blobs, on_copy_error=self._log_copy_error)
         except errors.Unavailable as exc:
             # recording the outcome failed (storage down): the lease expires and the item is claimed again
             log.warning("could not record a delivery outcome; it will be processed again",
@@ -87,6 +90,9 @@ class DeliveryWorker:
         finally:
             self._active -= 1
             self._slot.set()
+
+    async def _log_copy_error(self, run_id: str, exc: BaseException) -> None:
+        log.warning("could not store the run's payload copy", extra={"runId": run_id, "error": str(exc)})
 
     async def _log_error(self, item: InboxItem, exc: BaseException) -> None:
         metrics.processing_failures.labels(reason=type(exc).__name__).inc()

@@ -183,3 +183,29 @@ def test_retry_delay_grows_and_stops() -> None:
     assert delays[-1] is None
     finite = [d for d in delays if d is not None]
     assert finite == sorted(finite) and finite[0] >= 1
+
+
+async def test_each_new_run_gets_a_payload_copy_and_a_failed_copy_is_reported() -> None:
+    w = World()
+    await w.setup()
+    await w.deliver(push_payload())
+    items = await w.inbox.claim(worker_id="w", limit=1, lease_seconds=30)
+    copies = fakes.FakeBlobStore()
+    run_ids = await services.handle_item(items[0], inbox=w.inbox, pipeline=w.pipeline, blobs=copies)
+    assert run_ids is not None and len(run_ids) == 1
+    stored = copies.objects[f"executions/{run_ids[0]}/webhook-payload.json"]
+    assert json.loads(stored) == push_payload()
+
+    await w.deliver(push_payload(), delivery_id="d2")
+    (item,) = await w.inbox.claim(worker_id="w", limit=1, lease_seconds=30)
+    copies.fail_puts = True
+    reported: list[str] = []
+
+    async def report(run_id: str, exc: BaseException) -> None:
+        reported.append(run_id)
+
+    run_ids = await services.handle_item(item, inbox=w.inbox, pipeline=w.pipeline, blobs=copies,
+                                         on_copy_error=report)
+    assert run_ids is not None and reported == run_ids  # the run exists; only its copy is missing
+    entry = await w.inbox.get("acme", "d2")
+    assert entry is not None and entry.status == "processed"

@@ -153,6 +153,7 @@ BY_NAME: dict[str, Var] = {v.name: v for v in VARIABLES}
 #: Upstream variables tolerated by the unknown-KICI_* guard that have no effect here.
 ACCEPTED_NAMES: tuple[str, ...] = (
     "KICI_CACHE",
+    "KICI_RELAY_DB",  # read by kici-relay (a development tool), ignored by the orchestrator
     "KICI_LOG_DIR",
     "KICI_LOG_MAX_SIZE",
     "KICI_LOG_RETENTION_DAYS",

@@ -113,6 +113,7 @@ class Settings:
     storage: StorageSettings
     instance_id: str | None
     build_commit: str
+    processing_workers: int = 0
     warnings: tuple[str, ...] = ()
     secret_texts: tuple[str, ...] = field(default=(), repr=False, compare=False)
     provenance: tuple[config_source.Resolved, ...] = field(default=(), repr=False, compare=False)
@@ -252,6 +253,7 @@ def load_settings(
         storage=_storage(reader),
         instance_id=reader.text("KICI_CLUSTER_INSTANCE_ID"),
         build_commit=reader.text("KICI_BUILD_COMMIT") or "unknown",
+        processing_workers=_int(reader, "KICI_PROCESSING_WORKERS"),
         warnings=tuple(warnings),
         secret_texts=tuple(dict.fromkeys(s for s in secret_texts if s)),
         provenance=(),

@@ -16,7 +16,7 @@ from kici_runtime import logging as kici_logging
 log = logging.getLogger("kici.runtime")
 
 
-def _backend_options() -> dict[str, bool]:
+def backend_options() -> dict[str, bool]:
     """Run on uvloop when it is installed (a faster event loop; asyncio semantics are unchanged)."""
     try:
         import uvloop  # noqa: F401
@@ -45,7 +45,7 @@ def run(entry_point: Literal["server", "standalone"], config_path: str | None, m
         if migrate_only:
             anyio.run(wiring.migrate_only, settings)
             return
-        anyio.run(wiring.serve, settings, backend_options=_backend_options())
+        anyio.run(wiring.serve, settings, backend_options=backend_options())
     except errors.KiciError as exc:
         kici_logging.log_fatal_startup(exc)
         click.echo(f"kici-{entry_point}: {exc}", err=True)

@@ -8,6 +8,7 @@ on SIGTERM/SIGINT (decision 15).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -42,7 +43,7 @@ from kici_core import errors, lockfile, services
 from kici_core.dispatch_effects import DispatcherConfig
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import BlobStore, GitHubSource, RepoSource, SecretStore
-from kici_runtime import admin_api, admin_runs, bootstrap
+from kici_runtime import admin_api, admin_runs, bootstrap, processing
 from kici_runtime.app import build_app
 from kici_runtime.config import Settings
 from kici_runtime.context import AppContext
@@ -145,39 +146,12 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         await db.open()
         stack.push_async_callback(db.close)
         log.info("Database connected")
-        blobs = blob_store(settings)
-        secrets: SecretStore
-        if settings.secret_key is not None:
-            secrets = PgSecretStore(db, settings.secret_key, old_key=settings.secret_key_old)
-        else:
-            log.warning("KICI_SECRET_KEY not set: secrets subsystem disabled; webhook sources cannot be registered")
-            secrets = DisabledSecretStore()
-        sources = PgSourceStore(db)
-        offloader = PayloadOffloader(db, blobs)  # accepted bodies: database -> object storage, in the background
-        inbox = PgDeliveryInbox(db, blobs, max_payload_bytes=settings.event_log_max_payload_bytes,
-                                on_accepted=offloader.wake)
-        stack.push_async_callback(inbox.aclose)  # its group-commit lane connections
+        notifier = processing.InboxNotifier(url) if settings.processing_workers > 0 else None
+        parts = await processing_parts(settings, db, stack, worker_id=instance_id(settings),
+                                       on_accepted=notifier.wake if notifier is not None else None)
+        secrets, sources, github, worker, inbox = parts.secrets, parts.sources, parts.github, parts.worker, parts.inbox
+        blobs, platform_outbox = parts.blobs, parts.platform_outbox
         tokens = PgTokenStore(db)
-        github = GitHubProvider(
-            secrets=secrets, default_api_url=settings.github_api_url, lockfile_max_bytes=settings.lockfile_max_bytes,
-            cache=LockfileCache(max_entries=settings.lockfile_cache_max,
-                                ttl_seconds=settings.lockfile_cache_ttl_ms / 1000),
-            validate=lockfile.parse_lockfile,  # a corrupt lock file is never cached
-        )
-        stack.push_async_callback(github.aclose)
-        local = localgit.LocalGitRepos(max_lockfile_bytes=settings.lockfile_max_bytes)
-        pipeline = services.Pipeline(
-            sources=sources,
-            providers={
-                "github": services.Provider(lockfiles=github, changed_files=github, repo_url=_github_repo_url),
-                "local": services.Provider(lockfiles=local, changed_files=local, repo_url=_local_repo_url),
-            },
-            ids=_uuid, timer=_perf_counter, observer=PrometheusObserver(),
-        )
-        # --- Platform link (platform/hybrid): execution.event and status forwarding go to the durable outbox
-        platform_outbox = PgPlatformOutbox(db) if settings.platform_enabled else None
-        worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=instance_id(settings), blobs=blobs,
-                                platform=platform_outbox)
 
         # --- agent dispatch: the /ws endpoint, the dispatcher driver and admin run routes
         hub, endpoint = _agent_parts(settings, db, sources, github)
@@ -191,16 +165,88 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         ctx = AppContext(
             mode=settings.mode, sources=sources, secrets=secrets, inbox=inbox, event_log=inbox,
             base_path=settings.base_path, version=VERSION, build_commit=settings.build_commit,
-            wake_worker=worker.wake, check_database=check_database, tokens=tokens, blobs=blobs,
+            wake_worker=notifier.wake if notifier is not None else worker.wake, check_database=check_database, tokens=tokens, blobs=blobs,
             max_body_bytes=settings.http_max_body_bytes,
             generic_max_body_bytes=settings.generic_webhook_max_body_bytes,
         )
         ctx.kick_agent_token = endpoint.kick_token
         await _wire_admin(ctx, settings, stack, db, url, tokens)
         app = build_app(ctx, [*admin_api.routes, *extra_routes])
+        if notifier is None:  # deliveries are processed here
+            background: list[Callable[[], Any]] = [worker.run, parts.offloader.run]
+        else:  # ... or in child processes, woken through NOTIFY kici_inbox
+            supervisor = processing.Supervisor(settings, database_url=url)
+            background = [notifier.run, supervisor.run, functools.partial(_release_own_leases, inbox, worker)]
         yield Orchestrator(settings=settings, db=db, ctx=ctx, app=app, worker=worker, github=github,
                            platform_outbox=platform_outbox, agents=hub, agent_endpoint=endpoint,
-                           background=[offloader.run])
+                           background=background)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessingParts:
+    """What delivery processing needs: the inbox, the pipeline's worker, the payload offloader and their stores."""
+
+    blobs: BlobStore
+    secrets: SecretStore
+    sources: PgSourceStore
+    github: GitHubProvider
+    inbox: PgDeliveryInbox
+    worker: DeliveryWorker
+    offloader: PayloadOffloader
+    platform_outbox: PgPlatformOutbox | None
+
+
+async def processing_parts(settings: Settings, db: Database, stack: AsyncExitStack, *, worker_id: str,
+                           on_accepted: Callable[[], None] | None = None) -> ProcessingParts:
+    """Build the inbox, the delivery worker (claiming as ``worker_id``) and the payload offloader over ``db``.
+
+    ``on_accepted`` is called after each new acceptance; when None the local offloader is woken instead.
+    Closing callbacks go on ``stack``. Used by the serving process and by processing children alike.
+    """
+    blobs = blob_store(settings)
+    secrets: SecretStore
+    if settings.secret_key is not None:
+        secrets = PgSecretStore(db, settings.secret_key, old_key=settings.secret_key_old)
+    else:
+        log.warning("KICI_SECRET_KEY not set: secrets subsystem disabled; webhook sources cannot be registered")
+        secrets = DisabledSecretStore()
+    sources = PgSourceStore(db)
+    offloader = PayloadOffloader(db, blobs)  # accepted bodies: database -> object storage, in the background
+    inbox = PgDeliveryInbox(db, blobs, max_payload_bytes=settings.event_log_max_payload_bytes,
+                            on_accepted=on_accepted or offloader.wake)
+    stack.push_async_callback(inbox.aclose)  # its group-commit lane connections
+    github = GitHubProvider(
+        secrets=secrets, default_api_url=settings.github_api_url, lockfile_max_bytes=settings.lockfile_max_bytes,
+        cache=LockfileCache(max_entries=settings.lockfile_cache_max,
+                            ttl_seconds=settings.lockfile_cache_ttl_ms / 1000),
+        validate=lockfile.parse_lockfile,  # a corrupt lock file is never cached
+    )
+    stack.push_async_callback(github.aclose)
+    local = localgit.LocalGitRepos(max_lockfile_bytes=settings.lockfile_max_bytes)
+    pipeline = services.Pipeline(
+        sources=sources,
+        providers={
+            "github": services.Provider(lockfiles=github, changed_files=github, repo_url=_github_repo_url),
+            "local": services.Provider(lockfiles=local, changed_files=local, repo_url=_local_repo_url),
+        },
+        ids=_uuid, timer=_perf_counter, observer=PrometheusObserver(),
+    )
+    # --- Platform link (platform/hybrid): execution.event and status forwarding go to the durable outbox
+    platform_outbox = PgPlatformOutbox(db) if settings.platform_enabled else None
+    worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=worker_id, blobs=blobs,
+                            platform=platform_outbox)
+    return ProcessingParts(blobs=blobs, secrets=secrets, sources=sources, github=github, inbox=inbox,
+                           worker=worker, offloader=offloader, platform_outbox=platform_outbox)
+
+
+async def _release_own_leases(inbox: PgDeliveryInbox, worker: DeliveryWorker) -> None:
+    """With processing children, this process no longer claims: free what it claimed before a restart."""
+    try:
+        released = await inbox.release_leases(worker.worker_id)
+    except errors.Unavailable:
+        return
+    if released:
+        log.info("Released deliveries claimed before a restart", extra={"count": released})
 
 
 async def _wire_admin(ctx: AppContext, settings: Settings, stack: AsyncExitStack, db: Database, url: str,
@@ -297,8 +343,7 @@ async def serve(settings: Settings, *, ready: Callable[[int], None] | None = Non
                                 ws_max_size=26_214_400)
         server = _Server(config)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(orch.worker.run)
-            for loop in orch.background:  # payload offloader
+            for loop in orch.background:  # delivery worker and payload offloader, or processing children
                 tg.start_soon(loop)
             if orch.agents is not None:  # --- agent dispatch loops (LISTEN, poll, deadlines, sweeps, gauges)
                 tg.start_soon(orch.agents.run)

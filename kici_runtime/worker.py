@@ -59,6 +59,11 @@ class DeliveryWorker:
         self._on_runs_created = on_runs_created
         self.processed = 0
 
+    @property
+    def worker_id(self) -> str:
+        """The id this worker claims under (its leases are freed at start)."""
+        return self._worker_id
+
     def wake(self) -> None:
         """Ask the worker to look at the inbox now (thread-unsafe; call from the event loop)."""
         self._wake.set()

@@ -13,7 +13,10 @@ registers one GitHub App source, and posts signed ``push`` webhooks with unique 
 * measured in the same run against the same server, the raw rate of single-row ``INSERT ... ON CONFLICT``
   commits at that concurrency, and the ratio.
 
-Usage: python bench/ingest_http.py [--quick] [--requests N] [--database-url URL]
+With ``--processing-workers N`` the orchestrator processes deliveries in N child processes; the CPU column then
+counts the children too.
+
+Usage: python bench/ingest_http.py [--quick] [--requests N] [--database-url URL] [--processing-workers N]
 """
 
 from __future__ import annotations
@@ -130,8 +133,15 @@ async def _processing_latency(url: str, ids: list[str], seconds: float = 120) ->
 
 
 def _cpu(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return float(times.user + times.system)
+    """CPU seconds of the orchestrator and its processing children (KICI_PROCESSING_WORKERS)."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 async def _measure(args: argparse.Namespace, url: str, port: int, server: psutil.Process) -> None:
@@ -160,6 +170,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--processing-workers", type=int, default=None,
+                        help="KICI_PROCESSING_WORKERS for the orchestrator (default: its own default)")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.concurrency = 60, [1, 16]
@@ -182,6 +194,8 @@ def main() -> None:
                    "KICI_HOST": "127.0.0.1", "KICI_PORT": str(port), "KICI_DATA_DIR": str(work / "data"),
                    "KICI_LOG_LEVEL": "warn", "GITHUB_API_URL": gh.url,
                    "KICI_BOOTSTRAP_ADMIN_TOKEN": "bench-admin-token-0123456789"}
+            if args.processing_workers is not None:
+                env["KICI_PROCESSING_WORKERS"] = str(args.processing_workers)
             proc = subprocess.Popen([str(BIN / "kici-standalone")], env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
             anyio.run(_measure, args, url, port, psutil.Process(proc.pid))

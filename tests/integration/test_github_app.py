@@ -19,20 +19,11 @@ from kici_adapters.github.app import (
 )
 from kici_adapters.github.client import GitHubApiError, GitHubClient
 from kici_core.errors import InvalidInput, UpstreamUnavailable
-from tests.support.github_server import GitHubServer, ManualClock, app_key
+from tests.support.github_server import GitHubServer, ManualClock, RecordingSleep, app_key
 
 APP_ID = 4242
 REPO = "acme/app"
 INSTALLATION = 77
-
-
-class RecordingSleep:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await anyio.lowlevel.checkpoint()
 
 
 @pytest.fixture

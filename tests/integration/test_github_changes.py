@@ -5,26 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-import anyio
 import pytest
 
 from kici_adapters.github.app import GitHubApp
 from kici_adapters.github.changes import ZERO_SHA, GitHubChangedFilesSource
 from kici_adapters.github.client import GitHubApiError, GitHubClient
-from tests.support.github_server import GitHubServer, ManualClock, app_key
+from tests.support.github_server import GitHubServer, ManualClock, RecordingSleep, app_key
 
 APP_ID = 4242
 REPO = "acme/app"
 BEFORE, AFTER = "1" * 40, "2" * 40
-
-
-class RecordingSleep:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await anyio.lowlevel.checkpoint()
 
 
 @pytest.fixture

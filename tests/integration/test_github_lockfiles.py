@@ -19,22 +19,13 @@ from kici_adapters.github.lockfiles import (
     LockfileTooLarge,
 )
 from kici_core.errors import InvalidInput, LockfileError, UpstreamUnavailable
-from tests.support.github_server import GitHubServer, ManualClock, app_key
+from tests.support.github_server import GitHubServer, ManualClock, RecordingSleep, app_key
 
 APP_ID = 4242
 REPO = "acme/app"
 SHA = "a" * 40
 LOCK = b'{"schemaVersion": 29, "workflows": []}'
 CONTENTS = f"/repos/{REPO}/contents/{LOCKFILE_PATH}"
-
-
-class RecordingSleep:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await anyio.lowlevel.checkpoint()
 
 
 @pytest.fixture

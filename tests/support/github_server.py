@@ -36,6 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import anyio
+import anyio.lowlevel
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -70,6 +72,17 @@ def app_key(index: int = 0) -> AppKey:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return AppKey(private_pem=private, public_pem=public)
+
+
+class RecordingSleep:
+    """An injectable ``sleep`` that records the delays asked for and only yields (no test waits for real)."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await anyio.lowlevel.checkpoint()
 
 
 class ManualClock:

@@ -7,14 +7,20 @@ acceptance so processing starts at once instead of at the next poll.
 The loop keeps up to ``concurrency`` deliveries in flight and claims only for free slots: a slot freed by a
 finished delivery is refilled at once (while the last claim came back full, i.e. there is a backlog), and a
 wake-up claims at once, so one slow delivery never holds back the ones accepted after it.
+
+A run's payload copy (best effort, see ``services.handle_item``) is written in the background: the delivery's
+slot is freed as soon as its outcome is committed, not after an object-store write (a durable file write costs
+more than the whole database transaction). At most ``max_pending_copies`` writes are in flight; a further copy
+waits for one to finish, so a slow object store slows processing down instead of piling up bodies in memory.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
+from anyio.abc import TaskGroup
 
 from kici_adapters import metrics
 from kici_core import errors, services
@@ -31,6 +37,46 @@ class PrometheusObserver:
         metrics.webhooks_processed.labels(result=result).inc()
 
 
+class _BackgroundCopies:
+    """A ``BlobStore`` whose ``put`` starts the write in a task group and returns once it has started.
+
+    Only ``put`` is used by ``services.handle_item``; the other methods pass through. A failed write is reported
+    to ``on_error`` (the caller of ``put`` has moved on by then).
+    """
+
+    def __init__(self, blobs: BlobStore, tg: TaskGroup, limit: anyio.Semaphore,
+                 on_error: Callable[[str, BaseException], Awaitable[None]]) -> None:
+        self._blobs = blobs
+        self._tg = tg
+        self._limit = limit
+        self._on_error = on_error
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Start writing ``data`` at ``key``; waits only while ``limit`` writes are already in flight."""
+        await self._limit.acquire()
+        self._tg.start_soon(self._write, key, data)
+
+    async def _write(self, key: str, data: bytes) -> None:
+        try:
+            await self._blobs.put(key, data)
+        except errors.KiciError as exc:
+            await self._on_error(key, exc)
+        finally:
+            self._limit.release()
+
+    async def get(self, key: str) -> bytes:
+        """The object (passed through)."""
+        return await self._blobs.get(key)
+
+    async def exists(self, key: str) -> bool:
+        """Whether the object exists (passed through)."""
+        return await self._blobs.exists(key)
+
+    async def delete(self, key: str) -> None:
+        """Remove the object (passed through)."""
+        await self._blobs.delete(key)
+
+
 class DeliveryWorker:
     def __init__(
         self,
@@ -44,9 +90,12 @@ class DeliveryWorker:
         poll_seconds: float = 1.0,
         on_runs_created: Callable[[], None] | None = None,
         blobs: BlobStore | None = None,
+        max_pending_copies: int = 64,
     ) -> None:
         self._inbox = inbox
         self._blobs = blobs
+        self._copies: BlobStore | None = blobs
+        self._copy_limit = anyio.Semaphore(max(1, max_pending_copies))
         self._pipeline = pipeline
         self._platform = platform
         self._worker_id = worker_id
@@ -76,7 +125,7 @@ class DeliveryWorker:
         try:
             run_ids = await services.handle_item(item, inbox=self._inbox, pipeline=self._pipeline,
                                                  platform=self._platform, on_error=self._log_error,
-                                                 blobs=self._blobs, on_copy_error=self._log_copy_error)
+                                                 blobs=self._copies, on_copy_error=self._log_copy_error)
         except errors.Unavailable as exc:
             # recording the outcome failed (storage down): the lease expires and the item is claimed again
             log.warning("could not record a delivery outcome; it will be processed again",
@@ -99,6 +148,14 @@ class DeliveryWorker:
     async def _log_copy_error(self, run_id: str, exc: BaseException) -> None:
         log.warning("could not store the run's payload copy", extra={"runId": run_id, "error": str(exc)})
 
+    async def _log_background_copy_error(self, key: str, exc: BaseException) -> None:
+        log.warning("could not store the run's payload copy", extra={"key": key, "error": str(exc)})
+
+    def _copy_in(self, tg: TaskGroup) -> None:
+        """Write payload copies in ``tg`` from now on (no-op without a blob store)."""
+        if self._blobs is not None:
+            self._copies = _BackgroundCopies(self._blobs, tg, self._copy_limit, self._log_background_copy_error)
+
     async def _log_error(self, item: InboxItem, exc: BaseException) -> None:
         metrics.processing_failures.labels(reason=type(exc).__name__).inc()
         log.warning("delivery processing failed", extra={"deliveryId": item.delivery_id, "error": str(exc),
@@ -117,8 +174,10 @@ class DeliveryWorker:
         if items:
             limiter = anyio.CapacityLimiter(self._concurrency)
             async with anyio.create_task_group() as tg:
+                self._copy_in(tg)  # the copies finish before this returns
                 for item in items:
                     tg.start_soon(self._handle, item, limiter)
+            self._copies = self._blobs
         return len(items)
 
     async def run(self) -> None:
@@ -130,25 +189,29 @@ class DeliveryWorker:
             released = 0
         if released:
             log.info("Released deliveries claimed before a restart", extra={"count": released})
-        async with anyio.create_task_group() as tg:
-            while True:
-                self._wake = anyio.Event()
-                self._slot = anyio.Event()
-                free = self._concurrency - self._active
-                if free <= 0:
-                    await self._slot.wait()
-                    continue
-                items = await self._claim(free)
-                for item in items:
-                    self._active += 1
-                    tg.start_soon(self._slot_holder, item)
-                if len(items) == free:
-                    await self._slot.wait()  # probably more waiting: claim again as soon as a slot frees
-                    continue
-                if not items and not self._active:
-                    try:
-                        metrics.inbox_depth.set(await self._inbox.depth())
-                    except errors.Unavailable:
-                        pass
-                with anyio.move_on_after(self._poll):
-                    await self._wake.wait()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._copy_in(tg)
+                while True:
+                    self._wake = anyio.Event()
+                    self._slot = anyio.Event()
+                    free = self._concurrency - self._active
+                    if free <= 0:
+                        await self._slot.wait()
+                        continue
+                    items = await self._claim(free)
+                    for item in items:
+                        self._active += 1
+                        tg.start_soon(self._slot_holder, item)
+                    if len(items) == free:
+                        await self._slot.wait()  # probably more waiting: claim again as soon as a slot frees
+                        continue
+                    if not items and not self._active:
+                        try:
+                            metrics.inbox_depth.set(await self._inbox.depth())
+                        except errors.Unavailable:
+                            pass
+                    with anyio.move_on_after(self._poll):
+                        await self._wake.wait()
+        finally:
+            self._copies = self._blobs

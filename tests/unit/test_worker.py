@@ -8,7 +8,7 @@ import json
 import anyio
 import pytest
 
-from kici_core import services
+from kici_core import errors, services
 from kici_core.ports import LockfileFetch, RepoSource
 from kici_runtime.worker import DeliveryWorker
 from tests.unit.test_services import LOCK, SHA, World, push_payload
@@ -99,3 +99,75 @@ async def test_backlog_is_drained_without_wakeups_and_within_concurrency() -> No
     assert gated.most_in_flight <= 3
     assert len(w.inbox.runs) == 20
     assert SHA
+
+
+class GatedBlobs:
+    """A blob store whose writes wait for ``release``."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.started = anyio.Event()
+        self.release = anyio.Event()
+        self.fail = False
+
+    async def put(self, key: str, data: bytes) -> None:
+        self.started.set()
+        await self.release.wait()
+        if self.fail:
+            raise errors.StorageUnavailable("disk full")
+        self.objects[key] = data
+
+    async def get(self, key: str) -> bytes:
+        return self.objects[key]
+
+    async def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    async def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
+
+
+async def test_payload_copy_is_written_after_the_slot_is_freed() -> None:
+    w = World()
+    await w.setup()
+    blobs = GatedBlobs()
+    worker = DeliveryWorker(inbox=w.inbox, pipeline=w.pipeline, concurrency=1, poll_seconds=60, blobs=blobs)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await w.deliver(push_payload(), delivery_id="a")
+            tg.start_soon(worker.run)
+            await blobs.started.wait()
+            # the only slot is free again while the copy of "a" is still being written
+            await w.deliver(push_payload(), delivery_id="b")
+            worker.wake()
+            while worker.processed < 2:
+                await anyio.lowlevel.checkpoint()
+            assert blobs.objects == {}
+            blobs.release.set()
+            while len(blobs.objects) < 2:
+                await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
+    for key, data in blobs.objects.items():
+        assert key.startswith("executions/") and key.endswith("/webhook-payload.json")
+        assert json.loads(data) == push_payload()
+
+
+async def test_run_once_returns_after_the_copies_and_a_failed_copy_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    w = World()
+    await w.setup()
+    blobs = GatedBlobs()
+    blobs.release.set()
+    worker = DeliveryWorker(inbox=w.inbox, pipeline=w.pipeline, blobs=blobs)
+    await w.deliver(push_payload(), delivery_id="a")
+    with anyio.fail_after(10):
+        assert await worker.run_once() == 1
+    assert len(blobs.objects) == 1
+    blobs.fail = True
+    await w.deliver(push_payload(), delivery_id="b")
+    with anyio.fail_after(10), caplog.at_level("WARNING", logger="kici.worker"):
+        assert await worker.run_once() == 1
+    assert len(blobs.objects) == 1
+    assert any("payload copy" in r.getMessage() for r in caplog.records)
+    entry = await w.inbox.get("acme", "b")
+    assert entry is not None and entry.status == "processed"

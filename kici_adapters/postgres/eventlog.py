@@ -82,6 +82,11 @@ async def read_payload(db: Database, blobs: BlobStore, org_id: str, delivery_id:
         return None
     else:
         data = await blobs.get(row["payload_key"])
+    return gunzip_payload(data, delivery_id)
+
+
+def gunzip_payload(data: bytes, delivery_id: str) -> bytes:
+    """A stored (gzipped) body, un-gzipped. Raises ``InvalidInput`` when the bytes are not gzip."""
     try:
         return gzip.decompress(data)
     except (OSError, EOFError) as exc:

@@ -62,6 +62,8 @@ GZIP_LEVEL = 6
 _GZIP_INLINE_MAX = 256 * 1024
 """Bodies up to this size are compressed on the event loop; larger ones in a worker thread."""
 _ORG_ID_MAX = 16
+_PREFETCH_MAX = 4096
+"""Most claimed bodies kept for ``payload`` (they are dropped when read, completed or failed)."""
 _log = logging.getLogger("kici.inbox")
 
 
@@ -402,6 +404,7 @@ class PgDeliveryInbox:
         self._group: GroupCommit | None = (
             GroupCommit(self._commit_rows, max_batch=max_batch, max_batch_bytes=max_batch_bytes,
                         lanes=commit_lanes) if group_commit else None)
+        self._prefetched: dict[tuple[str, str], bytes] = {}
 
     @property
     def group(self) -> GroupCommit | None:
@@ -478,6 +481,11 @@ class PgDeliveryInbox:
             cur = await conn.execute(q("claim"), {"worker_id": worker_id, "limit": limit,
                                                   "lease_seconds": float(lease_seconds)})
             rows = await cur.fetchall()
+        if len(self._prefetched) + len(rows) > _PREFETCH_MAX:
+            self._prefetched.clear()  # items claimed and never finished (cancelled): read again if needed
+        for r in rows:
+            if r["payload_body"] is not None:
+                self._prefetched[(r["org_id"], r["delivery_id"])] = bytes(r["payload_body"])
         return [_row_to_item(r) for r in rows]
 
     @overload
@@ -499,6 +507,9 @@ class PgDeliveryInbox:
             return await eventlog.read_payload(self._db, self._blobs, item, delivery_id)
         if item.payload_key is None:
             raise errors.NotFound("payload was not stored")
+        claimed = self._prefetched.pop((item.org_id, item.delivery_id), None)
+        if claimed is not None:  # the body came with the claim (bodies never change once accepted)
+            return eventlog.gunzip_payload(claimed, item.delivery_id)
         body = await eventlog.read_payload(self._db, self._blobs, item.org_id, item.delivery_id)
         if body is None:
             raise errors.NotFound("payload was not stored")
@@ -509,6 +520,7 @@ class PgDeliveryInbox:
         notify dispatchers, in one transaction. Returns the delivery's run ids, first first.
 
         Pipeline mode: writes whose results are not read travel with the next read or the commit."""
+        self._prefetched.pop((item.org_id, item.delivery_id), None)
         async with self._db.transaction() as conn, conn.pipeline():
             cur = await conn.execute(q("event_log_lock"), {"org_id": item.org_id, "delivery_id": item.delivery_id})
             entry = await cur.fetchone()
@@ -531,6 +543,7 @@ class PgDeliveryInbox:
 
     async def fail(self, item: InboxItem, error: str, *, retry_after: float | None) -> None:
         """Release the lease: retry after ``retry_after`` seconds, or park the delivery as ``failed``."""
+        self._prefetched.pop((item.org_id, item.delivery_id), None)
         params: dict[str, Any] = {"org_id": item.org_id, "delivery_id": item.delivery_id, "error": error}
         async with self._db.connection() as conn:
             if retry_after is None:

@@ -3,6 +3,7 @@ completion."""
 
 from __future__ import annotations
 
+import gzip
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -160,3 +161,23 @@ async def test_completing_twice_leaves_one_run_per_workflow(database: Database, 
     assert await scalar(database, "SELECT count(*) FROM execution_jobs") == 3
     assert await scalar(database, "SELECT count(*) FROM dispatch_queue") == 3
     assert await inbox.depth() == 0
+
+
+async def test_the_claim_brings_the_body_and_an_offloaded_body_is_read_from_storage(database: Database) -> None:
+    blobs = fakes.FakeBlobStore()
+    inbox = PgDeliveryInbox(database, blobs)
+    await inbox.accept(delivery(1))
+    await inbox.accept(delivery(2))
+    (first,) = await inbox.claim(worker_id="w", limit=1, lease_seconds=60)
+    assert first.delivery_id == "d-1"
+    # the database copy goes away after the claim: the body that came with the claim is used
+    async with database.connection() as conn:
+        await conn.execute("DELETE FROM delivery_payloads")
+    assert await inbox.payload(first) == b'{"n": 1}'
+    # an item claimed after its body left the database reads the object
+    (second,) = await inbox.claim(worker_id="w", limit=1, lease_seconds=60)
+    assert second.payload_key is not None
+    with pytest.raises(errors.NotFound):
+        await inbox.payload(second)  # deleted above, never offloaded
+    await blobs.put(second.payload_key, gzip.compress(b'{"n": 2}'))
+    assert await inbox.payload(second) == b'{"n": 2}'

@@ -34,8 +34,7 @@ import anyio
 import anyio.abc
 import psycopg
 
-from kici_adapters.postgres.notify import Notifier
-from kici_adapters.postgres.pool import connect
+from kici_adapters.postgres.pool import Connection, connect
 from kici_core import errors
 
 if TYPE_CHECKING:
@@ -58,11 +57,44 @@ def child_worker_id(instance_id: str, index: int) -> str:
     return f"{instance_id}/processing-{index}"
 
 
-class InboxNotifier(Notifier):
-    """Sends ``NOTIFY kici_inbox`` after acceptances, coalescing: one notification per burst, off the ack path."""
+class InboxNotifier:
+    """Sends ``NOTIFY kici_inbox`` after acceptances, coalescing: one notification per burst, off the ack path.
+
+    ``wake()`` only sets a flag (any number of calls between two notifications cost one); ``run()`` sends the
+    notifications over a dedicated autocommit connection, reconnecting when it breaks.
+    """
 
     def __init__(self, url: str) -> None:
-        super().__init__(url, INBOX_CHANNEL)
+        self._url = url
+        self._wake = anyio.Event()
+        self.sent = 0
+        """Notifications sent (diagnostics and tests)."""
+
+    def wake(self) -> None:
+        """Ask for a notification (call from the event loop)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Notify until cancelled."""
+        conn: Connection | None = None
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                try:
+                    if conn is None or conn.closed or conn.broken:
+                        conn = await connect(self._url, autocommit=True)
+                    await conn.execute("SELECT pg_notify(%s, '')", (INBOX_CHANNEL,))
+                    self.sent += 1
+                except (errors.Unavailable, psycopg.Error) as exc:
+                    # children still find the deliveries at their next poll
+                    log.warning("could not notify processing workers", extra={"error": str(exc)})
+                    conn = None
+                    await anyio.sleep(1.0)
+        finally:
+            if conn is not None:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
 
 
 async def listen_inbox(url: str, wake: Callable[[], None], *, retry_seconds: float = 1.0) -> None:
@@ -180,7 +212,6 @@ async def run_child(settings: Settings, index: int, *, parent_pid: int) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(parts.worker.run)
             tg.start_soon(parts.offloader.run)
-            tg.start_soon(parts.jobs_notifier.run)
             tg.start_soon(listen_inbox, url, wake)
 
             async def stop_on_signal() -> None:

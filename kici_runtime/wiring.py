@@ -33,7 +33,6 @@ from kici_adapters.platform.outbox import PgPlatformOutbox
 from kici_adapters.postgres import migrate
 from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue
 from kici_adapters.postgres.embedded import EmbeddedPostgres
-from kici_adapters.postgres.notify import Notifier
 from kici_adapters.postgres.offload import PayloadOffloader
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.runs import PgRunStore
@@ -174,7 +173,7 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         await _wire_admin(ctx, settings, stack, db, url, tokens)
         app = build_app(ctx, [*admin_api.routes, *extra_routes])
         if notifier is None:  # deliveries are processed here
-            background: list[Callable[[], Any]] = [worker.run, parts.offloader.run, parts.jobs_notifier.run]
+            background: list[Callable[[], Any]] = [worker.run, parts.offloader.run]
         else:  # ... or in child processes, woken through NOTIFY kici_inbox
             supervisor = processing.Supervisor(settings, database_url=url)
             background = [notifier.run, supervisor.run, functools.partial(_release_own_leases, inbox, worker)]
@@ -195,7 +194,6 @@ class ProcessingParts:
     worker: DeliveryWorker
     offloader: PayloadOffloader
     platform_outbox: PgPlatformOutbox | None
-    jobs_notifier: Notifier
 
 
 async def processing_parts(settings: Settings, db: Database, stack: AsyncExitStack, *, worker_id: str,
@@ -214,9 +212,8 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
         secrets = DisabledSecretStore()
     sources = PgSourceStore(db)
     offloader = PayloadOffloader(db, blobs)  # accepted bodies: database -> object storage, in the background
-    jobs_notifier = Notifier(db.url, "kici_jobs")  # tells dispatchers (in any process) about new queue rows
     inbox = PgDeliveryInbox(db, blobs, max_payload_bytes=settings.event_log_max_payload_bytes,
-                            on_accepted=on_accepted or offloader.wake, on_completed=jobs_notifier.wake)
+                            on_accepted=on_accepted or offloader.wake)
     stack.push_async_callback(inbox.aclose)  # its group-commit lane connections
     github = GitHubProvider(
         secrets=secrets, default_api_url=settings.github_api_url, lockfile_max_bytes=settings.lockfile_max_bytes,
@@ -239,8 +236,7 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
     worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=worker_id, blobs=blobs,
                             platform=platform_outbox)
     return ProcessingParts(blobs=blobs, secrets=secrets, sources=sources, github=github, inbox=inbox,
-                           worker=worker, offloader=offloader, platform_outbox=platform_outbox,
-                           jobs_notifier=jobs_notifier)
+                           worker=worker, offloader=offloader, platform_outbox=platform_outbox)
 
 
 async def _release_own_leases(inbox: PgDeliveryInbox, worker: DeliveryWorker) -> None:

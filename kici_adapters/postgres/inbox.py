@@ -395,15 +395,11 @@ class PgDeliveryInbox:
 
     def __init__(self, db: Database, blobs: BlobStore, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
                  group_commit: bool = True, max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES,
-                 commit_lanes: int = COMMIT_LANES, on_accepted: Callable[[], None] | None = None,
-                 on_completed: Callable[[], None] | None = None) -> None:
+                 commit_lanes: int = COMMIT_LANES, on_accepted: Callable[[], None] | None = None) -> None:
         self._db = db
         self._blobs = blobs
         self._max_payload = max_payload_bytes
         self._on_accepted = on_accepted
-        # with on_completed, dispatchers are notified after the commit (coalesced) instead of by a NOTIFY
-        # inside every completion, which would serialise those commits
-        self._on_completed = on_completed
         self._lanes = LaneConnections(db.url)
         self._group: GroupCommit | None = (
             GroupCommit(self._commit_rows, max_batch=max_batch, max_batch_bytes=max_batch_bytes,
@@ -542,10 +538,7 @@ class PgDeliveryInbox:
                 "decision_trace": None if outcome.decision_trace is None else Jsonb(outcome.decision_trace),
             })
             await conn.execute(q("inbox_done"), {"id": entry["id"]})
-            if self._on_completed is None:
-                await conn.execute(q("notify_jobs"), {"payload": run_ids[0] if created else ""})
-        if self._on_completed is not None and created:
-            self._on_completed()
+            await conn.execute(q("notify_jobs"), {"payload": run_ids[0] if created else ""})
         return run_ids
 
     async def fail(self, item: InboxItem, error: str, *, retry_after: float | None) -> None:

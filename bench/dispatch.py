@@ -235,18 +235,6 @@ async def wait_until(check: Any, seconds: float, what: str) -> None:
             await anyio.sleep(0.2)  # a benchmark may poll the database
 
 
-def _cpu_seconds(proc: psutil.Process) -> float:
-    """CPU seconds of the orchestrator and its processing children (KICI_PROCESSING_WORKERS)."""
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            times = p.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
 def _children_rss(proc: psutil.Process) -> int:
     total = 0
     for p in proc.children(recursive=True):
@@ -270,7 +258,7 @@ async def measure(args: argparse.Namespace, url: str, port: int, pid: int, repo:
             await workers.all_connected.wait()
         # Warm up (lock-file read, code paths), then measure.
         await send_webhooks(base, repo, sha, count=5, rate=10)
-        cpu_before = _cpu_seconds(proc)
+        cpu_before = harness.cpu_seconds(proc)
         began = time.perf_counter()
         accepted, accepted_wall, failed = await send_webhooks(base, repo, sha, count=args.webhooks, rate=args.rate)
         send_seconds = time.perf_counter() - began
@@ -284,7 +272,7 @@ async def measure(args: argparse.Namespace, url: str, port: int, pid: int, repo:
             await wait_until(all_dispatched, 60, "every run dispatched")
         except TimeoutError:
             print("warning: not every accepted webhook reached an agent within 60 s")
-        cpu_after = _cpu_seconds(proc)
+        cpu_after = harness.cpu_seconds(proc)
         latencies = [workers.dispatched[runs[d]] - t for d, t in accepted.items()
                      if runs.get(d) in workers.dispatched]
         busy = cpu_after - cpu_before

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 import httpx
+import psutil
 
 from kici_adapters.postgres.embedded import EmbeddedPostgres
 
@@ -164,3 +165,15 @@ def stop(procs: list[subprocess.Popen[bytes]], pg: EmbeddedPostgres | None, *dir
         shutil.rmtree(pg.data_dir, ignore_errors=True)
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    """CPU seconds of ``proc`` and its children (the orchestrator's processing workers)."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total

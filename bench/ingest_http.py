@@ -132,18 +132,6 @@ async def _processing_latency(url: str, ids: list[str], seconds: float = 120) ->
             await anyio.sleep(0.2)
 
 
-def _cpu(proc: psutil.Process) -> float:
-    """CPU seconds of the orchestrator and its processing children (KICI_PROCESSING_WORKERS)."""
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            times = p.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
 async def _measure(args: argparse.Namespace, url: str, port: int, server: psutil.Process) -> None:
     await harness.wait_http(f"http://127.0.0.1:{port}/health")
     target = f"http://127.0.0.1:{port}/webhook/{ORG}/github"
@@ -152,10 +140,10 @@ async def _measure(args: argparse.Namespace, url: str, port: int, server: psutil
           f"{'proc p99':>8}  {'raw ins/s':>9}  {'ratio':>6}")
     for conc in args.concurrency:
         n = args.requests if conc > 1 else max(50, args.requests // 8)
-        cpu_before = _cpu(server)
+        cpu_before = harness.cpu_seconds(server)
         elapsed, lat, failed, ids = await harness.load(target, _request, requests=n, concurrency=conc,
                                                        prefix=f"c{conc}")
-        cpu = (_cpu(server) - cpu_before) * 1000 / max(1, len(ids))
+        cpu = (harness.cpu_seconds(server) - cpu_before) * 1000 / max(1, len(ids))
         proc = await _processing_latency(url, ids)
         raw = await _raw_rate(url, conc, n)
         rate = len(ids) / elapsed

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tests.support.pg import database, db_url, empty_db_url, pg_server, pg_template
+from tests.support.pg import database, db_url, empty_db_url, pg_server, pg_template, second_db
 
-__all__ = ["database", "db_url", "empty_db_url", "pg_server", "pg_template"]
+__all__ = ["database", "db_url", "empty_db_url", "pg_server", "pg_template", "second_db"]

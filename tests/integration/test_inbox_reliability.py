@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import gzip
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import anyio
 import pytest
@@ -17,6 +15,7 @@ from kici_adapters.postgres.pool import Database
 from kici_core import errors
 from kici_core.ports import Delivery, DeliveryOutcome, InboxItem, NewJob, NewRun
 from kici_core.testing import fakes
+from tests.support.pg import scalar
 
 pytestmark = pytest.mark.anyio
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -34,25 +33,6 @@ def run(workflow: str) -> NewRun:
     return NewRun(run_id=str(uuid.uuid4()), workflow_name=workflow, provider="github", routing_key="github:1",
                   repo_identifier="acme/app", repo_url=None, ref="refs/heads/main", sha="a" * 40,
                   trigger_decision={}, jobs=(job,))
-
-
-async def scalar(db: Database, sql: Any) -> Any:
-    async with db.connection() as conn:
-        cur = await conn.execute(sql)
-        row = await cur.fetchone()
-    assert row is not None
-    return next(iter(row.values()))
-
-
-@pytest.fixture
-async def second_db(db_url: str) -> AsyncIterator[Database]:
-    """Another pool on the same database: a second orchestrator process."""
-    db = Database(db_url, max_size=4, timeout=5.0)
-    await db.open()
-    try:
-        yield db
-    finally:
-        await db.close()
 
 
 @pytest.mark.parametrize("group_commit", [True, False])

@@ -4,10 +4,8 @@ the database and are counted, several offloaders share the work, and the run loo
 from __future__ import annotations
 
 import gzip
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -24,7 +22,7 @@ from kici_core import errors
 from kici_core.keys import event_log_payload_key
 from kici_core.ports import Delivery, EventLogQuery
 from kici_core.testing import fakes
-from tests.support.pg import PgServer
+from tests.support.pg import PgServer, scalar
 
 pytestmark = pytest.mark.anyio
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -50,24 +48,6 @@ class CountingBlobs(fakes.FakeBlobStore):
             await self.gate.wait()
         await super().put(key, data)
         self.puts[key] = self.puts.get(key, 0) + 1
-
-
-async def scalar(db: Database, sql: Any) -> Any:
-    async with db.connection() as conn:
-        cur = await conn.execute(sql)
-        row = await cur.fetchone()
-    assert row is not None
-    return next(iter(row.values()))
-
-
-@pytest.fixture
-async def second_db(db_url: str) -> AsyncIterator[Database]:
-    db = Database(db_url, max_size=4, timeout=5.0)
-    await db.open()
-    try:
-        yield db
-    finally:
-        await db.close()
 
 
 async def test_filesystem_offload_end_to_end(database: Database, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -126,6 +127,26 @@ def empty_db_url(pg_server: PgServer) -> Iterator[str]:
 @pytest.fixture
 async def database(db_url: str) -> AsyncIterator[Database]:
     """An opened :class:`Database` on a fresh migrated database."""
+    db = Database(db_url, max_size=4, timeout=5.0)
+    await db.open()
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+async def scalar(db: Database, query: Any) -> Any:
+    """The first column of the first row of ``query``."""
+    async with db.connection() as conn:
+        cur = await conn.execute(query)
+        row = await cur.fetchone()
+    assert row is not None
+    return next(iter(row.values()))
+
+
+@pytest.fixture
+async def second_db(db_url: str) -> AsyncIterator[Database]:
+    """Another pool on the same database: a second orchestrator process."""
     db = Database(db_url, max_size=4, timeout=5.0)
     await db.open()
     try:

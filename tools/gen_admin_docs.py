@@ -6,7 +6,6 @@ Usage: ``python tools/gen_admin_docs.py`` (write) or ``python tools/gen_admin_do
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import pathlib
 import sys
@@ -17,6 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kici_runtime import admin_cli  # noqa: E402
+from tools import docgen  # noqa: E402
 
 TARGET = ROOT / "docs" / "kici-admin.md"
 
@@ -119,21 +119,7 @@ def render_markdown() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Generate (or check) docs/kici-admin.md; returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if the committed file differs")
-    args = parser.parse_args(argv)
-    text = render_markdown()
-    if args.check:
-        current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
-        if current != text:
-            print(f"{TARGET.relative_to(ROOT)} is stale: run python tools/gen_admin_docs.py", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.parent.mkdir(parents=True, exist_ok=True)
-    TARGET.write_text(text, encoding="utf-8")
-    print(f"wrote {TARGET.relative_to(ROOT)}")
-    return 0
-
+    return docgen.main(TARGET, ROOT, render_markdown(), "gen_admin_docs.py", __doc__, argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

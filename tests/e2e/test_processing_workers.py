@@ -15,17 +15,28 @@ import anyio
 import psutil
 import pytest
 
-from tests.e2e.conftest import Independent, boot, github_world, install, poll
+from tests.e2e.conftest import (
+    GOOD_LOCKFILE,
+    LOCKFILE_PATH,
+    SHA,
+    Independent,
+    boot,
+    github_world,
+    install,
+    poll,
+)
 
 pytestmark = pytest.mark.anyio
 
 REPO = "acme/children"
+LATER_SHA = "b" * 40
 
 
 @pytest.fixture
 def world(db_url: str, tmp_path: Path) -> Iterator[Independent]:
     gh = github_world()
     install(gh, REPO)
+    gh.put_file(REPO, LATER_SHA, LOCKFILE_PATH, GOOD_LOCKFILE)
     try:
         w = boot(db_url, gh, tmp_path / "data", KICI_PROCESSING_WORKERS="1")
         try:
@@ -50,11 +61,11 @@ async def _one_child(w: Independent, other_than: int | None = None) -> psutil.Pr
     return await poll(probe, describe=w.proc.tail)
 
 
-async def _post(w: Independent, count: int) -> set[str]:
+async def _post(w: Independent, count: int, sha: str = SHA) -> set[str]:
     deliveries: set[str] = set()
 
     async def post_one() -> None:
-        delivery, resp = await w.push(REPO)
+        delivery, resp = await w.push(REPO, sha=sha)
         assert resp.status_code == 202, resp.text
         deliveries.add(delivery)
 
@@ -76,8 +87,8 @@ async def _processed_once(w: Independent, deliveries: set[str]) -> None:
     assert {r[0]: r[1] for r in rows} == dict.fromkeys(deliveries, 1)
 
 
-async def _some(items: Sequence[object]) -> bool | None:
-    return True if items else None
+async def _more_than(count: int, items: Sequence[object]) -> bool | None:
+    return True if len(items) > count else None
 
 
 async def test_child_processes_deliveries_survives_sigkill_and_stops_on_sigterm(world: Independent) -> None:
@@ -89,8 +100,10 @@ async def test_child_processes_deliveries_survives_sigkill_and_stops_on_sigterm(
 
     contents = f"/repos/{REPO}/contents/*"
     w.gh.delay(contents, 30, times=10_000)  # lock-file fetches hang: the child holds leases when it is killed
-    second = await _post(w, 6)
-    await poll(lambda: _some(w.gh.requests_for(contents)), describe=w.proc.tail)
+    fetched = len(w.gh.requests_for(contents))
+    # A commit the child has not read the lock file of yet, so its processing must reach GitHub (and hang there).
+    second = await _post(w, 6, sha=LATER_SHA)
+    await poll(lambda: _more_than(fetched, w.gh.requests_for(contents)), describe=w.proc.tail)
     child.kill()
     child.wait(30)
     assert w.proc.running, "killing the child must not take the serving process down"

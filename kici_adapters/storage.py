@@ -62,7 +62,8 @@ class FilesystemBlobStore:
 
     A write goes to a temporary file in the target directory, is fsynced, renamed over the final name and
     the directory is fsynced (as is every directory the write created), so an acknowledged ``put``
-    survives a crash and readers never see a partial object.
+    survives a crash and readers never see a partial object. A ``durable=False`` write skips the fsyncs
+    (still atomic for readers): it is for copies whose original is durable elsewhere.
     """
 
     def __init__(self, root: Path) -> None:
@@ -71,26 +72,28 @@ class FilesystemBlobStore:
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*_check_key(key).parts)
 
-    async def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` at ``key`` durably (replacing any previous object)."""
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Store ``data`` at ``key`` (replacing any previous object); forced to disk unless ``durable=False``."""
         path = self._path(key)
-        await anyio.to_thread.run_sync(self._put_sync, path, data)
+        await anyio.to_thread.run_sync(self._put_sync, path, data, durable)
 
-    def _put_sync(self, path: Path, data: bytes) -> None:
+    def _put_sync(self, path: Path, data: bytes, durable: bool = True) -> None:
         try:
             created = _make_dirs(path.parent)
             tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
             try:
                 with tmp.open("wb") as fh:
                     fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                    if durable:
+                        fh.flush()
+                        os.fsync(fh.fileno())
                 os.replace(tmp, path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-            for directory in [path.parent, *(d.parent for d in created)]:
-                _fsync_dir(directory)
+            if durable:
+                for directory in [path.parent, *(d.parent for d in created)]:
+                    _fsync_dir(directory)
         except OSError as exc:
             raise StorageUnavailable(f"cannot write object {path.name}: {exc.strerror}") from exc
 
@@ -231,8 +234,8 @@ class S3BlobStore:
         except BotoCoreError as exc:
             raise StorageUnavailable(f"object storage unavailable ({operation} {key}): {exc}") from exc
 
-    async def put(self, key: str, data: bytes) -> None:
-        """Upload ``data`` at ``key``; durable once S3 acknowledges it."""
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Upload ``data`` at ``key``; durable once S3 acknowledges it (``durable`` changes nothing here)."""
         await self._call(key, "put_object", Key=self._key(key), Body=data, ContentType=_content_type(key))
 
     async def get(self, key: str) -> bytes:

@@ -73,6 +73,10 @@ class Dispatcher:
         """Job ids waiting in this process's view, oldest first."""
         return tuple(key[2] for key in self._queue)
 
+    def tracks(self, job_id: str) -> bool:
+        """Whether ``job_id`` is known here (queued, dispatched, running or recovering)."""
+        return job_id in self._jobs
+
     def assignment(self, job_id: str) -> str | None:
         """The agent a job is dispatched to, recovering for, or ``None``."""
         job = self._jobs.get(job_id)

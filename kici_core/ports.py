@@ -120,9 +120,14 @@ class SecretStore(Protocol):
 
 # --------------------------------------------------------------------------------------------- blobs
 class BlobStore(Protocol):
-    """Object storage for gzipped payloads and logs. ``put`` is durable when it returns."""
+    """Object storage for gzipped payloads and logs.
 
-    async def put(self, key: str, data: bytes) -> None: ...
+    ``put`` is durable when it returns. ``durable=False`` is for copies of data kept durably elsewhere (a run's
+    payload copy duplicates its delivery's event-log payload): the object is still written whole or not at
+    all, but a store may skip forcing it to disk, so a power failure right after can lose it.
+    """
+
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> None: ...
 
     async def get(self, key: str) -> bytes:
         """Raises ``NotFound`` when the key does not exist."""

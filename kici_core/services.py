@@ -254,8 +254,8 @@ async def handle_item(
     error's message (it will fail the same way again; ``event-log replay`` retries by hand).
 
     With ``blobs``, each run created here also gets a copy of its triggering payload at
-    ``executions/<runId>/webhook-payload.json`` (best effort: the event log keeps the original; a failed
-    write is reported to ``on_copy_error``).
+    ``executions/<runId>/webhook-payload.json`` (best effort: the event log keeps the original, so the copy is
+    written with ``durable=False``; a failed write is reported to ``on_copy_error``).
     """
     try:
         body = await inbox.payload(item)
@@ -282,7 +282,7 @@ async def handle_item(
         for run in out.runs:
             if run.run_id in created:
                 try:
-                    await blobs.put(keys.run_payload_key(run.run_id), body)
+                    await blobs.put(keys.run_payload_key(run.run_id), body, durable=False)
                 except errors.KiciError as exc:
                     if on_copy_error is not None:
                         await on_copy_error(run.run_id, exc)

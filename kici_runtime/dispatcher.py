@@ -53,7 +53,9 @@ CANCEL_CHANNEL = "kici_cancel"
 JOBS_CHANNEL = "kici_jobs"
 TERMINAL_AGENT_STATES = frozenset({"success", "failed", "cancelled"})
 SEQ_OVERLAP = 1000
-"""Queue positions re-read below the highest seen, for rows whose transactions committed out of order."""
+"""Queue positions re-read below the highest seen after an anonymous ``kici_jobs`` notification, for rows whose
+transactions committed out of order. Named notifications (the run or job ids a transaction queued) need no
+overlap: the rows they name are read by id."""
 
 
 def _now_ms() -> int:
@@ -96,6 +98,7 @@ class AgentHub:
         self._run_ids: dict[str, str] = {}  # job id -> run id of jobs dispatched here, for job.cancel
         self._seen_seq = 0  # highest dispatch_queue.seq read
         self._named: set[str] = set()  # kici_jobs payloads (job or run ids) not yet read
+        self._anonymous = False  # a kici_jobs notification without ids arrived since the last read
         self._full_at: float | None = None  # monotonic time of the last full scan
         self._acked: dict[str, str] = {}  # job id -> agent id: ack deadlines to clear in the database
         self._ack_wake = anyio.Event()
@@ -231,10 +234,9 @@ class AgentHub:
 
     async def _feed(self, rows: Sequence[QueuedRow]) -> list[fx.Effect]:
         """Teach the core pending rows it does not know yet (caller holds the lock)."""
-        known = set(self.core.queued())
         effects: list[fx.Effect] = []
         for row in rows:
-            if row.job_id in known or self.core.assignment(row.job_id) is not None:
+            if self.core.tracks(row.job_id):
                 continue
             try:
                 selector = routing.compile_selector(row.runs_on, row.exclude_labels)
@@ -251,7 +253,14 @@ class AgentHub:
         """Load every pending row into the core and dispatch what fits."""
         self._full_at = time.monotonic()
         self._named.clear()
-        rows = await self.queue.pending()
+        self._anonymous = False
+        positions = await self.queue.pending_positions()
+        if positions:
+            self._seen_seq = max(self._seen_seq, max(seq for _id, seq in positions))
+        unknown = [job_id for job_id, _seq in positions if not self.core.tracks(job_id)]
+        rows: list[QueuedRow] = []
+        for start in range(0, len(unknown), 1000):
+            rows += await self.queue.pending(ids=unknown[start:start + 1000])
         await self._take(rows)
 
     async def refresh_new(self) -> None:
@@ -261,10 +270,13 @@ class AgentHub:
             await self.refresh()
             return
         named, self._named = list(self._named), set()
+        anonymous, self._anonymous = self._anonymous, False
+        after = max(0, self._seen_seq - SEQ_OVERLAP) if anonymous else self._seen_seq
         try:
-            rows = await self.queue.pending_since(max(0, self._seen_seq - SEQ_OVERLAP), named=named)
+            rows = await self.queue.pending_since(after, named=named)
         except errors.Unavailable:
             self._named.update(named)
+            self._anonymous |= anonymous
             raise
         await self._take(rows)
 
@@ -488,8 +500,11 @@ class AgentHub:
                             run_id, force, reason = [*note.payload.split("|", 2), "", ""][:3]
                             await self._cancel_local(run_id, reason or "run cancelled via API", force == "1")
                         else:
-                            if note.payload:
-                                self._named.add(note.payload)
+                            ids = [part for part in note.payload.split(",") if part]
+                            if ids:
+                                self._named.update(ids)
+                            else:
+                                self._anonymous = True
                             self._refresh.set()
             except (errors.Unavailable, psycopg.Error) as exc:
                 log.warning("dispatch notifications lost; reconnecting", extra={"error": str(exc)})

@@ -51,14 +51,14 @@ class _BackgroundCopies:
         self._limit = limit
         self._on_error = on_error
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         """Start writing ``data`` at ``key``; waits only while ``limit`` writes are already in flight."""
         await self._limit.acquire()
-        self._tg.start_soon(self._write, key, data)
+        self._tg.start_soon(self._write, key, data, durable)
 
-    async def _write(self, key: str, data: bytes) -> None:
+    async def _write(self, key: str, data: bytes, durable: bool) -> None:
         try:
-            await self._blobs.put(key, data)
+            await self._blobs.put(key, data, durable=durable)
         except errors.KiciError as exc:
             await self._on_error(key, exc)
         finally:

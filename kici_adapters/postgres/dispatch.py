@@ -36,6 +36,9 @@ SELECT q.id, q.run_id, q.seq, q.created_at, q.expires_at, q.dispatch_attempts, j
  ORDER BY q.seq
  LIMIT %(limit)s
 """
+_PENDING_POSITIONS = """
+SELECT id, seq FROM dispatch_queue WHERE status = 'pending' ORDER BY seq LIMIT %(limit)s
+"""
 _PENDING_SINCE = """
 SELECT q.id, q.run_id, q.seq, q.created_at, q.expires_at, q.dispatch_attempts, j.runs_on, j.exclude_labels
   FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id
@@ -218,6 +221,13 @@ class PgDispatchQueue:
         async with self._fast() as conn:
             cur = await conn.execute(_PENDING, {"ids": None if ids is None else list(ids), "limit": limit})
             return [_queued(r) for r in await cur.fetchall()]
+
+    async def pending_positions(self, *, limit: int = 10_000) -> list[tuple[str, int]]:
+        """``(job id, seq)`` of the pending rows, oldest first: a cheap full scan (no JSON columns) that
+        :meth:`pending` then completes for the ids the caller does not know yet."""
+        async with self._fast() as conn:
+            cur = await conn.execute(_PENDING_POSITIONS, {"limit": limit})
+            return [(str(r["id"]), int(r["seq"])) for r in await cur.fetchall()]
 
     async def pending_since(self, after_seq: int, *, named: Sequence[str] = (),
                             limit: int = 10_000) -> list[QueuedRow]:

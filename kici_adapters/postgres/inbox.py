@@ -98,6 +98,17 @@ _COLUMNS = ("org_id", "delivery_id", "routing_key", "event", "action", "source",
             "body")
 
 
+NOTIFY_LIMIT = 7999
+"""Bytes a ``pg_notify`` payload may carry (PostgreSQL's limit is 8000)."""
+
+
+def jobs_notification(ids: Sequence[str]) -> str:
+    """The ``kici_jobs`` payload announcing rows queued under ``ids`` (run or job ids): comma-separated, or
+    empty (anonymous: listeners re-read recent positions) when the list does not fit."""
+    payload = ",".join(ids)
+    return payload if len(payload) <= NOTIFY_LIMIT else ""
+
+
 def _batch_params(rows: Sequence[AcceptRow]) -> dict[str, list[Any]]:
     params: dict[str, list[Any]] = {name: [getattr(r, name) for r in rows] for name in _COLUMNS}
     params["payload_omitted"] = [r.payload_omitted_reason is not None for r in rows]
@@ -538,7 +549,8 @@ class PgDeliveryInbox:
                 "decision_trace": None if outcome.decision_trace is None else Jsonb(outcome.decision_trace),
             })
             await conn.execute(q("inbox_done"), {"id": entry["id"]})
-            await conn.execute(q("notify_jobs"), {"payload": run_ids[0] if created else ""})
+            if created:
+                await conn.execute(q("notify_jobs"), {"payload": jobs_notification(run_ids)})
         return run_ids
 
     async def fail(self, item: InboxItem, error: str, *, retry_after: float | None) -> None:

@@ -67,12 +67,14 @@ class FakeClock:
 class FakeBlobStore:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.durable: dict[str, bool] = {}  # key -> whether its last put asked for durability
         self.fail_puts = False
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         if self.fail_puts:
             raise errors.StorageUnavailable("object storage unavailable")
         self.objects[key] = bytes(data)
+        self.durable[key] = durable
 
     async def get(self, key: str) -> bytes:
         try:

@@ -36,6 +36,20 @@ async def test_pending_since_reads_newer_rows_and_named_ones(database: Database)
         await queue.aclose()
 
 
+async def test_pending_positions_lists_pending_rows_without_their_details(database: Database) -> None:
+    queue = PgDispatchQueue(database)
+    try:
+        _run1, first = await make_run(database, [("a", [], []), ("b", [], [])])
+        positions = await queue.pending_positions()
+        assert [job_id for job_id, _seq in positions] == [first["a"], first["b"]]
+        assert positions[0][1] < positions[1][1]
+        assert await queue.claim(first["a"], agent_id="x", ack_deadline=time.time() + 10)
+        assert [job_id for job_id, _seq in await queue.pending_positions()] == [first["b"]]
+        assert await queue.pending_positions(limit=0) == []
+    finally:
+        await queue.aclose()
+
+
 async def test_claim_many_claims_pending_rows_once_and_loads_them(database: Database) -> None:
     queue = PgDispatchQueue(database)
     runs = PgRunStore(database)

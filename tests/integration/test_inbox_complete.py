@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from kici_adapters.postgres.inbox import PgDeliveryInbox, split_matchers
+from kici_adapters.postgres.inbox import NOTIFY_LIMIT, PgDeliveryInbox, jobs_notification, split_matchers
 from kici_adapters.postgres.pool import Database
 from kici_core.ports import Delivery, DeliveryOutcome, NeedEdge, NewJob, NewRun
 from kici_core.testing import fakes
@@ -79,3 +79,52 @@ async def test_complete_writes_the_run_graph_and_notifies(database: Database) ->
         "ci", "build (py=3.12)", "d1", "https://example.test/acme/app.git")
     (e,) = await rows(database, "SELECT status, run_id, processed_at FROM event_log")
     assert e["status"] == "processed" and str(e["run_id"]) == run.run_id and e["processed_at"] is not None
+
+
+def _run(workflow: str) -> NewRun:
+    job = NewJob(job_id=str(uuid.uuid4()), name="build", base_name="build", matrix_values=None, needs=(),
+                 runs_on=(), exclude_labels=(), job_config={"name": "build"}, runnable=True)
+    return NewRun(run_id=str(uuid.uuid4()), workflow_name=workflow, provider="github", routing_key="github:1",
+                  repo_identifier="acme/app", repo_url="https://example.test/acme/app.git", ref="refs/heads/main",
+                  sha="c" * 40, trigger_decision=None, jobs=(job,))
+
+
+async def _accept_and_claim(inbox: PgDeliveryInbox, delivery: str) -> Any:
+    await inbox.accept(Delivery(org_id="acme", delivery_id=delivery, routing_key="github:1", event="push",
+                                action=None, source="direct", provider="github", body=b"{}",
+                                received_at=datetime.now(UTC)))
+    (item,) = await inbox.claim(worker_id="w", limit=1, lease_seconds=60)
+    return item
+
+
+async def test_the_notification_names_every_run_the_delivery_queued(database: Database) -> None:
+    """Dispatchers read rows by the ids a notification names, so a transaction that committed after a later
+    queue position was read is still found: every run of the delivery must be named."""
+    inbox = PgDeliveryInbox(database, fakes.FakeBlobStore())
+    item = await _accept_and_claim(inbox, "multi")
+    runs = [_run(f"wf-{i}") for i in range(3)]
+    async with database.dedicated() as listener:
+        await listener.execute("LISTEN kici_jobs")
+        ids = await inbox.complete(item, DeliveryOutcome(status="processed", matched_count=3), runs)
+        with anyio.fail_after(10):
+            note = await anext(listener.notifies())
+    assert set(note.payload.split(",")) == {r.run_id for r in runs} == set(ids)
+
+
+async def test_a_delivery_that_queues_nothing_does_not_wake_dispatchers(database: Database) -> None:
+    inbox = PgDeliveryInbox(database, fakes.FakeBlobStore())
+    item = await _accept_and_claim(inbox, "nothing")
+    async with database.dedicated() as listener:
+        await listener.execute("LISTEN kici_jobs")
+        assert await inbox.complete(item, DeliveryOutcome(status="processed", matched_count=0), []) == []
+        await listener.execute("SELECT pg_notify('kici_jobs', 'marker')")  # delivered after anything complete sent
+        with anyio.fail_after(10):
+            note = await anext(listener.notifies())
+    assert note.payload == "marker"
+
+
+def test_jobs_notification_lists_ids_or_goes_anonymous_when_too_long() -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    assert jobs_notification(ids) == ",".join(ids)
+    many = [str(uuid.uuid4()) for _ in range(NOTIFY_LIMIT // 36 + 1)]
+    assert jobs_notification(many) == ""

@@ -42,11 +42,11 @@ class CountingBlobs(fakes.FakeBlobStore):
         self.gate: anyio.Event | None = None
         self.entered = anyio.Event()
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
-        await super().put(key, data)
+        await super().put(key, data, durable=durable)
         self.puts[key] = self.puts.get(key, 0) + 1
 
 

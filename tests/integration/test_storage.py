@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +93,25 @@ async def test_filesystem_layout_and_no_temp_leftovers(fs_store: storage.Filesys
     target = fs_store.root / "executions" / "run-1" / "job-build" / "step-0.log"
     assert target.read_bytes() == b"line\n"
     assert [p.name for p in target.parent.iterdir()] == ["step-0.log"]
+
+
+async def test_filesystem_copies_skip_the_fsyncs_durable_writes_make(fs_store: storage.FilesystemBlobStore,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    await fs_store.put(storage.run_payload_key("run-2"), b'{"copy":true}', durable=False)
+    assert synced == []
+    target = fs_store.root / "executions" / "run-2" / "webhook-payload.json"
+    assert target.read_bytes() == b'{"copy":true}'
+    assert [p.name for p in target.parent.iterdir()] == ["webhook-payload.json"]  # renamed into place whole
+    await fs_store.put(storage.run_payload_key("run-3"), b"{}")
+    assert len(synced) >= 3  # the file, its new directory and that directory's parent
 
 
 async def test_filesystem_unwritable_root_is_storage_unavailable(tmp_path: Path) -> None:

@@ -195,6 +195,7 @@ async def test_each_new_run_gets_a_payload_copy_and_a_failed_copy_is_reported() 
     assert run_ids is not None and len(run_ids) == 1
     stored = copies.objects[f"executions/{run_ids[0]}/webhook-payload.json"]
     assert json.loads(stored) == push_payload()
+    assert copies.durable[f"executions/{run_ids[0]}/webhook-payload.json"] is False  # the event log keeps the original
 
     await w.deliver(push_payload(), delivery_id="d2")
     (item,) = await w.inbox.claim(worker_id="w", limit=1, lease_seconds=30)

@@ -110,7 +110,7 @@ class GatedBlobs:
         self.release = anyio.Event()
         self.fail = False
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         self.started.set()
         await self.release.wait()
         if self.fail:

@@ -36,7 +36,7 @@ from kici_adapters.postgres import eventlog
 from kici_adapters.postgres.pool import Connection, Database, connect, translate_errors
 from kici_adapters.postgres.queries import q
 from kici_core import errors
-from kici_core.jsontypes import JSONObject
+from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.keys import event_log_payload_key
 from kici_core.ports import (
     AcceptResult,
@@ -96,17 +96,6 @@ class AcceptRow:
 _COLUMNS = ("org_id", "delivery_id", "routing_key", "event", "action", "source", "provider", "repo_identifier",
             "ref", "payload_key", "payload_omitted_reason", "payload_size_bytes", "payload_hash", "received_at",
             "body")
-
-
-NOTIFY_LIMIT = 7999
-"""Bytes a ``pg_notify`` payload may carry (PostgreSQL's limit is 8000)."""
-
-
-def jobs_notification(ids: Sequence[str]) -> str:
-    """The ``kici_jobs`` payload announcing rows queued under ``ids`` (run or job ids): comma-separated, or
-    empty (anonymous: listeners re-read recent positions) when the list does not fit."""
-    payload = ",".join(ids)
-    return payload if len(payload) <= NOTIFY_LIMIT else ""
 
 
 def _batch_params(rows: Sequence[AcceptRow]) -> dict[str, list[Any]]:
@@ -344,49 +333,53 @@ def split_matchers(matchers: Sequence[JSONObject]) -> tuple[list[str], list[JSON
     return exact, patterns
 
 
-def _job_params(run: NewRun, job: NewJob) -> dict[str, Any]:
+def _job_row(run: NewRun, job: NewJob) -> dict[str, JSONValue]:
     exact, _ = split_matchers(job.runs_on)
     return {
         "job_id": job.job_id, "run_id": run.run_id, "job_name": job.name, "base_name": job.base_name,
-        "status": job.status, "matrix_values": None if job.matrix_values is None else Jsonb(job.matrix_values),
-        "runs_on": Jsonb(list(job.runs_on)), "exclude_labels": Jsonb(list(job.exclude_labels)),
-        "required_labels": exact, "job_config": Jsonb(job.job_config), "error_message": job.reason,
-        "runnable": job.runnable,
+        "status": job.status, "matrix_values": job.matrix_values, "runs_on": list(job.runs_on),
+        "exclude_labels": list(job.exclude_labels), "required_labels": list(exact), "job_config": job.job_config,
+        "error_message": job.reason, "runnable": job.runnable,
     }
 
 
-def _queue_params(item: InboxItem, run: NewRun, job: NewJob) -> dict[str, Any]:
+def _queue_row(run: NewRun, job: NewJob) -> dict[str, JSONValue]:
     labels, patterns = split_matchers(job.runs_on)
     ex_labels, ex_patterns = split_matchers(job.exclude_labels)
     return {
         "job_id": job.job_id, "run_id": run.run_id, "workflow_name": run.workflow_name, "job_name": job.name,
-        "runs_on_labels": Jsonb(labels), "runs_on_patterns": Jsonb(patterns),
-        "exclude_labels": Jsonb(ex_labels), "exclude_patterns": Jsonb(ex_patterns), "required_labels": labels,
-        "job_config": Jsonb(job.job_config), "repo_url": run.repo_url, "ref": run.ref, "sha": run.sha,
-        "delivery_id": item.delivery_id, "provider": run.provider, "routing_key": run.routing_key,
+        "runs_on_labels": list(labels), "runs_on_patterns": list(patterns), "exclude_labels": list(ex_labels),
+        "exclude_patterns": list(ex_patterns), "required_labels": list(labels), "job_config": job.job_config,
+        "repo_url": run.repo_url, "ref": run.ref, "sha": run.sha, "provider": run.provider,
+        "routing_key": run.routing_key,
     }
 
 
-async def _insert_run(conn: Connection, item: InboxItem, event_log_id: Any, run: NewRun) -> bool:
-    cur = await conn.execute(q("run_insert"), {
-        "run_id": run.run_id, "event_log_id": event_log_id, "org_id": item.org_id, "delivery_id": item.delivery_id,
-        "workflow_name": run.workflow_name, "status": run.status, "provider": run.provider,
-        "routing_key": run.routing_key, "repo_identifier": run.repo_identifier, "repo_url": run.repo_url,
-        "ref": run.ref, "sha": run.sha, "trigger_decision": Jsonb(run.trigger_decision),
-    })
-    if await cur.fetchone() is None:
-        return False  # this (delivery, workflow) already has its run: nothing more to write
-    async with conn.cursor() as c:
-        if run.jobs:
-            await c.executemany(q("job_insert"), [_job_params(run, j) for j in run.jobs])
-        needs = [{"run_id": run.run_id, "job_name": j.name, "upstream_name": e.upstream_name,
-                  "run_on": list(e.run_on)} for j in run.jobs for e in j.needs]
-        if needs:
-            await c.executemany(q("job_need_insert"), needs)
-        queued = [_queue_params(item, run, j) for j in run.jobs if j.runnable]
-        if queued:
-            await c.executemany(q("queue_insert"), queued)
-    return True
+def _complete_params(item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun]) -> dict[str, Any]:
+    """Parameters of ``complete_delivery``: the run graph as JSON row sets, in order."""
+    run_rows: list[JSONValue] = []
+    job_rows: list[JSONValue] = []
+    need_rows: list[JSONValue] = []
+    queue_rows: list[JSONValue] = []
+    for run in runs:
+        run_rows.append({
+            "ord": len(run_rows), "run_id": run.run_id, "workflow_name": run.workflow_name, "status": run.status,
+            "provider": run.provider, "routing_key": run.routing_key, "repo_identifier": run.repo_identifier,
+            "repo_url": run.repo_url, "ref": run.ref, "sha": run.sha, "trigger_decision": run.trigger_decision,
+        })
+        for job in run.jobs:
+            job_rows.append({"ord": len(job_rows), **_job_row(run, job)})
+            need_rows += [{"run_id": run.run_id, "job_name": job.name, "upstream_name": e.upstream_name,
+                           "run_on": list(e.run_on)} for e in job.needs]
+            if job.runnable:
+                queue_rows.append({"ord": len(queue_rows), **_queue_row(run, job)})
+    return {
+        "org_id": item.org_id, "delivery_id": item.delivery_id, "runs": Jsonb(run_rows), "jobs": Jsonb(job_rows),
+        "needs": Jsonb(need_rows), "queue": Jsonb(queue_rows), "status": outcome.status,
+        "matched_count": outcome.matched_count, "repo_identifier": outcome.repo_identifier, "ref": outcome.ref,
+        "error_message": outcome.error_message,
+        "decision_trace": None if outcome.decision_trace is None else Jsonb(outcome.decision_trace),
+    }
 
 
 # ------------------------------------------------------------------------------------------ the store
@@ -528,30 +521,22 @@ class PgDeliveryInbox:
 
     async def complete(self, item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun]) -> list[str]:
         """Create the runs (at most once per delivery and workflow), record the outcome, finish the inbox row and
-        notify dispatchers, in one transaction. Returns the delivery's run ids, first first.
-
-        Pipeline mode: writes whose results are not read travel with the next read or the commit."""
+        notify dispatchers, in one statement (one round trip, one commit). Returns the delivery's run ids,
+        first first."""
         self._prefetched.pop((item.org_id, item.delivery_id), None)
-        async with self._db.transaction() as conn, conn.pipeline():
-            cur = await conn.execute(q("event_log_lock"), {"org_id": item.org_id, "delivery_id": item.delivery_id})
-            entry = await cur.fetchone()
-            if entry is None:
-                raise errors.NotFound(f"delivery {item.delivery_id} not found")
-            created = 0
-            for run in runs:
-                created += await _insert_run(conn, item, entry["id"], run)
-            cur = await conn.execute(q("runs_for_delivery"), {"org_id": item.org_id, "delivery_id": item.delivery_id})
-            run_ids = [str(r["run_id"]) for r in await cur.fetchall()]
-            await conn.execute(q("event_log_outcome"), {
-                "id": entry["id"], "status": outcome.status, "matched_count": outcome.matched_count,
-                "run_id": run_ids[0] if run_ids else None, "repo_identifier": outcome.repo_identifier,
-                "ref": outcome.ref, "error_message": outcome.error_message,
-                "decision_trace": None if outcome.decision_trace is None else Jsonb(outcome.decision_trace),
-            })
-            await conn.execute(q("inbox_done"), {"id": entry["id"]})
-            if created:
-                await conn.execute(q("notify_jobs"), {"payload": jobs_notification(run_ids)})
-        return run_ids
+        params = _complete_params(item, outcome, runs)
+        with translate_errors(self._db.url):
+            async with self._lanes.connection() as conn:
+                cur = await conn.execute(q("complete_delivery"), params)
+                row = await cur.fetchone()
+        if row is None or row["entry_id"] is None:
+            raise errors.NotFound(f"delivery {item.delivery_id} not found")
+        if row["created"] < len(runs):  # some runs already existed, maybe committed after this statement began
+            async with self._db.connection() as conn:
+                cur = await conn.execute(q("runs_for_delivery"), {"org_id": item.org_id,
+                                                                  "delivery_id": item.delivery_id})
+                return [str(r["run_id"]) for r in await cur.fetchall()]
+        return [str(r) for r in row["run_ids"]]
 
     async def fail(self, item: InboxItem, error: str, *, retry_after: float | None) -> None:
         """Release the lease: retry after ``retry_after`` seconds, or park the delivery as ``failed``."""

@@ -230,6 +230,93 @@ VALUES (%(job_id)s, %(run_id)s, %(workflow_name)s, %(job_name)s, %(runs_on_label
         %(exclude_labels)s, %(exclude_patterns)s, %(required_labels)s, %(job_config)s, %(repo_url)s, %(ref)s,
         %(sha)s, %(delivery_id)s, %(provider)s, %(routing_key)s, 'pending')
 
+-- name: complete_delivery
+-- One statement (one round trip, one commit): create the delivery's runs (at most once per delivery and
+-- workflow), the jobs, needs edges and queue rows of the runs this statement created, record the outcome,
+-- finish the inbox row and notify dispatchers with the created run ids. Rows come as JSON arrays; `ord` keeps
+-- the caller's order (queue positions follow it). Sibling CTEs share one snapshot: `existing` lists the runs
+-- committed before this statement, `new_runs` the ones it created; `created < offered` means a concurrent
+-- writer won some (the caller then re-reads the run ids).
+WITH entry AS (
+    SELECT id FROM event_log WHERE org_id = %(org_id)s AND delivery_id = %(delivery_id)s FOR UPDATE
+), run_in AS (
+    SELECT * FROM jsonb_to_recordset(%(runs)s::jsonb) AS r(
+        ord int, run_id uuid, workflow_name text, status text, provider text, routing_key text,
+        repo_identifier text, repo_url text, ref text, sha text, trigger_decision jsonb)
+), existing AS (
+    SELECT run_id, created_at FROM execution_runs
+     WHERE org_id = %(org_id)s AND delivery_id = %(delivery_id)s AND original_run_id IS NULL
+), new_runs AS (
+    INSERT INTO execution_runs (run_id, event_log_id, org_id, delivery_id, workflow_name, status, provider,
+                                routing_key, repo_identifier, repo_url, ref, sha, trigger_decision, created_at)
+    SELECT r.run_id, e.id, %(org_id)s, %(delivery_id)s, r.workflow_name, r.status, r.provider, r.routing_key,
+           r.repo_identifier, r.repo_url, r.ref, r.sha, r.trigger_decision, clock_timestamp()
+      FROM run_in r CROSS JOIN entry e
+     ORDER BY r.ord
+    ON CONFLICT (org_id, delivery_id, workflow_name) WHERE original_run_id IS NULL DO NOTHING
+    RETURNING run_id
+), new_jobs AS (
+    INSERT INTO execution_jobs (job_id, run_id, job_name, base_name, status, matrix_values, runs_on, exclude_labels,
+                                required_labels, job_config, error_message, needs_satisfied, ready_at)
+    SELECT j.job_id, j.run_id, j.job_name, j.base_name, j.status, j.matrix_values, j.runs_on, j.exclude_labels,
+           j.required_labels, j.job_config, j.error_message, j.runnable, CASE WHEN j.runnable THEN now() END
+      FROM jsonb_to_recordset(%(jobs)s::jsonb) AS j(
+               ord int, job_id uuid, run_id uuid, job_name text, base_name text, status text, matrix_values jsonb,
+               runs_on jsonb, exclude_labels jsonb, required_labels text[], job_config jsonb, error_message text,
+               runnable boolean)
+     WHERE j.run_id IN (SELECT run_id FROM new_runs)
+     ORDER BY j.ord
+    RETURNING job_id
+), new_needs AS (
+    INSERT INTO execution_job_needs (run_id, job_name, upstream_name, run_on)
+    SELECT n.run_id, n.job_name, n.upstream_name, n.run_on
+      FROM jsonb_to_recordset(%(needs)s::jsonb) AS n(run_id uuid, job_name text, upstream_name text, run_on text[])
+     WHERE n.run_id IN (SELECT run_id FROM new_runs)
+    ON CONFLICT DO NOTHING
+    RETURNING run_id
+), new_queue AS (
+    INSERT INTO dispatch_queue (id, run_id, workflow_name, job_name, runs_on_labels, runs_on_patterns, exclude_labels,
+                                exclude_patterns, required_labels, job_config, repo_url, ref, sha, delivery_id,
+                                provider, routing_key, status)
+    SELECT d.job_id, d.run_id, d.workflow_name, d.job_name, d.runs_on_labels, d.runs_on_patterns, d.exclude_labels,
+           d.exclude_patterns, d.required_labels, d.job_config, d.repo_url, d.ref, d.sha, %(delivery_id)s,
+           d.provider, d.routing_key, 'pending'
+      FROM jsonb_to_recordset(%(queue)s::jsonb) AS d(
+               ord int, job_id uuid, run_id uuid, workflow_name text, job_name text, runs_on_labels jsonb,
+               runs_on_patterns jsonb, exclude_labels jsonb, exclude_patterns jsonb, required_labels text[],
+               job_config jsonb, repo_url text, ref text, sha text, provider text, routing_key text)
+     WHERE d.run_id IN (SELECT run_id FROM new_runs)
+     ORDER BY d.ord
+    RETURNING id
+), ordered AS (
+    SELECT coalesce(array_agg(run_id ORDER BY fresh, created_at, ord, run_id), '{}') AS ids FROM (
+        SELECT run_id, created_at, 0 AS fresh, 0 AS ord FROM existing
+        UNION ALL
+        SELECT n.run_id, NULL, 1, r.ord FROM new_runs n JOIN run_in r USING (run_id)
+    ) a
+), fresh AS (
+    SELECT coalesce(string_agg(nr.run_id::text, ',' ORDER BY r.ord), '') AS ids, count(*) AS n
+      FROM new_runs nr JOIN run_in r USING (run_id)
+), outcome AS (
+    UPDATE event_log
+       SET status = %(status)s, matched_count = %(matched_count)s, run_id = (SELECT ids[1] FROM ordered),
+           repo_identifier = %(repo_identifier)s, ref = %(ref)s, error_message = %(error_message)s,
+           decision_trace = %(decision_trace)s, processed_at = now()
+     WHERE id = (SELECT id FROM entry)
+       AND status NOT IN ('processed', 'lockfile_missing', 'lockfile_corrupt')
+    RETURNING id
+), done AS (
+    UPDATE delivery_inbox SET state = 'done', locked_until = NULL, locked_by = NULL, updated_at = now()
+     WHERE event_log_id = (SELECT id FROM entry)
+    RETURNING event_log_id
+), note AS (
+    SELECT pg_notify('kici_jobs', CASE WHEN length(ids) <= 7999 THEN ids ELSE '' END) FROM fresh WHERE n > 0
+)
+SELECT (SELECT id FROM entry) AS entry_id, (SELECT ids FROM ordered) AS run_ids, (SELECT n FROM fresh) AS created,
+       (SELECT count(*) FROM note) AS notified, (SELECT count(*) FROM new_jobs) AS jobs,
+       (SELECT count(*) FROM new_needs) AS needs, (SELECT count(*) FROM new_queue) AS queued,
+       (SELECT count(*) FROM outcome) AS recorded, (SELECT count(*) FROM done) AS finished
+
 -- name: runs_for_delivery
 SELECT run_id FROM execution_runs
  WHERE org_id = %(org_id)s AND delivery_id = %(delivery_id)s AND original_run_id IS NULL

@@ -9,8 +9,9 @@ from typing import Any
 import anyio
 import pytest
 
-from kici_adapters.postgres.inbox import NOTIFY_LIMIT, PgDeliveryInbox, jobs_notification, split_matchers
+from kici_adapters.postgres.inbox import PgDeliveryInbox, split_matchers
 from kici_adapters.postgres.pool import Database
+from kici_core import errors
 from kici_core.ports import Delivery, DeliveryOutcome, NeedEdge, NewJob, NewRun
 from kici_core.testing import fakes
 
@@ -123,8 +124,44 @@ async def test_a_delivery_that_queues_nothing_does_not_wake_dispatchers(database
     assert note.payload == "marker"
 
 
-def test_jobs_notification_lists_ids_or_goes_anonymous_when_too_long() -> None:
-    ids = [str(uuid.uuid4()) for _ in range(3)]
-    assert jobs_notification(ids) == ",".join(ids)
-    many = [str(uuid.uuid4()) for _ in range(NOTIFY_LIMIT // 36 + 1)]
-    assert jobs_notification(many) == ""
+async def test_a_delivery_queueing_more_runs_than_a_notification_holds_notifies_anonymously(
+        database: Database) -> None:
+    """pg_notify payloads stop at 8000 bytes: past that, the notification names nothing and dispatchers re-read
+    recent queue positions instead."""
+    inbox = PgDeliveryInbox(database, fakes.FakeBlobStore())
+    item = await _accept_and_claim(inbox, "many")
+    runs = [_run(f"wf-{i}") for i in range(8000 // 37 + 1)]
+    async with database.dedicated() as listener:
+        await listener.execute("LISTEN kici_jobs")
+        ids = await inbox.complete(item, DeliveryOutcome(status="processed", matched_count=len(runs)), runs)
+        with anyio.fail_after(10):
+            note = await anext(listener.notifies())
+    assert note.payload == ""
+    assert ids == [r.run_id for r in runs]  # the delivery's runs, in the order they were planned
+    queued = await rows(database, "SELECT run_id FROM dispatch_queue ORDER BY seq")
+    assert [str(r["run_id"]) for r in queued] == ids
+
+
+async def test_completing_again_creates_nothing_and_returns_the_existing_runs(database: Database) -> None:
+    inbox = PgDeliveryInbox(database, fakes.FakeBlobStore())
+    item = await _accept_and_claim(inbox, "again")
+    first = [_run("a"), _run("b")]
+    ids = await inbox.complete(item, DeliveryOutcome(status="processed", matched_count=2), first)
+    assert ids == [r.run_id for r in first]
+    # a reprocessing plans fresh run ids for the same workflows (plus one more): only the new workflow is added
+    again = [_run("a"), _run("b"), _run("c")]
+    ids2 = await inbox.complete(item, DeliveryOutcome(status="processed", matched_count=3), again)
+    assert ids2 == [first[0].run_id, first[1].run_id, again[2].run_id]
+    jobs = await rows(database, "SELECT count(*) AS n FROM execution_jobs")
+    assert jobs[0]["n"] == 3
+
+
+async def test_completing_an_unknown_delivery_is_not_found(database: Database) -> None:
+    inbox = PgDeliveryInbox(database, fakes.FakeBlobStore())
+    item = await _accept_and_claim(inbox, "known")
+    async with database.connection() as conn:
+        await conn.execute("DELETE FROM delivery_inbox")
+        await conn.execute("DELETE FROM event_log")
+    with pytest.raises(errors.NotFound):
+        await inbox.complete(item, DeliveryOutcome(status="processed", matched_count=1), [_run("a")])
+    assert await rows(database, "SELECT run_id FROM execution_runs") == []

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import anyio
 import anyio.to_thread
 
 from kici_core.errors import ConfigError, InvalidInput, NotFound, StorageUnavailable
@@ -57,6 +59,17 @@ def _content_type(key: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- filesystem
+@dataclass(eq=False, slots=True)
+class _FileWrite:
+    path: Path
+    data: bytes
+    durable: bool
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    lead: bool = False  # chosen to write the next batch
+    finished: bool = False
+    error: OSError | None = None
+
+
 class FilesystemBlobStore:
     """Objects as files under ``root`` (``<root>/<key>``).
 
@@ -64,38 +77,75 @@ class FilesystemBlobStore:
     the directory is fsynced (as is every directory the write created), so an acknowledged ``put``
     survives a crash and readers never see a partial object. A ``durable=False`` write skips the fsyncs
     (still atomic for readers): it is for copies whose original is durable elsewhere.
+
+    Concurrent ``put`` calls share the work like a group commit: a caller that finds fewer than ``lanes``
+    batches in flight writes what is queued (up to ``max_batch`` objects) in one worker-thread call, fsyncing
+    each directory once per batch rather than once per object; callers arriving meanwhile wait, and when a
+    batch ends the oldest waiting caller leads the next one. Nobody returns before its own object is written.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, lanes: int = 2, max_batch: int = 128) -> None:
         self.root = root
+        self._lanes = max(1, lanes)
+        self._max_batch = max(1, max_batch)
+        self._queue: list[_FileWrite] = []
+        self._inflight = 0
+        self.batches = 0
+        """Worker-thread batches written (for tests)."""
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*_check_key(key).parts)
 
     async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         """Store ``data`` at ``key`` (replacing any previous object); forced to disk unless ``durable=False``."""
-        path = self._path(key)
-        await anyio.to_thread.run_sync(self._put_sync, path, data, durable)
-
-    def _put_sync(self, path: Path, data: bytes, durable: bool = True) -> None:
-        try:
-            created = _make_dirs(path.parent)
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        me = _FileWrite(self._path(key), bytes(data), durable)
+        self._queue.append(me)
+        if self._inflight < self._lanes:
+            self._inflight += 1
+            await self._lead(me)
+        else:
             try:
-                with tmp.open("wb") as fh:
-                    fh.write(data)
-                    if durable:
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                os.replace(tmp, path)
+                await me.wake.wait()
             except BaseException:
-                tmp.unlink(missing_ok=True)
+                with anyio.CancelScope(shield=True):
+                    if me.lead and not me.finished:
+                        await self._lead(me)
+                    elif me in self._queue:
+                        self._queue.remove(me)
                 raise
-            if durable:
-                for directory in [path.parent, *(d.parent for d in created)]:
-                    _fsync_dir(directory)
-        except OSError as exc:
-            raise StorageUnavailable(f"cannot write object {path.name}: {exc.strerror}") from exc
+            if me.lead and not me.finished:
+                await self._lead(me)
+        if me.error is not None:
+            raise StorageUnavailable(f"cannot write object {me.path.name}: {me.error.strerror}") from me.error
+
+    async def _lead(self, me: _FileWrite) -> None:
+        with anyio.CancelScope(shield=True):
+            batch = [me]
+            self._queue.remove(me)
+            for w in list(self._queue):
+                if len(batch) >= self._max_batch:
+                    break
+                if not w.lead:
+                    batch.append(w)
+                    self._queue.remove(w)
+            try:
+                await anyio.to_thread.run_sync(_write_batch, batch)
+                self.batches += 1
+            except BaseException as exc:  # not an OSError (those are per write): fail the whole batch
+                for w in batch:
+                    w.error = w.error or OSError(0, f"write failed: {type(exc).__name__}")
+                raise
+            finally:
+                for w in batch:
+                    w.finished = True
+                nxt = next((w for w in self._queue if not w.lead), None)
+                if nxt is not None:
+                    nxt.lead = True
+                    nxt.wake.set()
+                else:
+                    self._inflight -= 1
+                for w in batch:
+                    w.wake.set()
 
     async def get(self, key: str) -> bytes:
         """The object's bytes. Raises ``NotFound``."""
@@ -118,6 +168,38 @@ class FilesystemBlobStore:
             await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
         except OSError as exc:
             raise StorageUnavailable(f"cannot delete object {key}: {exc.strerror}") from exc
+
+
+def _write_batch(batch: list[_FileWrite]) -> None:
+    """Write each object of ``batch`` in order (a failed one records its error), then fsync each directory the
+    durable ones touched once; a failed directory fsync fails the durable writes in that directory."""
+    dirs: dict[Path, list[_FileWrite]] = {}
+    for w in batch:
+        try:
+            created = _make_dirs(w.path.parent)
+            tmp = w.path.with_name(f".{w.path.name}.{secrets.token_hex(6)}.tmp")
+            try:
+                with tmp.open("wb") as fh:
+                    fh.write(w.data)
+                    if w.durable:
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                os.replace(tmp, w.path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            w.error = exc
+            continue
+        if w.durable:
+            for directory in [w.path.parent, *(d.parent for d in created)]:
+                dirs.setdefault(directory, []).append(w)
+    for directory, writes in dirs.items():
+        try:
+            _fsync_dir(directory)
+        except OSError as exc:
+            for w in writes:
+                w.error = w.error or exc
 
 
 def _make_dirs(directory: Path) -> list[Path]:

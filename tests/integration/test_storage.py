@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
@@ -155,3 +157,64 @@ def test_key_segment_encoding() -> None:
     assert storage.run_payload_key("r") == "executions/r/webhook-payload.json"
     assert storage.log_chunk_key("r", "j", 2, 7) == "executions/r/job-j/step-2/chunk-00000007.log"
     assert storage.log_chunk_key("r", "j", None, 7) == "executions/r/job-j/job/chunk-00000007.log"
+
+
+async def test_concurrent_filesystem_puts_share_batches_and_each_lands(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    store = storage.FilesystemBlobStore(tmp_path / "blobs", lanes=1)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    keys = [storage.event_log_payload_key("acme", f"d-{i}") for i in range(40)]
+    async with anyio.create_task_group() as tg:
+        for i, key in enumerate(keys):
+            tg.start_soon(store.put, key, f"body-{i}".encode())
+    for i, key in enumerate(keys):
+        assert await store.get(key) == f"body-{i}".encode()
+    assert 1 < store.batches < len(keys)  # the first caller wrote alone, the others queued behind it together
+    # one fsync per file, and the shared directory (plus the ones the first write created) once per batch
+    assert len(synced) < 2 * len(keys)
+    assert not [p for p in (tmp_path / "blobs" / "event-log" / "acme").iterdir() if p.name.endswith(".tmp")]
+
+
+async def test_a_failed_write_fails_only_its_own_put(tmp_path: Path) -> None:
+    store = storage.FilesystemBlobStore(tmp_path / "blobs", lanes=1)
+    (tmp_path / "blobs" / "executions").mkdir(parents=True)
+    (tmp_path / "blobs" / "executions" / "blocked").write_text("a file where a directory should be")
+    results: dict[str, BaseException | None] = {}
+
+    async def put(key: str) -> None:
+        try:
+            await store.put(key, b"x")
+            results[key] = None
+        except StorageUnavailable as exc:
+            results[key] = exc
+
+    good = [storage.run_payload_key(f"ok-{i}") for i in range(5)]
+    bad = "executions/blocked/webhook-payload.json"
+    async with anyio.create_task_group() as tg:
+        for key in [good[0], bad, *good[1:]]:
+            tg.start_soon(put, key)
+    assert isinstance(results[bad], StorageUnavailable)
+    assert all(results[k] is None for k in good)
+    assert [await store.get(k) for k in good] == [b"x"] * len(good)
+
+
+async def test_a_cancelled_waiting_put_strands_nobody(tmp_path: Path) -> None:
+    store = storage.FilesystemBlobStore(tmp_path / "blobs", lanes=1)
+    keys = [storage.run_payload_key(f"r-{i}") for i in range(10)]
+    async with anyio.create_task_group() as tg:
+        for key in keys:
+            tg.start_soon(store.put, key, b"kept")
+        async with anyio.create_task_group() as doomed:
+            doomed.start_soon(store.put, storage.run_payload_key("cancelled"), b"maybe")
+            await anyio.lowlevel.checkpoint()
+            doomed.cancel_scope.cancel()
+    with anyio.fail_after(10):
+        for key in keys:
+            assert await store.get(key) == b"kept"

@@ -10,7 +10,7 @@ import anyio
 import click
 
 from kici_core import errors
-from kici_runtime import config
+from kici_runtime import config, heap
 from kici_runtime import logging as kici_logging
 
 log = logging.getLogger("kici.runtime")
@@ -28,6 +28,7 @@ def backend_options() -> dict[str, bool]:
 def run(entry_point: Literal["server", "standalone"], config_path: str | None, migrate_only: bool) -> None:
     """Load settings, configure logging, then serve (or only migrate). Exits non-zero on a fatal error."""
     kici_logging.configure_logging("info")
+    heap.configure()
     try:
         settings = config.from_process_env(entry_point, config_path=config_path)
     except errors.ConfigError as exc:

@@ -36,6 +36,7 @@ import psycopg
 
 from kici_adapters.postgres.pool import Connection, connect
 from kici_core import errors
+from kici_runtime import heap
 
 if TYPE_CHECKING:
     from kici_runtime.config import Settings
@@ -228,6 +229,7 @@ async def run_child(settings: Settings, index: int, *, parent_pid: int) -> None:
 
             tg.start_soon(stop_on_signal)
             tg.start_soon(watch_parent)
+            heap.settle()
             log.info("Processing worker ready", extra={"workerId": worker_id})
     log.info("Processing worker stopped", extra={"workerId": worker_id})
 
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     parent_pid = os.getppid()
     kici_logging.configure_logging("info")
+    heap.configure()
     try:
         settings = config.from_process_env(cast(Literal["server", "standalone"], args.entry_point),
                                            config_path=args.config)

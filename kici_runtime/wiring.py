@@ -43,7 +43,7 @@ from kici_core import errors, lockfile, services
 from kici_core.dispatch_effects import DispatcherConfig
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import BlobStore, GitHubSource, RepoSource, SecretStore
-from kici_runtime import admin_api, admin_runs, bootstrap, processing
+from kici_runtime import admin_api, admin_runs, bootstrap, heap, processing
 from kici_runtime.app import build_app
 from kici_runtime.config import Settings
 from kici_runtime.context import AppContext
@@ -366,6 +366,7 @@ async def serve(settings: Settings, *, ready: Callable[[int], None] | None = Non
                     await anyio.sleep(0.05)
                 port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.port
                 label = "Orchestrator (standalone)" if settings.entry_point == "standalone" else "Orchestrator"
+                heap.settle()
                 log.info(f"{label} started on port {port}")
                 if settings.platform_enabled:  # --- Platform relay client (platform/hybrid), once HTTP listens
                     from kici_runtime import server as platform_server

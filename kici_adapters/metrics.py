@@ -6,11 +6,15 @@ network. ``render()`` produces the text exposition for ``GET /metrics``.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Iterator, Mapping
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    Metric,
     disable_created_metrics,
     generate_latest,
 )
@@ -96,6 +100,55 @@ for _status in ("pending", "dispatched"):
 platform_connection_status.set(0)
 
 
-def render() -> bytes:
-    """The Prometheus text exposition of every metric in :data:`REGISTRY`."""
-    return generate_latest(REGISTRY)
+SUMMED_TYPES = frozenset({"counter", "histogram"})
+"""Metric types whose samples add up across processes (gauges stay with the process that owns them)."""
+_SUFFIXES = ("", "_total", "_bucket", "_count", "_sum")
+
+
+def _sample_key(name: str, labels: Mapping[str, str]) -> str:
+    return json.dumps([name, sorted(labels.items())], separators=(",", ":"))
+
+
+def snapshot() -> dict[str, float]:
+    """This process's counter and histogram samples, keyed by sample name and labels (JSON-serialisable).
+
+    Processing child processes hand these to the serving process, whose :func:`render` adds them to its own."""
+    return {_sample_key(s.name, s.labels): s.value
+            for family in REGISTRY.collect() if family.type in SUMMED_TYPES for s in family.samples}
+
+
+class _Merged:
+    """A collector yielding this process's families with other processes' counter and histogram samples added."""
+
+    def __init__(self, extra: Mapping[str, float]) -> None:
+        self._extra = extra
+
+    def collect(self) -> Iterator[Metric]:
+        extra = dict(self._extra)
+        for family in REGISTRY.collect():
+            if family.type not in SUMMED_TYPES:
+                yield family
+                continue
+            merged = Metric(family.name, family.documentation, family.type, family.unit)
+            for s in family.samples:
+                value = s.value + extra.pop(_sample_key(s.name, s.labels), 0.0)
+                merged.add_sample(s.name, s.labels, value, s.timestamp, s.exemplar)
+            names = {family.name + suffix for suffix in _SUFFIXES}
+            for key in [k for k in extra if json.loads(k)[0] in names]:  # label sets only others have seen
+                name, labels = json.loads(key)
+                merged.add_sample(name, dict(labels), extra.pop(key))
+            yield merged
+
+
+def render(extra: Iterable[Mapping[str, float]] = ()) -> bytes:
+    """The Prometheus text exposition of every metric in :data:`REGISTRY`, with the counter and histogram
+    samples of ``extra`` (other processes' :func:`snapshot`) added to this process's."""
+    total: dict[str, float] = {}
+    for snap in extra:
+        for key, value in snap.items():
+            total[key] = total.get(key, 0.0) + float(value)
+    if not total:
+        return generate_latest(REGISTRY)
+    merged = CollectorRegistry(auto_describe=False)
+    merged.register(_Merged(total))  # type: ignore[arg-type]
+    return generate_latest(merged)

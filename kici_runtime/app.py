@@ -51,7 +51,8 @@ async def ready(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    return Response(metrics.render(), media_type=metrics.CONTENT_TYPE,
+    ctx: AppContext = request.app.state.ctx
+    return Response(metrics.render(ctx.metric_snapshots()), media_type=metrics.CONTENT_TYPE,
                     headers={"Content-Type": metrics.CONTENT_TYPE})
 
 

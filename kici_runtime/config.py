@@ -253,7 +253,7 @@ def load_settings(
         storage=_storage(reader),
         instance_id=reader.text("KICI_CLUSTER_INSTANCE_ID"),
         build_commit=reader.text("KICI_BUILD_COMMIT") or "unknown",
-        processing_workers=_int(reader, "KICI_PROCESSING_WORKERS"),
+        processing_workers=_processing_workers(reader),
         warnings=tuple(warnings),
         secret_texts=tuple(dict.fromkeys(s for s in secret_texts if s)),
         provenance=(),
@@ -270,6 +270,14 @@ def load_settings(
 
 
 # --- pieces ------------------------------------------------------------------------------------
+
+
+def _processing_workers(reader: Reader) -> int:
+    """``KICI_PROCESSING_WORKERS``, or by default one child when the host has a second CPU for it."""
+    value = reader.integer("KICI_PROCESSING_WORKERS")
+    if value is not None:
+        return value
+    return 1 if (os.cpu_count() or 1) >= 2 else 0
 
 
 def _int(reader: Reader, name: str) -> int:

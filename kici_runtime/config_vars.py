@@ -105,7 +105,7 @@ VARIABLES: tuple[Var, ...] = (
     _v("KICI_AGENT_AUTH", "enum", "token", "core", "Agent WebSocket authentication; `none` (local development only) logs a warning.", choices=("token", "none"), yaml="agentAuth"),
     _v("KICI_AGENT_TOKEN_TTL_MS", "int", "3600000", "core", "TTL of ephemeral (scaler-minted) agent tokens.", minimum=1, yaml="agentTokenTtlMs"),
     _v("KICI_AGENT_MAX_RECONNECT_DELAY_MS", "int", "60000", "core", "How long in-flight jobs wait for a disconnected agent before failing.", minimum=0),
-    _v("KICI_PROCESSING_WORKERS", "int", "0", "core", "Child processes that process accepted deliveries (matching, runs, payload offload) so the serving process keeps its event loop for webhook intake and agent dispatch; 0 processes them in the serving process. Children are restarted with backoff when they die and stopped before the serving process exits.", minimum=0, maximum=64),
+    _v("KICI_PROCESSING_WORKERS", "int", None, "core", "Child processes that process accepted deliveries (matching, runs, payload offload) so the serving process keeps its event loop for webhook intake and agent dispatch; 0 processes them in the serving process. Unset: 1 on a host with two or more CPUs, else 0. Children are restarted with backoff when they die and stopped before the serving process exits.", minimum=0, maximum=64),
     _v("KICI_DISPATCH_ACK_TIMEOUT_MS", "int", "10000", "core", "Wait for job.ack/job.reject after job.dispatch before requeueing.", minimum=1000),
     _v("KICI_QUEUE_MAX_DEPTH", "int", "1000", "core", "Queued jobs before enqueue is refused.", minimum=1, yaml="queue.maxDepth"),
     _v("KICI_QUEUE_TIMEOUT_MS", "int", "3600000", "core", "How long a queued job may wait; 0 = forever.", minimum=0, yaml="queue.timeoutMs"),

@@ -70,6 +70,7 @@ class AppContext:
     github_app_check: GitHubAppCheck | None = None  # None: GitHub sources are not validated against GitHub
     kick_agent_token: Callable[[str], Awaitable[int]] | None = None  # close live sockets of a revoked token
     webhook_public_url: str | None = None  # KICI_WEBHOOK_PUBLIC_URL: base of the webhook URL shown on add
+    metric_snapshots: Callable[[], list[dict[str, float]]] = list  # processing children's counters for /metrics
 
     @property
     def direct_webhooks_enabled(self) -> bool:

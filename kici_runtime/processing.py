@@ -20,20 +20,25 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
 import anyio
 import anyio.abc
 import psycopg
 
+from kici_adapters import metrics
 from kici_adapters.postgres.pool import Connection, connect
 from kici_core import errors
 from kici_runtime import heap
@@ -131,6 +136,8 @@ class Supervisor:
         self._env = {**base, "KICI_DATABASE_URL": database_url, "KICI_AUTO_MIGRATE": "false"}
         self.pids: dict[int, int] = {}
         """Current child pid per index."""
+        self._metrics_dir = Path(tempfile.mkdtemp(prefix="kici-metrics-"))
+        self._retired: dict[str, float] = {}  # counters of children that exited, summed
         self.starts = 0
         """Children started so far, restarts included."""
 
@@ -140,13 +147,31 @@ class Supervisor:
                "--entry-point", self._settings.entry_point]
         if self._settings.config_file:
             cmd += ["--config", self._settings.config_file]
-        return cmd
+        return [*cmd, "--metrics-file", str(self._metrics_file(index))]
+
+    def _metrics_file(self, index: int) -> Path:
+        return self._metrics_dir / f"child-{index}.json"
+
+    def metric_snapshots(self) -> list[dict[str, float]]:
+        """Counter and histogram samples of the children (those running, and those that exited since start),
+        for ``GET /metrics`` of the serving process to add to its own."""
+        return [self._retired, *(snap for i in range(self._count) if (snap := _read_snapshot(self._metrics_file(i))))]
+
+    def _retire(self, index: int) -> None:
+        """Fold an exited child's last counters into the retired totals (its successor starts from zero)."""
+        path = self._metrics_file(index)
+        for key, value in _read_snapshot(path).items():
+            self._retired[key] = self._retired.get(key, 0.0) + value
+        path.unlink(missing_ok=True)
 
     async def run(self) -> None:
         """Start every child and restart those that die, until cancelled (which stops them all)."""
-        async with anyio.create_task_group() as tg:
-            for index in range(self._count):
-                tg.start_soon(self._keep, index)
+        try:
+            async with anyio.create_task_group() as tg:
+                for index in range(self._count):
+                    tg.start_soon(self._keep, index)
+        finally:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
     async def _keep(self, index: int) -> None:
         delay = RESTART_BACKOFF[0]
@@ -165,6 +190,7 @@ class Supervisor:
                 raise
             finally:
                 self.pids.pop(index, None)
+                self._retire(index)
             if time.monotonic() - started >= STABLE_SECONDS:
                 delay = RESTART_BACKOFF[0]
             log.warning("Processing worker exited; restarting it",
@@ -189,8 +215,39 @@ async def _stop(proc: anyio.abc.Process) -> None:
     await proc.aclose()
 
 
+def _read_snapshot(path: Path) -> dict[str, float]:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
 # ------------------------------------------------------------------------------------------ child side
-async def run_child(settings: Settings, index: int, *, parent_pid: int) -> None:
+async def report_metrics(path: Path, *, every: float = 0.25) -> None:
+    """Write this process's counters to ``path`` (atomically) every ``every`` seconds while they change, and once
+    more when cancelled, for the serving process's ``GET /metrics``."""
+
+    def write(snap: dict[str, float]) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(snap))
+        os.replace(tmp, path)
+
+    last: dict[str, float] | None = None
+    try:
+        while True:
+            snap = metrics.snapshot()
+            if snap != last:
+                write(snap)
+                last = snap
+            await anyio.sleep(every)
+    finally:
+        with suppress(OSError):
+            write(metrics.snapshot())
+
+
+
+async def run_child(settings: Settings, index: int, *, parent_pid: int, metrics_file: Path | None = None) -> None:
     """The body of a processing child: worker, offloader and the inbox listener, until SIGTERM/SIGINT or
     until the serving process is gone."""
     from kici_adapters.postgres.pool import Database
@@ -214,6 +271,8 @@ async def run_child(settings: Settings, index: int, *, parent_pid: int) -> None:
             tg.start_soon(parts.worker.run)
             tg.start_soon(parts.offloader.run)
             tg.start_soon(listen_inbox, url, wake)
+            if metrics_file is not None:
+                tg.start_soon(report_metrics, metrics_file)
 
             async def stop_on_signal() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -244,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--entry-point", choices=("server", "standalone"), default="standalone")
     parser.add_argument("--config", default=None)
+    parser.add_argument("--metrics-file", default=None, help="where to leave counters for the serving process")
     args = parser.parse_args(argv)
     parent_pid = os.getppid()
     kici_logging.configure_logging("info")
@@ -257,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     kici_logging.register_secrets(settings.secret_values())
     kici_logging.configure_logging(settings.log_level, static_fields={"environment": settings.environment})
     try:
-        anyio.run(functools.partial(run_child, settings, args.index, parent_pid=parent_pid),
+        anyio.run(functools.partial(run_child, settings, args.index, parent_pid=parent_pid,
+                                    metrics_file=Path(args.metrics_file) if args.metrics_file else None),
                   backend_options=entry.backend_options())
     except errors.KiciError as exc:
         kici_logging.log_fatal_startup(exc)

@@ -176,6 +176,7 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             background: list[Callable[[], Any]] = [worker.run, parts.offloader.run]
         else:  # ... or in child processes, woken through NOTIFY kici_inbox
             supervisor = processing.Supervisor(settings, database_url=url)
+            ctx.metric_snapshots = supervisor.metric_snapshots
             background = [notifier.run, supervisor.run, functools.partial(_release_own_leases, inbox, worker)]
         yield Orchestrator(settings=settings, db=db, ctx=ctx, app=app, worker=worker, github=github,
                            platform_outbox=platform_outbox, agents=hub, agent_endpoint=endpoint,

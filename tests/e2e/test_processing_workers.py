@@ -87,6 +87,15 @@ async def _processed_once(w: Independent, deliveries: set[str]) -> None:
     assert {r[0]: r[1] for r in rows} == dict.fromkeys(deliveries, 1)
 
 
+MATCHED = 'kici_webhooks_processed_total{result="matched"}'
+
+
+async def _matched_reaches(w: Independent, count: int) -> float | None:
+    """The serving process's /metrics count of matched deliveries, once it reached ``count``."""
+    seen = (await w.metrics()).get(MATCHED, 0.0)
+    return seen if seen >= count else None
+
+
 async def _more_than(count: int, items: Sequence[object]) -> bool | None:
     return True if len(items) > count else None
 
@@ -97,6 +106,8 @@ async def test_child_processes_deliveries_survives_sigkill_and_stops_on_sigterm(
 
     first = await _post(w, 5)
     await _processed_once(w, first)
+    # the child's counters reach the serving process's /metrics
+    assert await poll(lambda: _matched_reaches(w, 5), describe=w.proc.tail) == 5
 
     contents = f"/repos/{REPO}/contents/*"
     w.gh.delay(contents, 30, times=10_000)  # lock-file fetches hang: the child holds leases when it is killed
@@ -115,6 +126,8 @@ async def test_child_processes_deliveries_survives_sigkill_and_stops_on_sigterm(
         w.gh._faults.clear()  # GitHub answers normally again
     replacement = await _one_child(w, other_than=child.pid)
     await _processed_once(w, second)
+    # the killed child's counts are kept and the replacement's are added: nothing lost, nothing counted twice
+    assert await poll(lambda: _matched_reaches(w, 11), describe=w.proc.tail) == 11
 
     code = await anyio.to_thread.run_sync(w.proc.stop)
     assert code == 0, w.proc.tail()

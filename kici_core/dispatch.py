@@ -381,7 +381,8 @@ class Dispatcher:
                     )
                 )
                 effects += self._disconnect(agent, now)
-        for job in sorted(self._jobs.values(), key=lambda j: j.order):
+        due = [job for job in self._jobs.values() if self._due(job, now)]  # sort only what has work
+        for job in sorted(due, key=lambda j: j.order):
             if (
                 job.phase is Phase.RECOVERING
                 and job.recovery_deadline is not None
@@ -521,6 +522,17 @@ class Dispatcher:
             effects += self._disconnect(agent, now)
         return effects
 
+    def _due(self, job: JobEntry, now: float) -> bool:
+        """Whether :meth:`tick` has something to do for ``job`` at ``now`` (a recovery window or queue time
+        that ran out, or a started job whose heartbeat is overdue)."""
+        if job.phase is Phase.RECOVERING:
+            return job.recovery_deadline is not None and job.recovery_deadline <= now
+        if job.phase in (Phase.ACKED, Phase.RUNNING):
+            return job.heartbeat_at is not None and now - job.heartbeat_at >= self.config.stale_after
+        if job.phase is Phase.QUEUED:
+            return job.expires_at is not None and job.expires_at <= now
+        return False
+
     def _check_stale(self, job: JobEntry, now: float) -> list[fx.Effect]:
         if job.heartbeat_at is None or now - job.heartbeat_at < self.config.stale_after:
             return []
@@ -546,6 +558,8 @@ class Dispatcher:
             if a.accepting and len(a.jobs) < a.max_concurrency
         }
         effects: list[fx.Effect] = []
+        if not free or not self._queue:
+            return effects
         for _, _, job_id in list(self._queue):
             if not free:
                 break

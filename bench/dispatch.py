@@ -256,8 +256,15 @@ async def measure(args: argparse.Namespace, url: str, port: int, pid: int, repo:
         tg.start_soon(workers.run, port, args.agents)
         with anyio.fail_after(60):
             await workers.all_connected.wait()
-        # Warm up (lock-file read, code paths), then measure.
-        await send_webhooks(base, repo, sha, count=5, rate=10)
+        # Warm up (lock-file read, connections, code paths) until the warm-up jobs reached agents, then measure.
+        warm, _, _ = await send_webhooks(base, repo, sha, count=20, rate=args.rate)
+        warm_runs: dict[str, str] = {}
+
+        async def warm_dispatched() -> bool:
+            warm_runs.update(await delivery_runs(url))
+            return all(warm_runs.get(d) in workers.dispatched for d in warm)
+
+        await wait_until(warm_dispatched, 60, "warm-up runs dispatched")
         cpu_before = harness.cpu_seconds(proc)
         began = time.perf_counter()
         accepted, accepted_wall, failed = await send_webhooks(base, repo, sha, count=args.webhooks, rate=args.rate)

@@ -4,7 +4,7 @@ CPython's cyclic collector pauses the whole process while it runs, and a full (o
 every tracked object: with a warm orchestrator that is tens to hundreds of milliseconds, which shows up
 directly as webhook -> dispatch latency. Two standard measures keep those pauses rare and short:
 
-* :func:`configure` raises the collection thresholds, so young-generation passes run every 50,000 net
+* :func:`configure` raises the collection thresholds, so young-generation passes run every 10,000 net
   allocations instead of every 700 and full passes are much rarer (memory held by cyclic garbage grows by a
   few megabytes at most between passes);
 * :func:`settle` runs once the process has started: one full collection, then ``gc.freeze()`` moves everything
@@ -18,7 +18,7 @@ import gc
 
 __all__ = ["THRESHOLDS", "configure", "settle"]
 
-THRESHOLDS = (50_000, 20, 100)
+THRESHOLDS = (10_000, 10, 100)
 """``gc.set_threshold`` values: young-generation size, young passes per middle pass, middle passes per full."""
 
 

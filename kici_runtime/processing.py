@@ -55,6 +55,9 @@ STOP_GRACE_SECONDS = 30.0
 RESTART_BACKOFF = (1.0, 30.0)
 """First and largest delay before restarting a child that died; it doubles per quick death."""
 STABLE_SECONDS = 60.0
+CHILD_NICENESS = 5
+"""Scheduling priority a child lowers itself by: when the CPUs are busy, webhook acceptance and dispatch in the
+serving process go first (a delivery accepted is durable; processing it a little later loses nothing)."""
 """A child that ran this long before dying is restarted after the first delay again."""
 
 
@@ -308,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     parent_pid = os.getppid()
     kici_logging.configure_logging("info")
     heap.configure()
+    with suppress(OSError):
+        os.nice(CHILD_NICENESS)
     try:
         settings = config.from_process_env(cast(Literal["server", "standalone"], args.entry_point),
                                            config_path=args.config)

@@ -236,6 +236,10 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
     platform_outbox = PgPlatformOutbox(db) if settings.platform_enabled else None
     worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=worker_id, blobs=blobs,
                             platform=platform_outbox)
+    try:  # one connection per processing slot, ready before the first burst (a connect costs tens of ms)
+        await inbox.warm(worker.concurrency)
+    except errors.Unavailable as exc:
+        log.warning("could not open the inbox connections ahead of time", extra={"error": str(exc)})
     return ProcessingParts(blobs=blobs, secrets=secrets, sources=sources, github=github, inbox=inbox,
                            worker=worker, offloader=offloader, platform_outbox=platform_outbox)
 

@@ -109,6 +109,11 @@ class DeliveryWorker:
         self.processed = 0
 
     @property
+    def concurrency(self) -> int:
+        """Deliveries processed at once."""
+        return self._concurrency
+
+    @property
     def worker_id(self) -> str:
         """The id this worker claims under (its leases are freed at start)."""
         return self._worker_id

@@ -166,6 +166,18 @@ class LaneConnections:
             else:
                 self._idle.append((conn, time.monotonic()))
 
+    async def warm(self, count: int) -> int:
+        """Open connections until ``count`` are idle, so a first burst does not pay for connecting; returns how
+        many were opened. Raises ``StorageUnavailable`` when the database cannot be reached."""
+        opened = 0
+        with translate_errors(self._url):
+            while len(self._idle) < count:
+                conn = await connect(self._url, autocommit=True, connect_timeout=self._connect_timeout)
+                self._open.add(conn)
+                self._idle.append((conn, time.monotonic()))
+                opened += 1
+        return opened
+
     async def _get(self) -> Connection:
         while self._idle:
             conn, since = self._idle.pop()
@@ -518,6 +530,10 @@ class PgDeliveryInbox:
         if body is None:
             raise errors.NotFound("payload was not stored")
         return body
+
+    async def warm(self, connections: int) -> None:
+        """Open ``connections`` lane connections ahead of the first acceptances and completions."""
+        await self._lanes.warm(connections)
 
     async def complete(self, item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun]) -> list[str]:
         """Create the runs (at most once per delivery and workflow), record the outcome, finish the inbox row and

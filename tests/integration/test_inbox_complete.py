@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from kici_adapters.postgres.inbox import PgDeliveryInbox, split_matchers
+from kici_adapters.postgres.inbox import LaneConnections, PgDeliveryInbox, split_matchers
 from kici_adapters.postgres.pool import Database
 from kici_core import errors
 from kici_core.ports import Delivery, DeliveryOutcome, NeedEdge, NewJob, NewRun
@@ -165,3 +165,17 @@ async def test_completing_an_unknown_delivery_is_not_found(database: Database) -
     with pytest.raises(errors.NotFound):
         await inbox.complete(item, DeliveryOutcome(status="processed", matched_count=1), [_run("a")])
     assert await rows(database, "SELECT run_id FROM execution_runs") == []
+
+
+async def test_warm_opens_the_lane_connections_ahead_of_time(database: Database) -> None:
+    lanes = LaneConnections(database.url)
+    try:
+        assert await lanes.warm(3) == 3
+        assert await lanes.warm(3) == 0  # already warm: nothing more is opened
+        pids: set[int] = set()
+        async with lanes.connection() as a, lanes.connection() as b, lanes.connection() as c:
+            pids = {a.info.backend_pid, b.info.backend_pid, c.info.backend_pid}
+        assert len(pids) == 3
+        assert await lanes.warm(3) == 0  # the three were the warm ones, back in the idle list
+    finally:
+        await lanes.aclose()

@@ -313,8 +313,10 @@ async def measure(args: argparse.Namespace, url: str, port: int, pid: int, repo:
         print(f"idle agents: {args.idle} registered in {connect_seconds:.1f} s")
         print(f"orchestrator RSS: {rss_start / MiB:.0f} MiB at start, {rss_workers / MiB:.0f} MiB after the webhook "
               f"phase, {rss / MiB:.0f} MiB with {args.idle + args.agents} agents connected (target < 500 MiB)")
-        if args.processing_workers:
-            print(f"processing children RSS: {_children_rss(proc) / MiB:.0f} MiB")
+        children = _children_rss(proc)
+        if children:
+            print(f"processing children RSS: {children / MiB:.0f} MiB (serving process and children together: "
+                  f"{(rss + children) / MiB:.0f} MiB)")
         print(f"orchestrator CPU with the agents idle (heartbeat every 30 s), over {args.window:.0f} s: {cpu:.1f}%")
         stop.set()
         tg.cancel_scope.cancel()

@@ -25,6 +25,7 @@ __all__ = [
 # The spec writes the safe set as [A-Za-z0-9._:-] but also says "_" itself is escaped (-> _5f), which
 # is what makes the encoding reversible; we follow the latter: "_" is not in the safe set.
 _SAFE_KEY_CHAR = re.compile(r"[A-Za-z0-9.:-]")
+_SAFE_KEY = re.compile(r"[A-Za-z0-9.:-]*")
 
 
 def encode_key_segment(value: str) -> str:
@@ -34,6 +35,8 @@ def encode_key_segment(value: str) -> str:
     the lower-case hex of each of its UTF-16 code units (``/`` -> ``_2f``, ``_`` -> ``_5f``), so the
     mapping is reversible. Frozen: stored keys depend on it.
     """
+    if _SAFE_KEY.fullmatch(value):  # the common case (UUID delivery ids): nothing to escape
+        return value
     out: list[str] = []
     for ch in value:
         if _SAFE_KEY_CHAR.fullmatch(ch):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from kici_adapters import storage
 from kici_core import keys
 
@@ -21,3 +26,25 @@ def test_layout() -> None:
 def test_storage_reexports_the_core_helpers() -> None:
     for name in ("encode_key_segment", "event_log_payload_key", "run_payload_key", "step_log_key", "log_chunk_key"):
         assert getattr(storage, name) is getattr(keys, name)
+
+
+def _reference_encoding(value: str) -> str:
+    """The escaping rule spelt out one character at a time (the stored-key contract)."""
+    out = []
+    for ch in value:
+        if ch.isascii() and (ch.isalnum() or ch in ".:-"):
+            out.append(ch)
+        else:
+            units = ch.encode("utf-16-be")
+            out += ["_" + format(int.from_bytes(units[i:i + 2], "big"), "x") for i in range(0, len(units), 2)]
+    return "".join(out)
+
+
+@given(st.text())
+def test_segment_encoding_matches_the_character_rule(value: str) -> None:
+    assert keys.encode_key_segment(value) == _reference_encoding(value)
+
+
+@given(st.uuids())
+def test_uuid_delivery_ids_are_kept_as_they_are(value: uuid.UUID) -> None:
+    assert keys.encode_key_segment(str(value)) == str(value)

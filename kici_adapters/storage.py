@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from kici_adapters.lanes import hand_over
 from kici_core.errors import ConfigError, InvalidInput, NotFound, StorageUnavailable
 from kici_core.keys import (
     encode_key_segment,
@@ -138,14 +139,8 @@ class FilesystemBlobStore:
             finally:
                 for w in batch:
                     w.finished = True
-                nxt = next((w for w in self._queue if not w.lead), None)
-                if nxt is not None:
-                    nxt.lead = True
-                    nxt.wake.set()
-                else:
+                if not hand_over(self._queue, batch):
                     self._inflight -= 1
-                for w in batch:
-                    w.wake.set()
 
     async def get(self, key: str) -> bytes:
         """The object's bytes. Raises ``NotFound``."""

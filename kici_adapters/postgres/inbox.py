@@ -32,6 +32,7 @@ import anyio.to_thread
 import psycopg
 from psycopg.types.json import Jsonb
 
+from kici_adapters.lanes import hand_over
 from kici_adapters.postgres import eventlog
 from kici_adapters.postgres.pool import Connection, Database, connect, translate_errors
 from kici_adapters.postgres.queries import q
@@ -296,16 +297,8 @@ class GroupCommit:
                 for w in batch:
                     w.error = exc
             finally:
-                # Hand this lane to the oldest caller nobody has chosen yet; one already chosen as leader by
-                # another lane must not be chosen twice, or a lane would be lost.
-                nxt = next((w for w in self._queue if not w.lead), None)
-                if nxt is not None:
-                    nxt.lead = True
-                    nxt.wake.set()
-                else:
+                if not hand_over(self._queue, batch):
                     self._inflight -= 1
-                for w in batch:
-                    w.wake.set()
 
     def _take(self, me: _Waiter) -> list[_Waiter]:
         """``me`` plus the oldest queued callers that fit one batch, leaving callers chosen to lead other lanes."""

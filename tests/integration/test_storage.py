@@ -97,16 +97,22 @@ async def test_filesystem_layout_and_no_temp_leftovers(fs_store: storage.Filesys
     assert [p.name for p in target.parent.iterdir()] == ["step-0.log"]
 
 
-async def test_filesystem_copies_skip_the_fsyncs_durable_writes_make(fs_store: storage.FilesystemBlobStore,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[int] = []
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The file descriptors ``os.fsync`` is called on from now on (the calls still happen)."""
+    calls: list[int] = []
     real_fsync = os.fsync
 
     def counting_fsync(fd: int) -> None:
-        synced.append(fd)
+        calls.append(fd)
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", counting_fsync)
+    return calls
+
+
+async def test_filesystem_copies_skip_the_fsyncs_durable_writes_make(fs_store: storage.FilesystemBlobStore,
+                                                                      synced: list[int]) -> None:
     await fs_store.put(storage.run_payload_key("run-2"), b'{"copy":true}', durable=False)
     assert synced == []
     target = fs_store.root / "executions" / "run-2" / "webhook-payload.json"
@@ -159,17 +165,8 @@ def test_key_segment_encoding() -> None:
     assert storage.log_chunk_key("r", "j", None, 7) == "executions/r/job-j/job/chunk-00000007.log"
 
 
-async def test_concurrent_filesystem_puts_share_batches_and_each_lands(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_concurrent_filesystem_puts_share_batches_and_each_lands(tmp_path: Path, synced: list[int]) -> None:
     store = storage.FilesystemBlobStore(tmp_path / "blobs", lanes=1)
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        synced.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
     keys = [storage.event_log_payload_key("acme", f"d-{i}") for i in range(40)]
     async with anyio.create_task_group() as tg:
         for i, key in enumerate(keys):

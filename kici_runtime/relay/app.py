@@ -27,8 +27,10 @@ def create_app(store: RelayStore, settings: RelaySettings | None = None) -> Star
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             tg.start_soon(hub.run_revocation_sweeper)
+            tg.start_soon(hub.run_message_flusher)
             yield
             tg.cancel_scope.cancel()
+        store.flush()
 
     app = Starlette(
         routes=[

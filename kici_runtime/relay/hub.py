@@ -392,6 +392,16 @@ class RelayHub:
             await conn.close(4001, "API key revoked")
         return len(doomed)
 
+    async def run_message_flusher(self, every: float = 0.25) -> None:
+        """Forever: write recorded messages held in memory (so a quiet relay has them on disk within ``every``
+        seconds)."""
+        while True:
+            await anyio.sleep(every)
+            try:
+                self.store.flush()
+            except Exception:  # keep flushing; the error is logged
+                log.exception("writing recorded messages failed")
+
     async def run_revocation_sweeper(self) -> None:
         """Forever: every ``revocation_check_interval`` seconds, close sockets of revoked keys."""
         while True:

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,15 +125,21 @@ def empty_db_url(pg_server: PgServer) -> Iterator[str]:
         drop_database(pg_server, name)
 
 
-@pytest.fixture
-async def database(db_url: str) -> AsyncIterator[Database]:
-    """An opened :class:`Database` on a fresh migrated database."""
-    db = Database(db_url, max_size=4, timeout=5.0)
+@asynccontextmanager
+async def _pool(url: str) -> AsyncIterator[Database]:
+    db = Database(url, max_size=4, timeout=5.0)
     await db.open()
     try:
         yield db
     finally:
         await db.close()
+
+
+@pytest.fixture
+async def database(db_url: str) -> AsyncIterator[Database]:
+    """An opened :class:`Database` on a fresh migrated database."""
+    async with _pool(db_url) as db:
+        yield db
 
 
 async def scalar(db: Database, query: Any) -> Any:
@@ -147,9 +154,5 @@ async def scalar(db: Database, query: Any) -> Any:
 @pytest.fixture
 async def second_db(db_url: str) -> AsyncIterator[Database]:
     """Another pool on the same database: a second orchestrator process."""
-    db = Database(db_url, max_size=4, timeout=5.0)
-    await db.open()
-    try:
+    async with _pool(db_url) as db:
         yield db
-    finally:
-        await db.close()

@@ -166,35 +166,67 @@ class FilesystemBlobStore:
 
 
 def _write_batch(batch: list[_FileWrite]) -> None:
-    """Write each object of ``batch`` in order (a failed one records its error), then fsync each directory the
-    durable ones touched once; a failed directory fsync fails the durable writes in that directory."""
-    dirs: dict[Path, list[_FileWrite]] = {}
+    """Write the objects of ``batch`` (a failed one records its error and leaves the others alone).
+
+    In phases, so a batch costs the filesystem about one journal commit rather than one per object: every
+    temporary file is written first, then the durable ones are fsynced (the first fsync commits the journal
+    entries of all of them; the rest find their data already on disk), then all are renamed into place, then
+    each directory the durable ones touched is fsynced once. An object is never visible under its name before
+    its bytes are on disk."""
+    staged: list[tuple[_FileWrite, Path, list[Path]]] = []
     for w in batch:
+        tmp = w.path.with_name(f".{w.path.name}.{secrets.token_hex(6)}.tmp")
         try:
             created = _make_dirs(w.path.parent)
-            tmp = w.path.with_name(f".{w.path.name}.{secrets.token_hex(6)}.tmp")
-            try:
-                with tmp.open("wb") as fh:
-                    fh.write(w.data)
-                    if w.durable:
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                os.replace(tmp, w.path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            with tmp.open("wb") as fh:
+                fh.write(w.data)
         except OSError as exc:
             w.error = exc
+            _discard(tmp)
             continue
-        if w.durable:
-            for directory in [w.path.parent, *(d.parent for d in created)]:
-                dirs.setdefault(directory, []).append(w)
+        staged.append((w, tmp, created))
+    try:
+        for w, tmp, _ in staged:
+            if w.durable:
+                try:
+                    _fsync_file(tmp)
+                except OSError as exc:
+                    w.error = exc
+        dirs: dict[Path, list[_FileWrite]] = {}
+        for w, tmp, created in staged:
+            if w.error is None:
+                try:
+                    os.replace(tmp, w.path)
+                except OSError as exc:
+                    w.error = exc
+                    continue
+                if w.durable:
+                    for directory in [w.path.parent, *(d.parent for d in created)]:
+                        dirs.setdefault(directory, []).append(w)
+    finally:
+        for _, tmp, _ in staged:
+            _discard(tmp)  # gone after a successful rename; left only by a failure
     for directory, writes in dirs.items():
         try:
             _fsync_dir(directory)
         except OSError as exc:
             for w in writes:
                 w.error = w.error or exc
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _make_dirs(directory: Path) -> list[Path]:

@@ -105,6 +105,7 @@ class DeliveryWorker:
         self._wake = anyio.Event()
         self._slot = anyio.Event()
         self._active = 0
+        self._refill = max(1, concurrency // 2)
         self._on_runs_created = on_runs_created
         self.processed = 0
 
@@ -209,7 +210,11 @@ class DeliveryWorker:
                         self._active += 1
                         tg.start_soon(self._slot_holder, item)
                     if len(items) == free:
-                        await self._slot.wait()  # probably more waiting: claim again as soon as a slot frees
+                        # probably more waiting: claim again once half the slots are free (a backlog is then
+                        # worked off in claims of several rows instead of one claim per finished delivery)
+                        while self._concurrency - self._active < self._refill:
+                            await self._slot.wait()
+                            self._slot = anyio.Event()
                         continue
                     if not items and not self._active:
                         try:

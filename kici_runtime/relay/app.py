@@ -1,25 +1,135 @@
-"""The relay's Starlette application: ``/ws``, webhook ingress, ``/health`` and the read-back API."""
+"""The relay's ASGI application: ``/ws``, webhook ingress, ``/health`` and the read-back API.
+
+The two routes every relayed webhook takes, ``POST /webhook/...`` and the orchestrator socket ``/ws``, are
+served straight on ASGI by :class:`RelayApp` (no framework layers per request: they are most of the relay's
+CPU per webhook); everything else, and the lifespan, is a small Starlette app behind it.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from kici_runtime.relay import ingress, ws
-from kici_runtime.relay.hub import RelayHub, RelaySettings
+from kici_runtime.relay.hub import WS_MAX_PAYLOAD_BYTES, RelayHub, RelaySettings
 from kici_runtime.relay.store import RelayStore
+
+log = logging.getLogger("kici.relay")
 
 MAX_LIST = 5000
 MAX_WAIT_SECONDS = 30.0
 
+_INTERNAL_ERROR = ingress.Reply(500, b"Internal Server Error", ((b"content-type", b"text/plain; charset=utf-8"),))
+_NOT_ALLOWED = ingress.Reply(
+    405, b"Method Not Allowed", ((b"content-type", b"text/plain; charset=utf-8"), (b"allow", b"POST"))
+)
 
-def create_app(store: RelayStore, settings: RelaySettings | None = None) -> Starlette:
+
+class _Disconnected(Exception):
+    """The webhook sender went away before its body was read."""
+
+
+class RelayApp:
+    """The relay's ASGI callable; ``state.hub`` (and ``hub``) is the :class:`RelayHub`."""
+
+    def __init__(self, hub: RelayHub, rest: Starlette) -> None:
+        self.hub = hub
+        self.state: State = rest.state
+        self._rest = rest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            route = _webhook_route(scope["path"])
+            if route is not None:
+                await self._webhook(route, scope, receive, send)
+                return
+        elif kind == "websocket" and scope["path"] == "/ws":
+            await ws.relay_websocket(ws.AsgiWebSocket(scope, receive, send), self.hub)
+            return
+        await self._rest(scope, receive, send)
+
+    async def _webhook(self, route: tuple[str, str | None], scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await _reply(send, _NOT_ALLOWED)
+            return
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        try:
+            body = await _read_body(headers, receive, WS_MAX_PAYLOAD_BYTES)
+        except _Disconnected:
+            return
+        if body is None:
+            await _reply(send, ingress.TOO_LARGE)
+            return
+        client = scope.get("client")
+        client_ip = str(client[0]) if client else None
+        org, source_id = route
+        try:
+            if source_id is None:
+                reply = await ingress.github_webhook(self.hub, org, headers, body, client_ip)
+            else:
+                reply = await ingress.generic_webhook(self.hub, org, source_id, headers, body, client_ip)
+        except Exception:  # answer 500 rather than drop the connection; the traceback goes to the log
+            log.exception("webhook ingress failed")
+            reply = _INTERNAL_ERROR
+        await _reply(send, reply)
+
+
+def _webhook_route(path: str) -> tuple[str, str | None] | None:
+    """``(org, None)`` for ``/webhook/{org}/github``, ``(org, source_id)`` for the generic route, else None."""
+    if not path.startswith("/webhook/"):
+        return None
+    parts = path.split("/")
+    if len(parts) == 4 and parts[3] == "github" and parts[2]:
+        return parts[2], None
+    if len(parts) == 5 and parts[3] == "generic" and parts[2] and parts[4]:
+        return parts[2], parts[4]
+    return None
+
+
+async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes."""
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = b""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk
+            chunks.append(chunk)
+            return body.join(chunks)
+        chunks.append(chunk)
+
+
+async def _reply(send: Send, reply: ingress.Reply) -> None:
+    headers: list[Any] = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+def create_app(store: RelayStore, settings: RelaySettings | None = None) -> RelayApp:
     """Build the relay app over ``store``; the hub is ``app.state.hub``."""
     hub = RelayHub(store, settings)
 
@@ -34,9 +144,6 @@ def create_app(store: RelayStore, settings: RelaySettings | None = None) -> Star
 
     app = Starlette(
         routes=[
-            WebSocketRoute("/ws", ws.relay_websocket),
-            Route("/webhook/{org_id}/github", ingress.github_webhook, methods=["POST"]),
-            Route("/webhook/{org_id}/generic/{source_id}", ingress.generic_webhook, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/api/messages", list_messages, methods=["GET"]),
             Route("/api/connections", list_connections, methods=["GET"]),
@@ -44,7 +151,7 @@ def create_app(store: RelayStore, settings: RelaySettings | None = None) -> Star
         lifespan=lifespan,
     )
     app.state.hub = hub
-    return app
+    return RelayApp(hub, app)
 
 
 async def health(request: Request) -> JSONResponse:

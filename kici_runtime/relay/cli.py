@@ -67,6 +67,12 @@ def cli() -> None:
     "--heartbeat-timeout", default=180.0, show_default=True, type=float, help="Close 4004 after this."
 )
 @click.option("--strict", is_flag=True, help="Close 4003 on malformed or schema-violating frames.")
+@click.option(
+    "--compression/--no-compression",
+    default=False,
+    show_default=True,
+    help="Accept permessage-deflate on /ws like the hosted Platform (pointless on loopback or a LAN).",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     host: str,
@@ -76,6 +82,7 @@ def serve(
     ack_timeout: float,
     heartbeat_timeout: float,
     strict: bool,
+    compression: bool,
     log_level: str,
 ) -> None:
     """Run the relay: WebSocket at /ws, webhooks at /webhook/<org>/github and /webhook/<org>/generic/<id>."""
@@ -89,7 +96,9 @@ def serve(
         ack_timeout=ack_timeout, heartbeat_timeout=heartbeat_timeout, public_url=public_url, strict=strict
     )
     app = create_app(RelayStore(db_path), settings)
-    uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level)).run()
+    uvicorn.Server(
+        uvicorn_config(app, host=host, port=port, log_level=log_level, compression=compression)
+    ).run()
 
 
 @cli.group()

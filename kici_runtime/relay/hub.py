@@ -308,8 +308,9 @@ class RelayHub:
 
     # --- recorded messages --------------------------------------------------------------------
 
-    def record(self, conn: Connection, message: dict[str, JSONValue]) -> RecordedMessage:
-        """Keep an orchestrator frame (memory and SQLite) with any schema problems found."""
+    def record(self, conn: Connection, message: dict[str, JSONValue], *, raw: str | None = None) -> RecordedMessage:
+        """Keep an orchestrator frame (memory and SQLite) with any schema problems found; ``raw`` is the frame's
+        text when the caller has it (stored as is instead of encoding ``message`` again)."""
         mtype = _str_or(message.get("type"), "")
         problems = schemas.check_message(message)
         if mtype not in KNOWN_ORCHESTRATOR_TYPES and not mtype.startswith(
@@ -317,7 +318,8 @@ class RelayHub:
         ):
             problems.append(f"unknown message type {mtype!r}")
         recorded = self.store.record_message(
-            org=conn.org, connection_id=conn.connection_id, type=mtype, body=message, problems=tuple(problems)
+            org=conn.org, connection_id=conn.connection_id, type=mtype, body=message, problems=tuple(problems),
+            raw=raw,
         )
         self.recorded.append(recorded)
         changed, self._changed = self._changed, anyio.Event()

@@ -11,14 +11,12 @@ import json
 import logging
 import urllib.parse
 import uuid
-
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from kici_core.jsontypes import JSONValue
-from kici_runtime import webhook_routes
 from kici_runtime.relay import routing, verify
-from kici_runtime.relay.hub import WS_MAX_PAYLOAD_BYTES, AckOutcome, Delivery, RelayHub
+from kici_runtime.relay.hub import AckOutcome, Delivery, RelayHub
 
 log = logging.getLogger("kici.relay")
 
@@ -41,39 +39,39 @@ _GITHUB_HEADERS = (
 # Never forwarded for generic sources: they describe the hop, not the delivery.
 _HOP_HEADERS = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip")
 
-
-def _rejected(status: int, reason: str) -> JSONResponse:
-    return JSONResponse({"rejected": True, "reason": reason}, status_code=status)
+_JSON = (b"content-type", b"application/json")
 
 
-def _too_large() -> PlainTextResponse:
-    return PlainTextResponse("Payload Too Large", status_code=413)
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer: status, body and the headers besides ``content-length``."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = (_JSON,)
 
 
-async def read_body(request: Request, limit: int = WS_MAX_PAYLOAD_BYTES) -> bytes | None:
-    """The request body, or None as soon as it is known to exceed ``limit`` bytes."""
-    try:
-        return await webhook_routes.read_body(request, limit)
-    except webhook_routes.BodyTooLarge:
-        return None
+def json_reply(status: int, value: JSONValue, *extra: tuple[bytes, bytes]) -> Reply:
+    """A JSON answer."""
+    return Reply(status, json.dumps(value, separators=(",", ":")).encode(), (_JSON, *extra))
 
 
-def ack_response(outcome: AckOutcome | None, delivery_id: str) -> Response:
+TOO_LARGE = Reply(413, b"Payload Too Large", ((b"content-type", b"text/plain; charset=utf-8"),))
+
+
+def _rejected(status: int, reason: str) -> Reply:
+    return json_reply(status, {"rejected": True, "reason": reason})
+
+
+def ack_response(outcome: AckOutcome | None, delivery_id: str) -> Reply:
     """Map an ack (or its absence) to the HTTP answer the webhook sender gets."""
     if outcome is None:
-        return JSONResponse(
-            {"error": "No orchestrator available"}, status_code=503, headers={"Retry-After": "5"}
-        )
+        return json_reply(503, {"error": "No orchestrator available"}, (b"retry-after", b"5"))
     status = ACK_STATUS.get(outcome.result, 500)
     if status == 200:
-        return JSONResponse({"accepted": True, "deliveryId": delivery_id}, status_code=200)
+        return json_reply(200, {"accepted": True, "deliveryId": delivery_id})
     body: dict[str, JSONValue] = {"rejected": True, "result": outcome.result, "reason": outcome.reason}
-    return JSONResponse(body, status_code=status)
-
-
-def _hub(request: Request) -> RelayHub:
-    hub: RelayHub = request.app.state.hub
-    return hub
+    return json_reply(status, body)
 
 
 def _github_action(body: bytes, content_type: str) -> str | None:
@@ -90,14 +88,10 @@ def _github_action(body: bytes, content_type: str) -> str | None:
     return action if isinstance(action, str) else None
 
 
-async def github_webhook(request: Request) -> Response:
-    """``POST /webhook/{org}/github``: a GitHub App delivery."""
-    hub = _hub(request)
-    org = request.path_params["org_id"]
-    body = await read_body(request)
-    if body is None:
-        return _too_large()
-    headers = request.headers
+async def github_webhook(
+    hub: RelayHub, org: str, headers: Mapping[str, str], body: bytes, client_ip: str | None
+) -> Reply:
+    """``POST /webhook/{org}/github``: a GitHub App delivery (``headers`` keys are lower-case)."""
     target_id = headers.get("x-github-hook-installation-target-id", "")
     if headers.get("x-github-hook-installation-target-type") != "integration" or not target_id:
         return _rejected(400, "Missing GitHub App target headers")
@@ -124,7 +118,7 @@ async def github_webhook(request: Request) -> Response:
         action=_github_action(body, content_type),
         signature_header_name="x-hub-signature-256",
         signature_header=signature,
-        client_ip=request.client.host if request.client else None,
+        client_ip=client_ip,
         headers=forwarded,
         body=body,
         request_id=str(uuid.uuid4()),
@@ -132,18 +126,14 @@ async def github_webhook(request: Request) -> Response:
     return ack_response(await hub.deliver(delivery), delivery_id)
 
 
-async def generic_webhook(request: Request) -> Response:
-    """``POST /webhook/{org}/generic/{source_id}``: a generic webhook."""
-    hub = _hub(request)
-    org = request.path_params["org_id"]
-    body = await read_body(request)
-    if body is None:
-        return _too_large()
-    routing_key = routing.generic_key(org, request.path_params["source_id"])
+async def generic_webhook(
+    hub: RelayHub, org: str, source_id: str, headers: Mapping[str, str], body: bytes, client_ip: str | None
+) -> Reply:
+    """``POST /webhook/{org}/generic/{source_id}``: a generic webhook (``headers`` keys are lower-case)."""
+    routing_key = routing.generic_key(org, source_id)
     source = hub.store.get_source(routing_key)
     if source is None or source.org != org or hub.negatively_cached(org, routing_key):
         return _rejected(404, "Unknown source")
-    headers = {k.lower(): v for k, v in request.headers.items()}
     if not verify.generic_signature_ok(source, headers, body):
         return _rejected(401, "Invalid signature")
     forwarded = {k: v for k, v in headers.items() if k.startswith("x-") and k not in _HOP_HEADERS}
@@ -162,7 +152,7 @@ async def generic_webhook(request: Request) -> Response:
         action=None,
         signature_header_name=source.header if signed else None,
         signature_header=headers.get(source.header or "") if signed else None,
-        client_ip=request.client.host if request.client else None,
+        client_ip=client_ip,
         headers=forwarded,
         body=body,
         request_id=str(uuid.uuid4()),

@@ -6,15 +6,19 @@ import socket
 
 import anyio
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from kici_runtime.relay.hub import WS_MAX_PAYLOAD_BYTES
 
 
 def uvicorn_config(
-    app: Starlette, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "info"
+    app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "info", compression: bool = False
 ) -> uvicorn.Config:
-    """A uvicorn config that accepts 25 MiB WebSocket frames."""
+    """A uvicorn config that accepts 25 MiB WebSocket frames.
+
+    ``compression`` accepts the orchestrator's ``permessage-deflate`` offer as the hosted Platform does. Off by
+    default: the relay runs next to the orchestrator (loopback or a LAN), where compressing every frame on both
+    ends only costs CPU; the protocol works either way."""
     return uvicorn.Config(
         app,
         host=host,
@@ -24,6 +28,7 @@ def uvicorn_config(
         lifespan="on",
         log_level=log_level,
         proxy_headers=False,
+        ws_per_message_deflate=compression,
     )
 
 

@@ -420,17 +420,19 @@ class RelayStore:
         body: JSONValue,
         problems: tuple[str, ...] = (),
         now: int | None = None,
+        raw: str | None = None,
     ) -> RecordedMessage:
-        """Append one received frame; ``seq`` increases strictly, across restarts too (written behind: see
-        :meth:`flush`)."""
+        """Append one received frame (``raw``: its JSON text, when at hand, stored instead of encoding ``body``
+        again); ``seq`` increases strictly, across restarts too (written behind: see :meth:`flush`)."""
         received = now_ms() if now is None else now
         with self._lock:
             self._last_seq += 1
             seq = self._last_seq
             if not self._pending:
                 self._pending_since = time.monotonic()
-            self._pending.append((seq, org, connection_id, type, received, json.dumps(body),
-                                  json.dumps(list(problems))))
+            self._pending.append((seq, org, connection_id, type, received,
+                                  json.dumps(body) if raw is None else raw,
+                                  json.dumps(list(problems)) if problems else "[]"))
             if len(self._pending) >= RECORD_BATCH or time.monotonic() - self._pending_since >= RECORD_DELAY_SECONDS:
                 self._flush_locked()
         return RecordedMessage(

@@ -12,7 +12,7 @@ import uuid
 from typing import cast
 
 import anyio
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.types import Receive, Scope, Send
 
 from kici_core.jsontypes import JSONValue
 from kici_runtime.relay.hub import PROTOCOL_VERSION, WS_MAX_PAYLOAD_BYTES, Connection, RelayHub
@@ -32,16 +32,55 @@ class _Closed(Exception):
     """The peer went away."""
 
 
-async def _receive_text(ws: WebSocket) -> str | None:
-    """Next text frame; None for a binary frame; raises _Closed on disconnect."""
-    try:
-        message = await ws.receive()
-    except (WebSocketDisconnect, RuntimeError) as exc:
-        raise _Closed from exc
-    if message["type"] == "websocket.disconnect":
-        raise _Closed
-    text = message.get("text")
-    return text if isinstance(text, str) else None
+class AsgiWebSocket:
+    """The few WebSocket operations the endpoint needs, straight on ASGI messages."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._scope = scope
+        self._receive = receive
+        self._send = send
+        self._gone = False
+
+    async def accept(self) -> None:
+        """Take the ``websocket.connect`` and accept the handshake; raises _Closed if the peer left."""
+        if (await self._receive())["type"] != "websocket.connect":
+            self._gone = True
+            raise _Closed
+        await self._send({"type": "websocket.accept"})
+
+    async def receive_text(self) -> str | None:
+        """Next text frame; None for a binary frame; raises _Closed on disconnect."""
+        if self._gone:
+            raise _Closed
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            self._gone = True
+            raise _Closed
+        text = message.get("text")
+        return text if isinstance(text, str) else None
+
+    async def send_text(self, data: str) -> None:
+        """Send one text frame (raises ``OSError`` once the peer has gone)."""
+        await self._send({"type": "websocket.send", "text": data})
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code``; nothing happens if the socket is already closed."""
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except (RuntimeError, OSError):
+            pass
+
+    def base_url(self, public_url: str | None) -> str:
+        """Where webhook senders reach this relay: ``public_url``, else the scheme and host of this request."""
+        if public_url:
+            return public_url.rstrip("/")
+        scheme = "https" if self._scope.get("scheme") == "wss" else "http"
+        for name, value in self._scope["headers"]:
+            if name == b"host":
+                return f"{scheme}://{value.decode('latin-1')}"
+        server = self._scope.get("server")
+        host, port = server if server else ("localhost", None)
+        return f"{scheme}://{host}" + (f":{port}" if port else "")
 
 
 def _parse(text: str | None) -> _Frame | None:
@@ -56,25 +95,10 @@ def _parse(text: str | None) -> _Frame | None:
     return cast(_Frame, value)
 
 
-async def _close(ws: WebSocket, code: int, reason: str) -> None:
-    try:
-        await ws.close(code, reason)
-    except (RuntimeError, OSError, WebSocketDisconnect):
-        pass
-
-
-def _base_url(ws: WebSocket, public_url: str | None) -> str:
-    if public_url:
-        return public_url.rstrip("/")
-    scheme = "https" if ws.url.scheme == "wss" else "http"
-    return f"{scheme}://{ws.url.netloc}"
-
-
-async def relay_websocket(ws: WebSocket) -> None:
+async def relay_websocket(ws: AsgiWebSocket, hub: RelayHub) -> None:
     """Serve one orchestrator connection from handshake to close."""
-    hub: RelayHub = ws.app.state.hub
-    await ws.accept()
     try:
+        await ws.accept()
         conn = await _authenticate(ws, hub)
     except _Closed:
         return
@@ -96,15 +120,15 @@ async def relay_websocket(ws: WebSocket) -> None:
         log.info("orchestrator disconnected: %s", conn.connection_id)
 
 
-async def _authenticate(ws: WebSocket, hub: RelayHub) -> Connection | None:
+async def _authenticate(ws: AsgiWebSocket, hub: RelayHub) -> Connection | None:
     text: str | None = None
     timed_out = True
     with anyio.move_on_after(hub.settings.auth_timeout):
-        text = await _receive_text(ws)
+        text = await ws.receive_text()
         timed_out = False
     frame = _parse(text)
     if timed_out or frame is None or frame.get("type") != "auth.request":
-        await _close(ws, CLOSE_AUTH_TIMEOUT, "Expected auth.request" if not timed_out else "Auth timeout")
+        await ws.close(CLOSE_AUTH_TIMEOUT, "Expected auth.request" if not timed_out else "Auth timeout")
         return None
     version = frame.get("protocolVersion")
     token = frame.get("token")
@@ -118,17 +142,10 @@ async def _authenticate(ws: WebSocket, hub: RelayHub) -> Connection | None:
         reason = "invalid or revoked API key"
     if key is None:
         await _send_raw(ws, {"type": "auth.failure", "reason": reason})
-        await _close(ws, CLOSE_UNAUTHORIZED, "Unauthorized")
+        await ws.close(CLOSE_UNAUTHORIZED, "Unauthorized")
         return None
-
-    async def send_text(data: str) -> None:
-        await ws.send_text(data)
-
-    async def close(code: int, why: str) -> None:
-        await _close(ws, code, why)
-
     conn = Connection(
-        connection_id=str(uuid.uuid4()), key=key, send_text=send_text, close=close, now=anyio.current_time()
+        connection_id=str(uuid.uuid4()), key=key, send_text=ws.send_text, close=ws.close, now=anyio.current_time()
     )
     await conn.send(
         {
@@ -142,10 +159,10 @@ async def _authenticate(ws: WebSocket, hub: RelayHub) -> Connection | None:
     return conn
 
 
-async def _send_raw(ws: WebSocket, frame: _Frame) -> None:
+async def _send_raw(ws: AsgiWebSocket, frame: _Frame) -> None:
     try:
         await ws.send_text(json.dumps(frame))
-    except (RuntimeError, OSError, WebSocketDisconnect):
+    except (RuntimeError, OSError):
         pass
 
 
@@ -159,10 +176,10 @@ async def _watchdog(conn: Connection, limit: float) -> None:
         await anyio.sleep(remaining)
 
 
-async def _serve_frames(ws: WebSocket, hub: RelayHub, conn: Connection) -> None:
-    base_url = _base_url(ws, hub.settings.public_url)
+async def _serve_frames(ws: AsgiWebSocket, hub: RelayHub, conn: Connection) -> None:
+    base_url = ws.base_url(hub.settings.public_url)
     while not conn.closed:
-        text = await _receive_text(ws)
+        text = await ws.receive_text()
         if (
             text is not None
             and len(text) > WS_MAX_PAYLOAD_BYTES // 4
@@ -183,7 +200,7 @@ async def _serve_frames(ws: WebSocket, hub: RelayHub, conn: Connection) -> None:
         if mtype == "auth.request":
             log.warning("connection %s: auth.request after authentication ignored", conn.connection_id)
             continue
-        recorded = hub.record(conn, frame)
+        recorded = hub.record(conn, frame, raw=text)
         if mtype == "source.register":
             await conn.send(hub.register_sources(conn, frame, base_url=base_url))
         elif mtype == "source.deregister":

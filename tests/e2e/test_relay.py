@@ -606,3 +606,54 @@ def test_cli_errors_exit_with_the_error_code(tmp_path: Path, capsys: pytest.Capt
         cli.main(["key", "revoke", "kici_nothing", "--db", str(tmp_path / "e.sqlite3")])
     assert exited.value.code == 66
     assert "Error: no live API key" in capsys.readouterr().err
+
+
+# --- HTTP edges and the WebSocket extension ------------------------------------------------------------------
+
+
+async def test_webhook_routes_answer_wrong_methods_unknown_paths_and_oversize_declarations(
+    relay: RunningRelay,
+) -> None:
+    async with httpx.AsyncClient(base_url=relay.base_url) as client:
+        wrong = await client.get(f"/webhook/{ORG}/github")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+        assert (await client.post(f"/webhook/{ORG}/gitlab", content=b"{}")).status_code == 404
+        assert (await client.post(f"/webhook/{ORG}/generic/", content=b"{}")).status_code == 404
+    # a declared length over the 25 MiB frame cap is refused before a byte of the body is read
+    host, port = relay.base_url.removeprefix("http://").split(":")
+    stream = await anyio.connect_tcp(host, int(port))
+    async with stream:
+        await stream.send(
+            f"POST /webhook/{ORG}/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {26_214_401}\r\n\r\n".encode()
+        )
+        with anyio.fail_after(10):
+            answer = await stream.receive()
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert answer.endswith(b"Payload Too Large")
+
+
+@pytest.mark.parametrize("compression", [False, True])
+async def test_permessage_deflate_is_accepted_only_when_asked_and_relaying_works_either_way(
+    tmp_path: Path, compression: bool
+) -> None:
+    async with running_relay(str(tmp_path / "relay.sqlite3"), FAST, compression=compression) as relay:
+        relay.store.add_github_source(org=ORG, app_id=APP_ID, webhook_secret=SECRET)
+        body = json.dumps({"zen": "Design for failure.", "pad": "y" * 2000}).encode()
+        async with connected_peer(relay, f"github:{APP_ID}") as peer:
+            response = peer.ws.response
+            assert response is not None
+            negotiated = response.headers.get("Sec-WebSocket-Extensions", "")
+            assert ("permessage-deflate" in negotiated) is compression
+
+            async def orchestrator() -> Any:
+                delivery = await peer.receive_delivery()
+                await peer.ack(delivery)
+                return delivery
+
+            resp, delivery = await post_while(
+                relay, f"/webhook/{ORG}/github", body, github_headers(body, delivery="dfl-1"), orchestrator
+            )
+        assert resp.status_code == 200 and delivery.body == body
+        acks = await relay.hub.wait_messages(since=0, types=("webhook.ack",), wait=5)
+        assert [m.body["deliveryId"] for m in acks] == ["dfl-1"]

@@ -215,3 +215,35 @@ async def test_a_cancelled_waiting_put_strands_nobody(tmp_path: Path) -> None:
     with anyio.fail_after(10):
         for key in keys:
             assert await store.get(key) == b"kept"
+
+
+def test_a_batch_renames_nothing_before_every_durable_file_is_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    root = tmp_path / "blobs"
+    (root / "event-log" / "acme").mkdir(parents=True)
+    writes = [storage._FileWrite(root / "event-log" / "acme" / f"d-{i}.json.gz", b"x" * i, durable=i % 2 == 0)
+              for i in range(6)]
+    storage._write_batch(writes)
+    assert all(w.error is None for w in writes)
+    assert [(root / "event-log" / "acme" / f"d-{i}.json.gz").read_bytes() for i in range(6)] == [
+        b"x" * i for i in range(6)]
+    renames = [i for i, e in enumerate(events) if e == "rename"]
+    assert len(renames) == 6
+    # three durable files synced before the first rename; then the one directory, once
+    assert events[: renames[0]] == ["fsync"] * 3
+    assert events[renames[-1] + 1 :] == ["fsync"]
+    assert not [p for p in (root / "event-log" / "acme").iterdir() if p.name.endswith(".tmp")]

@@ -41,13 +41,17 @@ class RunningRelay:
 
 
 @asynccontextmanager
-async def running_relay(db_path: str, settings: RelaySettings | None = None) -> AsyncIterator[RunningRelay]:
+async def running_relay(
+    db_path: str, settings: RelaySettings | None = None, *, compression: bool = False
+) -> AsyncIterator[RunningRelay]:
     """Serve a relay over ``db_path`` on 127.0.0.1 (free port) for the duration of the block."""
     store = RelayStore(db_path)
     app = create_app(store, settings)
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = RelayServer(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = RelayServer(
+        uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning", compression=compression)
+    )
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve, [sock])

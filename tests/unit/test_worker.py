@@ -171,3 +171,32 @@ async def test_run_once_returns_after_the_copies_and_a_failed_copy_is_logged(
     assert any("payload copy" in r.getMessage() for r in caplog.records)
     entry = await w.inbox.get("acme", "b")
     assert entry is not None and entry.status == "processed"
+
+
+async def test_a_backlog_is_claimed_in_batches_of_at_least_half_the_slots() -> None:
+    w = World()
+    await w.setup()
+    gated = GatedLockfiles()
+    gated.release.set()
+    use(w, gated)
+    for i in range(24):
+        await w.deliver(push_payload(), delivery_id=f"d{i}")
+    limits: list[int] = []
+    real_claim = w.inbox.claim
+
+    async def claim(*, worker_id: str, limit: int, lease_seconds: float) -> list:  # type: ignore[type-arg]
+        limits.append(limit)
+        return await real_claim(worker_id=worker_id, limit=limit, lease_seconds=lease_seconds)
+
+    w.inbox.claim = claim  # type: ignore[method-assign]
+    worker = DeliveryWorker(inbox=w.inbox, pipeline=w.pipeline, concurrency=4, poll_seconds=60)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            while worker.processed < 24:
+                await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
+    assert limits[0] == 4
+    assert all(limit >= 2 for limit in limits)  # never one claim per finished delivery
+    assert len(limits) <= 24 // 2 + 1
+    assert gated.most_in_flight <= 4

@@ -81,14 +81,20 @@ async def test_slow_delivery_does_not_hold_back_later_ones() -> None:
         assert entry is not None and entry.status == "processed"
 
 
-async def test_backlog_is_drained_without_wakeups_and_within_concurrency() -> None:
+async def backlog(count: int) -> tuple[World, GatedLockfiles]:
+    """A world with ``count`` push deliveries accepted and lock files that answer at once."""
     w = World()
     await w.setup()
     gated = GatedLockfiles()
     gated.release.set()
     use(w, gated)
-    for i in range(20):
+    for i in range(count):
         await w.deliver(push_payload(), delivery_id=f"d{i}")
+    return w, gated
+
+
+async def test_backlog_is_drained_without_wakeups_and_within_concurrency() -> None:
+    w, gated = await backlog(20)
     worker = DeliveryWorker(inbox=w.inbox, pipeline=w.pipeline, concurrency=3, poll_seconds=60)
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
@@ -174,13 +180,7 @@ async def test_run_once_returns_after_the_copies_and_a_failed_copy_is_logged(
 
 
 async def test_a_backlog_is_claimed_in_batches_of_at_least_half_the_slots() -> None:
-    w = World()
-    await w.setup()
-    gated = GatedLockfiles()
-    gated.release.set()
-    use(w, gated)
-    for i in range(24):
-        await w.deliver(push_payload(), delivery_id=f"d{i}")
+    w, gated = await backlog(24)
     limits: list[int] = []
     real_claim = w.inbox.claim
 

@@ -10,14 +10,17 @@ ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
+# Dependencies come from the committed lock (exact versions and hashes), in their own layer.
+COPY requirements/runtime.lock ./requirements/runtime.lock
+RUN python -m venv /opt/kici \
+ && /opt/kici/bin/pip install --require-hashes --no-deps -r requirements/runtime.lock
 COPY pyproject.toml README.md ./
 COPY kici_core ./kici_core
 COPY kici_adapters ./kici_adapters
 COPY kici_runtime ./kici_runtime
-RUN python -m venv /opt/kici \
- && /opt/kici/bin/pip install --upgrade pip wheel \
- && /opt/kici/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/kici/bin/pip install "/wheels/$(ls /wheels | grep '^kici-')[s3]"
+RUN /opt/kici/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+ && /opt/kici/bin/pip install --no-deps /wheels/kici-*.whl \
+ && /opt/kici/bin/pip check
 
 # A separate, smaller target for agents: `docker build --target agent -t kici-agent .`
 FROM ${PYTHON_IMAGE} AS agent

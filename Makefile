@@ -4,12 +4,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck unit dev bench clean
+LOCK := requirements/dev.lock
+LOCK_FLAGS := --universal --generate-hashes --python-version 3.11 --no-config \
+	--index-url https://pypi.org/simple --custom-compile-command "make lock"
 
-$(STAMP): pyproject.toml
+.PHONY: install lock test lint typecheck unit dev bench clean
+
+# Installs exactly what requirements/dev.lock names (versions and hashes), then the project itself
+# (editable, no dependency resolution, built with the locked setuptools).
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +31,13 @@ typecheck: $(STAMP)
 test: lint typecheck
 	@$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+# Recompute the lock files from pyproject.toml and requirements/*.in (UPGRADE=1 takes newer releases).
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in requirements/tools.in --extra dev \
+		$(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o requirements/dev.lock
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra s3 \
+		$(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o requirements/runtime.lock
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -145,6 +145,21 @@ def test_build_stage_copies_every_package() -> None:
         assert pattern.rstrip("*") in copied, f"the build stage does not copy {pattern}"
 
 
+def test_build_stage_installs_dependencies_from_the_lock() -> None:
+    """The image gets exactly the locked versions and hashes, and builds the wheel with the locked backend."""
+    runs = [i.value for i in STAGES[0] if i.keyword == "RUN"]
+    copies = [i.value for i in STAGES[0] if i.keyword == "COPY"]
+    assert any(c.split()[0] == "requirements/runtime.lock" for c in copies), copies
+    assert any("--require-hashes" in r and "-r requirements/runtime.lock" in r for r in runs), runs
+    for run in runs:
+        for command in run.split("&&"):
+            words = command.split()
+            if "pip" in " ".join(words[:1]) and "install" in words:
+                assert "--no-deps" in words, f"an install that resolves dependencies itself: {command.strip()}"
+            if "wheel" in words and any(w.endswith("/pip") for w in words):
+                assert "--no-build-isolation" in words, f"a build that fetches its own backend: {command.strip()}"
+
+
 # --- the install steps, outside Docker --------------------------------------------------------------
 
 
@@ -161,7 +176,8 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Install:
     work = tmp_path_factory.mktemp("image")
     wheels = work / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+         "--wheel-dir", str(wheels), str(ROOT)],
         check=True, cwd=work, timeout=300,
     )
     (wheel,) = wheels.glob("kici-*.whl")

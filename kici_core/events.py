@@ -2,7 +2,8 @@
 
 :class:`NormalisedEvent` is provider-neutral. :func:`normalize_github` maps a GitHub delivery
 (``X-GitHub-Event`` + JSON payload) to one, or to ``None`` for event types KiCI ignores.
-:func:`lockfile_ref` says at which ref to read ``.kici/kici.lock.json``. Generic sources are
+:func:`lockfile_ref` says at which ref to read ``.kici/kici.lock.json``; :func:`commit_ref` names the commit jobs
+check out (for a pull request always the head, whichever lock file the trust rule chose). Generic sources are
 normalised by :func:`parse_generic_body`, :func:`generic_event_type` and
 :func:`normalize_generic`.
 
@@ -28,6 +29,7 @@ __all__ = [
     "ChangedFilesRequest",
     "NormalisedEvent",
     "changed_files_request",
+    "commit_ref",
     "generic_event_type",
     "internal_event",
     "job_ref",
@@ -76,6 +78,28 @@ class NormalisedEvent:
     def with_changed_files(self, files: Sequence[str] | None) -> NormalisedEvent:
         """A copy carrying ``files`` as its changed files."""
         return replace(self, changed_files=None if files is None else tuple(files))
+
+    def to_wire(self, provider: str) -> dict[str, JSONValue]:
+        """The event as agents receive it in ``jobConfig.event``: the camelCase names of upstream's normalised
+        event (``type``, ``action``, ``targetBranch``, ``sourceBranch``, ``baseBranch``, ``isForkPR``,
+        ``senderUsername``, ``senderUserId``, ``changedFiles``, ``sourceRepo``, ``payload``) plus ``provider``.
+        Fields without a value are left out, as upstream's JSON leaves out undefined fields."""
+        fields: dict[str, JSONValue] = {
+            "type": self.type,
+            "action": self.action,
+            "targetBranch": self.target_branch,
+            "sourceBranch": self.source_branch,
+            "baseBranch": self.base_branch,
+            "isForkPR": self.is_fork_pr,
+            "senderUsername": self.sender_username,
+            "senderUserId": self.sender_user_id,
+            "changedFiles": None if self.changed_files is None else list(self.changed_files),
+            "sourceRepo": self.source_repo,
+            "provider": provider,
+        }
+        wire: dict[str, JSONValue] = {k: v for k, v in fields.items() if v is not None}
+        wire["payload"] = dict(self.payload)
+        return wire
 
     def to_dict(self) -> dict[str, JSONValue]:
         """JSON-safe snake_case form (the conformance shape of spec §3.1)."""
@@ -268,23 +292,32 @@ def _first(value: object) -> object:
     return None
 
 
-def lockfile_ref(event_name: str, payload: Mapping[str, JSONValue], *, trusted: bool = False) -> str:
-    """The ref at which to read the lock file for this GitHub delivery (spec §3.3).
-
-    PR-family events use the PR base branch name (safe default) unless ``trusted`` (the sender
-    resolved to the trusted tier), in which case the PR head SHA (or ``"HEAD"``) is used.
-    """
+def commit_ref(event_name: str, payload: Mapping[str, JSONValue]) -> str:
+    """The commit a GitHub delivery is about (spec §3.3, upstream's ``extractRef``): the pushed ``after``, the
+    pull request's head SHA (PR, review, review comment), the status's ``sha``, the release's target; else
+    ``"HEAD"``. Jobs are dispatched with it as ``sha``; it is the ``ref`` of the delivery's event log entry."""
     if event_name == "push":
         return _str(payload, "after") or "HEAD"
     if event_name in _PR_FAMILY:
-        if trusted:
-            return _str(payload, "pull_request", "head", "sha") or "HEAD"
-        return _str(payload, "pull_request", "base", "ref") or _default_branch(payload)
+        return _str(payload, "pull_request", "head", "sha") or "HEAD"
     if event_name == "status":
         return _str(payload, "sha") or "HEAD"
     if event_name == "release":
         return _str(payload, "release", "target_commitish") or "HEAD"
     return "HEAD"
+
+
+def lockfile_ref(event_name: str, payload: Mapping[str, JSONValue], *, trusted: bool = False) -> str:
+    """The ref at which to read the lock file for this GitHub delivery (spec §3.3).
+
+    PR-family events use the PR base branch name (safe default) unless ``trusted`` (the sender
+    resolved to the trusted tier), in which case the PR head SHA (or ``"HEAD"``) is used. Every
+    other event reads it at :func:`commit_ref`. Only the lock file moves: jobs still check out
+    :func:`commit_ref`.
+    """
+    if event_name in _PR_FAMILY and not trusted:
+        return _str(payload, "pull_request", "base", "ref") or _default_branch(payload)
+    return commit_ref(event_name, payload)
 
 
 def job_ref(event: NormalisedEvent) -> str:

@@ -212,6 +212,9 @@ class NewRun:
     trigger_decision: JSONObject
     jobs: tuple[NewJob, ...]
     status: str = "pending"  # already terminal when planning failed every job
+    event: JSONObject | None = None
+    """The triggering event as agents receive it (``jobConfig.event``, payload included); stored once per run,
+    not in its jobs."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -163,13 +163,17 @@ class Pipeline:
         source = await self._source(item)
         if source is None:
             return _received(f"no source registered for {item.routing_key}", repo=repo)
-        ref = events.lockfile_ref(item.event, payload)
+        # The commit the delivery is about (a pull request's head) is what jobs check out and what the event
+        # log records; the lock file may be read elsewhere (an untrusted pull request's base branch, §6.7).
+        ref = events.commit_ref(item.event, payload)
+        lock_ref = events.lockfile_ref(item.event, payload)
         try:
             # a provider may validate before caching, so a corrupt (or oversized) file can surface here too
-            fetched = await provider.lockfiles.fetch_lockfile(source, repo, ref)
+            fetched = await provider.lockfiles.fetch_lockfile(source, repo, lock_ref)
             if fetched.content is None:
+                note = None if lock_ref == ref else f"no {lockfile.LOCKFILE_PATH} at {lock_ref}"
                 return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_missing", repo_identifier=repo,
-                                                             ref=ref))
+                                                             ref=ref, error_message=note))
             lock = self.parsed.parse(fetched.content)
         except errors.LockfileError as exc:
             return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_corrupt", repo_identifier=repo, ref=ref,
@@ -184,10 +188,12 @@ class Pipeline:
         plans = planning.plan_runs(lock, result.matched_names, id_factory=self.ids)
         decisions = {d.workflow_name: d for d in result.decisions}
         sha = ref if ref != "HEAD" else None
+        wire_event = event.to_wire(item.provider)
         runs = tuple(
             _new_run(plan, run_id=self.ids(), provider=item.provider, routing_key=item.routing_key, repo=repo,
                      repo_url=provider.repo_url(source, repo, payload), ref=events.job_ref(event), sha=sha,
-                     decision=decisions[plan.workflow_name].summary_dict())
+                     decision=decisions[plan.workflow_name].summary_dict(), lock_source=lock.source,
+                     event=wire_event)
             for plan in plans
         )
         outcome = DeliveryOutcome(status="processed", matched_count=len(runs), repo_identifier=repo, ref=ref,
@@ -206,8 +212,10 @@ class Pipeline:
 
 
 def _new_run(plan: planning.RunPlan, *, run_id: str, provider: str, routing_key: str, repo: str, repo_url: str,
-             ref: str, sha: str | None, decision: JSONObject) -> NewRun:
+             ref: str, sha: str | None, decision: JSONObject, lock_source: lockfile.SourceRef,
+             event: JSONObject) -> NewRun:
     runnable = set(plan.runnable)
+    workflow_config = _workflow_config(plan.workflow, lock_source)
     jobs = tuple(
         NewJob(
             job_id=j.job_id, name=j.name, base_name=j.base_name,
@@ -215,7 +223,7 @@ def _new_run(plan: planning.RunPlan, *, run_id: str, provider: str, routing_key:
             needs=tuple(NeedEdge(upstream_name=e.upstream, run_on=tuple(sorted(e.run_on))) for e in j.needs),
             runs_on=tuple(dict(m) for m in j.lock_job.runs_on),
             exclude_labels=tuple(dict(m) for m in j.lock_job.exclude_labels),
-            job_config=_job_config(j),
+            job_config=_job_config(j, workflow_config),
             runnable=j.name in runnable,
             status=j.status, reason=j.reason,
         )
@@ -224,12 +232,37 @@ def _new_run(plan: planning.RunPlan, *, run_id: str, provider: str, routing_key:
     status = plan.conclusion.status if plan.conclusion is not None else "pending"
     return NewRun(run_id=run_id, workflow_name=plan.workflow_name, provider=provider, routing_key=routing_key,
                   repo_identifier=repo, repo_url=repo_url, ref=ref, sha=sha, trigger_decision=decision, jobs=jobs,
-                  status=status)
+                  status=status, event=event)
 
 
-def _job_config(job: planning.PlannedJob) -> JSONObject:
+def job_source(source: lockfile.SourceRef) -> JSONObject:
+    """``jobConfig.source`` for a lock-file source: ``file`` relative to ``.kici/`` (the lock file's paths are
+    repo-relative) and ``exportName`` without the ``#`` and any ``[index]`` (``#default[1]`` -> ``default``;
+    the agent finds the workflow in that export by ``workflowName``)."""
+    file = source.file.removeprefix("./")
+    out: dict[str, JSONValue] = {"file": file.removeprefix(".kici/")}
+    export = (source.export or "").removeprefix("#").split("[", 1)[0]
+    if export:
+        out["exportName"] = export
+    return out
+
+
+def _workflow_config(workflow: lockfile.Workflow, lock_source: lockfile.SourceRef) -> JSONObject:
+    """The ``jobConfig`` keys every job of ``workflow`` shares: where the agent loads it from, and the hashes its
+    drift check compares (only when the lock has them)."""
+    config: dict[str, JSONValue] = {"source": job_source(workflow.source or lock_source)}
+    if workflow.content_hash:
+        config["contentHash"] = workflow.content_hash
+    hash_files = to_plain(workflow.raw.get("resolvedHashFiles"))
+    if isinstance(hash_files, list) and hash_files:
+        config["resolvedHashFiles"] = hash_files
+    return config
+
+
+def _job_config(job: planning.PlannedJob, workflow_config: JSONObject) -> JSONObject:
     raw = to_plain(job.lock_job.raw)
     config: dict[str, JSONValue] = dict(raw) if isinstance(raw, dict) else {}
+    config.update(workflow_config)
     config["name"] = job.name
     config["baseJobName"] = job.base_name
     if job.matrix_values is not None:

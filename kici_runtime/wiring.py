@@ -214,7 +214,7 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
     sources = PgSourceStore(db)
     offloader = PayloadOffloader(db, blobs)  # accepted bodies: database -> object storage, in the background
     inbox = PgDeliveryInbox(db, blobs, max_payload_bytes=settings.event_log_max_payload_bytes,
-                            on_accepted=on_accepted or offloader.wake)
+                            on_accepted=on_accepted or offloader.wake, forward=settings.platform_enabled)
     stack.push_async_callback(inbox.aclose)  # its group-commit lane connections
     github = GitHubProvider(
         secrets=secrets, default_api_url=settings.github_api_url, lockfile_max_bytes=settings.lockfile_max_bytes,

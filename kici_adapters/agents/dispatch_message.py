@@ -10,8 +10,8 @@ __all__ = ["build_dispatch"]
 
 
 def build_dispatch(row: DispatchRow, *, message_id: str, now_ms: int, token: str | None) -> dict[str, JSONValue]:
-    """``job.dispatch`` for ``row``: its job config (orchestrator-only keys stripped, names filled in), where to
-    clone, upstream results, and the clone credential when there is one (``token``)."""
+    """``job.dispatch`` for ``row``: its job config (orchestrator-only keys stripped, names and the run's triggering
+    event filled in), where to clone, upstream results, and the clone credential when there is one (``token``)."""
     config: dict[str, JSONValue] = {k: v for k, v in row.job_config.items()
                                     if k not in wire.STRIPPED_JOB_CONFIG_KEYS}
     config.setdefault("workflowName", row.workflow_name)
@@ -19,6 +19,8 @@ def build_dispatch(row: DispatchRow, *, message_id: str, now_ms: int, token: str
     config.setdefault("baseJobName", row.base_name)
     if row.provider:
         config.setdefault("provider", row.provider)
+    if row.event is not None:
+        config.setdefault("event", row.event)
     base = row.repo_url[:-4] if row.repo_url.endswith(".git") else row.repo_url
     msg: dict[str, JSONValue] = {
         "type": "job.dispatch", "messageId": message_id, "runId": row.run_id, "jobId": row.job_id,

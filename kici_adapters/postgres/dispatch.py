@@ -49,7 +49,8 @@ SELECT q.id, q.run_id, q.seq, q.created_at, q.expires_at, q.dispatch_attempts, j
 """
 # One statement: claim every still-pending row of the batch for its agent, record the agent on the job, and
 # return what job.dispatch is built from (upstream results as a JSON array). The final SELECT reads the rows'
-# unchanging fields, so it may see them as they were before the updates.
+# unchanging fields, so it may see them as they were before the updates. The run's triggering event is read
+# once per run of the batch (on its first row; :meth:`PgDispatchQueue.claim_many` shares it with the others).
 _CLAIM_MANY = """
 WITH want AS (
   SELECT * FROM unnest(%(ids)s::uuid[], %(agents)s::text[], %(deadlines)s::timestamptz[]) AS w(id, agent, deadline)
@@ -71,7 +72,9 @@ SELECT c.*, j.base_name, j.matrix_values, r.repo_identifier, r.routing_key AS ru
                  'upstream_name', n.upstream_name, 'base_name', u.base_name, 'status', u.status,
                  'outputs', u.outputs, 'matrix_values', u.matrix_values) ORDER BY u.job_name), '[]'::json)
           FROM execution_job_needs n JOIN execution_jobs u ON u.run_id = n.run_id AND u.job_name = n.upstream_name
-         WHERE n.run_id = c.run_id AND n.job_name = c.job_name) AS upstreams
+         WHERE n.run_id = c.run_id AND n.job_name = c.job_name) AS upstreams,
+       CASE WHEN row_number() OVER (PARTITION BY c.run_id ORDER BY c.id) = 1
+            THEN (SELECT ev.event FROM execution_run_events ev WHERE ev.run_id = c.run_id) END AS trigger_event
   FROM claimed c JOIN execution_jobs j ON j.job_id = c.id JOIN execution_runs r ON r.run_id = c.run_id
 """
 _CLAIM = """
@@ -90,8 +93,10 @@ SELECT q.id FROM dispatch_queue q
  FOR UPDATE SKIP LOCKED
 """
 _ROW = """
-SELECT q.*, j.base_name, j.matrix_values, r.repo_identifier, r.routing_key AS run_routing_key
+SELECT q.*, j.base_name, j.matrix_values, r.repo_identifier, r.routing_key AS run_routing_key,
+       ev.event AS trigger_event
   FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id JOIN execution_runs r ON r.run_id = q.run_id
+  LEFT JOIN execution_run_events ev ON ev.run_id = q.run_id
  WHERE q.id = %(id)s
 """
 _UPSTREAMS = """
@@ -152,6 +157,8 @@ class DispatchRow:
     request_id: str | None
     upstream_outputs: JSONObject
     upstream_statuses: dict[str, str]
+    event: JSONObject | None = None
+    """The run's triggering event (``jobConfig.event``), when it was stored."""
 
 
 def _queued(row: dict[str, Any]) -> QueuedRow:
@@ -161,8 +168,11 @@ def _queued(row: dict[str, Any]) -> QueuedRow:
                      seq=int(row["seq"]))
 
 
-def _dispatch_row(row: Mapping[str, Any], ups: Sequence[Mapping[str, Any]]) -> DispatchRow:
+def _dispatch_row(row: Mapping[str, Any], ups: Sequence[Mapping[str, Any]],
+                  event: JSONObject | None = None) -> DispatchRow:
     config = row["job_config"] if isinstance(row["job_config"], dict) else {}
+    if event is None and isinstance(row.get("trigger_event"), dict):
+        event = row["trigger_event"]
     return DispatchRow(
         job_id=str(row["id"]), run_id=str(row["run_id"]), workflow_name=row["workflow_name"],
         job_name=row["job_name"], base_name=row["base_name"], job_config=config,
@@ -171,6 +181,7 @@ def _dispatch_row(row: Mapping[str, Any], ups: Sequence[Mapping[str, Any]]) -> D
         repo_identifier=row["repo_identifier"], request_id=row["request_id"],
         upstream_outputs=_upstream_outputs(ups),
         upstream_statuses={str(u["upstream_name"]): str(u["status"]) for u in ups},
+        event=event,
     )
 
 
@@ -249,7 +260,8 @@ class PgDispatchQueue:
         async with self._fast() as conn:
             cur = await conn.execute(_CLAIM_MANY, params)
             rows = await cur.fetchall()
-        return {str(r["id"]): _dispatch_row(r, r["upstreams"] or []) for r in rows}
+        events = {r["run_id"]: r["trigger_event"] for r in rows if isinstance(r["trigger_event"], dict)}
+        return {str(r["id"]): _dispatch_row(r, r["upstreams"] or [], events.get(r["run_id"])) for r in rows}
 
     async def claim_for(self, labels: Sequence[str], *, limit: int = 10) -> list[str]:
         """Ids of pending rows whose exact labels ``labels`` cover, oldest first, skipping rows another

@@ -360,17 +360,21 @@ def _queue_row(run: NewRun, job: NewJob) -> dict[str, JSONValue]:
     }
 
 
-def _complete_params(item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun]) -> dict[str, Any]:
-    """Parameters of ``complete_delivery``: the run graph as JSON row sets, in order."""
+def _complete_params(item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun], *,
+                     forward: bool = False) -> dict[str, Any]:
+    """Parameters of ``complete_delivery``: the run graph as JSON row sets, in order, and the triggering event
+    (every run of one delivery has the same; it is sent once)."""
     run_rows: list[JSONValue] = []
     job_rows: list[JSONValue] = []
     need_rows: list[JSONValue] = []
     queue_rows: list[JSONValue] = []
+    event = next((run.event for run in runs if run.event is not None), None)
     for run in runs:
         run_rows.append({
             "ord": len(run_rows), "run_id": run.run_id, "workflow_name": run.workflow_name, "status": run.status,
             "provider": run.provider, "routing_key": run.routing_key, "repo_identifier": run.repo_identifier,
             "repo_url": run.repo_url, "ref": run.ref, "sha": run.sha, "trigger_decision": run.trigger_decision,
+            "job_count": len(run.jobs), "trigger_event": item.event,
         })
         for job in run.jobs:
             job_rows.append({"ord": len(job_rows), **_job_row(run, job)})
@@ -381,6 +385,7 @@ def _complete_params(item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[N
     return {
         "org_id": item.org_id, "delivery_id": item.delivery_id, "runs": Jsonb(run_rows), "jobs": Jsonb(job_rows),
         "needs": Jsonb(need_rows), "queue": Jsonb(queue_rows), "status": outcome.status,
+        "event": None if event is None else Jsonb(event), "forward": forward,
         "matched_count": outcome.matched_count, "repo_identifier": outcome.repo_identifier, "ref": outcome.ref,
         "error_message": outcome.error_message,
         "decision_trace": None if outcome.decision_trace is None else Jsonb(outcome.decision_trace),
@@ -400,13 +405,17 @@ class PgDeliveryInbox:
         max_batch_bytes: most gzipped body bytes in one commit.
         commit_lanes: batches committing at once.
         on_accepted: called (on the event loop) after a new delivery committed, e.g. ``PayloadOffloader.wake``.
+        forward: platform and hybrid modes: completing a delivery also writes each new run's
+            ``execution.status`` (``pending``) to the Platform outbox, in the same commit.
     """
 
     def __init__(self, db: Database, blobs: BlobStore, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
                  group_commit: bool = True, max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES,
-                 commit_lanes: int = COMMIT_LANES, on_accepted: Callable[[], None] | None = None) -> None:
+                 commit_lanes: int = COMMIT_LANES, on_accepted: Callable[[], None] | None = None,
+                 forward: bool = False) -> None:
         self._db = db
         self._blobs = blobs
+        self._forward = forward
         self._max_payload = max_payload_bytes
         self._on_accepted = on_accepted
         self._lanes = LaneConnections(db.url)
@@ -533,7 +542,7 @@ class PgDeliveryInbox:
         notify dispatchers, in one statement (one round trip, one commit). Returns the delivery's run ids,
         first first."""
         self._prefetched.pop((item.org_id, item.delivery_id), None)
-        params = _complete_params(item, outcome, runs)
+        params = _complete_params(item, outcome, runs, forward=self._forward)
         with translate_errors(self._db.url):
             async with self._lanes.connection() as conn:
                 cur = await conn.execute(q("complete_delivery"), params)

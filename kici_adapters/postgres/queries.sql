@@ -232,17 +232,20 @@ VALUES (%(job_id)s, %(run_id)s, %(workflow_name)s, %(job_name)s, %(runs_on_label
 
 -- name: complete_delivery
 -- One statement (one round trip, one commit): create the delivery's runs (at most once per delivery and
--- workflow), the jobs, needs edges and queue rows of the runs this statement created, record the outcome,
--- finish the inbox row and notify dispatchers with the created run ids. Rows come as JSON arrays; `ord` keeps
--- the caller's order (queue positions follow it). Sibling CTEs share one snapshot: `existing` lists the runs
--- committed before this statement, `new_runs` the ones it created; `created < offered` means a concurrent
--- writer won some (the caller then re-reads the run ids).
+-- workflow), their triggering event (the same for every run of the delivery, passed once as `event`), the
+-- jobs, needs edges and queue rows of the runs this statement created, record the outcome, finish the inbox
+-- row and notify dispatchers with the created run ids. With `forward` (platform and hybrid modes) each new
+-- run's `execution.status` goes to the Platform outbox in the same commit. Rows come as JSON arrays; `ord`
+-- keeps the caller's order (queue positions follow it). Sibling CTEs share one snapshot: `existing` lists the
+-- runs committed before this statement, `new_runs` the ones it created; `created < offered` means a
+-- concurrent writer won some (the caller then re-reads the run ids).
 WITH entry AS (
     SELECT id FROM event_log WHERE org_id = %(org_id)s AND delivery_id = %(delivery_id)s FOR UPDATE
 ), run_in AS (
     SELECT * FROM jsonb_to_recordset(%(runs)s::jsonb) AS r(
         ord int, run_id uuid, workflow_name text, status text, provider text, routing_key text,
-        repo_identifier text, repo_url text, ref text, sha text, trigger_decision jsonb)
+        repo_identifier text, repo_url text, ref text, sha text, trigger_decision jsonb, job_count int,
+        trigger_event text)
 ), existing AS (
     SELECT run_id, created_at FROM execution_runs
      WHERE org_id = %(org_id)s AND delivery_id = %(delivery_id)s AND original_run_id IS NULL
@@ -254,7 +257,23 @@ WITH entry AS (
       FROM run_in r CROSS JOIN entry e
      ORDER BY r.ord
     ON CONFLICT (org_id, delivery_id, workflow_name) WHERE original_run_id IS NULL DO NOTHING
+    RETURNING run_id, created_at
+), new_events AS (
+    INSERT INTO execution_run_events (run_id, event)
+    SELECT n.run_id, %(event)s::jsonb FROM new_runs n WHERE %(event)s::jsonb IS NOT NULL
     RETURNING run_id
+), new_status AS (
+    INSERT INTO platform_outbox (kind, payload)
+    SELECT 'execution.status', jsonb_strip_nulls(jsonb_build_object(
+               'type', 'execution.status', 'messageId', gen_random_uuid()::text, 'runId', n.run_id::text,
+               'workflowName', r.workflow_name, 'status', r.status, 'repoIdentifier', r.repo_identifier,
+               'repoProvider', r.provider, 'sha', r.sha, 'ref', r.ref, 'triggerEvent', r.trigger_event,
+               'jobCount', r.job_count,
+               'startedAt', (extract(epoch FROM n.created_at) * 1000)::bigint))
+      FROM new_runs n JOIN run_in r USING (run_id)
+     WHERE %(forward)s
+     ORDER BY r.ord
+    RETURNING seq
 ), new_jobs AS (
     INSERT INTO execution_jobs (job_id, run_id, job_name, base_name, status, matrix_values, runs_on, exclude_labels,
                                 required_labels, job_config, error_message, needs_satisfied, ready_at)
@@ -315,7 +334,8 @@ WITH entry AS (
 SELECT (SELECT id FROM entry) AS entry_id, (SELECT ids FROM ordered) AS run_ids, (SELECT n FROM fresh) AS created,
        (SELECT count(*) FROM note) AS notified, (SELECT count(*) FROM new_jobs) AS jobs,
        (SELECT count(*) FROM new_needs) AS needs, (SELECT count(*) FROM new_queue) AS queued,
-       (SELECT count(*) FROM outcome) AS recorded, (SELECT count(*) FROM done) AS finished
+       (SELECT count(*) FROM outcome) AS recorded, (SELECT count(*) FROM done) AS finished,
+       (SELECT count(*) FROM new_events) AS events, (SELECT count(*) FROM new_status) AS forwarded
 
 -- name: runs_for_delivery
 SELECT run_id FROM execution_runs

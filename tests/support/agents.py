@@ -4,8 +4,9 @@
   push-to-``main`` workflow), for a ``local`` source to clone from a ``file://`` URL;
 * :func:`job` builds one static lock-file job;
 * :func:`push` posts a generic ``push`` webhook for such a repository and returns its delivery id;
-* :class:`RawAgent` is a hand-driven agent over a plain ``websockets`` client (``KICI_AGENT_AUTH=none``): it
-  registers, waits for given message types (bounded), and sends acks, rejects, statuses, steps and logs.
+* :class:`RawAgent` is a hand-driven agent over a plain ``websockets`` client (``KICI_AGENT_AUTH=none``, or a
+  token): it registers, waits for given message types (bounded), and sends acks, rejects, statuses, steps and
+  logs.
 """
 
 from __future__ import annotations
@@ -85,10 +86,14 @@ class RawAgent:
 
     @classmethod
     async def join(cls, port: int, agent_id: str, labels: list[str], *, max_concurrency: int = 1,
-                   in_flight: list[dict[str, str]] | None = None) -> RawAgent:
-        """Connect to ``/ws`` (no-auth mode), send ``agent.register`` and wait for ``register.ack``."""
+                   in_flight: list[dict[str, str]] | None = None, token: str | None = None) -> RawAgent:
+        """Connect to ``/ws``, authenticate with ``token`` (none: no-auth mode), send ``agent.register`` and wait
+        for ``register.ack``."""
         ws = await connect(f"ws://127.0.0.1:{port}/ws")
         agent = cls(ws, agent_id)
+        if token is not None:
+            await ws.send(json.dumps({"type": "auth.request", "token": token, "protocolVersion": 1}))
+            await agent.expect("auth.success")
         await agent.send({"type": "agent.register", "agentId": agent_id, "labels": labels,
                           "maxConcurrency": max_concurrency, "platform": "linux", "arch": "x64",
                           "inFlightJobs": in_flight or []}, stamp=False)

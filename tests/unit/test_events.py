@@ -102,6 +102,36 @@ def test_lockfile_refs() -> None:
     assert ev.lockfile_ref("issue_comment", {}) == "HEAD"
 
 
+def test_commit_ref_is_the_head_whatever_lock_file_is_read() -> None:
+    pr = load("pull_request_opened")
+    assert ev.commit_ref("pull_request", pr) == "b" * 40  # the lock file is read at "main" (untrusted)
+    assert ev.commit_ref("pull_request_review", pr) == "b" * 40
+    assert ev.commit_ref("pull_request", {"pull_request": {"base": {"ref": "main"}}}) == "HEAD"
+    assert ev.commit_ref("push", load("push_branch")) == "2" * 40
+    assert ev.commit_ref("status", {"sha": "abc"}) == "abc"
+    assert ev.commit_ref("release", {"release": {"target_commitish": "v2"}}) == "v2"
+    assert ev.commit_ref("issue_comment", {}) == "HEAD"
+    for name in ("push", "status", "release", "issue_comment"):  # outside pull requests both refs agree
+        assert ev.commit_ref(name, load("push_branch")) == ev.lockfile_ref(name, load("push_branch"))
+
+
+def test_wire_form_uses_upstream_names_and_keeps_the_payload() -> None:
+    pr = load("pull_request_opened")
+    e = ev.normalize_github("pull_request", pr)
+    assert e is not None
+    assert e.with_changed_files(["src/a.py"]).to_wire("github") == {
+        "type": "pull_request", "action": "opened", "targetBranch": "main", "sourceBranch": "feature/login",
+        "baseBranch": "main", "isForkPR": True, "senderUsername": "mallory", "senderUserId": "666",
+        "changedFiles": ["src/a.py"], "sourceRepo": "acme/api", "provider": "github", "payload": pr,
+    }
+    push = ev.normalize_github("push", load("push_branch"))
+    assert push is not None
+    wire = push.to_wire("github")
+    assert wire == {"type": "push", "targetBranch": "main", "senderUsername": "alice", "senderUserId": "101",
+                    "sourceRepo": "acme/api", "provider": "github", "payload": load("push_branch")}
+    assert json.loads(json.dumps(wire)) == wire  # plain JSON, no absent field written as null
+
+
 def test_repo_full_name() -> None:
     assert ev.repo_full_name({"repository": {"full_name": "a/b"}}) == "a/b"
     assert ev.repo_full_name({"repository": {"name": "b", "owner": {"login": "a"}}}) == "a/b"

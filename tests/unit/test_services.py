@@ -11,6 +11,7 @@ import pytest
 
 from kici_core import errors, services
 from kici_core.jsontypes import JSONValue
+from kici_core.lockfile import SourceRef
 from kici_core.ports import Delivery, GitHubSource, RepoSource
 from kici_core.testing import fakes
 
@@ -210,3 +211,77 @@ async def test_each_new_run_gets_a_payload_copy_and_a_failed_copy_is_reported() 
     assert run_ids is not None and reported == run_ids  # the run exists; only its copy is missing
     entry = await w.inbox.get("acme", "d2")
     assert entry is not None and entry.status == "processed"
+
+
+HEAD = "c" * 40
+PR_LOCK = {
+    "schemaVersion": 29,
+    "source": {"file": ".kici/workflows/ci.ts", "export": "#default"},
+    "contentHash": "f" * 64,
+    "workflows": [
+        {"name": "checks", "source": {"file": ".kici/workflows/checks.ts", "export": "#checks[1]"},
+         "contentHash": "9" * 64, "compileSchemaVersion": 5, "resolvedHashFiles": ["package-lock.json"],
+         "triggers": [{"_type": "pr", "events": ["opened", "synchronize"],
+                       "targetBranches": [{"type": "glob", "pattern": "main"}], "sourceBranches": [], "paths": []}],
+         "jobs": [{"_type": "static", "name": "unit", "runsOn": [{"kind": "exact", "value": "linux"}], "needs": [],
+                   "steps": [{"name": "t", "run": "true"}]}]},
+        {"name": "nightly", "contentHash": "", "compileSchemaVersion": 0,
+         "triggers": [{"_type": "pr", "events": ["opened"], "targetBranches": [], "sourceBranches": [],
+                       "paths": []}],
+         "jobs": [{"_type": "static", "name": "n", "needs": [], "steps": []}]},
+    ],
+}
+
+
+def pr_payload(action: str = "opened") -> dict[str, JSONValue]:
+    return {"action": action, "number": 7,
+            "pull_request": {"number": 7, "base": {"ref": "main", "sha": "b" * 40, "repo": {"full_name": "acme/app"}},
+                             "head": {"ref": "feature/x", "sha": HEAD, "repo": {"full_name": "acme/app"}}},
+            "repository": {"full_name": "acme/app", "default_branch": "main"},
+            "sender": {"login": "outsider", "id": 9}}
+
+
+async def test_pull_request_runs_the_head_commit_with_the_base_lock_file() -> None:
+    w = World()
+    await w.setup()
+    w.lockfiles.files[("acme/app", "main")] = json.dumps(PR_LOCK).encode()
+    w.lockfiles.files[("acme/app", HEAD)] = b'{"schemaVersion": 29, "workflows": []}'  # never read
+    await w.deliver(pr_payload(), event="pull_request")
+    run_ids = await w.run_once()
+    assert w.lockfiles.fetches == [("acme/app", "main")]  # untrusted sender: the base branch's lock file
+    assert run_ids is not None and len(run_ids) == 2
+    runs = {w.inbox.runs[r].run.workflow_name: w.inbox.runs[r].run for r in run_ids}
+    checks = runs["checks"]
+    assert (checks.ref, checks.sha) == ("feature/x", HEAD)
+    entry = await w.inbox.get("acme", "d1")
+    assert entry is not None and entry.status == "processed" and entry.ref == HEAD
+    assert w.platform.sent[0]["data"]["ref"] == HEAD  # type: ignore[index,call-overload]
+    config = checks.jobs[0].job_config
+    assert config["source"] == {"file": "workflows/checks.ts", "exportName": "checks"}
+    assert config["contentHash"] == "9" * 64 and config["resolvedHashFiles"] == ["package-lock.json"]
+    assert "event" not in config  # stored once per run, not per job
+    assert checks.event is not None and checks.event["sourceBranch"] == "feature/x"
+    assert checks.event["payload"] == pr_payload() and checks.event["provider"] == "github"
+    assert runs["nightly"].event == checks.event
+    # no workflow source: the lock file's; an empty content hash means no drift check
+    nightly = runs["nightly"].jobs[0].job_config
+    assert nightly["source"] == {"file": "workflows/ci.ts", "exportName": "default"}
+    assert "contentHash" not in nightly and "resolvedHashFiles" not in nightly
+
+
+async def test_pull_request_without_a_base_lock_file_names_where_it_looked() -> None:
+    w = World()
+    await w.setup()
+    await w.deliver(pr_payload(), event="pull_request")
+    await w.run_once()
+    entry = await w.inbox.get("acme", "d1")
+    assert entry is not None and entry.status == "lockfile_missing"
+    assert entry.ref == HEAD and entry.error_message == "no .kici/kici.lock.json at main"
+
+
+def test_job_source_forms() -> None:
+    assert services.job_source(SourceRef(file=".kici/workflows/ci.ts", export="#default")) == {
+        "file": "workflows/ci.ts", "exportName": "default"}
+    assert services.job_source(SourceRef(file="./.kici/a/b.ts", export="#all[2]")) == {
+        "file": "a/b.ts", "exportName": "all"}
+    assert services.job_source(SourceRef(file=".kici/workflows", export=None)) == {"file": "workflows"}

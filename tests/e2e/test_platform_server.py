@@ -287,6 +287,56 @@ async def test_relayed_push_is_accepted_processed_and_traced(world: World) -> No
         assert [a["message"]["result"] for a in acks] == ["accepted"]
 
 
+def pr_body(delivery: str, head: str) -> bytes:
+    """A ``pull_request`` ``opened`` from ``feature/retry`` into ``main`` (not a fork)."""
+    side = {"repo": {"full_name": REPO}}
+    return json.dumps({
+        "action": "opened", "number": 12,
+        "pull_request": {"number": 12, "title": f"Retry {delivery}",
+                         "head": {"ref": "feature/retry", "sha": head, **side},
+                         "base": {"ref": "main", "sha": SHA, **side}},
+        "repository": {"full_name": REPO, "name": "api", "owner": {"login": ORG},
+                       "clone_url": f"https://github.com/{REPO}.git", "default_branch": "main"},
+        "sender": {"login": "contributor", "id": 31337},
+    }).encode()
+
+
+async def test_a_new_run_is_forwarded_as_pending_with_its_commit(world: World, gh: GitHubServer) -> None:
+    """No agent is connected, so the runs wait: the Platform still hears of them (``execution.status``
+    ``pending``, before the decision trace), and a pull request's run names its head commit."""
+    head = "4d" * 20
+    gh.set_pull_files(REPO, 12, ["src/retry.ts"])
+    async with relay(world.relay_db, world.relay_port) as rl, orchestrator(world.env()):
+        await rl.wait_messages("source.register", count=1)
+        async with httpx.AsyncClient(timeout=BOUND) as http:
+            for delivery, event, body in (("pending-push", "push", push_body("pending-push")),
+                                          ("pending-pr", "pull_request", pr_body("pending-pr", head))):
+                headers = {**github_headers(body, delivery), "X-GitHub-Event": event}
+                resp = await http.post(f"{rl.base_url}/webhook/{ORG}/github", content=body, headers=headers)
+                assert resp.status_code == 200, resp.text
+        statuses = await rl.wait_messages("execution.status", count=2)
+        events = await rl.wait_messages("execution.event", count=2)
+    runs = dict(await world.query("SELECT delivery_id, run_id::text FROM execution_runs"))
+    assert set(runs) == {"pending-push", "pending-pr"}
+    by_run = {s["message"]["runId"]: s for s in statuses}
+    assert set(by_run) == set(runs.values())
+    for delivery, event, sha, ref in (("pending-push", "push", SHA, "main"),
+                                      ("pending-pr", "pull_request", head, "feature/retry")):
+        recorded = by_run[runs[delivery]]
+        assert not recorded["problems"], recorded["problems"]
+        message = recorded["message"]
+        assert message["status"] == "pending" and (message["sha"], message["ref"]) == (sha, ref)
+        assert message["workflowName"] == "ci" and message["repoIdentifier"] == REPO
+        assert message["repoProvider"] == "github" and message["jobCount"] == 2
+        assert message["triggerEvent"] == event
+        assert isinstance(message["startedAt"], int) and isinstance(message["timestamp"], int)
+        trace = next(e for e in events if e["message"]["data"]["deliveryId"] == delivery)
+        assert recorded["seq"] < trace["seq"]  # the run is announced before the decision trace
+        assert trace["message"]["data"]["ref"] == sha
+    (waiting,) = await world.query("SELECT count(*) FROM execution_runs WHERE status = 'pending'")
+    assert waiting == (2,)
+
+
 async def test_buffered_messages_survive_a_relay_outage_and_an_orchestrator_restart(world: World) -> None:
     env = world.env("hybrid")
     async with relay(world.relay_db, world.relay_port) as rl, orchestrator(env):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
+from kici_adapters.postgres.dispatch import PgDispatchQueue
 from kici_adapters.postgres.inbox import LaneConnections, PgDeliveryInbox, split_matchers
 from kici_adapters.postgres.pool import Database
 from kici_core import errors
@@ -179,3 +181,58 @@ async def test_warm_opens_the_lane_connections_ahead_of_time(database: Database)
         assert await lanes.warm(3) == 0  # the three were the warm ones, back in the idle list
     finally:
         await lanes.aclose()
+
+
+def _run_with_jobs(workflow: str, names: list[str], event: dict[str, Any]) -> NewRun:
+    jobs = tuple(NewJob(job_id=str(uuid.uuid4()), name=n, base_name=n, matrix_values=None, needs=(), runs_on=(),
+                        exclude_labels=(), job_config={"name": n, "steps": []}, runnable=True) for n in names)
+    return NewRun(run_id=str(uuid.uuid4()), workflow_name=workflow, provider="github", routing_key="github:1",
+                  repo_identifier="acme/app", repo_url="https://example.test/acme/app.git", ref="feature/x",
+                  sha="d" * 40, trigger_decision={}, jobs=jobs, event=event)
+
+
+async def test_the_event_is_stored_once_per_run_and_read_once_per_run_when_jobs_are_claimed(
+        database: Database) -> None:
+    event = {"type": "pull_request", "action": "opened", "targetBranch": "main", "sourceBranch": "feature/x",
+             "provider": "github", "payload": {"number": 7, "body": "x" * 4096}}
+    inbox = PgDeliveryInbox(database, fakes.FakeBlobStore(), forward=True)
+    item = await _accept_and_claim(inbox, "with-event")
+    runs = [_run_with_jobs("checks", ["a", "b", "c"], event), _run_with_jobs("docs", ["d"], event)]
+    await inbox.complete(item, DeliveryOutcome(status="processed", matched_count=2), runs)
+    stored = await rows(database, "SELECT run_id, event FROM execution_run_events")
+    assert {str(r["run_id"]): r["event"] for r in stored} == {r.run_id: event for r in runs}
+    in_jobs = await rows(database, "SELECT count(*) AS n FROM execution_jobs WHERE job_config ? 'event'")
+    in_queue = await rows(database, "SELECT count(*) AS n FROM dispatch_queue WHERE job_config ? 'event'")
+    assert in_jobs[0]["n"] == in_queue[0]["n"] == 0
+
+    queue = PgDispatchQueue(database)
+    try:
+        claimed = await queue.claim_many([(j.job_id, "agent-1", time.time() + 30) for r in runs for j in r.jobs])
+        assert len(claimed) == 4 and all(row.event == event for row in claimed.values())
+        loaded = await queue.load(runs[0].jobs[0].job_id)
+        assert loaded is not None and loaded.event == event
+    finally:
+        await queue.aclose()
+
+    # platform/hybrid: each new run was announced to the Platform in the same commit
+    outbox = await rows(database, "SELECT kind, payload FROM platform_outbox ORDER BY seq")
+    assert [o["kind"] for o in outbox] == ["execution.status", "execution.status"]
+    first = outbox[0]["payload"]
+    assert first["runId"] == runs[0].run_id and first["status"] == "pending" and first["jobCount"] == 3
+    assert (first["sha"], first["ref"], first["workflowName"], first["triggerEvent"]) == (
+        "d" * 40, "feature/x", "checks", "push")
+    assert isinstance(first["startedAt"], int) and len(first["messageId"]) == 36
+
+    # completing again creates nothing: no second event row, no second announcement
+    again = [_run_with_jobs("checks", ["a"], event)]
+    await inbox.complete(item, DeliveryOutcome(status="processed", matched_count=2), again)
+    assert len(await rows(database, "SELECT run_id FROM execution_run_events")) == 2
+    assert len(await rows(database, "SELECT seq FROM platform_outbox")) == 2
+
+
+async def test_without_forwarding_no_status_is_written_for_the_platform(database: Database) -> None:
+    inbox = PgDeliveryInbox(database, fakes.FakeBlobStore())
+    item = await _accept_and_claim(inbox, "independent")
+    await inbox.complete(item, DeliveryOutcome(status="processed", matched_count=1), [_run("ci")])
+    assert await rows(database, "SELECT seq FROM platform_outbox") == []
+    assert await rows(database, "SELECT run_id FROM execution_run_events") == []  # a run without an event

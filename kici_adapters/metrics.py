@@ -94,6 +94,12 @@ platform_buffer_dropped = Counter(
     "Outbound Platform messages dropped because the buffer was full.",
     registry=REGISTRY,
 )
+github_check_runs = Counter(
+    "kici_github_check_runs_total",
+    "Check-run requests to GitHub, by result.",
+    ["result"],
+    registry=REGISTRY,
+)
 
 for _status in ("pending", "dispatched"):
     dispatch_queue_depth.labels(status=_status).set(0)

@@ -363,6 +363,39 @@ class CloneTokenSource(Protocol):
         ...
 
 
+# --------------------------------------------------------------------------------------------- re-runs
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RerunResult:
+    """The attempt a re-run request produced; ``created`` False when its ``key`` had produced it before."""
+
+    run_id: str
+    original_run_id: str
+    attempt: int
+    rerun_jobs: int
+    carried_jobs: int
+    created: bool = True
+
+
+class RunReruns(Protocol):
+    """New attempts of finished runs (same delivery, commit and planned jobs; linked to the first attempt)."""
+
+    async def rerun(self, run_id: str, *, failed_only: bool = False, all_when_none_failed: bool = False,
+                    requested_by: str | None = None, key: str | None = None) -> RerunResult:
+        """Start the next attempt of the run ``run_id`` belongs to. ``failed_only`` keeps the jobs that
+        succeeded (``all_when_none_failed``: re-run everything when none failed). A ``key`` makes the request
+        idempotent: the same key and run give the same attempt. Raises ``NotFound``, or ``Conflict`` when the
+        latest attempt has not finished or there is nothing to re-run."""
+        ...
+
+    async def runs_at_commit(self, routing_key: str, repo: str, sha: str) -> list[tuple[str, str]]:
+        """``(run_id, status)`` of the latest attempt of each run of ``repo`` at ``sha`` from this source."""
+        ...
+
+    async def run_for_check(self, routing_key: str, external_id: str) -> str | None:
+        """The run owning the check run with this ``external_id`` created for this source, if any."""
+        ...
+
+
 # --------------------------------------------------------------------------------------------- clock
 class Clock(Protocol):
     def now(self) -> datetime:

@@ -24,6 +24,7 @@ from kici_core.ports import (
     DeliveryInbox,
     DeliveryOutcome,
     GenericSource,
+    GitHubSource,
     InboxItem,
     LockfileSource,
     NeedEdge,
@@ -31,8 +32,11 @@ from kici_core.ports import (
     NewRun,
     PlatformLink,
     RepoSource,
+    RunReruns,
     SourceStore,
 )
+
+_RERUN_EVENTS = frozenset({"check_run", "check_suite"})
 
 MAX_ATTEMPTS = 8
 """Processing attempts before a delivery is parked as ``failed`` (replayable with ``event-log replay``)."""
@@ -133,6 +137,9 @@ class Pipeline:
     observer: PipelineObserver = field(default_factory=_NoObserver)
     parsed: ParsedLockfiles = field(default_factory=ParsedLockfiles)
     """Parsed lock files shared across deliveries (by content hash)."""
+    reruns: RunReruns | None = None
+    """Where ``check_run``/``check_suite`` deliveries with action ``rerequested`` start new attempts (None:
+    such deliveries are only recorded)."""
 
     async def _source(self, item: InboxItem) -> RepoSource | None:
         if item.provider == "github":
@@ -154,6 +161,8 @@ class Pipeline:
         provider = self.providers.get(item.provider)
         if provider is None:
             return _received(f"no repository provider for {item.provider} deliveries")
+        if item.event in _RERUN_EVENTS and item.provider == "github" and self.reruns is not None:
+            return await self._rerequested(item, payload, self.reruns)
         event = events.normalize_github(item.event, payload)
         if event is None:
             return _received(f"event {item.event!r} is not supported")
@@ -200,6 +209,53 @@ class Pipeline:
                                   decision_trace=result.to_dict())
         self.observer.processed("matched" if runs else "skipped")
         return ProcessOutput(outcome=outcome, runs=runs, match=result, event=event)
+
+    async def _rerequested(self, item: InboxItem, payload: Mapping[str, JSONValue],
+                           reruns: RunReruns) -> ProcessOutput:
+        """GitHub's "Re-run" buttons: a ``check_suite`` re-runs every run of its commit, a ``check_run`` the failed
+        jobs of its run (all of them when none failed). Only check runs of this source's App are considered."""
+        action = payload.get("action")
+        if action != "rerequested":
+            return _received(f"{item.event} action {action!r} needs nothing")
+        source = await self._source(item)
+        subject = payload.get(item.event)
+        repo = events.repo_full_name(payload)
+        if not isinstance(source, GitHubSource) or not isinstance(subject, Mapping) or repo is None:
+            return _received(f"{item.event} without a known source, {item.event} object or repository", repo=repo)
+        app = subject.get("app")
+        if not isinstance(app, Mapping) or str(app.get("id")) != source.app_id:
+            return _received(f"{item.event} belongs to another GitHub App", repo=repo)
+        sender = payload.get("sender")
+        login = sender.get("login") if isinstance(sender, Mapping) else None
+        by = f"github:{login}" if isinstance(login, str) else "github"
+        sha = subject.get("head_sha")
+        if item.event == "check_run":
+            external = subject.get("external_id")
+            run_id = await reruns.run_for_check(item.routing_key, external) if isinstance(external, str) else None
+            targets = [] if run_id is None else [run_id]
+        else:
+            found = await reruns.runs_at_commit(item.routing_key, repo, sha) if isinstance(sha, str) else []
+            targets = [run_id for run_id, _ in found]
+        ref = sha if isinstance(sha, str) else None
+        if not targets:
+            return _received(f"no run of this orchestrator matches the {item.event}", repo=repo, ref=ref)
+        started: list[JSONValue] = []
+        refused: list[JSONValue] = []
+        for run_id in targets:
+            try:
+                result = await reruns.rerun(run_id, failed_only=item.event == "check_run", all_when_none_failed=True,
+                                            requested_by=by, key=f"{item.org_id}:{item.delivery_id}")
+            except errors.Conflict as exc:
+                refused.append({"runId": run_id, "reason": exc.message})
+                continue
+            started.append({"runId": result.run_id, "originalRunId": result.original_run_id,
+                            "attempt": result.attempt, "rerunJobs": result.rerun_jobs,
+                            "carriedJobs": result.carried_jobs})
+        self.observer.processed("matched" if started else "skipped")
+        note = "; ".join(f"{r['runId']}: {r['reason']}" for r in refused if isinstance(r, dict)) or None
+        return ProcessOutput(outcome=DeliveryOutcome(
+            status="processed", matched_count=len(started), repo_identifier=repo, ref=ref, error_message=note,
+            decision_trace={"rerun": started, "refused": refused}))
 
     async def _changed_files(self, provider: Provider, source: RepoSource, repo: str, event_name: str,
                              payload: Mapping[str, JSONValue]) -> list[str]:

@@ -1,4 +1,4 @@
-"""``kici-admin runs``: list, show, cancel and logs of execution runs (commands on the ``runs`` group).
+"""``kici-admin runs``: list, show, cancel, rerun and logs of execution runs (commands on the ``runs`` group).
 
 Importing this module attaches the commands to :data:`kici_runtime.admin_cli.runs`.
 """
@@ -63,9 +63,20 @@ def runs_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
         echo_json({"run": run, "jobs": jobs["jobs"]})
         return
     click.echo(f"Run {run['runId']}  {run['workflowName']}  {run['status']}")
-    for key in ("repoIdentifier", "ref", "sha", "createdAt", "startedAt", "completedAt", "failureReason"):
+    for key in ("repoIdentifier", "ref", "sha", "createdAt", "startedAt", "completedAt", "failureReason",
+                "triggeredBy"):
         if run.get(key):
             click.echo(f"  {key}: {run[key]}")
+    attempts = run.get("attempts") or []
+    if len(attempts) > 1:
+        click.echo(f"  attempt: {run.get('attempt', 1)} of {len(attempts)}")
+        for a in attempts:
+            mark = "*" if a["runId"] == run["runId"] else " "
+            click.echo(f"   {mark} attempt {a['attempt']}: {a['runId']}  {a['status']}  {a.get('createdAt') or ''}"
+                       + (f"  by {a['triggeredBy']}" if a.get("triggeredBy") else ""))
+    line = _checks_line(run.get("checks"))
+    if line:
+        click.echo(f"  {line}")
     rows = []
     for job in jobs["jobs"]:
         needs = ", ".join(n["upstreamName"] for n in job.get("needs", []))
@@ -76,6 +87,37 @@ def runs_show(ctx: click.Context, run_id: str, as_json: bool) -> None:
     for job in jobs["jobs"]:
         for step in job.get("steps", []):
             click.echo(f"  {job['jobName']} / {step['stepIndex']} {step.get('stepName') or ''}: {step['status']}")
+
+
+def _checks_line(checks: Any) -> str | None:
+    """Where the run's GitHub check runs stand, when something is wrong or still on its way."""
+    if not isinstance(checks, dict):
+        return None
+    if checks.get("lastError"):
+        waiting = f"{checks['pending']} of {checks['total']} check run(s) not updated on GitHub"
+        retry = f"; next attempt at {checks['nextAttemptAt']}" if checks.get("pending") and checks.get(
+            "nextAttemptAt") else ""
+        return (f"GitHub checks STUCK: {waiting} after {checks.get('attempts') or 0} failed attempt(s); "
+                f"last error at {checks.get('lastErrorAt')}: {checks['lastError']}{retry}")
+    if checks.get("pending"):
+        return f"GitHub checks: {checks['pending']} of {checks['total']} check run update(s) being sent"
+    return f"GitHub checks: {checks['total']} check run(s) up to date"
+
+
+@runs.command("rerun")
+@click.argument("run_id")
+@click.option("--failed-only", is_flag=True,
+              help="Run only the jobs that did not succeed (and what needs them); successful jobs keep their result.")
+@_JSON
+@click.pass_context
+def runs_rerun(ctx: click.Context, run_id: str, failed_only: bool, as_json: bool) -> None:
+    """Start a new attempt of a finished run: same event, commit and jobs, linked to the original."""
+    out = client(ctx).request("POST", f"/api/v1/admin/runs/{run_id}/rerun", body={"failedOnly": failed_only})
+    if as_json:
+        echo_json(out)
+        return
+    click.echo(f"Run {out['runId']}: attempt {out['attempt']} of {out['originalRunId']} "
+               f"({out['rerunJobs']} job(s) to run, {out['carriedJobs']} kept)")
 
 
 @runs.command("cancel")

@@ -1,4 +1,5 @@
-"""Admin API for execution runs: list, show, jobs (with steps), logs, cancel (operations spec §2.2, agent spec §9).
+"""Admin API for execution runs: list, show, jobs (with steps), logs, cancel, re-run (operations spec §2.2, agent
+spec §9).
 
 ``routes(hub)`` gives the Starlette routes; they need the process's :class:`~kici_runtime.dispatcher.AgentHub`
 (cancel notifies agents; a waiting job's ``waitingReason`` comes from routing's explanation over the agents
@@ -17,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from kici_adapters.postgres.checks import PgCheckOutbox
+from kici_adapters.postgres.reruns import PgReruns
 from kici_core import errors
 from kici_runtime import admin_auth
 from kici_runtime.admin_auth import Caller
@@ -35,9 +38,10 @@ _CAMEL = {"run_id": "runId", "job_id": "jobId", "job_name": "jobName", "base_nam
           "last_heartbeat_at": "lastHeartbeatAt", "queue_status": "queueStatus",
           "dispatch_attempts": "dispatchAttempts", "step_index": "stepIndex", "step_name": "stepName",
           "step_type": "stepType", "exit_code": "exitCode", "runs_on": "runsOn", "exclude_labels": "excludeLabels",
-          "needs_satisfied": "needsSatisfied", "triggered_by": "triggeredBy", "updated_at": "updatedAt"}
+          "needs_satisfied": "needsSatisfied", "triggered_by": "triggeredBy", "updated_at": "updatedAt",
+          "original_run_id": "originalRunId"}
 _HIDDEN = {"job_config", "trigger_decision", "provider_context", "event_log_id", "org_id", "required_labels",
-           "ack_deadline", "ready_at", "queue_agent_id", "log_path", "id", "original_run_id", "outputs", "attempts"}
+           "ack_deadline", "ready_at", "queue_agent_id", "log_path", "id", "outputs", "attempts", "rerun_key"}
 
 
 def _plain(value: Any) -> Any:
@@ -100,10 +104,36 @@ def routes(hub: AgentHub) -> list[BaseRoute]:
             return JSONResponse({"total": total})
         return JSONResponse({"runs": [_out(r) for r in rows], "total": total, "limit": limit, "offset": offset})
 
+    reruns = PgReruns(hub.runs)
+    check_outbox = PgCheckOutbox(hub.runs.db)
+
     async def show_run(request: Request, ctx: AppContext, caller: Caller) -> Response:
         caller.require("run.read")
         run = await _run_or_404(request.path_params["run_id"], caller)
-        return JSONResponse(_out(run))
+        out = _out(run)
+        out["attempts"] = [_out(a) for a in await reruns.attempts(str(run["run_id"]))]
+        problem = await check_outbox.problems(str(run["run_id"]))
+        if problem is not None:
+            out["checks"] = _plain({"total": problem.total, "pending": problem.pending, "failing": problem.failing,
+                                    "attempts": problem.attempts, "lastError": problem.last_error,
+                                    "lastErrorAt": problem.last_error_at, "nextAttemptAt": problem.next_attempt_at})
+        return JSONResponse(out)
+
+    async def rerun(request: Request, ctx: AppContext, caller: Caller) -> Response:
+        caller.require("run.cancel")
+        run = await _run_or_404(request.path_params["run_id"], caller)
+        body = await admin_auth.json_body(request)
+        failed_only = body.get("failedOnly", False)
+        if not isinstance(failed_only, bool):
+            raise admin_auth.validation([{"path": ["failedOnly"], "message": "must be a boolean"}])
+        try:
+            result = await reruns.rerun(str(run["run_id"]), failed_only=failed_only,
+                                        requested_by=f"admin:{caller.token.label}")
+        except errors.Conflict as exc:
+            return JSONResponse({"error": f"Cannot re-run: {exc.message}"}, status_code=409)
+        return JSONResponse({"runId": result.run_id, "originalRunId": result.original_run_id,
+                             "attempt": result.attempt, "rerunJobs": result.rerun_jobs,
+                             "carriedJobs": result.carried_jobs}, status_code=201)
 
     async def run_jobs(request: Request, ctx: AppContext, caller: Caller) -> Response:
         caller.require("run.read")
@@ -152,4 +182,5 @@ def routes(hub: AgentHub) -> list[BaseRoute]:
         Route(PREFIX + "/{run_id}/jobs", admin_auth.endpoint(run_jobs), methods=["GET"]),
         Route(PREFIX + "/{run_id}/logs", admin_auth.endpoint(run_logs), methods=["GET"]),
         Route(PREFIX + "/{run_id}/cancel", admin_auth.endpoint(cancel_run), methods=["POST"]),
+        Route(PREFIX + "/{run_id}/rerun", admin_auth.endpoint(rerun), methods=["POST"]),
     ]

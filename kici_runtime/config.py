@@ -93,6 +93,7 @@ class Settings:
     lockfile_cache_max: int
     lockfile_cache_ttl_ms: int
     webhook_public_url: str | None
+    dashboard_url: str | None
     webhook_payload_dir: str | None
     skip_github_source_validation: bool
     github_api_url: str
@@ -233,6 +234,7 @@ def load_settings(
         lockfile_cache_max=_int(reader, "KICI_LOCKFILE_CACHE_MAX"),
         lockfile_cache_ttl_ms=_int(reader, "KICI_LOCKFILE_CACHE_TTL_MS"),
         webhook_public_url=_url(reader, "KICI_WEBHOOK_PUBLIC_URL", ("http", "https")),
+        dashboard_url=_url(reader, "KICI_DASHBOARD_URL", ("http", "https")),
         webhook_payload_dir=reader.text("KICI_WEBHOOK_PAYLOAD_DIR"),
         skip_github_source_validation=bool(reader.flag("KICI_SKIP_GITHUB_SOURCE_VALIDATION")),
         github_api_url=(_url(reader, "GITHUB_API_URL", ("http", "https")) or "https://api.github.com").rstrip("/"),

@@ -31,10 +31,12 @@ from kici_adapters.github.lockfiles import LockfileCache
 from kici_adapters.github.provider import GitHubProvider
 from kici_adapters.platform.outbox import PgPlatformOutbox
 from kici_adapters.postgres import migrate
+from kici_adapters.postgres.checks import PgCheckOutbox
 from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue
 from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.offload import PayloadOffloader
 from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.reruns import PgReruns
 from kici_adapters.postgres.runs import PgRunStore
 from kici_adapters.postgres.stores import PgDeliveryInbox, PgSourceStore, PgTokenStore
 from kici_adapters.secrets import PgSecretStore, rotate_key
@@ -44,7 +46,9 @@ from kici_core.dispatch_effects import DispatcherConfig
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import BlobStore, GitHubSource, RepoSource, SecretStore
 from kici_runtime import admin_api, admin_runs, bootstrap, heap, processing
+from kici_runtime import logging as kici_logging
 from kici_runtime.app import build_app
+from kici_runtime.check_sender import CheckSender
 from kici_runtime.config import Settings
 from kici_runtime.context import AppContext
 from kici_runtime.dispatcher import AgentHub
@@ -178,6 +182,10 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             supervisor = processing.Supervisor(settings, database_url=url)
             ctx.metric_snapshots = supervisor.metric_snapshots
             background = [notifier.run, supervisor.run, functools.partial(_release_own_leases, inbox, worker)]
+        # --- GitHub check runs: every process sends what is due (rows are leased, never sent twice at once)
+        checks = CheckSender(outbox=PgCheckOutbox(db), sources=sources, github=github, worker_id=instance_id(settings),
+                             dashboard_url=settings.dashboard_url, mask=kici_logging.mask)
+        background.append(checks.run)
         yield Orchestrator(settings=settings, db=db, ctx=ctx, app=app, worker=worker, github=github,
                            platform_outbox=platform_outbox, agents=hub, agent_endpoint=endpoint,
                            background=background)
@@ -231,6 +239,8 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
             "local": services.Provider(lockfiles=local, changed_files=local, repo_url=_local_repo_url),
         },
         ids=_uuid, timer=_perf_counter, observer=PrometheusObserver(),
+        # GitHub's "Re-run" buttons (check_run / check_suite rerequested) start new attempts
+        reruns=PgReruns(PgRunStore(db, forward=settings.platform_enabled, instance_id=worker_id)),
     )
     # --- Platform link (platform/hybrid): execution.event and status forwarding go to the durable outbox
     platform_outbox = PgPlatformOutbox(db) if settings.platform_enabled else None

@@ -33,6 +33,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from kici_adapters.lanes import hand_over
+from kici_adapters.postgres import checks as pg_checks
 from kici_adapters.postgres import eventlog
 from kici_adapters.postgres.pool import Connection, Database, connect, translate_errors
 from kici_adapters.postgres.queries import q
@@ -360,6 +361,12 @@ def _queue_row(run: NewRun, job: NewJob) -> dict[str, JSONValue]:
     }
 
 
+def _run_reason(run: NewRun) -> str | None:
+    """Why a run ended at planning (it never started): the reasons of its jobs."""
+    reasons = [f"{j.name}: {j.reason}" for j in run.jobs if j.reason]
+    return "; ".join(reasons)[:2000] if reasons else None
+
+
 def _complete_params(item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun], *,
                      forward: bool = False) -> dict[str, Any]:
     """Parameters of ``complete_delivery``: the run graph as JSON row sets, in order, and the triggering event
@@ -369,7 +376,13 @@ def _complete_params(item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[N
     need_rows: list[JSONValue] = []
     queue_rows: list[JSONValue] = []
     event = next((run.event for run in runs if run.event is not None), None)
+    check_rows_: list[JSONValue] = []
     for run in runs:
+        check_rows_ += pg_checks.check_rows(
+            provider=run.provider, run_id=run.run_id, routing_key=run.routing_key, repo=run.repo_identifier,
+            sha=run.sha, workflow_name=run.workflow_name, run_status=run.status,
+            run_reason=_run_reason(run) if run.status != "pending" else None,
+            jobs=[(j.job_id, j.name, j.status, j.reason) for j in run.jobs])
         run_rows.append({
             "ord": len(run_rows), "run_id": run.run_id, "workflow_name": run.workflow_name, "status": run.status,
             "provider": run.provider, "routing_key": run.routing_key, "repo_identifier": run.repo_identifier,
@@ -384,7 +397,8 @@ def _complete_params(item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[N
                 queue_rows.append({"ord": len(queue_rows), **_queue_row(run, job)})
     return {
         "org_id": item.org_id, "delivery_id": item.delivery_id, "runs": Jsonb(run_rows), "jobs": Jsonb(job_rows),
-        "needs": Jsonb(need_rows), "queue": Jsonb(queue_rows), "status": outcome.status,
+        "needs": Jsonb(need_rows), "queue": Jsonb(queue_rows), "checks": Jsonb(check_rows_),
+        "status": outcome.status,
         "event": None if event is None else Jsonb(event), "forward": forward,
         "matched_count": outcome.matched_count, "repo_identifier": outcome.repo_identifier, "ref": outcome.ref,
         "error_message": outcome.error_message,

@@ -307,6 +307,18 @@ WITH entry AS (
      WHERE d.run_id IN (SELECT run_id FROM new_runs)
      ORDER BY d.ord
     RETURNING id
+), new_checks AS (
+    -- GitHub check runs of the created runs (rows exist only for runs from a GitHub App source)
+    INSERT INTO github_check_runs (run_id, job_id, external_id, routing_key, repo, head_sha, name, status,
+                                   conclusion, detail, completed_at)
+    SELECT c.run_id, c.job_id, c.external_id, c.routing_key, c.repo, c.head_sha, c.name, c.status, c.conclusion,
+           c.detail, CASE WHEN c.status = 'completed' THEN now() END
+      FROM jsonb_to_recordset(%(checks)s::jsonb) AS c(
+               run_id uuid, job_id uuid, external_id text, routing_key text, repo text, head_sha text, name text,
+               status text, conclusion text, detail text)
+     WHERE c.run_id IN (SELECT run_id FROM new_runs)
+    ON CONFLICT (external_id) DO NOTHING
+    RETURNING id
 ), ordered AS (
     SELECT coalesce(array_agg(run_id ORDER BY fresh, created_at, ord, run_id), '{}') AS ids FROM (
         SELECT run_id, created_at, 0 AS fresh, 0 AS ord FROM existing
@@ -335,7 +347,8 @@ SELECT (SELECT id FROM entry) AS entry_id, (SELECT ids FROM ordered) AS run_ids,
        (SELECT count(*) FROM note) AS notified, (SELECT count(*) FROM new_jobs) AS jobs,
        (SELECT count(*) FROM new_needs) AS needs, (SELECT count(*) FROM new_queue) AS queued,
        (SELECT count(*) FROM outcome) AS recorded, (SELECT count(*) FROM done) AS finished,
-       (SELECT count(*) FROM new_events) AS events, (SELECT count(*) FROM new_status) AS forwarded
+       (SELECT count(*) FROM new_events) AS events, (SELECT count(*) FROM new_status) AS forwarded,
+       (SELECT count(*) FROM new_checks) AS checks
 
 -- name: runs_for_delivery
 SELECT run_id FROM execution_runs

@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 
 from kici_adapters.postgres.inbox import LaneConnections
 from kici_adapters.postgres.pool import Connection, Database, translate_errors
-from kici_core import errors, planning
+from kici_core import checks, errors, planning
 from kici_core.jsontypes import JSONObject, JSONValue
 
 __all__ = ["FinishResult", "PgRunStore", "StartResult"]
@@ -111,6 +111,18 @@ RETURNING *
 """
 _NOTIFY = "SELECT pg_notify('kici_jobs', %(payload)s)"
 _OUTBOX = "INSERT INTO platform_outbox (kind, payload) VALUES (%(kind)s, %(payload)s)"
+# GitHub check runs (only runs from a GitHub App source have rows): the state a check must show, written with
+# the change it reports. A completed check stays completed; repeating a state changes nothing.
+_CHECK_STATE = """
+UPDATE github_check_runs
+   SET status = %(status)s, conclusion = %(conclusion)s, detail = COALESCE(%(detail)s, detail),
+       agent_id = COALESCE(%(agent_id)s, agent_id),
+       started_at = CASE WHEN %(status)s = 'in_progress' THEN COALESCE(started_at, %(started_at)s::timestamptz, now())
+                         ELSE started_at END,
+       completed_at = CASE WHEN %(status)s = 'completed' THEN COALESCE(%(completed_at)s::timestamptz, now()) END,
+       version = version + 1, updated_at = now()
+ WHERE external_id = %(external_id)s AND status <> 'completed' AND status <> %(status)s
+"""
 _HEARTBEAT = """
 UPDATE execution_jobs SET last_heartbeat_at = now() WHERE job_id = %(job_id)s AND status = 'running'
 """
@@ -180,6 +192,21 @@ class FinishResult:
 class _Tx:
     conn: Connection
     outbox: list[tuple[str, JSONObject]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _check_state(external_id: str, status: str, conclusions: Mapping[str, str], row: Mapping[str, Any],
+                 detail_key: str) -> dict[str, Any] | None:
+    """The ``_CHECK_STATE`` parameters for a job or run entering ``status`` (None: nothing to show)."""
+    if status in conclusions:
+        state, conclusion = "completed", conclusions[status]
+    elif status == "running":
+        state, conclusion = "in_progress", None
+    else:
+        return None  # cancelling, recovering, held: the check keeps its state
+    return {"external_id": external_id, "status": state, "conclusion": conclusion, "detail": row.get(detail_key),
+            "agent_id": row.get("agent_id"), "started_at": row.get("started_at"),
+            "completed_at": row.get("completed_at")}
 
 
 class PgRunStore:
@@ -209,8 +236,36 @@ class PgRunStore:
             async with self._direct.connection() as conn, conn.pipeline(), conn.transaction():
                 yield conn
 
+    @property
+    def db(self) -> Database:
+        """The pool."""
+        return self._db
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Tx]:
+        """A transaction whose Platform messages and check-run states are written when it ends without error."""
+        async with self._db.transaction() as conn:
+            tx = _Tx(conn)
+            yield tx
+            await self._flush(tx)
+
+    def announce_run(self, tx: _Tx, run: Mapping[str, Any], job_count: int) -> None:
+        """Report a run's new status (Platform message, check-run state) in ``tx``."""
+        self._run_forward(tx, run, job_count)
+
+    async def release(self, tx: _Tx, run_id: str) -> FinishResult:
+        """Queue the run's jobs whose needs are met, skip the unmet ones and conclude the run if all are done."""
+        return await self._after_terminal(tx, run_id)
+
+    async def copy_run_extras(self, conn: Connection, *, source_run_id: str, new_run_id: str) -> None:
+        """Copy what a re-run shares with the attempt it repeats beyond runs, jobs and needs (none yet)."""
+        return None
+
     # ------------------------------------------------------------------------------------ outbox
     def _job_forward(self, tx: _Tx, row: Mapping[str, Any], job_id: str, status: str) -> None:
+        check = _check_state(job_id, status, checks.JOB_CONCLUSIONS, row, "error_message")
+        if check is not None:
+            tx.checks.append(check)
         if not self._forward:
             return
         msg: dict[str, JSONValue] = {
@@ -233,6 +288,9 @@ class PgRunStore:
         tx.outbox.append(("job.status.forward", msg))
 
     def _run_forward(self, tx: _Tx, run: Mapping[str, Any], job_count: int) -> None:
+        check = _check_state(str(run["run_id"]), str(run["status"]), checks.RUN_CONCLUSIONS, run, "failure_reason")
+        if check is not None:
+            tx.checks.append(check)
         if not self._forward:
             return
         msg: dict[str, JSONValue] = {
@@ -255,6 +313,9 @@ class PgRunStore:
         for kind, payload in tx.outbox:
             await tx.conn.execute(_OUTBOX, {"kind": kind, "payload": Jsonb(payload)})
         tx.outbox.clear()
+        for params in tx.checks:
+            await tx.conn.execute(_CHECK_STATE, params)
+        tx.checks.clear()
 
     # ------------------------------------------------------------------------------------ job status
     async def job_started(self, job_id: str, *, agent_id: str | None) -> StartResult:

@@ -10,8 +10,12 @@ Usage::
 
 Endpoints: ``GET /app``, ``GET /repos/{o}/{r}/installation``, ``POST /app/installations/{id}/access_tokens``
 (App JWT, RS256, verified with the App's public key and the server clock), and with an installation token
-``GET /repos/{o}/{r}/contents/{path}?ref=`` (raw or JSON media type), ``GET /repos/{o}/{r}/compare/{b}...{h}``
-and ``GET /repos/{o}/{r}/pulls/{n}/files?per_page=&page=`` (with ``Link`` headers).
+``GET /repos/{o}/{r}/contents/{path}?ref=`` (raw or JSON media type), ``GET /repos/{o}/{r}/compare/{b}...{h}``,
+``GET /repos/{o}/{r}/pulls/{n}/files?per_page=&page=`` (with ``Link`` headers) and the Checks API:
+``POST /repos/{o}/{r}/check-runs``, ``PATCH``/``GET /repos/{o}/{r}/check-runs/{id}`` and
+``GET /repos/{o}/{r}/commits/{ref}/check-runs?check_name=&filter=`` (validation errors answer 422 with
+``message`` and ``errors`` like GitHub). :meth:`GitHubServer.check_runs` and :meth:`GitHubServer.check_history`
+show what was created and every state each check run went through.
 
 Fault injection: :meth:`GitHubServer.fail` (next N responses for a path get a status and headers),
 :meth:`GitHubServer.delay` (hold the response, to trigger client timeouts) and :meth:`GitHubServer.drop`
@@ -26,6 +30,7 @@ import email.utils
 import fnmatch
 import functools
 import json
+import re
 import secrets
 import threading
 import time
@@ -51,6 +56,11 @@ _JWT_EXP_MESSAGE = (
 _JWT_IAT_MESSAGE = "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued"
 _COMPARE_CAP = 300
 _PR_FILES_CAP = 3000
+_CHECK_STATUSES = ("queued", "in_progress", "completed", "waiting", "requested", "pending")
+_CHECK_CONCLUSIONS = ("action_required", "cancelled", "failure", "neutral", "success", "skipped", "stale",
+                      "timed_out")
+_SHA = re.compile(r"[0-9a-f]{40}")
+_DOCS = "https://docs.github.com/rest/checks/runs"
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,9 @@ class GitHubServer:
         self._compares: dict[tuple[str, str, str], list[str]] = {}
         self._pull_files: dict[tuple[str, int], list[str]] = {}
         self._faults: list[_Fault] = []
+        self._fault_hits: list[int] = []
+        self._checks: dict[int, dict[str, Any]] = {}
+        self._check_log: list[dict[str, Any]] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -255,6 +268,19 @@ class GitHubServer:
         with self._lock:
             self._pull_files[(repo, number)] = list(files)
 
+    def check_runs(self, repo: str, sha: str | None = None) -> list[dict[str, Any]]:
+        """Every check run created on ``repo`` (at ``sha``), oldest first (copies)."""
+        with self._lock:
+            return [json.loads(json.dumps(c)) for c in self._checks.values()
+                    if c["repo"] == repo and (sha is None or c["head_sha"] == sha)]
+
+    def check_history(self, repo: str, name: str | None = None) -> list[dict[str, Any]]:
+        """Each accepted create or update of a check run on ``repo`` (named ``name``), in arrival order: the
+        check run as it was right after that request (copies)."""
+        with self._lock:
+            return [json.loads(json.dumps(c)) for c in self._check_log
+                    if c["repo"] == repo and (name is None or c["name"] == name)]
+
     # ------------------------------------------------------------------ faults
     def fail(
         self, path: str, status: int, *, times: int = 1, headers: Mapping[str, str] | None = None,
@@ -273,6 +299,16 @@ class GitHubServer:
         """Close the connection without a response for the next ``times`` matching requests."""
         with self._lock:
             self._faults.append(_Fault(path, times, drop=True))
+
+    def clear_faults(self) -> None:
+        """Forget the faults not used up yet."""
+        with self._lock:
+            self._faults.clear()
+
+    def fault_hits(self, status: int) -> int:
+        """How many responses so far were injected faults with ``status``."""
+        with self._lock:
+            return self._fault_hits.count(status)
 
     def requests_for(self, path: str, method: str | None = None) -> list[RecordedRequest]:
         """Recorded requests whose path matches ``path`` (fnmatch), optionally of one method."""
@@ -293,6 +329,8 @@ class GitHubServer:
             for fault in self._faults:
                 if fault.remaining > 0 and fnmatch.fnmatchcase(path, fault.pattern):
                     fault.remaining -= 1
+                    if fault.status is not None:
+                        self._fault_hits.append(fault.status)
                     return fault
         return None
 
@@ -326,7 +364,7 @@ class GitHubServer:
             raise _Reply(401, {"message": _JWT_EXP_MESSAGE})
         return app
 
-    def _check_token(self, headers: Mapping[str, str], repo: str) -> None:
+    def _check_token(self, headers: Mapping[str, str], repo: str) -> _Installation:
         auth = headers.get("authorization", "")
         scheme, _, value = auth.partition(" ")
         with self._lock:
@@ -336,8 +374,10 @@ class GitHubServer:
             inst = self._installations.get(tok.installation_id)
             if inst is None or repo not in inst.repos:
                 raise _Reply(404, {"message": "Not Found"})
+            return inst
 
-    def _dispatch(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> _Reply:
+    def _dispatch(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+                  body: bytes = b"") -> _Reply:
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if method == "GET" and parts == ["app"]:
             app = self._check_jwt(headers)
@@ -346,9 +386,13 @@ class GitHubServer:
         if method == "POST" and len(parts) == 4 and parts[:2] == ["app", "installations"] and \
                 parts[3] == "access_tokens":
             return self._mint(self._check_jwt(headers), parts[2])
-        if len(parts) < 3 or parts[0] != "repos" or method != "GET":
+        if len(parts) < 3 or parts[0] != "repos":
             raise _Reply(404, {"message": "Not Found"})
         repo, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+        if rest[:1] == ["check-runs"] or (rest[:1] == ["commits"] and rest[2:] == ["check-runs"]):
+            return self._checks_api(method, repo, rest, query, self._check_token(headers, repo), body)
+        if method != "GET":
+            raise _Reply(404, {"message": "Not Found"})
         if rest == ["installation"]:
             app = self._check_jwt(headers)
             with self._lock:
@@ -371,6 +415,107 @@ class GitHubServer:
         if rest[:1] == ["pulls"] and len(rest) == 3 and rest[2] == "files" and rest[1].isdigit():
             return self._pulls(repo, int(rest[1]), query, path)
         raise _Reply(404, {"message": "Not Found"})
+
+    # ------------------------------------------------------------------ checks API
+    def _checks_api(self, method: str, repo: str, rest: list[str], query: Mapping[str, str], inst: _Installation,
+                    body: bytes) -> _Reply:
+        if rest[0] == "commits" and method == "GET":
+            ref = rest[1]
+            with self._lock:
+                sha = self._branches.get((repo, ref), ref)
+                found = [c for c in self._checks.values() if c["repo"] == repo and c["head_sha"] == sha
+                         and c["app"]["id"] == int(inst.app_id)
+                         and ("check_name" not in query or c["name"] == query["check_name"])]
+                if query.get("filter", "latest") == "latest":
+                    newest: dict[str, dict[str, Any]] = {}
+                    for c in found:
+                        newest[c["name"]] = c
+                    found = list(newest.values())
+                runs = [self._public(c) for c in found]
+            return _Reply(200, {"total_count": len(runs), "check_runs": runs})
+        if rest == ["check-runs"] and method == "POST":
+            data = self._check_body(body, create=True)
+            with self._lock:
+                check_id = 1_000_000 + len(self._checks) + 1
+                run: dict[str, Any] = {"id": check_id, "repo": repo, "app": {"id": int(inst.app_id)},
+                                       "status": "queued", "conclusion": None, "started_at": None,
+                                       "completed_at": None, "external_id": "", "details_url": None,
+                                       "output": {"title": None, "summary": None, "text": None}}
+                self._apply_check(run, data)
+                self._checks[check_id] = run
+                self._check_log.append(json.loads(json.dumps(run)))
+                return _Reply(201, self._public(run))
+        if len(rest) == 2 and rest[1].isdigit() and method in ("PATCH", "GET"):
+            with self._lock:
+                run = self._checks.get(int(rest[1]))
+                if run is None or run["repo"] != repo:
+                    raise _Reply(404, {"message": "Not Found", "documentation_url": _DOCS})
+                if method == "GET":
+                    return _Reply(200, self._public(run))
+            data = self._check_body(body, create=False)
+            with self._lock:
+                self._apply_check(run, data)
+                self._check_log.append(json.loads(json.dumps(run)))
+                return _Reply(200, self._public(run))
+        raise _Reply(404, {"message": "Not Found"})
+
+    @staticmethod
+    def _invalid(field_name: str, code: str = "invalid", message: str | None = None) -> _Reply:
+        error: dict[str, Any] = {"resource": "CheckRun", "code": code, "field": field_name}
+        if message:
+            error["message"] = message
+        return _Reply(422, {"message": "Validation Failed", "errors": [error], "documentation_url": _DOCS})
+
+    def _check_body(self, body: bytes, *, create: bool) -> dict[str, Any]:
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            raise _Reply(400, {"message": "Problems parsing JSON", "documentation_url": _DOCS}) from None
+        if not isinstance(data, dict):
+            raise _Reply(400, {"message": "Problems parsing JSON", "documentation_url": _DOCS})
+        if create and not isinstance(data.get("name"), str):
+            raise self._invalid("name", "missing_field")
+        if create and not (isinstance(data.get("head_sha"), str) and _SHA.fullmatch(data["head_sha"])):
+            raise _Reply(422, {"message": f"No commit found for SHA: {data.get('head_sha')}",
+                               "documentation_url": _DOCS})
+        status = data.get("status")
+        if status is not None and status not in _CHECK_STATUSES:
+            raise self._invalid("status")
+        conclusion = data.get("conclusion")
+        if conclusion is not None and conclusion not in _CHECK_CONCLUSIONS:
+            raise self._invalid("conclusion")
+        if status == "completed" and conclusion is None:
+            raise self._invalid("conclusion", "missing_field", "Conclusion is required when status is completed")
+        output = data.get("output")
+        if output is not None:
+            if not isinstance(output, dict) or not isinstance(output.get("title"), str) \
+                    or not isinstance(output.get("summary"), str):
+                raise self._invalid("output", "missing_field", "output needs a title and a summary")
+            if len(output["summary"]) > 65535:
+                raise self._invalid("output.summary", "too_long", "Only 65535 characters are allowed")
+        for key in ("started_at", "completed_at"):
+            if data.get(key) is not None:
+                try:
+                    datetime.fromisoformat(str(data[key]).replace("Z", "+00:00"))
+                except ValueError:
+                    raise self._invalid(key) from None
+        return data
+
+    @staticmethod
+    def _apply_check(run: dict[str, Any], data: Mapping[str, Any]) -> None:
+        for key in ("name", "head_sha", "external_id", "details_url", "started_at", "completed_at", "status",
+                    "conclusion"):
+            if key in data:
+                run[key] = data[key]
+        if data.get("conclusion") is not None:
+            run["status"] = "completed"
+        if isinstance(data.get("output"), dict):
+            run["output"] = {"title": data["output"].get("title"), "summary": data["output"].get("summary"),
+                             "text": data["output"].get("text")}
+
+    @staticmethod
+    def _public(run: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in run.items() if k != "repo"}
 
     def _mint(self, app: _App, installation: str) -> _Reply:
         with self._lock:
@@ -444,6 +589,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._handle()
 
+    def do_PATCH(self) -> None:
+        self._handle()
+
     def _handle(self) -> None:
         gh = self.gh
         split = urlsplit(self.path)
@@ -471,7 +619,7 @@ class _Handler(BaseHTTPRequestHandler):
                                   fault.headers))
                 return
         try:
-            reply = gh._dispatch(self.command, path, query, headers)
+            reply = gh._dispatch(self.command, path, query, headers, body)
         except _Reply as err:
             reply = err
         except Exception as exc:  # a bug in this server: answer 500 and keep it for the test to see

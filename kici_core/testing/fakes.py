@@ -18,7 +18,6 @@ from kici_core import errors
 from kici_core.jsontypes import JSONValue
 from kici_core.keys import event_log_payload_key
 from kici_core.ports import (
-    RerunResult,
     TERMINAL_DELIVERY_STATUSES,
     AcceptResult,
     AdminToken,
@@ -34,6 +33,7 @@ from kici_core.ports import (
     NewJob,
     NewRun,
     RepoSource,
+    RerunResult,
 )
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)

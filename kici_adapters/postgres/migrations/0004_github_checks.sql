@@ -1,4 +1,4 @@
--- 0003_github_checks: GitHub check runs of runs started from a GitHub App source, and run attempts (re-runs).
+-- 0004_github_checks: GitHub check runs of runs started from a GitHub App source, and run attempts (re-runs).
 --
 -- github_check_runs is the outbox of check-run updates: one row per check run (a workflow's, `kici/<workflow>`,
 -- or a job's, `kici/<workflow>/job/<job>`). The transactions that change a run or job also write the check's

@@ -258,8 +258,11 @@ class PgRunStore:
         return await self._after_terminal(tx, run_id)
 
     async def copy_run_extras(self, conn: Connection, *, source_run_id: str, new_run_id: str) -> None:
-        """Copy what a re-run shares with the attempt it repeats beyond runs, jobs and needs (none yet)."""
-        return None
+        """Copy what a re-run shares with the attempt it repeats beyond runs, jobs and needs: the triggering
+        event its agents receive as ``jobConfig.event``."""
+        await conn.execute("INSERT INTO execution_run_events (run_id, event) SELECT %(new)s, event"
+                           " FROM execution_run_events WHERE run_id = %(old)s ON CONFLICT DO NOTHING",
+                           {"new": new_run_id, "old": source_run_id})
 
     # ------------------------------------------------------------------------------------ outbox
     def _job_forward(self, tx: _Tx, row: Mapping[str, Any], job_id: str, status: str) -> None:

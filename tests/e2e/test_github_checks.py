@@ -341,6 +341,9 @@ async def test_rerequested_check_run_and_check_suite_start_new_attempts(world: W
     jobs = dict(await world.w.query("SELECT job_name, error_message FROM execution_jobs WHERE run_id = %s",
                                     second["run_id"]))
     assert jobs["prepare"] == "succeeded in attempt 1"  # kept: only the failed job ran again
+    events = await world.w.query("SELECT a.event = b.event FROM execution_run_events a, execution_run_events b "
+                                 "WHERE a.run_id = %s AND b.run_id = %s", lint_root, second["run_id"])
+    assert events == [(True,)]  # the same triggering event reaches the new attempt's jobs
     names = {"kici/ci", "kici/ci/job/build", "kici/ci/job/test (a)", "kici/ci/job/test (b)", "kici/lint",
              "kici/lint/job/prepare", "kici/lint/job/check"}
     checks = await world.checks_settled(sha, names, count=9)  # a new workflow and job check run for lint

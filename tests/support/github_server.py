@@ -423,15 +423,15 @@ class GitHubServer:
             ref = rest[1]
             with self._lock:
                 sha = self._branches.get((repo, ref), ref)
-                found = [c for c in self._checks.values() if c["repo"] == repo and c["head_sha"] == sha
+                matching = [c for c in self._checks.values() if c["repo"] == repo and c["head_sha"] == sha
                          and c["app"]["id"] == int(inst.app_id)
                          and ("check_name" not in query or c["name"] == query["check_name"])]
                 if query.get("filter", "latest") == "latest":
                     newest: dict[str, dict[str, Any]] = {}
-                    for c in found:
+                    for c in matching:
                         newest[c["name"]] = c
-                    found = list(newest.values())
-                runs = [self._public(c) for c in found]
+                    matching = list(newest.values())
+                runs = [self._public(c) for c in matching]
             return _Reply(200, {"total_count": len(runs), "check_runs": runs})
         if rest == ["check-runs"] and method == "POST":
             data = self._check_body(body, create=True)
@@ -447,16 +447,16 @@ class GitHubServer:
                 return _Reply(201, self._public(run))
         if len(rest) == 2 and rest[1].isdigit() and method in ("PATCH", "GET"):
             with self._lock:
-                run = self._checks.get(int(rest[1]))
-                if run is None or run["repo"] != repo:
+                target = self._checks.get(int(rest[1]))
+                if target is None or target["repo"] != repo:
                     raise _Reply(404, {"message": "Not Found", "documentation_url": _DOCS})
                 if method == "GET":
-                    return _Reply(200, self._public(run))
+                    return _Reply(200, self._public(target))
             data = self._check_body(body, create=False)
             with self._lock:
-                self._apply_check(run, data)
-                self._check_log.append(json.loads(json.dumps(run)))
-                return _Reply(200, self._public(run))
+                self._apply_check(target, data)
+                self._check_log.append(json.loads(json.dumps(target)))
+                return _Reply(200, self._public(target))
         raise _Reply(404, {"message": "Not Found"})
 
     @staticmethod

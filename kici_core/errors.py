@@ -14,7 +14,8 @@
     │   ├── StorageUnavailable (69)      PostgreSQL or object storage cannot be reached
     │   └── UpstreamUnavailable (69)     GitHub or the Platform cannot be reached
     ├── SecretDecryptError (78)          KICI_SECRET_KEY does not match the stored secrets
-    └── AuthError (77)                   missing or wrong credentials
+    ├── AuthError (77)                   missing or wrong credentials
+    └── ProcessingTimeout (70)           processing one delivery ran past its time budget
 
 Every class carries ``exit_code``; the CLI exits with it. Messages never contain secret values.
 """
@@ -104,3 +105,7 @@ class AuthError(KiciError):
     """Authentication failed."""
 
     exit_code = 77
+
+
+class ProcessingTimeout(KiciError):
+    """processing the delivery ran past its time budget"""

@@ -24,10 +24,12 @@ from kici_core.lockfile_jobs import TERMINAL_JOB_STATUSES, Job, Need, parse_job,
 from kici_core.lockfile_matrix import MAX_MATRIX_CHILDREN, MatrixChild
 from kici_core.lockfile_values import (
     MISSING,
+    MAX_DEPTH,
     as_array,
     as_int,
     as_object,
     as_str,
+    check_depth,
     field,
     freeze,
     freeze_object,
@@ -229,6 +231,7 @@ def parse_workflow(value: object, index: int, path: str) -> Workflow:
 
 def _decode(data: bytes | str | Mapping[str, object]) -> Mapping[str, object]:
     if isinstance(data, Mapping):
+        check_depth(data)
         return as_object(data, "")
 
     def _no_constant(name: str) -> object:
@@ -236,10 +239,14 @@ def _decode(data: bytes | str | Mapping[str, object]) -> Mapping[str, object]:
 
     try:
         doc = json.loads(data, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        # the decoder itself gives up somewhere past a thousand levels
+        raise LockfileError("", f"nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:
         raise LockfileError("", f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise LockfileError("", f"the lock file must be a JSON object, got {type(doc).__name__}")
+    check_depth(doc)
     return doc
 
 
@@ -293,6 +300,7 @@ def parse_lockfile(data: bytes | str | Mapping[str, object]) -> Lockfile:
 
 __all__ = [
     "LOCKFILE_PATH",
+    "MAX_DEPTH",
     "MAX_MATRIX_CHILDREN",
     "SCHEMA_VERSION",
     "TERMINAL_JOB_STATUSES",

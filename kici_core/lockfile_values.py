@@ -18,6 +18,11 @@ from kici_core.jsontypes import JSONObject, JSONValue
 MISSING: Final = object()
 """Sentinel returned by :func:`field` for an absent (or ``null``) optional field."""
 
+MAX_DEPTH: Final = 64
+"""Deepest nesting of arrays and objects a lock file may have (a compiled lock file needs about ten levels).
+Checked without recursion before anything else walks the document, so a hostile file cannot exhaust the
+interpreter's stack."""
+
 
 def join(path: str, key: str | int) -> str:
     """Extend a JSON path: ``join("workflows", 2) == "workflows[2]"``, ``join("a", "b") == "a.b"``."""
@@ -45,6 +50,28 @@ def kind_of(value: object) -> str:
 
 def _wrong(path: str, expected: str, value: object) -> LockfileError:
     return LockfileError(path, f"expected {expected}, got {kind_of(value)}")
+
+
+def check_depth(doc: object, path: str = "", *, limit: int = MAX_DEPTH) -> None:
+    """Check, iteratively, that ``doc`` nests arrays and objects at most ``limit`` levels deep.
+
+    Raises:
+        LockfileError: naming the first value found beyond the limit.
+    """
+    stack: list[tuple[object, str, int]] = [(doc, path, 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, Mapping):
+            items: Sequence[tuple[str | int, object]] = list(value.items())
+        elif isinstance(value, list | tuple):
+            items = list(enumerate(value))
+        else:
+            continue
+        if depth > limit:
+            raise LockfileError(where, f"nested more than {limit} levels deep")
+        for key, child in items:
+            if isinstance(child, Mapping | list | tuple):
+                stack.append((child, join(where, key) if isinstance(key, int) else join(where, str(key)), depth + 1))
 
 
 def field(obj: Mapping[str, object], key: str, path: str, *, required: bool = False) -> object:

@@ -10,7 +10,7 @@ matched or which filter rejected it and why. The filter builders live in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kici_core import match_checks as mc
@@ -270,6 +270,13 @@ class WorkflowTriggers:
     triggers: tuple[t.Trigger, ...]
 
 
+def _explain_checked(trigger: t.Trigger, event: NormalisedEvent, index: int,
+                     check: Callable[[], None] | None) -> TriggerDecision:
+    if check is not None:
+        check()
+    return explain_trigger(trigger, event, index)
+
+
 class TriggerIndex:
     """A lock file's triggers indexed by event type; build once, evaluate many events."""
 
@@ -285,25 +292,33 @@ class TriggerIndex:
                     by_type.setdefault(kind, []).append((wi, ti, fast))
         self._by_type = {k: tuple(sorted(v, key=lambda x: (x[0], x[1]))) for k, v in by_type.items()}
 
-    def first_matches(self, event: NormalisedEvent) -> dict[int, int]:
-        """``{workflow index: first matching trigger index}`` for the matching workflows."""
+    def first_matches(self, event: NormalisedEvent, *, check: Callable[[], None] | None = None) -> dict[int, int]:
+        """``{workflow index: first matching trigger index}`` for the matching workflows.
+
+        ``check`` is called before each trigger is evaluated; it may raise to stop matching (a time budget).
+        """
         found: dict[int, int] = {}
         for wi, ti, fast in self._by_type.get(event.type, ()):
-            if wi not in found and fast(event):
-                found[wi] = ti
+            if wi not in found:
+                if check is not None:
+                    check()
+                if fast(event):
+                    found[wi] = ti
         return found
 
-    def evaluate(self, event: NormalisedEvent, *, trace: bool = True) -> MatchResult:
+    def evaluate(self, event: NormalisedEvent, *, trace: bool = True,
+                 check: Callable[[], None] | None = None) -> MatchResult:
         """Decide every workflow. With ``trace``, record each evaluated trigger's checks
-        (triggers after the first match are not evaluated, as in upstream)."""
-        found = self.first_matches(event)
+        (triggers after the first match are not evaluated, as in upstream). ``check``: see
+        :meth:`first_matches` (also called before each traced trigger)."""
+        found = self.first_matches(event, check=check)
         decisions: list[WorkflowDecision] = []
         for wi, wf in enumerate(self.workflows):
             hit = found.get(wi)
             details: tuple[TriggerDecision, ...] = ()
             if trace:
                 last = hit if hit is not None else len(wf.triggers) - 1
-                details = tuple(explain_trigger(wf.triggers[i], event, i) for i in range(last + 1))
+                details = tuple(_explain_checked(wf.triggers[i], event, i, check) for i in range(last + 1))
             decisions.append(
                 WorkflowDecision(
                     workflow_name=wf.name,
@@ -316,9 +331,10 @@ class TriggerIndex:
         return MatchResult(event_type=event.type, action=event.action, decisions=tuple(decisions))
 
 
-def evaluate(workflows: Sequence[WorkflowTriggers], event: NormalisedEvent, *, trace: bool = True) -> MatchResult:
+def evaluate(workflows: Sequence[WorkflowTriggers], event: NormalisedEvent, *, trace: bool = True,
+             check: Callable[[], None] | None = None) -> MatchResult:
     """Match every workflow against ``event`` and explain each decision (see :class:`TriggerIndex`)."""
-    return TriggerIndex(workflows).evaluate(event, trace=trace)
+    return TriggerIndex(workflows).evaluate(event, trace=trace, check=check)
 
 
 def needs_changed_files(workflows: Sequence[WorkflowTriggers]) -> bool:

@@ -20,6 +20,14 @@ from kici_core.jsontypes import JSONObject, JSONValue
 DeliverySource = Literal["relay", "direct"]
 DeliveryStatus = Literal["received", "processed", "duplicate", "lockfile_missing", "lockfile_corrupt", "failed"]
 TERMINAL_DELIVERY_STATUSES: frozenset[str] = frozenset({"processed", "lockfile_missing", "lockfile_corrupt", "failed"})
+MAX_CRASHES = 3
+"""Processing attempts of one delivery that may crash or time out before it is parked ``failed`` (poison pill)."""
+
+
+def crash_reason(crashes: int, last_error: str | None) -> str:
+    """The ``error_message`` of a delivery parked by the poison-pill rule."""
+    tail = f"; last error: {last_error}" if last_error else ""
+    return f"processing crashed or timed out {crashes} times; parked (replay it once the cause is fixed){tail}"
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -240,12 +248,18 @@ class DeliveryInbox(Protocol):
 
     async def claim(self, *, worker_id: str, limit: int, lease_seconds: float) -> list[InboxItem]:
         """Claim up to ``limit`` unfinished deliveries whose lease is free or expired (``SKIP LOCKED``),
-        oldest first, incrementing their attempt count."""
+        oldest first, incrementing their attempt count.
+
+        Poison-pill rule: a claim finding an expired lease counts a crash (the attempt holding it never
+        finished). A delivery whose crashes reach :data:`MAX_CRASHES` is parked ``failed`` with that reason
+        instead of being claimed again (it stays replayable); it is not among the returned items.
+        """
         ...
 
     async def release_leases(self, worker_id: str) -> int:
         """Free the leases ``worker_id`` holds (a restarted process reclaiming what its previous life had
-        claimed, instead of waiting for the leases to expire); returns how many were released."""
+        claimed, instead of waiting for the leases to expire), counting a crash for each; returns how many were
+        released."""
         ...
 
     async def payload(self, item: InboxItem) -> bytes:
@@ -259,9 +273,10 @@ class DeliveryInbox(Protocol):
         first first. Notifies dispatchers."""
         ...
 
-    async def fail(self, item: InboxItem, error: str, *, retry_after: float | None) -> None:
+    async def fail(self, item: InboxItem, error: str, *, retry_after: float | None, crashed: bool = False) -> None:
         """Release the lease after a failed attempt: retry after ``retry_after`` seconds, or (None) park it as
-        ``failed`` with ``error`` on the event_log row."""
+        ``failed`` with ``error`` on the event_log row. ``crashed`` counts the attempt as a crash for the
+        poison-pill rule (see :meth:`claim`): processing timed out."""
         ...
 
     async def replay(self, org_id: str, delivery_id: str) -> bool:

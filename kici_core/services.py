@@ -9,12 +9,13 @@ including the retry policy. Everything here is deterministic given the ports: id
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from kici_core import errors, events, keys, lockfile, matching, planning
 from kici_core.jsontypes import JSONObject, JSONValue
@@ -40,6 +41,24 @@ _RERUN_EVENTS = frozenset({"check_run", "check_suite"})
 
 MAX_ATTEMPTS = 8
 """Processing attempts before a delivery is parked as ``failed`` (replayable with ``event-log replay``)."""
+DEFAULT_MAX_RUNS = 100
+"""Runs one delivery may create (``KICI_MAX_RUNS_PER_DELIVERY``); more fails the delivery."""
+DEFAULT_MAX_JOBS = 1000
+"""Jobs (matrix children included) one delivery may create (``KICI_MAX_JOBS_PER_DELIVERY``); more fails it."""
+
+_T = TypeVar("_T")
+
+
+class Offload(Protocol):
+    """Runs a CPU-bound step (lock-file parsing, matching, planning) and awaits its result: the runtime moves it
+    off its event loop (a worker thread), so a slow step never stalls intake or ``/health``."""
+
+    def __call__(self, fn: Callable[[], _T], /) -> Awaitable[_T]: ...
+
+
+async def run_inline(fn: Callable[[], _T], /) -> _T:
+    """The default :class:`Offload`: run ``fn`` right here (tests and tools)."""
+    return fn()
 
 
 def retry_delay(attempts: int) -> float | None:
@@ -140,6 +159,15 @@ class Pipeline:
     reruns: RunReruns | None = None
     """Where ``check_run``/``check_suite`` deliveries with action ``rerequested`` start new attempts (None:
     such deliveries are only recorded)."""
+    offload: Offload = run_inline
+    """Where the CPU-bound steps run (see :class:`Offload`)."""
+    budget_seconds: float | None = None
+    """Time budget of one delivery's matching and planning (measured with ``timer``): past it processing stops
+    with ``ProcessingTimeout``, which counts as a crash (poison-pill rule). None: no budget."""
+    max_runs: int = DEFAULT_MAX_RUNS
+    """Runs one delivery may create; more fails the delivery with the reason."""
+    max_jobs: int = DEFAULT_MAX_JOBS
+    """Jobs (matrix children included) one delivery may create; more fails the delivery with the reason."""
 
     async def _source(self, item: InboxItem) -> RepoSource | None:
         if item.provider == "github":
@@ -157,6 +185,9 @@ class Pipeline:
             payload_value = json.loads(body)
         except ValueError:
             return ProcessOutput(outcome=DeliveryOutcome(status="failed", error_message="stored payload is not JSON"))
+        except RecursionError:
+            return ProcessOutput(outcome=DeliveryOutcome(status="failed",
+                                                         error_message="stored payload is nested too deeply"))
         payload: Mapping[str, JSONValue] = payload_value if isinstance(payload_value, dict) else {"value": payload_value}
         provider = self.providers.get(item.provider)
         if provider is None:
@@ -183,7 +214,7 @@ class Pipeline:
                 note = None if lock_ref == ref else f"no {lockfile.LOCKFILE_PATH} at {lock_ref}"
                 return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_missing", repo_identifier=repo,
                                                              ref=ref, error_message=note))
-            lock = self.parsed.parse(fetched.content)
+            lock = await self.offload(functools.partial(self.parsed.parse, fetched.content))
         except errors.LockfileError as exc:
             return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_corrupt", repo_identifier=repo, ref=ref,
                                                          error_message=str(exc)[:2000]))
@@ -192,9 +223,13 @@ class Pipeline:
         if any(t.needs_paths for w in lock.workflows for t in w.triggers):
             event = event.with_changed_files(await self._changed_files(provider, source, repo, item.event, payload))
         started = self.timer()
-        result = matching.evaluate(workflows, event)
+        decided = await self.offload(functools.partial(self._decide, lock, workflows, event, started))
         self.observer.matched(self.timer() - started)
-        plans = planning.plan_runs(lock, result.matched_names, id_factory=self.ids)
+        if isinstance(decided, str):
+            self.observer.processed("error")
+            return ProcessOutput(outcome=DeliveryOutcome(status="failed", error_message=decided,
+                                                         repo_identifier=repo, ref=ref))
+        result, plans = decided
         decisions = {d.workflow_name: d for d in result.decisions}
         sha = ref if ref != "HEAD" else None
         wire_event = event.to_wire(item.provider)
@@ -256,6 +291,30 @@ class Pipeline:
         return ProcessOutput(outcome=DeliveryOutcome(
             status="processed", matched_count=len(started), repo_identifier=repo, ref=ref, error_message=note,
             decision_trace={"rerun": started, "refused": refused}))
+
+    def _decide(self, lock: lockfile.Lockfile, workflows: list[matching.WorkflowTriggers],
+                event: events.NormalisedEvent, started: float,
+                ) -> tuple[matching.MatchResult, list[planning.RunPlan]] | str:
+        """Match and plan (CPU-bound, run through ``offload``); a string is why the delivery fails instead."""
+        check = None
+        if self.budget_seconds is not None:
+            deadline, budget, timer = started + self.budget_seconds, self.budget_seconds, self.timer
+
+            def check() -> None:
+                if timer() > deadline:
+                    raise errors.ProcessingTimeout(f"matching ran past its time budget of {budget:g} s")
+
+        result = matching.evaluate(workflows, event, check=check)
+        names = result.matched_names
+        if len(names) > self.max_runs:
+            return (f"{len(names)} workflows matched: more runs than one delivery may create "
+                    f"({self.max_runs}, KICI_MAX_RUNS_PER_DELIVERY)")
+        plans = planning.plan_runs(lock, names, id_factory=self.ids)
+        jobs = sum(len(plan.jobs) for plan in plans)
+        if jobs > self.max_jobs:
+            return (f"the {len(plans)} matched workflows have {jobs} jobs: more than one delivery may create "
+                    f"({self.max_jobs}, KICI_MAX_JOBS_PER_DELIVERY)")
+        return result, plans
 
     async def _changed_files(self, provider: Provider, source: RepoSource, repo: str, event_name: str,
                              payload: Mapping[str, JSONValue]) -> list[str]:
@@ -349,6 +408,12 @@ async def handle_item(
     try:
         body = await inbox.payload(item)
         out = await pipeline.process(item, body)
+    except errors.ProcessingTimeout as exc:
+        # counted as a crash: after MAX_CRASHES the claim parks the delivery as failed
+        if on_error is not None:
+            await on_error(item, exc)
+        await inbox.fail(item, f"{type(exc).__name__}: {exc}"[:2000], retry_after=retry_delay(0), crashed=True)
+        return None
     except errors.Unavailable as exc:
         if on_error is not None:
             await on_error(item, exc)
@@ -361,6 +426,12 @@ async def handle_item(
         if on_error is not None:
             await on_error(item, exc)
         await inbox.fail(item, f"{type(exc).__name__}: {exc}"[:2000], retry_after=None)
+        pipeline.observer.processed("error")
+        return None
+    except Exception as exc:  # a defect, or input nothing above anticipated: park it, never take the worker down
+        if on_error is not None:
+            await on_error(item, exc)
+        await inbox.fail(item, f"internal error: {type(exc).__name__}: {exc}"[:2000], retry_after=None)
         pipeline.observer.processed("error")
         return None
     run_ids = await inbox.complete(item, out.outcome, out.runs)

@@ -115,6 +115,9 @@ class Settings:
     instance_id: str | None
     build_commit: str
     processing_workers: int = 0
+    max_runs_per_delivery: int = 100
+    max_jobs_per_delivery: int = 1000
+    processing_timeout_seconds: int = 60
     warnings: tuple[str, ...] = ()
     secret_texts: tuple[str, ...] = field(default=(), repr=False, compare=False)
     provenance: tuple[config_source.Resolved, ...] = field(default=(), repr=False, compare=False)
@@ -256,6 +259,9 @@ def load_settings(
         instance_id=reader.text("KICI_CLUSTER_INSTANCE_ID"),
         build_commit=reader.text("KICI_BUILD_COMMIT") or "unknown",
         processing_workers=_processing_workers(reader),
+        max_runs_per_delivery=_int(reader, "KICI_MAX_RUNS_PER_DELIVERY"),
+        max_jobs_per_delivery=_int(reader, "KICI_MAX_JOBS_PER_DELIVERY"),
+        processing_timeout_seconds=_int(reader, "KICI_PROCESSING_TIMEOUT_SECONDS"),
         warnings=tuple(warnings),
         secret_texts=tuple(dict.fromkeys(s for s in secret_texts if s)),
         provenance=(),

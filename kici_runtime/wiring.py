@@ -52,7 +52,7 @@ from kici_runtime.check_sender import CheckSender
 from kici_runtime.config import Settings
 from kici_runtime.context import AppContext
 from kici_runtime.dispatcher import AgentHub
-from kici_runtime.worker import DeliveryWorker, PrometheusObserver
+from kici_runtime.worker import DeliveryWorker, PrometheusObserver, ThreadOffload
 
 log = logging.getLogger("kici.runtime")
 
@@ -241,6 +241,8 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
         ids=_uuid, timer=_perf_counter, observer=PrometheusObserver(),
         # GitHub's "Re-run" buttons (check_run / check_suite rerequested) start new attempts
         reruns=PgReruns(PgRunStore(db, forward=settings.platform_enabled, instance_id=worker_id)),
+        offload=ThreadOffload(), budget_seconds=float(settings.processing_timeout_seconds),
+        max_runs=settings.max_runs_per_delivery, max_jobs=settings.max_jobs_per_delivery,
     )
     # --- Platform link (platform/hybrid): execution.event and status forwarding go to the durable outbox
     platform_outbox = PgPlatformOutbox(db) if settings.platform_enabled else None

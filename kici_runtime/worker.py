@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from kici_adapters import metrics
@@ -27,6 +29,23 @@ from kici_core import errors, services
 from kici_core.ports import BlobStore, DeliveryInbox, InboxItem, PlatformLink
 
 log = logging.getLogger("kici.worker")
+
+
+_T = TypeVar("_T")
+
+
+class ThreadOffload:
+    """The pipeline's :class:`~kici_core.services.Offload`: runs the CPU-bound steps (lock-file parsing, matching,
+    planning) in a worker thread, one at a time per process, never on the event loop, so webhook intake, agent
+    dispatch and ``/health`` stay responsive while a large or hostile lock file is processed."""
+
+    def __init__(self) -> None:
+        self._limiter: anyio.CapacityLimiter | None = None  # made in the running event loop
+
+    async def __call__(self, fn: Callable[[], _T], /) -> _T:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
 
 
 class PrometheusObserver:
@@ -136,6 +155,11 @@ class DeliveryWorker:
             # recording the outcome failed (storage down): the lease expires and the item is claimed again
             log.warning("could not record a delivery outcome; it will be processed again",
                         extra={"deliveryId": item.delivery_id, "error": str(exc)})
+            return
+        except Exception as exc:  # nothing one delivery does may stop the worker (or the server with it)
+            # the lease expires and the claim counts a crash; after MAX_CRASHES the delivery is parked failed
+            log.error("delivery processing crashed; it will be retried, then parked",
+                      extra={"deliveryId": item.delivery_id, "error": f"{type(exc).__name__}: {exc}"[:500]})
             return
         self.processed += 1
         if run_ids and self._on_runs_created is not None:

@@ -22,6 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import anyio
+import anyio.to_thread
+
 from kici_adapters import metrics
 from kici_adapters.github import client as gh
 from kici_adapters.github.app import GitHubApp
@@ -189,7 +192,8 @@ class GitHubLockfileSource:
         finally:
             metrics.lockfile_fetch_duration.observe(time.perf_counter() - started)
         if self._validate is not None:
-            self._validate(body)
+            # parsing a large file is CPU work: keep it off the event loop
+            await anyio.to_thread.run_sync(self._validate, body)
         self.cache.put(key, ref, body)
         return body, False
 

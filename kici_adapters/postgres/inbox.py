@@ -41,6 +41,7 @@ from kici_core import errors
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.keys import event_log_payload_key
 from kici_core.ports import (
+    MAX_CRASHES,
     AcceptResult,
     BlobStore,
     Delivery,
@@ -511,7 +512,8 @@ class PgDeliveryInbox:
             return []
         async with self._db.connection() as conn:
             cur = await conn.execute(q("claim"), {"worker_id": worker_id, "limit": limit,
-                                                  "lease_seconds": float(lease_seconds)})
+                                                  "lease_seconds": float(lease_seconds),
+                                                  "max_crashes": MAX_CRASHES})
             rows = await cur.fetchall()
         if len(self._prefetched) + len(rows) > _PREFETCH_MAX:
             self._prefetched.clear()  # items claimed and never finished (cancelled): read again if needed
@@ -570,15 +572,17 @@ class PgDeliveryInbox:
                 return [str(r["run_id"]) for r in await cur.fetchall()]
         return [str(r) for r in row["run_ids"]]
 
-    async def fail(self, item: InboxItem, error: str, *, retry_after: float | None) -> None:
-        """Release the lease: retry after ``retry_after`` seconds, or park the delivery as ``failed``."""
+    async def fail(self, item: InboxItem, error: str, *, retry_after: float | None, crashed: bool = False) -> None:
+        """Release the lease: retry after ``retry_after`` seconds (``crashed``: counting a crash), or park the
+        delivery as ``failed``."""
         self._prefetched.pop((item.org_id, item.delivery_id), None)
         params: dict[str, Any] = {"org_id": item.org_id, "delivery_id": item.delivery_id, "error": error}
         async with self._db.connection() as conn:
             if retry_after is None:
                 await conn.execute(q("inbox_park"), params)
             else:
-                await conn.execute(q("inbox_retry"), {**params, "retry_after": max(0.0, float(retry_after))})
+                await conn.execute(q("inbox_retry"), {**params, "retry_after": max(0.0, float(retry_after)),
+                                                      "crashed": int(crashed)})
 
     async def replay(self, org_id: str, delivery_id: str) -> bool:
         """Put a stored delivery back in the inbox (available now, lease cleared, attempts reset)."""

@@ -179,8 +179,10 @@ SELECT org_id, delivery_id FROM claimed
 
 -- name: claim
 -- The database copy of each body comes along (NULL once offloaded), saving the payload read's round trip.
+-- Poison pill: a picked row whose lease had expired counts a crash (that attempt never finished); a row whose
+-- crashes reach %(max_crashes)s is parked `failed` with the reason instead of being leased (and not returned).
 WITH picked AS (
-    SELECT event_log_id FROM delivery_inbox
+    SELECT event_log_id, (locked_until IS NOT NULL)::int AS lapsed FROM delivery_inbox
      WHERE state = 'pending' AND available_at <= now()
        AND (locked_until IS NULL OR locked_until <= now())
      ORDER BY created_at, event_log_id
@@ -188,15 +190,31 @@ WITH picked AS (
        FOR UPDATE SKIP LOCKED
 ), leased AS (
     UPDATE delivery_inbox i
-       SET locked_until = now() + make_interval(secs => %(lease_seconds)s), locked_by = %(worker_id)s,
-           attempts = i.attempts + 1, updated_at = now()
+       SET crashes = i.crashes + picked.lapsed,
+           state = CASE WHEN i.crashes + picked.lapsed >= %(max_crashes)s THEN 'failed' ELSE 'pending' END,
+           locked_until = CASE WHEN i.crashes + picked.lapsed >= %(max_crashes)s THEN NULL
+                               ELSE now() + make_interval(secs => %(lease_seconds)s) END,
+           locked_by = CASE WHEN i.crashes + picked.lapsed >= %(max_crashes)s THEN NULL ELSE %(worker_id)s END,
+           attempts = i.attempts + CASE WHEN i.crashes + picked.lapsed >= %(max_crashes)s THEN 0 ELSE 1 END,
+           updated_at = now()
       FROM picked
      WHERE i.event_log_id = picked.event_log_id
-    RETURNING i.event_log_id, i.attempts, i.created_at
+    RETURNING i.event_log_id, i.attempts, i.created_at, i.state, i.crashes, i.last_error
+), parked AS (
+    UPDATE event_log e
+       SET status = 'failed', processed_at = now(),
+           error_message = 'processing crashed or timed out ' || leased.crashes
+                           || ' times; parked (replay it once the cause is fixed)'
+                           || COALESCE('; last error: ' || leased.last_error, '')
+      FROM leased
+     WHERE e.id = leased.event_log_id AND leased.state = 'failed'
+       AND e.status NOT IN ('processed', 'lockfile_missing', 'lockfile_corrupt')
+    RETURNING e.id
 )
 SELECT e.*, leased.attempts, p.body AS payload_body
   FROM leased JOIN event_log e ON e.id = leased.event_log_id
   LEFT JOIN delivery_payloads p ON p.event_log_id = leased.event_log_id
+ WHERE leased.state = 'pending'
  ORDER BY leased.created_at, e.received_at, e.id
 
 -- name: event_log_lock
@@ -378,7 +396,7 @@ WITH entry AS (
     RETURNING id
 )
 UPDATE delivery_inbox i
-   SET locked_until = NULL, locked_by = NULL, last_error = %(error)s,
+   SET locked_until = NULL, locked_by = NULL, last_error = %(error)s, crashes = i.crashes + %(crashed)s,
        available_at = now() + make_interval(secs => %(retry_after)s), updated_at = now()
   FROM entry WHERE i.event_log_id = entry.id
 
@@ -394,7 +412,7 @@ UPDATE delivery_inbox i
 
 -- name: inbox_replay
 UPDATE delivery_inbox i
-   SET state = 'pending', available_at = now(), locked_until = NULL, locked_by = NULL, attempts = 0,
+   SET state = 'pending', available_at = now(), locked_until = NULL, locked_by = NULL, attempts = 0, crashes = 0,
        updated_at = now()
   FROM event_log e
  WHERE e.id = i.event_log_id AND e.org_id = %(org_id)s AND e.delivery_id = %(delivery_id)s
@@ -460,6 +478,6 @@ SELECT e.*, COALESCE(i.attempts, 0) AS attempts
 
 -- name: release_leases
 -- A restarted process frees the leases its previous life held (same worker id), so its claimed deliveries
--- are processed again at once instead of after the lease expires.
-UPDATE delivery_inbox SET locked_until = NULL, locked_by = NULL, updated_at = now()
+-- are processed again at once instead of after the lease expires. Each counts as a crash (poison pill).
+UPDATE delivery_inbox SET locked_until = NULL, locked_by = NULL, crashes = crashes + 1, updated_at = now()
  WHERE locked_by = %(worker_id)s AND state = 'pending' AND locked_until IS NOT NULL;

@@ -18,6 +18,7 @@ from kici_core import errors
 from kici_core.jsontypes import JSONValue
 from kici_core.keys import event_log_payload_key
 from kici_core.ports import (
+    MAX_CRASHES,
     TERMINAL_DELIVERY_STATUSES,
     AcceptResult,
     AdminToken,
@@ -34,6 +35,7 @@ from kici_core.ports import (
     NewRun,
     RepoSource,
     RerunResult,
+    crash_reason,
 )
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
@@ -203,6 +205,8 @@ class _InboxRow:
     locked_until: datetime | None = None
     locked_by: str | None = None
     available_at: datetime | None = None
+    crashes: int = 0
+    last_error: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -293,6 +297,14 @@ class FakeDeliveryInbox:
                 continue
             if row.available_at is not None and row.available_at > now:
                 continue
+            if row.locked_until is not None:  # an expired lease: that attempt crashed or timed out
+                row.crashes += 1
+                row.locked_until, row.locked_by = None, None
+            if row.crashes >= MAX_CRASHES:
+                row.done = True
+                self.entries[key] = dataclasses.replace(
+                    self.entries[key], status="failed", error_message=crash_reason(row.crashes, row.last_error))
+                continue
             row.item = dataclasses.replace(row.item, attempts=row.item.attempts + 1)
             row.locked_until = now + timedelta(seconds=lease_seconds)
             row.locked_by = worker_id
@@ -305,6 +317,7 @@ class FakeDeliveryInbox:
         for row in self.rows.values():
             if not row.done and row.locked_until is not None and row.locked_by == worker_id:
                 row.locked_until, row.locked_by = None, None
+                row.crashes += 1
                 released += 1
         return released
 
@@ -359,10 +372,12 @@ class FakeDeliveryInbox:
         self.notifications += 1
         return run_ids
 
-    async def fail(self, item: InboxItem, error: str, *, retry_after: float | None) -> None:
+    async def fail(self, item: InboxItem, error: str, *, retry_after: float | None, crashed: bool = False) -> None:
         key = (item.org_id, item.delivery_id)
         row = self.rows[key]
         row.locked_until = None
+        row.last_error = error
+        row.crashes += int(crashed)
         if retry_after is None:
             row.done = True
             self.entries[key] = dataclasses.replace(self.entries[key], status="failed", error_message=error)
@@ -377,6 +392,7 @@ class FakeDeliveryInbox:
         row.done = False
         row.locked_until = None
         row.available_at = None
+        row.crashes = 0
         row.item = dataclasses.replace(row.item, attempts=0)
         key = (org_id, delivery_id)
         self.entries[key] = dataclasses.replace(self.entries[key], attempts=0)

@@ -10,18 +10,30 @@ JavaScript regexes live in :mod:`kici_core.jsregex` and the JSONPath subset in
 
 Every pattern is compiled once (``functools.lru_cache``); lists of globs are combined into one
 compiled alternation.
+
+Matching takes time linear in the candidate's length. The plain translation backtracks (``*-*-*-z`` tries every
+way to place the dashes), so a glob is compiled for Python's ``re`` only in a rewritten form that cannot
+backtrack more than linearly: within a segment, every ``*`` but the last commits to the leftmost place its
+following characters fit (an atomic group), and every ``**`` followed by another ``**`` commits to the leftmost
+place its following segments fit. Both are exact for globs whose characters never match ``/`` and whose
+committed segments cannot match what a ``**`` cannot take (an empty segment or one starting with ``.``). Any
+other glob (extglobs and groups, classes that match ``/``, such segments) is matched by the automaton of
+:mod:`kici_core.automaton`, built from the plain translation.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from typing import Protocol
 
+from kici_core import automaton
 from kici_core.jsonpath import JsonPath, compile_jsonpath
 from kici_core.jsregex import compile_js_regex, js_regex_search
 from kici_core.patterns import PatternError
 
 __all__ = [
+    "FullMatcher",
     "JsonPath",
     "PatternError",
     "compile_glob",
@@ -35,6 +47,17 @@ __all__ = [
 ]
 
 _MAX_BRACE_EXPANSIONS = 4096
+_MAX_GLOB_NESTING = 32
+"""Deepest nesting of braces, parentheses and extglobs in one glob."""
+
+
+class FullMatcher(Protocol):
+    """A compiled glob (or list or path filter): ``fullmatch`` returns something truthy, or None."""
+
+    @property
+    def pattern(self) -> str: ...
+
+    def fullmatch(self, string: str, /) -> object: ...
 
 
 _POSIX_CLASSES = {
@@ -327,6 +350,166 @@ def _translate_expanded(pattern: str) -> str:
     return "".join(out) + "/?"
 
 
+_STAR = None  # a run of "*" in a segment's tokens
+
+
+def _segment_tokens(seg: str) -> list[tuple[str, bool] | None] | None:
+    """One segment as tokens: ``(regex, may_start_with_dot)`` per character, :data:`_STAR` per run of ``*``.
+    None when the segment is outside what the rewriting covers (groups, extglobs, a class matching ``/``)."""
+    out: list[tuple[str, bool] | None] = []
+    i = 0
+    n = len(seg)
+    while i < n:
+        ch = seg[i]
+        at_start = i == 0
+        if ch == "(" or (ch in _EXTGLOB_CHARS and seg[i + 1 : i + 2] == "("):
+            return None
+        if ch == "\\":
+            lit = seg[i + 1] if i + 1 < n else "\\"
+            out.append((re.escape(lit), lit == "."))
+            i += 2
+            continue
+        if ch == "*":
+            while i < n and seg[i] == "*":
+                i += 1
+            out.append(_STAR)
+            continue
+        if ch == "?":
+            out.append(((_NOT_DOT if at_start else "") + "[^/]", False))
+            i += 1
+            continue
+        if ch == "[":
+            end = _class_end(seg, i)
+            if end != -1:
+                cls = _translate_class(seg, i, end)
+                try:
+                    compiled = re.compile(cls)
+                except re.error:
+                    return None  # the plain translation reports it
+                if compiled.fullmatch("/"):
+                    return None
+                out.append((cls, compiled.fullmatch(".") is not None))
+                i = end + 1
+                continue
+        out.append((re.escape(ch), ch == "."))
+        i += 1
+    return out
+
+
+def _fast_segment(tokens: list[tuple[str, bool] | None]) -> str:
+    """Regex of one segment whose stars but the last are atomic (leftmost placement of what follows them)."""
+    if tokens == [_STAR]:
+        return _SEGMENT
+    chunks: list[list[str]] = [[]]
+    for tok in tokens:
+        if tok is _STAR:
+            chunks.append([])
+        else:
+            chunks[-1].append(tok[0])
+    parts = ["".join(c) for c in chunks]
+    out = [parts[0]]
+    for k, part in enumerate(parts[1:], start=1):
+        star = (_NOT_DOT if k == 1 and not parts[0] else "") + "[^/]*?"
+        out.append(f"(?>{star}{part})" if k < len(parts) - 1 else star + part)
+    return "".join(out)
+
+
+def _absorbable(tokens: list[tuple[str, bool] | None]) -> bool:
+    """True when the segment can match only what a ``**`` can take: a non-empty segment not starting with ``.``."""
+    if not tokens:
+        return False
+    first = tokens[0]
+    return first is _STAR or not first[1]
+
+
+def _fast_expanded(pattern: str) -> str | None:
+    """Like :func:`_translate_expanded`, rewritten so ``re`` cannot backtrack more than linearly; None when the
+    rewriting would change the glob's meaning (see the module docstring)."""
+    segments: list[str] = []
+    for seg in _split_top(pattern, "/"):
+        if seg == "**" and segments and segments[-1] == "**":
+            continue
+        segments.append(seg)
+    if segments == ["**"]:
+        return f"{_SEGMENT}(?:/{_SEGMENT})*/?"
+    tokens: list[list[tuple[str, bool] | None] | None] = [
+        None if seg == "**" else _segment_tokens(seg) for seg in segments
+    ]
+    stars = [i for i, seg in enumerate(segments) if seg == "**"]
+    for i, seg in enumerate(segments):
+        if seg != "**" and tokens[i] is None:
+            return None
+    # segments a committed "**" block covers: those between two globstars
+    committed: set[int] = set()
+    for a, b in zip(stars, stars[1:], strict=False):
+        for i in range(a + 1, b):
+            seg_tokens = tokens[i]
+            if seg_tokens is None or not _absorbable(seg_tokens):
+                return None
+            committed.add(i)
+    out: list[str] = []
+    last = len(segments) - 1
+    open_group = False
+    for idx, seg in enumerate(segments):
+        if seg == "**":
+            if open_group:  # the committed block ends at a segment boundary
+                out.append("(?=/|\\Z))")
+                open_group = False
+            follows = idx != stars[-1]  # another globstar comes later: commit this one's block
+            loop = "(?:" + _SEGMENT + "/)*" + ("?" if follows else "")
+            if idx == 0:
+                out.append(f"(?>{loop}" if follows else loop)
+            elif idx == last:
+                out.append(f"(?:/{_SEGMENT})*")
+            else:
+                out.append(f"/(?>{loop}" if follows else "/" + loop)
+            open_group = follows
+            continue
+        if idx > 0 and segments[idx - 1] != "**":
+            out.append("/")
+        seg_tokens = tokens[idx]
+        assert seg_tokens is not None
+        out.append(_fast_segment(seg_tokens))
+    if open_group:  # pragma: no cover - the last globstar never opens a group
+        out.append(")")
+    return "".join(out) + "/?"
+
+
+def _negation(pattern: str) -> tuple[int, str]:
+    """The number of leading ``!`` (negations) and the rest of the glob."""
+    bang = 0
+    while bang < len(pattern) and pattern[bang] == "!" and pattern[bang + 1 : bang + 2] != "(":
+        bang += 1
+    return bang, pattern[bang:]
+
+
+def _check_nesting(pattern: str) -> None:
+    depth = 0
+    for ch in pattern:
+        if ch in "({[":
+            depth += 1
+            if depth > _MAX_GLOB_NESTING:
+                raise PatternError(f"glob nests braces and groups more than {_MAX_GLOB_NESTING} deep")
+        elif ch in ")}]":
+            depth = max(0, depth - 1)
+
+
+@functools.lru_cache(maxsize=8192)
+def _fast_source(pattern: str) -> str | None:
+    """Like :func:`glob_to_regex_source`, in the backtracking-free form; None when the glob needs the automaton."""
+    bang, body = _negation(pattern)
+    alts: list[str] = []
+    for p in _expand_braces(body):
+        fast = _fast_expanded(p)
+        if fast is None:
+            return None
+        alts.append(fast)
+    inner = "|".join(f"(?:{a})" for a in alts) if alts else "(?!)"
+    if bang % 2 == 1:
+        return f"(?!(?:{inner})\\Z)(?s:.*)"
+    return f"{re.escape(pattern)}|{inner}"
+
+
 @functools.lru_cache(maxsize=8192)
 def glob_to_regex_source(pattern: str) -> str:
     """Regex source equivalent to the glob ``pattern`` (for use with ``fullmatch``, DOTALL).
@@ -336,10 +519,8 @@ def glob_to_regex_source(pattern: str) -> str:
     Raises:
         PatternError: the glob cannot be translated (bad range, too many brace alternatives).
     """
-    bang = 0
-    while bang < len(pattern) and pattern[bang] == "!" and pattern[bang + 1 : bang + 2] != "(":
-        bang += 1
-    body = pattern[bang:]
+    _check_nesting(pattern)
+    bang, body = _negation(pattern)
     alts = [_translate_expanded(p) for p in _expand_braces(body)]
     inner = "|".join(f"(?:{a})" for a in alts) if alts else "(?!)"
     if bang % 2 == 1:
@@ -347,25 +528,38 @@ def glob_to_regex_source(pattern: str) -> str:
     return f"{re.escape(pattern)}|{inner}"
 
 
-def _compile(source: str, what: str) -> re.Pattern[str]:
+def _compile(source: str, what: str, fast: bool) -> FullMatcher:
+    """``re`` for a backtracking-free source, else the linear automaton."""
     try:
-        return re.compile(source, re.DOTALL)
+        if fast:
+            return re.compile(source, re.DOTALL)
+        return automaton.compile_fullmatch(source)
     except (re.error, RecursionError, OverflowError) as exc:  # pragma: no cover - translator bug guard
         raise PatternError(f"cannot compile {what}: {exc}") from exc
 
 
+def _sources(patterns: tuple[str, ...]) -> tuple[list[str], bool]:
+    """The regex sources of ``patterns``: all backtracking-free (and True), or all plain (and False)."""
+    fast = [_fast_source(p) for p in patterns]
+    if all(f is not None for f in fast):
+        return [f for f in fast if f is not None], True
+    return [glob_to_regex_source(p) for p in patterns], False
+
+
 @functools.lru_cache(maxsize=8192)
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """Compile one glob; use ``.fullmatch(candidate)``.
+def compile_glob(pattern: str) -> FullMatcher:
+    """Compile one glob; use ``.fullmatch(candidate)`` (truthy on a match, else None).
 
     Raises:
         PatternError: the glob is invalid.
     """
-    return _compile(f"(?:{glob_to_regex_source(pattern)})", f"glob {pattern!r}")
+    glob_to_regex_source(pattern)  # validates
+    (source,), fast = _sources((pattern,))
+    return _compile(f"(?:{source})", f"glob {pattern!r}", fast)
 
 
 @functools.lru_cache(maxsize=4096)
-def compile_glob_list(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+def compile_glob_list(patterns: tuple[str, ...]) -> FullMatcher | None:
     """Compile an OR of globs into one alternation; ``None`` for an empty list.
 
     Raises:
@@ -375,22 +569,24 @@ def compile_glob_list(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
         return None
     for p in patterns:
         compile_glob(p)  # validates each one and names the culprit
-    source = "|".join(f"(?:{glob_to_regex_source(p)})" for p in patterns)
-    return _compile(source, f"globs {list(patterns)!r}")
+    sources, fast = _sources(patterns)
+    source = "|".join(f"(?:{s})" for s in sources)
+    return _compile(source, f"globs {list(patterns)!r}", fast)
 
 
 @functools.lru_cache(maxsize=4096)
-def compile_path_filter(include: tuple[str, ...], exclude: tuple[str, ...]) -> re.Pattern[str]:
-    """One regex that fully matches a path iff it matches no ``exclude`` glob and (when
-    ``include`` is non-empty) some ``include`` glob: one regex call per changed file.
+def compile_path_filter(include: tuple[str, ...], exclude: tuple[str, ...]) -> FullMatcher:
+    """One matcher that fully matches a path iff it matches no ``exclude`` glob and (when
+    ``include`` is non-empty) some ``include`` glob: one call per changed file.
 
     Raises:
         PatternError: one of the globs is invalid.
     """
     for p in include + exclude:
         compile_glob(p)
-    inc = "|".join(f"(?:{glob_to_regex_source(p)})" for p in include)
-    exc = "|".join(f"(?:{glob_to_regex_source(p)})" for p in exclude)
+    sources, fast = _sources(include + exclude)
+    inc = "|".join(f"(?:{s})" for s in sources[: len(include)])
+    exc = "|".join(f"(?:{s})" for s in sources[len(include) :])
     if not exc:
         source = f"(?:{inc})" if inc else "(?s:.*)"
     elif not inc:
@@ -398,7 +594,7 @@ def compile_path_filter(include: tuple[str, ...], exclude: tuple[str, ...]) -> r
     else:
         # Includes first: most paths fail on their first characters, before any exclusion runs.
         source = f"(?=(?:{inc})\\Z)(?!(?:{exc})\\Z)(?s:.*)"
-    return _compile(source, f"path filter {list(include)!r} / {list(exclude)!r}")
+    return _compile(source, f"path filter {list(include)!r} / {list(exclude)!r}", fast)
 
 
 def glob_match(pattern: str, candidate: str) -> bool:

@@ -83,6 +83,9 @@ def _class_pred(source: str) -> Pred:
     return lambda ch: full(ch) is not None
 
 
+_GROUPS = (("(?:", "group"), ("(?s:", "group"), ("(?=", "ahead"), ("(?!", "not"))
+
+
 class _Parser:
     def __init__(self, src: str) -> None:
         self.src = src
@@ -135,12 +138,11 @@ class _Parser:
             self.depth += 1
             if self.depth > _MAX_NESTING:
                 raise PatternError("pattern nested too deeply")
-            for prefix, kind in (("(?:", "group"), ("(?s:", "group"), ("(?=", "ahead"), ("(?!", "not")):
-                if src.startswith(prefix, self.i):
-                    self.i += len(prefix)
-                    break
-            else:
+            found = next((p for p in _GROUPS if src.startswith(p[0], self.i)), None)
+            if found is None:
                 raise self.fail("group kind")
+            self.i += len(found[0])
+            kind = found[1]
             inner = self.alt()
             if self.i >= len(src) or src[self.i] != ")":
                 raise self.fail("missing ')'")
@@ -233,7 +235,7 @@ class _Nfa:
 
 
 class _State:
-    __slots__ = ("kernel", "next", "accepts")
+    __slots__ = ("accepts", "kernel", "next")
 
     def __init__(self, kernel: frozenset[int]) -> None:
         self.kernel = kernel
@@ -306,7 +308,8 @@ class Automaton:
     def _step(self, state: _State, ch: str, bits: tuple[bool, ...]) -> _State:
         nfa = self._nfa
         kernel = frozenset(
-            nfa.outs[n][0] for n in self._closure(state.kernel, ch, bits)
+            nfa.outs[n][0]
+            for n in self._closure(state.kernel, ch, bits)
             if nfa.kind[n] == _CHAR and nfa.pred[n](ch)  # type: ignore[misc]
         )
         return self._state(kernel)

@@ -236,11 +236,7 @@ def _translate_class(text: str, start: int, end: int) -> str:
         if ch == "\\" and i + 1 < len(body):
             ch = body[i + 1]
             i += 1
-        if (
-            i + 2 < len(body)
-            and body[i + 1] == "-"
-            and body[i + 2] != "]"
-        ):
+        if i + 2 < len(body) and body[i + 1] == "-" and body[i + 2] != "]":
             hi = body[i + 2]
             step = 3
             if hi == "\\" and i + 3 < len(body):
@@ -439,14 +435,11 @@ def _fast_expanded(pattern: str) -> str | None:
     for i, seg in enumerate(segments):
         if seg != "**" and tokens[i] is None:
             return None
-    # segments a committed "**" block covers: those between two globstars
-    committed: set[int] = set()
-    for a, b in zip(stars, stars[1:], strict=False):
-        for i in range(a + 1, b):
-            seg_tokens = tokens[i]
-            if seg_tokens is None or not _absorbable(seg_tokens):
-                return None
-            committed.add(i)
+    # the segments between two globstars are committed: they must be what a "**" could have taken instead
+    for i in range(stars[0] + 1 if stars else 0, stars[-1] if stars else 0):
+        seg_tokens = tokens[i]
+        if segments[i] != "**" and (seg_tokens is None or not _absorbable(seg_tokens)):
+            return None
     out: list[str] = []
     last = len(segments) - 1
     open_group = False

@@ -24,7 +24,7 @@ import re
 
 from kici_core.patterns import PatternError
 
-__all__ = ["PatternError", "compile_js_regex", "js_regex_search"]
+__all__ = ["MAX_REPETITIONS", "PatternError", "check_redos", "compile_js_regex", "js_regex_search"]
 
 _FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
 _IGNORED_FLAGS = frozenset("gyudv")
@@ -40,6 +40,86 @@ _SHORTHANDS = {"d": _DIGIT, "w": _WORD, "s": _SPACE}
 _NEGATED_SHORTHANDS = {"D": _DIGIT, "W": _WORD, "S": _SPACE}
 _WORD_BOUNDARY = f"(?:(?<=[{_WORD}])(?![{_WORD}])|(?<![{_WORD}])(?=[{_WORD}]))"
 _NOT_WORD_BOUNDARY = f"(?:(?<=[{_WORD}])(?=[{_WORD}])|(?<![{_WORD}])(?![{_WORD}]))"
+
+
+MAX_REPETITIONS = 25
+"""Quantifiers one lock-file regex may have (the ReDoS guard, as upstream's ``safe-regex`` heuristic)."""
+_BRACE_QUANTIFIER = re.compile(r"\{\d+(?:,\d*)?\}")
+
+
+def check_redos(source: str, flags: str = "") -> None:
+    """The ReDoS guard lock-file regexes pass at parse time (upstream's ``safe-regex`` star-height heuristic).
+
+    A regex is refused when a quantified part contains another quantifier (star height above 1: ``(a+)+``,
+    ``(a|b*)*``, ``(x?)+``) or when it has more than :data:`MAX_REPETITIONS` quantifiers (``*``, ``+``, ``?``,
+    ``{n}``, ``{n,}``, ``{n,m}``; a lazy ``?`` does not count again).
+
+    Raises:
+        PatternError: naming the regex and the rule it breaks.
+    """
+    where = f"regex /{source}/{flags}"
+    heights: list[int] = [0]  # per open group: the highest star height inside it so far
+    reps = 0
+    last = -1  # star height of the atom just read (-1: nothing quantifiable)
+    i, n = 0, len(source)
+    while i < n:
+        ch = source[i]
+        quant = 0
+        if ch in "*+?":
+            quant = 1
+        elif ch == "{" and (m := _BRACE_QUANTIFIER.match(source, i)) is not None:
+            quant = m.end() - i
+        if quant:
+            if last >= 0:
+                reps += 1
+                height = last + 1
+                if height > 1:
+                    raise PatternError(f"{where} is prone to catastrophic backtracking: a quantified part "
+                                       "contains another quantifier (star height above 1)")
+                heights[-1] = max(heights[-1], height)
+                last = -1
+            i += quant
+            if i < n and source[i] == "?":  # lazy
+                i += 1
+            continue
+        if ch == "\\":
+            i += 2
+            last = 0
+        elif ch == "[":
+            j = i + 1
+            if j < n and source[j] == "^":
+                j += 1
+            if j < n and source[j] == "]":
+                j += 1
+            while j < n and source[j] != "]":
+                j += 2 if source[j] == "\\" else 1
+            i = j + 1
+            last = 0
+        elif ch == "(":
+            heights.append(0)
+            i += 1
+            if source.startswith("?", i):  # (?:  (?=  (?!  (?<=  (?<!  (?<name>
+                i += 1
+                if source.startswith("<", i) and not source.startswith(("<=", "<!"), i):
+                    i = source.find(">", i) + 1 or n
+                elif i < n:
+                    i += 2 if source.startswith(("<=", "<!"), i) else 1
+            last = -1
+            continue
+        elif ch == ")":
+            inner = heights.pop() if len(heights) > 1 else 0
+            i += 1
+            last = inner
+        elif ch in "|^$":
+            i += 1
+            last = -1
+        else:
+            i += 1
+            last = 0
+        heights[-1] = max(heights[-1], max(last, 0))
+    if reps > MAX_REPETITIONS:
+        raise PatternError(f"{where} has {reps} quantifiers, more than the {MAX_REPETITIONS} allowed "
+                           "(prone to catastrophic backtracking)")
 
 
 def _code_point(src: str, i: int) -> tuple[str, int]:

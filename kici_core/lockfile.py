@@ -23,8 +23,8 @@ from kici_core.jsontypes import JSONObject
 from kici_core.lockfile_jobs import TERMINAL_JOB_STATUSES, Job, Need, parse_job, parse_label_matcher
 from kici_core.lockfile_matrix import MAX_MATRIX_CHILDREN, MatrixChild
 from kici_core.lockfile_values import (
-    MISSING,
     MAX_DEPTH,
+    MISSING,
     as_array,
     as_int,
     as_object,

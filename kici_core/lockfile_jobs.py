@@ -13,6 +13,7 @@ from dataclasses import field as dc_field
 from types import MappingProxyType
 from typing import Final, Literal
 
+from kici_core import jsregex
 from kici_core.errors import LockfileError
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.lockfile_matrix import (
@@ -127,12 +128,16 @@ def parse_label_matcher(value: object, path: str) -> JSONObject:
     if kind == "exact":
         as_str(field(obj, "value", path, required=True), join(path, "value"))
         return freeze_object(obj, path)
-    as_str(field(obj, "source", path, required=True), join(path, "source"))
+    source = as_str(field(obj, "source", path, required=True), join(path, "source"))
     flags = field(obj, "flags", path)
     flags = "" if flags is MISSING else as_str(flags, join(path, "flags"))
     bad = sorted(set(flags) - _JS_REGEX_FLAGS)
     if bad or len(set(flags)) != len(flags):
         raise LockfileError(join(path, "flags"), f'invalid regular-expression flags "{flags}"')
+    try:
+        jsregex.check_redos(source, flags)
+    except jsregex.PatternError as exc:
+        raise LockfileError(join(path, "source"), exc.message) from None
     return freeze_object({**obj, "flags": flags}, path)
 
 

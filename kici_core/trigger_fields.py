@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from kici_core import globs
+from kici_core import globs, jsregex
 from kici_core.errors import LockfileError
 from kici_core.jsontypes import JSONValue
 from kici_core.lockfile_values import kind_of
@@ -139,6 +139,7 @@ def _expected_regex(expected: JSONValue, where: str) -> re.Pattern[str] | None:
     if m is None:
         return None
     try:
+        jsregex.check_redos(m.group(1), m.group(2))
         return globs.compile_js_regex(m.group(1), m.group(2))
     except globs.PatternError as exc:
         raise LockfileError(where, exc.message) from None
@@ -172,6 +173,7 @@ def parse_branch_pattern(obj: object, path: str) -> LockBranchPattern:
         raise LockfileError(f"{path}.flags", f"expected a string, got {kind_of(flags)}")
     if kind == "regex":
         try:
+            jsregex.check_redos(pattern, flags)
             globs.compile_js_regex(pattern, flags)
         except globs.PatternError as exc:
             raise LockfileError(path, exc.message) from None

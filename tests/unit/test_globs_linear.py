@@ -15,8 +15,27 @@ from hypothesis import strategies as st
 
 from kici_core import automaton, globs
 
-_GLOB_PIECES = ["a", "b", ".", "-", "/", "*", "**", "?", "[ab]", "[^a]", "[.a]", "{a,b}", "@(a|b)", "!(a)",
-                "+(a)", "\\*", "x", "/**/", "[[:punct:]]"]
+_GLOB_PIECES = [
+    "a",
+    "b",
+    ".",
+    "-",
+    "/",
+    "*",
+    "**",
+    "?",
+    "[ab]",
+    "[^a]",
+    "[.a]",
+    "{a,b}",
+    "@(a|b)",
+    "!(a)",
+    "+(a)",
+    "\\*",
+    "x",
+    "/**/",
+    "[[:punct:]]",
+]
 GLOBS = st.lists(st.sampled_from(_GLOB_PIECES), min_size=1, max_size=6).map("".join)
 CANDIDATES = st.text(alphabet="ab.-/x*", max_size=12)
 

@@ -429,7 +429,7 @@ class FakeLockfileSource:
     def __init__(self) -> None:
         self.files: dict[tuple[str, str], bytes] = {}
         self.fetches: list[tuple[str, str]] = []
-        self.fail_with: errors.KiciError | None = None
+        self.fail_with: Exception | None = None
 
     async def fetch_lockfile(self, source: RepoSource, repo: str, ref: str) -> LockfileFetch:
         self.fetches.append((repo, ref))

@@ -10,11 +10,9 @@ posted between them must all be processed, each with its run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import httpx

@@ -39,7 +39,7 @@ def test_an_ordinary_lock_file_is_far_from_the_depth_limit() -> None:
      ("branch", "a?" * 26)],
 )
 def test_redos_prone_regexes_make_the_lock_file_corrupt(where: str, regex: str) -> None:
-    with pytest.raises(errors.LockfileError, match="catastrophic backtracking|quantifiers"):
+    with pytest.raises(errors.LockfileError, match=r"catastrophic backtracking|quantifiers"):
         lockfile.parse_lockfile(corpus.with_regex(where, regex))
 
 

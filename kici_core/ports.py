@@ -324,6 +324,7 @@ class EventLogQuery:
     since: datetime | None = None
     until: datetime | None = None
     delivery_id_contains: str | None = None
+    delivery_id: str | None = None  # exact: the same delivery id in every org that holds it
     limit: int = 50
     offset: int = 0
 

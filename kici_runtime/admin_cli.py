@@ -27,7 +27,7 @@ from kici_runtime import config
 
 VERSION = "0.1.0"
 
-__all__ = ["AdminClient", "CliFailure", "cli", "main"]
+__all__ = ["AdminClient", "ApiError", "CliFailure", "cli", "main"]
 
 
 class CliFailure(click.ClickException):
@@ -39,6 +39,15 @@ class CliFailure(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"Error: {self.format_message()}", err=True)
+
+
+class ApiError(CliFailure):
+    """A non-2xx admin API answer: ``HTTP <status>: <error>``; commands may catch it to say more."""
+
+    def __init__(self, message: str, status: int, body: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body: dict[str, Any] = body if isinstance(body, dict) else {}
 
 
 def die(message: str, exit_code: int = 1) -> NoReturn:
@@ -73,7 +82,8 @@ class AdminClient:
         """Send one request; the decoded JSON body, or None for an empty/204 answer.
 
         Raises:
-            CliFailure: ``HTTP <status>: <error>`` (exit 1), or the server could not be reached (exit 69).
+            ApiError: ``HTTP <status>: <error>`` (exit 1).
+            CliFailure: the server could not be reached (exit 69).
         """
         clean = {k: v for k, v in (params or {}).items() if v is not None and v is not False}
         try:
@@ -99,7 +109,7 @@ class AdminClient:
                         parts.append(f"{where} {d.get('message')}")
                 if parts:
                     message = f"{message}: {'; '.join(parts)}"
-            die(f"HTTP {response.status_code}: {message}")
+            raise ApiError(f"HTTP {response.status_code}: {message}", response.status_code, data)
         return data
 
 
@@ -130,10 +140,37 @@ def read_secret(value: str | None, from_env: str | None, use_stdin: bool, *,
     return None
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Columns separated by two spaces and padded, a dash rule under the header."""
+def shorten(text: str, width: int, *, keep_tail: bool = True) -> str:
+    """``text`` cut to ``width`` characters with ``…``: in the middle, keeping its head and its tail, or at the
+    end (``keep_tail=False``)."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[:width]
+    tail = (width - 1) // 3 if keep_tail else 0
+    return text[: width - 1 - tail] + "…" + (text[-tail:] if tail else "")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: int | None = None,
+          shrink: Sequence[tuple[int, int]] = (), cut_at_end: Sequence[int] = ()) -> str:
+    """Columns separated by two spaces and padded, a dash rule under the header.
+
+    With ``max_width``, the columns listed in ``shrink`` as ``(index, narrowest)`` are narrowed in that order,
+    each down to its narrowest width before the next one, until a line fits; their longer cells are shortened
+    with ``…`` in the middle, or at the end for the columns in ``cut_at_end`` (:func:`shorten`).
+    """
     cells = [[("" if c is None else str(c)) for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    if max_width is not None:
+        excess = sum(widths) + 2 * (len(widths) - 1) - max_width
+        for index, narrowest in shrink:
+            if excess <= 0:
+                break
+            cut = min(excess, max(0, widths[index] - max(narrowest, len(headers[index]))))
+            widths[index] -= cut
+            excess -= cut
+        cells = [[shorten(c, w, keep_tail=i not in cut_at_end) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+                 for r in cells]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]

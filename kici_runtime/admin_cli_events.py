@@ -12,9 +12,11 @@ from urllib.parse import quote
 
 import click
 
-from kici_runtime.admin_cli import client, echo_json, human_bytes, table
+from kici_runtime.admin_cli import AdminClient, ApiError, client, die, echo_json, human_bytes, table
 
 LABEL_WIDTH = 15
+TABLE_WIDTH = 120
+"""``event-log list`` fits this many columns: long ids are shortened with ``…`` (whole with --wide or --json)."""
 
 
 @click.group("event-log")
@@ -33,12 +35,14 @@ def event_log() -> None:
 @click.option("--delivery-id", help="Delivery id contains this text.")
 @click.option("--limit", type=click.IntRange(1, 200), default=50, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--wide", is_flag=True, help="Print whole ids even when lines get longer than 120 columns.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
 @click.pass_context
 def list_deliveries(ctx: click.Context, org_id: str | None, routing_key: str | None, event: str | None,
                     action: str | None, status: str | None, since: str | None, until: str | None,
-                    delivery_id: str | None, limit: int, offset: int, as_json: bool) -> None:
-    """List deliveries, newest first."""
+                    delivery_id: str | None, limit: int, offset: int, wide: bool, as_json: bool) -> None:
+    """List deliveries, newest first (times in UTC), in 120 columns: long ids are shortened with … (whole with
+    --wide or --json)."""
     out = client(ctx).request("GET", "/api/v1/admin/event-log", params={
         "orgId": org_id, "routingKey": routing_key, "event": event, "action": action, "status": status,
         "from": since, "to": until, "deliveryId": delivery_id, "limit": limit, "offset": offset,
@@ -51,15 +55,40 @@ def list_deliveries(ctx: click.Context, org_id: str | None, routing_key: str | N
         click.echo("No deliveries found.")
         return
     rows = [[
-        d["receivedAt"], d["deliveryId"], d["routingKey"],
+        _seconds(d["receivedAt"]), d["deliveryId"], d["routingKey"],
         f"{d['event']}:{d['action']}" if d.get("action") else d["event"], d["source"],
         d["status"] + (" (omitted)" if d.get("payloadOmitted") else ""), d["matchedCount"],
         human_bytes(int(d.get("payloadSizeBytes") or 0)),
     ] for d in deliveries]
     click.echo(table(["received_at", "delivery_id", "routing_key", "event", "source", "status", "matched",
-                      "size"], rows))
+                      "size"], rows, max_width=None if wide else TABLE_WIDTH, shrink=_SHRINK,
+                     cut_at_end=(5,)))
     click.echo("")
     click.echo(f"Showing {len(deliveries)} of {out['total']} (offset {out['offset']}, limit {out['limit']})")
+
+
+_SHRINK = ((3, 10), (2, 13), (5, 9), (1, 12))
+"""Narrowed in this order to fit: event, routing key, status, and last the delivery id (a GUID stays whole)."""
+
+
+def _seconds(stamp: str | None) -> str:
+    """``2026-03-01T12:00:00.123Z`` -> ``2026-03-01 12:00:00`` (the table's time column, UTC)."""
+    if not stamp or not stamp.endswith("Z") or "T" not in stamp:
+        return stamp or ""
+    return stamp.split(".", 1)[0].removesuffix("Z").replace("T", " ")
+
+
+def _get_delivery(api: AdminClient, path: str, org_id: str | None, delivery_id: str, method: str = "GET",
+                  params: dict[str, Any] | None = None) -> Any:
+    """Call an event-log route for one delivery; an ambiguous id (no --org, several orgs) names the orgs."""
+    try:
+        return api.request(method, path, params={"orgId": org_id, **(params or {})})
+    except ApiError as exc:
+        orgs = exc.body.get("orgIds")
+        if exc.status != 409 or not isinstance(orgs, list):
+            raise
+        die(f"delivery {delivery_id} exists in {len(orgs)} orgs ({', '.join(map(str, orgs))}): "
+            "choose one with --org <orgId>")
 
 
 def _line(label: str, value: Any) -> None:
@@ -105,17 +134,16 @@ def trace_lines(trace: Any) -> list[str]:
 
 @event_log.command("show")
 @click.argument("delivery_id")
-@click.option("--org", "org_id", required=True, help="The org of the delivery.")
+@click.option("--org", "org_id", help="The org of the delivery (needed only when several orgs hold the id).")
 @click.option("--routing-key", help="Only if the delivery came through this source.")
 @click.option("--payload", "--include-payload", "include_payload", is_flag=True, help="Also print the payload.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
 @click.pass_context
-def show(ctx: click.Context, delivery_id: str, org_id: str, routing_key: str | None, include_payload: bool,
-         as_json: bool) -> None:
+def show(ctx: click.Context, delivery_id: str, org_id: str | None, routing_key: str | None,
+         include_payload: bool, as_json: bool) -> None:
     """Show one delivery and why each workflow ran or did not."""
-    d = client(ctx).request("GET", f"/api/v1/admin/event-log/{quote(delivery_id, safe=':')}", params={
-        "orgId": org_id, "includePayload": "true" if include_payload else None, "routingKey": routing_key,
-    })
+    d = _get_delivery(client(ctx), f"/api/v1/admin/event-log/{quote(delivery_id, safe=':')}", org_id, delivery_id,
+                      params={"includePayload": "true" if include_payload else None, "routingKey": routing_key})
     if as_json:
         echo_json(d)
         return
@@ -160,13 +188,13 @@ def show(ctx: click.Context, delivery_id: str, org_id: str, routing_key: str | N
 
 @event_log.command("replay")
 @click.argument("delivery_id")
-@click.option("--org", "org_id", required=True, help="The org of the delivery.")
+@click.option("--org", "org_id", help="The org of the delivery (needed only when several orgs hold the id).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
 @click.pass_context
-def replay(ctx: click.Context, delivery_id: str, org_id: str, as_json: bool) -> None:
+def replay(ctx: click.Context, delivery_id: str, org_id: str | None, as_json: bool) -> None:
     """Process a stored delivery again (e.g. after fixing a lock file or credentials)."""
-    out = client(ctx).request("POST", f"/api/v1/admin/event-log/{quote(delivery_id, safe=':')}/replay",
-                              params={"orgId": org_id})
+    out = _get_delivery(client(ctx), f"/api/v1/admin/event-log/{quote(delivery_id, safe=':')}/replay", org_id,
+                        delivery_id, method="POST")
     if as_json:
         echo_json(out)
         return

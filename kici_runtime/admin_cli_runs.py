@@ -1,4 +1,4 @@
-"""``kici-admin runs``: list, show, cancel, rerun and logs of execution runs (commands on the ``runs`` group).
+"""``kici-admin runs``: list, show, jobs, cancel, rerun and logs of execution runs (commands on the ``runs`` group).
 
 Importing this module attaches the commands to :data:`kici_runtime.admin_cli.runs`.
 """
@@ -118,6 +118,34 @@ def runs_rerun(ctx: click.Context, run_id: str, failed_only: bool, as_json: bool
         return
     click.echo(f"Run {out['runId']}: attempt {out['attempt']} of {out['originalRunId']} "
                f"({out['rerunJobs']} job(s) to run, {out['carriedJobs']} kept)")
+
+
+@runs.command("jobs")
+@click.argument("run_id")
+@click.option("--include-steps", is_flag=True, help="Also list each job's steps.")
+@_JSON
+@click.pass_context
+def runs_jobs(ctx: click.Context, run_id: str, include_steps: bool, as_json: bool) -> None:
+    """List a run's jobs: status, agent, needs, and why a waiting job waits."""
+    out = client(ctx).request("GET", f"/api/v1/admin/runs/{run_id}/jobs",
+                              params={"includeSteps": "true" if include_steps else None})
+    if as_json:
+        echo_json(out)
+        return
+    jobs = out["jobs"]
+    if not jobs:
+        click.echo(f"Run {run_id} has no jobs.")
+        return
+    rows = [(job["jobName"], job["status"], job.get("agentId"), job.get("startedAt"), job.get("completedAt"),
+             ", ".join(n["upstreamName"] for n in job.get("needs", [])),
+             job.get("errorMessage") or job.get("waitingReason")) for job in jobs]
+    click.echo(table(["JOB", "STATUS", "AGENT", "STARTED", "COMPLETED", "NEEDS", "DETAIL"], rows))
+    if include_steps:
+        for job in jobs:
+            for step in job.get("steps", []):
+                exit_code = f" (exit {step['exitCode']})" if step.get("exitCode") is not None else ""
+                click.echo(f"  {job['jobName']} / {step['stepIndex']} {step.get('stepName') or ''}: "
+                           f"{step['status']}{exit_code}")
 
 
 @runs.command("cancel")

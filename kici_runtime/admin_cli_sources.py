@@ -7,17 +7,13 @@ or ``--stdin`` and are never printed, except by ``source get-webhook-secret``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
-import anyio
 import click
-import httpx
 
 from kici_adapters.github import app as github_app
-from kici_adapters.github import client as gh
-from kici_core import errors
-from kici_runtime.admin_cli import client, die, echo_json, read_secret
+from kici_runtime.admin_cli import ApiError, client, die, echo_json, read_secret
 
 METHODS = ("hmac_sha256", "bearer_token", "api_key", "ip_allowlist", "none")
 SECRET_FIELD = {"hmac_sha256": "secret", "bearer_token": "token", "api_key": "key"}
@@ -38,17 +34,17 @@ def add() -> None:
 
 
 # ------------------------------------------------------------------------------------------ GitHub
-async def _verify_app(app_id: str, pem: str, api_url: str, transport: httpx.AsyncBaseTransport | None) -> str:
-    async with httpx.AsyncClient(transport=transport) as http:
-        gh_client = gh.GitHubClient(api_url=api_url, http=http, retry=gh.RetryPolicy(attempts=1))
-        identity = await github_app.GitHubApp(app_id=app_id, private_key=pem, client=gh_client).identity()
-    if str(identity.id) != app_id:
-        raise errors.InvalidInput(f"the private key belongs to GitHub App {identity.id}, not {app_id}")
-    return f"{identity.name} ({identity.slug})"
+def _already_exists(exc: ApiError, update_hint: str) -> NoReturn:
+    """A 409 on add: name the source that exists and how to change it."""
+    b = exc.body
+    if "routingKey" not in b:
+        raise exc
+    what = f'"{b["name"]}" in org {b["orgId"]}' if b.get("orgId") else f'{b["routingKey"]} ("{b.get("name")}")'
+    die(f"source {what} already exists (id {b.get('id')}, routing key {b['routingKey']}); {update_hint}")
 
 
 @add.command("github")
-@click.option("--name", required=True, help="A name for the source (GitHub's App name wins when validated).")
+@click.option("--name", required=True, help="A name for the source (with --verify, GitHub's App name wins).")
 @click.option("--app-id", help="The GitHub App ID.")
 @click.option("--private-key", help="The App's PEM private key, or @path/to/key.pem.")
 @click.option("--webhook-secret", help="The App's webhook secret, or @file.")
@@ -56,13 +52,14 @@ async def _verify_app(app_id: str, pem: str, api_url: str, transport: httpx.Asyn
 @click.option("--stdin", "use_stdin", is_flag=True, help="Read the private key from stdin.")
 @click.option("--customer-id", help="Org the source belongs to (default __default__).")
 @click.option("--api-url", help="GitHub Enterprise REST base URL for this App.")
-@click.option("--verify", is_flag=True, help="Call GitHub GET /app from here first to prove the App ID and key.")
+@click.option("--verify", is_flag=True, help="Have the orchestrator call GitHub (GET /app) to prove the App ID and "
+              "key before storing them. Without it GitHub is not contacted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
 @click.pass_context
 def add_github(ctx: click.Context, name: str, app_id: str | None, private_key: str | None,
                webhook_secret: str | None, from_env: str | None, use_stdin: bool, customer_id: str | None,
                api_url: str | None, verify: bool, as_json: bool) -> None:
-    """Register a GitHub App (the key is checked locally before it is sent)."""
+    """Register a GitHub App (the key is checked locally; GitHub only with --verify)."""
     if not app_id:
         die("--app-id is required (or use --manifest for one-click setup)")
     pem = read_secret(private_key, from_env, use_stdin)
@@ -70,23 +67,26 @@ def add_github(ctx: click.Context, name: str, app_id: str | None, private_key: s
         die("Private key is required (--private-key, --stdin, or --from-env)")
     github_app.check_private_key(pem)
     secret = read_secret(webhook_secret, None, False)
-    if verify:
-        transport = (ctx.obj or {}).get("github_transport")
-        base = api_url or gh.DEFAULT_API_URL
-        try:
-            who = anyio.run(_verify_app, app_id, pem, base, transport)
-        except errors.KiciError as exc:
-            die(f"GitHub verification failed: {exc.message}", exc.exit_code)
-        click.echo(f"Verified with GitHub: {who}", err=as_json)
     body: dict[str, Any] = {"provider": "github", "name": name, "appId": app_id, "privateKey": pem}
     for key, value in (("webhookSecret", secret), ("customerId", customer_id), ("apiUrl", api_url)):
         if value:
             body[key] = value
-    out = client(ctx).request("POST", "/api/v1/admin/sources", body=body)
+    if verify:
+        body["verify"] = True
+    try:
+        out = client(ctx).request("POST", "/api/v1/admin/sources", body=body)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+        rk = f"github:{app_id}"
+        _already_exists(exc, f"change it with `kici-admin source update {rk} ...` or remove it with "
+                             f"`kici-admin source remove {rk}`")
     if as_json:
         echo_json(out)
         return
     click.echo(f"Source added: {out['routingKey']} ({out['name']})")
+    if verify:
+        click.echo(f"  Verified with GitHub: the key belongs to App {app_id} ({out['name']}).")
     org = customer_id or "<orgId>"
     if out.get("webhookUrl"):
         click.echo(f"Webhook URL:  {out['webhookUrl']}")
@@ -161,7 +161,12 @@ def add_generic(ctx: click.Context, org_id: str, name: str, verification: str | 
                      ("rateLimitRpm", rate_limit)):
         if val is not None:
             body[key] = val
-    out = client(ctx).request("POST", "/api/v1/admin/generic-sources", body=body)
+    try:
+        out = client(ctx).request("POST", "/api/v1/admin/generic-sources", body=body)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+        _already_exists(exc, f"change it with `kici-admin source update-generic {exc.body.get('id')} ...`")
     if as_json:
         echo_json(out)
         return
@@ -188,18 +193,16 @@ def _generic_lines(s: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------------ read
 @source.command("list")
-@click.option("--org", "org_id", help="Also list this org's generic sources.")
+@click.option("--org", "org_id", help="Only this org's generic sources (default: every org).")
 @click.option("--include-deleted", is_flag=True, help="Include soft-deleted generic sources.")
 @click.option("--json", "as_json", is_flag=True, help="Print {github: [...], generic: [...]}.")
 @click.pass_context
 def list_sources(ctx: click.Context, org_id: str | None, include_deleted: bool, as_json: bool) -> None:
-    """List webhook sources (secrets never shown)."""
+    """List webhook sources: GitHub Apps, and generic/local sources of every org (secrets never shown)."""
     api = client(ctx)
     github = api.request("GET", "/api/v1/admin/sources")["sources"]
-    generic: list[dict[str, Any]] = []
-    if org_id:
-        generic = api.request("GET", "/api/v1/admin/generic-sources",
-                              params={"orgId": org_id, "includeDeleted": "true" if include_deleted else None})["sources"]
+    generic = api.request("GET", "/api/v1/admin/generic-sources",
+                          params={"orgId": org_id, "includeDeleted": "true" if include_deleted else None})["sources"]
     if as_json:
         echo_json({"github": github, "generic": generic})
         return
@@ -217,8 +220,6 @@ def list_sources(ctx: click.Context, org_id: str | None, include_deleted: bool, 
             state = "enabled" if s["enabled"] else "disabled"
             deleted = " [deleted]" if s.get("deletedAt") else ""
             click.echo(f"  {s['id']}  {s['name']:<30} {state:<8} {s['routingKey']}{deleted}")
-    if not org_id:
-        click.echo("Tip: use --org <orgId> to also list generic sources.")
 
 
 def _show(ctx: click.Context, ref: str, as_json: bool) -> None:
@@ -374,6 +375,72 @@ def remove(ctx: click.Context, ref: str, yes: bool, generic: bool, local: bool, 
         return
     api.request("DELETE", f"/api/v1/admin/sources/{_rk(ref)}")
     click.echo(f"Source removed: {ref}")
+
+
+@source.command("update-generic")
+@click.argument("source_id")
+@click.option("--name", help="New name (the <sourceId> of the webhook URL).")
+@click.option("--verification", type=click.Choice(METHODS), help="Verification method (needed with --secret).")
+@click.option("--secret", help="New HMAC secret, bearer token, API key or IP allowlist (csv); or @file.")
+@click.option("--from-env", "from_env", metavar="VAR", help="Read the new secret from this env variable.")
+@click.option("--stdin", "use_stdin", is_flag=True, help="Read the new secret from stdin.")
+@click.option("--header-name", help="Header carrying the signature/token (needs --verification).")
+@click.option("--event-type-header", help="Header naming the event type.")
+@click.option("--event-type-path", help="Dot path of the event type in the JSON body.")
+@click.option("--idempotency-key-header", help="Header carrying the delivery id.")
+@click.option("--idempotency-key-path", help="Dot path of the delivery id in the body.")
+@click.option("--dedup-window", type=int, help="Seconds.")
+@click.option("--max-payload", type=int, help="Bytes.")
+@click.option("--allowed-events", help='Comma-separated event types to accept ("" accepts all).')
+@click.option("--rate-limit", type=int, help="Requests per minute.")
+@click.option("--local-repo", type=click.Path(file_okay=False), help="New repository of a local source.")
+@click.option("--clear-git-config", is_flag=True, help="Remove the source's git settings.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
+@click.pass_context
+def update_generic(ctx: click.Context, source_id: str, name: str | None, verification: str | None,
+                   secret: str | None, from_env: str | None, use_stdin: bool, header_name: str | None,
+                   event_type_header: str | None, event_type_path: str | None, idempotency_key_header: str | None,
+                   idempotency_key_path: str | None, dedup_window: int | None, max_payload: int | None,
+                   allowed_events: str | None, rate_limit: int | None, local_repo: str | None,
+                   clear_git_config: bool, as_json: bool) -> None:
+    """Change a generic (or local) source; options left out keep their value."""
+    value = read_secret(secret, from_env, use_stdin)
+    if value is not None and verification is None:
+        die("--verification is required when updating --secret (needed to format the config correctly)")
+    if header_name is not None and verification is None:
+        die("--verification is required when updating --header-name (needed to format the config correctly)")
+    if local_repo is not None and clear_git_config:
+        die("--local-repo and --clear-git-config exclude each other")
+    body: dict[str, Any] = {}
+    if verification is not None:
+        body["verificationMethod"] = verification
+        body["verificationConfig"] = _verification_config(verification, value, header_name)
+    for key, val in (("name", name), ("eventTypeHeader", event_type_header), ("eventTypePath", event_type_path),
+                     ("idempotencyKeyHeader", idempotency_key_header),
+                     ("idempotencyKeyPath", idempotency_key_path), ("dedupWindowSeconds", dedup_window),
+                     ("maxPayloadBytes", max_payload), ("rateLimitRpm", rate_limit)):
+        if val is not None:
+            body[key] = val
+    if allowed_events is not None:
+        body["allowedEvents"] = _csv(allowed_events) or None
+    if local_repo is not None:
+        body["gitConfig"] = {"url": Path(local_repo).resolve().as_uri()}
+    if clear_git_config:
+        body["gitConfig"] = None
+    if not body:
+        die("no fields to update. Provide at least one option.")
+    api = client(ctx)
+    try:
+        out = api.request("PATCH", f"/api/v1/admin/generic-sources/{quote(source_id, safe='')}", body=body)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+        _already_exists(exc, "choose another --name")
+    if as_json:
+        echo_json(out)
+        return
+    click.echo(f"Generic source updated: {source_id}")
+    _generic_lines(out["source"])
 
 
 def _toggle(ctx: click.Context, source_id: str, enable: bool) -> None:

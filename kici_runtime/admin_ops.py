@@ -36,6 +36,7 @@ log = logging.getLogger("kici.admin")
 AGENT_TOKEN_PREFIX = "kat_"
 AGENT_PREFIX_SHOWN = 12  # "kat_" + 8 hex
 EVENT_LOG_MAX_LIMIT = 200
+MAX_ORGS_NAMED = 20  # an ambiguous delivery id names at most this many orgs
 
 
 def new_admin_token() -> str:
@@ -103,11 +104,23 @@ async def list_event_log(request: Request, ctx: AppContext, caller: Caller) -> R
 
 
 async def _entry(request: Request, ctx: AppContext, caller: Caller) -> EventLogEntry:
-    org_id = request.query_params.get("orgId")
-    if not org_id:
-        raise fail(400, "Missing required query parameter: orgId")
-    entry = await ctx.event_log.get(org_id, request.path_params["delivery_id"])
-    wanted_key = request.query_params.get("routingKey")
+    """The delivery named by the path, in ``orgId`` when given; without it, in the one org that holds the id
+    (409 naming the orgs when several do)."""
+    org_id = request.query_params.get("orgId") or None
+    delivery_id = request.path_params["delivery_id"]
+    wanted_key = request.query_params.get("routingKey") or None
+    if org_id is not None:
+        entry = await ctx.event_log.get(org_id, delivery_id)
+    else:
+        found, total = await ctx.event_log.list(EventLogQuery(
+            delivery_id=delivery_id, routing_key=caller.token.routing_key if caller.scoped else wanted_key,
+            limit=MAX_ORGS_NAMED))
+        orgs = sorted({e.org_id for e in found})  # (org, delivery id) is unique: one entry per org
+        if total > 1:
+            more = ", ..." if total > len(orgs) else ""
+            raise fail(409, f"Delivery {delivery_id} exists in {total} orgs ({', '.join(orgs)}{more}): "
+                            "name one with orgId", orgIds=orgs)
+        entry = found[0] if found else None
     if entry is None or (wanted_key and entry.routing_key != wanted_key):
         raise fail(404, "Delivery not found")
     if caller.scoped and entry.routing_key != caller.token.routing_key:
@@ -116,7 +129,7 @@ async def _entry(request: Request, ctx: AppContext, caller: Caller) -> EventLogE
 
 
 async def show_event_log(request: Request, ctx: AppContext, caller: Caller) -> Response:
-    """GET /api/v1/admin/event-log/{delivery_id}?orgId=&includePayload=&routingKey="""
+    """GET /api/v1/admin/event-log/{delivery_id}?orgId=&includePayload=&routingKey= (``orgId`` optional)"""
     caller.require("event_log.read")
     include_payload = request.query_params.get("includePayload") == "true"
     if include_payload:

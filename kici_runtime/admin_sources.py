@@ -103,27 +103,32 @@ async def add_github_source(request: Request, ctx: AppContext, caller: Caller) -
     slug = f.string("slug", max_len=255)
     customer_id = f.string("customerId", max_len=MAX_ORG_ID) or "__default__"
     api_url = f.string("apiUrl", max_len=2048)
+    verify = f.boolean("verify")
     if not _APP_ID.match(app_id):
         f.problem("appId", "must be the numeric GitHub App ID")
     f.check()
     assert name is not None and private_key is not None
     _check_key(private_key)
-    if ctx.github_app_check is not None:
+    routing_key = f"github:{app_id}"
+    await _refuse_existing_github(ctx, routing_key)
+    if verify:  # only on request: an air-gapped orchestrator must be able to register Apps
+        if ctx.github_app_check is None:
+            raise fail(400, "GitHub validation is disabled on this orchestrator "
+                            "(KICI_SKIP_GITHUB_SOURCE_VALIDATION=true); add the source without --verify")
         try:
             identity = await ctx.github_app_check(app_id, private_key, api_url)
         except errors.KiciError as exc:
-            raise fail(400, f"GitHub API validation failed: {exc.message}") from None
+            raise fail(400, f"GitHub API validation failed: {exc.message} "
+                            "(without --verify the App is registered without contacting GitHub)") from None
         name = str(identity.get("name") or name)
         slug = str(identity.get("slug") or slug or "") or None
-    routing_key = f"github:{app_id}"
-    if await ctx.sources.github_by_routing_key(routing_key) is not None:
-        raise fail(409, f"Source with routing key {routing_key} already exists")
     source = GitHubSource(id=ctx.ids(), routing_key=routing_key, name=name, app_id=app_id, customer_id=customer_id,
                           api_url=api_url, slug=slug)
     try:
         source = await ctx.sources.add_github(source)
     except errors.Conflict:
-        raise fail(409, f"Source with routing key {routing_key} already exists") from None
+        await _refuse_existing_github(ctx, routing_key)
+        raise
     try:
         await ctx.secrets.put(SYSTEM_ORG, github_scope(source.id), "privateKey", private_key)
         if webhook_secret:
@@ -139,6 +144,14 @@ async def add_github_source(request: Request, ctx: AppContext, caller: Caller) -
     if note is not None:
         out["webhookNote"] = note
     return JSONResponse(out, status_code=201)
+
+
+async def _refuse_existing_github(ctx: AppContext, routing_key: str) -> None:
+    """409 naming the source already registered under ``routing_key``."""
+    existing = await ctx.sources.github_by_routing_key(routing_key)
+    if existing is not None:
+        raise fail(409, f"Source with routing key {routing_key} already exists", routingKey=routing_key,
+                   id=existing.id, name=existing.name)
 
 
 async def list_github_sources(request: Request, ctx: AppContext, caller: Caller) -> Response:
@@ -319,7 +332,11 @@ async def create_generic_source(request: Request, ctx: AppContext, caller: Calle
         provider_type="local" if provider_type == "local" else "generic", verification_method=method,
         verification_config=config, git_config=git_config, **extra,
     )
-    source = await ctx.sources.add_generic(source)
+    try:
+        source = await ctx.sources.add_generic(source)
+    except errors.Conflict:
+        await _refuse_existing_generic(ctx, org_id, name)
+        raise
     if secret is not None:
         try:
             await ctx.secrets.put(SYSTEM_ORG, generic_scope(source.id), webhooks.SECRET_METHODS[method], secret)
@@ -330,12 +347,18 @@ async def create_generic_source(request: Request, ctx: AppContext, caller: Calle
     return JSONResponse({"source": await _generic_json(ctx, source)}, status_code=201)
 
 
+async def _refuse_existing_generic(ctx: AppContext, org_id: str, name: str) -> None:
+    """409 naming the live source called ``name`` in ``org_id``."""
+    for other in await ctx.sources.list_generic(org_id):
+        if other.name == name:
+            raise fail(409, f'Generic source "{name}" already exists in org {org_id} (id {other.id})',
+                       routingKey=other.routing_key, id=other.id, name=name, orgId=org_id)
+
+
 async def list_generic_sources(request: Request, ctx: AppContext, caller: Caller) -> Response:
-    """GET /api/v1/admin/generic-sources?orgId=&includeDeleted="""
+    """GET /api/v1/admin/generic-sources?orgId=&includeDeleted= (every org's sources without ``orgId``)"""
     caller.require("context.read")
-    org_id = request.query_params.get("orgId")
-    if not org_id:
-        raise fail(400, "Missing orgId query parameter")
+    org_id = request.query_params.get("orgId") or None
     include_deleted = request.query_params.get("includeDeleted") == "true"
     found = await ctx.sources.list_generic(org_id, include_deleted=include_deleted)
     return JSONResponse({"sources": [await _generic_json(ctx, s) for s in found if caller.may_see(s.routing_key)]})
@@ -381,7 +404,11 @@ async def update_generic_source(request: Request, ctx: AppContext, caller: Calle
     f.check()
     if not changes:
         raise fail(400, "Validation error: no fields to update")
-    updated = await ctx.sources.update_generic(dataclasses.replace(source, **changes))
+    try:
+        updated = await ctx.sources.update_generic(dataclasses.replace(source, **changes))
+    except errors.Conflict:  # renamed onto another live source of the org
+        await _refuse_existing_generic(ctx, source.org_id, str(changes.get("name", source.name)))
+        raise
     scope = generic_scope(source.id)
     old_key = webhooks.SECRET_METHODS.get(source.verification_method)
     new_key = webhooks.SECRET_METHODS.get(updated.verification_method)

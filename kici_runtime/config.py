@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,20 @@ __all__ = [
 Mode = Literal["platform", "hybrid", "independent"]
 EntryPoint = Literal["server", "standalone"]
 LogLevel = Literal["debug", "info", "warn", "error"]
+
+GENERATE_KEY = 'python3 -c "import secrets; print(secrets.token_hex(32))"'
+MISSING_KEY_MESSAGE = (
+    "KICI_SECRET_KEY is required: it encrypts the webhook secrets and keys stored in the database; "
+    f"generate one with `{GENERATE_KEY}` and set KICI_SECRET_KEY (or KICI_SECRET_KEY_FILE) to it"
+)
+EPHEMERAL_KEY_WARNING = (
+    "KICI_SECRET_KEY is not set: KICI_DEV=true generated an ephemeral key for this run only; secrets stored "
+    "now cannot be read after a restart (set KICI_SECRET_KEY to keep them)"
+)
+MISSING_DATABASE_MESSAGE = (
+    "KICI_DATABASE_URL is required: set it to a postgresql:// URL "
+    "(for local development, KICI_DATABASE_URL=embedded starts an embedded PostgreSQL)"
+)
 
 _ENTRY_MODES: dict[str, tuple[str, ...]] = {"server": ("platform", "hybrid"), "standalone": ("independent",)}
 _SCRIPT = {"server": "kici-server", "standalone": "kici-standalone"}
@@ -79,8 +94,9 @@ class Settings:
     database_url: Secret | None
     embedded_database: bool
     auto_migrate: bool
-    secret_key: bytes | None = field(repr=False)
+    secret_key: bytes = field(repr=False)
     secret_key_old: bytes | None = field(repr=False)
+    secret_key_generated: bool
     bootstrap_admin_token: Secret | None
     pg_customer_secrets: bool
     platform_url: str | None
@@ -200,8 +216,14 @@ def load_settings(
     database_url, embedded = _database(reader, dev, secret_texts)
     secret_key = _master_key(reader, "KICI_SECRET_KEY", "KICI_SECRET_KEY_FILE", secret_texts)
     secret_key_old = _master_key(reader, "KICI_SECRET_KEY_OLD", "KICI_SECRET_KEY_FILE_OLD", secret_texts)
-    if secret_key is None:
-        warnings.append("KICI_SECRET_KEY is not set: the secrets subsystem and the admin API are disabled")
+    secret_key_generated = False
+    if secret_key is None and not _key_configured(reader):
+        if dev:
+            secret_key, secret_key_generated = secrets.token_bytes(32), True
+            secret_texts.append(secret_key.hex())  # handed to processing children; never logged
+            warnings.append(EPHEMERAL_KEY_WARNING)
+        else:
+            reader.issues.append(MISSING_KEY_MESSAGE)
     platform_url, platform_token = _platform(reader, mode)
     agent_auth = reader.choice("KICI_AGENT_AUTH") or "token"
     if agent_auth == "none":
@@ -223,8 +245,9 @@ def load_settings(
         database_url=database_url,
         embedded_database=embedded,
         auto_migrate=reader.text("KICI_AUTO_MIGRATE") != "false",
-        secret_key=secret_key,
+        secret_key=secret_key or b"",
         secret_key_old=secret_key_old,
+        secret_key_generated=secret_key_generated,
         bootstrap_admin_token=tokens[0],
         pg_customer_secrets=reader.flag("KICI_PG_CUSTOMER_SECRETS") is not False,
         platform_url=platform_url,
@@ -351,20 +374,22 @@ def _database(reader: Reader, dev: bool, secrets: list[str]) -> tuple[Secret | N
     if url == "embedded" or (url is None and dev):
         return None, True
     if url is None:
-        reader.issues.append(
-            "KICI_DATABASE_URL is required for coordinator mode "
-            "(for local development, KICI_DATABASE_URL=embedded starts an embedded PostgreSQL)"
-        )
+        reader.issues.append(MISSING_DATABASE_MESSAGE)
         return None, False
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("postgresql", "postgres") or not (parsed.hostname or parsed.path or parsed.query):
         reader.issues.append(f"{label} must be a postgresql:// or postgres:// URL (or `embedded`)")
         return None, False
-    secrets.append(url)
+    # The URL itself is not registered: the log masker hides any URL's password, and the rest is no secret.
     if parsed.password:
         secrets.append(parsed.password)
         secrets.append(urllib.parse.unquote(parsed.password))
     return Secret(value=url), False
+
+
+def _key_configured(reader: Reader) -> bool:
+    """True when a master key was given at all (a malformed one is reported by :func:`_master_key`)."""
+    return bool(reader.text("KICI_SECRET_KEY") or reader.text("KICI_SECRET_KEY_FILE"))
 
 
 def _master_key(reader: Reader, name: str, file_name: str, secrets: list[str]) -> bytes | None:

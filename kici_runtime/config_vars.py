@@ -69,7 +69,7 @@ VARIABLES: tuple[Var, ...] = (
     _v("KICI_BASE_PATH", "str", "/", "core", "URL prefix for every route, e.g. /orchestrator; routes are also served without it (for proxies that strip the prefix).", yaml="server.basePath"),
     _v("KICI_SERVER_BASE_PATH", "str", None, "core", "Alias of KICI_BASE_PATH.", alias_of="KICI_BASE_PATH"),
     _v("KICI_CONFIG", "path", None, "core", "YAML configuration file; a missing or invalid file refuses boot. Without it /etc/kici/orchestrator.yaml is read when present."),
-    _v("KICI_DEV", "bool", "false", "core", "Development mode: unknown KICI_* variables only warn, and a missing KICI_DATABASE_URL starts an embedded PostgreSQL."),
+    _v("KICI_DEV", "bool", "false", "core", "Development mode: unknown KICI_* variables only warn, a missing KICI_DATABASE_URL starts an embedded PostgreSQL, and a missing KICI_SECRET_KEY is replaced by an ephemeral key (with a warning)."),
     _v("NODE_ENV", "enum", "development", "core", "Informational; reported as the `environment` log field.", choices=("development", "production", "test")),
     _v("KICI_NODE_ENV", "enum", None, "core", "Alias of NODE_ENV.", choices=("development", "production", "test"), alias_of="NODE_ENV"),
     # --- logging ------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ VARIABLES: tuple[Var, ...] = (
     _v("KICI_DATABASE_URL", "url", None, "core", "PostgreSQL URL (postgresql:// or postgres://). Required; the value `embedded` (or leaving it unset with KICI_DEV=true) starts an embedded PostgreSQL for development.", secret=True, yaml="database.url"),
     _v("KICI_AUTO_MIGRATE", "str", "true", "core", "Any value other than the literal `false` applies pending migrations at boot."),
     # --- secrets ------------------------------------------------------------------------------
-    _v("KICI_SECRET_KEY", "str", None, "core", "Master key for secrets at rest: 64 hex characters or base64 of exactly 32 bytes. Without a key the secrets subsystem and admin API are disabled.", secret=True, yaml="secrets.key"),
+    _v("KICI_SECRET_KEY", "str", None, "core", "Master key for secrets at rest: 64 hex characters or base64 of exactly 32 bytes. Required in every mode (boot is refused without it); generate one with `python3 -c \"import secrets; print(secrets.token_hex(32))\"`. With KICI_DEV=true a missing key is replaced by an ephemeral one for that run.", secret=True, yaml="secrets.key"),
     _v("KICI_SECRET_KEY_FILE", "path", None, "core", "File holding the master key (trimmed); KICI_SECRET_KEY wins when both are set.", yaml="secrets.keyFile"),
     _v("KICI_SECRET_KEY_OLD", "str", None, "core", "Previous master key, during key rotation.", secret=True),
     _v("KICI_SECRET_KEY_FILE_OLD", "path", None, "core", "File form of KICI_SECRET_KEY_OLD."),
@@ -103,7 +103,7 @@ VARIABLES: tuple[Var, ...] = (
     _v("KICI_WEBHOOK_PUBLIC_URL", "url", None, "core", "Public base URL used when printing a source's webhook URL."),
     _v("KICI_DASHBOARD_URL", "url", None, "extended", "Base URL of a dashboard showing runs: GitHub check runs link to <url>/r/orgs/<orgId>/runs/<runId> (details_url). Unset: check runs carry no link.", modes="hybrid, independent"),
     _v("KICI_WEBHOOK_PAYLOAD_DIR", "path", None, "core", "Optional on-disk payload archive; also moves the filesystem log root to <dir>/logs.", yaml="webhookPayloadDir"),
-    _v("KICI_SKIP_GITHUB_SOURCE_VALIDATION", "bool", "false", "core", "When true, `source add github` does not validate the App against GitHub (air-gapped tests)."),
+    _v("KICI_SKIP_GITHUB_SOURCE_VALIDATION", "bool", "false", "core", "GitHub sources are checked against GitHub (`GET /app`) only when `source add github --verify` asks for it; when true, such requests are refused, so the admin API never calls GitHub."),
     _v("GITHUB_API_URL", "url", "https://api.github.com", "core", "GitHub REST API base URL (set it for GitHub Enterprise Server or a local test server)."),
     # --- dispatch and agents ------------------------------------------------------------------
     _v("KICI_AGENT_AUTH", "enum", "token", "core", "Agent WebSocket authentication; `none` (local development only) logs a warning.", choices=("token", "none"), yaml="agentAuth"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, NoReturn
 
 import anyio
 import click
@@ -26,15 +26,19 @@ def backend_options() -> dict[str, bool]:
 
 
 def run(entry_point: Literal["server", "standalone"], config_path: str | None, migrate_only: bool) -> None:
-    """Load settings, configure logging, then serve (or only migrate). Exits non-zero on a fatal error."""
+    """Load settings, configure logging, then serve (or only migrate). Exits non-zero on a fatal error.
+
+    A fatal start-up error the project raises on purpose (a :class:`~kici_core.errors.KiciError`: bad
+    configuration, an unreachable database) is reported as one ``Fatal startup error`` log line and one
+    ``kici-<entry>: <what is wrong and how to fix it>`` line on stderr, without a traceback; anything else is
+    a crash and keeps its traceback.
+    """
     kici_logging.configure_logging("info")
     heap.configure()
     try:
         settings = config.from_process_env(entry_point, config_path=config_path)
     except errors.ConfigError as exc:
-        kici_logging.log_fatal_startup(exc)
-        click.echo(f"kici-{entry_point}: {exc}", err=True)
-        sys.exit(1)
+        _fatal(entry_point, exc, exit_code=1)
     kici_logging.register_secrets(settings.secret_values())
     kici_logging.configure_logging(settings.log_level, static_fields={"environment": settings.environment})
     for warning in settings.warnings:
@@ -47,9 +51,32 @@ def run(entry_point: Literal["server", "standalone"], config_path: str | None, m
             anyio.run(wiring.migrate_only, settings)
             return
         anyio.run(wiring.serve, settings, backend_options=backend_options())
-    except errors.KiciError as exc:
-        kici_logging.log_fatal_startup(exc)
-        click.echo(f"kici-{entry_point}: {exc}", err=True)
-        sys.exit(exc.exit_code if exc.exit_code != 0 else 1)
     except KeyboardInterrupt:
         pass
+    except BaseException as exc:
+        found = startup_error(exc)
+        if found is None:
+            raise  # a real crash: keep the traceback
+        _fatal(entry_point, found, exit_code=found.exit_code or 1)
+
+
+def startup_error(exc: BaseException) -> errors.KiciError | None:
+    """The deliberate error behind ``exc`` (also when a task group wrapped it alone), else None."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, errors.KiciError) else None
+
+
+def fix_hint(exc: errors.KiciError) -> str:
+    """``exc``'s message on one line, with what to do about it when the message does not say."""
+    message = exc.message
+    if isinstance(exc, errors.StorageUnavailable) and message.startswith("database unavailable"):
+        message += "; check KICI_DATABASE_URL and that the PostgreSQL server is running and reachable"
+    return message
+
+
+def _fatal(entry_point: str, exc: errors.KiciError, *, exit_code: int) -> NoReturn:
+    text = fix_hint(exc)
+    kici_logging.log_fatal_startup(exc, message=text, with_stack=False)
+    click.echo(f"kici-{entry_point}: {text}", err=True)
+    sys.exit(exit_code)

@@ -5,9 +5,15 @@ Built on the stdlib :mod:`logging` module. Every line carries ``level`` (``debug
 those bound with :func:`log_context` (``requestId``, ``runId``, ``jobId``, ...) and any passed with
 ``extra={...}`` at the call site, as top-level keys. Exceptions add ``error`` and ``stack``.
 
-Masking: agent tokens (``kat_`` + 64 hex, any case) become ``kat_***`` and every value registered
-with :func:`register_secret` becomes ``***``, wherever they appear (message, fields, nested values,
-keys, stack traces).
+Masking (message, fields, nested values, keys, stack traces) replaces a secret where it appears as a value,
+never inside ordinary words:
+
+- agent tokens (``kat_`` + 64 hex, any case) become ``kat_***``;
+- the password of a URL (``postgresql://user:***@host/db``) and the value of a known secret field, in text
+  (``password=***``, ``"token": "***"``) or as a log field (``extra={"password": ...}``);
+- a value registered with :func:`register_secret`: one of at least :data:`MIN_WHOLE_SECRET` characters
+  wherever it occurs, a shorter one (a database password such as ``kici``) only where it is a whole value
+  (a field or message that is exactly the secret), so that the same letters inside other words stay.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import IO
 
 __all__ = [
+    "MIN_WHOLE_SECRET",
     "JsonFormatter",
     "configure_logging",
     "log_context",
@@ -38,6 +45,25 @@ __all__ = [
 
 _AGENT_TOKEN = re.compile(r"kat_[0-9a-f]{64}", re.IGNORECASE)
 _MASK = "***"
+MIN_WHOLE_SECRET = 12
+"""Registered secrets at least this long are masked wherever they occur; shorter ones only as whole values."""
+# scheme://user:password@ -> scheme://user:***@ (the password may hold ":"; "/", "@" and spaces end it)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<value>[^/\s@]+)(?=@)")
+_FIELD_WORDS = r"password|passwd|pwd|secret|token|api[_-]?key|private[_-]?key|client[_-]?secret"
+# password=..., secret: ..., "token": "..." (libpq keyword strings, query strings, JSON or YAML in text)
+_TEXT_FIELD = re.compile(
+    rf"(?P<head>(?<![A-Za-z0-9])(?:{_FIELD_WORDS})[\"']?\s*[=:]\s*)"
+    r"(?:(?P<quote>[\"'])(?P<quoted>[^\"']*)(?P=quote)|(?P<value>[^\s\"'&,;}\])]+))",
+    re.IGNORECASE,
+)
+# Log fields whose value is a secret, compared lower-case without "_" and "-".
+_SECRET_KEYS = frozenset({
+    "password", "passwd", "pwd", "secret", "token", "privatekey", "apikey", "authorization", "webhooksecret",
+    "secretkey", "clientsecret", "accesstoken", "refreshtoken", "admintoken", "agenttoken", "platformtoken",
+})
+# Lower-case words whose presence sends a line through per-field masking (a superset of the rules above).
+_HINT_WORDS = ("://", "passw", "pwd", "secret", "token", "apikey", "api_key", "api-key", "privatekey", "private_key",
+               "private-key", "authorization")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
            "warning": logging.WARNING, "error": logging.ERROR}
 # Context fields first, in this order, then call-site fields (spec §5.5).
@@ -47,22 +73,41 @@ _RESERVED = frozenset({"level", "message", "timestamp"})
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 _secrets: set[str] = set()
-_secret_pattern: re.Pattern[str] | None = None
+_short_secrets: frozenset[str] = frozenset()
+_long_pattern: re.Pattern[str] | None = None  # long secrets, raw and JSON-escaped
+_hint_pattern: re.Pattern[str] | None = None  # what to look for in a serialised line
 _secrets_lock = threading.Lock()
 _EMPTY: Mapping[str, object] = types.MappingProxyType({})
 _context: contextvars.ContextVar[Mapping[str, object]] = contextvars.ContextVar("kici_log_context", default=_EMPTY)
 
 
+def _alternation(values: Iterable[str]) -> str:
+    # Longest first so a secret containing another is masked whole.
+    return "|".join(re.escape(v) for v in sorted(set(values), key=len, reverse=True))
+
+
+def _escaped(value: str) -> str:
+    return json.dumps(value)[1:-1]
+
+
 def register_secret(value: str) -> None:
-    """Never let ``value`` appear in a log line from now on (empty strings are ignored)."""
-    global _secret_pattern
+    """Never let ``value`` appear in a log line from now on (empty strings are ignored).
+
+    A value of at least :data:`MIN_WHOLE_SECRET` characters is masked wherever it occurs; a shorter one where
+    it is a whole value (and, like any secret, as a URL password or a secret field's value).
+    """
+    global _short_secrets, _long_pattern, _hint_pattern
     if not value:
         return
     with _secrets_lock:
         _secrets.add(value)
-        escaped = {json.dumps(s)[1:-1] for s in _secrets} | _secrets
-        # Longest first so a secret containing another is masked whole.
-        _secret_pattern = re.compile("|".join(re.escape(s) for s in sorted(escaped, key=len, reverse=True)))
+        long = [s for s in _secrets if len(s) >= MIN_WHOLE_SECRET]
+        short = [s for s in _secrets if len(s) < MIN_WHOLE_SECRET]
+        _short_secrets = frozenset(short)
+        _long_pattern = re.compile(_alternation([*long, *map(_escaped, long)])) if long else None
+        # In a serialised line a short secret that is a whole value is a whole JSON string: "<escaped>".
+        hints = [*long, *map(_escaped, long), *(f'"{_escaped(s)}"' for s in short)]
+        _hint_pattern = re.compile(_alternation(hints))
 
 
 def register_secrets(values: Iterable[str]) -> None:
@@ -73,23 +118,52 @@ def register_secrets(values: Iterable[str]) -> None:
 
 def reset_secrets() -> None:
     """Forget every registered secret (tests use it to keep their secrets to themselves)."""
-    global _secret_pattern
+    global _short_secrets, _long_pattern, _hint_pattern
     with _secrets_lock:
         _secrets.clear()
-        _secret_pattern = None
+        _short_secrets = frozenset()
+        _long_pattern = None
+        _hint_pattern = None
+
+
+def _mask_url(match: re.Match[str]) -> str:
+    return match.group("head") + _MASK
+
+
+def _mask_field(match: re.Match[str]) -> str:
+    quote = match.group("quote")
+    if quote is not None:
+        inner = match.group("quoted")
+        return match.group(0) if not inner or inner.endswith(_MASK) else f"{match.group('head')}{quote}{_MASK}{quote}"
+    value = match.group("value")
+    return match.group(0) if value.endswith(_MASK) else match.group("head") + _MASK
 
 
 def mask(text: str) -> str:
-    """``text`` with agent tokens and registered secrets masked."""
-    pattern = _secret_pattern
+    """``text`` with agent tokens, URL passwords, secret field values and registered secrets masked."""
+    if text in _short_secrets:
+        return _MASK
+    long = _long_pattern
     while True:
         # Repeat until stable: masking can join the text around a secret into another secret.
-        masked = _AGENT_TOKEN.sub("kat_***", text)
-        if pattern is not None:
-            masked = pattern.sub(_MASK, masked)
+        # Whole long secrets first: a rule below could otherwise cut one in two and leave a part of it.
+        masked = long.sub(_MASK, text) if long is not None else text
+        masked = _AGENT_TOKEN.sub("kat_***", masked)
+        masked = _URL_PASSWORD.sub(_mask_url, masked)
+        masked = _TEXT_FIELD.sub(_mask_field, masked)
         if masked == text:
             return masked
         text = masked
+
+
+def _is_secret_key(key: object) -> bool:
+    return isinstance(key, str) and key.lower().replace("_", "").replace("-", "") in _SECRET_KEYS
+
+
+def _mask_value(value: str) -> str:
+    """A secret field's value: masked whole, unless masking already hid the secret part (``kat_***``)."""
+    masked = mask(value)
+    return masked if masked != value or not value else _MASK
 
 
 @contextlib.contextmanager
@@ -144,11 +218,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def _has_maskable(text: str) -> bool:
-    pattern = _secret_pattern
+    """True when per-field masking could change the serialised line ``text`` (a cheap superset test)."""
+    pattern = _hint_pattern
     if pattern is not None and pattern.search(text) is not None:
         return True
-    # A case-insensitive regex scan is slow; a plain substring test on the lowered text rules most lines out.
-    return "kat_" in text.lower() and _AGENT_TOKEN.search(text) is not None
+    # A case-insensitive regex scan is slow; plain substring tests on the lowered text rule most lines out.
+    lowered = text.lower()
+    return any(word in lowered for word in _HINT_WORDS) or ("kat_" in lowered and _AGENT_TOKEN.search(text) is not None)
 
 
 _SCALARS = frozenset({str, int, float, bool})
@@ -173,7 +249,8 @@ def _scrub(value: object) -> object:
     if isinstance(value, bool | int | float) or value is None:
         return value
     if isinstance(value, Mapping):
-        return {mask(str(k)): _scrub(v) for k, v in value.items()}
+        return {mask(str(k)): _mask_value(v) if isinstance(v, str) and _is_secret_key(k) else _scrub(v)
+                for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_scrub(v) for v in value]
     if isinstance(value, BaseException):
@@ -230,8 +307,12 @@ def configure_logging(
     return handler
 
 
-def log_fatal_startup(exc: BaseException, logger: logging.Logger | None = None) -> None:
-    """Log boot failure as the spec's ``Fatal startup error`` line (fields ``error`` and ``stack``)."""
+def log_fatal_startup(exc: BaseException, logger: logging.Logger | None = None, *, message: str | None = None,
+                      with_stack: bool = True) -> None:
+    """Log boot failure as the spec's ``Fatal startup error`` line: ``error`` (``message`` or the exception's
+    text) and, unless ``with_stack`` is False (a deliberate, explained refusal), ``stack``."""
     (logger or logging.getLogger("kici")).error(
-        "Fatal startup error", exc_info=(type(exc), exc, exc.__traceback__)
+        "Fatal startup error",
+        exc_info=(type(exc), exc, exc.__traceback__) if with_stack else None,
+        extra={"error": message or str(exc) or type(exc).__name__},
     )

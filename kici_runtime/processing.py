@@ -148,6 +148,8 @@ class Supervisor:
         base = dict(os.environ if environ is None else environ)
         # The children use the serving process's database as is, and never migrate it.
         self._env = {**base, "KICI_DATABASE_URL": database_url, "KICI_AUTO_MIGRATE": "false"}
+        if settings.secret_key_generated:  # KICI_DEV's ephemeral key: the children must decrypt with the same one
+            self._env["KICI_SECRET_KEY"] = settings.secret_key.hex()
         self.pids: dict[int, int] = {}
         """Current child pid per index."""
         self._metrics_dir = Path(tempfile.mkdtemp(prefix="kici-metrics-"))

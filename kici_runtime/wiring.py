@@ -59,19 +59,6 @@ log = logging.getLogger("kici.runtime")
 VERSION = "0.1.0"
 
 
-class DisabledSecretStore:
-    """Used when no ``KICI_SECRET_KEY`` is configured: secret reads find nothing, writes are refused."""
-
-    async def get(self, org_id: str, scope: str, key: str) -> str | None:
-        return None
-
-    async def put(self, org_id: str, scope: str, key: str, value: str) -> None:
-        raise errors.ConfigError("secrets subsystem disabled: set KICI_SECRET_KEY")
-
-    async def delete(self, org_id: str, scope: str, key: str | None = None) -> int:
-        return 0
-
-
 def data_root(settings: Settings) -> Path:
     """``KICI_DATA_DIR``, else ``/var/lib/kici`` when writable, else ``$XDG_STATE_HOME/kici``."""
     if settings.data_dir:
@@ -213,12 +200,7 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
     Closing callbacks go on ``stack``. Used by the serving process and by processing children alike.
     """
     blobs = blob_store(settings)
-    secrets: SecretStore
-    if settings.secret_key is not None:
-        secrets = PgSecretStore(db, settings.secret_key, old_key=settings.secret_key_old)
-    else:
-        log.warning("KICI_SECRET_KEY not set: secrets subsystem disabled; webhook sources cannot be registered")
-        secrets = DisabledSecretStore()
+    secrets: SecretStore = PgSecretStore(db, settings.secret_key, old_key=settings.secret_key_old)
     sources = PgSourceStore(db)
     offloader = PayloadOffloader(db, blobs)  # accepted bodies: database -> object storage, in the background
     inbox = PgDeliveryInbox(db, blobs, max_payload_bytes=settings.event_log_max_payload_bytes,
@@ -269,14 +251,13 @@ async def _release_own_leases(inbox: PgDeliveryInbox, worker: DeliveryWorker) ->
 async def _wire_admin(ctx: AppContext, settings: Settings, stack: AsyncExitStack, db: Database, url: str,
                       tokens: PgTokenStore) -> None:
     """Give the admin API its operations (key rotation, migrations, GitHub checks) and the bootstrap token."""
-    ctx.secret_key_configured = settings.secret_key is not None
-    if settings.secret_key is not None:
-        key, old_key = settings.secret_key, settings.secret_key_old
+    ctx.secret_key_configured = True  # settings refuse boot without a key (or KICI_DEV generates one)
+    key, old_key = settings.secret_key, settings.secret_key_old
 
-        async def rotate() -> int:
-            return await rotate_key(db, old_key, key)
+    async def rotate() -> int:
+        return await rotate_key(db, old_key, key)
 
-        ctx.rotate_key = rotate
+    ctx.rotate_key = rotate
 
     async def migrate_now() -> list[str]:
         return await migrate.apply_migrations_async(url)
@@ -285,7 +266,7 @@ async def _wire_admin(ctx: AppContext, settings: Settings, stack: AsyncExitStack
         return await admin_api.migration_status(url)
 
     ctx.migrate, ctx.migration_status = migrate_now, status_now
-    if not settings.skip_github_source_validation:
+    if not settings.skip_github_source_validation:  # used only when `source add github --verify` asks
         http = httpx.AsyncClient(timeout=10.0)
         stack.push_async_callback(http.aclose)
         ctx.github_app_check = admin_api.github_app_check(http, settings.github_api_url)

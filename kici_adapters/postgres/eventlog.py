@@ -33,7 +33,7 @@ def _filters(query: EventLogQuery) -> dict[str, Any]:
     return {
         "org_id": query.org_id, "routing_key": query.routing_key, "event": query.event, "action": query.action,
         "status": query.status, "since": query.since, "until": query.until,
-        "contains": query.delivery_id_contains,
+        "contains": query.delivery_id_contains, "delivery_id": query.delivery_id,
     }
 
 

@@ -454,6 +454,7 @@ SELECT e.*, COALESCE(i.attempts, 0) AS attempts
    AND (%(since)s::timestamptz IS NULL OR e.received_at >= %(since)s)
    AND (%(until)s::timestamptz IS NULL OR e.received_at < %(until)s)
    AND (%(contains)s::text IS NULL OR strpos(e.delivery_id, %(contains)s) > 0)
+   AND (%(delivery_id)s::text IS NULL OR e.delivery_id = %(delivery_id)s)
  ORDER BY e.received_at DESC, e.id DESC
  LIMIT %(limit)s OFFSET %(offset)s
 
@@ -468,6 +469,7 @@ SELECT count(*) AS n
    AND (%(since)s::timestamptz IS NULL OR e.received_at >= %(since)s)
    AND (%(until)s::timestamptz IS NULL OR e.received_at < %(until)s)
    AND (%(contains)s::text IS NULL OR strpos(e.delivery_id, %(contains)s) > 0)
+   AND (%(delivery_id)s::text IS NULL OR e.delivery_id = %(delivery_id)s)
 
 -- name: event_log_get
 SELECT e.*, COALESCE(i.attempts, 0) AS attempts

@@ -413,6 +413,7 @@ class FakeDeliveryInbox:
                 and (query.since is None or e.received_at >= query.since)
                 and (query.until is None or e.received_at < query.until)
                 and (query.delivery_id_contains is None or query.delivery_id_contains in e.delivery_id)
+                and (query.delivery_id is None or e.delivery_id == query.delivery_id)
             )
 
         hits = sorted((e for e in self.entries.values() if keep(e)), key=lambda e: e.received_at, reverse=True)

@@ -248,6 +248,9 @@ async def test_event_log_filters_and_paging(inbox_h: Harness) -> None:
     assert ids(await log.list(EventLogQuery(routing_key="generic:acme:x"))) == (["gen-ccc"], 1)
     assert ids(await log.list(EventLogQuery(event="pull_request", action="opened"))) == (["gh-bbb"], 1)
     assert ids(await log.list(EventLogQuery(delivery_id_contains="h-a"))) == (["gh-aaa", "gh-aaa"], 2)
+    exact = await log.list(EventLogQuery(delivery_id="gh-aaa"))
+    assert [(e.org_id, e.delivery_id) for e in exact[0]] == [("other", "gh-aaa"), ("acme", "gh-aaa")]
+    assert ids(await log.list(EventLogQuery(delivery_id="gh-a"))) == ([], 0)  # exact, not a substring
     window = EventLogQuery(since=T0 + timedelta(seconds=2), until=T0 + timedelta(seconds=4))
     assert ids(await log.list(window)) == (["gen-ccc", "gh-bbb"], 2)
 

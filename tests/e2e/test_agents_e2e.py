@@ -90,7 +90,8 @@ class Harness:
     def settings_env(self) -> dict[str, str]:
         return {"KICI_MODE": "independent", "KICI_DATABASE_URL": self.db_url, "KICI_HOST": "127.0.0.1",
                 "KICI_PORT": str(self.port), "KICI_DATA_DIR": str(self.tmp / "data"), "KICI_AGENT_AUTH": "none",
-                "KICI_CLUSTER_INSTANCE_ID": "e2e", "KICI_AUTO_MIGRATE": "false", **self.env}
+                "KICI_CLUSTER_INSTANCE_ID": "e2e", "KICI_AUTO_MIGRATE": "false", "KICI_SECRET_KEY": "ab" * 32,
+                **self.env}
 
     async def start(self, tg: Any) -> None:
         settings = load_settings(self.settings_env(), "standalone", default_config_path=None)

@@ -178,24 +178,37 @@ async def test_add_github_source_validation(env: Env) -> None:
     assert r.status_code == 400 and r.json()["error"] == "Validation error"
 
 
-async def test_duplicate_github_source_is_409(env: Env) -> None:
-    assert (await add_github(env)).status_code == 201
-    r = await add_github(env)
-    assert (r.status_code, r.json()) == (409, {"error": "Source with routing key github:42 already exists"})
+async def test_duplicate_github_source_is_409_naming_it(env: Env) -> None:
+    sid = (await add_github(env)).json()["id"]
+    r = await add_github(env, name="other-name")
+    assert (r.status_code, r.json()) == (409, {"error": "Source with routing key github:42 already exists",
+                                               "routingKey": "github:42", "id": sid, "name": "my-org"})
 
 
-async def test_github_app_check_overrides_name_and_reports_failure() -> None:
+async def test_github_app_is_checked_only_when_verify_is_asked() -> None:
+    calls: list[str] = []
+
     async def check(app_id: str, pem: str, api_url: str | None) -> dict[str, Any]:
+        calls.append(app_id)
         if app_id == "7":
             raise errors.UpstreamUnavailable("401 Bad credentials")
         return {"name": "KiCI Prod", "slug": "kici-prod"}
 
     e, client = await make_env(github_app_check=check)
     async with client:
-        assert (await add_github(e)).json()["name"] == "KiCI Prod"
-        r = await add_github(e, app_id="7")
-    assert (r.status_code, r.json()) == (400, {"error": "GitHub API validation failed: 401 Bad credentials"})
+        assert (await add_github(e, app_id="41")).json()["name"] == "my-org" and calls == []
+        assert (await add_github(e, verify=True)).json()["name"] == "KiCI Prod" and calls == ["42"]
+        r = await add_github(e, app_id="7", verify=True)
+        assert (await add_github(e, verify=True)).status_code == 409 and calls == ["42", "7"]  # no call for a dup
+    assert r.status_code == 400 and r.json()["error"] == (
+        "GitHub API validation failed: 401 Bad credentials "
+        "(without --verify the App is registered without contacting GitHub)")
     assert (await e.sources.github_by_routing_key("github:42")).slug == "kici-prod"  # type: ignore[union-attr]
+    assert await e.sources.github_by_routing_key("github:7") is None
+    e, client = await make_env()  # KICI_SKIP_GITHUB_SOURCE_VALIDATION=true: no check available
+    async with client:
+        r = await add_github(e, verify=True)
+    assert r.status_code == 400 and "KICI_SKIP_GITHUB_SOURCE_VALIDATION=true" in r.json()["error"]
 
 
 async def test_rotate_webhook_secret_keeps_previous(env: Env) -> None:
@@ -291,8 +304,12 @@ async def test_generic_source_lifecycle(env: Env) -> None:
 
     r = await env.call("GET", "/api/v1/admin/generic-sources?orgId=acme", token=AUDITOR)
     assert [s["id"] for s in r.json()["sources"]] == [sid]
-    r = await env.call("GET", "/api/v1/admin/generic-sources")
-    assert (r.status_code, r.json()) == (400, {"error": "Missing orgId query parameter"})
+    other = (await create_generic(env, orgId="beta")).json()["source"]["id"]
+    r = await env.call("GET", "/api/v1/admin/generic-sources")  # every org's sources
+    assert (r.status_code, sorted(s["id"] for s in r.json()["sources"])) == (200, sorted([sid, other]))
+    r = await env.call("GET", "/api/v1/admin/generic-sources?orgId=acme")
+    assert [s["id"] for s in r.json()["sources"]] == [sid]
+    await env.call("DELETE", f"/api/v1/admin/generic-sources/{other}?hard=true")
     assert (await env.call("GET", f"/api/v1/admin/generic-sources/{sid}")).json()["source"]["name"] == "hooks"
     assert (await env.call("GET", "/api/v1/admin/generic-sources/nope")).json() == {"error": "Source not found"}
 
@@ -323,9 +340,15 @@ async def test_generic_source_validation_and_conflict(env: Env) -> None:
     assert {"orgId", "verificationMethod"} <= paths
     r = await env.call("POST", "/api/v1/admin/generic-sources", json={"orgId": "acme", "name": "x"})
     assert r.status_code == 400 and "secret is required" in r.text
-    assert (await create_generic(env)).status_code == 201
+    sid = (await create_generic(env)).json()["source"]["id"]
     r = await create_generic(env)
-    assert (r.status_code, r.json()) == (409, {"error": "Conflict: resource already exists"})
+    assert (r.status_code, r.json()) == (409, {
+        "error": f'Generic source "hooks" already exists in org acme (id {sid})', "routingKey": f"generic:acme:{sid}",
+        "id": sid, "name": "hooks", "orgId": "acme"})
+    other = (await create_generic(env, name="other")).json()["source"]["id"]
+    r = await env.call("PATCH", f"/api/v1/admin/generic-sources/{other}", json={"name": "hooks"})
+    assert r.status_code == 409 and r.json()["id"] == sid
+    assert (await create_generic(env, orgId="beta")).status_code == 201  # names are per org
 
 
 async def test_local_source(env: Env) -> None:
@@ -401,8 +424,16 @@ async def test_event_log_show_with_payload_and_trace(env: Env) -> None:
     [item] = await env.inbox.claim(worker_id="w", limit=1, lease_seconds=30)
     trace: dict[str, Any] = {"eventType": "push", "decisions": [{"workflowName": "ci", "matched": False, "triggers": []}]}
     await env.inbox.complete(item, DeliveryOutcome(status="processed", decision_trace=trace), [])
+    r = await env.call("GET", "/api/v1/admin/event-log/d-1")  # without orgId: the one org that holds it
+    assert (r.status_code, r.json()["orgId"], r.json()["decisionTrace"]) == (200, "acme", trace)
+    await env.inbox.accept(Delivery(org_id="beta", delivery_id="d-1", routing_key="github:42", event="push",
+                                    action=None, source="direct", provider="github", body=b"{}",
+                                    received_at=env.clock.now()))
     r = await env.call("GET", "/api/v1/admin/event-log/d-1")
-    assert (r.status_code, r.json()) == (400, {"error": "Missing required query parameter: orgId"})
+    assert (r.status_code, r.json()) == (409, {"error": "Delivery d-1 exists in 2 orgs (acme, beta): "
+                                                        "name one with orgId", "orgIds": ["acme", "beta"]})
+    assert (await env.call("GET", "/api/v1/admin/event-log/d-1?orgId=beta")).json()["orgId"] == "beta"
+    assert (await env.call("GET", "/api/v1/admin/event-log/nope")).status_code == 404
     r = await env.call("GET", "/api/v1/admin/event-log/nope?orgId=acme")
     assert (r.status_code, r.json()) == (404, {"error": "Delivery not found"})
     r = await env.call("GET", "/api/v1/admin/event-log/d-1?orgId=acme", token=AUDITOR)

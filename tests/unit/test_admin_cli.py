@@ -16,6 +16,7 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from click.testing import CliRunner, Result
 
+from kici_core import errors
 from kici_core.ports import Delivery, DeliveryOutcome
 from kici_runtime.admin_cli import cli, human_bytes
 from tests.unit.test_admin_api import AUDITOR, OWNER, PEM, Env, make_env
@@ -48,12 +49,11 @@ class Harness:
     env: Env
     portal: BlockingPortal
     transport: PortalTransport
-    github_transport: httpx.AsyncBaseTransport | None = None
 
     def run(self, *args: str, token: str | None = OWNER, input: str | None = None,
             env: dict[str, str] | None = None) -> Result:
         head = ["--url", "http://admin.test"] + (["--token", token] if token else [])
-        obj = {"transport": self.transport, "github_transport": self.github_transport}
+        obj = {"transport": self.transport}
         return CliRunner().invoke(cli, [*head, *args], obj=obj, input=input, env=env, catch_exceptions=False)
 
     def call(self, fn: Any, *args: Any) -> Any:
@@ -113,7 +113,7 @@ def test_source_add_github_as_in_the_guide(h: Harness, tmp_path: Path) -> None:
     lines = r.output.splitlines()
     assert lines[0] == "GitHub sources:"
     assert lines[1].startswith("  github:123456        my-org                         (github) secret …9876")
-    assert lines[-1] == "Tip: use --org <orgId> to also list generic sources."
+    assert "Tip:" not in r.output
     assert GH_SECRET not in r.output
     r = h.run("source", "list", "--json")
     doc = json.loads(r.output)
@@ -124,7 +124,9 @@ def test_source_add_github_as_in_the_guide(h: Harness, tmp_path: Path) -> None:
     assert "App ID:       123456" in r.output and GH_SECRET not in r.output
     r = h.run("source", "add", "github", "--name", "x", "--app-id", "123456", "--private-key", PEM)
     assert r.exit_code == 1 and r.output.strip() == (
-        "Error: HTTP 409: Source with routing key github:123456 already exists")
+        f'Error: source github:123456 ("my-org") already exists (id {sid}, routing key github:123456); '
+        "change it with `kici-admin source update github:123456 ...` or remove it with "
+        "`kici-admin source remove github:123456`")
 
 
 def test_source_add_github_checks_key_locally(h: Harness, tmp_path: Path) -> None:
@@ -144,22 +146,27 @@ def test_source_add_github_checks_key_locally(h: Harness, tmp_path: Path) -> Non
     assert r.output.strip() == "Error: Environment variable NOPE_NOT_SET is not set"
 
 
-def test_source_add_github_verify(h: Harness, tmp_path: Path) -> None:
-    seen: list[str] = []
+def test_source_add_github_contacts_github_only_with_verify(h: Harness, tmp_path: Path) -> None:
+    asked: list[str] = []
 
-    def github(request: httpx.Request) -> httpx.Response:
-        seen.append(request.url.path)
-        assert request.headers["authorization"].startswith("Bearer ")
-        app_id = 123456 if "ok" in request.url.host else 99
-        return httpx.Response(200, json={"id": app_id, "slug": "kici-ci", "name": "KiCI CI", "owner": {"login": "o"}})
+    async def check(app_id: str, pem: str, api_url: str | None) -> dict[str, Any]:
+        asked.append(app_id)
+        if app_id == "99":
+            raise errors.UpstreamUnavailable("GitHub API unreachable: ConnectError")
+        return {"name": "KiCI CI", "slug": "kici-ci"}
 
-    h.github_transport = httpx.MockTransport(github)
-    r = add_github(h, tmp_path, "--verify", "--api-url", "https://ok.github.test")
+    h.env.ctx.github_app_check = check
+    r = add_github(h, tmp_path)
+    assert r.exit_code == 0 and asked == [] and "Verified" not in r.output
+    r = h.run("source", "add", "github", "--name", "x", "--app-id", "7", "--private-key", PEM, "--verify")
     assert r.exit_code == 0, r.output
-    assert r.output.splitlines()[0] == "Verified with GitHub: KiCI CI (kici-ci)" and seen == ["/app"]
-    r = h.run("source", "add", "github", "--name", "x", "--app-id", "123456", "--private-key", PEM, "--verify",
-              "--api-url", "https://other.github.test")
-    assert r.exit_code == 65 and "belongs to GitHub App 99" in r.output
+    assert r.output.splitlines()[:2] == ["Source added: github:7 (KiCI CI)",
+                                         "  Verified with GitHub: the key belongs to App 7 (KiCI CI)."]
+    r = h.run("source", "add", "github", "--name", "x", "--app-id", "99", "--private-key", PEM, "--verify")
+    assert r.exit_code == 1 and r.output.strip() == (
+        "Error: HTTP 400: GitHub API validation failed: GitHub API unreachable: ConnectError "
+        "(without --verify the App is registered without contacting GitHub)")
+    assert asked == ["7", "99"]
 
 
 def test_source_update_rotate_and_remove(h: Harness, tmp_path: Path) -> None:
@@ -219,6 +226,47 @@ def test_generic_source_commands(h: Harness, tmp_path: Path) -> None:
     assert r.exit_code == 1 and r.output.strip() == "Error: HTTP 404: Source not found"
 
 
+def test_generic_sources_of_every_org_update_and_duplicates(h: Harness, tmp_path: Path) -> None:
+    ids = {}
+    for org in ("acme", "beta"):
+        r = h.run("source", "add", "generic", "--org", org, "--name", "deploys", "--secret", "gen-secret-4242",
+                  "--json")
+        ids[org] = json.loads(r.output)["source"]["id"]
+    r = h.run("source", "list")  # no --org: every org
+    assert ids["acme"] in r.output and ids["beta"] in r.output and "Tip:" not in r.output
+    r = h.run("source", "list", "--org", "beta")
+    assert ids["beta"] in r.output and ids["acme"] not in r.output
+
+    r = h.run("source", "add", "generic", "--org", "acme", "--name", "deploys", "--secret", "other-secret-1")
+    assert r.exit_code == 1 and r.output.strip() == (
+        f'Error: source "deploys" in org acme already exists (id {ids["acme"]}, routing key '
+        f'generic:acme:{ids["acme"]}); change it with `kici-admin source update-generic {ids["acme"]} ...`')
+
+    sid = ids["acme"]
+    r = h.run("source", "update-generic", sid)
+    assert r.exit_code == 1 and r.output.strip() == "Error: no fields to update. Provide at least one option."
+    r = h.run("source", "update-generic", sid, "--secret", "new-secret-5555")
+    assert r.exit_code == 1 and r.output.strip() == (
+        "Error: --verification is required when updating --secret (needed to format the config correctly)")
+    r = h.run("source", "update-generic", sid, "--verification", "bearer_token", "--secret", "tok-new-5555",
+              "--rate-limit", "30", "--allowed-events", "deploy,rollback", "--name", "releases")
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(f"Generic source updated: {sid}\n") and "Verification: bearer_token" in r.output
+    assert "tok-new" not in r.output and "Secret:       …5555" in r.output
+    stored = h.env.sources.generic[sid]
+    assert (stored.name, stored.rate_limit_rpm, stored.allowed_events) == ("releases", 30, ("deploy", "rollback"))
+    assert h.env.secrets.values[("__system__", f"__webhook__/{sid}", "token")] == "tok-new-5555"
+    assert ("__system__", f"__webhook__/{sid}", "secret") not in h.env.secrets.values
+    r = h.run("source", "update-generic", sid, "--allowed-events", "", "--json")
+    assert json.loads(r.output)["source"]["allowedEvents"] is None
+    r = h.run("source", "update-generic", ids["beta"], "--name", "other")
+    assert r.exit_code == 0
+    r = h.run("source", "update-generic", sid, "--local-repo", str(tmp_path), "--clear-git-config")
+    assert r.exit_code == 1 and "exclude each other" in r.output
+    r = h.run("source", "update-generic", "no-such-id", "--name", "x")
+    assert r.exit_code == 1 and r.output.strip() == "Error: HTTP 404: Source not found"
+
+
 def test_local_source_and_validation_error(h: Harness, tmp_path: Path) -> None:
     r = h.run("source", "add", "generic", "--org", "acme", "--name", "repo", "--local-repo", str(tmp_path), "--json")
     doc = json.loads(r.output)["source"]
@@ -267,15 +315,46 @@ def test_event_log_list_table(h: Harness) -> None:
     assert lines[0].split() == ["received_at", "delivery_id", "routing_key", "event", "source", "status",
                                 "matched", "size"]
     assert set(lines[1].replace(" ", "")) == {"-"}
-    assert lines[2].split() == ["2026-03-01T00:00:01.000Z", "d-1", "github:123456", "pull_request:opened",
+    assert lines[2].split() == ["2026-03-01", "00:00:01", "d-1", "github:123456", "pull_request:opened",
                                 "direct", "received", "0", "3.0KB"]
-    assert lines[3].split()[1:] == ["d-0", "github:123456", "push", "direct", "processed", "1", "46B"]
+    assert lines[3].split()[2:] == ["d-0", "github:123456", "push", "direct", "processed", "1", "46B"]
     assert lines[-2:] == ["", "Showing 2 of 2 (offset 0, limit 50)"]
     r = h.run("event-log", "list", "--event", "push", "--limit", "1", "--json")
     doc = json.loads(r.output)
     assert [d["deliveryId"] for d in doc["deliveries"]] == ["d-0"] and doc["limit"] == 1
     r = h.run("event-log", "list", "--since", "not-a-date")
     assert r.exit_code == 1 and "HTTP 400" in r.output
+
+
+def test_event_log_list_fits_120_columns_with_long_ids(h: Harness) -> None:
+    source_id = "3f2b8c1e-9d4a-4f6b-8e2c-7a1d5b9c0e44"
+    routing_key = f"generic:platform-team:{source_id}"
+    long_ids = [f"{routing_key}:deploy-2026-03-01T00:00:0{i}Z-{'a' * 30}" for i in range(3)]
+
+    async def seed() -> None:
+        for i, delivery_id in enumerate(long_ids):
+            await h.env.inbox.accept(Delivery(
+                org_id="platform-team", delivery_id=delivery_id, routing_key=routing_key,
+                event="pull_request_review_comment", action="created", source="relay", provider="generic",
+                body=b"{}", received_at=h.env.clock.now() + timedelta(seconds=i)))
+        await h.env.inbox.accept(Delivery(
+            org_id="acme", delivery_id="72d3162e-cc78-11e3-81ab-4c9367dc0958", routing_key="github:123456",
+            event="push", action=None, source="direct", provider="github", body=b"{}",
+            received_at=h.env.clock.now() + timedelta(seconds=9)))
+
+    h.call(seed)
+    r = h.run("event-log", "list")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert max(len(line) for line in lines) <= 120, "\n" + r.output
+    assert lines[2].split()[2:4] == ["72d3162e-cc78-11e3-81ab-4c9367dc0958", "github:123456"]  # a GUID stays whole
+    shown = [line.split()[2] for line in lines[3:6]]
+    assert all("…" in cell and long_ids[2 - i].startswith(cell.split("…")[0]) and
+               long_ids[2 - i].endswith(cell.split("…")[1]) for i, cell in enumerate(shown)), shown
+    wide = h.run("event-log", "list", "--wide").output
+    assert all(d in wide for d in long_ids)
+    doc = json.loads(h.run("event-log", "list", "--json").output)
+    assert sorted(d["deliveryId"] for d in doc["deliveries"] if d["orgId"] == "platform-team") == sorted(long_ids)
 
 
 def test_event_log_show_explains_why(h: Harness) -> None:
@@ -299,7 +378,8 @@ def test_event_log_show_explains_why(h: Harness) -> None:
     assert "No decision trace recorded (status received)." in r.output
     r = h.run("event-log", "show", "zzz", "--org", "acme")
     assert r.exit_code == 1 and r.output.strip() == "Error: HTTP 404: Delivery not found"
-    assert h.run("event-log", "show", "d-0").exit_code == 2  # --org is required (usage error)
+    r = h.run("event-log", "show", "d-0")  # the guide's form: no --org
+    assert r.exit_code == 0 and r.output.startswith("Delivery: d-0\n  Org:           acme\n")
 
 
 def test_event_log_replay(h: Harness) -> None:

@@ -22,8 +22,10 @@ PLATFORM = {
     "KICI_PLATFORM_URL": "wss://platform.example/ws",
     "KICI_PLATFORM_TOKEN": "kici_plat_token_value",
     "KICI_DATABASE_URL": DB,
+    "KICI_SECRET_KEY": HEX_KEY,
 }
-INDEPENDENT = {"KICI_MODE": "independent", "KICI_DATABASE_URL": DB}
+INDEPENDENT = {"KICI_MODE": "independent", "KICI_DATABASE_URL": DB, "KICI_SECRET_KEY": HEX_KEY}
+NO_KEY = {k: v for k, v in INDEPENDENT.items() if k != "KICI_SECRET_KEY"}
 
 
 def server(env: dict[str, str], **kw: object) -> config.Settings:
@@ -75,16 +77,34 @@ def test_base64_master_key_and_key_file(tmp_path: pathlib.Path) -> None:
     assert standalone({**INDEPENDENT, "KICI_SECRET_KEY": base64.b64encode(key).decode()}).secret_key == key
     path = tmp_path / "key"
     path.write_text(f"  {HEX_KEY}\n")
-    assert standalone({**INDEPENDENT, "KICI_SECRET_KEY_FILE": str(path)}).secret_key == bytes.fromhex(HEX_KEY)
+    assert standalone({**NO_KEY, "KICI_SECRET_KEY_FILE": str(path)}).secret_key == bytes.fromhex(HEX_KEY)
     # env wins over the file
     both = {**INDEPENDENT, "KICI_SECRET_KEY_FILE": str(path), "KICI_SECRET_KEY": base64.b64encode(key).decode()}
     assert standalone(both).secret_key == key
 
 
-def test_missing_master_key_is_a_warning_not_a_refusal() -> None:
-    s = standalone(INDEPENDENT)
-    assert s.secret_key is None
-    assert any("KICI_SECRET_KEY" in w for w in s.warnings)
+@pytest.mark.parametrize("entry, env", [
+    ("standalone", NO_KEY),
+    ("server", {k: v for k, v in PLATFORM.items() if k != "KICI_SECRET_KEY"}),
+    ("server", {k: v for k, v in PLATFORM.items() if k != "KICI_SECRET_KEY"} | {"KICI_MODE": "hybrid"}),
+])
+def test_every_mode_refuses_to_boot_without_a_master_key(entry: str, env: dict[str, str]) -> None:
+    msg = refusal(standalone if entry == "standalone" else server, env)
+    assert msg == config.MISSING_KEY_MESSAGE and "\n" not in msg
+    assert msg.startswith("KICI_SECRET_KEY is required")
+    assert 'python3 -c "import secrets; print(secrets.token_hex(32))"' in msg
+
+
+def test_dev_mode_generates_an_ephemeral_key_and_says_so() -> None:
+    s = standalone({**NO_KEY, "KICI_DEV": "true"})
+    other = standalone({**NO_KEY, "KICI_DEV": "true"})
+    assert len(s.secret_key) == 32 and s.secret_key_generated and s.secret_key != other.secret_key
+    assert config.EPHEMERAL_KEY_WARNING in s.warnings
+    assert s.secret_key.hex() in s.secret_values()  # masked should it ever reach a log line
+    assert not standalone(INDEPENDENT).secret_key_generated
+    # a configured but broken key is an error even in dev mode, never silently replaced
+    assert refusal(standalone, {**NO_KEY, "KICI_DEV": "true", "KICI_SECRET_KEY": "short"}).startswith(
+        "KICI_SECRET_KEY is malformed")
 
 
 def test_agent_auth_none_warns() -> None:
@@ -98,9 +118,9 @@ def test_auto_migrate_only_literal_false_disables() -> None:
 
 
 def test_embedded_database_explicit_or_dev() -> None:
-    s = standalone({"KICI_MODE": "independent", "KICI_DATABASE_URL": "embedded"})
+    s = standalone({"KICI_MODE": "independent", "KICI_DATABASE_URL": "embedded", "KICI_SECRET_KEY": HEX_KEY})
     assert s.embedded_database and s.database_url is None
-    s = standalone({"KICI_MODE": "independent", "KICI_DEV": "true"})
+    s = standalone({"KICI_MODE": "independent", "KICI_DEV": "true", "KICI_SECRET_KEY": HEX_KEY})
     assert s.embedded_database and s.dev
 
 
@@ -123,7 +143,7 @@ def test_env_wins_over_yaml_and_yaml_over_default(tmp_path: pathlib.Path) -> Non
         "queue:\n  maxDepth: 7\n"
         "cluster:\n  peers: [a, b]\n"
     )
-    s = standalone({"KICI_CONFIG": str(path), "KICI_PORT": "4200"})
+    s = standalone({"KICI_CONFIG": str(path), "KICI_PORT": "4200", "KICI_SECRET_KEY": HEX_KEY})
     assert s.mode == "independent" and s.instance_id == "inst-1"
     assert s.port == 4200  # env wins
     assert s.base_path == "/ci" and s.log_level == "warn" and s.queue_max_depth == 7
@@ -153,7 +173,7 @@ def test_default_config_file_is_read_when_present_and_skipped_when_absent(tmp_pa
 def test_platform_credentials_from_yaml(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "o.yaml"
     path.write_text("platform:\n  url: wss://p/ws\n  token: tok-from-yaml\n")
-    s = server({"KICI_DATABASE_URL": DB, "KICI_CONFIG": str(path)})
+    s = server({"KICI_DATABASE_URL": DB, "KICI_CONFIG": str(path), "KICI_SECRET_KEY": HEX_KEY})
     assert s.platform_url == "wss://p/ws"
     assert s.platform_token is not None and s.platform_token.reveal() == "tok-from-yaml"
     assert "tok-from-yaml" in s.secret_values()
@@ -164,16 +184,17 @@ def test_mode_sources_that_agree_are_fine(tmp_path: pathlib.Path) -> None:
     path.write_text("instance:\n  mode: independent\n")
     env = {**INDEPENDENT, "KICI_INSTANCE_MODE": "independent", "KICI_CONFIG": str(path)}
     assert standalone(env).mode == "independent"
-    assert standalone({"KICI_INSTANCE_MODE": "independent", "KICI_DATABASE_URL": DB}).mode == "independent"
+    assert standalone({"KICI_INSTANCE_MODE": "independent", "KICI_DATABASE_URL": DB, "KICI_SECRET_KEY": HEX_KEY}).mode == "independent"
 
 
 # --- refusals ----------------------------------------------------------------------------------
 
 
 def test_missing_database_url_names_the_variable_and_the_embedded_option() -> None:
-    msg = refusal(standalone, {"KICI_MODE": "independent"})
-    assert msg.startswith("KICI_DATABASE_URL is required") and "embedded" in msg
-    assert "\n" not in msg
+    msg = refusal(standalone, {"KICI_MODE": "independent", "KICI_SECRET_KEY": HEX_KEY})
+    assert msg == config.MISSING_DATABASE_MESSAGE and "\n" not in msg
+    assert msg.startswith("KICI_DATABASE_URL is required") and "KICI_DATABASE_URL=embedded" in msg
+    assert "coordinator" not in msg  # a term the user never set
 
 
 def test_bad_database_url_does_not_echo_it() -> None:
@@ -199,8 +220,8 @@ def test_wrong_length_key_reports_byte_count() -> None:
 def test_empty_and_missing_key_files(tmp_path: pathlib.Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    assert "is empty" in refusal(standalone, {**INDEPENDENT, "KICI_SECRET_KEY_FILE": str(empty)})
-    msg = refusal(standalone, {**INDEPENDENT, "KICI_SECRET_KEY_FILE": str(tmp_path / "nope")})
+    assert "is empty" in refusal(standalone, {**NO_KEY, "KICI_SECRET_KEY_FILE": str(empty)})
+    msg = refusal(standalone, {**NO_KEY, "KICI_SECRET_KEY_FILE": str(tmp_path / "nope")})
     assert msg.startswith("KICI_SECRET_KEY_FILE")
 
 
@@ -251,8 +272,9 @@ def test_several_problems_are_reported_together() -> None:
         server({"KICI_MODE": "hybrid"})
     err = info.value
     assert str(err).splitlines()[0] == "Configuration validation failed:"
-    assert len(err.issues) == 3
-    assert {i.split()[0] for i in err.issues} == {"KICI_DATABASE_URL", "KICI_PLATFORM_URL", "KICI_PLATFORM_TOKEN"}
+    assert len(err.issues) == 4
+    assert {i.split()[0] for i in err.issues} == {"KICI_DATABASE_URL", "KICI_SECRET_KEY", "KICI_PLATFORM_URL",
+                                                  "KICI_PLATFORM_TOKEN"}
 
 
 def test_platform_url_scheme_checked_and_token_never_echoed() -> None:

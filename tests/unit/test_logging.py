@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kici_runtime import config
 from kici_runtime import logging as kici_logging
 
 TOKEN = "kat_" + "0123456789abcdef" * 4
@@ -124,12 +125,44 @@ def test_reset_secrets_forgets_them(stream: io.StringIO) -> None:
 
 
 def test_masking_is_stable_when_joined_text_forms_a_secret() -> None:
-    kici_logging.register_secret("ab***cd")
-    kici_logging.register_secret("xyz")
+    kici_logging.register_secret("prefix-0123***-suffix")
+    kici_logging.register_secret("middle-secret-xyz")
     try:
-        assert kici_logging.mask("abxyzcd") == "***"
+        assert kici_logging.mask("prefix-0123middle-secret-xyz-suffix") == "***"
     finally:
         kici_logging.reset_secrets()
+
+
+def test_a_short_database_password_masks_values_not_words(stream: io.StringIO) -> None:
+    """A database password ``kici`` hides the password, never the letters in ``kici_runtime`` or ``kici-admin``."""
+    url = "postgresql://kici:kici@db:5432/kici"
+    kici_logging.register_secrets(config.load_settings(
+        {"KICI_MODE": "independent", "KICI_DATABASE_URL": url, "KICI_SECRET_KEY": "ab" * 32}, "standalone",
+        default_config_path=None).secret_values())
+    log = logging.getLogger("kici.test")
+    log.info("kici-admin reached kici_runtime", extra={"dsn": url, "where": "kici_runtime.entry", "user": "kici"})
+    log.info("connect", extra={"libpq": "host=db user=kici password=kici dbname=kici", "password": "kici"})
+    log.info("kici")
+    first, second, third = lines(stream)
+    assert first["message"] == "kici-admin reached kici_runtime"
+    assert first["dsn"] == "postgresql://kici:***@db:5432/kici" and first["where"] == "kici_runtime.entry"
+    assert first["user"] == "***"  # a field that is exactly the secret is masked, whatever its name
+    assert second["libpq"] == "host=db user=kici password=*** dbname=kici" and second["password"] == "***"
+    assert third["message"] == "***"
+    assert ":kici@" not in stream.getvalue() and "password=kici" not in stream.getvalue()
+
+
+def test_urls_and_secret_fields_are_masked_without_registration(stream: io.StringIO) -> None:
+    log = logging.getLogger("kici.test")
+    log.warning("retrying https://bot:hunter2@git.example/x.git with api_key=abc123&x=1",
+                extra={"headers": {"Authorization": "Bearer abc", "X-Other": "fine"}, "privateKey": "-----BEGIN",
+                       "webhookSecretFingerprint": "…1234", "tokenId": "t-1", "auth": {"token": TOKEN}})
+    (doc,) = lines(stream)
+    assert doc["message"] == "retrying https://bot:***@git.example/x.git with api_key=***&x=1"
+    assert doc["headers"] == {"Authorization": "***", "X-Other": "fine"} and doc["privateKey"] == "***"
+    assert doc["webhookSecretFingerprint"] == "…1234" and doc["tokenId"] == "t-1"
+    assert doc["auth"] == {"token": "kat_***"}
+    assert "hunter2" not in stream.getvalue() and "abc123" not in stream.getvalue()
 
 
 def test_fatal_startup_line(stream: io.StringIO) -> None:
@@ -137,6 +170,12 @@ def test_fatal_startup_line(stream: io.StringIO) -> None:
     (doc,) = lines(stream)
     assert doc["message"] == "Fatal startup error" and doc["level"] == "error"
     assert doc["error"] == "KICI_DATABASE_URL is required" and "ValueError" in str(doc["stack"])
+
+
+def test_fatal_startup_line_without_stack(stream: io.StringIO) -> None:
+    kici_logging.log_fatal_startup(ValueError("x"), message="KICI_DATABASE_URL is required: set it", with_stack=False)
+    (doc,) = lines(stream)
+    assert doc["error"] == "KICI_DATABASE_URL is required: set it" and "stack" not in doc
 
 
 def test_static_fields_and_service_override(stream: io.StringIO) -> None:
@@ -149,7 +188,7 @@ def test_static_fields_and_service_override(stream: io.StringIO) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(
-    secret=st.text(alphabet=st.characters(codec="utf-8"), min_size=6, max_size=20),
+    secret=st.text(alphabet=st.characters(codec="utf-8"), min_size=kici_logging.MIN_WHOLE_SECRET, max_size=24),
     before=st.text(max_size=10),
     after=st.text(max_size=10),
 )
@@ -163,6 +202,31 @@ def test_no_registered_secret_survives_any_message(secret: str, before: str, aft
     finally:
         kici_logging.reset_secrets()
     assert secret not in str(doc["message"]) and secret not in json.dumps(doc["field"], ensure_ascii=False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    secret=st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=kici_logging.MIN_WHOLE_SECRET - 1),
+    word=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_-.", min_size=1, max_size=8),
+)
+def test_a_short_secret_is_masked_as_a_value_and_left_inside_words(secret: str, word: str) -> None:
+    kici_logging.register_secret(secret)
+    try:
+        formatter = kici_logging.JsonFormatter()
+        record = logging.LogRecord("kici", logging.INFO, __file__, 1, secret, None, None)
+        record.__dict__.update({"value": secret, "dsn": f"postgresql://u:{secret.replace('@', '')}x@h/db",
+                                "words": word + secret + word})
+        doc = json.loads(formatter.format(record))
+    finally:
+        kici_logging.reset_secrets()
+    assert doc["message"] == "***" and doc["value"] == "***"
+    assert doc["dsn"] == "postgresql://u:***@h/db" or "/" in secret or any(c.isspace() for c in secret)
+    assert doc["words"] == word + secret + word or _masked_anyway(word + secret + word)
+
+
+def _masked_anyway(text: str) -> bool:
+    """The text triggers a value rule of its own (an agent token, a URL password or a secret field)."""
+    return kici_logging.mask(text) != text
 
 
 @settings(max_examples=150, deadline=None)

@@ -4,7 +4,8 @@
 What the routes need comes from :class:`~kici_runtime.context.AppContext`: ``tokens`` (admin and agent tokens),
 ``secret_key_configured`` (False: every admin route answers 503), ``blobs`` (event-log payloads),
 ``rotate_key``, ``migrate`` and ``migration_status`` (see :func:`migration_status` below),
-``github_app_check`` (``GET /app`` validation of new GitHub sources; see :func:`github_app_check`),
+``github_app_check`` (``GET /app`` validation of a new GitHub source when the request asks for it with
+``"verify": true``; see :func:`github_app_check`),
 ``kick_agent_token`` and ``webhook_public_url``.
 """
 
@@ -50,10 +51,14 @@ async def migration_status(url: str) -> list[JSONObject]:
 
 
 def github_app_check(http: httpx.AsyncClient, default_api_url: str = gh.DEFAULT_API_URL) -> GitHubAppCheck:
-    """An ``AppContext.github_app_check``: ``GET /app`` with the App JWT; returns ``{"name", "slug"}``."""
+    """An ``AppContext.github_app_check``: ``GET /app`` with the App JWT; returns ``{"name", "slug"}``.
+
+    One attempt, no retries: an operator waits for the answer (``source add github --verify``) and should hear
+    at once that GitHub cannot be reached.
+    """
 
     async def check(app_id: str, private_key: str, api_url: str | None) -> JSONObject:
-        client = gh.GitHubClient(api_url=api_url or default_api_url, http=http)
+        client = gh.GitHubClient(api_url=api_url or default_api_url, http=http, retry=gh.RetryPolicy(attempts=1))
         identity = await github_app.GitHubApp(app_id=app_id, private_key=private_key, client=client).identity()
         if str(identity.id) != app_id:
             raise gh.GitHubApiError(f"the private key belongs to App {identity.id}, not {app_id}")

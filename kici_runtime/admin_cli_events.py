@@ -67,8 +67,9 @@ def list_deliveries(ctx: click.Context, org_id: str | None, routing_key: str | N
     click.echo(f"Showing {len(deliveries)} of {out['total']} (offset {out['offset']}, limit {out['limit']})")
 
 
-_SHRINK = ((3, 10), (2, 13), (5, 9), (1, 12))
-"""Narrowed in this order to fit: event, routing key, status, and last the delivery id (a GUID stays whole)."""
+_SHRINK = ((1, 36), (2, 13), (3, 10), (5, 9), (1, 12))
+"""Narrowed in this order to fit: delivery ids longer than a GUID, the routing key, the event, the status, and last
+the delivery id below the width of a GUID (GitHub's delivery ids stay whole)."""
 
 
 def _seconds(stamp: str | None) -> str:

@@ -80,7 +80,7 @@ async def test_push_runs_matching_workflow_once_and_admin_explains_it(independen
                               "size"]
     assert set(rule.replace(" ", "")) == {"-"}
     assert delivery in line and "processed" in line and "direct" in line and "push" in line
-    assert line.split()[6] == "1"
+    assert line.split()[7] == "1"  # received_at is "<date> <time>"
     assert "Showing 1 of 1 (offset 0, limit 50)" in listing
 
     shown = (await w.admin("event-log", "show", delivery, "--org", ORG)).stdout
@@ -130,7 +130,7 @@ async def test_generic_and_ping_deliveries_are_recorded(independent: Independent
     assert stored_id.endswith(f":{delivery}") and stored_id.startswith("generic:")
     row = await w.wait_status(stored_id, "received")
     assert row["inbox_state"] == "done"
-    generic = (await w.admin("event-log", "list", "--org", ORG, "--event", "deploy")).stdout
+    generic = (await w.admin("event-log", "list", "--org", ORG, "--event", "deploy", "--wide")).stdout
     assert stored_id in generic
 
     ping = new_delivery()

@@ -160,6 +160,121 @@ def test_build_stage_installs_dependencies_from_the_lock() -> None:
                 assert "--no-build-isolation" in words, f"a build that fetches its own backend: {command.strip()}"
 
 
+# --- the build context (.dockerignore) ------------------------------------------------------------
+
+
+def _docker_pattern(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as Docker compiles it: ``*`` and ``?`` stay within a path segment, ``**`` spans
+    any number of segments (``**/`` also none), ``[...]`` classes and ``\\`` escapes as in Go's path.Match."""
+    out, i = "^", 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**", i):
+            i += 2
+            if pattern[i : i + 1] == "/":
+                i += 1
+            out += ".*" if i >= len(pattern) else "(.*/)?"
+            continue
+        if ch == "*":
+            out += "[^/]*"
+        elif ch == "?":
+            out += "[^/]"
+        elif ch == "[":
+            end = pattern.index("]", i + 1)
+            out += "[" + pattern[i + 1 : end].replace("!", "^", 1) + "]"
+            i = end
+        elif ch == "\\" and i + 1 < len(pattern):
+            i += 1
+            out += re.escape(pattern[i])
+        else:
+            out += re.escape(ch)
+        i += 1
+    return re.compile(out + "$")
+
+
+def dockerignore(path: Path) -> list[tuple[bool, re.Pattern[str]]]:
+    """``(exclusion, pattern)`` per line of a .dockerignore (``!`` lines re-include); comments skipped."""
+    rules = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        cleaned = os.path.normpath(line[1:].strip() if negate else line).lstrip("/")
+        rules.append((negate, _docker_pattern(cleaned)))
+    return rules
+
+
+def ignored(rules: list[tuple[bool, re.Pattern[str]]], rel: str) -> bool:
+    """Whether Docker leaves ``rel`` out of the context: the last rule matching the path or one of its parent
+    directories decides."""
+    parents = ["/".join(rel.split("/")[: n + 1]) for n in range(rel.count("/"))]
+    result = False
+    for negate, pattern in rules:
+        if result == (not negate):
+            continue  # this rule cannot change the outcome
+        if pattern.match(rel) or any(pattern.match(p) for p in parents):
+            result = not negate
+    return result
+
+
+def build_context(root: Path) -> dict[str, int]:
+    """Every file Docker would send for ``docker build <root>``: relative path -> size."""
+    rules = dockerignore(root / ".dockerignore")
+    found: dict[str, int] = {}
+    for dirpath, _dirnames, filenames in os.walk(root):
+        base = Path(dirpath).relative_to(root).as_posix()
+        for name in filenames:
+            rel = name if base == "." else f"{base}/{name}"
+            if not ignored(rules, rel):
+                found[rel] = (Path(dirpath) / name).lstat().st_size
+    return found
+
+
+def test_dockerignore_pattern_semantics() -> None:
+    rules = [(False, _docker_pattern("**/__pycache__")), (False, _docker_pattern(".venv")),
+             (False, _docker_pattern("**/.env.*")), (True, _docker_pattern("**/.env.example"))]
+    assert ignored(rules, "kici_core/__pycache__/x.pyc") and ignored(rules, "__pycache__/y.pyc")
+    assert ignored(rules, ".venv/bin/python") and not ignored(rules, "tests/.venv/bin/python")
+    assert ignored(rules, "deploy/compose/.env.local") and not ignored(rules, "deploy/compose/.env.example")
+    assert not ignored(rules, "kici_core/pycache.py")
+
+
+def test_build_context_keeps_what_the_image_copies_and_leaves_out_dev_state(tmp_path: Path) -> None:
+    """After ``make install``, ``make dev`` and ``make test`` a checkout holds a virtual environment, the dev
+    secrets in .kici-dev/state.json, git data, caches and test artefacts: none of it reaches the build context,
+    while every path the Dockerfile copies does."""
+    copied = [src for ins in INSTRUCTIONS if ins.keyword == "COPY" and not ins.value.startswith("--from=")
+              for src in exec_form(ins.value)[:-1]]
+    assert copied, "the Dockerfile copies nothing from the context"
+    junk = [".venv/bin/python", ".venv/lib/python3.12/site-packages/psycopg/__init__.py", ".kici-dev/state.json",
+            ".kici-dev/data/postgres/PG_VERSION", ".kici-dev/logs/orchestrator.log", ".git/HEAD",
+            ".git/objects/ab/cdef", "kici_core/__pycache__/ports.cpython-312.pyc", "tests/unit/__pycache__/t.pyc",
+            ".mypy_cache/3.12/x.json", ".ruff_cache/0.9/x", ".pytest_cache/v/cache/lastfailed",
+            ".hypothesis/examples/ab/cd", "kici.egg-info/PKG-INFO", "build/lib/kici_core/ports.py",
+            "dist/kici-0.1.0-py3-none-any.whl", "deploy/compose/.env", ".env", "my-app.2026-03-01.private-key.pem",
+            ".coverage", "htmlcov/index.html", "junit.xml"]
+    keep = ["pyproject.toml", "README.md", "kici_core/ports.py", "kici_adapters/postgres/queries.sql",
+            "kici_runtime/migrations_placeholder.txt", "deploy/docker/node", "deploy/compose/.env.example",
+            "Dockerfile"]
+    shutil.copy(ROOT / ".dockerignore", tmp_path / ".dockerignore")
+    for rel in junk + keep:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    context = build_context(tmp_path)
+    assert sorted(set(junk) & set(context)) == []
+    assert sorted(set(keep) - set(context)) == []
+
+    # The real checkout (which has .venv, .git and caches when the tests run): what the Dockerfile copies is
+    # there, nothing from the excluded places is, and the context stays small.
+    real = build_context(ROOT)
+    for src in copied:
+        assert src in real or any(p.startswith(src.rstrip("/") + "/") for p in real), f"{src} is not in the context"
+    banned = (".venv/", ".kici-dev/", ".git/", ".mypy_cache/", ".ruff_cache/", ".pytest_cache/", ".hypothesis/")
+    assert [p for p in real if p.startswith(banned) or "/__pycache__/" in p or p == ".git"] == []
+    assert sum(real.values()) < 20 * 1024 * 1024, f"build context is {sum(real.values())} bytes"
+
+
 # --- the install steps, outside Docker --------------------------------------------------------------
 
 

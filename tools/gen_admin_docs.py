@@ -40,8 +40,7 @@ kici-admin --url http://localhost:4000 --token $KICI_BOOTSTRAP_ADMIN_TOKEN sourc
   contents, trimmed), `--from-env VAR` or `--stdin`. They are stored encrypted with `KICI_SECRET_KEY` and never
   printed back; listings show only the last four characters. The one exception is
   `source get-webhook-secret`.
-- Without `KICI_SECRET_KEY` on the orchestrator every admin command fails with
-  `HTTP 503: secrets subsystem disabled: set KICI_SECRET_KEY`.
+- Adding a source that already exists fails with a message naming it and the command that changes it.
 
 ## Tokens and roles
 
@@ -65,10 +64,12 @@ with `source update github:<appId> --drop-previous-secret`.
 
 ## Why didn't my workflow run?
 
-`event-log show <deliveryId> --org <orgId>` prints the delivery and its decision trace: for every workflow
-of the lock file whether it matched, and for each trigger the filter that rejected it (with the pattern and
-the event's value). `event-log replay <deliveryId> --org <orgId>` processes a stored delivery again, e.g.
-after fixing a lock file or the App's credentials.
+`event-log show <deliveryId>` prints the delivery and its decision trace: for every workflow of the lock file
+whether it matched, and for each trigger the filter that rejected it (with the pattern and the event's value).
+`event-log replay <deliveryId>` processes a stored delivery again, e.g. after fixing a lock file or the App's
+credentials. Both need `--org <orgId>` only when two organisations hold the same delivery id (they say so and
+name them). `event-log list` fits 120 columns, shortening long ids with `…`; `--wide` and `--json` print them
+whole.
 
 # Command reference
 """

@@ -5,7 +5,9 @@
   command objects), and a ``node …`` command names a script the image's shim understands;
 * every metric named in docs/metrics.md (and the operator guide, and the Grafana dashboard) exists in
   ``kici_adapters.metrics.REGISTRY``, and every registry metric is documented and on the dashboard;
-* every document linked from README.md and docs/README.md exists, and docs/README.md indexes every page.
+* every document linked from README.md and docs/README.md exists, and docs/README.md indexes every page;
+* the compose files build the images they run, start the agent only once its token exists, and take every
+  variable from .env.example, and their README walks through both steps.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from pathlib import Path
 
 import click
 import pytest
+import yaml
 
 from kici_adapters import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
-DOC_FILES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+COMPOSE = ROOT / "deploy" / "compose"
+DOC_FILES = [ROOT / "README.md", *sorted(DOCS.glob("*.md")), COMPOSE / "README.md"]
 SHIM = ROOT / "deploy" / "docker" / "node"
 DASHBOARD = ROOT / "deploy" / "grafana" / "kici-orchestrator.json"
 
@@ -340,3 +344,42 @@ def test_docs_index_lists_every_page() -> None:
     linked = set(local_links(DOCS / "README.md"))
     pages = {p.resolve() for p in DOCS.glob("*.md") if p.name != "README.md"}
     assert pages - linked == set(), "pages missing from docs/README.md"
+
+
+# --- deploy/compose -----------------------------------------------------------------------------------------
+
+
+COMPOSE_FILES = sorted(COMPOSE.glob("docker-compose.*.yml"))
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_files_build_their_images_and_wait_for_the_agent_token(path: Path) -> None:
+    services = yaml.safe_load(path.read_text(encoding="utf-8"))["services"]
+    stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", (ROOT / "Dockerfile").read_text(encoding="utf-8"),
+                        re.IGNORECASE | re.MULTILINE)
+    for name in ("orchestrator", "agent"):
+        build = services[name].get("build")
+        assert isinstance(build, dict) and (path.parent / build["context"] / "Dockerfile").is_file(), name
+        assert build.get("target") in (None, *stages), f"{name}: no Dockerfile stage {build.get('target')}"
+    assert services["orchestrator"]["image"] == "kici-orchestrator:latest" and "target" not in services[
+        "orchestrator"]["build"]  # the default (last) stage: the orchestrator
+    assert services["agent"]["image"] == "kici-agent:latest" and services["agent"]["build"]["target"] == "agent"
+    # The agent's token is made by the running orchestrator: the agent starts only on request.
+    assert services["agent"].get("profiles") == ["agent"] and "profiles" not in services["orchestrator"]
+    assert "KICI_SECRET_KEY" in services["orchestrator"]["environment"]
+    example = (COMPOSE / ".env.example").read_text(encoding="utf-8")
+    declared = set(re.findall(r"^([A-Z_]+)=", example, re.MULTILINE))
+    used = set(re.findall(r"\$\{([A-Z_]+)", path.read_text(encoding="utf-8")))
+    assert used <= declared, f"not in .env.example: {sorted(used - declared)}"
+
+
+def test_compose_readme_walks_through_the_image_build_and_the_agent_token() -> None:
+    text = (COMPOSE / "README.md").read_text(encoding="utf-8")
+    steps = ["cp .env.example .env", "--profile agent build", "docker build --target agent -t kici-agent:latest .",
+             "up -d", "agent-token create", "KICI_AGENT_TOKEN=kat_", "--profile agent up -d"]
+    positions = [text.find(step) for step in steps]
+    assert -1 not in positions, [s for s, p in zip(steps, positions, strict=True) if p == -1]
+    assert positions == sorted(positions), "the steps are out of order"
+    assert 'python3 -c "import secrets; print(secrets.token_hex(32))"' in text
+    for path in COMPOSE_FILES:  # each compose file points at the README
+        assert "README.md" in path.read_text(encoding="utf-8").split("services:")[0]

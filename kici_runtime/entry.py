@@ -15,6 +15,9 @@ from kici_runtime import logging as kici_logging
 
 log = logging.getLogger("kici.runtime")
 
+UVICORN_STARTUP_FAILURE = 3
+"""uvicorn's exit code when its listener cannot start (it has logged the socket error)."""
+
 
 def backend_options() -> dict[str, bool]:
     """Run on uvloop when it is installed (a faster event loop; asyncio semantics are unchanged)."""
@@ -53,6 +56,12 @@ def run(entry_point: Literal["server", "standalone"], config_path: str | None, m
         anyio.run(wiring.serve, settings, backend_options=backend_options())
     except KeyboardInterrupt:
         pass
+    except SystemExit as exc:
+        if exc.code != UVICORN_STARTUP_FAILURE:
+            raise
+        _fatal(entry_point, errors.ConfigError(
+            f"the HTTP listener could not start on {settings.host}:{settings.port} (the log line above says why); "
+            "if the address is in use, stop the process listening there or choose another KICI_PORT"), exit_code=1)
     except BaseException as exc:
         found = startup_error(exc)
         if found is None:

@@ -6,6 +6,7 @@ and no traceback, and a short database password is masked where it is a value, n
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +82,19 @@ async def test_missing_and_unreachable_database_are_one_line_naming_the_fix(tmp_
     assert len(err) == 1 and err[0].startswith("kici-standalone: database unavailable: ")
     assert err[0].endswith("; check KICI_DATABASE_URL and that the PostgreSQL server is running and reachable")
     assert ":kici@" not in err[0] and not any("Traceback" in line for line in out + err)
+
+
+async def test_a_busy_port_is_one_line_naming_the_fix(db_url: str, gh: GitHubServer, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err = _refusal("kici-standalone", {**standalone_env(db_url, gh, tmp_path), "KICI_PORT": str(port)})
+    assert code == 1, (out, err)
+    message = (f"the HTTP listener could not start on 127.0.0.1:{port} (the log line above says why); if the "
+               "address is in use, stop the process listening there or choose another KICI_PORT")
+    _assert_one_line_fatal(out, err, "kici-standalone", message)
+    assert any("address already in use" in line for line in out)
 
 
 async def test_dev_mode_generates_an_ephemeral_key_shared_with_the_processing_child(

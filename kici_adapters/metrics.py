@@ -89,6 +89,17 @@ payload_offload_failures = Counter(
     "Accepted payloads whose move from the database to object storage failed (kept and retried).",
     registry=REGISTRY,
 )
+payload_offload_skipped = Counter(
+    "kici_payload_offload_skipped_total",
+    "Accepted payloads the offloader gave up moving (their key is refused); they stay readable in the database.",
+    registry=REGISTRY,
+)
+agent_messages_dropped = Counter(
+    "kici_agent_messages_dropped_total",
+    "Job-scoped agent messages dropped, by reason (e.g. the job is not assigned to the sending agent).",
+    ["reason"],
+    registry=REGISTRY,
+)
 platform_buffer_dropped = Counter(
     "kici_platform_buffer_dropped_total",
     "Outbound Platform messages dropped because the buffer was full.",

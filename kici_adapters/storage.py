@@ -29,6 +29,10 @@ from kici_core.keys import (
 )
 
 LOG_PREFIX = "kici-logs/"
+FILE_MODE = 0o600
+"""Mode of the files the filesystem store writes (payloads carry repository data: not world-readable)."""
+DIR_MODE = 0o700
+"""Mode of the directories it creates."""
 
 __all__ = [
     "LOG_PREFIX",
@@ -74,9 +78,10 @@ class _FileWrite:
 class FilesystemBlobStore:
     """Objects as files under ``root`` (``<root>/<key>``).
 
-    A write goes to a temporary file in the target directory, is fsynced, renamed over the final name and
-    the directory is fsynced (as is every directory the write created), so an acknowledged ``put``
-    survives a crash and readers never see a partial object. A ``durable=False`` write skips the fsyncs
+    Files are created ``0600`` and directories ``0700`` (:data:`FILE_MODE`, :data:`DIR_MODE`): payloads and
+    logs are readable by the orchestrator's account only. A write goes to a temporary file in the target
+    directory, is fsynced, renamed over the final name and the directory is fsynced (as is every directory the
+    write created), so an acknowledged ``put`` survives a crash and readers never see a partial object. A ``durable=False`` write skips the fsyncs
     (still atomic for readers): it is for copies whose original is durable elsewhere.
 
     Concurrent ``put`` calls share the work like a group commit: a caller that finds fewer than ``lanes``
@@ -178,7 +183,9 @@ def _write_batch(batch: list[_FileWrite]) -> None:
         tmp = w.path.with_name(f".{w.path.name}.{secrets.token_hex(6)}.tmp")
         try:
             created = _make_dirs(w.path.parent)
-            with tmp.open("wb") as fh:
+            # payloads and logs are private to the orchestrator's account: 0600 files in 0700 directories
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+            with os.fdopen(fd, "wb") as fh:
                 fh.write(w.data)
         except OSError as exc:
             w.error = exc
@@ -237,7 +244,7 @@ def _make_dirs(directory: Path) -> list[Path]:
         missing.append(current)
         current = current.parent
     for d in reversed(missing):
-        d.mkdir(exist_ok=True)
+        d.mkdir(mode=DIR_MODE, exist_ok=True)
     return list(reversed(missing))
 
 

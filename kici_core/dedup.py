@@ -11,11 +11,10 @@ and validates it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from kici_core import errors, jsonpath, webhooks
+from kici_core import errors, identifiers, jsonpath, webhooks
 from kici_core.jsontypes import JSONValue
 
 __all__ = [
@@ -29,14 +28,8 @@ __all__ = [
     "universal_git_dedup_key",
 ]
 
-ORG_ID_MAX_LEN = 16
-"""``event_log.org_id`` is ``varchar(16)``."""
-
-DELIVERY_ID_MAX_LEN = 512
-"""Generous for ``<routing_key>:<raw>``; longer ids are refused rather than truncated."""
-
-_ORG_ID_RE = re.compile(r"[A-Za-z0-9_.:-]+")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+ORG_ID_MAX_LEN = identifiers.ORG_ID_MAX_LEN
+DELIVERY_ID_MAX_LEN = identifiers.DELIVERY_ID_MAX_LEN
 
 GENERIC_HEADER_ORDER = ("x-delivery-id", "x-request-id", "x-idempotency-key")
 LOCAL_HEADER_ORDER = ("x-delivery-id", "x-request-id")
@@ -54,9 +47,9 @@ UNIVERSAL_GIT_HEADER_ORDER = (
 class DedupKey:
     """The identity of one delivery for an organisation.
 
-    Invariants (checked on construction): ``org_id`` is 1–16 characters of ``[A-Za-z0-9_.:-]`` (it
-    appears unencoded in object keys); ``delivery_id`` is 1–512 characters without control
-    characters and without surrounding whitespace.
+    Invariants (checked on construction, :mod:`kici_core.identifiers`): ``org_id`` is 1–16 characters of
+    ``[A-Za-z0-9_.:-]`` not starting with ``.`` (it is a segment of object keys); ``delivery_id`` is 1–512
+    printable ASCII characters without surrounding whitespace.
 
     Raises:
         InvalidInput: an invariant does not hold.
@@ -66,20 +59,8 @@ class DedupKey:
     delivery_id: str
 
     def __post_init__(self) -> None:
-        if not self.org_id:
-            raise errors.InvalidInput("org id is empty")
-        if len(self.org_id) > ORG_ID_MAX_LEN:
-            raise errors.InvalidInput(f"org id is longer than {ORG_ID_MAX_LEN} characters")
-        if not _ORG_ID_RE.fullmatch(self.org_id):
-            raise errors.InvalidInput("org id may contain only letters, digits and _ . : -")
-        if not self.delivery_id:
-            raise errors.InvalidInput("delivery id is empty")
-        if len(self.delivery_id) > DELIVERY_ID_MAX_LEN:
-            raise errors.InvalidInput(f"delivery id is longer than {DELIVERY_ID_MAX_LEN} characters")
-        if self.delivery_id != self.delivery_id.strip():
-            raise errors.InvalidInput("delivery id has leading or trailing whitespace")
-        if _CONTROL_RE.search(self.delivery_id):
-            raise errors.InvalidInput("delivery id contains control characters")
+        identifiers.check_org_id(self.org_id)
+        identifiers.check_delivery_id(self.delivery_id)
 
 
 def _first_header(headers: Mapping[str, str], names: Iterable[str]) -> str | None:

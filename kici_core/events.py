@@ -13,13 +13,12 @@ Changed files are never part of a provider delivery; the pipeline fetches them (
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from kici_core import jsonpath, webhooks
+from kici_core import jsonpath, jsontypes, webhooks
 from kici_core.errors import InvalidInput
 from kici_core.jsontypes import JSONValue
 
@@ -367,14 +366,20 @@ def changed_files_request(event_name: str, payload: Mapping[str, JSONValue]) -> 
 
 def parse_generic_body(raw: bytes, content_type: str | None) -> dict[str, JSONValue]:
     """Parse a generic-source body: JSON object, JSON scalar -> ``{"value": v}``, form fields
-    (last duplicate wins), else ``{"body": raw}``; empty or whitespace -> ``{}``."""
+    (last duplicate wins), else ``{"body": raw}``; empty or whitespace -> ``{}``.
+
+    Raises:
+        JSONTooDeep: a JSON body nested deeper than :data:`~kici_core.jsontypes.MAX_DEPTH`.
+    """
     text = raw.decode("utf-8", errors="replace")
     if not text.strip():
         return {}
     ctype = (content_type or "").lower()
     if not ctype or "application/json" in ctype:
         try:
-            value = json.loads(text)
+            value = jsontypes.loads(text)
+        except jsontypes.JSONTooDeep:
+            raise
         except ValueError:
             pass
         else:

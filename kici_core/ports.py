@@ -482,8 +482,10 @@ class TokenStore(Protocol):
         """Insert; raises ``Conflict`` on a duplicate hash."""
         ...
 
-    async def ensure_bootstrap_admin_token(self, token_hash: str, new_id: str) -> None:
-        """Upsert the ``label='bootstrap'`` owner token with this hash (replacing an older bootstrap hash)."""
+    async def ensure_bootstrap_admin_token(self, token_hash: str, new_id: str) -> bool:
+        """Upsert the ``label='bootstrap'`` owner token with this hash: a new value replaces the hash of the active
+        bootstrap token (or is inserted as ``new_id``). A value that was revoked stays revoked: returns False and
+        changes nothing. Raises ``Conflict`` when another (non-bootstrap) token has this hash."""
         ...
 
     async def has_active_admin_token(self) -> bool: ...

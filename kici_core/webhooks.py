@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qsl
 
+from kici_core import jsontypes
 from kici_core.jsontypes import JSONValue
 
 GENERIC_METHODS = ("hmac_sha256", "bearer_token", "api_key", "ip_allowlist", "none")
@@ -117,14 +117,15 @@ def verify_generic(
 def github_body_json(body: bytes, content_type: str | None) -> JSONValue:
     """GitHub payload bytes as JSON: ``application/json`` directly, form bodies through their ``payload`` field.
 
-    Raises ``ValueError`` when the body is neither.
+    Raises ``ValueError`` when the body is neither (``JSONTooDeep`` when it nests deeper than
+    :data:`~kici_core.jsontypes.MAX_DEPTH`).
     """
     ctype = (content_type or "application/json").split(";")[0].strip().lower()
     if ctype == "application/x-www-form-urlencoded":
         fields = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
         if "payload" not in fields:
             raise ValueError("form body without a payload field")
-        return json.loads(fields["payload"])  # type: ignore[no-any-return]
+        return jsontypes.loads(fields["payload"])
     if ctype != "application/json":
         raise ValueError(f"unsupported content type {ctype}")
-    return json.loads(body)  # type: ignore[no-any-return]
+    return jsontypes.loads(body)

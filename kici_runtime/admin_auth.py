@@ -9,7 +9,6 @@ or a log line from here.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from kici_core import errors
+from kici_core import errors, jsontypes
 from kici_core.ports import AdminToken, TokenStore
 from kici_runtime.context import AppContext
 
@@ -179,12 +178,18 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object; 400 validation error when it is not one."""
+    """The request's JSON object; 400 validation error when it is not one (also for JSON nested deeper than
+    :data:`~kici_core.jsontypes.MAX_DEPTH`, ``NaN``/``Infinity`` and NUL characters, which no field accepts).
+    The body size and read time are bounded by :class:`~kici_runtime.httpguard.RequestGuard`."""
     raw = await request.body()
     if not raw.strip():
         return {}
+    if b"\\u0000" in raw or b"\x00" in raw:
+        raise validation([{"path": [], "message": "body must not contain NUL characters"}])
     try:
-        value = json.loads(raw)
+        value = jsontypes.loads(raw)
+    except jsontypes.JSONTooDeep as exc:
+        raise validation([{"path": [], "message": str(exc)}]) from None
     except ValueError:
         raise validation([{"path": [], "message": "body is not valid JSON"}]) from None
     if not isinstance(value, dict):

@@ -120,7 +120,7 @@ def _verification_config(method: str, secret: str | None, header_name: str | Non
 @add.command("generic")
 @click.option("--org", "org_id", required=True, help="Org id (the <orgId> of the webhook URL).")
 @click.option("--name", required=True, help="Source name (the <sourceId> of the webhook URL).")
-@click.option("--verification", type=click.Choice(METHODS), help="Default hmac_sha256 (none for --local-repo).")
+@click.option("--verification", type=click.Choice(METHODS), help="Default hmac_sha256 (local sources cannot use none).")
 @click.option("--secret", help="HMAC secret, bearer token, API key or IP allowlist (csv); or @file.")
 @click.option("--from-env", "from_env", metavar="VAR", help="Read the secret from this env variable.")
 @click.option("--stdin", "use_stdin", is_flag=True, help="Read the secret from stdin.")
@@ -147,7 +147,7 @@ def add_generic(ctx: click.Context, org_id: str, name: str, verification: str | 
     value = read_secret(secret, from_env, use_stdin)
     if local_repo is not None:
         provider_type = "local"
-    method = verification or ("none" if provider_type == "local" else "hmac_sha256")
+    method = verification or "hmac_sha256"
     body: dict[str, Any] = {"orgId": org_id, "name": name, "verificationMethod": method,
                             "verificationConfig": _verification_config(method, value, header_name)}
     if provider_type:

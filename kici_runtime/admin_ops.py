@@ -6,7 +6,6 @@ sha256 is stored; the plaintext is in the create response and nowhere else.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets as pysecrets
 from datetime import datetime
@@ -15,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from kici_core import errors
+from kici_core import errors, jsontypes
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import AdminToken, AgentToken, EventLogEntry, EventLogQuery
 from kici_runtime.admin_auth import (
@@ -142,7 +141,8 @@ async def show_event_log(request: Request, ctx: AppContext, caller: Caller) -> R
             body = await ctx.event_log.payload(entry.org_id, entry.delivery_id)
             if body is None:
                 raise errors.NotFound("payload not stored")
-            payload: JSONValue = json.loads(body)
+            # stored bodies are shown as standard JSON: NaN/Infinity from a sender become strings
+            payload: JSONValue = jsontypes.loads_lenient(body)
             out["payload"] = payload
         except (errors.KiciError, OSError, ValueError, EOFError) as exc:
             log.warning("cannot read an event-log payload", extra={"deliveryId": entry.delivery_id,
@@ -177,8 +177,8 @@ async def create_admin_token(request: Request, ctx: AppContext, caller: Caller) 
     f = Fields(await json_body(request))
     label = f.string("label", required=True, max_len=255)
     role = f.choice("role", ALL_ROLES)
-    if role is None and "role" not in f.body:
-        f.problem("role", "is required")
+    if f.body.get("role") is None:  # missing, or an explicit null
+        f.problem("role", f"is required: one of {', '.join(ALL_ROLES)}")
     routing_key = f.string("routingKey", max_len=255)
     f.check()
     assert label is not None and role is not None

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kici_adapters.github import app as github_app
-from kici_core import errors, webhooks
+from kici_core import errors, identifiers, webhooks
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import GenericSource, GitHubSource
 from kici_runtime.admin_auth import Caller, Fields, endpoint, fail, json_body, validation
@@ -270,6 +270,21 @@ def _split_secret(method: str, config: dict[str, Any], f: Fields) -> tuple[JSONO
     return rest, value
 
 
+LOCAL_DISABLED = "local sources are disabled: set KICI_ALLOW_LOCAL_SOURCES=true (or KICI_DEV=true)"
+LOCAL_NEEDS_VERIFICATION = "a local source needs verification (hmac_sha256, bearer_token, api_key or ip_allowlist)"
+
+
+def _checked(f: Fields, name: str, check: Any, value: str | None) -> str | None:
+    """``value`` when ``check`` accepts it (None when absent); records the problem otherwise."""
+    if value is None:
+        return None
+    try:
+        return str(check(value))
+    except errors.InvalidInput as exc:
+        f.problem(name, exc.message)
+        return None
+
+
 def _git_config(provider_type: str, value: Any, f: Fields) -> JSONObject | None:
     if value is None:
         if provider_type == "local":
@@ -313,11 +328,14 @@ async def create_generic_source(request: Request, ctx: AppContext, caller: Calle
     caller.require("context.create")
     body = await json_body(request)
     f = Fields(body)
-    org_id = f.string("orgId", required=True, max_len=MAX_ORG_ID)
-    name = f.string("name", required=True, max_len=255)
+    org_id = _checked(f, "orgId", identifiers.check_org_id, f.string("orgId", required=True, max_len=MAX_ORG_ID))
+    name = _checked(f, "name", identifiers.check_source_name, f.string("name", required=True, max_len=255))
     provider_type = f.choice("providerType", ("generic", "local"), default="generic") or "generic"
-    default_method = "none" if provider_type == "local" else "hmac_sha256"
-    method = f.choice("verificationMethod", webhooks.GENERIC_METHODS, default=default_method) or default_method
+    if provider_type == "local" and not ctx.local_sources_enabled:
+        f.problem("providerType", LOCAL_DISABLED)
+    method = f.choice("verificationMethod", webhooks.GENERIC_METHODS, default="hmac_sha256") or "hmac_sha256"
+    if provider_type == "local" and method == "none":
+        f.problem("verificationMethod", LOCAL_NEEDS_VERIFICATION)
     config_in = f.obj("verificationConfig") or {}
     config, secret = _split_secret(method, config_in, f)
     if method in webhooks.SECRET_METHODS and secret is None:
@@ -385,10 +403,12 @@ async def update_generic_source(request: Request, ctx: AppContext, caller: Calle
     body = await json_body(request)
     f = Fields(body)
     changes = _generic_fields(f)
-    name = f.string("name", max_len=255)
+    name = _checked(f, "name", identifiers.check_source_name, f.string("name", max_len=255))
     if name is not None:
         changes["name"] = name
     method = f.choice("verificationMethod", webhooks.GENERIC_METHODS) or source.verification_method
+    if source.provider_type == "local" and method == "none" and method != source.verification_method:
+        f.problem("verificationMethod", LOCAL_NEEDS_VERIFICATION)
     secret: str | None = None
     if "verificationConfig" in body or method != source.verification_method:
         config, secret = _split_secret(method, f.obj("verificationConfig") or {}, f)

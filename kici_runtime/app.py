@@ -1,6 +1,7 @@
 """The Starlette application shared by every mode: health, readiness, metrics, webhooks, admin API, ``/ws``.
 
-``KICI_BASE_PATH`` prefixes every route; requests that arrive without the prefix (a proxy that strips it, such
+Every HTTP request first passes :class:`~kici_runtime.httpguard.RequestGuard` (NUL bytes in the URL, the
+body-size limit, the body read timeout). ``KICI_BASE_PATH`` prefixes every route; requests that arrive without the prefix (a proxy that strips it, such
 as Caddy's ``handle_path``) are served too (decision 13).
 """
 
@@ -20,7 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kici_adapters import metrics
-from kici_runtime import webhook_routes
+from kici_runtime import httpguard, webhook_routes
 from kici_runtime.context import AppContext
 
 log = logging.getLogger("kici.http")
@@ -108,6 +109,9 @@ def build_app(ctx: AppContext, extra_routes: Sequence[BaseRoute] = ()) -> Starle
     routes: list[BaseRoute] = [*base_routes(), *extra_routes]
     if ctx.base_path:
         routes = [Mount(ctx.base_path, routes=routes), *routes]
-    app = Starlette(routes=routes, middleware=[Middleware(RequestIdMiddleware)])
+    app = Starlette(routes=routes, middleware=[
+        Middleware(RequestIdMiddleware),
+        Middleware(httpguard.RequestGuard, max_body_bytes=ctx.max_body_bytes, body_timeout=ctx.body_timeout),
+    ])
     app.state.ctx = ctx
     return app

@@ -1,7 +1,8 @@
 """The bootstrap admin token, ensured at startup (operations spec §2.1).
 
 - ``KICI_BOOTSTRAP_ADMIN_TOKEN`` set: its sha256 is upserted as the ``label='bootstrap'`` owner token
-  (a changed value replaces the old hash, so the old value stops working). The value is never logged.
+  (a changed value replaces the old hash, so the old value stops working: that is how the token is rotated).
+  A value that was revoked stays revoked after restarts (a warning is logged). The value is never logged.
 - unset, and no active admin token exists: a token is generated, stored hashed, and printed once to stdout
   as ``\\n  KICI Admin Token: <token>\\n``. If tokens exist, nothing happens.
 """
@@ -40,8 +41,11 @@ async def ensure_bootstrap_token(
         generate: token generator (64 hex characters by default).
     """
     if env_token:
-        await tokens.ensure_bootstrap_admin_token(token_hash(env_token), new_id())
-        log.info("Bootstrap admin token ensured")
+        if await tokens.ensure_bootstrap_admin_token(token_hash(env_token), new_id()):
+            log.info("Bootstrap admin token ensured")
+        else:
+            log.warning("KICI_BOOTSTRAP_ADMIN_TOKEN was revoked and stays revoked; "
+                        "set a new value to rotate the bootstrap token")
         return None
     if await tokens.has_active_admin_token():
         return None

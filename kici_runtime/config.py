@@ -103,6 +103,10 @@ class Settings:
     platform_token: Secret | None
     replay_window_hours: int
     http_max_body_bytes: int
+    http_header_timeout_ms: int
+    http_body_timeout_ms: int
+    webhook_unverified_rpm: int
+    allow_local_sources: bool
     generic_webhook_max_body_bytes: int
     event_log_max_payload_bytes: int
     lockfile_max_bytes: int
@@ -254,6 +258,10 @@ def load_settings(
         platform_token=platform_token,
         replay_window_hours=_int(reader, "KICI_ORCH_RECONNECT_REPLAY_WINDOW_HOURS"),
         http_max_body_bytes=_int(reader, "KICI_HTTP_MAX_BODY_BYTES"),
+        http_header_timeout_ms=_int(reader, "KICI_HTTP_HEADER_TIMEOUT_MS"),
+        http_body_timeout_ms=_int(reader, "KICI_HTTP_BODY_TIMEOUT_MS"),
+        webhook_unverified_rpm=_int(reader, "KICI_WEBHOOK_UNVERIFIED_RPM"),
+        allow_local_sources=dev or bool(reader.flag("KICI_ALLOW_LOCAL_SOURCES")),
         generic_webhook_max_body_bytes=_int(reader, "KICI_GENERIC_WEBHOOK_MAX_BODY_BYTES"),
         event_log_max_payload_bytes=_int(reader, "KICI_EVENT_LOG_MAX_PAYLOAD_BYTES"),
         lockfile_max_bytes=_int(reader, "KICI_LOCKFILE_MAX_BYTES"),

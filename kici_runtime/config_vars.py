@@ -92,6 +92,10 @@ VARIABLES: tuple[Var, ...] = (
     _v("KICI_ORCH_RECONNECT_REPLAY_WINDOW_HOURS", "int", "24", "extended", "Terminal runs finished within this many hours are replayed to the Platform after a reconnect.", minimum=0, used_by=SERVER, modes="platform, hybrid"),
     # --- webhooks, GitHub, limits -------------------------------------------------------------
     _v("KICI_HTTP_MAX_BODY_BYTES", "int", "26214400", "core", "Request-body limit for every route (413 beyond it).", minimum=1),
+    _v("KICI_HTTP_HEADER_TIMEOUT_MS", "int", "10000", "core", "Time a client has to send a request's headers, from connecting (or from the first byte of the next request on a kept-alive connection); slower connections are closed (408).", minimum=100),
+    _v("KICI_HTTP_BODY_TIMEOUT_MS", "int", "60000", "core", "Time a client has to send a request's whole body once its headers arrived; slower requests are answered 408 and closed.", minimum=100),
+    _v("KICI_WEBHOOK_UNVERIFIED_RPM", "int", "60", "core", "Webhook requests per minute per client address that fail verification (unknown source or bad signature) before they are answered 429; verified deliveries count only against their source's limit.", minimum=1, modes="hybrid, independent"),
+    _v("KICI_ALLOW_LOCAL_SOURCES", "bool", "false", "core", "Serve `local` webhook sources (repositories on this machine) outside development; they are always served with KICI_DEV=true.", modes="hybrid, independent"),
     _v("KICI_GENERIC_WEBHOOK_MAX_BODY_BYTES", "int", "10485760", "core", "Body limit of POST /webhook/<orgId>/generic/<sourceId>, checked before the per-source limit.", minimum=1, modes="hybrid, independent"),
     _v("KICI_EVENT_LOG_MAX_PAYLOAD_BYTES", "int", "5242880", "core", "Largest webhook body stored in object storage; larger payloads are recorded as omitted.", minimum=0, yaml="eventLog.maxPayloadBytes"),
     _v("KICI_LOCKFILE_MAX_BYTES", "int", "5242880", "core", "Largest .kici/kici.lock.json accepted; larger files are treated as corrupt.", minimum=1),

@@ -14,6 +14,7 @@ from kici_core.ratelimit import SlidingWindowLimiter
 
 MAX_BODY_BYTES = 26_214_400  # 25 MiB: every route
 GENERIC_MAX_BODY_BYTES = 10 * 1024 * 1024  # the generic route's hard cap, before the per-source limit
+UNVERIFIED_RPM = 60  # webhook requests per minute per client address that fail verification
 
 
 class SystemClock:
@@ -56,9 +57,13 @@ class AppContext:
     wake_worker: Callable[[], None] = _noop
     check_database: Callable[[], Awaitable[bool]] = _always_ready
     ids: Callable[[], str] = new_id
-    limiter: SlidingWindowLimiter = field(default_factory=SlidingWindowLimiter)
+    limiter: SlidingWindowLimiter = field(default_factory=SlidingWindowLimiter)  # verified deliveries, per source
+    unverified_limiter: SlidingWindowLimiter = field(default_factory=SlidingWindowLimiter)  # per client address
+    unverified_rpm: int = UNVERIFIED_RPM
+    local_sources_enabled: bool = False  # KICI_DEV=true or KICI_ALLOW_LOCAL_SOURCES=true
     max_body_bytes: int = MAX_BODY_BYTES
     generic_max_body_bytes: int = GENERIC_MAX_BODY_BYTES
+    body_timeout: float = 60.0  # seconds from the start of a request to the end of its body (408 beyond)
     trusted_proxy: bool = False
     # --- admin API (kici_runtime.admin_api) ---
     tokens: TokenStore | None = None

@@ -18,7 +18,7 @@ import anyio
 from kici_adapters import metrics
 from kici_adapters.platform.client import AckDecision
 from kici_adapters.platform.protocol import RelayedDelivery
-from kici_core import dedup, errors, webhooks
+from kici_core import dedup, errors, jsontypes, webhooks
 from kici_core.jsontypes import JSONValue
 from kici_core.ports import Delivery, GenericSource, GitHubSource, SecretStore
 from kici_runtime.context import AppContext
@@ -134,7 +134,7 @@ def relayed_payload(body: bytes, content_type: str | None, *, github: bool) -> b
     if "application/json" in ctype or ctype == "":
         if not body.strip():
             return b"{}"
-        json.loads(body)
+        jsontypes.loads(body)  # strict and depth-bounded, like the direct routes
         return body
     if github and ctype.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
         return json.dumps(webhooks.github_body_json(body, ctype), separators=(",", ":")).encode()
@@ -194,7 +194,7 @@ async def _accept_relayed(ctx: AppContext, delivery: RelayedDelivery, platform_o
     elif provider == "generic":
         found = await ctx.sources.generic_by_id(start.routing_key.rsplit(":", 1)[-1])
         if found is None or found.routing_key != start.routing_key or found.deleted_at is not None \
-                or not found.enabled:
+                or not found.enabled or (found.provider_type == "local" and not ctx.local_sources_enabled):
             return _reject("rejected_unknown_source", "no enabled generic source for routing key")
         method = found.verification_method
         if method not in webhooks.GENERIC_METHODS:

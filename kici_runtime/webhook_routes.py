@@ -2,6 +2,12 @@
 
 Routes only size-check, verify and accept durably (event_log row + inbox row + payload object, one commit)
 before answering; processing runs from the inbox in the background worker (decision 2).
+
+Hostile senders: the org id and source id of the URL are checked against strict character sets first (400).
+The signature is verified before any rate limit is counted: only verified deliveries count against a source's
+``rate_limit_rpm``, so unsigned traffic cannot use up a source's budget; requests that fail verification (or
+name an unknown source) are limited per client address on their own (429 instead of 401/404 beyond the
+limit). JSON nested deeper than :data:`kici_core.jsontypes.MAX_DEPTH` is refused with 400.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from kici_adapters import metrics
-from kici_core import dedup, errors, events, webhooks
+from kici_core import dedup, errors, events, identifiers, jsontypes, webhooks
 from kici_core.ports import Delivery, GenericSource
 from kici_core.ratelimit import retry_after_header
 from kici_runtime import ingest
@@ -70,6 +76,33 @@ def _client_ip(request: Request, headers: dict[str, str], trusted_proxy: bool) -
     return request.client.host if request.client else None
 
 
+def _bad_ids(org_id: str, source_name: str | None = None) -> JSONResponse | None:
+    """400 when the URL's org id (or source id) breaks its character set, else None."""
+    try:
+        identifiers.check_org_id(org_id)
+        if source_name is not None:
+            identifiers.check_source_name(source_name)
+    except errors.InvalidInput as exc:
+        return _reject(400, f"Invalid URL: {exc.message}")
+    return None
+
+
+def _unverified(ctx: AppContext, request: Request, headers: dict[str, str], status: int, reason: str,
+                **extra: Any) -> JSONResponse:
+    """The answer to a request that did not pass verification (unknown source, bad signature): counted per
+    client address; over the limit it becomes 429."""
+    address = _client_ip(request, headers, ctx.trusted_proxy) or "unknown"
+    wait = ctx.unverified_limiter.hit(f"addr:{address}", ctx.unverified_rpm, ctx.clock.monotonic())
+    if wait is not None:
+        return JSONResponse({"rejected": True, "reason": "Too many unverified requests from this address"},
+                            status_code=429, headers={"Retry-After": retry_after_header(wait)})
+    return _reject(status, reason, **extra)
+
+
+def _too_deep(exc: ValueError) -> JSONResponse:
+    return _reject(400, f"Invalid payload: {exc}")
+
+
 async def _accept(ctx: AppContext, delivery: Delivery) -> bool:
     """Durably accept; True when it was a duplicate. Storage outages become 503 upstream."""
     return await ingest.accept(ctx, delivery)  # shared with the Platform relay
@@ -85,6 +118,8 @@ async def github_webhook(request: Request) -> Response:
     if not ctx.direct_webhooks_enabled:
         return _platform_refusal()
     org_id = request.path_params["org_id"]
+    if (bad := _bad_ids(org_id)) is not None:
+        return bad
     try:
         body = await read_body(request, ctx.max_body_bytes)
     except BodyTooLarge:
@@ -100,7 +135,7 @@ async def github_webhook(request: Request) -> Response:
     try:
         source = await ctx.sources.github_by_routing_key(f"github:{target_id}")
         if source is None or source.customer_id not in (org_id, "__default__"):
-            return _reject(404, "Unknown organization")
+            return _unverified(ctx, request, headers, 404, "Unknown organization")
         secrets = await ingest.github_secrets(ctx.secrets, source)  # shared with the Platform relay
     except errors.Unavailable:
         return _unavailable()
@@ -111,10 +146,12 @@ async def github_webhook(request: Request) -> Response:
         return _reject(500, "Source verification misconfigured")
     if not webhooks.verify_any_github_signature(secrets, body, headers.get("x-hub-signature-256")):
         metrics.webhooks_received.labels(source="direct", event="unknown").inc()
-        return _reject(401, "Invalid signature")
+        return _unverified(ctx, request, headers, 401, "Invalid signature")
     try:
         payload = webhooks.github_body_json(body, headers.get("content-type"))
-    except ValueError:
+    except jsontypes.JSONTooDeep as exc:
+        return _too_deep(exc)
+    except ValueError:  # UnicodeDecodeError included
         return _reject(400, "Invalid payload")
     if not isinstance(payload, dict):
         return _reject(400, "Invalid payload")
@@ -152,23 +189,25 @@ async def generic_webhook(request: Request) -> Response:
         return _platform_refusal()
     org_id = request.path_params["org_id"]
     source_name = request.path_params["source_id"]
+    if (bad := _bad_ids(org_id, source_name)) is not None:
+        return bad
     try:
         body = await read_body(request, min(ctx.generic_max_body_bytes, ctx.max_body_bytes))
     except BodyTooLarge:
         return _too_large()
+    headers = webhooks.lower_headers(request.headers.items())
     try:
         source = await ctx.sources.generic_by_org_and_name(org_id, source_name)
     except errors.Unavailable:
         return _unavailable()
+    if source is not None and source.provider_type == "local" and not ctx.local_sources_enabled:
+        log.warning("delivery for a local source refused: local sources are disabled "
+                    "(set KICI_DEV=true or KICI_ALLOW_LOCAL_SOURCES=true)", extra={"routingKey": source.routing_key})
+        source = None
     if source is None or not source.enabled:
-        return _reject(404, "Unknown source")
+        return _unverified(ctx, request, headers, 404, "Unknown source")
     if len(body) > source.max_payload_bytes:
         return _reject(413, "Payload too large", maxBytes=source.max_payload_bytes)
-    wait = ctx.limiter.hit(source.id, source.rate_limit_rpm, ctx.clock.monotonic())
-    if wait is not None:
-        return JSONResponse({"rejected": True, "reason": "Rate limit exceeded"}, status_code=429,
-                            headers={"Retry-After": retry_after_header(wait)})
-    headers = webhooks.lower_headers(request.headers.items())
     method = source.verification_method
     if method not in webhooks.GENERIC_METHODS:
         return _reject(500, "Source verification misconfigured")
@@ -184,12 +223,19 @@ async def generic_webhook(request: Request) -> Response:
     client_ip = _client_ip(request, headers, ctx.trusted_proxy)
     if not webhooks.verify_generic(method, source.verification_config, secret, headers, body, client_ip):
         metrics.webhooks_received.labels(source="generic", event="unknown").inc()
-        return _reject(401, "Invalid signature")
+        return _unverified(ctx, request, headers, 401, "Invalid signature")
+    # only verified deliveries count against the source's limit
+    wait = ctx.limiter.hit(source.id, source.rate_limit_rpm, ctx.clock.monotonic())
+    if wait is not None:
+        return JSONResponse({"rejected": True, "reason": "Rate limit exceeded"}, status_code=429,
+                            headers={"Retry-After": retry_after_header(wait)})
 
     content_type = headers.get("content-type")
     if source.provider_type == "local":
         try:
-            payload_value = json.loads(body)
+            payload_value = jsontypes.loads(body)
+        except jsontypes.JSONTooDeep as exc:
+            return _too_deep(exc)
         except ValueError:
             return _reject(400, "Local source requires JSON body")
         if not isinstance(payload_value, dict):
@@ -200,7 +246,10 @@ async def generic_webhook(request: Request) -> Response:
             return _reject(400, "Missing x-event-type header for local source")
         action = payload.get("action") if isinstance(payload.get("action"), str) else None
     else:
-        payload = events.parse_generic_body(body, content_type)
+        try:
+            payload = events.parse_generic_body(body, content_type)
+        except jsontypes.JSONTooDeep as exc:
+            return _too_deep(exc)
         event = events.generic_event_type(payload, headers, event_type_header=source.event_type_header,
                                           event_type_path=source.event_type_path)
         action = None if event == "default" else event

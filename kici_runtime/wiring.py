@@ -45,7 +45,7 @@ from kici_core import errors, lockfile, services
 from kici_core.dispatch_effects import DispatcherConfig
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import BlobStore, GitHubSource, RepoSource, SecretStore
-from kici_runtime import admin_api, admin_runs, bootstrap, heap, processing
+from kici_runtime import admin_api, admin_runs, bootstrap, heap, httpguard, processing
 from kici_runtime import logging as kici_logging
 from kici_runtime.app import build_app
 from kici_runtime.check_sender import CheckSender
@@ -159,6 +159,8 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             wake_worker=notifier.wake if notifier is not None else worker.wake, check_database=check_database, tokens=tokens, blobs=blobs,
             max_body_bytes=settings.http_max_body_bytes,
             generic_max_body_bytes=settings.generic_webhook_max_body_bytes,
+            body_timeout=settings.http_body_timeout_ms / 1000, unverified_rpm=settings.webhook_unverified_rpm,
+            local_sources_enabled=settings.allow_local_sources,
         )
         ctx.kick_agent_token = endpoint.kick_token
         await _wire_admin(ctx, settings, stack, db, url, tokens)
@@ -338,7 +340,8 @@ async def serve(settings: Settings, *, ready: Callable[[int], None] | None = Non
     async with orchestrator(settings) as orch:
         config = uvicorn.Config(orch.app, host=settings.host, port=settings.port, log_config=None,
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=30,
-                                ws_max_size=26_214_400)
+                                ws_max_size=26_214_400,
+                                http=httpguard.protocol_with_header_timeout(settings.http_header_timeout_ms / 1000))
         server = _Server(config)
         async with anyio.create_task_group() as tg:
             for loop in orch.background:  # delivery worker and payload offloader, or processing children

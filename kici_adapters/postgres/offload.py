@@ -9,7 +9,10 @@ path never waits for object storage (decision 2 holds with one commit). This loo
 3. deletes the rows whose object was written, and commits.
 
 A failed write leaves its row for a later pass (logged, counted in ``kici_payload_offload_failures_total``):
-nothing is lost. A crash between the write and the commit only repeats an idempotent write. Readers look in
+nothing is lost. A crash between the write and the commit only repeats an idempotent write. A row whose object
+can never be written (its key is refused, or the write fails in an unexpected way) is skipped from then on by
+this process (logged, counted in ``kici_payload_offload_skipped_total``): its body stays readable in the database
+and it never holds back the rows behind it. Only a pass that moved nothing backs off. Readers look in
 the database first and in object storage second, and a row disappears only after its object exists, so a
 payload is always readable from one of the two.
 """
@@ -38,6 +41,8 @@ database first), so under load a pass moves a few hundred bodies with one claim,
 journal commit of the filesystem store, instead of a handful per acceptance."""
 DEFAULT_PUT_CONCURRENCY = 32
 MAX_RETRY_SECONDS = 30.0
+MAX_SKIPPED = 10_000
+"""Most rows one offloader remembers to skip (the oldest are forgotten and tried again)."""
 _log = logging.getLogger("kici.offload")
 
 
@@ -47,6 +52,7 @@ class OffloadPass:
 
     moved: int
     failed: int
+    skipped: int = 0
 
 
 class PayloadOffloader:
@@ -76,6 +82,8 @@ class PayloadOffloader:
         self._on_pass = on_pass
         self.moved = 0
         """Bodies moved since start (for tests and diagnostics)."""
+        self.skipped: dict[Any, None] = {}
+        """Rows given up on (event_log ids, oldest first): never claimed again by this offloader."""
 
     def wake(self) -> None:
         """Ask for a pass now instead of at the next poll (call from the event loop)."""
@@ -89,32 +97,44 @@ class PayloadOffloader:
                 stay and are counted).
         """
         async with self._db.transaction() as conn:
-            cur = await conn.execute(q("offload_claim"), {"limit": self._batch})
+            cur = await conn.execute(q("offload_claim"), {"limit": self._batch, "skip": list(self.skipped)})
             rows = await cur.fetchall()
             if not rows:
                 return OffloadPass(moved=0, failed=0)
             done: list[Any] = []
+            skipped: list[Any] = []
             limiter = anyio.CapacityLimiter(self._put_limit)
             async with anyio.create_task_group() as tg:
                 for row in rows:
-                    tg.start_soon(self._put, row, done, limiter)
+                    tg.start_soon(self._put, row, done, skipped, limiter)
             if done:
                 await conn.execute(q("offload_delete"), {"ids": done})
-        result = OffloadPass(moved=len(done), failed=len(rows) - len(done))
+        for event_log_id in skipped:
+            self.skipped[event_log_id] = None
+        while len(self.skipped) > MAX_SKIPPED:
+            del self.skipped[next(iter(self.skipped))]
+        result = OffloadPass(moved=len(done), failed=len(rows) - len(done) - len(skipped), skipped=len(skipped))
         self.moved += result.moved
         if self._on_pass is not None:
             self._on_pass(result)
         return result
 
-    async def _put(self, row: Mapping[str, Any], done: list[Any], limiter: anyio.CapacityLimiter) -> None:
-        key = row["payload_key"] or event_log_payload_key(row["org_id"], row["delivery_id"])
+    async def _put(self, row: Mapping[str, Any], done: list[Any], skipped: list[Any],
+                   limiter: anyio.CapacityLimiter) -> None:
         async with limiter:
             try:
+                key = row["payload_key"] or event_log_payload_key(row["org_id"], row["delivery_id"])
                 await self._blobs.put(key, bytes(row["body"]))
-            except (errors.KiciError, OSError) as exc:
+            except (errors.Unavailable, OSError) as exc:
                 metrics.payload_offload_failures.inc()
                 _log.warning("payload offload failed; kept in the database for the next pass",
                              extra={"deliveryId": row["delivery_id"], "error": str(exc)})
+                return
+            except Exception as exc:  # this row can never be written: skip it, never stall the rows behind it
+                metrics.payload_offload_skipped.inc()
+                _log.error("payload cannot be offloaded; skipped (its body stays in the database)",
+                           extra={"deliveryId": row["delivery_id"], "error": f"{type(exc).__name__}: {exc}"})
+                skipped.append(row["event_log_id"])
                 return
         done.append(row["event_log_id"])
 
@@ -136,7 +156,7 @@ class PayloadOffloader:
             except errors.Unavailable as exc:
                 _log.warning("payload offload pass failed", extra={"error": str(exc)})
                 result = None
-            if result is None or result.failed:
+            if result is None or (result.failed and not result.moved):
                 backoff = min(MAX_RETRY_SECONDS, max(self._poll, backoff * 2))
                 await anyio.sleep(backoff)
                 continue

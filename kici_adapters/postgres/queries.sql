@@ -84,10 +84,19 @@ RETURNING *
 -- Serialises concurrent boots so exactly one bootstrap row exists.
 SELECT pg_advisory_xact_lock(543210002)
 
+-- name: admin_token_by_hash_any
+-- Any row with this hash, revoked or not (the bootstrap upsert must not bring a revoked value back).
+SELECT id, label, revoked FROM admin_tokens WHERE token_hash = %(token_hash)s
+
+-- name: admin_token_bootstrap_refresh
+UPDATE admin_tokens SET role = 'owner', routing_key = NULL, expires_at = NULL WHERE id = %(id)s
+
 -- name: admin_token_bootstrap_update
+-- A new value replaces the hash of the active bootstrap token (the old value stops working). Revoked bootstrap
+-- rows keep their hash, so their value stays refused.
 UPDATE admin_tokens
-   SET token_hash = %(token_hash)s, role = 'owner', routing_key = NULL, revoked_at = NULL, expires_at = NULL
- WHERE id = (SELECT id FROM admin_tokens WHERE label = 'bootstrap' ORDER BY created_at, id LIMIT 1)
+   SET token_hash = %(token_hash)s, role = 'owner', routing_key = NULL, expires_at = NULL
+ WHERE id = (SELECT id FROM admin_tokens WHERE label = 'bootstrap' AND NOT revoked ORDER BY created_at, id LIMIT 1)
 RETURNING id
 
 -- name: admin_token_bootstrap_insert
@@ -429,9 +438,11 @@ SELECT e.payload_key, e.payload_omitted, p.body
  WHERE e.org_id = %(org_id)s AND e.delivery_id = %(delivery_id)s
 
 -- name: offload_claim
--- Oldest bodies first; rows another offloader holds are skipped. Locks last until the caller's commit.
+-- Oldest bodies first; rows another offloader holds are skipped, and so are the rows this offloader gave up on
+-- (%(skip)s: bodies whose object can never be written stay readable here). Locks last until the caller's commit.
 SELECT p.event_log_id, p.body, e.org_id, e.delivery_id, e.payload_key
   FROM delivery_payloads p JOIN event_log e ON e.id = p.event_log_id
+ WHERE NOT (p.event_log_id = ANY(%(skip)s::uuid[]))
  ORDER BY p.created_at
  LIMIT %(limit)s
    FOR UPDATE OF p SKIP LOCKED

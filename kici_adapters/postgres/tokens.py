@@ -70,17 +70,30 @@ class PgTokenStore:
         assert row is not None
         return row_to_admin_token(row)
 
-    async def ensure_bootstrap_admin_token(self, token_hash: str, new_id: str) -> None:
-        """Point the ``bootstrap`` owner token at this hash (un-revoked, unscoped, no expiry), creating it with
-        ``new_id`` when there is none. Concurrent callers are serialised by a transaction advisory lock."""
+    async def ensure_bootstrap_admin_token(self, token_hash: str, new_id: str) -> bool:
+        """Make this hash the ``bootstrap`` owner token (unscoped, no expiry): a new value replaces the hash of the
+        active bootstrap token, or is inserted with ``new_id`` when there is none. Returns False, changing
+        nothing, when this value was revoked: revocation sticks across restarts. Concurrent callers are
+        serialised by a transaction advisory lock.
+
+        Raises:
+            Conflict: a token that is not the bootstrap token has this hash.
+        """
         async with self._db.transaction() as conn:
             await conn.execute(q("admin_token_bootstrap_lock"))
-            try:
-                cur = await conn.execute(q("admin_token_bootstrap_update"), {"token_hash": check_hash(token_hash)})
-                if await cur.fetchone() is None:
-                    await conn.execute(q("admin_token_bootstrap_insert"), {"id": new_id, "token_hash": token_hash})
-            except psycopg.errors.UniqueViolation:
-                raise errors.Conflict(_CONFLICT) from None
+            cur = await conn.execute(q("admin_token_by_hash_any"), {"token_hash": check_hash(token_hash)})
+            same = await cur.fetchone()
+            if same is not None:
+                if same["label"] != "bootstrap":
+                    raise errors.Conflict(_CONFLICT)
+                if same["revoked"]:
+                    return False
+                await conn.execute(q("admin_token_bootstrap_refresh"), {"id": same["id"]})
+                return True
+            cur = await conn.execute(q("admin_token_bootstrap_update"), {"token_hash": token_hash})
+            if await cur.fetchone() is None:
+                await conn.execute(q("admin_token_bootstrap_insert"), {"id": new_id, "token_hash": token_hash})
+            return True
 
     async def has_active_admin_token(self) -> bool:
         """True when any admin token is not revoked."""

@@ -571,18 +571,26 @@ class FakeTokenStore:
         self.admin[token.id] = (stored, token_hash)
         return stored
 
-    async def ensure_bootstrap_admin_token(self, token_hash: str, new_id: str) -> None:
+    async def ensure_bootstrap_admin_token(self, token_hash: str, new_id: str) -> bool:
         _check_hash(token_hash)
-        bootstrap = sorted((tok for tok, _h in self.admin.values() if tok.label == "bootstrap"),
-                           key=lambda t: t.created_at or self._clock.now())
-        if bootstrap:
-            tok = bootstrap[0]
-            if any(h == token_hash and tid != tok.id for tid, (_t, h) in self.admin.items()):
+        same = [tok for tok, h in self.admin.values() if h == token_hash]
+        if same:
+            if same[0].label != "bootstrap":
                 raise errors.Conflict("Conflict: resource already exists")
-            self.admin[tok.id] = (dataclasses.replace(tok, revoked=False, role="owner", routing_key=None,
-                                                      expires_at=None), token_hash)
-            return
+            if same[0].revoked:
+                return False
+            self.admin[same[0].id] = (dataclasses.replace(same[0], role="owner", routing_key=None,
+                                                          expires_at=None), token_hash)
+            return True
+        active = sorted((tok for tok, _h in self.admin.values() if tok.label == "bootstrap" and not tok.revoked),
+                        key=lambda t: t.created_at or self._clock.now())
+        if active:
+            tok = active[0]
+            self.admin[tok.id] = (dataclasses.replace(tok, role="owner", routing_key=None, expires_at=None),
+                                  token_hash)
+            return True
         await self.create_admin_token(AdminToken(id=new_id, label="bootstrap", role="owner"), token_hash)
+        return True
 
     async def has_active_admin_token(self) -> bool:
         return any(not tok.revoked for tok, _ in self.admin.values())

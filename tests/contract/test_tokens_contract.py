@@ -70,10 +70,17 @@ async def test_bootstrap_token_is_upserted(tokens: Store) -> None:
     assert again is not None and again.id == first_id
     assert len(await tokens.list_admin_tokens()) == 1
 
-    # a revoked bootstrap token comes back on the next boot
+    # revocation sticks: the next boot with the same value does not bring it back
     assert await tokens.revoke_admin_token(first_id) is True
-    await tokens.ensure_bootstrap_admin_token(h("boot-2"), str(uuid.uuid4()))
-    assert await tokens.admin_token_by_hash(h("boot-2")) is not None
+    assert await tokens.ensure_bootstrap_admin_token(h("boot-2"), str(uuid.uuid4())) is False
+    assert await tokens.admin_token_by_hash(h("boot-2")) is None
+    # ... a new value rotates it: a fresh bootstrap row, the revoked one stays revoked
+    rotated_id = str(uuid.uuid4())
+    assert await tokens.ensure_bootstrap_admin_token(h("boot-3"), rotated_id) is True
+    rotated = await tokens.admin_token_by_hash(h("boot-3"))
+    assert rotated is not None and (rotated.id, rotated.label, rotated.role) == (rotated_id, "bootstrap", "owner")
+    assert await tokens.ensure_bootstrap_admin_token(h("boot-2"), str(uuid.uuid4())) is False
+    assert [t.revoked for t in await tokens.list_admin_tokens()] == [True, False]
 
     other = await tokens.create_admin_token(admin(), h("taken"))
     with pytest.raises(errors.Conflict):

@@ -352,13 +352,21 @@ async def test_generic_source_validation_and_conflict(env: Env) -> None:
 
 
 async def test_local_source(env: Env) -> None:
+    local = {"orgId": "acme", "name": "repo", "providerType": "local", "gitConfig": {"url": "file:///srv/repo"}}
+    r = await env.call("POST", "/api/v1/admin/generic-sources", json=local)
+    assert r.status_code == 400 and "local sources are disabled" in r.text  # neither KICI_DEV nor the opt-in
+    env.ctx.local_sources_enabled = True
     r = await env.call("POST", "/api/v1/admin/generic-sources",
                        json={"orgId": "acme", "name": "repo", "providerType": "local"})
     assert r.status_code == 400 and "file://" in r.text
-    r = await env.call("POST", "/api/v1/admin/generic-sources", json={
-        "orgId": "acme", "name": "repo", "providerType": "local", "gitConfig": {"url": "file:///srv/repo"}})
+    r = await env.call("POST", "/api/v1/admin/generic-sources", json={**local, "verificationMethod": "none"})
+    assert r.status_code == 400 and "a local source needs verification" in r.text
+    r = await env.call("POST", "/api/v1/admin/generic-sources", json=local)
+    assert r.status_code == 400 and "secret is required for hmac_sha256" in r.text  # HMAC by default
+    r = await env.call("POST", "/api/v1/admin/generic-sources",
+                       json={**local, "verificationConfig": {"secret": "s3cret-local"}})
     src = r.json()["source"]
-    assert (r.status_code, src["providerType"], src["verificationMethod"]) == (201, "local", "none")
+    assert (r.status_code, src["providerType"], src["verificationMethod"]) == (201, "local", "hmac_sha256")
     assert src["gitConfig"] == {"url": "file:///srv/repo"}
     r = await env.call("PATCH", f"/api/v1/admin/generic-sources/{src['id']}", json={"gitConfig": None})
     assert r.json()["source"]["gitConfig"] is None

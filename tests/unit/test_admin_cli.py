@@ -268,9 +268,12 @@ def test_generic_sources_of_every_org_update_and_duplicates(h: Harness, tmp_path
 
 
 def test_local_source_and_validation_error(h: Harness, tmp_path: Path) -> None:
-    r = h.run("source", "add", "generic", "--org", "acme", "--name", "repo", "--local-repo", str(tmp_path), "--json")
+    h.env.ctx.local_sources_enabled = True
+    r = h.run("source", "add", "generic", "--org", "acme", "--name", "repo", "--local-repo", str(tmp_path),
+              "--secret", "s3cret-local", "--json")
     doc = json.loads(r.output)["source"]
     assert doc["providerType"] == "local" and doc["gitConfig"]["url"] == tmp_path.resolve().as_uri()
+    assert doc["verificationMethod"] == "hmac_sha256"
     r = h.run("source", "add", "generic", "--org", "acme", "--name", "nosecret")
     assert r.exit_code == 1
     assert r.output.strip() == ("Error: HTTP 400: Validation error: verificationConfig secret is required "

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.anyio
 
 
 class Env:
-    def __init__(self, mode: str = "independent", base_path: str = "") -> None:
+    def __init__(self, mode: str = "independent", base_path: str = "", *, local_sources: bool = False) -> None:
         self.clock = fakes.FakeClock()
         self.blobs = fakes.FakeBlobStore()
         self.inbox = fakes.FakeDeliveryInbox(self.blobs, self.clock)
@@ -27,7 +27,8 @@ class Env:
         self.secrets = fakes.FakeSecretStore()
         self.woken = 0
         self.ctx = AppContext(mode=mode, sources=self.sources, secrets=self.secrets, inbox=self.inbox,
-                              event_log=self.inbox, base_path=base_path, wake_worker=self._wake)
+                              event_log=self.inbox, base_path=base_path, wake_worker=self._wake,
+                              local_sources_enabled=local_sources)
         self.app = build_app(self.ctx)
 
     def _wake(self) -> None:
@@ -156,7 +157,12 @@ async def test_generic_limits_filter_and_local_rules(env: Env) -> None:
         assert r.status_code == 200 and r.json()["status"] == "filtered"
         r = await c.post("/webhook/acme/generic/ci", content=b"{}", headers={"x-event-type": "deploy"})
         assert r.status_code == 429 and r.headers["retry-after"].isdigit()
-    e2 = Env()
+    off = Env()
+    await off.add_generic(name="dev", provider_type="local", verification_method="none")
+    async with client(off) as c:  # local sources are refused unless KICI_DEV or KICI_ALLOW_LOCAL_SOURCES
+        r = await c.post("/webhook/acme/generic/dev", content=b"{}", headers={"x-event-type": "push"})
+        assert r.status_code == 404 and r.json()["reason"] == "Unknown source"
+    e2 = Env(local_sources=True)
     await e2.add_generic(name="dev", provider_type="local", verification_method="none")
     async with client(e2) as c:
         assert (await c.post("/webhook/acme/generic/dev", content=b"nope",

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import click
 import httpx
@@ -330,6 +331,19 @@ def agent_token_revoke(ctx: click.Context, token_id: str) -> None:
     """Revoke an agent token and disconnect the agents using it."""
     out = client(ctx).request("DELETE", f"/api/v1/agent-tokens/{token_id}")
     click.echo(f"Agent token {token_id} revoked; {out.get('kicked', 0)} connection(s) closed.")
+
+
+@agent_token.command("release")
+@click.argument("agent_id")
+@click.pass_context
+def agent_token_release(ctx: click.Context, agent_id: str) -> None:
+    """Free an agent id from the token that first registered it.
+
+    An agent id belongs to the first agent token that registers it; agents presenting another token are
+    refused (close 4003) until the id is released here or that token is revoked.
+    """
+    client(ctx).request("POST", f"/api/v1/admin/agents/{quote(agent_id, safe='')}/release")
+    click.echo(f"Agent id {agent_id} released; the next agent token to register it keeps it.")
 
 
 # ------------------------------------------------------------------------------------------ keys, db

@@ -252,6 +252,20 @@ async def revoke_agent_token(request: Request, ctx: AppContext, caller: Caller) 
     return JSONResponse({"kicked": kicked})
 
 
+async def release_agent(request: Request, ctx: AppContext, caller: Caller) -> Response:
+    """POST /api/v1/admin/agents/{agent_id}/release: free an agent id from the token that first registered it,
+    so that another agent token may register it."""
+    caller.require_unscoped()
+    caller.require("token.manage")
+    agent_id = request.path_params["agent_id"]
+    if ctx.release_agent is None:
+        raise fail(503, "Agent registry unavailable")
+    if not await ctx.release_agent(agent_id):
+        raise fail(404, "Agent not found or not bound to a token")
+    log.info("Agent id released from its token", extra={"agentId": agent_id})
+    return JSONResponse({"released": True, "agentId": agent_id})
+
+
 # ------------------------------------------------------------------------------------------ keys, database
 async def rotate_key(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """POST /api/v1/admin/rotate-key"""
@@ -294,6 +308,7 @@ routes = [
     Route("/api/v1/agent-tokens", endpoint(create_agent_token), methods=["POST"]),
     Route("/api/v1/agent-tokens", endpoint(list_agent_tokens), methods=["GET"]),
     Route("/api/v1/agent-tokens/{token_id}", endpoint(revoke_agent_token), methods=["DELETE"]),
+    Route(f"{_ADMIN}/agents/{{agent_id}}/release", endpoint(release_agent), methods=["POST"]),
     Route(f"{_ADMIN}/rotate-key", endpoint(rotate_key), methods=["POST"]),
     Route(f"{_ADMIN}/db/migrate", endpoint(db_migrate), methods=["POST"]),
     Route(f"{_ADMIN}/db/migrate/status", endpoint(db_status), methods=["GET"]),

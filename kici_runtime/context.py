@@ -74,6 +74,7 @@ class AppContext:
     migration_status: Callable[[], Awaitable[list[JSONObject]]] | None = None  # [{name, status, appliedAt}]
     github_app_check: GitHubAppCheck | None = None  # None: GitHub sources are not validated against GitHub
     kick_agent_token: Callable[[str], Awaitable[int]] | None = None  # close live sockets of a revoked token
+    release_agent: Callable[[str], Awaitable[bool]] | None = None  # unbind an agent id from its token
     webhook_public_url: str | None = None  # KICI_WEBHOOK_PUBLIC_URL: base of the webhook URL shown on add
     metric_snapshots: Callable[[], list[dict[str, float]]] = list  # processing children's counters for /metrics
 

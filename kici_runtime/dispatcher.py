@@ -108,6 +108,9 @@ class AgentHub:
         conn = self._current.get(agent_id)
         return None if conn is None or conn.token is None else conn.token.id
 
+    async def bind_token(self, agent_id: str, token_id: str) -> bool:
+        return await self.queue.bind_agent_token(agent_id, token_id)
+
     def heartbeat(self, conn: AgentConnection) -> None:
         if conn.agent_id is not None and self._current.get(conn.agent_id) is conn:
             self.core.agent_heartbeat(agent_id=conn.agent_id, now=self._clock())
@@ -199,6 +202,7 @@ class AgentHub:
             return True
         now = time.monotonic()
         conn.violations = [t for t in conn.violations if now - t < 60.0] + [now]
+        metrics.agent_messages_dropped.labels(reason="job_not_assigned").inc()
         log.warning("dropped a message about a job the agent does not own",
                     extra={"agentId": conn.agent_id, "jobId": job_id})
         if len(conn.violations) >= 5:

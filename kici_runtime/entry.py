@@ -10,7 +10,7 @@ import anyio
 import click
 
 from kici_core import errors
-from kici_runtime import config, heap
+from kici_runtime import config, heap, wirelogs
 from kici_runtime import logging as kici_logging
 
 log = logging.getLogger("kici.runtime")
@@ -44,6 +44,7 @@ def run(entry_point: Literal["server", "standalone"], config_path: str | None, m
         _fatal(entry_point, exc, exit_code=1)
     kici_logging.register_secrets(settings.secret_values())
     kici_logging.configure_logging(settings.log_level, static_fields={"environment": settings.environment})
+    wirelogs.install()  # no websockets frame dumps (they carry tokens) at any level
     for warning in settings.warnings:
         log.warning(warning)
     log.info("Configuration loaded", extra={"settings": settings.describe()})

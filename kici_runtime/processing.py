@@ -41,7 +41,7 @@ import psycopg
 from kici_adapters import metrics
 from kici_adapters.postgres.pool import Connection, connect
 from kici_core import errors
-from kici_runtime import heap
+from kici_runtime import heap, wirelogs
 
 if TYPE_CHECKING:
     from kici_runtime.config import Settings
@@ -334,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     kici_logging.register_secrets(settings.secret_values())
     kici_logging.configure_logging(settings.log_level, static_fields={"environment": settings.environment})
+    wirelogs.install()
     try:
         anyio.run(functools.partial(run_child, settings, args.index, parent_pid=parent_pid,
                                     metrics_file=Path(args.metrics_file) if args.metrics_file else None),

@@ -163,6 +163,7 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             local_sources_enabled=settings.allow_local_sources,
         )
         ctx.kick_agent_token = endpoint.kick_token
+        ctx.release_agent = hub.queue.release_agent
         await _wire_admin(ctx, settings, stack, db, url, tokens)
         app = build_app(ctx, [*admin_api.routes, *extra_routes])
         if notifier is None:  # deliveries are processed here

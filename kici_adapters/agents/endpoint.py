@@ -104,6 +104,11 @@ class Hub(Protocol):
         """The token id the agent's current connection authenticated with (gate 3)."""
         ...
 
+    async def bind_token(self, agent_id: str, token_id: str) -> bool:
+        """Bind the agent id to the token durably (gate 3 across disconnects); False when another valid token
+        holds it. Raises ``Unavailable``."""
+        ...
+
     async def register(self, conn: AgentConnection, msg: wire.AgentRegister, labels: routing.AgentLabels) -> None:
         """A registration passed the gates (first or refresh). Must send ``register.ack``."""
         ...
@@ -301,6 +306,14 @@ class AgentEndpoint:
             bound = self.hub.token_of(reg.agentId)
             if bound is not None and bound != token.id:
                 await self._fail(conn, CLOSE_INVALID, "AgentId already registered with a different token")
+            if not (conn.registered and conn.agent_id == reg.agentId):
+                try:
+                    held = await self.hub.bind_token(reg.agentId, token.id)
+                except errors.Unavailable:
+                    await self._fail(conn, CLOSE_INTERNAL, "Token store unavailable")
+                if not held:  # the id belongs to the token that first registered it, even while it is away
+                    log.warning("agent id refused: bound to another token", extra={"agentId": reg.agentId})
+                    await self._fail(conn, CLOSE_INVALID, "AgentId already registered with a different token")
         if conn.registered and conn.agent_id != reg.agentId:
             await self._fail(conn, CLOSE_INVALID, "Invalid message", error=True)
         try:

@@ -368,13 +368,14 @@ class PgDispatchQueue:
 
     async def owned(self, agent_id: str, job_id: str) -> bool:
         """The database side of the ownership check (§5.10): recovering or dispatched for this agent, or
-        already terminal (late messages are harmless)."""
+        already terminal after running on this agent (its late messages are harmless). Another agent's
+        messages about a job are never accepted, finished or not."""
         async with self._db.connection() as conn:
             cur = await conn.execute(
                 "SELECT 1 FROM dispatch_queue WHERE id::text = %(id)s AND ("
                 " (status = 'recovering' AND recovery_agent_id = %(agent)s)"
-                " OR (status = 'dispatched' AND agent_id = %(agent)s)"
-                " OR status IN ('completed', 'failed', 'expired'))", {"id": job_id, "agent": agent_id})
+                " OR (status IN ('dispatched', 'completed', 'failed', 'expired') AND agent_id = %(agent)s))",
+                {"id": job_id, "agent": agent_id})
             return await cur.fetchone() is not None
 
     async def depth(self) -> dict[str, int]:
@@ -448,12 +449,32 @@ class PgDispatchQueue:
                 " ON CONFLICT (agent_id) DO UPDATE SET labels = EXCLUDED.labels,"
                 " mandatory_labels = EXCLUDED.mandatory_labels, platform = EXCLUDED.platform, arch = EXCLUDED.arch,"
                 " version = EXCLUDED.version, hostname = EXCLUDED.hostname,"
-                " max_concurrency = EXCLUDED.max_concurrency, token_id = EXCLUDED.token_id,"
+                " max_concurrency = EXCLUDED.max_concurrency, token_id = COALESCE(EXCLUDED.token_id, agents.token_id),"
                 " connected_instance = EXCLUDED.connected_instance, connected_at = now(), last_seen_at = now(),"
                 " metadata = EXCLUDED.metadata",
                 {"id": agent_id, "labels": list(labels), "mand": list(mandatory), "platform": platform,
                  "arch": arch, "version": version, "host": hostname, "max": max_concurrency, "token": token_id,
                  "me": instance_id, "meta": Jsonb(metadata)})
+
+    async def bind_agent_token(self, agent_id: str, token_id: str) -> bool:
+        """Bind ``agent_id`` to the agent token ``token_id`` unless it is bound to another token that is still
+        valid (not revoked); True when the id is (now) bound to this token. The first token to register an id
+        keeps it until an admin releases it (:meth:`release_agent`) or revokes that token."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO agents (agent_id, token_id) VALUES (%(id)s, %(token)s)"
+                " ON CONFLICT (agent_id) DO UPDATE SET token_id = EXCLUDED.token_id"
+                " WHERE agents.token_id IS NULL OR agents.token_id = EXCLUDED.token_id OR NOT EXISTS ("
+                "  SELECT 1 FROM agent_tokens t WHERE t.id = agents.token_id AND t.revoked_at IS NULL)"
+                " RETURNING agent_id", {"id": agent_id, "token": token_id})
+            return await cur.fetchone() is not None
+
+    async def release_agent(self, agent_id: str) -> bool:
+        """Free ``agent_id`` from its token binding; False when it is unknown or not bound."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute("UPDATE agents SET token_id = NULL WHERE agent_id = %(id)s"
+                                     " AND token_id IS NOT NULL RETURNING agent_id", {"id": agent_id})
+            return await cur.fetchone() is not None
 
     async def agent_disconnected(self, agent_id: str, *, instance_id: str) -> None:
         """Clear ``connected_instance`` if this process still holds the agent."""

@@ -11,8 +11,11 @@ account: ``kici-postgres`` if it exists, else one created with ``useradd`` when 
 else ``nobody``. The data directory is handed to that account; every directory above it must be
 searchable by it (``/tmp`` is), otherwise ``start()`` refuses with a ``ConfigError`` naming the directory.
 
-The server listens on 127.0.0.1 only, on a free port picked at first start and reused on restart, with
-``trust`` authentication: anyone on this machine can connect, which is why this is a development tool.
+The server listens on 127.0.0.1 only, on a free port picked at first start and reused on restart. It asks
+for a password (``scram-sha-256``): the superuser's password is generated at first start and kept in
+``<data dir>/superuser.password`` (mode 0600, in the 0700 data directory), so other local users cannot connect.
+A cluster made by an older version with ``trust`` authentication is given the password and switched to
+``scram-sha-256`` at its next start.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import re
+import secrets
 import shutil
 import socket
 import stat
@@ -31,6 +36,7 @@ from kici_core.errors import ConfigError, StorageUnavailable
 
 SERVICE_ACCOUNT = "kici-postgres"
 SUPERUSER = "postgres"
+PASSWORD_FILE = "superuser.password"
 _START_TIMEOUT_S = 60
 
 
@@ -39,6 +45,9 @@ class _Account:
     uid: int
     gid: int
     name: str
+
+
+_TRUST = re.compile(r"^(\s*(?:local|host)\s.*\s)trust\s*$", re.MULTILINE)
 
 
 def bin_dir() -> Path:
@@ -135,9 +144,28 @@ class EmbeddedPostgres:
             raise StorageUnavailable("embedded PostgreSQL has not been started")
         return self._port
 
+    @property
+    def password_file(self) -> Path:
+        """Where the superuser's password is kept (mode 0600)."""
+        return self.data_dir / PASSWORD_FILE
+
+    def _password(self) -> str:
+        """The superuser's password, generated (hex, so URL-safe) and stored 0600 on first use."""
+        try:
+            return self.password_file.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            pass
+        password = secrets.token_hex(24)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(password + "\n")
+        if self._account is not None:  # initdb, run as the service account, reads it
+            os.chown(self.password_file, self._account.uid, self._account.gid)
+        return password
+
     def url(self, database: str = "postgres") -> str:
-        """libpq URL of ``database`` on this server."""
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        """libpq URL of ``database`` on this server (it carries the superuser's password)."""
+        return f"postgresql://{SUPERUSER}:{self._password()}@127.0.0.1:{self.port}/{database}"
 
     def _run(self, args: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
         env = {
@@ -161,10 +189,10 @@ class EmbeddedPostgres:
         )
 
     def _prepare_dir(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
         if self._account is not None:
             os.chown(self.data_dir, self._account.uid, self._account.gid)
-            self.data_dir.chmod(0o700)
             _check_reachable(self.data_dir, self._account)
             _check_reachable(bin_dir() / "postgres", self._account)
 
@@ -174,7 +202,8 @@ class EmbeddedPostgres:
                 str(bin_dir() / "initdb"),
                 "-D", str(self.pgdata),
                 "-U", SUPERUSER,
-                "--auth=trust",
+                "--auth=scram-sha-256",
+                f"--pwfile={self.password_file}",
                 "--encoding=UTF8",
                 "--no-locale",
                 "--no-instructions",
@@ -216,10 +245,12 @@ class EmbeddedPostgres:
             StorageUnavailable: initdb or the server start failed (the server log's tail is included).
         """
         self._prepare_dir()
+        self._password()
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()
         self._port = self._read_port()
         if self.is_running():
+            self._require_password()
             return self.url()
         try:
             self._run([
@@ -231,7 +262,24 @@ class EmbeddedPostgres:
             ])
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise StorageUnavailable(f"embedded PostgreSQL did not start: {self._log_tail()}") from exc
+        self._require_password()
         return self.url()
+
+    def _require_password(self) -> None:
+        """Switch a cluster initialised with ``trust`` (older versions) to password authentication."""
+        hba = self.pgdata / "pg_hba.conf"
+        text = hba.read_text(encoding="utf-8")
+        if not _TRUST.search(text):
+            return
+        import psycopg  # only for this one-time upgrade
+        from psycopg import sql
+
+        trusted = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/postgres"
+        with psycopg.connect(trusted, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(SUPERUSER), sql.Literal(self._password())))
+        hba.write_text(_TRUST.sub(r"\1scram-sha-256", text), encoding="utf-8")
+        self._run([str(bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "reload"])
 
     def stop(self) -> None:
         """Shut the server down (fast mode: open sessions are disconnected). A no-op when stopped."""

@@ -15,6 +15,7 @@ import anyio
 import click
 
 from kici_core.errors import KiciError
+from kici_runtime import wirelogs
 from kici_runtime.agent.config import AgentConfig, load_config
 from kici_runtime.agent.service import Agent
 
@@ -71,6 +72,7 @@ def main(
     The agent token is read from KICI_AGENT_TOKEN only (never a flag, so it stays out of process lists).
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    wirelogs.install()  # the websockets frame dumps would show the start of the token at DEBUG
     try:
         config = load_config(url=url, agent_id=agent_id, labels=labels, max_concurrency=max_concurrency,
                              work_dir=work_dir)

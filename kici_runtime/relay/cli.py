@@ -15,6 +15,7 @@ from typing import TypeVar
 import click
 
 from kici_core.errors import KiciError
+from kici_runtime import wirelogs
 from kici_runtime.relay.store import GENERIC_METHODS, RelayStore
 
 DEFAULT_DB = "kici-relay.sqlite3"
@@ -96,9 +97,9 @@ def serve(
         ack_timeout=ack_timeout, heartbeat_timeout=heartbeat_timeout, public_url=public_url, strict=strict
     )
     app = create_app(RelayStore(db_path), settings)
-    uvicorn.Server(
-        uvicorn_config(app, host=host, port=port, log_level=log_level, compression=compression)
-    ).run()
+    server_config = uvicorn_config(app, host=host, port=port, log_level=log_level, compression=compression)
+    wirelogs.install()  # after uvicorn configured its loggers: no frame dumps carrying tokens
+    uvicorn.Server(server_config).run()
 
 
 @cli.group()

@@ -91,6 +91,7 @@ class Harness:
         return {"KICI_MODE": "independent", "KICI_DATABASE_URL": self.db_url, "KICI_HOST": "127.0.0.1",
                 "KICI_PORT": str(self.port), "KICI_DATA_DIR": str(self.tmp / "data"), "KICI_AGENT_AUTH": "none",
                 "KICI_CLUSTER_INSTANCE_ID": "e2e", "KICI_AUTO_MIGRATE": "false", "KICI_SECRET_KEY": "ab" * 32,
+                "KICI_ALLOW_LOCAL_SOURCES": "true",
                 **self.env}
 
     async def start(self, tg: Any) -> None:

@@ -7,7 +7,8 @@ and URLs carrying NUL bytes.
 * :class:`RequestGuard` (ASGI middleware) answers ``400`` for a path or query string carrying a NUL byte,
   ``413 Payload Too Large`` for a body over ``max_body_bytes`` (by ``Content-Length`` or as it streams in),
   and ``408`` when the body has not fully arrived ``body_timeout`` seconds after the request started. The
-  route reading the body sees a disconnect; whatever it answers is replaced by the guard's answer.
+  route reading the body sees a disconnect; whatever it answers is replaced by the guard's answer. A route
+  that fails because the client went away mid-body is not an application error (nothing is logged).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class RequestGuard:
                 await _answer(send, 413, b"Payload Too Large", b"text/plain; charset=utf-8")
                 return
         deadline = time.monotonic() + self.body_timeout
-        state: dict[str, Any] = {"received": 0, "done": False, "failure": None, "started": False}
+        state: dict[str, Any] = {"received": 0, "done": False, "failure": None, "started": False, "gone": False}
 
         async def guarded_receive() -> Message:
             if state["failure"] is not None:
@@ -106,7 +107,9 @@ class RequestGuard:
                 return await receive()  # after the body: only a disconnect can come, whenever it does
             with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
                 message = await receive()
-                if message["type"] == "http.request":
+                if message["type"] == "http.disconnect":
+                    state["gone"] = True
+                elif message["type"] == "http.request":
                     state["received"] += len(message.get("body", b""))
                     if state["received"] > self.max_body_bytes:
                         state["failure"] = (413, b"Payload Too Large", b"text/plain; charset=utf-8")
@@ -127,7 +130,8 @@ class RequestGuard:
         try:
             await self.app(scope, guarded_receive, guarded_send)
         except Exception:
-            if state["failure"] is None:
+            # the route saw the disconnect the guard made, or the client went away mid-body: nobody to answer
+            if state["failure"] is None and not state["gone"]:
                 raise
         if state["failure"] is not None and not state["started"]:
             await _answer(send, *state["failure"])

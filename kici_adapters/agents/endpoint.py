@@ -311,6 +311,8 @@ class AgentEndpoint:
                     held = await self.hub.bind_token(reg.agentId, token.id)
                 except errors.Unavailable:
                     await self._fail(conn, CLOSE_INTERNAL, "Token store unavailable")
+                except errors.InvalidInput:
+                    await self._fail(conn, CLOSE_INVALID, "Invalid message", error=True)
                 if not held:  # the id belongs to the token that first registered it, even while it is away
                     log.warning("agent id refused: bound to another token", extra={"agentId": reg.agentId})
                     await self._fail(conn, CLOSE_INVALID, "AgentId already registered with a different token")
@@ -363,4 +365,7 @@ class AgentEndpoint:
             except errors.Unavailable as exc:
                 log.warning("agent message not recorded: storage unavailable",
                             extra={"agentId": conn.agent_id, "type": kind, "error": str(exc)})
+            except errors.InvalidInput as exc:  # a value the store cannot hold: the agent's fault, not ours
+                log.info("invalid agent message", extra={"agentId": conn.agent_id, "type": kind, "error": str(exc)})
+                await self._fail(conn, CLOSE_INVALID, "Invalid message", error=True)
 

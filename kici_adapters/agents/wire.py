@@ -64,7 +64,7 @@ class InFlightJob(_Msg):
 class AgentRegister(_Msg):
     type: Literal["agent.register"]
     messageId: str
-    agentId: str = Field(min_length=1, max_length=256)
+    agentId: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")  # no control characters
     labels: list[str]
     platform: str | None = None
     arch: str | None = None

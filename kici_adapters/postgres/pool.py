@@ -29,7 +29,7 @@ import psycopg
 import psycopg_pool
 from psycopg.rows import DictRow, dict_row
 
-from kici_core.errors import Conflict, StorageUnavailable
+from kici_core.errors import Conflict, InvalidInput, StorageUnavailable
 
 Connection = psycopg.AsyncConnection[DictRow]
 """What the context managers yield: an async connection whose rows are dicts."""
@@ -58,6 +58,9 @@ def translate_errors(url: str) -> Iterator[None]:
         yield
     except psycopg.IntegrityError as exc:
         raise Conflict(_describe(exc, url)) from exc
+    except psycopg.DataError as exc:
+        # a value the database cannot hold (a NUL character, a malformed uuid...): bad input, not an outage
+        raise InvalidInput(f"invalid value: {_describe(exc, url)}") from exc
     except (psycopg.OperationalError, psycopg_pool.PoolClosed) as exc:
         raise StorageUnavailable(f"database unavailable: {_describe(exc, url)}") from exc
     except psycopg.InterfaceError as exc:

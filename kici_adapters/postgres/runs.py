@@ -500,7 +500,7 @@ class PgRunStore:
 
     async def append_log(self, *, run_id: str, job_id: str, step_index: int, lines: Sequence[str]) -> bool:
         """Append one ``log.chunk`` (``stepIndex -1`` is stored as the job-level bucket, NULL)."""
-        content = "\n".join(lines)
+        content = "\n".join(lines).replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL; jobs may print it
         size = len(content.encode())
         index = None if step_index < 0 else step_index
         async with self._db.transaction() as conn:

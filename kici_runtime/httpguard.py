@@ -138,6 +138,10 @@ class RequestGuard:
 
 
 async def _answer(send: Send, status: int, body: bytes, content_type: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", content_type), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if status == 408:  # a stalled client: do not wait for the rest of its request
+        headers.append((b"connection", b"close"))
+    # otherwise the server reads and discards what the client still sends, so the client sees this answer
+    # instead of a reset connection
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -454,7 +454,7 @@ class PgDeliveryInbox:
                 return await execute_accept_batch(conn, rows, url=self._db.url), {}
             except (errors.StorageUnavailable, errors.Conflict):
                 raise
-            except psycopg.Error:
+            except (psycopg.Error, errors.InvalidInput):  # InvalidInput: a value the database cannot hold
                 if len(rows) == 1:
                     raise
             # A row the database rejects must not sink its batch-mates: commit them one by one, so a row that
@@ -465,7 +465,7 @@ class PgDeliveryInbox:
             for row in rows:
                 try:
                     claimed |= await execute_accept_batch(conn, [row], url=self._db.url)
-                except psycopg.Error as exc:
+                except (psycopg.Error, errors.InvalidInput) as exc:
                     failed[row.key] = exc
             return claimed, failed
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import Process
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -174,7 +175,7 @@ async def test_no_part_of_a_token_reaches_the_debug_logs(db_url: str, tmp_path: 
                     KICI_BOOTSTRAP_ADMIN_TOKEN=ADMIN, KICI_DATA_DIR=str(tmp_path / "data"), KICI_LOG_LEVEL="debug",
                     KICI_AGENT_AUTH="token")
     orch = await anyio.to_thread.run_sync(OrchestratorProcess("kici-standalone", env).start)
-    agent: subprocess.Popen[bytes] | None = None
+    agent: Process | None = None
     try:
         created = json.loads((await kici_admin(orch.url, ADMIN, "agent-token", "create", "--json")).stdout)
         token = created["token"]
@@ -184,8 +185,9 @@ async def test_no_part_of_a_token_reaches_the_debug_logs(db_url: str, tmp_path: 
                      "KICI_AGENT_TOKEN": token}
         agent_log = tmp_path / "agent.log"
         with agent_log.open("wb") as out:
-            agent = subprocess.Popen([sys.executable, "-m", "kici_runtime.agent", "--log-level", "DEBUG"],
-                                     env=agent_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            agent = await anyio.open_process([sys.executable, "-m", "kici_runtime.agent", "--log-level", "DEBUG"],
+                                             env=agent_env, stdout=out, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL)
 
             async def registered() -> bool:
                 return orch.log_count('"agentId":"debug-agent"') > 0 and orch.log_count("Agent registered") > 0
@@ -194,7 +196,8 @@ async def test_no_part_of_a_token_reaches_the_debug_logs(db_url: str, tmp_path: 
                 while not await registered():  # noqa: ASYNC110 - a subprocess's log gives no event to wait on
                     await anyio.sleep(0.1)
             agent.terminate()
-            agent.wait(60)
+            with anyio.fail_after(60):
+                await agent.wait()
         texts = {"orchestrator": orch.tail(100_000), "agent": agent_log.read_text(errors="replace")}
         assert " DEBUG " in texts["agent"]  # the agent did log at DEBUG
         secret = token[len("kat_"):]
@@ -203,8 +206,9 @@ async def test_no_part_of_a_token_reaches_the_debug_logs(db_url: str, tmp_path: 
             leaked = sorted(p for p in pieces if p in text)
             assert not leaked, f"{name} log holds part of the agent token: {leaked[:3]}"
     finally:
-        if agent is not None and agent.poll() is None:
+        if agent is not None and agent.returncode is None:
             agent.kill()
-            agent.wait(60)
+            with anyio.fail_after(60):
+                await agent.wait()
         orch.stop()
 

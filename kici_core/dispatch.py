@@ -19,6 +19,12 @@ Rules enforced:
 * among eligible agents with a free slot the least loaded wins, ties to the one idle longest;
 * a dispatch not acknowledged within ``ack_timeout`` is cancelled, its agent closed with 4031 and
   forgotten, and the job requeued; a job is delivered at most ``max_attempts`` times, then fails;
+* a ``job.reject`` means "not now", not a failed delivery: the job is requeued without spending its
+  delivery budget. After ``busy`` the agent is *held* (no dispatch to it) until it reports a free slot
+  (``agent.status`` with ``activeJobs`` below its capacity, a terminal ``job.status``, a re-register)
+  or ``busy_backoff`` passes (doubled for each further ``busy`` in a row, up to ``busy_backoff_max``;
+  from the third ``busy`` in a row only the timer lifts the hold, so an agent that keeps contradicting
+  itself cannot make a job bounce); after ``draining`` it gets no work until it registers again;
 * a job is assigned to at most one agent at a time.
 """
 
@@ -63,6 +69,7 @@ class Dispatcher:
             max_concurrency=a.max_concurrency,
             active_jobs=tuple(sorted(a.jobs)),
             accepting=a.accepting,
+            held_until=a.held_until,
         )
 
     def agent_ids(self) -> tuple[str, ...]:
@@ -97,7 +104,16 @@ class Dispatcher:
         job = self._jobs.get(job_id)
         if job is None or job.phase is not Phase.QUEUED or job.selector is None:
             return None
-        return routing.explain_waiting(job.selector, {a.agent_id: a.labels for a in self._agents.values()})
+        return self.explain(job.selector)
+
+    def explain(self, selector: routing.JobSelector) -> routing.WaitExplanation:
+        """Why no connected agent takes a job with ``selector`` now (including agents held after a
+        ``busy`` reject)."""
+        return routing.explain_waiting(
+            selector,
+            {a.agent_id: a.labels for a in self._agents.values()},
+            held=[a.agent_id for a in self._agents.values() if a.held_until is not None],
+        )
 
     def next_deadline(self) -> float | None:
         """The earliest time at which :meth:`tick` has something to do, or ``None``."""
@@ -112,6 +128,7 @@ class Dispatcher:
             elif job.phase is Phase.QUEUED and job.expires_at is not None:
                 times.append(job.expires_at)
         times.extend(a.heartbeat_at + self.config.agent_heartbeat_timeout for a in self._agents.values())
+        times.extend(a.held_until for a in self._agents.values() if a.held_until is not None)
         return min(times) if times else None
 
     # ---------------------------------------------------------------- queue inputs
@@ -210,6 +227,7 @@ class Dispatcher:
             agent.labels = labels
             agent.max_concurrency = max_concurrency
             agent.accepting = True
+            agent.held_until = None
         else:
             kept: set[str] = set()
             if existing is not None:
@@ -256,6 +274,18 @@ class Dispatcher:
             agent.heartbeat_at = now
         return []
 
+    def agent_status(self, *, agent_id: str, active_jobs: int, now: float) -> list[fx.Effect]:
+        """``agent.status``: the agent's own count of running jobs. Advisory (the dispatcher keeps
+        its own count), but a count below the agent's capacity lifts a hold left by a ``busy``
+        reject (unless that agent said ``busy`` three times in a row: then only the timer does).
+        Then free slots are filled."""
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            return []
+        if agent.held_until is not None and active_jobs < agent.max_concurrency and agent.busy_streak < 3:
+            agent.held_until = None
+        return self._fill(now)
+
     def agent_gone(self, *, agent_id: str, connection_id: str, now: float) -> list[fx.Effect]:
         """The connection closed. Ignored unless it is the agent's current connection. Jobs not yet
         acknowledged are requeued; started jobs wait ``recovery_grace`` for a reconnect."""
@@ -272,14 +302,21 @@ class Dispatcher:
         return [] if job is None else self._mark_acked(job, now)
 
     def job_rejected(self, *, agent_id: str, job_id: str, reason: str, now: float) -> list[fx.Effect]:
-        """``job.reject``: free the slot and requeue (or fail once the budget is spent). After a
-        ``draining`` reject the agent gets no more work until it registers again."""
+        """``job.reject``: free the slot and requeue the job without spending its delivery budget
+        (the agent said "not now"; the job did nothing wrong). After ``busy`` the agent is held (see
+        the module docstring), so the job goes to another agent or waits; after ``draining`` the
+        agent gets no more work until it registers again."""
         job = self._owned(agent_id, job_id)
         if job is None or job.phase not in (Phase.AWAITING_ACK, Phase.ACKED):
             return []
+        agent = self._agents[agent_id]
         if reason == "draining":
-            self._agents[agent_id].accepting = False
-        effects = self._requeue_or_fail(job, f"agent rejected dispatch ({reason})", now)
+            agent.accepting = False
+        else:
+            agent.busy_streak += 1
+            backoff = self.config.busy_backoff * 2 ** min(agent.busy_streak - 1, 16)
+            agent.held_until = now + min(backoff, self.config.busy_backoff_max)
+        effects = self._requeue_or_fail(job, f"agent rejected dispatch ({reason})", now, spend=False)
         return effects + self._fill(now)
 
     def job_status(self, *, agent_id: str, job_id: str, state: str, now: float) -> list[fx.Effect]:
@@ -291,6 +328,7 @@ class Dispatcher:
             return []
         if state == JobStatus.running:
             effects = self._mark_acked(job, now)
+            self._agents[agent_id].busy_streak = 0
             job.phase = Phase.RUNNING
             job.heartbeat_at = now
             return effects
@@ -299,6 +337,7 @@ class Dispatcher:
             if job.phase is Phase.AWAITING_ACK:
                 effects.append(fx.AckResolved(job_id=job_id, agent_id=agent_id))
             self._release(job, now)
+            self._agents[agent_id].held_until = None  # a slot freed on the agent itself
             del self._jobs[job_id]
             self._remember_completed(job_id, agent_id, now)
             return effects + self._fill(now)
@@ -371,6 +410,8 @@ class Dispatcher:
         effects: list[fx.Effect] = []
         effects += self._expire_acks(now)
         for agent in sorted(self._agents.values(), key=lambda a: a.agent_id):
+            if agent.held_until is not None and agent.held_until <= now:
+                agent.held_until = None
             if now - agent.heartbeat_at > self.config.agent_heartbeat_timeout:
                 effects.append(
                     fx.CloseAgent(
@@ -453,15 +494,20 @@ class Dispatcher:
         job.phase = Phase.ACKED
         job.ack_deadline = None
         job.heartbeat_at = now
+        if job.agent_id in self._agents:
+            self._agents[job.agent_id].busy_streak = 0
         return [fx.AckResolved(job_id=job.job_id, agent_id=job.agent_id)]
 
-    def _requeue_or_fail(self, job: JobEntry, context: str, now: float) -> list[fx.Effect]:
+    def _requeue_or_fail(self, job: JobEntry, context: str, now: float, *, spend: bool = True) -> list[fx.Effect]:
+        """Requeue ``job`` (counting one more delivery when ``spend``), or end it: cancelled when a cancel
+        is pending, failed once ``max_attempts`` deliveries were spent."""
         self._release(job, now)
-        job.attempts += 1
+        if spend:
+            job.attempts += 1
         if job.cancel_reason is not None:
             del self._jobs[job.job_id]
             return [fx.FailJob(job_id=job.job_id, status=JobStatus.cancelled, reason=job.cancel_reason)]
-        if job.attempts >= self.config.max_attempts or job.selector is None:
+        if job.selector is None or (spend and job.attempts >= self.config.max_attempts):
             del self._jobs[job.job_id]
             reason = f"Job failed: re-dispatch attempts exhausted after {job.attempts} attempts ({context})"
             return [fx.FailJob(job_id=job.job_id, status=JobStatus.failed, reason=reason)]
@@ -555,7 +601,7 @@ class Dispatcher:
         free = {
             a.agent_id: a.candidate()
             for a in self._agents.values()
-            if a.accepting and len(a.jobs) < a.max_concurrency
+            if a.accepting and a.held_until is None and len(a.jobs) < a.max_concurrency
         }
         effects: list[fx.Effect] = []
         if not free or not self._queue:

@@ -53,7 +53,9 @@ class DispatcherConfig:
     per job before it fails; ``recovery_grace``: how long a disconnected agent's started jobs wait
     for it; ``stale_after``: job-heartbeat silence that ends a started job; ``agent_heartbeat_timeout``:
     connection-heartbeat silence that closes an agent (4004); ``ownership_grace``: how long a
-    finished job's late messages are still accepted from its agent.
+    finished job's late messages are still accepted from its agent. ``busy_backoff`` /
+    ``busy_backoff_max``: how long an agent that rejected a dispatch as ``busy`` is left alone when it
+    does not report a free slot first (doubled for each further ``busy`` in a row, capped).
     """
 
     ack_timeout: float = 10.0
@@ -63,13 +65,22 @@ class DispatcherConfig:
     agent_heartbeat_timeout: float = 180.0
     ownership_grace: float = 30.0
     completed_cap: int = 10_000
+    busy_backoff: float = 2.0
+    busy_backoff_max: float = 30.0
 
     def __post_init__(self) -> None:
         if self.ack_timeout < 1.0:
             raise errors.ConfigError("dispatch ack timeout must be at least 1 s")
         if self.max_attempts < 1:
             raise errors.ConfigError("max dispatch attempts must be at least 1")
-        for name in ("recovery_grace", "stale_after", "agent_heartbeat_timeout", "ownership_grace"):
+        for name in (
+            "recovery_grace",
+            "stale_after",
+            "agent_heartbeat_timeout",
+            "ownership_grace",
+            "busy_backoff",
+            "busy_backoff_max",
+        ):
             if getattr(self, name) <= 0:
                 raise errors.ConfigError(f"{name} must be positive")
         if self.completed_cap < 1:

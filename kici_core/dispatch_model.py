@@ -50,6 +50,10 @@ class AgentEntry:
     heartbeat_at: float
     accepting: bool = True
     jobs: set[str] = field(default_factory=set)
+    held_until: float | None = None
+    """Set after a ``busy`` reject: the agent gets no dispatch until it reports a free slot or this time."""
+    busy_streak: int = 0
+    """``busy`` rejects in a row since the agent last accepted a job (drives the hold's backoff)."""
 
     def candidate(self) -> routing.Candidate:
         """The agent as :func:`routing.choose_agent` sees it."""
@@ -59,7 +63,7 @@ class AgentEntry:
             active_jobs=len(self.jobs),
             max_concurrency=self.max_concurrency,
             idle_since=self.idle_since,
-            accepting=self.accepting,
+            accepting=self.accepting and self.held_until is None,
         )
 
 
@@ -73,3 +77,4 @@ class AgentView:
     max_concurrency: int
     active_jobs: tuple[str, ...]
     accepting: bool
+    held_until: float | None = None

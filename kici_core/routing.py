@@ -261,7 +261,9 @@ class WaitExplanation:
 
     ``unmatched_required`` lists required matchers (as text) that *no* connected agent satisfies;
     ``eligible`` the agents that qualify (all busy when non-empty); ``excluded`` / ``tainted`` the
-    agents that would qualify but for an exclude matcher / a mandatory label the job does not name.
+    agents that would qualify but for an exclude matcher / a mandatory label the job does not name;
+    ``held`` the eligible agents that rejected a dispatch as busy and get no job until they report a
+    free slot.
     """
 
     eligible: tuple[str, ...]
@@ -269,6 +271,7 @@ class WaitExplanation:
     excluded: tuple[str, ...]
     tainted: tuple[str, ...]
     agent_count: int
+    held: tuple[str, ...] = ()
 
     @property
     def message(self) -> str:
@@ -276,7 +279,13 @@ class WaitExplanation:
         if self.agent_count == 0:
             return "no agent is connected"
         if self.eligible:
-            return f"all eligible agents are busy: {', '.join(self.eligible)}"
+            text = f"all eligible agents are busy: {', '.join(self.eligible)}"
+            if self.held:
+                text += (
+                    f" ({', '.join(self.held)} rejected a dispatch as busy;"
+                    " no job goes there until it reports a free slot)"
+                )
+            return text
         parts: list[str] = []
         if self.unmatched_required:
             parts.append(f"no connected agent has {', '.join(self.unmatched_required)}")
@@ -289,8 +298,11 @@ class WaitExplanation:
         return "; ".join(parts)
 
 
-def explain_waiting(selector: JobSelector, agents: Mapping[str, AgentLabels]) -> WaitExplanation:
-    """Explain why no connected agent (``agent_id -> labels``) takes a job with ``selector``."""
+def explain_waiting(
+    selector: JobSelector, agents: Mapping[str, AgentLabels], *, held: Iterable[str] = ()
+) -> WaitExplanation:
+    """Explain why no connected agent (``agent_id -> labels``) takes a job with ``selector``;
+    ``held`` names the agents that rejected a dispatch as busy and are left alone for now."""
     eligible = sorted(a for a, labels in agents.items() if selector.admits(labels))
     all_labels: set[str] = set()
     for labels in agents.values():
@@ -306,6 +318,7 @@ def explain_waiting(selector: JobSelector, agents: Mapping[str, AgentLabels]) ->
     )
     excluded: list[str] = []
     tainted: list[str] = []
+    held_set = frozenset(held)
     for agent_id, labels in sorted(agents.items()):
         untainted = AgentLabels(labels=labels.effective)
         if agent_id in eligible or not positive.admits(untainted):
@@ -317,4 +330,5 @@ def explain_waiting(selector: JobSelector, agents: Mapping[str, AgentLabels]) ->
         excluded=tuple(excluded),
         tainted=tuple(tainted),
         agent_count=len(agents),
+        held=tuple(a for a in eligible if a in held_set),
     )

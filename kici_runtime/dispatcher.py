@@ -171,7 +171,10 @@ class AgentHub:
         agent_id = conn.agent_id
         assert agent_id is not None
         job_id = msg.get("jobId")
-        if kind in ("agent.status", "config.ack", "agent.log", "run.event", "job.context") or not isinstance(job_id, str):
+        if isinstance(model, wire.AgentStatus):
+            await self._agent_status(agent_id, model)
+            return
+        if kind in ("config.ack", "agent.log", "run.event", "job.context") or not isinstance(job_id, str):
             return
         if not await self._owns(conn, job_id):
             return
@@ -195,6 +198,16 @@ class AgentHub:
         elif isinstance(model, wire.JobHeartbeat):
             self.core.job_heartbeat(agent_id=agent_id, job_id=job_id, now=self._clock())
             await self.runs.job_heartbeat(job_id)
+
+    async def _agent_status(self, agent_id: str, msg: wire.AgentStatus) -> None:
+        """``agent.status``: advisory; the core keeps its own count, but a free slot the agent reports lifts a
+        hold left by a ``busy`` reject (spec: trigger a drain when there is spare capacity)."""
+        reported = int(msg.activeJobs)
+        view = self.core.agent(agent_id)
+        if view is not None and reported != len(view.active_jobs):
+            log.debug("agent.status disagrees with the dispatcher's count",
+                      extra={"agentId": agent_id, "reported": reported, "counted": len(view.active_jobs)})
+        await self._core_call(lambda now: self.core.agent_status(agent_id=agent_id, active_jobs=reported, now=now))
 
     async def _owns(self, conn: AgentConnection, job_id: str) -> bool:
         assert conn.agent_id is not None
@@ -297,8 +310,7 @@ class AgentHub:
 
     def explain(self, runs_on: Sequence[JSONObject], exclude: Sequence[JSONObject]) -> str:
         """Why no connected agent of this process takes a job with these matchers."""
-        labels = {a: view.labels for a in self.core.agent_ids() if (view := self.core.agent(a)) is not None}
-        return routing.explain_waiting(routing.compile_selector(runs_on, exclude), labels).message
+        return self.core.explain(routing.compile_selector(runs_on, exclude)).message
 
     # ------------------------------------------------------------------------------------ effects
     async def _run(self, effects: list[fx.Effect]) -> None:

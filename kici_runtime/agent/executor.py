@@ -39,12 +39,21 @@ class JobRunner:
     ``step.status running``, its ``log.chunk``s, ``step.status`` terminal; ``job.status`` terminal.
     ``job.heartbeat`` is sent every ``job_heartbeat_interval_s`` while the job runs. ``cancel`` may be
     called at any time; a second call escalates to SIGKILL.
+
+    ``release`` is called once, right before the terminal ``job.status`` is handed to ``send``: the
+    agent frees the job's slot there, so an orchestrator that dispatches the next job as soon as it
+    reads the status never finds the slot taken. The work directory outlives :meth:`run`; the caller
+    removes it with :meth:`cleanup` after the slot is free.
     """
 
-    def __init__(self, spec: JobSpec, *, config: AgentConfig, send: Send) -> None:
+    def __init__(self, spec: JobSpec, *, config: AgentConfig, send: Send,
+                 release: Callable[[], None] | None = None) -> None:
         self.spec = spec
         self._config = config
         self._send = send
+        self._release = release
+        self._released = False
+        self.workspace: Path | None = None
         self.stop = StopRequest()
         self.done = anyio.Event()
         self.state: str | None = None
@@ -71,11 +80,21 @@ class JobRunner:
         streamer.start(self._tg)
         return streamer
 
+    def release(self) -> None:
+        """Free the job's slot (once); also called when :meth:`run` ends without a terminal status."""
+        if not self._released:
+            self._released = True
+            if self._release is not None:
+                self._release()
+
     async def run(self) -> str:
-        """Run the job to its terminal state and return it (``success``, ``failed`` or ``cancelled``)."""
+        """Run the job to its terminal state and return it (``success``, ``failed`` or ``cancelled``).
+        The slot is released before the terminal ``job.status`` is sent; the work directory is left for
+        :meth:`cleanup`."""
         started = time.monotonic()
         self._emit("job.status", state="running")
         workspace = Path(tempfile.mkdtemp(prefix=f"job-{self.spec.job_id[:8]}-", dir=self._config.work_dir))
+        self.workspace = workspace
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -89,12 +108,21 @@ class JobRunner:
             if error:
                 data["error"] = error
             self.state = state
+            self.release()
             self._emit("job.status", state=state, data=data)
         finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(lambda: shutil.rmtree(workspace, ignore_errors=True))
+            self.release()
             self.done.set()
         return state
+
+    async def cleanup(self, limiter: anyio.CapacityLimiter | None = None) -> None:
+        """Remove the work directory (in a worker thread, at most ``limiter``'s count at a time). Shielded
+        from cancellation, so a stopping agent leaves no workspace behind."""
+        workspace, self.workspace = self.workspace, None
+        if workspace is None:
+            return
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(workspace, ignore_errors=True), limiter=limiter)
 
     async def _heartbeats(self) -> None:
         while True:

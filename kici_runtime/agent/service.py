@@ -21,14 +21,19 @@ from kici_runtime.agent.outbox import Message, Outbox
 log = logging.getLogger("kici.agent")
 
 SHUTDOWN_REASON = "agent shutting down"
+CLEANUP_THREADS = 2
+"""Work directories removed at the same time (removal runs after the job's slot is free)."""
 
 
 class Agent:
     """Runs dispatched jobs within ``max_concurrency`` and keeps the orchestrator informed.
 
-    A job counts against capacity while its steps run. It stays in ``inFlightJobs`` until its terminal
-    ``job.status`` has actually been written to a socket, so a job that ends while the agent is offline
-    is reclaimed on re-register and its buffered outcome is then replayed.
+    A job counts against capacity while it runs, and stops counting *before* its terminal ``job.status`` is
+    queued: the orchestrator dispatches the next job as soon as it reads that status, so the slot must be
+    free by then. The job's work directory is removed afterwards, outside the slot (at most
+    ``CLEANUP_THREADS`` removals at a time). A job stays in ``inFlightJobs`` until its terminal
+    ``job.status`` has actually been written to a socket, so a job that ends while the agent is offline is
+    reclaimed on re-register and its buffered outcome is then replayed.
     """
 
     def __init__(self, config: AgentConfig) -> None:
@@ -44,6 +49,7 @@ class Agent:
         self._shutdown_requests = 0
         self._tg: TaskGroup | None = None
         self._started = time.monotonic()
+        self._cleanups = anyio.CapacityLimiter(CLEANUP_THREADS)
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -127,7 +133,8 @@ class Agent:
                                         reason=reason))
             self._send_status()
             return
-        runner = JobRunner(spec, config=self.config, send=self.outbox.put)
+        runner = JobRunner(spec, config=self.config, send=self.outbox.put,
+                           release=lambda: self._release(spec.job_id, runner))
         self.runners[spec.job_id] = runner
         self.in_flight[spec.job_id] = spec.run_id
         self.outbox.put(job_mod.job_message("job.ack", spec, message_id=str(uuid.uuid4()), now_ms=_now_ms()))
@@ -145,18 +152,23 @@ class Agent:
 
     # --- internals --------------------------------------------------------------------------------
     async def _run_job(self, runner: JobRunner) -> None:
-        job_id = runner.spec.job_id
         try:
             await runner.run()
         except Exception:
-            log.exception("job %s crashed", job_id)
+            log.exception("job %s crashed", runner.spec.job_id)
         finally:
-            self.runners.pop(job_id, None)
-            if runner.state is None:
-                self.in_flight.pop(job_id, None)
-            self._changed.set()
-            self._changed = anyio.Event()
-        self._send_status()
+            runner.release()
+        self._send_status()  # after the terminal job.status, reporting the freed slot
+        await runner.cleanup(self._cleanups)
+
+    def _release(self, job_id: str, runner: JobRunner) -> None:
+        """The job no longer holds a slot (its terminal status is about to be queued, or it crashed)."""
+        if self.runners.get(job_id) is runner:
+            del self.runners[job_id]
+        if runner.state is None:
+            self.in_flight.pop(job_id, None)
+        self._changed.set()
+        self._changed = anyio.Event()
 
     def _on_sent(self, message: Message) -> None:
         if message.get("type") == "job.status" and message.get("state") in job_mod.TERMINAL_JOB_STATES:

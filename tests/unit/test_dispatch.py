@@ -195,15 +195,15 @@ class TestAckDeadline:
         d = dispatch.Dispatcher()
         reg(d, "a", "l")
         q(d, "j1", "l", attempts=4)
-        effects = d.job_rejected(agent_id="a", job_id="j1", reason="busy", now=1.0)
-        assert effects == [
+        effects = d.tick(now=10.0)
+        assert of(effects, fx.FailJob) == [
             fx.FailJob(
                 job_id="j1",
                 status=JobStatus.failed,
-                reason="Job failed: re-dispatch attempts exhausted after 5 attempts (agent rejected dispatch (busy))",
+                reason="Job failed: re-dispatch attempts exhausted after 5 attempts (dispatch ack timeout)",
             )
         ]
-        assert view(d, "a").active_jobs == ()
+        assert d.agent("a") is None and not d.tracks("j1")
 
     def test_five_deliveries_at_most(self):
         d = dispatch.Dispatcher()
@@ -220,18 +220,127 @@ class TestAckDeadline:
         assert deliveries == 5
         assert of(effects, fx.FailJob)[0].reason.endswith("after 5 attempts (dispatch ack timeout)")
 
-    def test_busy_reject_requeues_and_draining_stops_dispatch(self):
+
+
+class TestReject:
+    """A ``job.reject`` is "not now": no delivery is spent, and a ``busy`` agent is left alone until it reports a
+    free slot (or its backoff passes)."""
+
+    def test_agent_busy_while_it_tidies_up_gets_the_next_job_once_it_reports_a_free_slot(self):
+        # The agent reports j1 finished, is handed j2 at once, and rejects it: it is still removing j1's
+        # work directory. j2 must not bounce back to it, and no delivery is spent.
+        d = dispatch.Dispatcher()
+        reg(d, "a", "l")
+        q(d, "j1", "l")
+        q(d, "j2", "l", created=1.0)
+        d.job_status(agent_id="a", job_id="j1", state="running", now=1.0)
+        assert sent(d.job_status(agent_id="a", job_id="j1", state="success", now=2.0)) == [("a", "j2")]
+        effects = d.job_rejected(agent_id="a", job_id="j2", reason="busy", now=2.1)
+        assert effects == [fx.Requeue(job_id="j2", attempts=0, context="agent rejected dispatch (busy)")]
+        assert view(d, "a").held_until == 4.1
+        assert d.queued() == ("j2",)
+        assert why(d, "j2").held == ("a",)
+        assert why(d, "j2").message == (
+            "all eligible agents are busy: a (a rejected a dispatch as busy; no job goes there until it reports a "
+            "free slot)"
+        )
+        # The status that follows the reject still counts the old job: nothing changes.
+        assert d.agent_status(agent_id="a", active_jobs=1, now=2.2) == []
+        # Cleanup done, the agent says it is free: j2 goes there, as a first delivery still.
+        effects = d.agent_status(agent_id="a", active_jobs=0, now=2.5)
+        assert sent(effects) == [("a", "j2")]
+        assert view(d, "a").held_until is None
+
+    def test_busy_never_spends_the_delivery_budget(self):
+        d = dispatch.Dispatcher()
+        reg(d, "a", "l")
+        q(d, "j1", "l", attempts=4)
+        now = 0.0
+        for _ in range(20):
+            now += 1.0
+            effects = d.job_rejected(agent_id="a", job_id="j1", reason="busy", now=now)
+            assert of(effects, fx.FailJob) == []
+            assert of(effects, fx.Requeue) == [
+                fx.Requeue(job_id="j1", attempts=4, context="agent rejected dispatch (busy)")
+            ]
+            now += 60.0  # past any backoff
+            d.agent_heartbeat(agent_id="a", now=now)
+            assert sent(d.tick(now=now)) == [("a", "j1")]
+        d.job_acked(agent_id="a", job_id="j1", now=now)
+        assert d.assignment("j1") == "a"
+
+    def test_rejected_job_goes_to_another_free_agent_not_back(self):
+        d = dispatch.Dispatcher()
+        reg(d, "a", "l", maxc=2, now=0.0)
+        q(d, "j1", "l", now=1.0)
+        reg(d, "b", "l", now=2.0)
+        effects = d.job_rejected(agent_id="a", job_id="j1", reason="busy", now=3.0)
+        assert sent(effects) == [("b", "j1")]
+        # a keeps its two free slots in the count, but is held: new work goes elsewhere or waits.
+        assert q(d, "j2", "l", now=3.5) == []
+        assert why(d, "j2").held == ("a",)
+
+    def test_terminal_status_or_register_lifts_the_hold(self):
         d = dispatch.Dispatcher()
         reg(d, "a", "l", maxc=2)
         q(d, "j1", "l")
-        effects = d.job_rejected(agent_id="a", job_id="j1", reason="busy", now=1.0)
-        assert effects[0] == fx.Requeue(job_id="j1", attempts=1, context="agent rejected dispatch (busy)")
-        assert sent(effects) == [("a", "j1")]
+        q(d, "j2", "l", created=1.0)
+        d.job_acked(agent_id="a", job_id="j1", now=1.0)
+        d.job_rejected(agent_id="a", job_id="j2", reason="busy", now=1.0)
+        assert d.queued() == ("j2",)
+        assert sent(d.job_status(agent_id="a", job_id="j1", state="success", now=1.5)) == [("a", "j2")]
+        d.job_rejected(agent_id="a", job_id="j2", reason="busy", now=1.6)
+        assert d.queued() == ("j2",)
+        assert sent(reg(d, "a", "l", maxc=2, now=1.7)) == [("a", "j2")]  # refresh on the same connection
+
+    def test_hold_expires_with_a_backoff_that_doubles_and_resets_on_accept(self):
+        d = dispatch.Dispatcher(config=fx.DispatcherConfig(busy_backoff=2.0, busy_backoff_max=5.0))
+        reg(d, "a", "l")
+        q(d, "j1", "l")
+        holds = []
+        now = 0.0
+        for _ in range(3):
+            d.job_rejected(agent_id="a", job_id="j1", reason="busy", now=now)
+            until = view(d, "a").held_until
+            assert until is not None and d.next_deadline() == until
+            holds.append(until - now)
+            assert sent(d.tick(now=until - 0.01)) == []
+            now = until
+            assert sent(d.tick(now=now)) == [("a", "j1")]
+        assert holds == [2.0, 4.0, 5.0]
+        d.job_acked(agent_id="a", job_id="j1", now=now)
+        q(d, "j2", "l", now=now)
+        d.job_status(agent_id="a", job_id="j1", state="success", now=now)
+        d.job_rejected(agent_id="a", job_id="j2", reason="busy", now=now)
+        assert view(d, "a").held_until == now + 2.0
+
+    def test_an_agent_that_keeps_contradicting_itself_waits_out_the_timer(self):
+        d = dispatch.Dispatcher()
+        reg(d, "a", "l")
+        q(d, "j1", "l")
+        now = 0.0
+        for _ in range(2):
+            d.job_rejected(agent_id="a", job_id="j1", reason="busy", now=now)
+            assert sent(d.agent_status(agent_id="a", active_jobs=0, now=now)) == [("a", "j1")]
+        d.job_rejected(agent_id="a", job_id="j1", reason="busy", now=now)
+        assert d.agent_status(agent_id="a", active_jobs=0, now=now) == []  # the third in a row: timer only
+        assert sent(d.tick(now=now + 8.0)) == [("a", "j1")]
+
+    def test_draining_stops_dispatch_without_spending_the_budget(self):
+        d = dispatch.Dispatcher()
+        reg(d, "a", "l", maxc=2)
+        q(d, "j1", "l", attempts=4)
         effects = d.job_rejected(agent_id="a", job_id="j1", reason="draining", now=2.0)
-        assert sent(effects) == []
+        assert effects == [fx.Requeue(job_id="j1", attempts=4, context="agent rejected dispatch (draining)")]
         assert d.queued() == ("j1",)
         assert view(d, "a").accepting is False
+        assert d.agent_status(agent_id="a", active_jobs=0, now=2.5) == []
         assert sent(reg(d, "a", "l", maxc=2, now=3.0)) == [("a", "j1")]  # re-register resumes
+
+    def test_status_of_an_unknown_agent_is_ignored(self):
+        d = dispatch.Dispatcher()
+        q(d, "j1", "l")
+        assert d.agent_status(agent_id="ghost", active_jobs=0, now=1.0) == []
 
 
 class TestDisconnectAndReclaim:

@@ -5,7 +5,10 @@ Invariants checked after every step:
 * a dispatch never takes an agent past its ``max_concurrency``;
 * a job is only dispatched to an agent whose labels admit it;
 * a job is never dispatched while it is still assigned elsewhere (no concurrent double dispatch);
-* no queued job is left waiting while a connected, accepting agent with a free slot admits it.
+* no queued job is left waiting while a connected, accepting agent with a free slot admits it (an agent
+  held after a ``busy`` reject is not accepting);
+* a ``job.reject`` never spends a delivery and never fails the job; after ``busy`` the job is not handed
+  straight back to the agent that rejected it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class DispatcherMachine(RuleBasedStateMachine):
         self.assigned: dict[str, str] = {}  # job -> agent, from effects
         self.phase: dict[str, str] = {}  # job -> awaiting | acked | recovering
         self.dispatched_to: set[str] = set()
+        self.attempts: dict[str, int] = {}  # job -> deliveries spent, from Requeue effects
 
     # -------------------------------------------------------------- effect bookkeeping
 
@@ -55,6 +59,8 @@ class DispatcherMachine(RuleBasedStateMachine):
             elif isinstance(e, fx.Requeue | fx.FailJob):
                 self.assigned.pop(e.job_id, None)
                 self.phase.pop(e.job_id, None)
+                if isinstance(e, fx.Requeue):
+                    self.attempts[e.job_id] = e.attempts
             elif isinstance(e, fx.MarkRecovering):
                 assert self.assigned.get(e.job_id) == e.agent_id
                 self.phase[e.job_id] = "recovering"
@@ -124,7 +130,18 @@ class DispatcherMachine(RuleBasedStateMachine):
         if kind == "ack":
             effects = self.d.job_acked(agent_id=agent_id, job_id=job_id, now=self.now)
         elif kind in ("busy", "draining"):
+            before = self.attempts.get(job_id, 0)
             effects = self.d.job_rejected(agent_id=agent_id, job_id=job_id, reason=kind, now=self.now)
+            assert not [e for e in effects if isinstance(e, fx.FailJob) and e.job_id == job_id
+                        and e.status != "cancelled"], "a reject failed the job"
+            requeued = [e for e in effects if isinstance(e, fx.Requeue) and e.job_id == job_id]
+            assert all(e.attempts == before for e in requeued), "a reject spent a delivery"
+            assert not [e for e in effects if isinstance(e, fx.MarkDispatched) and e.job_id == job_id
+                        and e.agent_id == agent_id], "a rejected job went straight back to the same agent"
+            if requeued:
+                view = self.d.agent(agent_id)
+                assert view is not None
+                assert view.held_until is not None if kind == "busy" else not view.accepting
         elif kind == "hb":
             effects = self.d.job_heartbeat(agent_id=agent_id, job_id=job_id, now=self.now)
         else:
@@ -149,6 +166,12 @@ class DispatcherMachine(RuleBasedStateMachine):
         if self.assigned.get(job_id) == agent_id:
             return
         self.apply(self.d.job_status(agent_id=agent_id, job_id=job_id, state=state, now=self.now))
+
+    @precondition(lambda self: self.conns)
+    @rule(data=st.data(), active=st.integers(0, 3))
+    def agent_status(self, data: st.DataObject, active: int) -> None:
+        agent_id = data.draw(st.sampled_from(sorted(self.conns)))
+        self.apply(self.d.agent_status(agent_id=agent_id, active_jobs=active, now=self.now))
 
     @precondition(lambda self: self.conns)
     @rule(data=st.data())
@@ -184,7 +207,7 @@ class DispatcherMachine(RuleBasedStateMachine):
             for agent_id in self.d.agent_ids():
                 view = self.d.agent(agent_id)
                 assert view is not None
-                free = view.accepting and len(view.active_jobs) < view.max_concurrency
+                free = view.accepting and view.held_until is None and len(view.active_jobs) < view.max_concurrency
                 assert not (free and self.selectors[job_id].admits(view.labels)), (
                     f"{job_id} waits while {agent_id} could take it"
                 )

@@ -299,6 +299,29 @@ async def test_cancel_kills_a_sleeping_step_and_busy_rejects(tmp_path: Path) -> 
     assert peer.job_messages(other) == [reject.message]
 
 
+async def test_next_job_dispatched_on_the_terminal_status_is_accepted_while_the_workspace_is_removed(
+    tmp_path: Path, origin: tuple[Path, str, str]
+) -> None:
+    # An orchestrator dispatches the next job the moment it reads a terminal job.status. The job leaves a
+    # work directory of a few thousand files behind, whose removal takes a while: the slot must already be
+    # free, so the next job is acknowledged, not rejected busy.
+    repo, first, _second = origin
+    messy = {"steps": [{"name": "litter", "run": "mkdir -p out && cd out && seq 1 4000 | xargs touch"}]}
+    tidy = {"steps": [{"name": "quick", "run": "echo quick"}]}
+    async with ScriptedOrchestrator(token=TOKEN) as peer, running_agent(_config(peer, tmp_path)):
+        await peer.wait_for(lambda m: m["type"] == "config.ack")
+        _run, job_id = await peer.dispatch(job_config=messy, repo_url=str(repo), ref="main", sha=first)
+        done = await peer.wait_for(_is_job(job_id, "job.status", state="success"))
+        _run2, next_id = await peer.dispatch(job_config=tidy, repo_url=str(repo), ref="main", sha=first)
+        answer = await peer.wait_for(lambda m: m.get("jobId") == next_id and m["type"] in ("job.ack", "job.reject"))
+        assert answer.message["type"] == "job.ack", answer.message
+        await peer.wait_for(_is_job(next_id, "job.status", state="success"))
+        later = [r.message for r in peer.received[peer.received.index(done) + 1:]]
+    # The agent.status that follows the terminal status already reports the slot free.
+    assert next(m for m in later if m["type"] == "agent.status")["activeJobs"] == 0
+    assert list((tmp_path / "work").iterdir()) == []  # both work directories are removed
+
+
 @pytest.mark.parametrize(
     ("job_timeout", "step_timeout", "error"),
     [(None, 300, "step timed out after 300 ms"), (300, None, "Job timed out after 300 ms")],

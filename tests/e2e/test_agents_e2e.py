@@ -32,6 +32,7 @@ from kici_core.ports import GenericSource
 from kici_runtime import wiring
 from kici_runtime.config import load_settings
 from tests.support import pg as _pg
+from tests.support import waits
 
 pytestmark = pytest.mark.anyio
 pg_server, pg_template, db_url = _pg.pg_server, _pg.pg_template, _pg.db_url  # fixtures
@@ -95,6 +96,7 @@ class Harness:
                 **self.env}
 
     async def start(self, tg: Any) -> None:
+        """Serve the app on ``port`` (a free one the first time) with the worker and the agent hub running."""
         settings = load_settings(self.settings_env(), "standalone", default_config_path=None)
         ready = anyio.Event()
         self._stop, self._stopped = anyio.Event(), anyio.Event()
@@ -118,7 +120,7 @@ class Harness:
 
                     async with anyio.create_task_group() as inner:
                         inner.start_soon(serve)
-                        with anyio.fail_after(30):
+                        with waits.within(30, "uvicorn to start serving", lambda: {"served": served.is_set()}):
                             while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
                                 await anyio.sleep(0.02)
                         self.port = server.servers[0].sockets[0].getsockname()[1]
@@ -130,20 +132,21 @@ class Harness:
                         assert orch.agent_endpoint is not None
                         await orch.agent_endpoint.close_all()
                         server.should_exit = True
-                        with anyio.fail_after(20):
+                        with waits.within(20, "uvicorn to stop serving"):
                             await served.wait()
                         inner.cancel_scope.cancel()
             finally:
                 self._stopped.set()
 
         tg.start_soon(run)
-        with anyio.fail_after(60):
+        with waits.within(60, "the orchestrator to start (app, worker, agent hub)",
+                          lambda: {"stopped": self._stopped is not None and self._stopped.is_set()}):
             await ready.wait()
 
     async def stop(self) -> None:
         assert self._stop is not None and self._stopped is not None
         self._stop.set()
-        with anyio.fail_after(30):
+        with waits.within(30, "the orchestrator to stop"):
             await self._stopped.wait()
 
     @property
@@ -176,12 +179,16 @@ class Harness:
                                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         self.agents[agent_id] = proc
-        await self.wait_for(lambda: self._registered(agent_id), what=f"agent {agent_id} registered")
+        await self.wait_for(lambda: self._registered(agent_id), what=f"agent {agent_id} to register",
+                            seen=lambda: {"connected": self._connected(), "agent exit code": proc.returncode})
         return proc
 
-    async def _registered(self, agent_id: str) -> bool:
+    def _connected(self) -> list[str]:
         assert self.orch is not None and self.orch.agents is not None
-        return agent_id in self.orch.agents.core.agent_ids()
+        return list(self.orch.agents.core.agent_ids())
+
+    async def _registered(self, agent_id: str) -> bool:
+        return agent_id in self._connected()
 
     async def query(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         assert self.orch is not None
@@ -189,37 +196,47 @@ class Harness:
             cur = await conn.execute(sql, params)  # type: ignore[arg-type]
             return [dict(r) for r in await cur.fetchall()]
 
-    async def wait_for(self, check: Any, *, what: str, limit: float = 60.0) -> None:
-        """Poll an external condition (subprocesses and the database give no events to wait on)."""
-        with anyio.fail_after(limit):
-            while not await check():  # noqa: ASYNC110 - external state, no event to wait on
-                await anyio.sleep(0.1)
+    async def wait_for(self, check: Any, *, what: str, limit: float = 60.0, seen: Any = None) -> None:
+        """Poll an external condition (subprocesses and the database give no events to wait on); on timeout say
+        ``what`` was awaited and what ``seen`` (default: :meth:`state`) shows."""
+        await waits.until(check, what=what, bound=limit, seen=seen or self.state)
+
+    async def state(self) -> dict[str, Any]:
+        """What a timed-out wait reports: runs, jobs and queue rows by status, and the dispatcher's agents."""
+        runs = await self.query("SELECT run_id::text, status, failure_reason FROM execution_runs ORDER BY created_at")
+        jobs = await self.query("SELECT job_name, status, agent_id, error_message FROM execution_jobs"
+                                " WHERE status <> 'success' ORDER BY created_at")
+        queue = await self.query("SELECT status, dispatch_attempts, count(*) AS n FROM dispatch_queue"
+                                 " GROUP BY 1, 2 ORDER BY 1, 2")
+        assert self.orch is not None and self.orch.agents is not None
+        core = self.orch.agents.core
+        agents = {a: view for a in core.agent_ids() if (view := core.agent(a)) is not None}
+        return {"runs": runs, "jobs not succeeded": jobs[:40], "queue": queue,
+                "agents": {a: {"jobs": len(v.active_jobs), "max": v.max_concurrency, "held_until": v.held_until}
+                           for a, v in agents.items()},
+                "agent exit codes": {a: p.returncode for a, p in self.agents.items()}}
+
+    async def runs_done(self, count: int, *, limit: float = 90) -> list[dict[str, Any]]:
+        """Wait until ``count`` runs exist and all are terminal; returns them."""
+        async def done() -> list[dict[str, Any]]:
+            rows = await self.query("SELECT * FROM execution_runs")
+            return rows if len(rows) == count and all(r["status"] in TERMINAL for r in rows) else []
+
+        rows: list[dict[str, Any]] = await waits.until(done, what=f"{count} run(s) to finish", bound=limit,
+                                                      seen=self.state)
+        return rows
 
     async def run_done(self) -> dict[str, Any]:
-        rows: list[dict[str, Any]] = []
-
-        async def done() -> bool:
-            nonlocal rows
-            rows = await self.query("SELECT * FROM execution_runs")
-            return bool(rows) and all(r["status"] in TERMINAL for r in rows)
-
-        try:
-            await self.wait_for(done, what="run finished", limit=90)
-        except TimeoutError:
-            state = {t: await self.query(f"SELECT * FROM {t}") for t in
-                     ("event_log", "execution_runs", "execution_jobs", "dispatch_queue", "agents")}
-            raise AssertionError(f"run did not finish: {state}") from None
-        assert len(rows) == 1
-        return rows[0]
+        return (await self.runs_done(1))[0]
 
     async def jobs(self) -> dict[str, dict[str, Any]]:
         return {r["job_name"]: r for r in await self.query("SELECT * FROM execution_jobs")}
 
     async def kill_agents(self) -> None:
-        for proc in self.agents.values():
+        for agent_id, proc in self.agents.items():
             if proc.returncode is None:
                 proc.kill()
-            with anyio.fail_after(10):
+            with waits.within(10, f"agent {agent_id} (pid {proc.pid}) to exit after SIGKILL"):
                 await proc.wait()
             await proc.aclose()
 
@@ -304,6 +321,50 @@ async def test_jobs_wait_for_a_label_and_max_concurrency_is_respected(db_url: st
         run = await h.run_done()
         assert run["status"] == "success"
         assert (await h.jobs())["gpu"]["agent_id"] == "gpu-1"
+
+
+def soak_repo(root: Path, *, files: int, commits: int) -> tuple[Path, list[str]]:
+    """A repository of ``files`` source files whose workflow is a 12-way matrix ``unit`` and a ``report`` job that
+    needs it, with ``commits`` commits on ``main`` to push (oldest first)."""
+    check = 'test "$(ls src | wc -l)" -eq ' + str(files) + ' && test "$(git rev-parse HEAD)" = "$KICI_SHA"'
+    repo, _ = make_repo(root, [
+        _job("unit", ["soak"], [{"name": "check", "run": check}], matrix={"shard": [str(i) for i in range(12)]}),
+        _job("report", ["soak"], [{"name": "sum", "run": "echo all shards passed"}], needs=["unit"]),
+    ])
+    (repo / "src").mkdir()
+    for i in range(files):
+        (repo / "src" / f"module_{i:03}.py").write_text(f"VALUE = {i}\n\n\ndef value() -> int:\n    return VALUE\n")
+    shas = []
+    for n in range(commits):
+        (repo / "CHANGES.md").write_text(f"change {n}\n")
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-q", "-m", f"change {n}")
+        shas.append(_git(repo, "rev-parse", "HEAD"))
+    return repo, shas
+
+
+SOAK_PUSHES = 8
+
+
+@pytest.mark.parametrize("slots", [pytest.param([1, 1], id="2-agents-max1"), pytest.param([2], id="1-agent-max2")])
+async def test_back_to_back_pushes_of_a_matrix_with_a_dependent_job_all_succeed(db_url: str, tmp_path: Path,
+                                                                                slots: list[int]) -> None:
+    # Every finished job frees its agent's slot while the next dispatch is already on its way: no job may be
+    # rejected into failure, and no delivery may be spent on an agent that is still tidying up.
+    repo, shas = soak_repo(tmp_path, files=300, commits=SOAK_PUSHES)
+    async with harness(db_url, tmp_path) as (h, _):
+        await h.add_local_source(repo)
+        for n, max_concurrency in enumerate(slots):
+            await h.start_agent(f"soak-{n}", "soak", max_concurrency=max_concurrency)
+        for sha in shas:
+            await h.push(repo, sha)
+        runs = await h.runs_done(SOAK_PUSHES, limit=240)
+        assert [r["status"] for r in runs] == ["success"] * SOAK_PUSHES, await h.state()
+        assert sorted(r["sha"] for r in runs) == sorted(shas)
+        jobs = await h.query("SELECT job_name, status FROM execution_jobs")
+        assert len(jobs) == SOAK_PUSHES * 13 and {j["status"] for j in jobs} == {"success"}
+        queue = await h.query("SELECT status, dispatch_attempts FROM dispatch_queue")
+        assert {(q["status"], q["dispatch_attempts"]) for q in queue} == {("completed", 0)}
 
 
 async def test_sigkilled_agent_job_fails_after_recovery_and_another_agent_finishes(db_url: str,

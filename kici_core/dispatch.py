@@ -498,7 +498,9 @@ class Dispatcher:
             self._agents[job.agent_id].busy_streak = 0
         return [fx.AckResolved(job_id=job.job_id, agent_id=job.agent_id)]
 
-    def _requeue_or_fail(self, job: JobEntry, context: str, now: float, *, spend: bool = True) -> list[fx.Effect]:
+    def _requeue_or_fail(
+        self, job: JobEntry, context: str, now: float, *, spend: bool = True
+    ) -> list[fx.Effect]:
         """Requeue ``job`` (counting one more delivery when ``spend``), or end it: cancelled when a cancel
         is pending, failed once ``max_attempts`` deliveries were spent."""
         self._release(job, now)

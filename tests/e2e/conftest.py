@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
 import httpx
 import psycopg
 import pytest
 
+from tests.support import waits
 from tests.support.github_server import GitHubServer, app_key
 from tests.support.orchestrator import BIN, AdminResult, OrchestratorProcess, clean_env, kici_admin
 from tests.support.pg import PgServer, create_database, db_url, drop_database, pg_server, pg_template
@@ -161,8 +161,10 @@ class Independent:
         """Poll the event_log row of ``delivery`` until ``done(row)`` (bounded)."""
         async def probe() -> dict[str, Any] | None:
             row = await self.event(delivery)
+            self.notes["last"] = row
             return row if row is not None and done(row) else None
-        return await poll(probe, bound, lambda: f"delivery {delivery}: {self.notes.get('last')}\n{self.proc.tail()}")
+        return await poll(probe, bound, lambda: f"delivery {delivery}: {self.notes.get('last')}\n{self.proc.tail()}",
+                          what=f"delivery {delivery} to reach the awaited state")
 
     async def wait_status(self, delivery: str, *statuses: str, bound: float = BOUND) -> dict[str, Any]:
         """Poll until the delivery's event_log status is one of ``statuses`` and its inbox row is finished."""
@@ -193,17 +195,20 @@ class Independent:
 
 
 async def poll(probe: Callable[[], Awaitable[T | None]], bound: float = BOUND,
-               describe: Callable[[], str] | None = None) -> T:
-    """Call ``probe`` until it returns something other than None, within ``bound`` seconds."""
-    try:
-        with anyio.fail_after(bound):
-            while True:
-                found = await probe()
-                if found is not None:
-                    return found
-                await anyio.sleep(0.05)  # polling interval of a bounded wait, not a synchronisation sleep
-    except TimeoutError:
-        raise AssertionError(f"condition not reached within {bound} s: {describe() if describe else ''}") from None
+               describe: Callable[[], str] | None = None, *, what: str | None = None) -> T:
+    """Call ``probe`` until it returns something other than None, within ``bound`` seconds.
+
+    On timeout the error names ``what`` was awaited (default: the probe's name) and what ``describe()`` shows
+    (default: that the probe still answered None)."""
+    async def check() -> tuple[T] | None:
+        found = await probe()
+        return None if found is None else (found,)
+
+    name = getattr(probe, "__name__", "<lambda>")
+    awaited = what or ("a condition" if name == "<lambda>" else name.replace("_", " "))
+    found = await waits.until(check, what=awaited, bound=bound,
+                              seen=describe or (lambda: f"{awaited}: still None"))
+    return found[0]
 
 
 def standalone_env(db: str, gh: GitHubServer, data_dir: Path, **extra: str) -> dict[str, str]:

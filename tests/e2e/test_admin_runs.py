@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.test_agents_e2e import Harness, harness
 from tests.support import pg as _pg
+from tests.support import waits
 from tests.support.agents import RawAgent, job, lock_repo, push
 from tests.support.orchestrator import BIN, clean_env, kici_admin
 
@@ -180,7 +181,8 @@ async def _follow(h: Harness, agent: RawAgent, dispatch: dict[str, Any]) -> None
     async with await anyio.open_process(cmd, env=env) as proc:
         assert proc.stdout is not None
         seen = b""
-        with anyio.fail_after(20):
+        with waits.within(20, "`runs logs --follow` to print the log and exit 0 after the run ended",
+                          lambda: {"printed": seen.decode(errors="replace")[-400:], "exit code": proc.returncode}):
             while b"[build] linking" not in seen:
                 seen += await proc.stdout.receive()
             await agent.log(dispatch, 0, "tests passed")

@@ -24,6 +24,7 @@ from kici_runtime.agent import config as agent_config
 from kici_runtime.agent.connection import AuthRejected, backoff_delay
 from kici_runtime.agent.job import UNSUPPORTED_STEP
 from kici_runtime.agent.service import Agent
+from tests.support import waits
 from tests.support.agent_peer import ScriptedOrchestrator
 
 pytestmark = pytest.mark.anyio
@@ -89,7 +90,7 @@ async def running_agent(config: agent_config.AgentConfig) -> AsyncIterator[Agent
         yield agent
         for runner in list(agent.runners.values()):
             runner.cancel("test over", force=True)
-        with anyio.fail_after(10):
+        with waits.within(10, "the agent's jobs to end after a forced cancel", lambda: sorted(agent.runners)):
             await agent.wait_idle()
         tg.cancel_scope.cancel()
 
@@ -191,7 +192,8 @@ async def test_handshake_registers_and_heartbeats(tmp_path: Path) -> None:
 async def test_auth_failure_stops_for_good(tmp_path: Path) -> None:
     async with ScriptedOrchestrator(token="kat_other") as peer:
         agent = Agent(_config(peer, tmp_path))
-        with anyio.fail_after(10), pytest.raises(AuthRejected, match="Invalid or expired token"):
+        with waits.within(10, "the agent to give up after auth.failure"), \
+                pytest.raises(AuthRejected, match="Invalid or expired token"):
             await agent.run()
         assert len(peer.connections) == 1
         assert [r.message["type"] for r in peer.received] == ["auth.request"]
@@ -392,8 +394,8 @@ async def test_reconnect_reports_in_flight_jobs_and_replays_buffered_messages(tm
         await peer.drop()
         await peer.wait_for(lambda m: m["type"] == "auth.request", connection=1)
         go.touch()
-        with anyio.fail_after(15):
-            await agent.wait_idle()  # the job ends while the agent is not registered
+        with waits.within(15, "the job to end while the agent is not registered", lambda: sorted(agent.runners)):
+            await agent.wait_idle()
         release.set()
         register = (await peer.wait_for(lambda m: m["type"] == "agent.register", connection=1)).message
         await peer.wait_for(_is_job(job_id, "job.status", state="success"))
@@ -432,12 +434,12 @@ async def agent_process(peer: ScriptedOrchestrator, tmp_path: Path) -> AsyncIter
 
 async def _wait_stderr(proc: Any, needle: str) -> None:
     text = ""
-    with anyio.fail_after(15):
+    with waits.within(15, f"{needle!r} on the agent's stderr", lambda: text[-2000:]):
         async for data in proc.stderr:
             text += data.decode(errors="replace")
             if needle in text:
                 return
-    raise AssertionError(f"{needle!r} never appeared on stderr:\n{text}")
+    raise AssertionError(f"{needle!r} never appeared on stderr (it closed):\n{text}")
 
 
 async def test_sigterm_drains_running_job_then_exits_zero(tmp_path: Path) -> None:
@@ -456,7 +458,7 @@ async def test_sigterm_drains_running_job_then_exits_zero(tmp_path: Path) -> Non
         go.touch()
         await peer.wait_for(_is_job(job_id, "job.status", state="success"))
         assert await peer.wait_closed(0) == 1000
-        with anyio.fail_after(15):
+        with waits.within(15, "the agent process to exit"):
             assert await proc.wait() == 0
 
 
@@ -471,5 +473,5 @@ async def test_second_sigterm_cancels_running_jobs(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         final = (await peer.wait_for(_is_job(job_id, "job.status", state="cancelled"))).message
         assert final["data"]["error"] == "agent shutting down"
-        with anyio.fail_after(15):
+        with waits.within(15, "the agent process to exit"):
             assert await proc.wait() == 0

@@ -196,10 +196,11 @@ class Harness:
             cur = await conn.execute(sql, params)  # type: ignore[arg-type]
             return [dict(r) for r in await cur.fetchall()]
 
-    async def wait_for(self, check: Any, *, what: str, limit: float = 60.0, seen: Any = None) -> None:
-        """Poll an external condition (subprocesses and the database give no events to wait on); on timeout say
-        ``what`` was awaited and what ``seen`` (default: :meth:`state`) shows."""
-        await waits.until(check, what=what, bound=limit, seen=seen or self.state)
+    async def wait_for(self, check: Any, *, what: str, limit: float = 60.0, seen: Any = None) -> Any:
+        """Poll an external condition (subprocesses and the database give no events to wait on) until it returns
+        something truthy, and return that; on timeout say ``what`` was awaited and what ``seen`` (default:
+        :meth:`state`) shows."""
+        return await waits.until(check, what=what, bound=limit, seen=seen or self.state)
 
     async def state(self) -> dict[str, Any]:
         """What a timed-out wait reports: runs, jobs and queue rows by status, and the dispatcher's agents."""

@@ -8,6 +8,7 @@ spec's settings; every wait is on a received message or on database state, bound
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from tests.e2e.test_agents_e2e import Harness, harness
 from tests.support import pg as _pg
+from tests.support import waits
 from tests.support.agents import RawAgent, job, lock_repo, push
 from tests.support.orchestrator import kici_admin
 
@@ -132,10 +134,53 @@ async def test_rejected_job_is_requeued_to_another_agent(db_url: str, tmp_path: 
         run = await _until_run(h, first["runId"], "success", "failed", "cancelled")
         assert run["status"] == "success"
         build = (await _jobs(h, first["runId"]))["build"]
-        assert build["agent_id"] == "other" and build["dispatch_attempts"] == 1
+        assert build["agent_id"] == "other" and build["dispatch_attempts"] == 0  # "not now" spends no delivery
         assert set(_agents(h)) == {"busy", "other"}  # a reject does not disconnect
         await busy.close()
         await other.close()
+
+
+async def test_busy_agent_is_left_alone_until_it_reports_a_free_slot_and_kici_admin_says_why(
+    db_url: str, tmp_path: Path
+) -> None:
+    # The agent finished a job, was handed the next one at once and answered busy (it was still tidying up), then
+    # agent.status as the upstream agent does. The job waits, without spending a delivery, until the agent says it
+    # has a free slot; meanwhile `kici-admin runs show` says why.
+    repo, sha = lock_repo(tmp_path, {"ci": [job("build", ["x"]), job("after", ["x"], needs=["build"])]})
+    async with harness(db_url, tmp_path, **ADMIN) as (h, _):
+        assert h.orch is not None and h.orch.agents is not None
+        # Only the agent's report may lift the hold in this test, not the fallback timer.
+        h.orch.agents.core.config = replace(h.orch.agents.core.config, busy_backoff=600.0)
+        await h.add_local_source(repo)
+        agent = await RawAgent.join(h.port, "solo", ["x"])
+        await push(h.base, repo, sha)
+        build = await agent.expect("job.dispatch")
+        await agent.run_to_success(build)
+        after = await agent.expect("job.dispatch")
+        await agent.reject(after, "busy")
+        await agent.send({"type": "agent.status", "agentId": "solo", "activeJobs": 1})
+        run_id = after["runId"]
+
+        async def explained() -> str | None:
+            shown = await kici_admin(h.base, ADMIN_TOKEN, "runs", "show", run_id)
+            return shown.stdout if "rejected a dispatch as busy" in shown.stdout else None
+
+        shown = await h.wait_for(explained, what="`kici-admin runs show` to explain the waiting job")
+        assert "all eligible agents are busy: solo (solo rejected a dispatch as busy; no job goes there until it " \
+               "reports a free slot)" in " ".join(shown.split()), shown
+        jobs = await _jobs(h, run_id)
+        assert jobs["after"]["status"] == "pending" and jobs["after"]["queue_status"] == "pending"
+        assert jobs["after"]["dispatch_attempts"] == 0
+        assert [m["jobId"] for m in agent.received if m["type"] == "job.dispatch"] == [build["jobId"], after["jobId"]]
+
+        await agent.send({"type": "agent.status", "agentId": "solo", "activeJobs": 0})
+        again = await agent.expect("job.dispatch")
+        assert again["jobId"] == after["jobId"]
+        await agent.run_to_success(again)
+        run = await _until_run(h, run_id, "success", "failed", "cancelled")
+        assert run["status"] == "success"
+        assert (await _jobs(h, run_id))["after"]["dispatch_attempts"] == 0
+        await agent.close()
 
 
 # ------------------------------------------------------------------------------------------------ stale jobs
@@ -157,7 +202,7 @@ async def test_silent_running_job_is_cancelled_and_timed_out_stale(db_url: str, 
         await agent.ack(by_name["unstarted"])
         # Heartbeat "beating" every 250 ms while waiting for the two cancels (each wait is bounded).
         cancels: dict[str, dict[str, Any]] = {}
-        with anyio.fail_after(20):
+        with waits.within(20, "job.cancel for the silent and the unstarted job", lambda: sorted(cancels)):
             while len(cancels) < 2:
                 await agent.heartbeat_job(by_name["beating"])
                 with anyio.move_on_after(0.25):

@@ -58,7 +58,7 @@ async def _assert_each_processed_once(w: Independent, deliveries: set[str]) -> N
                              "AND processed_at IS NOT NULL", list(deliveries))
         return True if rows[0][0] == len(deliveries) else None
 
-    await poll(all_done, describe=w.proc.tail)
+    await poll(all_done, describe=w.proc.tail, what=f"{len(deliveries)} deliveries to be processed")
     rows = await w.query(
         "SELECT e.delivery_id, e.matched_count, i.state, i.attempts, "
         "  (SELECT count(*) FROM execution_runs r WHERE r.delivery_id = e.delivery_id AND r.org_id = e.org_id) "
@@ -92,7 +92,8 @@ async def test_sigkill_while_processing_then_restart_processes_each_delivery_onc
             tg.start_soon(post_one)
     assert len(deliveries) == 12
 
-    await poll(lambda: _some(w.gh.requests_for(contents)), describe=w.proc.tail)
+    await poll(lambda: _some(w.gh.requests_for(contents)), describe=w.proc.tail,
+               what="a lock-file fetch to reach GitHub")
     w.proc.kill()
 
     rows = await w.query("SELECT status, processed_at FROM event_log WHERE delivery_id = ANY(%s)", list(deliveries))

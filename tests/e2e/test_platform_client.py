@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from kici_core.testing.fakes import (
 from kici_runtime import ingest, server
 from kici_runtime.context import AppContext
 from kici_runtime.relay.hub import RelaySettings
+from tests.support import waits
 from tests.support.relay_peer import RunningRelay, running_relay
 
 ORG = "acme"
@@ -183,7 +184,9 @@ class Harness:
         return list(r.json()["messages"])
 
     async def wait_messages(self, *types: str, count: int) -> list[dict[str, Any]]:
-        with anyio.fail_after(BOUND):
+        found: list[dict[str, Any]] = []
+        with waits.within(BOUND, f"{count} {'/'.join(types)} message(s) recorded by the relay",
+                          lambda: f"{len(found)} recorded; client {_client_state(self.client)}"):
             while True:
                 found = await self.messages(*types)
                 if len(found) >= count:
@@ -234,7 +237,7 @@ async def harness(tmp_path: Path, *, orch_secret: str = SECRET, token: str | Non
 @pytest.mark.anyio
 async def test_connects_registers_and_accepts_a_relayed_push(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
-        with anyio.fail_after(BOUND):
+        with _bounded(h, "session 1 of the platform client to authenticate"):
             await h.client.wait_for("authenticated", sessions=1)
         assert _connection_status() == 1
         registered = await h.wait_messages("source.register", count=1)
@@ -261,7 +264,7 @@ async def test_connects_registers_and_accepts_a_relayed_push(tmp_path: Path) -> 
         assert acks[1]["message"].get("duplicate") is True
         assert len(h.inbox.entries) == 1
 
-        with anyio.fail_after(BOUND):
+        with _bounded(h, "the platform client: h.client.heartbeats_sent >= 2"):
             await h.client.wait_until(lambda: h.client.heartbeats_sent >= 2)
         # the relay counted them (it reads frames in order; the ack below was sent after them)
         await h.post_github(body, "7d1e9a40-0001")
@@ -272,7 +275,7 @@ async def test_connects_registers_and_accepts_a_relayed_push(tmp_path: Path) -> 
 async def test_orchestrator_side_rejections_map_to_http(tmp_path: Path) -> None:
     # the relay verifies with SECRET; the orchestrator holds another secret -> rejected_signature -> 401
     async with harness(tmp_path, orch_secret="a-different-secret") as h:
-        with anyio.fail_after(BOUND):
+        with _bounded(h, "session 1 of the platform client to authenticate"):
             await h.client.wait_for("authenticated", sessions=1)
         await h.wait_messages("source.register", count=1)
         await _until_routed(h)
@@ -289,27 +292,38 @@ async def test_orchestrator_side_rejections_map_to_http(tmp_path: Path) -> None:
         assert deregs[0]["message"]["routingKeys"] == [f"github:{APP_ID}"]
 
 
+def _bounded(h: Harness, what: str) -> AbstractContextManager[None]:
+    """Bound a wait on the platform client: on timeout say ``what`` was awaited and the client's state."""
+    return waits.within(BOUND, what, lambda: _client_state(h.client))
+
+
+def _client_state(client: PlatformClient) -> dict[str, Any]:
+    """What a timed-out wait on the platform client reports."""
+    return {"state": client.state, "sessions": client.sessions, "attempts": client.attempts,
+            "reconnect delays": len(client.delays), "accepted keys": sorted(client.accepted_keys)}
+
+
 async def _until_routed(h: Harness, key: str = f"github:{APP_ID}") -> None:
     """The relay applies a registration before it acks it: once the client saw the key accepted, it routes."""
-    with anyio.fail_after(BOUND):
+    with _bounded(h, f"the relay to accept routing key {key}"):
         await h.client.wait_until(lambda: key in h.client.accepted_keys)
 
 
 @pytest.mark.anyio
 async def test_buffered_messages_arrive_in_order_after_a_dropped_link(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
-        with anyio.fail_after(BOUND):
+        with _bounded(h, "session 1 of the platform client to authenticate"):
             await h.client.wait_for("authenticated", sessions=1)
         await h.outbox.send({"type": "execution.event", "runId": "r0", "event": "started", "data": {}})
         await h.wait_messages("execution.event", count=1)
         await h.relay.hub.drop(h.connection_id(), 1001)
-        with anyio.fail_after(BOUND):
+        with _bounded(h, "the platform client to see the link drop"):
             await h.client.wait_for("disconnected")
         assert _connection_status() == 0
         for i in range(1, 51):
             await h.outbox.send({"type": "log.chunk", "runId": "r", "jobId": "j", "stepIndex": 0,
                                  "lines": [f"line {i}"]})
-        with anyio.fail_after(BOUND):
+        with _bounded(h, "session 2 of the platform client to authenticate"):
             await h.client.wait_for("authenticated", sessions=2)
         got = await h.wait_messages("log.chunk", count=50)
         assert [m["message"]["lines"][0] for m in got] == [f"line {i}" for i in range(1, 51)]
@@ -325,18 +339,18 @@ async def test_buffered_messages_arrive_in_order_after_a_dropped_link(tmp_path: 
 @pytest.mark.anyio
 async def test_revoked_and_wrong_keys_keep_retrying_without_crashing(tmp_path: Path) -> None:
     async with harness(tmp_path, token="kici_not-a-real-key") as h:
-        with anyio.fail_after(BOUND):
+        with _bounded(h, "the platform client: len(h.client.delays) >= 3"):
             await h.client.wait_until(lambda: len(h.client.delays) >= 3)
         assert h.client.sessions == 0 and h.client.attempts >= 3
         assert _connection_status() == 0
 
     (tmp_path / "b").mkdir()
     async with harness(tmp_path / "b") as h:
-        with anyio.fail_after(BOUND):
+        with _bounded(h, "session 1 of the platform client to authenticate"):
             await h.client.wait_for("authenticated", sessions=1)
         prefix = h.relay.store.list_keys(org=ORG)[0].prefix
         await h.relay.hub.revoke_key(prefix)
-        with anyio.fail_after(BOUND):
+        with _bounded(h, "the platform client: len(h.client.delays) >= 2"):
             await h.client.wait_until(lambda: len(h.client.delays) >= 2)
         assert h.client.sessions == 1 and h.client.state != "authenticated"
 
@@ -344,7 +358,7 @@ async def test_revoked_and_wrong_keys_keep_retrying_without_crashing(tmp_path: P
 @pytest.mark.anyio
 async def test_misbehaving_platform_frames_are_refused_without_dropping_the_link(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
-        with anyio.fail_after(BOUND):
+        with _bounded(h, "session 1 of the platform client to authenticate"):
             await h.client.wait_for("authenticated", sessions=1)
         conn = h.connection_id()
         body = b'{"ref":"refs/heads/main"}'

@@ -34,6 +34,7 @@ from kici_runtime.relay.app import create_app
 from kici_runtime.relay.hub import RelayHub, RelaySettings
 from kici_runtime.relay.server import RelayServer, bind_socket, uvicorn_config
 from kici_runtime.relay.store import RelayStore
+from tests.support import waits
 from tests.support.github_server import GitHubServer, app_key
 from tests.support.pg import db_url, pg_server, pg_template
 
@@ -106,7 +107,8 @@ class Orchestrator:
 
     async def wait_log(self, text: str, count: int) -> None:
         """Wait until ``count`` log lines of the process contain ``text``."""
-        with anyio.fail_after(BOUND):
+        with waits.within(BOUND, f"{count} kici-server log line(s) containing {text!r}",
+                          lambda: "\n".join(self.lines[-30:])):
             while sum(text in line for line in self.lines) < count:
                 await self.changed.wait()
 
@@ -120,10 +122,10 @@ async def orchestrator(env: dict[str, str]) -> AsyncIterator[Orchestrator]:
         orch.proc = proc
         async with anyio.create_task_group() as tg:
             tg.start_soon(orch._pump, proc)
-            with anyio.fail_after(BOUND):
+            with waits.within(BOUND, "kici-server to log 'started on port'", lambda: "\n".join(orch.lines[-30:])):
                 await orch.started.wait()
             if not any("started on port" in line for line in orch.lines):
-                with anyio.fail_after(BOUND):
+                with waits.within(BOUND, "kici-server to exit after it failed to start"):
                     await proc.wait()
                 raise AssertionError("kici-server did not start:\n" + "\n".join(orch.lines[-30:]))
             try:
@@ -131,7 +133,7 @@ async def orchestrator(env: dict[str, str]) -> AsyncIterator[Orchestrator]:
             finally:
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGTERM)
-                with anyio.fail_after(BOUND):
+                with waits.within(BOUND, "kici-server to exit after SIGTERM", lambda: "\n".join(orch.lines[-30:])):
                     code = await proc.wait()
                 assert code in (0, -signal.SIGTERM), "\n".join(orch.lines[-30:])
 
@@ -150,7 +152,9 @@ class Relay:
 
     async def wait_messages(self, *types: str, count: int, bound: float = BOUND) -> list[dict[str, Any]]:
         """Long-poll the relay until ``count`` messages of ``types`` were recorded."""
-        with anyio.fail_after(bound):
+        found: list[dict[str, Any]] = []
+        with waits.within(bound, f"{count} {'/'.join(types)} message(s) recorded by the relay",
+                          lambda: f"{len(found)} recorded, the last {found[-3:]}"):
             while True:
                 found = await self.messages(*types)
                 if len(found) >= count:
@@ -168,7 +172,7 @@ async def relay(db_path: Path, port: int) -> AsyncIterator[Relay]:
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve, [sock])
-            with anyio.fail_after(10):
+            with waits.within(10, f"the relay to start serving on port {port}"):
                 await server.ready.wait()
             try:
                 yield Relay(base_url=f"http://127.0.0.1:{port}", ws_url=f"ws://127.0.0.1:{port}/ws",

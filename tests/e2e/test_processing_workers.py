@@ -58,7 +58,8 @@ async def _one_child(w: Independent, other_than: int | None = None) -> psutil.Pr
         kids = [p for p in _children(w) if p.pid != other_than]
         return kids[0] if len(kids) == 1 else None
 
-    return await poll(probe, describe=w.proc.tail)
+    what = "exactly one processing child" + (f" other than pid {other_than}" if other_than else "")
+    return await poll(probe, describe=w.proc.tail, what=what)
 
 
 async def _post(w: Independent, count: int, sha: str = SHA) -> set[str]:
@@ -81,7 +82,7 @@ async def _processed_once(w: Independent, deliveries: set[str]) -> None:
                              list(deliveries))
         return True if rows[0][0] == len(deliveries) else None
 
-    await poll(all_done, describe=w.proc.tail)
+    await poll(all_done, describe=w.proc.tail, what=f"{len(deliveries)} deliveries to be processed")
     rows = await w.query("SELECT delivery_id, count(*) FROM execution_runs WHERE delivery_id = ANY(%s) "
                          "GROUP BY delivery_id", list(deliveries))
     assert {r[0]: r[1] for r in rows} == dict.fromkeys(deliveries, 1)
@@ -107,14 +108,16 @@ async def test_child_processes_deliveries_survives_sigkill_and_stops_on_sigterm(
     first = await _post(w, 5)
     await _processed_once(w, first)
     # the child's counters reach the serving process's /metrics
-    assert await poll(lambda: _matched_reaches(w, 5), describe=w.proc.tail) == 5
+    assert await poll(lambda: _matched_reaches(w, 5), describe=w.proc.tail,
+                      what="/metrics to count 5 matched deliveries") == 5
 
     contents = f"/repos/{REPO}/contents/*"
     w.gh.delay(contents, 30, times=10_000)  # lock-file fetches hang: the child holds leases when it is killed
     fetched = len(w.gh.requests_for(contents))
     # A commit the child has not read the lock file of yet, so its processing must reach GitHub (and hang there).
     second = await _post(w, 6, sha=LATER_SHA)
-    await poll(lambda: _more_than(fetched, w.gh.requests_for(contents)), describe=w.proc.tail)
+    await poll(lambda: _more_than(fetched, w.gh.requests_for(contents)), describe=w.proc.tail,
+               what="a lock-file fetch for the new commit to reach GitHub")
     child.kill()
     child.wait(30)
     assert w.proc.running, "killing the child must not take the serving process down"
@@ -127,7 +130,8 @@ async def test_child_processes_deliveries_survives_sigkill_and_stops_on_sigterm(
     replacement = await _one_child(w, other_than=child.pid)
     await _processed_once(w, second)
     # the killed child's counts are kept and the replacement's are added: nothing lost, nothing counted twice
-    assert await poll(lambda: _matched_reaches(w, 11), describe=w.proc.tail) == 11
+    assert await poll(lambda: _matched_reaches(w, 11), describe=w.proc.tail,
+                      what="/metrics to count 11 matched deliveries") == 11
 
     code = await anyio.to_thread.run_sync(w.proc.stop)
     assert code == 0, w.proc.tail()

@@ -22,6 +22,7 @@ from kici_core.errors import NotFound
 from kici_runtime.relay import cli, routing
 from kici_runtime.relay.hub import Delivery, RelaySettings, relay_frames
 from kici_runtime.relay.store import RelayStore
+from tests.support import waits
 from tests.support.relay_peer import RelayPeer, RunningRelay, running_relay
 
 pytestmark = pytest.mark.anyio
@@ -81,7 +82,8 @@ async def post_while(
         async with httpx.AsyncClient(base_url=relay.base_url, timeout=30) as client:
             results["response"] = await client.post(url, content=body, headers=headers)
 
-    with anyio.fail_after(20):
+    with waits.within(20, f"the relay to answer POST {url} and the orchestrator peer to see it",
+                      lambda: {k: v for k, v in results.items()}):
         async with anyio.create_task_group() as tg:
             tg.start_soon(sender)
             results["peer"] = await peer_side()
@@ -627,7 +629,7 @@ async def test_webhook_routes_answer_wrong_methods_unknown_paths_and_oversize_de
             f"POST /webhook/{ORG}/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {26_214_401}\r\n\r\n".encode()
         )
-        with anyio.fail_after(10):
+        with waits.within(10, "the relay's answer to an oversized Content-Length"):
             answer = await stream.receive()
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert answer.endswith(b"Payload Too Large")

@@ -22,6 +22,7 @@ from kici_adapters.postgres.stores import PgTokenStore
 from kici_core.ports import AgentToken
 from tests.e2e.test_agents_e2e import Harness
 from tests.support import pg as _pg
+from tests.support import waits
 
 pytestmark = pytest.mark.anyio
 pg_server, pg_template, db_url = _pg.pg_server, _pg.pg_template, _pg.db_url  # fixtures
@@ -51,7 +52,7 @@ def register(agent_id: str = "a1", **extra: Any) -> str:
 
 
 async def closed_with(ws: ClientConnection) -> tuple[int, str]:
-    with anyio.fail_after(10):
+    with waits.within(10, "the orchestrator to close the agent socket"):
         try:
             while True:
                 await ws.recv()

@@ -18,6 +18,8 @@ import anyio
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from tests.support import waits
+
 Predicate = Callable[[dict[str, Any]], bool]
 
 
@@ -75,9 +77,10 @@ class ScriptedOrchestrator:
         await self.connections[-1].close(code, reason)
 
     # --- observing --------------------------------------------------------------------------------
-    async def next(self, predicate: Predicate | None = None, *, within: float = 15) -> Received:
+    async def next(self, predicate: Predicate | None = None, *, within: float = 15,
+                   what: str = "the agent's next matching message") -> Received:
         """The next recorded message (after the previous ``next``) matching ``predicate``."""
-        with anyio.fail_after(within):
+        with waits.within(within, what, self._seen):
             while True:
                 while self._cursor < len(self.received):
                     item = self.received[self._cursor]
@@ -88,9 +91,10 @@ class ScriptedOrchestrator:
                 await changed.wait()
 
     async def wait_for(self, predicate: Predicate, *, connection: int | None = None,
-                       within: float = 15) -> Received:
+                       within: float = 15, what: str = "a matching message from the agent") -> Received:
         """The first recorded message (from the start, optionally on one connection) matching ``predicate``."""
-        with anyio.fail_after(within):
+        where = "" if connection is None else f" on connection {connection}"
+        with waits.within(within, what + where, self._seen):
             seen = 0
             while True:
                 for item in self.received[seen:]:
@@ -101,13 +105,19 @@ class ScriptedOrchestrator:
                 await changed.wait()
 
     async def wait_closed(self, connection: int, *, within: float = 15) -> int | None:
-        with anyio.fail_after(within):
+        """The close code of connection ``connection`` once it closed."""
+        with waits.within(within, f"connection {connection} to close", self._seen):
             while True:
                 for index, code in self.closed:
                     if index == connection:
                         return code
                 changed = self._changed
                 await changed.wait()
+
+    def _seen(self) -> str:
+        last = [(r.connection, r.message.get("type"), r.message.get("state")) for r in self.received[-10:]]
+        return (f"{len(self.connections)} connection(s), closed {self.closed}; {len(self.received)} message(s), "
+                f"the last (connection, type, state) {last}")
 
     def job_messages(self, job_id: str, *, connection: int | None = None) -> list[dict[str, Any]]:
         return [r.message for r in self.received

@@ -19,10 +19,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from tests.support import waits
 
 __all__ = ["RawAgent", "job", "lock_repo", "push"]
 
@@ -101,6 +102,10 @@ class RawAgent:
         assert ack["agentId"] == agent_id
         return agent
 
+    def _seen(self) -> str:
+        return (f"{len(self.received)} message(s) received, the last "
+                f"{[(m.get('type'), m.get('jobId')) for m in self.received[-8:]]}")
+
     async def send(self, message: dict[str, Any], *, stamp: bool = True) -> None:
         """Send one frame; adds ``messageId`` (and ``timestamp`` when ``stamp``) unless present."""
         message = {"messageId": str(uuid.uuid4()), **message}
@@ -110,14 +115,15 @@ class RawAgent:
 
     async def expect(self, kind: str, *, bound: float = BOUND, job_id: str | None = None) -> dict[str, Any]:
         """The next message of type ``kind`` (about ``job_id`` when given); other messages are kept for a later
-        :meth:`expect`. Raises TimeoutError after ``bound`` seconds and ConnectionClosed if the socket closes."""
+        :meth:`expect`. Raises WaitTimeout after ``bound`` seconds and ConnectionClosed if the socket closes."""
         def wanted(m: dict[str, Any]) -> bool:
             return m.get("type") == kind and (job_id is None or m.get("jobId") == job_id)
 
         for i, kept in enumerate(self._backlog):
             if wanted(kept):
                 return self._backlog.pop(i)
-        with anyio.fail_after(bound):
+        what = f"{kind} for agent {self.agent_id}" + (f" about job {job_id}" if job_id else "")
+        with waits.within(bound, what, self._seen):
             while True:
                 msg: dict[str, Any] = json.loads(await self.ws.recv())
                 self.received.append(msg)
@@ -127,7 +133,7 @@ class RawAgent:
 
     async def closed(self, *, bound: float = BOUND) -> tuple[int, str]:
         """Read until the server closes the socket; its close code and reason."""
-        with anyio.fail_after(bound):
+        with waits.within(bound, f"the orchestrator to close agent {self.agent_id}'s socket", self._seen):
             try:
                 while True:
                     msg = json.loads(await self.ws.recv())

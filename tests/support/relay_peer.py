@@ -23,6 +23,7 @@ from kici_runtime.relay.app import create_app
 from kici_runtime.relay.hub import RelayHub, RelaySettings
 from kici_runtime.relay.server import RelayServer, bind_socket, uvicorn_config
 from kici_runtime.relay.store import RelayStore
+from tests.support import waits
 
 Frame = dict[str, Any]
 
@@ -55,7 +56,7 @@ async def running_relay(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve, [sock])
-            with anyio.fail_after(10):
+            with waits.within(10, f"the relay to start serving on port {port}"):
                 await server.ready.wait()
             if not server.started:
                 raise RuntimeError("relay did not start")
@@ -105,13 +106,16 @@ class RelayPeer:
         async with connect(ws_url, max_size=32 * 1024 * 1024, open_timeout=10) as ws:
             yield cls(ws)
 
+    def _seen(self) -> str:
+        return f"{len(self.received)} frame(s), the last types {[f.get('type') for f in self.received[-8:]]}"
+
     async def send(self, frame: Frame) -> None:
         """Send one JSON frame."""
         await self.ws.send(json.dumps(frame))
 
     async def recv(self) -> Frame:
         """The next frame (raises ConnectionClosed when the relay closes)."""
-        with anyio.fail_after(BOUND):
+        with waits.within(BOUND, "a frame from the relay", self._seen):
             raw = await self.ws.recv()
         frame: Frame = json.loads(raw)
         self.received.append(frame)
@@ -119,7 +123,7 @@ class RelayPeer:
 
     async def recv_type(self, mtype: str) -> Frame:
         """Skip frames until one of ``mtype`` arrives."""
-        with anyio.fail_after(BOUND):
+        with waits.within(BOUND, f"a {mtype} frame from the relay", self._seen):
             while True:
                 frame = await self.recv()
                 if frame.get("type") == mtype:
@@ -186,7 +190,7 @@ class RelayPeer:
 
     async def wait_closed(self) -> int | None:
         """Read until the relay closes the socket; return the close code it sent."""
-        with anyio.fail_after(BOUND):
+        with waits.within(BOUND, "the relay to close the socket", self._seen):
             try:
                 while True:
                     await self.ws.recv()

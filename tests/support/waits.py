@@ -47,13 +47,19 @@ async def describe(seen: Seen | None) -> str:
         value = seen()
         if inspect.isawaitable(value):
             value = await value
-    except Exception as exc:  # noqa: BLE001 - a broken probe must not hide the timeout it explains
+    except Exception as exc:  # a broken probe must not hide the timeout it explains
         return f"(could not describe the state: {exc!r})"
     return value if isinstance(value, str) else repr(value)
 
 
-async def until(check: Callable[[], Awaitable[T]], *, what: str, bound: float = BOUND, seen: Seen | None = None,
-                interval: float = INTERVAL) -> T:
+async def until(
+    check: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    bound: float = BOUND,
+    seen: Seen | None = None,
+    interval: float = INTERVAL,
+) -> T:
     """Call ``check`` until it returns a truthy value and return that value, within ``bound`` seconds.
 
     Raises:
@@ -91,6 +97,6 @@ def within(bound: float, what: str, seen: Callable[[], Any] | None = None) -> It
             raise
         try:
             text = "(nothing recorded)" if seen is None else str(seen())
-        except Exception as exc:  # noqa: BLE001 - a broken probe must not hide the timeout it explains
+        except Exception as exc:  # a broken probe must not hide the timeout it explains
             text = f"(could not describe the state: {exc!r})"
         raise WaitTimeout(_message(what, bound, text)) from None

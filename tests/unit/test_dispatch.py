@@ -221,7 +221,6 @@ class TestAckDeadline:
         assert of(effects, fx.FailJob)[0].reason.endswith("after 5 attempts (dispatch ack timeout)")
 
 
-
 class TestReject:
     """A ``job.reject`` is "not now": no delivery is spent, and a ``busy`` agent is left alone until it reports a
     free slot (or its backoff passes)."""

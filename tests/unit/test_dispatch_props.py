@@ -132,12 +132,18 @@ class DispatcherMachine(RuleBasedStateMachine):
         elif kind in ("busy", "draining"):
             before = self.attempts.get(job_id, 0)
             effects = self.d.job_rejected(agent_id=agent_id, job_id=job_id, reason=kind, now=self.now)
-            assert not [e for e in effects if isinstance(e, fx.FailJob) and e.job_id == job_id
-                        and e.status != "cancelled"], "a reject failed the job"
+            assert not [
+                e
+                for e in effects
+                if isinstance(e, fx.FailJob) and e.job_id == job_id and e.status != "cancelled"
+            ], "a reject failed the job"
             requeued = [e for e in effects if isinstance(e, fx.Requeue) and e.job_id == job_id]
             assert all(e.attempts == before for e in requeued), "a reject spent a delivery"
-            assert not [e for e in effects if isinstance(e, fx.MarkDispatched) and e.job_id == job_id
-                        and e.agent_id == agent_id], "a rejected job went straight back to the same agent"
+            assert not [
+                e
+                for e in effects
+                if isinstance(e, fx.MarkDispatched) and e.job_id == job_id and e.agent_id == agent_id
+            ], "a rejected job went straight back to the same agent"
             if requeued:
                 view = self.d.agent(agent_id)
                 assert view is not None
@@ -207,7 +213,11 @@ class DispatcherMachine(RuleBasedStateMachine):
             for agent_id in self.d.agent_ids():
                 view = self.d.agent(agent_id)
                 assert view is not None
-                free = view.accepting and view.held_until is None and len(view.active_jobs) < view.max_concurrency
+                free = (
+                    view.accepting
+                    and view.held_until is None
+                    and len(view.active_jobs) < view.max_concurrency
+                )
                 assert not (free and self.selectors[job_id].admits(view.labels)), (
                     f"{job_id} waits while {agent_id} could take it"
                 )

@@ -124,14 +124,16 @@ class World:
                                       "WHERE delivery_id = %s AND original_run_id IS NULL", delivery)
             done = {r[0]: {"run_id": r[1], "status": r[2]} for r in rows}
             return done if len(done) == count and all(r["status"] in TERMINAL for r in done.values()) else None
-        return await poll(probe, BOUND, lambda: f"runs of {delivery}\n{self.w.proc.tail()}")
+        return await poll(probe, BOUND, lambda: f"runs of {delivery}\n{self.w.proc.tail()}",
+                          what=f"{count} run(s) of {delivery} to finish")
 
     async def attempt_done(self, root: str, attempt: int) -> dict[str, Any]:
         async def probe() -> dict[str, Any] | None:
             rows = await self.w.query("SELECT run_id::text, status FROM execution_runs WHERE original_run_id = %s "
                                       "AND attempt = %s", root, attempt)
             return {"run_id": rows[0][0], "status": rows[0][1]} if rows and rows[0][1] in TERMINAL else None
-        return await poll(probe, BOUND, lambda: f"attempt {attempt} of {root}\n{self.w.proc.tail()}")
+        return await poll(probe, BOUND, lambda: f"attempt {attempt} of {root}\n{self.w.proc.tail()}",
+                          what=f"attempt {attempt} of run {root} to finish")
 
     async def checks_settled(self, sha: str, names: set[str], *, count: int | None = None) -> dict[str, dict[str, Any]]:
         """The newest check run per name on ``sha`` once every one of ``names`` is completed on GitHub (and,
@@ -147,7 +149,8 @@ class World:
                                      "AND sent_version < version", sha)
             return newest if due[0][0] == 0 else None
         return await poll(probe, BOUND, lambda: f"check runs at {sha}: "
-                          f"{[(r['name'], r['status']) for r in self.gh.check_runs(REPO, sha)]}\n{self.w.proc.tail()}")
+                          f"{[(r['name'], r['status']) for r in self.gh.check_runs(REPO, sha)]}\n{self.w.proc.tail()}",
+                          what=f"check runs {sorted(names)} at {sha} to complete on GitHub")
 
     def assert_in_order(self, sha: str) -> None:
         """Every check run on ``sha`` went through its states forwards only and ended completed."""

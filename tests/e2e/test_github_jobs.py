@@ -37,6 +37,7 @@ from tests.e2e.conftest import (
     push_body,
     shutdown,
 )
+from tests.support import waits
 from tests.support.agents import RawAgent
 from tests.support.github_server import GitHubServer
 from tests.support.orchestrator import BIN
@@ -168,7 +169,8 @@ class World:
             if len(rows) != 1 or (finished and rows[0][1] not in TERMINAL):
                 return None
             return dict(zip(("run_id", "status", "ref", "sha", "workflow"), rows[0], strict=True))
-        return await poll(probe, 90, lambda: f"run of {delivery}: {self.orch.proc.tail()}")
+        return await poll(probe, 90, lambda: f"run of {delivery}: {self.orch.proc.tail()}",
+                          what=f"the run of {delivery}" + (" to finish" if finished else ""))
 
     async def log_lines(self, run_id: str) -> list[str]:
         rows = await self.orch.query(
@@ -190,12 +192,13 @@ class World:
             proc = await anyio.open_process([str(BIN / "kici-agent"), "--log-level", "INFO"], env=env,
                                             stdin=subprocess.DEVNULL, stdout=out, stderr=out)
         try:
-            await poll(lambda: self._registered(agent_id), 60, lambda: log_path.read_text())
+            await poll(lambda: self._registered(agent_id), 60, lambda: log_path.read_text(),
+                       what=f"agent {agent_id} to register")
             yield
         finally:
             if proc.returncode is None:
                 proc.kill()
-            with anyio.fail_after(30):
+            with waits.within(30, f"agent {agent_id} (pid {proc.pid}) to exit after SIGKILL"):
                 await proc.wait()
             await proc.aclose()
 

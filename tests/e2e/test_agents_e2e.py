@@ -304,11 +304,12 @@ async def test_jobs_wait_for_a_label_and_max_concurrency_is_respected(db_url: st
         await h.start_agent("pool-1", "pool", max_concurrency=2)
         await h.push(repo, sha)
 
-        async def pool_done() -> bool:
-            rows = await h.query("SELECT status FROM execution_jobs WHERE base_name = 'w'")
-            return len(rows) == 6 and all(r["status"] == "success" for r in rows)
+        async def pool_done() -> list[dict[str, Any]]:
+            rows = await h.query("SELECT job_name, status, error_message FROM execution_jobs WHERE base_name = 'w'")
+            return rows if len(rows) == 6 and all(r["status"] in TERMINAL for r in rows) else []
 
-        await h.wait_for(pool_done, what="pool jobs done", limit=90)
+        pool = await h.wait_for(pool_done, what="the six pool jobs to finish", limit=90)
+        assert {r["status"] for r in pool} == {"success"}, pool
         # Never more than maxConcurrency jobs of the one agent at once (the steps count their siblings).
         logs = await h.query("SELECT content FROM log_chunks WHERE content LIKE 'running=%%'")
         counts = [int(c["content"].split("=")[1]) for c in logs]

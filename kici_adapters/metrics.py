@@ -112,6 +112,27 @@ github_check_runs = Counter(
     registry=REGISTRY,
 )
 
+# --- the container auto-scaler (kici_runtime.scaler) --------------------------------------------
+scaler_containers = Gauge(
+    "kici_scaler_containers",
+    "Containers of each scaler by state: starting (agent not connected yet) or running.",
+    ["scaler", "state"],
+    registry=REGISTRY,
+)
+scaler_spawn_failures = Counter(
+    "kici_scaler_spawn_failures_total",
+    "Container spawns that failed, by scaler and reason (image: missing or not pullable; spawn: engine error).",
+    ["scaler", "reason"],
+    registry=REGISTRY,
+)
+scaler_spawn_duration = Histogram(
+    "kici_scaler_spawn_duration_seconds",
+    "Time from the decision to start a container to the container running (image check, create, start, rules).",
+    ["scaler"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+
 for _status in ("pending", "dispatched"):
     dispatch_queue_depth.labels(status=_status).set(0)
 platform_connection_status.set(0)

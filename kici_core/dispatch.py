@@ -25,7 +25,10 @@ Rules enforced:
   or ``busy_backoff`` passes (doubled for each further ``busy`` in a row, up to ``busy_backoff_max``;
   from the third ``busy`` in a row only the timer lifts the hold, so an agent that keeps contradicting
   itself cannot make a job bounce); after ``draining`` it gets no work until it registers again;
-* a job is assigned to at most one agent at a time.
+* a job is assigned to at most one agent at a time;
+* an agent the auto-scaler started takes one job in its life; one bound to a job takes only that job,
+  and that job goes to it first; when it disconnects, its started job fails at once (its container is
+  destroyed, there is nothing to reconnect).
 """
 
 from __future__ import annotations
@@ -204,6 +207,8 @@ class Dispatcher:
         now: float,
         max_concurrency: int = 1,
         in_flight_jobs: Iterable[str] = (),
+        scaler_managed: bool = False,
+        bound_job_id: str | None = None,
     ) -> list[fx.Effect]:
         """``agent.register`` passed its gates on ``connection_id``.
 
@@ -212,7 +217,8 @@ class Dispatcher:
         disconnected. On the same connection it is a refresh: labels and capacity change, the live
         job count is kept. In-flight jobs recovering for this agent are reclaimed; in-flight jobs
         that are not this agent's are cancelled on it. Then ``register.ack``, then the agent is
-        filled.
+        filled. ``scaler_managed`` / ``bound_job_id`` (the auto-scaler's binding) are kept from the
+        first registration of a connection.
 
         Raises:
             InvalidInput: ``max_concurrency`` is below 1.
@@ -250,6 +256,9 @@ class Dispatcher:
                 idle_since=now,
                 heartbeat_at=now,
                 jobs=kept,
+                scaler_managed=scaler_managed,
+                bound_job_id=bound_job_id if scaler_managed else None,
+                jobs_taken=len(kept),
             )
             self._agents[agent_id] = agent
         for job_id in in_flight:
@@ -531,6 +540,11 @@ class Dispatcher:
                 effects.append(
                     fx.FailJob(job_id=job_id, status=JobStatus.cancelled, reason=job.cancel_reason)
                 )
+            elif agent.scaler_managed:  # its container is destroyed: nothing will reconnect
+                del self._jobs[job_id]
+                effects.append(
+                    fx.FailJob(job_id=job_id, status=JobStatus.failed, reason=fx.REASON_SCALER_AGENT_LOST)
+                )
             else:
                 deadline = now + self.config.recovery_grace
                 job.phase = Phase.RECOVERING
@@ -606,6 +620,7 @@ class Dispatcher:
             if a.accepting and a.held_until is None and len(a.jobs) < a.max_concurrency
         }
         effects: list[fx.Effect] = []
+        bound = self._scaler_slots(free)
         if not free or not self._queue:
             return effects
         for _, _, job_id in list(self._queue):
@@ -614,7 +629,12 @@ class Dispatcher:
             job = self._jobs[job_id]
             if job.selector is None or (job.expires_at is not None and job.expires_at <= now):
                 continue
-            agent_id = routing.choose_agent(free.values(), job.selector)
+            agent_id = bound.pop(job_id, None)
+            if agent_id is not None and not job.selector.admits(self._agents[agent_id].labels):
+                agent_id = None
+            if agent_id is None:
+                pool = free.values() if not bound else [c for a, c in free.items() if a not in bound.values()]
+                agent_id = routing.choose_agent(pool, job.selector)
             if agent_id is None:
                 continue
             agent = self._agents[agent_id]
@@ -625,10 +645,25 @@ class Dispatcher:
             job.ack_deadline = deadline
             agent.jobs.add(job_id)
             agent.idle_since = now
+            agent.jobs_taken += 1
             effects.append(fx.MarkDispatched(job_id=job_id, agent_id=agent_id, ack_deadline=deadline))
             effects.append(fx.SendDispatch(agent_id=agent_id, job_id=job_id))
-            if len(agent.jobs) < agent.max_concurrency:
+            if len(agent.jobs) < agent.max_concurrency and not agent.scaler_managed:
                 free[agent_id] = agent.candidate()
             else:
                 del free[agent_id]
         return effects
+
+    def _scaler_slots(self, free: dict[str, routing.Candidate]) -> dict[str, str]:
+        """Drop scaler-managed agents that already had their one job from ``free``; the bound ones
+        left, as ``job id -> agent id`` (they take only that job)."""
+        bound: dict[str, str] = {}
+        for agent_id in list(free):
+            agent = self._agents[agent_id]
+            if not agent.scaler_managed:
+                continue
+            if agent.jobs_taken > 0:
+                del free[agent_id]
+            elif agent.bound_job_id is not None:
+                bound[agent.bound_job_id] = agent_id
+        return bound

@@ -54,6 +54,10 @@ class AgentEntry:
     """Set after a ``busy`` reject: the agent gets no dispatch until it reports a free slot or this time."""
     busy_streak: int = 0
     """``busy`` rejects in a row since the agent last accepted a job (drives the hold's backoff)."""
+    scaler_managed: bool = False
+    """Started by the auto-scaler: takes one job in its life (``jobs_taken``), only ``bound_job_id`` if set."""
+    bound_job_id: str | None = None
+    jobs_taken: int = 0
 
     def candidate(self) -> routing.Candidate:
         """The agent as :func:`routing.choose_agent` sees it."""

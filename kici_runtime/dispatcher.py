@@ -35,7 +35,7 @@ from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue, Queued
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.runs import PgRunStore
 from kici_core import dispatch_effects as fx
-from kici_core import errors, routing
+from kici_core import errors, routing, scaling
 from kici_core.dispatch import Dispatcher
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.states import JobStatus
@@ -46,6 +46,8 @@ log = logging.getLogger("kici.dispatch")
 
 CloneToken = Callable[[DispatchRow], Awaitable[str | None]]
 """``row -> installation token`` for the row's source (None: no credential, e.g. a local source)."""
+ScalerLookup = Callable[[str], Awaitable[scaling.Binding | None]]
+"""``agent id -> binding`` when the auto-scaler started that agent (kici_runtime.scaler), else None."""
 
 SWEEP_LOCK = 0x6B696369_0002  # pg_try_advisory_lock key of the deadline sweeps
 STARTUP_LOCK = 0x6B696369_0003
@@ -102,6 +104,10 @@ class AgentHub:
         self._full_at: float | None = None  # monotonic time of the last full scan
         self._acked: dict[str, str] = {}  # job id -> agent id: ack deadlines to clear in the database
         self._ack_wake = anyio.Event()
+        # --- auto-scaler hooks (kici_runtime.scaler): which agents it started, and who to tell when one leaves
+        self.scaler_lookup: ScalerLookup | None = None
+        self.on_agent_gone: Callable[[str], None] | None = None
+        self._scaler_conns: dict[str, scaling.Binding] = {}  # connection id -> binding of scaler agents
 
     # ------------------------------------------------------------------------------------ endpoint Hub
     def token_of(self, agent_id: str) -> str | None:
@@ -118,6 +124,9 @@ class AgentHub:
     async def register(self, conn: AgentConnection, msg: wire.AgentRegister, labels: routing.AgentLabels) -> None:
         in_flight = [j.jobId for j in msg.inFlightJobs]
         reclaimable = await self.queue.reclaimable(msg.agentId, in_flight) if in_flight else []
+        binding = self._scaler_conns.get(conn.connection_id)
+        if binding is None and not conn.registered and self.scaler_lookup is not None:
+            binding = await self._scaler_binding(msg.agentId)
         async with self._lock:
             now = self._clock()
             for job_id, run_id, deadline in reclaimable:
@@ -129,9 +138,12 @@ class AgentHub:
             if previous is not None and previous is not conn:
                 self._conns.pop(previous.connection_id, None)
                 self._conns[previous.connection_id] = previous  # kept until its CloseAgent effect ran
+            if binding is not None:
+                self._scaler_conns[conn.connection_id] = binding
             effects = self.core.agent_registered(
                 agent_id=msg.agentId, connection_id=conn.connection_id, labels=labels, now=now,
-                max_concurrency=msg.maxConcurrency or 1, in_flight_jobs=in_flight)
+                max_concurrency=msg.maxConcurrency or 1, in_flight_jobs=in_flight,
+                scaler_managed=binding is not None, bound_job_id=binding.bound_job_id if binding else None)
             metrics.agents_active.set(len(self.core.agent_ids()))
             try:
                 await self.queue.agent_connected(
@@ -145,7 +157,15 @@ class AgentHub:
                 log.warning("could not record agent registration", extra={"agentId": msg.agentId, "error": str(exc)})
             await self._run(effects)
         log.info("Agent registered", extra={"agentId": msg.agentId, "labels": sorted(labels.effective),
-                                            "inFlight": len(in_flight)})
+                                            "inFlight": len(in_flight), "scalerManaged": binding is not None})
+
+    async def _scaler_binding(self, agent_id: str) -> scaling.Binding | None:
+        assert self.scaler_lookup is not None
+        try:
+            return await self.scaler_lookup(agent_id)
+        except errors.Unavailable as exc:
+            log.warning("could not look up the scaler binding", extra={"agentId": agent_id, "error": str(exc)})
+            return None
 
     async def gone(self, conn: AgentConnection) -> None:
         agent_id = conn.agent_id
@@ -153,6 +173,7 @@ class AgentHub:
             return
         async with self._lock:
             self._conns.pop(conn.connection_id, None)
+            self._scaler_conns.pop(conn.connection_id, None)
             current = self._current.get(agent_id) is conn
             if current:
                 del self._current[agent_id]
@@ -165,6 +186,8 @@ class AgentHub:
             except errors.Unavailable:
                 pass
         log.info("Agent disconnected", extra={"agentId": agent_id, "code": conn.close_code})
+        if self.on_agent_gone is not None:
+            self.on_agent_gone(agent_id)
 
     async def handle(self, conn: AgentConnection, msg: dict[str, Any], model: Any) -> None:
         kind = msg.get("type")
@@ -370,8 +393,12 @@ class AgentHub:
         if isinstance(eff, fx.SendRegisterAck):
             conn = self._conns.get(eff.connection_id)
             if conn is not None:
-                await conn.send({"type": "register.ack", "agentId": eff.agent_id, "labels": list(conn.wire_labels),
-                                 "scalerManaged": False})
+                binding = self._scaler_conns.get(eff.connection_id)
+                ack: dict[str, JSONValue] = {"type": "register.ack", "agentId": eff.agent_id,
+                                             "labels": list(conn.wire_labels), "scalerManaged": binding is not None}
+                if binding is not None and binding.bound_job_id is not None:
+                    ack["pendingDispatch"] = True
+                await conn.send(ack)
             return []
         if isinstance(eff, fx.AckResolved):
             self._acked[eff.job_id] = eff.agent_id

@@ -52,6 +52,8 @@ from kici_runtime.check_sender import CheckSender
 from kici_runtime.config import Settings
 from kici_runtime.context import AppContext
 from kici_runtime.dispatcher import AgentHub
+from kici_runtime.scaler import service as scaler_service
+from kici_runtime.scaler import startup as scaler_startup
 from kici_runtime.worker import DeliveryWorker, PrometheusObserver, ThreadOffload
 
 log = logging.getLogger("kici.runtime")
@@ -110,6 +112,7 @@ class Orchestrator:
     platform_outbox: PgPlatformOutbox | None = None  # platform/hybrid only (kici_runtime.server)
     agents: AgentHub | None = None  # --- agent dispatch (kici_runtime.dispatcher): the /ws hub and its loops
     agent_endpoint: AgentEndpoint | None = None
+    scaler: scaler_service.ScalerService | None = None  # --- container auto-scaler (kici_runtime.scaler)
 
 
 async def _database_url(settings: Settings, stack: AsyncExitStack) -> str:
@@ -127,6 +130,12 @@ async def _database_url(settings: Settings, stack: AsyncExitStack) -> str:
 async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None = None) -> AsyncIterator[Orchestrator]:
     """Open every adapter for ``settings``; closes them on exit."""
     async with AsyncExitStack() as stack:
+        # --- container auto-scaler: its start-up checks refuse boot before anything else is opened
+        scaling = None
+        if settings.scaler_config_path:
+            scaling = await scaler_startup.from_settings(settings.scaler_config_path, settings.scaler_config_dir,
+                                                         env=os.environ)
+            stack.push_async_callback(scaling.aclose)
         url = await _database_url(settings, stack)
         if settings.auto_migrate:
             applied = await migrate.apply_migrations_async(url)
@@ -176,9 +185,16 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         checks = CheckSender(outbox=PgCheckOutbox(db), sources=sources, github=github, worker_id=instance_id(settings),
                              dashboard_url=settings.dashboard_url, mask=kici_logging.mask)
         background.append(checks.run)
+        scaler = None
+        if scaling is not None:  # --- container auto-scaler: hooked into the hub, its loop in the background
+            scaler = scaler_service.attach(
+                scaling, db=db, tokens=tokens, hub=hub, token_ttl_s=settings.agent_token_ttl_ms / 1000,
+                orchestrator_url=settings.orchestrator_url or f"ws://127.0.0.1:{settings.port}/ws",
+                forwarded_env=os.environ, instance_id=instance_id(settings))
+            background.append(scaler.run)
         yield Orchestrator(settings=settings, db=db, ctx=ctx, app=app, worker=worker, github=github,
                            platform_outbox=platform_outbox, agents=hub, agent_endpoint=endpoint,
-                           background=background)
+                           background=background, scaler=scaler)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,6 +37,8 @@ ENV_NAMES = (
     "KICI_AGENT_GRACE_PERIOD_SECONDS",
     "KICI_JOB_HEARTBEAT_INTERVAL_MS",
     "KICI_MAX_LOG_SIZE_BYTES",
+    "KICI_LABELS",
+    "KICI_SCALER_MANAGED",
 )
 
 
@@ -70,6 +72,8 @@ class AgentConfig:
     handshake_timeout_s: float = 30.0
     buffer_limit: int = 5000
     drain_flush_timeout_s: float = 10.0
+    single_job: bool = False
+    """``KICI_SCALER_MANAGED=1`` (set by the auto-scaler): run one job, then exit."""
 
 
 def normalise_url(raw: str) -> str:
@@ -228,7 +232,8 @@ def load_config(
         url=normalise_url(url or source.get("KICI_ORCHESTRATOR_URL") or ""),
         token=(token or source.get("KICI_AGENT_TOKEN") or "").strip() or None,
         agent_id=the_id,
-        labels=parse_labels(labels if labels is not None else source.get("KICI_AGENT_LABELS")),
+        labels=parse_labels(labels if labels is not None
+                            else source.get("KICI_AGENT_LABELS") or source.get("KICI_LABELS")),
         max_concurrency=_positive_int(
             "KICI_AGENT_MAX_CONCURRENCY",
             max_concurrency if max_concurrency is not None else source.get("KICI_AGENT_MAX_CONCURRENCY"),
@@ -247,4 +252,5 @@ def load_config(
         max_log_bytes=_positive_int(
             "KICI_MAX_LOG_SIZE_BYTES", source.get("KICI_MAX_LOG_SIZE_BYTES"), DEFAULT_MAX_LOG_BYTES
         ),
+        single_job=source.get("KICI_SCALER_MANAGED", "").strip().lower() in ("1", "true"),
     )

@@ -140,6 +140,8 @@ class Agent:
         self.outbox.put(job_mod.job_message("job.ack", spec, message_id=str(uuid.uuid4()), now_ms=_now_ms()))
         assert self._tg is not None
         self._tg.start_soon(self._run_job, runner)
+        if self.config.single_job:  # a scaler container: this job is its only one; exit once it is reported
+            self.drain()
 
     def on_cancel(self, message: dict[str, Any]) -> None:
         """Cancel a running job; unknown jobs are ignored (spec §9.3)."""

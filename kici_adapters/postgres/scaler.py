@@ -1,0 +1,235 @@
+"""``PgScalerStore``: the auto-scaler's state in PostgreSQL (``scaler_agents``) and what it reads to plan.
+
+Every read the scaler plans from is here: pending jobs, connected agents it did not start with their free
+slots, its live containers with their phase, and jobs whose last spawn failed. The live-container read must
+come after the pending-jobs read (a job dispatched in between then shows as a busy container, never as an
+idle container whose job vanished). A pass runs under :meth:`PgScalerStore.singleton`, a session advisory
+lock, so one process at a time spawns and removes; the partial unique index on ``bound_job_id`` makes a
+second live container for one job impossible anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+
+from kici_adapters.postgres.pool import Database
+from kici_core.jsontypes import JSONObject
+
+__all__ = ["FailedSpawn", "LiveContainer", "PendingRow", "PgScalerStore", "StaticAgentRow"]
+
+SCALER_LOCK = 0x6B696369_0005
+"""pg_try_advisory_lock key of the scaler pass."""
+
+_PENDING = """
+SELECT q.id, q.run_id, q.created_at, j.runs_on, j.exclude_labels, q.last_provisioning_error
+  FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id
+ WHERE q.status = 'pending'
+ ORDER BY q.seq
+ LIMIT %(limit)s
+"""
+_AGENTS = """
+SELECT a.agent_id, a.labels, a.mandatory_labels, a.max_concurrency,
+       (SELECT count(*) FROM dispatch_queue q
+         WHERE q.agent_id = a.agent_id AND q.status IN ('dispatched', 'recovering')) AS active
+  FROM agents a
+ WHERE a.connected_instance IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM scaler_agents s WHERE s.agent_id = a.agent_id)
+"""
+_LIVE_ROWS = """
+SELECT s.*, a.agent_id IS NOT NULL AS registered, a.connected_instance IS NOT NULL AS connected,
+       EXISTS (SELECT 1 FROM dispatch_queue q
+                WHERE q.agent_id = s.agent_id AND q.status IN ('dispatched', 'recovering')) AS busy
+  FROM scaler_agents s LEFT JOIN agents a ON a.agent_id = s.agent_id
+ WHERE s.state IN ('starting', 'running')
+ ORDER BY s.created_at, s.agent_id
+"""
+_CLAIM = """
+INSERT INTO scaler_agents (agent_id, scaler_name, label_set, labels, bound_job_id, run_id, instance_id)
+VALUES (%(agent_id)s, %(scaler)s, %(label_set)s, %(labels)s, %(job_id)s, %(run_id)s, %(instance)s)
+ON CONFLICT DO NOTHING
+RETURNING agent_id
+"""
+_FAILED = """
+SELECT DISTINCT ON (bound_job_id) bound_job_id, error, ended_at
+  FROM scaler_agents
+ WHERE state = 'failed' AND bound_job_id = ANY(%(ids)s::uuid[]) AND ended_at > now() - make_interval(secs => %(secs)s)
+ ORDER BY bound_job_id, ended_at DESC
+"""
+_REASONS = """
+UPDATE dispatch_queue q SET last_provisioning_error = w.reason
+  FROM unnest(%(ids)s::uuid[], %(reasons)s::text[]) AS w(id, reason)
+ WHERE q.id = w.id AND q.status = 'pending' AND q.last_provisioning_error IS DISTINCT FROM w.reason
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingRow:
+    """A pending dispatch row with its matchers and the reason last written for it."""
+
+    job_id: str
+    run_id: str
+    created_at: float
+    runs_on: list[JSONObject]
+    exclude_labels: list[JSONObject]
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaticAgentRow:
+    """A connected agent the scaler did not start."""
+
+    agent_id: str
+    labels: tuple[str, ...]
+    mandatory_labels: tuple[str, ...]
+    free_slots: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveContainer:
+    """A ``starting``/``running`` row and its agent's state."""
+
+    agent_id: str
+    scaler: str
+    label_set: int
+    labels: tuple[str, ...]
+    bound_job_id: str | None
+    container_id: str | None
+    container_ip: str | None
+    token_id: str | None
+    state: str
+    created_at: float
+    registered: bool
+    connected: bool
+    busy: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailedSpawn:
+    """The last failed spawn for a job."""
+
+    job_id: str
+    error: str
+    at: float
+
+
+def _ts(value: datetime) -> float:
+    return value.timestamp()
+
+
+def _live(row: Mapping[str, Any]) -> LiveContainer:
+    return LiveContainer(
+        agent_id=row["agent_id"], scaler=row["scaler_name"], label_set=int(row["label_set"]),
+        labels=tuple(row["labels"] or ()),
+        bound_job_id=str(row["bound_job_id"]) if row["bound_job_id"] else None,
+        container_id=row["container_id"], container_ip=row["container_ip"],
+        token_id=str(row["token_id"]) if row["token_id"] else None, state=row["state"],
+        created_at=_ts(row["created_at"]), registered=bool(row["registered"]), connected=bool(row["connected"]),
+        busy=bool(row["busy"]))
+
+
+class PgScalerStore:
+    """The scaler's reads and writes. Raises ``StorageUnavailable`` when the database is down."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @asynccontextmanager
+    async def singleton(self) -> AsyncIterator[bool]:
+        """Hold the scaler's advisory lock for the block if no other process has it; yields whether taken."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%(k)s) AS ok", {"k": SCALER_LOCK})
+            row = await cur.fetchone()
+            taken = bool(row and row["ok"])
+            try:
+                yield taken
+            finally:
+                if taken:
+                    await conn.execute("SELECT pg_advisory_unlock(%(k)s)", {"k": SCALER_LOCK})
+
+    # ------------------------------------------------------------------------------------ planning reads
+    async def pending(self, limit: int = 10_000) -> list[PendingRow]:
+        """Pending dispatch rows, queue order."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_PENDING, {"limit": limit})
+            return [PendingRow(job_id=str(r["id"]), run_id=str(r["run_id"]), created_at=_ts(r["created_at"]),
+                               runs_on=list(r["runs_on"] or []), exclude_labels=list(r["exclude_labels"] or []),
+                               reason=r["last_provisioning_error"]) for r in await cur.fetchall()]
+
+    async def static_agents(self) -> list[StaticAgentRow]:
+        """Connected agents (on any process) that the scaler did not start, with their free slots."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_AGENTS)
+            return [StaticAgentRow(agent_id=r["agent_id"], labels=tuple(r["labels"] or ()),
+                                   mandatory_labels=tuple(r["mandatory_labels"] or ()),
+                                   free_slots=max(0, int(r["max_concurrency"]) - int(r["active"])))
+                    for r in await cur.fetchall()]
+
+    async def live(self) -> list[LiveContainer]:
+        """Every ``starting``/``running`` container with its agent's state."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_LIVE_ROWS)
+            return [_live(r) for r in await cur.fetchall()]
+
+    async def recent_failures(self, job_ids: Sequence[str], within_s: float) -> dict[str, FailedSpawn]:
+        """The last failed spawn of each of ``job_ids`` that ended less than ``within_s`` ago."""
+        if not job_ids:
+            return {}
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_FAILED, {"ids": list(job_ids), "secs": within_s})
+            return {str(r["bound_job_id"]): FailedSpawn(job_id=str(r["bound_job_id"]), error=r["error"] or "",
+                                                        at=_ts(r["ended_at"])) for r in await cur.fetchall()}
+
+    async def binding(self, agent_id: str) -> tuple[bool, str | None]:
+        """``(started by the scaler and live, bound job id)``."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute("SELECT bound_job_id FROM scaler_agents WHERE agent_id = %(a)s"
+                                     " AND state IN ('starting', 'running')", {"a": agent_id})
+            row = await cur.fetchone()
+        if row is None:
+            return False, None
+        return True, str(row["bound_job_id"]) if row["bound_job_id"] else None
+
+    # ------------------------------------------------------------------------------------ writes
+    async def claim(self, *, agent_id: str, scaler: str, label_set: int, labels: Sequence[str],
+                    job_id: str | None, run_id: str | None, instance_id: str) -> bool:
+        """Record a container about to be created; False when the job already has a live container."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_CLAIM, {"agent_id": agent_id, "scaler": scaler, "label_set": label_set,
+                                              "labels": list(labels), "job_id": job_id, "run_id": run_id,
+                                              "instance": instance_id})
+            return await cur.fetchone() is not None
+
+    async def update(self, agent_id: str, **fields: Any) -> None:
+        """Set columns of a row (``container_id``, ``container_ip``, ``token_id``, ``state``...)."""
+        allowed = {"container_id", "container_ip", "token_id", "state", "error"}
+        assert fields and set(fields) <= allowed, fields
+        sets: list[sql.Composable] = [sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in sorted(fields)]
+        if fields.get("state") == "running":
+            sets.append(sql.SQL("started_at = now()"))
+        if fields.get("state") in ("failed", "removed"):
+            sets.append(sql.SQL("ended_at = now()"))
+        query = sql.SQL("UPDATE scaler_agents SET {} WHERE agent_id = {}").format(
+            sql.SQL(", ").join(sets), sql.Placeholder("agent_id"))
+        async with self._db.connection() as conn:
+            await conn.execute(query, {**fields, "agent_id": agent_id})
+
+    async def set_reasons(self, reasons: Mapping[str, str | None]) -> None:
+        """Write each pending job's waiting reason (``None`` clears it) where it changed."""
+        if not reasons:
+            return
+        async with self._db.connection() as conn:
+            await conn.execute(_REASONS, {"ids": list(reasons), "reasons": list(reasons.values())})
+
+    async def history(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest rows, any state (for diagnostics and tests)."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute("SELECT * FROM scaler_agents ORDER BY created_at DESC LIMIT %(n)s",
+                                     {"n": limit})
+            return [dict(r) for r in await cur.fetchall()]
+

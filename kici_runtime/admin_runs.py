@@ -41,7 +41,8 @@ _CAMEL = {"run_id": "runId", "job_id": "jobId", "job_name": "jobName", "base_nam
           "needs_satisfied": "needsSatisfied", "triggered_by": "triggeredBy", "updated_at": "updatedAt",
           "original_run_id": "originalRunId"}
 _HIDDEN = {"job_config", "trigger_decision", "provider_context", "event_log_id", "org_id", "required_labels",
-           "ack_deadline", "ready_at", "queue_agent_id", "log_path", "id", "outputs", "attempts", "rerun_key"}
+           "ack_deadline", "ready_at", "queue_agent_id", "log_path", "id", "outputs", "attempts", "rerun_key",
+           "last_provisioning_error"}
 
 
 def _plain(value: Any) -> Any:
@@ -149,6 +150,8 @@ def routes(hub: AgentHub) -> list[BaseRoute]:
                     item["waitingReason"] = hub.explain(job.get("runs_on") or [], job.get("exclude_labels") or [])
                 except errors.InvalidInput as exc:
                     item["waitingReason"] = f"invalid label matchers: {exc.message}"
+                if job.get("last_provisioning_error"):  # --- the auto-scaler's word (kici_runtime.scaler)
+                    item["waitingReason"] = f"{item['waitingReason']}; {job['last_provisioning_error']}"
             if include:
                 item["steps"] = [_out(s) for s in job.get("steps", [])]
             out.append(item)

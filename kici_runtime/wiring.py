@@ -385,6 +385,8 @@ async def serve(settings: Settings, *, ready: Callable[[int], None] | None = Non
                 port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.port
                 label = "Orchestrator (standalone)" if settings.entry_point == "standalone" else "Orchestrator"
                 heap.settle()
+                if orch.scaler is not None and not settings.orchestrator_url:  # --- spawned agents dial this port
+                    orch.scaler.orchestrator_url = f"ws://127.0.0.1:{port}/ws"
                 log.info(f"{label} started on port {port}")
                 if settings.platform_enabled:  # --- Platform relay client (platform/hybrid), once HTTP listens
                     from kici_runtime import server as platform_server

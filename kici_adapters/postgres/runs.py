@@ -627,7 +627,8 @@ class PgRunStore:
         """The run's jobs (with needs, dispatch row status and, optionally, steps) in creation order."""
         async with self._db.connection() as conn:
             cur = await conn.execute(
-                "SELECT j.*, q.status AS queue_status, q.dispatch_attempts, q.agent_id AS queue_agent_id"
+                "SELECT j.*, q.status AS queue_status, q.dispatch_attempts, q.agent_id AS queue_agent_id,"
+                " q.last_provisioning_error"
                 " FROM execution_jobs j LEFT JOIN dispatch_queue q ON q.id = j.job_id"
                 " WHERE j.run_id::text = %(id)s ORDER BY j.created_at, j.job_name", {"id": run_id})
             jobs = [dict(r) for r in await cur.fetchall()]

@@ -1,9 +1,8 @@
 """``PgScalerStore``: the auto-scaler's state in PostgreSQL (``scaler_agents``) and what it reads to plan.
 
 Every read the scaler plans from is here: pending jobs, connected agents it did not start with their free
-slots, its live containers with their phase, and jobs whose last spawn failed. The live-container read must
-come after the pending-jobs read (a job dispatched in between then shows as a busy container, never as an
-idle container whose job vanished). A pass runs under :meth:`PgScalerStore.singleton`, a session advisory
+slots, its live containers with their phase (all three in one snapshot, :meth:`PgScalerStore.snapshot`), and
+jobs whose last spawn failed. A pass runs under :meth:`PgScalerStore.singleton`, a session advisory
 lock, so one process at a time spawns and removes; the partial unique index on ``bound_job_id`` makes a
 second live container for one job impossible anyway.
 """
@@ -122,6 +121,18 @@ def _ts(value: datetime) -> float:
     return value.timestamp()
 
 
+def _pending(r: Mapping[str, Any]) -> PendingRow:
+    return PendingRow(job_id=str(r["id"]), run_id=str(r["run_id"]), created_at=_ts(r["created_at"]),
+                      runs_on=list(r["runs_on"] or []), exclude_labels=list(r["exclude_labels"] or []),
+                      reason=r["last_provisioning_error"])
+
+
+def _agent(r: Mapping[str, Any]) -> StaticAgentRow:
+    return StaticAgentRow(agent_id=r["agent_id"], labels=tuple(r["labels"] or ()),
+                          mandatory_labels=tuple(r["mandatory_labels"] or ()),
+                          free_slots=max(0, int(r["max_concurrency"]) - int(r["active"])))
+
+
 def _live(row: Mapping[str, Any]) -> LiveContainer:
     return LiveContainer(
         agent_id=row["agent_id"], scaler=row["scaler_name"], label_set=int(row["label_set"]),
@@ -153,22 +164,30 @@ class PgScalerStore:
                     await conn.execute("SELECT pg_advisory_unlock(%(k)s)", {"k": SCALER_LOCK})
 
     # ------------------------------------------------------------------------------------ planning reads
+    async def snapshot(self, limit: int = 10_000) -> tuple[list[PendingRow], list[StaticAgentRow], list[LiveContainer]]:
+        """Pending rows, other agents and live containers as of one moment (one repeatable-read transaction):
+        a job dispatched while the reads run is never both pending and held by a busy agent."""
+        async with self._db.transaction() as conn:
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cur = await conn.execute(_PENDING, {"limit": limit})
+            pending = [_pending(r) for r in await cur.fetchall()]
+            cur = await conn.execute(_AGENTS)
+            agents = [_agent(r) for r in await cur.fetchall()]
+            cur = await conn.execute(_LIVE_ROWS)
+            live = [_live(r) for r in await cur.fetchall()]
+        return pending, agents, live
+
     async def pending(self, limit: int = 10_000) -> list[PendingRow]:
         """Pending dispatch rows, queue order."""
         async with self._db.connection() as conn:
             cur = await conn.execute(_PENDING, {"limit": limit})
-            return [PendingRow(job_id=str(r["id"]), run_id=str(r["run_id"]), created_at=_ts(r["created_at"]),
-                               runs_on=list(r["runs_on"] or []), exclude_labels=list(r["exclude_labels"] or []),
-                               reason=r["last_provisioning_error"]) for r in await cur.fetchall()]
+            return [_pending(r) for r in await cur.fetchall()]
 
     async def static_agents(self) -> list[StaticAgentRow]:
         """Connected agents (on any process) that the scaler did not start, with their free slots."""
         async with self._db.connection() as conn:
             cur = await conn.execute(_AGENTS)
-            return [StaticAgentRow(agent_id=r["agent_id"], labels=tuple(r["labels"] or ()),
-                                   mandatory_labels=tuple(r["mandatory_labels"] or ()),
-                                   free_slots=max(0, int(r["max_concurrency"]) - int(r["active"])))
-                    for r in await cur.fetchall()]
+            return [_agent(r) for r in await cur.fetchall()]
 
     async def live(self) -> list[LiveContainer]:
         """Every ``starting``/``running`` container with its agent's state."""

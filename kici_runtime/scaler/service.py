@@ -72,13 +72,13 @@ class ScalerService:
         self._db = db
         self.store = PgScalerStore(db)
         self._tokens = tokens
-        self._url = orchestrator_url
+        self.orchestrator_url = orchestrator_url
         self._ttl = token_ttl_s
         self._env = dict(forwarded_env)
         self._instance = instance_id
         self._clock = clock
         self._interval = interval
-        self._retry = retry_backoff
+        self.retry_backoff = retry_backoff
         self._start_timeout = start_timeout
         started = clock()
         self._last_demand = {s.name: started for s in self.config.scalers}
@@ -168,14 +168,12 @@ class ScalerService:
             if not mine:
                 return None
             now = self._clock()
-            rows = await self.store.pending()
-            agents = await self.store.static_agents()
-            live = await self.store.live()  # after the pending read: see the module docstring of the store
+            rows, agents, live = await self.store.snapshot()
             states: dict[str, ManagedContainer] = {}
             for engine in self._engines():
                 states.update({c.name: c for c in await engine.client.list_managed()})
             jobs = [job for row in rows if (job := self._job(row)) is not None]
-            failures = await self.store.recent_failures([j.job_id for j in jobs], self._retry)
+            failures = await self.store.recent_failures([j.job_id for j in jobs], self.retry_backoff)
             plan = scaling.plan(
                 self.config, now=now, jobs=jobs,
                 agents=[scaling.StaticAgent(labels=routing.AgentLabels(labels=frozenset(a.labels),
@@ -183,7 +181,7 @@ class ScalerService:
                                             free_slots=a.free_slots) for a in agents],
                 containers=[self._container(c, states.get(c.agent_id)) for c in live],
                 last_demand=self._last_demand,
-                blocked={j: f"{f.error} (retrying within {int(self._retry)} s)" for j, f in failures.items()},
+                blocked={j: f"{f.error} (retrying within {int(self.retry_backoff)} s)" for j, f in failures.items()},
                 start_timeout=self._start_timeout)
             for name in plan.demand:
                 self._last_demand[name] = now
@@ -201,7 +199,9 @@ class ScalerService:
                 if spawn.job_id is not None:
                     reasons[spawn.job_id] = outcome
                 elif not ok:
-                    self._warm_retry[spawn.scaler] = now + self._retry
+                    self._warm_retry[spawn.scaler] = now + self.retry_backoff
+                if not ok:  # the slot it was planned into is free: plan again at once (that job now waits)
+                    self._wake.set()
             await self.store.set_reasons({r.job_id: reasons.get(r.job_id) for r in rows
                                           if reasons.get(r.job_id) != r.reason})
             self._gauges(live, plan)
@@ -259,7 +259,7 @@ class ScalerService:
             await self.store.update(agent_id, token_id=token_id)
             await self._ensure_image(engine, label_set)
             body = container_spec(scaler, spawn.label_set, agent_id=agent_id, token=token,
-                                  orchestrator_url=scaler.orchestrator_url or self._url, job_id=spawn.job_id,
+                                  orchestrator_url=scaler.orchestrator_url or self.orchestrator_url, job_id=spawn.job_id,
                                   run_id=spawn.run_id, socket_path=engine.socket_path, forwarded_env=self._env)
             try:
                 container_id = await engine.client.create(agent_id, body)

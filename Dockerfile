@@ -42,8 +42,12 @@ ENV PATH=/opt/kici/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     KICI_BUILD_COMMIT=${KICI_BUILD_COMMIT} \
     KICI_DATA_DIR=/var/lib/kici
+# nft carries the NET_ADMIN file capability: the non-root kici user gains it only when the container is
+# started with --cap-add=NET_ADMIN (the auto-scaler's start-up check fails with the NET_ADMIN error otherwise).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables git tini \
+ && apt-get install -y --no-install-recommends nftables git tini libcap2-bin \
+ && setcap cap_net_admin+ep /usr/sbin/nft \
+ && apt-get purge -y libcap2-bin \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 1000 kici \
  && useradd --system --uid 1000 --gid kici --home-dir /var/lib/kici --shell /usr/sbin/nologin kici \

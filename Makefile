@@ -8,7 +8,7 @@ LOCK := requirements/dev.lock
 LOCK_FLAGS := --universal --generate-hashes --python-version 3.11 --no-config \
 	--index-url https://pypi.org/simple --custom-compile-command "make lock"
 
-.PHONY: install lock test lint typecheck unit dev bench clean
+.PHONY: install lock test test-docker lint typecheck unit dev bench clean
 
 # Installs exactly what requirements/dev.lock names (versions and hashes), then the project itself
 # (editable, no dependency resolution, built with the locked setuptools).
@@ -31,6 +31,10 @@ typecheck: $(STAMP)
 test: lint typecheck
 	@$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+# The auto-scaler against a real Docker engine (root, dockerd from docker.io, nft): not part of `make test`.
+test-docker: $(STAMP)
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/docker/real_engine_tier.py
 
 # Recompute the lock files from pyproject.toml and requirements/*.in (UPGRADE=1 takes newer releases).
 lock: $(STAMP)

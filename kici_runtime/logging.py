@@ -304,6 +304,8 @@ def configure_logging(
     handler.setFormatter(JsonFormatter(service=service, static_fields=static_fields))
     root.addHandler(handler)
     root.setLevel(threshold)
+    # httpx logs every request at INFO (the auto-scaler polls its engine every few seconds): debug only
+    logging.getLogger("httpx").setLevel(threshold if threshold <= logging.DEBUG else logging.WARNING)
     return handler
 
 

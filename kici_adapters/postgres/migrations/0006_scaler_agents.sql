@@ -1,4 +1,4 @@
--- 0003_scaler_agents: the container auto-scaler's record of the containers it starts.
+-- 0006_scaler_agents: the container auto-scaler's record of the containers it starts.
 --
 -- One row per container (agent_id = the container name = the spawned agent's KICI_AGENT_ID). A row is written
 -- before the engine is asked to create the container, so a restarted orchestrator (or another process on the

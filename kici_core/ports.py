@@ -17,7 +17,9 @@ from typing import Literal, Protocol
 
 from kici_core.jsontypes import JSONObject, JSONValue
 
-DeliverySource = Literal["relay", "direct"]
+DeliverySource = Literal["relay", "direct", "internal"]
+"""Where a delivery came from: the Platform relay, a direct webhook, or the orchestrator itself (a schedule
+firing, a manual run)."""
 DeliveryStatus = Literal["received", "processed", "duplicate", "lockfile_missing", "lockfile_corrupt", "failed"]
 TERMINAL_DELIVERY_STATUSES: frozenset[str] = frozenset({"processed", "lockfile_missing", "lockfile_corrupt", "failed"})
 MAX_CRASHES = 3
@@ -410,6 +412,82 @@ class RunReruns(Protocol):
     async def run_for_check(self, routing_key: str, external_id: str) -> str | None:
         """The run owning the check run with this ``external_id`` created for this source, if any."""
         ...
+
+
+# --------------------------------------------------------------------------------------------- registrations
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleSpec:
+    """One ``schedule`` trigger of a registered workflow."""
+
+    trigger_index: int
+    cron_expression: str
+    timezone: str = "UTC"
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowRegistration:
+    """A workflow registered from the lock file of a repository's default branch (lock-file spec §7.3)."""
+
+    id: str
+    org_id: str
+    routing_key: str
+    provider: str
+    repo_identifier: str
+    workflow_name: str
+    ref: str
+    """The default branch the lock file was read from."""
+    sha: str
+    """The commit whose lock file was registered (scheduled runs check it out)."""
+    repo_url: str
+    lock_source: JSONObject
+    """The lock file's top-level ``source`` (``{file, export}``)."""
+    workflow: JSONObject
+    """The workflow object exactly as in the lock file."""
+    trigger_types: tuple[str, ...] = ()
+    schedules: tuple[ScheduleSpec, ...] = ()
+    delivery_id: str | None = None
+    """The push that registered it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule:
+    """A registered schedule with when it fires next and when it last fired."""
+
+    id: str
+    registration_id: str
+    org_id: str
+    routing_key: str
+    repo_identifier: str
+    workflow_name: str
+    trigger_index: int
+    cron_expression: str
+    timezone: str
+    description: str | None = None
+    next_fire_at: datetime | None = None
+    """None until first computed, or when the expression or time zone is invalid (see ``error``)."""
+    last_fire_at: datetime | None = None
+    """The time the last fire was due (a missed fire keeps the time it was due)."""
+    last_delivery_id: str | None = None
+    error: str | None = None
+
+
+class RegistrationStore(Protocol):
+    """Workflows registered from default-branch pushes, and their schedules."""
+
+    async def register(self, *, org_id: str, routing_key: str, repo: str,
+                       workflows: Sequence[WorkflowRegistration]) -> None:
+        """Make ``workflows`` the repository's registrations (ones no longer listed are removed). A schedule
+        whose trigger keeps its expression and time zone keeps its next and last fire."""
+        ...
+
+    async def unregister_repo(self, *, routing_key: str, repo: str) -> int:
+        """Remove every registration of the repository (its lock file is gone); returns how many."""
+        ...
+
+    async def get(self, registration_id: str) -> WorkflowRegistration | None: ...
+
+    async def list_schedules(self, *, routing_key: str | None = None) -> list[Schedule]: ...
 
 
 # --------------------------------------------------------------------------------------------- clock

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from kici_core import errors, events, keys, lockfile, matching, planning
+from kici_core import errors, events, keys, lockfile, matching, planning, registrations
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import (
     BlobStore,
@@ -32,9 +32,11 @@ from kici_core.ports import (
     NewJob,
     NewRun,
     PlatformLink,
+    RegistrationStore,
     RepoSource,
     RunReruns,
     SourceStore,
+    WorkflowRegistration,
 )
 
 _RERUN_EVENTS = frozenset({"check_run", "check_suite"})
@@ -135,11 +137,23 @@ class ParsedLockfiles:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrationUpdate:
+    """A default-branch push's new registrations for its repository (none: its lock file is gone)."""
+
+    org_id: str
+    routing_key: str
+    repo: str
+    workflows: tuple[WorkflowRegistration, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProcessOutput:
     outcome: DeliveryOutcome
     runs: tuple[NewRun, ...] = ()
     match: matching.MatchResult | None = None
     event: events.NormalisedEvent | None = None
+    registration: RegistrationUpdate | None = None
+    """Set for a push to the default branch: the repository's registrations to store before the outcome."""
 
 
 def _received(reason: str, **kw: str | None) -> ProcessOutput:
@@ -168,6 +182,8 @@ class Pipeline:
     """Runs one delivery may create; more fails the delivery with the reason."""
     max_jobs: int = DEFAULT_MAX_JOBS
     """Jobs (matrix children included) one delivery may create; more fails the delivery with the reason."""
+    registrations: RegistrationStore | None = None
+    """Where default-branch pushes register workflows and schedule fires find them (None: no registrations)."""
 
     async def _source(self, item: InboxItem) -> RepoSource | None:
         if item.provider == "github":
@@ -194,6 +210,10 @@ class Pipeline:
             return _received(f"no repository provider for {item.provider} deliveries")
         if item.event in _RERUN_EVENTS and item.provider == "github" and self.reruns is not None:
             return await self._rerequested(item, payload, self.reruns)
+        if item.source == "internal":  # a schedule fire or a manual run
+            from kici_core import internal_events
+
+            return await internal_events.process_internal(self, item, payload, await self._source(item))
         event = events.normalize_github(item.event, payload)
         if event is None:
             return _received(f"event {item.event!r} is not supported")
@@ -212,8 +232,9 @@ class Pipeline:
             fetched = await provider.lockfiles.fetch_lockfile(source, repo, lock_ref)
             if fetched.content is None:
                 note = None if lock_ref == ref else f"no {lockfile.LOCKFILE_PATH} at {lock_ref}"
+                gone = self._registration(item, event, repo, ref, None, provider, source, payload)
                 return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_missing", repo_identifier=repo,
-                                                             ref=ref, error_message=note))
+                                                             ref=ref, error_message=note), registration=gone)
             lock = await self.offload(functools.partial(self.parsed.parse, fetched.content))
         except errors.LockfileError as exc:
             return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_corrupt", repo_identifier=repo, ref=ref,
@@ -234,7 +255,7 @@ class Pipeline:
         sha = ref if ref != "HEAD" else None
         wire_event = event.to_wire(item.provider)
         runs = tuple(
-            _new_run(plan, run_id=self.ids(), provider=item.provider, routing_key=item.routing_key, repo=repo,
+            new_run(plan, run_id=self.ids(), provider=item.provider, routing_key=item.routing_key, repo=repo,
                      repo_url=provider.repo_url(source, repo, payload), ref=events.job_ref(event), sha=sha,
                      decision=decisions[plan.workflow_name].summary_dict(), lock_source=lock.source,
                      event=wire_event)
@@ -243,7 +264,22 @@ class Pipeline:
         outcome = DeliveryOutcome(status="processed", matched_count=len(runs), repo_identifier=repo, ref=ref,
                                   decision_trace=result.to_dict())
         self.observer.processed("matched" if runs else "skipped")
-        return ProcessOutput(outcome=outcome, runs=runs, match=result, event=event)
+        return ProcessOutput(outcome=outcome, runs=runs, match=result, event=event,
+                             registration=self._registration(item, event, repo, ref, lock, provider, source, payload))
+
+    def _registration(self, item: InboxItem, event: events.NormalisedEvent, repo: str, sha: str,
+                      lock: lockfile.Lockfile | None, provider: Provider, source: RepoSource,
+                      payload: Mapping[str, JSONValue]) -> RegistrationUpdate | None:
+        """A push to the default branch (re)registers the lock file's workflows (lock-file spec §7.3)."""
+        if self.registrations is None or not registrations.is_default_branch_push(item.event, event):
+            return None
+        if sha in ("HEAD", events.ZERO_SHA):
+            return None
+        found = () if lock is None else tuple(registrations.registrations_from(
+            lock, org_id=item.org_id, routing_key=item.routing_key, provider=item.provider, repo=repo,
+            ref=event.target_branch, sha=sha, repo_url=provider.repo_url(source, repo, payload),
+            delivery_id=item.delivery_id, ids=self.ids))
+        return RegistrationUpdate(org_id=item.org_id, routing_key=item.routing_key, repo=repo, workflows=found)
 
     async def _rerequested(self, item: InboxItem, payload: Mapping[str, JSONValue],
                            reruns: RunReruns) -> ProcessOutput:
@@ -326,7 +362,7 @@ class Pipeline:
         return await provider.changed_files.changed_files(source, repo, base=req.base, head=req.head or "")
 
 
-def _new_run(plan: planning.RunPlan, *, run_id: str, provider: str, routing_key: str, repo: str, repo_url: str,
+def new_run(plan: planning.RunPlan, *, run_id: str, provider: str, routing_key: str, repo: str, repo_url: str,
              ref: str, sha: str | None, decision: JSONObject, lock_source: lockfile.SourceRef,
              event: JSONObject) -> NewRun:
     runnable = set(plan.runnable)
@@ -408,6 +444,13 @@ async def handle_item(
     try:
         body = await inbox.payload(item)
         out = await pipeline.process(item, body)
+        if out.registration is not None and pipeline.registrations is not None:
+            update = out.registration
+            if update.workflows:
+                await pipeline.registrations.register(org_id=update.org_id, routing_key=update.routing_key,
+                                                      repo=update.repo, workflows=update.workflows)
+            else:
+                await pipeline.registrations.unregister_repo(routing_key=update.routing_key, repo=update.repo)
     except errors.ProcessingTimeout as exc:
         # counted as a crash: after MAX_CRASHES the claim parks the delivery as failed
         if on_error is not None:

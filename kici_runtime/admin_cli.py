@@ -414,10 +414,11 @@ def _register() -> None:
     import importlib
     import importlib.util
 
-    from kici_runtime import admin_cli_events, admin_cli_sources
+    from kici_runtime import admin_cli_events, admin_cli_schedules, admin_cli_sources
 
     cli.add_command(admin_cli_sources.source)
     cli.add_command(admin_cli_events.event_log)
+    cli.add_command(admin_cli_schedules.schedules)
     if importlib.util.find_spec(RUNS_MODULE) is not None:
         module = importlib.import_module(RUNS_MODULE)
         register = getattr(module, "register", None)

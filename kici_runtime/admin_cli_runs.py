@@ -196,3 +196,44 @@ def runs_logs(ctx: click.Context, run_id: str, job_name: str | None, follow: boo
         ended = run["status"] in ("success", "failed", "cancelled")
         if not ended:
             time.sleep(interval)
+
+
+def _input_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``k=v`` options as a mapping (the orchestrator converts each value to the input's declared type)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--input")
+        out[name] = value
+    return out
+
+
+@runs.command("dispatch")
+@click.option("--source", required=True,
+              help="The source the repository is read through: a routing key (github:<appId>, "
+                   "generic:<org>:<id>), a GitHub App id, or a local source's id or name.")
+@click.option("--repo", required=True, help="owner/repo")
+@click.option("--workflow", required=True, help="The workflow's name in the lock file.")
+@click.option("--ref", required=True, help="The branch (or tag) to read the lock file at and run.")
+@click.option("--type", "dispatch_type",
+              help="The dispatch type, when the workflow's dispatch trigger lists types (default: the first).")
+@click.option("--input", "input_pairs", multiple=True, metavar="NAME=VALUE",
+              help="An input of the dispatch trigger (repeat); typed per the trigger's descriptors.")
+@_JSON
+@click.pass_context
+def runs_dispatch(ctx: click.Context, source: str, repo: str, workflow: str, ref: str, dispatch_type: str | None,
+                  input_pairs: tuple[str, ...], as_json: bool) -> None:
+    """Run a workflow by hand through its dispatch trigger, with typed inputs."""
+    body: dict[str, Any] = {"source": source, "repo": repo, "workflow": workflow, "ref": ref,
+                            "inputs": _input_pairs(input_pairs)}
+    if dispatch_type:
+        body["type"] = dispatch_type
+    out = client(ctx).request("POST", "/api/v1/admin/runs/dispatch", body=body)
+    if as_json:
+        echo_json(out)
+        return
+    shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in (out.get("inputs") or {}).items())
+    click.echo(f"Run {out['runId']}: {out['workflow']} at {out['ref']} of {out['repo']} requested"
+               + (f" (inputs: {shown})" if shown else ""))
+    click.echo(f"  delivery: {out['deliveryId']}  (kici-admin runs show {out['runId']})")

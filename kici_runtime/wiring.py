@@ -36,6 +36,7 @@ from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue
 from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.offload import PayloadOffloader
 from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.registrations import PgRegistrations
 from kici_adapters.postgres.reruns import PgReruns
 from kici_adapters.postgres.runs import PgRunStore
 from kici_adapters.postgres.stores import PgDeliveryInbox, PgSourceStore, PgTokenStore
@@ -45,7 +46,7 @@ from kici_core import errors, lockfile, services
 from kici_core.dispatch_effects import DispatcherConfig
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import BlobStore, GitHubSource, RepoSource, SecretStore
-from kici_runtime import admin_api, admin_runs, bootstrap, heap, httpguard, processing
+from kici_runtime import admin_api, admin_runs, admin_workflows, bootstrap, heap, httpguard, processing
 from kici_runtime import logging as kici_logging
 from kici_runtime.app import build_app
 from kici_runtime.check_sender import CheckSender
@@ -54,6 +55,7 @@ from kici_runtime.context import AppContext
 from kici_runtime.dispatcher import AgentHub
 from kici_runtime.scaler import service as scaler_service
 from kici_runtime.scaler import startup as scaler_startup
+from kici_runtime.scheduler import ScheduleLoop
 from kici_runtime.worker import DeliveryWorker, PrometheusObserver, ThreadOffload
 
 log = logging.getLogger("kici.runtime")
@@ -113,6 +115,7 @@ class Orchestrator:
     agents: AgentHub | None = None  # --- agent dispatch (kici_runtime.dispatcher): the /ws hub and its loops
     agent_endpoint: AgentEndpoint | None = None
     scaler: scaler_service.ScalerService | None = None  # --- container auto-scaler (kici_runtime.scaler)
+    scheduler: ScheduleLoop | None = None  # --- schedules: fires registered schedule triggers (one process at a time)
 
 
 async def _database_url(settings: Settings, stack: AsyncExitStack) -> str:
@@ -156,6 +159,11 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         # --- agent dispatch: the /ws endpoint, the dispatcher driver and admin run routes
         hub, endpoint = _agent_parts(settings, db, sources, github)
         extra_routes = [endpoint.route("/ws"), *admin_runs.routes(hub), *(extra_routes or [])]
+        wake = notifier.wake if notifier is not None else worker.wake
+        # --- schedules and manual runs: deliveries the orchestrator makes itself
+        scheduler = ScheduleLoop(store=parts.registrations, inbox=inbox, wake=wake)
+        extra_routes += admin_workflows.routes(store=parts.registrations, pipeline=parts.pipeline, inbox=inbox,
+                                               wake=wake)
 
         async def check_database() -> bool:
             async with db.connection() as conn:
@@ -165,7 +173,7 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         ctx = AppContext(
             mode=settings.mode, sources=sources, secrets=secrets, inbox=inbox, event_log=inbox,
             base_path=settings.base_path, version=VERSION, build_commit=settings.build_commit,
-            wake_worker=notifier.wake if notifier is not None else worker.wake, check_database=check_database, tokens=tokens, blobs=blobs,
+            wake_worker=wake, check_database=check_database, tokens=tokens, blobs=blobs,
             max_body_bytes=settings.http_max_body_bytes,
             generic_max_body_bytes=settings.generic_webhook_max_body_bytes,
             body_timeout=settings.http_body_timeout_ms / 1000, unverified_rpm=settings.webhook_unverified_rpm,
@@ -185,6 +193,7 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         checks = CheckSender(outbox=PgCheckOutbox(db), sources=sources, github=github, worker_id=instance_id(settings),
                              dashboard_url=settings.dashboard_url, mask=kici_logging.mask)
         background.append(checks.run)
+        background.append(scheduler.run)
         scaler = None
         if scaling is not None:  # --- container auto-scaler: hooked into the hub, its loop in the background
             scaler = scaler_service.attach(
@@ -194,7 +203,7 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             background.append(scaler.run)
         yield Orchestrator(settings=settings, db=db, ctx=ctx, app=app, worker=worker, github=github,
                            platform_outbox=platform_outbox, agents=hub, agent_endpoint=endpoint,
-                           background=background, scaler=scaler)
+                           background=background, scaler=scaler, scheduler=scheduler)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,6 +218,8 @@ class ProcessingParts:
     worker: DeliveryWorker
     offloader: PayloadOffloader
     platform_outbox: PgPlatformOutbox | None
+    pipeline: services.Pipeline
+    registrations: PgRegistrations
 
 
 async def processing_parts(settings: Settings, db: Database, stack: AsyncExitStack, *, worker_id: str,
@@ -233,6 +244,7 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
     )
     stack.push_async_callback(github.aclose)
     local = localgit.LocalGitRepos(max_lockfile_bytes=settings.lockfile_max_bytes)
+    registrations = PgRegistrations(db)
     pipeline = services.Pipeline(
         sources=sources,
         providers={
@@ -244,6 +256,7 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
         reruns=PgReruns(PgRunStore(db, forward=settings.platform_enabled, instance_id=worker_id)),
         offload=ThreadOffload(), budget_seconds=float(settings.processing_timeout_seconds),
         max_runs=settings.max_runs_per_delivery, max_jobs=settings.max_jobs_per_delivery,
+        registrations=registrations,  # default-branch pushes register workflows; schedule fires read them
     )
     # --- Platform link (platform/hybrid): execution.event and status forwarding go to the durable outbox
     platform_outbox = PgPlatformOutbox(db) if settings.platform_enabled else None
@@ -254,7 +267,8 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
     except errors.Unavailable as exc:
         log.warning("could not open the inbox connections ahead of time", extra={"error": str(exc)})
     return ProcessingParts(blobs=blobs, secrets=secrets, sources=sources, github=github, inbox=inbox,
-                           worker=worker, offloader=offloader, platform_outbox=platform_outbox)
+                           worker=worker, offloader=offloader, platform_outbox=platform_outbox, pipeline=pipeline,
+                           registrations=registrations)
 
 
 async def _release_own_leases(inbox: PgDeliveryInbox, worker: DeliveryWorker) -> None:

@@ -479,7 +479,7 @@ class PgDeliveryInbox:
             InvalidInput: the org id or source cannot be stored.
             StorageUnavailable: the database did not commit the row (nothing may be acknowledged).
         """
-        if len(delivery.org_id) > _ORG_ID_MAX or delivery.source not in ("relay", "direct"):
+        if len(delivery.org_id) > _ORG_ID_MAX or delivery.source not in ("relay", "direct", "internal"):
             raise errors.InvalidInput("org id longer than 16 characters or unknown delivery source")
         payload_key: str | None = None
         omitted: str | None = None

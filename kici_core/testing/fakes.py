@@ -35,6 +35,8 @@ from kici_core.ports import (
     NewRun,
     RepoSource,
     RerunResult,
+    Schedule,
+    WorkflowRegistration,
     crash_reason,
 )
 
@@ -547,6 +549,36 @@ class FakeRunReruns:
         run_id = self.checks.get(external_id)
         found = self.attempts.get(run_id) if run_id is not None else None
         return run_id if found is not None and found.routing_key == routing_key else None
+
+
+class FakeRegistrationStore:
+    """Registrations in memory (``registrations`` by id). Schedules are listed with no fire times: computing
+    them is the database adapter's and the scheduler's business."""
+
+    def __init__(self) -> None:
+        self.registrations: dict[str, WorkflowRegistration] = {}
+
+    async def register(self, *, org_id: str, routing_key: str, repo: str,
+                       workflows: Sequence[WorkflowRegistration]) -> None:
+        await self.unregister_repo(routing_key=routing_key, repo=repo)
+        for reg in workflows:
+            self.registrations[reg.id] = reg
+
+    async def unregister_repo(self, *, routing_key: str, repo: str) -> int:
+        gone = [k for k, r in self.registrations.items() if r.routing_key == routing_key and r.repo_identifier == repo]
+        for key in gone:
+            del self.registrations[key]
+        return len(gone)
+
+    async def get(self, registration_id: str) -> WorkflowRegistration | None:
+        return self.registrations.get(registration_id)
+
+    async def list_schedules(self, *, routing_key: str | None = None) -> list[Schedule]:
+        return [Schedule(id=f"{r.id}/{s.trigger_index}", registration_id=r.id, org_id=r.org_id,
+                         routing_key=r.routing_key, repo_identifier=r.repo_identifier, workflow_name=r.workflow_name,
+                         trigger_index=s.trigger_index, cron_expression=s.cron_expression, timezone=s.timezone,
+                         description=s.description)
+                for r in self.registrations.values() if routing_key in (None, r.routing_key) for s in r.schedules]
 
 
 class FakePlatformLink:

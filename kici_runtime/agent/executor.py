@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -141,6 +142,9 @@ class JobRunner:
             "KICI_SHA": self.spec.sha,
             "KICI_WORKSPACE": str(workspace),
         })
+        if self.spec.event is not None:  # the triggering event, for steps that read it (schedule, inputs, ...)
+            env["KICI_EVENT_PATH"] = str(workspace / "event.json")
+            env["KICI_EVENT_TYPE"] = str(self.spec.event.get("type") or "")
         env.update(self.spec.env)
         if step is not None:
             env.update(step.env)
@@ -153,6 +157,8 @@ class JobRunner:
         results: list[JSONValue] = []
         if self.stop.requested.is_set():
             return "cancelled", self.stop.reason, results
+        if spec.event is not None:
+            (workspace / "event.json").write_text(json.dumps(spec.event))
         setup = self._streamer(-1)
         try:
             if not (spec.checkout and spec.repo_url):

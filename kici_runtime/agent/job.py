@@ -46,6 +46,8 @@ class JobSpec:
     timeout_ms: int | None
     grace_period_s: float | None
     max_log_bytes: int | None
+    event: Mapping[str, Any] | None = None
+    """``jobConfig.event``: the run's triggering event (written to ``$KICI_EVENT_PATH`` for the steps)."""
 
 
 def _str_map(value: object) -> dict[str, str] | None:
@@ -161,6 +163,7 @@ def parse_dispatch(msg: Mapping[str, Any]) -> JobSpec:
         timeout_ms=int(timeout) if timeout else None,
         grace_period_s=float(grace) if isinstance(grace, int | float) and not isinstance(grace, bool) and grace >= 0 else None,
         max_log_bytes=int(log_cap) if log_cap else None,
+        event=config["event"] if isinstance(config.get("event"), dict) else None,
     )
 
 

@@ -1,0 +1,184 @@
+"""Workflow registrations and schedules in PostgreSQL (``workflow_registrations``, ``workflow_schedules``).
+
+:meth:`PgRegistrations.register` replaces a repository's registrations in one transaction. Registration ids
+are kept per ``(source, repository, workflow)`` and schedule rows per ``(registration, trigger index)``, so a
+schedule whose expression and time zone did not change keeps its next and last fire across pushes; a new or
+changed one gets its next fire computed from the database clock (an invalid expression or time zone is kept
+with its ``error`` and never fires). The scheduler reads due rows with :meth:`PgRegistrations.due` under
+:meth:`PgRegistrations.try_lock` and records each fire with :meth:`PgRegistrations.fired`, guarded on the fire
+time it read, so a late or repeated update changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from kici_adapters import cron
+from kici_adapters.postgres.pool import Database
+from kici_core import errors
+from kici_core.ports import Schedule, ScheduleSpec, WorkflowRegistration
+
+__all__ = ["PgRegistrations"]
+
+_UPSERT = """
+INSERT INTO workflow_registrations (id, org_id, routing_key, provider, repo_identifier, workflow_name, ref, sha,
+                                    repo_url, lock_source, workflow, trigger_types, delivery_id)
+VALUES (%(id)s, %(org_id)s, %(routing_key)s, %(provider)s, %(repo)s, %(name)s, %(ref)s, %(sha)s, %(repo_url)s,
+        %(lock_source)s, %(workflow)s, %(types)s, %(delivery_id)s)
+ON CONFLICT (routing_key, repo_identifier, workflow_name) DO UPDATE
+   SET org_id = EXCLUDED.org_id, provider = EXCLUDED.provider, ref = EXCLUDED.ref, sha = EXCLUDED.sha,
+       repo_url = EXCLUDED.repo_url, lock_source = EXCLUDED.lock_source, workflow = EXCLUDED.workflow,
+       trigger_types = EXCLUDED.trigger_types, delivery_id = EXCLUDED.delivery_id, updated_at = now()
+RETURNING id
+"""
+_SCHEDULE_UPSERT = """
+INSERT INTO workflow_schedules AS s (id, registration_id, trigger_index, cron_expression, timezone, description,
+                                     next_fire_at, error)
+VALUES (gen_random_uuid(), %(reg)s, %(index)s, %(cron)s, %(tz)s, %(description)s, %(next)s, %(error)s)
+ON CONFLICT (registration_id, trigger_index) DO UPDATE
+   SET description = EXCLUDED.description, updated_at = now(),
+       next_fire_at = CASE WHEN (s.cron_expression, s.timezone) = (EXCLUDED.cron_expression, EXCLUDED.timezone)
+                                AND s.error IS NULL THEN s.next_fire_at ELSE EXCLUDED.next_fire_at END,
+       error = CASE WHEN (s.cron_expression, s.timezone) = (EXCLUDED.cron_expression, EXCLUDED.timezone)
+                    THEN s.error ELSE EXCLUDED.error END,
+       cron_expression = EXCLUDED.cron_expression, timezone = EXCLUDED.timezone
+"""
+_SCHEDULES = """
+SELECT s.*, r.org_id, r.routing_key, r.repo_identifier, r.workflow_name
+  FROM workflow_schedules s JOIN workflow_registrations r ON r.id = s.registration_id
+"""
+
+
+def _schedule(row: Mapping[str, Any]) -> Schedule:
+    return Schedule(id=str(row["id"]), registration_id=str(row["registration_id"]), org_id=row["org_id"],
+                    routing_key=row["routing_key"], repo_identifier=row["repo_identifier"],
+                    workflow_name=row["workflow_name"], trigger_index=int(row["trigger_index"]),
+                    cron_expression=row["cron_expression"], timezone=row["timezone"],
+                    description=row["description"], next_fire_at=row["next_fire_at"],
+                    last_fire_at=row["last_fire_at"], last_delivery_id=row["last_delivery_id"], error=row["error"])
+
+
+def _registration(row: Mapping[str, Any], schedules: Sequence[ScheduleSpec]) -> WorkflowRegistration:
+    return WorkflowRegistration(
+        id=str(row["id"]), org_id=row["org_id"], routing_key=row["routing_key"], provider=row["provider"],
+        repo_identifier=row["repo_identifier"], workflow_name=row["workflow_name"], ref=row["ref"],
+        sha=row["sha"], repo_url=row["repo_url"], lock_source=row["lock_source"] or {},
+        workflow=row["workflow"] or {}, trigger_types=tuple(row["trigger_types"] or ()),
+        schedules=tuple(schedules), delivery_id=row["delivery_id"])
+
+
+def first_fire(spec: ScheduleSpec, now: datetime) -> tuple[datetime | None, str | None]:
+    """When a new schedule first fires after ``now``, or why it never will."""
+    try:
+        return cron.next_after(spec.cron_expression, spec.timezone, now), None
+    except errors.InvalidInput as exc:
+        return None, exc.message
+
+
+class PgRegistrations:
+    """The ``RegistrationStore`` port, plus what the scheduler needs (due schedules, fires, its lock)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def register(self, *, org_id: str, routing_key: str, repo: str,
+                       workflows: Sequence[WorkflowRegistration]) -> None:
+        async with self._db.transaction() as conn:
+            cur = await conn.execute("SELECT now() AS now")
+            row = await cur.fetchone()
+            assert row is not None
+            now: datetime = row["now"]
+            kept: list[str] = []
+            for reg in workflows:
+                cur = await conn.execute(_UPSERT, {
+                    "id": reg.id, "org_id": org_id, "routing_key": routing_key, "provider": reg.provider,
+                    "repo": repo, "name": reg.workflow_name, "ref": reg.ref, "sha": reg.sha, "repo_url": reg.repo_url,
+                    "lock_source": Jsonb(dict(reg.lock_source)), "workflow": Jsonb(dict(reg.workflow)),
+                    "types": list(reg.trigger_types), "delivery_id": reg.delivery_id})
+                found = await cur.fetchone()
+                assert found is not None
+                reg_id = str(found["id"])
+                kept.append(reg.workflow_name)
+                for spec in reg.schedules:
+                    next_fire, error = first_fire(spec, now)
+                    await conn.execute(_SCHEDULE_UPSERT, {
+                        "reg": reg_id, "index": spec.trigger_index, "cron": spec.cron_expression, "tz": spec.timezone,
+                        "description": spec.description, "next": next_fire, "error": error})
+                await conn.execute("DELETE FROM workflow_schedules WHERE registration_id = %(reg)s"
+                                   " AND NOT (trigger_index = ANY(%(keep)s))",
+                                   {"reg": reg_id, "keep": [s.trigger_index for s in reg.schedules]})
+            await conn.execute("DELETE FROM workflow_registrations WHERE routing_key = %(rk)s"
+                               " AND repo_identifier = %(repo)s AND NOT (workflow_name = ANY(%(keep)s))",
+                               {"rk": routing_key, "repo": repo, "keep": kept})
+
+    async def unregister_repo(self, *, routing_key: str, repo: str) -> int:
+        async with self._db.transaction() as conn:
+            cur = await conn.execute("DELETE FROM workflow_registrations WHERE routing_key = %(rk)s"
+                                     " AND repo_identifier = %(repo)s", {"rk": routing_key, "repo": repo})
+            return cur.rowcount
+
+    async def get(self, registration_id: str) -> WorkflowRegistration | None:
+        async with self._db.connection() as conn:
+            cur = await conn.execute("SELECT * FROM workflow_registrations WHERE id::text = %(id)s",
+                                     {"id": registration_id})
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            cur = await conn.execute("SELECT * FROM workflow_schedules WHERE registration_id = %(id)s"
+                                     " ORDER BY trigger_index", {"id": row["id"]})
+            specs = [ScheduleSpec(trigger_index=int(s["trigger_index"]), cron_expression=s["cron_expression"],
+                                  timezone=s["timezone"], description=s["description"]) for s in await cur.fetchall()]
+        return _registration(row, specs)
+
+    async def list_registrations(self, *, routing_key: str | None = None) -> list[WorkflowRegistration]:
+        """Every registration (of one source), by repository and workflow."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute("SELECT * FROM workflow_registrations WHERE %(rk)s::text IS NULL"
+                                     " OR routing_key = %(rk)s ORDER BY repo_identifier, workflow_name",
+                                     {"rk": routing_key})
+            return [_registration(r, ()) for r in await cur.fetchall()]
+
+    async def list_schedules(self, *, routing_key: str | None = None) -> list[Schedule]:
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_SCHEDULES + " WHERE %(rk)s::text IS NULL OR r.routing_key = %(rk)s"
+                                     " ORDER BY r.repo_identifier, r.workflow_name, s.trigger_index",
+                                     {"rk": routing_key})
+            return [_schedule(r) for r in await cur.fetchall()]
+
+    # ------------------------------------------------------------------------------------ scheduler
+    async def due(self, now: datetime, *, limit: int = 100) -> list[Schedule]:
+        """Schedules whose next fire is at or before ``now``, earliest first."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_SCHEDULES + " WHERE s.next_fire_at <= %(now)s ORDER BY s.next_fire_at, s.id"
+                                     " LIMIT %(limit)s", {"now": now, "limit": limit})
+            return [_schedule(r) for r in await cur.fetchall()]
+
+    async def fired(self, schedule_id: str, *, due_at: datetime, next_fire_at: datetime | None,
+                    delivery_id: str | None, error: str | None = None) -> bool:
+        """Record a fire that was due at ``due_at`` (only if the row still says so) and the next one."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE workflow_schedules SET last_fire_at = CASE WHEN %(delivery)s::text IS NULL THEN last_fire_at"
+                " ELSE %(due)s END, last_delivery_id = COALESCE(%(delivery)s, last_delivery_id),"
+                " next_fire_at = %(next)s, error = %(error)s, updated_at = now()"
+                " WHERE id = %(id)s AND next_fire_at = %(due)s",
+                {"id": schedule_id, "due": due_at, "next": next_fire_at, "delivery": delivery_id, "error": error})
+            return cur.rowcount == 1
+
+    @asynccontextmanager
+    async def try_lock(self, key: int) -> AsyncIterator[bool]:
+        """Hold ``pg_try_advisory_lock(key)`` for the block if it is free; yields whether it was taken."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%(k)s) AS ok", {"k": key})
+            row = await cur.fetchone()
+            taken = bool(row and row["ok"])
+            try:
+                yield taken
+            finally:
+                if taken:
+                    await conn.execute("SELECT pg_advisory_unlock(%(k)s)", {"k": key})

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
-from kici_core import states
+from kici_core import fanout, states
 from kici_core.errors import InvalidInput, NotFound
 from kici_core.lockfile import Job, Lockfile, Workflow
 
@@ -306,11 +306,12 @@ def plan_workflow(workflow: Workflow, *, id_factory: Callable[[], str] | None = 
         for p in planned
     )
     final = {j.name: j.status for j in jobs}
+    limits = {j.name: fanout.limits_of(j.base_name, j.lock_job.raw, child=j.matrix_values is not None) for j in jobs}
     return RunPlan(
         workflow=workflow,
         jobs=jobs,
         graph=graph,
-        runnable=first.runnable,
+        runnable=fanout.cap(first.runnable, limits, final, frozenset()),  # maxParallel of matrix children
         conclusion=conclude(final),
         notes=tuple(notes),
     )

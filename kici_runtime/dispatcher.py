@@ -103,6 +103,7 @@ class AgentHub:
         self._anonymous = False  # a kici_jobs notification without ids arrived since the last read
         self._full_at: float | None = None  # monotonic time of the last full scan
         self._acked: dict[str, str] = {}  # job id -> agent id: ack deadlines to clear in the database
+        self._pending_cancels: list[tuple[str, str]] = []  # failFast cancels found under the lock, sent after
         self._ack_wake = anyio.Event()
         # --- auto-scaler hooks (kici_runtime.scaler): which agents it started, and who to tell when one leaves
         self.scaler_lookup: ScalerLookup | None = None
@@ -259,6 +260,7 @@ class AgentHub:
             self._run_ids.pop(job_id, None)
             await self._core_call(lambda now: self.core.job_status(agent_id=agent_id, job_id=job_id, state=state,
                                                                    now=now), queued=result.queued)
+            await self.cancel_jobs(result.cancel)
             if result.run_status is not None:
                 log.info("Run finished", extra={"runId": result.run_id, "status": result.run_status})
         elif state == "cancelling":
@@ -432,6 +434,8 @@ class AgentHub:
             self._run_ids.pop(eff.job_id, None)
             result = await self.runs.finish_job(eff.job_id, str(eff.status), error=eff.reason, row_status="failed",
                                                 require_row=guard)
+            if result.cancel:  # run outside the lock this effect runs under
+                self._pending_cancels += result.cancel
             return await self._feed(await self.queue.pending(ids=list(result.queued))) if result.queued else []
         if isinstance(eff, fx.MarkRecovering):
             await self.queue.mark_recovering(eff.job_id, agent_id=eff.agent_id, deadline=eff.deadline)
@@ -472,6 +476,21 @@ class AgentHub:
         return build_dispatch(row, message_id=str(uuid.uuid4()), now_ms=_now_ms(), token=token)
 
     # ------------------------------------------------------------------------------------ cancel
+    async def cancel_jobs(self, jobs: Sequence[tuple[str, str]]) -> None:
+        """Send ``job.cancel`` for ``(job_id, reason)`` pairs (a matrix's failFast): to agents connected here at
+        once, through ``NOTIFY kici_cancel`` (``job:<id>|0|<reason>``) to the process holding the others."""
+        jobs = [*self._pending_cancels, *jobs]
+        self._pending_cancels = []
+        for job_id, reason in jobs:
+            async with self._lock:
+                local = self.core.assignment(job_id) is not None
+                if local:
+                    await self._run(self.core.cancel_requested(job_id=job_id, reason=reason, now=self._clock()))
+            if not local:
+                async with self._db.connection() as conn:
+                    await conn.execute("SELECT pg_notify(%(ch)s, %(p)s)",
+                                       {"ch": CANCEL_CHANNEL, "p": f"job:{job_id}|0|{reason}"})
+
     async def cancel_run(self, run_id: str, *, force: bool = False, cancelled_by: str | None = None) -> JSONObject:
         """Cancel a run (spec §9.2). Raises ``NotFound`` / ``Conflict`` (message = the terminal status)."""
         reason = "force cancelled via API" if force else "run cancelled via API"
@@ -539,7 +558,13 @@ class AgentHub:
                     self._full_at = None  # notifications may have been missed: the next read is a full scan
                     self._refresh.set()
                     async for note in conn.notifies():
-                        if note.channel == CANCEL_CHANNEL:
+                        if note.channel == CANCEL_CHANNEL and note.payload.startswith("job:"):
+                            job_id, _force, reason = [*note.payload[4:].split("|", 2), "", ""][:3]
+                            async with self._lock:
+                                if self.core.assignment(job_id) is not None:
+                                    await self._run(self.core.cancel_requested(job_id=job_id, reason=reason,
+                                                                               now=self._clock()))
+                        elif note.channel == CANCEL_CHANNEL:
                             run_id, force, reason = [*note.payload.split("|", 2), "", ""][:3]
                             await self._cancel_local(run_id, reason or "run cancelled via API", force == "1")
                         else:
@@ -571,6 +596,8 @@ class AgentHub:
             await anyio.sleep(delay)
             async with self._lock:
                 await self._run(self.core.tick(now=self._clock()))
+            if self._pending_cancels:  # failFast cancels found by a job the tick failed
+                await self.cancel_jobs(())
 
     async def sweep_once(self) -> None:
         """Deadlines of rows no live process handles (ack, recovery, queue expiry), under the sweep lock."""
@@ -598,6 +625,7 @@ class AgentHub:
     async def _fail(self, job_id: str, status: JobStatus, reason: str, *, guard: str) -> None:
         result = await self.runs.finish_job(job_id, str(status), error=reason, row_status="failed",
                                             require_row=guard)
+        await self.cancel_jobs(result.cancel)
         if result.queued:
             async with self._lock:
                 await self._run(await self._feed(await self.queue.pending(ids=list(result.queued))))

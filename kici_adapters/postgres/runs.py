@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 
 from kici_adapters.postgres.inbox import LaneConnections
 from kici_adapters.postgres.pool import Connection, Database, translate_errors
-from kici_core import checks, errors, planning
+from kici_core import checks, errors, fanout, planning
 from kici_core.jsontypes import JSONObject, JSONValue
 
 __all__ = ["FinishResult", "PgRunStore", "StartResult"]
@@ -72,8 +72,25 @@ _CANCEL_STEPS = """
 UPDATE execution_steps SET status = 'cancelled', completed_at = now()
  WHERE job_id = %(job_id)s AND status IN ('running', 'pending')
 """
-_RUN_JOBS = "SELECT job_id, job_name, status, needs_satisfied FROM execution_jobs WHERE run_id = %(run_id)s " \
-            "ORDER BY created_at, job_name"
+_RUN_JOBS = "SELECT job_id, job_name, status, needs_satisfied, base_name, matrix_values IS NOT NULL AS child," \
+            " job_config->'maxParallel' AS max_parallel, job_config->'failFast' AS fail_fast" \
+            " FROM execution_jobs WHERE run_id = %(run_id)s ORDER BY created_at, job_name"
+# failFast: matrix children still waiting are cancelled at once; those on an agent are asked to stop once (the
+# reason is written first, so a later pass does not ask again) and end when the agent reports.
+_FAIL_FAST_WAITING = """
+UPDATE execution_jobs j SET status = 'cancelled', error_message = %(reason)s, completed_at = now(), updated_at = now()
+ WHERE j.run_id = %(run_id)s AND j.job_name = %(name)s AND j.status IN ('pending', 'queued')
+   AND NOT EXISTS (SELECT 1 FROM dispatch_queue q WHERE q.id = j.job_id AND q.status IN ('dispatched', 'recovering'))
+RETURNING job_id, job_name, matrix_values, runs_on, agent_id, error_message
+"""
+_FAIL_FAST_ON_AGENT = """
+UPDATE execution_jobs j SET error_message = %(reason)s, updated_at = now(),
+       status = CASE WHEN j.status = 'running' THEN 'cancelling' ELSE j.status END
+ WHERE j.run_id = %(run_id)s AND j.job_name = %(name)s AND j.error_message IS NULL
+   AND j.status IN ('pending', 'queued', 'running', 'recovering')
+   AND EXISTS (SELECT 1 FROM dispatch_queue q WHERE q.id = j.job_id AND q.status IN ('dispatched', 'recovering'))
+RETURNING job_id
+"""
 _RUN_NEEDS = "SELECT job_name, upstream_name, run_on FROM execution_job_needs WHERE run_id = %(run_id)s"
 _RELEASE = """
 UPDATE execution_jobs SET needs_satisfied = true, ready_at = now(), updated_at = now()
@@ -186,6 +203,8 @@ class FinishResult:
     queued: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
     run_status: str | None = None
+    cancel: tuple[tuple[str, str], ...] = ()
+    """``(job_id, reason)`` of jobs on agents to send ``job.cancel`` (a matrix's failFast)."""
 
 
 @dataclass(slots=True)
@@ -422,6 +441,12 @@ class PgRunStore:
                     planning.Edge(upstream=need["upstream_name"], run_on=frozenset(need["run_on"])))
         statuses = {j["job_name"]: j["status"] for j in jobs}
         released = frozenset(j["job_name"] for j in jobs if j["needs_satisfied"])
+        # --- fan-out limits of matrix children (maxParallel, failFast)
+        limits = {j["job_name"]: fanout.limits_of(j["base_name"], {"maxParallel": j["max_parallel"],
+                                                                    "failFast": j["fail_fast"]}, child=j["child"])
+                  for j in jobs}
+        victims = fanout.fail_fast_victims(limits, statuses)
+        cancel = await self._fail_fast(tx, run_id, victims, statuses) if victims else []
         decision = planning.release(planning.needs_graph(edges), statuses, released=released)
         queued: list[str] = []
         skipped: list[str] = []
@@ -433,15 +458,34 @@ class PgRunStore:
                 skipped.append(str(row["job_id"]))
                 self._job_forward(tx, {**row, "run_id": run_id, "error_message": skip.reason},
                                   str(row["job_id"]), "skipped")
-        if decision.runnable:
-            cur = await conn.execute(_RELEASE, {"run_id": run_id, "names": list(decision.runnable)})
+        runnable = fanout.cap(decision.runnable, limits, statuses, released)
+        if runnable:
+            cur = await conn.execute(_RELEASE, {"run_id": run_id, "names": list(runnable)})
             queued = [str(r["job_id"]) for r in await cur.fetchall()]
             if queued:
                 await conn.execute(_ENQUEUE, {"ids": queued})
                 await conn.execute(_NOTIFY, {"payload": run_id})
         run_status = await self._conclude(tx, run_id, statuses)
         return FinishResult(changed=True, run_id=run_id, queued=tuple(queued), skipped=tuple(skipped),
-                            run_status=run_status)
+                            run_status=run_status, cancel=tuple(cancel))
+
+    async def _fail_fast(self, tx: _Tx, run_id: str, victims: Mapping[str, str],
+                         statuses: dict[str, str]) -> list[tuple[str, str]]:
+        """Stop the unfinished siblings of a failed failFast matrix child; returns those to cancel on agents."""
+        on_agents: list[tuple[str, str]] = []
+        for name, reason in victims.items():
+            params = {"run_id": run_id, "name": name, "reason": reason}
+            cur = await tx.conn.execute(_FAIL_FAST_WAITING, params)
+            row = await cur.fetchone()
+            if row is not None:
+                statuses[name] = "cancelled"
+                await tx.conn.execute("UPDATE dispatch_queue SET status = 'expired' WHERE id = %(id)s"
+                                      " AND status = 'pending'", {"id": row["job_id"]})
+                self._job_forward(tx, {**row, "run_id": run_id}, str(row["job_id"]), "cancelled")
+                continue
+            cur = await tx.conn.execute(_FAIL_FAST_ON_AGENT, params)
+            on_agents += [(str(r["job_id"]), reason) for r in await cur.fetchall()]
+        return on_agents
 
     async def _conclude(self, tx: _Tx, run_id: str, statuses: Mapping[str, str]) -> str | None:
         conclusion = planning.conclude(statuses)

@@ -407,6 +407,9 @@ def _workflow_config(workflow: lockfile.Workflow, lock_source: lockfile.SourceRe
     hash_files = to_plain(workflow.raw.get("resolvedHashFiles"))
     if isinstance(hash_files, list) and hash_files:
         config["resolvedHashFiles"] = hash_files
+    group = to_plain(workflow.raw.get("concurrency"))
+    if isinstance(group, dict) and group.get("hasGroup") is True:  # read back when the agent reports its group
+        config["workflowConcurrency"] = group
     return config
 
 

@@ -142,9 +142,12 @@ def routes(hub: AgentHub) -> list[BaseRoute]:
         await _run_or_404(run_id, caller)
         include = request.query_params.get("includeSteps") in ("true", "1")
         jobs = await hub.runs.list_jobs(run_id, include_steps=include)
+        in_groups = await hub.concurrency.waiting_in_run(run_id)  # jobs an agent holds until a group frees up
         out = []
         for job in jobs:
             item = _out(job)
+            if str(job.get("job_id")) in in_groups:
+                item["waitingReason"] = in_groups[str(job.get("job_id"))]
             if job.get("queue_status") == "pending" and job.get("status") in ("pending", "queued"):
                 try:
                     item["waitingReason"] = hub.explain(job.get("runs_on") or [], job.get("exclude_labels") or [])

@@ -31,9 +31,11 @@ from kici_adapters import metrics
 from kici_adapters.agents import wire
 from kici_adapters.agents.dispatch_message import build_dispatch
 from kici_adapters.agents.endpoint import AgentConnection
+from kici_adapters.postgres.concurrency import PgConcurrency
 from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue, QueuedRow
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.runs import PgRunStore
+from kici_core import concurrency as groups
 from kici_core import dispatch_effects as fx
 from kici_core import errors, routing, scaling
 from kici_core.dispatch import Dispatcher
@@ -104,6 +106,7 @@ class AgentHub:
         self._full_at: float | None = None  # monotonic time of the last full scan
         self._acked: dict[str, str] = {}  # job id -> agent id: ack deadlines to clear in the database
         self._pending_cancels: list[tuple[str, str]] = []  # failFast cancels found under the lock, sent after
+        self.concurrency = PgConcurrency(db)  # --- workflow concurrency groups (job.concurrency.report)
         self._ack_wake = anyio.Event()
         # --- auto-scaler hooks (kici_runtime.scaler): which agents it started, and who to tell when one leaves
         self.scaler_lookup: ScalerLookup | None = None
@@ -184,6 +187,7 @@ class AgentHub:
         if current:
             try:
                 await self.queue.agent_disconnected(agent_id, instance_id=self.instance_id)
+                await self.concurrency.drop_agent(agent_id)  # its waiters leave the concurrency lines
             except errors.Unavailable:
                 pass
         log.info("Agent disconnected", extra={"agentId": agent_id, "code": conn.close_code})
@@ -203,6 +207,9 @@ class AgentHub:
         if not await self._owns(conn, job_id):
             return
         run_id = str(msg.get("runId", ""))
+        if kind == wire.CONCURRENCY_REPORT:
+            await self._concurrency_report(conn, agent_id, job_id, run_id, msg)
+            return
         if isinstance(model, wire.JobAck):
             await self._core_call(lambda now: self.core.job_acked(agent_id=agent_id, job_id=job_id, now=now))
         elif isinstance(model, wire.JobReject):
@@ -263,6 +270,7 @@ class AgentHub:
             await self.cancel_jobs(result.cancel)
             if result.run_status is not None:
                 log.info("Run finished", extra={"runId": result.run_id, "status": result.run_status})
+                await self.run_ended(str(result.run_id))
         elif state == "cancelling":
             await self.runs.set_job_status(job_id, "cancelling", from_statuses=["running"])
 
@@ -436,6 +444,8 @@ class AgentHub:
                                                 require_row=guard)
             if result.cancel:  # run outside the lock this effect runs under
                 self._pending_cancels += result.cancel
+            if result.run_status is not None:
+                await self.run_ended(str(result.run_id))
             return await self._feed(await self.queue.pending(ids=list(result.queued))) if result.queued else []
         if isinstance(eff, fx.MarkRecovering):
             await self.queue.mark_recovering(eff.job_id, agent_id=eff.agent_id, deadline=eff.deadline)
@@ -475,6 +485,54 @@ class AgentHub:
         token = await self._clone_token(row) if self._clone_token is not None else None
         return build_dispatch(row, message_id=str(uuid.uuid4()), now_ms=_now_ms(), token=token)
 
+    # ------------------------------------------------------------------------------------ concurrency groups
+    async def _concurrency_report(self, conn: AgentConnection, agent_id: str, job_id: str, run_id: str,
+                                  msg: dict[str, Any]) -> None:
+        """Answer ``job.concurrency.report`` (§7.6) at once; superseded runs are cancelled after the answer."""
+        group = str(msg["group"])
+        try:
+            decision = await self.concurrency.report(job_id=job_id, run_id=run_id, agent_id=agent_id, group=group)
+        except errors.Unavailable as exc:
+            log.warning("concurrency group not evaluated: storage unavailable", extra={"jobId": job_id,
+                                                                                        "error": str(exc)})
+            decision = groups.Decision(action="cancel", reason="Concurrency group evaluation failed: storage "
+                                       "unavailable")
+        reply: dict[str, JSONValue] = {"type": "job.concurrency.ack", "requestId": msg["messageId"],
+                                       "action": decision.action}
+        if decision.reason:
+            reply["reason"] = decision.reason
+        await conn.send(reply)
+        log.info("Concurrency group reported", extra={"jobId": job_id, "runId": run_id, "group": group,
+                                                      "action": decision.action})
+        for other in decision.supersede:
+            try:
+                await self.cancel_run(other, reason=groups.superseded_reason(group), cancelled_by="concurrency")
+            except (errors.NotFound, errors.Conflict):
+                continue  # already gone or finished
+
+    async def run_ended(self, run_id: str) -> None:
+        """Free the concurrency groups a finished run held and let the next waiting runs proceed."""
+        try:
+            promoted = await self.concurrency.release_run(run_id)
+        except errors.Unavailable as exc:
+            log.warning("concurrency slots not released: storage unavailable", extra={"runId": run_id,
+                                                                                      "error": str(exc)})
+            return
+        for p in promoted:
+            await self._send_proceed(p.job_id, p.run_id, p.agent_id or "", notify=True)
+
+    async def _send_proceed(self, job_id: str, run_id: str, agent_id: str, *, notify: bool) -> None:
+        """The unsolicited ``job.concurrency.ack proceed`` (fresh ``requestId``) for a job whose run got a slot;
+        through ``NOTIFY kici_cancel`` when its agent is connected to another process."""
+        conn = self._current.get(agent_id)
+        if conn is not None:
+            await conn.send({"type": "job.concurrency.ack", "requestId": str(uuid.uuid4()), "action": "proceed",
+                             "runId": run_id, "jobId": job_id})
+        elif notify:
+            async with self._db.connection() as db_conn:
+                await db_conn.execute("SELECT pg_notify(%(ch)s, %(p)s)",
+                                      {"ch": CANCEL_CHANNEL, "p": f"proceed:{job_id}|{run_id}|{agent_id}"})
+
     # ------------------------------------------------------------------------------------ cancel
     async def cancel_jobs(self, jobs: Sequence[tuple[str, str]]) -> None:
         """Send ``job.cancel`` for ``(job_id, reason)`` pairs (a matrix's failFast): to agents connected here at
@@ -491,9 +549,10 @@ class AgentHub:
                     await conn.execute("SELECT pg_notify(%(ch)s, %(p)s)",
                                        {"ch": CANCEL_CHANNEL, "p": f"job:{job_id}|0|{reason}"})
 
-    async def cancel_run(self, run_id: str, *, force: bool = False, cancelled_by: str | None = None) -> JSONObject:
+    async def cancel_run(self, run_id: str, *, force: bool = False, cancelled_by: str | None = None,
+                         reason: str | None = None) -> JSONObject:
         """Cancel a run (spec §9.2). Raises ``NotFound`` / ``Conflict`` (message = the terminal status)."""
-        reason = "force cancelled via API" if force else "run cancelled via API"
+        reason = reason or ("force cancelled via API" if force else "run cancelled via API")
         held = await self.runs.begin_cancel(run_id, reason=reason, cancelled_by=cancelled_by)
         notified = await self._cancel_local(run_id, reason, force)
         remote = [h for h in held if self.core.assignment(str(h["id"])) is None]
@@ -505,6 +564,8 @@ class AgentHub:
             notified += sum(1 for h in remote if (h["agent_id"] or h["recovery_agent_id"]) in connected
                             and h["status"] == "dispatched")
         status = await self.runs.settle_cancel(run_id, reason=reason, notified=notified > 0)
+        if status in ("success", "failed", "cancelled"):
+            await self.run_ended(run_id)
         if notified:
             return {"status": "cancelling", "notified": notified}
         return {"status": status, "cancelledJobs": len(held)}
@@ -558,7 +619,10 @@ class AgentHub:
                     self._full_at = None  # notifications may have been missed: the next read is a full scan
                     self._refresh.set()
                     async for note in conn.notifies():
-                        if note.channel == CANCEL_CHANNEL and note.payload.startswith("job:"):
+                        if note.channel == CANCEL_CHANNEL and note.payload.startswith("proceed:"):
+                            job_id, run_id, agent_id = [*note.payload[8:].split("|", 2), "", ""][:3]
+                            await self._send_proceed(job_id, run_id, agent_id, notify=False)
+                        elif note.channel == CANCEL_CHANNEL and note.payload.startswith("job:"):
                             job_id, _force, reason = [*note.payload[4:].split("|", 2), "", ""][:3]
                             async with self._lock:
                                 if self.core.assignment(job_id) is not None:
@@ -626,6 +690,8 @@ class AgentHub:
         result = await self.runs.finish_job(job_id, str(status), error=reason, row_status="failed",
                                             require_row=guard)
         await self.cancel_jobs(result.cancel)
+        if result.run_status is not None:
+            await self.run_ended(str(result.run_id))
         if result.queued:
             async with self._lock:
                 await self._run(await self._feed(await self.queue.pending(ids=list(result.queued))))

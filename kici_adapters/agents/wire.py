@@ -175,7 +175,6 @@ _MODELS: dict[str, type[_Msg]] = {
 # Request/response extended features we do not implement: the fail-closed reply (§4.4), built from the
 # field holding the correlation id.
 EXTENDED_REPLIES: dict[str, tuple[str, dict[str, JSONValue]]] = {
-    "job.concurrency.report": ("messageId", {"type": "job.concurrency.ack", "action": "proceed"}),
     "cache.upload.request": ("messageId", {"type": "cache.upload.response", "uploadUrl": ""}),
     "cache.user.restore.request": ("messageId", {"type": "cache.user.restore.response", "hit": False}),
     "cache.user.save.request": ("messageId", {"type": "cache.user.save.response", "skip": True}),
@@ -189,7 +188,9 @@ _ACCEPT_AND_DROP = frozenset({
     "cache.upload.complete", "cache.user.save.complete", "provenance.upload.complete", "agent.metrics",
     "fleet.bundle.chunk", "fleet.bundle.error", "run.event", "job.context",
 })
-KNOWN_TYPES = frozenset({*_MODELS, *EXTENDED_REPLIES, *_ACCEPT_AND_DROP, "heartbeat", "log.chunk"})
+CONCURRENCY_REPORT = "job.concurrency.report"
+"""Answered by the dispatcher (workflow concurrency groups), not with a fixed reply."""
+KNOWN_TYPES = frozenset({*_MODELS, *EXTENDED_REPLIES, *_ACCEPT_AND_DROP, "heartbeat", "log.chunk", CONCURRENCY_REPORT})
 
 
 def parse_frame(text: str) -> dict[str, Any]:
@@ -236,6 +237,11 @@ def validate(msg: dict[str, Any]) -> _Msg | None:
         return None
     if kind == "log.chunk":
         _check_log_chunk(msg)
+        return None
+    if kind == CONCURRENCY_REPORT:
+        for key in ("messageId", "runId", "jobId", "group"):
+            if not isinstance(msg.get(key), str):
+                raise InvalidMessage(f"{kind}: {key}")
         return None
     model = _MODELS.get(kind)
     if model is None:

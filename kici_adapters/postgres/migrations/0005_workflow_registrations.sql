@@ -1,5 +1,5 @@
--- 0005_workflow_registrations: workflows registered from default-branch pushes, their schedules, and
--- deliveries the orchestrator makes itself.
+-- 0005_workflow_registrations: workflows registered from default-branch pushes, their schedules, deliveries
+-- the orchestrator makes itself, and workflow concurrency groups.
 --
 -- A push to a repository's default branch replaces that repository's registrations with the workflows of the
 -- lock file it carries (the workflow object as written, the commit and the lock file's source). Schedule
@@ -46,3 +46,21 @@ CREATE INDEX workflow_schedules_due_idx ON workflow_schedules (next_fire_at) WHE
 
 ALTER TABLE event_log DROP CONSTRAINT event_log_source_check;
 ALTER TABLE event_log ADD CONSTRAINT event_log_source_check CHECK (source IN ('relay', 'direct', 'internal'));
+
+-- Workflow concurrency groups: one row per job that reported its group (job.concurrency.report). A run holds
+-- the group while one of its rows is 'holding'; at most `max` runs hold a group of a routing key at once.
+-- Others wait in id order ('waiting') or, with cancelInProgress, supersede the holders ('cancelled').
+-- Decisions for one group are serialised with a transaction-scoped advisory lock on the group's key.
+CREATE TABLE concurrency_slots (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    routing_key text NOT NULL,
+    group_key   text NOT NULL,
+    run_id      uuid NOT NULL REFERENCES execution_runs (run_id) ON DELETE CASCADE,
+    job_id      uuid NOT NULL UNIQUE REFERENCES execution_jobs (job_id) ON DELETE CASCADE,
+    agent_id    text,
+    status      text NOT NULL CHECK (status IN ('holding', 'waiting', 'released', 'cancelled')),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX concurrency_slots_group_idx ON concurrency_slots (routing_key, group_key, status, id);
+CREATE INDEX concurrency_slots_run_idx ON concurrency_slots (run_id);

@@ -181,3 +181,20 @@ def test_a_schedule_fire_is_one_delivery_per_schedule_and_due_time() -> None:
     late = registrations.schedule_delivery(schedule, scheduled_at=due, received_at=datetime(2030, 1, 2, tzinfo=UTC))
     assert first.delivery_id == late.delivery_id  # a retry of the same fire is a duplicate
     assert (first.source, first.event, first.provider) == ("internal", "schedule", "local")
+
+
+def test_an_upstream_lock_file_registers_its_schedule_with_zone_and_description() -> None:
+    from pathlib import Path
+
+    from kici_core import lockfile
+
+    raw = (Path(__file__).parents[1] / "fixtures" / "lockfiles" / "example_c_global.json").read_bytes()
+    [reg] = registrations.registrations_from(
+        lockfile.parse_lockfile(raw), org_id="acme", routing_key="github:1", provider="github", repo="myorg/ci",
+        ref="main", sha="c" * 40, repo_url="https://github.com/myorg/ci.git", delivery_id="d", ids=lambda: "reg-1")
+    assert reg.workflow_name == "org-lint"
+    assert reg.trigger_types == ("push", "schedule", "kici_event", "webhook")
+    [spec] = reg.schedules
+    assert (spec.trigger_index, spec.cron_expression, spec.timezone, spec.description) == (
+        1, "0 3 * * 1", "Europe/Berlin", "weekly sweep")
+    assert reg.workflow["jobs"][1]["_type"] == "dynamic"  # type: ignore[index]  # kept as written

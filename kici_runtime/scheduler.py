@@ -30,7 +30,7 @@ __all__ = ["SCHEDULER_LOCK", "TICK_SECONDS", "ScheduleLoop"]
 
 log = logging.getLogger("kici.scheduler")
 
-SCHEDULER_LOCK = 0x6B696369_0005
+SCHEDULER_LOCK = 0x6B696369_0006
 """``pg_try_advisory_lock`` key held by the process that fires schedules."""
 TICK_SECONDS = 30.0
 

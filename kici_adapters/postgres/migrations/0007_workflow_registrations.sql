@@ -1,4 +1,4 @@
--- 0006_workflow_registrations: workflows registered from default-branch pushes, their schedules, deliveries
+-- 0007_workflow_registrations: workflows registered from default-branch pushes, their schedules, deliveries
 -- the orchestrator makes itself, and workflow concurrency groups.
 --
 -- A push to a repository's default branch replaces that repository's registrations with the workflows of the

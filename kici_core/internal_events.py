@@ -13,6 +13,7 @@ trigger's descriptors, defaults filled in) in its event's ``payload.inputs``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -82,7 +83,7 @@ async def prepare_dispatch(pipeline: Pipeline, *, provider_name: str, source: Re
     fetched = await provider.lockfiles.fetch_lockfile(source, repo, ref)
     if fetched.content is None:
         raise errors.NotFound(f"no {lockfile.LOCKFILE_PATH} in {repo} at {ref}")
-    lock = pipeline.parsed.parse(fetched.content)
+    lock = await pipeline.offload(functools.partial(pipeline.parsed.parse, fetched.content))
     try:
         workflow = lock.workflow(workflow_name)
     except KeyError:
@@ -101,16 +102,41 @@ def _outcome(status: str, message: str, **kw: str | None) -> ProcessOutput:
                                                  repo_identifier=kw.get("repo"), ref=kw.get("ref")))
 
 
-def _runs(pipeline: Pipeline, item: InboxItem, workflow: lockfile.Workflow, event: events.NormalisedEvent, *,
-          repo: str, repo_url: str, ref: str, sha: str | None, lock_source: lockfile.SourceRef,
-          run_id: str | None) -> ProcessOutput:
-    """Match ``workflow`` alone against ``event`` and plan its run when it matches."""
+async def _runs(pipeline: Pipeline, item: InboxItem, workflow: lockfile.Workflow, event: events.NormalisedEvent, *,
+                repo: str, repo_url: str, ref: str, sha: str | None, lock_source: lockfile.SourceRef,
+                run_id: str | None) -> ProcessOutput:
+    """Match ``workflow`` alone against ``event`` and plan its run when it matches.
+
+    Like every delivery's, the matching and planning run through the pipeline's ``offload`` (never on the
+    serving event loop), within its time budget and its cap on jobs per delivery.
+    """
     from kici_core.services import ProcessOutput, new_run
 
-    result = matching.evaluate([matching.WorkflowTriggers(name=workflow.name, triggers=workflow.triggers)], event)
-    runs: tuple[NewRun, ...] = ()
-    if result.matched_names:
+    budget, timer = pipeline.budget_seconds, pipeline.timer
+    deadline = None if budget is None else timer() + budget
+
+    def check() -> None:
+        if deadline is not None and timer() > deadline:
+            raise errors.ProcessingTimeout(f"matching ran past its time budget of {budget:g} s")
+
+    def decide() -> tuple[matching.MatchResult, planning.RunPlan | None] | str:
+        result = matching.evaluate([matching.WorkflowTriggers(name=workflow.name, triggers=workflow.triggers)],
+                                   event, check=check)
+        if not result.matched_names:
+            return result, None
         plan = planning.plan_workflow(workflow, id_factory=pipeline.ids)
+        if len(plan.jobs) > pipeline.max_jobs:
+            return (f"workflow {workflow.name!r} has {len(plan.jobs)} jobs: more than one delivery may create "
+                    f"({pipeline.max_jobs}, KICI_MAX_JOBS_PER_DELIVERY)")
+        return result, plan
+
+    decided = await pipeline.offload(decide)
+    if isinstance(decided, str):
+        pipeline.observer.processed("error")
+        return _outcome("failed", decided, repo=repo, ref=sha or ref)
+    result, plan = decided
+    runs: tuple[NewRun, ...] = ()
+    if plan is not None:
         runs = (new_run(plan, run_id=run_id or pipeline.ids(), provider=item.provider,
                         routing_key=item.routing_key, repo=repo, repo_url=repo_url, ref=ref, sha=sha,
                         decision=result.decisions[0].summary_dict(), lock_source=lock_source,
@@ -138,7 +164,7 @@ async def _schedule(pipeline: Pipeline, item: InboxItem, payload: Mapping[str, J
     event = events.internal_event("schedule", {**payload, "inputs": given}, source_repo=repo)
     source = lockfile.SourceRef(file=str(registration.lock_source.get("file") or ".kici/workflows"),
                                 export=str(registration.lock_source.get("export") or "") or None)
-    return _runs(pipeline, item, workflow, event, repo=repo, repo_url=registration.repo_url, ref=registration.ref,
+    return await _runs(pipeline, item, workflow, event, repo=repo, repo_url=registration.repo_url, ref=registration.ref,
                  sha=sha, lock_source=source, run_id=None)
 
 
@@ -171,7 +197,7 @@ async def _dispatch(pipeline: Pipeline, item: InboxItem, payload: Mapping[str, J
                                    sender_username=by if isinstance(by, str) else None,
                                    payload={**payload, "inputs": plan.inputs})
     run_id = payload.get("runId")
-    return _runs(pipeline, item, plan.workflow, event, repo=repo,
+    return await _runs(pipeline, item, plan.workflow, event, repo=repo,
                  repo_url=provider.repo_url(source, repo, payload), ref=ref, sha=None,
                  lock_source=plan.lock.source, run_id=run_id if isinstance(run_id, str) else None)
 

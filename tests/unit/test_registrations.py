@@ -198,3 +198,33 @@ def test_an_upstream_lock_file_registers_its_schedule_with_zone_and_description(
     assert (spec.trigger_index, spec.cron_expression, spec.timezone, spec.description) == (
         1, "0 3 * * 1", "Europe/Berlin", "weekly sweep")
     assert reg.workflow["jobs"][1]["_type"] == "dynamic"  # type: ignore[index]  # kept as written
+
+
+async def test_schedule_fires_and_manual_runs_are_offloaded_and_capped_like_any_delivery() -> None:
+    w, store = await registered_world()
+    offloaded: list[str] = []
+
+    async def offload(fn: Any) -> Any:
+        offloaded.append(getattr(fn, "__name__", type(fn).__name__))
+        return fn()
+
+    w.pipeline.offload = offload
+    w.pipeline.max_jobs = 0  # the registered workflow has one job: over the cap
+    [schedule] = await store.list_schedules()
+    due = datetime(2030, 1, 1, 2, tzinfo=UTC)
+    await w.inbox.accept(registrations.schedule_delivery(schedule, scheduled_at=due, received_at=due))
+    assert await w.run_once() == []
+    fired = await w.inbox.get("acme", registrations.schedule_delivery_id(schedule.id, due))
+    assert fired is not None and fired.status == "failed"
+    assert fired.error_message is not None and "KICI_MAX_JOBS_PER_DELIVERY" in fired.error_message
+    assert "decide" in offloaded, offloaded
+
+    offloaded.clear()
+    w.pipeline.max_jobs = 10
+    manual = registrations.dispatch_delivery(
+        org_id="acme", delivery_id="dispatch:cap", routing_key="github:1", provider="github", repo="acme/app",
+        ref="main", workflow_name="nightly", dispatch_type=None, inputs={"env": "prod"}, run_id="capped",
+        requested_by="admin:ops", received_at=due)
+    await w.inbox.accept(manual)
+    assert await w.run_once() == ["capped"]
+    assert offloaded[0] == "partial" and "decide" in offloaded, offloaded  # the lock-file parse, then matching

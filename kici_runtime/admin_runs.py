@@ -26,7 +26,7 @@ from kici_runtime.admin_auth import Caller
 from kici_runtime.context import AppContext
 from kici_runtime.dispatcher import AgentHub
 
-__all__ = ["routes"]
+__all__ = ["routes", "waiting_reason"]
 
 PREFIX = "/api/v1/admin/runs"
 _CAMEL = {"run_id": "runId", "job_id": "jobId", "job_name": "jobName", "base_name": "baseName",
@@ -82,6 +82,19 @@ def _int(raw: str | None, default: int, *, name: str, low: int, high: int) -> in
     return max(low, min(high, value))
 
 
+def waiting_reason(hub: AgentHub, job: Mapping[str, Any]) -> str | None:
+    """Why a queued job (a ``list_jobs`` row) waits: no connected agent of this process takes its labels."""
+    if job.get("queue_status", "pending") != "pending" or job.get("status") not in ("pending", "queued"):
+        return None
+    try:
+        reason = hub.explain(job.get("runs_on") or [], job.get("exclude_labels") or [])
+    except errors.InvalidInput as exc:
+        reason = f"invalid label matchers: {exc.message}"
+    if job.get("last_provisioning_error"):  # --- the auto-scaler's word (kici_runtime.scaler)
+        reason = f"{reason}; {job['last_provisioning_error']}"
+    return reason
+
+
 def routes(hub: AgentHub) -> list[BaseRoute]:
     """The run routes, bound to ``hub``."""
 
@@ -98,9 +111,10 @@ def routes(hub: AgentHub) -> list[BaseRoute]:
         statuses = [s for s in (q.get("status") or "").split(",") if s]
         limit = _int(q.get("limit"), 20, name="limit", low=1, high=100)
         offset = _int(q.get("offset"), 0, name="offset", low=0, high=10**9)
+        routing_key = caller.token.routing_key or q.get("routingKey") or None  # scoped tokens: their own key
         rows, total = await hub.runs.list_runs(statuses=statuses, workflow=q.get("workflowName"), repo=q.get("repo"),
-                                               since=_since(q.get("since")), routing_key=caller.token.routing_key,
-                                               limit=limit, offset=offset)
+                                               since=_since(q.get("since")), routing_key=routing_key,
+                                               limit=limit, offset=offset, branch=q.get("branch") or None)
         if q.get("count") in ("true", "1"):
             return JSONResponse({"total": total})
         return JSONResponse({"runs": [_out(r) for r in rows], "total": total, "limit": limit, "offset": offset})
@@ -148,13 +162,9 @@ def routes(hub: AgentHub) -> list[BaseRoute]:
             item = _out(job)
             if str(job.get("job_id")) in in_groups:
                 item["waitingReason"] = in_groups[str(job.get("job_id"))]
-            if job.get("queue_status") == "pending" and job.get("status") in ("pending", "queued"):
-                try:
-                    item["waitingReason"] = hub.explain(job.get("runs_on") or [], job.get("exclude_labels") or [])
-                except errors.InvalidInput as exc:
-                    item["waitingReason"] = f"invalid label matchers: {exc.message}"
-                if job.get("last_provisioning_error"):  # --- the auto-scaler's word (kici_runtime.scaler)
-                    item["waitingReason"] = f"{item['waitingReason']}; {job['last_provisioning_error']}"
+            reason = waiting_reason(hub, job)
+            if reason is not None:
+                item["waitingReason"] = reason
             if include:
                 item["steps"] = [_out(s) for s in job.get("steps", [])]
             out.append(item)

@@ -46,7 +46,7 @@ from kici_core import errors, lockfile, services
 from kici_core.dispatch_effects import DispatcherConfig
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import BlobStore, GitHubSource, RepoSource, SecretStore
-from kici_runtime import admin_api, admin_runs, admin_workflows, bootstrap, heap, httpguard, processing
+from kici_runtime import admin_api, admin_runs, admin_workflows, bootstrap, dashboard, heap, httpguard, processing
 from kici_runtime import logging as kici_logging
 from kici_runtime.app import build_app
 from kici_runtime.check_sender import CheckSender
@@ -158,7 +158,8 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
 
         # --- agent dispatch: the /ws endpoint, the dispatcher driver and admin run routes
         hub, endpoint = _agent_parts(settings, db, sources, github)
-        extra_routes = [endpoint.route("/ws"), *admin_runs.routes(hub), *(extra_routes or [])]
+        extra_routes = [endpoint.route("/ws"), *admin_runs.routes(hub), *(extra_routes or []),
+                        *dashboard.routes(hub, db, secret_key=settings.secret_key)]
         wake = notifier.wake if notifier is not None else worker.wake
         # --- schedules and manual runs: deliveries the orchestrator makes itself
         scheduler = ScheduleLoop(store=parts.registrations, inbox=inbox, wake=wake)

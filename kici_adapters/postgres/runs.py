@@ -639,15 +639,16 @@ class PgRunStore:
     # ------------------------------------------------------------------------------------ reads (admin)
     async def list_runs(self, *, statuses: Sequence[str] = (), workflow: str | None = None, repo: str | None = None,
                         since: datetime | None = None, routing_key: str | None = None, limit: int = 20,
-                        offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """Runs newest first, with the total matching count."""
+                        offset: int = 0, branch: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Runs newest first, with the total matching count. ``branch`` matches the run's ref (a branch name)."""
         params = {"st": list(statuses) or None, "wf": workflow, "repo": repo, "since": since, "rk": routing_key,
-                  "limit": limit, "offset": offset}
+                  "limit": limit, "offset": offset, "ref": branch}
         where = (" WHERE (%(st)s::text[] IS NULL OR status = ANY(%(st)s))"
                  " AND (%(wf)s::text IS NULL OR workflow_name = %(wf)s)"
                  " AND (%(repo)s::text IS NULL OR repo_identifier = %(repo)s)"
                  " AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)"
-                 " AND (%(rk)s::text IS NULL OR routing_key = %(rk)s)")
+                 " AND (%(rk)s::text IS NULL OR routing_key = %(rk)s)"
+                 " AND (%(ref)s::text IS NULL OR ref = %(ref)s)")
         async with self._db.connection() as conn:
             cur = await conn.execute("SELECT count(*) AS n FROM execution_runs" + where, params)  # type: ignore[operator]
             row = await cur.fetchone()

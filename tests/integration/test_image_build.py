@@ -311,13 +311,16 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Install:
 
 
 def test_wheel_ships_every_data_file(install: Install) -> None:
-    """SQL files (migrations, named queries) are read at run time: the wheel, hence the image, needs them."""
+    """SQL files (migrations, named queries) and the dashboard's templates, stylesheet and script are read at
+    run time: the wheel, hence the image, needs them."""
     names = set(zipfile.ZipFile(install.wheel).namelist())
     data = sorted(
         str(p.relative_to(ROOT)) for pkg in ("kici_core", "kici_adapters", "kici_runtime")
-        for p in (ROOT / pkg).rglob("*.sql")
+        for p in (ROOT / pkg).rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")
+        and "__pycache__" not in p.parts
     )
     assert any("/migrations/" in d for d in data)
+    assert "kici_runtime/dashboard/templates/run.html" in data and "kici_runtime/dashboard/static/dashboard.js" in data
     missing = [d for d in data if d not in names]
     assert not missing, f"not in the wheel (add them to [tool.setuptools.package-data]): {missing}"
 

@@ -1,0 +1,129 @@
+"""What the web dashboard needs from PostgreSQL besides the admin API's stores: its sign-in sessions and a
+view of the connected agents and the dispatch queue.
+
+:class:`PgDashboardSessions` keeps sessions in ``dashboard_sessions`` (migration 0007), stored by the sha256
+of the session id only. A session is valid while its row exists, it has not expired, and its admin token is
+neither revoked nor expired: revoking the token ends every session made with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, LiteralString
+
+from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.tokens import check_hash, row_to_admin_token
+from kici_core.jsontypes import JSONObject
+from kici_core.ports import AdminToken
+
+__all__ = ["DashboardSession", "PgDashboardReads", "PgDashboardSessions"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DashboardSession:
+    """A signed-in browser: the admin token it acts as and the CSRF token its forms must carry."""
+
+    token: AdminToken
+    csrf_token: str
+    expires_at: datetime
+
+
+_SESSION_INSERT: LiteralString = (
+    "INSERT INTO dashboard_sessions (session_hash, token_id, csrf_token, expires_at)"
+    " VALUES (%(hash)s, %(token_id)s, %(csrf)s, %(expires_at)s)"
+)
+_SESSION_PURGE: LiteralString = "DELETE FROM dashboard_sessions WHERE expires_at < %(now)s"
+_SESSION_LOOKUP: LiteralString = (
+    "SELECT s.csrf_token, s.expires_at AS session_expires_at, t.id, t.label, t.role, t.routing_key, t.created_at,"
+    " t.expires_at, t.last_used_at, t.revoked"
+    " FROM dashboard_sessions s JOIN admin_tokens t ON t.id = s.token_id"
+    " WHERE s.session_hash = %(hash)s AND s.expires_at > %(now)s"
+    " AND NOT t.revoked AND (t.expires_at IS NULL OR t.expires_at > %(now)s)"
+)
+_SESSION_DELETE: LiteralString = "DELETE FROM dashboard_sessions WHERE session_hash = %(hash)s"
+
+
+class PgDashboardSessions:
+    """Dashboard sessions over PostgreSQL. Raises ``StorageUnavailable`` when the database is down."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, session_hash: str, *, token_id: str, csrf_token: str, expires_at: datetime,
+                     now: datetime) -> None:
+        """Store a new session (and drop the expired ones)."""
+        async with self._db.transaction() as conn:
+            await conn.execute(_SESSION_PURGE, {"now": now})
+            await conn.execute(_SESSION_INSERT, {"hash": check_hash(session_hash), "token_id": token_id,
+                                                 "csrf": csrf_token, "expires_at": expires_at})
+
+    async def lookup(self, session_hash: str, *, now: datetime) -> DashboardSession | None:
+        """The live session with this hash, or None (unknown, expired, signed out, or its token revoked)."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_SESSION_LOOKUP, {"hash": session_hash, "now": now})
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return DashboardSession(token=row_to_admin_token(row), csrf_token=row["csrf_token"],
+                                expires_at=row["session_expires_at"])
+
+    async def delete(self, session_hash: str) -> bool:
+        """Sign out: remove the session; False when there was none."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_SESSION_DELETE, {"hash": session_hash})
+            return cur.rowcount > 0
+
+
+_AGENTS: LiteralString = (
+    "SELECT a.agent_id, a.labels, a.mandatory_labels, a.platform, a.arch, a.version, a.hostname,"
+    " a.max_concurrency, a.connected_instance, a.connected_at, a.last_seen_at,"
+    " (SELECT count(*) FROM dispatch_queue q WHERE q.agent_id = a.agent_id"
+    "  AND q.status IN ('dispatched', 'recovering')) AS busy"
+    " FROM agents a WHERE (a.connected_instance IS NOT NULL OR a.agent_id = ANY(%(local)s))"
+    " AND (%(rk)s::text IS NULL OR EXISTS (SELECT 1 FROM dispatch_queue q WHERE q.agent_id = a.agent_id"
+    "  AND q.routing_key = %(rk)s AND q.status IN ('dispatched', 'recovering')))"
+    " ORDER BY a.agent_id"
+)
+_QUEUED: LiteralString = (
+    "SELECT q.id AS job_id, q.run_id, q.workflow_name, q.job_name, q.created_at, q.dispatch_attempts,"
+    " q.routing_key, q.last_provisioning_error, j.runs_on, j.exclude_labels, j.status, r.repo_identifier, r.ref"
+    " FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id JOIN execution_runs r ON r.run_id = q.run_id"
+    " WHERE q.status = 'pending' AND (%(rk)s::text IS NULL OR q.routing_key = %(rk)s)"
+    " ORDER BY q.seq LIMIT %(limit)s"
+)
+_QUEUED_COUNT: LiteralString = (
+    "SELECT count(*) AS n FROM dispatch_queue q WHERE q.status = 'pending'"
+    " AND (%(rk)s::text IS NULL OR q.routing_key = %(rk)s)"
+)
+
+
+class PgDashboardReads:
+    """Read-only views for the dashboard's agents and queue page."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def agents(self, *, local: Sequence[str] = (), instance: str = "", routing_key: str | None = None,
+                     ) -> list[dict[str, Any]]:
+        """Connected agents (on any process) with their slot use (``busy`` of ``max_concurrency``). ``local``
+        names the agents connected to this process (``instance``), which count as connected whatever their
+        row says. With ``routing_key``, only the agents running a job of that key."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_AGENTS, {"rk": routing_key, "local": list(local)})
+            rows = [dict(r) for r in await cur.fetchall()]
+        for row in rows:
+            if row["agent_id"] in local:
+                row["connected_instance"] = instance
+        return rows
+
+    async def queued(self, *, routing_key: str | None = None, limit: int = 200) -> tuple[list[dict[str, Any]], int]:
+        """Jobs waiting in the dispatch queue, first in line first, and how many wait in all."""
+        params: JSONObject = {"rk": routing_key, "limit": limit}
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_QUEUED, params)
+            rows = [dict(r) for r in await cur.fetchall()]
+            cur = await conn.execute(_QUEUED_COUNT, params)
+            total = await cur.fetchone()
+        return rows, int(total["n"]) if total else 0

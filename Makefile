@@ -8,7 +8,7 @@ LOCK := requirements/dev.lock
 LOCK_FLAGS := --universal --generate-hashes --python-version 3.11 --no-config \
 	--index-url https://pypi.org/simple --custom-compile-command "make lock"
 
-.PHONY: install lock test test-docker lint typecheck unit dev bench clean
+.PHONY: install lock test test-docker lint typecheck unit dev bench clean screenshots
 
 # Installs exactly what requirements/dev.lock names (versions and hashes), then the project itself
 # (editable, no dependency resolution, built with the locked setuptools).
@@ -50,6 +50,11 @@ PORT ?= 4000
 
 dev: $(STAMP)
 	$(BIN)/python -m kici_runtime.devserver --port $(PORT)
+
+# The dashboard's browser test (headless Chromium) saves the screenshots docs/dashboard.md shows.
+screenshots: $(STAMP)
+	DASHBOARD_SCREENSHOTS=$(CURDIR)/docs/images $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/e2e/test_dashboard_browser.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/matching.py

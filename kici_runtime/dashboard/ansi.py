@@ -131,18 +131,24 @@ def segments(line: str) -> list[Segment]:
     if "\r" in line:
         line = line.rstrip("\r").rsplit("\r", 1)[-1]
     out: list[Segment] = []
+
+    def add(classes: str, text: str) -> None:
+        text = _CONTROL.sub("", text)
+        if not text:
+            return
+        if out and out[-1][0] == classes:  # adjacent text of one style is one segment
+            out[-1] = (classes, out[-1][1] + text)
+        else:
+            out.append((classes, text))
+
     style = _Style()
     pos = 0
     for m in _ESCAPE.finditer(line):
-        text = _CONTROL.sub("", line[pos:m.start()])
-        if text:
-            out.append((style.classes(), text))
+        add(style.classes(), line[pos:m.start()])
         if m.group(2) == "m":
             style = _apply(style, m.group(1) or "")
         pos = m.end()
-    text = _CONTROL.sub("", line[pos:])
-    if text:
-        out.append((style.classes(), text))
+    add(style.classes(), line[pos:])
     return out
 
 

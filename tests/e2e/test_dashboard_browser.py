@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -164,8 +165,11 @@ async def test_developer_follows_a_push_to_its_failing_line_in_the_browser(db_ur
         failed = await page.js("document.querySelector('svg .node.s-failed').getAttribute('href')")
         assert failed.endswith("#failure")
         await page.click("svg .node.s-failed")
-        await page.wait("location.hash === '#failure' && document.querySelector('.line:has(#failure)')",
-                        what="the failed job's log at its failing line", show="location.href")
+        await page.wait("location.hash === '#failure'", what="the failed job's page", show="location.href")
+        # the agent may deliver the last log lines just after the status: reload until they are there
+        with anyio.fail_after(30):
+            while not await page.js("Boolean(document.querySelector('.line:has(#failure)'))"):
+                await page.goto(str(await page.js("location.href")))
         assert "assert 2 == 3" in str(await page.js("document.querySelector('.line:has(#failure)').textContent"))
         assert "line" in await _text(page, "#failure-note")
 

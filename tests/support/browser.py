@@ -1,6 +1,6 @@
 """A small Chrome DevTools Protocol client over ``websockets``, driving a real headless Chromium.
 
-:func:`chromium` starts ``/usr/bin/chromium`` (or ``$CHROMIUM_BINARY``) headless with a fresh profile and
+:func:`chromium` starts Chromium (``$CHROMIUM_BINARY``, else Debian's ``/usr/lib/chromium/chromium``, else ``chromium`` on the path) headless with a fresh profile and
 ``--remote-debugging-port=0``, reads the DevTools address it prints, opens one page and yields a :class:`Page`
 that can navigate, evaluate JavaScript, type, click, wait for a condition in the page (bounded, reporting
 what it last saw) and take screenshots. Nothing is downloaded: the browser is the distribution's package.
@@ -30,6 +30,7 @@ BOUND = 30.0
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--remote-debugging-port=0", "--remote-allow-origins=*"]
+DEBIAN_BINARY = "/usr/lib/chromium/chromium"
 _LISTENING = re.compile(r"DevTools listening on (ws://\S+)")
 
 
@@ -38,6 +39,8 @@ def chromium_path() -> str | None:
     configured = os.environ.get("CHROMIUM_BINARY")
     if configured:
         return configured
+    if os.access(DEBIAN_BINARY, os.X_OK):  # skip Debian's shell wrapper and its /etc/chromium.d flags
+        return DEBIAN_BINARY
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -102,10 +105,12 @@ class Page:
         timeout the error names ``what`` and what ``show`` evaluated to."""
         try:
             with anyio.fail_after(limit):
-                while not await self.js(f"Boolean({expression})"):  # noqa: ASYNC110 - state inside the browser
+                # a page being replaced by a navigation may have no body yet: that is "not yet"
+                probe = f"(() => {{ try {{ return Boolean({expression}); }} catch (e) {{ return false; }} }})()"
+                while not await self.js(probe):  # noqa: ASYNC110 - state inside the browser
                     await anyio.sleep(0.1)
         except TimeoutError:
-            seen = await self.js(show)
+            seen = await self.js(f"(() => {{ try {{ return {show}; }} catch (e) {{ return String(e); }} }})()")
             raise AssertionError(f"timed out waiting for {what}; the page showed: {str(seen)[:2000]}") from None
 
     async def goto(self, url: str) -> None:
@@ -161,8 +166,9 @@ async def chromium(*, width: int = 1280, height: int = 900) -> AsyncIterator[Pag
     binary = chromium_path()
     assert binary, "Chromium is not installed (apt-get install chromium)"
     profile = tempfile.mkdtemp(prefix="kici-chromium-")
-    proc = subprocess.Popen([binary,  # noqa: ASYNC220 - its stderr is read by a thread (the DevTools address) *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    args = [binary, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"]
+    # its stderr is read by a thread until the DevTools address appears
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,  # noqa: ASYNC220
                             stdin=subprocess.DEVNULL)
     try:
         assert proc.stderr is not None

@@ -64,6 +64,7 @@ def routes(hub: AgentHub, db: Database, *, secret_key: bytes | None, trusted_pro
         Route(f"{d}/static/{{name}}", _static, methods=["GET"]),
         Route(f"{d}/runs/{{run_id}}", page(h.run), methods=["GET"]),
         Route(f"{d}/runs/{{run_id}}/cancel", page(h.cancel), methods=["POST"]),
+        Route(f"{d}/runs/{{run_id}}/rerun", page(h.rerun), methods=["POST"]),
         Route(f"{d}/runs/{{run_id}}/jobs/{{job_id}}", page(h.job), methods=["GET"]),
         Route(f"{d}/runs/{{run_id}}/jobs/{{job_id}}/log.txt", page(h.raw), methods=["GET"]),
         Route(f"{d}/runs/{{run_id}}/jobs/{{job_id}}/stream", page(h.stream, stream=True), methods=["GET"]),

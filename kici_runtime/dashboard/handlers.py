@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from kici_adapters.postgres.dashboard import PgDashboardReads
+from kici_adapters.postgres.reruns import PgReruns
 from kici_core import errors
 from kici_core.ports import EventLogEntry, EventLogQuery
 from kici_runtime import admin_auth, admin_runs
@@ -43,6 +44,7 @@ class Handlers:
         self.hub = hub
         self.sessions = sessions
         self.reads = reads
+        self.reruns = PgReruns(hub.runs)
 
     # -------------------------------------------------------------------------------------------- runs
     async def runs(self, p: Page) -> Response:
@@ -74,8 +76,9 @@ class Handlers:
             job["waiting_reason"] = admin_runs.waiting_reason(self.hub, job)
         active = run["status"] in ("pending", "running", "cancelling", "held")
         return p.render("run.html", run=run, jobs=jobs, graph=views.job_graph(jobs), active=active,
-                        can_cancel=active and p.can("run.cancel"), failed=views.FAILED_JOB,
-                        cancelled=p.request.query_params.get("cancelled"))
+                        can_cancel=active and p.can("run.cancel"), can_rerun=not active and p.can("run.cancel"),
+                        failed=views.FAILED_JOB, cancelled=p.request.query_params.get("cancelled"),
+                        rerun_of=p.request.query_params.get("rerun_of"))
 
     async def cancel(self, p: Page) -> Response:
         await p.form()
@@ -87,6 +90,18 @@ class Handlers:
         except errors.Conflict:
             pass  # already finished: the page shows its final state
         return p.redirect(f"runs/{run_id}?cancelled=1")
+
+    async def rerun(self, p: Page) -> Response:
+        """The next attempt of a finished run (all jobs, or only the failed ones and what needs them)."""
+        values = await p.form()
+        p.caller.require("run.cancel")  # the admin API's permission for re-runs
+        run = await self._run(p, p.request.path_params["run_id"])
+        try:
+            result = await self.reruns.rerun(str(run["run_id"]), failed_only=values.get("failed_only") == "1",
+                                             requested_by=f"dashboard:{p.caller.token.label}")
+        except errors.Conflict as exc:
+            raise admin_auth.fail(409, f"Cannot re-run: {exc.message}") from None
+        return p.redirect(f"runs/{quote(result.run_id, safe='')}?rerun_of={quote(str(run['run_id']), safe='')}")
 
     async def details(self, request: Request) -> Response:
         """``KICI_DASHBOARD_URL``-based check-run links: ``<url>/r/orgs/<org>/runs/<run>`` -> the run page."""

@@ -46,7 +46,16 @@ from kici_core import errors, lockfile, services
 from kici_core.dispatch_effects import DispatcherConfig
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import BlobStore, GitHubSource, RepoSource, SecretStore
-from kici_runtime import admin_api, admin_runs, admin_workflows, bootstrap, dashboard, heap, httpguard, processing
+from kici_runtime import (
+    admin_api,
+    admin_runs,
+    admin_workflows,
+    bootstrap,
+    dashboard,
+    heap,
+    httpguard,
+    processing,
+)
 from kici_runtime import logging as kici_logging
 from kici_runtime.app import build_app
 from kici_runtime.check_sender import CheckSender

@@ -1,7 +1,7 @@
 """What the web dashboard needs from PostgreSQL besides the admin API's stores: its sign-in sessions and a
 view of the connected agents and the dispatch queue.
 
-:class:`PgDashboardSessions` keeps sessions in ``dashboard_sessions`` (migration 0007), stored by the sha256
+:class:`PgDashboardSessions` keeps sessions in ``dashboard_sessions`` (migration 0008), stored by the sha256
 of the session id only. A session is valid while its row exists, it has not expired, and its admin token is
 neither revoked nor expired: revoking the token ends every session made with it.
 """

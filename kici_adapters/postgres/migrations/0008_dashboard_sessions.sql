@@ -1,4 +1,4 @@
--- 0007_dashboard_sessions: dashboard sign-ins.
+-- 0008_dashboard_sessions: dashboard sign-ins.
 --
 -- Signing in to the dashboard exchanges an admin token for a session cookie. Only the sha256 of the
 -- session id is stored (a copy of this table does not let anyone in). A session acts as its admin token:

@@ -290,9 +290,14 @@ class Install:
 def install(tmp_path_factory: pytest.TempPathFactory) -> Install:
     work = tmp_path_factory.mktemp("image")
     wheels = work / "wheels"
+    # Build from a copy of the sources, as the image's build stage does: setuptools keeps a build/ directory
+    # in the tree it builds, and a stale one (a renamed migration, say) would otherwise end up in the wheel.
+    src = work / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".kici-dev", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "tests", "docs"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-         "--wheel-dir", str(wheels), str(ROOT)],
+         "--wheel-dir", str(wheels), str(src)],
         check=True, cwd=work, timeout=300,
     )
     (wheel,) = wheels.glob("kici-*.whl")

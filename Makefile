@@ -47,9 +47,11 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 PORT ?= 4000
+DEV_DIR ?= .kici-dev
 
+# Ctrl-C, SIGTERM or SIGHUP stops everything it started (make passes SIGTERM on; see kici_runtime/devserver.py).
 dev: $(STAMP)
-	$(BIN)/python -m kici_runtime.devserver --port $(PORT)
+	$(BIN)/python -m kici_runtime.devserver --port $(PORT) --dir $(DEV_DIR)
 
 # The dashboard's browser test (headless Chromium) saves the screenshots docs/dashboard.md shows.
 screenshots: $(STAMP)

@@ -2,7 +2,7 @@
 
 ``serve(settings)`` is what ``kici-standalone`` and ``kici-server`` run: database (embedded when configured),
 migrations, stores, the HTTP app under uvicorn, and every background loop in one task group that stops cleanly
-on SIGTERM/SIGINT (decision 15).
+on SIGTERM/SIGINT/SIGHUP (decision 15).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -55,6 +54,7 @@ from kici_runtime import (
     heap,
     httpguard,
     processing,
+    shutdown,
 )
 from kici_runtime import logging as kici_logging
 from kici_runtime.app import build_app
@@ -132,9 +132,18 @@ async def _database_url(settings: Settings, stack: AsyncExitStack) -> str:
         assert settings.database_url is not None
         return settings.database_url.reveal()
     pg = EmbeddedPostgres(data_root(settings) / "postgres")
+
+    def stop() -> None:
+        if pg.owned:
+            pg.stop()
+            log.info("Embedded PostgreSQL stopped")
+
+    # Registered first: a start that fails or is interrupted still stops what it started. A start refused
+    # because another process owns the database changes nothing, and neither does this stop.
+    stack.callback(stop)
     url = await anyio.to_thread.run_sync(pg.start)
-    stack.callback(pg.stop)
-    log.info("Embedded PostgreSQL started", extra={"dataDir": str(pg.data_dir) if hasattr(pg, "data_dir") else ""})
+    log.info(f"Embedded PostgreSQL started in {pg.cluster_dir}",
+             extra={"dataDir": str(pg.data_dir), "clusterDir": str(pg.cluster_dir)})
     return url
 
 
@@ -377,49 +386,74 @@ class _Server(uvicorn.Server):
 
 
 async def serve(settings: Settings, *, ready: Callable[[int], None] | None = None) -> None:
-    """Run the orchestrator until SIGTERM/SIGINT: HTTP server and background loops in one task group."""
+    """Run the orchestrator until SIGTERM, SIGINT or SIGHUP: HTTP server and background loops in one task group.
+
+    The signals are handled until everything is closed again (see :mod:`kici_runtime.shutdown`): a signal
+    during start-up stops what has started, and no later signal skips the clean-up.
+    """
+    stop = shutdown.Shutdown()
+    failure: Exception | None = None
+    with anyio.open_signal_receiver(*shutdown.STOP_SIGNALS) as signals:
+        async with anyio.create_task_group() as watcher:
+            watcher.start_soon(stop.watch, signals)
+            try:
+                with stop.scope:
+                    await _serve(settings, stop, ready)
+            except Exception as exc:  # raised outside the task group, so that it is not wrapped in a group
+                failure = exc
+            watcher.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    metrics.platform_connection_status.set(0)
+
+
+async def _serve(settings: Settings, stop: shutdown.Shutdown, ready: Callable[[int], None] | None) -> None:
     async with orchestrator(settings) as orch:
         config = uvicorn.Config(orch.app, host=settings.host, port=settings.port, log_config=None,
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=30,
                                 ws_max_size=26_214_400,
                                 http=httpguard.protocol_with_header_timeout(settings.http_header_timeout_ms / 1000))
         server = _Server(config)
-        async with anyio.create_task_group() as tg:
-            for loop in orch.background:  # delivery worker and payload offloader, or processing children
-                tg.start_soon(loop)
-            if orch.agents is not None:  # --- agent dispatch loops (LISTEN, poll, deadlines, sweeps, gauges)
-                tg.start_soon(orch.agents.run)
 
-            async def run_http() -> None:
-                await server.serve()
-                tg.cancel_scope.cancel()
+        async def drain(first: bool, name: str) -> None:
+            if not first:
+                log.info(f"{name} received again: closing open connections now")
+                server.force_exit = True
+                return
+            log.info(f"Shutdown requested ({name}): draining HTTP requests and stopping background loops")
+            if orch.agent_endpoint is not None:  # --- agents reconnect elsewhere/later (1001)
+                await orch.agent_endpoint.close_all()
+            server.should_exit = True
 
-            async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for _ in signals:
-                        log.info("Shutdown requested: draining HTTP requests and stopping background loops")
-                        if orch.agent_endpoint is not None:  # --- agents reconnect elsewhere/later (1001)
-                            await orch.agent_endpoint.close_all()
-                        server.should_exit = True
-                        return
+        try:
+            async with anyio.create_task_group() as tg:
+                for loop in orch.background:  # delivery worker and payload offloader, or processing children
+                    tg.start_soon(loop)
+                if orch.agents is not None:  # --- agent dispatch loops (LISTEN, poll, deadlines, sweeps, gauges)
+                    tg.start_soon(orch.agents.run)
 
-            async def announce() -> None:
-                while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
-                    await anyio.sleep(0.05)
-                port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.port
-                label = "Orchestrator (standalone)" if settings.entry_point == "standalone" else "Orchestrator"
-                heap.settle()
-                if orch.scaler is not None and not settings.orchestrator_url:  # --- spawned agents dial this port
-                    orch.scaler.orchestrator_url = f"ws://127.0.0.1:{port}/ws"
-                log.info(f"{label} started on port {port}")
-                if settings.platform_enabled:  # --- Platform relay client (platform/hybrid), once HTTP listens
-                    from kici_runtime import server as platform_server
+                async def run_http() -> None:
+                    await server.serve()
+                    tg.cancel_scope.cancel()
 
-                    tg.start_soon(platform_server.run_platform_link, orch)
-                if ready is not None:
-                    ready(port)
+                async def announce() -> None:
+                    while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
+                        await anyio.sleep(0.05)
+                    port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.port
+                    label = "Orchestrator (standalone)" if settings.entry_point == "standalone" else "Orchestrator"
+                    heap.settle()
+                    if orch.scaler is not None and not settings.orchestrator_url:  # --- spawned agents dial this port
+                        orch.scaler.orchestrator_url = f"ws://127.0.0.1:{port}/ws"
+                    log.info(f"{label} started on port {port}")
+                    if settings.platform_enabled:  # --- Platform relay client (platform/hybrid), once HTTP listens
+                        from kici_runtime import server as platform_server
 
-            tg.start_soon(stop_on_signal)
-            tg.start_soon(announce)
-            tg.start_soon(run_http)
-    metrics.platform_connection_status.set(0)
+                        tg.start_soon(platform_server.run_platform_link, orch)
+                    if ready is not None:
+                        ready(port)
+
+                stop.serving(drain)
+                tg.start_soon(announce)
+                tg.start_soon(run_http)
+        finally:
+            stop.stopping()

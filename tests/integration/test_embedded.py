@@ -1,15 +1,25 @@
-"""The embedded PostgreSQL 18 server: start, data survives a stop/start cycle, same URL after restart."""
+"""The embedded PostgreSQL 18 server: start, data survives a stop/start cycle, same URL after restart; one
+owner at a time; and, when the server runs as its own account (tests run as root), files and programs that
+account cannot reach are kept where it can, without opening the user's directories."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from kici_adapters.postgres import embedded
 from kici_adapters.postgres.embedded import EmbeddedPostgres
+from kici_core.errors import Conflict
 from tests.support.pg import start_embedded
 
 
@@ -87,3 +97,130 @@ def test_a_trust_cluster_from_an_older_version_gets_a_password(private_server: E
         assert conn.execute("SELECT v FROM kept").fetchall() == [(7,)]
     with pytest.raises(psycopg.OperationalError, match="password"):
         psycopg.connect(trusted, connect_timeout=5).close()
+
+
+def test_one_owner_at_a_time_and_a_killed_owner_frees_the_database(private_server: EmbeddedPostgres) -> None:
+    assert embedded.owner_pid(private_server.data_dir) == os.getpid()
+    second = EmbeddedPostgres(private_server.data_dir)
+    with pytest.raises(Conflict, match=rf"in use by another running process \(pid {os.getpid()}\)"):
+        second.start()
+    second.stop()  # not the owner: must not stop the first one's server
+    with psycopg.connect(private_server.url()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    private_server.stop()
+    assert embedded.owner_pid(private_server.data_dir) is None
+    assert second.start() == private_server.url()
+    second.stop()
+
+    # An owner that is killed frees the database at once; its server, left running, is adopted as it is.
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys, pathlib\n"
+         "from kici_adapters.postgres.embedded import EmbeddedPostgres\n"
+         "print(EmbeddedPostgres(pathlib.Path(sys.argv[1]), durable=False).start(), flush=True)\n"
+         "sys.stdin.read()\n", str(private_server.data_dir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        url = owner.stdout.readline().strip()
+        assert url == private_server.url(), "the owner process did not start the server"
+        assert embedded.owner_pid(private_server.data_dir) == owner.pid
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close() if owner.stdout else None
+        owner.stdin.close() if owner.stdin else None
+    assert embedded.owner_pid(private_server.data_dir) is None, "a dead owner still holds the lock"
+    assert private_server.is_running(), "the killed owner's server is left running"
+    assert private_server.start() == url  # adopted as it is
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def _private_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="kici-private-"))  # mode 0700: nobody else may enter
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    return path
+
+
+def test_a_data_directory_the_server_account_cannot_enter_is_kept_private_and_found_again() -> None:
+    private = _private_dir()
+    data_dir = private / "checkout" / ".kici-dev" / "data" / "postgres"
+    servers: list[EmbeddedPostgres] = []
+
+    def server(path: Path) -> EmbeddedPostgres:
+        servers.append(EmbeddedPostgres(path, durable=False))
+        return servers[-1]
+
+    try:
+        first = server(data_dir)
+        url = first.start()
+        cluster = first.cluster_dir
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700, "the user's own directory was changed"
+        if os.geteuid() != 0:  # the server runs as this user, which can reach its own directories
+            assert cluster == first.data_dir
+            return
+        assert cluster.parent == Path(tempfile.gettempdir()).resolve()
+        st = cluster.stat()
+        assert (stat.S_IMODE(st.st_mode), pwd.getpwuid(st.st_uid).pw_name) == (0o700, embedded.SERVICE_ACCOUNT)
+        assert (data_dir / embedded.LOCATION_FILE).read_text().strip() == str(cluster)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (v int)")
+            conn.execute("INSERT INTO kept VALUES (7)")
+        first.stop()
+
+        again = server(data_dir)  # the next run of the same checkout
+        assert again.cluster_dir == cluster
+        with psycopg.connect(again.start()) as conn:
+            assert conn.execute("SELECT v FROM kept").fetchall() == [(7,)]
+        again.stop()
+
+        shutil.rmtree(private / "checkout")  # rm -rf .kici-dev, then make dev again
+        with psycopg.connect(server(data_dir).start()) as conn:
+            assert conn.execute("SELECT to_regclass('kept')").fetchone() == (None,), "stale cluster reused"
+        servers[-1].stop()
+
+        shutil.rmtree(private / "checkout")  # and this time nothing starts on that path again
+        assert cluster.exists()
+        server(private / "other" / "postgres").start()  # another checkout
+        assert not cluster.exists(), "the cluster of a deleted data directory was kept"
+    finally:
+        for each in servers:
+            each.stop()
+            if each.cluster_dir != each.data_dir:
+                shutil.rmtree(each.cluster_dir, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def test_programs_in_a_directory_the_server_account_cannot_enter_are_run_from_a_copy() -> None:
+    """A virtualenv inside a private checkout (``/root/kici/.venv``, a ``mktemp -d`` clone)."""
+    private = _private_dir()
+    package = embedded.bin_dir().parent.parent
+    shutil.copytree(package, private / "site" / package.name, symlinks=True)
+    libs = package.with_name(f"{package.name}.libs")
+    if libs.is_dir():
+        shutil.copytree(libs, private / "site" / libs.name, symlinks=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="kici-pg-"))
+    script = ("import sys, pathlib\n"
+              "from kici_adapters.postgres import embedded\n"
+              "server = embedded.EmbeddedPostgres(pathlib.Path(sys.argv[1]), durable=False)\n"
+              "server.start()\n"
+              "print(embedded.bin_dir(), server._bin('postgres'), flush=True)\n"
+              "server.stop()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(private / "site"), str(Path.cwd())])}
+    try:
+        result = subprocess.run([sys.executable, "-c", script, str(data_dir)], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        installed, ran = result.stdout.split()
+        assert installed.startswith(str(private)), "the test did not use the private installation"
+        if os.geteuid() == 0:
+            copy = Path(ran).parents[3]
+            assert copy.parent == Path(tempfile.gettempdir()).resolve() and copy.name.startswith("kici-pgbin-")
+            shutil.rmtree(private)  # the virtualenv is deleted: the next start removes the copy
+            EmbeddedPostgres(data_dir, durable=False).stop_if_abandoned()
+            assert not copy.exists(), "the copy of a deleted installation was kept"
+        else:
+            assert ran.startswith(str(private))
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)

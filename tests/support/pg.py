@@ -66,12 +66,17 @@ def drop_database(server: PgServer, name: str) -> None:
 def start_embedded() -> tuple[EmbeddedPostgres, Path]:
     """Start a throwaway embedded server; returns it and the directory to delete afterwards.
 
-    The directory is made with ``mkdtemp`` in the system temp dir, which an unprivileged server account can
-    reach even when tests run as root.
+    The directory is made with ``mkdtemp`` in the system temp dir, which the server's unprivileged account can
+    reach when tests run as root (the server then owns it): the cluster stays in it, wherever the checkout is.
     """
     root = Path(tempfile.mkdtemp(prefix="kici-pg-"))
     server = EmbeddedPostgres(root, durable=False)
-    server.start()
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     return server, root
 
 

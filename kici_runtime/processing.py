@@ -193,8 +193,10 @@ class Supervisor:
         delay = RESTART_BACKOFF[0]
         while True:
             started = time.monotonic()
+            # A session of its own: a terminal's Ctrl-C (SIGINT to the foreground process group) reaches only
+            # the serving process, which stops its children once, in order; a child never stops on its own.
             proc = await anyio.open_process(self.command(index), env=self._env, stdin=subprocess.DEVNULL,
-                                            stdout=None, stderr=None)
+                                            stdout=None, stderr=None, start_new_session=True)
             self.pids[index] = proc.pid
             self.starts += 1
             log.info("Processing worker started", extra={"index": index, "pid": proc.pid})

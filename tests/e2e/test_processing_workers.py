@@ -137,3 +137,18 @@ async def test_child_processes_deliveries_survives_sigkill_and_stops_on_sigterm(
     assert code == 0, w.proc.tail()
     assert not replacement.is_running() or replacement.status() == psutil.STATUS_ZOMBIE
     assert w.proc.log_count("Processing worker stopped") >= 1, w.proc.tail()
+
+
+async def test_ctrl_c_in_a_terminal_stops_the_child_cleanly_once(world: Independent) -> None:
+    """The terminal's SIGINT reaches the whole process group; the child must be stopped by its supervisor alone
+    (one SIGTERM), not signalled twice and killed in the middle of its clean-up."""
+    w = world
+    child = await _one_child(w)
+    first = await _post(w, 3)
+    await _processed_once(w, first)
+    code = await anyio.to_thread.run_sync(w.proc.interrupt)
+    assert code == 0, w.proc.tail()
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    assert w.proc.log_count("Processing worker stopped") == 1, w.proc.tail()
+    assert w.proc.log_count("did not stop in time") == 0, w.proc.tail()
+    assert w.proc.log_count("restarting it") == 0, w.proc.tail()  # the child did not stop on its own

@@ -69,8 +69,10 @@ class OrchestratorProcess:
         env = {"KICI_PORT": "0", "KICI_HOST": "127.0.0.1", **self.env}
         self._started = threading.Event()
         first_line = len(self.lines)
+        # its own session and process group, like a program started from a terminal: ``interrupt`` can then
+        # signal the whole group as a terminal's Ctrl-C does
         self.proc = subprocess.Popen([str(BIN / self.command)], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
         self._pump_thread.start()
         if not self._started.wait(bound):
@@ -130,6 +132,20 @@ class OrchestratorProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError(f"{self.command} did not stop within {bound} s:\n{self.tail()}") from None
+        self._join()
+        return code
+
+    def interrupt(self, bound: float = BOUND) -> int:
+        """Ctrl-C as a terminal sends it (SIGINT to the whole process group), wait and return the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            code = self.proc.wait(bound)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"{self.command} did not stop within {bound} s of Ctrl-C:\n{self.tail()}") from None
         self._join()
         return code
 

@@ -51,7 +51,8 @@ lockfile_cache_misses = Counter(
     "kici_lockfile_cache_misses_total", "Lock-file cache misses (a fetch was attempted).", registry=REGISTRY
 )
 agents_active = Gauge(
-    "kici_agents_active", "Agents registered and connected to this process.", registry=REGISTRY
+    "kici_agents_active", "Agents registered and connected to any live orchestrator process sharing the database.",
+    registry=REGISTRY
 )
 dispatch_queue_depth = Gauge(
     "kici_dispatch_queue_depth", "Dispatch queue entries by status.", ["status"], registry=REGISTRY
@@ -132,6 +133,41 @@ scaler_spawn_duration = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
     registry=REGISTRY,
 )
+
+# --- clustering and retention (kici_runtime.cluster) ----------------------------------------------
+cluster_instances = Gauge(
+    "kici_cluster_instances", "Orchestrator processes sharing the database whose heartbeat is current.",
+    registry=REGISTRY,
+)
+retention_deleted = Counter(
+    "kici_retention_deleted_total",
+    "What the retention sweeper removed, by kind (payloads, log_chunks, runs, jobs, steps, check_runs, event_log,"
+    " idempotency_keys).",
+    ["kind"],
+    registry=REGISTRY,
+)
+retention_last_sweep = Gauge(
+    "kici_retention_last_sweep_timestamp_seconds",
+    "When this process last finished a retention sweep (0: never; another process may hold the duty).",
+    registry=REGISTRY,
+)
+_agents_here = 0
+_agents_elsewhere = 0
+
+
+def set_local_agents(count: int) -> None:
+    """Agents registered with this process; ``kici_agents_active`` is these plus those of the other live ones."""
+    global _agents_here
+    _agents_here = count
+    agents_active.set(_agents_here + _agents_elsewhere)
+
+
+def set_remote_agents(count: int) -> None:
+    """Agents connected to the other live processes sharing the database (read by the cluster heartbeat)."""
+    global _agents_elsewhere
+    _agents_elsewhere = count
+    agents_active.set(_agents_here + _agents_elsewhere)
+
 
 for _status in ("pending", "dispatched"):
     dispatch_queue_depth.labels(status=_status).set(0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal, cast
 
 from kici_adapters.secrets import decode_master_key
+from kici_core.retention import RetentionPolicy
 from kici_runtime import config_source
 from kici_runtime.config_source import DEFAULT_CONFIG_PATH, Reader, Secret, SettingsError, fail
 from kici_runtime.config_vars import BY_NAME
@@ -58,6 +59,14 @@ MISSING_DATABASE_MESSAGE = (
 
 _ENTRY_MODES: dict[str, tuple[str, ...]] = {"server": ("platform", "hybrid"), "standalone": ("independent",)}
 _SCRIPT = {"server": "kici-server", "standalone": "kici-standalone"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSettings:
+    """Several processes on one database: heartbeat cadence and when a silent process counts as dead."""
+
+    heartbeat_interval_ms: int = 10_000
+    instance_timeout_ms: int = 30_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,6 +147,9 @@ class Settings:
     max_runs_per_delivery: int = 100
     max_jobs_per_delivery: int = 1000
     processing_timeout_seconds: int = 60
+    cluster: ClusterSettings = field(default_factory=lambda: ClusterSettings())
+    retention: RetentionPolicy = field(default_factory=lambda: RetentionPolicy())
+    retention_interval_ms: int = 600_000
     warnings: tuple[str, ...] = ()
     secret_texts: tuple[str, ...] = field(default=(), repr=False, compare=False)
     provenance: tuple[config_source.Resolved, ...] = field(default=(), repr=False, compare=False)
@@ -293,6 +305,14 @@ def load_settings(
         max_runs_per_delivery=_int(reader, "KICI_MAX_RUNS_PER_DELIVERY"),
         max_jobs_per_delivery=_int(reader, "KICI_MAX_JOBS_PER_DELIVERY"),
         processing_timeout_seconds=_int(reader, "KICI_PROCESSING_TIMEOUT_SECONDS"),
+        cluster=ClusterSettings(heartbeat_interval_ms=_int(reader, "KICI_CLUSTER_HEARTBEAT_INTERVAL_MS"),
+                                instance_timeout_ms=_int(reader, "KICI_CLUSTER_INSTANCE_TIMEOUT_MS")),
+        retention=RetentionPolicy(payload_days=_int(reader, "KICI_RETENTION_PAYLOAD_DAYS"),
+                                  log_days=_int(reader, "KICI_RETENTION_LOG_DAYS"),
+                                  run_days=_int(reader, "KICI_RETENTION_RUN_DAYS"),
+                                  event_log_days=_int(reader, "KICI_RETENTION_EVENT_LOG_DAYS"),
+                                  batch_size=_int(reader, "KICI_RETENTION_BATCH_SIZE")),
+        retention_interval_ms=_int(reader, "KICI_RETENTION_INTERVAL_MS"),
         warnings=tuple(warnings),
         secret_texts=tuple(dict.fromkeys(s for s in secret_texts if s)),
         provenance=(),

@@ -139,6 +139,15 @@ VARIABLES: tuple[Var, ...] = (
     _v("KICI_STORAGE_FS_BASE_URL", "url", None, "core", "Agent-reachable base URL for filesystem blob links (default http://127.0.0.1:<KICI_PORT>)."),
     _v("KICI_STORAGE_PATH", "path", None, "core", "Legacy; accepted and ignored."),
     _v("KICI_SKIP_S3_SENTINEL_VALIDATION", "bool", "false", "extended", "When true, skip the cluster-id sentinel check in the S3 bucket."),
+    # --- several processes on one database, retention --------------------------------------
+    _v("KICI_CLUSTER_HEARTBEAT_INTERVAL_MS", "int", "10000", "core", "How often each orchestrator process records its heartbeat (and the load of its agents) in the database.", minimum=100),
+    _v("KICI_CLUSTER_INSTANCE_TIMEOUT_MS", "int", "30000", "core", "A process whose heartbeat is older than this is dead: another process recovers the jobs its agents were running (they fail after the agents' recovery window unless the agents reconnect to another process and reclaim them).", minimum=300),
+    _v("KICI_RETENTION_PAYLOAD_DAYS", "int", "30", "core", "Days a delivery's payload object (and its runs' payload copies) is kept after it arrived, once the delivery and its runs are finished; 0 keeps payloads forever.", minimum=0),
+    _v("KICI_RETENTION_LOG_DAYS", "int", "30", "core", "Days job logs are kept after their run finished; 0 keeps logs forever.", minimum=0),
+    _v("KICI_RETENTION_RUN_DAYS", "int", "90", "core", "Days a finished run (with its jobs, steps, logs and delivered check runs) is kept after it finished; 0 keeps runs forever.", minimum=0),
+    _v("KICI_RETENTION_EVENT_LOG_DAYS", "int", "90", "core", "Days an event-log row is kept after the delivery arrived, once it and its runs are finished; it is also the dedup record, so a redelivery older than this is processed again. 0 keeps the event log forever.", minimum=0),
+    _v("KICI_RETENTION_INTERVAL_MS", "int", "600000", "core", "How often the retention sweeper runs (one process at a time, under an advisory lock).", minimum=1000),
+    _v("KICI_RETENTION_BATCH_SIZE", "int", "500", "core", "Rows the retention sweeper deletes per transaction.", minimum=1, maximum=10000),
     # --- identity -----------------------------------------------------------------------------
     _v("KICI_CLUSTER_INSTANCE_ID", "str", None, "core", "Stable instance id (default: a fresh id per boot); also a log field.", yaml="instance.id"),
     _v("KICI_INSTANCE_ID", "str", None, "core", "Alias of KICI_CLUSTER_INSTANCE_ID.", alias_of="KICI_CLUSTER_INSTANCE_ID"),

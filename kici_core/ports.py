@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from kici_core.jsontypes import JSONObject, JSONValue
+
+if TYPE_CHECKING:  # the cluster records live with their rules in kici_core.cluster
+    from kici_core.cluster import ClusterAgent, DutyInfo, InstanceInfo
 
 DeliverySource = Literal["relay", "direct", "internal"]
 """Where a delivery came from: the Platform relay, a direct webhook, or the orchestrator itself (a schedule
@@ -488,6 +491,31 @@ class RegistrationStore(Protocol):
     async def get(self, registration_id: str) -> WorkflowRegistration | None: ...
 
     async def list_schedules(self, *, routing_key: str | None = None) -> list[Schedule]: ...
+
+
+# --------------------------------------------------------------------------------------------- cluster
+class ClusterDirectory(Protocol):
+    """The shared record of the orchestrator processes on one database and of the agents each one holds."""
+
+    async def agents(self) -> list[ClusterAgent]:
+        """Agents connected to a live process (a stopped or dead process's agents are left out), by id."""
+        ...
+
+    async def instances(self) -> list[InstanceInfo]:
+        """Every registered process, alive or not (dead ones are pruned a day after they were recovered)."""
+        ...
+
+    async def duties(self) -> list[DutyInfo]:
+        """Singleton duties that ran at least once, with the process that ran each last."""
+        ...
+
+    async def active_runs(self) -> int:
+        """Runs not finished yet (pending, running, cancelling or held)."""
+        ...
+
+    async def now(self) -> datetime:
+        """The shared clock that heartbeats are written with (the database's)."""
+        ...
 
 
 # --------------------------------------------------------------------------------------------- clock

@@ -46,6 +46,7 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "event_dlq.manage": _OWNER_ADMIN,
     "token.manage": ("owner",),
     "key.rotate": ("owner",),
+    "gc.run": _OWNER_ADMIN,  # retention sweep now (kici-admin gc)
 }
 """Permission -> the roles that hold it (operations spec §2.1)."""
 

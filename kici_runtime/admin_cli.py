@@ -414,11 +414,13 @@ def _register() -> None:
     import importlib
     import importlib.util
 
-    from kici_runtime import admin_cli_events, admin_cli_schedules, admin_cli_sources
+    from kici_runtime import admin_cli_cluster, admin_cli_events, admin_cli_schedules, admin_cli_sources
 
     cli.add_command(admin_cli_sources.source)
     cli.add_command(admin_cli_events.event_log)
     cli.add_command(admin_cli_schedules.schedules)
+    cli.add_command(admin_cli_cluster.cluster)  # --- cluster status, gc
+    cli.add_command(admin_cli_cluster.gc)
     if importlib.util.find_spec(RUNS_MODULE) is not None:
         module = importlib.import_module(RUNS_MODULE)
         register = getattr(module, "register", None)

@@ -3,13 +3,13 @@ spec §9).
 
 ``routes(hub)`` gives the Starlette routes; they need the process's :class:`~kici_runtime.dispatcher.AgentHub`
 (cancel notifies agents; a waiting job's ``waitingReason`` comes from routing's explanation over the agents
-connected here).
+connected to every process sharing the database, :func:`kici_core.cluster.why_waiting`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -20,7 +20,8 @@ from starlette.routing import BaseRoute, Route
 
 from kici_adapters.postgres.checks import PgCheckOutbox
 from kici_adapters.postgres.reruns import PgReruns
-from kici_core import errors
+from kici_core import cluster, errors, routing
+from kici_core.ports import ClusterDirectory
 from kici_runtime import admin_auth
 from kici_runtime.admin_auth import Caller
 from kici_runtime.context import AppContext
@@ -82,12 +83,19 @@ def _int(raw: str | None, default: int, *, name: str, low: int, high: int) -> in
     return max(low, min(high, value))
 
 
-def waiting_reason(hub: AgentHub, job: Mapping[str, Any]) -> str | None:
-    """Why a queued job (a ``list_jobs`` row) waits: no connected agent of this process takes its labels."""
+def waiting_reason(hub: AgentHub, job: Mapping[str, Any],
+                   agents: Sequence[cluster.ClusterAgent] | None = None) -> str | None:
+    """Why a queued job (a ``list_jobs`` row) waits: no connected agent takes its labels. With ``agents`` (the
+    cluster-wide list, :meth:`kici_core.ports.ClusterDirectory.agents`) the agents of every process sharing the
+    database count, else only this process's."""
     if job.get("queue_status", "pending") != "pending" or job.get("status") not in ("pending", "queued"):
         return None
     try:
-        reason = hub.explain(job.get("runs_on") or [], job.get("exclude_labels") or [])
+        if agents is None:
+            reason = hub.explain(job.get("runs_on") or [], job.get("exclude_labels") or [])
+        else:
+            selector = routing.compile_selector(job.get("runs_on") or [], job.get("exclude_labels") or [])
+            reason = cluster.explain(selector, agents).message
     except errors.InvalidInput as exc:
         reason = f"invalid label matchers: {exc.message}"
     if job.get("last_provisioning_error"):  # --- the auto-scaler's word (kici_runtime.scaler)
@@ -95,8 +103,9 @@ def waiting_reason(hub: AgentHub, job: Mapping[str, Any]) -> str | None:
     return reason
 
 
-def routes(hub: AgentHub) -> list[BaseRoute]:
-    """The run routes, bound to ``hub``."""
+def routes(hub: AgentHub, *, directory: ClusterDirectory | None = None) -> list[BaseRoute]:
+    """The run routes, bound to ``hub``; with ``directory`` a waiting job's reason considers the agents of every
+    process sharing the database, else only this process's."""
 
     async def _run_or_404(run_id: str, caller: Caller) -> dict[str, Any]:
         run = await hub.runs.get_run(run_id)
@@ -157,12 +166,13 @@ def routes(hub: AgentHub) -> list[BaseRoute]:
         include = request.query_params.get("includeSteps") in ("true", "1")
         jobs = await hub.runs.list_jobs(run_id, include_steps=include)
         in_groups = await hub.concurrency.waiting_in_run(run_id)  # jobs an agent holds until a group frees up
+        agents = await directory.agents() if directory is not None else None  # every process's agents
         out = []
         for job in jobs:
             item = _out(job)
             if str(job.get("job_id")) in in_groups:
                 item["waitingReason"] = in_groups[str(job.get("job_id"))]
-            reason = waiting_reason(hub, job)
+            reason = waiting_reason(hub, job, agents)
             if reason is not None:
                 item["waitingReason"] = reason
             if include:

@@ -31,6 +31,7 @@ from kici_adapters import metrics
 from kici_adapters.agents import wire
 from kici_adapters.agents.dispatch_message import build_dispatch
 from kici_adapters.agents.endpoint import AgentConnection
+from kici_adapters.postgres import singletons
 from kici_adapters.postgres.concurrency import PgConcurrency
 from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue, QueuedRow
 from kici_adapters.postgres.pool import Database
@@ -51,8 +52,8 @@ CloneToken = Callable[[DispatchRow], Awaitable[str | None]]
 ScalerLookup = Callable[[str], Awaitable[scaling.Binding | None]]
 """``agent id -> binding`` when the auto-scaler started that agent (kici_runtime.scaler), else None."""
 
-SWEEP_LOCK = 0x6B696369_0002  # pg_try_advisory_lock key of the deadline sweeps
-STARTUP_LOCK = 0x6B696369_0003
+SWEEP_LOCK = singletons.lock_key("dispatch-sweeps")  # pg_try_advisory_lock key of the deadline sweeps
+STARTUP_LOCK = singletons.lock_key("dispatch-startup")
 CANCEL_CHANNEL = "kici_cancel"
 JOBS_CHANNEL = "kici_jobs"
 TERMINAL_AGENT_STATES = frozenset({"success", "failed", "cancelled"})
@@ -148,7 +149,7 @@ class AgentHub:
                 agent_id=msg.agentId, connection_id=conn.connection_id, labels=labels, now=now,
                 max_concurrency=msg.maxConcurrency or 1, in_flight_jobs=in_flight,
                 scaler_managed=binding is not None, bound_job_id=binding.bound_job_id if binding else None)
-            metrics.agents_active.set(len(self.core.agent_ids()))
+            metrics.set_local_agents(len(self.core.agent_ids()))
             try:
                 await self.queue.agent_connected(
                     agent_id=msg.agentId, labels=sorted(labels.effective), mandatory=sorted(labels.mandatory_labels),
@@ -182,7 +183,7 @@ class AgentHub:
             if current:
                 del self._current[agent_id]
             effects = self.core.agent_gone(agent_id=agent_id, connection_id=conn.connection_id, now=self._clock())
-            metrics.agents_active.set(len(self.core.agent_ids()))
+            metrics.set_local_agents(len(self.core.agent_ids()))
             await self._run(effects)
         if current:
             try:
@@ -430,7 +431,7 @@ class AgentHub:
                 if self._current.get(eff.agent_id) is conn:
                     del self._current[eff.agent_id]
                 await conn.close(eff.code, eff.reason)
-            metrics.agents_active.set(len(self.core.agent_ids()))
+            metrics.set_local_agents(len(self.core.agent_ids()))
             return []
         if isinstance(eff, fx.Requeue):
             self._run_ids.pop(eff.job_id, None)
@@ -665,7 +666,7 @@ class AgentHub:
 
     async def sweep_once(self) -> None:
         """Deadlines of rows no live process handles (ack, recovery, queue expiry), under the sweep lock."""
-        async with self.queue.try_lock(SWEEP_LOCK) as mine:
+        async with singletons.hold(self._db, "dispatch-sweeps", self.instance_id) as mine:
             if not mine:
                 return
             overdue = await self.queue.overdue(grace_s=5.0)
@@ -731,5 +732,5 @@ class AgentHub:
                     metrics.dispatch_queue_depth.labels(status=status).set(n)
             except errors.Unavailable:
                 pass
-            metrics.agents_active.set(len(self.core.agent_ids()))
+            metrics.set_local_agents(len(self.core.agent_ids()))
             await anyio.sleep(5.0)

@@ -41,9 +41,8 @@ def _count(kind: str, n: int) -> None:
 def report_json(report: SweepReport) -> JSONObject:
     """The admin API's answer for a sweep: ``dryRun``, ``deleted`` (or ``wouldDelete``) by kind, the cutoffs."""
     counts: JSONObject = {k: v for k, v in report.counts.items()}
-    out: JSONObject = {"dryRun": report.dry_run, "cutoffs": {k: v for k, v in report.cutoffs.items()}}
-    out["wouldDelete" if report.dry_run else "deleted"] = counts
-    return out
+    cutoffs: JSONObject = {k: v for k, v in report.cutoffs.items()}
+    return {"dryRun": report.dry_run, "cutoffs": cutoffs, ("wouldDelete" if report.dry_run else "deleted"): counts}
 
 
 class RetentionSweeper:

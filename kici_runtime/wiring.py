@@ -31,12 +31,14 @@ from kici_adapters.github.provider import GitHubProvider
 from kici_adapters.platform.outbox import PgPlatformOutbox
 from kici_adapters.postgres import migrate
 from kici_adapters.postgres.checks import PgCheckOutbox
+from kici_adapters.postgres.cluster import PgCluster
 from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue
 from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.offload import PayloadOffloader
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.registrations import PgRegistrations
 from kici_adapters.postgres.reruns import PgReruns
+from kici_adapters.postgres.retention import PgRetention
 from kici_adapters.postgres.runs import PgRunStore
 from kici_adapters.postgres.stores import PgDeliveryInbox, PgSourceStore, PgTokenStore
 from kici_adapters.secrets import PgSecretStore, rotate_key
@@ -47,6 +49,7 @@ from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import BlobStore, GitHubSource, RepoSource, SecretStore
 from kici_runtime import (
     admin_api,
+    admin_cluster,
     admin_runs,
     admin_workflows,
     bootstrap,
@@ -59,9 +62,11 @@ from kici_runtime import (
 from kici_runtime import logging as kici_logging
 from kici_runtime.app import build_app
 from kici_runtime.check_sender import CheckSender
+from kici_runtime.cluster import ClusterMember
 from kici_runtime.config import Settings
 from kici_runtime.context import AppContext
 from kici_runtime.dispatcher import AgentHub
+from kici_runtime.retention import RetentionSweeper
 from kici_runtime.scaler import service as scaler_service
 from kici_runtime.scaler import startup as scaler_startup
 from kici_runtime.scheduler import ScheduleLoop
@@ -125,6 +130,8 @@ class Orchestrator:
     agent_endpoint: AgentEndpoint | None = None
     scaler: scaler_service.ScalerService | None = None  # --- container auto-scaler (kici_runtime.scaler)
     scheduler: ScheduleLoop | None = None  # --- schedules: fires registered schedule triggers (one process at a time)
+    cluster: ClusterMember | None = None  # --- several processes on one database (kici_runtime.cluster)
+    retention: RetentionSweeper | None = None
 
 
 async def _database_url(settings: Settings, stack: AsyncExitStack) -> str:
@@ -176,7 +183,10 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
 
         # --- agent dispatch: the /ws endpoint, the dispatcher driver and admin run routes
         hub, endpoint = _agent_parts(settings, db, sources, github)
-        extra_routes = [endpoint.route("/ws"), *admin_runs.routes(hub), *(extra_routes or []),
+        # --- cluster membership, dead-process recovery and retention (kici_runtime.cluster / .retention)
+        member, sweeper, view = _cluster_parts(settings, db, hub, blobs)
+        extra_routes = [endpoint.route("/ws"), *admin_runs.routes(hub, directory=view.directory),
+                        *admin_cluster.routes(view), *(extra_routes or []),
                         *dashboard.routes(hub, db, secret_key=settings.secret_key)]
         wake = notifier.wake if notifier is not None else worker.wake
         # --- schedules and manual runs: deliveries the orchestrator makes itself
@@ -213,6 +223,7 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
                              dashboard_url=settings.dashboard_url, mask=kici_logging.mask)
         background.append(checks.run)
         background.append(scheduler.run)
+        background += [member.run, sweeper.run]
         scaler = None
         if scaling is not None:  # --- container auto-scaler: hooked into the hub, its loop in the background
             scaler = scaler_service.attach(
@@ -222,7 +233,8 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             background.append(scaler.run)
         yield Orchestrator(settings=settings, db=db, ctx=ctx, app=app, worker=worker, github=github,
                            platform_outbox=platform_outbox, agents=hub, agent_endpoint=endpoint,
-                           background=background, scaler=scaler, scheduler=scheduler)
+                           background=background, scaler=scaler, scheduler=scheduler,
+                           cluster=member, retention=sweeper)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -355,6 +367,22 @@ def _agent_parts(settings: Settings, db: Database, sources: PgSourceStore,
                    runs=PgRunStore(db, forward=settings.platform_enabled, instance_id=me))
     endpoint = AgentEndpoint(hub=hub, tokens=PgTokenStore(db), auth_mode=settings.agent_auth)
     return hub, endpoint
+
+
+def _cluster_parts(settings: Settings, db: Database, hub: AgentHub,
+                   blobs: BlobStore) -> tuple[ClusterMember, RetentionSweeper, admin_cluster.ClusterView]:
+    """This process's cluster membership, the retention sweeper and what the cluster routes read."""
+    me = instance_id(settings)
+    timeout_s = settings.cluster.instance_timeout_ms / 1000
+    directory = PgCluster(db, instance_timeout_s=timeout_s)
+    member = ClusterMember(db=db, cluster=directory, instance_id=me, hub=hub, version=VERSION, mode=settings.mode,
+                           heartbeat_s=settings.cluster.heartbeat_interval_ms / 1000,
+                           recovery_grace_s=hub.config.recovery_grace)
+    sweeper = RetentionSweeper(db=db, store=PgRetention(db, blobs), policy=settings.retention, instance_id=me,
+                               interval_s=settings.retention_interval_ms / 1000)
+    view = admin_cluster.ClusterView(directory=directory, instance_id=me, instance_timeout_s=timeout_s,
+                                     sweeper=sweeper)
+    return member, sweeper, view
 
 
 def _uuid() -> str:

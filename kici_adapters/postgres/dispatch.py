@@ -425,7 +425,11 @@ class PgDispatchQueue:
         async with self._db.connection() as conn:
             out: dict[str, list[tuple[str, int]]] = {}
             for key, where in (
-                ("ack", "status = 'dispatched' AND ack_deadline < now() - make_interval(secs => %(g)s)"),
+                # a job its agent reported running was acknowledged (the ack's database write may have been lost
+                # with a dead process): not requeued, or it would run twice; instance recovery handles it
+                ("ack", "status = 'dispatched' AND ack_deadline < now() - make_interval(secs => %(g)s)"
+                        " AND NOT EXISTS (SELECT 1 FROM execution_jobs j WHERE j.job_id = dispatch_queue.id"
+                        " AND j.status IN ('running', 'cancelling'))"),
                 ("recovery", "status = 'recovering' AND recovery_deadline < now() - make_interval(secs => %(g)s)"),
                 ("expired", "status = 'pending' AND expires_at < now() - make_interval(secs => %(g)s)"),
             ):

@@ -28,11 +28,11 @@ LOCKS: dict[str, int] = {
     "dispatch-startup": 0x6B696369_0003,  # restart recovery of this process's previous agents' jobs
     "retention": 0x6B696369_0004,  # the retention sweeper
     "instance-recovery": 0x6B696369_0005,  # recovery of the work of dead processes
-    "cron": 0x6B696369_0006,  # reserved: the cron scheduler
+    "schedules": 0x6B696369_0006,  # the schedule loop (kici_runtime.scheduler.SCHEDULER_LOCK)
 }
 """Every advisory lock key the project uses, by name. Add new duties here with the next free number."""
 
-DUTIES: tuple[str, ...] = ("dispatch-sweeps", "retention", "instance-recovery", "cron")
+DUTIES: tuple[str, ...] = ("dispatch-sweeps", "retention", "instance-recovery")
 """The recurring singleton duties reported by ``/cluster/health`` (a duty nobody ran yet shows no holder)."""
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import overload
 
 from kici_core import errors
+from kici_core.cluster import ClusterAgent, DutyInfo, InstanceInfo
 from kici_core.jsontypes import JSONValue
 from kici_core.keys import event_log_payload_key
 from kici_core.ports import (
@@ -674,3 +675,30 @@ class FakeTokenStore:
             return False
         self.agent[token_id] = (dataclasses.replace(found[0], revoked_at=self._clock.now()), found[1])
         return True
+
+
+class FakeClusterDirectory:
+    """In-memory :class:`~kici_core.ports.ClusterDirectory`: tests set :attr:`agent_list`, :attr:`instance_list`
+    and :attr:`duty_list` directly; :attr:`clock` is its "now"."""
+
+    def __init__(self, *, clock: FakeClock | None = None) -> None:
+        self.clock = clock or FakeClock()
+        self.agent_list: list[ClusterAgent] = []
+        self.instance_list: list[InstanceInfo] = []
+        self.duty_list: list[DutyInfo] = []
+        self.running_runs = 0
+
+    async def agents(self) -> list[ClusterAgent]:
+        return sorted(self.agent_list, key=lambda a: a.agent_id)
+
+    async def instances(self) -> list[InstanceInfo]:
+        return list(self.instance_list)
+
+    async def duties(self) -> list[DutyInfo]:
+        return list(self.duty_list)
+
+    async def active_runs(self) -> int:
+        return self.running_runs
+
+    async def now(self) -> datetime:
+        return self.clock.now()

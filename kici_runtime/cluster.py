@@ -10,7 +10,8 @@
 * it runs the ``instance-recovery`` singleton duty: a process whose heartbeat is older than
   ``KICI_CLUSTER_INSTANCE_TIMEOUT_MS`` is dead, and the jobs its agents were running become ``recovering`` with
   the agents' recovery window (:meth:`kici_adapters.postgres.cluster.PgCluster.recover`); agents reconnecting
-  to any process reclaim them, the others fail when the window ends (dispatch sweep);
+  to any process reclaim them, the others fail when the window ends (dispatch sweep); deliveries it was
+  processing are freed for the others at once;
 * if this process finds it was declared dead while alive (a long pause), it takes its agents and jobs back.
 
 Dispatch across processes stays "agents pull work through their own process" (ARCHITECTURE §3): every process
@@ -135,11 +136,11 @@ class ClusterMember:
                 result = await self.cluster.recover(dead, by=self.instance_id, grace_s=self._grace)
                 if result is None:
                     continue
-                jobs, agents = result
+                jobs, agents, deliveries = result
                 total += jobs
                 log.warning("Recovered the work of a dead orchestrator process",
                             extra={"deadInstance": dead, "recoveringJobs": jobs, "agents": agents,
-                                   "recoveryWindowSeconds": self._grace})
+                                   "deliveries": deliveries, "recoveryWindowSeconds": self._grace})
             await self.cluster.prune()
             run.result = {"recoveringJobs": total}
         return total

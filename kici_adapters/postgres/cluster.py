@@ -7,8 +7,10 @@ clock (``now()``), the clock heartbeats are written with, so processes on hosts 
 
 Recovering a dead process (:meth:`PgCluster.recover`) is one transaction: claim the instance row (only while its
 heartbeat is still overdue and nobody recovered it), turn the rows its agents were running (``dispatched``, acked
-or reported running) into ``recovering`` with a deadline of now + the agents' recovery window, and mark its agents
-disconnected. An agent that reconnects to any process within the window reclaims its job (§8.3); otherwise the
+or reported running) into ``recovering`` with a deadline of now + the agents' recovery window, mark its agents
+disconnected, and free the inbox leases of deliveries it (or its processing children) was processing, so another
+process processes them at once instead of when the lease expires (processing is idempotent: at most one run per
+delivery and workflow). An agent that reconnects to any process within the window reclaims its job (§8.3); otherwise the
 dispatch sweep fails it with the recovery-window reason. Rows it dispatched but that were never acknowledged are
 left to the ack-deadline sweep, which requeues them.
 """
@@ -55,9 +57,14 @@ WITH claimed AS (
   UPDATE agents SET connected_instance = NULL
    WHERE connected_instance = %(dead)s AND EXISTS (SELECT 1 FROM claimed)
   RETURNING agent_id
+), leases AS (
+  UPDATE delivery_inbox SET locked_until = NULL, locked_by = NULL, crashes = crashes + 1, updated_at = now()
+   WHERE EXISTS (SELECT 1 FROM claimed) AND state = 'pending' AND locked_until IS NOT NULL
+     AND (locked_by = %(dead)s OR starts_with(locked_by, %(dead)s || '/processing-'))
+  RETURNING event_log_id
 )
 SELECT (SELECT count(*) FROM claimed) AS claimed, (SELECT count(*) FROM marked) AS jobs,
-       (SELECT count(*) FROM agents_freed) AS agents
+       (SELECT count(*) FROM agents_freed) AS agents, (SELECT count(*) FROM leases) AS deliveries
 """
 
 
@@ -204,16 +211,19 @@ class PgCluster:
                 " ORDER BY instance_id", {"me": me, "t": self.instance_timeout_s})
             return [r["instance_id"] for r in await cur.fetchall()]
 
-    async def recover(self, dead: str, *, by: str, grace_s: float) -> tuple[int, int] | None:
+    async def recover(self, dead: str, *, by: str, grace_s: float) -> tuple[int, int, int] | None:
         """Take over the work of the dead process ``dead`` (see the module docstring). Returns ``(jobs turned
-        recovering, agents marked disconnected)``, or None when it is no longer dead or was recovered already."""
+        recovering, agents marked disconnected, deliveries freed)``, or None when it is no longer dead or was
+        recovered already."""
         async with self._db.transaction() as conn:
             cur = await conn.execute(_RECOVER, {"dead": dead, "me": by, "t": self.instance_timeout_s,
                                                 "grace": grace_s})
             row = await cur.fetchone()
+            if row is not None and row["deliveries"]:
+                await conn.execute("SELECT pg_notify('kici_inbox', '')")
         if row is None or not row["claimed"]:
             return None
-        return int(row["jobs"]), int(row["agents"])
+        return int(row["jobs"]), int(row["agents"]), int(row["deliveries"])
 
     async def prune(self, *, older_than_s: float = 86_400.0) -> int:
         """Forget processes stopped or recovered more than ``older_than_s`` ago."""

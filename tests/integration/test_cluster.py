@@ -11,10 +11,15 @@ from datetime import timedelta
 
 import pytest
 
+from datetime import UTC, datetime
+
 from kici_adapters.postgres.cluster import PgCluster
+from kici_adapters.postgres.inbox import PgDeliveryInbox
 from kici_adapters.postgres.dispatch import PgDispatchQueue
 from kici_adapters.postgres.pool import Database
 from kici_core import cluster, routing
+from kici_core.ports import Delivery
+from kici_core.testing import fakes
 from kici_runtime.cluster import ClusterMember
 from tests.integration.test_dispatch_queue import make_run, status
 from tests.support.pg import scalar
@@ -59,6 +64,11 @@ async def test_a_dead_process_is_seen_and_its_running_jobs_recovered_by_another(
     finally:
         await queue.aclose()
 
+    inbox = PgDeliveryInbox(database, fakes.FakeBlobStore())
+    await inbox.accept(Delivery(org_id="acme", delivery_id="d-1", routing_key="github:1", event="push", action=None,
+                                source="direct", provider="github", body=b"{}", received_at=datetime.now(UTC)))
+    [claimed] = await inbox.claim(worker_id="proc-a/processing-0", limit=1, lease_seconds=600)
+
     directory = b.cluster
     assert [(x.agent_id, x.instance_id) for x in await directory.agents()] == [
         ("a1", "proc-a"), ("a2", "proc-a"), ("b1", "proc-b")]
@@ -85,6 +95,9 @@ async def test_a_dead_process_is_seen_and_its_running_jobs_recovered_by_another(
     assert await scalar(database, "SELECT recovered_by FROM cluster_instances WHERE instance_id = 'proc-a'") == "proc-b"
     assert await scalar(database, "SELECT instance_id FROM cluster_duties WHERE duty = 'instance-recovery'") == "proc-b"
     assert await b.recover_dead() == 0  # recovered once
+    # the delivery the dead process's processing child was working on is claimable again at once
+    [again] = await inbox.claim(worker_id="proc-b", limit=1, lease_seconds=600)
+    assert again.delivery_id == claimed.delivery_id == "d-1"
 
     # the agent reconnects to proc-b and reclaims its job (§8.3): nothing is lost and nothing runs twice
     await connect(second_db, "a1", "proc-b", ["linux"])

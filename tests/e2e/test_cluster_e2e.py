@@ -60,12 +60,17 @@ async def query(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
         return [dict(r) for r in await cur.fetchall()]  # type: ignore[call-overload]
 
 
+async def get_json(url: str) -> Any:
+    async with httpx.AsyncClient(timeout=10) as http:
+        return (await http.get(url)).json()
+
+
 async def until(probe: Callable[[], Awaitable[Any]], *, what: str, seen: Callable[[], Awaitable[Any]],
                 limit: float = 90.0) -> Any:
     """Poll ``probe`` until it returns something truthy; on timeout fail naming ``what`` and showing ``seen()``."""
     try:
         with anyio.fail_after(limit):
-            while not (found := await probe()):
+            while not (found := await probe()):  # noqa: ASYNC110 - external processes give no event to wait on
                 await anyio.sleep(0.2)  # polling interval of a bounded wait on external processes
             return found
     except TimeoutError:
@@ -147,7 +152,7 @@ async def test_three_processes_one_killed_mid_run_every_job_runs_exactly_once(db
                 return await placement() == {name: AGENTS // len(NAMES) for name in NAMES}
 
             await until(spread, what="two agents registered with each orchestrator", seen=state)
-            health = httpx.get(f"{procs[0].url}/cluster/health", timeout=10).json()
+            health = await get_json(f"{procs[0].url}/cluster/health")
             assert health["agentCount"] == AGENTS and health["connectedPeers"] == 2, health
 
             for n in range(RUNS):  # webhooks to all three processes
@@ -186,14 +191,13 @@ async def test_three_processes_one_killed_mid_run_every_job_runs_exactly_once(db
                 r["run_id"]: "failed" if r["run_id"] == lost["run_id"] else "success" for r in runs}
 
             async def victim_recovered() -> dict[str, Any] | None:
-                body = httpx.get(f"{procs[2].url}/cluster/health", timeout=10).json()
+                body = await get_json(f"{procs[2].url}/cluster/health")
                 rows = {i["instanceId"]: i for i in body["instances"]}
                 return body if body["status"] == "healthy" and rows[VICTIM]["state"] == "dead" \
                     and rows[VICTIM]["recoveredBy"] in ("orch-0", "orch-2") else None
 
             health = await until(victim_recovered, what=f"{VICTIM} seen dead and recovered by a survivor",
-                                 seen=lambda: anyio.to_thread.run_sync(
-                                     lambda: httpx.get(f"{procs[2].url}/cluster/health", timeout=10).text))
+                                 seen=lambda: get_json(f"{procs[2].url}/cluster/health"))
             assert health["agentCount"] == AGENTS - 1 and health["connectedPeers"] == 1  # one agent was lost
             assert sorted(await placement()) == ["orch-0", "orch-2"]
             duties = {d["duty"]: d["instanceId"] for d in health["duties"]}

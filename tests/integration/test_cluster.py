@@ -7,15 +7,13 @@ waiting for the timeout).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from datetime import UTC, datetime
-
 from kici_adapters.postgres.cluster import PgCluster
-from kici_adapters.postgres.inbox import PgDeliveryInbox
 from kici_adapters.postgres.dispatch import PgDispatchQueue
+from kici_adapters.postgres.inbox import PgDeliveryInbox
 from kici_adapters.postgres.pool import Database
 from kici_core import cluster, routing
 from kici_core.ports import Delivery

@@ -383,3 +383,18 @@ def test_compose_readme_walks_through_the_image_build_and_the_agent_token() -> N
     assert 'python3 -c "import secrets; print(secrets.token_hex(32))"' in text
     for path in COMPOSE_FILES:  # each compose file points at the README
         assert "README.md" in path.read_text(encoding="utf-8").split("services:")[0]
+
+
+def test_scale_out_compose_runs_two_replicas_behind_caddy_on_one_database() -> None:
+    text = (COMPOSE / "docker-compose.scale-out.yml").read_text(encoding="utf-8")
+    services = yaml.safe_load(text)["services"]
+    orch = services["orchestrator"]
+    assert orch["deploy"]["replicas"] == 2 and "ports" not in orch  # only Caddy publishes a port
+    assert "@postgres:5432/" in orch["environment"]["KICI_DATABASE_URL"] and "postgres" in orch["depends_on"]
+    assert services["caddy"]["ports"] == ["4000:4000"]
+    mount = services["caddy"]["volumes"][0].split(":")
+    caddyfile = (COMPOSE / mount[0]).read_text(encoding="utf-8")
+    assert mount[1] == "/etc/caddy/Caddyfile" and "dynamic a orchestrator 4000" in caddyfile
+    assert services["agent"]["environment"]["KICI_ORCHESTRATOR_URL"] == "ws://caddy:4000/ws"
+    guide = (DOCS / "operator-guide.md").read_text(encoding="utf-8")
+    assert "docker-compose.scale-out.yml" in guide and "kici-admin cluster status" in guide

@@ -1,4 +1,4 @@
--- 0006_cluster_retention: several orchestrator processes on one database, and storage that does not grow forever.
+-- 0009_cluster_retention: several orchestrator processes on one database, and storage that does not grow forever.
 --
 -- cluster_instances: every orchestrator process registers here at start and heartbeats while it lives; one whose
 -- heartbeat is overdue is dead, and a live one recovers the work its agents were running (recovered_at).

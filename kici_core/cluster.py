@@ -9,7 +9,7 @@ argument; the liveness rule is the same one the adapter's SQL applies (heartbeat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -132,12 +132,14 @@ def health(*, me: str, instances: Sequence[InstanceInfo], duties: Sequence[DutyI
             "activeRuns": active_runs, "timestamp": _iso(now), "instances": rows, "duties": duty_rows}
 
 
-def explain(selector: routing.JobSelector, agents: Sequence[ClusterAgent]) -> routing.WaitExplanation:
-    """Why none of ``agents`` (connected to any live process) takes a job with ``selector``."""
+def explain(selector: routing.JobSelector, agents: Sequence[ClusterAgent], *,
+            held: Iterable[str] = ()) -> routing.WaitExplanation:
+    """Why none of ``agents`` (connected to any live process) takes a job with ``selector``; ``held`` names the
+    agents left alone after a ``busy`` reject (known to the process holding them)."""
     return routing.explain_waiting(selector, {
         a.agent_id: routing.AgentLabels(labels=frozenset(a.labels), mandatory_labels=frozenset(a.mandatory_labels),
                                         platform=a.platform, arch=a.arch)
-        for a in agents})
+        for a in agents}, held=held)
 
 
 async def why_waiting(directory: ClusterDirectory, selector: routing.JobSelector) -> routing.WaitExplanation:

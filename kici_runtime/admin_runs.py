@@ -95,7 +95,7 @@ def waiting_reason(hub: AgentHub, job: Mapping[str, Any],
             reason = hub.explain(job.get("runs_on") or [], job.get("exclude_labels") or [])
         else:
             selector = routing.compile_selector(job.get("runs_on") or [], job.get("exclude_labels") or [])
-            reason = cluster.explain(selector, agents).message
+            reason = cluster.explain(selector, agents, held=hub.core.explain(selector).held).message
     except errors.InvalidInput as exc:
         reason = f"invalid label matchers: {exc.message}"
     if job.get("last_provisioning_error"):  # --- the auto-scaler's word (kici_runtime.scaler)

@@ -587,7 +587,7 @@ class AgentHub:
         async with self.queue.try_lock(STARTUP_LOCK):
             for job_id, _run_id, agent_id in await self.queue.orphaned_dispatched(self.instance_id):
                 await self.queue.mark_recovering(job_id, agent_id=agent_id, deadline=now + self.config.recovery_grace)
-            await self.queue.release_instance(self.instance_id)
+            await self.queue.release_instance(self.instance_id, keep=list(self._current))  # not those just registered
         async with self._lock:
             for job_id, run_id, agent_id, deadline in await self.queue.recovering():
                 if agent_id:

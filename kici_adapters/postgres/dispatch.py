@@ -487,11 +487,12 @@ class PgDispatchQueue:
                                " WHERE agent_id = %(id)s AND connected_instance = %(me)s",
                                {"id": agent_id, "me": instance_id})
 
-    async def release_instance(self, instance_id: str) -> None:
-        """Mark every agent this instance held as disconnected (startup after a crash, or shutdown)."""
+    async def release_instance(self, instance_id: str, *, keep: Sequence[str] = ()) -> None:
+        """Mark every agent this instance held as disconnected (startup after a crash, or shutdown), except
+        ``keep``: agents that registered with this life of the process already."""
         async with self._db.connection() as conn:
-            await conn.execute("UPDATE agents SET connected_instance = NULL WHERE connected_instance = %(me)s",
-                               {"me": instance_id})
+            await conn.execute("UPDATE agents SET connected_instance = NULL WHERE connected_instance = %(me)s"
+                               " AND NOT (agent_id = ANY(%(keep)s))", {"me": instance_id, "keep": list(keep)})
 
     async def agents(self) -> list[dict[str, JSONValue]]:
         """Connected agents (any process): id, labels, instance."""

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 import anyio
 
 from kici_adapters import cron
+from kici_adapters.postgres import singletons
+from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.registrations import PgRegistrations
 from kici_core import errors, registrations
 from kici_core.ports import DeliveryInbox
@@ -30,7 +32,7 @@ __all__ = ["SCHEDULER_LOCK", "TICK_SECONDS", "ScheduleLoop"]
 
 log = logging.getLogger("kici.scheduler")
 
-SCHEDULER_LOCK = 0x6B696369_0006
+SCHEDULER_LOCK = singletons.lock_key("schedules")
 """``pg_try_advisory_lock`` key held by the process that fires schedules."""
 TICK_SECONDS = 30.0
 
@@ -51,8 +53,11 @@ class ScheduleLoop:
     """
 
     def __init__(self, *, store: PgRegistrations, inbox: DeliveryInbox, wake: Callable[[], None] = lambda: None,
-                 clock: Callable[[], datetime] = _utc_now, tick_seconds: float = TICK_SECONDS) -> None:
+                 clock: Callable[[], datetime] = _utc_now, tick_seconds: float = TICK_SECONDS,
+                 db: Database | None = None, instance_id: str = "") -> None:
         self.store = store
+        self._db = db
+        self._instance_id = instance_id
         self._inbox = inbox
         self._wake = wake
         self._clock = clock
@@ -63,7 +68,9 @@ class ScheduleLoop:
         another process holds the scheduler lock)."""
         at = now if now is not None else self._clock()
         fired: list[str] = []
-        async with self.store.try_lock(SCHEDULER_LOCK) as mine:
+        held = (singletons.hold(self._db, "schedules", self._instance_id) if self._db is not None
+                else self.store.try_lock(SCHEDULER_LOCK))
+        async with held as mine:
             if not mine:
                 return fired
             for schedule in await self.store.due(at):

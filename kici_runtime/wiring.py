@@ -190,7 +190,8 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
                         *dashboard.routes(hub, db, secret_key=settings.secret_key)]
         wake = notifier.wake if notifier is not None else worker.wake
         # --- schedules and manual runs: deliveries the orchestrator makes itself
-        scheduler = ScheduleLoop(store=parts.registrations, inbox=inbox, wake=wake)
+        scheduler = ScheduleLoop(store=parts.registrations, inbox=inbox, wake=wake, db=db,
+                                 instance_id=instance_id(settings))
         extra_routes += admin_workflows.routes(store=parts.registrations, pipeline=parts.pipeline, inbox=inbox,
                                                wake=wake)
 

@@ -32,7 +32,7 @@ LOCKS: dict[str, int] = {
 }
 """Every advisory lock key the project uses, by name. Add new duties here with the next free number."""
 
-DUTIES: tuple[str, ...] = ("dispatch-sweeps", "retention", "instance-recovery")
+DUTIES: tuple[str, ...] = ("dispatch-sweeps", "retention", "instance-recovery", "schedules")
 """The recurring singleton duties reported by ``/cluster/health`` (a duty nobody ran yet shows no holder)."""
 
 

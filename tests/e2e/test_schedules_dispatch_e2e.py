@@ -126,6 +126,8 @@ async def test_a_due_schedule_fires_once_runs_on_the_agent_and_a_missed_one_runs
         fired = await loop.tick(due)
         assert fired == [f"schedule:{listed['id']}:{int(due.timestamp())}"]
         assert await loop.tick(due) == []  # the same moment again fires nothing
+        [duty] = await h.query("SELECT instance_id FROM cluster_duties WHERE duty = 'schedules'")
+        assert duty["instance_id"]  # the firing process is named in /cluster/health and `kici-admin cluster status`
 
         rows = await h.query("SELECT source, event, status, matched_count, run_id::text AS run_id, decision_trace"
                              " FROM event_log WHERE delivery_id = %(d)s", d=fired[0])

@@ -403,6 +403,8 @@ KiCI is running in independent mode.
    {admin} runs logs <runId> --follow
    {admin} event-log list
 
+   or in the browser: {base}/dashboard/ (sign in with the admin token above)
+
 Press Ctrl-C to stop (or send SIGTERM or SIGHUP): the orchestrator, the agent and the database stop together.
 """)
 

@@ -51,6 +51,8 @@ log = logging.getLogger("kici.processing")
 INBOX_CHANNEL = "kici_inbox"
 """Notified by the serving process after acceptances; processing children LISTEN on it."""
 STOP_GRACE_SECONDS = 30.0
+BEAT_SECONDS = 1.0
+"""How often a child touches its heartbeat file."""
 """How long a child gets to finish after SIGTERM before it is killed."""
 RESTART_BACKOFF = (1.0, 30.0)
 """First and largest delay before restarting a child that died; it doubles per quick death."""
@@ -156,6 +158,7 @@ class Supervisor:
         self._retired: dict[str, float] = {}  # counters of children that exited, summed
         self.starts = 0
         """Children started so far, restarts included."""
+        self._stall_seconds = float(max(settings.processing_timeout_seconds, 2 * BEAT_SECONDS + 1))
 
     def command(self, index: int) -> list[str]:
         """The command line of child ``index``."""
@@ -189,6 +192,31 @@ class Supervisor:
         finally:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
+    async def _watch(self, index: int, proc: anyio.abc.Process) -> None:
+        """Kill a child whose event loop stopped turning for longer than a delivery's whole time budget.
+
+        Matching and planning run in a worker thread and are checked against the budget between steps; but one
+        long call into C that never lets the interpreter switch threads (a backtracking ``re`` search that the
+        ReDoS guard could not rule out, say) freezes the whole child. Its heartbeat then stops; the child is
+        killed and restarted, and the deliveries it held count a crash each (parked after three: poison pill).
+        """
+        path = heartbeat_file(self._metrics_file(index))
+        with suppress(OSError):
+            path.unlink()
+        while True:
+            await anyio.sleep(BEAT_SECONDS)
+            try:
+                age = time.time() - (await anyio.Path(path).stat()).st_mtime
+            except OSError:
+                continue  # not started yet
+            if age > self._stall_seconds:
+                log.error("Processing worker stalled: its event loop has not run for %.0f s (more than the time "
+                          "budget of a delivery); killing it", age,
+                          extra={"index": index, "pid": proc.pid, "stalledSeconds": round(age, 1)})
+                with suppress(ProcessLookupError):
+                    proc.kill()
+                return
+
     async def _keep(self, index: int) -> None:
         delay = RESTART_BACKOFF[0]
         while True:
@@ -201,7 +229,10 @@ class Supervisor:
             self.starts += 1
             log.info("Processing worker started", extra={"index": index, "pid": proc.pid})
             try:
-                code = await proc.wait()
+                async with anyio.create_task_group() as watch:
+                    watch.start_soon(self._watch, index, proc)
+                    code = await proc.wait()
+                    watch.cancel_scope.cancel()
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await _stop(proc)
@@ -265,6 +296,21 @@ async def report_metrics(path: Path, *, every: float = 0.25) -> None:
 
 
 
+def heartbeat_file(metrics_file: Path) -> Path:
+    """The file a child touches every :data:`BEAT_SECONDS` while its event loop runs."""
+    return metrics_file.with_suffix(".alive")
+
+
+async def beat(path: Path) -> None:
+    """Touch ``path`` every :data:`BEAT_SECONDS`: the serving process's watchdog reads its age (see
+    :meth:`Supervisor._watch`)."""
+    alive = anyio.Path(path)
+    while True:
+        with suppress(OSError):
+            await alive.touch()
+        await anyio.sleep(BEAT_SECONDS)
+
+
 async def run_child(settings: Settings, index: int, *, parent_pid: int, metrics_file: Path | None = None) -> None:
     """The body of a processing child: worker, offloader and the inbox listener, until SIGTERM/SIGINT or
     until the serving process is gone."""
@@ -291,6 +337,7 @@ async def run_child(settings: Settings, index: int, *, parent_pid: int, metrics_
             tg.start_soon(listen_inbox, url, wake)
             if metrics_file is not None:
                 tg.start_soon(report_metrics, metrics_file)
+                tg.start_soon(beat, heartbeat_file(metrics_file))
 
             async def stop_on_signal() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -121,3 +121,40 @@ async def test_hostile_lock_files_end_with_their_reason_and_nothing_around_them_
     shown = await w.admin("event-log", "show", huge, "--org", "acme")
     assert "KICI_MAX_RUNS_PER_DELIVERY" in shown.stdout
     assert (await w.admin("event-log", "replay", huge, "--org", "acme")).code == 0
+
+
+@pytest.fixture
+def frozen(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Independent]:
+    """A processing child with a short time budget, and a repository whose branch regex freezes it."""
+    gh = github_world()
+    install(gh, "acme/ordinary", content=GOOD_LOCKFILE)
+    install(gh, "acme/frozen", content=corpus.with_regex("branch", corpus.POLYNOMIAL_REGEX))
+    try:
+        w = boot(db_url, gh, tmp_path_factory.mktemp("frozen"), KICI_PROCESSING_WORKERS="1",
+                 KICI_PROCESSING_TIMEOUT_SECONDS="2")
+        try:
+            yield w
+        finally:
+            shutdown(w)
+    finally:
+        gh.close()
+
+
+async def test_a_regex_that_freezes_the_processing_child_is_parked_after_three_kills(frozen: Independent) -> None:
+    """The guard cannot rule out every slow regex; the watchdog stops a child whose loop froze, and the
+    poison-pill rule parks the delivery after the third time, so processing carries on."""
+    w = frozen
+    before = await _push(w, "acme/ordinary")
+    await w.wait_status(before, "processed")
+    watch = HealthWatch(w.url)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch.run)
+        poison = await _push(w, "acme/frozen", branch=corpus.POLYNOMIAL_BRANCH)
+        row = await w.wait_status(poison, "failed", bound=180)
+        assert "crashed or timed out 3 times" in row["error_message"], row
+        after = await _push(w, "acme/ordinary")
+        await w.wait_status(after, "processed")
+        assert [name for name, _ in await w.runs(after)] == ["build"]
+        watch.stop.set()
+    assert watch.problems == [], watch.problems  # the serving process answered throughout
+    assert w.proc.log_count("Processing worker stalled") == 3, w.proc.tail()

@@ -7,6 +7,7 @@ reason when it fails. Builders return ``None`` for an empty filter (no filter: n
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,31 +39,52 @@ Getter = Callable[[Event], str]
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One filter of a trigger: its trace name, its filter as text, predicate, value and failure reason."""
+    """One filter of a trigger: its trace name, its filter as text, predicate, value and failure reason.
+
+    ``keyed``: the predicate and the reason depend on the event only through ``value(event)``, so a trace
+    rendered for one value holds for every event with that value.
+    """
     name: str
     pattern: str
     test: Test
     value: Callable[[Event], str]
     reason: Callable[[Event], str]
+    keyed: bool = False
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(..., ensure_ascii=False) without its set-up
 
 
 def q(value: str) -> str:
     """``value`` as a JSON string literal (for trace messages)."""
-    return json.dumps(value, ensure_ascii=False)
+    return _dumps(value)
 
 
 def qlist(values: Sequence[str]) -> str:
     """``values`` as a JSON array literal (for trace messages)."""
-    return json.dumps(list(values), ensure_ascii=False)
+    return _dumps(list(values))
 
 
+@functools.cache
 def payload_str(*keys: str) -> Getter:
-    """Getter of the string at ``payload[keys[0]][keys[1]]...``; ``""`` when absent or not a string."""
+    """Getter of the string at ``payload[keys[0]][keys[1]]...``; ``""`` when absent or not a string.
+
+    One getter per path (cached), so checks reading the same field share it (see :class:`Check`)."""
     def get(e: Event) -> str:
         value = jsonpath.get_in(e.payload, keys)
         return value if isinstance(value, str) else ""
 
     return get
+
+
+def event_type(e: Event) -> str:
+    """The event's type."""
+    return e.type
+
+
+def source_repo(e: Event) -> str:
+    """The event's source repository, ``""`` when it has none."""
+    return e.source_repo or ""
 
 
 def action(e: Event) -> str:
@@ -82,8 +104,9 @@ def type_check(types: frozenset[str]) -> Check:
         "event type",
         shown,
         lambda e: e.type in types,
-        lambda e: e.type,
+        event_type,
         lambda e: f"event type: {q(e.type)} is not {shown if len(types) != 1 else q(shown)}",
+        keyed=True,
     )
 
 
@@ -98,7 +121,7 @@ def member(name: str, allowed: Sequence[str], get: Getter) -> Check | None:
         v = get(e)
         return f"{name}: {q(v) if v else '(none)'} is not one of {shown}"
 
-    return Check(name, shown, lambda e: get(e) in allowed_set, get, reason)
+    return Check(name, shown, lambda e: get(e) in allowed_set, get, reason, keyed=True)
 
 
 def equals(name: str, expected: str | None, get: Getter) -> Check | None:
@@ -111,6 +134,7 @@ def equals(name: str, expected: str | None, get: Getter) -> Check | None:
         lambda e: get(e) == expected,
         get,
         lambda e: f"{name}: {q(get(e))} is not {q(expected)}",
+        keyed=True,
     )
 
 
@@ -139,12 +163,18 @@ def pattern_list(name: str, patterns: Sequence[t.LockBranchPattern], get: Getter
         return None
     test = pattern_test(patterns)
     shown = qlist([p.display() for p in patterns])
+    test_event: Test = lambda e: test(get(e))  # noqa: E731
+    if get is target and all(p.type == "glob" for p in patterns):
+        # the common "branches" filter in one call: one regex over the target branch
+        full = globs.compile_glob_list(tuple(p.pattern for p in patterns)).fullmatch  # type: ignore[union-attr]
+        test_event = lambda e: full(e.target_branch) is not None  # noqa: E731
     return Check(
         name,
         shown,
-        lambda e: test(get(e)),
+        test_event,
         get,
         lambda e: f"{name}: {q(get(e))} matched none of {shown}",
+        keyed=True,
     )
 
 
@@ -234,7 +264,7 @@ def repo_filter(repos: Sequence[t.LockBranchPattern]) -> Check | None:
             return f"repos: {q(e.source_repo)} is excluded by {shown}"
         return f"repos: {q(e.source_repo)} matched none of {shown}"
 
-    return Check("repos", shown, test, lambda e: e.source_repo or "", reason)
+    return Check("repos", shown, test, source_repo, reason, keyed=True)
 
 
 def _js_equal(a: JSONValue, b: JSONValue) -> bool:
@@ -310,7 +340,8 @@ def comment_source(source: str | None) -> Check | None:
         return "pr" if is_pr(e) else "issue"
 
     return Check(
-        "source", source, lambda e: kind(e) == source, kind, lambda e: f"source: comment is on {kind(e)}, not {source}"
+        "source", source, lambda e: kind(e) == source, kind, lambda e: f"source: comment is on {kind(e)}, not {source}",
+        keyed=True,
     )
 
 
@@ -326,7 +357,8 @@ def body_match(pattern: t.LockBranchPattern | None) -> Check | None:
         search = globs.compile_js_regex(pattern.pattern, pattern.flags).search
         test = lambda e: search(get(e)) is not None  # noqa: E731
     shown = pattern.display()
-    return Check("bodyMatch", shown, test, get, lambda e: f"bodyMatch: comment body does not match {shown}")
+    return Check("bodyMatch", shown, test, get, lambda e: f"bodyMatch: comment body does not match {shown}",
+                 keyed=True)
 
 
 def ref_patterns(patterns: Sequence[t.LockBranchPattern]) -> Check | None:
@@ -358,4 +390,5 @@ def context_list(contexts: Sequence[str]) -> Check | None:
         lambda e: full(get(e)) is not None,
         get,
         lambda e: f"contexts: {q(get(e))} matched none of {shown}",
+        keyed=True,
     )

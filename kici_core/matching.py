@@ -16,10 +16,14 @@ from dataclasses import dataclass
 from kici_core import match_checks as mc
 from kici_core import triggers as t
 from kici_core.events import NormalisedEvent
+from kici_core.jsontypes import JSONValue
 from kici_core.trace import (
+    MATCHED,
     SUMMARY_MATCHED,
     SUMMARY_NOT_MATCHED,
     MatchResult,
+    RenderMemo,
+    Steps,
     TraceEntry,
     TriggerDecision,
     WorkflowDecision,
@@ -39,6 +43,7 @@ __all__ = [
     "first_matching_trigger",
     "matches",
     "needs_changed_files",
+    "trigger_checks",
     "trigger_matches",
     "workflow_matches",
 ]
@@ -117,6 +122,7 @@ def _filters(trigger: t.Trigger) -> list[mc.Check | None]:
                     lambda e: get(e) == cron,
                     get,
                     lambda e: f"cronExpression: {mc.q(get(e))} is not {mc.q(cron)}",
+                    keyed=True,
                 )
             ]
         case t.KiciEventTrigger():
@@ -127,6 +133,7 @@ def _filters(trigger: t.Trigger) -> list[mc.Check | None]:
                     (lambda name: lambda e: mc.payload_str("eventName")(e) == name)(trigger.event_name),
                     mc.payload_str("eventName"),
                     lambda e: f"eventName: {mc.q(mc.payload_str('eventName')(e))} is not {mc.q(trigger.event_name)}",
+                    keyed=True,
                 ),
                 mc.json_check("match", trigger.match, mc.inner_payload, negate=False),
                 mc.json_check("not", trigger.not_, mc.inner_payload, negate=True),
@@ -159,6 +166,7 @@ def _filters(trigger: t.Trigger) -> list[mc.Check | None]:
                     lambda e: get_source(e) == source,
                     get_source,
                     lambda e: f"source: {mc.q(get_source(e))} is not {mc.q(source)}",
+                    keyed=True,
                 ),
                 mc.member("events", trigger.events, event_name),
                 mc.json_check("match", trigger.match, mc.whole_payload, negate=False),
@@ -174,15 +182,89 @@ def _filters(trigger: t.Trigger) -> list[mc.Check | None]:
 
 
 class _Compiled:
-    """A trigger's checks plus a specialised fast predicate."""
+    """A trigger's checks, a specialised fast predicate, and the rendering of its trace."""
 
-    __slots__ = ("checks", "fast", "types")
+    __slots__ = ("checks", "fast", "filters", "keyed", "kind", "types", "unknown")
 
     def __init__(self, trigger: t.Trigger) -> None:
         self.types = trigger.event_types
+        self.unknown = isinstance(trigger, t.UnknownTrigger)
+        self.kind = (trigger.type_name or "null") if isinstance(trigger, t.UnknownTrigger) else trigger.kind
         filters = [c for c in _filters(trigger) if c is not None]
         self.checks: tuple[mc.Check, ...] = (mc.type_check(self.types), *filters)
-        self.fast: mc.Test = _specialise(self.types, [c.test for c in filters])
+        self.filters: tuple[mc.Test, ...] = tuple(c.test for c in filters)
+        """The filters' predicates (the event type already known to be one of ``types``)."""
+        self.fast: mc.Test = _specialise(self.types, list(self.filters))
+        keyed = 0
+        while keyed < len(self.checks) and self.checks[keyed].keyed:
+            keyed += 1
+        self.keyed = keyed
+        """How many leading checks are ``keyed`` (their trace is a function of their values)."""
+
+    def step(self, event: NormalisedEvent) -> int:
+        """Where evaluating ``event`` stops: the position of the first failing check, or ``MATCHED``."""
+        if event.type not in self.types:
+            return 0
+        for pos, test in enumerate(self.filters, 1):
+            if not test(event):
+                return pos
+        return MATCHED
+
+    def memo_key(self, step: int, event: NormalisedEvent) -> tuple[str, ...] | None:
+        if self.unknown:
+            return ()
+        run = len(self.checks) if step == MATCHED else step + 1
+        if run > self.keyed:
+            return None
+        checks = self.checks
+        if run == 1:
+            return (checks[0].value(event),)
+        if run == 2:
+            return (checks[0].value(event), checks[1].value(event))
+        return tuple(checks[pos].value(event) for pos in range(run))
+
+    def checks_run(self, step: int) -> int:
+        if self.unknown:
+            return 0
+        return len(self.checks) if step == MATCHED else step + 1
+
+    def decision(self, index: int, step: int, event: NormalisedEvent) -> TriggerDecision:
+        if self.unknown:
+            reason = f"unknown trigger type {mc.q(self.kind)} never matches"
+            return TriggerDecision(index=index, trigger_type=self.kind, matched=False, reason=reason)
+        checks = self.checks
+        entries: list[TraceEntry] = []
+        for pos in range(len(checks) if step == MATCHED else step + 1):
+            check = checks[pos]
+            passed = pos != step
+            entries.append(TraceEntry(check=check.name, pattern=check.pattern, value=check.value(event),
+                                      passed=passed, reason=None if passed else check.reason(event)))
+        if step == MATCHED:
+            return TriggerDecision(index=index, trigger_type=self.kind, matched=True, checks=tuple(entries))
+        return TriggerDecision(index=index, trigger_type=self.kind, matched=False, checks=tuple(entries),
+                               reason=entries[-1].reason)
+
+    def decision_dict(self, index: int, step: int, event: NormalisedEvent) -> dict[str, JSONValue]:
+        # decision(...).to_dict() without the intermediate objects: the stored trace of every delivery
+        if self.unknown:
+            reason = f"unknown trigger type {mc.q(self.kind)} never matches"
+            return {"index": index, "triggerType": self.kind, "matched": False, "reason": reason, "checks": []}
+        checks = self.checks
+        entries: list[JSONValue] = []
+        if step == MATCHED:
+            for check in checks:
+                entries.append({"check": check.name, "pattern": check.pattern, "value": check.value(event),
+                                "passed": True})
+            return {"index": index, "triggerType": self.kind, "matched": True, "reason": None, "checks": entries}
+        for pos in range(step):
+            check = checks[pos]
+            entries.append({"check": check.name, "pattern": check.pattern, "value": check.value(event),
+                            "passed": True})
+        check = checks[step]
+        why = check.reason(event)
+        entries.append({"check": check.name, "pattern": check.pattern, "value": check.value(event), "passed": False,
+                        "reason": why})
+        return {"index": index, "triggerType": self.kind, "matched": False, "reason": why, "checks": entries}
 
 
 def _specialise(types: frozenset[str], tests: list[mc.Test]) -> mc.Test:
@@ -230,23 +312,15 @@ def trigger_matches(trigger: t.Trigger, event: NormalisedEvent) -> bool:
     return c.fast(event)  # type: ignore[union-attr]
 
 
+def trigger_checks(trigger: t.Trigger) -> tuple[mc.Check, ...]:
+    """The checks of ``trigger`` in evaluation order: the event-type check, then its filters (spec §4.3)."""
+    return _compiled(trigger).checks
+
+
 def explain_trigger(trigger: t.Trigger, event: NormalisedEvent, index: int = 0) -> TriggerDecision:
     """Evaluate ``trigger`` check by check, stopping at the first failing filter."""
-    entries: list[TraceEntry] = []
-    if isinstance(trigger, t.UnknownTrigger):
-        kind = trigger.type_name or "null"
-        reason = f"unknown trigger type {mc.q(kind)} never matches"
-        return TriggerDecision(index=index, trigger_type=kind, matched=False, reason=reason)
-    kind = trigger.kind
-    for check in _compiled(trigger).checks:
-        passed = check.test(event)
-        why = None if passed else check.reason(event)
-        entries.append(
-            TraceEntry(check=check.name, pattern=check.pattern, value=check.value(event), passed=passed, reason=why)
-        )
-        if not passed:
-            return TriggerDecision(index=index, trigger_type=kind, matched=False, checks=tuple(entries), reason=why)
-    return TriggerDecision(index=index, trigger_type=kind, matched=True, checks=tuple(entries))
+    compiled = _compiled(trigger)
+    return compiled.decision(index, compiled.step(event), event)
 
 
 def first_matching_trigger(triggers: Sequence[t.Trigger], event: NormalisedEvent) -> int | None:
@@ -270,20 +344,52 @@ class WorkflowTriggers:
     triggers: tuple[t.Trigger, ...]
 
 
-def _explain_checked(trigger: t.Trigger, event: NormalisedEvent, index: int,
-                     check: Callable[[], None] | None) -> TriggerDecision:
-    if check is not None:
-        check()
-    return explain_trigger(trigger, event, index)
+# A workflow's traced evaluation plan for one event type, as (shape, payload):
+_CONSTANT = 0  # payload: the steps (no trigger of this type matches; or one trigger without filters matches)
+_ONE_TEST = 1  # payload: the only filter of the workflow's only trigger
+_GENERAL = 2  # payload: per trigger, its filters, or None when the event type rules it out
+_Plan = tuple[int, object]
+_HIT: Steps = (MATCHED,)
+_FAIL_FIRST_FILTER: Steps = (1,)
+
+
+def _plan(triggers: Sequence[_Compiled], event_type: str) -> _Plan:
+    relevant = [c.filters if event_type in c.types else None for c in triggers]
+    if all(f is None for f in relevant):
+        return (_CONSTANT, (0,) * len(triggers))
+    if len(triggers) == 1 and relevant[0] is not None:
+        (filters,) = relevant
+        if not filters:
+            return (_CONSTANT, _HIT)
+        if len(filters) == 1:
+            return (_ONE_TEST, filters[0])
+    return (_GENERAL, tuple(relevant))
+
+
+def _shared_getters(compiled: Sequence[Sequence[_Compiled]]) -> list[mc.Getter] | None:
+    """The distinct value getters of every check when all checks are keyed (else None): their values then
+    decide the whole trace of an event."""
+    getters: dict[mc.Getter, None] = {}
+    for triggers in compiled:
+        for c in triggers:
+            if c.unknown:
+                continue
+            if c.keyed < len(c.checks):
+                return None
+            for check in c.checks:
+                getters[check.value] = None
+    return list(getters)
 
 
 class TriggerIndex:
     """A lock file's triggers indexed by event type; build once, evaluate many events."""
 
-    __slots__ = ("_by_type", "workflows")
+    __slots__ = ("_by_type", "_compiled", "_memo", "_names", "_plans", "workflows")
 
     def __init__(self, workflows: Sequence[WorkflowTriggers]) -> None:
         self.workflows = tuple(workflows)
+        self._names = tuple(wf.name for wf in self.workflows)
+        self._compiled = tuple(tuple(_compiled(tr) for tr in wf.triggers) for wf in self.workflows)
         by_type: dict[str, list[tuple[int, int, mc.Test]]] = {}
         for wi, wf in enumerate(self.workflows):
             for ti, trigger in enumerate(wf.triggers):
@@ -291,9 +397,11 @@ class TriggerIndex:
                 for kind in trigger.event_types:
                     by_type.setdefault(kind, []).append((wi, ti, fast))
         self._by_type = {k: tuple(sorted(v, key=lambda x: (x[0], x[1]))) for k, v in by_type.items()}
+        self._plans: dict[str, tuple[_Plan, ...]] = {}
+        self._memo = RenderMemo(getters=_shared_getters(self._compiled), workflows=len(self.workflows))
 
     def first_matches(self, event: NormalisedEvent, *, check: Callable[[], None] | None = None) -> dict[int, int]:
-        """``{workflow index: first matching trigger index}`` for the matching workflows.
+        """``{workflow index: first matching trigger index}`` for the matching workflows, in workflow order.
 
         ``check`` is called before each trigger is evaluated; it may raise to stop matching (a time budget).
         """
@@ -306,34 +414,73 @@ class TriggerIndex:
                     found[wi] = ti
         return found
 
+    def _plans_for(self, event_type: str) -> tuple[_Plan, ...]:
+        plans = self._plans.get(event_type)
+        if plans is None:
+            plans = tuple(_plan(compiled, event_type) for compiled in self._compiled)
+            if len(self._plans) < 64:  # event types are a small closed set; bound it anyway
+                self._plans[event_type] = plans
+        return plans
+
+    def _traced(self, event: NormalisedEvent, check: Callable[[], None] | None) -> tuple[dict[int, int], list[Steps]]:
+        """Evaluate every workflow recording its :data:`Steps` (no text: that is rendered when read)."""
+        found: dict[int, int] = {}
+        steps: list[Steps] = []
+        record = steps.append
+        for wi, (shape, payload) in enumerate(self._plans_for(event.type)):
+            if check is not None:
+                check()
+            if shape == _ONE_TEST:
+                if payload(event):  # type: ignore[operator]
+                    found[wi] = 0
+                    record(_HIT)
+                else:
+                    record(_FAIL_FIRST_FILTER)
+            elif shape == _CONSTANT:
+                if payload is _HIT:
+                    found[wi] = 0
+                record(payload)  # type: ignore[arg-type]
+            else:
+                record(self._general(wi, payload, event, check, found))  # type: ignore[arg-type]
+        return found, steps
+
+    @staticmethod
+    def _general(wi: int, per_trigger: tuple[tuple[mc.Test, ...] | None, ...], event: NormalisedEvent,
+                 check: Callable[[], None] | None, found: dict[int, int]) -> Steps:
+        out: list[int] = []
+        for ti, filters in enumerate(per_trigger):
+            if ti and check is not None:
+                check()
+            if filters is None:
+                out.append(0)
+                continue
+            for pos, test in enumerate(filters, 1):
+                if not test(event):
+                    out.append(pos)
+                    break
+            else:
+                out.append(MATCHED)
+                found[wi] = ti
+                break
+        return tuple(out)
+
     def evaluate(self, event: NormalisedEvent, *, trace: bool = True,
                  check: Callable[[], None] | None = None) -> MatchResult:
-        """Decide every workflow. With ``trace``, record each evaluated trigger's checks
-        (triggers after the first match are not evaluated, as in upstream). ``check``: see
-        :meth:`first_matches` (also called before each traced trigger)."""
+        """Decide every workflow. With ``trace``, record where each evaluated trigger stopped (triggers after
+        the first match are not evaluated, as in upstream); the text is rendered when the trace is read.
+        ``check``: see :meth:`first_matches` (called before each evaluated trigger)."""
+        if trace:
+            found, steps = self._traced(event, check)
+            return MatchResult(event=event, names=self._names, sources=self._compiled, found=found, steps=steps,
+                               memo=self._memo)
         found = self.first_matches(event, check=check)
-        decisions: list[WorkflowDecision] = []
-        for wi, wf in enumerate(self.workflows):
-            hit = found.get(wi)
-            details: tuple[TriggerDecision, ...] = ()
-            if trace:
-                last = hit if hit is not None else len(wf.triggers) - 1
-                details = tuple(_explain_checked(wf.triggers[i], event, i, check) for i in range(last + 1))
-            decisions.append(
-                WorkflowDecision(
-                    workflow_name=wf.name,
-                    matched=hit is not None,
-                    matched_trigger=hit,
-                    summary=SUMMARY_MATCHED if hit is not None else SUMMARY_NOT_MATCHED,
-                    triggers=details,
-                )
-            )
-        return MatchResult(event_type=event.type, action=event.action, decisions=tuple(decisions))
+        return MatchResult(event=event, names=self._names, sources=self._compiled, found=found, steps=None)
 
 
 def evaluate(workflows: Sequence[WorkflowTriggers], event: NormalisedEvent, *, trace: bool = True,
              check: Callable[[], None] | None = None) -> MatchResult:
-    """Match every workflow against ``event`` and explain each decision (see :class:`TriggerIndex`)."""
+    """Match every workflow against ``event`` and explain each decision (see :class:`TriggerIndex`; build
+    one index per lock file to evaluate many events)."""
     return TriggerIndex(workflows).evaluate(event, trace=trace, check=check)
 
 

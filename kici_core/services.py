@@ -108,15 +108,17 @@ class _NoObserver:
 
 
 class ParsedLockfiles:
-    """A small LRU of parsed lock files keyed by the SHA-256 of their bytes.
+    """A small LRU of parsed lock files keyed by the SHA-256 of their bytes, with their trigger indexes.
 
     A :class:`~kici_core.lockfile.Lockfile` is immutable, so every delivery that reads the same file shares one
-    parse. Only valid files are kept: a corrupt one raises ``LockfileError`` every time.
+    parse and one :class:`~kici_core.matching.TriggerIndex` (compiled triggers, evaluation plans, rendered
+    traces). Only valid files are kept: a corrupt one raises ``LockfileError`` every time.
     """
 
     def __init__(self, *, max_entries: int = 64) -> None:
         self._max = max_entries
         self._entries: OrderedDict[bytes, lockfile.Lockfile] = OrderedDict()
+        self._indexes: dict[int, tuple[lockfile.Lockfile, matching.TriggerIndex]] = {}
         self.parses = 0
         """Parses run so far (cache misses)."""
 
@@ -132,8 +134,20 @@ class ParsedLockfiles:
         if self._max > 0:
             self._entries[key] = parsed
             while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+                _, evicted = self._entries.popitem(last=False)
+                self._indexes.pop(id(evicted), None)
         return parsed
+
+    def index(self, lock: lockfile.Lockfile) -> matching.TriggerIndex:
+        """The trigger index of ``lock`` (built once while ``lock`` is cached)."""
+        found = self._indexes.get(id(lock))
+        if found is not None and found[0] is lock:
+            return found[1]
+        built = matching.TriggerIndex([matching.WorkflowTriggers(name=w.name, triggers=w.triggers)
+                                       for w in lock.workflows])
+        if any(cached is lock for cached in self._entries.values()):
+            self._indexes[id(lock)] = (lock, built)
+        return built
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -239,19 +253,18 @@ class Pipeline:
         except errors.LockfileError as exc:
             return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_corrupt", repo_identifier=repo, ref=ref,
                                                          error_message=str(exc)[:2000]))
-        workflows = [matching.WorkflowTriggers(name=w.name, triggers=w.triggers) for w in lock.workflows]
         event = dataclasses.replace(event, source_repo=repo)
         if any(t.needs_paths for w in lock.workflows for t in w.triggers):
             event = event.with_changed_files(await self._changed_files(provider, source, repo, item.event, payload))
         started = self.timer()
-        decided = await self.offload(functools.partial(self._decide, lock, workflows, event, started))
+        decided = await self.offload(functools.partial(self._decide, lock, event, started))
         self.observer.matched(self.timer() - started)
         if isinstance(decided, str):
             self.observer.processed("error")
             return ProcessOutput(outcome=DeliveryOutcome(status="failed", error_message=decided,
                                                          repo_identifier=repo, ref=ref))
-        result, plans = decided
-        decisions = {d.workflow_name: d for d in result.decisions}
+        result, trace, plans = decided
+        decisions = {d.workflow_name: d for d in result.matched}
         sha = ref if ref != "HEAD" else None
         wire_event = event.to_wire(item.provider)
         runs = tuple(
@@ -262,7 +275,7 @@ class Pipeline:
             for plan in plans
         )
         outcome = DeliveryOutcome(status="processed", matched_count=len(runs), repo_identifier=repo, ref=ref,
-                                  decision_trace=result.to_dict())
+                                  decision_trace=trace)
         self.observer.processed("matched" if runs else "skipped")
         return ProcessOutput(outcome=outcome, runs=runs, match=result, event=event,
                              registration=self._registration(item, event, repo, ref, lock, provider, source, payload))
@@ -328,10 +341,10 @@ class Pipeline:
             status="processed", matched_count=len(started), repo_identifier=repo, ref=ref, error_message=note,
             decision_trace={"rerun": started, "refused": refused}))
 
-    def _decide(self, lock: lockfile.Lockfile, workflows: list[matching.WorkflowTriggers],
-                event: events.NormalisedEvent, started: float,
-                ) -> tuple[matching.MatchResult, list[planning.RunPlan]] | str:
-        """Match and plan (CPU-bound, run through ``offload``); a string is why the delivery fails instead."""
+    def _decide(self, lock: lockfile.Lockfile, event: events.NormalisedEvent, started: float,
+                ) -> tuple[matching.MatchResult, JSONValue, list[planning.RunPlan]] | str:
+        """Match, render the stored trace and plan (CPU-bound, run through ``offload``); a string is why the
+        delivery fails instead."""
         check = None
         if self.budget_seconds is not None:
             deadline, budget, timer = started + self.budget_seconds, self.budget_seconds, self.timer
@@ -340,7 +353,10 @@ class Pipeline:
                 if timer() > deadline:
                     raise errors.ProcessingTimeout(f"matching ran past its time budget of {budget:g} s")
 
-        result = matching.evaluate(workflows, event, check=check)
+        result = self.parsed.index(lock).evaluate(event, trace=True, check=check)
+        trace = result.to_dict()
+        if check is not None:
+            check()
         names = result.matched_names
         if len(names) > self.max_runs:
             return (f"{len(names)} workflows matched: more runs than one delivery may create "
@@ -350,7 +366,7 @@ class Pipeline:
         if jobs > self.max_jobs:
             return (f"the {len(plans)} matched workflows have {jobs} jobs: more than one delivery may create "
                     f"({self.max_jobs}, KICI_MAX_JOBS_PER_DELIVERY)")
-        return result, plans
+        return result, trace, plans
 
     async def _changed_files(self, provider: Provider, source: RepoSource, repo: str, event_name: str,
                              payload: Mapping[str, JSONValue]) -> list[str]:

@@ -10,6 +10,9 @@ registers one GitHub App source, and posts signed ``push`` webhooks with unique 
   processing that ran meanwhile; steadier than throughput on a machine shared with other work);
 * p50/p99 time from acceptance to ``processed`` (event_log ``processed_at - received_at``: lock file from the
   cache, trigger matching, run + jobs + queue rows written);
+* processed deliveries per second (the deliveries over the time from the first acceptance to the last
+  ``processed_at``), next to accepted/s, and their ratio: below 100% a burst leaves a backlog behind; and the
+  processing children's CPU time per delivery, until the last one was processed;
 * measured in the same run against the same server, the raw rate of single-row ``INSERT ... ON CONFLICT``
   commits at that concurrency, and the ratio.
 
@@ -115,40 +118,50 @@ async def _raw_rate(url: str, concurrency: int, total: int) -> float:
     return total / elapsed
 
 
-async def _processing_latency(url: str, ids: list[str], seconds: float = 120) -> list[float]:
-    """Wait until every delivery is processed; returns processed_at - received_at per delivery."""
+async def _processing_latency(url: str, ids: list[str], seconds: float = 120) -> tuple[list[float], float]:
+    """Wait until every delivery is processed; returns processed_at - received_at per delivery and the
+    processed deliveries per second (from the first acceptance to the last processing)."""
     deadline = time.monotonic() + seconds
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         while True:
             cur = await conn.execute(
                 "SELECT count(*) FILTER (WHERE processed_at IS NULL), "
-                "array_agg(extract(epoch FROM processed_at - received_at)) FILTER (WHERE processed_at IS NOT NULL) "
+                "array_agg(extract(epoch FROM processed_at - received_at)) FILTER (WHERE processed_at IS NOT NULL), "
+                "count(processed_at), extract(epoch FROM max(processed_at) - min(received_at)) "
                 "FROM event_log WHERE org_id = %s AND delivery_id = ANY(%s)", (ORG, ids))
             row = await cur.fetchone()
             assert row is not None
-            pending, lat = row
+            pending, lat, done, span = row
             if pending == 0 or time.monotonic() > deadline:
-                return [float(x) for x in (lat or [])]
+                return [float(x) for x in (lat or [])], (done / float(span) if span else 0.0)
             await anyio.sleep(0.2)
+
+
+def _children_cpu(server: psutil.Process) -> float:
+    """CPU seconds of the orchestrator's processing children (0 when it processes in-process)."""
+    return harness.cpu_seconds(server) - sum(server.cpu_times()[:2])
 
 
 async def _measure(args: argparse.Namespace, url: str, port: int, server: psutil.Process) -> None:
     await harness.wait_http(f"http://127.0.0.1:{port}/health")
     target = f"http://127.0.0.1:{port}/webhook/{ORG}/github"
     await harness.load(target, _request, requests=20, concurrency=4, prefix="warm")
-    print(f"{'conc':>4}  {'accepted/s':>10}  {'2xx p50':>8}  {'2xx p99':>8}  {'cpu/dlv':>8}  {'proc p50':>8}  "
-          f"{'proc p99':>8}  {'raw ins/s':>9}  {'ratio':>6}")
+    print(f"{'conc':>4}  {'accepted/s':>10}  {'processed/s':>11}  {'proc/acc':>8}  {'2xx p50':>8}  {'2xx p99':>8}  "
+          f"{'cpu/dlv':>8}  {'proc cpu':>8}  {'proc p50':>8}  {'proc p99':>8}  {'raw ins/s':>9}  {'ratio':>6}")
     for conc in args.concurrency:
         n = args.requests if conc > 1 else max(50, args.requests // 8)
         cpu_before = harness.cpu_seconds(server)
+        children_before = _children_cpu(server)
         elapsed, lat, failed, ids = await harness.load(target, _request, requests=n, concurrency=conc,
                                                        prefix=f"c{conc}")
         cpu = (harness.cpu_seconds(server) - cpu_before) * 1000 / max(1, len(ids))
-        proc = await _processing_latency(url, ids)
+        proc, processed = await _processing_latency(url, ids)
+        children_cpu = (_children_cpu(server) - children_before) * 1000 / max(1, len(ids))
         raw = await _raw_rate(url, conc, n)
         rate = len(ids) / elapsed
-        print(f"{conc:>4}  {rate:>10.1f}  {harness.pct(lat, .5):>7.1f}ms  {harness.pct(lat, .99):>7.1f}ms  "
-              f"{cpu:>6.2f}ms  {harness.pct(proc, .5):>7.1f}ms  {harness.pct(proc, .99):>7.1f}ms  {raw:>9.1f}  {rate / raw:>6.0%}"
+        print(f"{conc:>4}  {rate:>10.1f}  {processed:>11.1f}  {processed / rate:>8.0%}  "
+              f"{harness.pct(lat, .5):>7.1f}ms  {harness.pct(lat, .99):>7.1f}ms  "
+              f"{cpu:>6.2f}ms  {children_cpu:>6.2f}ms  {harness.pct(proc, .5):>7.1f}ms  {harness.pct(proc, .99):>7.1f}ms  {raw:>9.1f}  {rate / raw:>6.0%}"
               + (f"  ({failed} failed)" if failed else ""))
 
 
@@ -158,6 +171,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--server-log", default=None, help="write the orchestrator's output to this file")
     parser.add_argument("--processing-workers", type=int, default=None,
                         help="KICI_PROCESSING_WORKERS for the orchestrator (default: its own default)")
     args = parser.parse_args()
@@ -184,8 +198,8 @@ def main() -> None:
                    "KICI_BOOTSTRAP_ADMIN_TOKEN": "bench-admin-token-0123456789"}
             if args.processing_workers is not None:
                 env["KICI_PROCESSING_WORKERS"] = str(args.processing_workers)
-            proc = subprocess.Popen([str(BIN / "kici-standalone")], env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+            log = open(args.server_log, "ab") if args.server_log else subprocess.DEVNULL
+            proc = subprocess.Popen([str(BIN / "kici-standalone")], env=env, stdout=log, stderr=log)
             anyio.run(_measure, args, url, port, psutil.Process(proc.pid))
         finally:
             harness.stop([proc] if proc is not None else [], pg, work)

@@ -174,19 +174,25 @@ def _write_batch(batch: list[_FileWrite]) -> None:
     """Write the objects of ``batch`` (a failed one records its error and leaves the others alone).
 
     In phases, so a batch costs the filesystem about one journal commit rather than one per object: every
-    temporary file is written first, then the durable ones are fsynced (the first fsync commits the journal
+    temporary file is written first (non-durable writes of the same bytes object, such as the payload copies of
+    one delivery's runs, are hard links to the first one's file: one write instead of one per run), then the durable ones are fsynced (the first fsync commits the journal
     entries of all of them; the rest find their data already on disk), then all are renamed into place, then
     each directory the durable ones touched is fsynced once. An object is never visible under its name before
     its bytes are on disk."""
     staged: list[tuple[_FileWrite, Path, list[Path]]] = []
+    written: dict[int, Path] = {}  # id(data) -> a staged copy of it (the batch holds the data objects)
     for w in batch:
         tmp = w.path.with_name(f".{w.path.name}.{secrets.token_hex(6)}.tmp")
         try:
             created = _make_dirs(w.path.parent)
-            # payloads and logs are private to the orchestrator's account: 0600 files in 0700 directories
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(w.data)
+            same = written.get(id(w.data)) if not w.durable else None
+            if same is None or not _link(same, tmp):
+                # payloads and logs are private to the orchestrator's account: 0600 files in 0700 directories
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(w.data)
+                if not w.durable:
+                    written.setdefault(id(w.data), tmp)
         except OSError as exc:
             w.error = exc
             _discard(tmp)
@@ -219,6 +225,17 @@ def _write_batch(batch: list[_FileWrite]) -> None:
         except OSError as exc:
             for w in writes:
                 w.error = w.error or exc
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Hard-link ``target`` to the staged ``source`` (the same bytes: a run's payload copies are one body); False
+    when the filesystem refuses, and the bytes are written instead. A later ``put`` or ``delete`` of either key
+    replaces or removes only that name."""
+    try:
+        os.link(source, target)
+    except OSError:
+        return False
+    return True
 
 
 def _discard(path: Path) -> None:

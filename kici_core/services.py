@@ -138,6 +138,14 @@ class ParsedLockfiles:
                 self._indexes.pop(id(evicted), None)
         return parsed
 
+    def cached(self, content: bytes) -> lockfile.Lockfile | None:
+        """The parsed lock file for ``content`` when it is cached (no parse: cheap enough for any event loop)."""
+        key = hashlib.sha256(content).digest()
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+        return found
+
     def index(self, lock: lockfile.Lockfile) -> matching.TriggerIndex:
         """The trigger index of ``lock`` (built once while ``lock`` is cached)."""
         found = self._indexes.get(id(lock))
@@ -249,7 +257,9 @@ class Pipeline:
                 gone = self._registration(item, event, repo, ref, None, provider, source, payload)
                 return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_missing", repo_identifier=repo,
                                                              ref=ref, error_message=note), registration=gone)
-            lock = await self.offload(functools.partial(self.parsed.parse, fetched.content))
+            lock = self.parsed.cached(fetched.content)
+            if lock is None:
+                lock = await self.offload(functools.partial(self.parsed.parse, fetched.content))
         except errors.LockfileError as exc:
             return ProcessOutput(outcome=DeliveryOutcome(status="lockfile_corrupt", repo_identifier=repo, ref=ref,
                                                          error_message=str(exc)[:2000]))

@@ -327,6 +327,93 @@ def _first_per_key(rows: Iterable[AcceptRow]) -> list[AcceptRow]:
     return list(out.values())
 
 
+# ------------------------------------------------------------------------------------------ batched completion
+COMPLETE_BATCH = 32
+"""Most delivery completions sharing one transaction."""
+COMPLETE_LANES = 2
+"""Completion transactions that may be in flight at once (one connection each)."""
+
+CompleteOutcome = Mapping[str, Any] | None | BaseException
+"""What one completion in a batch got: its result row (None: the delivery does not exist) or its own error."""
+
+
+@dataclass(eq=False, slots=True)
+class _Completion:
+    params: dict[str, Any]
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    lead: bool = False
+    done: bool = False
+    row: Mapping[str, Any] | None = None
+    error: BaseException | None = None
+
+
+class CompletionGroup:
+    """Shares one transaction (one round trip, one commit) among concurrent delivery completions.
+
+    The same leader scheme as :class:`GroupCommit`: a caller finding a free lane takes what is queued (up to
+    ``max_batch`` completions) and runs it; callers arriving while every lane is busy queue up and the oldest
+    leads the next batch. Each completion is still its own ``complete_delivery`` statement with its own result;
+    the batch only shares the commit. ``run`` reports an outcome per completion, so a statement the database
+    rejects fails only its own caller. Nobody returns before the commit holding its completion has finished,
+    and the batch is shielded from cancellation so a cancelled caller cannot strand the others.
+    """
+
+    def __init__(self, run: Callable[[Sequence[dict[str, Any]]], Awaitable[list[CompleteOutcome]]], *,
+                 max_batch: int = COMPLETE_BATCH, lanes: int = COMPLETE_LANES) -> None:
+        self._run = run
+        self._max = max(1, max_batch)
+        self._lanes = max(1, lanes)
+        self._queue: list[_Completion] = []
+        self._inflight = 0
+        self.batches = 0
+        """Transactions issued (for tests and the benchmark)."""
+
+    async def submit(self, params: dict[str, Any]) -> Mapping[str, Any] | None:
+        """Run ``complete_delivery`` with ``params`` (with whatever else is pending); returns its row."""
+        me = _Completion(params=params)
+        self._queue.append(me)
+        if self._inflight < self._lanes:
+            self._inflight += 1
+            await self._lead(me)
+        else:
+            try:
+                await me.wake.wait()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    if me.lead and not me.done:
+                        await self._lead(me)
+                    elif me in self._queue:
+                        self._queue.remove(me)
+                raise
+            if me.lead and not me.done:
+                await self._lead(me)
+        if me.error is not None:
+            raise me.error
+        return me.row
+
+    async def _lead(self, me: _Completion) -> None:
+        with anyio.CancelScope(shield=True):
+            batch = [me, *[w for w in self._queue if w is not me and not w.lead][: self._max - 1]]
+            taken = {id(w) for w in batch}
+            self._queue = [w for w in self._queue if id(w) not in taken]
+            try:
+                outcomes = await self._run([w.params for w in batch])
+                self.batches += 1
+                for w, got in zip(batch, outcomes, strict=True):
+                    if isinstance(got, BaseException):
+                        w.error = got
+                    else:
+                        w.row = got
+            except Exception as exc:
+                for w in batch:
+                    w.error = exc
+            finally:
+                for w in batch:
+                    w.done = True
+                if not hand_over(self._queue, batch):
+                    self._inflight -= 1
+
+
 # ------------------------------------------------------------------------------------------ complete
 def split_matchers(matchers: Sequence[JSONObject]) -> tuple[list[str], list[JSONObject]]:
     """Exact label values and regex matchers, in order (``{kind: exact, value}`` / ``{kind: regex, ...}``)."""
@@ -422,12 +509,15 @@ class PgDeliveryInbox:
         on_accepted: called (on the event loop) after a new delivery committed, e.g. ``PayloadOffloader.wake``.
         forward: platform and hybrid modes: completing a delivery also writes each new run's
             ``execution.status`` (``pending``) to the Platform outbox, in the same commit.
+        complete_batch: most concurrent completions sharing one transaction (1: each commits alone).
+        complete_lanes: completion transactions in flight at once.
     """
 
     def __init__(self, db: Database, blobs: BlobStore, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
                  group_commit: bool = True, max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES,
                  commit_lanes: int = COMMIT_LANES, on_accepted: Callable[[], None] | None = None,
-                 forward: bool = False) -> None:
+                 forward: bool = False, complete_batch: int = COMPLETE_BATCH,
+                 complete_lanes: int = COMPLETE_LANES) -> None:
         self._db = db
         self._blobs = blobs
         self._forward = forward
@@ -437,6 +527,9 @@ class PgDeliveryInbox:
         self._group: GroupCommit | None = (
             GroupCommit(self._commit_rows, max_batch=max_batch, max_batch_bytes=max_batch_bytes,
                         lanes=commit_lanes) if group_commit else None)
+        self._completions: CompletionGroup | None = (
+            CompletionGroup(self._complete_rows, max_batch=complete_batch, lanes=complete_lanes)
+            if complete_batch > 1 else None)
         self._prefetched: dict[tuple[str, str], bytes] = {}
 
     @property
@@ -555,14 +648,18 @@ class PgDeliveryInbox:
 
     async def complete(self, item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun]) -> list[str]:
         """Create the runs (at most once per delivery and workflow), record the outcome, finish the inbox row and
-        notify dispatchers, in one statement (one round trip, one commit). Returns the delivery's run ids,
-        first first."""
+        notify dispatchers, in one statement. Concurrent completions share one transaction (one round trip, one
+        commit: see :class:`CompletionGroup`); each is atomic either way. Returns the delivery's run ids, first
+        first."""
         self._prefetched.pop((item.org_id, item.delivery_id), None)
         params = _complete_params(item, outcome, runs, forward=self._forward)
-        with translate_errors(self._db.url):
-            async with self._lanes.connection() as conn:
-                cur = await conn.execute(q("complete_delivery"), params)
-                row = await cur.fetchone()
+        if self._completions is not None:
+            row = await self._completions.submit(params)
+        else:
+            with translate_errors(self._db.url):
+                async with self._lanes.connection() as conn:
+                    cur = await conn.execute(q("complete_delivery"), params)
+                    row = await cur.fetchone()
         if row is None or row["entry_id"] is None:
             raise errors.NotFound(f"delivery {item.delivery_id} not found")
         if row["created"] < len(runs):  # some runs already existed, maybe committed after this statement began
@@ -571,6 +668,38 @@ class PgDeliveryInbox:
                                                                   "delivery_id": item.delivery_id})
                 return [str(r["run_id"]) for r in await cur.fetchall()]
         return [str(r) for r in row["run_ids"]]
+
+    async def _complete_rows(self, batch: Sequence[dict[str, Any]]) -> list[CompleteOutcome]:
+        """Run ``complete_delivery`` for each of ``batch`` in one transaction, pipelined. When the database
+        rejects one statement the transaction is rolled back and each runs alone, so only that one fails."""
+        url = self._db.url
+        async with self._lanes.connection() as conn:
+            if len(batch) > 1:
+                try:
+                    with translate_errors(url):
+                        async with conn.transaction():
+                            async with conn.pipeline():
+                                cursors = [await conn.execute(q("complete_delivery"), p) for p in batch]
+                            return [await cur.fetchone() for cur in cursors]
+                except errors.StorageUnavailable:
+                    if conn.broken or conn.closed:
+                        raise  # the connection is gone: every completion of the batch is retried later
+                except (errors.KiciError, psycopg.Error):
+                    pass
+                _log.info("completion batch rolled back; completing its %d deliveries one by one", len(batch))
+            out: list[CompleteOutcome] = []
+            for p in batch:
+                try:
+                    with translate_errors(url):
+                        cur = await conn.execute(q("complete_delivery"), p)
+                        out.append(await cur.fetchone())
+                except errors.StorageUnavailable as exc:
+                    if conn.broken or conn.closed:
+                        raise
+                    out.append(exc)
+                except (errors.KiciError, psycopg.Error) as exc:
+                    out.append(exc)
+            return out
 
     async def fail(self, item: InboxItem, error: str, *, retry_after: float | None, crashed: bool = False) -> None:
         """Release the lease: retry after ``retry_after`` seconds (``crashed``: counting a crash), or park the

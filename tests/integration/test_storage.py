@@ -247,3 +247,26 @@ def test_a_batch_renames_nothing_before_every_durable_file_is_synced(
     assert events[: renames[0]] == ["fsync"] * 3
     assert events[renames[-1] + 1 :] == ["fsync"]
     assert not [p for p in (root / "event-log" / "acme").iterdir() if p.name.endswith(".tmp")]
+
+
+async def test_copies_of_one_body_in_a_batch_are_written_once_and_stay_independent(tmp_path: Path) -> None:
+    """A delivery's runs each get a copy of its payload: one file written, the other names hard links to it.
+    Replacing or deleting one copy leaves the others as they were."""
+    store = storage.FilesystemBlobStore(tmp_path / "blobs", lanes=1)
+    body = b'{"ref": "refs/heads/main", "after": "' + b"5" * 40 + b'"}'
+    keys = [storage.run_payload_key(f"run-{i}") for i in range(5)]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.put, storage.run_payload_key("first"), b"holds the lane")  # the others queue behind it
+        for key in keys:
+            tg.start_soon(lambda k: store.put(k, body, durable=False), key)
+    paths = [tmp_path / "blobs" / k for k in keys]
+    assert [await store.get(k) for k in keys] == [body] * 5
+    assert len({p.stat().st_ino for p in paths}) == 1, "each copy was written separately"
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in paths)
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == ["webhook-payload.json"]  # no temporary left
+    await store.put(keys[0], b"replaced", durable=False)
+    await store.delete(keys[1])
+    assert await store.get(keys[0]) == b"replaced"
+    assert [await store.get(k) for k in keys[2:]] == [body] * 3
+    with pytest.raises(NotFound):
+        await store.get(keys[1])

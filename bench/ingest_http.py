@@ -20,6 +20,7 @@ With ``--processing-workers N`` the orchestrator processes deliveries in N child
 counts the children too.
 
 Usage: python bench/ingest_http.py [--quick] [--requests N] [--database-url URL] [--processing-workers N]
+       [--branch NAME] [--server-log FILE]
 """
 
 from __future__ import annotations
@@ -71,8 +72,12 @@ LOCKFILE = {
 }
 
 
+BRANCH = "main"
+"""Where the pushes go (``--branch``): the default branch also re-registers the lock file's workflows."""
+
+
 def _request(delivery: str) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": SHA,
+    body = json.dumps({"ref": f"refs/heads/{BRANCH}", "before": "0" * 40, "after": SHA,
                        "repository": {"full_name": REPO, "default_branch": "main",
                                       "clone_url": f"https://github.com/{REPO}.git"},
                        "sender": {"login": "bench", "id": 1}, "installation": {"id": 1}}).encode()
@@ -172,9 +177,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--server-log", default=None, help="write the orchestrator's output to this file")
+    parser.add_argument("--branch", default="main",
+                        help="branch pushed to (default main, the default branch; release/1 matches the other half "
+                             "of the workflows without registering them)")
     parser.add_argument("--processing-workers", type=int, default=None,
                         help="KICI_PROCESSING_WORKERS for the orchestrator (default: its own default)")
     args = parser.parse_args()
+    global BRANCH
+    BRANCH = args.branch
     if args.quick:
         args.requests, args.concurrency = 60, [1, 16]
     work = Path(tempfile.mkdtemp(prefix="kici-bench-"))

@@ -257,7 +257,7 @@ class ProcessingParts:
 
 DELIVERY_SLOTS = 8
 """Deliveries one serving process processes at once (no processing children)."""
-CHILD_DELIVERY_SLOTS = 32
+CHILD_DELIVERY_SLOTS = 16
 """Deliveries one processing child processes at once: a delivery mostly waits on the database, and concurrent
 completions share transactions, so more slots mean larger shared commits rather than more CPU."""
 

@@ -256,10 +256,8 @@ class ProcessingParts:
 
 
 DELIVERY_SLOTS = 8
-"""Deliveries one serving process processes at once (no processing children)."""
-CHILD_DELIVERY_SLOTS = 16
-"""Deliveries one processing child processes at once: a delivery mostly waits on the database, and concurrent
-completions share transactions, so more slots mean larger shared commits rather than more CPU."""
+"""Deliveries one process processes at once. More slots than the child's pool has connections (10) only queue
+for connections while a repository's default-branch registrations hold their row locks (measured: slower)."""
 
 
 async def processing_parts(settings: Settings, db: Database, stack: AsyncExitStack, *, worker_id: str,
@@ -307,7 +305,7 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
     platform_outbox = PgPlatformOutbox(db) if settings.platform_enabled else None
     worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=worker_id, blobs=blobs,
                             platform=platform_outbox,
-                            concurrency=DELIVERY_SLOTS if serving else CHILD_DELIVERY_SLOTS)
+                            concurrency=DELIVERY_SLOTS)
     try:  # the completion (and acceptance) lanes' connections, ready before the first burst (a connect costs
         # tens of ms); concurrent completions share them (see PgDeliveryInbox.complete)
         await inbox.warm(min(worker.concurrency, COMPLETE_LANES + COMMIT_LANES))

@@ -310,13 +310,20 @@ class MatchResult:
                         out.append(hit)  # type: ignore[arg-type]
                         continue
             matched_trigger = found.get(wi)
+            if len(workflow_steps) == 1:  # the common shape, without the generator machinery
+                source, step = sources[0], workflow_steps[0]
+                count = source.checks_run(step)
+                triggers: list[JSONValue] = [source.decision_dict(0, step, event)]
+            else:
+                count = sum(sources[i].checks_run(step) for i, step in enumerate(workflow_steps))
+                triggers = [sources[i].decision_dict(i, step, event) for i, step in enumerate(workflow_steps)]
             rendered: dict[str, JSONValue] = {
                 "workflowName": name,
                 "matched": matched_trigger is not None,
                 "matchedTrigger": matched_trigger,
                 "summary": SUMMARY_MATCHED if matched_trigger is not None else SUMMARY_NOT_MATCHED,
-                "checksCount": sum(sources[i].checks_run(step) for i, step in enumerate(workflow_steps)),
-                "triggers": [sources[i].decision_dict(i, step, event) for i, step in enumerate(workflow_steps)],
+                "checksCount": count,
+                "triggers": triggers,
             }
             if key is not None and memo is not None:
                 memo.put(key, rendered)

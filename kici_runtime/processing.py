@@ -325,7 +325,7 @@ async def run_child(settings: Settings, index: int, *, parent_pid: int, metrics_
         await db.open()
         stack.push_async_callback(db.close)
         worker_id = child_worker_id(wiring.instance_id(settings), index)
-        parts = await wiring.processing_parts(settings, db, stack, worker_id=worker_id, serving=False)
+        parts = await wiring.processing_parts(settings, db, stack, worker_id=worker_id)
 
         def wake() -> None:
             parts.worker.wake()

@@ -255,20 +255,11 @@ class ProcessingParts:
     registrations: PgRegistrations
 
 
-DELIVERY_SLOTS = 8
-"""Deliveries one process processes at once. More slots than the child's pool has connections (10) only queue
-for connections while a repository's default-branch registrations hold their row locks (measured: slower)."""
-
-
 async def processing_parts(settings: Settings, db: Database, stack: AsyncExitStack, *, worker_id: str,
-                           on_accepted: Callable[[], None] | None = None,
-                           serving: bool = True) -> ProcessingParts:
+                           on_accepted: Callable[[], None] | None = None) -> ProcessingParts:
     """Build the inbox, the delivery worker (claiming as ``worker_id``) and the payload offloader over ``db``.
 
     ``on_accepted`` is called after each new acceptance; when None the local offloader is woken instead.
-    ``serving``: this process also serves HTTP and agents, so the pipeline's CPU-bound steps run in a worker
-    thread; a processing child (False) runs them on its own event loop, which serves nothing else (a thread
-    hand-off per step costs more than the step, and a lock file's time budget still applies).
     Closing callbacks go on ``stack``. Used by the serving process and by processing children alike.
     """
     blobs = blob_store(settings)
@@ -296,16 +287,14 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
         ids=_uuid, timer=_perf_counter, observer=PrometheusObserver(),
         # GitHub's "Re-run" buttons (check_run / check_suite rerequested) start new attempts
         reruns=PgReruns(PgRunStore(db, forward=settings.platform_enabled, instance_id=worker_id)),
-        offload=ThreadOffload() if serving else services.run_inline,
-        budget_seconds=float(settings.processing_timeout_seconds),
+        offload=ThreadOffload(), budget_seconds=float(settings.processing_timeout_seconds),
         max_runs=settings.max_runs_per_delivery, max_jobs=settings.max_jobs_per_delivery,
         registrations=registrations,  # default-branch pushes register workflows; schedule fires read them
     )
     # --- Platform link (platform/hybrid): execution.event and status forwarding go to the durable outbox
     platform_outbox = PgPlatformOutbox(db) if settings.platform_enabled else None
     worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=worker_id, blobs=blobs,
-                            platform=platform_outbox,
-                            concurrency=DELIVERY_SLOTS)
+                            platform=platform_outbox)
     try:  # the completion (and acceptance) lanes' connections, ready before the first burst (a connect costs
         # tens of ms); concurrent completions share them (see PgDeliveryInbox.complete)
         await inbox.warm(min(worker.concurrency, COMPLETE_LANES + COMMIT_LANES))

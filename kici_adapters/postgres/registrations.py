@@ -93,25 +93,43 @@ class PgRegistrations:
             row = await cur.fetchone()
             assert row is not None
             now: datetime = row["now"]
-            kept: list[str] = []
-            for reg in workflows:
-                cur = await conn.execute(_UPSERT, {
+            # A few round trips whatever the number of workflows (executemany pipelines its statements): the
+            # repository's rows stay locked for as short a time as possible.
+            kept = [reg.workflow_name for reg in workflows]
+            reg_ids: list[str] = []
+            if workflows:
+                cur = conn.cursor()
+                await cur.executemany(_UPSERT, [{
                     "id": reg.id, "org_id": org_id, "routing_key": routing_key, "provider": reg.provider,
                     "repo": repo, "name": reg.workflow_name, "ref": reg.ref, "sha": reg.sha, "repo_url": reg.repo_url,
                     "lock_source": Jsonb(dict(reg.lock_source)), "workflow": Jsonb(dict(reg.workflow)),
-                    "types": list(reg.trigger_types), "delivery_id": reg.delivery_id})
-                found = await cur.fetchone()
-                assert found is not None
-                reg_id = str(found["id"])
-                kept.append(reg.workflow_name)
+                    "types": list(reg.trigger_types), "delivery_id": reg.delivery_id} for reg in workflows],
+                    returning=True)
+                while True:
+                    found = await cur.fetchone()
+                    assert found is not None
+                    reg_ids.append(str(found["id"]))
+                    if not cur.nextset():
+                        break
+            schedules: list[dict[str, object]] = []
+            keep_regs: list[str] = []
+            keep_index: list[int] = []
+            for reg_id, reg in zip(reg_ids, workflows, strict=True):
                 for spec in reg.schedules:
                     next_fire, error = first_fire(spec, now)
-                    await conn.execute(_SCHEDULE_UPSERT, {
+                    schedules.append({
                         "reg": reg_id, "index": spec.trigger_index, "cron": spec.cron_expression, "tz": spec.timezone,
                         "description": spec.description, "next": next_fire, "error": error})
-                await conn.execute("DELETE FROM workflow_schedules WHERE registration_id = %(reg)s"
-                                   " AND NOT (trigger_index = ANY(%(keep)s))",
-                                   {"reg": reg_id, "keep": [s.trigger_index for s in reg.schedules]})
+                    keep_regs.append(reg_id)
+                    keep_index.append(spec.trigger_index)
+            if schedules:
+                await conn.cursor().executemany(_SCHEDULE_UPSERT, schedules)
+            if reg_ids:
+                await conn.execute(
+                    "DELETE FROM workflow_schedules s WHERE s.registration_id = ANY(%(regs)s::uuid[])"
+                    " AND NOT EXISTS (SELECT 1 FROM unnest(%(kr)s::uuid[], %(ki)s::int[]) AS k(reg, idx)"
+                    " WHERE k.reg = s.registration_id AND k.idx = s.trigger_index)",
+                    {"regs": reg_ids, "kr": keep_regs, "ki": keep_index})
             await conn.execute("DELETE FROM workflow_registrations WHERE routing_key = %(rk)s"
                                " AND repo_identifier = %(repo)s AND NOT (workflow_name = ANY(%(keep)s))",
                                {"rk": routing_key, "repo": repo, "keep": kept})

@@ -192,21 +192,23 @@ class Supervisor:
         finally:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
-    async def _watch(self, index: int, proc: anyio.abc.Process) -> None:
-        """Kill a child whose event loop stopped turning for longer than a delivery's whole time budget.
+    async def _watch(self, index: int, proc: anyio.abc.Process) -> int:
+        """Wait for the child to exit; kill it first if its event loop stopped turning for longer than a delivery's
+        whole time budget. Returns its exit code.
 
         Matching and planning run in a worker thread and are checked against the budget between steps; but one
         long call into C that never lets the interpreter switch threads (a backtracking ``re`` search that the
         ReDoS guard could not rule out, say) freezes the whole child. Its heartbeat then stops; the child is
         killed and restarted, and the deliveries it held count a crash each (parked after three: poison pill).
         """
-        path = heartbeat_file(self._metrics_file(index))
+        path = anyio.Path(heartbeat_file(self._metrics_file(index)))
         with suppress(OSError):
-            path.unlink()
+            await path.unlink()
         while True:
-            await anyio.sleep(BEAT_SECONDS)
+            with anyio.move_on_after(BEAT_SECONDS):
+                return await proc.wait()
             try:
-                age = time.time() - (await anyio.Path(path).stat()).st_mtime
+                age = time.time() - (await path.stat()).st_mtime
             except OSError:
                 continue  # not started yet
             if age > self._stall_seconds:
@@ -215,7 +217,7 @@ class Supervisor:
                           extra={"index": index, "pid": proc.pid, "stalledSeconds": round(age, 1)})
                 with suppress(ProcessLookupError):
                     proc.kill()
-                return
+                return await proc.wait()
 
     async def _keep(self, index: int) -> None:
         delay = RESTART_BACKOFF[0]
@@ -229,10 +231,7 @@ class Supervisor:
             self.starts += 1
             log.info("Processing worker started", extra={"index": index, "pid": proc.pid})
             try:
-                async with anyio.create_task_group() as watch:
-                    watch.start_soon(self._watch, index, proc)
-                    code = await proc.wait()
-                    watch.cancel_scope.cancel()
+                code = await self._watch(index, proc)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await _stop(proc)

@@ -355,7 +355,7 @@ def main() -> None:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
                "KICI_MODE": "independent", "KICI_DATABASE_URL": url, "KICI_SECRET_KEY": "cd" * 32,
                "KICI_HOST": "127.0.0.1", "KICI_PORT": str(port), "KICI_DATA_DIR": str(work / "data"),
-               "KICI_LOG_LEVEL": "warn", "KICI_AGENT_AUTH": "none", "KICI_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN}
+               "KICI_LOG_LEVEL": "warn", "KICI_AGENT_AUTH": "none", "KICI_ALLOW_LOCAL_SOURCES": "true", "KICI_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN}
         if args.processing_workers is not None:
             env["KICI_PROCESSING_WORKERS"] = str(args.processing_workers)
         proc = subprocess.Popen([str(BIN / "kici-standalone")], env=env, stdout=subprocess.DEVNULL,

@@ -34,11 +34,13 @@ Rules enforced:
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable
 
 from kici_core import dispatch_effects as fx
 from kici_core import errors, routing
+from kici_core.agent_index import AgentIndex
 from kici_core.dispatch_model import AgentEntry, AgentView, JobEntry, Phase
 from kici_core.states import JobStatus
 
@@ -57,6 +59,13 @@ class Dispatcher:
         self._queue: list[tuple[float, int, str]] = []  # sorted FIFO keys of QUEUED jobs
         self._seq = 0
         self._completed: OrderedDict[str, tuple[str, float]] = OrderedDict()  # job -> (agent, until)
+        # Free agents by label set and load (the choice among them), and the agents' timers as heaps whose
+        # stale entries are skipped when they come due: one per connection for heartbeat silence (refreshed
+        # lazily, so a heartbeat costs O(1)), one per busy hold.
+        self._index = AgentIndex()
+        self._silence: list[tuple[float, str, str]] = []  # (heartbeat deadline, agent, connection)
+        self._holds: list[tuple[float, str]] = []  # (held until, agent)
+        self._bound: dict[str, str] = {}  # job -> free scaler-managed agent bound to it
 
     # ---------------------------------------------------------------- inspection
 
@@ -73,11 +82,21 @@ class Dispatcher:
             active_jobs=tuple(sorted(a.jobs)),
             accepting=a.accepting,
             held_until=a.held_until,
+            idle_since=a.idle_since,
         )
 
     def agent_ids(self) -> tuple[str, ...]:
-        """Ids of the connected agents (for ``kici_agents_active``)."""
+        """Ids of the connected agents, sorted."""
         return tuple(sorted(self._agents))
+
+    def agent_count(self) -> int:
+        """How many agents are connected (for ``kici_agents_active``)."""
+        return len(self._agents)
+
+    def best_agent(self, selector: routing.JobSelector) -> str | None:
+        """The agent a job with ``selector`` would be dispatched to now, or ``None`` (same rule as
+        :func:`routing.choose_agent` over every connected agent, answered from the index)."""
+        return self._index.best(selector)
 
     def queued(self) -> tuple[str, ...]:
         """Job ids waiting in this process's view, oldest first."""
@@ -130,8 +149,11 @@ class Dispatcher:
                 times.append(job.recovery_deadline)
             elif job.phase is Phase.QUEUED and job.expires_at is not None:
                 times.append(job.expires_at)
-        times.extend(a.heartbeat_at + self.config.agent_heartbeat_timeout for a in self._agents.values())
-        times.extend(a.held_until for a in self._agents.values() if a.held_until is not None)
+        # Heap heads may be stale (earlier than the real deadline): tick then only refreshes them.
+        if self._silence:
+            times.append(self._silence[0][0])
+        if self._holds:
+            times.append(self._holds[0][0])
         return min(times) if times else None
 
     # ---------------------------------------------------------------- queue inputs
@@ -234,6 +256,7 @@ class Dispatcher:
             agent.max_concurrency = max_concurrency
             agent.accepting = True
             agent.held_until = None
+            self._index.add(agent_id, labels)
         else:
             kept: set[str] = set()
             if existing is not None:
@@ -261,6 +284,10 @@ class Dispatcher:
                 jobs_taken=len(kept),
             )
             self._agents[agent_id] = agent
+            self._index.add(agent_id, labels)
+            heapq.heappush(
+                self._silence, (now + self.config.agent_heartbeat_timeout, agent_id, connection_id)
+            )
         for job_id in in_flight:
             job = self._jobs.get(job_id)
             if job is not None and job_id in agent.jobs:
@@ -274,6 +301,7 @@ class Dispatcher:
             else:
                 effects.append(fx.SendCancel(agent_id=agent_id, job_id=job_id, reason=fx.REASON_NOT_ASSIGNED))
         effects.append(fx.SendRegisterAck(agent_id=agent_id, connection_id=connection_id))
+        self._sync(agent)
         return effects + self._fill(now)
 
     def agent_heartbeat(self, *, agent_id: str, now: float) -> list[fx.Effect]:
@@ -293,6 +321,7 @@ class Dispatcher:
             return []
         if agent.held_until is not None and active_jobs < agent.max_concurrency and agent.busy_streak < 3:
             agent.held_until = None
+            self._sync(agent)
         return self._fill(now)
 
     def agent_gone(self, *, agent_id: str, connection_id: str, now: float) -> list[fx.Effect]:
@@ -325,7 +354,9 @@ class Dispatcher:
             agent.busy_streak += 1
             backoff = self.config.busy_backoff * 2 ** min(agent.busy_streak - 1, 16)
             agent.held_until = now + min(backoff, self.config.busy_backoff_max)
+            heapq.heappush(self._holds, (agent.held_until, agent_id))
         effects = self._requeue_or_fail(job, f"agent rejected dispatch ({reason})", now, spend=False)
+        self._sync(agent)
         return effects + self._fill(now)
 
     def job_status(self, *, agent_id: str, job_id: str, state: str, now: float) -> list[fx.Effect]:
@@ -345,8 +376,9 @@ class Dispatcher:
             effects = []
             if job.phase is Phase.AWAITING_ACK:
                 effects.append(fx.AckResolved(job_id=job_id, agent_id=agent_id))
+            agent = self._agents[agent_id]
+            agent.held_until = None  # a slot freed on the agent itself
             self._release(job, now)
-            self._agents[agent_id].held_until = None  # a slot freed on the agent itself
             del self._jobs[job_id]
             self._remember_completed(job_id, agent_id, now)
             return effects + self._fill(now)
@@ -418,19 +450,22 @@ class Dispatcher:
         stale started jobs, queue expiry. Then fill free slots."""
         effects: list[fx.Effect] = []
         effects += self._expire_acks(now)
-        for agent in sorted(self._agents.values(), key=lambda a: a.agent_id):
-            if agent.held_until is not None and agent.held_until <= now:
-                agent.held_until = None
-            if now - agent.heartbeat_at > self.config.agent_heartbeat_timeout:
-                effects.append(
-                    fx.CloseAgent(
-                        agent_id=agent.agent_id,
-                        connection_id=agent.connection_id,
-                        code=fx.CLOSE_HEARTBEAT_TIMEOUT,
-                        reason=fx.REASON_HEARTBEAT_TIMEOUT,
-                    )
+        while self._holds and self._holds[0][0] <= now:
+            until, agent_id = heapq.heappop(self._holds)
+            held = self._agents.get(agent_id)
+            if held is not None and held.held_until == until:
+                held.held_until = None
+                self._sync(held)
+        for agent in self._silent(now):
+            effects.append(
+                fx.CloseAgent(
+                    agent_id=agent.agent_id,
+                    connection_id=agent.connection_id,
+                    code=fx.CLOSE_HEARTBEAT_TIMEOUT,
+                    reason=fx.REASON_HEARTBEAT_TIMEOUT,
                 )
-                effects += self._disconnect(agent, now)
+            )
+            effects += self._disconnect(agent, now)
         due = [job for job in self._jobs.values() if self._due(job, now)]  # sort only what has work
         for job in sorted(due, key=lambda j: j.order):
             if (
@@ -457,6 +492,49 @@ class Dispatcher:
         return effects + self._fill(now)
 
     # ---------------------------------------------------------------- internals
+
+    def _sync(self, agent: AgentEntry) -> None:
+        """Tell the index whether ``agent`` (if still connected) can take a job now, and its load. An
+        agent the auto-scaler started takes one job in its life; one bound to a job is kept out of the
+        index, in ``_bound``, while it waits for that job."""
+        if self._agents.get(agent.agent_id) is not agent:
+            return
+        free = agent.accepting and agent.held_until is None and len(agent.jobs) < agent.max_concurrency
+        if agent.scaler_managed:
+            free = free and agent.jobs_taken == 0
+            if agent.bound_job_id is not None:
+                if free:
+                    self._bound[agent.bound_job_id] = agent.agent_id
+                elif self._bound.get(agent.bound_job_id) == agent.agent_id:
+                    del self._bound[agent.bound_job_id]
+                free = False
+        self._index.update(
+            agent.agent_id,
+            free=free,
+            active=len(agent.jobs),
+            capacity=agent.max_concurrency,
+            idle_since=agent.idle_since,
+        )
+
+    def _silent(self, now: float) -> list[AgentEntry]:
+        """The connected agents whose last heartbeat is older than ``agent_heartbeat_timeout``, by id.
+        Entries of closed connections are dropped; entries of agents heard from since are pushed again
+        with their new deadline."""
+        timeout = self.config.agent_heartbeat_timeout
+        silent: list[AgentEntry] = []
+        later: list[tuple[float, str, str]] = []
+        while self._silence and self._silence[0][0] <= now:
+            _, agent_id, connection_id = heapq.heappop(self._silence)
+            agent = self._agents.get(agent_id)
+            if agent is None or agent.connection_id != connection_id:
+                continue
+            if now - agent.heartbeat_at > timeout:
+                silent.append(agent)
+            else:
+                later.append((agent.heartbeat_at + timeout, agent_id, connection_id))
+        for entry in later:
+            heapq.heappush(self._silence, entry)
+        return sorted(silent, key=lambda a: a.agent_id)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -488,6 +566,7 @@ class Dispatcher:
             if job.job_id in agent.jobs:
                 agent.jobs.discard(job.job_id)
                 agent.idle_since = now
+                self._sync(agent)
         job.agent_id = None
 
     def _remember_completed(self, job_id: str, agent_id: str, now: float) -> None:
@@ -529,6 +608,9 @@ class Dispatcher:
         """Forget ``agent``; requeue its unacknowledged jobs, put started ones in recovery."""
         if self._agents.get(agent.agent_id) is agent:
             del self._agents[agent.agent_id]
+            self._index.remove(agent.agent_id)
+            if agent.bound_job_id is not None and self._bound.get(agent.bound_job_id) == agent.agent_id:
+                del self._bound[agent.bound_job_id]
         effects: list[fx.Effect] = []
         for job_id in sorted(agent.jobs, key=lambda j: self._jobs[j].order):
             job = self._jobs[job_id]
@@ -613,30 +695,31 @@ class Dispatcher:
         ]
 
     def _fill(self, now: float) -> list[fx.Effect]:
-        """Assign queued jobs, oldest first, until no agent with a free slot can take any."""
-        free = {
-            a.agent_id: a.candidate()
-            for a in self._agents.values()
-            if a.accepting and a.held_until is None and len(a.jobs) < a.max_concurrency
-        }
+        """Assign queued jobs, oldest first, until no agent with a free slot can take any. A job with a
+        free agent the auto-scaler bound to it goes there; any other job to the index's choice, in
+        O(log n). A selector found without a free agent is not asked again in the same pass (nothing
+        frees a slot during a fill)."""
         effects: list[fx.Effect] = []
-        bound = self._scaler_slots(free)
-        if not free or not self._queue:
+        if not self._queue or not (self._index.free_agents or self._bound):
             return effects
+        exhausted: set[routing.JobSelector] = set()
         for _, _, job_id in list(self._queue):
-            if not free:
+            if not (self._index.free_agents or self._bound):
                 break
             job = self._jobs[job_id]
-            if job.selector is None or (job.expires_at is not None and job.expires_at <= now):
+            selector = job.selector
+            if selector is None or (job.expires_at is not None and job.expires_at <= now):
                 continue
-            agent_id = bound.pop(job_id, None)
-            if agent_id is not None and not job.selector.admits(self._agents[agent_id].labels):
+            agent_id = self._bound.get(job_id)
+            if agent_id is not None and not selector.admits(self._agents[agent_id].labels):
                 agent_id = None
             if agent_id is None:
-                pool = free.values() if not bound else [c for a, c in free.items() if a not in bound.values()]
-                agent_id = routing.choose_agent(pool, job.selector)
-            if agent_id is None:
-                continue
+                if selector in exhausted:
+                    continue
+                agent_id = self._index.best(selector)
+                if agent_id is None:
+                    exhausted.add(selector)
+                    continue
             agent = self._agents[agent_id]
             self._dequeue(job)
             deadline = now + self.config.ack_timeout
@@ -646,24 +729,7 @@ class Dispatcher:
             agent.jobs.add(job_id)
             agent.idle_since = now
             agent.jobs_taken += 1
+            self._sync(agent)
             effects.append(fx.MarkDispatched(job_id=job_id, agent_id=agent_id, ack_deadline=deadline))
             effects.append(fx.SendDispatch(agent_id=agent_id, job_id=job_id))
-            if len(agent.jobs) < agent.max_concurrency and not agent.scaler_managed:
-                free[agent_id] = agent.candidate()
-            else:
-                del free[agent_id]
         return effects
-
-    def _scaler_slots(self, free: dict[str, routing.Candidate]) -> dict[str, str]:
-        """Drop scaler-managed agents that already had their one job from ``free``; the bound ones
-        left, as ``job id -> agent id`` (they take only that job)."""
-        bound: dict[str, str] = {}
-        for agent_id in list(free):
-            agent = self._agents[agent_id]
-            if not agent.scaler_managed:
-                continue
-            if agent.jobs_taken > 0:
-                del free[agent_id]
-            elif agent.bound_job_id is not None:
-                bound[agent.bound_job_id] = agent_id
-        return bound

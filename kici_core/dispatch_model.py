@@ -59,17 +59,6 @@ class AgentEntry:
     bound_job_id: str | None = None
     jobs_taken: int = 0
 
-    def candidate(self) -> routing.Candidate:
-        """The agent as :func:`routing.choose_agent` sees it."""
-        return routing.Candidate(
-            agent_id=self.agent_id,
-            labels=self.labels,
-            active_jobs=len(self.jobs),
-            max_concurrency=self.max_concurrency,
-            idle_since=self.idle_since,
-            accepting=self.accepting and self.held_until is None,
-        )
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentView:
@@ -82,3 +71,4 @@ class AgentView:
     active_jobs: tuple[str, ...]
     accepting: bool
     held_until: float | None = None
+    idle_since: float = 0.0

@@ -8,7 +8,10 @@ Invariants checked after every step:
 * no queued job is left waiting while a connected, accepting agent with a free slot admits it (an agent
   held after a ``busy`` reject is not accepting);
 * a ``job.reject`` never spends a delivery and never fails the job; after ``busy`` the job is not handed
-  straight back to the agent that rejected it.
+  straight back to the agent that rejected it;
+* the agent index answers every selector (exact and regex matchers, excludes, mandatory labels) exactly as a
+  brute-force :func:`routing.choose_agent` over every connected agent does (least loaded, ties longest
+  idle, then smallest id), holds and draining included.
 """
 
 from __future__ import annotations
@@ -21,8 +24,27 @@ from kici_core import dispatch, routing
 from kici_core import dispatch_effects as fx
 
 LABELS = ["a", "b", "c"]
-AGENTS = ["x", "y", "z"]
+AGENTS = ["w", "x", "y", "z"]
 label_sets = st.frozensets(st.sampled_from(LABELS), max_size=3)
+PATTERNS: list[dict[str, object]] = [
+    {"kind": "regex", "source": "^a$", "flags": ""},
+    {"kind": "regex", "source": "B", "flags": "i"},
+    {"kind": "regex", "source": "^[bc]", "flags": ""},
+]
+matchers = st.lists(st.sampled_from(PATTERNS), max_size=1, unique_by=lambda m: str(m["source"]))
+excludes = st.lists(
+    st.sampled_from([{"kind": "exact", "value": x} for x in LABELS] + PATTERNS), max_size=1,
+    unique_by=lambda m: str(m.get("value", m.get("source"))),
+)  # fmt: skip
+# Selectors the index is compared with after every step (plus those of the jobs queued).
+PROBES = [
+    routing.compile_selector([]),
+    routing.compile_selector([{"kind": "exact", "value": "a"}]),
+    routing.compile_selector([{"kind": "exact", "value": "a"}, {"kind": "exact", "value": "b"}]),
+    routing.compile_selector([PATTERNS[1]]),
+    routing.compile_selector([], [{"kind": "exact", "value": "c"}]),
+    routing.compile_selector([{"kind": "exact", "value": "b"}], [PATTERNS[0]]),
+]
 
 
 class DispatcherMachine(RuleBasedStateMachine):
@@ -83,15 +105,24 @@ class DispatcherMachine(RuleBasedStateMachine):
 
     # -------------------------------------------------------------- rules
 
-    @rule(agent_id=st.sampled_from(AGENTS), names=label_sets, maxc=st.integers(1, 3), new_conn=st.booleans())
-    def register(self, agent_id: str, names: frozenset[str], maxc: int, new_conn: bool) -> None:
+    @rule(
+        agent_id=st.sampled_from(AGENTS),
+        names=label_sets,
+        maxc=st.integers(1, 3),
+        new_conn=st.booleans(),
+        tainted=st.booleans(),
+    )
+    def register(
+        self, agent_id: str, names: frozenset[str], maxc: int, new_conn: bool, tainted: bool
+    ) -> None:
         if new_conn or agent_id not in self.conns:
             self.conn_seq += 1
             conn = f"{agent_id}-{self.conn_seq}"
         else:
             conn = self.conns[agent_id]
         in_flight = sorted(j for j, a in self.assigned.items() if a == agent_id)[:maxc]
-        labels = routing.AgentLabels(labels=names)
+        # A tainted agent takes only jobs that name its mandatory label ``a`` exactly.
+        labels = routing.AgentLabels(labels=names, mandatory_labels=frozenset({"a"} if tainted else ()))
         self.agent_labels[agent_id] = labels
         effects = self.d.agent_registered(
             agent_id=agent_id, connection_id=conn, labels=labels, max_concurrency=maxc,
@@ -108,11 +139,18 @@ class DispatcherMachine(RuleBasedStateMachine):
         conn = self.conns.pop(agent_id)
         self.apply(self.d.agent_gone(agent_id=agent_id, connection_id=conn, now=self.now))
 
-    @rule(required=label_sets, run=st.sampled_from(["r1", "r2"]))
-    def queue(self, required: frozenset[str], run: str) -> None:
+    @rule(required=label_sets, patterns=matchers, exclude=excludes, run=st.sampled_from(["r1", "r2"]))
+    def queue(
+        self,
+        required: frozenset[str],
+        patterns: list[dict[str, object]],
+        exclude: list[dict[str, object]],
+        run: str,
+    ) -> None:
         self.job_seq += 1
         job_id = f"j{self.job_seq}"
-        selector = routing.compile_selector([{"kind": "exact", "value": x} for x in sorted(required)])
+        exact: list[dict[str, object]] = [{"kind": "exact", "value": x} for x in sorted(required)]
+        selector = routing.compile_selector(exact + patterns, exclude)
         self.selectors[job_id] = selector
         self.runs[job_id] = run
         self.apply(
@@ -179,6 +217,17 @@ class DispatcherMachine(RuleBasedStateMachine):
         agent_id = data.draw(st.sampled_from(sorted(self.conns)))
         self.apply(self.d.agent_status(agent_id=agent_id, active_jobs=active, now=self.now))
 
+    @precondition(lambda self: any(self.phase.get(j) == "awaiting" for j in self.assigned))
+    @rule(data=st.data())
+    def busy_then_free(self, data: st.DataObject) -> None:
+        """An agent rejects a dispatch as busy, then reports a free slot (the hold is lifted at once)."""
+        job_id = data.draw(
+            st.sampled_from(sorted(j for j in self.assigned if self.phase.get(j) == "awaiting"))
+        )
+        agent_id = self.assigned[job_id]
+        self.apply(self.d.job_rejected(agent_id=agent_id, job_id=job_id, reason="busy", now=self.now))
+        self.apply(self.d.agent_status(agent_id=agent_id, active_jobs=0, now=self.now))
+
     @precondition(lambda self: self.conns)
     @rule(data=st.data())
     def connection_heartbeat(self, data: st.DataObject) -> None:
@@ -221,6 +270,27 @@ class DispatcherMachine(RuleBasedStateMachine):
                 assert not (free and self.selectors[job_id].admits(view.labels)), (
                     f"{job_id} waits while {agent_id} could take it"
                 )
+
+    @invariant()
+    def index_agrees_with_brute_force(self) -> None:
+        if not hasattr(self, "d"):
+            return
+        views = [self.d.agent(a) for a in self.d.agent_ids()]
+        candidates = [
+            routing.Candidate(
+                agent_id=v.agent_id,
+                labels=v.labels,
+                active_jobs=len(v.active_jobs),
+                max_concurrency=v.max_concurrency,
+                idle_since=v.idle_since,
+                accepting=v.accepting and v.held_until is None,
+            )
+            for v in views
+            if v is not None
+        ]
+        for selector in {*PROBES, *self.selectors.values()}:
+            expected = routing.choose_agent(candidates, selector)
+            assert self.d.best_agent(selector) == expected, f"{selector.describe()}: index disagrees"
 
     @invariant()
     def assignments_agree(self) -> None:

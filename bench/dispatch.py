@@ -1,21 +1,26 @@
-"""Dispatch benchmark: webhook 2xx -> ``job.dispatch`` latency with 100 agents, then 2,000 idle agents.
+"""Dispatch benchmark: webhook 2xx -> ``job.dispatch`` latency, memory and idle CPU as connected agents grow.
 
 Starts an embedded PostgreSQL 18 (or uses ``--database-url``) and ``kici-standalone`` as a separate process
 (``KICI_AGENT_AUTH=none``), registers a ``local`` source over the admin API whose repository is a git repo in a
-temp directory (its lock file has one workflow with one job on label ``bench``), then:
+temp directory (its lock file has one workflow with one job on label ``bench``), then, in one run:
 
-1. connects 100 simulated agents (plain WebSocket clients: ``agent.register``, then for every ``job.dispatch``
-   at once ``job.ack``, ``job.status running`` and ``job.status success``);
-2. sends 1,000 HMAC-signed push webhooks at 50/s and measures, per webhook, the time from its 2xx to the
-   ``job.dispatch`` of its run arriving at an agent (runs are matched to deliveries through the database);
-3. connects 2,000 idle agents that send ``heartbeat`` every 30 s, and reports the orchestrator process's RSS
-   and CPU use (psutil) while they are connected.
+1. connects ``--eligible`` (100) simulated agents on label ``bench`` (plain WebSocket clients: ``agent.register``
+   with the auto-labels the reference agent sends, its own ``kici:host:*`` included; then for every
+   ``job.dispatch`` at once ``job.ack``, ``job.status running`` and ``job.status success``);
+2. baseline, N = eligible: sends ``--webhooks`` HMAC-signed push webhooks at ``--rate``/s and measures, per
+   webhook, the time from its 2xx to the ``job.dispatch`` of its run arriving at an agent (runs are matched to
+   deliveries through the database); then the orchestrator's CPU over ``--window`` seconds with the agents idle;
+3. connects more agents until ``--agents`` N are connected (the others on 50 label sets none of which is
+   eligible, each with its own host label, sending ``heartbeat`` every 30 s), then measures idle CPU again, the
+   orchestrator's memory (RSS of the serving process and its processing children) and the same webhook phase;
+4. prints both phases side by side with the ratio of N to the baseline.
 
-Targets: p99 < 100 ms at 50 webhooks/s; 2,000 agents < 500 MiB RSS.
+Targets (N = 10,000, 100 eligible): p99 < 50 ms at 50 webhooks/s; under 50 KiB per idle agent and under
+600 MiB in all; idle CPU under 10% of a core.
 
 With ``--processing-workers N`` deliveries are processed in N child processes of the orchestrator.
 
-Usage: python bench/dispatch.py [--quick] [--database-url URL] [--processing-workers N]
+Usage: python bench/dispatch.py [--agents N] [--quick] [--database-url URL] [--processing-workers N]
 """
 
 from __future__ import annotations
@@ -107,8 +112,13 @@ def _msg(**fields: Any) -> str:
     return json.dumps({"messageId": str(uuid.uuid4()), "timestamp": int(time.time() * 1000), **fields})
 
 
+AUTO_LABELS = ["kici:os:linux", "kici:arch:x64", "kici:arch:amd64", "kici:role:builder", "kici:role:init-runner"]
+
+
 async def _register(port: int, agent_id: str, labels: list[str]) -> ClientConnection:
-    ws = await connect(f"ws://127.0.0.1:{port}/ws", max_queue=64, open_timeout=60)
+    """Connect and register like the reference agent: operator labels plus its auto-labels, its host included."""
+    ws = await connect(f"ws://127.0.0.1:{port}/ws", max_queue=64, open_timeout=120)
+    labels = [*labels, *AUTO_LABELS, f"kici:host:{agent_id}"]
     await ws.send(_msg(type="agent.register", agentId=agent_id, labels=labels, maxConcurrency=1,
                        platform="linux", arch="x64", inFlightJobs=[]))
     while json.loads(await ws.recv()).get("type") != "register.ack":
@@ -153,14 +163,15 @@ class Workers:
 
 
 async def idle_agents(port: int, count: int, connected: anyio.Event, stop: anyio.Event) -> None:
-    """``count`` idle agents (registered, heartbeat every 30 s) until ``stop``."""
+    """``count`` idle agents (registered on one of 50 label sets none of which runs the bench job, heartbeat every
+    30 s) until ``stop``."""
     limiter = anyio.CapacityLimiter(50)
     done = 0
 
     async def agent(i: int) -> None:
         nonlocal done
         async with limiter:
-            ws = await _register(port, f"idle-{i}", ["idle"])
+            ws = await _register(port, f"idle-{i}", ["idle", f"pool-{i % 50}"])
         done += 1
         if done == count:
             connected.set()
@@ -235,29 +246,118 @@ async def wait_until(check: Any, seconds: float, what: str) -> None:
             await anyio.sleep(0.2)  # a benchmark may poll the database
 
 
-def _children_rss(proc: psutil.Process) -> int:
-    total = 0
+def total_rss(proc: psutil.Process) -> tuple[int, int]:
+    """RSS of the serving process and of its children (processing workers), in bytes."""
+    children = 0
     for p in proc.children(recursive=True):
         try:
-            total += p.memory_info().rss
+            children += p.memory_info().rss
         except psutil.NoSuchProcess:
             continue
-    return total
+    return proc.memory_info().rss, children
+
+
+class Phase:
+    """The figures of one webhook phase and idle window."""
+
+    def __init__(self, agents: int) -> None:
+        self.agents = agents
+        self.latencies: list[float] = []
+        self.to_processed: list[float] = []
+        self.to_dispatch: list[float] = []
+        self.accepted = 0
+        self.failed = 0
+        self.rate = 0.0
+        self.busy_cpu = 0.0  # fraction of one core while webhooks flow
+        self.cpu_per_job_ms = 0.0
+        self.idle_cpu = 0.0  # fraction of one core with every agent idle
+        self.rss = (0, 0)
+
+
+async def webhook_phase(args: argparse.Namespace, url: str, base: str, proc: psutil.Process, repo: Path, sha: str,
+                        workers: Workers, phase: Phase) -> None:
+    cpu_before = harness.cpu_seconds(proc)
+    began = time.perf_counter()
+    accepted, accepted_wall, phase.failed = await send_webhooks(base, repo, sha, count=args.webhooks, rate=args.rate)
+    send_seconds = time.perf_counter() - began
+    runs: dict[str, str] = {}
+
+    async def all_dispatched() -> bool:
+        runs.update(await delivery_runs(url))
+        return all(runs.get(d) in workers.dispatched for d in accepted)
+
+    try:
+        await wait_until(all_dispatched, 120, "every run dispatched")
+    except TimeoutError:
+        print("warning: not every accepted webhook reached an agent within 120 s")
+    busy = harness.cpu_seconds(proc) - cpu_before
+    phase.accepted = len(accepted)
+    phase.rate = len(accepted) / send_seconds
+    phase.latencies = [workers.dispatched[runs[d]] - t for d, t in accepted.items() if runs.get(d) in workers.dispatched]
+    phase.busy_cpu = busy / max(send_seconds, 1e-9)
+    phase.cpu_per_job_ms = busy / max(len(phase.latencies), 1) * 1000
+    done = await processed_at(url)
+    walls = {d: t for d, t in accepted_wall.items() if runs.get(d) in done and runs[d] in workers.wall}
+    phase.to_processed = [done[runs[d]] - t for d, t in walls.items()]
+    phase.to_dispatch = [workers.wall[runs[d]] - done[runs[d]] for d in walls]
+
+
+async def idle_window(args: argparse.Namespace, proc: psutil.Process, phase: Phase) -> None:
+    """CPU of the orchestrator (children included) over the window, with no webhooks."""
+    before = harness.cpu_seconds(proc)
+    began = time.perf_counter()
+    await anyio.sleep(args.window)  # the measurement window itself
+    phase.idle_cpu = (harness.cpu_seconds(proc) - before) / (time.perf_counter() - began)
+    phase.rss = total_rss(proc)
+
+
+def report(args: argparse.Namespace, base: Phase, full: Phase) -> None:
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b > 0 else "-"
+
+    rows = [
+        ("webhooks accepted/s", lambda p: p.rate, "{:.1f}"),
+        ("2xx -> job.dispatch p50 ms", lambda p: harness.pct(p.latencies, .5), "{:.1f}"),
+        ("2xx -> job.dispatch p99 ms", lambda p: harness.pct(p.latencies, .99), "{:.1f}"),
+        ("2xx -> job.dispatch max ms", lambda p: harness.pct(p.latencies, 1.0), "{:.1f}"),
+        ("  2xx -> processed p50 ms", lambda p: harness.pct(p.to_processed, .5), "{:.1f}"),
+        ("  2xx -> processed p99 ms", lambda p: harness.pct(p.to_processed, .99), "{:.1f}"),
+        ("  processed -> dispatch p50 ms", lambda p: harness.pct(p.to_dispatch, .5), "{:.1f}"),
+        ("  processed -> dispatch p99 ms", lambda p: harness.pct(p.to_dispatch, .99), "{:.1f}"),
+        ("CPU per dispatched job ms", lambda p: p.cpu_per_job_ms, "{:.2f}"),
+        ("CPU while webhooks flow % core", lambda p: p.busy_cpu * 100, "{:.0f}"),
+        ("idle CPU % core", lambda p: p.idle_cpu * 100, "{:.1f}"),
+        ("RSS serving MiB", lambda p: p.rss[0] / MiB, "{:.0f}"),
+        ("RSS processing children MiB", lambda p: p.rss[1] / MiB, "{:.0f}"),
+        ("RSS total MiB", lambda p: sum(p.rss) / MiB, "{:.0f}"),
+    ]
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    print(f"{'':34} {'N=' + str(base.agents):>10} {'N=' + str(full.agents):>10} {'ratio':>8}")
+    for name, get, fmt in rows:
+        a, b = get(base), get(full)
+        print(f"{name:34} {fmt.format(a):>10} {fmt.format(b):>10} {ratio(b, a):>8}")
+    extra = full.agents - base.agents
+    if extra > 0:
+        per_agent = (sum(full.rss) - sum(base.rss)) / extra
+        print(f"memory per added idle agent: {per_agent / 1024:.1f} KiB (target < 50 KiB); total with {full.agents} "
+              f"agents {sum(full.rss) / MiB:.0f} MiB (target < 600 MiB)")
+    print(f"N={full.agents}: p99 {harness.pct(full.latencies, .99):.1f} ms (target < 50 ms at 50 webhooks/s); idle CPU "
+          f"{full.idle_cpu * 100:.1f}% of a core (target < 10%)")
 
 
 async def measure(args: argparse.Namespace, url: str, port: int, pid: int, repo: Path, sha: str) -> None:
-    base = f"http://127.0.0.1:{port}"
-    await harness.wait_http(f"{base}/health")
-    await register_source(base, repo)
+    base_url = f"http://127.0.0.1:{port}"
+    await harness.wait_http(f"{base_url}/health")
+    await register_source(base_url, repo)
     proc = psutil.Process(pid)
-    rss_start = proc.memory_info().rss
     workers = Workers()
+    base, full = Phase(args.eligible), Phase(args.agents)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(workers.run, port, args.agents)
-        with anyio.fail_after(60):
+        tg.start_soon(workers.run, port, args.eligible)
+        with anyio.fail_after(120):
             await workers.all_connected.wait()
         # Warm up (lock-file read, connections, code paths) until the warm-up jobs reached agents, then measure.
-        warm, _, _ = await send_webhooks(base, repo, sha, count=20, rate=args.rate)
+        warm, _, _ = await send_webhooks(base_url, repo, sha, count=20, rate=args.rate)
         warm_runs: dict[str, str] = {}
 
         async def warm_dispatched() -> bool:
@@ -265,59 +365,21 @@ async def measure(args: argparse.Namespace, url: str, port: int, pid: int, repo:
             return all(warm_runs.get(d) in workers.dispatched for d in warm)
 
         await wait_until(warm_dispatched, 60, "warm-up runs dispatched")
-        cpu_before = harness.cpu_seconds(proc)
-        began = time.perf_counter()
-        accepted, accepted_wall, failed = await send_webhooks(base, repo, sha, count=args.webhooks, rate=args.rate)
-        send_seconds = time.perf_counter() - began
-        runs: dict[str, str] = {}
+        await webhook_phase(args, url, base_url, proc, repo, sha, workers, base)
+        await idle_window(args, proc, base)
+        print(f"N={base.agents}: p99 {harness.pct(base.latencies, .99):.1f} ms; connecting "
+              f"{args.agents - args.eligible} more agents", flush=True)
 
-        async def all_dispatched() -> bool:
-            runs.update(await delivery_runs(url))
-            return all(runs.get(d) in workers.dispatched for d in accepted)
-
-        try:
-            await wait_until(all_dispatched, 60, "every run dispatched")
-        except TimeoutError:
-            print("warning: not every accepted webhook reached an agent within 60 s")
-        cpu_after = harness.cpu_seconds(proc)
-        latencies = [workers.dispatched[runs[d]] - t for d, t in accepted.items()
-                     if runs.get(d) in workers.dispatched]
-        busy = cpu_after - cpu_before
-        print(f"webhooks: {len(accepted)} accepted ({failed} failed) in {send_seconds:.1f} s "
-              f"= {len(accepted) / send_seconds:.1f}/s; agents: {args.agents}")
-        print(f"2xx -> job.dispatch: n={len(latencies)}  p50 {harness.pct(latencies, .5):.1f} ms  "
-              f"p99 {harness.pct(latencies, .99):.1f} ms  max {harness.pct(latencies, 1.0):.1f} ms  "
-              f"(target p99 < 100 ms)")
-        done = await processed_at(url)
-        walls = {d: t for d, t in accepted_wall.items() if runs.get(d) in done and runs[d] in workers.wall}
-        to_processed = [done[runs[d]] - t for d, t in walls.items()]
-        to_dispatch = [workers.wall[runs[d]] - done[runs[d]] for d in walls]
-        print(f"  of which 2xx -> processed (run and queue row committed): p50 {harness.pct(to_processed, .5):.1f} ms"
-              f"  p99 {harness.pct(to_processed, .99):.1f} ms; processed -> dispatch received: "
-              f"p50 {harness.pct(to_dispatch, .5):.1f} ms  p99 {harness.pct(to_dispatch, .99):.1f} ms")
-        print(f"orchestrator CPU during the webhook phase (processing children included): "
-              f"{busy / max(send_seconds, 1e-9) * 100:.0f}% of one core")
-        rss_workers = proc.memory_info().rss
-
-        # Idle agents.
         connected, stop = anyio.Event(), anyio.Event()
         began = time.perf_counter()
-        tg.start_soon(idle_agents, port, args.idle, connected, stop)
-        with anyio.fail_after(120):
-            await connected.wait()
-        connect_seconds = time.perf_counter() - began
-        proc.cpu_percent(None)
-        await anyio.sleep(args.window)  # the measurement window itself
-        cpu = proc.cpu_percent(None)
-        rss = proc.memory_info().rss
-        print(f"idle agents: {args.idle} registered in {connect_seconds:.1f} s")
-        print(f"orchestrator RSS: {rss_start / MiB:.0f} MiB at start, {rss_workers / MiB:.0f} MiB after the webhook "
-              f"phase, {rss / MiB:.0f} MiB with {args.idle + args.agents} agents connected (target < 500 MiB)")
-        children = _children_rss(proc)
-        if children:
-            print(f"processing children RSS: {children / MiB:.0f} MiB (serving process and children together: "
-                  f"{(rss + children) / MiB:.0f} MiB)")
-        print(f"orchestrator CPU with the agents idle (heartbeat every 30 s), over {args.window:.0f} s: {cpu:.1f}%")
+        if args.agents > args.eligible:
+            tg.start_soon(idle_agents, port, args.agents - args.eligible, connected, stop)
+            with anyio.fail_after(600):
+                await connected.wait()
+        print(f"{args.agents - args.eligible} agents registered in {time.perf_counter() - began:.1f} s", flush=True)
+        await idle_window(args, proc, full)
+        await webhook_phase(args, url, base_url, proc, repo, sha, workers, full)
+        report(args, base, full)
         stop.set()
         tg.cancel_scope.cancel()
 
@@ -325,20 +387,23 @@ async def measure(args: argparse.Namespace, url: str, port: int, pid: int, repo:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny run (smoke test of the benchmark)")
-    parser.add_argument("--agents", type=int, help="working agents (default 100; --quick 10)")
+    parser.add_argument("--agents", type=int, help="connected agents in the second phase (default 10000; --quick 200)")
+    parser.add_argument("--eligible", type=int, help="agents that run the bench job (default 100; --quick 10)")
     parser.add_argument("--webhooks", type=int, help="webhooks to send (default 1000; --quick 50)")
     parser.add_argument("--rate", type=float, default=50.0, help="webhooks per second (default 50)")
-    parser.add_argument("--idle", type=int, help="idle agents for the memory measurement (default 2000; --quick 100)")
-    parser.add_argument("--window", type=float, help="seconds of idle CPU measurement (default 15; --quick 2)")
+    parser.add_argument("--window", type=float, help="seconds of idle CPU measurement (default 30; --quick 3)")
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--processing-workers", type=int, default=None,
                         help="KICI_PROCESSING_WORKERS for the orchestrator (default: its own default)")
     args = parser.parse_args()
-    for name, full, quick in (("agents", 100, 10), ("webhooks", 1000, 50), ("idle", 2000, 100), ("window", 15.0, 2.0)):
+    for name, full, quick in (("agents", 10_000, 200), ("eligible", 100, 10), ("webhooks", 1000, 50),
+                              ("window", 30.0, 3.0)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 4 * (args.idle + args.agents) + 1024  # client and server ends of every socket, plus slack
+    if args.agents < args.eligible:
+        parser.error("--agents must be at least --eligible")
+    want = 2 * args.agents + 1024  # client and server ends of every socket, plus slack
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))  # inherited by the orchestrator
     work = Path(tempfile.mkdtemp(prefix="kici-bench-"))

@@ -149,7 +149,7 @@ class AgentHub:
                 agent_id=msg.agentId, connection_id=conn.connection_id, labels=labels, now=now,
                 max_concurrency=msg.maxConcurrency or 1, in_flight_jobs=in_flight,
                 scaler_managed=binding is not None, bound_job_id=binding.bound_job_id if binding else None)
-            metrics.set_local_agents(len(self.core.agent_ids()))
+            metrics.set_local_agents(self.core.agent_count())
             try:
                 await self.queue.agent_connected(
                     agent_id=msg.agentId, labels=sorted(labels.effective), mandatory=sorted(labels.mandatory_labels),
@@ -183,7 +183,7 @@ class AgentHub:
             if current:
                 del self._current[agent_id]
             effects = self.core.agent_gone(agent_id=agent_id, connection_id=conn.connection_id, now=self._clock())
-            metrics.set_local_agents(len(self.core.agent_ids()))
+            metrics.set_local_agents(self.core.agent_count())
             await self._run(effects)
         if current:
             try:
@@ -431,7 +431,7 @@ class AgentHub:
                 if self._current.get(eff.agent_id) is conn:
                     del self._current[eff.agent_id]
                 await conn.close(eff.code, eff.reason)
-            metrics.set_local_agents(len(self.core.agent_ids()))
+            metrics.set_local_agents(self.core.agent_count())
             return []
         if isinstance(eff, fx.Requeue):
             self._run_ids.pop(eff.job_id, None)
@@ -732,5 +732,5 @@ class AgentHub:
                     metrics.dispatch_queue_depth.labels(status=status).set(n)
             except errors.Unavailable:
                 pass
-            metrics.set_local_agents(len(self.core.agent_ids()))
+            metrics.set_local_agents(self.core.agent_count())
             await anyio.sleep(5.0)

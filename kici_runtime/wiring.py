@@ -53,6 +53,7 @@ from kici_runtime import (
     admin_cluster,
     admin_runs,
     admin_workflows,
+    agent_sockets,
     bootstrap,
     dashboard,
     heap,
@@ -416,6 +417,17 @@ class _Server(uvicorn.Server):
         yield
 
 
+def server_config(app: Any, settings: Settings, *, port: int | None = None,
+                  graceful_shutdown: float = 30) -> uvicorn.Config:
+    """The uvicorn settings the orchestrator serves with: 25 MiB WebSocket frames, agent sockets compressed
+    without context takeover and without keepalive pings (:mod:`kici_runtime.agent_sockets`), the header
+    timeout of :mod:`kici_runtime.httpguard`."""
+    return uvicorn.Config(app, host=settings.host, port=settings.port if port is None else port, log_config=None,
+                          access_log=False, lifespan="off", timeout_graceful_shutdown=graceful_shutdown,
+                          ws_max_size=26_214_400, ws=agent_sockets.agent_websocket_protocol(), ws_ping_interval=None,
+                          http=httpguard.protocol_with_header_timeout(settings.http_header_timeout_ms / 1000))
+
+
 async def serve(settings: Settings, *, ready: Callable[[int], None] | None = None) -> None:
     """Run the orchestrator until SIGTERM, SIGINT or SIGHUP: HTTP server and background loops in one task group.
 
@@ -440,11 +452,7 @@ async def serve(settings: Settings, *, ready: Callable[[int], None] | None = Non
 
 async def _serve(settings: Settings, stop: shutdown.Shutdown, ready: Callable[[int], None] | None) -> None:
     async with orchestrator(settings) as orch:
-        config = uvicorn.Config(orch.app, host=settings.host, port=settings.port, log_config=None,
-                                access_log=False, lifespan="off", timeout_graceful_shutdown=30,
-                                ws_max_size=26_214_400,
-                                http=httpguard.protocol_with_header_timeout(settings.http_header_timeout_ms / 1000))
-        server = _Server(config)
+        server = _Server(server_config(orch.app, settings))
 
         async def drain(first: bool, name: str) -> None:
             if not first:

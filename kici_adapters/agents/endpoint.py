@@ -51,7 +51,10 @@ def _reason(text: str) -> str:
 
 
 class AgentConnection:
-    """One agent socket as the hub sees it."""
+    """One agent socket as the hub sees it. Kept small: a process holds one per connected agent."""
+
+    __slots__ = ("_closed", "_scope", "_send_lock", "agent_id", "close_code", "connection_id", "registered",
+                 "token", "violations", "websocket", "wire_labels")
 
     def __init__(self, websocket: WebSocket, connection_id: str) -> None:
         self.websocket = websocket
@@ -62,12 +65,13 @@ class AgentConnection:
         self.registered = False
         self.violations: list[float] = []
         self._send_lock = anyio.Lock()
-        self._closed = anyio.Event()
+        self._closed = False
+        self._scope: anyio.CancelScope | None = None  # the connection's handler, cancelled once closed
         self.close_code: int | None = None
 
     @property
     def closed(self) -> bool:
-        return self._closed.is_set()
+        return self._closed
 
     async def send(self, message: dict[str, JSONValue]) -> bool:
         """Send one JSON text frame; False when the socket is closed or the send fails."""
@@ -86,15 +90,14 @@ class AgentConnection:
         if self.closed:
             return
         self.close_code = code
-        self._closed.set()
+        self._closed = True
         try:
             async with self._send_lock:
                 await self.websocket.close(code, _reason(reason))
         except Exception:  # already gone
             pass
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
+        if self._scope is not None:  # stop the connection's handler (a no-op once it has ended)
+            self._scope.cancel()
 
 
 class Hub(Protocol):
@@ -178,25 +181,20 @@ class AgentEndpoint:
         conn = AgentConnection(websocket, str(uuid.uuid4()))
         self.connections.add(conn)
         try:
-            async with anyio.create_task_group() as tg:
-
-                async def stop_when_closed() -> None:
-                    await conn.wait_closed()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(stop_when_closed)
+            # One cancel scope, no helper task: closing the connection from anywhere cancels it.
+            with anyio.CancelScope() as conn._scope:
                 try:
-                    await self._run(conn)
+                    await self._handshake(conn)
+                    await self._registered_loop(conn)
                 except _Closed:
                     pass
                 except Exception:
                     self.crashes += 1
                     log.exception("agent connection failed", extra={"agentId": conn.agent_id})
                     await conn.close(CLOSE_INTERNAL, "Internal error")
-                tg.cancel_scope.cancel()
         finally:
             self.connections.discard(conn)
-            conn._closed.set()
+            conn._closed = True
             if conn.registered:
                 with anyio.CancelScope(shield=True):
                     try:
@@ -207,7 +205,7 @@ class AgentEndpoint:
     async def _receive(self, conn: AgentConnection) -> str:
         message = await conn.websocket.receive()
         if message["type"] == "websocket.disconnect":
-            conn._closed.set()
+            conn._closed = True
             raise _Closed
         text = message.get("text")
         if text is None:
@@ -235,7 +233,9 @@ class AgentEndpoint:
         await self._fail(conn, CLOSE_AUTH_TIMEOUT, reason)
         raise AssertionError("unreachable")
 
-    async def _run(self, conn: AgentConnection) -> None:
+    async def _handshake(self, conn: AgentConnection) -> None:
+        """Auth (token mode) and the first ``agent.register``. Returns before the registered loop starts, so
+        the parsed first frames are not kept for the connection's lifetime."""
         first = None
         if self._mode == "token":
             await self._authenticate(conn, await self._first(conn, self._auth_timeout, "Auth timeout"))
@@ -257,7 +257,6 @@ class AgentEndpoint:
         except ValueError:
             await self._fail(conn, CLOSE_INVALID, "First message must be agent.register")
         await self._register(conn, reg)
-        await self._registered_loop(conn)
 
     async def _authenticate(self, conn: AgentConnection, msg: dict[str, Any]) -> None:
         try:

@@ -23,7 +23,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import uvicorn
 from anyio.abc import Process
 
 from kici_adapters.postgres.pool import Database
@@ -106,10 +105,8 @@ class Harness:
             try:
                 async with wiring.orchestrator(settings) as orch:
                     self.orch = orch
-                    config = uvicorn.Config(orch.app, host="127.0.0.1", port=self.port, log_config=None,
-                                            access_log=False, lifespan="off", ws_max_size=26_214_400,
-                                            timeout_graceful_shutdown=5)
-                    server = wiring._Server(config)
+                    server = wiring._Server(wiring.server_config(orch.app, settings, port=self.port,
+                                                                 graceful_shutdown=5))
                     served = anyio.Event()
 
                     async def serve() -> None:

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.stores import PgTokenStore
@@ -75,6 +76,35 @@ async def test_token_handshake_and_register_ack(orch: Harness) -> None:
     ws = await handshake(orch)
     await ws.send(json.dumps({"type": "heartbeat", "timestamp": 1}))
     await ws.close()
+
+
+async def test_compression_without_context_takeover(orch: Harness) -> None:
+    """An agent offering ``permessage-deflate`` (the reference agent and upstream's do) gets it without context
+    takeover in either direction, so an idle socket keeps no zlib state; large messages flow compressed both
+    ways. An agent that offers no compression runs without."""
+    ws = await connect(f"ws://127.0.0.1:{orch.port}/ws")
+    assert ws.response is not None
+    offered = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+    assert "permessage-deflate" in offered, offered
+    assert "server_no_context_takeover" in offered and "client_no_context_takeover" in offered, offered
+    [deflate] = ws.protocol.extensions
+    assert isinstance(deflate, PerMessageDeflate)
+    assert deflate.local_no_context_takeover and deflate.remote_no_context_takeover
+    await ws.send(json.dumps({"type": "auth.request", "token": TOKEN, "protocolVersion": 1}))
+    assert json.loads(await ws.recv())["type"] == "auth.success"
+    labels = sorted(f"pool-{i:03d}" for i in range(300))
+    for _ in range(2):  # the second message needs no context left by the first
+        await ws.send(json.dumps({"type": "agent.register", "messageId": "m", "agentId": "big", "labels": labels}))
+        ack = json.loads(await ws.recv())
+        assert ack["type"] == "register.ack" and ack["labels"] == labels
+    await ws.close()
+
+    plain = await connect(f"ws://127.0.0.1:{orch.port}/ws", compression=None)
+    assert plain.response is not None and "Sec-WebSocket-Extensions" not in plain.response.headers
+    assert plain.protocol.extensions == []
+    await plain.send(json.dumps({"type": "auth.request", "token": TOKEN, "protocolVersion": 1}))
+    assert json.loads(await plain.recv())["type"] == "auth.success"
+    await plain.close()
 
 
 @pytest.mark.parametrize(("first", "code", "reason", "failure"), [

@@ -15,6 +15,9 @@ temp directory (its lock file has one workflow with one job on label ``bench``),
    orchestrator's memory (RSS of the serving process and its processing children) and the same webhook phase;
 4. prints both phases side by side with the ratio of N to the baseline.
 
+First of all it times the sans-I/O dispatcher alone (no sockets, no database) per job with the eligible agents
+and with N agents connected: the cost that must not grow with the fleet, without the machine's noise.
+
 Targets (N = 10,000, 100 eligible): p99 < 50 ms at 50 webhooks/s; under 50 KiB per idle agent and under
 600 MiB in all; idle CPU under 10% of a core.
 
@@ -52,6 +55,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.migrate import apply_migrations_async
+from kici_core import dispatch_effects as fx
+from kici_core import routing
+from kici_core.dispatch import Dispatcher
 
 ORG = "bench"
 SOURCE = f"dispatch-{uuid.uuid4().hex[:8]}"  # unique, so runs can share one --database-url
@@ -246,6 +252,31 @@ async def wait_until(check: Any, seconds: float, what: str) -> None:
             await anyio.sleep(0.2)  # a benchmark may poll the database
 
 
+def core_cost(agents: int, eligible: int, jobs: int = 2000) -> float:
+    """Microseconds of the sans-I/O dispatcher per job (queued, dispatched, acked, running, success) with
+    ``agents`` connected, ``eligible`` of them on the job's label; the rest on 50 other label sets. Every agent
+    has its own host label, as real agents do."""
+    d = Dispatcher()
+    now = 0.0
+    for i in range(agents):
+        name = f"w{i}" if i < eligible else f"idle-{i}"
+        own = ["bench"] if i < eligible else ["idle", f"pool-{i % 50}"]
+        labels = routing.AgentLabels(labels=frozenset([*own, *AUTO_LABELS, f"kici:host:{name}"]), platform="linux",
+                                     arch="x64")
+        d.agent_registered(agent_id=name, connection_id=name, labels=labels, now=now)
+    selector = routing.compile_selector([{"kind": "exact", "value": "bench"}])
+    began = time.perf_counter()
+    for j in range(jobs):
+        now += 0.02
+        job_id = f"j{j}"
+        effects = d.job_queued(job_id=job_id, run_id=job_id, selector=selector, created_at=now, now=now)
+        [agent_id] = [e.agent_id for e in effects if isinstance(e, fx.MarkDispatched)]
+        d.job_acked(agent_id=agent_id, job_id=job_id, now=now)
+        d.job_status(agent_id=agent_id, job_id=job_id, state="running", now=now)
+        d.job_status(agent_id=agent_id, job_id=job_id, state="success", now=now)
+    return (time.perf_counter() - began) / jobs * 1e6
+
+
 def total_rss(proc: psutil.Process) -> tuple[int, int]:
     """RSS of the serving process and of its children (processing workers), in bytes."""
     children = 0
@@ -400,6 +431,9 @@ def main() -> None:
                               ("window", 30.0, 3.0)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
+    small, large = core_cost(args.eligible, args.eligible), core_cost(args.agents, args.eligible)
+    print(f"dispatcher core, per job: {small:.0f} us with {args.eligible} agents, {large:.0f} us with {args.agents} "
+          f"({args.eligible} eligible): {large / small:.2f}x", flush=True)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if args.agents < args.eligible:
         parser.error("--agents must be at least --eligible")

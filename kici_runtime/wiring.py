@@ -418,7 +418,7 @@ class _Server(uvicorn.Server):
 
 
 def server_config(app: Any, settings: Settings, *, port: int | None = None,
-                  graceful_shutdown: float = 30) -> uvicorn.Config:
+                  graceful_shutdown: int = 30) -> uvicorn.Config:
     """The uvicorn settings the orchestrator serves with: 25 MiB WebSocket frames, agent sockets compressed
     without context takeover and without keepalive pings (:mod:`kici_runtime.agent_sockets`), the header
     timeout of :mod:`kici_runtime.httpguard`."""

@@ -83,6 +83,9 @@ class Dispatcher:
             accepting=a.accepting,
             held_until=a.held_until,
             idle_since=a.idle_since,
+            scaler_managed=a.scaler_managed,
+            bound_job_id=a.bound_job_id,
+            jobs_taken=a.jobs_taken,
         )
 
     def agent_ids(self) -> tuple[str, ...]:

@@ -72,3 +72,6 @@ class AgentView:
     accepting: bool
     held_until: float | None = None
     idle_since: float = 0.0
+    scaler_managed: bool = False
+    bound_job_id: str | None = None
+    jobs_taken: int = 0

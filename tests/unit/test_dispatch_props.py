@@ -111,10 +111,18 @@ class DispatcherMachine(RuleBasedStateMachine):
         maxc=st.integers(1, 3),
         new_conn=st.booleans(),
         tainted=st.booleans(),
+        scaler=st.sampled_from([None, None, "warm", "j1", "j2", "j3"]),
     )
     def register(
-        self, agent_id: str, names: frozenset[str], maxc: int, new_conn: bool, tainted: bool
+        self,
+        agent_id: str,
+        names: frozenset[str],
+        maxc: int,
+        new_conn: bool,
+        tainted: bool,
+        scaler: str | None,
     ) -> None:
+        """``scaler``: an agent the auto-scaler started, warm (any one job) or bound to that job id."""
         if new_conn or agent_id not in self.conns:
             self.conn_seq += 1
             conn = f"{agent_id}-{self.conn_seq}"
@@ -126,7 +134,8 @@ class DispatcherMachine(RuleBasedStateMachine):
         self.agent_labels[agent_id] = labels
         effects = self.d.agent_registered(
             agent_id=agent_id, connection_id=conn, labels=labels, max_concurrency=maxc,
-            in_flight_jobs=in_flight, now=self.now,
+            in_flight_jobs=in_flight, now=self.now, scaler_managed=scaler is not None,
+            bound_job_id=None if scaler in (None, "warm") else scaler,
         )  # fmt: skip
         # Superseded jobs that were not in flight move on through effects; the new connection is current.
         self.conns[agent_id] = conn
@@ -266,6 +275,8 @@ class DispatcherMachine(RuleBasedStateMachine):
                     view.accepting
                     and view.held_until is None
                     and len(view.active_jobs) < view.max_concurrency
+                    and not (view.scaler_managed and view.jobs_taken > 0)
+                    and view.bound_job_id in (None, job_id)
                 )
                 assert not (free and self.selectors[job_id].admits(view.labels)), (
                     f"{job_id} waits while {agent_id} could take it"
@@ -283,7 +294,10 @@ class DispatcherMachine(RuleBasedStateMachine):
                 active_jobs=len(v.active_jobs),
                 max_concurrency=v.max_concurrency,
                 idle_since=v.idle_since,
-                accepting=v.accepting and v.held_until is None,
+                # An auto-scaler agent takes one job; a bound one only its job (never the index's choice).
+                accepting=v.accepting
+                and v.held_until is None
+                and not (v.scaler_managed and (v.jobs_taken > 0 or v.bound_job_id is not None)),
             )
             for v in views
             if v is not None

@@ -149,23 +149,36 @@ class Workers:
             ready += 1
             if ready == count:
                 self.all_connected.set()
+
+            async def heartbeats() -> None:  # like any agent: without them it is closed (4004) after 180 s
+                while True:
+                    await anyio.sleep(30)
+                    await ws.send(json.dumps({"type": "heartbeat", "timestamp": int(time.time() * 1000)}))
+
             try:
-                async for raw in ws:
-                    msg = json.loads(raw)
-                    if msg.get("type") != "job.dispatch":
-                        continue
-                    self.dispatched.setdefault(msg["runId"], time.perf_counter())
-                    self.wall.setdefault(msg["runId"], time.time())
-                    ids = {"runId": msg["runId"], "jobId": msg["jobId"]}
-                    await ws.send(_msg(type="job.ack", **ids))
-                    await ws.send(_msg(type="job.status", state="running", **ids))
-                    await ws.send(_msg(type="job.status", state="success", data={"exitCode": 0}, **ids))
-            except ConnectionClosed:
-                pass
+                async with anyio.create_task_group() as beats:
+                    beats.start_soon(heartbeats)
+                    await self._serve(ws)
+                    beats.cancel_scope.cancel()
+            except* ConnectionClosed:
+                print(f"worker-{i} was disconnected: {ws.close_code} {ws.close_reason}")
 
         async with anyio.create_task_group() as tg:
             for i in range(count):
                 tg.start_soon(agent, i)
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        """Take every ``job.dispatch``: ack, running, success."""
+        async for raw in ws:
+            msg = json.loads(raw)
+            if msg.get("type") != "job.dispatch":
+                continue
+            self.dispatched.setdefault(msg["runId"], time.perf_counter())
+            self.wall.setdefault(msg["runId"], time.time())
+            ids = {"runId": msg["runId"], "jobId": msg["jobId"]}
+            await ws.send(_msg(type="job.ack", **ids))
+            await ws.send(_msg(type="job.status", state="running", **ids))
+            await ws.send(_msg(type="job.status", state="success", data={"exitCode": 0}, **ids))
 
 
 async def idle_agents(port: int, count: int, connected: anyio.Event, stop: anyio.Event) -> None:
@@ -424,6 +437,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="webhooks per second (default 50)")
     parser.add_argument("--window", type=float, help="seconds of idle CPU measurement (default 30; --quick 3)")
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--orchestrator-log", default=None, help="append the orchestrator's output to this file")
     parser.add_argument("--processing-workers", type=int, default=None,
                         help="KICI_PROCESSING_WORKERS for the orchestrator (default: its own default)")
     args = parser.parse_args()
@@ -456,11 +470,11 @@ def main() -> None:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
                "KICI_MODE": "independent", "KICI_DATABASE_URL": url, "KICI_SECRET_KEY": "cd" * 32,
                "KICI_HOST": "127.0.0.1", "KICI_PORT": str(port), "KICI_DATA_DIR": str(work / "data"),
-               "KICI_LOG_LEVEL": "warn", "KICI_AGENT_AUTH": "none", "KICI_ALLOW_LOCAL_SOURCES": "true", "KICI_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN}
+               "KICI_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warn"), "KICI_AGENT_AUTH": "none", "KICI_ALLOW_LOCAL_SOURCES": "true", "KICI_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN}
         if args.processing_workers is not None:
             env["KICI_PROCESSING_WORKERS"] = str(args.processing_workers)
-        proc = subprocess.Popen([str(BIN / "kici-standalone")], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        out = open(args.orchestrator_log, "ab") if args.orchestrator_log else subprocess.DEVNULL
+        proc = subprocess.Popen([str(BIN / "kici-standalone")], env=env, stdout=out, stderr=out)
         anyio.run(measure, args, url, port, proc.pid, repo, sha)
     finally:
         harness.stop([proc] if proc is not None else [], pg, work)

@@ -224,7 +224,12 @@ async def send_webhooks(base: str, repo: Path, sha: str, *, count: int,
         async def post(delivery: str) -> None:
             nonlocal failures
             body, headers = webhook(repo, sha, delivery)
-            r = await http.post(f"/webhook/{ORG}/generic/{SOURCE}", content=body, headers=headers)
+            try:
+                r = await http.post(f"/webhook/{ORG}/generic/{SOURCE}", content=body, headers=headers)
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # A kept-alive connection the server closed as it was reused: send again (same delivery id, so a
+                # delivery that did arrive is answered as a duplicate and counted once).
+                r = await http.post(f"/webhook/{ORG}/generic/{SOURCE}", content=body, headers=headers)
             if r.status_code in (200, 202):
                 accepted[delivery] = time.perf_counter()
                 wall[delivery] = time.time()

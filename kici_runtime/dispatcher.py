@@ -42,6 +42,7 @@ from kici_core import errors, routing, scaling
 from kici_core.dispatch import Dispatcher
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.states import JobStatus
+from kici_runtime import heap
 
 __all__ = ["AgentHub", "CloneToken"]
 
@@ -109,6 +110,8 @@ class AgentHub:
         self._pending_cancels: list[tuple[str, str]] = []  # failFast cancels found under the lock, sent after
         self.concurrency = PgConcurrency(db)  # --- workflow concurrency groups (job.concurrency.report)
         self._ack_wake = anyio.Event()
+        self._settled_agents = 0  # connected agents at the last heap resettle, and disconnects since
+        self._gone_since_settle = 0
         # --- auto-scaler hooks (kici_runtime.scaler): which agents it started, and who to tell when one leaves
         self.scaler_lookup: ScalerLookup | None = None
         self.on_agent_gone: Callable[[str], None] | None = None
@@ -182,6 +185,7 @@ class AgentHub:
             current = self._current.get(agent_id) is conn
             if current:
                 del self._current[agent_id]
+            self._gone_since_settle += 1
             effects = self.core.agent_gone(agent_id=agent_id, connection_id=conn.connection_id, now=self._clock())
             metrics.set_local_agents(self.core.agent_count())
             await self._run(effects)
@@ -733,4 +737,13 @@ class AgentHub:
             except errors.Unavailable:
                 pass
             metrics.set_local_agents(self.core.agent_count())
+            self._settle_heap()
             await anyio.sleep(5.0)
+
+    def _settle_heap(self) -> None:
+        """Move the connected agents' objects out of the garbage collector's full passes once their number
+        changed a lot (:func:`kici_runtime.heap.resettle`), so a pass does not grow with the fleet."""
+        connected = self.core.agent_count()
+        if heap.should_resettle(connected, self._settled_agents, self._gone_since_settle):
+            heap.resettle()
+            self._settled_agents, self._gone_since_settle = connected, 0

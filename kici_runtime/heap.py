@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gc
 
-__all__ = ["THRESHOLDS", "configure", "settle"]
+__all__ = ["THRESHOLDS", "configure", "resettle", "settle", "should_resettle"]
 
 THRESHOLDS = (10_000, 10, 100)
 """``gc.set_threshold`` values: young-generation size, young passes per middle pass, middle passes per full."""
@@ -31,3 +31,18 @@ def settle() -> None:
     """Collect once and freeze what survives (call when start-up is complete)."""
     gc.collect()
     gc.freeze()
+
+
+def resettle() -> None:
+    """Unfreeze, collect and freeze again: for a long-lived population that changed a lot since the last
+    settle (thousands of agent connections that came, or went, since). Without it every full pass walks
+    every connected agent's objects, a pause that grows with the fleet; with it one pause per such change, and
+    the cyclic garbage of frozen objects that went away is reclaimed here."""
+    gc.unfreeze()
+    settle()
+
+
+def should_resettle(connected: int, at_last: int, gone: int, *, minimum: int = 500) -> bool:
+    """Whether agents changed enough since the last (re)settle: ``connected`` now, ``at_last`` then, ``gone``
+    disconnects since; a quarter of the larger population, and at least ``minimum``."""
+    return abs(connected - at_last) + gone >= max(minimum, max(connected, at_last) // 4)

@@ -65,7 +65,9 @@ class Dispatcher:
         self._index = AgentIndex()
         self._silence: list[tuple[float, str, str]] = []  # (heartbeat deadline, agent, connection)
         self._holds: list[tuple[float, str]] = []  # (held until, agent)
-        self._bound: dict[str, str] = {}  # job -> free scaler-managed agent bound to it
+        self._bound: dict[
+            str, dict[str, None]
+        ] = {}  # job -> free scaler-managed agents bound to it (in order)
 
     # ---------------------------------------------------------------- inspection
 
@@ -507,9 +509,9 @@ class Dispatcher:
             free = free and agent.jobs_taken == 0
             if agent.bound_job_id is not None:
                 if free:
-                    self._bound[agent.bound_job_id] = agent.agent_id
-                elif self._bound.get(agent.bound_job_id) == agent.agent_id:
-                    del self._bound[agent.bound_job_id]
+                    self._bound.setdefault(agent.bound_job_id, {})[agent.agent_id] = None
+                else:
+                    self._unbind(agent)
                 free = False
         self._index.update(
             agent.agent_id,
@@ -518,6 +520,15 @@ class Dispatcher:
             capacity=agent.max_concurrency,
             idle_since=agent.idle_since,
         )
+
+    def _unbind(self, agent: AgentEntry) -> None:
+        """``agent`` no longer waits for the job it is bound to."""
+        job_id = agent.bound_job_id
+        waiting = None if job_id is None else self._bound.get(job_id)
+        if job_id is not None and waiting is not None:
+            waiting.pop(agent.agent_id, None)
+            if not waiting:
+                del self._bound[job_id]
 
     def _silent(self, now: float) -> list[AgentEntry]:
         """The connected agents whose last heartbeat is older than ``agent_heartbeat_timeout``, by id.
@@ -612,8 +623,7 @@ class Dispatcher:
         if self._agents.get(agent.agent_id) is agent:
             del self._agents[agent.agent_id]
             self._index.remove(agent.agent_id)
-            if agent.bound_job_id is not None and self._bound.get(agent.bound_job_id) == agent.agent_id:
-                del self._bound[agent.bound_job_id]
+            self._unbind(agent)
         effects: list[fx.Effect] = []
         for job_id in sorted(agent.jobs, key=lambda j: self._jobs[j].order):
             job = self._jobs[job_id]
@@ -713,9 +723,8 @@ class Dispatcher:
             selector = job.selector
             if selector is None or (job.expires_at is not None and job.expires_at <= now):
                 continue
-            agent_id = self._bound.get(job_id)
-            if agent_id is not None and not selector.admits(self._agents[agent_id].labels):
-                agent_id = None
+            waiting = self._bound.get(job_id, ())
+            agent_id = next((a for a in waiting if selector.admits(self._agents[a].labels)), None)
             if agent_id is None:
                 if selector in exhausted:
                     continue

@@ -426,6 +426,9 @@ async def measure(args: argparse.Namespace, url: str, port: int, pid: int, repo:
             with anyio.fail_after(600):
                 await connected.wait()
         print(f"{args.agents - args.eligible} agents registered in {time.perf_counter() - began:.1f} s", flush=True)
+        # Let the one-time work after a registration burst pass (the heap resettle runs within 5 s of it), so the
+        # idle window measures the steady state.
+        await anyio.sleep(10)
         await idle_window(args, proc, full)
         await webhook_phase(args, url, base_url, proc, repo, sha, workers, full)
         report(args, base, full)

@@ -23,6 +23,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from kici_adapters.postgres import singletons
 from kici_adapters.postgres.inbox import LaneConnections
 from kici_adapters.postgres.pool import Connection, Database, translate_errors
 from kici_core.jsontypes import JSONObject, JSONValue
@@ -391,15 +392,8 @@ class PgDispatchQueue:
     @asynccontextmanager
     async def try_lock(self, key: int) -> AsyncIterator[bool]:
         """Hold ``pg_try_advisory_lock(key)`` for the block if free; yields whether it was taken."""
-        async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%(k)s) AS ok", {"k": key})
-            row = await cur.fetchone()
-            taken = bool(row and row["ok"])
-            try:
-                yield taken
-            finally:
-                if taken:
-                    await conn.execute("SELECT pg_advisory_unlock(%(k)s)", {"k": key})
+        async with singletons.try_lock(self._db, key) as taken:
+            yield taken
 
     async def orphaned_dispatched(self, instance_id: str) -> list[tuple[str, str, str]]:
         """Dispatched rows whose agent is not connected to a live process we know of: its agent row names

@@ -19,6 +19,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from kici_adapters import cron
+from kici_adapters.postgres import singletons
 from kici_adapters.postgres.pool import Database
 from kici_core import errors
 from kici_core.ports import Schedule, ScheduleSpec, WorkflowRegistration
@@ -191,12 +192,5 @@ class PgRegistrations:
     @asynccontextmanager
     async def try_lock(self, key: int) -> AsyncIterator[bool]:
         """Hold ``pg_try_advisory_lock(key)`` for the block if it is free; yields whether it was taken."""
-        async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%(k)s) AS ok", {"k": key})
-            row = await cur.fetchone()
-            taken = bool(row and row["ok"])
-            try:
-                yield taken
-            finally:
-                if taken:
-                    await conn.execute("SELECT pg_advisory_unlock(%(k)s)", {"k": key})
+        async with singletons.try_lock(self._db, key) as taken:
+            yield taken

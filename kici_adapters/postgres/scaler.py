@@ -17,12 +17,13 @@ from typing import Any
 
 from psycopg import sql
 
+from kici_adapters.postgres import singletons
 from kici_adapters.postgres.pool import Database
 from kici_core.jsontypes import JSONObject
 
 __all__ = ["FailedSpawn", "LiveContainer", "PendingRow", "PgScalerStore", "StaticAgentRow"]
 
-SCALER_LOCK = 0x6B696369_0005
+SCALER_LOCK = singletons.lock_key("scaler")
 """pg_try_advisory_lock key of the scaler pass."""
 
 _PENDING = """
@@ -153,15 +154,8 @@ class PgScalerStore:
     @asynccontextmanager
     async def singleton(self) -> AsyncIterator[bool]:
         """Hold the scaler's advisory lock for the block if no other process has it; yields whether taken."""
-        async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%(k)s) AS ok", {"k": SCALER_LOCK})
-            row = await cur.fetchone()
-            taken = bool(row and row["ok"])
-            try:
-                yield taken
-            finally:
-                if taken:
-                    await conn.execute("SELECT pg_advisory_unlock(%(k)s)", {"k": SCALER_LOCK})
+        async with singletons.try_lock(self._db, SCALER_LOCK) as taken:
+            yield taken
 
     # ------------------------------------------------------------------------------------ planning reads
     async def snapshot(self, limit: int = 10_000) -> tuple[list[PendingRow], list[StaticAgentRow], list[LiveContainer]]:

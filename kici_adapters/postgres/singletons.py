@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from kici_adapters.postgres.pool import Database
 from kici_core.jsontypes import JSONObject
 
-__all__ = ["DUTIES", "LOCKS", "Run", "hold", "lock_key"]
+__all__ = ["DUTIES", "LOCKS", "Run", "hold", "lock_key", "try_lock"]
 
 LOCKS: dict[str, int] = {
     "migrations": 543210001,  # blocking lock around migrate (kici_adapters.postgres.migrate)
@@ -29,6 +29,7 @@ LOCKS: dict[str, int] = {
     "retention": 0x6B696369_0004,  # the retention sweeper
     "instance-recovery": 0x6B696369_0005,  # recovery of the work of dead processes
     "schedules": 0x6B696369_0006,  # the schedule loop (kici_runtime.scheduler.SCHEDULER_LOCK)
+    "scaler": 0x6B696369_0007,  # the auto-scaler's passes (kici_adapters.postgres.scaler.SCALER_LOCK)
 }
 """Every advisory lock key the project uses, by name. Add new duties here with the next free number."""
 
@@ -39,6 +40,21 @@ DUTIES: tuple[str, ...] = ("dispatch-sweeps", "retention", "instance-recovery", 
 def lock_key(name: str) -> int:
     """The advisory lock key of ``name`` (a key of :data:`LOCKS`)."""
     return LOCKS[name]
+
+
+@asynccontextmanager
+async def try_lock(db: Database, key: int) -> AsyncIterator[bool]:
+    """Hold ``pg_try_advisory_lock(key)`` on a pooled connection for the block if it is free; yields whether it
+    was taken (the lock is released on exit)."""
+    async with db.connection() as conn:
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%(k)s) AS ok", {"k": key})
+        row = await cur.fetchone()
+        taken = bool(row and row["ok"])
+        try:
+            yield taken
+        finally:
+            if taken:
+                await conn.execute("SELECT pg_advisory_unlock(%(k)s)", {"k": key})
 
 
 class Run:

@@ -74,3 +74,14 @@ def test_retention_cutoffs_per_kind_and_zero_keeps_forever() -> None:
         retention.RetentionPolicy(run_days=-1)
     with pytest.raises(ValueError):
         retention.cutoffs(policy, datetime(2026, 1, 1))
+
+
+def test_every_advisory_lock_key_is_used_by_one_duty_only() -> None:
+    from kici_adapters.postgres import scaler, singletons
+    from kici_runtime import scheduler
+
+    keys = list(singletons.LOCKS.values())
+    assert len(keys) == len(set(keys)), singletons.LOCKS
+    assert scaler.SCALER_LOCK == singletons.lock_key("scaler")
+    assert scheduler.SCHEDULER_LOCK == singletons.lock_key("schedules")
+    assert set(singletons.DUTIES) <= set(singletons.LOCKS)

@@ -29,7 +29,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
-	@$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
+	@$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 # The auto-scaler against a real Docker engine (root, dockerd from docker.io, nft): not part of `make test`.
@@ -47,6 +47,9 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 PORT ?= 4000
+# pytest-xdist workers for `make test`: most of the suite waits on real servers and agents, so two workers on two
+# cores overlap the waiting. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 DEV_DIR ?= .kici-dev
 
 # Ctrl-C, SIGTERM or SIGHUP stops everything it started (make passes SIGTERM on; see kici_runtime/devserver.py).

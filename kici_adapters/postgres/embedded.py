@@ -235,6 +235,12 @@ def _sweep_stale_installations() -> None:
             shutil.rmtree(copy, ignore_errors=True)
 
 
+def _missing_is_removed(_func: object, _path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+    """``shutil.rmtree`` error handler: a file that is already gone counts as removed; anything else is raised."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
+
+
 def _read_text(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8").strip()
@@ -465,7 +471,9 @@ class EmbeddedPostgres:
                 if self.is_running():
                     self._run([self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "immediate", "-w", "stop"],
                               check=False)
-                shutil.rmtree(cluster)
+                # another start may be sweeping the same stale cluster at this moment: files it removed first
+                # are not an error
+                shutil.rmtree(cluster, onerror=_missing_is_removed)
         marker.write_text(f"{cluster}\n", encoding="utf-8")  # before the directory: see _is_stale
         if not cluster.exists():
             cluster.mkdir(mode=0o700)

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from kici_adapters.lanes import hand_over
+from kici_adapters.lanes import Lanes
 from kici_core.errors import ConfigError, InvalidInput, NotFound, StorageUnavailable
 from kici_core.keys import (
     encode_key_segment,
@@ -92,10 +92,8 @@ class FilesystemBlobStore:
 
     def __init__(self, root: Path, *, lanes: int = 2, max_batch: int = 128) -> None:
         self.root = root
-        self._lanes = max(1, lanes)
+        self._lanes: Lanes[_FileWrite] = Lanes(lanes)
         self._max_batch = max(1, max_batch)
-        self._queue: list[_FileWrite] = []
-        self._inflight = 0
         self.batches = 0
         """Worker-thread batches written (for tests)."""
 
@@ -105,35 +103,21 @@ class FilesystemBlobStore:
     async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         """Store ``data`` at ``key`` (replacing any previous object); forced to disk unless ``durable=False``."""
         me = _FileWrite(self._path(key), bytes(data), durable)
-        self._queue.append(me)
-        if self._inflight < self._lanes:
-            self._inflight += 1
-            await self._lead(me)
-        else:
-            try:
-                await me.wake.wait()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    if me.lead and not me.finished:
-                        await self._lead(me)
-                    elif me in self._queue:
-                        self._queue.remove(me)
-                raise
-            if me.lead and not me.finished:
-                await self._lead(me)
+        await self._lanes.join(me, self._lead, lambda w: w.finished)
         if me.error is not None:
             raise StorageUnavailable(f"cannot write object {me.path.name}: {me.error.strerror}") from me.error
 
     async def _lead(self, me: _FileWrite) -> None:
         with anyio.CancelScope(shield=True):
+            queue = self._lanes.queue
             batch = [me]
-            self._queue.remove(me)
-            for w in list(self._queue):
+            queue.remove(me)
+            for w in list(queue):
                 if len(batch) >= self._max_batch:
                     break
                 if not w.lead:
                     batch.append(w)
-                    self._queue.remove(w)
+                    queue.remove(w)
             try:
                 await anyio.to_thread.run_sync(_write_batch, batch)
                 self.batches += 1
@@ -144,8 +128,7 @@ class FilesystemBlobStore:
             finally:
                 for w in batch:
                     w.finished = True
-                if not hand_over(self._queue, batch):
-                    self._inflight -= 1
+                self._lanes.end(batch)
 
     async def get(self, key: str) -> bytes:
         """The object's bytes. Raises ``NotFound``."""

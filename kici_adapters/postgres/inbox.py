@@ -32,7 +32,7 @@ import anyio.to_thread
 import psycopg
 from psycopg.types.json import Jsonb
 
-from kici_adapters.lanes import hand_over
+from kici_adapters.lanes import Lanes
 from kici_adapters.postgres import checks as pg_checks
 from kici_adapters.postgres import eventlog
 from kici_adapters.postgres.pool import Connection, Database, connect, translate_errors
@@ -252,31 +252,14 @@ class GroupCommit:
         self._commit = commit
         self._max = max(1, max_batch)
         self._max_bytes = max_batch_bytes
-        self._lanes = max(1, lanes)
-        self._queue: list[_Waiter] = []
-        self._inflight = 0
+        self._lanes: Lanes[_Waiter] = Lanes(lanes)
         self.batches = 0
         """Commits issued (for tests and the benchmark)."""
 
     async def submit(self, row: AcceptRow) -> bool:
         """Commit ``row`` (with whatever else is pending); True when it was a duplicate."""
         waiter = _Waiter(row=row)
-        self._queue.append(waiter)
-        if self._inflight < self._lanes:
-            self._inflight += 1
-            await self._lead(waiter)
-        else:
-            try:
-                await waiter.wake.wait()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    if waiter.lead and waiter.duplicate is None and waiter.error is None:
-                        await self._lead(waiter)
-                    elif waiter in self._queue:
-                        self._queue.remove(waiter)
-                raise
-            if waiter.lead and waiter.duplicate is None and waiter.error is None:
-                await self._lead(waiter)
+        await self._lanes.join(waiter, self._lead, lambda w: w.duplicate is not None or w.error is not None)
         if waiter.error is not None:
             raise errors.StorageUnavailable(f"delivery not recorded: {waiter.error}") from waiter.error
         assert waiter.duplicate is not None
@@ -299,14 +282,13 @@ class GroupCommit:
                 for w in batch:
                     w.error = exc
             finally:
-                if not hand_over(self._queue, batch):
-                    self._inflight -= 1
+                self._lanes.end(batch)
 
     def _take(self, me: _Waiter) -> list[_Waiter]:
         """``me`` plus the oldest queued callers that fit one batch, leaving callers chosen to lead other lanes."""
         batch = [me]
         size = len(me.row.body or b"")
-        for w in self._queue:
+        for w in self._lanes.queue:
             if len(batch) >= self._max:
                 break
             if w is me or w.lead:
@@ -316,7 +298,7 @@ class GroupCommit:
                 break
             batch.append(w)
         taken = {id(w) for w in batch}
-        self._queue = [w for w in self._queue if id(w) not in taken]
+        self._lanes.queue = [w for w in self._lanes.queue if id(w) not in taken]
         return batch
 
 
@@ -362,40 +344,24 @@ class CompletionGroup:
                  max_batch: int = COMPLETE_BATCH, lanes: int = COMPLETE_LANES) -> None:
         self._run = run
         self._max = max(1, max_batch)
-        self._lanes = max(1, lanes)
-        self._queue: list[_Completion] = []
-        self._inflight = 0
+        self._lanes: Lanes[_Completion] = Lanes(lanes)
         self.batches = 0
         """Transactions issued (for tests and the benchmark)."""
 
     async def submit(self, params: dict[str, Any]) -> Mapping[str, Any] | None:
         """Run ``complete_delivery`` with ``params`` (with whatever else is pending); returns its row."""
         me = _Completion(params=params)
-        self._queue.append(me)
-        if self._inflight < self._lanes:
-            self._inflight += 1
-            await self._lead(me)
-        else:
-            try:
-                await me.wake.wait()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    if me.lead and not me.done:
-                        await self._lead(me)
-                    elif me in self._queue:
-                        self._queue.remove(me)
-                raise
-            if me.lead and not me.done:
-                await self._lead(me)
+        await self._lanes.join(me, self._lead, lambda w: w.done)
         if me.error is not None:
             raise me.error
         return me.row
 
     async def _lead(self, me: _Completion) -> None:
         with anyio.CancelScope(shield=True):
-            batch = [me, *[w for w in self._queue if w is not me and not w.lead][: self._max - 1]]
+            queue = self._lanes.queue
+            batch = [me, *[w for w in queue if w is not me and not w.lead][: self._max - 1]]
             taken = {id(w) for w in batch}
-            self._queue = [w for w in self._queue if id(w) not in taken]
+            self._lanes.queue = [w for w in queue if id(w) not in taken]
             try:
                 outcomes = await self._run([w.params for w in batch])
                 self.batches += 1
@@ -410,8 +376,7 @@ class CompletionGroup:
             finally:
                 for w in batch:
                     w.done = True
-                if not hand_over(self._queue, batch):
-                    self._inflight -= 1
+                self._lanes.end(batch)
 
 
 # ------------------------------------------------------------------------------------------ complete

@@ -8,7 +8,7 @@ LOCK := requirements/dev.lock
 LOCK_FLAGS := --universal --generate-hashes --python-version 3.11 --no-config \
 	--index-url https://pypi.org/simple --custom-compile-command "make lock"
 
-.PHONY: install lock test test-docker lint typecheck unit dev bench clean screenshots
+.PHONY: install lock test test-docker lint typecheck unit test-props dev bench clean screenshots
 
 # Installs exactly what requirements/dev.lock names (versions and hashes), then the project itself
 # (editable, no dependency resolution, built with the locked setuptools).
@@ -45,6 +45,11 @@ lock: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
+
+# The property-based tests with ten times their everyday example budgets (tests/support/props.py).
+test-props: $(STAMP)
+	TEST_PROPERTY_SCALE=10 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		$$(grep -rl --include='test_*.py' 'examples(' tests)
 
 PORT ?= 4000
 # pytest-xdist workers for `make test`. 0 (the default) runs everything in one process; most of the suite waits

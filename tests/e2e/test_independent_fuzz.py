@@ -32,6 +32,7 @@ from tests.e2e.conftest import (
     WEBHOOK_SECRET,
     Independent,
 )
+from tests.support.props import examples
 
 SANITY = "fuzz-sanity-delivery"
 
@@ -115,7 +116,7 @@ def requests(draw: Any) -> tuple[str, dict[str, str], bytes]:
     return path, headers, body
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(request=requests())
 def test_arbitrary_requests_never_5xx_and_never_record_unsigned(app: Client,
                                                                 request: tuple[str, dict[str, str], bytes]) -> None:

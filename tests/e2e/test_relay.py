@@ -23,6 +23,7 @@ from kici_runtime.relay import cli, routing
 from kici_runtime.relay.hub import Delivery, RelaySettings, relay_frames
 from kici_runtime.relay.store import RelayStore
 from tests.support import waits
+from tests.support.props import examples
 from tests.support.relay_peer import RelayPeer, RunningRelay, running_relay
 
 pytestmark = pytest.mark.anyio
@@ -253,7 +254,7 @@ async def test_delivery_goes_only_to_a_connection_allowed_for_the_key(relay: Run
 
 
 @given(st.sampled_from(["github", "generic", "gitlab"]), st.text("abc:123", min_size=1, max_size=8))
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 def test_pattern_semantics(provider: str, ident: str) -> None:
     key = f"{provider}:{ident}"
     assert routing.pattern_matches(key, key)
@@ -332,7 +333,7 @@ async def test_empty_body_is_one_empty_final_chunk(relay: RunningRelay) -> None:
 
 
 @given(st.binary(max_size=3000), st.integers(min_value=1, max_value=700))
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 def test_relay_frames_split_and_reassemble(body: bytes, chunk_size: int) -> None:
     delivery = Delivery(
         org=ORG, routing_key="github:1", delivery_id="d", event="push", action=None, signature_header_name=None,

@@ -24,6 +24,7 @@ from kici_core.ports import AgentToken
 from tests.e2e.test_agents_e2e import Harness
 from tests.support import pg as _pg
 from tests.support import waits
+from tests.support.props import examples
 
 pytestmark = pytest.mark.anyio
 pg_server, pg_template, db_url = _pg.pg_server, _pg.pg_template, _pg.db_url  # fixtures
@@ -198,7 +199,7 @@ frames = st.one_of(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(frames, min_size=1, max_size=4))
 async def test_arbitrary_frames_never_crash_the_server(orch: Harness, batch: list[str]) -> None:
     ws = await handshake(orch, "fuzz")

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kici_adapters.github.signature import github_signature, verify_github_signature
+from tests.support.props import examples
 
 BODY = b'{"action":"opened","number":1}'
 
@@ -53,7 +54,7 @@ def test_malformed_hex_fails() -> None:
     assert not verify_github_signature("s3cret", BODY, "sha256=")
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(secret=st.binary(min_size=1, max_size=64), body=st.binary(max_size=512), other=st.binary(max_size=512))
 def test_round_trip_and_body_binding(secret: bytes, body: bytes, other: bytes) -> None:
     header = github_signature(secret, body)

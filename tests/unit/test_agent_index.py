@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from kici_core import routing
 from kici_core.agent_index import AgentIndex
+from tests.support.props import examples
 
 AGENTS = [f"agent-{i}" for i in range(6)]
 LABELS = ["linux", "gpu", "arm"]
@@ -107,7 +108,7 @@ class IndexMachine(RuleBasedStateMachine):
 
 
 TestIndexMachine = IndexMachine.TestCase
-TestIndexMachine.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+TestIndexMachine.settings = settings(max_examples=examples(40), stateful_step_count=40, deadline=None)
 
 
 def test_eligibility_is_evaluated_per_label_set() -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from kici_core.errors import ConfigError
 from kici_runtime import config, config_docs, config_vars
 from kici_runtime.config import SettingsError, load_settings
+from tests.support.props import examples
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HEX_KEY = "0123456789abcdef" * 4
@@ -417,7 +418,7 @@ def test_bad_base_path_refused(raw: str) -> None:
     assert refusal(standalone, {**INDEPENDENT, "KICI_BASE_PATH": raw}).startswith("KICI_BASE_PATH must")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.lists(st.text(alphabet="abcXYZ09-_.~/", min_size=0, max_size=8), max_size=5))
 def test_base_path_normalisation_is_idempotent(parts: list[str]) -> None:
     raw = "/".join(parts)

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kici_core import dedup, errors
+from tests.support.props import examples
 
 GUID = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
 
@@ -115,7 +116,7 @@ class TestGeneric:
         with pytest.raises(errors.InvalidInput):
             dedup.generic_dedup_key(org_id="o", routing_key="", headers={}, fallback_id="f")
 
-    @settings(max_examples=150, deadline=None)
+    @settings(max_examples=examples(150), deadline=None)
     @given(
         value=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=60),
         upper=st.booleans(),

@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from kici_core import dispatch, routing
 from kici_core import dispatch_effects as fx
+from tests.support.props import examples
 
 LABELS = ["a", "b", "c"]
 AGENTS = ["w", "x", "y", "z"]
@@ -319,4 +320,4 @@ class DispatcherMachine(RuleBasedStateMachine):
 
 
 TestDispatcherMachine = DispatcherMachine.TestCase
-TestDispatcherMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestDispatcherMachine.settings = settings(max_examples=examples(50), stateful_step_count=40, deadline=None)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from kici_core import lockfile, triggers
 from kici_core.errors import LockfileError
 from kici_core.lockfile_matrix import StaticMatrix, expand_matrix
+from tests.support.props import examples
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "lockfiles"
 
@@ -255,7 +256,7 @@ def test_matrix_size_errors_fail_the_job_not_the_file(dims: Any, exclude: Any, r
     assert t.matrix is None and reason in (t.matrix_error or "")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     dims=st.dictionaries(
         st.sampled_from(["os", "py", "arch", "node"]),
@@ -604,7 +605,7 @@ JSON_ANY = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(path=st.sampled_from(["", "w", "j", "s", "n"]), key=st.text(max_size=12), value=JSON_ANY)
 def test_arbitrary_corruption_raises_only_lockfile_error(path: str, key: str, value: Any) -> None:
     data = doc(job("a"), job("b", needs=["a"]))

@@ -9,13 +9,14 @@ from kici_core import globs
 from kici_core import matching as m
 from kici_core import triggers as t
 from kici_core.events import NormalisedEvent
+from tests.support.props import examples
 
 # Plain path-like strings: no glob metacharacters, no leading "!", no dot segments.
 _SEGMENT = st.text(alphabet="abcxyz019_-", min_size=1, max_size=6)
 PLAIN = st.lists(_SEGMENT, min_size=1, max_size=4).map("/".join)
 PATH_GLOBS = st.sampled_from(["src/**", "**/*.md", "docs/*", "*.json", "a/**/c", "**", "x?z/*", "{src,lib}/**"])
 FILES = st.lists(PLAIN, max_size=8)
-SETTINGS = settings(max_examples=150, deadline=None)
+SETTINGS = settings(max_examples=examples(60), deadline=None)
 
 
 @SETTINGS

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from kici_core import lockfile, planning
 from kici_core.errors import InvalidInput, NotFound
 from kici_core.planning import Edge, Skip
+from tests.support.props import examples
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "lockfiles"
 ALWAYS = ["success", "failed", "cancelled", "skipped", "timed_out_stale", "drift_dropped"]
@@ -252,7 +253,7 @@ def dags(draw: st.DrawFn) -> dict[str, list[Edge]]:
     return {name: edges[name] for name in order}
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(edges=dags(), data=st.data())
 def test_schedule_invariants(edges: dict[str, list[Edge]], data: st.DataObject) -> None:
     graph = planning.needs_graph(edges)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from kici_adapters import secrets
 from kici_core.errors import ConfigError, SecretDecryptError
+from tests.support.props import examples
 
 KEY_HEX = "00112233445566778899aabbccddeeff" * 2
 KEY = bytes.fromhex(KEY_HEX)
@@ -50,7 +51,7 @@ def test_nonces_are_fresh() -> None:
     assert secrets.seal(KEY, "same", "a") != secrets.seal(KEY, "same", "a")
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(plaintext=st.text(), aad=st.text())
 def test_round_trip(plaintext: str, aad: str) -> None:
     assert secrets.unseal(KEY, secrets.seal(KEY, plaintext, aad), aad) == plaintext

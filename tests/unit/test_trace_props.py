@@ -19,6 +19,7 @@ from kici_core import matching as m
 from kici_core import triggers as t
 from kici_core.events import NormalisedEvent
 from tests.support import trace_reference
+from tests.support.props import examples
 
 BRANCHES = ["main", "develop", "release/1.2", "feature/a/b", "v1.0", "team3/x", "", ".hidden", "héllo wörld"]
 REPOS = ["acme/api", "acme/web", "other/api"]
@@ -97,7 +98,7 @@ def _workflows(raw: list[list[dict[str, Any]]]) -> list[m.WorkflowTriggers]:
             for i, trigs in enumerate(raw)]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(WORKFLOWS, st.lists(EVENTS, min_size=1, max_size=6))
 def test_lazy_trace_equals_eager_rendering(raw: list[list[dict[str, Any]]], events: list[NormalisedEvent]) -> None:
     workflows = _workflows(raw)
@@ -121,7 +122,7 @@ def test_lazy_trace_equals_eager_rendering(raw: list[list[dict[str, Any]]], even
         assert all(d.triggers == () and d.checks_count == 0 for d in untraced.decisions)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(st.lists(TRIGGERS, min_size=1, max_size=1), EVENTS)
 def test_explain_trigger_equals_eager_rendering(raw: list[dict[str, Any]], event: NormalisedEvent) -> None:
     trigger = t.parse_trigger(raw[0])

@@ -571,17 +571,19 @@ class EmbeddedPostgres:
         hba.write_text(_TRUST.sub(r"\1scram-sha-256", text), encoding="utf-8")
         self._run([self._bin("pg_ctl"), "-D", str(self.pgdata), "reload"])
 
-    def stop(self) -> None:
+    def stop(self, *, immediate: bool = False) -> None:
         """Shut the server down (fast mode: open sessions are disconnected) and give up ownership.
 
-        A no-op when this object does not own the data directory (never started, or refused because another
-        process owns it): another owner's server is left alone.
+        ``immediate`` skips the shutdown checkpoint (the next start replays the WAL instead): for throwaway
+        clusters whose data is about to be deleted. A no-op when this object does not own the data directory
+        (never started, or refused because another process owns it): another owner's server is left alone.
         """
         if not self._lock.held:
             return
         try:
             if self.is_running():
-                self._run([self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"])
+                mode = "immediate" if immediate else "fast"
+                self._run([self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w", "stop"])
         finally:
             self._lock.release()
 

@@ -342,7 +342,7 @@ def soak_repo(root: Path, *, files: int, commits: int) -> tuple[Path, list[str]]
     return repo, shas
 
 
-SOAK_PUSHES = 8
+SOAK_PUSHES = 5
 
 
 @pytest.mark.parametrize("slots", [pytest.param([1, 1], id="2-agents-max1"), pytest.param([2], id="1-agent-max2")])

@@ -91,7 +91,7 @@ def pg_server() -> Iterator[PgServer]:
     try:
         yield PgServer(admin_url=embedded.url(), embedded=embedded)
     finally:
-        embedded.stop()
+        embedded.stop(immediate=True)  # the cluster is deleted next: no shutdown checkpoint
         shutil.rmtree(root, ignore_errors=True)
 
 

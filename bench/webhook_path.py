@@ -1,0 +1,592 @@
+"""The path of one webhook through our code, from the HTTP request to the agent's ``job.dispatch``.
+
+Counts how many of our functions (modules under ``kici_core``, ``kici_adapters`` and ``kici_runtime``) one signed
+generic ``push`` webhook passes on its way to ``job.dispatch``, how many calls that takes, how many asynchronous
+hand-offs (asyncio tasks or threads that take the work over) and how many crossings between the three layers.
+
+How it measures. It starts ``kici-standalone`` (independent mode, embedded PostgreSQL in a temp dir, deliveries
+processed in the serving process: ``KICI_PROCESSING_WORKERS=0``) in a child Python process that this script
+bootstraps (``webhook_path.py --child kici-standalone``): the bootstrap looks the program up by its console-script
+entry point and, between SIGUSR1 and SIGUSR2, records every call of one of our functions with a profile hook
+(``sys.setprofile``, ``threading.setprofile``): the function, the nearest calling function of ours, and the asyncio
+task (or thread) that ran it. Nothing is imported from our packages by name, so the numbers stay comparable when
+modules move. The parent registers a ``local`` source with ``kici-admin``, connects one agent over the WebSocket
+protocol, and warms up with two webhooks end to end (lazy imports, pools, caches). Then, ``--rounds`` times:
+
+1. an idle window of ``--idle`` seconds without any webhook (what the background loops do on their own);
+2. a measured window: it commits to the repository (every push is a new commit), starts recording, sends one
+   webhook, stops recording once the agent has the ``job.dispatch``, then completes the job and waits until the
+   run has succeeded.
+
+Attribution. A task created during a measured window counts with all its calls. A task that also ran in the idle
+windows (a long-lived loop: the delivery worker, the dispatch driver) counts only with the calls beyond its idle
+rate, so its own polling is left out. The path is the functions counted in every measured window (a background
+tick that happens to fall into one window is not); calls, hand-offs and crossings are medians over the windows.
+
+* functions: distinct ``module:qualname`` of our code on the path (comprehension frames and module bodies left out);
+* calls: calls of those functions (a coroutine counts once, not at every resumption);
+* contexts / hand-offs: asyncio tasks or threads that ran path functions; hand-offs = contexts - 1;
+* crossings: calls whose nearest calling function of ours is in another layer (core/adapters/runtime), per call
+  and as distinct (caller, callee) edges.
+
+It prints a table and the path (functions in the order of their first call, with module, layer, calls and
+context); ``--json`` prints the same as JSON. About 25 s on a small machine.
+
+Usage: python bench/webhook_path.py [--rounds N] [--idle SECONDS] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dis
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+import uuid
+import weakref
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LAYERS = ("kici_core", "kici_adapters", "kici_runtime")
+ORG = "bench"
+SOURCE = "webhook-path"
+LABEL = "webhook-path"
+SECRET = "webhook-path-secret"
+MARK = "webhook-path:"
+BOUND = 60.0
+_GEN_FLAGS = 0x20 | 0x80 | 0x100 | 0x200  # generator, coroutine, iterable coroutine, async generator
+_SKIPPED = ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>", "<module>")
+_BOUNDARIES = frozenset({"asyncio.events", "asyncio.base_events", "asyncio.runners", "threading",
+                         "concurrent.futures.thread"})
+"""Modules whose frames sit between an event loop (or a thread's start) and the code it runs."""
+
+
+def _written(code: types.CodeType) -> bool:
+    """A function written in a source file: not a comprehension or module body, not generated (dataclass
+    ``__init__``/``__eq__``/``__hash__`` come from ``exec`` and have no file)."""
+    return code.co_name not in _SKIPPED and code.co_filename.endswith(".py")
+
+
+# ============================================================================================ the child side
+class Recorder:
+    """The profile hook of the child process: records calls of our functions between SIGUSR1 and SIGUSR2."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.on = False
+        self.window = 0
+        self.started = 0.0
+        self.keys: dict[tuple[str, str], int] = {}
+        self.calls: list[tuple[float, int, int, int]] = []  # (time, context, function, caller function or -1)
+        self.contexts: dict[int, dict[str, str]] = {}
+        self._serials: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
+        self._threads: dict[int, int] = {}
+        self._next = 0
+        self._first_resume: dict[types.CodeType, int] = {}
+
+    def _key(self, frame: types.FrameType) -> int:
+        code = frame.f_code
+        key = (str(frame.f_globals.get("__name__")), code.co_qualname)
+        index = self.keys.get(key)
+        if index is None:
+            index = self.keys[key] = len(self.keys)
+        return index
+
+    def _fresh(self, frame: types.FrameType) -> bool:
+        """False when a generator or coroutine frame resumes (the profile hook reports those as calls too)."""
+        code = frame.f_code
+        if not code.co_flags & _GEN_FLAGS:
+            return True
+        start = self._first_resume.get(code)
+        if start is None:
+            start = next((i.offset for i in dis.get_instructions(code) if i.opname == "RESUME"), 0)
+            self._first_resume[code] = start
+        return frame.f_lasti <= start
+
+    def _context(self) -> int:
+        task = None
+        loop = asyncio._get_running_loop()
+        if loop is not None:
+            task = asyncio.current_task(loop)
+        if task is not None:
+            serial = self._serials.get(task)
+            if serial is None:
+                serial = self._serials[task] = self._new_context("task", task.get_name())
+            return serial
+        ident = threading.get_ident()
+        serial = self._threads.get(ident)
+        if serial is None:
+            kind = "loop callback" if loop is not None else "thread"
+            serial = self._threads[ident] = self._new_context(kind, threading.current_thread().name)
+        return serial
+
+    def _new_context(self, kind: str, name: str) -> int:
+        self._next += 1
+        self.contexts[self._next] = {"kind": kind, "name": name}
+        return self._next
+
+    def profile(self, frame: types.FrameType, event: str, arg: object) -> None:
+        if event != "call" or not self.on:
+            return
+        name = frame.f_globals.get("__name__")
+        if not isinstance(name, str) or name.partition(".")[0] not in LAYERS or not _written(frame.f_code):
+            return
+        if not self._fresh(frame):
+            return
+        caller = -1
+        back = frame.f_back
+        while back is not None:
+            back_name = back.f_globals.get("__name__")
+            if not isinstance(back_name, str) or back_name in _BOUNDARIES:
+                break  # a task step, a loop callback or a thread starts here: no caller of ours below
+            if back_name.partition(".")[0] in LAYERS and _written(back.f_code):
+                caller = self._key(back)
+                break
+            back = back.f_back
+        self.calls.append((time.perf_counter() - self.started, self._context(), self._key(frame), caller))
+
+    def start(self, signum: int, frame: types.FrameType | None) -> None:
+        self.window += 1
+        self.calls = []
+        self.started = time.perf_counter()
+        self.on = True
+        sys.setprofile(self.profile)  # the loop's thread; other threads got the hook when they started
+        os.write(2, f"{MARK} recording {self.window}\n".encode())
+
+    def stop(self, signum: int, frame: types.FrameType | None) -> None:
+        self.on = False
+        sys.setprofile(None)
+        duration = time.perf_counter() - self.started
+        names = sorted(self.keys.items(), key=lambda kv: kv[1])
+        dump = {"window": self.window, "duration": duration, "functions": [list(k) for k, _ in names],
+                "contexts": {str(k): v for k, v in self.contexts.items()}, "calls": self.calls}
+        path = self.out_dir / f"window-{self.window}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dump))
+        tmp.replace(path)
+        os.write(2, f"{MARK} stopped {self.window}\n".encode())
+
+
+def run_program(name: str, args: list[str], record_to: str | None) -> None:
+    """Run the console script ``name`` in this process, recording our calls when ``record_to`` is given."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="console_scripts", name=name)
+    if not found:
+        sys.exit(f"no console script named {name}: is the project installed (make install)?")
+    main = next(iter(found)).load()
+    if record_to is not None:
+        recorder = Recorder(Path(record_to))
+        threading.setprofile(recorder.profile)
+        signal.signal(signal.SIGUSR1, recorder.start)
+        signal.signal(signal.SIGUSR2, recorder.stop)
+    sys.argv = [name, *args]
+    main()
+
+
+# ============================================================================================ the parent side
+def _git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.com",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.com"}
+    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout.strip()
+
+
+def make_repo(root: Path) -> Path:
+    """A git repository whose lock file runs one job on label ``webhook-path`` for every push to ``main``."""
+    repo = root / "repo"
+    (repo / ".kici").mkdir(parents=True)
+    src = {"file": ".kici/workflows/ci.ts", "export": "#default"}
+    lock = {"schemaVersion": 29, "source": src, "contentHash": "path", "workflows": [{
+        "name": "path", "source": src, "contentHash": "path", "compileSchemaVersion": 5,
+        "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
+        "jobs": [{"_type": "static", "name": "job", "runsOn": [{"kind": "exact", "value": LABEL}], "needs": [],
+                  "steps": [{"name": "step", "run": "true"}]}]}]}
+    (repo / ".kici" / "kici.lock.json").write_text(json.dumps(lock))
+    _git(root, "init", "-q", "-b", "main", str(repo))
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "path")
+    return repo
+
+
+def commit(repo: Path) -> str:
+    """A new commit on ``main`` (every push brings one); returns its sha."""
+    _git(repo, "commit", "-q", "--allow-empty", "-m", f"push {uuid.uuid4().hex[:8]}")
+    return _git(repo, "rev-parse", "HEAD")
+
+
+def webhook(repo: Path, sha: str) -> tuple[bytes, dict[str, str]]:
+    """A signed generic ``push`` of ``sha`` to ``main``."""
+    body = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": sha,
+                       "repository": {"full_name": "bench/repo", "name": "repo", "default_branch": "main",
+                                      "clone_url": repo.as_uri()}, "sender": {"login": "bench", "id": 1}}).encode()
+    sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return body, {"Content-Type": "application/json", "X-Signature-256": sig, "X-Delivery-Id": str(uuid.uuid4()),
+                  "X-Event-Type": "push"}
+
+
+def _self(*args: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+class Child:
+    """The orchestrator in a child process under the recording bootstrap; its output is kept in :attr:`lines`."""
+
+    def __init__(self, env: dict[str, str], record_to: Path) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self.proc = subprocess.Popen(_self("--child", str(record_to), "kici-standalone"), env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._changed:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_line(self, text: str, bound: float = BOUND) -> str:
+        """The first output line containing ``text``; raises when the child exits or ``bound`` passes first."""
+        deadline = time.monotonic() + bound
+        with self._changed:
+            while True:
+                hit = next((line for line in self.lines if text in line), None)
+                if hit is not None:
+                    return hit
+                if self.proc.poll() is not None and not self._pump_alive():
+                    raise RuntimeError(f"kici-standalone exited ({self.proc.returncode}) before {text!r}:\n"
+                                       + self.tail())
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no {text!r} from kici-standalone within {bound} s:\n" + self.tail())
+                self._changed.wait(0.5)
+
+    def _pump_alive(self) -> bool:
+        return self.proc.stdout is not None and not self.proc.stdout.closed and self.proc.poll() is None
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(self.lines[-n:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(BOUND)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@dataclass
+class Window:
+    """One recorded window, as the child dumped it."""
+
+    duration: float
+    functions: list[tuple[str, str]]
+    contexts: dict[int, dict[str, str]]
+    calls: list[tuple[float, int, int, int]]
+
+    @classmethod
+    def load(cls, path: Path) -> Window:
+        raw = json.loads(path.read_text())
+        return cls(duration=raw["duration"], functions=[(m, q) for m, q in raw["functions"]],
+                   contexts={int(k): v for k, v in raw["contexts"].items()},
+                   calls=[(t, c, f, k) for t, c, f, k in raw["calls"]])
+
+    def name(self, index: int) -> str:
+        module, qualname = self.functions[index]
+        return f"{module}:{qualname}"
+
+
+def layer(function: str) -> str:
+    return function.split(".", 1)[0].split(":", 1)[0].removeprefix("kici_")
+
+
+@dataclass
+class Counted:
+    """The calls of one measured window that belong to the delivery (see the module docstring)."""
+
+    calls: list[tuple[float, int, str, str | None]] = field(default_factory=list)  # time, context, callee, caller
+    kinds: dict[int, str] = field(default_factory=dict)
+
+
+def attribute(window: Window, idle: list[Window]) -> Counted:
+    """Leave out what the idle windows show the background doing: a long-lived task's calls up to its idle rate."""
+    idle_seconds = sum(w.duration for w in idle)
+    idle_rate: Counter[tuple[int, str]] = Counter()
+    long_lived: set[int] = set()
+    for w in idle:
+        for _, ctx, f, _ in w.calls:
+            idle_rate[(ctx, w.name(f))] += 1
+            long_lived.add(ctx)
+    by_key: dict[tuple[int, str], list[tuple[float, int, str, str | None]]] = defaultdict(list)
+    for t, ctx, f, caller in window.calls:
+        name = window.name(f)
+        by_key[(ctx, name)].append((t, ctx, name, window.name(caller) if caller >= 0 else None))
+    out = Counted()
+    for (ctx, name), calls in by_key.items():
+        if ctx in long_lived and idle_rate[(ctx, name)]:
+            expected = idle_rate[(ctx, name)] / idle_seconds * window.duration
+            keep = max(0, round(len(calls) - expected))
+            calls = calls[len(calls) - keep:] if keep else []
+        out.calls.extend(calls)
+    out.calls.sort()
+    for ctx in {c for _, c, _, _ in out.calls}:
+        out.kinds[ctx] = window.contexts.get(ctx, {}).get("kind", "?")
+    return out
+
+
+def carrying(calls: list[tuple[float, int, str, str | None]]) -> set[int]:
+    """The contexts that run a function no other context runs. The others only repeat what those do (a connection
+    pool's return callback, say): side work, not a hand-off of the delivery."""
+    where: dict[str, set[int]] = defaultdict(set)
+    for _, ctx, f, _ in calls:
+        where[f].add(ctx)
+    return {next(iter(ctxs)) for ctxs in where.values() if len(ctxs) == 1}
+
+
+def report(measured: list[Window], idle: list[Window]) -> dict[str, Any]:
+    """Functions, calls, contexts, hand-offs and layer crossings of the path, over the measured windows."""
+    counted = [attribute(w, idle) for w in measured]
+    path = set.intersection(*({f for _, _, f, _ in c.calls} for c in counted))
+    per_window: list[dict[str, int]] = []
+    edge_sets: list[set[tuple[str, str]]] = []
+    for c in counted:
+        on_path = [call for call in c.calls if call[2] in path]
+        crossings = [(caller, f) for _, _, f, caller in on_path if caller is not None and layer(caller) != layer(f)]
+        kinds = Counter(c.kinds[ctx] for ctx in {ctx for _, ctx, _, _ in on_path})
+        per_window.append({"calls": len(on_path), "contexts": sum(kinds.values()),
+                           "carrying": len(carrying(on_path)), "tasks": kinds["task"],
+                           "threads": kinds["thread"], "loopCallbacks": kinds["loop callback"],
+                           "crossings": len(crossings)})
+        edge_sets.append(set(crossings))
+    edges = set.intersection(*edge_sets)
+    first = counted[0]
+    order: dict[str, tuple[float, int]] = {}
+    calls_of: Counter[str] = Counter()
+    context_rank: dict[int, int] = {}
+    contexts: list[dict[str, Any]] = []
+    carried = carrying([call for call in first.calls if call[2] in path])
+    for t, ctx, f, _ in first.calls:
+        if f not in path:
+            continue
+        if ctx not in context_rank:
+            context_rank[ctx] = len(context_rank) + 1
+            contexts.append({"context": context_rank[ctx], "kind": first.kinds[ctx], "first": f, "calls": 0,
+                             "carries": ctx in carried})
+        contexts[context_rank[ctx] - 1]["calls"] += 1
+        order.setdefault(f, (t, ctx))
+        calls_of[f] += 1
+    steps = [{"function": f, "layer": layer(f), "calls": calls_of[f], "context": context_rank[ctx]}
+             for f, (_, ctx) in sorted(order.items(), key=lambda kv: kv[1][0])]
+
+    def median(key: str) -> int:
+        return round(statistics.median(w[key] for w in per_window))
+
+    handoffs = median("carrying") - 1
+    by_layer = Counter(layer(f) for f in path)
+    return {
+        "rounds": len(measured),
+        "functions": len(path),
+        "modules": len({f.split(":", 1)[0] for f in path}),
+        "functionsByLayer": {name: by_layer[name.removeprefix("kici_")] for name in LAYERS},
+        "calls": median("calls"),
+        "contexts": median("contexts"),
+        "carryingContexts": median("carrying"),
+        "tasks": median("tasks"),
+        "threads": median("threads"),
+        "loopCallbacks": median("loopCallbacks"),
+        "handOffs": max(0, handoffs),
+        "crossings": median("crossings"),
+        "crossingEdges": len(edges),
+        "windowMs": round(statistics.median(w.duration for w in measured) * 1000, 1),
+        "perWindow": per_window,
+        "edges": sorted(f"{a} -> {b}" for a, b in edges),
+        "path": steps,
+        "contextsOfFirstWindow": contexts,
+    }
+
+
+def print_report(result: dict[str, Any]) -> None:
+    rows = [("functions on the path", result["functions"]),
+            ("  in modules", result["modules"]),
+            ("  core / adapters / runtime", " / ".join(str(v) for v in result["functionsByLayer"].values())),
+            ("calls", result["calls"]),
+            ("contexts (tasks, threads, callbacks)", result["contexts"]),
+            ("  tasks / threads / loop callbacks",
+             f"{result['tasks']} / {result['threads']} / {result['loopCallbacks']}"),
+            ("  carrying the delivery", result["carryingContexts"]),
+            ("asynchronous hand-offs", result["handOffs"]),
+            ("layer crossings (calls)", result["crossings"]),
+            ("layer crossings (distinct edges)", result["crossingEdges"]),
+            ("measured window (median ms)", result["windowMs"])]
+    print(f"webhook -> job.dispatch, {result['rounds']} webhooks (medians)")
+    for label, value in rows:
+        print(f"  {label:<38} {value}")
+    print("\npath (first call order; context = n-th task/thread to run our code):")
+    for i, step in enumerate(result["path"], 1):
+        print(f"  {i:3} [{step['context']}] {step['layer']:<8} {step['function']}"
+              + (f"  x{step['calls']}" if step["calls"] > 1 else ""))
+    print("\ncontexts (first window; the function each began with):")
+    for ctx in result["contextsOfFirstWindow"]:
+        side = "" if ctx["carries"] else " (side)"
+        print(f"  [{ctx['context']}] {ctx['kind'] + side:<20} {ctx['calls']:4} calls  {ctx['first']}")
+    print("\nlayer-crossing edges:")
+    for edge in result["edges"]:
+        print(f"  {edge}")
+
+
+async def measure(rounds: int, idle_seconds: float, root: Path, quiet: bool) -> dict[str, Any]:
+    import anyio
+    import httpx
+    from websockets.asyncio.client import connect
+
+    def say(text: str) -> None:
+        if not quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    repo = make_repo(root)
+    dumps = root / "windows"
+    dumps.mkdir()
+    admin_token = "kat-webhook-path-" + secrets.token_hex(16)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KICI_")}
+    env = {**clean, "KICI_MODE": "independent", "KICI_DEV": "true", "KICI_DATABASE_URL": "embedded",
+           "KICI_DATA_DIR": str(root / "data"), "KICI_PORT": "0", "KICI_HOST": "127.0.0.1",
+           "KICI_SECRET_KEY": secrets.token_hex(32), "KICI_BOOTSTRAP_ADMIN_TOKEN": admin_token,
+           "KICI_AGENT_AUTH": "none", "KICI_PROCESSING_WORKERS": "0", "KICI_LOG_LEVEL": "info"}
+    say("starting kici-standalone (embedded PostgreSQL) ...")
+    child = Child(env, dumps)
+    try:
+        line = await anyio.to_thread.run_sync(child.wait_line, "started on port")
+        port = int(re.findall(r"started on port (\d+)", line)[0])
+        base = f"http://127.0.0.1:{port}"
+        admin = await anyio.run_process(
+            _self("--run", "kici-admin", "--url", base, "source", "add", "generic", "--org", ORG, "--name", SOURCE,
+                  "--provider-type", "local", "--local-repo", str(repo), "--verification", "hmac_sha256",
+                  "--secret", SECRET, "--event-type-header", "x-event-type", "--idempotency-key-header",
+                  "x-delivery-id", "--rate-limit", "100000"),
+            env={**clean, "KICI_ADMIN_TOKEN": admin_token}, check=False)
+        if admin.returncode != 0:
+            raise RuntimeError(f"kici-admin source add failed: {admin.stdout.decode()}{admin.stderr.decode()}")
+        async with httpx.AsyncClient(base_url=base, timeout=BOUND,
+                                     headers={"Authorization": f"Bearer {admin_token}"}) as http, \
+                connect(f"ws://127.0.0.1:{port}/ws", open_timeout=BOUND) as ws:
+            async def send(msg: dict[str, Any]) -> None:
+                await ws.send(json.dumps({"messageId": str(uuid.uuid4()), "timestamp": int(time.time() * 1000),
+                                          **msg}))
+
+            async def expect(kind: str) -> dict[str, Any]:
+                seen: list[str] = []
+                with anyio.move_on_after(BOUND) as scope:
+                    while True:
+                        msg: dict[str, Any] = json.loads(await ws.recv())
+                        if msg.get("type") == kind:
+                            return msg
+                        seen.append(str(msg.get("type")))
+                if scope.cancelled_caught:
+                    raise RuntimeError(f"no {kind} within {BOUND} s; the agent saw {seen[-10:]}:\n{child.tail()}")
+                raise AssertionError("unreachable")
+
+            await send({"type": "agent.register", "agentId": "path-agent", "labels": [LABEL], "maxConcurrency": 1,
+                        "platform": "linux", "arch": "x64", "inFlightJobs": []})
+            await expect("register.ack")
+
+            async def push() -> dict[str, Any]:
+                body, headers = webhook(repo, commit(repo))
+                r = await http.post(f"/webhook/{ORG}/generic/{SOURCE}", content=body, headers=headers)
+                if r.status_code not in (200, 202):
+                    raise RuntimeError(f"webhook answered {r.status_code}: {r.text[:300]}")
+                return await expect("job.dispatch")
+
+            async def finish(dispatch: dict[str, Any]) -> None:
+                ids = {"runId": dispatch["runId"], "jobId": dispatch["jobId"]}
+                await send({"type": "job.ack", **ids})
+                await send({"type": "job.status", "state": "running", **ids})
+                await send({"type": "job.status", "state": "success", "data": {"exitCode": 0}, **ids})
+                deadline = time.monotonic() + BOUND
+                status = ""
+                while time.monotonic() < deadline:  # a benchmark may poll
+                    r = await http.get(f"/api/v1/admin/runs/{dispatch['runId']}")
+                    status = r.json().get("status", "") if r.status_code == 200 else f"HTTP {r.status_code}"
+                    if status == "success":
+                        return
+                    await anyio.sleep(0.05)
+                raise RuntimeError(f"run {dispatch['runId']} is {status!r}, not success, after {BOUND} s")
+
+            window = 0
+
+            async def record(signum: signal.Signals, what: str) -> None:
+                child.proc.send_signal(signum)
+                await anyio.to_thread.run_sync(child.wait_line, f"{MARK} {what} {window}")
+
+            say("warming up with two webhooks ...")
+            for _ in range(2):
+                await finish(await push())
+            idle: list[Path] = []
+            measured: list[Path] = []
+            for i in range(rounds):
+                say(f"round {i + 1}/{rounds}: {idle_seconds:.1f} s idle, then one webhook ...")
+                window += 1
+                await record(signal.SIGUSR1, "recording")
+                await anyio.sleep(idle_seconds)
+                await record(signal.SIGUSR2, "stopped")
+                idle.append(dumps / f"window-{window}.json")
+                window += 1
+                body, headers = webhook(repo, commit(repo))
+                await record(signal.SIGUSR1, "recording")
+                r = await http.post(f"/webhook/{ORG}/generic/{SOURCE}", content=body, headers=headers)
+                if r.status_code not in (200, 202):
+                    raise RuntimeError(f"webhook answered {r.status_code}: {r.text[:300]}")
+                dispatch = await expect("job.dispatch")
+                await record(signal.SIGUSR2, "stopped")
+                measured.append(dumps / f"window-{window}.json")
+                await finish(dispatch)
+    finally:
+        child.stop()
+    return report([Window.load(p) for p in measured], [Window.load(p) for p in idle])
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] in ("--child", "--run"):
+        if sys.argv[1] == "--child":
+            run_program(sys.argv[3], sys.argv[4:], sys.argv[2])
+        else:
+            run_program(sys.argv[2], sys.argv[3:], None)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=3, help="Measured webhooks (default 3).")
+    parser.add_argument("--idle", type=float, default=2.0, help="Seconds of each idle window (default 2).")
+    parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
+    parser.add_argument("--quiet", action="store_true", help="No progress lines on stderr.")
+    opts = parser.parse_args()
+    import anyio
+
+    with tempfile.TemporaryDirectory(prefix="webhook-path-") as tmp:
+        result = anyio.run(measure, opts.rounds, opts.idle, Path(tmp), opts.quiet)
+    if opts.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_report(result)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

@@ -25,12 +25,15 @@ tick that happens to fall into one window is not); calls, hand-offs and crossing
 
 * functions: distinct ``module:qualname`` of our code on the path (comprehension frames and module bodies left out);
 * calls: calls of those functions (a coroutine counts once, not at every resumption);
-* contexts / hand-offs: asyncio tasks or threads that ran path functions; hand-offs = contexts - 1;
+* contexts: asyncio tasks, threads and event-loop callbacks (outside any task) that ran path functions; a context
+  carries the delivery when it runs a path function no other context runs (the others, such as a connection
+  pool's return callback, only repeat what a carrying context does); hand-offs = carrying contexts - 1. Side
+  branches the delivery sets off within the window (the payload copy to the blob store) count too;
 * crossings: calls whose nearest calling function of ours is in another layer (core/adapters/runtime), per call
   and as distinct (caller, callee) edges.
 
-It prints a table and the path (functions in the order of their first call, with module, layer, calls and
-context); ``--json`` prints the same as JSON. About 25 s on a small machine.
+It prints a table, the path (functions in the order of their first call, with layer, calls and context), the
+contexts and the crossing edges; ``--json`` prints the same as JSON. About 15 s on a small machine.
 
 Usage: python bench/webhook_path.py [--rounds N] [--idle SECONDS] [--json]
 """

@@ -13,7 +13,9 @@ task (or thread) that ran it. Nothing is imported from our packages by name, so 
 modules move. The parent registers a ``local`` source with ``kici-admin``, connects one agent over the WebSocket
 protocol, and warms up with two webhooks end to end (lazy imports, pools, caches). Then, ``--rounds`` times:
 
-1. an idle window of ``--idle`` seconds without any webhook (what the background loops do on their own);
+1. an idle window of ``--idle`` seconds without any webhook (what the background loops do on their own). It is
+   longer than the orchestrator's short read caches (source lookups, decrypted secrets: 2 s), so every measured
+   webhook takes the same path: that of a webhook arriving after a pause, source lookup and decryption included;
 2. a measured window: it commits to the repository (every push is a new commit), starts recording, sends one
    webhook, stops recording once the agent has the ``job.dispatch``, then completes the job and waits until the
    run has succeeded.
@@ -33,7 +35,7 @@ tick that happens to fall into one window is not); calls, hand-offs and crossing
   and as distinct (caller, callee) edges.
 
 It prints a table, the path (functions in the order of their first call, with layer, calls and context), the
-contexts and the crossing edges; ``--json`` prints the same as JSON. About 15 s on a small machine.
+contexts and the crossing edges; ``--json`` prints the same as JSON. About 20 s on a small machine.
 
 Usage: python bench/webhook_path.py [--rounds N] [--idle SECONDS] [--json]
 """
@@ -44,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import dis
+import functools
 import hashlib
 import hmac
 import json
@@ -253,6 +256,7 @@ class Child:
     def __init__(self, env: dict[str, str], record_to: Path) -> None:
         self.lines: list[str] = []
         self._changed = threading.Condition()
+        self._ended = False
         self.proc = subprocess.Popen(_self("--child", str(record_to), "kici-standalone"), env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
@@ -265,25 +269,25 @@ class Child:
                 self.lines.append(raw.decode(errors="replace").rstrip("\n"))
                 self._changed.notify_all()
         with self._changed:
+            self._ended = True
             self._changed.notify_all()
 
-    def wait_line(self, text: str, bound: float = BOUND) -> str:
-        """The first output line containing ``text``; raises when the child exits or ``bound`` passes first."""
+    def wait_line(self, text: str, *, exact: bool = False, bound: float = BOUND) -> str:
+        """The first output line containing ``text`` (being ``text`` when ``exact``); raises when the child's
+        output ends or ``bound`` passes first."""
         deadline = time.monotonic() + bound
         with self._changed:
             while True:
-                hit = next((line for line in self.lines if text in line), None)
+                hit = next((line for line in self.lines if (line == text if exact else text in line)), None)
                 if hit is not None:
                     return hit
-                if self.proc.poll() is not None and not self._pump_alive():
+                if self._ended:
+                    self.proc.wait(BOUND)
                     raise RuntimeError(f"kici-standalone exited ({self.proc.returncode}) before {text!r}:\n"
                                        + self.tail())
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"no {text!r} from kici-standalone within {bound} s:\n" + self.tail())
                 self._changed.wait(0.5)
-
-    def _pump_alive(self) -> bool:
-        return self.proc.stdout is not None and not self.proc.stdout.closed and self.proc.poll() is None
 
     def tail(self, n: int = 30) -> str:
         return "\n".join(self.lines[-n:])
@@ -538,7 +542,8 @@ async def measure(rounds: int, idle_seconds: float, root: Path, quiet: bool) -> 
 
             async def record(signum: signal.Signals, what: str) -> None:
                 child.proc.send_signal(signum)
-                await anyio.to_thread.run_sync(child.wait_line, f"{MARK} {what} {window}")
+                await anyio.to_thread.run_sync(functools.partial(child.wait_line, f"{MARK} {what} {window}",
+                                                                 exact=True))
 
             say("warming up with two webhooks ...")
             for _ in range(2):
@@ -576,7 +581,10 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3, help="Measured webhooks (default 3).")
-    parser.add_argument("--idle", type=float, default=2.0, help="Seconds of each idle window (default 2).")
+    parser.add_argument("--idle", type=float, default=3.0,
+                        help="Seconds of each idle window (default 3; keep it above the orchestrator's 2 s read "
+                             "caches, or some webhooks find the source and its secret cached and take a shorter "
+                             "path than others).")
     parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
     parser.add_argument("--quiet", action="store_true", help="No progress lines on stderr.")
     opts = parser.parse_args()

@@ -1,6 +1,6 @@
 """bench/webhook_path.py: the call recorder and how recorded windows become the webhook path's figures.
 
-The benchmark itself starts an orchestrator with an embedded PostgreSQL (about 12 s), so it is run by hand (see
+The benchmark itself starts an orchestrator with an embedded PostgreSQL (about 20 s), so it is run by hand (see
 bench/README.md); these tests cover its two halves without a server: the profile hook on a small asyncio
 program whose modules are named like ours, and the attribution over windows shaped like real recordings.
 """

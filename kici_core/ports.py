@@ -481,7 +481,8 @@ class RegistrationStore(Protocol):
     async def register(self, *, org_id: str, routing_key: str, repo: str,
                        workflows: Sequence[WorkflowRegistration]) -> None:
         """Make ``workflows`` the repository's registrations (ones no longer listed are removed). A schedule
-        whose trigger keeps its expression and time zone keeps its next and last fire."""
+        whose trigger keeps its expression and time zone keeps its next and last fire. When the stored ones
+        already say the same (ids and delivery id aside), they may be left as they are."""
         ...
 
     async def unregister_repo(self, *, routing_key: str, repo: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from kici_core import events, lockfile
@@ -22,8 +23,10 @@ from kici_core.ports import Delivery, Schedule, ScheduleSpec, WorkflowRegistrati
 __all__ = [
     "DISPATCH_EVENT",
     "SCHEDULE_EVENT",
+    "LockRegistrations",
     "dispatch_delivery",
     "is_default_branch_push",
+    "lock_registrations",
     "registrations_from",
     "schedule_delivery",
     "schedule_delivery_id",
@@ -47,12 +50,20 @@ def _plain(value: object) -> JSONValue:
     return json.loads(json.dumps(thawed))  # type: ignore[no-any-return]
 
 
-def registrations_from(lock: lockfile.Lockfile, *, org_id: str, routing_key: str, provider: str, repo: str,
-                       ref: str, sha: str, repo_url: str, delivery_id: str | None,
-                       ids: Callable[[], str]) -> list[WorkflowRegistration]:
-    """One registration per workflow of ``lock`` (read at ``sha`` of the default branch ``ref``)."""
+@dataclass(frozen=True, slots=True)
+class LockRegistrations:
+    """What every registration from one lock file shares, whatever push it came with: the lock file's source
+    and, per workflow, its name, plain workflow object, trigger kinds and schedules. Build it once per parsed
+    lock file (:func:`lock_registrations`); the registrations of each push reuse the same objects."""
+
+    source: JSONObject
+    workflows: tuple[tuple[str, JSONObject, tuple[str, ...], tuple[ScheduleSpec, ...]], ...]
+
+
+def lock_registrations(lock: lockfile.Lockfile) -> LockRegistrations:
+    """The push-independent part of :func:`registrations_from` for ``lock``."""
     source = _plain({"file": lock.source.file, **({"export": lock.source.export} if lock.source.export else {})})
-    out: list[WorkflowRegistration] = []
+    workflows = []
     for workflow in lock.workflows:
         schedules = tuple(
             ScheduleSpec(trigger_index=i, cron_expression=trig.cron_expression, timezone=trig.timezone,
@@ -60,12 +71,21 @@ def registrations_from(lock: lockfile.Lockfile, *, org_id: str, routing_key: str
             for i, trig in enumerate(workflow.triggers) if isinstance(trig, t.ScheduleTrigger))
         kinds = tuple(dict.fromkeys(trig.kind for trig in workflow.triggers if not isinstance(trig, t.UnknownTrigger)))
         raw = _plain(workflow.raw)
-        out.append(WorkflowRegistration(
-            id=ids(), org_id=org_id, routing_key=routing_key, provider=provider, repo_identifier=repo,
-            workflow_name=workflow.name, ref=ref, sha=sha, repo_url=repo_url,
-            lock_source=source if isinstance(source, dict) else {}, workflow=raw if isinstance(raw, dict) else {},
-            trigger_types=kinds, schedules=schedules, delivery_id=delivery_id))
-    return out
+        workflows.append((workflow.name, raw if isinstance(raw, dict) else {}, kinds, schedules))
+    return LockRegistrations(source=source if isinstance(source, dict) else {}, workflows=tuple(workflows))
+
+
+def registrations_from(lock: lockfile.Lockfile | LockRegistrations, *, org_id: str, routing_key: str, provider: str,
+                       repo: str, ref: str, sha: str, repo_url: str, delivery_id: str | None,
+                       ids: Callable[[], str]) -> list[WorkflowRegistration]:
+    """One registration per workflow of ``lock`` (read at ``sha`` of the default branch ``ref``); pass the
+    lock file's :func:`lock_registrations` to skip converting its workflows again."""
+    shared = lock if isinstance(lock, LockRegistrations) else lock_registrations(lock)
+    return [WorkflowRegistration(
+        id=ids(), org_id=org_id, routing_key=routing_key, provider=provider, repo_identifier=repo,
+        workflow_name=name, ref=ref, sha=sha, repo_url=repo_url, lock_source=shared.source, workflow=raw,
+        trigger_types=kinds, schedules=schedules, delivery_id=delivery_id)
+        for name, raw, kinds, schedules in shared.workflows]
 
 
 def _iso(moment: datetime) -> str:

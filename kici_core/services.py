@@ -119,6 +119,7 @@ class ParsedLockfiles:
         self._max = max_entries
         self._entries: OrderedDict[bytes, lockfile.Lockfile] = OrderedDict()
         self._indexes: dict[int, tuple[lockfile.Lockfile, matching.TriggerIndex]] = {}
+        self._registrations: dict[int, tuple[lockfile.Lockfile, registrations.LockRegistrations]] = {}
         self.parses = 0
         """Parses run so far (cache misses)."""
 
@@ -136,6 +137,7 @@ class ParsedLockfiles:
             while len(self._entries) > self._max:
                 _, evicted = self._entries.popitem(last=False)
                 self._indexes.pop(id(evicted), None)
+                self._registrations.pop(id(evicted), None)
         return parsed
 
     def cached(self, content: bytes) -> lockfile.Lockfile | None:
@@ -155,6 +157,17 @@ class ParsedLockfiles:
                                        for w in lock.workflows])
         if any(cached is lock for cached in self._entries.values()):
             self._indexes[id(lock)] = (lock, built)
+        return built
+
+    def registered(self, lock: lockfile.Lockfile) -> registrations.LockRegistrations:
+        """What the registrations from ``lock`` share (built once while ``lock`` is cached): every default-branch
+        push of an unchanged lock file registers the very same workflow objects."""
+        found = self._registrations.get(id(lock))
+        if found is not None and found[0] is lock:
+            return found[1]
+        built = registrations.lock_registrations(lock)
+        if any(cached is lock for cached in self._entries.values()):
+            self._registrations[id(lock)] = (lock, built)
         return built
 
 
@@ -299,8 +312,8 @@ class Pipeline:
         if sha in ("HEAD", events.ZERO_SHA):
             return None
         found = () if lock is None else tuple(registrations.registrations_from(
-            lock, org_id=item.org_id, routing_key=item.routing_key, provider=item.provider, repo=repo,
-            ref=event.target_branch, sha=sha, repo_url=provider.repo_url(source, repo, payload),
+            self.parsed.registered(lock), org_id=item.org_id, routing_key=item.routing_key, provider=item.provider,
+            repo=repo, ref=event.target_branch, sha=sha, repo_url=provider.repo_url(source, repo, payload),
             delivery_id=item.delivery_id, ids=self.ids))
         return RegistrationUpdate(org_id=item.org_id, routing_key=item.routing_key, repo=repo, workflows=found)
 

@@ -1,16 +1,19 @@
 """Workflow registrations and schedules in PostgreSQL (``workflow_registrations``, ``workflow_schedules``).
 
-:meth:`PgRegistrations.register` replaces a repository's registrations in one transaction. Registration ids
-are kept per ``(source, repository, workflow)`` and schedule rows per ``(registration, trigger index)``, so a
-schedule whose expression and time zone did not change keeps its next and last fire across pushes; a new or
-changed one gets its next fire computed from the database clock (an invalid expression or time zone is kept
-with its ``error`` and never fires). The scheduler reads due rows with :meth:`PgRegistrations.due` under
+:meth:`PgRegistrations.register` replaces a repository's registrations in one transaction, unless one read
+shows they already are the given ones (every delivery of one commit registers the same workflows: only the
+first writes). Registration ids are kept per ``(source, repository, workflow)`` and schedule rows per
+``(registration, trigger index)``, so a schedule whose expression and time zone did not change keeps its next
+and last fire across pushes; a new or changed one gets its next fire computed from the database clock (an
+invalid expression or time zone is kept with its ``error`` and never fires). The scheduler reads due rows with :meth:`PgRegistrations.due` under
 :meth:`PgRegistrations.try_lock` and records each fire with :meth:`PgRegistrations.fired`, guarded on the fire
 time it read, so a late or repeated update changes nothing.
 """
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -49,6 +52,18 @@ ON CONFLICT (registration_id, trigger_index) DO UPDATE
                     THEN s.error ELSE EXCLUDED.error END,
        cron_expression = EXCLUDED.cron_expression, timezone = EXCLUDED.timezone
 """
+_SAME = """
+SELECT count(*) AS total, count(k.name) FILTER (
+         WHERE r.org_id = %(org_id)s AND r.provider = k.provider AND r.ref = k.ref AND r.sha = k.sha
+           AND r.repo_url = k.repo_url AND r.lock_source = k.lock_source::jsonb AND r.workflow = k.workflow::jsonb
+           AND to_jsonb(r.trigger_types) = k.types::jsonb) AS same
+  FROM workflow_registrations r
+  LEFT JOIN unnest(%(names)s::text[], %(providers)s::text[], %(refs)s::text[], %(shas)s::text[],
+                   %(urls)s::text[], %(sources)s::text[], %(workflows)s::text[], %(types)s::text[])
+            AS k(name, provider, ref, sha, repo_url, lock_source, workflow, types) ON k.name = r.workflow_name
+ WHERE r.routing_key = %(routing_key)s AND r.repo_identifier = %(repo)s
+"""
+"""Whether a repository's stored registrations are exactly the given ones (delivery id and ids aside)."""
 _SCHEDULES = """
 SELECT s.*, r.org_id, r.routing_key, r.repo_identifier, r.workflow_name
   FROM workflow_schedules s JOIN workflow_registrations r ON r.id = s.registration_id
@@ -81,14 +96,61 @@ def first_fire(spec: ScheduleSpec, now: datetime) -> tuple[datetime | None, str 
         return None, exc.message
 
 
+class _JsonTexts:
+    """JSON text of objects by identity, for the few objects sent again and again (the workflow objects of one
+    lock file, shared by every push that registers it). Keeps the objects it saw, so an id is never reused."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self._max = max_entries
+        self._texts: OrderedDict[int, tuple[object, str]] = OrderedDict()
+
+    def __call__(self, value: object) -> str:
+        found = self._texts.get(id(value))
+        if found is not None and found[0] is value:
+            self._texts.move_to_end(id(value))
+            return found[1]
+        text = json.dumps(value, separators=(",", ":"))
+        self._texts[id(value)] = (value, text)
+        while len(self._texts) > self._max:
+            self._texts.popitem(last=False)
+        return text
+
+
 class PgRegistrations:
     """The ``RegistrationStore`` port, plus what the scheduler needs (due schedules, fires, its lock)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._json = _JsonTexts()
+        self.unchanged = 0
+        """Registrations skipped because the repository's rows already said the same (diagnostics, tests)."""
+
+    async def _same(self, *, org_id: str, routing_key: str, repo: str,
+                    workflows: Sequence[WorkflowRegistration]) -> bool:
+        """Whether the repository's stored registrations already are ``workflows`` (same workflows, commit,
+        branch, URL and lock-file source): a push of a commit already registered, redelivered or processed
+        again, or many deliveries of one commit."""
+        names = [reg.workflow_name for reg in workflows]
+        if len(set(names)) != len(names):
+            return False
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_SAME, {
+                "org_id": org_id, "routing_key": routing_key, "repo": repo, "names": names,
+                "providers": [reg.provider for reg in workflows], "refs": [reg.ref for reg in workflows],
+                "shas": [reg.sha for reg in workflows], "urls": [reg.repo_url for reg in workflows],
+                "sources": [self._json(reg.lock_source) for reg in workflows],
+                "workflows": [self._json(reg.workflow) for reg in workflows],
+                "types": [json.dumps(list(reg.trigger_types)) for reg in workflows]})
+            row = await cur.fetchone()
+        return row is not None and row["total"] == row["same"] == len(workflows)
 
     async def register(self, *, org_id: str, routing_key: str, repo: str,
                        workflows: Sequence[WorkflowRegistration]) -> None:
+        # Re-registering what is stored would change nothing but the delivery id; skipping it spares a write
+        # transaction that locks the repository's rows (concurrent pushes of one commit would queue on them).
+        if workflows and await self._same(org_id=org_id, routing_key=routing_key, repo=repo, workflows=workflows):
+            self.unchanged += 1
+            return
         async with self._db.transaction() as conn:
             cur = await conn.execute("SELECT now() AS now")
             row = await cur.fetchone()

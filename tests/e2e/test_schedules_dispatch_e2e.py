@@ -221,3 +221,54 @@ async def test_manual_runs_take_typed_inputs_and_bad_inputs_are_refused_by_path(
             [entry] = await h.query("SELECT source, status, matched_count FROM event_log WHERE delivery_id = %(d)s",
                                     d=answer["deliveryId"])
             assert (entry["source"], entry["status"], entry["matched_count"]) == ("internal", "processed", 1)
+
+
+async def pushes_processed(h: Harness, count: int) -> list[dict[str, Any]]:
+    """Wait until ``count`` pushes are recorded and processed; their event-log rows, oldest first."""
+    rows: list[dict[str, Any]] = []
+
+    async def done() -> bool:
+        nonlocal rows
+        rows = await h.query("SELECT delivery_id, status, ref FROM event_log WHERE event = 'push'"
+                             " ORDER BY received_at, id")
+        return len(rows) == count and all(r["status"] == "processed" for r in rows)
+
+    await h.wait_for(done, what=f"{count} pushes processed", seen=lambda: _rows(rows))
+    return rows
+
+
+async def _rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return rows
+
+
+async def test_a_push_of_a_registered_commit_leaves_registrations_alone_and_a_changed_lock_file_replaces_them(
+        db_url: str, tmp_path: Path) -> None:
+    repo, sha = make_repo(tmp_path)
+    registered_rows = ("SELECT r.workflow_name, r.sha, r.delivery_id, r.updated_at, s.cron_expression,"
+                       " s.next_fire_at, s.updated_at AS schedule_updated_at FROM workflow_registrations r"
+                       " LEFT JOIN workflow_schedules s ON s.registration_id = r.id ORDER BY r.workflow_name")
+    async with harness(db_url, tmp_path, **ENV) as (h, _):
+        await h.add_local_source(repo)
+        await h.push(repo, sha)
+        [first] = await pushes_processed(h, 1)
+        before = await h.query(registered_rows)
+        assert [(r["workflow_name"], r["sha"], r["delivery_id"], r["cron_expression"]) for r in before] == [
+            ("deploy", sha, first["delivery_id"], None), ("nightly", sha, first["delivery_id"], "*/15 * * * *")]
+
+        # Another delivery of the same commit (GitHub redelivers, a tool pushes again): nothing to re-register.
+        await h.push(repo, sha)
+        await pushes_processed(h, 2)
+        assert await h.query(registered_rows) == before
+
+        # The lock file changes: the next push registers the new schedule.
+        lock = json.loads((repo / ".kici" / "kici.lock.json").read_text())
+        lock["workflows"][0]["triggers"][0]["cronExpression"] = "0 * * * *"
+        (repo / ".kici" / "kici.lock.json").write_text(json.dumps(lock))
+        _git(repo, "commit", "-q", "-am", "hourly")
+        changed = _git(repo, "rev-parse", "HEAD")
+        await h.push(repo, changed)
+        third = (await pushes_processed(h, 3))[2]
+        after = await h.query(registered_rows)
+        assert [(r["workflow_name"], r["sha"], r["delivery_id"], r["cron_expression"]) for r in after] == [
+            ("deploy", changed, third["delivery_id"], None), ("nightly", changed, third["delivery_id"], "0 * * * *")]
+        assert after[1]["next_fire_at"].minute == 0  # computed for the new expression

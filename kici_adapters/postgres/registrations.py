@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from kici_adapters import cron
@@ -55,12 +56,12 @@ ON CONFLICT (registration_id, trigger_index) DO UPDATE
 _SAME = """
 SELECT count(*) AS total, count(k.name) FILTER (
          WHERE r.org_id = %(org_id)s AND r.provider = k.provider AND r.ref = k.ref AND r.sha = k.sha
-           AND r.repo_url = k.repo_url AND r.lock_source = k.lock_source::jsonb AND r.workflow = k.workflow::jsonb
-           AND to_jsonb(r.trigger_types) = k.types::jsonb) AS same
+           AND r.repo_url = k.repo_url AND r.lock_source = k.lock_source AND r.workflow = k.workflow
+           AND to_jsonb(r.trigger_types) = k.types) AS same
   FROM workflow_registrations r
-  LEFT JOIN unnest(%(names)s::text[], %(providers)s::text[], %(refs)s::text[], %(shas)s::text[],
-                   %(urls)s::text[], %(sources)s::text[], %(workflows)s::text[], %(types)s::text[])
-            AS k(name, provider, ref, sha, repo_url, lock_source, workflow, types) ON k.name = r.workflow_name
+  LEFT JOIN jsonb_to_recordset(%(wanted)s::jsonb)
+            AS k(name text, provider text, ref text, sha text, repo_url text, lock_source jsonb, workflow jsonb,
+                 types jsonb) ON k.name = r.workflow_name
  WHERE r.routing_key = %(routing_key)s AND r.repo_identifier = %(repo)s
 """
 """Whether a repository's stored registrations are exactly the given ones (delivery id and ids aside)."""
@@ -133,15 +134,22 @@ class PgRegistrations:
         names = [reg.workflow_name for reg in workflows]
         if len(set(names)) != len(names):
             return False
+        # One JSON text built from the cached texts of the shared objects (text arrays of JSON would be escaped
+        # character by character on every call).
+        wanted = "[" + ",".join(
+            f'{{"name":{json.dumps(reg.workflow_name)},"provider":{json.dumps(reg.provider)},'
+            f'"ref":{json.dumps(reg.ref)},"sha":{json.dumps(reg.sha)},"repo_url":{json.dumps(reg.repo_url)},'
+            f'"lock_source":{self._json(reg.lock_source)},"workflow":{self._json(reg.workflow)},'
+            f'"types":{json.dumps(list(reg.trigger_types))}}}' for reg in workflows) + "]"
         async with self._db.connection() as conn:
-            cur = await conn.execute(_SAME, {
-                "org_id": org_id, "routing_key": routing_key, "repo": repo, "names": names,
-                "providers": [reg.provider for reg in workflows], "refs": [reg.ref for reg in workflows],
-                "shas": [reg.sha for reg in workflows], "urls": [reg.repo_url for reg in workflows],
-                "sources": [self._json(reg.lock_source) for reg in workflows],
-                "workflows": [self._json(reg.workflow) for reg in workflows],
-                "types": [json.dumps(list(reg.trigger_types)) for reg in workflows]})
-            row = await cur.fetchone()
+            await conn.set_autocommit(True)  # a lone read: no transaction to commit afterwards (one round trip)
+            try:
+                cur = await conn.execute(_SAME, {"org_id": org_id, "routing_key": routing_key, "repo": repo,
+                                                 "wanted": wanted})
+                row = await cur.fetchone()
+            finally:
+                with suppress(psycopg.Error):  # a broken connection cannot be switched back; the pool drops it
+                    await conn.set_autocommit(False)
         return row is not None and row["total"] == row["same"] == len(workflows)
 
     async def register(self, *, org_id: str, routing_key: str, repo: str,

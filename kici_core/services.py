@@ -120,6 +120,7 @@ class ParsedLockfiles:
         self._entries: OrderedDict[bytes, lockfile.Lockfile] = OrderedDict()
         self._indexes: dict[int, tuple[lockfile.Lockfile, matching.TriggerIndex]] = {}
         self._registrations: dict[int, tuple[lockfile.Lockfile, registrations.LockRegistrations]] = {}
+        self._plain: OrderedDict[int, tuple[object, JSONValue]] = OrderedDict()
         self.parses = 0
         """Parses run so far (cache misses)."""
 
@@ -158,6 +159,21 @@ class ParsedLockfiles:
         if any(cached is lock for cached in self._entries.values()):
             self._indexes[id(lock)] = (lock, built)
         return built
+
+    def plain(self, value: object) -> JSONValue:
+        """:func:`to_plain` of a lock-file value, converted once per value while it is remembered (the last
+        few thousand): every run of a cached lock file's job starts from the same plain job object. Callers copy
+        before they change it."""
+        found = self._plain.get(id(value))
+        if found is not None and found[0] is value:
+            self._plain.move_to_end(id(value))
+            return found[1]
+        converted = to_plain(value)
+        if self._max > 0:
+            self._plain[id(value)] = (value, converted)  # holding the value keeps its id from being reused
+            while len(self._plain) > 64 * self._max:
+                self._plain.popitem(last=False)
+        return converted
 
     def registered(self, lock: lockfile.Lockfile) -> registrations.LockRegistrations:
         """What the registrations from ``lock`` share (built once while ``lock`` is cached): every default-branch
@@ -291,7 +307,8 @@ class Pipeline:
         sha = ref if ref != "HEAD" else None
         wire_event = event.to_wire(item.provider)
         runs = tuple(
-            new_run(plan, run_id=self.ids(), provider=item.provider, routing_key=item.routing_key, repo=repo,
+            new_run(plan, run_id=self.ids(), plain=self.parsed.plain, provider=item.provider,
+                    routing_key=item.routing_key, repo=repo,
                      repo_url=provider.repo_url(source, repo, payload), ref=events.job_ref(event), sha=sha,
                      decision=decisions[plan.workflow_name].summary_dict(), lock_source=lock.source,
                      event=wire_event)
@@ -403,7 +420,9 @@ class Pipeline:
 
 def new_run(plan: planning.RunPlan, *, run_id: str, provider: str, routing_key: str, repo: str, repo_url: str,
              ref: str, sha: str | None, decision: JSONObject, lock_source: lockfile.SourceRef,
-             event: JSONObject) -> NewRun:
+             event: JSONObject, plain: Callable[[object], JSONValue] = to_plain) -> NewRun:
+    """The run to create for ``plan``; ``plain`` converts lock-file values to plain JSON (a memo such as
+    :meth:`ParsedLockfiles.plain` may return the same object again: it is copied before any change)."""
     runnable = set(plan.runnable)
     workflow_config = _workflow_config(plan.workflow, lock_source)
     jobs = tuple(
@@ -413,7 +432,7 @@ def new_run(plan: planning.RunPlan, *, run_id: str, provider: str, routing_key: 
             needs=tuple(NeedEdge(upstream_name=e.upstream, run_on=tuple(sorted(e.run_on))) for e in j.needs),
             runs_on=tuple(dict(m) for m in j.lock_job.runs_on),
             exclude_labels=tuple(dict(m) for m in j.lock_job.exclude_labels),
-            job_config=_job_config(j, workflow_config),
+            job_config=_job_config(j, workflow_config, plain),
             runnable=j.name in runnable,
             status=j.status, reason=j.reason,
         )
@@ -452,8 +471,9 @@ def _workflow_config(workflow: lockfile.Workflow, lock_source: lockfile.SourceRe
     return config
 
 
-def _job_config(job: planning.PlannedJob, workflow_config: JSONObject) -> JSONObject:
-    raw = to_plain(job.lock_job.raw)
+def _job_config(job: planning.PlannedJob, workflow_config: JSONObject,
+                plain: Callable[[object], JSONValue] = to_plain) -> JSONObject:
+    raw = plain(job.lock_job.raw)
     config: dict[str, JSONValue] = dict(raw) if isinstance(raw, dict) else {}
     config.update(workflow_config)
     config["name"] = job.name

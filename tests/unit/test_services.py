@@ -285,3 +285,25 @@ def test_job_source_forms() -> None:
     assert services.job_source(SourceRef(file="./.kici/a/b.ts", export="#all[2]")) == {
         "file": "a/b.ts", "exportName": "all"}
     assert services.job_source(SourceRef(file=".kici/workflows", export=None)) == {"file": "workflows"}
+
+
+async def test_deliveries_of_one_lock_file_convert_it_once_and_each_run_gets_its_own_job_config() -> None:
+    w = World()
+    w.pipeline.registrations = fakes.FakeRegistrationStore()
+    await w.setup()
+    w.changes.files[("acme/app", SHA)] = ["src/main.py"]
+    await w.deliver(push_payload(), delivery_id="d1")
+    await w.deliver(push_payload(), delivery_id="d2")
+    items = await w.inbox.claim(worker_id="w", limit=10, lease_seconds=30)
+    outs = [await w.pipeline.process(item, await w.inbox.payload(item)) for item in items]
+    assert w.pipeline.parsed.parses == 1
+    first, second = ([j.job_config for j in out.runs[0].jobs] for out in outs)
+    assert first == second and first[0]["steps"] == [{"name": "lint", "run": "echo lint"}]
+    assert first[0] is not second[0]  # a run's job config is its own object, even from one cached conversion
+    first[0]["name"] = "changed"
+    assert second[0]["name"] == "lint"
+    regs = [out.registration for out in outs]
+    assert regs[0] is not None and regs[1] is not None
+    assert [r.delivery_id for r in regs[0].workflows] == ["d1"] * 3
+    assert [r.workflow for r in regs[0].workflows] == [r.workflow for r in regs[1].workflows]
+    assert regs[0].workflows[0].workflow["name"] == "ci"

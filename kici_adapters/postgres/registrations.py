@@ -16,9 +16,11 @@ import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import anyio
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -97,24 +99,47 @@ def first_fire(spec: ScheduleSpec, now: datetime) -> tuple[datetime | None, str 
         return None, exc.message
 
 
-class _JsonTexts:
-    """JSON text of objects by identity, for the few objects sent again and again (the workflow objects of one
-    lock file, shared by every push that registers it). Keeps the objects it saw, so an id is never reused."""
+class _WantedTexts:
+    """The JSON text :data:`_SAME` reads for each registration, built from parts remembered by the identity of
+    the objects every push of one lock file shares (its workflow objects and source): per push only the commit,
+    branch and URL are encoded, once. Keeps the objects it saw, so an id is never reused while remembered."""
 
     def __init__(self, max_entries: int = 1024) -> None:
         self._max = max_entries
-        self._texts: OrderedDict[int, tuple[object, str]] = OrderedDict()
+        self._parts: OrderedDict[tuple[int, int, str, str, tuple[str, ...]], tuple[object, object, str]] = (
+            OrderedDict())
 
-    def __call__(self, value: object) -> str:
-        found = self._texts.get(id(value))
-        if found is not None and found[0] is value:
-            self._texts.move_to_end(id(value))
-            return found[1]
-        text = json.dumps(value, separators=(",", ":"))
-        self._texts[id(value)] = (value, text)
-        while len(self._texts) > self._max:
-            self._texts.popitem(last=False)
-        return text
+    def _static(self, reg: WorkflowRegistration) -> str:
+        key = (id(reg.workflow), id(reg.lock_source), reg.workflow_name, reg.provider, reg.trigger_types)
+        found = self._parts.get(key)
+        if found is not None and found[0] is reg.workflow and found[1] is reg.lock_source:
+            self._parts.move_to_end(key)
+            return found[2]
+        text = json.dumps({"name": reg.workflow_name, "provider": reg.provider, "lock_source": reg.lock_source,
+                           "workflow": reg.workflow, "types": list(reg.trigger_types)}, separators=(",", ":"))
+        self._parts[key] = (reg.workflow, reg.lock_source, text[:-1])  # without the closing brace
+        while len(self._parts) > self._max:
+            self._parts.popitem(last=False)
+        return text[:-1]
+
+    def __call__(self, workflows: Sequence[WorkflowRegistration]) -> str:
+        """A JSON array with one object per registration (the columns :data:`_SAME` compares)."""
+        pushed: dict[tuple[str, str, str], str] = {}
+        parts = []
+        for reg in workflows:
+            where = (reg.ref, reg.sha, reg.repo_url)
+            tail = pushed.get(where)
+            if tail is None:
+                tail = pushed[where] = "," + json.dumps({"ref": reg.ref, "sha": reg.sha, "repo_url": reg.repo_url},
+                                                        separators=(",", ":"))[1:]
+            parts.append(self._static(reg) + tail)
+        return "[" + ",".join(parts) + "]"
+
+
+@dataclass(eq=False, slots=True)
+class _Check:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    same: bool | None = None
 
 
 class PgRegistrations:
@@ -122,7 +147,8 @@ class PgRegistrations:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._json = _JsonTexts()
+        self._wanted = _WantedTexts()
+        self._checks: dict[tuple[str, str, str, str], _Check] = {}
         self.unchanged = 0
         """Registrations skipped because the repository's rows already said the same (diagnostics, tests)."""
 
@@ -134,23 +160,31 @@ class PgRegistrations:
         names = [reg.workflow_name for reg in workflows]
         if len(set(names)) != len(names):
             return False
-        # One JSON text built from the cached texts of the shared objects (text arrays of JSON would be escaped
-        # character by character on every call).
-        wanted = "[" + ",".join(
-            f'{{"name":{json.dumps(reg.workflow_name)},"provider":{json.dumps(reg.provider)},'
-            f'"ref":{json.dumps(reg.ref)},"sha":{json.dumps(reg.sha)},"repo_url":{json.dumps(reg.repo_url)},'
-            f'"lock_source":{self._json(reg.lock_source)},"workflow":{self._json(reg.workflow)},'
-            f'"types":{json.dumps(list(reg.trigger_types))}}}' for reg in workflows) + "]"
-        async with self._db.connection() as conn:
-            await conn.set_autocommit(True)  # a lone read: no transaction to commit afterwards (one round trip)
-            try:
-                cur = await conn.execute(_SAME, {"org_id": org_id, "routing_key": routing_key, "repo": repo,
-                                                 "wanted": wanted})
-                row = await cur.fetchone()
-            finally:
-                with suppress(psycopg.Error):  # a broken connection cannot be switched back; the pool drops it
-                    await conn.set_autocommit(False)
-        return row is not None and row["total"] == row["same"] == len(workflows)
+        wanted = self._wanted(workflows)
+        # Concurrent deliveries of one commit ask the same question at once: they share one read.
+        key = (org_id, routing_key, repo, wanted)
+        running = self._checks.get(key)
+        if running is not None:
+            await running.done.wait()
+            if running.same is not None:
+                return running.same
+        check = self._checks[key] = _Check()
+        try:
+            async with self._db.connection() as conn:
+                await conn.set_autocommit(True)  # a lone read: no transaction to commit afterwards
+                try:
+                    cur = await conn.execute(_SAME, {"org_id": org_id, "routing_key": routing_key, "repo": repo,
+                                                     "wanted": wanted})
+                    row = await cur.fetchone()
+                finally:
+                    with suppress(psycopg.Error):  # a broken connection cannot be switched back (the pool drops it)
+                        await conn.set_autocommit(False)
+            check.same = row is not None and row["total"] == row["same"] == len(workflows)
+            return check.same
+        finally:
+            check.done.set()
+            if self._checks.get(key) is check:
+                del self._checks[key]
 
     async def register(self, *, org_id: str, routing_key: str, repo: str,
                        workflows: Sequence[WorkflowRegistration]) -> None:

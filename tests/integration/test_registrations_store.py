@@ -4,8 +4,10 @@ and their schedules as a whole (kept, changed, added and dropped in one transact
 from __future__ import annotations
 
 import dataclasses
+import functools
 import uuid
 
+import anyio
 import pytest
 
 from kici_adapters.postgres.pool import Database
@@ -90,3 +92,17 @@ async def test_registering_what_is_stored_again_writes_nothing_and_any_differenc
                          workflows=[pushed("ci", "b" * 40, "d-6")])
     assert [(r["sha"], r["delivery_id"]) for r in await registration_rows(database)] == [("b" * 40, "d-6")]
     assert store.unchanged == 1
+
+
+async def test_concurrent_deliveries_of_a_registered_commit_all_leave_it_alone(database: Database) -> None:
+    store = PgRegistrations(database)
+    await store.register(org_id="acme", routing_key="github:1", repo="acme/app",
+                         workflows=[pushed("ci", "a" * 40, "d-0"), pushed("nightly", "a" * 40, "d-0")])
+    stored = await registration_rows(database)
+    async with anyio.create_task_group() as tg:
+        for i in range(1, 9):
+            tg.start_soon(functools.partial(
+                store.register, org_id="acme", routing_key="github:1", repo="acme/app",
+                workflows=[pushed("ci", "a" * 40, f"d-{i}"), pushed("nightly", "a" * 40, f"d-{i}")]))
+    assert store.unchanged == 8
+    assert await registration_rows(database) == stored

@@ -13,6 +13,8 @@ registers one GitHub App source, and posts signed ``push`` webhooks with unique 
 * processed deliveries per second (the deliveries over the time from the first acceptance to the last
   ``processed_at``), next to accepted/s, and their ratio: below 100% a burst leaves a backlog behind; and the
   processing children's CPU time per delivery, until the last one was processed;
+* with the embedded PostgreSQL, the database server's CPU time per delivery over the same span (its backends
+  serve intake and processing alike);
 * measured in the same run against the same server, the raw rate of single-row ``INSERT ... ON CONFLICT``
   commits at that concurrency, and the ratio.
 
@@ -147,26 +149,39 @@ def _children_cpu(server: psutil.Process) -> float:
     return harness.cpu_seconds(server) - sum(server.cpu_times()[:2])
 
 
-async def _measure(args: argparse.Namespace, url: str, port: int, server: psutil.Process) -> None:
+def _postmaster(pg: EmbeddedPostgres | None) -> psutil.Process | None:
+    """The embedded PostgreSQL's postmaster (its backends are its children), or None."""
+    if pg is None:
+        return None
+    try:
+        return psutil.Process(int((pg.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]))
+    except (OSError, ValueError, psutil.Error):
+        return None
+
+
+async def _measure(args: argparse.Namespace, url: str, port: int, server: psutil.Process,
+                   db: psutil.Process | None) -> None:
     await harness.wait_http(f"http://127.0.0.1:{port}/health")
     target = f"http://127.0.0.1:{port}/webhook/{ORG}/github"
     await harness.load(target, _request, requests=20, concurrency=4, prefix="warm")
     print(f"{'conc':>4}  {'accepted/s':>10}  {'processed/s':>11}  {'proc/acc':>8}  {'2xx p50':>8}  {'2xx p99':>8}  "
-          f"{'cpu/dlv':>8}  {'proc cpu':>8}  {'proc p50':>8}  {'proc p99':>8}  {'raw ins/s':>9}  {'ratio':>6}")
+          f"{'cpu/dlv':>8}  {'proc cpu':>8}  {'db cpu':>8}  {'proc p50':>8}  {'proc p99':>8}  {'raw ins/s':>9}  {'ratio':>6}")
     for conc in args.concurrency:
         n = args.requests if conc > 1 else max(50, args.requests // 8)
         cpu_before = harness.cpu_seconds(server)
         children_before = _children_cpu(server)
+        db_before = harness.cpu_seconds(db) if db is not None else 0.0
         elapsed, lat, failed, ids = await harness.load(target, _request, requests=n, concurrency=conc,
                                                        prefix=f"c{conc}")
         cpu = (harness.cpu_seconds(server) - cpu_before) * 1000 / max(1, len(ids))
         proc, processed = await _processing_latency(url, ids)
         children_cpu = (_children_cpu(server) - children_before) * 1000 / max(1, len(ids))
+        db_cpu = (harness.cpu_seconds(db) - db_before) * 1000 / max(1, len(ids)) if db is not None else float("nan")
         raw = await _raw_rate(url, conc, n)
         rate = len(ids) / elapsed
         print(f"{conc:>4}  {rate:>10.1f}  {processed:>11.1f}  {processed / rate:>8.0%}  "
               f"{harness.pct(lat, .5):>7.1f}ms  {harness.pct(lat, .99):>7.1f}ms  "
-              f"{cpu:>6.2f}ms  {children_cpu:>6.2f}ms  {harness.pct(proc, .5):>7.1f}ms  {harness.pct(proc, .99):>7.1f}ms  {raw:>9.1f}  {rate / raw:>6.0%}"
+              f"{cpu:>6.2f}ms  {children_cpu:>6.2f}ms  {db_cpu:>6.2f}ms  {harness.pct(proc, .5):>7.1f}ms  {harness.pct(proc, .99):>7.1f}ms  {raw:>9.1f}  {rate / raw:>6.0%}"
               + (f"  ({failed} failed)" if failed else ""))
 
 
@@ -210,7 +225,7 @@ def main() -> None:
                 env["KICI_PROCESSING_WORKERS"] = str(args.processing_workers)
             log = open(args.server_log, "ab") if args.server_log else subprocess.DEVNULL
             proc = subprocess.Popen([str(BIN / "kici-standalone")], env=env, stdout=log, stderr=log)
-            anyio.run(_measure, args, url, port, psutil.Process(proc.pid))
+            anyio.run(_measure, args, url, port, psutil.Process(proc.pid), _postmaster(pg))
         finally:
             harness.stop([proc] if proc is not None else [], pg, work)
 

@@ -120,7 +120,7 @@ class ParsedLockfiles:
         self._entries: OrderedDict[bytes, lockfile.Lockfile] = OrderedDict()
         self._indexes: dict[int, tuple[lockfile.Lockfile, matching.TriggerIndex]] = {}
         self._registrations: dict[int, tuple[lockfile.Lockfile, registrations.LockRegistrations]] = {}
-        self._plain: OrderedDict[int, tuple[object, JSONValue]] = OrderedDict()
+        self._plain: dict[int, tuple[lockfile.Lockfile, dict[int, tuple[object, JSONValue]]]] = {}
         self.parses = 0
         """Parses run so far (cache misses)."""
 
@@ -139,6 +139,7 @@ class ParsedLockfiles:
                 _, evicted = self._entries.popitem(last=False)
                 self._indexes.pop(id(evicted), None)
                 self._registrations.pop(id(evicted), None)
+                self._plain.pop(id(evicted), None)
         return parsed
 
     def cached(self, content: bytes) -> lockfile.Lockfile | None:
@@ -160,20 +161,28 @@ class ParsedLockfiles:
             self._indexes[id(lock)] = (lock, built)
         return built
 
-    def plain(self, value: object) -> JSONValue:
-        """:func:`to_plain` of a lock-file value, converted once per value while it is remembered (the last
-        few thousand): every run of a cached lock file's job starts from the same plain job object. Callers copy
-        before they change it."""
-        found = self._plain.get(id(value))
-        if found is not None and found[0] is value:
-            self._plain.move_to_end(id(value))
-            return found[1]
-        converted = to_plain(value)
-        if self._max > 0:
-            self._plain[id(value)] = (value, converted)  # holding the value keeps its id from being reused
-            while len(self._plain) > 64 * self._max:
-                self._plain.popitem(last=False)
-        return converted
+    def plain(self, lock: lockfile.Lockfile) -> Callable[[object], JSONValue]:
+        """:func:`to_plain` for values of ``lock`` (its jobs), converting each value once while ``lock`` is cached:
+        every run of a cached lock file's job starts from the same plain job object (callers copy before they
+        change it). The conversions are dropped with the lock file."""
+        found = self._plain.get(id(lock))
+        if found is not None and found[0] is lock:
+            memo = found[1]
+        elif any(cached is lock for cached in self._entries.values()):
+            memo = {}
+            self._plain[id(lock)] = (lock, memo)
+        else:
+            return to_plain
+
+        def convert(value: object) -> JSONValue:
+            hit = memo.get(id(value))
+            if hit is not None and hit[0] is value:
+                return hit[1]
+            converted = to_plain(value)
+            memo[id(value)] = (value, converted)  # holding the value keeps its id from being reused
+            return converted
+
+        return convert
 
     def registered(self, lock: lockfile.Lockfile) -> registrations.LockRegistrations:
         """What the registrations from ``lock`` share (built once while ``lock`` is cached): every default-branch
@@ -306,8 +315,9 @@ class Pipeline:
         decisions = {d.workflow_name: d for d in result.matched}
         sha = ref if ref != "HEAD" else None
         wire_event = event.to_wire(item.provider)
+        plain = self.parsed.plain(lock)
         runs = tuple(
-            new_run(plan, run_id=self.ids(), plain=self.parsed.plain, provider=item.provider,
+            new_run(plan, run_id=self.ids(), plain=plain, provider=item.provider,
                     routing_key=item.routing_key, repo=repo,
                      repo_url=provider.repo_url(source, repo, payload), ref=events.job_ref(event), sha=sha,
                      decision=decisions[plan.workflow_name].summary_dict(), lock_source=lock.source,
@@ -422,7 +432,7 @@ def new_run(plan: planning.RunPlan, *, run_id: str, provider: str, routing_key: 
              ref: str, sha: str | None, decision: JSONObject, lock_source: lockfile.SourceRef,
              event: JSONObject, plain: Callable[[object], JSONValue] = to_plain) -> NewRun:
     """The run to create for ``plan``; ``plain`` converts lock-file values to plain JSON (a memo such as
-    :meth:`ParsedLockfiles.plain` may return the same object again: it is copied before any change)."""
+    the one of :meth:`ParsedLockfiles.plain` may return the same object again: it is copied before any change)."""
     runnable = set(plan.runnable)
     workflow_config = _workflow_config(plan.workflow, lock_source)
     jobs = tuple(

@@ -102,10 +102,13 @@ def first_fire(spec: ScheduleSpec, now: datetime) -> tuple[datetime | None, str 
 class _WantedTexts:
     """The JSON text :data:`_SAME` reads for each registration, built from parts remembered by the identity of
     the objects every push of one lock file shares (its workflow objects and source): per push only the commit,
-    branch and URL are encoded, once. Keeps the objects it saw, so an id is never reused while remembered."""
+    branch and URL are encoded, once. Keeps the objects it saw, so an id is never reused while remembered; at most
+    ``max_entries`` and about ``max_bytes`` of text (a larger workflow is encoded every time)."""
 
-    def __init__(self, max_entries: int = 1024) -> None:
+    def __init__(self, max_entries: int = 1024, max_bytes: int = 4 * 1024 * 1024) -> None:
         self._max = max_entries
+        self._max_bytes = max_bytes  # the objects kept alive are about as large as their texts (times a few)
+        self._bytes = 0
         self._parts: OrderedDict[tuple[int, int, str, str, tuple[str, ...]], tuple[object, object, str]] = (
             OrderedDict())
 
@@ -117,10 +120,16 @@ class _WantedTexts:
             return found[2]
         text = json.dumps({"name": reg.workflow_name, "provider": reg.provider, "lock_source": reg.lock_source,
                            "workflow": reg.workflow, "types": list(reg.trigger_types)}, separators=(",", ":"))
-        self._parts[key] = (reg.workflow, reg.lock_source, text[:-1])  # without the closing brace
-        while len(self._parts) > self._max:
-            self._parts.popitem(last=False)
-        return text[:-1]
+        text = text[:-1]  # without the closing brace
+        if len(text) <= self._max_bytes // 4:
+            stale = self._parts.pop(key, None)
+            if stale is not None:
+                self._bytes -= len(stale[2])
+            self._parts[key] = (reg.workflow, reg.lock_source, text)
+            self._bytes += len(text)
+            while len(self._parts) > self._max or self._bytes > self._max_bytes:
+                self._bytes -= len(self._parts.popitem(last=False)[1][2])
+        return text
 
     def __call__(self, workflows: Sequence[WorkflowRegistration]) -> str:
         """A JSON array with one object per registration (the columns :data:`_SAME` compares)."""

@@ -58,9 +58,9 @@ PORT ?= 4000
 TEST_WORKERS ?= 0
 DEV_DIR ?= .kici-dev
 
-# Ctrl-C, SIGTERM or SIGHUP stops everything it started (make passes SIGTERM on; see kici_runtime/devserver.py).
+# Ctrl-C, SIGTERM or SIGHUP stops everything it started (make passes SIGTERM on; see kici_runtime/orchestrator/devserver.py).
 dev: $(STAMP)
-	$(BIN)/python -m kici_runtime.devserver --port $(PORT) --dir $(DEV_DIR)
+	$(BIN)/python -m kici_runtime.orchestrator.devserver --port $(PORT) --dir $(DEV_DIR)
 
 # The dashboard's browser test (headless Chromium) saves the screenshots docs/dashboard.md shows.
 screenshots: $(STAMP)

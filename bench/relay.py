@@ -143,7 +143,7 @@ def _process_cpu() -> dict[int, tuple[str, float]]:
             label = "postgres (all backends)"
         elif not cmd:  # kernel threads rename themselves with the work they do
             label = "kernel threads"
-        elif "kici_runtime.processing" in cmd:
+        elif "kici_runtime.orchestrator.processing" in cmd:
             label = "processing child"
         else:
             label = Path(cmd.split()[1] if cmd.startswith(sys.executable) and len(cmd.split()) > 1

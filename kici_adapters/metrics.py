@@ -113,7 +113,7 @@ github_check_runs = Counter(
     registry=REGISTRY,
 )
 
-# --- the container auto-scaler (kici_runtime.scaler) --------------------------------------------
+# --- the container auto-scaler (kici_runtime.orchestrator.scaler) --------------------------------------------
 scaler_containers = Gauge(
     "kici_scaler_containers",
     "Containers of each scaler by state: starting (agent not connected yet) or running.",
@@ -134,7 +134,7 @@ scaler_spawn_duration = Histogram(
     registry=REGISTRY,
 )
 
-# --- clustering and retention (kici_runtime.cluster) ----------------------------------------------
+# --- clustering and retention (kici_runtime.orchestrator.cluster) ----------------------------------------------
 cluster_instances = Gauge(
     "kici_cluster_instances", "Orchestrator processes sharing the database whose heartbeat is current.",
     registry=REGISTRY,

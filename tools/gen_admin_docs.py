@@ -15,7 +15,7 @@ import click
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kici_runtime import admin_cli  # noqa: E402
+from kici_runtime.admin_cli import cli as admin_cli  # noqa: E402
 from tools import docgen  # noqa: E402
 
 TARGET = ROOT / "docs" / "kici-admin.md"

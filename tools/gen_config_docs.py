@@ -12,7 +12,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kici_runtime import config_docs  # noqa: E402
+from kici_runtime.config import docs as config_docs  # noqa: E402
 from tools import docgen  # noqa: E402
 
 TARGET = ROOT / "docs" / "configuration.md"

@@ -28,7 +28,7 @@ LOCKS: dict[str, int] = {
     "dispatch-startup": 0x6B696369_0003,  # restart recovery of this process's previous agents' jobs
     "retention": 0x6B696369_0004,  # the retention sweeper
     "instance-recovery": 0x6B696369_0005,  # recovery of the work of dead processes
-    "schedules": 0x6B696369_0006,  # the schedule loop (kici_runtime.scheduler.SCHEDULER_LOCK)
+    "schedules": 0x6B696369_0006,  # the schedule loop (kici_runtime.orchestrator.scheduler.SCHEDULER_LOCK)
     "scaler": 0x6B696369_0007,  # the auto-scaler's passes (kici_adapters.postgres.scaler.SCALER_LOCK)
 }
 """Every advisory lock key the project uses, by name. Add new duties here with the next free number."""

@@ -28,8 +28,8 @@ from anyio.abc import Process
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.stores import PgSourceStore
 from kici_core.ports import GenericSource
-from kici_runtime import wiring
-from kici_runtime.config import load_settings
+from kici_runtime.config.settings import load_settings
+from kici_runtime.orchestrator import wiring
 from tests.support import pg as _pg
 from tests.support import waits
 

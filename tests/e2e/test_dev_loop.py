@@ -1,6 +1,6 @@
 """``make dev`` and ``kici-standalone`` on an embedded PostgreSQL stop what they started, always.
 
-The dev launcher (``python -m kici_runtime.devserver``, what ``make dev`` runs) is started with the real
+The dev launcher (``python -m kici_runtime.orchestrator.devserver``, what ``make dev`` runs) is started with the real
 programs and a real embedded PostgreSQL 18, in a session of its own like a terminal job, in a directory under
 pytest's temp dir (private to its user: when the tests run as root, the database's unprivileged account cannot
 enter it, as in a checkout under ``/root``). Real signals stop it: SIGINT to its process group (a terminal's
@@ -144,7 +144,7 @@ class DevLoop:
             command = [
                 sys.executable,
                 "-m",
-                "kici_runtime.devserver",
+                "kici_runtime.orchestrator.devserver",
                 "--port",
                 str(self.port),
                 "--dir",
@@ -205,9 +205,9 @@ class DevLoop:
         procs += [postmaster, *postmaster.children(recursive=True)]
         names = " ".join(_cmdline(p) for p in procs)
         for program in (
-            "kici_runtime.devserver",
-            "kici_runtime.standalone",
-            "kici_runtime.processing",
+            "kici_runtime.orchestrator.devserver",
+            "kici_runtime.orchestrator.standalone",
+            "kici_runtime.orchestrator.processing",
             "kici_runtime.agent",
         ):
             assert program in names, f"{program} is not running: {names}"
@@ -268,7 +268,7 @@ def _launch(dev_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-m",
-            "kici_runtime.devserver",
+            "kici_runtime.orchestrator.devserver",
             "--port",
             str(port),
             "--dir",

@@ -34,8 +34,8 @@ from kici_core.testing.fakes import (
     FakeSecretStore,
     FakeSourceStore,
 )
-from kici_runtime import ingest, server
-from kici_runtime.context import AppContext
+from kici_runtime.orchestrator import ingest, server
+from kici_runtime.orchestrator.context import AppContext
 from kici_runtime.relay.hub import RelaySettings
 from tests.support import waits
 from tests.support.relay_peer import RunningRelay, running_relay

@@ -50,7 +50,7 @@ def world(db_url: str, tmp_path: Path) -> Iterator[Independent]:
 
 def _children(w: Independent) -> list[psutil.Process]:
     assert w.proc.proc is not None
-    return [p for p in psutil.Process(w.proc.proc.pid).children() if "kici_runtime.processing" in p.cmdline()]
+    return [p for p in psutil.Process(w.proc.proc.pid).children() if "kici_runtime.orchestrator.processing" in p.cmdline()]
 
 
 async def _one_child(w: Independent, other_than: int | None = None) -> psutil.Process:

@@ -26,9 +26,9 @@ import pytest
 
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.tokens import PgTokenStore
-from kici_runtime.scaler import service as scaler_service
-from kici_runtime.scaler import startup
-from kici_runtime.scaler.config import load_scaler_config
+from kici_runtime.orchestrator.scaler import service as scaler_service
+from kici_runtime.orchestrator.scaler import startup
+from kici_runtime.orchestrator.scaler.config import load_scaler_config
 from tests.e2e.test_agents_e2e import Harness, _job, harness, make_repo
 from tests.support import pg as _pg
 from tests.support.docker_engine import FakeEngine

@@ -16,7 +16,7 @@ import anyio
 import psycopg
 import pytest
 
-from kici_runtime import config
+from kici_runtime.config import settings as config
 from tests.e2e.conftest import (
     ADMIN_TOKEN,
     Independent,

@@ -18,7 +18,7 @@ from kici_adapters.postgres.pool import Database
 from kici_core import cluster, routing
 from kici_core.ports import Delivery
 from kici_core.testing import fakes
-from kici_runtime.cluster import ClusterMember
+from kici_runtime.orchestrator.cluster import ClusterMember
 from tests.integration.test_dispatch_queue import make_run, status
 from tests.support.pg import scalar
 

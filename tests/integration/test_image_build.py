@@ -325,7 +325,7 @@ def test_wheel_ships_every_data_file(install: Install) -> None:
         and "__pycache__" not in p.parts
     )
     assert any("/migrations/" in d for d in data)
-    assert "kici_runtime/dashboard/templates/run.html" in data and "kici_runtime/dashboard/static/dashboard.js" in data
+    assert "kici_runtime/orchestrator/dashboard/templates/run.html" in data and "kici_runtime/orchestrator/dashboard/static/dashboard.js" in data
     missing = [d for d in data if d not in names]
     assert not missing, f"not in the wheel (add them to [tool.setuptools.package-data]): {missing}"
 
@@ -339,7 +339,7 @@ def test_console_scripts_installed(install: Install) -> None:
 
 
 def test_installed_modules_come_from_the_wheel(install: Install, tmp_path: Path) -> None:
-    code = "import kici_core, kici_adapters, kici_runtime.standalone as s; print(kici_core.__file__)"
+    code = "import kici_core, kici_adapters, kici_runtime.orchestrator.standalone as s; print(kici_core.__file__)"
     out = subprocess.run([str(install.bin / "python"), "-c", code], env=install.env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=120, check=True)
     assert Path(out.stdout.strip()).is_relative_to(install.venv)

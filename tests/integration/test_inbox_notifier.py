@@ -14,7 +14,7 @@ import anyio
 import psycopg
 import pytest
 
-from kici_runtime.processing import INBOX_CHANNEL, InboxNotifier
+from kici_runtime.orchestrator.processing import INBOX_CHANNEL, InboxNotifier
 from tests.support import waits
 
 pytestmark = pytest.mark.anyio

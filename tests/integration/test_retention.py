@@ -25,7 +25,7 @@ from kici_core import errors, keys
 from kici_core.ports import Delivery
 from kici_core.retention import RetentionPolicy
 from kici_core.testing import fakes
-from kici_runtime.retention import RetentionSweeper, report_json
+from kici_runtime.orchestrator.retention import RetentionSweeper, report_json
 from tests.support.pg import scalar
 
 pytestmark = pytest.mark.anyio

@@ -25,10 +25,11 @@ from kici_core.testing.fakes import (
     FakeSourceStore,
     FakeTokenStore,
 )
-from kici_runtime import admin_api, bootstrap
-from kici_runtime.admin_auth import PERMISSIONS, has_permission, token_hash
-from kici_runtime.app import build_app
-from kici_runtime.context import AppContext
+from kici_runtime.orchestrator import bootstrap
+from kici_runtime.orchestrator.admin import api as admin_api
+from kici_runtime.orchestrator.admin.auth import PERMISSIONS, has_permission, token_hash
+from kici_runtime.orchestrator.app import build_app
+from kici_runtime.orchestrator.context import AppContext
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 
 from kici_core import errors
 from kici_core.ports import Delivery, DeliveryOutcome
-from kici_runtime.admin_cli import cli, human_bytes
+from kici_runtime.admin_cli.cli import cli, human_bytes
 from tests.unit.test_admin_api import AUDITOR, OWNER, PEM, Env, make_env
 
 GH_SECRET = "whsec-super-secret-value-9876"
@@ -447,7 +447,7 @@ def test_human_bytes() -> None:
 
 
 def test_runs_group_is_an_extension_point() -> None:
-    from kici_runtime import admin_cli
+    from kici_runtime.admin_cli import cli as admin_cli
 
     assert isinstance(admin_cli.runs, click.Group) and admin_cli.cli.commands["runs"] is admin_cli.runs
 

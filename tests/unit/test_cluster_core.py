@@ -78,7 +78,7 @@ def test_retention_cutoffs_per_kind_and_zero_keeps_forever() -> None:
 
 def test_every_advisory_lock_key_is_used_by_one_duty_only() -> None:
     from kici_adapters.postgres import scaler, singletons
-    from kici_runtime import scheduler
+    from kici_runtime.orchestrator import scheduler
 
     keys = list(singletons.LOCKS.values())
     assert len(keys) == len(set(keys)), singletons.LOCKS

@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kici_core.errors import ConfigError
-from kici_runtime import config, config_docs, config_vars
-from kici_runtime.config import SettingsError, load_settings
+from kici_runtime.config import docs as config_docs
+from kici_runtime.config import settings as config
+from kici_runtime.config import vars as config_vars
+from kici_runtime.config.settings import SettingsError, load_settings
 from tests.support.props import examples
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@ reading of a decision trace, and log sections with the failing line."""
 
 from __future__ import annotations
 
-from kici_runtime.dashboard import ansi, views
+from kici_runtime.orchestrator.dashboard import ansi, views
 
 
 def test_sgr_colours_become_fixed_classes_and_reset() -> None:

@@ -1,4 +1,4 @@
-"""The serving and processing processes tune the cyclic collector (kici_runtime.heap)."""
+"""The serving and processing processes tune the cyclic collector (kici_runtime.orchestrator.heap)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kici_runtime import heap
+from kici_runtime.orchestrator import heap
 
 
 @pytest.fixture

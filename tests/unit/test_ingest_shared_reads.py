@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from kici_runtime import ingest
+from kici_runtime.orchestrator import ingest
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kici_runtime import config
 from kici_runtime import logging as kici_logging
+from kici_runtime.config import settings as config
 from tests.support.props import examples
 
 TOKEN = "kat_" + "0123456789abcdef" * 4
@@ -141,12 +141,12 @@ def test_a_short_database_password_masks_values_not_words(stream: io.StringIO) -
         {"KICI_MODE": "independent", "KICI_DATABASE_URL": url, "KICI_SECRET_KEY": "ab" * 32}, "standalone",
         default_config_path=None).secret_values())
     log = logging.getLogger("kici.test")
-    log.info("kici-admin reached kici_runtime", extra={"dsn": url, "where": "kici_runtime.entry", "user": "kici"})
+    log.info("kici-admin reached kici_runtime", extra={"dsn": url, "where": "kici_runtime.orchestrator.entry", "user": "kici"})
     log.info("connect", extra={"libpq": "host=db user=kici password=kici dbname=kici", "password": "kici"})
     log.info("kici")
     first, second, third = lines(stream)
     assert first["message"] == "kici-admin reached kici_runtime"
-    assert first["dsn"] == "postgresql://kici:***@db:5432/kici" and first["where"] == "kici_runtime.entry"
+    assert first["dsn"] == "postgresql://kici:***@db:5432/kici" and first["where"] == "kici_runtime.orchestrator.entry"
     assert first["user"] == "***"  # a field that is exactly the secret is masked, whatever its name
     assert second["libpq"] == "host=db user=kici password=*** dbname=kici" and second["password"] == "***"
     assert third["message"] == "***"

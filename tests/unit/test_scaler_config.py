@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kici_runtime.scaler import startup
-from kici_runtime.scaler.config import ScalerConfigError, load_scaler_config, parse_memory
+from kici_runtime.orchestrator.scaler import startup
+from kici_runtime.orchestrator.scaler.config import ScalerConfigError, load_scaler_config, parse_memory
 
 MAIN = """\
 version: 1

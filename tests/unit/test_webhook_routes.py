@@ -12,8 +12,8 @@ import pytest
 
 from kici_core.ports import GenericSource, GitHubSource
 from kici_core.testing import fakes
-from kici_runtime.app import build_app
-from kici_runtime.context import AppContext
+from kici_runtime.orchestrator.app import build_app
+from kici_runtime.orchestrator.context import AppContext
 
 pytestmark = pytest.mark.anyio
 

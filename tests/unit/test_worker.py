@@ -10,7 +10,7 @@ import pytest
 
 from kici_core import errors, services
 from kici_core.ports import LockfileFetch, RepoSource
-from kici_runtime.worker import DeliveryWorker
+from kici_runtime.orchestrator.worker import DeliveryWorker
 from tests.unit.test_services import LOCK, SHA, World, push_payload
 
 pytestmark = pytest.mark.anyio

@@ -34,7 +34,7 @@ kici-admin --url http://localhost:4000 --token $KICI_BOOTSTRAP_ADMIN_TOKEN sourc
   `http://localhost:4000`; include any `KICI_BASE_PATH` prefix. `--token` defaults to `KICI_ADMIN_TOKEN`.
 - Output is human-readable; `--json` prints the API's JSON (2-space indent) for scripts.
 - A failure prints one line, `Error: <message>`, on stderr. HTTP errors read `HTTP <status>: <error>` and
-  exit 1; an unreachable orchestrator exits 69; a bad local input (e.g. an unusable private key) exits 65;
+  exit 1; an unreachable orchestrator exits 69; a bad local input (e.g. a private key that is not PEM) exits 65;
   usage errors exit 2.
 - Secret values (`--private-key`, `--webhook-secret`, `--secret`) accept the value itself, `@path` (the file's
   contents, trimmed), `--from-env VAR` or `--stdin`. They are stored encrypted with `KICI_SECRET_KEY` and never

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kici_adapters.github import client as gh
+from kici_adapters.github import pem as pem_form
 from kici_core.errors import InvalidInput, UpstreamUnavailable
 
 __all__ = [
@@ -73,14 +74,7 @@ def load_private_key(pem: str | bytes) -> rsa.RSAPrivateKey:
     Raises:
         InvalidInput: with a message that never quotes the key material.
     """
-    data = pem.encode() if isinstance(pem, str) else pem
-    if b"-----BEGIN" not in data:
-        raise InvalidInput(
-            "private key is not PEM: expected the contents of the .pem file GitHub generated "
-            "(use @path to read it from a file)"
-        )
-    if b"PUBLIC KEY-----" in data and b"PRIVATE KEY-----" not in data:
-        raise InvalidInput("private key is a public key: use the App's private key (.pem) instead")
+    data = pem_form.check_pem_form(pem)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:

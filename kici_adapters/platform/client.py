@@ -74,12 +74,13 @@ class Outbox(Protocol):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientConfig:
-    """Connection settings; the defaults are the protocol's values (tests shorten the intervals)."""
+    """Connection settings; the defaults are the protocol's values (tests shorten the intervals). ``version`` is
+    the orchestrator's release, sent in ``register``."""
 
     url: str
     token: str
     mode: str = "platform"
-    version: str = "0.1.0"
+    version: str
     instance_id: str | None = None
     heartbeat_interval: float = protocol.HEARTBEAT_INTERVAL_SECONDS
     ping_interval: float = 30.0

@@ -1,6 +1,6 @@
 """``kici-admin cluster status`` and ``kici-admin gc``: the processes sharing the database, and retention now.
 
-Attached to :data:`kici_runtime.admin_cli.cli.cli` by its ``_register``.
+Attached to ``kici-admin`` by :mod:`kici_runtime.admin_cli.cli`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from kici_runtime.admin_cli.cli import client, echo_json, table
+from kici_runtime.admin_cli.client import client, echo_json, table
 
 __all__ = ["cluster", "gc"]
 

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import click
 
-from kici_runtime.admin_cli.cli import AdminClient, ApiError, client, die, echo_json, human_bytes, table
+from kici_runtime.admin_cli.client import AdminClient, ApiError, client, die, echo_json, human_bytes, table
 
 LABEL_WIDTH = 15
 TABLE_WIDTH = 120

@@ -1,6 +1,6 @@
 """``kici-admin runs``: list, show, jobs, cancel, rerun and logs of execution runs (commands on the ``runs`` group).
 
-Importing this module attaches the commands to :data:`kici_runtime.admin_cli.cli.runs`.
+:mod:`kici_runtime.admin_cli.cli` attaches the group to ``kici-admin``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,15 @@ from typing import Any
 
 import click
 
-from kici_runtime.admin_cli.cli import client, echo_json, runs, table
+from kici_runtime.admin_cli.client import client, echo_json, table
 
 __all__ = ["runs"]
+
+
+@click.group()
+def runs() -> None:
+    """Execution runs (list, show, cancel, logs)."""
+
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
 

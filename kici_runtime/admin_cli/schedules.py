@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kici_runtime.admin_cli.cli import client, echo_json, table
+from kici_runtime.admin_cli.client import client, echo_json, table
 
 __all__ = ["schedules"]
 

@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 import click
 
-from kici_adapters.github import app as github_app
-from kici_runtime.admin_cli.cli import ApiError, client, die, echo_json, read_secret
+from kici_adapters.github import pem as pem_form
+from kici_runtime.admin_cli.client import ApiError, client, die, echo_json, read_secret
 
 METHODS = ("hmac_sha256", "bearer_token", "api_key", "ip_allowlist", "none")
 SECRET_FIELD = {"hmac_sha256": "secret", "bearer_token": "token", "api_key": "key"}
@@ -59,13 +59,13 @@ def _already_exists(exc: ApiError, update_hint: str) -> NoReturn:
 def add_github(ctx: click.Context, name: str, app_id: str | None, private_key: str | None,
                webhook_secret: str | None, from_env: str | None, use_stdin: bool, customer_id: str | None,
                api_url: str | None, verify: bool, as_json: bool) -> None:
-    """Register a GitHub App (the key is checked locally; GitHub only with --verify)."""
+    """Register a GitHub App (the key's form checked here, the key by the orchestrator; GitHub only with --verify)."""
     if not app_id:
         die("--app-id is required (or use --manifest for one-click setup)")
     pem = read_secret(private_key, from_env, use_stdin)
     if not pem:
         die("Private key is required (--private-key, --stdin, or --from-env)")
-    github_app.check_private_key(pem)
+    pem_form.check_pem_form(pem)
     secret = read_secret(webhook_secret, None, False)
     body: dict[str, Any] = {"provider": "github", "name": name, "appId": app_id, "privateKey": pem}
     for key, value in (("webhookSecret", secret), ("customerId", customer_id), ("apiUrl", api_url)):
@@ -306,7 +306,7 @@ def update(ctx: click.Context, routing_key: str, name: str | None, private_key: 
     body: dict[str, Any] = {}
     pem = read_secret(private_key, from_env, use_stdin)
     if pem:
-        github_app.check_private_key(pem)
+        pem_form.check_pem_form(pem)
         body["privateKey"] = pem
     secret = read_secret(webhook_secret, None, False)
     for key, val in (("name", name), ("webhookSecret", secret), ("customerId", customer_id)):

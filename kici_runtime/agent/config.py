@@ -19,8 +19,9 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from kici_core.errors import ConfigError
+from kici_runtime.version import VERSION
 
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = VERSION
 """Reported as ``agent.register.version``."""
 
 PROTOCOL_VERSION = 1

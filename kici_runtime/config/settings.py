@@ -25,7 +25,6 @@ from kici_runtime.config.vars import BY_NAME
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
-    "AdminSettings",
     "EntryPoint",
     "Mode",
     "Secret",
@@ -34,7 +33,6 @@ __all__ = [
     "StorageSettings",
     "decode_master_key",
     "from_process_env",
-    "load_admin_settings",
     "load_settings",
     "normalise_base_path",
 ]
@@ -279,11 +277,11 @@ def load_settings(
         lockfile_max_bytes=_int(reader, "KICI_LOCKFILE_MAX_BYTES"),
         lockfile_cache_max=_int(reader, "KICI_LOCKFILE_CACHE_MAX"),
         lockfile_cache_ttl_ms=_int(reader, "KICI_LOCKFILE_CACHE_TTL_MS"),
-        webhook_public_url=_url(reader, "KICI_WEBHOOK_PUBLIC_URL", ("http", "https")),
-        dashboard_url=_url(reader, "KICI_DASHBOARD_URL", ("http", "https")),
+        webhook_public_url=reader.url("KICI_WEBHOOK_PUBLIC_URL", ("http", "https")),
+        dashboard_url=reader.url("KICI_DASHBOARD_URL", ("http", "https")),
         webhook_payload_dir=reader.text("KICI_WEBHOOK_PAYLOAD_DIR"),
         skip_github_source_validation=bool(reader.flag("KICI_SKIP_GITHUB_SOURCE_VALIDATION")),
-        github_api_url=(_url(reader, "GITHUB_API_URL", ("http", "https")) or "https://api.github.com").rstrip("/"),
+        github_api_url=(reader.url("GITHUB_API_URL", ("http", "https")) or "https://api.github.com").rstrip("/"),
         agent_auth=cast(Literal["token", "none"], agent_auth),
         agent_token_ttl_ms=_int(reader, "KICI_AGENT_TOKEN_TTL_MS"),
         agent_max_reconnect_delay_ms=_int(reader, "KICI_AGENT_MAX_RECONNECT_DELAY_MS"),
@@ -296,7 +294,7 @@ def load_settings(
         stale_detector_threshold_multiplier=reader.number("KICI_STALE_DETECTOR_THRESHOLD_MULTIPLIER") or 2.0,
         scaler_config_path=reader.text("KICI_SCALER_CONFIG_PATH"),
         scaler_config_dir=reader.text("KICI_SCALER_CONFIG_DIR"),
-        orchestrator_url=_url(reader, "KICI_ORCHESTRATOR_URL", ("ws", "wss", "http", "https")),
+        orchestrator_url=reader.url("KICI_ORCHESTRATOR_URL", ("ws", "wss", "http", "https")),
         data_dir=reader.text("KICI_DATA_DIR"),
         storage=_storage(reader),
         instance_id=reader.text("KICI_CLUSTER_INSTANCE_ID"),
@@ -448,27 +446,13 @@ def _master_key(reader: Reader, name: str, file_name: str, secrets: list[str]) -
 def _platform(reader: Reader, mode: Mode) -> tuple[str | None, Secret | None]:
     if mode == "independent":
         return None, None  # set or not, independent mode never dials the relay
-    url = _url(reader, "KICI_PLATFORM_URL", ("ws", "wss"))
+    url = reader.url("KICI_PLATFORM_URL", ("ws", "wss"))
     token = reader.secret("KICI_PLATFORM_TOKEN")
     if reader.text("KICI_PLATFORM_URL") is None:
         reader.issues.append("KICI_PLATFORM_URL is required when KICI_MODE is platform or hybrid")
     if token is None:
         reader.issues.append("KICI_PLATFORM_TOKEN is required when KICI_MODE is platform or hybrid")
     return url, token
-
-
-def _url(reader: Reader, name: str, schemes: tuple[str, ...]) -> str | None:
-    value = reader.text(name)
-    if value is None:
-        return None
-    parsed = urllib.parse.urlsplit(value)
-    if parsed.scheme not in schemes or not parsed.netloc:
-        label = reader.resolved[name].label
-        wanted = " or ".join(f"{s}://" for s in schemes)
-        shown = "" if BY_NAME[name].secret else f", got {value[:60]!r}"
-        reader.issues.append(f"{label} must be a {wanted} URL{shown}")
-        return None
-    return value
 
 
 def _storage(reader: Reader) -> StorageSettings:
@@ -487,13 +471,13 @@ def _storage(reader: Reader) -> StorageSettings:
         bucket=bucket,
         prefix=reader.text("KICI_STORAGE_PREFIX") or "",
         region=reader.text("KICI_STORAGE_REGION"),
-        endpoint=_url(reader, "KICI_STORAGE_ENDPOINT", ("http", "https")),
-        external_endpoint=_url(reader, "KICI_STORAGE_EXTERNAL_ENDPOINT", ("http", "https")),
-        upload_endpoint=_url(reader, "KICI_STORAGE_UPLOAD_ENDPOINT", ("http", "https")),
+        endpoint=reader.url("KICI_STORAGE_ENDPOINT", ("http", "https")),
+        external_endpoint=reader.url("KICI_STORAGE_EXTERNAL_ENDPOINT", ("http", "https")),
+        upload_endpoint=reader.url("KICI_STORAGE_UPLOAD_ENDPOINT", ("http", "https")),
         force_path_style=reader.flag("KICI_STORAGE_FORCE_PATH_STYLE"),
         log_bucket=reader.text("KICI_STORAGE_LOG_BUCKET"),
         fs_path=fs_path,
-        fs_base_url=_url(reader, "KICI_STORAGE_FS_BASE_URL", ("http", "https")),
+        fs_base_url=reader.url("KICI_STORAGE_FS_BASE_URL", ("http", "https")),
         skip_sentinel_validation=bool(reader.flag("KICI_SKIP_S3_SENTINEL_VALIDATION")),
     )
 
@@ -507,28 +491,3 @@ def _mask_url_password(url: str) -> str:
     netloc = parsed.netloc.rsplit("@", 1)[1]
     user = parsed.username or ""
     return urllib.parse.urlunsplit(parsed._replace(netloc=f"{user}:***@{netloc}"))
-
-
-# --- kici-admin --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AdminSettings:
-    """Defaults of ``kici-admin``'s global options (flags override them)."""
-
-    url: str
-    token: Secret | None
-
-
-def load_admin_settings(environ: Mapping[str, str]) -> AdminSettings:
-    """``KICI_ADMIN_URL`` (default ``http://localhost:4000``) and ``KICI_ADMIN_TOKEN``.
-
-    Raises:
-        SettingsError: ``KICI_ADMIN_URL`` is not an http(s) URL.
-    """
-    reader = Reader(environ, {}, None)
-    url = _url(reader, "KICI_ADMIN_URL", ("http", "https")) or "http://localhost:4000"
-    token = reader.secret("KICI_ADMIN_TOKEN")
-    if reader.issues:
-        fail(reader.issues)
-    return AdminSettings(url=url.rstrip("/"), token=token)

@@ -7,6 +7,7 @@ mapping in).
 from __future__ import annotations
 
 import difflib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NoReturn
@@ -232,6 +233,21 @@ class Reader:
         """A ``true``/``false`` variable (only those literals)."""
         value = self.choice(name)
         return None if value is None else value == "true"
+
+    def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
+        """The value when it is a URL with one of ``schemes`` and a host; otherwise an issue naming the variable
+        (quoting the value unless the variable is a secret) and None."""
+        value = self.text(name)
+        if value is None:
+            return None
+        parsed = urllib.parse.urlsplit(value)
+        if parsed.scheme not in schemes or not parsed.netloc:
+            label = self.resolved[name].label
+            wanted = " or ".join(f"{s}://" for s in schemes)
+            shown = "" if config_vars.BY_NAME[name].secret else f", got {value[:60]!r}"
+            self.issues.append(f"{label} must be a {wanted} URL{shown}")
+            return None
+        return value
 
     def _take(self, name: str) -> Resolved:
         got = self.lookup(name)

@@ -1,9 +1,12 @@
 """The orchestrator server (``kici-server``, ``kici-standalone``).
 
-The HTTP app and its routes (``app``, ``webhook_routes``, ``httpguard``, ``agent_sockets``, the admin API in
-``admin/``, the web dashboard in ``dashboard/``), the delivery worker and ingest (``worker``, ``ingest``), the
-dispatch driver (``dispatcher``), the processing supervisor (``processing``), the background duties
-(``cluster``, ``retention``, ``scheduler``, ``check_sender``, the container auto-scaler in ``scaler/``), the
-wiring of settings to adapters (``wiring``, ``context``, ``bootstrap``) and the program entry points
-(``entry``, ``server``, ``standalone``, ``devserver``).
+Entry points: ``server`` and ``standalone`` (the console scripts) over ``entry`` (start-up: settings,
+logging, fatal errors); ``wiring`` builds every adapter from the settings and serves, ``components`` holds what
+the serving process and the processing children both build (inbox, pipeline, delivery worker, offloader).
+The HTTP app and its routes: ``app``, ``webhook_routes``, ``httpguard``, ``agent_sockets``, ``ingest`` (shared
+with the Platform link), the admin API in ``admin/``, the web dashboard in ``dashboard/``. The loops: the
+delivery ``worker``, the dispatch driver (``dispatcher``), the processing supervisor and child
+(``processing``), the relay client of platform/hybrid mode (``platform_link``), ``cluster``, ``retention``,
+``scheduler``, ``check_sender`` and the container auto-scaler in ``scaler/``. Process tuning: ``eventloop``,
+``heap``, ``shutdown``. ``devserver`` is what ``make dev`` runs.
 """

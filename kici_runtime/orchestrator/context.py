@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from kici_core.jsontypes import JSONObject
 from kici_core.ports import BlobStore, Clock, DeliveryInbox, EventLog, SecretStore, SourceStore, TokenStore
 from kici_core.ratelimit import SlidingWindowLimiter
+from kici_runtime.version import VERSION
 
 MAX_BODY_BYTES = 26_214_400  # 25 MiB: every route
 GENERIC_MAX_BODY_BYTES = 10 * 1024 * 1024  # the generic route's hard cap, before the per-source limit
@@ -50,7 +51,7 @@ class AppContext:
     event_log: EventLog
     clock: Clock = field(default_factory=SystemClock)
     base_path: str = ""
-    version: str = "0.1.0"
+    version: str = VERSION
     build_commit: str = "unknown"
     build_date: str = "unknown"
     started_at: float = field(default_factory=time.monotonic)

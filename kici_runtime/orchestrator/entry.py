@@ -13,21 +13,12 @@ from kici_core import errors
 from kici_runtime import logging as kici_logging
 from kici_runtime import wirelogs
 from kici_runtime.config import settings as config
-from kici_runtime.orchestrator import heap
+from kici_runtime.orchestrator import eventloop, heap
 
 log = logging.getLogger("kici.runtime")
 
 UVICORN_STARTUP_FAILURE = 3
 """uvicorn's exit code when its listener cannot start (it has logged the socket error)."""
-
-
-def backend_options() -> dict[str, bool]:
-    """Run on uvloop when it is installed (a faster event loop; asyncio semantics are unchanged)."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return {}
-    return {"use_uvloop": True}
 
 
 def run(entry_point: Literal["server", "standalone"], config_path: str | None, migrate_only: bool) -> None:
@@ -58,7 +49,7 @@ def run(entry_point: Literal["server", "standalone"], config_path: str | None, m
         if migrate_only:
             anyio.run(wiring.migrate_only, settings)
             return
-        anyio.run(wiring.serve, settings, backend_options=backend_options())
+        anyio.run(wiring.serve, settings, backend_options=eventloop.backend_options())
     except KeyboardInterrupt:
         pass
     except SystemExit as exc:

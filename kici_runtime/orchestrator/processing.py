@@ -32,20 +32,20 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import Literal, cast
 
 import anyio
 import anyio.abc
 import psycopg
 
 from kici_adapters import metrics
-from kici_adapters.postgres.pool import Connection, connect
+from kici_adapters.postgres.pool import Connection, Database, connect
 from kici_core import errors
+from kici_runtime import logging as kici_logging
 from kici_runtime import wirelogs
-from kici_runtime.orchestrator import heap
-
-if TYPE_CHECKING:
-    from kici_runtime.config.settings import Settings
+from kici_runtime.config import settings as config
+from kici_runtime.config.settings import Settings
+from kici_runtime.orchestrator import components, eventloop, heap
 
 log = logging.getLogger("kici.processing")
 
@@ -314,9 +314,6 @@ async def beat(path: Path) -> None:
 async def run_child(settings: Settings, index: int, *, parent_pid: int, metrics_file: Path | None = None) -> None:
     """The body of a processing child: worker, offloader and the inbox listener, until SIGTERM/SIGINT or
     until the serving process is gone."""
-    from kici_adapters.postgres.pool import Database
-    from kici_runtime.orchestrator import wiring  # late: wiring imports this module
-
     if settings.database_url is None:
         raise errors.ConfigError("a processing worker needs KICI_DATABASE_URL (set by the serving process)")
     url = settings.database_url.reveal()
@@ -324,8 +321,8 @@ async def run_child(settings: Settings, index: int, *, parent_pid: int, metrics_
         db = Database(url)
         await db.open()
         stack.push_async_callback(db.close)
-        worker_id = child_worker_id(wiring.instance_id(settings), index)
-        parts = await wiring.processing_parts(settings, db, stack, worker_id=worker_id)
+        worker_id = child_worker_id(components.instance_id(settings), index)
+        parts = await components.processing_parts(settings, db, stack, worker_id=worker_id)
 
         def wake() -> None:
             parts.worker.wake()
@@ -361,10 +358,6 @@ async def run_child(settings: Settings, index: int, *, parent_pid: int, metrics_
 def main(argv: list[str] | None = None) -> None:
     """``python -m kici_runtime.orchestrator.processing --index N``: run one processing child (started by the serving
     process, not by hand)."""
-    from kici_runtime import logging as kici_logging
-    from kici_runtime.config import settings as config
-    from kici_runtime.orchestrator import entry
-
     parser = argparse.ArgumentParser(description="KiCI delivery-processing worker (started by the orchestrator)")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--entry-point", choices=("server", "standalone"), default="standalone")
@@ -388,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         anyio.run(functools.partial(run_child, settings, args.index, parent_pid=parent_pid,
                                     metrics_file=Path(args.metrics_file) if args.metrics_file else None),
-                  backend_options=entry.backend_options())
+                  backend_options=eventloop.backend_options())
     except errors.KiciError as exc:
         kici_logging.log_fatal_startup(exc)
         sys.exit(exc.exit_code if exc.exit_code != 0 else 1)

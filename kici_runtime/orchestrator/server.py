@@ -1,7 +1,7 @@
 """``kici-server``: the orchestrator in ``platform`` or ``hybrid`` mode, connected to the KiCI Platform relay.
 
 The process is the standalone one (same HTTP app, stores and workers, assembled by ``wiring.py``) plus the
-Platform link: the relay client (``kici_adapters.platform.client``) that receives relayed webhooks and
+Platform link (:mod:`kici_runtime.orchestrator.platform_link`): the relay client that receives relayed webhooks and
 drains the durable outbox of messages for the Platform. In ``platform`` mode the direct webhook routes answer
 403; in ``hybrid`` mode they accept deliveries too, and a delivery arriving both ways is run once.
 
@@ -11,99 +11,9 @@ Boot refuses (exit 1) ``independent`` mode (use ``kici-standalone``) and a missi
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-from typing import TYPE_CHECKING, Any
-
-import anyio
 import click
-from psycopg import sql
 
-from kici_adapters import localgit
-from kici_adapters.platform.client import AckDecision, ClientConfig, PlatformClient
-from kici_adapters.platform.outbox import PgPlatformOutbox
-from kici_adapters.platform.protocol import PlatformSource, RelayedDelivery
-from kici_adapters.postgres.pool import Database
-from kici_core import errors
-from kici_core.ports import SourceStore
-from kici_runtime.config.settings import Settings
-from kici_runtime.orchestrator import entry, ingest
-from kici_runtime.orchestrator.context import AppContext
-
-if TYPE_CHECKING:
-    from kici_runtime.orchestrator.wiring import Orchestrator
-
-log = logging.getLogger("kici.platform")
-
-SOURCE_CHANNELS = ("sources_change", "generic_sources_change")
-"""Channels the source tables' triggers notify on every change; the relay client re-registers on them."""
-
-
-async def platform_sources(store: SourceStore) -> list[PlatformSource]:
-    """The routing keys this orchestrator serves: every GitHub App (``github:<appId>``), every enabled generic
-    source, and local sources whose repository exists on this host (``generic:<orgId>:<sourceId>``)."""
-    out = [PlatformSource(provider="github", routing_key=s.routing_key, name=s.name, subtype="github_app",
-                          slug=s.slug) for s in await store.list_github()]
-    for g in await store.list_generic():
-        if not g.enabled or g.deleted_at is not None:
-            continue
-        if g.provider_type == "local":
-            try:
-                if not localgit.repo_path(g).exists():
-                    continue
-            except errors.InvalidInput:
-                continue
-        out.append(PlatformSource(provider="generic", routing_key=g.routing_key, name=g.name,
-                                  subtype="local" if g.provider_type == "local" else "generic_webhook"))
-    return out
-
-
-def relay_client(settings: Settings, ctx: AppContext, outbox: PgPlatformOutbox | None, *,
-                 version: str, **overrides: Any) -> PlatformClient:
-    """The relay client for ``settings`` (platform/hybrid), accepting relayed deliveries into ``ctx``'s inbox.
-
-    ``overrides`` replaces interval settings of :class:`ClientConfig` (tests shorten them).
-    """
-    if settings.platform_url is None or settings.platform_token is None:
-        raise errors.ConfigError("KICI_PLATFORM_URL and KICI_PLATFORM_TOKEN are required in platform/hybrid mode")
-
-    async def handle(delivery: RelayedDelivery, platform_org: str | None) -> AckDecision:
-        return await ingest.accept_relayed(ctx, delivery, platform_org)
-
-    async def sources() -> list[PlatformSource]:
-        return await platform_sources(ctx.sources)
-
-    config = dataclasses.replace(
-        ClientConfig(url=settings.platform_url, token=settings.platform_token.reveal(), mode=settings.mode,
-                     version=version, instance_id=settings.instance_id),
-        **overrides)
-    return PlatformClient(config, handler=handle, sources=sources, outbox=outbox)
-
-
-async def listen_for_source_changes(db: Database, client: PlatformClient, *, retry_seconds: float = 5.0) -> None:
-    """Forever: ``LISTEN`` on the source tables' channels and ask ``client`` to re-register on each change
-    (the client also polls, so a lost listener only delays an update)."""
-    while True:
-        try:
-            async with db.dedicated() as conn:
-                for channel in SOURCE_CHANNELS:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                async for _ in conn.notifies():
-                    client.sources_changed()
-        except errors.Unavailable as exc:
-            log.warning("source change listener lost its connection", extra={"error": str(exc)})
-        await anyio.sleep(retry_seconds)
-
-
-async def run_platform_link(orch: Orchestrator, *, client: PlatformClient | None = None) -> None:
-    """Run the relay client (and its source-change listener) until cancelled."""
-    from kici_runtime.orchestrator import wiring
-
-    link = client or relay_client(orch.settings, orch.ctx, orch.platform_outbox, version=wiring.VERSION)
-    log.info("Connecting to the Platform", extra={"url": orch.settings.platform_url, "mode": orch.settings.mode})
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(listen_for_source_changes, orch.db, link)
-        await link.run()
+from kici_runtime.orchestrator import entry
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -11,11 +11,9 @@ import contextlib
 import functools
 import logging
 import os
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,9 +22,8 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from kici_adapters import localgit, metrics
+from kici_adapters import metrics
 from kici_adapters.agents.endpoint import AgentEndpoint
-from kici_adapters.github.lockfiles import LockfileCache
 from kici_adapters.github.provider import GitHubProvider
 from kici_adapters.platform.outbox import PgPlatformOutbox
 from kici_adapters.postgres import migrate
@@ -34,28 +31,25 @@ from kici_adapters.postgres.checks import PgCheckOutbox
 from kici_adapters.postgres.cluster import PgCluster
 from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue
 from kici_adapters.postgres.embedded import EmbeddedPostgres
-from kici_adapters.postgres.inbox import COMMIT_LANES, COMPLETE_LANES
-from kici_adapters.postgres.offload import PayloadOffloader
 from kici_adapters.postgres.pool import Database
-from kici_adapters.postgres.registrations import PgRegistrations
-from kici_adapters.postgres.reruns import PgReruns
 from kici_adapters.postgres.retention import PgRetention
 from kici_adapters.postgres.runs import PgRunStore
 from kici_adapters.postgres.stores import PgDeliveryInbox, PgSourceStore, PgTokenStore
-from kici_adapters.secrets import PgSecretStore, rotate_key
-from kici_adapters.storage import FilesystemBlobStore, S3BlobStore
-from kici_core import errors, lockfile, services
+from kici_adapters.secrets import rotate_key
+from kici_core import errors
 from kici_core.dispatch_effects import DispatcherConfig
-from kici_core.jsontypes import JSONObject, JSONValue
-from kici_core.ports import BlobStore, GitHubSource, RepoSource, SecretStore
+from kici_core.jsontypes import JSONObject
+from kici_core.ports import BlobStore
 from kici_runtime import logging as kici_logging
 from kici_runtime.config.settings import Settings
 from kici_runtime.orchestrator import (
     agent_sockets,
     bootstrap,
+    components,
     dashboard,
     heap,
     httpguard,
+    platform_link,
     processing,
     shutdown,
 )
@@ -72,48 +66,11 @@ from kici_runtime.orchestrator.retention import RetentionSweeper
 from kici_runtime.orchestrator.scaler import service as scaler_service
 from kici_runtime.orchestrator.scaler import startup as scaler_startup
 from kici_runtime.orchestrator.scheduler import ScheduleLoop
-from kici_runtime.orchestrator.worker import DeliveryWorker, PrometheusObserver, ThreadOffload
+from kici_runtime.orchestrator.worker import DeliveryWorker
+from kici_runtime.version import VERSION
 
 log = logging.getLogger("kici.runtime")
 
-VERSION = "0.1.0"
-
-
-def data_root(settings: Settings) -> Path:
-    """``KICI_DATA_DIR``, else ``/var/lib/kici`` when writable, else ``$XDG_STATE_HOME/kici``."""
-    if settings.data_dir:
-        return Path(settings.data_dir)
-    system = Path("/var/lib/kici")
-    if system.is_dir() and os.access(system, os.W_OK):
-        return system
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "kici"
-
-
-def blob_store(settings: Settings) -> BlobStore:
-    s = settings.storage
-    if s.type == "s3":
-        return S3BlobStore(s.log_bucket or s.bucket or "", prefix=s.prefix or "kici-logs/", region=s.region,
-                           endpoint=s.endpoint, force_path_style=s.force_path_style)
-    base = Path(settings.webhook_payload_dir) / "logs" if settings.webhook_payload_dir else (
-        Path(s.fs_path) if s.fs_path else data_root(settings) / "cache" / "logs")
-    return FilesystemBlobStore(base)
-
-
-def _github_repo_url(source: RepoSource, repo: str, payload: Mapping[str, JSONValue]) -> str:
-    repository = payload.get("repository")
-    if isinstance(repository, Mapping):
-        url = repository.get("clone_url")
-        if isinstance(url, str) and url:
-            return url
-    base = "https://github.com"
-    if isinstance(source, GitHubSource) and source.api_url and "/api/v3" in source.api_url:
-        base = source.api_url.split("/api/v3")[0]
-    return f"{base}/{repo}.git"
-
-
-def _local_repo_url(source: RepoSource, repo: str, payload: Mapping[str, JSONValue]) -> str:
-    return localgit.repo_url(source)
 
 
 @dataclass(slots=True)
@@ -127,7 +84,7 @@ class Orchestrator:
     worker: DeliveryWorker
     github: GitHubProvider
     background: list[Callable[[], Any]] = field(default_factory=list)
-    platform_outbox: PgPlatformOutbox | None = None  # platform/hybrid only (kici_runtime.orchestrator.server)
+    platform_outbox: PgPlatformOutbox | None = None  # platform/hybrid only (kici_runtime.orchestrator.platform_link)
     agents: AgentHub | None = None  # --- agent dispatch (kici_runtime.orchestrator.dispatcher): the /ws hub and its loops
     agent_endpoint: AgentEndpoint | None = None
     scaler: scaler_service.ScalerService | None = None  # --- container auto-scaler (kici_runtime.orchestrator.scaler)
@@ -140,7 +97,7 @@ async def _database_url(settings: Settings, stack: AsyncExitStack) -> str:
     if not settings.embedded_database:
         assert settings.database_url is not None
         return settings.database_url.reveal()
-    pg = EmbeddedPostgres(data_root(settings) / "postgres")
+    pg = EmbeddedPostgres(components.data_root(settings) / "postgres")
 
     def stop() -> None:
         if pg.owned:
@@ -177,7 +134,7 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         stack.push_async_callback(db.close)
         log.info("Database connected")
         notifier = processing.InboxNotifier(url) if settings.processing_workers > 0 else None
-        parts = await processing_parts(settings, db, stack, worker_id=instance_id(settings),
+        parts = await components.processing_parts(settings, db, stack, worker_id=components.instance_id(settings),
                                        on_accepted=notifier.wake if notifier is not None else None)
         secrets, sources, github, worker, inbox = parts.secrets, parts.sources, parts.github, parts.worker, parts.inbox
         blobs, platform_outbox = parts.blobs, parts.platform_outbox
@@ -193,7 +150,7 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         wake = notifier.wake if notifier is not None else worker.wake
         # --- schedules and manual runs: deliveries the orchestrator makes itself
         scheduler = ScheduleLoop(store=parts.registrations, inbox=inbox, wake=wake, db=db,
-                                 instance_id=instance_id(settings))
+                                 instance_id=components.instance_id(settings))
         extra_routes += admin_workflows.routes(store=parts.registrations, pipeline=parts.pipeline, inbox=inbox,
                                                wake=wake)
 
@@ -222,7 +179,7 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             ctx.metric_snapshots = supervisor.metric_snapshots
             background = [notifier.run, supervisor.run, functools.partial(_release_own_leases, inbox, worker)]
         # --- GitHub check runs: every process sends what is due (rows are leased, never sent twice at once)
-        checks = CheckSender(outbox=PgCheckOutbox(db), sources=sources, github=github, worker_id=instance_id(settings),
+        checks = CheckSender(outbox=PgCheckOutbox(db), sources=sources, github=github, worker_id=components.instance_id(settings),
                              dashboard_url=settings.dashboard_url, mask=kici_logging.mask)
         background.append(checks.run)
         background.append(scheduler.run)
@@ -232,78 +189,12 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             scaler = scaler_service.attach(
                 scaling, db=db, tokens=tokens, hub=hub, token_ttl_s=settings.agent_token_ttl_ms / 1000,
                 orchestrator_url=settings.orchestrator_url or f"ws://127.0.0.1:{settings.port}/ws",
-                forwarded_env=os.environ, instance_id=instance_id(settings))
+                forwarded_env=os.environ, instance_id=components.instance_id(settings))
             background.append(scaler.run)
         yield Orchestrator(settings=settings, db=db, ctx=ctx, app=app, worker=worker, github=github,
                            platform_outbox=platform_outbox, agents=hub, agent_endpoint=endpoint,
                            background=background, scaler=scaler, scheduler=scheduler,
                            cluster=member, retention=sweeper)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProcessingParts:
-    """What delivery processing needs: the inbox, the pipeline's worker, the payload offloader and their stores."""
-
-    blobs: BlobStore
-    secrets: SecretStore
-    sources: PgSourceStore
-    github: GitHubProvider
-    inbox: PgDeliveryInbox
-    worker: DeliveryWorker
-    offloader: PayloadOffloader
-    platform_outbox: PgPlatformOutbox | None
-    pipeline: services.Pipeline
-    registrations: PgRegistrations
-
-
-async def processing_parts(settings: Settings, db: Database, stack: AsyncExitStack, *, worker_id: str,
-                           on_accepted: Callable[[], None] | None = None) -> ProcessingParts:
-    """Build the inbox, the delivery worker (claiming as ``worker_id``) and the payload offloader over ``db``.
-
-    ``on_accepted`` is called after each new acceptance; when None the local offloader is woken instead.
-    Closing callbacks go on ``stack``. Used by the serving process and by processing children alike.
-    """
-    blobs = blob_store(settings)
-    secrets: SecretStore = PgSecretStore(db, settings.secret_key, old_key=settings.secret_key_old)
-    sources = PgSourceStore(db)
-    offloader = PayloadOffloader(db, blobs)  # accepted bodies: database -> object storage, in the background
-    inbox = PgDeliveryInbox(db, blobs, max_payload_bytes=settings.event_log_max_payload_bytes,
-                            on_accepted=on_accepted or offloader.wake, forward=settings.platform_enabled)
-    stack.push_async_callback(inbox.aclose)  # its group-commit lane connections
-    github = GitHubProvider(
-        secrets=secrets, default_api_url=settings.github_api_url, lockfile_max_bytes=settings.lockfile_max_bytes,
-        cache=LockfileCache(max_entries=settings.lockfile_cache_max,
-                            ttl_seconds=settings.lockfile_cache_ttl_ms / 1000),
-        validate=lockfile.parse_lockfile,  # a corrupt lock file is never cached
-    )
-    stack.push_async_callback(github.aclose)
-    local = localgit.LocalGitRepos(max_lockfile_bytes=settings.lockfile_max_bytes)
-    registrations = PgRegistrations(db)
-    pipeline = services.Pipeline(
-        sources=sources,
-        providers={
-            "github": services.Provider(lockfiles=github, changed_files=github, repo_url=_github_repo_url),
-            "local": services.Provider(lockfiles=local, changed_files=local, repo_url=_local_repo_url),
-        },
-        ids=_uuid, timer=_perf_counter, observer=PrometheusObserver(),
-        # GitHub's "Re-run" buttons (check_run / check_suite rerequested) start new attempts
-        reruns=PgReruns(PgRunStore(db, forward=settings.platform_enabled, instance_id=worker_id)),
-        offload=ThreadOffload(), budget_seconds=float(settings.processing_timeout_seconds),
-        max_runs=settings.max_runs_per_delivery, max_jobs=settings.max_jobs_per_delivery,
-        registrations=registrations,  # default-branch pushes register workflows; schedule fires read them
-    )
-    # --- Platform link (platform/hybrid): execution.event and status forwarding go to the durable outbox
-    platform_outbox = PgPlatformOutbox(db) if settings.platform_enabled else None
-    worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=worker_id, blobs=blobs,
-                            platform=platform_outbox)
-    try:  # the completion (and acceptance) lanes' connections, ready before the first burst (a connect costs
-        # tens of ms); concurrent completions share them (see PgDeliveryInbox.complete)
-        await inbox.warm(min(worker.concurrency, COMPLETE_LANES + COMMIT_LANES))
-    except errors.Unavailable as exc:
-        log.warning("could not open the inbox connections ahead of time", extra={"error": str(exc)})
-    return ProcessingParts(blobs=blobs, secrets=secrets, sources=sources, github=github, inbox=inbox,
-                           worker=worker, offloader=offloader, platform_outbox=platform_outbox, pipeline=pipeline,
-                           registrations=registrations)
 
 
 async def _release_own_leases(inbox: PgDeliveryInbox, worker: DeliveryWorker) -> None:
@@ -340,19 +231,13 @@ async def _wire_admin(ctx: AppContext, settings: Settings, stack: AsyncExitStack
         ctx.github_app_check = admin_api.github_app_check(http, settings.github_api_url)
     ctx.webhook_public_url = settings.webhook_public_url
     await bootstrap.ensure_bootstrap_token(
-        tokens, settings.bootstrap_admin_token.reveal() if settings.bootstrap_admin_token else None, new_id=_uuid)
-
-
-def instance_id(settings: Settings) -> str:
-    """This process's id in ``agents.connected_instance``: ``KICI_CLUSTER_INSTANCE_ID``, else ``<host>:<port>``
-    (stable across restarts, so a restarted process recognises the jobs its agents were running)."""
-    return settings.instance_id or f"{socket.gethostname()}:{settings.port}"
+        tokens, settings.bootstrap_admin_token.reveal() if settings.bootstrap_admin_token else None, new_id=components.new_id)
 
 
 def _agent_parts(settings: Settings, db: Database, sources: PgSourceStore,
                  github: GitHubProvider) -> tuple[AgentHub, AgentEndpoint]:
     """The dispatcher driver and the /ws endpoint for ``settings``."""
-    me = instance_id(settings)
+    me = components.instance_id(settings)
 
     async def clone_token(row: DispatchRow) -> str | None:
         if row.provider != "github" or not row.routing_key or not row.repo_identifier:
@@ -376,7 +261,7 @@ def _agent_parts(settings: Settings, db: Database, sources: PgSourceStore,
 def _cluster_parts(settings: Settings, db: Database, hub: AgentHub,
                    blobs: BlobStore) -> tuple[ClusterMember, RetentionSweeper, admin_cluster.ClusterView]:
     """This process's cluster membership, the retention sweeper and what the cluster routes read."""
-    me = instance_id(settings)
+    me = components.instance_id(settings)
     timeout_s = settings.cluster.instance_timeout_ms / 1000
     directory = PgCluster(db, instance_timeout_s=timeout_s)
     member = ClusterMember(db=db, cluster=directory, instance_id=me, hub=hub, version=VERSION, mode=settings.mode,
@@ -387,18 +272,6 @@ def _cluster_parts(settings: Settings, db: Database, hub: AgentHub,
     view = admin_cluster.ClusterView(directory=directory, instance_id=me, instance_timeout_s=timeout_s,
                                      sweeper=sweeper)
     return member, sweeper, view
-
-
-def _uuid() -> str:
-    import uuid
-
-    return str(uuid.uuid4())
-
-
-def _perf_counter() -> float:
-    import time
-
-    return time.perf_counter()
 
 
 async def migrate_only(settings: Settings) -> None:
@@ -485,9 +358,8 @@ async def _serve(settings: Settings, stop: shutdown.Shutdown, ready: Callable[[i
                         orch.scaler.orchestrator_url = f"ws://127.0.0.1:{port}/ws"
                     log.info(f"{label} started on port {port}")
                     if settings.platform_enabled:  # --- Platform relay client (platform/hybrid), once HTTP listens
-                        from kici_runtime.orchestrator import server as platform_server
-
-                        tg.start_soon(platform_server.run_platform_link, orch)
+                        tg.start_soon(functools.partial(platform_link.run_platform_link, settings, orch.ctx,
+                                                        orch.platform_outbox, orch.db))
                     if ready is not None:
                         ready(port)
 

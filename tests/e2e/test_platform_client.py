@@ -34,9 +34,10 @@ from kici_core.testing.fakes import (
     FakeSecretStore,
     FakeSourceStore,
 )
-from kici_runtime.orchestrator import ingest, server
+from kici_runtime.orchestrator import ingest, platform_link
 from kici_runtime.orchestrator.context import AppContext
 from kici_runtime.relay.hub import RelaySettings
+from kici_runtime.version import VERSION
 from tests.support import waits
 from tests.support.relay_peer import RunningRelay, running_relay
 
@@ -218,13 +219,13 @@ async def harness(tmp_path: Path, *, orch_secret: str = SECRET, token: str | Non
         relay.store.add_github_source(org=ORG, app_id=APP_ID, webhook_secret=SECRET)
         relay.store.add_generic_source(org=ORG, source_id="deploys", secret="gen-secret")
         _, raw = relay.store.create_key(org=ORG, name="orch")
-        config = ClientConfig(url=relay.ws_url, token=token or raw, **{**FAST, **overrides})
+        config = ClientConfig(url=relay.ws_url, token=token or raw, version=VERSION, **{**FAST, **overrides})
 
         async def handle(delivery: protocol.RelayedDelivery, org: str | None) -> Any:
             return await ingest.accept_relayed(ctx, delivery, org)
 
         async def list_sources() -> list[PlatformSource]:
-            return await server.platform_sources(sources)
+            return await platform_link.platform_sources(sources)
 
         client = PlatformClient(config, handler=handle, sources=list_sources, outbox=outbox)
         async with anyio.create_task_group() as tg:

@@ -4,9 +4,12 @@ request to the ASGI app on an anyio blocking portal (no sockets)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,8 @@ from click.testing import CliRunner, Result
 
 from kici_core import errors
 from kici_core.ports import Delivery, DeliveryOutcome
-from kici_runtime.admin_cli.cli import cli, human_bytes
+from kici_runtime.admin_cli.cli import cli
+from kici_runtime.admin_cli.client import human_bytes
 from tests.unit.test_admin_api import AUDITOR, OWNER, PEM, Env, make_env
 
 GH_SECRET = "whsec-super-secret-value-9876"
@@ -84,6 +88,24 @@ def test_missing_token_and_help() -> None:
     assert "0.1.0" in CliRunner().invoke(cli, ["-V"]).output
 
 
+def test_kici_admin_loads_no_server_database_or_key_code() -> None:
+    """kici-admin is an HTTP client: starting it imports nothing of the server, no database driver and no
+    cryptography or JWT library (a fresh interpreter, as the console script starts)."""
+    probe = (
+        "import sys; import kici_runtime.admin_cli.cli; "
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('psycopg', 'psycopg_pool', 'cryptography', 'jwt', 'starlette', 'uvicorn') "
+        "or m.startswith(('kici_runtime.orchestrator', 'kici_runtime.config.settings', 'kici_adapters.postgres')))))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [], f"kici-admin imported {out.stdout.strip()}"
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    out = CliRunner().invoke(cli, ["-V"]).output
+    assert out.strip() == f"kici-admin, version {metadata.version('kici')}"
+
+
 def test_env_token_and_http_errors(h: Harness) -> None:
     r = h.run("source", "list", token=None, env={"KICI_ADMIN_TOKEN": OWNER})
     assert r.exit_code == 0 and "No sources configured." in r.output
@@ -127,6 +149,20 @@ def test_source_add_github_as_in_the_guide(h: Harness, tmp_path: Path) -> None:
         f'Error: source github:123456 ("my-org") already exists (id {sid}, routing key github:123456); '
         "change it with `kici-admin source update github:123456 ...` or remove it with "
         "`kici-admin source remove github:123456`")
+
+
+def test_source_add_github_leaves_parsing_the_key_to_the_orchestrator(h: Harness) -> None:
+    """The CLI checks only the key's form (no cryptography in kici-admin); the orchestrator parses it and
+    answers 400 with the field path, and nothing is stored."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    short = rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    r = h.run("source", "add", "github", "--name", "x", "--app-id", "1", "--private-key", short)
+    assert r.exit_code == 1 and r.output.startswith("Error: HTTP 400: "), r.output
+    assert "privateKey private key is too short (1024 bits)" in r.output and "PRIVATE KEY-----" not in r.output
+    assert h.env.sources.github == {}
 
 
 def test_source_add_github_checks_key_locally(h: Harness, tmp_path: Path) -> None:
@@ -446,10 +482,10 @@ def test_human_bytes() -> None:
         "0B", "1023B", "1.0KB", "1.5KB", "1.00MB", "5.00MB"]
 
 
-def test_runs_group_is_an_extension_point() -> None:
-    from kici_runtime.admin_cli import cli as admin_cli
+def test_runs_group_is_attached() -> None:
+    from kici_runtime.admin_cli import runs
 
-    assert isinstance(admin_cli.runs, click.Group) and admin_cli.cli.commands["runs"] is admin_cli.runs
+    assert isinstance(runs.runs, click.Group) and cli.commands["runs"] is runs.runs
 
 
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kici_core.errors import ConfigError
+from kici_runtime.config import admin as admin_config
 from kici_runtime.config import docs as config_docs
 from kici_runtime.config import settings as config
 from kici_runtime.config import vars as config_vars
@@ -453,8 +454,8 @@ def test_describe_masks_secrets_and_repr_hides_them() -> None:
 
 
 def test_admin_settings_default_url() -> None:
-    assert config.load_admin_settings({}).url == "http://localhost:4000"
-    a = config.load_admin_settings({"KICI_ADMIN_URL": "https://h/orchestrator/", "KICI_ADMIN_TOKEN": "t"})
+    assert admin_config.load_admin_settings({}).url == "http://localhost:4000"
+    a = admin_config.load_admin_settings({"KICI_ADMIN_URL": "https://h/orchestrator/", "KICI_ADMIN_TOKEN": "t"})
     assert a.url == "https://h/orchestrator" and a.token is not None and a.token.reveal() == "t"
 
 

@@ -25,6 +25,7 @@ import anyio
 from kici_adapters.containers.engine import EngineClient, EngineError
 from kici_adapters.containers.nftables import NftRunner, check_nftables
 from kici_core import errors, scaling
+from kici_runtime.orchestrator.scaler import config as scaler_config
 
 __all__ = [
     "BACKOFF_SECONDS",
@@ -178,9 +179,7 @@ async def from_settings(config_path: str, config_dir: str | None, *, env: Mappin
         ScalerConfigError: the files are invalid (exit 78).
         ScalerStartupError: a check failed (exit 1).
     """
-    from kici_runtime.orchestrator.scaler.config import load_scaler_config
-
-    config = load_scaler_config(config_path, config_dir)
+    config = scaler_config.load_scaler_config(config_path, config_dir)
     try:
         return await prepare(config, env=env)
     except ScalerStartupError as exc:

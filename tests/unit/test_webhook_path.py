@@ -101,15 +101,15 @@ def _window(wp: types.ModuleType, duration: float, calls: list[tuple[int, str, s
                      contexts={ctx: {"kind": kind, "name": ""} for ctx, kind in kinds.items()})
 
 
-PARSE = "kici_runtime.httpguard:Protocol.on_message_begin"
-ROUTE = "kici_runtime.webhook_routes:generic_webhook"
+PARSE = "kici_runtime.orchestrator.httpguard:Protocol.on_message_begin"
+ROUTE = "kici_runtime.orchestrator.webhook_routes:generic_webhook"
 VERIFY = "kici_core.webhooks:verify_generic"
 ACCEPT = "kici_adapters.postgres.inbox:PgDeliveryInbox.accept"
 RETURNED = "kici_adapters.postgres.pool:Database._returned"
-CLAIM = "kici_runtime.worker:DeliveryWorker._claim"
+CLAIM = "kici_runtime.orchestrator.worker:DeliveryWorker._claim"
 HANDLE = "kici_core.services:handle_item"
-BEAT = "kici_runtime.worker:DeliveryWorker.beat"
-SWEEP = "kici_runtime.retention:Retention.sweep"
+BEAT = "kici_runtime.orchestrator.worker:DeliveryWorker.beat"
+SWEEP = "kici_runtime.orchestrator.retention:Retention.sweep"
 WORKER = 5  # a long-lived task: it polls in the idle windows too
 
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from kici_core.jsontypes import JSONObject, JSONValue
+from kici_core.platform_events import PlatformEvent
 
 if TYPE_CHECKING:  # the cluster records live with their rules in kici_core.cluster
     from kici_core.cluster import ClusterAgent, DutyInfo, InstanceInfo
@@ -542,10 +543,11 @@ class AgentChannel(Protocol):
 
 
 class PlatformLink(Protocol):
-    """Messages for the Platform (platform/hybrid). ``send`` is durable: the message reaches the Platform
-    at least once, in order, across disconnects and restarts."""
+    """What the Platform must hear (platform/hybrid), as domain events; the link turns them into frames.
+    ``publish`` is durable: the event reaches the Platform at least once, in order, across disconnects and
+    restarts."""
 
-    async def send(self, message: Mapping[str, JSONValue]) -> None: ...
+    async def publish(self, event: PlatformEvent) -> None: ...
 
 
 # --------------------------------------------------------------------------------------------- tokens

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from kici_core import errors, events, keys, lockfile, matching, planning, registrations
+from kici_core import errors, events, keys, lockfile, matching, planning, platform_events, registrations
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import (
     BlobStore,
@@ -551,7 +551,7 @@ async def handle_item(
         return None
     run_ids = await inbox.complete(item, out.outcome, out.runs)
     if platform is not None:
-        await platform.send(_execution_event(item, out, run_id=pipeline.ids()))
+        await platform.publish(_decided(item, out, trace_id=pipeline.ids()))
     if blobs is not None:
         created = set(run_ids)
         for run in out.runs:
@@ -564,20 +564,9 @@ async def handle_item(
     return run_ids
 
 
-def _execution_event(item: InboxItem, out: ProcessOutput, *, run_id: str) -> dict[str, JSONValue]:
-    decisions: list[JSONValue] = [d.summary_dict() for d in out.match.decisions] if out.match else []
-    return {
-        "type": "execution.event",
-        "runId": run_id,
-        "event": "started",
-        "data": {
-            "deliveryId": item.delivery_id,
-            "webhookEvent": item.event,
-            "action": item.action,
-            "repoIdentifier": out.outcome.repo_identifier,
-            "ref": out.outcome.ref,
-            "matchedWorkflows": len(out.runs),
-            "totalWorkflows": len(decisions),
-            "decisions": decisions,
-        },
-    }
+def _decided(item: InboxItem, out: ProcessOutput, *, trace_id: str) -> platform_events.DeliveryDecided:
+    decisions: tuple[JSONValue, ...] = tuple(d.summary_dict() for d in out.match.decisions) if out.match else ()
+    return platform_events.DeliveryDecided(
+        trace_id=trace_id, delivery_id=item.delivery_id, webhook_event=item.event, action=item.action,
+        repo_identifier=out.outcome.repo_identifier, ref=out.outcome.ref, matched_workflows=len(out.runs),
+        total_workflows=len(decisions), decisions=decisions)

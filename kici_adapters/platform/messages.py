@@ -1,15 +1,21 @@
-"""Field rules for messages forwarded to the Platform (spec §2.4, §2.7).
+"""The one place that turns what the Platform must hear into Platform frames (spec §2.4, §2.7).
 
-``finish(message, message_id=..., timestamp_ms=...)`` is applied to every outbox row just before it is sent:
-it adds a ``messageId`` and an epoch-ms ``timestamp`` when missing, omits ``None`` in fields that are not
-nullable, drops tenant fields, truncates strings to their bounds and caps label lists, so whatever a
-producer wrote, the Platform's schema accepts it.
+The outbox stores domain events (``kici_core.platform_events``); :func:`frame` turns a stored row into its
+frame just before it is sent: ``run_status`` → ``execution.status``, ``job_status`` → ``job.status.forward``,
+``step_status`` → ``step.status.forward``, ``log_lines`` → ``log.chunk``, ``delivery_decided`` →
+``execution.event`` (``started``). Rows written by an older release hold frames (their kind is the frame
+type); they pass through :func:`finish` unchanged otherwise.
+
+``finish(message, message_id=..., timestamp_ms=...)`` is applied to every frame: it adds a ``messageId`` and
+an epoch-ms ``timestamp`` when missing, omits ``None`` in fields that are not nullable, drops tenant fields,
+truncates strings to their bounds and caps label lists, so the Platform's schema accepts it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from kici_core import platform_events as pe
 from kici_core.jsontypes import JSONObject, JSONValue
 
 TENANT_FIELDS = ("orgId", "org_id", "customerId", "tenantId")
@@ -72,3 +78,61 @@ def finish(message: Mapping[str, JSONValue], *, message_id: str, timestamp_ms: i
     if not isinstance(out.get("timestamp"), (int, float)) or isinstance(out.get("timestamp"), bool):
         out["timestamp"] = timestamp_ms
     return out
+
+
+def _put(out: dict[str, JSONValue], key: str, value: JSONValue) -> None:
+    if value is not None:
+        out[key] = value
+
+
+def event_frame(event: pe.PlatformEvent) -> JSONObject:
+    """The frame of ``event`` before :func:`finish` (no ``messageId``/``timestamp`` yet)."""
+    out: dict[str, JSONValue]
+    if isinstance(event, pe.RunStatusChanged):
+        out = {"type": "execution.status", "runId": event.run_id, "workflowName": event.workflow_name,
+               "status": event.status}
+        for key, value in (("repoIdentifier", event.repo_identifier), ("repoProvider", event.repo_provider),
+                           ("sha", event.sha), ("ref", event.ref), ("triggerEvent", event.trigger_event),
+                           ("jobCount", event.job_count), ("startedAt", event.started_at_ms),
+                           ("completedAt", event.completed_at_ms), ("durationMs", event.duration_ms),
+                           ("logBytes", event.log_bytes), ("failureReason", event.failure_reason)):
+            _put(out, key, value)
+        return out
+    if isinstance(event, pe.JobStatusChanged):
+        out = {"type": "job.status.forward", "runId": event.run_id, "jobId": event.job_id,
+               "jobName": event.job_name, "status": event.status, "agentId": event.agent_id,
+               "orchestratorId": event.orchestrator_id, "runsOnLabels": list(event.runs_on_labels)}
+        if event.matrix_values:
+            out["matrixValues"] = event.matrix_values
+        for key, value in (("startedAt", event.started_at_ms), ("completedAt", event.completed_at_ms),
+                           ("durationMs", event.duration_ms), ("errorMessage", event.error_message),
+                           ("logBytes", event.log_bytes)):
+            _put(out, key, value)
+        return out
+    if isinstance(event, pe.StepStatusChanged):
+        out = {"type": "step.status.forward", "runId": event.run_id, "jobId": event.job_id,
+               "jobName": event.job_name, "stepIndex": event.step_index, "stepName": event.step_name,
+               "state": event.state}
+        if event.data:
+            out["data"] = event.data
+        _put(out, "secretsAccessed", event.secrets_accessed)
+        _put(out, "concurrencyKind", event.concurrency_kind)
+        _put(out, "groupId", event.group_id)
+        return out
+    if isinstance(event, pe.LogLines):
+        return {"type": "log.chunk", "runId": event.run_id, "jobId": event.job_id, "stepIndex": event.step_index,
+                "lines": list(event.lines)}
+    return {"type": "execution.event", "runId": event.trace_id, "event": "started", "data": {
+        "deliveryId": event.delivery_id, "webhookEvent": event.webhook_event, "action": event.action,
+        "repoIdentifier": event.repo_identifier, "ref": event.ref, "matchedWorkflows": event.matched_workflows,
+        "totalWorkflows": event.total_workflows, "decisions": list(event.decisions)}}
+
+
+def frame(kind: str, payload: Mapping[str, JSONValue], *, message_id: str, timestamp_ms: int) -> JSONObject:
+    """The frame to send for one outbox row ``(kind, payload)``: a domain event's frame, or (rows of an older
+    release, messages stored as frames) the stored frame, finished."""
+    event = pe.from_record(kind, payload)
+    if event is not None:
+        return finish(event_frame(event), message_id=message_id, timestamp_ms=timestamp_ms)
+    stored = payload if isinstance(payload.get("type"), str) else {**payload, "type": kind}
+    return finish(stored, message_id=message_id, timestamp_ms=timestamp_ms)

@@ -1,8 +1,10 @@
 """The Platform outbox: the durable ``PlatformLink`` and its drainer.
 
-``PgPlatformOutbox.send`` inserts the message into ``platform_outbox``; state-change code may also insert rows
-in its own transactions (kinds ``execution.status``, ``job.status.forward``, ``step.status.forward``,
-``log.chunk``). While the relay link is authenticated, :meth:`PgPlatformOutbox.drain` sends the rows oldest
+The outbox stores domain events (``kici_core.platform_events``), not frames: ``PgPlatformOutbox.publish``
+inserts one into ``platform_outbox``; state-change code inserts them in its own transactions too (kinds
+``run_status``, ``job_status``, ``step_status``, ``log_lines``; see ``kici_adapters.postgres.runs``). While the
+relay link is authenticated, :meth:`PgPlatformOutbox.drain` turns each row into its frame
+(``kici_adapters.platform.messages.frame``, the one place that knows the frames) and sends the rows oldest
 first and deletes them once the Platform's WebSocket layer has received them (a ping sent after the batch was
 answered), so neither a dropped link nor a restart loses a message: delivery is at least once. Rows beyond the
 cap are dropped oldest first and counted in ``kici_platform_buffer_dropped_total``.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import collections
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -27,8 +29,8 @@ from kici_adapters import metrics
 from kici_adapters.platform import messages
 from kici_adapters.postgres import queries
 from kici_adapters.postgres.pool import Database
-from kici_core import errors
-from kici_core.jsontypes import JSONObject, JSONValue
+from kici_core import platform_events
+from kici_core.jsontypes import JSONObject
 
 DEFAULT_CAP = 10_000
 DEFAULT_BATCH = 200
@@ -47,13 +49,6 @@ def _new_id() -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _kind(message: Mapping[str, JSONValue]) -> str:
-    kind = message.get("type")
-    if not isinstance(kind, str) or not kind:
-        raise errors.InvalidInput("a Platform message needs a string 'type'")
-    return kind
 
 
 def _epoch_ms(value: object) -> int:
@@ -78,17 +73,14 @@ class PgPlatformOutbox:
         self._now_ms = now_ms
         self._wake = anyio.Event()
 
-    async def send(self, message: Mapping[str, JSONValue]) -> None:
-        """Store ``message`` durably for the Platform (adds ``messageId`` and ``timestamp`` when missing).
+    async def publish(self, event: platform_events.PlatformEvent) -> None:
+        """Store ``event`` durably for the Platform.
 
         Raises:
-            InvalidInput: the message has no ``type``.
             StorageUnavailable: the database cannot be reached.
         """
-        kind = _kind(message)
-        row = messages.finish(message, message_id=self._ids(), timestamp_ms=self._now_ms())
         async with self._db.connection() as conn:
-            await conn.execute(_SQL["outbox_insert"], {"kind": kind, "payload": Jsonb(row)})
+            await conn.execute(_SQL["outbox_insert"], {"kind": event.KIND, "payload": Jsonb(event.record())})
         self.wake()
 
     def wake(self) -> None:
@@ -116,9 +108,9 @@ class PgPlatformOutbox:
                 if not rows:
                     return total
                 for row in rows:
-                    payload = row["payload"] if isinstance(row["payload"], dict) else {"type": row["kind"]}
-                    await send(messages.finish(payload, message_id=self._ids(),
-                                               timestamp_ms=_epoch_ms(row["created_at"])))
+                    payload = row["payload"] if isinstance(row["payload"], dict) else {}
+                    await send(messages.frame(row["kind"], payload, message_id=self._ids(),
+                                              timestamp_ms=_epoch_ms(row["created_at"])))
                 await confirm()
                 await conn.execute(_SQL["outbox_delete"], {"seqs": [r["seq"] for r in rows]})
             total += len(rows)
@@ -141,21 +133,21 @@ class PgPlatformOutbox:
 
 
 class MemoryPlatformOutbox:
-    """The outbox contract in memory: a FIFO of at most ``cap`` messages (oldest dropped and counted)."""
+    """The outbox contract in memory: a FIFO of at most ``cap`` events (oldest dropped and counted), each turned
+    into its frame when sent."""
 
     def __init__(self, *, cap: int = DEFAULT_CAP, ids: Callable[[], str] = _new_id,
                  now_ms: Callable[[], int] = _now_ms) -> None:
         self.cap = cap
-        self.items: collections.deque[JSONObject] = collections.deque()
+        self.items: collections.deque[tuple[platform_events.PlatformEvent, int]] = collections.deque()
         self.dropped = 0
         self._ids = ids
         self._now_ms = now_ms
         self._wake = anyio.Event()
 
-    async def send(self, message: Mapping[str, JSONValue]) -> None:
-        """Queue ``message`` (adds ``messageId``/``timestamp`` when missing)."""
-        _kind(message)
-        self.items.append(messages.finish(message, message_id=self._ids(), timestamp_ms=self._now_ms()))
+    async def publish(self, event: platform_events.PlatformEvent) -> None:
+        """Queue ``event`` (stamped with the current time)."""
+        self.items.append((event, self._now_ms()))
         self.wake()
 
     def wake(self) -> None:
@@ -171,8 +163,8 @@ class MemoryPlatformOutbox:
         total = 0
         while self.items:
             batch = list(self.items)[:DEFAULT_BATCH]
-            for item in batch:
-                await send(item)
+            for event, stamped in batch:
+                await send(messages.frame(event.KIND, event.record(), message_id=self._ids(), timestamp_ms=stamped))
             await confirm()
             for _ in batch:
                 self.items.popleft()

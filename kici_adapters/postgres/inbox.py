@@ -473,7 +473,7 @@ class PgDeliveryInbox:
         commit_lanes: batches committing at once.
         on_accepted: called (on the event loop) after a new delivery committed, e.g. ``PayloadOffloader.wake``.
         forward: platform and hybrid modes: completing a delivery also writes each new run's
-            ``execution.status`` (``pending``) to the Platform outbox, in the same commit.
+            ``run_status`` event (``pending``) to the Platform outbox, in the same commit.
         complete_batch: most concurrent completions sharing one transaction (1: each commits alone).
         complete_lanes: completion transactions in flight at once.
     """

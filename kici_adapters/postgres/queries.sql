@@ -262,7 +262,8 @@ VALUES (%(job_id)s, %(run_id)s, %(workflow_name)s, %(job_name)s, %(runs_on_label
 -- workflow), their triggering event (the same for every run of the delivery, passed once as `event`), the
 -- jobs, needs edges and queue rows of the runs this statement created, record the outcome, finish the inbox
 -- row and notify dispatchers with the created run ids. With `forward` (platform and hybrid modes) each new
--- run's `execution.status` goes to the Platform outbox in the same commit. Rows come as JSON arrays; `ord`
+-- run's `run_status` event (kici_core.platform_events.RunStatusChanged) goes to the Platform outbox in the
+-- same commit. Rows come as JSON arrays; `ord`
 -- keeps the caller's order (queue positions follow it). Sibling CTEs share one snapshot: `existing` lists the
 -- runs committed before this statement, `new_runs` the ones it created; `created < offered` means a
 -- concurrent writer won some (the caller then re-reads the run ids).
@@ -291,12 +292,11 @@ WITH entry AS (
     RETURNING run_id
 ), new_status AS (
     INSERT INTO platform_outbox (kind, payload)
-    SELECT 'execution.status', jsonb_strip_nulls(jsonb_build_object(
-               'type', 'execution.status', 'messageId', gen_random_uuid()::text, 'runId', n.run_id::text,
-               'workflowName', r.workflow_name, 'status', r.status, 'repoIdentifier', r.repo_identifier,
-               'repoProvider', r.provider, 'sha', r.sha, 'ref', r.ref, 'triggerEvent', r.trigger_event,
-               'jobCount', r.job_count,
-               'startedAt', (extract(epoch FROM n.created_at) * 1000)::bigint))
+    SELECT 'run_status', jsonb_strip_nulls(jsonb_build_object(
+               'run_id', n.run_id::text, 'workflow_name', r.workflow_name, 'status', r.status,
+               'repo_identifier', r.repo_identifier, 'repo_provider', r.provider, 'sha', r.sha, 'ref', r.ref,
+               'trigger_event', r.trigger_event, 'job_count', r.job_count,
+               'started_at_ms', (extract(epoch FROM n.created_at) * 1000)::bigint))
       FROM new_runs n JOIN run_in r USING (run_id)
      WHERE %(forward)s
      ORDER BY r.ord

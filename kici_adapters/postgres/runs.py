@@ -14,7 +14,6 @@ trips and a finish about four, instead of one per statement plus the pool's chec
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,8 +24,8 @@ from psycopg.types.json import Jsonb
 
 from kici_adapters.postgres.inbox import LaneConnections
 from kici_adapters.postgres.pool import Connection, Database, translate_errors
-from kici_core import checks, errors, fanout, planning
-from kici_core.jsontypes import JSONObject, JSONValue
+from kici_core import checks, errors, fanout, planning, platform_events
+from kici_core.jsontypes import JSONValue
 
 __all__ = ["FinishResult", "PgRunStore", "StartResult"]
 
@@ -210,7 +209,7 @@ class FinishResult:
 @dataclass(slots=True)
 class _Tx:
     conn: Connection
-    outbox: list[tuple[str, JSONObject]] = field(default_factory=list)
+    outbox: list[platform_events.PlatformEvent] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -290,24 +289,13 @@ class PgRunStore:
             tx.checks.append(check)
         if not self._forward:
             return
-        msg: dict[str, JSONValue] = {
-            "type": "job.status.forward", "messageId": str(uuid.uuid4()), "runId": str(row["run_id"]),
-            "jobId": job_id, "jobName": row["job_name"], "status": status,
-            "agentId": row.get("agent_id"), "orchestratorId": self._instance,
-            "runsOnLabels": _labels(row.get("runs_on")),
-        }
-        if row.get("matrix_values"):
-            msg["matrixValues"] = row["matrix_values"]
-        for key, col in (("startedAt", "started_at"), ("completedAt", "completed_at")):
-            if row.get(col) is not None:
-                msg[key] = _ms(row[col])
-        if row.get("duration_ms") is not None:
-            msg["durationMs"] = row["duration_ms"]
-        if row.get("error_message") is not None:
-            msg["errorMessage"] = row["error_message"]
-        if status in planning.TERMINAL_JOB_STATUSES:
-            msg["logBytes"] = int(row.get("log_bytes") or 0)
-        tx.outbox.append(("job.status.forward", msg))
+        terminal = status in planning.TERMINAL_JOB_STATUSES
+        tx.outbox.append(platform_events.JobStatusChanged(
+            run_id=str(row["run_id"]), job_id=job_id, job_name=row["job_name"], status=status,
+            agent_id=row.get("agent_id"), orchestrator_id=self._instance, runs_on_labels=tuple(v for v in _labels(row.get("runs_on")) if isinstance(v, str)),
+            matrix_values=row.get("matrix_values") or None, started_at_ms=_ms(row.get("started_at")),
+            completed_at_ms=_ms(row.get("completed_at")), duration_ms=row.get("duration_ms"),
+            error_message=row.get("error_message"), log_bytes=int(row.get("log_bytes") or 0) if terminal else None))
 
     def _run_forward(self, tx: _Tx, run: Mapping[str, Any], job_count: int) -> None:
         check = _check_state(str(run["run_id"]), str(run["status"]), checks.RUN_CONCLUSIONS, run, "failure_reason")
@@ -315,25 +303,20 @@ class PgRunStore:
             tx.checks.append(check)
         if not self._forward:
             return
-        msg: dict[str, JSONValue] = {
-            "type": "execution.status", "messageId": str(uuid.uuid4()), "runId": str(run["run_id"]),
-            "workflowName": run["workflow_name"], "status": run["status"],
-            "repoIdentifier": run.get("repo_identifier"), "repoProvider": run.get("provider"),
-            "sha": run.get("sha"), "ref": run.get("ref"), "jobCount": job_count,
-            "startedAt": _ms(run.get("started_at") or run.get("created_at")),
-        }
-        msg = {k: v for k, v in msg.items() if v is not None}
-        if run["status"] in TERMINAL_RUN:
-            msg["completedAt"] = _ms(run.get("completed_at"))
-            msg["durationMs"] = run.get("duration_ms")
-            msg["logBytes"] = int(run.get("log_bytes") or 0)
-            if run["status"] == "failed" and run.get("failure_reason"):
-                msg["failureReason"] = run["failure_reason"]
-        tx.outbox.append(("execution.status", msg))
+        terminal = run["status"] in TERMINAL_RUN
+        tx.outbox.append(platform_events.RunStatusChanged(
+            run_id=str(run["run_id"]), workflow_name=run["workflow_name"], status=run["status"],
+            repo_identifier=run.get("repo_identifier"), repo_provider=run.get("provider"), sha=run.get("sha"),
+            ref=run.get("ref"), job_count=job_count,
+            started_at_ms=_ms(run.get("started_at") or run.get("created_at")) or 0,
+            completed_at_ms=_ms(run.get("completed_at")) if terminal else None,
+            duration_ms=run.get("duration_ms") if terminal else None,
+            log_bytes=int(run.get("log_bytes") or 0) if terminal else None,
+            failure_reason=run.get("failure_reason") or None if terminal and run["status"] == "failed" else None))
 
     async def _flush(self, tx: _Tx) -> None:
-        for kind, payload in tx.outbox:
-            await tx.conn.execute(_OUTBOX, {"kind": kind, "payload": Jsonb(payload)})
+        for event in tx.outbox:
+            await tx.conn.execute(_OUTBOX, {"kind": event.KIND, "payload": Jsonb(event.record())})
         tx.outbox.clear()
         for params in tx.checks:
             await tx.conn.execute(_CHECK_STATE, params)
@@ -528,18 +511,14 @@ class PgRunStore:
             if await cur.fetchone() is None:
                 return False
             if self._forward:
-                msg: dict[str, JSONValue] = {"type": "step.status.forward", "messageId": str(uuid.uuid4()),
-                                   "runId": run_id, "jobId": job_id, "jobName": job["job_name"],
-                                   "stepIndex": step_index, "stepName": step_name, "state": state}
-                rest = {k: v for k, v in data.items()
-                        if k not in ("secretsAccessed", "concurrencyKind", "groupId")}
-                if rest:
-                    msg["data"] = rest
-                for key in ("secretsAccessed", "concurrencyKind", "groupId"):
-                    value = (extra or {}).get(key, data.get(key))
-                    if value is not None:
-                        msg[key] = value
-                await conn.execute(_OUTBOX, {"kind": "step.status.forward", "payload": Jsonb(msg)})
+                lifted = {key: (extra or {}).get(key, data.get(key))
+                          for key in ("secretsAccessed", "concurrencyKind", "groupId")}
+                rest = {k: v for k, v in data.items() if k not in lifted}
+                event = platform_events.StepStatusChanged(
+                    run_id=run_id, job_id=job_id, job_name=job["job_name"], step_index=step_index,
+                    step_name=step_name, state=state, data=rest or None, secrets_accessed=lifted["secretsAccessed"],
+                    concurrency_kind=lifted["concurrencyKind"], group_id=lifted["groupId"])
+                await conn.execute(_OUTBOX, {"kind": event.KIND, "payload": Jsonb(event.record())})
             return True
 
     async def append_log(self, *, run_id: str, job_id: str, step_index: int, lines: Sequence[str]) -> bool:
@@ -558,9 +537,9 @@ class PgRunStore:
                     break
             await conn.execute(_LOG_BYTES, {"job_id": job_id, "bytes": size})
             if self._forward:
-                await conn.execute(_OUTBOX, {"kind": "log.chunk", "payload": Jsonb({
-                    "type": "log.chunk", "messageId": str(uuid.uuid4()), "runId": run_id, "jobId": job_id,
-                    "stepIndex": step_index, "lines": list(lines)})})
+                chunk = platform_events.LogLines(run_id=run_id, job_id=job_id, step_index=step_index,
+                                                 lines=tuple(lines))
+                await conn.execute(_OUTBOX, {"kind": chunk.KIND, "payload": Jsonb(chunk.record())})
             return True
 
     # ------------------------------------------------------------------------------------ cancel

@@ -18,6 +18,7 @@ from kici_core import errors
 from kici_core.cluster import ClusterAgent, DutyInfo, InstanceInfo
 from kici_core.jsontypes import JSONValue
 from kici_core.keys import event_log_payload_key
+from kici_core.platform_events import PlatformEvent
 from kici_core.ports import (
     MAX_CRASHES,
     TERMINAL_DELIVERY_STATUSES,
@@ -584,10 +585,10 @@ class FakeRegistrationStore:
 
 class FakePlatformLink:
     def __init__(self) -> None:
-        self.sent: list[Mapping[str, JSONValue]] = []
+        self.published: list[PlatformEvent] = []
 
-    async def send(self, message: Mapping[str, JSONValue]) -> None:
-        self.sent.append(dict(message))
+    async def publish(self, event: PlatformEvent) -> None:
+        self.published.append(event)
 
 
 class FakeTokenStore:

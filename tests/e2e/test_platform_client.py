@@ -26,6 +26,7 @@ from kici_adapters.platform import messages, protocol
 from kici_adapters.platform.client import ClientConfig, PlatformClient
 from kici_adapters.platform.outbox import MemoryPlatformOutbox
 from kici_adapters.platform.protocol import PlatformSource
+from kici_core import platform_events
 from kici_core.ports import GenericSource, GitHubSource
 from kici_core.testing.fakes import (
     FakeBlobStore,
@@ -315,15 +316,15 @@ async def test_buffered_messages_arrive_in_order_after_a_dropped_link(tmp_path: 
     async with harness(tmp_path) as h:
         with _bounded(h, "session 1 of the platform client to authenticate"):
             await h.client.wait_for("authenticated", sessions=1)
-        await h.outbox.send({"type": "execution.event", "runId": "r0", "event": "started", "data": {}})
+        await h.outbox.publish(platform_events.DeliveryDecided(trace_id="r0", delivery_id="d0", webhook_event="push"))
         await h.wait_messages("execution.event", count=1)
         await h.relay.hub.drop(h.connection_id(), 1001)
         with _bounded(h, "the platform client to see the link drop"):
             await h.client.wait_for("disconnected")
         assert _connection_status() == 0
         for i in range(1, 51):
-            await h.outbox.send({"type": "log.chunk", "runId": "r", "jobId": "j", "stepIndex": 0,
-                                 "lines": [f"line {i}"]})
+            await h.outbox.publish(platform_events.LogLines(run_id="r", job_id="j", step_index=0,
+                                                            lines=(f"line {i}",)))
         with _bounded(h, "session 2 of the platform client to authenticate"):
             await h.client.wait_for("authenticated", sessions=2)
         got = await h.wait_messages("log.chunk", count=50)

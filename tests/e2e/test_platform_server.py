@@ -359,7 +359,7 @@ async def test_buffered_messages_survive_a_relay_outage_and_an_orchestrator_rest
         assert processed == [(3,)]
     # deliveries are processed concurrently, so the outbox (not the posting order) fixes the order to keep
     buffered = await world.query(
-        "SELECT payload->'data'->>'deliveryId' FROM platform_outbox WHERE kind = 'execution.event' ORDER BY seq")
+        "SELECT payload->>'delivery_id' FROM platform_outbox WHERE kind = 'delivery_decided' ORDER BY seq")
     assert sorted(row[0] for row in buffered) == [f"outage-{i}" for i in range(3)]
     # the orchestrator restarts first, then the relay comes back: everything buffered arrives, in order
     async with orchestrator(env), relay(world.relay_db, world.relay_port) as rl:

@@ -10,10 +10,11 @@ from typing import Any
 import anyio
 import pytest
 
+from kici_adapters.platform import messages
 from kici_adapters.postgres.dispatch import PgDispatchQueue
 from kici_adapters.postgres.inbox import LaneConnections, PgDeliveryInbox, split_matchers
 from kici_adapters.postgres.pool import Database
-from kici_core import errors
+from kici_core import errors, platform_events
 from kici_core.ports import Delivery, DeliveryOutcome, NeedEdge, NewJob, NewRun
 from kici_core.testing import fakes
 
@@ -216,8 +217,11 @@ async def test_the_event_is_stored_once_per_run_and_read_once_per_run_when_jobs_
 
     # platform/hybrid: each new run was announced to the Platform in the same commit
     outbox = await rows(database, "SELECT kind, payload FROM platform_outbox ORDER BY seq")
-    assert [o["kind"] for o in outbox] == ["execution.status", "execution.status"]
-    first = outbox[0]["payload"]
+    assert [o["kind"] for o in outbox] == ["run_status", "run_status"]
+    stored = platform_events.from_record(outbox[0]["kind"], outbox[0]["payload"])
+    assert isinstance(stored, platform_events.RunStatusChanged)
+    first = messages.frame(outbox[0]["kind"], outbox[0]["payload"], message_id=str(uuid.uuid4()), timestamp_ms=1)
+    assert first["type"] == "execution.status"
     assert first["runId"] == runs[0].run_id and first["status"] == "pending" and first["jobCount"] == 3
     assert (first["sha"], first["ref"], first["workflowName"], first["triggerEvent"]) == (
         "d" * 40, "feature/x", "checks", "push")

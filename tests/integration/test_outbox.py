@@ -1,4 +1,5 @@
-"""PgPlatformOutbox against a real PostgreSQL: durable, ordered, deleted only after a confirmed send, capped."""
+"""PgPlatformOutbox against a real PostgreSQL: durable, ordered, deleted only after a confirmed send, capped;
+rows hold domain events, turned into frames when sent (rows of an older release hold frames and still read)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from psycopg.types.json import Jsonb
 from kici_adapters import metrics
 from kici_adapters.platform.outbox import PgPlatformOutbox
 from kici_adapters.postgres.pool import Database
-from kici_core import errors
+from kici_core import platform_events
 
 pytestmark = pytest.mark.anyio
 
@@ -35,14 +36,14 @@ class Link:
         self.confirmed += 1
 
 
-def _log(i: int) -> dict[str, Any]:
-    return {"type": "log.chunk", "runId": "r", "jobId": "j", "stepIndex": 0, "lines": [f"line {i}"]}
+def _log(i: int) -> platform_events.LogLines:
+    return platform_events.LogLines(run_id="r", job_id="j", step_index=0, lines=(f"line {i}",))
 
 
 async def test_rows_are_sent_oldest_first_and_deleted(database: Database) -> None:
     outbox = PgPlatformOutbox(database, batch_size=7)
     for i in range(20):
-        await outbox.send(_log(i))
+        await outbox.publish(_log(i))
     assert await outbox.size() == 20
     link = Link()
     assert await outbox.drain(link.send, link.confirm) == 20
@@ -56,7 +57,7 @@ async def test_rows_are_sent_oldest_first_and_deleted(database: Database) -> Non
 async def test_rows_survive_a_failed_send_and_a_new_outbox(database: Database) -> None:
     outbox = PgPlatformOutbox(database, batch_size=5)
     for i in range(12):
-        await outbox.send(_log(i))
+        await outbox.publish(_log(i))
     broken = Link(fail_at=7)  # the link drops in the middle of the second batch
     with pytest.raises(ConnectionError):
         await outbox.drain(broken.send, broken.confirm)
@@ -91,7 +92,7 @@ async def test_rows_written_by_other_code_get_ids_and_field_rules(database: Data
 async def test_cap_drops_the_oldest_and_counts_them(database: Database) -> None:
     outbox = PgPlatformOutbox(database, cap=10)
     for i in range(25):
-        await outbox.send(_log(i))
+        await outbox.publish(_log(i))
     before = metrics.REGISTRY.get_sample_value("kici_platform_buffer_dropped_total") or 0.0
     assert await outbox.trim() == 15
     after = metrics.REGISTRY.get_sample_value("kici_platform_buffer_dropped_total") or 0.0
@@ -101,6 +102,20 @@ async def test_cap_drops_the_oldest_and_counts_them(database: Database) -> None:
     assert [f["lines"][0] for f in link.sent] == [f"line {i}" for i in range(15, 25)]
 
 
-async def test_a_message_without_type_is_refused(database: Database) -> None:
-    with pytest.raises(errors.InvalidInput):
-        await PgPlatformOutbox(database).send({"runId": "r"})
+async def test_rows_hold_domain_events_and_leave_as_frames(database: Database) -> None:
+    outbox = PgPlatformOutbox(database)
+    await outbox.publish(platform_events.JobStatusChanged(
+        run_id="r", job_id="j", job_name="build", status="failed", runs_on_labels=("linux",),
+        error_message="x" * 3000, log_bytes=12))
+    async with database.connection() as conn:
+        cur = await conn.execute("SELECT kind, payload FROM platform_outbox")
+        (row,) = await cur.fetchall()
+    assert row["kind"] == "job_status" and row["payload"]["job_name"] == "build" and "type" not in row["payload"]
+    link = Link()
+    await outbox.drain(link.send, link.confirm)
+    (frame,) = link.sent
+    assert frame["type"] == "job.status.forward" and frame["jobName"] == "build" and frame["status"] == "failed"
+    assert frame["runsOnLabels"] == ["linux"] and frame["logBytes"] == 12
+    assert frame["agentId"] is None and frame["orchestratorId"] is None  # nullable: sent as null
+    assert len(frame["errorMessage"]) == 2000  # bounded
+    assert isinstance(frame["messageId"], str) and isinstance(frame["timestamp"], int)

@@ -9,7 +9,7 @@ from itertools import count
 
 import pytest
 
-from kici_core import errors, services
+from kici_core import errors, platform_events, services
 from kici_core.jsontypes import JSONValue
 from kici_core.lockfile import SourceRef
 from kici_core.ports import Delivery, GitHubSource, RepoSource
@@ -103,7 +103,7 @@ async def test_push_creates_runs_with_matrix_and_needs_and_trace() -> None:
     docs = next(d for d in trace["decisions"] if d["workflowName"] == "docs")  # type: ignore[union-attr]
     assert docs["matched"] is False  # changed files did not touch docs/**
     assert w.changes.calls == [("acme/app", "b" * 40, SHA, None)]
-    assert w.platform.sent and w.platform.sent[0]["type"] == "execution.event"
+    assert w.platform.published and isinstance(w.platform.published[0], platform_events.DeliveryDecided)
 
 
 async def test_completing_twice_creates_no_second_run() -> None:
@@ -255,7 +255,8 @@ async def test_pull_request_runs_the_head_commit_with_the_base_lock_file() -> No
     assert (checks.ref, checks.sha) == ("feature/x", HEAD)
     entry = await w.inbox.get("acme", "d1")
     assert entry is not None and entry.status == "processed" and entry.ref == HEAD
-    assert w.platform.sent[0]["data"]["ref"] == HEAD  # type: ignore[index,call-overload]
+    decided = w.platform.published[0]
+    assert isinstance(decided, platform_events.DeliveryDecided) and decided.ref == HEAD
     config = checks.jobs[0].job_config
     assert config["source"] == {"file": "workflows/checks.ts", "exportName": "checks"}
     assert config["contentHash"] == "9" * 64 and config["resolvedHashFiles"] == ["package-lock.json"]

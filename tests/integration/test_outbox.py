@@ -3,6 +3,7 @@ rows hold domain events, turned into frames when sent (rows of an older release 
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from psycopg.types.json import Jsonb
 from kici_adapters import metrics
 from kici_adapters.platform.outbox import PgPlatformOutbox
 from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.runs import PgRunStore
 from kici_core import platform_events
 
 pytestmark = pytest.mark.anyio
@@ -119,3 +121,42 @@ async def test_rows_hold_domain_events_and_leave_as_frames(database: Database) -
     assert frame["agentId"] is None and frame["orchestratorId"] is None  # nullable: sent as null
     assert len(frame["errorMessage"]) == 2000  # bounded
     assert isinstance(frame["messageId"], str) and isinstance(frame["timestamp"], int)
+
+
+async def test_a_job_reported_by_its_agent_reaches_the_platform_as_frames(database: Database) -> None:
+    """The run store writes events in the state change's transaction; the drain sends them as frames."""
+    run_id, job_id = str(uuid.uuid4()), str(uuid.uuid4())
+    async with database.transaction() as conn:
+        await conn.execute("INSERT INTO execution_runs (run_id, workflow_name, provider, routing_key, repo_identifier,"
+                           " sha, ref) VALUES (%s, 'ci', 'github', 'github:42', 'acme/app', %s, 'main')",
+                           (run_id, "a" * 40))
+        await conn.execute("INSERT INTO execution_jobs (job_id, run_id, job_name, base_name, runs_on, required_labels,"
+                           " needs_satisfied) VALUES (%s, %s, 'build', 'build', %s, %s, true)",
+                           (job_id, run_id, Jsonb([{"kind": "exact", "value": "linux"}]), ["linux"]))
+    runs = PgRunStore(database, forward=True, instance_id="orch-1")
+    try:
+        await runs.job_started(job_id, agent_id="agent-1")
+        await runs.step_status(run_id=run_id, job_id=job_id, step_index=0, step_name="test", state="success",
+                               data={"exitCode": 0, "secretsAccessed": ["TOKEN"]}, step_type=None)
+        await runs.append_log(run_id=run_id, job_id=job_id, step_index=0, lines=["ok 1", "ok 2"])
+        await runs.finish_job(job_id, "success")
+    finally:
+        await runs.aclose()
+    async with database.connection() as conn:
+        cur = await conn.execute("SELECT kind FROM platform_outbox ORDER BY seq")
+        kinds = [row["kind"] for row in await cur.fetchall()]
+    assert kinds == ["job_status", "run_status", "step_status", "log_lines", "job_status", "run_status"]
+    link = Link()
+    await PgPlatformOutbox(database).drain(link.send, link.confirm)
+    assert [f["type"] for f in link.sent] == ["job.status.forward", "execution.status", "step.status.forward",
+                                              "log.chunk", "job.status.forward", "execution.status"]
+    running, started, step, log, done, concluded = link.sent
+    assert (running["status"], running["agentId"], running["orchestratorId"], running["runsOnLabels"]) == (
+        "running", "agent-1", "orch-1", ["linux"])
+    assert isinstance(running["startedAt"], int) and "logBytes" not in running
+    assert (started["status"], started["repoIdentifier"], started["sha"]) == ("running", "acme/app", "a" * 40)
+    assert step["stepName"] == "test" and step["data"] == {"exitCode": 0} and step["secretsAccessed"] == ["TOKEN"]
+    assert (log["runId"], log["jobId"], log["stepIndex"], log["lines"]) == (run_id, job_id, 0, ["ok 1", "ok 2"])
+    assert done["status"] == "success" and done["logBytes"] > 0 and isinstance(done["completedAt"], int)
+    assert concluded["status"] == "success" and isinstance(concluded["durationMs"], int)
+    assert all(isinstance(f["messageId"], str) and isinstance(f["timestamp"], int) for f in link.sent)

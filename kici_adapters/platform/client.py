@@ -35,7 +35,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from kici_adapters import metrics
-from kici_adapters.platform import protocol
+from kici_adapters.platform import messages, protocol
 from kici_adapters.platform.outbox import Confirm, SendFrame
 from kici_adapters.platform.protocol import AckResult, PlatformSource, RelayedDelivery
 from kici_core import errors
@@ -183,7 +183,7 @@ class PlatformClient:
             ws = await connect(cfg.url, max_size=protocol.WS_MAX_PAYLOAD_BYTES, open_timeout=cfg.open_timeout,
                                ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
                                close_timeout=5)
-            await ws.send(_dumps(protocol.auth_request(cfg.token)))
+            await ws.send(_dumps(messages.auth_request(cfg.token)))
             self._set_state("authenticating")
             if not await self._authenticate(ws):
                 return
@@ -232,7 +232,7 @@ class PlatformClient:
             self._registered = list(await self._sources())
         except errors.KiciError as exc:
             log.warning("could not read sources; announcing the last known list", extra={"error": str(exc)})
-        await self._send(ws, protocol.source_register(self._new_id(), self._registered, mode=self.config.mode,
+        await self._send(ws, messages.source_register(self._new_id(), self._registered, mode=self.config.mode,
                                                       version=self.config.version,
                                                       instance_id=self.config.instance_id))
         async with anyio.create_task_group() as tg:
@@ -292,7 +292,7 @@ class PlatformClient:
             elif mtype == "webhook.relay":
                 log.warning("refusing a single-frame webhook.relay: only chunked relays are verified")
             else:
-                reply = protocol.dashboard_unsupported(frame)
+                reply = messages.dashboard_unsupported(frame)
                 if reply is not None:
                     await self._send(ws, reply)
                 else:
@@ -311,7 +311,7 @@ class PlatformClient:
     async def _reject(self, ws: ClientConnection, rejected: protocol.Reject) -> None:
         log.warning("relayed webhook stream refused", extra={"messageId": rejected.message_id,
                                                              "reason": rejected.reason})
-        await self._send(ws, protocol.webhook_ack(rejected.message_id, rejected.delivery_id,
+        await self._send(ws, messages.webhook_ack(rejected.message_id, rejected.delivery_id,
                                                   "rejected_misconfigured", rejected.reason))
 
     async def _deliver(self, ws: ClientConnection, delivery: RelayedDelivery) -> None:
@@ -324,7 +324,7 @@ class PlatformClient:
             except Exception:  # the handler must not raise; if it does the Platform still gets an answer
                 log.exception("relayed delivery handler failed", extra={"deliveryId": start.delivery_id})
         try:
-            await self._send(ws, protocol.webhook_ack(start.message_id, start.delivery_id, decision.result,
+            await self._send(ws, messages.webhook_ack(start.message_id, start.delivery_id, decision.result,
                                                       decision.reason, duplicate=decision.duplicate))
         except ConnectionClosed:
             log.warning("webhook.ack lost: the Platform link closed", extra={"deliveryId": start.delivery_id})
@@ -332,7 +332,7 @@ class PlatformClient:
     async def _heartbeats(self, ws: ClientConnection) -> None:
         while True:
             await anyio.sleep(self.config.heartbeat_interval)
-            await self._send(ws, protocol.heartbeat(int(time.time() * 1000)))
+            await self._send(ws, messages.heartbeat(int(time.time() * 1000)))
             self.heartbeats_sent += 1
             self._notify()
 
@@ -369,9 +369,9 @@ class PlatformClient:
             if diff.empty:
                 continue
             if diff.removed:
-                await self._send(ws, protocol.source_deregister(self._new_id(), diff.removed))
+                await self._send(ws, messages.source_deregister(self._new_id(), diff.removed))
             if diff.changed or diff.send_empty_register:
-                await self._send(ws, protocol.source_register(
+                await self._send(ws, messages.source_register(
                     self._new_id(), diff.changed, mode=self.config.mode, version=self.config.version,
                     instance_id=self.config.instance_id))
             self._registered = current

@@ -1,6 +1,9 @@
-"""The one place that turns what the Platform must hear into Platform frames (spec §2.4, §2.7).
+"""Every frame the orchestrator sends to the Platform, and their field rules (spec §2.3, §2.4, §2.7).
 
-The outbox stores domain events (``kici_core.platform_events``); :func:`frame` turns a stored row into its
+Link frames, sent directly by the relay client: ``auth.request``, ``heartbeat``, ``source.register``,
+``source.deregister``, ``webhook.ack`` and the ``dashboard.*.response`` refusal.
+
+Buffered frames: the outbox stores domain events (``kici_core.platform_events``); :func:`frame` turns a stored row into its
 frame just before it is sent: ``run_status`` → ``execution.status``, ``job_status`` → ``job.status.forward``,
 ``step_status`` → ``step.status.forward``, ``log_lines`` → ``log.chunk``, ``delivery_decided`` →
 ``execution.event`` (``started``). Rows written by an older release hold frames (their kind is the frame
@@ -13,11 +16,83 @@ truncates strings to their bounds and caps label lists, so the Platform's schema
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+from kici_adapters.platform.protocol import PROTOCOL_VERSION, AckResult, PlatformSource
 from kici_core import platform_events as pe
 from kici_core.jsontypes import JSONObject, JSONValue
 
+
+# --------------------------------------------------------------------------------------------- link frames
+def auth_request(token: str, *, role: str = "coordinator") -> JSONObject:
+    """The first frame on every connection."""
+    return {
+        "type": "auth.request",
+        "token": token,
+        "protocolVersion": PROTOCOL_VERSION,
+        "capabilities": {"orchRole": role, "supportedDashboardRequests": []},
+    }
+
+
+def heartbeat(now_ms: int) -> JSONObject:
+    """``{"type": "heartbeat", "timestamp": <ms>}``."""
+    return {"type": "heartbeat", "timestamp": now_ms}
+
+
+def _source(source: PlatformSource) -> JSONObject:
+    """One entry of ``source.register.sources``; ``slug`` only when non-empty."""
+    out: dict[str, JSONValue] = {"provider": source.provider, "routingKey": source.routing_key,
+                                 "name": source.name, "subtype": source.subtype}
+    if source.slug:
+        out["slug"] = source.slug
+    return out
+
+
+def source_register(message_id: str, sources: Sequence[PlatformSource], *, mode: str, version: str,
+                    instance_id: str | None = None) -> JSONObject:
+    """A ``source.register`` carrying ``sources`` (may be empty)."""
+    out: dict[str, JSONValue] = {
+        "type": "source.register",
+        "messageId": message_id,
+        "sources": [_source(s) for s in sources],
+        "mode": mode,
+        "version": version,
+    }
+    if instance_id:
+        out["instanceId"] = instance_id
+    return out
+
+
+def source_deregister(message_id: str, routing_keys: Sequence[str]) -> JSONObject:
+    """A ``source.deregister`` for ``routing_keys``."""
+    return {"type": "source.deregister", "messageId": message_id, "routingKeys": list(routing_keys)}
+
+
+def webhook_ack(message_id: str, delivery_id: str, result: AckResult, reason: str | None = None,
+                *, duplicate: bool = False) -> JSONObject:
+    """A ``webhook.ack``; ``result`` is always present (``duplicate`` only when true)."""
+    out: dict[str, JSONValue] = {"type": "webhook.ack", "messageId": message_id, "deliveryId": delivery_id,
+                                 "result": result}
+    if reason is not None:
+        out["reason"] = reason
+    if duplicate:
+        out["duplicate"] = True
+    return out
+
+
+def dashboard_unsupported(frame: Mapping[str, JSONValue]) -> JSONObject | None:
+    """The reply to a ``dashboard.*`` request carrying a ``requestId`` (none is implemented), else None."""
+    mtype = frame.get("type")
+    request_id = frame.get("requestId")
+    if not isinstance(mtype, str) or not mtype.startswith("dashboard.") or mtype.endswith(".response"):
+        return None
+    if not isinstance(request_id, str) or not request_id:
+        return None
+    return {"type": f"{mtype}.response", "requestId": request_id, "error": f"{mtype} is not supported",
+            "code": "unsupported_request_type", "requestType": mtype}
+
+
+# --------------------------------------------------------------------------------------------- buffered frames
 TENANT_FIELDS = ("orgId", "org_id", "customerId", "tenantId")
 
 _NULLABLE: dict[str, frozenset[str]] = {

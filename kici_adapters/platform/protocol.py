@@ -1,4 +1,5 @@
-"""The orchestrator side of the Platform protocol without sockets: frames, backoff, reassembly, source diffs.
+"""The orchestrator side of the Platform protocol without sockets: backoff, inbound frames and their
+reassembly, source diffs (the frames it sends are built in ``messages.py``).
 
 Everything here is deterministic: time, randomness and ids are arguments, so the state machine in
 ``client.py`` stays a thin driver and these rules are tested on their own.
@@ -39,21 +40,6 @@ def reconnect_delay(attempts: int, jitter: float, *, max_delay_ms: float = MAX_D
     return min(BASE_DELAY_MS * 1.5**exponent * (1 + jitter * 0.5), max_delay_ms) / 1000.0
 
 
-def auth_request(token: str, *, role: str = "coordinator") -> JSONObject:
-    """The first frame on every connection."""
-    return {
-        "type": "auth.request",
-        "token": token,
-        "protocolVersion": PROTOCOL_VERSION,
-        "capabilities": {"orchRole": role, "supportedDashboardRequests": []},
-    }
-
-
-def heartbeat(now_ms: int) -> JSONObject:
-    """``{"type": "heartbeat", "timestamp": <ms>}``."""
-    return {"type": "heartbeat", "timestamp": now_ms}
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PlatformSource:
     """One entry of ``source.register.sources``."""
@@ -63,34 +49,6 @@ class PlatformSource:
     name: str
     subtype: str  # github_app | generic_webhook | local
     slug: str | None = None
-
-    def to_json(self) -> JSONObject:
-        """Wire form; ``slug`` only when non-empty."""
-        out: dict[str, JSONValue] = {"provider": self.provider, "routingKey": self.routing_key, "name": self.name,
-                           "subtype": self.subtype}
-        if self.slug:
-            out["slug"] = self.slug
-        return out
-
-
-def source_register(message_id: str, sources: Sequence[PlatformSource], *, mode: str, version: str,
-                    instance_id: str | None = None) -> JSONObject:
-    """A ``source.register`` carrying ``sources`` (may be empty)."""
-    out: dict[str, JSONValue] = {
-        "type": "source.register",
-        "messageId": message_id,
-        "sources": [s.to_json() for s in sources],
-        "mode": mode,
-        "version": version,
-    }
-    if instance_id:
-        out["instanceId"] = instance_id
-    return out
-
-
-def source_deregister(message_id: str, routing_keys: Sequence[str]) -> JSONObject:
-    """A ``source.deregister`` for ``routing_keys``."""
-    return {"type": "source.deregister", "messageId": message_id, "routingKeys": list(routing_keys)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,29 +72,6 @@ def diff_sources(old: Sequence[PlatformSource], new: Sequence[PlatformSource]) -
     removed = tuple(sorted(k for k in before if k not in after))
     changed = tuple(s for k, s in sorted(after.items()) if before.get(k) != s)
     return SourceDiff(removed=removed, changed=changed, send_empty_register=not after and bool(before))
-
-
-def webhook_ack(message_id: str, delivery_id: str, result: AckResult, reason: str | None = None,
-                *, duplicate: bool = False) -> JSONObject:
-    """A ``webhook.ack``; ``result`` is always present (``duplicate`` only when true)."""
-    out: dict[str, JSONValue] = {"type": "webhook.ack", "messageId": message_id, "deliveryId": delivery_id, "result": result}
-    if reason is not None:
-        out["reason"] = reason
-    if duplicate:
-        out["duplicate"] = True
-    return out
-
-
-def dashboard_unsupported(frame: Mapping[str, JSONValue]) -> JSONObject | None:
-    """The reply to a ``dashboard.*`` request carrying a ``requestId`` (none is implemented), else None."""
-    mtype = frame.get("type")
-    request_id = frame.get("requestId")
-    if not isinstance(mtype, str) or not mtype.startswith("dashboard.") or mtype.endswith(".response"):
-        return None
-    if not isinstance(request_id, str) or not request_id:
-        return None
-    return {"type": f"{mtype}.response", "requestId": request_id, "error": f"{mtype} is not supported",
-            "code": "unsupported_request_type", "requestType": mtype}
 
 
 def parse_frame(text: str | bytes) -> JSONObject | None:

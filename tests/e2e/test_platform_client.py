@@ -155,10 +155,10 @@ def test_forwarded_messages_follow_the_field_rules() -> None:
 
 
 def test_dashboard_requests_are_refused() -> None:
-    reply = protocol.dashboard_unsupported({"type": "dashboard.runs.list", "requestId": "q1"})
+    reply = messages.dashboard_unsupported({"type": "dashboard.runs.list", "requestId": "q1"})
     assert reply is not None and reply["type"] == "dashboard.runs.list.response"
     assert reply["code"] == "unsupported_request_type" and reply["requestId"] == "q1"
-    assert protocol.dashboard_unsupported({"type": "dashboard.runs.list"}) is None
+    assert messages.dashboard_unsupported({"type": "dashboard.runs.list"}) is None
 
 
 # --------------------------------------------------------------------------------------------- against the relay

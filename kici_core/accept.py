@@ -151,10 +151,6 @@ class _NoObserver:
         return None
 
 
-def _ids_unset() -> str:
-    raise errors.ConfigError("Intake.ids is needed for generic deliveries without an id")
-
-
 @dataclass(slots=True, kw_only=True)
 class Intake:
     """The ports and settings of :func:`accept_delivery`."""
@@ -163,8 +159,8 @@ class Intake:
     secrets: SecretStore
     inbox: DeliveryInbox
     clock: Clock
-    ids: Callable[[], str] = _ids_unset
-    """Fallback delivery ids of generic deliveries that carry none (never dedup)."""
+    ids: Callable[[], str]
+    """Fallback delivery ids of generic deliveries that carry none (such deliveries never dedup)."""
     observer: IntakeObserver = field(default_factory=_NoObserver)
     limiter: SlidingWindowLimiter = field(default_factory=SlidingWindowLimiter)
     """Per-source rate limit of verified direct generic deliveries (``rate_limit_rpm``)."""
@@ -260,10 +256,9 @@ def _bad_signature(detail: str, routing_key: str | None) -> Rejected:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Normalised:
-    """What step 4 derives: the delivery to store, or why not."""
+    """What step 4 derives: the delivery to store under its dedup key."""
 
-    org_id: str
-    delivery_id: str
+    key: dedup.DedupKey
     event: str
     action: str | None
     body: bytes
@@ -298,14 +293,7 @@ async def _record(
 ) -> Outcome:
     if isinstance(norm, Rejected):
         return norm
-    try:
-        key = (
-            dedup.relay_dedup_key(norm.org_id, norm.delivery_id)
-            if request.via == "relay"
-            else dedup.DedupKey(org_id=norm.org_id, delivery_id=norm.delivery_id)
-        )
-    except errors.InvalidInput as exc:
-        return _bad_request(exc.message)
+    key = norm.key
     intake.observer.received(path, norm.event)
     delivery = Delivery(
         org_id=key.org_id,
@@ -362,12 +350,14 @@ def _github_direct(request: Incoming) -> _Normalised | Rejected:
         return _bad_request("Invalid payload")
     if not isinstance(payload, dict):
         return _bad_request("Invalid payload")
-    if not request.delivery_id:
-        return _bad_request("missing X-GitHub-Delivery header")
+    try:
+        # the raw X-GitHub-Delivery, the same key a relayed copy gets (decision 3)
+        key = dedup.DedupKey(org_id=request.org_id or "", delivery_id=request.delivery_id or "")
+    except errors.InvalidInput as exc:
+        return _bad_request(exc.message)
     json_body = (content_type or "application/json").startswith("application/json")
     return _Normalised(
-        org_id=request.org_id or "",
-        delivery_id=request.delivery_id,
+        key=key,
         event=request.event or "",
         action=_action(payload),
         body=request.body if json_body else _dumps(payload),
@@ -379,9 +369,12 @@ def _github_relayed(request: Incoming, source: GitHubSource) -> _Normalised | Re
         stored = relayed_payload(request.body, request.headers.get("content-type"), github=True)
     except ValueError:  # UnicodeDecodeError and JSONTooDeep included
         return _bad_request("Invalid payload", "webhook body is not valid JSON")
+    try:
+        key = dedup.relay_dedup_key(github_org(source, request.platform_org), request.delivery_id or "")
+    except errors.InvalidInput as exc:
+        return _bad_request(exc.message)
     return _Normalised(
-        org_id=github_org(source, request.platform_org),
-        delivery_id=request.delivery_id or "",
+        key=key,
         event=request.event or "",
         action=request.action,
         body=stored,
@@ -461,9 +454,12 @@ def _generic_relayed(request: Incoming, source: GenericSource) -> _Normalised | 
     # one key shape for both ways (platform spec §5): direct generic keys are "<routingKey>:<raw>"
     prefix = f"{source.routing_key}:"
     raw = request.delivery_id or ""
+    try:
+        key = dedup.relay_dedup_key(source.org_id, raw if raw.startswith(prefix) else prefix + raw)
+    except errors.InvalidInput as exc:
+        return _bad_request(exc.message)
     return _Normalised(
-        org_id=source.org_id,
-        delivery_id=raw if raw.startswith(prefix) else prefix + raw,
+        key=key,
         event=request.event or "",
         action=request.action,
         body=stored,
@@ -516,6 +512,4 @@ def _generic_direct(
         )
     except errors.InvalidInput as exc:
         return _bad_request(exc.message)
-    return _Normalised(
-        org_id=key.org_id, delivery_id=key.delivery_id, event=event, action=action, body=_dumps(payload)
-    )
+    return _Normalised(key=key, event=event, action=action, body=_dumps(payload))

@@ -122,9 +122,6 @@ async def accept(ctx: AppContext, request: accepting.Incoming) -> accepting.Outc
     return outcome
 
 
-_ACK_RESULTS = {"unknown_source": "rejected_unknown_source", "bad_signature": "rejected_signature"}
-
-
 def ack_for(outcome: accepting.Outcome) -> AckDecision:
     """The ``webhook.ack`` for an outcome: ``accepted`` (duplicates flagged), ``rejected_unknown_source``,
     ``rejected_signature``, else ``rejected_misconfigured`` (platform spec §2.5); the reason is the outcome's
@@ -133,10 +130,9 @@ def ack_for(outcome: accepting.Outcome) -> AckDecision:
         return AckDecision(result="accepted", duplicate=outcome.duplicate)
     if isinstance(outcome, accepting.Filtered):
         return AckDecision(result="accepted")
-    result = _ACK_RESULTS.get(outcome.code)
-    if result == "rejected_unknown_source":
+    if outcome.code == "unknown_source":
         return AckDecision(result="rejected_unknown_source", reason=outcome.detail)
-    if result == "rejected_signature":
+    if outcome.code == "bad_signature":
         return AckDecision(result="rejected_signature", reason=outcome.detail)
     return AckDecision(result="rejected_misconfigured", reason=outcome.detail)
 

@@ -112,6 +112,14 @@ def _all_gone(procs: list[psutil.Process]) -> bool:
     return _describe(procs) == "(none alive)"
 
 
+def _as_from_a_terminal() -> None:
+    """Start the launcher (or make) with the stop signals at their defaults, as a terminal or an IDE does: a
+    test run started in the background of a non-interactive shell ignores SIGINT, which make would inherit and
+    keep ignoring."""
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @dataclass
 class DevLoop:
     """One ``make dev`` launcher run as a subprocess in a session of its own (``via_make``: through ``make dev``
@@ -161,6 +169,7 @@ class DevLoop:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=_as_from_a_terminal,
         )
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
         self._pump_thread.start()

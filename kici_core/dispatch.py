@@ -41,10 +41,10 @@ from collections.abc import Iterable
 from kici_core import dispatch_effects as fx
 from kici_core import errors, routing
 from kici_core.agent_index import AgentIndex
-from kici_core.dispatch_model import AgentEntry, AgentView, JobEntry, Phase
+from kici_core.dispatch_model import AgentEntry, AgentLoad, AgentView, JobEntry, Phase
 from kici_core.states import JobStatus
 
-__all__ = ["AgentView", "Dispatcher"]
+__all__ = ["AgentLoad", "AgentView", "Dispatcher"]
 
 _TERMINAL_AGENT_STATES = frozenset(str(s) for s in (JobStatus.success, JobStatus.failed, JobStatus.cancelled))
 
@@ -68,6 +68,9 @@ class Dispatcher:
         self._bound: dict[
             str, dict[str, None]
         ] = {}  # job -> free scaler-managed agents bound to it (in order)
+        # Agents whose load (connection, job count, accepting) may have changed, or that left, since
+        # load_changes() last ran: the cluster mirror reads these instead of every agent.
+        self._load_changed: dict[str, None] = {}
 
     # ---------------------------------------------------------------- inspection
 
@@ -97,6 +100,20 @@ class Dispatcher:
     def agent_count(self) -> int:
         """How many agents are connected (for ``kici_agents_active``)."""
         return len(self._agents)
+
+    def load_changes(self, *, everything: bool = False) -> dict[str, AgentLoad | None]:
+        """The agents whose load may have changed since the last call, with their load now (``None``:
+        the agent is no longer connected here), in the order they changed; forgets them. Costs what
+        changed, not the number of agents. ``everything`` adds every connected agent (to write the
+        whole mirror again)."""
+        changed, self._load_changed = self._load_changed, {}
+        if everything:
+            changed.update(dict.fromkeys(self._agents))
+        loads: dict[str, AgentLoad | None] = {}
+        for agent_id in changed:
+            a = self._agents.get(agent_id)
+            loads[agent_id] = None if a is None else AgentLoad(a.connection_id, len(a.jobs), a.accepting)
+        return loads
 
     def best_agent(self, selector: routing.JobSelector) -> str | None:
         """The agent a job with ``selector`` would be dispatched to now, or ``None`` (same rule as
@@ -504,6 +521,7 @@ class Dispatcher:
         index, in ``_bound``, while it waits for that job."""
         if self._agents.get(agent.agent_id) is not agent:
             return
+        self._load_changed[agent.agent_id] = None
         free = agent.accepting and agent.held_until is None and len(agent.jobs) < agent.max_concurrency
         if agent.scaler_managed:
             free = free and agent.jobs_taken == 0
@@ -624,6 +642,7 @@ class Dispatcher:
             del self._agents[agent.agent_id]
             self._index.remove(agent.agent_id)
             self._unbind(agent)
+            self._load_changed[agent.agent_id] = None
         effects: list[fx.Effect] = []
         for job_id in sorted(agent.jobs, key=lambda j: self._jobs[j].order):
             job = self._jobs[job_id]

@@ -60,6 +60,16 @@ class AgentEntry:
     jobs_taken: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class AgentLoad:
+    """What the cluster's agent mirror records of one connected agent: its connection, how many jobs it
+    holds, whether it takes work."""
+
+    connection_id: str
+    active_jobs: int
+    accepting: bool
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentView:
     """Read-only snapshot of one connected agent."""

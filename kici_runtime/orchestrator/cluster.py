@@ -35,6 +35,7 @@ from kici_adapters.postgres import singletons
 from kici_adapters.postgres.cluster import PgCluster
 from kici_adapters.postgres.pool import Database
 from kici_core import errors
+from kici_core.dispatch import AgentLoad
 from kici_runtime.orchestrator.dispatcher import AgentHub
 
 __all__ = ["ClusterMember"]
@@ -72,13 +73,16 @@ class ClusterMember:
         self._grace = recovery_grace_s
         self._mirror_every = mirror_s
         self._hostname = hostname
-        self._written: dict[str, tuple[str, int, bool]] = {}  # agent -> (connection, active jobs, accepting)
+        self._written: dict[str, AgentLoad] = {}  # agent -> the load last written
+        self._unwritten: dict[str, AgentLoad | None] = {}  # changes taken from the hub, not written yet
+        self._rewrite = False  # write every agent's load at the next mirror
         self.registered = anyio.Event()
 
     async def register(self) -> None:
         await self.cluster.register(self.instance_id, hostname=self._hostname(), pid=os.getpid(),
                                     version=self._version, mode=self._mode)
         self._written.clear()  # a new life: write every agent's load again
+        self._rewrite = True
         log.info("Cluster instance registered", extra={"instanceId": self.instance_id})
 
     async def run(self) -> None:
@@ -145,21 +149,22 @@ class ClusterMember:
             run.result = {"recoveringJobs": total}
         return total
 
-    def _loads(self) -> dict[str, tuple[str, int, bool]]:
-        if self._hub is None:
-            return {}
-        core = self._hub.core
-        return {a: (view.connection_id, len(view.active_jobs), view.accepting) for a in core.agent_ids()
-                if (view := core.agent(a)) is not None}
-
     async def mirror(self) -> int:
         """Write the load of local agents that changed (or reconnected) since the last write; returns how many
-        were written."""
-        loads = self._loads()
-        changed = [(a, n, acc) for a, (conn, n, acc) in loads.items() if self._written.get(a) != (conn, n, acc)]
+        were written. Reads only the agents the dispatcher saw change, not every connected agent."""
+        if self._hub is not None:
+            self._unwritten.update(self._hub.core.load_changes(everything=self._rewrite))
+            self._rewrite = False
+        changed = [(a, load.active_jobs, load.accepting) for a, load in self._unwritten.items()
+                   if load is not None and self._written.get(a) != load]
         if changed:
-            await self.cluster.mirror_load(self.instance_id, changed)
-        self._written = loads
+            await self.cluster.mirror_load(self.instance_id, changed)  # on failure kept for the next mirror
+        for agent_id, load in self._unwritten.items():
+            if load is None:
+                self._written.pop(agent_id, None)
+            else:
+                self._written[agent_id] = load
+        self._unwritten = {}
         return len(changed)
 
     async def _mirror_loop(self) -> None:

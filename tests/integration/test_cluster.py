@@ -15,10 +15,13 @@ from kici_adapters.postgres.cluster import PgCluster
 from kici_adapters.postgres.dispatch import PgDispatchQueue
 from kici_adapters.postgres.inbox import PgDeliveryInbox
 from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.runs import PgRunStore
 from kici_core import cluster, routing
+from kici_core import dispatch_effects as fx
 from kici_core.ports import Delivery
 from kici_core.testing import fakes
 from kici_runtime.orchestrator.cluster import ClusterMember
+from kici_runtime.orchestrator.dispatcher import AgentHub
 from tests.integration.test_dispatch_queue import make_run, status
 from tests.support.pg import scalar
 
@@ -149,3 +152,37 @@ async def test_why_waiting_sees_the_agents_of_every_process(database: Database, 
     assert (await cluster.why_waiting(directory, os_label)).eligible == ("gpu-box",)  # derived from platform
     await b.cluster.stopped("proc-b")  # a clean stop: its agents are gone from the view at once
     assert await directory.agents() == []
+
+
+async def test_the_load_mirror_writes_what_changed_on_the_hub_and_everything_after_a_new_life(
+        database: Database) -> None:
+    hub = AgentHub(db=database, queue=PgDispatchQueue(database), runs=PgRunStore(database), instance_id="proc-a")
+    me = ClusterMember(db=database, cluster=PgCluster(database, instance_timeout_s=30), instance_id="proc-a",
+                       hub=hub, version="0.1.0", mode="independent", hostname=lambda: "host")
+    await me.register()
+    for name in ("box-1", "box-2", "box-3"):
+        await connect(database, name, "proc-a", ["linux"])
+        hub.core.agent_registered(agent_id=name, connection_id=f"{name}-c", now=0.0,
+                                  labels=routing.AgentLabels(labels=frozenset({"linux"})))
+    async with database.connection() as conn:
+        await conn.execute("UPDATE agents SET active_jobs = 7 WHERE agent_id LIKE 'box-%%'")  # stale rows
+
+    async def loads() -> dict[str, int]:
+        return {a.agent_id: a.active_jobs for a in await me.cluster.agents()}
+
+    assert await me.mirror() == 3
+    assert await loads() == {"box-1": 0, "box-2": 0, "box-3": 0}
+    assert await me.mirror() == 0
+    linux = routing.compile_selector([{"kind": "exact", "value": "linux"}], [])
+    [claim, _send] = hub.core.job_queued(job_id="j1", run_id="r1", selector=linux, created_at=1.0, now=1.0)
+    assert claim == fx.MarkDispatched(job_id="j1", agent_id="box-1", ack_deadline=claim.ack_deadline)
+    assert await me.mirror() == 1
+    assert await loads() == {"box-1": 1, "box-2": 0, "box-3": 0}
+    hub.core.job_status(agent_id="box-1", job_id="j1", state="running", now=2.0)
+    hub.core.agent_gone(agent_id="box-3", connection_id="box-3-c", now=3.0)
+    assert await me.mirror() == 0  # running changes no load; a gone agent's row is not the mirror's
+    async with database.connection() as conn:  # as if another process had rewritten the rows meanwhile
+        await conn.execute("UPDATE agents SET active_jobs = 5 WHERE agent_id LIKE 'box-%%'")
+    await me.register()  # a new life (after being taken for dead): every connected agent is written again
+    assert await me.mirror() == 2
+    assert await loads() == {"box-1": 1, "box-2": 0, "box-3": 5}

@@ -528,3 +528,46 @@ def test_next_deadline():
     reg(d, "a", "l", now=0.0)
     q(d, "j1", "l", now=2.0)
     assert d.next_deadline() == 12.0
+
+
+class TestLoadChanges:
+    """What the cluster mirror reads: the agents whose load changed, not every agent."""
+
+    def test_registration_dispatch_completion_and_disconnect_are_reported_once(self):
+        d = dispatch.Dispatcher()
+        reg(d, "a", "linux")
+        reg(d, "b", "gpu")
+        assert d.load_changes() == {"a": dispatch.AgentLoad("a-c1", 0, True), "b": dispatch.AgentLoad("b-c1", 0, True)}
+        assert d.load_changes() == {}
+        q(d, "j1", "linux", now=1.0)
+        assert d.load_changes() == {"a": dispatch.AgentLoad("a-c1", 1, True)}
+        d.job_acked(agent_id="a", job_id="j1", now=2.0)
+        d.agent_heartbeat(agent_id="b", now=2.0)
+        assert d.load_changes() == {}  # neither changes a load
+        d.job_status(agent_id="a", job_id="j1", state="success", now=3.0)
+        assert d.load_changes() == {"a": dispatch.AgentLoad("a-c1", 0, True)}
+        d.agent_gone(agent_id="b", connection_id="b-c1", now=4.0)
+        assert d.load_changes() == {"b": None}
+
+    def test_a_draining_reject_and_a_new_connection_are_changes(self):
+        d = dispatch.Dispatcher()
+        reg(d, "a", "linux")
+        q(d, "j1", "linux", now=1.0)
+        d.load_changes()
+        d.job_rejected(agent_id="a", job_id="j1", reason="draining", now=2.0)
+        assert d.load_changes() == {"a": dispatch.AgentLoad("a-c1", 0, False)}
+        reg(d, "a", "linux", conn="a-c2", now=3.0)
+        assert d.load_changes() == {"a": dispatch.AgentLoad("a-c2", 1, True)}  # takes j1 again at once
+
+    def test_everything_adds_every_connected_agent(self):
+        d = dispatch.Dispatcher()
+        for name in ("a", "b", "c"):
+            reg(d, name, "linux")
+        d.agent_gone(agent_id="c", connection_id="c-c1", now=1.0)
+        d.load_changes()
+        reg(d, "d", "linux")
+        assert d.load_changes(everything=True) == {
+            "d": dispatch.AgentLoad("d-c1", 0, True),
+            "a": dispatch.AgentLoad("a-c1", 0, True),
+            "b": dispatch.AgentLoad("b-c1", 0, True),
+        }

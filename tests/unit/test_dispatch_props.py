@@ -11,7 +11,9 @@ Invariants checked after every step:
   straight back to the agent that rejected it;
 * the agent index answers every selector (exact and regex matchers, excludes, mandatory labels) exactly as a
   brute-force :func:`routing.choose_agent` over every connected agent does (least loaded, ties longest
-  idle, then smallest id), holds and draining included.
+  idle, then smallest id), holds and draining included;
+* the load changes the dispatcher reports (what the cluster mirror writes), applied to what was reported
+  before, give every connected agent's load as it is now.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class DispatcherMachine(RuleBasedStateMachine):
         self.phase: dict[str, str] = {}  # job -> awaiting | acked | recovering
         self.dispatched_to: set[str] = set()
         self.attempts: dict[str, int] = {}  # job -> deliveries spent, from Requeue effects
+        self.mirrored: dict[str, dispatch.AgentLoad] = {}  # what load_changes() reported, applied
 
     # -------------------------------------------------------------- effect bookkeeping
 
@@ -317,6 +320,22 @@ class DispatcherMachine(RuleBasedStateMachine):
             view = self.d.agent(agent_id)
             assert view is not None
             assert list(view.active_jobs) == self.live_jobs_of(agent_id)
+
+    @invariant()
+    def reported_load_changes_keep_a_mirror_exact(self) -> None:
+        if not hasattr(self, "d"):
+            return
+        for agent_id, load in self.d.load_changes().items():
+            if load is None:
+                self.mirrored.pop(agent_id, None)
+            else:
+                self.mirrored[agent_id] = load
+        expected = {}
+        for agent_id in self.d.agent_ids():
+            v = self.d.agent(agent_id)
+            assert v is not None
+            expected[agent_id] = dispatch.AgentLoad(v.connection_id, len(v.active_jobs), v.accepting)
+        assert self.mirrored == expected
 
 
 TestDispatcherMachine = DispatcherMachine.TestCase

@@ -11,7 +11,8 @@ temp directory (its lock file has one workflow with one job on label ``bench``),
    webhook, the time from its 2xx to the ``job.dispatch`` of its run arriving at an agent (runs are matched to
    deliveries through the database); then the orchestrator's CPU over ``--window`` seconds with the agents idle;
 3. connects more agents until ``--agents`` N are connected (the others on 50 label sets none of which is
-   eligible, each with its own host label, sending ``heartbeat`` every 30 s), then measures idle CPU again, the
+   eligible, each with its own host label, sending ``heartbeat`` every 30 s; they live in a child process of the
+   benchmark, so the process that measures holds the same 100 agents in both phases), then measures idle CPU again, the
    orchestrator's memory (RSS of the serving process and its processing children) and the same webhook phase;
 4. prints both phases side by side with the ratio of N to the baseline.
 
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import harness
 import httpx
 import psutil
@@ -65,6 +67,7 @@ SECRET = "bench-dispatch-secret"
 ADMIN_TOKEN = "kat-bench-dispatch-" + "0" * 24
 BIN = Path(sys.executable).parent
 MiB = 1024 * 1024
+SCRIPT = str(Path(__file__).resolve())
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -209,6 +212,45 @@ async def idle_agents(port: int, count: int, connected: anyio.Event, stop: anyio
     async with anyio.create_task_group() as tg:
         for i in range(count):
             tg.start_soon(agent, i)
+
+
+async def idle_agents_elsewhere(port: int, count: int, connected: anyio.Event, stop: anyio.Event) -> None:
+    """:func:`idle_agents` in a child process of the benchmark, so that the process measuring the latency holds
+    only the working agents: its event loop and garbage collector do not grow with the idle fleet (that would
+    be the benchmark measuring itself)."""
+    cmd = [sys.executable, SCRIPT, "--idle-agents-child", str(count), "--port", str(port)]
+    async with await anyio.open_process(cmd, stderr=None) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            async for chunk in proc.stdout:
+                if b"ready" in chunk:
+                    connected.set()
+                    break
+            await stop.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await proc.stdin.aclose()  # the child stops at end of input
+                with anyio.move_on_after(10):
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+
+
+async def idle_agents_child(port: int, count: int) -> None:
+    """The child of :func:`idle_agents_elsewhere`: prints ``ready`` once every agent registered and keeps them
+    until its standard input closes."""
+    connected, stop = anyio.Event(), anyio.Event()
+
+    async def until_end_of_input() -> None:
+        await anyio.to_thread.run_sync(sys.stdin.buffer.read)
+        stop.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(idle_agents, port, count, connected, stop)
+        tg.start_soon(until_end_of_input)
+        await connected.wait()
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
 
 
 # ------------------------------------------------------------------------------------------------ measure
@@ -422,7 +464,7 @@ async def measure(args: argparse.Namespace, url: str, port: int, pid: int, repo:
         connected, stop = anyio.Event(), anyio.Event()
         began = time.perf_counter()
         if args.agents > args.eligible:
-            tg.start_soon(idle_agents, port, args.agents - args.eligible, connected, stop)
+            tg.start_soon(idle_agents_elsewhere, port, args.agents - args.eligible, connected, stop)
             with anyio.fail_after(600):
                 await connected.wait()
         print(f"{args.agents - args.eligible} agents registered in {time.perf_counter() - began:.1f} s", flush=True)
@@ -448,7 +490,12 @@ def main() -> None:
     parser.add_argument("--orchestrator-log", default=None, help="append the orchestrator's output to this file")
     parser.add_argument("--processing-workers", type=int, default=None,
                         help="KICI_PROCESSING_WORKERS for the orchestrator (default: its own default)")
+    parser.add_argument("--idle-agents-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.idle_agents_child is not None:  # the process that holds the idle agents (idle_agents_elsewhere)
+        anyio.run(idle_agents_child, args.port, args.idle_agents_child)
+        return
     for name, full, quick in (("agents", 10_000, 200), ("eligible", 100, 10), ("webhooks", 1000, 50),
                               ("window", 30.0, 3.0)):
         if getattr(args, name) is None:

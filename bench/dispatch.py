@@ -12,7 +12,8 @@ temp directory (its lock file has one workflow with one job on label ``bench``),
    deliveries through the database); then the orchestrator's CPU over ``--window`` seconds with the agents idle;
 3. connects more agents until ``--agents`` N are connected (the others on 50 label sets none of which is
    eligible, each with its own host label, sending ``heartbeat`` every 30 s; they live in a child process of the
-   benchmark, so the process that measures holds the same 100 agents in both phases), then measures idle CPU again, the
+   benchmark at the lowest CPU priority, so the process that measures holds the same 100 agents in both
+   phases and their clients' CPU is not taken from the orchestrator), then measures idle CPU again, the
    orchestrator's memory (RSS of the serving process and its processing children) and the same webhook phase;
 4. prints both phases side by side with the ratio of N to the baseline.
 

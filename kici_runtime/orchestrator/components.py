@@ -30,8 +30,9 @@ from kici_adapters.postgres.runs import PgRunStore
 from kici_adapters.postgres.stores import PgDeliveryInbox, PgSourceStore
 from kici_adapters.secrets import PgSecretStore
 from kici_adapters.storage import FilesystemBlobStore, S3BlobStore
-from kici_core import errors, lockfile, services
+from kici_core import errors, lockfile
 from kici_core.jsontypes import JSONValue
+from kici_core.pipeline import Pipeline, Provider
 from kici_core.ports import BlobStore, GitHubSource, RepoSource, SecretStore
 from kici_runtime.config.settings import Settings
 from kici_runtime.orchestrator.worker import DeliveryWorker, PrometheusObserver, ThreadOffload
@@ -94,7 +95,7 @@ class ProcessingParts:
     worker: DeliveryWorker
     offloader: PayloadOffloader
     platform_outbox: PgPlatformOutbox | None
-    pipeline: services.Pipeline
+    pipeline: Pipeline
     registrations: PgRegistrations
 
 
@@ -121,11 +122,11 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
     stack.push_async_callback(github.aclose)
     local = localgit.LocalGitRepos(max_lockfile_bytes=settings.lockfile_max_bytes)
     registrations = PgRegistrations(db)
-    pipeline = services.Pipeline(
+    pipeline = Pipeline(
         sources=sources,
         providers={
-            "github": services.Provider(lockfiles=github, changed_files=github, repo_url=_github_repo_url),
-            "local": services.Provider(lockfiles=local, changed_files=local, repo_url=_local_repo_url),
+            "github": Provider(lockfiles=github, changed_files=github, repo_url=_github_repo_url),
+            "local": Provider(lockfiles=local, changed_files=local, repo_url=_local_repo_url),
         },
         ids=new_id, timer=perf_counter, observer=PrometheusObserver(),
         # GitHub's "Re-run" buttons (check_run / check_suite rerequested) start new attempts

@@ -8,7 +8,7 @@ The loop keeps up to ``concurrency`` deliveries in flight and claims only for fr
 finished delivery is refilled at once (while the last claim came back full, i.e. there is a backlog), and a
 wake-up claims at once, so one slow delivery never holds back the ones accepted after it.
 
-A run's payload copy (best effort, see ``services.handle_item``) is written in the background: the delivery's
+A run's payload copy (best effort, see ``handling.handle_item``) is written in the background: the delivery's
 slot is freed as soon as its outcome is committed, not after an object-store write (a durable file write costs
 more than the whole database transaction). At most ``max_pending_copies`` writes are in flight; a further copy
 waits for one to finish, so a slow object store slows processing down instead of piling up bodies in memory.
@@ -25,7 +25,8 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from kici_adapters import metrics
-from kici_core import errors, services
+from kici_core import errors, handling
+from kici_core.pipeline import Pipeline
 from kici_core.ports import BlobStore, DeliveryInbox, InboxItem, PlatformLink
 
 log = logging.getLogger("kici.worker")
@@ -35,7 +36,7 @@ _T = TypeVar("_T")
 
 
 class ThreadOffload:
-    """The pipeline's :class:`~kici_core.services.Offload`: runs the CPU-bound steps (lock-file parsing, matching,
+    """The pipeline's :class:`~kici_core.pipeline.Offload`: runs the CPU-bound steps (lock-file parsing, matching,
     planning) in a worker thread, one at a time per process, never on the event loop, so webhook intake, agent
     dispatch and ``/health`` stay responsive while a large or hostile lock file is processed."""
 
@@ -59,12 +60,17 @@ class PrometheusObserver:
 class _BackgroundCopies:
     """A ``BlobStore`` whose ``put`` starts the write in a task group and returns once it has started.
 
-    Only ``put`` is used by ``services.handle_item``; the other methods pass through. A failed write is reported
+    Only ``put`` is used by ``handling.handle_item``; the other methods pass through. A failed write is reported
     to ``on_error`` (the caller of ``put`` has moved on by then).
     """
 
-    def __init__(self, blobs: BlobStore, tg: TaskGroup, limit: anyio.Semaphore,
-                 on_error: Callable[[str, BaseException], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        tg: TaskGroup,
+        limit: anyio.Semaphore,
+        on_error: Callable[[str, BaseException], Awaitable[None]],
+    ) -> None:
         self._blobs = blobs
         self._tg = tg
         self._limit = limit
@@ -101,7 +107,7 @@ class DeliveryWorker:
         self,
         *,
         inbox: DeliveryInbox,
-        pipeline: services.Pipeline,
+        pipeline: Pipeline,
         platform: PlatformLink | None = None,
         worker_id: str = "worker",
         concurrency: int = 8,
@@ -148,25 +154,36 @@ class DeliveryWorker:
 
     async def _process(self, item: InboxItem) -> None:
         try:
-            run_ids = await services.handle_item(item, inbox=self._inbox, pipeline=self._pipeline,
-                                                 platform=self._platform, on_error=self._log_error,
-                                                 blobs=self._copies, on_copy_error=self._log_copy_error)
+            run_ids = await handling.handle_item(
+                item,
+                inbox=self._inbox,
+                pipeline=self._pipeline,
+                platform=self._platform,
+                on_error=self._log_error,
+                blobs=self._copies,
+                on_copy_error=self._log_copy_error,
+            )
         except errors.Unavailable as exc:
             # recording the outcome failed (storage down): the lease expires and the item is claimed again
-            log.warning("could not record a delivery outcome; it will be processed again",
-                        extra={"deliveryId": item.delivery_id, "error": str(exc)})
+            log.warning(
+                "could not record a delivery outcome; it will be processed again",
+                extra={"deliveryId": item.delivery_id, "error": str(exc)},
+            )
             return
         except Exception as exc:  # nothing one delivery does may stop the worker (or the server with it)
             # the lease expires and the claim counts a crash; after MAX_CRASHES the delivery is parked failed
-            log.error("delivery processing crashed; it will be retried, then parked",
-                      extra={"deliveryId": item.delivery_id, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            log.error(
+                "delivery processing crashed; it will be retried, then parked",
+                extra={"deliveryId": item.delivery_id, "error": f"{type(exc).__name__}: {exc}"[:500]},
+            )
             return
         self.processed += 1
         if run_ids and self._on_runs_created is not None:
             self._on_runs_created()
         if run_ids is not None and log.isEnabledFor(logging.INFO):
-            log.info("Webhook processed", extra={"deliveryId": item.delivery_id, "event": item.event,
-                                                 "runs": len(run_ids)})
+            log.info(
+                "Webhook processed", extra={"deliveryId": item.delivery_id, "event": item.event, "runs": len(run_ids)}
+            )
 
     async def _slot_holder(self, item: InboxItem) -> None:
         try:
@@ -188,8 +205,10 @@ class DeliveryWorker:
 
     async def _log_error(self, item: InboxItem, exc: BaseException) -> None:
         metrics.processing_failures.labels(reason=type(exc).__name__).inc()
-        log.warning("delivery processing failed", extra={"deliveryId": item.delivery_id, "error": str(exc),
-                                                         "attempt": item.attempts})
+        log.warning(
+            "delivery processing failed",
+            extra={"deliveryId": item.delivery_id, "error": str(exc), "attempt": item.attempts},
+        )
 
     async def _claim(self, limit: int) -> list[InboxItem]:
         try:

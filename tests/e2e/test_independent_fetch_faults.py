@@ -1,4 +1,4 @@
-"""Lock-file fetch failures through the real pipeline use case (``services.handle_item``) with a short GitHub
+"""Lock-file fetch failures through the real pipeline use case (``handling.handle_item``) with a short GitHub
 retry policy, against PostgreSQL and a local GitHub: timeouts, dropped connections, 401 and 500 are retried,
 recorded with their reason, parked ``failed`` when attempts run out (decision 10), and processed once replayed
 after the fault clears. (The subprocess tests cover the same with the production retry policy for 401/500;
@@ -24,7 +24,8 @@ from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.sources import PgSourceStore
 from kici_adapters.secrets import PgSecretStore
 from kici_adapters.storage import FilesystemBlobStore
-from kici_core import lockfile, services
+from kici_core import handling, lockfile
+from kici_core.pipeline import Pipeline, Provider
 from kici_core.ports import Delivery, GitHubSource
 from tests.e2e.conftest import APP_ID, ORG, SECRET_KEY, github_world, install, new_delivery, push_body
 from tests.support.github_server import GitHubServer, app_key
@@ -43,7 +44,7 @@ class Harness:
     db: Database
     gh: GitHubServer
     inbox: PgDeliveryInbox
-    pipeline: services.Pipeline
+    pipeline: Pipeline
 
     async def accept(self) -> str:
         delivery = new_delivery()
@@ -57,7 +58,7 @@ class Harness:
         """Claim the one pending delivery and run it through the pipeline once."""
         items = await self.inbox.claim(worker_id="t", limit=10, lease_seconds=30)
         assert len(items) == 1, items
-        return await services.handle_item(items[0], inbox=self.inbox, pipeline=self.pipeline)
+        return await handling.handle_item(items[0], inbox=self.inbox, pipeline=self.pipeline)
 
     async def row(self, delivery: str) -> dict[str, object]:
         async with self.db.connection() as conn:
@@ -100,9 +101,9 @@ async def harness(database: Database, gh: GitHubServer, tmp_path: Path) -> Async
         validate=lockfile.parse_lockfile, timeout=0.3,
         retry=gh_client.RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.01),
     )
-    pipeline = services.Pipeline(
+    pipeline = Pipeline(
         sources=sources,
-        providers={"github": services.Provider(lockfiles=provider, changed_files=provider,
+        providers={"github": Provider(lockfiles=provider, changed_files=provider,
                                                repo_url=lambda s, r, p: f"https://github.com/{r}.git")},
         ids=lambda: str(uuid.uuid4()), timer=time.perf_counter,
     )
@@ -135,7 +136,7 @@ async def test_fetch_fault_is_retried_then_parked_then_replayed(harness: Harness
     assert reason in str(row["error_message"]) and row["attempts"] == 1
     assert len(h.gh.requests_for(CONTENTS)) >= 2  # the client retried within the attempt
 
-    await h.due_now(delivery, attempts=services.MAX_ATTEMPTS - 1)
+    await h.due_now(delivery, attempts=handling.MAX_ATTEMPTS - 1)
     assert await h.attempt() is None
     row = await h.row(delivery)
     assert (row["status"], row["state"], row["runs"]) == ("failed", "failed", 0), row

@@ -8,8 +8,9 @@ from itertools import count
 
 import pytest
 
-from kici_core import checks, services
+from kici_core import checks, handling
 from kici_core.jsontypes import JSONValue
+from kici_core.pipeline import Pipeline, Provider
 from kici_core.ports import Delivery, GitHubSource
 from kici_core.testing import fakes
 
@@ -19,31 +20,51 @@ JOB = "22222222-2222-4222-8222-222222222222"
 
 
 def _view(**kw: object) -> checks.CheckView:
-    base: dict[str, object] = {"name": "kici/ci/job/test (a)", "head_sha": SHA, "external_id": JOB, "run_id": RUN,
-                               "workflow_name": "ci", "job_name": "test (a)", "status": "queued",
-                               "trace_id": "delivery-1"}
+    base: dict[str, object] = {
+        "name": "kici/ci/job/test (a)",
+        "head_sha": SHA,
+        "external_id": JOB,
+        "run_id": RUN,
+        "workflow_name": "ci",
+        "job_name": "test (a)",
+        "status": "queued",
+        "trace_id": "delivery-1",
+    }
     return checks.CheckView(**{**base, **kw})  # type: ignore[arg-type]
 
 
 def test_queued_check_waits_for_an_agent_and_names_trace_and_run() -> None:
     body = checks.request_body(_view(details_url="https://dash/r/orgs/acme/runs/x"), create=True)
     assert body == {
-        "name": "kici/ci/job/test (a)", "external_id": JOB, "status": "queued", "head_sha": SHA,
+        "name": "kici/ci/job/test (a)",
+        "external_id": JOB,
+        "status": "queued",
+        "head_sha": SHA,
         "details_url": "https://dash/r/orgs/acme/runs/x",
-        "output": {"title": "KiCI: ci/test (a)",
-                   "summary": f"Waiting for agent...\n\nTrace: delivery-1 | Run: {RUN}"},
+        "output": {"title": "KiCI: ci/test (a)", "summary": f"Waiting for agent...\n\nTrace: delivery-1 | Run: {RUN}"},
     }
 
 
 def test_completed_failure_shows_step_and_masked_tail_and_update_has_no_head_sha() -> None:
     started = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    tail = checks.tail_lines([f"line {i}" for i in range(100)] + ["auth https://x-access-token:abcd1234@github.com/a",
-                                                                 "Authorization: token ghs_" + "A" * 36],
-                             mask=lambda s: s.replace("hunter2", "***"))
+    tail = checks.tail_lines(
+        [f"line {i}" for i in range(100)]
+        + ["auth https://x-access-token:abcd1234@github.com/a", "Authorization: token ghs_" + "A" * 36],
+        mask=lambda s: s.replace("hunter2", "***"),
+    )
     step = checks.FailedStep(index=1, name="unit", exit_code=2, error="exit 2", tail=tuple(tail))
-    body = checks.request_body(_view(status="completed", conclusion="failure", detail="exit code 2",
-                                     started_at=started, completed_at=started, failed_step=step, attempt=2),
-                               create=False)
+    body = checks.request_body(
+        _view(
+            status="completed",
+            conclusion="failure",
+            detail="exit code 2",
+            started_at=started,
+            completed_at=started,
+            failed_step=step,
+            attempt=2,
+        ),
+        create=False,
+    )
     assert "head_sha" not in body and body["conclusion"] == "failure"
     assert body["started_at"] == "2026-01-02T03:04:05Z" and body["completed_at"] == "2026-01-02T03:04:05Z"
     output = body["output"]
@@ -64,14 +85,19 @@ def test_tail_is_bounded_in_bytes_and_masks_registered_secrets() -> None:
     assert checks.mask_tokens("kat_" + "ab" * 32) == "kat_***"
 
 
-@pytest.mark.parametrize(("status", "conclusion", "headline"), [
-    ("in_progress", None, "Running on agent `a1`."), ("completed", "success", "Succeeded."),
-    ("completed", "skipped", "Skipped: upstream_unmet: build (failed)"),
-    ("completed", "timed_out", "Timed out: upstream_unmet: build (failed)"),
-])
+@pytest.mark.parametrize(
+    ("status", "conclusion", "headline"),
+    [
+        ("in_progress", None, "Running on agent `a1`."),
+        ("completed", "success", "Succeeded."),
+        ("completed", "skipped", "Skipped: upstream_unmet: build (failed)"),
+        ("completed", "timed_out", "Timed out: upstream_unmet: build (failed)"),
+    ],
+)
 def test_headlines(status: str, conclusion: str | None, headline: str) -> None:
-    body = checks.request_body(_view(status=status, conclusion=conclusion, agent_id="a1",
-                                     detail="upstream_unmet: build (failed)"), create=True)
+    body = checks.request_body(
+        _view(status=status, conclusion=conclusion, agent_id="a1", detail="upstream_unmet: build (failed)"), create=True
+    )
     assert str(body["output"]["summary"]).startswith(headline)  # type: ignore[index,call-overload]
 
 
@@ -96,27 +122,50 @@ class World:
         self.sources = fakes.FakeSourceStore(self.clock)
         self.reruns = fakes.FakeRunReruns()
         ids = count(1)
-        self.pipeline = services.Pipeline(
+        self.pipeline = Pipeline(
             sources=self.sources,
-            providers={"github": services.Provider(lockfiles=fakes.FakeLockfileSource(),
-                                                   changed_files=fakes.FakeChangedFilesSource(),
-                                                   repo_url=lambda s, r, p: r)},
-            ids=lambda: f"id-{next(ids)}", timer=lambda: 0.0, reruns=self.reruns)
-        self.ci = self.reruns.add_run("run-ci", routing_key="github:1", repo="acme/app", sha=SHA, status="failed",
-                                      jobs={"build": "success", "test": "failed"})
-        self.docs = self.reruns.add_run("run-docs", routing_key="github:1", repo="acme/app", sha=SHA,
-                                        status="success", jobs={"build": "success"})
+            providers={
+                "github": Provider(
+                    lockfiles=fakes.FakeLockfileSource(),
+                    changed_files=fakes.FakeChangedFilesSource(),
+                    repo_url=lambda s, r, p: r,
+                )
+            },
+            ids=lambda: f"id-{next(ids)}",
+            timer=lambda: 0.0,
+            reruns=self.reruns,
+        )
+        self.ci = self.reruns.add_run(
+            "run-ci",
+            routing_key="github:1",
+            repo="acme/app",
+            sha=SHA,
+            status="failed",
+            jobs={"build": "success", "test": "failed"},
+        )
+        self.docs = self.reruns.add_run(
+            "run-docs", routing_key="github:1", repo="acme/app", sha=SHA, status="success", jobs={"build": "success"}
+        )
         self.reruns.checks[JOB] = "run-ci"
 
     async def deliver(self, event: str, payload: dict[str, JSONValue], delivery_id: str = "d1") -> None:
         await self.sources.add_github(GitHubSource(id="s1", routing_key="github:1", name="app", app_id="1"))
         payload = {"repository": {"full_name": "acme/app"}, "sender": {"login": "dev"}, **payload}
-        await self.inbox.accept(Delivery(org_id="acme", delivery_id=delivery_id, routing_key="github:1", event=event,
-                                         action="rerequested", source="direct", provider="github",
-                                         body=json.dumps(payload).encode(), received_at=self.clock.now()))
+        await self.inbox.accept(
+            Delivery(
+                org_id="acme",
+                delivery_id=delivery_id,
+                routing_key="github:1",
+                event=event,
+                action="rerequested",
+                source="direct",
+                provider="github",
+                body=json.dumps(payload).encode(),
+                received_at=self.clock.now(),
+            )
+        )
         items = await self.inbox.claim(worker_id="w", limit=10, lease_seconds=30)
-        await services.handle_item(items[0], inbox=self.inbox, pipeline=self.pipeline)
-
+        await handling.handle_item(items[0], inbox=self.inbox, pipeline=self.pipeline)
 
 
 @pytest.mark.anyio
@@ -130,7 +179,7 @@ async def test_check_run_rerequested_reruns_the_failed_jobs_once_per_delivery() 
     assert entry is not None and entry.status == "processed" and entry.matched_count == 1
     assert await w.inbox.replay("acme", "d1")  # processed again (a crash before completion): no second attempt
     items = await w.inbox.claim(worker_id="w", limit=10, lease_seconds=30)
-    await services.handle_item(items[0], inbox=w.inbox, pipeline=w.pipeline)
+    await handling.handle_item(items[0], inbox=w.inbox, pipeline=w.pipeline)
     assert sorted(a.attempt for a in w.reruns.attempts.values() if a.root == "run-ci") == [1, 2]
 
 
@@ -144,18 +193,34 @@ async def test_check_suite_rerequested_reruns_every_run_of_the_commit_in_full() 
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("event", "payload", "reason"), [
-    ("check_run", {"action": "completed", "check_run": {"external_id": JOB, "app": {"id": 1}}},
-     "check_run action 'completed' needs nothing"),
-    ("check_run", {"action": "rerequested", "check_run": {"external_id": JOB, "app": {"id": 2}}},
-     "check_run belongs to another GitHub App"),
-    ("check_run", {"action": "rerequested", "check_run": {"external_id": "unknown", "app": {"id": 1}}},
-     "no run of this orchestrator matches the check_run"),
-    ("check_suite", {"action": "rerequested", "check_suite": {"head_sha": "d" * 40, "app": {"id": 1}}},
-     "no run of this orchestrator matches the check_suite"),
-])
-async def test_rerequests_that_start_nothing_are_recorded_with_the_reason(event: str, payload: dict[str, JSONValue],
-                                                                          reason: str) -> None:
+@pytest.mark.parametrize(
+    ("event", "payload", "reason"),
+    [
+        (
+            "check_run",
+            {"action": "completed", "check_run": {"external_id": JOB, "app": {"id": 1}}},
+            "check_run action 'completed' needs nothing",
+        ),
+        (
+            "check_run",
+            {"action": "rerequested", "check_run": {"external_id": JOB, "app": {"id": 2}}},
+            "check_run belongs to another GitHub App",
+        ),
+        (
+            "check_run",
+            {"action": "rerequested", "check_run": {"external_id": "unknown", "app": {"id": 1}}},
+            "no run of this orchestrator matches the check_run",
+        ),
+        (
+            "check_suite",
+            {"action": "rerequested", "check_suite": {"head_sha": "d" * 40, "app": {"id": 1}}},
+            "no run of this orchestrator matches the check_suite",
+        ),
+    ],
+)
+async def test_rerequests_that_start_nothing_are_recorded_with_the_reason(
+    event: str, payload: dict[str, JSONValue], reason: str
+) -> None:
     w = World()
     await w.deliver(event, payload)
     entry = await w.inbox.get("acme", "d1")

@@ -2,27 +2,55 @@
 
 from __future__ import annotations
 
-from kici_core import fanout, lockfile, planning, services
+from kici_core import fanout, lockfile, new_runs, planning
 from kici_core.lockfile import SourceRef
 
-PARALLEL_STEPS = [{"kind": "parallel", "name": "checks", "failFast": True, "maxParallel": 1,
-                   "children": [{"name": "lint", "hasOutputs": False}, {"name": "types", "hasOutputs": False}]},
-                  {"name": "compile", "hasOutputs": True, "retry": {"maxAttempts": 2, "delayMs": 10,
-                                                                    "backoff": "fixed", "maxDelayMs": 10}}]
+PARALLEL_STEPS = [
+    {
+        "kind": "parallel",
+        "name": "checks",
+        "failFast": True,
+        "maxParallel": 1,
+        "children": [{"name": "lint", "hasOutputs": False}, {"name": "types", "hasOutputs": False}],
+    },
+    {
+        "name": "compile",
+        "hasOutputs": True,
+        "retry": {"maxAttempts": 2, "delayMs": 10, "backoff": "fixed", "maxDelayMs": 10},
+    },
+]
 
 
 def workflow(**job: object) -> lockfile.Workflow:
-    base = {"_type": "static", "name": "m", "needs": [], "steps": PARALLEL_STEPS,
-            "matrix": {"_type": "static", "values": ["a", "b", "c", "d"]}, **job}
-    return lockfile.parse_workflow({"name": "wf", "triggers": [], "jobs": [
-        base, {"_type": "static", "name": "after", "needs": [{"name": "m", "runOn": ["success", "failed",
-                                                                                        "cancelled"]}],
-               "steps": [{"name": "s"}]}]}, 0, "workflows[0]")
+    base = {
+        "_type": "static",
+        "name": "m",
+        "needs": [],
+        "steps": PARALLEL_STEPS,
+        "matrix": {"_type": "static", "values": ["a", "b", "c", "d"]},
+        **job,
+    }
+    return lockfile.parse_workflow(
+        {
+            "name": "wf",
+            "triggers": [],
+            "jobs": [
+                base,
+                {
+                    "_type": "static",
+                    "name": "after",
+                    "needs": [{"name": "m", "runOn": ["success", "failed", "cancelled"]}],
+                    "steps": [{"name": "s"}],
+                },
+            ],
+        },
+        0,
+        "workflows[0]",
+    )
 
 
 def limits(plan: planning.RunPlan) -> dict[str, fanout.Limits]:
-    return {j.name: fanout.limits_of(j.base_name, j.lock_job.raw, child=j.matrix_values is not None)
-            for j in plan.jobs}
+    return {j.name: fanout.limits_of(j.base_name, j.lock_job.raw, child=j.matrix_values is not None) for j in plan.jobs}
 
 
 def test_max_parallel_releases_the_first_children_then_one_per_finished_child() -> None:
@@ -33,7 +61,10 @@ def test_max_parallel_releases_the_first_children_then_one_per_finished_child() 
     released = frozenset({"m (a)", "m (b)"})
     assert fanout.cap(["m (c)", "m (d)"], lim, statuses, released) == ("m (c)",)
     assert fanout.cap(["m (c)", "m (d)", "other"], lim, {**statuses, "m (b)": "failed"}, released) == (
-        "m (c)", "m (d)", "other")
+        "m (c)",
+        "m (d)",
+        "other",
+    )
 
 
 def test_without_limits_every_child_starts_and_fail_fast_is_off() -> None:
@@ -52,8 +83,18 @@ def test_fail_fast_names_every_unfinished_sibling_after_the_first_failure() -> N
 
 def test_parallel_step_groups_reach_the_agent_untouched() -> None:
     plan = planning.plan_workflow(workflow(maxParallel=2))
-    run = services.new_run(plan, run_id="r", provider="github", routing_key="github:1", repo="a/b", repo_url="u",
-                           ref="main", sha=None, decision={}, lock_source=SourceRef(file=".kici/workflows/ci.ts"),
-                           event={})
+    run = new_runs.new_run(
+        plan,
+        run_id="r",
+        provider="github",
+        routing_key="github:1",
+        repo="a/b",
+        repo_url="u",
+        ref="main",
+        sha=None,
+        decision={},
+        lock_source=SourceRef(file=".kici/workflows/ci.ts"),
+        event={},
+    )
     assert run.jobs[0].job_config["steps"] == PARALLEL_STEPS
     assert run.jobs[0].job_config["maxParallel"] == 2

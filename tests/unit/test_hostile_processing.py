@@ -8,7 +8,7 @@ from itertools import count
 
 import pytest
 
-from kici_core import errors, lockfile, services
+from kici_core import errors, handling, lockfile
 from kici_core.ports import MAX_CRASHES, Delivery
 from tests.fixtures.hostile import corpus
 from tests.unit.test_services import SHA, World, push_payload
@@ -35,8 +35,13 @@ def test_an_ordinary_lock_file_is_far_from_the_depth_limit() -> None:
 
 @pytest.mark.parametrize(
     ("where", "regex"),
-    [("branch", "^(a+)+$"), ("branch", "(a|b*)*x"), ("label", "^(x+)+$"), ("jsonpath", "/(a+)+$/"),
-     ("branch", "a?" * 26)],
+    [
+        ("branch", "^(a+)+$"),
+        ("branch", "(a|b*)*x"),
+        ("label", "^(x+)+$"),
+        ("jsonpath", "/(a+)+$/"),
+        ("branch", "a?" * 26),
+    ],
 )
 def test_redos_prone_regexes_make_the_lock_file_corrupt(where: str, regex: str) -> None:
     with pytest.raises(errors.LockfileError, match=r"catastrophic backtracking|quantifiers"):
@@ -105,7 +110,7 @@ async def test_matching_past_its_budget_counts_as_a_crash_and_is_parked_after_th
     for attempt in range(MAX_CRASHES):
         w.clock.advance(60)
         (item,) = await w.inbox.claim(worker_id="w", limit=1, lease_seconds=30)
-        assert await services.handle_item(item, inbox=w.inbox, pipeline=w.pipeline) is None
+        assert await handling.handle_item(item, inbox=w.inbox, pipeline=w.pipeline) is None
         e = await w.inbox.get("acme", "d1")
         assert e is not None and e.status == "received" and "time budget of 5 s" in (e.error_message or ""), attempt
     w.clock.advance(60)
@@ -149,10 +154,20 @@ async def test_a_payload_nested_too_deeply_fails_with_the_reason() -> None:
     w = World()
     await w.setup()
     body = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    await w.inbox.accept(Delivery(org_id="acme", delivery_id="deep", routing_key="github:1", event="push",
-                                  action=None, source="direct", provider="github", body=body,
-                                  received_at=w.clock.now()))
+    await w.inbox.accept(
+        Delivery(
+            org_id="acme",
+            delivery_id="deep",
+            routing_key="github:1",
+            event="push",
+            action=None,
+            source="direct",
+            provider="github",
+            body=body,
+            received_at=w.clock.now(),
+        )
+    )
     (item,) = await w.inbox.claim(worker_id="w", limit=1, lease_seconds=30)
-    assert await services.handle_item(item, inbox=w.inbox, pipeline=w.pipeline) == []
+    assert await handling.handle_item(item, inbox=w.inbox, pipeline=w.pipeline) == []
     e = await w.inbox.get("acme", "deep")
     assert e is not None and e.status == "failed" and "nested too deeply" in (e.error_message or "")

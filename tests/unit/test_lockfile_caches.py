@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from kici_core import errors, services
+from kici_core import errors, lockfile_cache
 from tests.unit.test_services import LOCK, SHA, World, push_payload
 
 pytestmark = pytest.mark.anyio
 
 
 def test_same_bytes_parse_once_and_share_the_result() -> None:
-    cache = services.ParsedLockfiles(max_entries=4)
+    cache = lockfile_cache.ParsedLockfiles(max_entries=4)
     data = json.dumps(LOCK).encode()
     first = cache.parse(data)
     again = cache.parse(bytes(bytearray(data)))  # equal content, another object
@@ -23,7 +23,7 @@ def test_same_bytes_parse_once_and_share_the_result() -> None:
 
 
 def test_corrupt_file_raises_every_time() -> None:
-    cache = services.ParsedLockfiles()
+    cache = lockfile_cache.ParsedLockfiles()
     bad = b'{"schemaVersion": 29, "workflows": [{"name": 1}]}'
     for _ in range(2):
         with pytest.raises(errors.LockfileError):
@@ -32,7 +32,7 @@ def test_corrupt_file_raises_every_time() -> None:
 
 
 def test_least_recently_used_entry_is_evicted() -> None:
-    cache = services.ParsedLockfiles(max_entries=2)
+    cache = lockfile_cache.ParsedLockfiles(max_entries=2)
     files = [json.dumps(dict(LOCK, contentHash=str(i))).encode() for i in range(3)]
     cache.parse(files[0])
     cache.parse(files[1])

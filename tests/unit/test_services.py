@@ -9,9 +9,10 @@ from itertools import count
 
 import pytest
 
-from kici_core import errors, platform_events, services
+from kici_core import errors, handling, new_runs, platform_events
 from kici_core.jsontypes import JSONValue
 from kici_core.lockfile import SourceRef
+from kici_core.pipeline import Pipeline, Provider
 from kici_core.ports import Delivery, GitHubSource, RepoSource
 from kici_core.testing import fakes
 
@@ -23,25 +24,51 @@ LOCK = {
     "source": {"file": ".kici/workflows/ci.ts"},
     "contentHash": "x",
     "workflows": [
-        {"name": "ci", "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
-         "jobs": [
-             {"_type": "static", "name": "lint", "runsOn": [{"kind": "exact", "value": "linux"}], "needs": [],
-              "steps": [{"name": "lint", "run": "echo lint"}]},
-             {"_type": "static", "name": "test", "needs": ["lint"], "steps": [{"name": "t", "run": "true"}],
-              "matrix": {"_type": "static", "values": {"py": ["3.11", "3.12"]}}},
-         ]},
-        {"name": "docs", "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}],
-                                       "paths": ["docs/**"]}],
-         "jobs": [{"_type": "static", "name": "build", "needs": [], "steps": [{"name": "b", "run": "true"}]}]},
-        {"name": "release", "triggers": [{"_type": "tag", "patterns": [{"type": "glob", "pattern": "v*"}]}],
-         "jobs": [{"_type": "static", "name": "r", "needs": [], "steps": []}]},
+        {
+            "name": "ci",
+            "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
+            "jobs": [
+                {
+                    "_type": "static",
+                    "name": "lint",
+                    "runsOn": [{"kind": "exact", "value": "linux"}],
+                    "needs": [],
+                    "steps": [{"name": "lint", "run": "echo lint"}],
+                },
+                {
+                    "_type": "static",
+                    "name": "test",
+                    "needs": ["lint"],
+                    "steps": [{"name": "t", "run": "true"}],
+                    "matrix": {"_type": "static", "values": {"py": ["3.11", "3.12"]}},
+                },
+            ],
+        },
+        {
+            "name": "docs",
+            "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": ["docs/**"]}],
+            "jobs": [{"_type": "static", "name": "build", "needs": [], "steps": [{"name": "b", "run": "true"}]}],
+        },
+        {
+            "name": "release",
+            "triggers": [{"_type": "tag", "patterns": [{"type": "glob", "pattern": "v*"}]}],
+            "jobs": [{"_type": "static", "name": "r", "needs": [], "steps": []}],
+        },
     ],
 }
 
 
 def push_payload(ref: str = "refs/heads/main", before: str = "b" * 40) -> dict[str, JSONValue]:
-    return {"ref": ref, "before": before, "after": SHA, "repository": {"full_name": "acme/app", "default_branch": "main",
-                                                                        "clone_url": "https://github.com/acme/app.git"}}
+    return {
+        "ref": ref,
+        "before": before,
+        "after": SHA,
+        "repository": {
+            "full_name": "acme/app",
+            "default_branch": "main",
+            "clone_url": "https://github.com/acme/app.git",
+        },
+    }
 
 
 class World:
@@ -58,10 +85,11 @@ class World:
         def url(source: RepoSource, repo: str, payload: Mapping[str, JSONValue]) -> str:
             return f"https://github.com/{repo}.git"
 
-        self.pipeline = services.Pipeline(
+        self.pipeline = Pipeline(
             sources=self.sources,
-            providers={"github": services.Provider(lockfiles=self.lockfiles, changed_files=self.changes, repo_url=url)},
-            ids=lambda: f"id-{next(ids)}", timer=lambda: 0.0,
+            providers={"github": Provider(lockfiles=self.lockfiles, changed_files=self.changes, repo_url=url)},
+            ids=lambda: f"id-{next(ids)}",
+            timer=lambda: 0.0,
         )
 
     async def setup(self) -> None:
@@ -69,14 +97,24 @@ class World:
         self.lockfiles.files[("acme/app", SHA)] = json.dumps(LOCK).encode()
 
     async def deliver(self, payload: dict[str, JSONValue], event: str = "push", delivery_id: str = "d1") -> None:
-        await self.inbox.accept(Delivery(org_id="acme", delivery_id=delivery_id, routing_key="github:1", event=event,
-                                         action=None, source="direct", provider="github",
-                                         body=json.dumps(payload).encode(), received_at=self.clock.now()))
+        await self.inbox.accept(
+            Delivery(
+                org_id="acme",
+                delivery_id=delivery_id,
+                routing_key="github:1",
+                event=event,
+                action=None,
+                source="direct",
+                provider="github",
+                body=json.dumps(payload).encode(),
+                received_at=self.clock.now(),
+            )
+        )
 
     async def run_once(self) -> list[str] | None:
         items = await self.inbox.claim(worker_id="w", limit=10, lease_seconds=30)
         assert len(items) == 1
-        return await services.handle_item(items[0], inbox=self.inbox, pipeline=self.pipeline, platform=self.platform)
+        return await handling.handle_item(items[0], inbox=self.inbox, pipeline=self.pipeline, platform=self.platform)
 
 
 async def test_push_creates_runs_with_matrix_and_needs_and_trace() -> None:
@@ -153,11 +191,11 @@ async def test_upstream_outage_retries_with_backoff_then_parks() -> None:
     e = await w.inbox.get("acme", "d1")
     assert e is not None and e.status == "received" and "502" in (e.error_message or "")
     assert await w.inbox.claim(worker_id="w", limit=1, lease_seconds=30) == []  # backing off
-    for _ in range(services.MAX_ATTEMPTS - 1):
+    for _ in range(handling.MAX_ATTEMPTS - 1):
         w.clock.advance(400)
         items = await w.inbox.claim(worker_id="w", limit=1, lease_seconds=30)
         assert len(items) == 1
-        await services.handle_item(items[0], inbox=w.inbox, pipeline=w.pipeline)
+        await handling.handle_item(items[0], inbox=w.inbox, pipeline=w.pipeline)
     e = await w.inbox.get("acme", "d1")
     assert e is not None and e.status == "failed" and await w.inbox.depth() == 0
     # the outage is over: replay processes it
@@ -180,7 +218,7 @@ async def test_expired_lease_is_claimed_again() -> None:
 
 
 def test_retry_delay_grows_and_stops() -> None:
-    delays = [services.retry_delay(n) for n in range(1, services.MAX_ATTEMPTS + 1)]
+    delays = [handling.retry_delay(n) for n in range(1, handling.MAX_ATTEMPTS + 1)]
     assert delays[-1] is None
     finite = [d for d in delays if d is not None]
     assert finite == sorted(finite) and finite[0] >= 1
@@ -192,7 +230,7 @@ async def test_each_new_run_gets_a_payload_copy_and_a_failed_copy_is_reported() 
     await w.deliver(push_payload())
     items = await w.inbox.claim(worker_id="w", limit=1, lease_seconds=30)
     copies = fakes.FakeBlobStore()
-    run_ids = await services.handle_item(items[0], inbox=w.inbox, pipeline=w.pipeline, blobs=copies)
+    run_ids = await handling.handle_item(items[0], inbox=w.inbox, pipeline=w.pipeline, blobs=copies)
     assert run_ids is not None and len(run_ids) == 1
     stored = copies.objects[f"executions/{run_ids[0]}/webhook-payload.json"]
     assert json.loads(stored) == push_payload()
@@ -206,8 +244,7 @@ async def test_each_new_run_gets_a_payload_copy_and_a_failed_copy_is_reported() 
     async def report(run_id: str, exc: BaseException) -> None:
         reported.append(run_id)
 
-    run_ids = await services.handle_item(item, inbox=w.inbox, pipeline=w.pipeline, blobs=copies,
-                                         on_copy_error=report)
+    run_ids = await handling.handle_item(item, inbox=w.inbox, pipeline=w.pipeline, blobs=copies, on_copy_error=report)
     assert run_ids is not None and reported == run_ids  # the run exists; only its copy is missing
     entry = await w.inbox.get("acme", "d2")
     assert entry is not None and entry.status == "processed"
@@ -219,26 +256,56 @@ PR_LOCK = {
     "source": {"file": ".kici/workflows/ci.ts", "export": "#default"},
     "contentHash": "f" * 64,
     "workflows": [
-        {"name": "checks", "source": {"file": ".kici/workflows/checks.ts", "export": "#checks[1]"},
-         "contentHash": "9" * 64, "compileSchemaVersion": 5, "resolvedHashFiles": ["package-lock.json"],
-         "triggers": [{"_type": "pr", "events": ["opened", "synchronize"],
-                       "targetBranches": [{"type": "glob", "pattern": "main"}], "sourceBranches": [], "paths": []}],
-         "jobs": [{"_type": "static", "name": "unit", "runsOn": [{"kind": "exact", "value": "linux"}], "needs": [],
-                   "steps": [{"name": "t", "run": "true"}]}]},
-        {"name": "nightly", "contentHash": "", "compileSchemaVersion": 0,
-         "triggers": [{"_type": "pr", "events": ["opened"], "targetBranches": [], "sourceBranches": [],
-                       "paths": []}],
-         "jobs": [{"_type": "static", "name": "n", "needs": [], "steps": []}]},
+        {
+            "name": "checks",
+            "source": {"file": ".kici/workflows/checks.ts", "export": "#checks[1]"},
+            "contentHash": "9" * 64,
+            "compileSchemaVersion": 5,
+            "resolvedHashFiles": ["package-lock.json"],
+            "triggers": [
+                {
+                    "_type": "pr",
+                    "events": ["opened", "synchronize"],
+                    "targetBranches": [{"type": "glob", "pattern": "main"}],
+                    "sourceBranches": [],
+                    "paths": [],
+                }
+            ],
+            "jobs": [
+                {
+                    "_type": "static",
+                    "name": "unit",
+                    "runsOn": [{"kind": "exact", "value": "linux"}],
+                    "needs": [],
+                    "steps": [{"name": "t", "run": "true"}],
+                }
+            ],
+        },
+        {
+            "name": "nightly",
+            "contentHash": "",
+            "compileSchemaVersion": 0,
+            "triggers": [
+                {"_type": "pr", "events": ["opened"], "targetBranches": [], "sourceBranches": [], "paths": []}
+            ],
+            "jobs": [{"_type": "static", "name": "n", "needs": [], "steps": []}],
+        },
     ],
 }
 
 
 def pr_payload(action: str = "opened") -> dict[str, JSONValue]:
-    return {"action": action, "number": 7,
-            "pull_request": {"number": 7, "base": {"ref": "main", "sha": "b" * 40, "repo": {"full_name": "acme/app"}},
-                             "head": {"ref": "feature/x", "sha": HEAD, "repo": {"full_name": "acme/app"}}},
-            "repository": {"full_name": "acme/app", "default_branch": "main"},
-            "sender": {"login": "outsider", "id": 9}}
+    return {
+        "action": action,
+        "number": 7,
+        "pull_request": {
+            "number": 7,
+            "base": {"ref": "main", "sha": "b" * 40, "repo": {"full_name": "acme/app"}},
+            "head": {"ref": "feature/x", "sha": HEAD, "repo": {"full_name": "acme/app"}},
+        },
+        "repository": {"full_name": "acme/app", "default_branch": "main"},
+        "sender": {"login": "outsider", "id": 9},
+    }
 
 
 async def test_pull_request_runs_the_head_commit_with_the_base_lock_file() -> None:
@@ -281,11 +348,15 @@ async def test_pull_request_without_a_base_lock_file_names_where_it_looked() -> 
 
 
 def test_job_source_forms() -> None:
-    assert services.job_source(SourceRef(file=".kici/workflows/ci.ts", export="#default")) == {
-        "file": "workflows/ci.ts", "exportName": "default"}
-    assert services.job_source(SourceRef(file="./.kici/a/b.ts", export="#all[2]")) == {
-        "file": "a/b.ts", "exportName": "all"}
-    assert services.job_source(SourceRef(file=".kici/workflows", export=None)) == {"file": "workflows"}
+    assert new_runs.job_source(SourceRef(file=".kici/workflows/ci.ts", export="#default")) == {
+        "file": "workflows/ci.ts",
+        "exportName": "default",
+    }
+    assert new_runs.job_source(SourceRef(file="./.kici/a/b.ts", export="#all[2]")) == {
+        "file": "a/b.ts",
+        "exportName": "all",
+    }
+    assert new_runs.job_source(SourceRef(file=".kici/workflows", export=None)) == {"file": "workflows"}
 
 
 async def test_deliveries_of_one_lock_file_convert_it_once_and_each_run_gets_its_own_job_config() -> None:

@@ -40,10 +40,13 @@ def _module(name: str, source: str, tmp_path: Path, **names: Any) -> types.Modul
     return module
 
 
-def test_recorder_counts_fresh_calls_callers_and_tasks(wp: types.ModuleType, tmp_path: Path,
-                                                       capfd: pytest.CaptureFixture[str]) -> None:
+def test_recorder_counts_fresh_calls_callers_and_tasks(
+    wp: types.ModuleType, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     core = _module("kici_core.probe", "def decide(x):\n    return [v for v in (x,)][0] + 1\n", tmp_path)
-    runtime = _module("kici_runtime.probe", """
+    runtime = _module(
+        "kici_runtime.probe",
+        """
 async def accept(queue):
     await queue.put(decide(1))
 
@@ -55,7 +58,10 @@ async def consume(queue):
 
 def finish(value):
     return value
-""", tmp_path, decide=core.decide)
+""",
+        tmp_path,
+        decide=core.decide,
+    )
 
     async def main() -> None:  # not ours: no call of it is recorded
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -84,8 +90,9 @@ def finish(value):
     assert {window.contexts[consume_ctx]["kind"], window.contexts[accept_ctx]["kind"]} == {"task"}
 
 
-def _window(wp: types.ModuleType, duration: float, calls: list[tuple[int, str, str | None]],
-            kinds: dict[int, str]) -> Any:
+def _window(
+    wp: types.ModuleType, duration: float, calls: list[tuple[int, str, str | None]], kinds: dict[int, str]
+) -> Any:
     names: list[tuple[str, str]] = []
 
     def index(function: str | None) -> int:
@@ -97,8 +104,12 @@ def _window(wp: types.ModuleType, duration: float, calls: list[tuple[int, str, s
         return names.index((module, qualname))
 
     rows = [(i * 0.001, ctx, index(f), index(caller)) for i, (ctx, f, caller) in enumerate(calls)]
-    return wp.Window(duration=duration, functions=names, calls=rows,
-                     contexts={ctx: {"kind": kind, "name": ""} for ctx, kind in kinds.items()})
+    return wp.Window(
+        duration=duration,
+        functions=names,
+        calls=rows,
+        contexts={ctx: {"kind": kind, "name": ""} for ctx, kind in kinds.items()},
+    )
 
 
 PARSE = "kici_runtime.orchestrator.httpguard:Protocol.on_message_begin"
@@ -107,23 +118,45 @@ VERIFY = "kici_core.webhooks:verify_generic"
 ACCEPT = "kici_adapters.postgres.inbox:PgDeliveryInbox.accept"
 RETURNED = "kici_adapters.postgres.pool:Database._returned"
 CLAIM = "kici_runtime.orchestrator.worker:DeliveryWorker._claim"
-HANDLE = "kici_core.services:handle_item"
+HANDLE = "kici_core.handling:handle_item"
 BEAT = "kici_runtime.orchestrator.worker:DeliveryWorker.beat"
 SWEEP = "kici_runtime.orchestrator.retention:Retention.sweep"
 WORKER = 5  # a long-lived task: it polls in the idle windows too
 
 
 def test_path_leaves_out_background_and_counts_hand_offs_and_crossings(wp: types.ModuleType) -> None:
-    idle = [_window(wp, 2.0, [(WORKER, CLAIM, None), (WORKER, CLAIM, None), (WORKER, BEAT, None),
-                              (WORKER, CLAIM, None), (WORKER, BEAT, None), (WORKER, CLAIM, None)],
-                    {WORKER: "task"})]  # the worker claims twice and beats once a second with nothing to do
+    idle = [
+        _window(
+            wp,
+            2.0,
+            [
+                (WORKER, CLAIM, None),
+                (WORKER, CLAIM, None),
+                (WORKER, BEAT, None),
+                (WORKER, CLAIM, None),
+                (WORKER, BEAT, None),
+                (WORKER, CLAIM, None),
+            ],
+            {WORKER: "task"},
+        )
+    ]  # the worker claims twice and beats once a second with nothing to do
 
     def delivery(base: int, extra: list[tuple[int, str, str | None]]) -> Any:
         request, side = base + 1, base + 2
-        calls = [(base, PARSE, None), (request, ROUTE, None), (request, VERIFY, ROUTE), (request, ACCEPT, ROUTE),
-                 (request, RETURNED, None), (side, RETURNED, None),
-                 (WORKER, CLAIM, None), (WORKER, CLAIM, None), (WORKER, CLAIM, None), (WORKER, BEAT, None),
-                 (WORKER, HANDLE, CLAIM), *extra]
+        calls = [
+            (base, PARSE, None),
+            (request, ROUTE, None),
+            (request, VERIFY, ROUTE),
+            (request, ACCEPT, ROUTE),
+            (request, RETURNED, None),
+            (side, RETURNED, None),
+            (WORKER, CLAIM, None),
+            (WORKER, CLAIM, None),
+            (WORKER, CLAIM, None),
+            (WORKER, BEAT, None),
+            (WORKER, HANDLE, CLAIM),
+            *extra,
+        ]
         kinds = {base: "loop callback", request: "task", side: "task", WORKER: "task", base + 3: "task"}
         return _window(wp, 1.0, calls, kinds)
 

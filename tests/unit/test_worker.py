@@ -8,7 +8,8 @@ import json
 import anyio
 import pytest
 
-from kici_core import errors, services
+from kici_core import errors
+from kici_core.pipeline import Pipeline
 from kici_core.ports import LockfileFetch, RepoSource
 from kici_runtime.orchestrator.worker import DeliveryWorker
 from tests.unit.test_services import LOCK, SHA, World, push_payload
@@ -44,7 +45,7 @@ class GatedLockfiles:
 def use(w: World, lockfiles: GatedLockfiles) -> None:
     provider = w.pipeline.providers["github"]
     w.pipeline.providers = {"github": dataclasses.replace(provider, lockfiles=lockfiles)}
-    assert isinstance(w.pipeline, services.Pipeline)
+    assert isinstance(w.pipeline, Pipeline)
 
 
 def slow_payload() -> dict[str, object]:
@@ -158,8 +159,7 @@ async def test_payload_copy_is_written_after_the_slot_is_freed() -> None:
         assert json.loads(data) == push_payload()
 
 
-async def test_run_once_returns_after_the_copies_and_a_failed_copy_is_logged(
-        caplog: pytest.LogCaptureFixture) -> None:
+async def test_run_once_returns_after_the_copies_and_a_failed_copy_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     w = World()
     await w.setup()
     blobs = GatedBlobs()

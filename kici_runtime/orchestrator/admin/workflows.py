@@ -21,8 +21,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from kici_adapters.postgres.registrations import PgRegistrations
-from kici_core import errors, inputs, internal_events, registrations, services
+from kici_core import errors, inputs, internal_events, registrations
 from kici_core.jsontypes import JSONValue
+from kici_core.pipeline import Pipeline
 from kici_core.ports import DeliveryInbox, GenericSource, GitHubSource, RepoSource, Schedule, SourceStore
 from kici_runtime.orchestrator.admin import auth as admin_auth
 from kici_runtime.orchestrator.admin.auth import Caller
@@ -90,7 +91,7 @@ def _text(body: Mapping[str, Any], key: str, problems: list[dict[str, Any]], *, 
     return value.strip()
 
 
-def routes(*, store: PgRegistrations, pipeline: services.Pipeline, inbox: DeliveryInbox,
+def routes(*, store: PgRegistrations, pipeline: Pipeline, inbox: DeliveryInbox,
            wake: Callable[[], None]) -> list[BaseRoute]:
     """The routes, bound to the registration store, the pipeline (lock-file reads) and the inbox."""
 

@@ -224,5 +224,5 @@ def render(extra: Iterable[Mapping[str, float]] = ()) -> bytes:
     if not total:
         return generate_latest(REGISTRY)
     merged = CollectorRegistry(auto_describe=False)
-    merged.register(_Merged(total))  # type: ignore[arg-type]
+    merged.register(_Merged(total))
     return generate_latest(merged)

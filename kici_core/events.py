@@ -154,7 +154,7 @@ class NormalisedEvent:
             is_fork_pr=fork,
             sender_username=opt_str("sender_username"),
             sender_user_id=opt_str("sender_user_id"),
-            changed_files=None if files is None else tuple(files),  # type: ignore[arg-type]
+            changed_files=None if files is None else tuple(files),
             source_repo=opt_str("source_repo"),
             payload=payload,
         )

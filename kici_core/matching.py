@@ -309,7 +309,7 @@ def trigger_matches(trigger: t.Trigger, event: NormalisedEvent) -> bool:
     c = trigger._compiled
     if type(c) is not _Compiled:
         c = _compiled(trigger)
-    return c.fast(event)  # type: ignore[union-attr]
+    return c.fast(event)
 
 
 def trigger_checks(trigger: t.Trigger) -> tuple[mc.Check, ...]:

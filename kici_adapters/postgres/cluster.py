@@ -96,14 +96,14 @@ class PgCluster:
     # ------------------------------------------------------------------------------------ ClusterDirectory
     async def agents(self) -> list[ClusterAgent]:
         async with self._db.connection() as conn:
-            cur = await conn.execute(_AGENTS, {"t": self.instance_timeout_s})  # type: ignore[arg-type]
+            cur = await conn.execute(_AGENTS, {"t": self.instance_timeout_s})
             return [_agent(r) for r in await cur.fetchall()]
 
     async def remote_agent_count(self, me: str) -> int:
         """Agents connected to live processes other than ``me``."""
         async with self._db.connection() as conn:
             cur = await conn.execute(
-                "SELECT count(*) AS n FROM agents a LEFT JOIN cluster_instances i ON i.instance_id = a.connected_instance"  # type: ignore[arg-type]
+                "SELECT count(*) AS n FROM agents a LEFT JOIN cluster_instances i ON i.instance_id = a.connected_instance"
                 " WHERE a.connected_instance IS NOT NULL AND a.connected_instance <> %(me)s AND " + _LIVE,
                 {"t": self.instance_timeout_s, "me": me})
             row = await cur.fetchone()

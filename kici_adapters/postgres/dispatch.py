@@ -427,7 +427,7 @@ class PgDispatchQueue:
                 ("recovery", "status = 'recovering' AND recovery_deadline < now() - make_interval(secs => %(g)s)"),
                 ("expired", "status = 'pending' AND expires_at < now() - make_interval(secs => %(g)s)"),
             ):
-                cur = await conn.execute("SELECT id, dispatch_attempts FROM dispatch_queue WHERE " + where,  # type: ignore[operator]
+                cur = await conn.execute("SELECT id, dispatch_attempts FROM dispatch_queue WHERE " + where,
                                          {"g": grace_s})
                 out[key] = [(str(r["id"]), int(r["dispatch_attempts"])) for r in await cur.fetchall()]
             return out

@@ -629,12 +629,12 @@ class PgRunStore:
                  " AND (%(rk)s::text IS NULL OR routing_key = %(rk)s)"
                  " AND (%(ref)s::text IS NULL OR ref = %(ref)s)")
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT count(*) AS n FROM execution_runs" + where, params)  # type: ignore[operator]
+            cur = await conn.execute("SELECT count(*) AS n FROM execution_runs" + where, params)
             row = await cur.fetchone()
             total = int(row["n"]) if row else 0
             cur = await conn.execute(
                 "SELECT r.*, (SELECT count(*) FROM execution_jobs j WHERE j.run_id = r.run_id) AS job_count"
-                " FROM execution_runs r" + where.replace("status", "r.status")  # type: ignore[operator]
+                " FROM execution_runs r" + where.replace("status", "r.status")
                 + " ORDER BY r.created_at DESC, r.run_id LIMIT %(limit)s OFFSET %(offset)s", params)
             return [dict(r) for r in await cur.fetchall()], total
 

@@ -18,7 +18,6 @@ import os
 import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -67,27 +66,6 @@ def parse_master_key(value: str, *, name: str = "KICI_SECRET_KEY") -> bytes:
         return decode_master_key(value)
     except ValueError as exc:
         raise ConfigError(f"{name} is malformed: {exc}") from None
-
-
-def resolve_master_key(
-    value: str | None, file: Path | None, *, name: str = "KICI_SECRET_KEY"
-) -> bytes | None:
-    """The key from the variable's value, else from its ``_FILE`` companion (trimmed); None when neither.
-
-    Raises:
-        ConfigError: the file is unreadable or empty, or the key is malformed.
-    """
-    if value is not None and value.strip():
-        return parse_master_key(value, name=name)
-    if file is None:
-        return None
-    try:
-        text = file.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read key file at '{file}': {exc.strerror}") from None
-    if not text:
-        raise ConfigError(f"{name}: Key file at '{file}' is empty.")
-    return parse_master_key(text, name=name)
 
 
 # ------------------------------------------------------------------------------------------- cipher

@@ -6,7 +6,6 @@
     ├── ConfigError (78)                 bad or missing configuration; refuses boot
     ├── InvalidInput (65)                untrusted data failed validation
     │   ├── LockfileError (65)           .kici/kici.lock.json is invalid; names the JSON path
-    │   ├── SignatureError (65)          a webhook signature did not verify
     │   └── ProtocolError (65)           a wire message broke the protocol
     ├── NotFound (66)                    a named thing does not exist
     ├── Conflict (65)                    a state transition lost a race or is not allowed
@@ -59,10 +58,6 @@ class LockfileError(InvalidInput):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}" if path else reason)
-
-
-class SignatureError(InvalidInput):
-    """The webhook signature did not verify."""
 
 
 class ProtocolError(InvalidInput):

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from kici_core import jsonpath, jsontypes, webhooks
-from kici_core.errors import InvalidInput
 from kici_core.jsontypes import JSONValue
 
 __all__ = [
@@ -115,49 +114,6 @@ class NormalisedEvent:
             "source_repo": self.source_repo,
             "payload": self.payload,
         }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, object]) -> NormalisedEvent:
-        """Build from the snake_case dict form; missing keys take their defaults.
-
-        Raises:
-            InvalidInput: a field has the wrong type.
-        """
-        def opt_str(key: str) -> str | None:
-            value = d.get(key)
-            if value is not None and not isinstance(value, str):
-                raise InvalidInput(f"event field {key!r} must be a string or null")
-            return value
-
-        kind = d.get("type")
-        if not isinstance(kind, str):
-            raise InvalidInput("event field 'type' must be a string")
-        fork = d.get("is_fork_pr")
-        if fork is not None and not isinstance(fork, bool):
-            raise InvalidInput("event field 'is_fork_pr' must be a boolean or null")
-        files = d.get("changed_files")
-        if files is not None and (
-            isinstance(files, str) or not isinstance(files, Sequence) or not all(isinstance(f, str) for f in files)
-        ):
-            raise InvalidInput("event field 'changed_files' must be a list of strings or null")
-        payload = d.get("payload")
-        if payload is None:
-            payload = {}
-        if not isinstance(payload, Mapping):
-            raise InvalidInput("event field 'payload' must be an object")
-        return cls(
-            type=kind,
-            action=opt_str("action"),
-            target_branch=opt_str("target_branch") or "",
-            source_branch=opt_str("source_branch"),
-            base_branch=opt_str("base_branch"),
-            is_fork_pr=fork,
-            sender_username=opt_str("sender_username"),
-            sender_user_id=opt_str("sender_user_id"),
-            changed_files=None if files is None else tuple(files),
-            source_repo=opt_str("source_repo"),
-            payload=payload,
-        )
 
 
 # ---------------------------------------------------------------------------------------------

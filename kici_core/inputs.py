@@ -24,8 +24,6 @@ from kici_core.jsontypes import JSONValue
 
 __all__ = ["InputError", "InputErrors", "resolve"]
 
-TYPES = ("string", "number", "integer", "boolean", "enum", "literal")
-
 
 @dataclass(frozen=True, slots=True)
 class InputError:

@@ -532,16 +532,6 @@ class Clock(Protocol):
 
 
 # --------------------------------------------------------------------------------------------- outbound links
-class AgentChannel(Protocol):
-    """The sockets of the agents connected to this process."""
-
-    async def send(self, agent_id: str, message: Mapping[str, JSONValue]) -> bool:
-        """Send one JSON message; False when the agent is not connected here."""
-        ...
-
-    async def close(self, agent_id: str, code: int, reason: str) -> None: ...
-
-
 class PlatformLink(Protocol):
     """What the Platform must hear (platform/hybrid), as domain events; the link turns them into frames.
     ``publish`` is durable: the event reaches the Platform at least once, in order, across disconnects and

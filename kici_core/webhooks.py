@@ -20,8 +20,6 @@ GENERIC_METHODS = ("hmac_sha256", "bearer_token", "api_key", "ip_allowlist", "no
 SECRET_METHODS = {"hmac_sha256": "secret", "bearer_token": "token", "api_key": "key"}
 """Method -> the SecretStore key of the source's secret (scope ``__webhook__/<source id>``)."""
 
-DEFAULT_STRIP_HEADERS = ("authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key", "x-auth-token")
-
 
 def lower_headers(headers: Mapping[str, str] | Sequence[tuple[str, str]]) -> dict[str, str]:
     """Header names lower-cased; for repeated headers the first value wins."""

@@ -2,10 +2,8 @@
 
 Rows move only through guarded updates (``WHERE status = ...``), so two processes never both win: a claim is
 ``pending -> dispatched`` for one agent; a requeue ``dispatched -> pending``; recovery ``dispatched ->
-recovering -> dispatched | failed``. :meth:`PgDispatchQueue.claim_for` is the SQL fast path an agent uses
-to pull work: it prefilters on exact labels (``required_labels <@ agent_labels``) and takes rows with
-``FOR UPDATE SKIP LOCKED``, oldest first; the caller checks regex and exclude matchers before keeping a row.
-Sweeps that must run in one process at a time use :meth:`PgDispatchQueue.try_lock`.
+recovering -> dispatched | failed``. Sweeps that must run in one process at a time use
+:meth:`PgDispatchQueue.try_lock`.
 
 The dispatcher's hot path (reading new pending rows, claiming and loading rows to dispatch, clearing ack
 deadlines) runs on dedicated autocommit connections, one statement each: a claim and the load of everything
@@ -77,34 +75,6 @@ SELECT c.*, j.base_name, j.matrix_values, r.repo_identifier, r.routing_key AS ru
        CASE WHEN row_number() OVER (PARTITION BY c.run_id ORDER BY c.id) = 1
             THEN (SELECT ev.event FROM execution_run_events ev WHERE ev.run_id = c.run_id) END AS trigger_event
   FROM claimed c JOIN execution_jobs j ON j.job_id = c.id JOIN execution_runs r ON r.run_id = c.run_id
-"""
-_CLAIM = """
-UPDATE dispatch_queue
-   SET status = 'dispatched', agent_id = %(agent_id)s, ack_agent_id = %(agent_id)s, ack_deadline = %(deadline)s,
-       last_provisioning_error = NULL
- WHERE id = %(id)s AND status = 'pending'
-RETURNING id
-"""
-_CLAIM_FOR = """
-SELECT q.id FROM dispatch_queue q
- WHERE q.status = 'pending' AND (q.expires_at IS NULL OR q.expires_at >= now())
-   AND q.required_labels <@ %(labels)s::text[]
- ORDER BY q.seq
- LIMIT %(limit)s
- FOR UPDATE SKIP LOCKED
-"""
-_ROW = """
-SELECT q.*, j.base_name, j.matrix_values, r.repo_identifier, r.routing_key AS run_routing_key,
-       ev.event AS trigger_event
-  FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id JOIN execution_runs r ON r.run_id = q.run_id
-  LEFT JOIN execution_run_events ev ON ev.run_id = q.run_id
- WHERE q.id = %(id)s
-"""
-_UPSTREAMS = """
-SELECT n.upstream_name, u.base_name, u.status, u.outputs, u.matrix_values
-  FROM execution_job_needs n JOIN execution_jobs u ON u.run_id = n.run_id AND u.job_name = n.upstream_name
- WHERE n.run_id = %(run_id)s AND n.job_name = %(job_name)s
- ORDER BY u.job_name
 """
 
 
@@ -263,39 +233,6 @@ class PgDispatchQueue:
             rows = await cur.fetchall()
         events = {r["run_id"]: r["trigger_event"] for r in rows if isinstance(r["trigger_event"], dict)}
         return {str(r["id"]): _dispatch_row(r, r["upstreams"] or [], events.get(r["run_id"])) for r in rows}
-
-    async def claim_for(self, labels: Sequence[str], *, limit: int = 10) -> list[str]:
-        """Ids of pending rows whose exact labels ``labels`` cover, oldest first, skipping rows another
-        transaction holds (a read-only probe: :meth:`claim` takes them)."""
-        async with self._db.transaction() as conn:
-            cur = await conn.execute(_CLAIM_FOR, {"labels": list(labels), "limit": limit})
-            return [str(r["id"]) for r in await cur.fetchall()]
-
-    async def claim(self, job_id: str, *, agent_id: str, ack_deadline: float) -> bool:
-        """Guarded ``pending -> dispatched`` for ``agent_id``; False when the row is no longer pending."""
-        async with self._db.transaction() as conn:
-            await conn.execute("UPDATE execution_jobs SET agent_id = %(agent_id)s, attempts = attempts + 1"
-                               " WHERE job_id = %(id)s AND status IN ('pending', 'queued')",
-                               {"id": job_id, "agent_id": agent_id})
-            cur = await conn.execute(_CLAIM, {"id": job_id, "agent_id": agent_id, "deadline": _ts(ack_deadline)})
-            return await cur.fetchone() is not None
-
-    async def load(self, job_id: str) -> DispatchRow | None:
-        """The row and its upstream results, for building ``job.dispatch``."""
-        async with self._db.connection() as conn:
-            cur = await conn.execute(_ROW, {"id": job_id})
-            row = await cur.fetchone()
-            if row is None:
-                return None
-            cur = await conn.execute(_UPSTREAMS, {"run_id": row["run_id"], "job_name": row["job_name"]})
-            ups = [dict(u) for u in await cur.fetchall()]
-        return _dispatch_row(row, ups)
-
-    async def ack_resolved(self, job_id: str) -> None:
-        """Clear the ack deadline of a dispatched row."""
-        async with self._fast() as conn:
-            await conn.execute("UPDATE dispatch_queue SET ack_deadline = NULL, ack_agent_id = NULL"
-                               " WHERE id = %(id)s AND status = 'dispatched'", {"id": job_id})
 
     async def acks_resolved(self, acks: Sequence[tuple[str, str]]) -> None:
         """Clear the ack deadlines of ``(job_id, agent_id)`` rows still dispatched to that agent, in one

@@ -25,8 +25,6 @@ from kici_core.ports import BlobStore
 
 __all__ = ["PgRetention", "SweepReport"]
 
-_RUN_DONE = "('success', 'failed', 'cancelled')"
-_JOB_DONE = "('success', 'failed', 'cancelled', 'skipped', 'timed_out_stale', 'drift_dropped')"
 
 # A delivery is finished when its inbox row is not pending and every run it started is finished.
 _DELIVERY_DONE: LiteralString = (

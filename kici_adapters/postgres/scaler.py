@@ -177,12 +177,6 @@ class PgScalerStore:
             cur = await conn.execute(_PENDING, {"limit": limit})
             return [_pending(r) for r in await cur.fetchall()]
 
-    async def static_agents(self) -> list[StaticAgentRow]:
-        """Connected agents (on any process) that the scaler did not start, with their free slots."""
-        async with self._db.connection() as conn:
-            cur = await conn.execute(_AGENTS)
-            return [_agent(r) for r in await cur.fetchall()]
-
     async def live(self) -> list[LiveContainer]:
         """Every ``starting``/``running`` container with its agent's state."""
         async with self._db.connection() as conn:

@@ -462,23 +462,6 @@ class FakeCloneTokenSource:
         return self.token
 
 
-class FakeAgentChannel:
-    def __init__(self) -> None:
-        self.connected: set[str] = set()
-        self.sent: list[tuple[str, Mapping[str, JSONValue]]] = []
-        self.closed: list[tuple[str, int, str]] = []
-
-    async def send(self, agent_id: str, message: Mapping[str, JSONValue]) -> bool:
-        if agent_id not in self.connected:
-            return False
-        self.sent.append((agent_id, dict(message)))
-        return True
-
-    async def close(self, agent_id: str, code: int, reason: str) -> None:
-        self.connected.discard(agent_id)
-        self.closed.append((agent_id, code, reason))
-
-
 @dataclasses.dataclass(slots=True, kw_only=True)
 class FakeAttempt:
     """One attempt of a run in :class:`FakeRunReruns`: job statuses by name, and who asked for it."""

@@ -56,7 +56,6 @@ MISSING_DATABASE_MESSAGE = (
 )
 
 _ENTRY_MODES: dict[str, tuple[str, ...]] = {"server": ("platform", "hybrid"), "standalone": ("independent",)}
-_SCRIPT = {"server": "kici-server", "standalone": "kici-standalone"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -53,7 +53,6 @@ CloneToken = Callable[[DispatchRow], Awaitable[str | None]]
 ScalerLookup = Callable[[str], Awaitable[scaling.Binding | None]]
 """``agent id -> binding`` when the auto-scaler started that agent (kici_runtime.orchestrator.scaler), else None."""
 
-SWEEP_LOCK = singletons.lock_key("dispatch-sweeps")  # pg_try_advisory_lock key of the deadline sweeps
 STARTUP_LOCK = singletons.lock_key("dispatch-startup")
 CANCEL_CHANNEL = "kici_cancel"
 JOBS_CHANNEL = "kici_jobs"
@@ -355,9 +354,9 @@ class AgentHub:
         """Execute effects in order (caller holds the lock). A lost claim skips its send and withdraws.
 
         A run of consecutive ``MarkDispatched``/``SendDispatch`` effects (one fill) is claimed in one statement,
-        then sent; what the core answers to lost claims runs after those sends."""
+        then sent; what the core answers to lost claims runs after those sends. (The core emits each
+        ``SendDispatch`` right after its ``MarkDispatched``, so both always go through the batch.)"""
         work = list(effects)
-        withdrawn: set[str] = set()
         while work:
             eff = work.pop(0)
             if isinstance(eff, fx.MarkDispatched):
@@ -367,7 +366,7 @@ class AgentHub:
                 work[:0] = await self._dispatch_batch(batch)
                 continue
             try:
-                more = await self._effect(eff, withdrawn)
+                more = await self._effect(eff)
             except errors.Unavailable as exc:
                 log.warning("dispatch effect failed: storage unavailable", extra={"effect": type(eff).__name__,
                                                                                   "error": str(exc)})
@@ -394,17 +393,7 @@ class AgentHub:
                 more += self.core.job_withdrawn(job_id=job_id, now=self._clock())
         return more
 
-    async def _effect(self, eff: fx.Effect, withdrawn: set[str]) -> list[fx.Effect]:
-        if isinstance(eff, fx.MarkDispatched):
-            if await self.queue.claim(eff.job_id, agent_id=eff.agent_id, ack_deadline=eff.ack_deadline):
-                withdrawn.discard(eff.job_id)
-                return []
-            withdrawn.add(eff.job_id)
-            return self.core.job_withdrawn(job_id=eff.job_id, now=self._clock())
-        if isinstance(eff, fx.SendDispatch):
-            if eff.job_id not in withdrawn:
-                await self._send_dispatch(eff.agent_id, eff.job_id)
-            return []
+    async def _effect(self, eff: fx.Effect) -> list[fx.Effect]:
         if isinstance(eff, fx.SendRegisterAck):
             conn = self._conns.get(eff.connection_id)
             if conn is not None:
@@ -464,14 +453,10 @@ class AgentHub:
     def _run_of(self, job_id: str) -> str:
         return self._run_ids.get(job_id, "")
 
-    async def _send_dispatch(self, agent_id: str, job_id: str, row: DispatchRow | None = None) -> None:
+    async def _send_dispatch(self, agent_id: str, job_id: str, row: DispatchRow) -> None:
         conn = self._current.get(agent_id)
         if conn is None:
             return
-        if row is None:
-            row = await self.queue.load(job_id)
-            if row is None:
-                return
         self._run_ids[job_id] = row.run_id
         try:
             message = await self._dispatch_message(row)

@@ -22,7 +22,7 @@ from kici_core.ports import Delivery
 from kici_core.testing import fakes
 from kici_runtime.orchestrator.cluster import ClusterMember
 from kici_runtime.orchestrator.dispatcher import AgentHub
-from tests.integration.test_dispatch_queue import make_run, status
+from tests.integration.test_dispatch_queue import claim, make_run, status
 from tests.support.pg import scalar
 
 pytestmark = pytest.mark.anyio
@@ -57,11 +57,11 @@ async def test_a_dead_process_is_seen_and_its_running_jobs_recovered_by_another(
     queue = PgDispatchQueue(database)
     _run, ids = await make_run(database, [("running", ["linux"], []), ("unacked", ["linux"], [])])
     try:
-        assert await queue.claim(ids["running"], agent_id="a1", ack_deadline=0.0)
-        await queue.ack_resolved(ids["running"])
+        assert await claim(queue, ids["running"], agent_id="a1", ack_deadline=0.0)
+        await queue.acks_resolved([(ids["running"], "a1")])
         async with database.connection() as conn:
             await conn.execute("UPDATE execution_jobs SET status = 'running' WHERE job_id = %s", (ids["running"],))
-        assert await queue.claim(ids["unacked"], agent_id="a2", ack_deadline=4_000_000_000.0)
+        assert await claim(queue, ids["unacked"], agent_id="a2", ack_deadline=4_000_000_000.0)
     finally:
         await queue.aclose()
 
@@ -120,8 +120,8 @@ async def test_a_process_taken_for_dead_while_alive_takes_its_work_back(database
     queue = PgDispatchQueue(database)
     _run, ids = await make_run(database, [("job", ["linux"], [])])
     try:
-        assert await queue.claim(ids["job"], agent_id="a1", ack_deadline=0.0)
-        await queue.ack_resolved(ids["job"])
+        assert await claim(queue, ids["job"], agent_id="a1", ack_deadline=0.0)
+        await queue.acks_resolved([(ids["job"], "a1")])
     finally:
         await queue.aclose()
     await age(database, "proc-a")  # a long pause: proc-a missed its heartbeats

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from kici_core import events as ev
-from kici_core.errors import InvalidInput
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "github"
 
@@ -149,22 +148,14 @@ def test_changed_files_request() -> None:
     assert ev.changed_files_request("pull_request_review", load("pull_request_review")) is None
 
 
-def test_changed_files_attach_and_round_trip() -> None:
+def test_changed_files_attach_and_serialise() -> None:
     e = ev.normalize_github("pull_request", load("pull_request_opened"))
     assert e is not None
     e2 = e.with_changed_files(["src/a.ts"])
     assert e2.changed_files == ("src/a.ts",) and e.changed_files is None
     d = e2.to_dict()
     assert d["changed_files"] == ["src/a.ts"] and d["is_fork_pr"] is True
-    json.dumps(d)
-    assert ev.NormalisedEvent.from_dict(d) == e2
-    assert ev.NormalisedEvent.from_dict(json.loads(json.dumps(d))).to_dict() == d
-
-
-@pytest.mark.parametrize("bad", [{}, {"type": 1}, {"type": "push", "changed_files": "a"}, {"type": "push", "is_fork_pr": "y"}])
-def test_from_dict_rejects_bad_shapes(bad: dict[str, Any]) -> None:
-    with pytest.raises(InvalidInput):
-        ev.NormalisedEvent.from_dict(bad)
+    assert json.loads(json.dumps(d)) == d
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -105,12 +104,3 @@ def test_wrong_length_message_names_the_byte_count() -> None:
         secrets.parse_master_key(base64.b64encode(b"x" * 31).decode())
 
 
-def test_resolve_from_file(tmp_path: Path) -> None:
-    key_file = tmp_path / "key"
-    key_file.write_text(KEY_HEX + "\n")
-    assert secrets.resolve_master_key(None, key_file) == KEY
-    assert secrets.resolve_master_key(base64.b64encode(OTHER_KEY).decode(), key_file) == OTHER_KEY
-    assert secrets.resolve_master_key(None, None) is None
-    key_file.write_text("  \n")
-    with pytest.raises(ConfigError, match="is empty"):
-        secrets.resolve_master_key(None, key_file)

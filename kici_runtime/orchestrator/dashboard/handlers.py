@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -279,16 +279,3 @@ class Handlers:
         return p.render("agents.html", agents=agents, queued=queued, total=total,
                         instance=self.hub.instance_id)
 
-
-def labels_text(labels: Any) -> list[str]:
-    return [str(x) for x in labels] if isinstance(labels, list | tuple) else []
-
-
-def matchers_text(matchers: Any) -> str:
-    """``runsOn`` matchers as ``linux, /gpu-.*/``."""
-    out = []
-    for m in matchers if isinstance(matchers, list) else []:
-        if isinstance(m, Mapping):
-            value = str(m.get("value") or m.get("pattern") or "")
-            out.append(value if m.get("kind", "exact") == "exact" else f"/{value}/")
-    return ", ".join(out)

@@ -220,6 +220,14 @@ async def test_authentication_and_permission_errors(db_url: str, tmp_path: Path)
             assert (await other.get(API)).json()["total"] == 0  # only runs of its routing key
             assert (await other.get(f"{API}/{run_id}")).status_code == 403
             assert (await other.post(f"{API}/{run_id}/cancel")).status_code == 403
+        for path, body, field in ((f"{API}/{run_id}/cancel", {"force": "yes"}, "force"),
+                                  (f"{API}/{run_id}/rerun", {"failedOnly": 1}, "failedOnly"),
+                                  ("/api/v1/admin/gc", {"dryRun": "true"}, "dryRun")):
+            r = await http.post(path, json=body)
+            assert (r.status_code, r.json()) == (400, {"error": "Validation error", "details": [
+                {"path": [field], "message": "must be a boolean"}]}), path
+        r = await http.post("/api/v1/admin/gc", json={"dryRun": True, "olderThan": "1d"})
+        assert r.json()["details"] == [{"path": ["olderThan"], "message": "unknown field"}]
         assert (await _run_status(h, run_id)) == "pending"  # nothing above changed it
 
         bad = await kici_admin(h.base, "kat-wrong", "runs", "list", check=False)

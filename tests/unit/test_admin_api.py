@@ -498,6 +498,31 @@ async def test_admin_tokens(env: Env) -> None:
     assert r.status_code == 400 and {d["path"][0] for d in r.json()["details"]} == {"label", "role"}
 
 
+async def test_token_bodies_name_each_wrong_field_by_its_path_and_echo_no_value(env: Env) -> None:
+    r = await env.call("POST", "/api/v1/agent-tokens",
+                       json={"labels": ["linux", "x64", 7], "mandatoryLabels": "gpu", "createdBy": None})
+    assert r.status_code == 400
+    assert r.json() == {"error": "Validation error", "details": [
+        {"path": ["labels", 2], "message": "must be a string"},
+        {"path": ["mandatoryLabels"], "message": "must be an array of strings"},
+        {"path": ["createdBy"], "message": "must be a string"}]}
+    assert (await env.call("GET", "/api/v1/agent-tokens")).json()["tokens"] == []  # nothing was created
+    secretish = "ghp_" + "Z" * 36
+    r = await env.call("POST", "/api/v1/admin/tokens", json={"label": True, "routingKey": "", "note": secretish})
+    assert r.status_code == 400 and r.json()["details"] == [
+        {"path": ["label"], "message": "must be a string"},
+        {"path": ["role"], "message": "is required: one of owner, admin, auditor"},
+        {"path": ["routingKey"], "message": "must be 1..255 characters"}]
+    assert secretish not in r.text
+    r = await env.call("POST", "/api/v1/admin/tokens", json={"label": "x" * 256, "role": "owner", "routingKey": None})
+    assert r.status_code == 400 and r.json()["details"] == [
+        {"path": ["label"], "message": "must be 1..255 characters"},
+        {"path": ["routingKey"], "message": "must be a string"}]
+    # unknown fields are ignored, as before
+    r = await env.call("POST", "/api/v1/agent-tokens", json={"labels": ["linux"], "comment": "build pool"})
+    assert r.status_code == 201 and r.json()["labels"] == ["linux"]
+
+
 async def test_agent_tokens() -> None:
     kicked: list[str] = []
 

@@ -23,6 +23,7 @@ from kici_core import cluster, errors
 from kici_core.jsontypes import JSONObject
 from kici_core.ports import ClusterDirectory
 from kici_runtime.orchestrator.admin import auth as admin_auth
+from kici_runtime.orchestrator.admin import bodies
 from kici_runtime.orchestrator.admin.auth import Caller
 from kici_runtime.orchestrator.context import AppContext
 from kici_runtime.orchestrator.retention import RetentionSweeper, report_json
@@ -73,13 +74,7 @@ def routes(view: ClusterView) -> list[BaseRoute]:
 
     async def gc(request: Request, ctx: AppContext, caller: Caller) -> Response:
         caller.require("gc.run")
-        body = await admin_auth.json_body(request)
-        dry_run = body.get("dryRun", False)
-        if not isinstance(dry_run, bool):
-            raise admin_auth.validation([{"path": ["dryRun"], "message": "must be a boolean"}])
-        unknown = sorted(set(body) - {"dryRun"})
-        if unknown:
-            raise admin_auth.validation([{"path": [k], "message": "unknown field"} for k in unknown])
+        dry_run = bodies.parse(bodies.GcBody, await admin_auth.json_body(request)).dryRun
         if view.sweeper is None:
             return JSONResponse({"error": "retention is not available in this process"}, status_code=503)
         try:

@@ -17,10 +17,9 @@ from starlette.routing import Route
 from kici_core import errors, jsontypes
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import AdminToken, AgentToken, EventLogEntry, EventLogQuery
+from kici_runtime.orchestrator.admin import bodies
 from kici_runtime.orchestrator.admin.auth import (
-    ALL_ROLES,
     Caller,
-    Fields,
     endpoint,
     fail,
     json_body,
@@ -174,16 +173,10 @@ async def create_admin_token(request: Request, ctx: AppContext, caller: Caller) 
     """POST /api/v1/admin/tokens"""
     caller.require_unscoped()
     caller.require("token.manage")
-    f = Fields(await json_body(request))
-    label = f.string("label", required=True, max_len=255)
-    role = f.choice("role", ALL_ROLES)
-    if f.body.get("role") is None:  # missing, or an explicit null
-        f.problem("role", f"is required: one of {', '.join(ALL_ROLES)}")
-    routing_key = f.string("routingKey", max_len=255)
-    f.check()
-    assert label is not None and role is not None
+    body = bodies.parse(bodies.AdminTokenBody, await json_body(request))
+    label, role, routing_key = body.label, body.role, body.routingKey
     text = new_admin_token()
-    token = AdminToken(id=ctx.ids(), label=label, role=role, routing_key=routing_key)  # type: ignore[arg-type]
+    token = AdminToken(id=ctx.ids(), label=label, role=role, routing_key=routing_key)
     token = await tokens_of(ctx).create_admin_token(token, token_hash(text))
     log.info("Admin token created", extra={"tokenId": token.id, "role": role, "routingKey": routing_key})
     return JSONResponse({"token": text, "id": token.id}, status_code=201)
@@ -216,11 +209,8 @@ async def create_agent_token(request: Request, ctx: AppContext, caller: Caller) 
     """POST /api/v1/agent-tokens"""
     caller.require_unscoped()
     caller.require("token.manage")
-    f = Fields(await json_body(request))
-    labels = f.strings("labels") or []
-    mandatory = f.strings("mandatoryLabels") or []
-    created_by = f.string("createdBy", max_len=255)
-    f.check()
+    body = bodies.parse(bodies.AgentTokenBody, await json_body(request))
+    labels, mandatory, created_by = body.labels or [], body.mandatoryLabels or [], body.createdBy
     text = new_agent_token()
     token = AgentToken(id=ctx.ids(), token_prefix=text[:AGENT_PREFIX_SHOWN], labels=tuple(labels),
                        mandatory_labels=tuple(mandatory), created_by=created_by or caller.token.label)

@@ -23,6 +23,7 @@ from kici_adapters.postgres.reruns import PgReruns
 from kici_core import cluster, errors, routing
 from kici_core.ports import ClusterDirectory
 from kici_runtime.orchestrator.admin import auth as admin_auth
+from kici_runtime.orchestrator.admin import bodies
 from kici_runtime.orchestrator.admin.auth import Caller
 from kici_runtime.orchestrator.context import AppContext
 from kici_runtime.orchestrator.dispatcher import AgentHub
@@ -146,10 +147,7 @@ def routes(hub: AgentHub, *, directory: ClusterDirectory | None = None) -> list[
     async def rerun(request: Request, ctx: AppContext, caller: Caller) -> Response:
         caller.require("run.cancel")
         run = await _run_or_404(request.path_params["run_id"], caller)
-        body = await admin_auth.json_body(request)
-        failed_only = body.get("failedOnly", False)
-        if not isinstance(failed_only, bool):
-            raise admin_auth.validation([{"path": ["failedOnly"], "message": "must be a boolean"}])
+        failed_only = bodies.parse(bodies.RerunBody, await admin_auth.json_body(request)).failedOnly
         try:
             result = await reruns.rerun(str(run["run_id"]), failed_only=failed_only,
                                         requested_by=f"admin:{caller.token.label}")
@@ -195,9 +193,9 @@ def routes(hub: AgentHub, *, directory: ClusterDirectory | None = None) -> list[
         caller.require("run.cancel")
         run_id = request.path_params["run_id"]
         await _run_or_404(run_id, caller)
-        body = await admin_auth.json_body(request)
+        force = bodies.parse(bodies.CancelRunBody, await admin_auth.json_body(request)).force
         try:
-            result = await hub.cancel_run(run_id, force=body.get("force") is True, cancelled_by=caller.token.label)
+            result = await hub.cancel_run(run_id, force=force, cancelled_by=caller.token.label)
         except errors.Conflict as exc:
             return JSONResponse({"error": "Run already in terminal state", "status": exc.message}, status_code=409)
         return JSONResponse(result)

@@ -12,9 +12,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,6 +25,7 @@ from kici_core.jsontypes import JSONValue
 from kici_core.pipeline import Pipeline
 from kici_core.ports import DeliveryInbox, GenericSource, GitHubSource, RepoSource, Schedule, SourceStore
 from kici_runtime.orchestrator.admin import auth as admin_auth
+from kici_runtime.orchestrator.admin import bodies
 from kici_runtime.orchestrator.admin.auth import Caller
 from kici_runtime.orchestrator.context import AppContext
 
@@ -81,16 +81,6 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def _text(body: Mapping[str, Any], key: str, problems: list[dict[str, Any]], *, required: bool = True) -> str | None:
-    value = body.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        problems.append({"path": [key], "message": "must be a non-empty string"})
-        return None
-    return value.strip()
-
-
 def routes(*, store: PgRegistrations, pipeline: Pipeline, inbox: DeliveryInbox,
            wake: Callable[[], None]) -> list[BaseRoute]:
     """The routes, bound to the registration store, the pipeline (lock-file reads) and the inbox."""
@@ -110,21 +100,9 @@ def routes(*, store: PgRegistrations, pipeline: Pipeline, inbox: DeliveryInbox,
 
     async def dispatch(request: Request, ctx: AppContext, caller: Caller) -> Response:
         caller.require("scheduled_job.trigger")
-        body = await admin_auth.json_body(request)
-        problems: list[dict[str, Any]] = []
-        source_name = _text(body, "source", problems)
-        repo = _text(body, "repo", problems)
-        workflow = _text(body, "workflow", problems)
-        ref = _text(body, "ref", problems)
-        kind = _text(body, "type", problems, required=False)
-        given = body.get("inputs", {})
-        if not isinstance(given, dict):
-            problems.append({"path": ["inputs"], "message": "must be an object of input values"})
-        if repo is not None and repo.count("/") != 1:
-            problems.append({"path": ["repo"], "message": "must be owner/repo"})
-        if problems:
-            raise admin_auth.validation(problems)
-        assert source_name and repo and workflow and ref and isinstance(given, dict)
+        body = bodies.parse(bodies.WorkflowDispatchBody, await admin_auth.json_body(request))
+        source_name, repo, workflow, ref, kind, given = (body.source, body.repo, body.workflow, body.ref, body.type,
+                                                         body.inputs)
         source, provider = await resolve_source(ctx.sources, source_name)
         caller.require_key(source.routing_key)
         try:

@@ -36,6 +36,10 @@ kici-admin --url http://localhost:4000 --token $KICI_BOOTSTRAP_ADMIN_TOKEN sourc
 - A failure prints one line, `Error: <message>`, on stderr. HTTP errors read `HTTP <status>: <error>` and
   exit 1; an unreachable orchestrator exits 69; a bad local input (e.g. a private key that is not PEM) exits 65;
   usage errors exit 2.
+- A request body the admin API refuses is answered 400 with one entry per wrong field, its path into the body
+  and what is wrong (never the value): `{"error": "Validation error", "details": [{"path": ["labels", 2],
+  "message": "must be a string"}]}`. `kici-admin` prints it as
+  `HTTP 400: Validation error: labels.2 must be a string`.
 - Secret values (`--private-key`, `--webhook-secret`, `--secret`) accept the value itself, `@path` (the file's
   contents, trimmed), `--from-env VAR` or `--stdin`. They are stored encrypted with `KICI_SECRET_KEY` and never
   printed back; listings show only the last four characters. The one exception is

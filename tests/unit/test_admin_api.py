@@ -352,6 +352,27 @@ async def test_generic_source_validation_and_conflict(env: Env) -> None:
     assert (await create_generic(env, orgId="beta")).status_code == 201  # names are per org
 
 
+async def test_generic_source_bodies_name_nested_paths_and_keep_secrets_out(env: Env) -> None:
+    r = await create_generic(env, allowedEvents=["deploy", 7], dedupWindowSeconds=True, maxPayloadBytes=0,
+                             enabled="yes", verificationConfig={"secret": "gen-secret-abcd"})
+    assert r.status_code == 400 and r.json()["details"] == [
+        {"path": ["dedupWindowSeconds"], "message": "must be an integer in 0..2592000"},
+        {"path": ["maxPayloadBytes"], "message": "must be an integer in 1..10485760"},
+        {"path": ["allowedEvents", 1], "message": "must be a string"},
+        {"path": ["enabled"], "message": "must be a boolean"}]
+    assert "gen-secret-abcd" not in r.text
+    r = await create_generic(env, name=None, verificationConfig="gen-secret-abcd")
+    assert r.status_code == 400 and r.json()["details"] == [
+        {"path": ["name"], "message": "is required"},
+        {"path": ["verificationConfig"], "message": "must be an object"}]
+    assert "gen-secret-abcd" not in r.text
+    sid = (await create_generic(env, eventTypeHeader="X-Event")).json()["source"]["id"]
+    r = await env.call("PATCH", f"/api/v1/admin/generic-sources/{sid}", json={"eventTypeHeader": None})
+    assert r.status_code == 200 and r.json()["source"]["eventTypeHeader"] is None  # null clears
+    r = await env.call("PATCH", f"/api/v1/admin/generic-sources/{sid}", json={"name": None})
+    assert r.json()["details"] == [{"path": ["name"], "message": "must be a string"}]
+
+
 async def test_local_source(env: Env) -> None:
     local = {"orgId": "acme", "name": "repo", "providerType": "local", "gitConfig": {"url": "file:///srv/repo"}}
     r = await env.call("POST", "/api/v1/admin/generic-sources", json=local)

@@ -14,7 +14,7 @@ for messages of their own.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from annotated_types import MaxLen, MinLen
 from pydantic import (
@@ -28,6 +28,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from kici_core import identifiers, webhooks
+from kici_core.errors import InvalidInput
 from kici_core.ports import AdminRole
 from kici_runtime.orchestrator.admin.auth import ALL_ROLES, validation
 
@@ -37,11 +39,16 @@ __all__ = [
     "Body",
     "CancelRunBody",
     "GcBody",
+    "GenericSourceBody",
+    "GenericSourceUpdateBody",
+    "GitHubSourceBody",
+    "GitHubSourceUpdateBody",
     "RerunBody",
     "WorkflowDispatchBody",
     "details",
     "parse",
     "problem",
+    "validate",
 ]
 
 _NESTED = {"string_type": "must be a string", "int_type": "must be an integer", "bool_type": "must be a boolean",
@@ -110,16 +117,25 @@ def details(model: type[Body], exc: ValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def validate(model: type[B], body: Mapping[str, Any]) -> tuple[B | None, list[dict[str, Any]]]:
+    """``body`` as a ``model`` and no problems, or None and the problems (for handlers that add checks of
+    their own before answering)."""
+    try:
+        return model.model_validate(body), []
+    except ValidationError as exc:
+        return None, details(model, exc)
+
+
 def parse(model: type[B], body: Mapping[str, Any]) -> B:
     """``body`` as a ``model``.
 
     Raises:
         AdminHTTPError: 400 validation error naming every wrong field (see the module docstring).
     """
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise validation(details(model, exc)) from None
+    value, problems = validate(model, body)
+    if value is None:
+        raise validation(problems)
+    return value
 
 
 # ------------------------------------------------------------------------------------------ tokens
@@ -194,3 +210,115 @@ class WorkflowDispatchBody(Body):
             raise problem("must be an object of input values")
         return value
 
+
+
+# ------------------------------------------------------------------------------------------ sources
+MAX_ORG_ID = 16
+_STRING = "must be a string"
+
+
+class GitHubSourceBody(Body):
+    """``POST /api/v1/admin/sources`` (``provider`` and ``appId`` are checked by the handler first)."""
+
+    name: str = Field(min_length=1, max_length=255, description=_STRING)
+    privateKey: str = Field(min_length=1, max_length=20_000, description=_STRING)
+    webhookSecret: _OptionalText = Field(default=None, min_length=1, max_length=1024, description=_STRING)
+    slug: _OptionalText = Field(default=None, min_length=1, max_length=255, description=_STRING)
+    customerId: _OptionalText = Field(default=None, min_length=1, max_length=MAX_ORG_ID, description=_STRING)
+    apiUrl: _OptionalText = Field(default=None, min_length=1, max_length=2048, description=_STRING)
+    verify: bool | None = Field(default=None, description="must be a boolean")
+
+
+class GitHubSourceUpdateBody(Body):
+    """``PATCH /api/v1/admin/sources/{routingKey}``: ``slug`` and ``apiUrl`` may be ``null`` (cleared)."""
+
+    name: _OptionalText = Field(default=None, min_length=1, max_length=255, description=_STRING)
+    privateKey: _OptionalText = Field(default=None, min_length=1, max_length=20_000, description=_STRING)
+    webhookSecret: _OptionalText = Field(default=None, min_length=1, max_length=1024, description=_STRING)
+    customerId: _OptionalText = Field(default=None, min_length=1, max_length=MAX_ORG_ID, description=_STRING)
+    slug: str | None = Field(default=None, min_length=1, max_length=255, description=_STRING)
+    apiUrl: str | None = Field(default=None, min_length=1, max_length=2048, description=_STRING)
+    dropPreviousWebhookSecret: bool | None = Field(default=None, description="must be a boolean")
+
+
+def _identifier(check: Any, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(check(value))
+    except InvalidInput as exc:
+        raise problem(exc.message) from None
+
+
+def _method(value: str | None) -> str | None:
+    if value is not None and value not in webhooks.GENERIC_METHODS:
+        raise problem(f"must be one of {', '.join(webhooks.GENERIC_METHODS)}")
+    return value
+
+
+class _GenericSettings(Body):
+    """The optional settings of a generic source, shared by create and update; a field that is given as
+    ``null`` is cleared (the header and path names) or left as it is (the others)."""
+
+    eventTypeHeader: str | None = Field(default=None, min_length=1, max_length=255, description=_STRING)
+    eventTypePath: str | None = Field(default=None, min_length=1, max_length=255, description=_STRING)
+    idempotencyKeyHeader: str | None = Field(default=None, min_length=1, max_length=255, description=_STRING)
+    idempotencyKeyPath: str | None = Field(default=None, min_length=1, max_length=255, description=_STRING)
+    dedupWindowSeconds: int | None = Field(default=None, ge=0, le=86_400 * 30,
+                                           description=f"must be an integer in 0..{86_400 * 30}")
+    maxPayloadBytes: int | None = Field(default=None, ge=1, le=10 * 1024 * 1024,
+                                        description=f"must be an integer in 1..{10 * 1024 * 1024}")
+    rateLimitRpm: int | None = Field(default=None, ge=1, le=1_000_000, description="must be an integer in 1..1000000")
+    allowedEvents: list[str] | None = Field(default=None, description="must be an array of strings")
+    enabled: bool | None = Field(default=None, description="must be a boolean")
+    verificationMethod: str | None = Field(default=None, description=_STRING)
+    verificationConfig: dict[str, Any] | None = Field(default=None, description="must be an object")
+    gitConfig: Any = None
+
+    _known_method = field_validator("verificationMethod")(_method)
+
+    def settings(self) -> dict[str, Any]:
+        """The given settings as ``GenericSource`` field values (verification and git config excluded)."""
+        given = self.model_fields_set
+        out: dict[str, Any] = {}
+        for api, attr in (("eventTypeHeader", "event_type_header"), ("eventTypePath", "event_type_path"),
+                          ("idempotencyKeyHeader", "idempotency_key_header"),
+                          ("idempotencyKeyPath", "idempotency_key_path")):
+            if api in given:
+                out[attr] = getattr(self, api)
+        for api, attr in (("dedupWindowSeconds", "dedup_window_seconds"), ("maxPayloadBytes", "max_payload_bytes"),
+                          ("rateLimitRpm", "rate_limit_rpm"), ("enabled", "enabled")):
+            if getattr(self, api) is not None:
+                out[attr] = getattr(self, api)
+        if "allowedEvents" in given:
+            out["allowed_events"] = None if self.allowedEvents is None else tuple(self.allowedEvents)
+        return out
+
+
+def _org_id(value: str) -> str | None:
+    return _identifier(identifiers.check_org_id, value)
+
+
+def _source_name(value: str | None) -> str | None:
+    return _identifier(identifiers.check_source_name, value)
+
+
+class _GenericIdentity(Body):
+    orgId: str = Field(min_length=1, max_length=MAX_ORG_ID, description=_STRING)
+    name: str = Field(min_length=1, max_length=255, description=_STRING)
+    providerType: Literal["generic", "local"] | None = Field(default=None, description="must be one of generic, local")
+
+    _checked_org_id = field_validator("orgId")(_org_id)
+    _checked_name = field_validator("name")(_source_name)
+
+
+class GenericSourceBody(_GenericSettings, _GenericIdentity):
+    """``POST /api/v1/admin/generic-sources``: ``orgId`` and ``name`` first, then the shared settings."""
+
+
+class GenericSourceUpdateBody(_GenericSettings):
+    """``PATCH /api/v1/admin/generic-sources/{id}``: a partial update; ``gitConfig: null`` clears it."""
+
+    name: _OptionalText = Field(default=None, min_length=1, max_length=255, description=_STRING)
+
+    _checked_name = field_validator("name")(_source_name)

@@ -19,10 +19,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kici_adapters.github import app as github_app
-from kici_core import errors, identifiers, webhooks
+from kici_core import errors, webhooks
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import GenericSource, GitHubSource
-from kici_runtime.orchestrator.admin.auth import Caller, Fields, endpoint, fail, json_body, validation
+from kici_runtime.orchestrator.admin import bodies
+from kici_runtime.orchestrator.admin.auth import Caller, endpoint, fail, json_body, validation
 from kici_runtime.orchestrator.context import AppContext
 
 log = logging.getLogger("kici.admin")
@@ -30,7 +31,7 @@ log = logging.getLogger("kici.admin")
 SYSTEM_ORG = "__system__"
 PREVIOUS_WEBHOOK_SECRET = "webhookSecretPrevious"
 _APP_ID = re.compile(r"^[0-9]{1,20}$")
-MAX_ORG_ID = 16
+MAX_ORG_ID = bodies.MAX_ORG_ID
 
 
 def iso(value: datetime | None) -> str | None:
@@ -96,18 +97,13 @@ async def add_github_source(request: Request, ctx: AppContext, caller: Caller) -
         raise fail(400, "Missing required fields: provider, name, appId, privateKey")
     if body["provider"] != "github":
         raise validation([{"path": ["provider"], "message": 'must be "github"'}])
-    f = Fields(body)
-    name = f.string("name", required=True, max_len=255)
-    private_key = f.string("privateKey", required=True, max_len=20_000)
-    webhook_secret = f.string("webhookSecret", max_len=1024)
-    slug = f.string("slug", max_len=255)
-    customer_id = f.string("customerId", max_len=MAX_ORG_ID) or "__default__"
-    api_url = f.string("apiUrl", max_len=2048)
-    verify = f.boolean("verify")
+    given, problems = bodies.validate(bodies.GitHubSourceBody, body)
     if not _APP_ID.match(app_id):
-        f.problem("appId", "must be the numeric GitHub App ID")
-    f.check()
-    assert name is not None and private_key is not None
+        problems.append({"path": ["appId"], "message": "must be the numeric GitHub App ID"})
+    if given is None or problems:
+        raise validation(problems)
+    name, private_key, webhook_secret, slug = given.name, given.privateKey, given.webhookSecret, given.slug
+    customer_id, api_url, verify = given.customerId or "__default__", given.apiUrl, given.verify
     _check_key(private_key)
     routing_key = f"github:{app_id}"
     await _refuse_existing_github(ctx, routing_key)
@@ -171,16 +167,9 @@ async def _github_target(ctx: AppContext, caller: Caller, request: Request, perm
 async def update_github_source(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """PATCH /api/v1/admin/sources/{routing_key}: rename, new key, webhook-secret rotation."""
     routing_key = await _github_target(ctx, caller, request, "context.update")
-    body = await json_body(request)
-    f = Fields(body)
-    name = f.string("name", max_len=255)
-    private_key = f.string("privateKey", max_len=20_000)
-    webhook_secret = f.string("webhookSecret", max_len=1024)
-    customer_id = f.string("customerId", max_len=MAX_ORG_ID)
-    slug = f.string("slug", max_len=255, nullable=True)
-    api_url = f.string("apiUrl", max_len=2048, nullable=True)
-    drop_previous = f.boolean("dropPreviousWebhookSecret")
-    f.check()
+    body = bodies.parse(bodies.GitHubSourceUpdateBody, await json_body(request))
+    name, private_key, webhook_secret, customer_id = body.name, body.privateKey, body.webhookSecret, body.customerId
+    slug, api_url, drop_previous = body.slug, body.apiUrl, body.dropPreviousWebhookSecret
     source = await ctx.sources.github_by_routing_key(routing_key)
     if source is None:
         raise fail(404, "Source not found")
@@ -191,9 +180,9 @@ async def update_github_source(request: Request, ctx: AppContext, caller: Caller
         changes["name"] = name
     if customer_id is not None:
         changes["customer_id"] = customer_id
-    if "slug" in body:
+    if "slug" in body.model_fields_set:
         changes["slug"] = slug
-    if "apiUrl" in body:
+    if "apiUrl" in body.model_fields_set:
         changes["api_url"] = api_url
     if changes:
         source = await ctx.sources.update_github(dataclasses.replace(source, **changes))
@@ -252,7 +241,14 @@ async def _generic_json(ctx: AppContext, s: GenericSource) -> JSONObject:
     }
 
 
-def _split_secret(method: str, config: dict[str, Any], f: Fields) -> tuple[JSONObject, str | None]:
+Problems = list[dict[str, Any]]
+
+
+def _problem(problems: Problems, name: str, message: str) -> None:
+    problems.append({"path": [name], "message": message})
+
+
+def _split_secret(method: str, config: dict[str, Any], problems: Problems) -> tuple[JSONObject, str | None]:
     """Take the secret out of ``verificationConfig``; what remains is stored on the row."""
     rest: dict[str, JSONValue] = {k: v for k, v in config.items() if k not in ("secret", "token", "key", "secretRef")}
     key = webhooks.SECRET_METHODS.get(method)
@@ -260,11 +256,11 @@ def _split_secret(method: str, config: dict[str, Any], f: Fields) -> tuple[JSONO
         if method == "ip_allowlist":
             allow = config.get("allowlist")
             if not isinstance(allow, list) or not allow or not all(isinstance(a, str) for a in allow):
-                f.problem("verificationConfig", "allowlist must be a non-empty array of IP addresses")
+                _problem(problems, "verificationConfig", "allowlist must be a non-empty array of IP addresses")
         return rest, None
     value = config.get(key)
     if value is not None and (not isinstance(value, str) or not value):
-        f.problem("verificationConfig", f"{key} must be a non-empty string")
+        _problem(problems, "verificationConfig", f"{key} must be a non-empty string")
         return rest, None
     rest["secretRef"] = True
     return rest, value
@@ -274,76 +270,40 @@ LOCAL_DISABLED = "local sources are disabled: set KICI_ALLOW_LOCAL_SOURCES=true 
 LOCAL_NEEDS_VERIFICATION = "a local source needs verification (hmac_sha256, bearer_token, api_key or ip_allowlist)"
 
 
-def _checked(f: Fields, name: str, check: Any, value: str | None) -> str | None:
-    """``value`` when ``check`` accepts it (None when absent); records the problem otherwise."""
-    if value is None:
-        return None
-    try:
-        return str(check(value))
-    except errors.InvalidInput as exc:
-        f.problem(name, exc.message)
-        return None
-
-
-def _git_config(provider_type: str, value: Any, f: Fields) -> JSONObject | None:
+def _git_config(provider_type: str, value: Any, problems: Problems) -> JSONObject | None:
     if value is None:
         if provider_type == "local":
-            f.problem("gitConfig", 'a local source needs gitConfig {"url": "file://..."}')
+            _problem(problems, "gitConfig", 'a local source needs gitConfig {"url": "file://..."}')
         return None
     if not isinstance(value, dict):
-        f.problem("gitConfig", "must be an object")
+        _problem(problems, "gitConfig", "must be an object")
         return None
     url = value.get("url")
     if provider_type == "local" and (not isinstance(url, str) or not url.startswith("file://")):
-        f.problem("gitConfig", "url must be a file:// URL for a local source")
+        _problem(problems, "gitConfig", "url must be a file:// URL for a local source")
     return dict(value)
-
-
-def _generic_fields(f: Fields) -> dict[str, Any]:
-    """The optional settings shared by create and update, as ``GenericSource`` field values."""
-    out: dict[str, Any] = {}
-    for api, attr in (("eventTypeHeader", "event_type_header"), ("eventTypePath", "event_type_path"),
-                      ("idempotencyKeyHeader", "idempotency_key_header"),
-                      ("idempotencyKeyPath", "idempotency_key_path")):
-        if api in f.body:
-            out[attr] = f.string(api, max_len=255, nullable=True)
-    for api, attr, lo, hi in (("dedupWindowSeconds", "dedup_window_seconds", 0, 86_400 * 30),
-                              ("maxPayloadBytes", "max_payload_bytes", 1, 10 * 1024 * 1024),
-                              ("rateLimitRpm", "rate_limit_rpm", 1, 1_000_000)):
-        value = f.integer(api, minimum=lo, maximum=hi)
-        if value is not None:
-            out[attr] = value
-    if "allowedEvents" in f.body:
-        events = f.strings("allowedEvents")
-        out["allowed_events"] = tuple(events) if events is not None else None
-    enabled = f.boolean("enabled")
-    if enabled is not None:
-        out["enabled"] = enabled
-    return out
 
 
 async def create_generic_source(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """POST /api/v1/admin/generic-sources"""
     caller.require_unscoped()
     caller.require("context.create")
-    body = await json_body(request)
-    f = Fields(body)
-    org_id = _checked(f, "orgId", identifiers.check_org_id, f.string("orgId", required=True, max_len=MAX_ORG_ID))
-    name = _checked(f, "name", identifiers.check_source_name, f.string("name", required=True, max_len=255))
-    provider_type = f.choice("providerType", ("generic", "local"), default="generic") or "generic"
+    body = bodies.parse(bodies.GenericSourceBody, await json_body(request))
+    org_id, name = body.orgId, body.name
+    problems: Problems = []
+    provider_type = body.providerType or "generic"
     if provider_type == "local" and not ctx.local_sources_enabled:
-        f.problem("providerType", LOCAL_DISABLED)
-    method = f.choice("verificationMethod", webhooks.GENERIC_METHODS, default="hmac_sha256") or "hmac_sha256"
+        _problem(problems, "providerType", LOCAL_DISABLED)
+    method = body.verificationMethod or "hmac_sha256"
     if provider_type == "local" and method == "none":
-        f.problem("verificationMethod", LOCAL_NEEDS_VERIFICATION)
-    config_in = f.obj("verificationConfig") or {}
-    config, secret = _split_secret(method, config_in, f)
+        _problem(problems, "verificationMethod", LOCAL_NEEDS_VERIFICATION)
+    config, secret = _split_secret(method, body.verificationConfig or {}, problems)
     if method in webhooks.SECRET_METHODS and secret is None:
-        f.problem("verificationConfig", f"{webhooks.SECRET_METHODS[method]} is required for {method}")
-    git_config = _git_config(provider_type, body.get("gitConfig"), f)
-    extra = _generic_fields(f)
-    f.check()
-    assert org_id is not None and name is not None
+        _problem(problems, "verificationConfig", f"{webhooks.SECRET_METHODS[method]} is required for {method}")
+    git_config = _git_config(provider_type, body.gitConfig, problems)
+    extra = body.settings()
+    if problems:
+        raise validation(problems)
     source_id = ctx.ids()
     source = GenericSource(
         id=source_id, org_id=org_id, name=name, routing_key=f"generic:{org_id}:{source_id}",
@@ -400,28 +360,28 @@ async def get_generic_source(request: Request, ctx: AppContext, caller: Caller) 
 async def update_generic_source(request: Request, ctx: AppContext, caller: Caller) -> Response:
     """PATCH /api/v1/admin/generic-sources/{source_id}: partial update; ``gitConfig: null`` clears."""
     source = await _generic_target(request, ctx, caller, "context.update")
-    body = await json_body(request)
-    f = Fields(body)
-    changes = _generic_fields(f)
-    name = _checked(f, "name", identifiers.check_source_name, f.string("name", max_len=255))
-    if name is not None:
-        changes["name"] = name
-    method = f.choice("verificationMethod", webhooks.GENERIC_METHODS) or source.verification_method
+    body = bodies.parse(bodies.GenericSourceUpdateBody, await json_body(request))
+    problems: Problems = []
+    changes = body.settings()
+    if body.name is not None:
+        changes["name"] = body.name
+    method = body.verificationMethod or source.verification_method
     if source.provider_type == "local" and method == "none" and method != source.verification_method:
-        f.problem("verificationMethod", LOCAL_NEEDS_VERIFICATION)
+        _problem(problems, "verificationMethod", LOCAL_NEEDS_VERIFICATION)
     secret: str | None = None
-    if "verificationConfig" in body or method != source.verification_method:
-        config, secret = _split_secret(method, f.obj("verificationConfig") or {}, f)
+    if "verificationConfig" in body.model_fields_set or method != source.verification_method:
+        config, secret = _split_secret(method, body.verificationConfig or {}, problems)
         old_key = webhooks.SECRET_METHODS.get(source.verification_method)
         new_key = webhooks.SECRET_METHODS.get(method)
         if new_key is not None and secret is None and new_key != old_key:
-            f.problem("verificationConfig", f"{new_key} is required for {method}")
+            _problem(problems, "verificationConfig", f"{new_key} is required for {method}")
         changes["verification_method"] = method
         changes["verification_config"] = config
-    if "gitConfig" in body:
-        changes["git_config"] = None if body["gitConfig"] is None else _git_config(
-            source.provider_type, body["gitConfig"], f)
-    f.check()
+    if "gitConfig" in body.model_fields_set:
+        changes["git_config"] = None if body.gitConfig is None else _git_config(
+            source.provider_type, body.gitConfig, problems)
+    if problems:
+        raise validation(problems)
     if not changes:
         raise fail(400, "Validation error: no fields to update")
     try:

@@ -25,6 +25,7 @@ __all__ = [
     "InvalidMessage",
     "check_dispatch",
     "extended_reply",
+    "field_paths",
     "parse_frame",
     "validate",
 ]
@@ -251,7 +252,19 @@ def validate(msg: dict[str, Any]) -> _Msg | None:
     try:
         return model.model_validate(msg)
     except ValidationError as exc:
-        raise InvalidMessage(f"{kind}: {exc.error_count()} invalid field(s)") from None
+        raise InvalidMessage(f"{kind}: invalid {field_paths(exc)}") from None
+
+
+def field_paths(exc: ValidationError) -> str:
+    """The paths of the fields ``exc`` refused, such as ``labels[2], inFlightJobs[0].jobId`` (never a value)."""
+    paths: list[str] = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        text = ""
+        for part in err["loc"]:
+            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if text not in paths:
+            paths.append(text)
+    return ", ".join(paths) or "message"
 
 
 def extended_reply(msg: dict[str, Any]) -> dict[str, JSONValue] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -151,6 +152,17 @@ async def test_malformed_and_out_of_order_messages_close_4003(orch: Harness) -> 
     ws = await handshake(orch)
     await ws.send(b"\x00binary")
     assert await closed_with(ws) == (4003, "Invalid message")
+
+
+async def test_an_invalid_message_is_logged_with_the_paths_of_its_wrong_fields(
+        orch: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="kici.agents")
+    ws = await handshake(orch)
+    await ws.send(json.dumps({"type": "agent.register", "messageId": "m2", "agentId": "a1",
+                              "labels": ["x", 7], "inFlightJobs": [{"jobId": "j1"}]}))
+    assert await closed_with(ws) == (4003, "Invalid message")
+    errors = [getattr(r, "error", "") for r in caplog.records if r.getMessage() == "invalid agent message"]
+    assert errors == ["agent.register: invalid labels[1], inFlightJobs[0].runId"]
 
 
 async def test_too_large_message_and_extended_replies(orch: Harness) -> None:

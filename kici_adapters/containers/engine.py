@@ -99,13 +99,6 @@ class EngineClient:
         """``GET /_ping``. Raises ``EngineError`` when the engine does not answer OK."""
         await self._call("GET", "/_ping")
 
-    async def flavour(self) -> str:
-        """``podman`` when the engine says it is Podman, else ``docker``."""
-        data = (await self._call("GET", "/version")).json()
-        components = data.get("Components") or []
-        names = " ".join(str(c.get("Name", "")) for c in components if isinstance(c, dict))
-        return "podman" if "podman" in names.lower() else "docker"
-
     # ------------------------------------------------------------------------------------ images
     async def image_exists(self, image: str) -> bool:
         """``GET /images/{name}/json``: True when the engine has the image."""

@@ -232,11 +232,3 @@ class PgScalerStore:
             return
         async with self._db.connection() as conn:
             await conn.execute(_REASONS, {"ids": list(reasons), "reasons": list(reasons.values())})
-
-    async def history(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest rows, any state (for diagnostics and tests)."""
-        async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT * FROM scaler_agents ORDER BY created_at DESC LIMIT %(n)s",
-                                     {"n": limit})
-            return [dict(r) for r in await cur.fetchall()]
-

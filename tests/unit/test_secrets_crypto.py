@@ -102,5 +102,3 @@ def test_bad_keys_are_refused_without_echo(bad: str) -> None:
 def test_wrong_length_message_names_the_byte_count() -> None:
     with pytest.raises(ConfigError, match="got 31 bytes"):
         secrets.parse_master_key(base64.b64encode(b"x" * 31).decode())
-
-

@@ -51,8 +51,13 @@ __all__ = [
     "validate",
 ]
 
-_NESTED = {"string_type": "must be a string", "int_type": "must be an integer", "bool_type": "must be a boolean",
-           "dict_type": "must be an object", "list_type": "must be an array"}
+_NESTED = {
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "bool_type": "must be a boolean",
+    "dict_type": "must be an object",
+    "list_type": "must be an array",
+}
 """Messages for errors below a top-level field (an item of a list, a value of an object)."""
 
 
@@ -146,7 +151,9 @@ class AdminTokenBody(Body):
 
     label: str = Field(min_length=1, max_length=255, description="must be a string")
     role: AdminRole = Field(description=f"must be one of {', '.join(ALL_ROLES)}")
-    routingKey: _OptionalText = Field(default=None, min_length=1, max_length=255, description="must be a string")
+    routingKey: _OptionalText = Field(
+        default=None, min_length=1, max_length=255, description="must be a string"
+    )
 
 
 class AgentTokenBody(Body):
@@ -154,7 +161,9 @@ class AgentTokenBody(Body):
 
     labels: list[str] | None = Field(default=None, description="must be an array of strings")
     mandatoryLabels: list[str] | None = Field(default=None, description="must be an array of strings")
-    createdBy: _OptionalText = Field(default=None, min_length=1, max_length=255, description="must be a string")
+    createdBy: _OptionalText = Field(
+        default=None, min_length=1, max_length=255, description="must be a string"
+    )
 
 
 # ------------------------------------------------------------------------------------------ runs and gc
@@ -211,7 +220,6 @@ class WorkflowDispatchBody(Body):
         return value
 
 
-
 # ------------------------------------------------------------------------------------------ sources
 MAX_ORG_ID = 16
 _STRING = "must be a string"
@@ -264,11 +272,15 @@ class _GenericSettings(Body):
     eventTypePath: str | None = Field(default=None, min_length=1, max_length=255, description=_STRING)
     idempotencyKeyHeader: str | None = Field(default=None, min_length=1, max_length=255, description=_STRING)
     idempotencyKeyPath: str | None = Field(default=None, min_length=1, max_length=255, description=_STRING)
-    dedupWindowSeconds: int | None = Field(default=None, ge=0, le=86_400 * 30,
-                                           description=f"must be an integer in 0..{86_400 * 30}")
-    maxPayloadBytes: int | None = Field(default=None, ge=1, le=10 * 1024 * 1024,
-                                        description=f"must be an integer in 1..{10 * 1024 * 1024}")
-    rateLimitRpm: int | None = Field(default=None, ge=1, le=1_000_000, description="must be an integer in 1..1000000")
+    dedupWindowSeconds: int | None = Field(
+        default=None, ge=0, le=86_400 * 30, description=f"must be an integer in 0..{86_400 * 30}"
+    )
+    maxPayloadBytes: int | None = Field(
+        default=None, ge=1, le=10 * 1024 * 1024, description=f"must be an integer in 1..{10 * 1024 * 1024}"
+    )
+    rateLimitRpm: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="must be an integer in 1..1000000"
+    )
     allowedEvents: list[str] | None = Field(default=None, description="must be an array of strings")
     enabled: bool | None = Field(default=None, description="must be a boolean")
     verificationMethod: str | None = Field(default=None, description=_STRING)
@@ -281,13 +293,20 @@ class _GenericSettings(Body):
         """The given settings as ``GenericSource`` field values (verification and git config excluded)."""
         given = self.model_fields_set
         out: dict[str, Any] = {}
-        for api, attr in (("eventTypeHeader", "event_type_header"), ("eventTypePath", "event_type_path"),
-                          ("idempotencyKeyHeader", "idempotency_key_header"),
-                          ("idempotencyKeyPath", "idempotency_key_path")):
+        for api, attr in (
+            ("eventTypeHeader", "event_type_header"),
+            ("eventTypePath", "event_type_path"),
+            ("idempotencyKeyHeader", "idempotency_key_header"),
+            ("idempotencyKeyPath", "idempotency_key_path"),
+        ):
             if api in given:
                 out[attr] = getattr(self, api)
-        for api, attr in (("dedupWindowSeconds", "dedup_window_seconds"), ("maxPayloadBytes", "max_payload_bytes"),
-                          ("rateLimitRpm", "rate_limit_rpm"), ("enabled", "enabled")):
+        for api, attr in (
+            ("dedupWindowSeconds", "dedup_window_seconds"),
+            ("maxPayloadBytes", "max_payload_bytes"),
+            ("rateLimitRpm", "rate_limit_rpm"),
+            ("enabled", "enabled"),
+        ):
             if getattr(self, api) is not None:
                 out[attr] = getattr(self, api)
         if "allowedEvents" in given:
@@ -306,7 +325,9 @@ def _source_name(value: str | None) -> str | None:
 class _GenericIdentity(Body):
     orgId: str = Field(min_length=1, max_length=MAX_ORG_ID, description=_STRING)
     name: str = Field(min_length=1, max_length=255, description=_STRING)
-    providerType: Literal["generic", "local"] | None = Field(default=None, description="must be one of generic, local")
+    providerType: Literal["generic", "local"] | None = Field(
+        default=None, description="must be one of generic, local"
+    )
 
     _checked_org_id = field_validator("orgId")(_org_id)
     _checked_name = field_validator("name")(_source_name)

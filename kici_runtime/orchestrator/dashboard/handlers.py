@@ -278,4 +278,3 @@ class Handlers:
             row["waiting_reason"] = admin_runs.waiting_reason(self.hub, row)
         return p.render("agents.html", agents=agents, queued=queued, total=total,
                         instance=self.hub.instance_id)
-

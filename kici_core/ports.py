@@ -10,7 +10,7 @@ Timestamps are timezone-aware ``datetime`` values in UTC. Ids are strings (UUID 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol

@@ -16,7 +16,6 @@ from typing import overload
 
 from kici_core import errors
 from kici_core.cluster import ClusterAgent, DutyInfo, InstanceInfo
-from kici_core.jsontypes import JSONValue
 from kici_core.keys import event_log_payload_key
 from kici_core.platform_events import PlatformEvent
 from kici_core.ports import (

@@ -48,8 +48,8 @@ import psycopg
 from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.migrate import apply_migrations_async
 from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.secrets import PgSecretStore
 from kici_adapters.postgres.sources import PgSourceStore
-from kici_adapters.secrets import PgSecretStore
 from kici_core.ports import GitHubSource
 
 ORG = "bench"

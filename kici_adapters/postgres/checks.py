@@ -18,23 +18,16 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from kici_adapters.postgres import queries
 from kici_adapters.postgres.pool import Connection, Database
 from kici_core import checks
 from kici_core.jsontypes import JSONValue
 
+_SQL = queries.load("checks.sql")
+
 __all__ = ["CheckProblem", "PendingCheck", "PgCheckOutbox", "check_rows", "insert_checks"]
 
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
-INSERT_CHECKS = """
-INSERT INTO github_check_runs (run_id, job_id, external_id, routing_key, repo, head_sha, name, status, conclusion,
-                               detail, completed_at)
-SELECT c.run_id, c.job_id, c.external_id, c.routing_key, c.repo, c.head_sha, c.name, c.status, c.conclusion,
-       c.detail, CASE WHEN c.status = 'completed' THEN now() END
-  FROM jsonb_to_recordset(%(checks)s::jsonb) AS c(
-           run_id uuid, job_id uuid, external_id text, routing_key text, repo text, head_sha text, name text,
-           status text, conclusion text, detail text)
-ON CONFLICT (external_id) DO NOTHING
-"""
 
 
 def check_rows(*, provider: str, run_id: str, routing_key: str, repo: str | None, sha: str | None,
@@ -62,68 +55,7 @@ def check_rows(*, provider: str, run_id: str, routing_key: str, repo: str | None
 async def insert_checks(conn: Connection, rows: Sequence[JSONValue]) -> None:
     """Insert check rows (from :func:`check_rows`) in the caller's transaction; existing ones are kept."""
     if rows:
-        await conn.execute(INSERT_CHECKS, {"checks": Jsonb(list(rows))})
-
-_CLAIM = """
-WITH picked AS (
-    SELECT id FROM github_check_runs
-     WHERE sent_version < version AND next_attempt_at <= now()
-       AND (locked_until IS NULL OR locked_until <= now())
-     ORDER BY next_attempt_at, id
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
-), leased AS (
-    UPDATE github_check_runs c
-       SET locked_until = now() + make_interval(secs => %(lease)s), locked_by = %(worker)s,
-           attempts = c.attempts + 1
-      FROM picked WHERE c.id = picked.id
-    RETURNING c.*
-)
-SELECT l.*, r.workflow_name, r.delivery_id, r.org_id, r.attempt AS run_attempt, j.job_name
-  FROM leased l JOIN execution_runs r ON r.run_id = l.run_id
-  LEFT JOIN execution_jobs j ON j.job_id = l.job_id
- ORDER BY l.id
-"""
-_SENT = """
-UPDATE github_check_runs
-   SET sent_version = GREATEST(sent_version, %(version)s), github_id = COALESCE(%(github_id)s, github_id),
-       attempts = 0, last_error = NULL,
-       last_error_at = NULL, locked_until = NULL, locked_by = NULL, next_attempt_at = now(), updated_at = now()
- WHERE id = %(id)s
-"""
-_FAILED = """
-UPDATE github_check_runs
-   SET last_error = %(error)s, last_error_at = now(), locked_until = NULL, locked_by = NULL,
-       github_id = CASE WHEN %(forget)s THEN NULL ELSE github_id END,
-       sent_version = CASE WHEN %(give_up)s THEN GREATEST(sent_version, %(version)s) ELSE sent_version END,
-       next_attempt_at = now() + make_interval(secs => %(delay)s), updated_at = now()
- WHERE id = %(id)s
-"""
-_FAILED_STEP = """
-SELECT s.step_index, s.step_name, s.exit_code, s.error_message
-  FROM execution_steps s
- WHERE s.job_id = %(job_id)s AND s.status = 'failed'
- ORDER BY s.step_index
- LIMIT 1
-"""
-_TAIL = """
-SELECT content FROM (
-    SELECT id, content FROM log_chunks
-     WHERE job_id = %(job_id)s AND step_index IS NOT DISTINCT FROM %(step)s AND content IS NOT NULL
-     ORDER BY id DESC
-     LIMIT 50) t
- ORDER BY id
-"""
-_PROBLEMS = """
-SELECT count(*) FILTER (WHERE sent_version < version) AS pending,
-       count(*) FILTER (WHERE last_error IS NOT NULL) AS failing,
-       count(*) AS total,
-       max(attempts) FILTER (WHERE last_error IS NOT NULL) AS attempts,
-       min(next_attempt_at) FILTER (WHERE sent_version < version) AS next_attempt_at,
-       (array_agg(last_error ORDER BY last_error_at DESC) FILTER (WHERE last_error IS NOT NULL))[1] AS last_error,
-       max(last_error_at) AS last_error_at
-  FROM github_check_runs WHERE run_id::text = %(run_id)s
-"""
+        await conn.execute(_SQL["checks_insert"], {"checks": Jsonb(list(rows))})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,36 +121,35 @@ class PgCheckOutbox:
     async def claim(self, *, worker_id: str, limit: int, lease_seconds: float) -> list[PendingCheck]:
         """Lease up to ``limit`` check runs whose latest state is unsent and due, oldest due first."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_CLAIM, {"limit": limit, "lease": float(lease_seconds), "worker": worker_id})
+            cur = await conn.execute(_SQL["checks_claim"], {"limit": limit, "lease": float(lease_seconds), "worker": worker_id})
             return [_pending(dict(r)) for r in await cur.fetchall()]
 
     async def release_leases(self, worker_id: str) -> int:
         """Free the rows ``worker_id`` leased (a restarted process taking back what its previous life held)."""
         async with self._db.connection() as conn:
-            cur = await conn.execute("UPDATE github_check_runs SET locked_until = NULL, locked_by = NULL"
-                                     " WHERE locked_by = %(worker)s", {"worker": worker_id})
+            cur = await conn.execute(_SQL["checks_release_leases"], {"worker": worker_id})
             return cur.rowcount
 
     async def sent(self, check: PendingCheck, *, github_id: int | None) -> None:
         """GitHub has the state of ``check.version`` (and, after a create, the check run's id)."""
         async with self._db.connection() as conn:
-            await conn.execute(_SENT, {"id": check.id, "version": check.version, "github_id": github_id})
+            await conn.execute(_SQL["check_sent"], {"id": check.id, "version": check.version, "github_id": github_id})
 
     async def failed(self, check: PendingCheck, error: str, *, retry_after: float, give_up: bool = False,
                      forget_id: bool = False) -> None:
         """The send failed: try again after ``retry_after`` seconds, or (``give_up``) not for this state (a later
         state is sent again). ``forget_id``: GitHub no longer knows the check run; create it anew."""
         async with self._db.connection() as conn:
-            await conn.execute(_FAILED, {"id": check.id, "error": error[:1000], "delay": max(0.0, retry_after),
+            await conn.execute(_SQL["check_failed"], {"id": check.id, "error": error[:1000], "delay": max(0.0, retry_after),
                                          "give_up": give_up, "forget": forget_id, "version": check.version})
 
     async def failed_step(self, job_id: str) -> checks.FailedStep | None:
         """The first failed step of ``job_id`` with the raw lines of the end of its log (unmasked)."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_FAILED_STEP, {"job_id": job_id})
+            cur = await conn.execute(_SQL["job_failed_step"], {"job_id": job_id})
             step = await cur.fetchone()
             index = None if step is None else int(step["step_index"])
-            cur = await conn.execute(_TAIL, {"job_id": job_id, "step": index})
+            cur = await conn.execute(_SQL["step_log_tail"], {"job_id": job_id, "step": index})
             lines: list[str] = []
             for r in await cur.fetchall():
                 lines += str(r["content"]).split("\n")
@@ -230,7 +161,7 @@ class PgCheckOutbox:
     async def problems(self, run_id: str) -> CheckProblem | None:
         """How the run's check runs are doing, or None when the run has none."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_PROBLEMS, {"run_id": run_id})
+            cur = await conn.execute(_SQL["run_check_problems"], {"run_id": run_id})
             row = await cur.fetchone()
         if row is None or not row["total"]:
             return None
@@ -241,7 +172,7 @@ class PgCheckOutbox:
     async def due(self) -> int:
         """Check runs whose latest state is not sent yet."""
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT count(*) AS n FROM github_check_runs WHERE sent_version < version")
+            cur = await conn.execute(_SQL["checks_due"])
             row = await cur.fetchone()
         return int(row["n"]) if row else 0
 

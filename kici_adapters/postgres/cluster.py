@@ -21,51 +21,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from kici_adapters.postgres import notify, queries
 from kici_adapters.postgres.pool import Database
 from kici_core.cluster import ClusterAgent, DutyInfo, InstanceInfo
 
+_SQL = queries.load("cluster.sql")
+
 __all__ = ["PgCluster"]
-
-_LIVE = "(i.instance_id IS NULL OR (i.stopped_at IS NULL AND i.heartbeat_at >= now() - make_interval(secs => %(t)s)))"
-
-_AGENTS = (
-    "SELECT a.* FROM agents a LEFT JOIN cluster_instances i ON i.instance_id = a.connected_instance"
-    " WHERE a.connected_instance IS NOT NULL AND " + _LIVE + " ORDER BY a.agent_id"
-)
-_RECOVER = """
-WITH claimed AS (
-  UPDATE cluster_instances SET recovered_at = now(), recovered_by = %(me)s
-   WHERE instance_id = %(dead)s AND stopped_at IS NULL AND recovered_at IS NULL
-     AND heartbeat_at < now() - make_interval(secs => %(t)s)
-  RETURNING instance_id
-), doomed AS (
-  SELECT q.id FROM dispatch_queue q JOIN agents a ON a.agent_id = q.agent_id
-    JOIN execution_jobs j ON j.job_id = q.id
-   WHERE EXISTS (SELECT 1 FROM claimed) AND q.status = 'dispatched' AND a.connected_instance = %(dead)s
-     AND (q.ack_deadline IS NULL OR j.status IN ('running', 'cancelling'))
-   FOR UPDATE OF q SKIP LOCKED
-), marked AS (
-  UPDATE dispatch_queue q SET status = 'recovering', recovery_agent_id = q.agent_id,
-         recovery_deadline = now() + make_interval(secs => %(grace)s), ack_deadline = NULL, ack_agent_id = NULL
-    FROM doomed WHERE q.id = doomed.id
-  RETURNING q.id
-), jobs AS (
-  UPDATE execution_jobs j SET status = 'recovering', updated_at = now()
-    FROM marked WHERE j.job_id = marked.id AND j.status IN ('running', 'cancelling')
-  RETURNING j.job_id
-), agents_freed AS (
-  UPDATE agents SET connected_instance = NULL
-   WHERE connected_instance = %(dead)s AND EXISTS (SELECT 1 FROM claimed)
-  RETURNING agent_id
-), leases AS (
-  UPDATE delivery_inbox SET locked_until = NULL, locked_by = NULL, crashes = crashes + 1, updated_at = now()
-   WHERE EXISTS (SELECT 1 FROM claimed) AND state = 'pending' AND locked_until IS NOT NULL
-     AND (locked_by = %(dead)s OR starts_with(locked_by, %(dead)s || '/processing-'))
-  RETURNING event_log_id
-)
-SELECT (SELECT count(*) FROM claimed) AS claimed, (SELECT count(*) FROM marked) AS jobs,
-       (SELECT count(*) FROM agents_freed) AS agents, (SELECT count(*) FROM leases) AS deliveries
-"""
 
 
 def _instance(r: Any) -> InstanceInfo:
@@ -96,16 +58,13 @@ class PgCluster:
     # ------------------------------------------------------------------------------------ ClusterDirectory
     async def agents(self) -> list[ClusterAgent]:
         async with self._db.connection() as conn:
-            cur = await conn.execute(_AGENTS, {"t": self.instance_timeout_s})
+            cur = await conn.execute(_SQL["live_agents"], {"t": self.instance_timeout_s})
             return [_agent(r) for r in await cur.fetchall()]
 
     async def remote_agent_count(self, me: str) -> int:
         """Agents connected to live processes other than ``me``."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                "SELECT count(*) AS n FROM agents a LEFT JOIN cluster_instances i ON i.instance_id = a.connected_instance"
-                " WHERE a.connected_instance IS NOT NULL AND a.connected_instance <> %(me)s AND " + _LIVE,
-                {"t": self.instance_timeout_s, "me": me})
+            cur = await conn.execute(_SQL["live_agents_elsewhere"], {"t": self.instance_timeout_s, "me": me})
             row = await cur.fetchone()
             return int(row["n"]) if row else 0
 
@@ -113,32 +72,30 @@ class PgCluster:
         """Processes whose heartbeat is current and that did not stop."""
         async with self._db.connection() as conn:
             cur = await conn.execute(
-                "SELECT count(*) AS n FROM cluster_instances WHERE stopped_at IS NULL"
-                " AND heartbeat_at >= now() - make_interval(secs => %(t)s)", {"t": self.instance_timeout_s})
+                _SQL["live_instances_count"], {"t": self.instance_timeout_s})
             row = await cur.fetchone()
             return int(row["n"]) if row else 0
 
     async def instances(self) -> list[InstanceInfo]:
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT * FROM cluster_instances ORDER BY instance_id")
+            cur = await conn.execute(_SQL["instances"])
             return [_instance(r) for r in await cur.fetchall()]
 
     async def duties(self) -> list[DutyInfo]:
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT duty, instance_id, last_run_at FROM cluster_duties ORDER BY duty")
+            cur = await conn.execute(_SQL["duties"])
             return [DutyInfo(duty=r["duty"], instance_id=r["instance_id"], last_run_at=r["last_run_at"])
                     for r in await cur.fetchall()]
 
     async def active_runs(self) -> int:
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT count(*) AS n FROM execution_runs"
-                                     " WHERE status IN ('pending', 'running', 'cancelling', 'held')")
+            cur = await conn.execute(_SQL["active_runs_count"])
             row = await cur.fetchone()
             return int(row["n"]) if row else 0
 
     async def now(self) -> datetime:
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT now() AS now")
+            cur = await conn.execute(_SQL["db_now"])
             row = await cur.fetchone()
             assert row is not None
             return row["now"]  # type: ignore[no-any-return]
@@ -148,11 +105,7 @@ class PgCluster:
         """Record this process as alive (a restart under the same id starts a new life)."""
         async with self._db.connection() as conn:
             await conn.execute(
-                "INSERT INTO cluster_instances (instance_id, hostname, pid, version, mode)"
-                " VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(mode)s)"
-                " ON CONFLICT (instance_id) DO UPDATE SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid,"
-                " version = EXCLUDED.version, mode = EXCLUDED.mode, started_at = now(), heartbeat_at = now(),"
-                " stopped_at = NULL, recovered_at = NULL, recovered_by = NULL",
+                _SQL["instance_register"],
                 {"id": instance_id, "host": hostname, "pid": pid, "version": version, "mode": mode})
 
     async def heartbeat(self, instance_id: str) -> bool:
@@ -160,15 +113,14 @@ class PgCluster:
         (or its row is gone): the caller then re-registers and reclaims what it still runs."""
         async with self._db.connection() as conn:
             cur = await conn.execute(
-                "UPDATE cluster_instances SET heartbeat_at = now() WHERE instance_id = %(id)s"
-                " RETURNING recovered_at IS NULL AND stopped_at IS NULL AS ok", {"id": instance_id})
+                _SQL["instance_heartbeat"], {"id": instance_id})
             row = await cur.fetchone()
             return bool(row and row["ok"])
 
     async def stopped(self, instance_id: str) -> None:
         """A clean shutdown: the row stays (``stopped``) until pruned."""
         async with self._db.connection() as conn:
-            await conn.execute("UPDATE cluster_instances SET stopped_at = now() WHERE instance_id = %(id)s",
+            await conn.execute(_SQL["instance_stopped"],
                                {"id": instance_id})
 
     async def mirror_load(self, instance_id: str, loads: Sequence[tuple[str, int, bool]]) -> None:
@@ -177,9 +129,7 @@ class PgCluster:
             return
         async with self._db.connection() as conn:
             await conn.execute(
-                "UPDATE agents a SET active_jobs = d.n, accepting = d.acc"
-                "  FROM unnest(%(ids)s::text[], %(n)s::int[], %(acc)s::bool[]) AS d(id, n, acc)"
-                " WHERE a.agent_id = d.id AND a.connected_instance = %(me)s",
+                _SQL["agents_load_mirror"],
                 {"ids": [x[0] for x in loads], "n": [x[1] for x in loads], "acc": [x[2] for x in loads],
                  "me": instance_id})
 
@@ -188,17 +138,13 @@ class PgCluster:
         other process holds) and take back ``(job_id, agent_id)`` rows turned ``recovering`` meanwhile. Returns
         the rows taken back."""
         async with self._db.transaction() as conn:
-            await conn.execute("UPDATE agents SET connected_instance = %(me)s WHERE agent_id = ANY(%(ids)s)"
-                               " AND connected_instance IS NULL", {"me": instance_id, "ids": list(agents)})
+            await conn.execute(_SQL["agents_rejoin"], {"me": instance_id, "ids": list(agents)})
             cur = await conn.execute(
-                "UPDATE dispatch_queue q SET status = 'dispatched', recovery_agent_id = NULL, recovery_deadline = NULL"
-                "  FROM unnest(%(jobs)s::uuid[], %(agents)s::text[]) AS w(id, agent)"
-                " WHERE q.id = w.id AND q.status = 'recovering' AND q.recovery_agent_id = w.agent RETURNING q.id",
+                _SQL["queue_rejoin"],
                 {"jobs": [r[0] for r in running], "agents": [r[1] for r in running]})
             back = [r["id"] for r in await cur.fetchall()]
             if back:
-                await conn.execute("UPDATE execution_jobs SET status = 'running', updated_at = now()"
-                                   " WHERE job_id = ANY(%(ids)s) AND status = 'recovering'", {"ids": back})
+                await conn.execute(_SQL["jobs_rejoin"], {"ids": back})
             return len(back)
 
     # ------------------------------------------------------------------------------------ instance-recovery duty
@@ -206,9 +152,7 @@ class PgCluster:
         """Processes other than ``me`` whose heartbeat is overdue and whose work nobody recovered yet."""
         async with self._db.connection() as conn:
             cur = await conn.execute(
-                "SELECT instance_id FROM cluster_instances WHERE instance_id <> %(me)s AND stopped_at IS NULL"
-                " AND recovered_at IS NULL AND heartbeat_at < now() - make_interval(secs => %(t)s)"
-                " ORDER BY instance_id", {"me": me, "t": self.instance_timeout_s})
+                _SQL["dead_instances"], {"me": me, "t": self.instance_timeout_s})
             return [r["instance_id"] for r in await cur.fetchall()]
 
     async def recover(self, dead: str, *, by: str, grace_s: float) -> tuple[int, int, int] | None:
@@ -216,11 +160,11 @@ class PgCluster:
         recovering, agents marked disconnected, deliveries freed)``, or None when it is no longer dead or was
         recovered already."""
         async with self._db.transaction() as conn:
-            cur = await conn.execute(_RECOVER, {"dead": dead, "me": by, "t": self.instance_timeout_s,
+            cur = await conn.execute(_SQL["instance_recover"], {"dead": dead, "me": by, "t": self.instance_timeout_s,
                                                 "grace": grace_s})
             row = await cur.fetchone()
             if row is not None and row["deliveries"]:
-                await conn.execute("SELECT pg_notify('kici_inbox', '')")
+                await notify.notify(conn, notify.INBOX)
         if row is None or not row["claimed"]:
             return None
         return int(row["jobs"]), int(row["agents"]), int(row["deliveries"])
@@ -229,6 +173,5 @@ class PgCluster:
         """Forget processes stopped or recovered more than ``older_than_s`` ago."""
         async with self._db.connection() as conn:
             cur = await conn.execute(
-                "DELETE FROM cluster_instances WHERE COALESCE(stopped_at, recovered_at)"
-                " < now() - make_interval(secs => %(s)s)", {"s": older_than_s})
+                _SQL["instances_prune"], {"s": older_than_s})
             return cur.rowcount

@@ -12,29 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kici_adapters.postgres import queries
 from kici_adapters.postgres.pool import Connection, Database
 from kici_core import concurrency
 
-__all__ = ["PgConcurrency", "Promoted"]
+_SQL = queries.load("concurrency.sql")
 
-_JOB = """
-SELECT j.job_config->'workflowConcurrency' AS settings, r.routing_key
-  FROM execution_jobs j JOIN execution_runs r ON r.run_id = j.run_id
- WHERE j.job_id::text = %(job)s AND j.run_id::text = %(run)s
-"""
-_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%(rk)s || chr(31) || %(group)s, 0))"
-_LINE = """
-SELECT s.run_id::text AS run_id, s.status, j.job_config->'workflowConcurrency' AS settings
-  FROM concurrency_slots s JOIN execution_jobs j ON j.job_id = s.job_id
- WHERE s.routing_key = %(rk)s AND s.group_key = %(group)s AND s.status IN ('holding', 'waiting')
- ORDER BY s.id
-"""
-_TAKE = """
-INSERT INTO concurrency_slots (routing_key, group_key, run_id, job_id, agent_id, status)
-VALUES (%(rk)s, %(group)s, %(run)s, %(job)s, %(agent)s, %(status)s)
-ON CONFLICT (job_id) DO UPDATE SET routing_key = EXCLUDED.routing_key, group_key = EXCLUDED.group_key,
-       agent_id = EXCLUDED.agent_id, status = EXCLUDED.status, updated_at = now()
-"""
+__all__ = ["PgConcurrency", "Promoted"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,7 +31,7 @@ class Promoted:
 
 
 async def _line(conn: Connection, rk: str, group: str) -> tuple[list[str], list[str], Any]:
-    cur = await conn.execute(_LINE, {"rk": rk, "group": group})
+    cur = await conn.execute(_SQL["group_line"], {"rk": rk, "group": group})
     rows = await cur.fetchall()
     holders = list(dict.fromkeys(r["run_id"] for r in rows if r["status"] == "holding"))
     waiting = list(dict.fromkeys(r["run_id"] for r in rows if r["status"] == "waiting"))
@@ -64,21 +48,19 @@ class PgConcurrency:
     async def report(self, *, job_id: str, run_id: str, agent_id: str, group: str) -> concurrency.Decision:
         """Decide a ``job.concurrency.report`` and record it. A job whose workflow declares no group proceeds."""
         async with self._db.transaction() as conn:
-            cur = await conn.execute(_JOB, {"job": job_id, "run": run_id})
+            cur = await conn.execute(_SQL["job_concurrency"], {"job": job_id, "run": run_id})
             row = await cur.fetchone()
             settings = concurrency.settings_of(row["settings"]) if row is not None else None
             if row is None or settings is None:
                 return concurrency.Decision(action="proceed")
             rk = row["routing_key"]
-            await conn.execute(_LOCK, {"rk": rk, "group": group})
+            await conn.execute(_SQL["group_lock"], {"rk": rk, "group": group})
             holders, waiting, _ = await _line(conn, rk, group)
             decision = concurrency.decide(settings, group=group, run_id=run_id, holders=holders, waiting=waiting)
             if decision.supersede:
-                await conn.execute("UPDATE concurrency_slots SET status = 'cancelled', updated_at = now()"
-                                   " WHERE routing_key = %(rk)s AND group_key = %(group)s"
-                                   " AND run_id::text = ANY(%(runs)s) AND status IN ('holding', 'waiting')",
+                await conn.execute(_SQL["slots_cancel_runs"],
                                    {"rk": rk, "group": group, "runs": list(decision.supersede)})
-            await conn.execute(_TAKE, {"rk": rk, "group": group, "run": run_id, "job": job_id, "agent": agent_id,
+            await conn.execute(_SQL["slot_upsert"], {"rk": rk, "group": group, "run": run_id, "job": job_id, "agent": agent_id,
                                        "status": "holding" if decision.action == "proceed" else "waiting"})
             return decision
 
@@ -86,21 +68,17 @@ class PgConcurrency:
         """A run ended: free its slots and let the next waiting runs of each group in."""
         promoted: list[Promoted] = []
         async with self._db.transaction() as conn:
-            cur = await conn.execute("UPDATE concurrency_slots SET status = 'released', updated_at = now()"
-                                     " WHERE run_id::text = %(run)s AND status IN ('holding', 'waiting')"
-                                     " RETURNING routing_key, group_key", {"run": run_id})
+            cur = await conn.execute(_SQL["run_slots_release"], {"run": run_id})
             groups = sorted({(r["routing_key"], r["group_key"]) for r in await cur.fetchall()})
             for rk, group in groups:
-                await conn.execute(_LOCK, {"rk": rk, "group": group})
+                await conn.execute(_SQL["group_lock"], {"rk": rk, "group": group})
                 holders, waiting, raw = await _line(conn, rk, group)
                 settings = concurrency.settings_of(raw) or concurrency.Settings(cancel_in_progress=False)
                 runs = concurrency.promote(settings, holders=holders, waiting=waiting)
                 if not runs:
                     continue
                 cur = await conn.execute(
-                    "UPDATE concurrency_slots SET status = 'holding', updated_at = now()"
-                    " WHERE routing_key = %(rk)s AND group_key = %(group)s AND run_id::text = ANY(%(runs)s)"
-                    " AND status = 'waiting' RETURNING job_id::text AS job_id, run_id::text AS run_id, agent_id",
+                    _SQL["group_runs_promote"],
                     {"rk": rk, "group": group, "runs": list(runs)})
                 promoted += [Promoted(job_id=r["job_id"], run_id=r["run_id"], agent_id=r["agent_id"])
                              for r in await cur.fetchall()]
@@ -109,22 +87,14 @@ class PgConcurrency:
     async def drop_agent(self, agent_id: str) -> int:
         """An agent went away: its waiting entries are cancelled (its jobs are recovered or failed elsewhere)."""
         async with self._db.connection() as conn:
-            cur = await conn.execute("UPDATE concurrency_slots SET status = 'cancelled', updated_at = now()"
-                                     " WHERE agent_id = %(a)s AND status = 'waiting'", {"a": agent_id})
+            cur = await conn.execute(_SQL["agent_waiting_cancel"], {"a": agent_id})
             return cur.rowcount
 
     async def waiting_in_run(self, run_id: str) -> dict[str, str]:
         """Why each of the run's jobs waits for a concurrency group (job id -> reason), for ``runs show``."""
         async with self._db.connection() as conn:
             cur = await conn.execute(
-                "SELECT s.job_id::text AS job_id, s.group_key,"
-                " (SELECT string_agg(DISTINCT h.run_id::text, ', ') FROM concurrency_slots h"
-                "   WHERE h.routing_key = s.routing_key AND h.group_key = s.group_key AND h.status = 'holding')"
-                "   AS holders,"
-                " (SELECT count(DISTINCT w.run_id) FROM concurrency_slots w WHERE w.routing_key = s.routing_key"
-                "   AND w.group_key = s.group_key AND w.status = 'waiting' AND w.id < s.id AND w.run_id <> s.run_id)"
-                "   AS ahead"
-                " FROM concurrency_slots s WHERE s.run_id::text = %(run)s AND s.status = 'waiting'", {"run": run_id})
+                _SQL["waiting_in_run"], {"run": run_id})
             rows: Sequence[Any] = await cur.fetchall()
         return {r["job_id"]: f"{concurrency.queued_reason(r['group_key'])}: held by run {r['holders'] or '-'}, "
                              f"{r['ahead']} run(s) ahead" for r in rows}

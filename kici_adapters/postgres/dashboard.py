@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, LiteralString
+from typing import Any
 
+from kici_adapters.postgres import queries
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.tokens import check_hash, row_to_admin_token
 from kici_core.jsontypes import JSONObject
 from kici_core.ports import AdminToken
+
+_SQL = queries.load("dashboard.sql")
 
 __all__ = ["DashboardSession", "PgDashboardReads", "PgDashboardSessions"]
 
@@ -30,21 +33,6 @@ class DashboardSession:
     expires_at: datetime
 
 
-_SESSION_INSERT: LiteralString = (
-    "INSERT INTO dashboard_sessions (session_hash, token_id, csrf_token, expires_at)"
-    " VALUES (%(hash)s, %(token_id)s, %(csrf)s, %(expires_at)s)"
-)
-_SESSION_PURGE: LiteralString = "DELETE FROM dashboard_sessions WHERE expires_at < %(now)s"
-_SESSION_LOOKUP: LiteralString = (
-    "SELECT s.csrf_token, s.expires_at AS session_expires_at, t.id, t.label, t.role, t.routing_key, t.created_at,"
-    " t.expires_at, t.last_used_at, t.revoked"
-    " FROM dashboard_sessions s JOIN admin_tokens t ON t.id = s.token_id"
-    " WHERE s.session_hash = %(hash)s AND s.expires_at > %(now)s"
-    " AND NOT t.revoked AND (t.expires_at IS NULL OR t.expires_at > %(now)s)"
-)
-_SESSION_DELETE: LiteralString = "DELETE FROM dashboard_sessions WHERE session_hash = %(hash)s"
-
-
 class PgDashboardSessions:
     """Dashboard sessions over PostgreSQL. Raises ``StorageUnavailable`` when the database is down."""
 
@@ -55,14 +43,14 @@ class PgDashboardSessions:
                      now: datetime) -> None:
         """Store a new session (and drop the expired ones)."""
         async with self._db.transaction() as conn:
-            await conn.execute(_SESSION_PURGE, {"now": now})
-            await conn.execute(_SESSION_INSERT, {"hash": check_hash(session_hash), "token_id": token_id,
+            await conn.execute(_SQL["session_purge"], {"now": now})
+            await conn.execute(_SQL["session_insert"], {"hash": check_hash(session_hash), "token_id": token_id,
                                                  "csrf": csrf_token, "expires_at": expires_at})
 
     async def lookup(self, session_hash: str, *, now: datetime) -> DashboardSession | None:
         """The live session with this hash, or None (unknown, expired, signed out, or its token revoked)."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_SESSION_LOOKUP, {"hash": session_hash, "now": now})
+            cur = await conn.execute(_SQL["session_lookup"], {"hash": session_hash, "now": now})
             row = await cur.fetchone()
         if row is None:
             return None
@@ -72,31 +60,8 @@ class PgDashboardSessions:
     async def delete(self, session_hash: str) -> bool:
         """Sign out: remove the session; False when there was none."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_SESSION_DELETE, {"hash": session_hash})
+            cur = await conn.execute(_SQL["session_delete"], {"hash": session_hash})
             return cur.rowcount > 0
-
-
-_AGENTS: LiteralString = (
-    "SELECT a.agent_id, a.labels, a.mandatory_labels, a.platform, a.arch, a.version, a.hostname,"
-    " a.max_concurrency, a.connected_instance, a.connected_at, a.last_seen_at,"
-    " (SELECT count(*) FROM dispatch_queue q WHERE q.agent_id = a.agent_id"
-    "  AND q.status IN ('dispatched', 'recovering')) AS busy"
-    " FROM agents a WHERE (a.connected_instance IS NOT NULL OR a.agent_id = ANY(%(local)s))"
-    " AND (%(rk)s::text IS NULL OR EXISTS (SELECT 1 FROM dispatch_queue q WHERE q.agent_id = a.agent_id"
-    "  AND q.routing_key = %(rk)s AND q.status IN ('dispatched', 'recovering')))"
-    " ORDER BY a.agent_id"
-)
-_QUEUED: LiteralString = (
-    "SELECT q.id AS job_id, q.run_id, q.workflow_name, q.job_name, q.created_at, q.dispatch_attempts,"
-    " q.routing_key, q.last_provisioning_error, j.runs_on, j.exclude_labels, j.status, r.repo_identifier, r.ref"
-    " FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id JOIN execution_runs r ON r.run_id = q.run_id"
-    " WHERE q.status = 'pending' AND (%(rk)s::text IS NULL OR q.routing_key = %(rk)s)"
-    " ORDER BY q.seq LIMIT %(limit)s"
-)
-_QUEUED_COUNT: LiteralString = (
-    "SELECT count(*) AS n FROM dispatch_queue q WHERE q.status = 'pending'"
-    " AND (%(rk)s::text IS NULL OR q.routing_key = %(rk)s)"
-)
 
 
 class PgDashboardReads:
@@ -111,7 +76,7 @@ class PgDashboardReads:
         names the agents connected to this process (``instance``), which count as connected whatever their
         row says. With ``routing_key``, only the agents running a job of that key."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_AGENTS, {"rk": routing_key, "local": list(local)})
+            cur = await conn.execute(_SQL["agents"], {"rk": routing_key, "local": list(local)})
             rows = [dict(r) for r in await cur.fetchall()]
         for row in rows:
             if row["agent_id"] in local:
@@ -122,8 +87,8 @@ class PgDashboardReads:
         """Jobs waiting in the dispatch queue, first in line first, and how many wait in all."""
         params: JSONObject = {"rk": routing_key, "limit": limit}
         async with self._db.connection() as conn:
-            cur = await conn.execute(_QUEUED, params)
+            cur = await conn.execute(_SQL["queued"], params)
             rows = [dict(r) for r in await cur.fetchall()]
-            cur = await conn.execute(_QUEUED_COUNT, params)
+            cur = await conn.execute(_SQL["queued_count"], params)
             total = await cur.fetchone()
         return rows, int(total["n"]) if total else 0

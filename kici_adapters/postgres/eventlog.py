@@ -43,7 +43,7 @@ async def list_entries(db: Database, query: EventLogQuery) -> tuple[list[EventLo
     params["limit"] = max(0, query.limit)
     params["offset"] = max(0, query.offset)
     async with db.transaction() as conn:
-        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        await conn.execute(q("read_only_snapshot"))
         cur = await conn.execute(q("event_log_page"), params)
         rows = await cur.fetchall()
         cur = await conn.execute(q("event_log_count"), params)
@@ -57,6 +57,17 @@ async def get_entry(db: Database, org_id: str | None, delivery_id: str) -> Event
         cur = await conn.execute(q("event_log_get"), {"org_id": org_id, "delivery_id": delivery_id})
         row = await cur.fetchone()
     return None if row is None else row_to_entry(row)
+
+
+async def readable(db: Database) -> bool:
+    """Readiness: True once the database answers a read of ``event_log`` (reachable, and the schema is there).
+
+    Raises:
+        StorageUnavailable: the database cannot be reached.
+    """
+    async with db.connection() as conn:
+        await conn.execute(q("event_log_probe"))
+    return True
 
 
 async def read_payload(db: Database, blobs: BlobStore, org_id: str, delivery_id: str) -> bytes | None:

@@ -34,7 +34,7 @@ from psycopg.types.json import Jsonb
 
 from kici_adapters.lanes import Lanes
 from kici_adapters.postgres import checks as pg_checks
-from kici_adapters.postgres import eventlog
+from kici_adapters.postgres import eventlog, notify
 from kici_adapters.postgres.pool import Connection, Database, connect, translate_errors
 from kici_adapters.postgres.queries import q
 from kici_core import errors
@@ -452,7 +452,7 @@ def _complete_params(item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[N
         "org_id": item.org_id, "delivery_id": item.delivery_id, "runs": Jsonb(run_rows), "jobs": Jsonb(job_rows),
         "needs": Jsonb(need_rows), "queue": Jsonb(queue_rows), "checks": Jsonb(check_rows_),
         "status": outcome.status,
-        "event": None if event is None else Jsonb(event), "forward": forward,
+        "event": None if event is None else Jsonb(event), "forward": forward, "jobs_channel": notify.JOBS,
         "matched_count": outcome.matched_count, "repo_identifier": outcome.repo_identifier, "ref": outcome.ref,
         "error_message": outcome.error_message,
         "decision_trace": None if outcome.decision_trace is None else Jsonb(outcome.decision_trace),
@@ -698,6 +698,10 @@ class PgDeliveryInbox:
         return int(row["n"]) if row else 0
 
     # -- EventLog ------------------------------------------------------------------------------------
+    async def ready(self) -> bool:
+        """Readiness probe: the database answers a read of the event log (raises ``StorageUnavailable``)."""
+        return await eventlog.readable(self._db)
+
     async def list(self, query: EventLogQuery) -> tuple[list[EventLogEntry], int]:
         """Entries newest first, and the total matching count."""
         return await eventlog.list_entries(self._db, query)

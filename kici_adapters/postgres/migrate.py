@@ -20,11 +20,13 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 
 import anyio.to_thread
 import psycopg
 
+from kici_adapters.postgres import queries
 from kici_adapters.postgres.pool import redact_url, translate_errors
 from kici_core.errors import ConfigError, KiciError
 
@@ -35,13 +37,7 @@ _NAME = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
 
 _log = logging.getLogger("kici.migrate")
 
-_CREATE_TRACKING = b"""
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    name       text PRIMARY KEY,
-    checksum   text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)
-"""
+_SQL = queries.load("migrate.sql")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,20 +118,18 @@ def apply_migrations(url: str, migrations: list[Migration] | None = None) -> lis
     applied_now: list[str] = []
     with translate_errors(url), psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
         _log.info("Acquiring migration lock... (%s)", redact_url(url))
-        conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        conn.execute(_SQL["migration_lock"], {"key": ADVISORY_LOCK_KEY})
         try:
             _log.info("Migration lock acquired")
-            conn.execute(_CREATE_TRACKING)
-            rows = conn.execute("SELECT name, checksum FROM schema_migrations").fetchall()
+            conn.execute(_SQL["migrations_tracking_create"])
+            rows = conn.execute(_SQL["migrations_checksums"]).fetchall()
             for migration in plan(migrations, {str(name): str(checksum) for name, checksum in rows}):
                 started = time.monotonic()
                 try:
                     with conn.transaction():
                         conn.execute(migration.sql)
-                        conn.execute(
-                            "INSERT INTO schema_migrations (name, checksum) VALUES (%s, %s)",
-                            (migration.name, migration.checksum),
-                        )
+                        conn.execute(_SQL["migration_record"],
+                                     {"name": migration.name, "checksum": migration.checksum})
                 except psycopg.OperationalError:
                     _log.error("%s ... FAILED", migration.name)
                     raise
@@ -146,12 +140,37 @@ def apply_migrations(url: str, migrations: list[Migration] | None = None) -> lis
                 applied_now.append(migration.name)
         finally:
             if not conn.closed:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+                conn.execute(_SQL["migration_unlock"], {"key": ADVISORY_LOCK_KEY})
     if applied_now:
         _log.info("Applied %d migration(s)", len(applied_now))
     else:
         _log.info("Database schema is up to date")
     return applied_now
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigrationState:
+    """A shipped migration and when it was applied (None: pending)."""
+
+    name: str
+    applied_at: datetime | None
+
+
+async def migration_states(url: str) -> list[MigrationState]:
+    """Every shipped migration, in order, with the time the database recorded it as applied.
+
+    Raises:
+        StorageUnavailable: the database cannot be reached.
+    """
+    applied: dict[str, datetime] = {}
+    with translate_errors(url):
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10) as conn:
+            cur = await conn.execute(_SQL["migrations_tracked"])
+            row = await cur.fetchone()
+            if row and row[0]:
+                cur = await conn.execute(_SQL["migrations_applied"])
+                applied = {str(name): at for name, at in await cur.fetchall()}
+    return [MigrationState(name=m.name, applied_at=applied.get(m.name)) for m in known_migrations()]
 
 
 async def apply_migrations_async(url: str) -> list[str]:

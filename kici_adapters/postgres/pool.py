@@ -29,10 +29,14 @@ import psycopg
 import psycopg_pool
 from psycopg.rows import DictRow, dict_row
 
-from kici_core.errors import Conflict, InvalidInput, StorageUnavailable
+from kici_core.errors import Conflict, InvalidInput, StorageUnavailable, Unavailable
 
 Connection = psycopg.AsyncConnection[DictRow]
 """What the context managers yield: an async connection whose rows are dicts."""
+
+LOOP_ERRORS: tuple[type[Exception], ...] = (Unavailable, psycopg.Error)
+"""What a background loop that must outlive one failed pass catches: outages (``Unavailable`` once translated)
+and the driver errors the translation leaves alone (a statement the server rejected)."""
 
 IDLE_CHECK_SECONDS = 2.0
 """A pooled connection idle longer than this is probed before it is lent out."""

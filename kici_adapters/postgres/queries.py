@@ -1,48 +1,27 @@
-"""Named SQL blocks from ``queries.sql``, loaded once at import.
+"""Named SQL blocks of the PostgreSQL adapters, loaded once at import.
 
-A block starts with a line ``-- name: <identifier>`` and runs to the next such line. Comment lines inside a
-block are kept (PostgreSQL ignores them); blank leading and trailing lines are dropped.
+``queries.sql`` holds the blocks shared by several stores (:func:`q` reads them); a store with many statements of
+its own keeps them in ``<module>.sql`` next to it (:func:`load`). The format is :mod:`kici_adapters.sqlfiles`'.
 """
 
 from __future__ import annotations
 
-import re
-from importlib import resources
 from typing import LiteralString
 
-_HEADER = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$")
+from kici_adapters import sqlfiles
+
+PACKAGE = "kici_adapters.postgres"
+
+parse = sqlfiles.parse
 
 
-def parse(text: str) -> dict[str, LiteralString]:
-    """Split ``text`` into ``{name: sql}``. Raises ``ValueError`` on a duplicate or empty block."""
-    blocks: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines():
-        match = _HEADER.match(line)
-        if match:
-            name = match.group(1)
-            if name in blocks:
-                raise ValueError(f"duplicate query name {name!r}")
-            current = blocks[name] = []
-        elif current is not None:
-            current.append(line)
-    out: dict[str, LiteralString] = {}
-    for name, lines in blocks.items():
-        body = "\n".join(lines).strip()
-        if not body:
-            raise ValueError(f"query {name!r} is empty")
-        # The text comes from a file shipped with the package, never from input: a literal in all but name.
-        out[name] = body
-    return out
+def load(filename: str) -> dict[str, LiteralString]:
+    """The named blocks of ``filename`` in this package, by name."""
+    return sqlfiles.load(PACKAGE, filename)
 
 
-def _load() -> dict[str, LiteralString]:
-    text = resources.files("kici_adapters.postgres").joinpath("queries.sql").read_text(encoding="utf-8")
-    return parse(text)
-
-
-QUERIES: dict[str, LiteralString] = _load()
-"""Every named query, by name."""
+QUERIES: dict[str, LiteralString] = load("queries.sql")
+"""Every named query of ``queries.sql``, by name."""
 
 
 def q(name: str) -> LiteralString:

@@ -226,37 +226,6 @@ SELECT e.*, leased.attempts, p.body AS payload_body
  WHERE leased.state = 'pending'
  ORDER BY leased.created_at, e.received_at, e.id
 
--- name: event_log_lock
-SELECT id, status FROM event_log WHERE org_id = %(org_id)s AND delivery_id = %(delivery_id)s FOR UPDATE
-
--- name: run_insert
-INSERT INTO execution_runs (run_id, event_log_id, org_id, delivery_id, workflow_name, status, provider, routing_key,
-                            repo_identifier, repo_url, ref, sha, trigger_decision, created_at)
-VALUES (%(run_id)s, %(event_log_id)s, %(org_id)s, %(delivery_id)s, %(workflow_name)s, %(status)s, %(provider)s,
-        %(routing_key)s, %(repo_identifier)s, %(repo_url)s, %(ref)s, %(sha)s, %(trigger_decision)s, clock_timestamp())
-ON CONFLICT (org_id, delivery_id, workflow_name) WHERE original_run_id IS NULL DO NOTHING
-RETURNING run_id
-
--- name: job_insert
-INSERT INTO execution_jobs (job_id, run_id, job_name, base_name, status, matrix_values, runs_on, exclude_labels,
-                            required_labels, job_config, error_message, needs_satisfied, ready_at)
-VALUES (%(job_id)s, %(run_id)s, %(job_name)s, %(base_name)s, %(status)s, %(matrix_values)s, %(runs_on)s,
-        %(exclude_labels)s, %(required_labels)s, %(job_config)s, %(error_message)s, %(runnable)s,
-        CASE WHEN %(runnable)s THEN now() END)
-
--- name: job_need_insert
-INSERT INTO execution_job_needs (run_id, job_name, upstream_name, run_on)
-VALUES (%(run_id)s, %(job_name)s, %(upstream_name)s, %(run_on)s)
-ON CONFLICT DO NOTHING
-
--- name: queue_insert
-INSERT INTO dispatch_queue (id, run_id, workflow_name, job_name, runs_on_labels, runs_on_patterns, exclude_labels,
-                            exclude_patterns, required_labels, job_config, repo_url, ref, sha, delivery_id,
-                            provider, routing_key, status)
-VALUES (%(job_id)s, %(run_id)s, %(workflow_name)s, %(job_name)s, %(runs_on_labels)s, %(runs_on_patterns)s,
-        %(exclude_labels)s, %(exclude_patterns)s, %(required_labels)s, %(job_config)s, %(repo_url)s, %(ref)s,
-        %(sha)s, %(delivery_id)s, %(provider)s, %(routing_key)s, 'pending')
-
 -- name: complete_delivery
 -- One statement (one round trip, one commit): create the delivery's runs (at most once per delivery and
 -- workflow), their triggering event (the same for every run of the delivery, passed once as `event`), the
@@ -368,7 +337,7 @@ WITH entry AS (
      WHERE event_log_id = (SELECT id FROM entry)
     RETURNING event_log_id
 ), note AS (
-    SELECT pg_notify('kici_jobs', CASE WHEN length(ids) <= 7999 THEN ids ELSE '' END) FROM fresh WHERE n > 0
+    SELECT pg_notify(%(jobs_channel)s, CASE WHEN length(ids) <= 7999 THEN ids ELSE '' END) FROM fresh WHERE n > 0
 )
 SELECT (SELECT id FROM entry) AS entry_id, (SELECT ids FROM ordered) AS run_ids, (SELECT n FROM fresh) AS created,
        (SELECT count(*) FROM note) AS notified, (SELECT count(*) FROM new_jobs) AS jobs,
@@ -382,21 +351,9 @@ SELECT run_id FROM execution_runs
  WHERE org_id = %(org_id)s AND delivery_id = %(delivery_id)s AND original_run_id IS NULL
  ORDER BY created_at, run_id
 
--- name: event_log_outcome
--- A terminal outcome is final, except `failed` (a replay may still succeed).
-UPDATE event_log
-   SET status = %(status)s, matched_count = %(matched_count)s, run_id = %(run_id)s,
-       repo_identifier = %(repo_identifier)s, ref = %(ref)s, error_message = %(error_message)s,
-       decision_trace = %(decision_trace)s, processed_at = now()
- WHERE id = %(id)s
-   AND status NOT IN ('processed', 'lockfile_missing', 'lockfile_corrupt')
-
--- name: inbox_done
-UPDATE delivery_inbox SET state = 'done', locked_until = NULL, locked_by = NULL, updated_at = now()
- WHERE event_log_id = %(id)s
-
--- name: notify_jobs
-SELECT pg_notify('kici_jobs', %(payload)s)
+-- name: notify
+-- Channels: kici_adapters.postgres.notify.
+SELECT pg_notify(%(channel)s, %(payload)s)
 
 -- name: inbox_retry
 WITH entry AS (
@@ -482,6 +439,10 @@ SELECT count(*) AS n
    AND (%(contains)s::text IS NULL OR strpos(e.delivery_id, %(contains)s) > 0)
    AND (%(delivery_id)s::text IS NULL OR e.delivery_id = %(delivery_id)s)
 
+-- name: event_log_probe
+-- Readiness: the database answers and the table exists.
+SELECT delivery_id FROM event_log LIMIT 1
+
 -- name: event_log_get
 SELECT e.*, COALESCE(i.attempts, 0) AS attempts
   FROM event_log e LEFT JOIN delivery_inbox i ON i.event_log_id = e.id
@@ -494,3 +455,7 @@ SELECT e.*, COALESCE(i.attempts, 0) AS attempts
 -- are processed again at once instead of after the lease expires. Each counts as a crash (poison pill).
 UPDATE delivery_inbox SET locked_until = NULL, locked_by = NULL, crashes = crashes + 1, updated_at = now()
  WHERE locked_by = %(worker_id)s AND state = 'pending' AND locked_until IS NOT NULL;
+
+-- name: read_only_snapshot
+-- First statement of a transaction whose reads must agree with each other.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY

@@ -25,52 +25,16 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from kici_adapters import cron
-from kici_adapters.postgres import singletons
+from kici_adapters.postgres import queries, singletons
 from kici_adapters.postgres.pool import Database
 from kici_core import errors
 from kici_core.ports import Schedule, ScheduleSpec, WorkflowRegistration
 
+_SQL = queries.load("registrations.sql")
+
 __all__ = ["PgRegistrations"]
 
-_UPSERT = """
-INSERT INTO workflow_registrations (id, org_id, routing_key, provider, repo_identifier, workflow_name, ref, sha,
-                                    repo_url, lock_source, workflow, trigger_types, delivery_id)
-VALUES (%(id)s, %(org_id)s, %(routing_key)s, %(provider)s, %(repo)s, %(name)s, %(ref)s, %(sha)s, %(repo_url)s,
-        %(lock_source)s, %(workflow)s, %(types)s, %(delivery_id)s)
-ON CONFLICT (routing_key, repo_identifier, workflow_name) DO UPDATE
-   SET org_id = EXCLUDED.org_id, provider = EXCLUDED.provider, ref = EXCLUDED.ref, sha = EXCLUDED.sha,
-       repo_url = EXCLUDED.repo_url, lock_source = EXCLUDED.lock_source, workflow = EXCLUDED.workflow,
-       trigger_types = EXCLUDED.trigger_types, delivery_id = EXCLUDED.delivery_id, updated_at = now()
-RETURNING id
-"""
-_SCHEDULE_UPSERT = """
-INSERT INTO workflow_schedules AS s (id, registration_id, trigger_index, cron_expression, timezone, description,
-                                     next_fire_at, error)
-VALUES (gen_random_uuid(), %(reg)s, %(index)s, %(cron)s, %(tz)s, %(description)s, %(next)s, %(error)s)
-ON CONFLICT (registration_id, trigger_index) DO UPDATE
-   SET description = EXCLUDED.description, updated_at = now(),
-       next_fire_at = CASE WHEN (s.cron_expression, s.timezone) = (EXCLUDED.cron_expression, EXCLUDED.timezone)
-                                AND s.error IS NULL THEN s.next_fire_at ELSE EXCLUDED.next_fire_at END,
-       error = CASE WHEN (s.cron_expression, s.timezone) = (EXCLUDED.cron_expression, EXCLUDED.timezone)
-                    THEN s.error ELSE EXCLUDED.error END,
-       cron_expression = EXCLUDED.cron_expression, timezone = EXCLUDED.timezone
-"""
-_SAME = """
-SELECT count(*) AS total, count(k.name) FILTER (
-         WHERE r.org_id = %(org_id)s AND r.provider = k.provider AND r.ref = k.ref AND r.sha = k.sha
-           AND r.repo_url = k.repo_url AND r.lock_source = k.lock_source AND r.workflow = k.workflow
-           AND to_jsonb(r.trigger_types) = k.types) AS same
-  FROM workflow_registrations r
-  LEFT JOIN jsonb_to_recordset(%(wanted)s::jsonb)
-            AS k(name text, provider text, ref text, sha text, repo_url text, lock_source jsonb, workflow jsonb,
-                 types jsonb) ON k.name = r.workflow_name
- WHERE r.routing_key = %(routing_key)s AND r.repo_identifier = %(repo)s
-"""
 """Whether a repository's stored registrations are exactly the given ones (delivery id and ids aside)."""
-_SCHEDULES = """
-SELECT s.*, r.org_id, r.routing_key, r.repo_identifier, r.workflow_name
-  FROM workflow_schedules s JOIN workflow_registrations r ON r.id = s.registration_id
-"""
 
 
 def _schedule(row: Mapping[str, Any]) -> Schedule:
@@ -182,7 +146,7 @@ class PgRegistrations:
             async with self._db.connection() as conn:
                 await conn.set_autocommit(True)  # a lone read: no transaction to commit afterwards
                 try:
-                    cur = await conn.execute(_SAME, {"org_id": org_id, "routing_key": routing_key, "repo": repo,
+                    cur = await conn.execute(_SQL["registrations_unchanged"], {"org_id": org_id, "routing_key": routing_key, "repo": repo,
                                                      "wanted": wanted})
                     row = await cur.fetchone()
                 finally:
@@ -203,7 +167,7 @@ class PgRegistrations:
             self.unchanged += 1
             return
         async with self._db.transaction() as conn:
-            cur = await conn.execute("SELECT now() AS now")
+            cur = await conn.execute(_SQL["db_now"])
             row = await cur.fetchone()
             assert row is not None
             now: datetime = row["now"]
@@ -213,7 +177,7 @@ class PgRegistrations:
             reg_ids: list[str] = []
             if workflows:
                 cur = conn.cursor()
-                await cur.executemany(_UPSERT, [{
+                await cur.executemany(_SQL["registration_upsert"], [{
                     "id": reg.id, "org_id": org_id, "routing_key": routing_key, "provider": reg.provider,
                     "repo": repo, "name": reg.workflow_name, "ref": reg.ref, "sha": reg.sha, "repo_url": reg.repo_url,
                     "lock_source": Jsonb(dict(reg.lock_source)), "workflow": Jsonb(dict(reg.workflow)),
@@ -237,32 +201,27 @@ class PgRegistrations:
                     keep_regs.append(reg_id)
                     keep_index.append(spec.trigger_index)
             if schedules:
-                await conn.cursor().executemany(_SCHEDULE_UPSERT, schedules)
+                await conn.cursor().executemany(_SQL["schedule_upsert"], schedules)
             if reg_ids:
                 await conn.execute(
-                    "DELETE FROM workflow_schedules s WHERE s.registration_id = ANY(%(regs)s::uuid[])"
-                    " AND NOT EXISTS (SELECT 1 FROM unnest(%(kr)s::uuid[], %(ki)s::int[]) AS k(reg, idx)"
-                    " WHERE k.reg = s.registration_id AND k.idx = s.trigger_index)",
+                    _SQL["schedules_drop_unkept"],
                     {"regs": reg_ids, "kr": keep_regs, "ki": keep_index})
-            await conn.execute("DELETE FROM workflow_registrations WHERE routing_key = %(rk)s"
-                               " AND repo_identifier = %(repo)s AND NOT (workflow_name = ANY(%(keep)s))",
+            await conn.execute(_SQL["registrations_drop_unkept"],
                                {"rk": routing_key, "repo": repo, "keep": kept})
 
     async def unregister_repo(self, *, routing_key: str, repo: str) -> int:
         async with self._db.transaction() as conn:
-            cur = await conn.execute("DELETE FROM workflow_registrations WHERE routing_key = %(rk)s"
-                                     " AND repo_identifier = %(repo)s", {"rk": routing_key, "repo": repo})
+            cur = await conn.execute(_SQL["registrations_drop_repo"], {"rk": routing_key, "repo": repo})
             return cur.rowcount
 
     async def get(self, registration_id: str) -> WorkflowRegistration | None:
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT * FROM workflow_registrations WHERE id::text = %(id)s",
+            cur = await conn.execute(_SQL["registration_by_id"],
                                      {"id": registration_id})
             row = await cur.fetchone()
             if row is None:
                 return None
-            cur = await conn.execute("SELECT * FROM workflow_schedules WHERE registration_id = %(id)s"
-                                     " ORDER BY trigger_index", {"id": row["id"]})
+            cur = await conn.execute(_SQL["registration_schedules"], {"id": row["id"]})
             specs = [ScheduleSpec(trigger_index=int(s["trigger_index"]), cron_expression=s["cron_expression"],
                                   timezone=s["timezone"], description=s["description"]) for s in await cur.fetchall()]
         return _registration(row, specs)
@@ -270,24 +229,20 @@ class PgRegistrations:
     async def list_registrations(self, *, routing_key: str | None = None) -> list[WorkflowRegistration]:
         """Every registration (of one source), by repository and workflow."""
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT * FROM workflow_registrations WHERE %(rk)s::text IS NULL"
-                                     " OR routing_key = %(rk)s ORDER BY repo_identifier, workflow_name",
+            cur = await conn.execute(_SQL["registrations_of_source"],
                                      {"rk": routing_key})
             return [_registration(r, ()) for r in await cur.fetchall()]
 
     async def list_schedules(self, *, routing_key: str | None = None) -> list[Schedule]:
         async with self._db.connection() as conn:
-            cur = await conn.execute(_SCHEDULES + " WHERE %(rk)s::text IS NULL OR r.routing_key = %(rk)s"
-                                     " ORDER BY r.repo_identifier, r.workflow_name, s.trigger_index",
-                                     {"rk": routing_key})
+            cur = await conn.execute(_SQL["schedules_of_source"], {"rk": routing_key})
             return [_schedule(r) for r in await cur.fetchall()]
 
     # ------------------------------------------------------------------------------------ scheduler
     async def due(self, now: datetime, *, limit: int = 100) -> list[Schedule]:
         """Schedules whose next fire is at or before ``now``, earliest first."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_SCHEDULES + " WHERE s.next_fire_at <= %(now)s ORDER BY s.next_fire_at, s.id"
-                                     " LIMIT %(limit)s", {"now": now, "limit": limit})
+            cur = await conn.execute(_SQL["schedules_due"], {"now": now, "limit": limit})
             return [_schedule(r) for r in await cur.fetchall()]
 
     async def fired(self, schedule_id: str, *, due_at: datetime, next_fire_at: datetime | None,
@@ -295,10 +250,7 @@ class PgRegistrations:
         """Record a fire that was due at ``due_at`` (only if the row still says so) and the next one."""
         async with self._db.connection() as conn:
             cur = await conn.execute(
-                "UPDATE workflow_schedules SET last_fire_at = CASE WHEN %(delivery)s::text IS NULL THEN last_fire_at"
-                " ELSE %(due)s END, last_delivery_id = COALESCE(%(delivery)s, last_delivery_id),"
-                " next_fire_at = %(next)s, error = %(error)s, updated_at = now()"
-                " WHERE id = %(id)s AND next_fire_at = %(due)s",
+                _SQL["schedule_fired"],
                 {"id": schedule_id, "due": due_at, "next": next_fire_at, "delivery": delivery_id, "error": error})
             return cur.rowcount == 1
 

@@ -17,60 +17,14 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from kici_adapters.postgres import checks as pg_checks
+from kici_adapters.postgres import queries
 from kici_adapters.postgres.runs import TERMINAL_RUN, PgRunStore
 from kici_core import errors
 from kici_core.ports import RerunResult
 
-__all__ = ["PgReruns", "RerunResult"]
+_SQL = queries.load("reruns.sql")
 
-_FIND = "SELECT run_id, original_run_id FROM execution_runs WHERE run_id::text = %(id)s"
-_LOCK = "SELECT run_id FROM execution_runs WHERE run_id = %(root)s FOR UPDATE"
-_BY_KEY = "SELECT * FROM execution_runs WHERE rerun_key = %(key)s"
-_LATEST = """
-SELECT * FROM execution_runs WHERE run_id = %(root)s OR original_run_id = %(root)s ORDER BY attempt DESC LIMIT 1
-"""
-_JOBS = """
-SELECT job_id, job_name, status FROM execution_jobs WHERE run_id = %(run_id)s ORDER BY created_at, job_name
-"""
-_NEW_RUN = """
-INSERT INTO execution_runs (run_id, event_log_id, org_id, delivery_id, workflow_name, status, provider, routing_key,
-                            repo_identifier, repo_url, ref, sha, trigger_decision, provider_context, triggered_by,
-                            original_run_id, attempt, rerun_key, created_at)
-SELECT %(new)s, event_log_id, org_id, delivery_id, workflow_name, 'pending', provider, routing_key, repo_identifier,
-       repo_url, ref, sha, trigger_decision, provider_context, %(by)s, %(root)s, attempt + 1, %(key)s,
-       clock_timestamp()
-  FROM execution_runs WHERE run_id = %(latest)s
-RETURNING *
-"""
-_NEW_JOBS = """
-INSERT INTO execution_jobs (job_id, run_id, job_name, base_name, status, matrix_values, runs_on, exclude_labels,
-                            required_labels, job_config, outputs, needs_satisfied, started_at, completed_at,
-                            duration_ms, agent_id, error_message)
-SELECT m.new_id, %(new)s, j.job_name, j.base_name, CASE WHEN m.carried THEN j.status ELSE 'pending' END,
-       j.matrix_values, j.runs_on, j.exclude_labels, j.required_labels, j.job_config,
-       CASE WHEN m.carried THEN j.outputs END, m.carried, CASE WHEN m.carried THEN j.started_at END,
-       CASE WHEN m.carried THEN j.completed_at END, CASE WHEN m.carried THEN j.duration_ms END,
-       CASE WHEN m.carried THEN j.agent_id END, CASE WHEN m.carried THEN %(carried_note)s END
-  FROM jsonb_to_recordset(%(map)s::jsonb) AS m(old_id uuid, new_id uuid, carried boolean)
-  JOIN execution_jobs j ON j.job_id = m.old_id
-"""
-_NEW_NEEDS = """
-INSERT INTO execution_job_needs (run_id, job_name, upstream_name, run_on)
-SELECT %(new)s, job_name, upstream_name, run_on FROM execution_job_needs WHERE run_id = %(latest)s
-"""
-_ATTEMPTS = """
-SELECT run_id, attempt, status, triggered_by, created_at, completed_at FROM execution_runs
- WHERE run_id = %(root)s OR original_run_id = %(root)s ORDER BY attempt
-"""
-_AT_COMMIT = """
-SELECT DISTINCT ON (COALESCE(original_run_id, run_id)) run_id::text AS run_id, status
-  FROM execution_runs
- WHERE routing_key = %(rk)s AND repo_identifier = %(repo)s AND sha = %(sha)s
- ORDER BY COALESCE(original_run_id, run_id), attempt DESC
-"""
-_FOR_CHECK = """
-SELECT c.run_id::text AS run_id FROM github_check_runs c WHERE c.external_id = %(id)s AND c.routing_key = %(rk)s
-"""
+__all__ = ["PgReruns", "RerunResult"]
 
 
 class PgReruns:
@@ -89,25 +43,25 @@ class PgReruns:
         """
         async with self._runs.transaction() as tx:
             conn = tx.conn
-            cur = await conn.execute(_FIND, {"id": run_id})
+            cur = await conn.execute(_SQL["run_root"], {"id": run_id})
             found = await cur.fetchone()
             if found is None:
                 raise errors.NotFound(f"Run {run_id} not found")
             root = found["original_run_id"] or found["run_id"]
-            await conn.execute(_LOCK, {"root": root})
+            await conn.execute(_SQL["run_root_lock"], {"root": root})
             if key is not None:
                 key = f"{key}:{root}"
-                cur = await conn.execute(_BY_KEY, {"key": key})
+                cur = await conn.execute(_SQL["run_by_rerun_key"], {"key": key})
                 done = await cur.fetchone()
                 if done is not None:
                     return RerunResult(run_id=str(done["run_id"]), original_run_id=str(root),
                                        attempt=int(done["attempt"]), rerun_jobs=0, carried_jobs=0, created=False)
-            cur = await conn.execute(_LATEST, {"root": root})
+            cur = await conn.execute(_SQL["run_latest_attempt"], {"root": root})
             latest = await cur.fetchone()
             assert latest is not None
             if latest["status"] not in TERMINAL_RUN:
                 raise errors.Conflict(f"attempt {latest['attempt']} of run {root} is still {latest['status']}")
-            cur = await conn.execute(_JOBS, {"run_id": latest["run_id"]})
+            cur = await conn.execute(_SQL["run_jobs_state"], {"run_id": latest["run_id"]})
             jobs = [dict(j) for j in await cur.fetchall()]
             carry = failed_only and any(j["status"] != "success" for j in jobs)
             if failed_only and not carry and not all_when_none_failed:
@@ -117,13 +71,13 @@ class PgReruns:
             carried = [carry and j["status"] == "success" for j in jobs]
             mapping = [{"old_id": str(j["job_id"]), "new_id": n, "carried": c}
                        for j, n, c in zip(jobs, new_ids, carried, strict=True)]
-            cur = await conn.execute(_NEW_RUN, {"new": new_id, "by": requested_by, "root": root, "key": key,
+            cur = await conn.execute(_SQL["rerun_insert"], {"new": new_id, "by": requested_by, "root": root, "key": key,
                                                 "latest": latest["run_id"]})
             run = await cur.fetchone()
             assert run is not None
-            await conn.execute(_NEW_JOBS, {"new": new_id, "map": Jsonb(mapping),
+            await conn.execute(_SQL["rerun_jobs_insert"], {"new": new_id, "map": Jsonb(mapping),
                                            "carried_note": f"succeeded in attempt {latest['attempt']}"})
-            await conn.execute(_NEW_NEEDS, {"new": new_id, "latest": latest["run_id"]})
+            await conn.execute(_SQL["rerun_needs_insert"], {"new": new_id, "latest": latest["run_id"]})
             await self._runs.copy_run_extras(conn, source_run_id=str(latest["run_id"]), new_run_id=new_id)
             rerun: list[tuple[str, str, str, str | None]] = [
                 (n, str(j["job_name"]), "pending", None) for j, n, c in zip(jobs, new_ids, carried, strict=True)
@@ -140,23 +94,23 @@ class PgReruns:
     async def attempts(self, run_id: str) -> list[dict[str, Any]]:
         """Every attempt of the run ``run_id`` belongs to, first first (empty for an unknown run)."""
         async with self._runs.db.connection() as conn:
-            cur = await conn.execute(_FIND, {"id": run_id})
+            cur = await conn.execute(_SQL["run_root"], {"id": run_id})
             found = await cur.fetchone()
             if found is None:
                 return []
-            cur = await conn.execute(_ATTEMPTS, {"root": found["original_run_id"] or found["run_id"]})
+            cur = await conn.execute(_SQL["run_attempts"], {"root": found["original_run_id"] or found["run_id"]})
             return [dict(r) for r in await cur.fetchall()]
 
     async def runs_at_commit(self, routing_key: str, repo: str, sha: str) -> list[tuple[str, str]]:
         """``(run_id, status)`` of the latest attempt of every run of ``repo`` at ``sha`` from this source."""
         async with self._runs.db.connection() as conn:
-            cur = await conn.execute(_AT_COMMIT, {"rk": routing_key, "repo": repo, "sha": sha})
+            cur = await conn.execute(_SQL["runs_at_commit"], {"rk": routing_key, "repo": repo, "sha": sha})
             return [(r["run_id"], r["status"]) for r in await cur.fetchall()]
 
     async def run_for_check(self, routing_key: str, external_id: str) -> str | None:
         """The run of the check run with ``external_id`` that this source created, if any."""
         async with self._runs.db.connection() as conn:
-            cur = await conn.execute(_FOR_CHECK, {"id": external_id, "rk": routing_key})
+            cur = await conn.execute(_SQL["run_for_check"], {"id": external_id, "rk": routing_key})
             row = await cur.fetchone()
         return None if row is None else str(row["run_id"])
 

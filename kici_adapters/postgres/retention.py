@@ -19,61 +19,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, LiteralString
 
+from kici_adapters.postgres import queries
 from kici_adapters.postgres.pool import Connection, Database
 from kici_core import keys, retention
 from kici_core.ports import BlobStore
 
 __all__ = ["PgRetention", "SweepReport"]
 
-
-# A delivery is finished when its inbox row is not pending and every run it started is finished.
-_DELIVERY_DONE: LiteralString = (
-    "NOT EXISTS (SELECT 1 FROM delivery_inbox i WHERE i.event_log_id = e.id AND i.state = 'pending')"
-    " AND NOT EXISTS (SELECT 1 FROM execution_runs r WHERE r.event_log_id = e.id"
-    "                 AND r.status NOT IN ('success', 'failed', 'cancelled'))"
-)
-_PAYLOADS: LiteralString = (
-    "SELECT e.id, e.payload_key,"
-    "       ARRAY(SELECT r.run_id FROM execution_runs r WHERE r.event_log_id = e.id) AS run_ids"
-    "  FROM event_log e"
-    " WHERE e.received_at < %(cutoff)s AND (e.payload_key IS NOT NULL"
-    "       OR EXISTS (SELECT 1 FROM delivery_payloads p WHERE p.event_log_id = e.id))"
-    "   AND " + _DELIVERY_DONE +
-    " ORDER BY e.received_at LIMIT %(limit)s"
-)
-_LOG_CHUNKS: LiteralString = (
-    "SELECT c.id, c.object_key FROM log_chunks c JOIN execution_runs r ON r.run_id = c.run_id"
-    " WHERE r.status IN ('success', 'failed', 'cancelled') AND r.completed_at < %(cutoff)s"
-    " LIMIT %(limit)s"
-)
-_RUNS: LiteralString = (
-    "SELECT r.run_id,"
-    "       (SELECT count(*) FROM execution_jobs j WHERE j.run_id = r.run_id) AS jobs,"
-    "       (SELECT count(*) FROM execution_steps s WHERE s.run_id = r.run_id) AS steps,"
-    "       (SELECT count(*) FROM github_check_runs k WHERE k.run_id = r.run_id) AS check_runs,"
-    "       ARRAY(SELECT c.object_key FROM log_chunks c WHERE c.run_id = r.run_id AND c.object_key IS NOT NULL)"
-    "         AS log_objects"
-    "  FROM execution_runs r"
-    " WHERE r.status IN ('success', 'failed', 'cancelled') AND r.completed_at < %(cutoff)s"
-    "   AND NOT EXISTS (SELECT 1 FROM execution_jobs j WHERE j.run_id = r.run_id AND j.status NOT IN"
-    "                   ('success', 'failed', 'cancelled', 'skipped', 'timed_out_stale', 'drift_dropped'))"
-    "   AND NOT EXISTS (SELECT 1 FROM dispatch_queue q WHERE q.run_id = r.run_id"
-    "                   AND q.status IN ('pending', 'dispatched', 'recovering'))"
-    "   AND NOT EXISTS (SELECT 1 FROM github_check_runs k WHERE k.run_id = r.run_id AND k.sent_version < k.version)"
-    " ORDER BY r.completed_at LIMIT %(limit)s"
-)
-_EVENT_LOG: LiteralString = (
-    "SELECT e.id, e.payload_key FROM event_log e"
-    " WHERE e.received_at < %(cutoff)s AND " + _DELIVERY_DONE +
-    " ORDER BY e.received_at LIMIT %(limit)s"
-)
-_IDEMPOTENCY: LiteralString = (
-    "SELECT source_id, key FROM generic_idempotency WHERE expires_at < %(cutoff)s LIMIT %(limit)s"
-)
-_LOCKED: LiteralString = " FOR UPDATE SKIP LOCKED"
-_LOCKED_OF_E: LiteralString = " FOR UPDATE OF e SKIP LOCKED"
-_LOCKED_OF_C: LiteralString = " FOR UPDATE OF c SKIP LOCKED"
-_LOCKED_OF_R: LiteralString = " FOR UPDATE OF r SKIP LOCKED"
+_SQL = queries.load("retention.sql")
 
 
 @dataclass(slots=True)
@@ -135,31 +88,29 @@ class PgRetention:
     async def _payloads(self, conn: Connection, cutoff: datetime, limit: int | None,
                         dry_run: bool) -> tuple[bool, dict[str, int]]:
         if dry_run:
-            return True, {"payloads": await _count(conn, _PAYLOADS, cutoff)}
-        rows = await _rows(conn, _PAYLOADS + _LOCKED_OF_E, cutoff, limit)
+            return True, {"payloads": await _count(conn, _SQL["payloads_count"], cutoff)}
+        rows = await _rows(conn, _SQL["payloads_batch"], cutoff, limit)
         for row in rows:
             await self._delete_objects([row["payload_key"], *(keys.run_payload_key(str(r)) for r in row["run_ids"])])
         ids = [r["id"] for r in rows]
         if ids:
-            await conn.execute("DELETE FROM delivery_payloads WHERE event_log_id = ANY(%(ids)s)", {"ids": ids})
-            await conn.execute(
-                "UPDATE event_log SET payload_key = NULL, payload_omitted = true, payload_omitted_reason = 'expired'"
-                " WHERE id = ANY(%(ids)s)", {"ids": ids})
+            await conn.execute(_SQL["payloads_delete"], {"ids": ids})
+            await conn.execute(_SQL["payloads_mark_expired"], {"ids": ids})
         return _short(rows, limit), {"payloads": len(rows)}
 
     async def _log_chunks(self, conn: Connection, cutoff: datetime, limit: int | None,
                           dry_run: bool) -> tuple[bool, dict[str, int]]:
         if dry_run:
-            return True, {"log_chunks": await _count(conn, _LOG_CHUNKS, cutoff)}
-        rows = await _rows(conn, _LOG_CHUNKS + _LOCKED_OF_C, cutoff, limit)
+            return True, {"log_chunks": await _count(conn, _SQL["log_chunks_count"], cutoff)}
+        rows = await _rows(conn, _SQL["log_chunks_batch"], cutoff, limit)
         await self._delete_objects([r["object_key"] for r in rows])
         if rows:
-            await conn.execute("DELETE FROM log_chunks WHERE id = ANY(%(ids)s)", {"ids": [r["id"] for r in rows]})
+            await conn.execute(_SQL["log_chunks_delete"], {"ids": [r["id"] for r in rows]})
         return _short(rows, limit), {"log_chunks": len(rows)}
 
     async def _runs(self, conn: Connection, cutoff: datetime, limit: int | None,
                     dry_run: bool) -> tuple[bool, dict[str, int]]:
-        rows = await _rows(conn, _RUNS if dry_run else _RUNS + _LOCKED_OF_R, cutoff, limit)
+        rows = await _rows(conn, _SQL["runs_count" if dry_run else "runs_batch"], cutoff, limit)
         counts = {"runs": len(rows), "jobs": sum(int(r["jobs"]) for r in rows),
                   "steps": sum(int(r["steps"]) for r in rows), "check_runs": sum(int(r["check_runs"]) for r in rows)}
         if dry_run:
@@ -167,30 +118,27 @@ class PgRetention:
         for row in rows:
             await self._delete_objects([keys.run_payload_key(str(row["run_id"])), *row["log_objects"]])
         if rows:  # jobs, steps, needs, logs, queue rows, run events and check runs go with their run (cascade)
-            await conn.execute("DELETE FROM execution_runs WHERE run_id = ANY(%(ids)s)",
-                               {"ids": [r["run_id"] for r in rows]})
+            await conn.execute(_SQL["runs_delete"], {"ids": [r["run_id"] for r in rows]})
         return _short(rows, limit), counts
 
     async def _event_log(self, conn: Connection, cutoff: datetime, limit: int | None,
                          dry_run: bool) -> tuple[bool, dict[str, int]]:
         if dry_run:
-            return True, {"event_log": await _count(conn, _EVENT_LOG, cutoff)}
-        rows = await _rows(conn, _EVENT_LOG + _LOCKED_OF_E, cutoff, limit)
+            return True, {"event_log": await _count(conn, _SQL["event_log_count"], cutoff)}
+        rows = await _rows(conn, _SQL["event_log_batch"], cutoff, limit)
         await self._delete_objects([r["payload_key"] for r in rows])
         if rows:  # the inbox row and an unsent payload go with it (cascade); runs keep their delivery id
-            await conn.execute("DELETE FROM event_log WHERE id = ANY(%(ids)s)", {"ids": [r["id"] for r in rows]})
+            await conn.execute(_SQL["event_log_delete"], {"ids": [r["id"] for r in rows]})
         return _short(rows, limit), {"event_log": len(rows)}
 
     async def _idempotency(self, conn: Connection, cutoff: datetime, limit: int | None,
                            dry_run: bool) -> tuple[bool, dict[str, int]]:
         if dry_run:
-            return True, {"idempotency_keys": await _count(conn, _IDEMPOTENCY, cutoff)}
-        rows = await _rows(conn, _IDEMPOTENCY + _LOCKED, cutoff, limit)
+            return True, {"idempotency_keys": await _count(conn, _SQL["idempotency_count"], cutoff)}
+        rows = await _rows(conn, _SQL["idempotency_batch"], cutoff, limit)
         if rows:
-            await conn.execute(
-                "DELETE FROM generic_idempotency g USING unnest(%(s)s::uuid[], %(k)s::text[]) AS d(source_id, key)"
-                " WHERE g.source_id = d.source_id AND g.key = d.key",
-                {"s": [r["source_id"] for r in rows], "k": [r["key"] for r in rows]})
+            await conn.execute(_SQL["idempotency_delete"],
+                               {"s": [r["source_id"] for r in rows], "k": [r["key"] for r in rows]})
         return _short(rows, limit), {"idempotency_keys": len(rows)}
 
 
@@ -200,8 +148,7 @@ async def _rows(conn: Connection, query: LiteralString, cutoff: datetime, limit:
 
 
 async def _count(conn: Connection, query: LiteralString, cutoff: datetime) -> int:
-    cur = await conn.execute("SELECT count(*) AS n FROM (" + query + ") AS candidates",
-                             {"cutoff": cutoff, "limit": None})
+    cur = await conn.execute(query, {"cutoff": cutoff})
     row = await cur.fetchone()
     return int(row["n"]) if row else 0
 

@@ -15,57 +15,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg import sql
-
-from kici_adapters.postgres import singletons
+from kici_adapters.postgres import queries, singletons
 from kici_adapters.postgres.pool import Database
 from kici_core.jsontypes import JSONObject
+
+_SQL = queries.load("scaler.sql")
 
 __all__ = ["FailedSpawn", "LiveContainer", "PendingRow", "PgScalerStore", "StaticAgentRow"]
 
 SCALER_LOCK = singletons.lock_key("scaler")
 """pg_try_advisory_lock key of the scaler pass."""
-
-_PENDING = """
-SELECT q.id, q.run_id, q.created_at, j.runs_on, j.exclude_labels, q.last_provisioning_error
-  FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id
- WHERE q.status = 'pending'
- ORDER BY q.seq
- LIMIT %(limit)s
-"""
-_AGENTS = """
-SELECT a.agent_id, a.labels, a.mandatory_labels, a.max_concurrency,
-       (SELECT count(*) FROM dispatch_queue q
-         WHERE q.agent_id = a.agent_id AND q.status IN ('dispatched', 'recovering')) AS active
-  FROM agents a
- WHERE a.connected_instance IS NOT NULL
-   AND NOT EXISTS (SELECT 1 FROM scaler_agents s WHERE s.agent_id = a.agent_id)
-"""
-_LIVE_ROWS = """
-SELECT s.*, a.agent_id IS NOT NULL AS registered, a.connected_instance IS NOT NULL AS connected,
-       EXISTS (SELECT 1 FROM dispatch_queue q
-                WHERE q.agent_id = s.agent_id AND q.status IN ('dispatched', 'recovering')) AS busy
-  FROM scaler_agents s LEFT JOIN agents a ON a.agent_id = s.agent_id
- WHERE s.state IN ('starting', 'running')
- ORDER BY s.created_at, s.agent_id
-"""
-_CLAIM = """
-INSERT INTO scaler_agents (agent_id, scaler_name, label_set, labels, bound_job_id, run_id, instance_id)
-VALUES (%(agent_id)s, %(scaler)s, %(label_set)s, %(labels)s, %(job_id)s, %(run_id)s, %(instance)s)
-ON CONFLICT DO NOTHING
-RETURNING agent_id
-"""
-_FAILED = """
-SELECT DISTINCT ON (bound_job_id) bound_job_id, error, ended_at
-  FROM scaler_agents
- WHERE state = 'failed' AND bound_job_id = ANY(%(ids)s::uuid[]) AND ended_at > now() - make_interval(secs => %(secs)s)
- ORDER BY bound_job_id, ended_at DESC
-"""
-_REASONS = """
-UPDATE dispatch_queue q SET last_provisioning_error = w.reason
-  FROM unnest(%(ids)s::uuid[], %(reasons)s::text[]) AS w(id, reason)
- WHERE q.id = w.id AND q.status = 'pending' AND q.last_provisioning_error IS DISTINCT FROM w.reason
-"""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,25 +121,25 @@ class PgScalerStore:
         """Pending rows, other agents and live containers as of one moment (one repeatable-read transaction):
         a job dispatched while the reads run is never both pending and held by a busy agent."""
         async with self._db.transaction() as conn:
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            cur = await conn.execute(_PENDING, {"limit": limit})
+            await conn.execute(queries.q("read_only_snapshot"))
+            cur = await conn.execute(_SQL["scaler_pending_jobs"], {"limit": limit})
             pending = [_pending(r) for r in await cur.fetchall()]
-            cur = await conn.execute(_AGENTS)
+            cur = await conn.execute(_SQL["static_agents"])
             agents = [_agent(r) for r in await cur.fetchall()]
-            cur = await conn.execute(_LIVE_ROWS)
+            cur = await conn.execute(_SQL["live_containers"])
             live = [_live(r) for r in await cur.fetchall()]
         return pending, agents, live
 
     async def pending(self, limit: int = 10_000) -> list[PendingRow]:
         """Pending dispatch rows, queue order."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_PENDING, {"limit": limit})
+            cur = await conn.execute(_SQL["scaler_pending_jobs"], {"limit": limit})
             return [_pending(r) for r in await cur.fetchall()]
 
     async def live(self) -> list[LiveContainer]:
         """Every ``starting``/``running`` container with its agent's state."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_LIVE_ROWS)
+            cur = await conn.execute(_SQL["live_containers"])
             return [_live(r) for r in await cur.fetchall()]
 
     async def recent_failures(self, job_ids: Sequence[str], within_s: float) -> dict[str, FailedSpawn]:
@@ -188,15 +147,14 @@ class PgScalerStore:
         if not job_ids:
             return {}
         async with self._db.connection() as conn:
-            cur = await conn.execute(_FAILED, {"ids": list(job_ids), "secs": within_s})
+            cur = await conn.execute(_SQL["recent_spawn_failures"], {"ids": list(job_ids), "secs": within_s})
             return {str(r["bound_job_id"]): FailedSpawn(job_id=str(r["bound_job_id"]), error=r["error"] or "",
                                                         at=_ts(r["ended_at"])) for r in await cur.fetchall()}
 
     async def binding(self, agent_id: str) -> tuple[bool, str | None]:
         """``(started by the scaler and live, bound job id)``."""
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT bound_job_id FROM scaler_agents WHERE agent_id = %(a)s"
-                                     " AND state IN ('starting', 'running')", {"a": agent_id})
+            cur = await conn.execute(_SQL["scaler_agent_binding"], {"a": agent_id})
             row = await cur.fetchone()
         if row is None:
             return False, None
@@ -207,7 +165,7 @@ class PgScalerStore:
                     job_id: str | None, run_id: str | None, instance_id: str) -> bool:
         """Record a container about to be created; False when the job already has a live container."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_CLAIM, {"agent_id": agent_id, "scaler": scaler, "label_set": label_set,
+            cur = await conn.execute(_SQL["scaler_agent_claim"], {"agent_id": agent_id, "scaler": scaler, "label_set": label_set,
                                               "labels": list(labels), "job_id": job_id, "run_id": run_id,
                                               "instance": instance_id})
             return await cur.fetchone() is not None
@@ -216,19 +174,16 @@ class PgScalerStore:
         """Set columns of a row (``container_id``, ``container_ip``, ``token_id``, ``state``...)."""
         allowed = {"container_id", "container_ip", "token_id", "state", "error"}
         assert fields and set(fields) <= allowed, fields
-        sets: list[sql.Composable] = [sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in sorted(fields)]
-        if fields.get("state") == "running":
-            sets.append(sql.SQL("started_at = now()"))
-        if fields.get("state") in ("failed", "removed"):
-            sets.append(sql.SQL("ended_at = now()"))
-        query = sql.SQL("UPDATE scaler_agents SET {} WHERE agent_id = {}").format(
-            sql.SQL(", ").join(sets), sql.Placeholder("agent_id"))
+        params: dict[str, Any] = {"agent_id": agent_id}
+        for name in sorted(allowed):  # a column not given keeps its value
+            params[f"set_{name}"] = name in fields
+            params[name] = fields.get(name)
         async with self._db.connection() as conn:
-            await conn.execute(query, {**fields, "agent_id": agent_id})
+            await conn.execute(_SQL["scaler_agent_update"], params)
 
     async def set_reasons(self, reasons: Mapping[str, str | None]) -> None:
         """Write each pending job's waiting reason (``None`` clears it) where it changed."""
         if not reasons:
             return
         async with self._db.connection() as conn:
-            await conn.execute(_REASONS, {"ids": list(reasons), "reasons": list(reasons.values())})
+            await conn.execute(_SQL["jobs_waiting_reasons"], {"ids": list(reasons), "reasons": list(reasons.values())})

@@ -16,8 +16,11 @@ from contextlib import asynccontextmanager
 
 from psycopg.types.json import Jsonb
 
+from kici_adapters.postgres import queries
 from kici_adapters.postgres.pool import Database
 from kici_core.jsontypes import JSONObject
+
+_SQL = queries.load("singletons.sql")
 
 __all__ = ["DUTIES", "LOCKS", "Run", "hold", "lock_key", "try_lock"]
 
@@ -47,14 +50,14 @@ async def try_lock(db: Database, key: int) -> AsyncIterator[bool]:
     """Hold ``pg_try_advisory_lock(key)`` on a pooled connection for the block if it is free; yields whether it
     was taken (the lock is released on exit)."""
     async with db.connection() as conn:
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%(k)s) AS ok", {"k": key})
+        cur = await conn.execute(_SQL["advisory_try_lock"], {"k": key})
         row = await cur.fetchone()
         taken = bool(row and row["ok"])
         try:
             yield taken
         finally:
             if taken:
-                await conn.execute("SELECT pg_advisory_unlock(%(k)s)", {"k": key})
+                await conn.execute(_SQL["advisory_unlock"], {"k": key})
 
 
 class Run:
@@ -77,17 +80,15 @@ async def hold(db: Database, duty: str, instance_id: str) -> AsyncIterator[Run]:
     """
     key = lock_key(duty)
     async with db.connection() as conn:
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%(k)s) AS ok", {"k": key})
+        cur = await conn.execute(_SQL["advisory_try_lock"], {"k": key})
         row = await cur.fetchone()
         run = Run(bool(row and row["ok"]))
         try:
             yield run
             if run.taken:
                 await conn.execute(
-                    "INSERT INTO cluster_duties (duty, instance_id, last_run_at, last_result)"
-                    " VALUES (%(d)s, %(i)s, now(), %(r)s) ON CONFLICT (duty) DO UPDATE SET"
-                    " instance_id = EXCLUDED.instance_id, last_run_at = now(), last_result = EXCLUDED.last_result",
+                    _SQL["duty_ran"],
                     {"d": duty, "i": instance_id, "r": Jsonb(run.result) if run.result is not None else None})
         finally:
             if run.taken:
-                await conn.execute("SELECT pg_advisory_unlock(%(k)s)", {"k": key})
+                await conn.execute(_SQL["advisory_unlock"], {"k": key})

@@ -27,8 +27,8 @@ from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.registrations import PgRegistrations
 from kici_adapters.postgres.reruns import PgReruns
 from kici_adapters.postgres.runs import PgRunStore
+from kici_adapters.postgres.secrets import PgSecretStore
 from kici_adapters.postgres.stores import PgDeliveryInbox, PgSourceStore
-from kici_adapters.secrets import PgSecretStore
 from kici_adapters.storage import FilesystemBlobStore, S3BlobStore
 from kici_core import errors, lockfile
 from kici_core.jsontypes import JSONValue

@@ -31,6 +31,7 @@ from kici_adapters import metrics
 from kici_adapters.agents import wire
 from kici_adapters.agents.dispatch_message import build_dispatch
 from kici_adapters.agents.endpoint import AgentConnection
+from kici_adapters.postgres import notify as pg_notify
 from kici_adapters.postgres import singletons
 from kici_adapters.postgres.concurrency import PgConcurrency
 from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue, QueuedRow
@@ -54,8 +55,8 @@ ScalerLookup = Callable[[str], Awaitable[scaling.Binding | None]]
 """``agent id -> binding`` when the auto-scaler started that agent (kici_runtime.orchestrator.scaler), else None."""
 
 STARTUP_LOCK = singletons.lock_key("dispatch-startup")
-CANCEL_CHANNEL = "kici_cancel"
-JOBS_CHANNEL = "kici_jobs"
+CANCEL_CHANNEL = pg_notify.CANCEL
+JOBS_CHANNEL = pg_notify.JOBS
 TERMINAL_AGENT_STATES = frozenset({"success", "failed", "cancelled"})
 SEQ_OVERLAP = 1000
 """Queue positions re-read below the highest seen after an anonymous ``kici_jobs`` notification, for rows whose
@@ -519,9 +520,7 @@ class AgentHub:
             await conn.send({"type": "job.concurrency.ack", "requestId": str(uuid.uuid4()), "action": "proceed",
                              "runId": run_id, "jobId": job_id})
         elif notify:
-            async with self._db.connection() as db_conn:
-                await db_conn.execute("SELECT pg_notify(%(ch)s, %(p)s)",
-                                      {"ch": CANCEL_CHANNEL, "p": f"proceed:{job_id}|{run_id}|{agent_id}"})
+            await pg_notify.Notifications(self._db).send(CANCEL_CHANNEL, f"proceed:{job_id}|{run_id}|{agent_id}")
 
     # ------------------------------------------------------------------------------------ cancel
     async def cancel_jobs(self, jobs: Sequence[tuple[str, str]]) -> None:
@@ -535,9 +534,7 @@ class AgentHub:
                 if local:
                     await self._run(self.core.cancel_requested(job_id=job_id, reason=reason, now=self._clock()))
             if not local:
-                async with self._db.connection() as conn:
-                    await conn.execute("SELECT pg_notify(%(ch)s, %(p)s)",
-                                       {"ch": CANCEL_CHANNEL, "p": f"job:{job_id}|0|{reason}"})
+                await pg_notify.Notifications(self._db).send(CANCEL_CHANNEL, f"job:{job_id}|0|{reason}")
 
     async def cancel_run(self, run_id: str, *, force: bool = False, cancelled_by: str | None = None,
                          reason: str | None = None) -> JSONObject:
@@ -547,9 +544,7 @@ class AgentHub:
         notified = await self._cancel_local(run_id, reason, force)
         remote = [h for h in held if self.core.assignment(str(h["id"])) is None]
         if remote:
-            async with self._db.connection() as conn:
-                await conn.execute("SELECT pg_notify(%(ch)s, %(p)s)",
-                                   {"ch": CANCEL_CHANNEL, "p": f"{run_id}|{int(force)}|{reason}"})
+            await pg_notify.Notifications(self._db).send(CANCEL_CHANNEL, f"{run_id}|{int(force)}|{reason}")
             connected = {a["agentId"] for a in await self.queue.agents()}
             notified += sum(1 for h in remote if (h["agent_id"] or h["recovery_agent_id"]) in connected
                             and h["status"] == "dispatched")
@@ -603,12 +598,10 @@ class AgentHub:
     async def _listen(self) -> None:
         while True:
             try:
-                async with self._db.dedicated() as conn:
-                    await conn.execute(f"LISTEN {JOBS_CHANNEL}")
-                    await conn.execute(f"LISTEN {CANCEL_CHANNEL}")
+                async with pg_notify.Notifications(self._db).listen((JOBS_CHANNEL, CANCEL_CHANNEL)) as notes:
                     self._full_at = None  # notifications may have been missed: the next read is a full scan
                     self._refresh.set()
-                    async for note in conn.notifies():
+                    async for note in notes:
                         if note.channel == CANCEL_CHANNEL and note.payload.startswith("proceed:"):
                             job_id, run_id, agent_id = [*note.payload[8:].split("|", 2), "", ""][:3]
                             await self._send_proceed(job_id, run_id, agent_id, notify=False)

@@ -10,12 +10,12 @@ import logging
 from typing import Any
 
 import anyio
-from psycopg import sql
 
 from kici_adapters import localgit
 from kici_adapters.platform.client import AckDecision, ClientConfig, PlatformClient
 from kici_adapters.platform.outbox import PgPlatformOutbox
 from kici_adapters.platform.protocol import PlatformSource, RelayedDelivery
+from kici_adapters.postgres import notify
 from kici_adapters.postgres.pool import Database
 from kici_core import errors
 from kici_core.ports import SourceStore
@@ -25,9 +25,6 @@ from kici_runtime.orchestrator.context import AppContext
 from kici_runtime.version import VERSION
 
 log = logging.getLogger("kici.platform")
-
-SOURCE_CHANNELS = ("sources_change", "generic_sources_change")
-"""Channels the source tables' triggers notify on every change; the relay client re-registers on them."""
 
 
 async def platform_sources(store: SourceStore) -> list[PlatformSource]:
@@ -74,16 +71,10 @@ def relay_client(settings: Settings, ctx: AppContext, outbox: PgPlatformOutbox |
 async def listen_for_source_changes(db: Database, client: PlatformClient, *, retry_seconds: float = 5.0) -> None:
     """Forever: ``LISTEN`` on the source tables' channels and ask ``client`` to re-register on each change
     (the client also polls, so a lost listener only delays an update)."""
-    while True:
-        try:
-            async with db.dedicated() as conn:
-                for channel in SOURCE_CHANNELS:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                async for _ in conn.notifies():
-                    client.sources_changed()
-        except errors.Unavailable as exc:
-            log.warning("source change listener lost its connection", extra={"error": str(exc)})
-        await anyio.sleep(retry_seconds)
+    async for note in notify.listen_forever(db, notify.SOURCES, retry_seconds=retry_seconds,
+                                            what="source change notifications"):
+        if note is not None:
+            client.sources_changed()
 
 
 async def run_platform_link(settings: Settings, ctx: AppContext, outbox: PgPlatformOutbox | None, db: Database, *,

@@ -7,10 +7,10 @@ claims are leases taken with ``SKIP LOCKED``, completion notifies ``kici_jobs`` 
 child claims under a stable id (``<instance id>/processing-<index>``), so a restarted child frees the leases
 its predecessor held.
 
-Wake-ups cross the process boundary as ``NOTIFY kici_inbox``: :class:`InboxNotifier` runs in the serving
-process and sends one notification per burst of acceptances (a group-commit batch wakes it once; acceptances
-arriving while a notification is in flight are covered by the next one); :func:`listen_inbox` runs in each
-child. The worker's poll interval remains the fallback when a notification is lost.
+Wake-ups cross the process boundary as ``NOTIFY kici_inbox``: ``InboxNotifier`` (``kici_adapters.postgres.notify``)
+runs in the serving process and sends one notification per burst of acceptances (a group-commit batch wakes it
+once; acceptances arriving while a notification is in flight are covered by the next one); :func:`listen_inbox`
+runs in each child. The worker's poll interval remains the fallback when a notification is lost.
 
 :class:`Supervisor` starts the children, restarts one that dies (with backoff) and, when cancelled, stops them
 with SIGTERM (SIGKILL after a grace period) before the serving process goes on to exit.
@@ -36,10 +36,10 @@ from typing import Literal, cast
 
 import anyio
 import anyio.abc
-import psycopg
 
 from kici_adapters import metrics
-from kici_adapters.postgres.pool import Connection, Database, connect
+from kici_adapters.postgres import notify
+from kici_adapters.postgres.pool import Database
 from kici_core import errors
 from kici_runtime import logging as kici_logging
 from kici_runtime import wirelogs
@@ -49,8 +49,6 @@ from kici_runtime.orchestrator import components, eventloop, heap
 
 log = logging.getLogger("kici.processing")
 
-INBOX_CHANNEL = "kici_inbox"
-"""Notified by the serving process after acceptances; processing children LISTEN on it."""
 STOP_GRACE_SECONDS = 30.0
 BEAT_SECONDS = 1.0
 """How often a child touches its heartbeat file."""
@@ -69,71 +67,12 @@ def child_worker_id(instance_id: str, index: int) -> str:
     return f"{instance_id}/processing-{index}"
 
 
-NOTIFY_INTERVAL_SECONDS = 0.01
-"""Least time between two inbox notifications. The first acceptance after a quiet spell notifies at once; the
-ones during the interval share one notification at its end. A busy child claims again as soon as a slot frees
-without being told, so at a few hundred acceptances a second this spares a round trip (and a child wake-up)
-per few deliveries."""
-
-
-class InboxNotifier:
-    """Sends ``NOTIFY kici_inbox`` after acceptances, coalescing: at most one notification per
-    ``interval``, off the ack path.
-
-    ``wake()`` only sets a flag (any number of calls between two notifications cost one); ``run()`` sends the
-    notifications over a dedicated autocommit connection, reconnecting when it breaks.
-    """
-
-    def __init__(self, url: str, *, interval: float = NOTIFY_INTERVAL_SECONDS) -> None:
-        self._url = url
-        self._interval = interval
-        self._wake = anyio.Event()
-        self.sent = 0
-        """Notifications sent (diagnostics and tests)."""
-
-    def wake(self) -> None:
-        """Ask for a notification (call from the event loop)."""
-        self._wake.set()
-
-    async def run(self) -> None:
-        """Notify until cancelled."""
-        conn: Connection | None = None
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake = anyio.Event()
-                try:
-                    if conn is None or conn.closed or conn.broken:
-                        conn = await connect(self._url, autocommit=True)
-                    await conn.execute("SELECT pg_notify(%s, '')", (INBOX_CHANNEL,))
-                    self.sent += 1
-                except (errors.Unavailable, psycopg.Error) as exc:
-                    # children still find the deliveries at their next poll
-                    log.warning("could not notify processing workers", extra={"error": str(exc)})
-                    conn = None
-                    await anyio.sleep(1.0)
-                    continue
-                await anyio.sleep(self._interval)
-        finally:
-            if conn is not None:
-                with anyio.CancelScope(shield=True):
-                    await conn.close()
-
-
-async def listen_inbox(url: str, wake: Callable[[], None], *, retry_seconds: float = 1.0) -> None:
+async def listen_inbox(db: Database, wake: Callable[[], None], *, retry_seconds: float = 1.0) -> None:
     """Call ``wake`` for every ``kici_inbox`` notification, and once per (re)connection (notifications may
     have been missed while disconnected). Runs until cancelled."""
-    while True:
-        try:
-            conn = await connect(url, autocommit=True)
-            async with conn:
-                await conn.execute(f"LISTEN {INBOX_CHANNEL}")
-                wake()
-                async for _ in conn.notifies():
-                    wake()
-        except (errors.Unavailable, psycopg.Error) as exc:
-            log.warning("inbox notifications lost; reconnecting", extra={"error": str(exc)})
-            await anyio.sleep(retry_seconds)
+    async for _ in notify.listen_forever(db, (notify.INBOX,), retry_seconds=retry_seconds,
+                                         what="inbox notifications"):
+        wake()
 
 
 class Supervisor:
@@ -331,7 +270,7 @@ async def run_child(settings: Settings, index: int, *, parent_pid: int, metrics_
         async with anyio.create_task_group() as tg:
             tg.start_soon(parts.worker.run)
             tg.start_soon(parts.offloader.run)
-            tg.start_soon(listen_inbox, url, wake)
+            tg.start_soon(listen_inbox, db, wake)
             if metrics_file is not None:
                 tg.start_soon(report_metrics, metrics_file)
                 tg.start_soon(beat, heartbeat_file(metrics_file))

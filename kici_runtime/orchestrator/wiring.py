@@ -26,7 +26,7 @@ from kici_adapters import metrics
 from kici_adapters.agents.endpoint import AgentEndpoint
 from kici_adapters.github.provider import GitHubProvider
 from kici_adapters.platform.outbox import PgPlatformOutbox
-from kici_adapters.postgres import migrate
+from kici_adapters.postgres import migrate, notify
 from kici_adapters.postgres.checks import PgCheckOutbox
 from kici_adapters.postgres.cluster import PgCluster
 from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue
@@ -34,8 +34,8 @@ from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.retention import PgRetention
 from kici_adapters.postgres.runs import PgRunStore
+from kici_adapters.postgres.secrets import rotate_key
 from kici_adapters.postgres.stores import PgDeliveryInbox, PgSourceStore, PgTokenStore
-from kici_adapters.secrets import rotate_key
 from kici_core import errors
 from kici_core.dispatch_effects import DispatcherConfig
 from kici_core.jsontypes import JSONObject
@@ -133,7 +133,7 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         await db.open()
         stack.push_async_callback(db.close)
         log.info("Database connected")
-        notifier = processing.InboxNotifier(url) if settings.processing_workers > 0 else None
+        notifier = notify.InboxNotifier(url) if settings.processing_workers > 0 else None
         parts = await components.processing_parts(settings, db, stack, worker_id=components.instance_id(settings),
                                        on_accepted=notifier.wake if notifier is not None else None)
         secrets, sources, github, worker, inbox = parts.secrets, parts.sources, parts.github, parts.worker, parts.inbox
@@ -154,15 +154,10 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         extra_routes += admin_workflows.routes(store=parts.registrations, pipeline=parts.pipeline, inbox=inbox,
                                                wake=wake)
 
-        async def check_database() -> bool:
-            async with db.connection() as conn:
-                await conn.execute("SELECT delivery_id FROM event_log LIMIT 1")
-            return True
-
         ctx = AppContext(
             mode=settings.mode, sources=sources, secrets=secrets, inbox=inbox, event_log=inbox,
             base_path=settings.base_path, version=VERSION, build_commit=settings.build_commit,
-            wake_worker=wake, check_database=check_database, tokens=tokens, blobs=blobs,
+            wake_worker=wake, check_database=inbox.ready, tokens=tokens, blobs=blobs,
             max_body_bytes=settings.http_max_body_bytes,
             generic_max_body_bytes=settings.generic_webhook_max_body_bytes,
             body_timeout=settings.http_body_timeout_ms / 1000, unverified_rpm=settings.webhook_unverified_rpm,

@@ -1,9 +1,9 @@
 """``kici-relay``: a small stand-in for the KiCI Platform's WebSocket relay, for development and tests.
 
-Modules: ``store`` (SQLite keys, sources, recorded messages), ``routing`` (routing keys and patterns),
-``hub`` (connections, chunked delivery), ``ws`` (the ``/ws`` endpoint), ``ingress`` (webhook HTTP
+Modules: ``hub`` (connections, chunked delivery), ``ws`` (the ``/ws`` endpoint), ``ingress`` (webhook HTTP
 routes), ``schemas`` (field checks of forwarded messages), ``app`` (Starlette app), ``server`` (uvicorn),
-``cli`` (click).
+``cli`` (click). Its SQLite store (keys, sources, recorded messages) and the routing-key rules it checks live
+in ``kici_adapters.relay``.
 """
 
 from __future__ import annotations

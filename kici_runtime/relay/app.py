@@ -20,9 +20,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from kici_adapters.relay.store import RelayStore
 from kici_runtime.relay import ingress, ws
 from kici_runtime.relay.hub import WS_MAX_PAYLOAD_BYTES, RelayHub, RelaySettings
-from kici_runtime.relay.store import RelayStore
 
 log = logging.getLogger("kici.relay")
 

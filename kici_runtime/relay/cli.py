@@ -14,9 +14,9 @@ from typing import TypeVar
 
 import click
 
+from kici_adapters.relay.store import GENERIC_METHODS, RelayStore
 from kici_core.errors import KiciError
 from kici_runtime import wirelogs
-from kici_runtime.relay.store import GENERIC_METHODS, RelayStore
 
 DEFAULT_DB = "kici-relay.sqlite3"
 

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from kici_adapters.relay import routing
+from kici_adapters.relay.store import ApiKey, RecordedMessage, RelayStore
 from kici_core.errors import NotFound
 from kici_core.jsontypes import JSONValue
-from kici_runtime.relay import routing, schemas
-from kici_runtime.relay.store import ApiKey, RecordedMessage, RelayStore
+from kici_runtime.relay import schemas
 
 log = logging.getLogger("kici.relay")
 

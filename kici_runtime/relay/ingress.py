@@ -14,8 +14,9 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from kici_adapters.relay import routing
 from kici_core.jsontypes import JSONValue
-from kici_runtime.relay import routing, verify
+from kici_runtime.relay import verify
 from kici_runtime.relay.hub import AckOutcome, Delivery, RelayHub
 
 log = logging.getLogger("kici.relay")

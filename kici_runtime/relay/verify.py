@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from kici_adapters.relay.store import Source
 from kici_core import webhooks
-from kici_runtime.relay.store import Source
 
 
 def github_signature_ok(body: bytes, header: str | None, webhook_secrets: Iterable[str]) -> bool:

@@ -12,8 +12,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from kici_adapters.postgres import migrate
 from tests.e2e.conftest import (
     ADMIN_TOKEN,
     APP_ID,
@@ -218,3 +220,18 @@ async def test_event_log_show_without_org_runs_jobs_and_a_table_in_120_columns(w
 async def _row_in(w: Independent, org: str, delivery: str) -> bool | None:
     rows = await w.query("SELECT 1 FROM event_log WHERE org_id = %s AND delivery_id = %s", org, delivery)
     return True if rows else None
+
+
+async def test_readiness_and_migration_status_read_the_real_database(world: Independent) -> None:
+    w = world
+    async with httpx.AsyncClient(base_url=w.url, timeout=30) as http:
+        ready = await http.get("/ready")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "checks": {"database": True}})
+    shipped = [m.name for m in migrate.known_migrations()]
+    out = json.loads((await w.admin("db", "migrate", "--status", "--json")).stdout)
+    assert [m["name"] for m in out["migrations"]] == shipped
+    assert {m["status"] for m in out["migrations"]} == {"applied"}
+    assert all(m["appliedAt"].endswith("Z") for m in out["migrations"])
+    table = (await w.admin("db", "migrate", "--status")).stdout
+    rows = {line.split()[0]: line.split()[1] for line in table.splitlines() if line.startswith("0")}
+    assert rows == dict.fromkeys(shipped, "applied"), table

@@ -21,8 +21,8 @@ from kici_adapters.github.lockfiles import LockfileCache
 from kici_adapters.github.provider import GitHubProvider
 from kici_adapters.postgres.inbox import PgDeliveryInbox
 from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.secrets import PgSecretStore
 from kici_adapters.postgres.sources import PgSourceStore
-from kici_adapters.secrets import PgSecretStore
 from kici_adapters.storage import FilesystemBlobStore
 from kici_core import handling, lockfile
 from kici_core.pipeline import Pipeline, Provider

@@ -27,13 +27,13 @@ import pytest
 from anyio.abc import Process
 
 from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.secrets import PgSecretStore
 from kici_adapters.postgres.sources import PgSourceStore
-from kici_adapters.secrets import PgSecretStore
+from kici_adapters.relay.store import RelayStore
 from kici_core.ports import GitHubSource
 from kici_runtime.relay.app import create_app
 from kici_runtime.relay.hub import RelayHub, RelaySettings
 from kici_runtime.relay.server import RelayServer, bind_socket, uvicorn_config
-from kici_runtime.relay.store import RelayStore
 from tests.support import waits
 from tests.support.github_server import GitHubServer, app_key
 from tests.support.pg import db_url, pg_server, pg_template

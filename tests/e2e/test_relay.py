@@ -18,10 +18,11 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kici_adapters.relay import routing
+from kici_adapters.relay.store import RelayStore
 from kici_core.errors import NotFound
-from kici_runtime.relay import cli, routing
+from kici_runtime.relay import cli
 from kici_runtime.relay.hub import Delivery, RelaySettings, relay_frames
-from kici_runtime.relay.store import RelayStore
 from tests.support import waits
 from tests.support.props import examples
 from tests.support.relay_peer import RelayPeer, RunningRelay, running_relay

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kici_runtime.relay.store import RelayStore
+from kici_adapters.relay.store import RelayStore
 
 
 def test_source_lookups_follow_writes_from_this_and_other_connections(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ import anyio
 import psycopg
 import pytest
 
-from kici_runtime.orchestrator.processing import INBOX_CHANNEL, InboxNotifier
+from kici_adapters.postgres.notify import INBOX as INBOX_CHANNEL
+from kici_adapters.postgres.notify import InboxNotifier
 from tests.support import waits
 
 pytestmark = pytest.mark.anyio

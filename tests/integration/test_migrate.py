@@ -133,3 +133,14 @@ def test_schema_enforces_the_race_critical_uniques(db_url: str) -> None:
         assert conn.execute(chunk, (run_row[0], job_id[0])).fetchone() is None
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("UPDATE execution_jobs SET status = 'done' WHERE job_id = %s", (job_id[0],))
+
+
+@pytest.mark.anyio
+async def test_migration_states_list_every_shipped_migration_pending_then_applied(empty_db_url: str) -> None:
+    names = [m.name for m in migrate.known_migrations()]
+    before = await migrate.migration_states(empty_db_url)
+    assert [(s.name, s.applied_at) for s in before] == [(name, None) for name in names]
+    migrate.apply_migrations(empty_db_url)
+    after = await migrate.migration_states(empty_db_url)
+    assert [s.name for s in after] == names
+    assert all(s.applied_at is not None and s.applied_at.tzinfo is not None for s in after)

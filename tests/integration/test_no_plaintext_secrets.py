@@ -17,9 +17,9 @@ from psycopg import sql
 from kici_adapters.postgres.inbox import PgDeliveryInbox
 from kici_adapters.postgres.offload import PayloadOffloader
 from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.secrets import PgSecretStore
 from kici_adapters.postgres.sources import PgSourceStore
 from kici_adapters.postgres.tokens import PgTokenStore
-from kici_adapters.secrets import PgSecretStore
 from kici_adapters.storage import FilesystemBlobStore
 from kici_core.ports import AdminToken, Delivery, DeliveryOutcome, GenericSource, GitHubSource
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kici_adapters import secrets
+from kici_adapters.postgres import secrets as pg_secrets
 from kici_adapters.postgres.pool import Database
 from kici_core.errors import SecretDecryptError
 
@@ -39,7 +39,7 @@ async def _stored(database: Database, org: str, scope: str, key: str) -> dict[st
 
 
 async def test_put_get_list_delete(database: Database) -> None:
-    store = secrets.PgSecretStore(database, KEY)
+    store = pg_secrets.PgSecretStore(database, KEY)
     assert await store.get("__system__", "__source__/a", "webhookSecret") is None
     await store.put("__system__", "__source__/a", "webhookSecret", "s3cr3t")
     await store.put("__system__", "__source__/a", "privateKey", "-----BEGIN-----")
@@ -73,13 +73,13 @@ async def test_reads_a_row_written_in_upstream_format(database: Database) -> Non
             "INSERT INTO scoped_secrets (org_id, scope, key, encrypted_value) VALUES (%s, %s, %s, %s)",
             ("__system__", "__webhook__/g1", "secret", stored),
         )
-    assert await secrets.PgSecretStore(database, KEY).get("__system__", "__webhook__/g1", "secret") == "from-upstream"
+    assert await pg_secrets.PgSecretStore(database, KEY).get("__system__", "__webhook__/g1", "secret") == "from-upstream"
 
 
 async def test_cache_is_invalidated_by_writes_and_expires(database: Database) -> None:
     clock = FakeMonotonic()
-    store = secrets.PgSecretStore(database, KEY, cache_seconds=5.0, monotonic=clock)
-    other = secrets.PgSecretStore(database, KEY, cache_seconds=0)
+    store = pg_secrets.PgSecretStore(database, KEY, cache_seconds=5.0, monotonic=clock)
+    other = pg_secrets.PgSecretStore(database, KEY, cache_seconds=0)
     await store.put("o", "s", "k", "v1")
     assert await store.get("o", "s", "k") == "v1"
     await store.put("o", "s", "k", "v2")  # own write: seen at once
@@ -91,34 +91,34 @@ async def test_cache_is_invalidated_by_writes_and_expires(database: Database) ->
 
 
 async def test_wrong_key_raises_secret_decrypt_error(database: Database) -> None:
-    await secrets.PgSecretStore(database, KEY).put("o", "s", "k", "v")
+    await pg_secrets.PgSecretStore(database, KEY).put("o", "s", "k", "v")
     with pytest.raises(SecretDecryptError, match="does not match"):
-        await secrets.PgSecretStore(database, OTHER).get("o", "s", "k")
+        await pg_secrets.PgSecretStore(database, OTHER).get("o", "s", "k")
 
 
 async def test_rotate_key_reencrypts_every_row(database: Database) -> None:
-    store = secrets.PgSecretStore(database, KEY, cache_seconds=0)
+    store = pg_secrets.PgSecretStore(database, KEY, cache_seconds=0)
     for i in range(3):
         await store.put("o", f"scope{i}", "k", f"value{i}")
     before = await _stored(database, "o", "scope0", "k")
-    assert await secrets.rotate_key(database, KEY, NEW_KEY) == 3
+    assert await pg_secrets.rotate_key(database, KEY, NEW_KEY) == 3
     after = await _stored(database, "o", "scope0", "k")
     assert after["key_version"] == before["key_version"] + 1
-    rotated = secrets.PgSecretStore(database, NEW_KEY, cache_seconds=0)
+    rotated = pg_secrets.PgSecretStore(database, NEW_KEY, cache_seconds=0)
     assert [await rotated.get("o", f"scope{i}", "k") for i in range(3)] == ["value0", "value1", "value2"]
     with pytest.raises(SecretDecryptError):
         await store.get("o", "scope0", "k")
     # During rotation a store with both keys reads either generation.
-    both = secrets.PgSecretStore(database, NEW_KEY, old_key=KEY, cache_seconds=0)
+    both = pg_secrets.PgSecretStore(database, NEW_KEY, old_key=KEY, cache_seconds=0)
     assert await both.get("o", "scope1", "k") == "value1"
     # Running it again (new key already in place) is harmless.
-    assert await secrets.rotate_key(database, KEY, NEW_KEY) == 3
+    assert await pg_secrets.rotate_key(database, KEY, NEW_KEY) == 3
 
 
 async def test_rotate_key_is_all_or_nothing(database: Database) -> None:
-    await secrets.PgSecretStore(database, KEY).put("o", "a", "k", "good")
-    await secrets.PgSecretStore(database, OTHER).put("o", "b", "k", "foreign")
+    await pg_secrets.PgSecretStore(database, KEY).put("o", "a", "k", "good")
+    await pg_secrets.PgSecretStore(database, OTHER).put("o", "b", "k", "foreign")
     before = await _stored(database, "o", "a", "k")
     with pytest.raises(SecretDecryptError):
-        await secrets.rotate_key(database, KEY, NEW_KEY)
+        await pg_secrets.rotate_key(database, KEY, NEW_KEY)
     assert await _stored(database, "o", "a", "k") == before

@@ -19,10 +19,10 @@ import anyio
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from kici_adapters.relay.store import RelayStore
 from kici_runtime.relay.app import create_app
 from kici_runtime.relay.hub import RelayHub, RelaySettings
 from kici_runtime.relay.server import RelayServer, bind_socket, uvicorn_config
-from kici_runtime.relay.store import RelayStore
 from tests.support import waits
 
 Frame = dict[str, Any]

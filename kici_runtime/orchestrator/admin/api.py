@@ -12,13 +12,11 @@ What the routes need comes from :class:`~kici_runtime.orchestrator.context.AppCo
 from __future__ import annotations
 
 import httpx
-import psycopg
 from starlette.routing import BaseRoute
 
 from kici_adapters.github import app as github_app
 from kici_adapters.github import client as gh
 from kici_adapters.postgres import migrate
-from kici_adapters.postgres.pool import translate_errors
 from kici_core.jsontypes import JSONObject
 from kici_runtime.orchestrator.admin import ops as admin_ops
 from kici_runtime.orchestrator.admin import sources as admin_sources
@@ -37,18 +35,8 @@ async def migration_status(url: str) -> list[JSONObject]:
     Raises:
         StorageUnavailable: the database cannot be reached.
     """
-    applied: dict[str, str | None] = {}
-    with translate_errors(url):
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10) as conn:
-            cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
-            row = await cur.fetchone()
-            if row and row[0]:
-                cur = await conn.execute("SELECT name, applied_at FROM schema_migrations")
-                applied = {str(name): iso(at) for name, at in await cur.fetchall()}
-    return [
-        {"name": m.name, "status": "applied" if m.name in applied else "pending", "appliedAt": applied.get(m.name)}
-        for m in migrate.known_migrations()
-    ]
+    return [{"name": m.name, "status": "pending" if m.applied_at is None else "applied",
+             "appliedAt": iso(m.applied_at)} for m in await migrate.migration_states(url)]
 
 
 def github_app_check(http: httpx.AsyncClient, default_api_url: str = gh.DEFAULT_API_URL) -> GitHubAppCheck:

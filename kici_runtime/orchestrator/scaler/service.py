@@ -20,13 +20,13 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 import anyio
-import psycopg
 
 from kici_adapters import metrics
 from kici_adapters.containers.engine import EngineError, ManagedContainer
 from kici_adapters.containers.nftables import NftablesUnavailable
 from kici_adapters.containers.spec import container_spec
-from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres import notify
+from kici_adapters.postgres.pool import LOOP_ERRORS, Database
 from kici_adapters.postgres.scaler import LiveContainer, PendingRow, PgScalerStore
 from kici_adapters.postgres.tokens import PgTokenStore
 from kici_core import errors, routing, scaling
@@ -37,8 +37,6 @@ from kici_runtime.orchestrator.scaler.startup import Engine, Prepared
 __all__ = ["ScalerService", "attach"]
 
 log = logging.getLogger("kici.scaler")
-
-JOBS_CHANNEL = "kici_jobs"
 
 
 class SpawnFailed(Exception):
@@ -110,7 +108,7 @@ class ScalerService:
                 while True:
                     try:
                         await self.pass_once()
-                    except (errors.Unavailable, psycopg.Error) as exc:
+                    except LOOP_ERRORS as exc:
                         log.warning("scaler pass skipped", extra={"error": str(exc)})
                     with anyio.move_on_after(self._interval):
                         await self._wake.wait()
@@ -120,15 +118,10 @@ class ScalerService:
                 await self.prepared.aclose()
 
     async def _listen(self) -> None:
-        while True:
-            try:
-                async with self._db.dedicated() as conn:
-                    await conn.execute(f"LISTEN {JOBS_CHANNEL}")
-                    async for _ in conn.notifies():
-                        self._wake.set()
-            except (errors.Unavailable, psycopg.Error) as exc:
-                log.warning("scaler notifications lost; reconnecting", extra={"error": str(exc)})
-                await anyio.sleep(1.0)
+        async for note in notify.listen_forever(self._db, (notify.JOBS,), retry_seconds=1.0,
+                                                what="scaler notifications"):
+            if note is not None:
+                self._wake.set()
 
     async def _restore(self) -> None:
         """Start-up (§7.1 step 6): rows whose container is gone are closed; containers labelled
@@ -154,7 +147,7 @@ class ScalerService:
                             await self._close(row, "removed", "container gone after an orchestrator restart")
                     log.info(f"Cleaned up {removed} orphaned containers", extra={"restored": len(live)})
                     return
-            except (errors.Unavailable, psycopg.Error) as exc:
+            except LOOP_ERRORS as exc:
                 log.warning("scaler state restore failed; retrying", extra={"error": str(exc)})
                 await anyio.sleep(self._interval)
 

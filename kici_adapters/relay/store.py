@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from kici_adapters import sqlfiles
+from kici_adapters.relay import routing
 from kici_core.errors import Conflict, InvalidInput, NotFound
 from kici_core.jsontypes import JSONValue
-from kici_runtime.relay import routing
 
 KEY_PREFIX_CHARS = 16
 RECORD_BATCH = 256
@@ -29,40 +30,7 @@ _SOURCE_CACHE_MAX = 1024
 GenericMethod = Literal["hmac_sha256", "bearer_token", "none"]
 GENERIC_METHODS: tuple[GenericMethod, ...] = ("hmac_sha256", "bearer_token", "none")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    org TEXT NOT NULL,
-    name TEXT NOT NULL,
-    description TEXT NOT NULL DEFAULT '',
-    prefix TEXT NOT NULL,
-    key_hash TEXT NOT NULL UNIQUE,
-    patterns TEXT NOT NULL DEFAULT '[]',
-    created_at INTEGER NOT NULL,
-    last_used_at INTEGER,
-    revoked_at INTEGER
-);
-CREATE TABLE IF NOT EXISTS sources (
-    routing_key TEXT PRIMARY KEY,
-    org TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    source_id TEXT NOT NULL,
-    method TEXT NOT NULL,
-    secret TEXT NOT NULL,
-    header TEXT,
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    org TEXT NOT NULL,
-    connection_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    received_at INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    problems TEXT NOT NULL DEFAULT '[]'
-);
-CREATE INDEX IF NOT EXISTS messages_type_seq ON messages (type, seq);
-"""
+_SQL = sqlfiles.load("kici_adapters.relay", "store.sql")
 
 
 def now_ms() -> int:
@@ -173,22 +141,20 @@ class RelayStore:
         self._sources: dict[str, Source | None] = {}
         self._sources_version = -1
         with self._lock:
-            self._db.execute("PRAGMA busy_timeout = 5000")
-            # With write-ahead logging and NORMAL sync a commit needs no fsync (a power cut may lose the last few
-            # commits, never corrupt the file).
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db.execute(_SQL["busy_timeout"])
+            self._db.execute(_SQL["journal_wal"])
+            self._db.execute(_SQL["synchronous_normal"])
+            self._db.executescript(_SQL["schema"])
             self._last_seq = self._highest_seq()
         # Recorded messages are written behind: kept in memory and inserted together, in one transaction, by the
         # next read, after RECORD_BATCH messages or RECORD_DELAY_SECONDS, or by flush()/close(). One insert
         # per orchestrator frame on the event loop cost a third of the relay's CPU per relayed webhook.
-        self._pending: list[tuple[int, str, str, str, int, str, str]] = []
+        self._pending: list[dict[str, str | int]] = []
         self._pending_since = 0.0
 
     def _highest_seq(self) -> int:
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
-        top = self._db.execute("SELECT coalesce(max(seq), 0) FROM messages").fetchone()
+        row = self._db.execute(_SQL["message_seq_sequence"]).fetchone()
+        top = self._db.execute(_SQL["message_seq_max"]).fetchone()
         return max(int(row[0]) if row else 0, int(top[0]))
 
     def flush(self) -> None:
@@ -200,15 +166,13 @@ class RelayStore:
         if not self._pending:
             return
         rows, self._pending = self._pending, []
-        self._db.execute("BEGIN")
+        self._db.execute(_SQL["begin"])
         try:
-            self._db.executemany(
-                "INSERT INTO messages (seq, org, connection_id, type, received_at, body, problems)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(_SQL["message_insert"], rows)
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute(_SQL["rollback"])
             raise
-        self._db.execute("COMMIT")
+        self._db.execute(_SQL["commit"])
 
     def close(self) -> None:
         """Write what is held in memory and close the database connection."""
@@ -239,9 +203,9 @@ class RelayStore:
         created = now_ms() if now is None else now
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO api_keys (org, name, description, prefix, key_hash, patterns, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (org, name, description, raw[:KEY_PREFIX_CHARS], hash_key(raw), json.dumps(checked), created),
+                _SQL["key_insert"],
+                {"org": org, "name": name, "description": description, "prefix": raw[:KEY_PREFIX_CHARS],
+                 "key_hash": hash_key(raw), "patterns": json.dumps(checked), "created_at": created},
             )
             key_id = cur.lastrowid
         key = self.get_key(int(key_id or 0))
@@ -251,16 +215,16 @@ class RelayStore:
     def get_key(self, key_id: int) -> ApiKey | None:
         """The key with this id, revoked or not."""
         with self._lock:
-            row = self._db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            row = self._db.execute(_SQL["key_by_id"], {"id": key_id}).fetchone()
         return None if row is None else _row_to_key(row)
 
     def list_keys(self, *, org: str | None = None) -> list[ApiKey]:
         """Every key (revoked ones included), oldest first, optionally for one org."""
         with self._lock:
             if org is None:
-                rows = self._db.execute("SELECT * FROM api_keys ORDER BY id").fetchall()
+                rows = self._db.execute(_SQL["keys_all"]).fetchall()
             else:
-                rows = self._db.execute("SELECT * FROM api_keys WHERE org = ? ORDER BY id", (org,)).fetchall()
+                rows = self._db.execute(_SQL["keys_of_org"], {"org": org}).fetchall()
         return [_row_to_key(r) for r in rows]
 
     def revoke_key(self, prefix: str, *, now: int | None = None) -> ApiKey:
@@ -272,16 +236,13 @@ class RelayStore:
         """
         revoked = now_ms() if now is None else now
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id FROM api_keys WHERE revoked_at IS NULL AND substr(prefix, 1, ?) = ?",
-                (len(prefix), prefix),
-            ).fetchall()
+            rows = self._db.execute(_SQL["live_keys_by_prefix"], {"prefix": prefix}).fetchall()
             if not prefix or not rows:
                 raise NotFound(f"no live API key with prefix {prefix!r}")
             if len(rows) > 1:
                 raise Conflict(f"{len(rows)} live API keys share the prefix {prefix!r}; give more characters")
             key_id = int(rows[0]["id"])
-            self._db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (revoked, key_id))
+            self._db.execute(_SQL["key_revoke"], {"revoked_at": revoked, "id": key_id})
         key = self.get_key(key_id)
         assert key is not None
         return key
@@ -290,24 +251,18 @@ class RelayStore:
         """The live key whose hash matches ``raw`` (recording ``last_used_at``), else None."""
         used = now_ms() if now is None else now
         with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (hash_key(raw),)
-            ).fetchone()
+            row = self._db.execute(_SQL["live_key_by_hash"], {"key_hash": hash_key(raw)}).fetchone()
             if row is None:
                 return None
-            self._db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (used, row["id"]))
+            self._db.execute(_SQL["key_used"], {"used_at": used, "id": row["id"]})
         return self.get_key(int(row["id"]))
 
     def revoked_key_ids(self, key_ids: set[int]) -> set[int]:
         """Those of ``key_ids`` that are revoked or gone."""
         if not key_ids:
             return set()
-        ids = sorted(key_ids)
-        marks = ",".join("?" * len(ids))
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT id FROM api_keys WHERE revoked_at IS NULL AND id IN ({marks})", ids
-            ).fetchall()
+            rows = self._db.execute(_SQL["live_keys_among"], {"ids": json.dumps(sorted(key_ids))}).fetchall()
         return key_ids - {int(r["id"]) for r in rows}
 
     # --- sources ------------------------------------------------------------------------------
@@ -361,30 +316,22 @@ class RelayStore:
         with self._lock:
             self._sources.clear()
             self._db.execute(
-                "INSERT OR REPLACE INTO sources (routing_key, org, provider, source_id, method, secret, header,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    source.routing_key,
-                    source.org,
-                    source.provider,
-                    source.source_id,
-                    source.method,
-                    source.secret,
-                    source.header,
-                    now_ms(),
-                ),
+                _SQL["source_put"],
+                {"routing_key": source.routing_key, "org": source.org, "provider": source.provider,
+                 "source_id": source.source_id, "method": source.method, "secret": source.secret,
+                 "header": source.header, "created_at": now_ms()},
             )
 
     def get_source(self, routing_key: str) -> Source | None:
         """The source with this routing key, if any."""
         with self._lock:
-            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            version = self._db.execute(_SQL["data_version"]).fetchone()[0]
             if version != self._sources_version:
                 self._sources.clear()
                 self._sources_version = version
             if routing_key in self._sources:
                 return self._sources[routing_key]
-            row = self._db.execute("SELECT * FROM sources WHERE routing_key = ?", (routing_key,)).fetchone()
+            row = self._db.execute(_SQL["source_by_routing_key"], {"routing_key": routing_key}).fetchone()
             source = None if row is None else _row_to_source(row)
             if len(self._sources) >= _SOURCE_CACHE_MAX:
                 self._sources.clear()
@@ -394,7 +341,7 @@ class RelayStore:
     def list_sources(self) -> list[Source]:
         """Every source, by routing key."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM sources ORDER BY routing_key").fetchall()
+            rows = self._db.execute(_SQL["sources_all"]).fetchall()
         return [_row_to_source(r) for r in rows]
 
     def remove_source(self, routing_key: str) -> None:
@@ -405,7 +352,7 @@ class RelayStore:
         """
         with self._lock:
             self._sources.clear()
-            cur = self._db.execute("DELETE FROM sources WHERE routing_key = ?", (routing_key,))
+            cur = self._db.execute(_SQL["source_delete"], {"routing_key": routing_key})
         if cur.rowcount == 0:
             raise NotFound(f"no source with routing key {routing_key!r}")
 
@@ -430,9 +377,9 @@ class RelayStore:
             seq = self._last_seq
             if not self._pending:
                 self._pending_since = time.monotonic()
-            self._pending.append((seq, org, connection_id, type, received,
-                                  json.dumps(body) if raw is None else raw,
-                                  json.dumps(list(problems)) if problems else "[]"))
+            self._pending.append({"seq": seq, "org": org, "connection_id": connection_id, "type": type,
+                                  "received_at": received, "body": json.dumps(body) if raw is None else raw,
+                                  "problems": json.dumps(list(problems)) if problems else "[]"})
             if len(self._pending) >= RECORD_BATCH or time.monotonic() - self._pending_since >= RECORD_DELAY_SECONDS:
                 self._flush_locked()
         return RecordedMessage(
@@ -454,19 +401,10 @@ class RelayStore:
         limit: int = 500,
     ) -> list[RecordedMessage]:
         """Messages with ``seq > since`` in order, optionally only of ``types`` and of one org."""
-        sql = "SELECT * FROM messages WHERE seq > ?"
-        args: list[object] = [since]
-        if types:
-            sql += f" AND type IN ({','.join('?' * len(types))})"
-            args.extend(types)
-        if org is not None:
-            sql += " AND org = ?"
-            args.append(org)
-        sql += " ORDER BY seq LIMIT ?"
-        args.append(limit)
+        params = {"since": since, "types": json.dumps(list(types)) if types else None, "org": org, "limit": limit}
         with self._lock:
             self._flush_locked()
-            rows = self._db.execute(sql, args).fetchall()
+            rows = self._db.execute(_SQL["messages_page"], params).fetchall()
         return [
             RecordedMessage(
                 seq=int(r["seq"]),

@@ -21,7 +21,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from kici_adapters.postgres import singletons
+from kici_adapters.postgres import notify, singletons
 from kici_adapters.postgres.inbox import LaneConnections
 from kici_adapters.postgres.pool import Connection, Database, translate_errors
 from kici_core.jsontypes import JSONObject, JSONValue
@@ -257,7 +257,7 @@ class PgDispatchQueue:
             if ok:
                 await conn.execute("UPDATE execution_jobs SET agent_id = NULL WHERE job_id = %(id)s"
                                    " AND status IN ('pending', 'queued')", {"id": job_id})
-                await conn.execute("SELECT pg_notify('kici_jobs', %(id)s)", {"id": job_id})
+                await notify.notify(conn, notify.JOBS, job_id)
             return ok
 
     async def mark_recovering(self, job_id: str, *, agent_id: str, deadline: float) -> bool:

@@ -439,6 +439,27 @@ SELECT count(*) AS n
    AND (%(contains)s::text IS NULL OR strpos(e.delivery_id, %(contains)s) > 0)
    AND (%(delivery_id)s::text IS NULL OR e.delivery_id = %(delivery_id)s)
 
+-- name: runs_count
+-- The admin run list's filters (each NULL: no filter); runs_page must apply the same ones.
+SELECT count(*) AS n FROM execution_runs r
+ WHERE (%(st)s::text[] IS NULL OR r.status = ANY(%(st)s))
+   AND (%(wf)s::text IS NULL OR r.workflow_name = %(wf)s)
+   AND (%(repo)s::text IS NULL OR r.repo_identifier = %(repo)s)
+   AND (%(since)s::timestamptz IS NULL OR r.created_at >= %(since)s)
+   AND (%(rk)s::text IS NULL OR r.routing_key = %(rk)s)
+   AND (%(ref)s::text IS NULL OR r.ref = %(ref)s)
+
+-- name: runs_page
+SELECT r.*, (SELECT count(*) FROM execution_jobs j WHERE j.run_id = r.run_id) AS job_count
+  FROM execution_runs r
+ WHERE (%(st)s::text[] IS NULL OR r.status = ANY(%(st)s))
+   AND (%(wf)s::text IS NULL OR r.workflow_name = %(wf)s)
+   AND (%(repo)s::text IS NULL OR r.repo_identifier = %(repo)s)
+   AND (%(since)s::timestamptz IS NULL OR r.created_at >= %(since)s)
+   AND (%(rk)s::text IS NULL OR r.routing_key = %(rk)s)
+   AND (%(ref)s::text IS NULL OR r.ref = %(ref)s)
+ ORDER BY r.created_at DESC, r.run_id LIMIT %(limit)s OFFSET %(offset)s
+
 -- name: event_log_probe
 -- Readiness: the database answers and the table exists.
 SELECT delivery_id FROM event_log LIMIT 1

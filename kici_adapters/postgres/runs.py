@@ -22,8 +22,10 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from kici_adapters.postgres import notify
 from kici_adapters.postgres.inbox import LaneConnections
 from kici_adapters.postgres.pool import Connection, Database, translate_errors
+from kici_adapters.postgres.queries import q
 from kici_core import checks, errors, fanout, planning, platform_events
 from kici_core.jsontypes import JSONValue
 
@@ -125,7 +127,6 @@ UPDATE execution_runs
  WHERE run_id = %(run_id)s AND status NOT IN ('success', 'failed', 'cancelled')
 RETURNING *
 """
-_NOTIFY = "SELECT pg_notify('kici_jobs', %(payload)s)"
 _OUTBOX = "INSERT INTO platform_outbox (kind, payload) VALUES (%(kind)s, %(payload)s)"
 # GitHub check runs (only runs from a GitHub App source have rows): the state a check must show, written with
 # the change it reports. A completed check stays completed; repeating a state changes nothing.
@@ -447,7 +448,7 @@ class PgRunStore:
             queued = [str(r["job_id"]) for r in await cur.fetchall()]
             if queued:
                 await conn.execute(_ENQUEUE, {"ids": queued})
-                await conn.execute(_NOTIFY, {"payload": run_id})
+                await notify.notify(conn, notify.JOBS, run_id)
         run_status = await self._conclude(tx, run_id, statuses)
         return FinishResult(changed=True, run_id=run_id, queued=tuple(queued), skipped=tuple(skipped),
                             run_status=run_status, cancel=tuple(cancel))
@@ -622,20 +623,11 @@ class PgRunStore:
         """Runs newest first, with the total matching count. ``branch`` matches the run's ref (a branch name)."""
         params = {"st": list(statuses) or None, "wf": workflow, "repo": repo, "since": since, "rk": routing_key,
                   "limit": limit, "offset": offset, "ref": branch}
-        where = (" WHERE (%(st)s::text[] IS NULL OR status = ANY(%(st)s))"
-                 " AND (%(wf)s::text IS NULL OR workflow_name = %(wf)s)"
-                 " AND (%(repo)s::text IS NULL OR repo_identifier = %(repo)s)"
-                 " AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)"
-                 " AND (%(rk)s::text IS NULL OR routing_key = %(rk)s)"
-                 " AND (%(ref)s::text IS NULL OR ref = %(ref)s)")
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT count(*) AS n FROM execution_runs" + where, params)
+            cur = await conn.execute(q("runs_count"), params)
             row = await cur.fetchone()
             total = int(row["n"]) if row else 0
-            cur = await conn.execute(
-                "SELECT r.*, (SELECT count(*) FROM execution_jobs j WHERE j.run_id = r.run_id) AS job_count"
-                " FROM execution_runs r" + where.replace("status", "r.status")
-                + " ORDER BY r.created_at DESC, r.run_id LIMIT %(limit)s OFFSET %(offset)s", params)
+            cur = await conn.execute(q("runs_page"), params)
             return [dict(r) for r in await cur.fetchall()], total
 
     async def get_run(self, run_id: str) -> dict[str, Any] | None:

@@ -20,9 +20,9 @@ from pathlib import Path
 from kici_adapters import localgit
 from kici_adapters.github.lockfiles import LockfileCache
 from kici_adapters.github.provider import GitHubProvider
-from kici_adapters.platform.outbox import PgPlatformOutbox
 from kici_adapters.postgres.inbox import COMMIT_LANES, COMPLETE_LANES
 from kici_adapters.postgres.offload import PayloadOffloader
+from kici_adapters.postgres.outbox import PgPlatformOutbox
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.registrations import PgRegistrations
 from kici_adapters.postgres.reruns import PgReruns

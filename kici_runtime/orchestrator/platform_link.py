@@ -13,9 +13,9 @@ import anyio
 
 from kici_adapters import localgit
 from kici_adapters.platform.client import AckDecision, ClientConfig, PlatformClient
-from kici_adapters.platform.outbox import PgPlatformOutbox
 from kici_adapters.platform.protocol import PlatformSource, RelayedDelivery
 from kici_adapters.postgres import notify
+from kici_adapters.postgres.outbox import PgPlatformOutbox
 from kici_adapters.postgres.pool import Database
 from kici_core import errors
 from kici_core.ports import SourceStore

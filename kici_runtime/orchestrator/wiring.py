@@ -25,12 +25,12 @@ from starlette.routing import BaseRoute
 from kici_adapters import metrics
 from kici_adapters.agents.endpoint import AgentEndpoint
 from kici_adapters.github.provider import GitHubProvider
-from kici_adapters.platform.outbox import PgPlatformOutbox
 from kici_adapters.postgres import migrate, notify
 from kici_adapters.postgres.checks import PgCheckOutbox
 from kici_adapters.postgres.cluster import PgCluster
 from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue
 from kici_adapters.postgres.embedded import EmbeddedPostgres
+from kici_adapters.postgres.outbox import PgPlatformOutbox
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.retention import PgRetention
 from kici_adapters.postgres.runs import PgRunStore

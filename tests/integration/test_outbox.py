@@ -10,7 +10,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from kici_adapters import metrics
-from kici_adapters.platform.outbox import PgPlatformOutbox
+from kici_adapters.postgres.outbox import PgPlatformOutbox
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.runs import PgRunStore
 from kici_core import platform_events

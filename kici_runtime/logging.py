@@ -139,9 +139,13 @@ def _mask_field(match: re.Match[str]) -> str:
     return match.group(0) if value.endswith(_MASK) else match.group("head") + _MASK
 
 
-def mask(text: str) -> str:
-    """``text`` with agent tokens, URL passwords, secret field values and registered secrets masked."""
-    if text in _short_secrets:
+def mask(text: str, *, whole: bool = True) -> str:
+    """``text`` with agent tokens, URL passwords, secret field values and registered secrets masked.
+
+    ``whole=False`` is for field names: a short secret is masked only as a whole value, and a field name is not
+    a value (a password ``message`` must not hide the ``message`` field itself).
+    """
+    if whole and text in _short_secrets:
         return _MASK
     long = _long_pattern
     while True:
@@ -249,7 +253,7 @@ def _scrub(value: object) -> object:
     if isinstance(value, bool | int | float) or value is None:
         return value
     if isinstance(value, Mapping):
-        return {mask(str(k)): _mask_value(v) if isinstance(v, str) and _is_secret_key(k) else _scrub(v)
+        return {mask(str(k), whole=False): _mask_value(v) if isinstance(v, str) and _is_secret_key(k) else _scrub(v)
                 for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_scrub(v) for v in value]

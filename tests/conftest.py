@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support import props  # noqa: F401  (loads the hypothesis profile before any test module)
+
 
 @pytest.fixture(autouse=True)
 def _strip_kici_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

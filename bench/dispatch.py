@@ -74,21 +74,42 @@ SCRIPT = str(Path(__file__).resolve())
 
 # ------------------------------------------------------------------------------------------------ setup
 def _git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.com",
-           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.com"}
-    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "b",
+        "GIT_AUTHOR_EMAIL": "b@example.com",
+        "GIT_COMMITTER_NAME": "b",
+        "GIT_COMMITTER_EMAIL": "b@example.com",
+    }
+    return subprocess.run(
+        ["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
 def make_repo(root: Path) -> tuple[Path, str]:
     """A git repository whose lock file runs one job on label ``bench`` for every push to ``main``."""
     repo = root / "repo"
     (repo / ".kici").mkdir(parents=True)
-    lock = {"schemaVersion": 29, "source": {"file": ".kici/workflows/ci.ts"}, "contentHash": "bench",
-            "workflows": [{"name": "bench", "triggers": [
-                {"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
-                "jobs": [{"_type": "static", "name": "job", "runsOn": [{"kind": "exact", "value": "bench"}],
-                          "needs": [], "steps": [{"name": "s", "run": "true"}]}]}]}
+    lock = {
+        "schemaVersion": 29,
+        "source": {"file": ".kici/workflows/ci.ts"},
+        "contentHash": "bench",
+        "workflows": [
+            {
+                "name": "bench",
+                "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
+                "jobs": [
+                    {
+                        "_type": "static",
+                        "name": "job",
+                        "runsOn": [{"kind": "exact", "value": "bench"}],
+                        "needs": [],
+                        "steps": [{"name": "s", "run": "true"}],
+                    }
+                ],
+            }
+        ],
+    }
     (repo / ".kici" / "kici.lock.json").write_text(json.dumps(lock))
     _git(root, "init", "-q", "-b", "main", str(repo))
     _git(repo, "add", "-A")
@@ -98,11 +119,17 @@ def make_repo(root: Path) -> tuple[Path, str]:
 
 async def register_source(base: str, repo: Path) -> None:
     """The ``local`` source, over the admin API, verified with HMAC-SHA256 and without a rate limit in the way."""
-    body = {"orgId": ORG, "name": SOURCE, "providerType": "local", "gitConfig": {"url": repo.as_uri()},
-            "verificationMethod": "hmac_sha256", "verificationConfig": {"secret": SECRET},
-            "eventTypeHeader": "x-event-type", "rateLimitRpm": 1_000_000}
-    async with httpx.AsyncClient(base_url=base, timeout=30,
-                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+    body = {
+        "orgId": ORG,
+        "name": SOURCE,
+        "providerType": "local",
+        "gitConfig": {"url": repo.as_uri()},
+        "verificationMethod": "hmac_sha256",
+        "verificationConfig": {"secret": SECRET},
+        "eventTypeHeader": "x-event-type",
+        "rateLimitRpm": 1_000_000,
+    }
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
         r = await http.post("/api/v1/admin/generic-sources", json=body)
         if r.status_code not in (200, 201):
             raise RuntimeError(f"source registration failed: HTTP {r.status_code} {r.text[:300]}")
@@ -110,12 +137,27 @@ async def register_source(base: str, repo: Path) -> None:
 
 def webhook(repo: Path, sha: str, delivery: str) -> tuple[bytes, dict[str, str]]:
     """A signed generic ``push`` for ``delivery``."""
-    body = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": sha,
-                       "repository": {"full_name": "bench/repo", "name": "repo", "default_branch": "main",
-                                      "clone_url": repo.as_uri()}, "sender": {"login": "bench", "id": 1}}).encode()
+    body = json.dumps(
+        {
+            "ref": "refs/heads/main",
+            "before": "0" * 40,
+            "after": sha,
+            "repository": {
+                "full_name": "bench/repo",
+                "name": "repo",
+                "default_branch": "main",
+                "clone_url": repo.as_uri(),
+            },
+            "sender": {"login": "bench", "id": 1},
+        }
+    ).encode()
     sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    return body, {"Content-Type": "application/json", "X-Signature-256": sig, "X-Delivery-Id": delivery,
-                  "X-Event-Type": "push"}
+    return body, {
+        "Content-Type": "application/json",
+        "X-Signature-256": sig,
+        "X-Delivery-Id": delivery,
+        "X-Event-Type": "push",
+    }
 
 
 # ------------------------------------------------------------------------------------------------ agents
@@ -130,8 +172,17 @@ async def _register(port: int, agent_id: str, labels: list[str]) -> ClientConnec
     """Connect and register like the reference agent: operator labels plus its auto-labels, its host included."""
     ws = await connect(f"ws://127.0.0.1:{port}/ws", max_queue=64, open_timeout=120)
     labels = [*labels, *AUTO_LABELS, f"kici:host:{agent_id}"]
-    await ws.send(_msg(type="agent.register", agentId=agent_id, labels=labels, maxConcurrency=1,
-                       platform="linux", arch="x64", inFlightJobs=[]))
+    await ws.send(
+        _msg(
+            type="agent.register",
+            agentId=agent_id,
+            labels=labels,
+            maxConcurrency=1,
+            platform="linux",
+            arch="x64",
+            inFlightJobs=[],
+        )
+    )
     while json.loads(await ws.recv()).get("type") != "register.ack":
         pass
     return ws
@@ -259,8 +310,9 @@ async def idle_agents_child(port: int, count: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ measure
-async def send_webhooks(base: str, repo: Path, sha: str, *, count: int,
-                        rate: float) -> tuple[dict[str, float], dict[str, float], int]:
+async def send_webhooks(
+    base: str, repo: Path, sha: str, *, count: int, rate: float
+) -> tuple[dict[str, float], dict[str, float], int]:
     """Post ``count`` webhooks at ``rate``/s; returns delivery id -> perf_counter and -> epoch seconds at its
     2xx, and the number of failures. Requests are built and signed before the first is sent and go out over
     kept-alive plain HTTP/1.1 connections (:mod:`harness`): a full client costs about a millisecond of CPU a
@@ -321,9 +373,11 @@ async def delivery_runs(url: str) -> dict[str, str]:
 async def processed_at(url: str) -> dict[str, float]:
     """run id -> epoch seconds at which its delivery's processing committed (``event_log.processed_at``)."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        cur = await conn.execute("SELECT r.run_id::text, extract(epoch FROM e.processed_at)::float8"
-                                 " FROM execution_runs r JOIN event_log e ON e.delivery_id = r.delivery_id"
-                                 " AND e.org_id = r.org_id WHERE e.processed_at IS NOT NULL")
+        cur = await conn.execute(
+            "SELECT r.run_id::text, extract(epoch FROM e.processed_at)::float8"
+            " FROM execution_runs r JOIN event_log e ON e.delivery_id = r.delivery_id"
+            " AND e.org_id = r.org_id WHERE e.processed_at IS NOT NULL"
+        )
         return {str(r): float(t) for r, t in await cur.fetchall()}
 
 
@@ -342,8 +396,9 @@ def core_cost(agents: int, eligible: int, jobs: int = 2000) -> float:
     for i in range(agents):
         name = f"w{i}" if i < eligible else f"idle-{i}"
         own = ["bench"] if i < eligible else ["idle", f"pool-{i % 50}"]
-        labels = routing.AgentLabels(labels=frozenset([*own, *AUTO_LABELS, f"kici:host:{name}"]), platform="linux",
-                                     arch="x64")
+        labels = routing.AgentLabels(
+            labels=frozenset([*own, *AUTO_LABELS, f"kici:host:{name}"]), platform="linux", arch="x64"
+        )
         d.agent_registered(agent_id=name, connection_id=name, labels=labels, now=now)
     selector = routing.compile_selector([{"kind": "exact", "value": "bench"}])
     began = time.perf_counter()
@@ -386,8 +441,16 @@ class Phase:
         self.rss = (0, 0)
 
 
-async def webhook_phase(args: argparse.Namespace, url: str, base: str, proc: psutil.Process, repo: Path, sha: str,
-                        workers: Workers, phase: Phase) -> None:
+async def webhook_phase(
+    args: argparse.Namespace,
+    url: str,
+    base: str,
+    proc: psutil.Process,
+    repo: Path,
+    sha: str,
+    workers: Workers,
+    phase: Phase,
+) -> None:
     cpu_before = harness.cpu_seconds(proc)
     began = time.perf_counter()
     accepted, accepted_wall, phase.failed = await send_webhooks(base, repo, sha, count=args.webhooks, rate=args.rate)
@@ -405,7 +468,9 @@ async def webhook_phase(args: argparse.Namespace, url: str, base: str, proc: psu
     busy = harness.cpu_seconds(proc) - cpu_before
     phase.accepted = len(accepted)
     phase.rate = len(accepted) / send_seconds
-    phase.latencies = [workers.dispatched[runs[d]] - t for d, t in accepted.items() if runs.get(d) in workers.dispatched]
+    phase.latencies = [
+        workers.dispatched[runs[d]] - t for d, t in accepted.items() if runs.get(d) in workers.dispatched
+    ]
     phase.busy_cpu = busy / max(send_seconds, 1e-9)
     phase.cpu_per_job_ms = busy / max(len(phase.latencies), 1) * 1000
     done = await processed_at(url)
@@ -429,13 +494,13 @@ def report(args: argparse.Namespace, base: Phase, full: Phase) -> None:
 
     rows = [
         ("webhooks accepted/s", lambda p: p.rate, "{:.1f}"),
-        ("2xx -> job.dispatch p50 ms", lambda p: harness.pct(p.latencies, .5), "{:.1f}"),
-        ("2xx -> job.dispatch p99 ms", lambda p: harness.pct(p.latencies, .99), "{:.1f}"),
+        ("2xx -> job.dispatch p50 ms", lambda p: harness.pct(p.latencies, 0.5), "{:.1f}"),
+        ("2xx -> job.dispatch p99 ms", lambda p: harness.pct(p.latencies, 0.99), "{:.1f}"),
         ("2xx -> job.dispatch max ms", lambda p: harness.pct(p.latencies, 1.0), "{:.1f}"),
-        ("  2xx -> processed p50 ms", lambda p: harness.pct(p.to_processed, .5), "{:.1f}"),
-        ("  2xx -> processed p99 ms", lambda p: harness.pct(p.to_processed, .99), "{:.1f}"),
-        ("  processed -> dispatch p50 ms", lambda p: harness.pct(p.to_dispatch, .5), "{:.1f}"),
-        ("  processed -> dispatch p99 ms", lambda p: harness.pct(p.to_dispatch, .99), "{:.1f}"),
+        ("  2xx -> processed p50 ms", lambda p: harness.pct(p.to_processed, 0.5), "{:.1f}"),
+        ("  2xx -> processed p99 ms", lambda p: harness.pct(p.to_processed, 0.99), "{:.1f}"),
+        ("  processed -> dispatch p50 ms", lambda p: harness.pct(p.to_dispatch, 0.5), "{:.1f}"),
+        ("  processed -> dispatch p99 ms", lambda p: harness.pct(p.to_dispatch, 0.99), "{:.1f}"),
         ("CPU per dispatched job ms", lambda p: p.cpu_per_job_ms, "{:.2f}"),
         ("CPU while webhooks flow % core", lambda p: p.busy_cpu * 100, "{:.0f}"),
         ("idle CPU % core", lambda p: p.idle_cpu * 100, "{:.1f}"),
@@ -451,10 +516,14 @@ def report(args: argparse.Namespace, base: Phase, full: Phase) -> None:
     extra = full.agents - base.agents
     if extra > 0:
         per_agent = (sum(full.rss) - sum(base.rss)) / extra
-        print(f"memory per added idle agent: {per_agent / 1024:.1f} KiB (target < 50 KiB); total with {full.agents} "
-              f"agents {sum(full.rss) / MiB:.0f} MiB (target < 600 MiB)")
-    print(f"N={full.agents}: p99 {harness.pct(full.latencies, .99):.1f} ms (target < 50 ms at 50 webhooks/s); idle CPU "
-          f"{full.idle_cpu * 100:.1f}% of a core (target < 10%)")
+        print(
+            f"memory per added idle agent: {per_agent / 1024:.1f} KiB (target < 50 KiB); total with {full.agents} "
+            f"agents {sum(full.rss) / MiB:.0f} MiB (target < 600 MiB)"
+        )
+    print(
+        f"N={full.agents}: p99 {harness.pct(full.latencies, 0.99):.1f} ms (target < 50 ms at 50 webhooks/s); idle CPU "
+        f"{full.idle_cpu * 100:.1f}% of a core (target < 10%)"
+    )
 
 
 async def measure(args: argparse.Namespace, url: str, port: int, pid: int, repo: Path, sha: str) -> None:
@@ -479,8 +548,11 @@ async def measure(args: argparse.Namespace, url: str, port: int, pid: int, repo:
         await wait_until(warm_dispatched, 60, "warm-up runs dispatched")
         await webhook_phase(args, url, base_url, proc, repo, sha, workers, base)
         await idle_window(args, proc, base)
-        print(f"N={base.agents}: p99 {harness.pct(base.latencies, .99):.1f} ms; connecting "
-              f"{args.agents - args.eligible} more agents", flush=True)
+        print(
+            f"N={base.agents}: p99 {harness.pct(base.latencies, 0.99):.1f} ms; connecting "
+            f"{args.agents - args.eligible} more agents",
+            flush=True,
+        )
 
         connected, stop = anyio.Event(), anyio.Event()
         began = time.perf_counter()
@@ -509,23 +581,34 @@ def main() -> None:
     parser.add_argument("--window", type=float, help="seconds of idle CPU measurement (default 30; --quick 3)")
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--orchestrator-log", default=None, help="append the orchestrator's output to this file")
-    parser.add_argument("--processing-workers", type=int, default=None,
-                        help="KICI_PROCESSING_WORKERS for the orchestrator (default: its own default)")
+    parser.add_argument(
+        "--processing-workers",
+        type=int,
+        default=None,
+        help="KICI_PROCESSING_WORKERS for the orchestrator (default: its own default)",
+    )
     parser.add_argument("--idle-agents-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.idle_agents_child is not None:  # the process that holds the idle agents (idle_agents_elsewhere)
         anyio.run(idle_agents_child, args.port, args.idle_agents_child)
         return
-    for name, full, quick in (("agents", 10_000, 200), ("eligible", 100, 10), ("webhooks", 1000, 50),
-                              ("window", 30.0, 3.0)):
+    for name, full, quick in (
+        ("agents", 10_000, 200),
+        ("eligible", 100, 10),
+        ("webhooks", 1000, 50),
+        ("window", 30.0, 3.0),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     # Best of three, alternating, so that a burst of load from elsewhere on the machine does not decide it.
     runs = [(core_cost(args.eligible, args.eligible), core_cost(args.agents, args.eligible)) for _ in range(3)]
     small, large = min(r[0] for r in runs), min(r[1] for r in runs)
-    print(f"dispatcher core, per job: {small:.0f} us with {args.eligible} agents, {large:.0f} us with {args.agents} "
-          f"({args.eligible} eligible): {large / small:.2f}x", flush=True)
+    print(
+        f"dispatcher core, per job: {small:.0f} us with {args.eligible} agents, {large:.0f} us with {args.agents} "
+        f"({args.eligible} eligible): {large / small:.2f}x",
+        flush=True,
+    )
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if args.agents < args.eligible:
         parser.error("--agents must be at least --eligible")
@@ -543,10 +626,19 @@ def main() -> None:
         anyio.run(apply_migrations_async, url)
         repo, sha = make_repo(work)
         port = harness.free_port()
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
-               "KICI_MODE": "independent", "KICI_DATABASE_URL": url, "KICI_SECRET_KEY": "cd" * 32,
-               "KICI_HOST": "127.0.0.1", "KICI_PORT": str(port), "KICI_DATA_DIR": str(work / "data"),
-               "KICI_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warn"), "KICI_AGENT_AUTH": "none", "KICI_ALLOW_LOCAL_SOURCES": "true", "KICI_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN}
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
+            "KICI_MODE": "independent",
+            "KICI_DATABASE_URL": url,
+            "KICI_SECRET_KEY": "cd" * 32,
+            "KICI_HOST": "127.0.0.1",
+            "KICI_PORT": str(port),
+            "KICI_DATA_DIR": str(work / "data"),
+            "KICI_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warn"),
+            "KICI_AGENT_AUTH": "none",
+            "KICI_ALLOW_LOCAL_SOURCES": "true",
+            "KICI_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN,
+        }
         if args.processing_workers is not None:
             env["KICI_PROCESSING_WORKERS"] = str(args.processing_workers)
         out = open(args.orchestrator_log, "ab") if args.orchestrator_log else subprocess.DEVNULL

@@ -76,7 +76,7 @@ class _Connection:
         await self.stream.send(request)
         while (end := self.buffer.find(b"\r\n\r\n")) < 0:
             await self._fill()
-        head, self.buffer = self.buffer[:end].decode("latin-1"), self.buffer[end + 4:]
+        head, self.buffer = self.buffer[:end].decode("latin-1"), self.buffer[end + 4 :]
         status_line, *header_lines = head.split("\r\n")
         length, close = 0, False
         for line in header_lines:
@@ -99,8 +99,9 @@ class _Connection:
             self.stream = None
 
 
-async def load(url: str, make: Request, *, requests: int, concurrency: int,
-               prefix: str) -> tuple[float, list[float], int, list[str]]:
+async def load(
+    url: str, make: Request, *, requests: int, concurrency: int, prefix: str
+) -> tuple[float, list[float], int, list[str]]:
     """POST ``requests`` deliveries at ``concurrency``; returns (seconds, latencies, failures, delivery ids).
 
     Requests are built (and signed) before the clock starts; each of the ``concurrency`` workers keeps one

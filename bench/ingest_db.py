@@ -66,34 +66,49 @@ async def raw_rate(url: str, concurrency: int, total: int) -> float:
     conns = [await psycopg.AsyncConnection.connect(url, autocommit=True) for _ in range(concurrency)]
     tag = uuid.uuid4().hex[:8]
     try:
+
         async def op(c: int, i: int) -> None:
             await conns[c].execute(
                 "INSERT INTO bench_raw (org_id, delivery_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                 ("bench", f"{tag}-{c}-{i}"),
             )
+
         return await run_clients(concurrency, total, op)
     finally:
         for conn in conns:
             await conn.close()
 
 
-async def kici_rate(url: str, root: Path, concurrency: int, total: int, *, group_commit: bool,
-                    offload: bool = False) -> tuple[float, int]:
+async def kici_rate(
+    url: str, root: Path, concurrency: int, total: int, *, group_commit: bool, offload: bool = False
+) -> tuple[float, int]:
     """``accept`` rate (and commits issued); with ``offload`` a ``PayloadOffloader`` runs alongside and the
     measurement ends when every body is in object storage."""
     db = Database(url, min_size=min(concurrency, 16) + 1, max_size=max(concurrency, 4) + 1)
     await db.open()
     blobs = FilesystemBlobStore(root)
     offloader = PayloadOffloader(db, blobs, batch=256)
-    inbox = PgDeliveryInbox(db, blobs, group_commit=group_commit, commit_lanes=LANES,
-                            on_accepted=offloader.wake if offload else None)
+    inbox = PgDeliveryInbox(
+        db, blobs, group_commit=group_commit, commit_lanes=LANES, on_accepted=offloader.wake if offload else None
+    )
     tag = uuid.uuid4().hex[:8]
     now = datetime.now(UTC)
     try:
+
         async def op(c: int, i: int) -> None:
-            result = await inbox.accept(Delivery(
-                org_id="bench", delivery_id=f"{tag}-{c}-{i}", routing_key="github:1", event="push", action=None,
-                source="direct", provider="github", body=BODY, received_at=now))
+            result = await inbox.accept(
+                Delivery(
+                    org_id="bench",
+                    delivery_id=f"{tag}-{c}-{i}",
+                    routing_key="github:1",
+                    event="push",
+                    action=None,
+                    source="direct",
+                    provider="github",
+                    body=BODY,
+                    received_at=now,
+                )
+            )
             assert not result.duplicate
 
         if not offload:
@@ -121,12 +136,15 @@ def _prepare(admin_url: str) -> tuple[str, Callable[[], None]]:
     url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
     apply_migrations(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE bench_raw (org_id varchar(16) NOT NULL, delivery_id text NOT NULL,"
-                     " received_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (org_id, delivery_id))")
+        conn.execute(
+            "CREATE TABLE bench_raw (org_id varchar(16) NOT NULL, delivery_id text NOT NULL,"
+            " received_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (org_id, delivery_id))"
+        )
 
     def cleanup() -> None:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
     return url, cleanup
 
 
@@ -158,8 +176,16 @@ async def measure(url: str, total: int, rounds: int) -> list[Row]:
                 seconds["single"] += count / rate
             ops = count * rounds
             offloaded, _ = await kici_rate(url, Path(tmp) / f"o{n}", n, ops, group_commit=True, offload=True)
-            rows.append(Row(concurrency=n, raw=ops / seconds["raw"], grouped=ops / seconds["grouped"],
-                            single=ops / seconds["single"], commits=commits, offloaded=offloaded))
+            rows.append(
+                Row(
+                    concurrency=n,
+                    raw=ops / seconds["raw"],
+                    grouped=ops / seconds["grouped"],
+                    single=ops / seconds["single"],
+                    commits=commits,
+                    offloaded=offloaded,
+                )
+            )
     return rows
 
 
@@ -194,15 +220,23 @@ def main() -> None:
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
 
-    print(f"ingest benchmark: {total} operations per measurement, body {len(BODY)} bytes, {LANES} lanes, "
-          f"{'external' if external else 'embedded (durable)'} PostgreSQL")
-    print("raw = INSERT ON CONFLICT commits; kici = PgDeliveryInbox.accept (grouped / one tx per accept);"
-          " +offload = grouped accept with the PayloadOffloader writing fsynced files alongside, until drained")
-    print(f"{'conc':>4}  {'raw/s':>7}  {'kici grp/s':>10} {'ratio':>6}  {'kici 1tx/s':>10} {'ratio':>6}  "
-          f"{'commits':>7}  {'+offload/s':>10} {'ratio':>6}")
+    print(
+        f"ingest benchmark: {total} operations per measurement, body {len(BODY)} bytes, {LANES} lanes, "
+        f"{'external' if external else 'embedded (durable)'} PostgreSQL"
+    )
+    print(
+        "raw = INSERT ON CONFLICT commits; kici = PgDeliveryInbox.accept (grouped / one tx per accept);"
+        " +offload = grouped accept with the PayloadOffloader writing fsynced files alongside, until drained"
+    )
+    print(
+        f"{'conc':>4}  {'raw/s':>7}  {'kici grp/s':>10} {'ratio':>6}  {'kici 1tx/s':>10} {'ratio':>6}  "
+        f"{'commits':>7}  {'+offload/s':>10} {'ratio':>6}"
+    )
     for r in rows:
-        print(f"{r.concurrency:>4}  {r.raw:>7.0f}  {r.grouped:>10.0f} {r.grouped / r.raw:>6.0%}  {r.single:>10.0f} "
-              f"{r.single / r.raw:>6.0%}  {r.commits:>7}  {r.offloaded:>10.0f} {r.offloaded / r.raw:>6.0%}")
+        print(
+            f"{r.concurrency:>4}  {r.raw:>7.0f}  {r.grouped:>10.0f} {r.grouped / r.raw:>6.0%}  {r.single:>10.0f} "
+            f"{r.single / r.raw:>6.0%}  {r.commits:>7}  {r.offloaded:>10.0f} {r.offloaded / r.raw:>6.0%}"
+        )
 
 
 if __name__ == "__main__":

@@ -62,13 +62,29 @@ WEBHOOK_SECRET = "bench-webhook-secret"
 SECRET_KEY = "ab" * 32
 BIN = Path(sys.executable).parent
 LOCKFILE = {
-    "schemaVersion": 29, "source": {"file": ".kici/workflows/ci.ts"}, "contentHash": "bench",
+    "schemaVersion": 29,
+    "source": {"file": ".kici/workflows/ci.ts"},
+    "contentHash": "bench",
     "workflows": [
-        {"name": f"wf-{i}", "triggers": [
-            {"_type": "push", "branches": [{"type": "glob", "pattern": "main" if i % 2 == 0 else "release/*"}],
-             "paths": []}],
-         "jobs": [{"_type": "static", "name": "build", "runsOn": [{"kind": "exact", "value": "linux"}],
-                   "needs": [], "steps": [{"name": "b", "run": "true"}]}]}
+        {
+            "name": f"wf-{i}",
+            "triggers": [
+                {
+                    "_type": "push",
+                    "branches": [{"type": "glob", "pattern": "main" if i % 2 == 0 else "release/*"}],
+                    "paths": [],
+                }
+            ],
+            "jobs": [
+                {
+                    "_type": "static",
+                    "name": "build",
+                    "runsOn": [{"kind": "exact", "value": "linux"}],
+                    "needs": [],
+                    "steps": [{"name": "b", "run": "true"}],
+                }
+            ],
+        }
         for i in range(10)
     ],
 }
@@ -79,14 +95,25 @@ BRANCH = "main"
 
 
 def _request(delivery: str) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps({"ref": f"refs/heads/{BRANCH}", "before": "0" * 40, "after": SHA,
-                       "repository": {"full_name": REPO, "default_branch": "main",
-                                      "clone_url": f"https://github.com/{REPO}.git"},
-                       "sender": {"login": "bench", "id": 1}, "installation": {"id": 1}}).encode()
+    body = json.dumps(
+        {
+            "ref": f"refs/heads/{BRANCH}",
+            "before": "0" * 40,
+            "after": SHA,
+            "repository": {"full_name": REPO, "default_branch": "main", "clone_url": f"https://github.com/{REPO}.git"},
+            "sender": {"login": "bench", "id": 1},
+            "installation": {"id": 1},
+        }
+    ).encode()
     sig = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    return body, {"Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": delivery,
-                  "X-GitHub-Hook-Installation-Target-Type": "integration",
-                  "X-GitHub-Hook-Installation-Target-ID": APP_ID, "X-Hub-Signature-256": sig}
+    return body, {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": delivery,
+        "X-GitHub-Hook-Installation-Target-Type": "integration",
+        "X-GitHub-Hook-Installation-Target-ID": APP_ID,
+        "X-Hub-Signature-256": sig,
+    }
 
 
 async def _prepare(url: str) -> None:
@@ -95,8 +122,9 @@ async def _prepare(url: str) -> None:
     await db.open()
     try:
         sid = str(uuid.uuid4())
-        await PgSourceStore(db).add_github(GitHubSource(id=sid, routing_key=f"github:{APP_ID}", name="bench",
-                                                        app_id=APP_ID, customer_id=ORG))
+        await PgSourceStore(db).add_github(
+            GitHubSource(id=sid, routing_key=f"github:{APP_ID}", name="bench", app_id=APP_ID, customer_id=ORG)
+        )
         secrets = PgSecretStore(db, bytes.fromhex(SECRET_KEY))
         await secrets.put("__system__", f"__source__/{sid}", "webhookSecret", WEBHOOK_SECRET)
         await secrets.put("__system__", f"__source__/{sid}", "privateKey", app_key(0).private_pem)
@@ -135,7 +163,9 @@ async def _processing_latency(url: str, ids: list[str], seconds: float = 120) ->
                 "SELECT count(*) FILTER (WHERE processed_at IS NULL), "
                 "array_agg(extract(epoch FROM processed_at - received_at)) FILTER (WHERE processed_at IS NOT NULL), "
                 "count(processed_at), extract(epoch FROM max(processed_at) - min(received_at)) "
-                "FROM event_log WHERE org_id = %s AND delivery_id = ANY(%s)", (ORG, ids))
+                "FROM event_log WHERE org_id = %s AND delivery_id = ANY(%s)",
+                (ORG, ids),
+            )
             row = await cur.fetchone()
             assert row is not None
             pending, lat, done, span = row
@@ -159,30 +189,38 @@ def _postmaster(pg: EmbeddedPostgres | None) -> psutil.Process | None:
         return None
 
 
-async def _measure(args: argparse.Namespace, url: str, port: int, server: psutil.Process,
-                   db: psutil.Process | None) -> None:
+async def _measure(
+    args: argparse.Namespace, url: str, port: int, server: psutil.Process, db: psutil.Process | None
+) -> None:
     await harness.wait_http(f"http://127.0.0.1:{port}/health")
     target = f"http://127.0.0.1:{port}/webhook/{ORG}/github"
     await harness.load(target, _request, requests=20, concurrency=4, prefix="warm")
-    print(f"{'conc':>4}  {'accepted/s':>10}  {'processed/s':>11}  {'proc/acc':>8}  {'2xx p50':>8}  {'2xx p99':>8}  "
-          f"{'cpu/dlv':>8}  {'proc cpu':>8}  {'db cpu':>8}  {'proc p50':>8}  {'proc p99':>8}  {'raw ins/s':>9}  {'ratio':>6}")
+    print(
+        f"{'conc':>4}  {'accepted/s':>10}  {'processed/s':>11}  {'proc/acc':>8}  {'2xx p50':>8}  {'2xx p99':>8}  "
+        f"{'cpu/dlv':>8}  {'proc cpu':>8}  {'db cpu':>8}  {'proc p50':>8}  {'proc p99':>8}  "
+        f"{'raw ins/s':>9}  {'ratio':>6}"
+    )
     for conc in args.concurrency:
         n = args.requests if conc > 1 else max(50, args.requests // 8)
         cpu_before = harness.cpu_seconds(server)
         children_before = _children_cpu(server)
         db_before = harness.cpu_seconds(db) if db is not None else 0.0
-        elapsed, lat, failed, ids = await harness.load(target, _request, requests=n, concurrency=conc,
-                                                       prefix=f"c{conc}")
+        elapsed, lat, failed, ids = await harness.load(
+            target, _request, requests=n, concurrency=conc, prefix=f"c{conc}"
+        )
         cpu = (harness.cpu_seconds(server) - cpu_before) * 1000 / max(1, len(ids))
         proc, processed = await _processing_latency(url, ids)
         children_cpu = (_children_cpu(server) - children_before) * 1000 / max(1, len(ids))
         db_cpu = (harness.cpu_seconds(db) - db_before) * 1000 / max(1, len(ids)) if db is not None else float("nan")
         raw = await _raw_rate(url, conc, n)
         rate = len(ids) / elapsed
-        print(f"{conc:>4}  {rate:>10.1f}  {processed:>11.1f}  {processed / rate:>8.0%}  "
-              f"{harness.pct(lat, .5):>7.1f}ms  {harness.pct(lat, .99):>7.1f}ms  "
-              f"{cpu:>6.2f}ms  {children_cpu:>6.2f}ms  {db_cpu:>6.2f}ms  {harness.pct(proc, .5):>7.1f}ms  {harness.pct(proc, .99):>7.1f}ms  {raw:>9.1f}  {rate / raw:>6.0%}"
-              + (f"  ({failed} failed)" if failed else ""))
+        print(
+            f"{conc:>4}  {rate:>10.1f}  {processed:>11.1f}  {processed / rate:>8.0%}  "
+            f"{harness.pct(lat, 0.5):>7.1f}ms  {harness.pct(lat, 0.99):>7.1f}ms  "
+            f"{cpu:>6.2f}ms  {children_cpu:>6.2f}ms  {db_cpu:>6.2f}ms  "
+            f"{harness.pct(proc, 0.5):>7.1f}ms  {harness.pct(proc, 0.99):>7.1f}ms  {raw:>9.1f}  {rate / raw:>6.0%}"
+            + (f"  ({failed} failed)" if failed else "")
+        )
 
 
 def main() -> None:
@@ -192,11 +230,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--server-log", default=None, help="write the orchestrator's output to this file")
-    parser.add_argument("--branch", default="main",
-                        help="branch pushed to (default main, the default branch; release/1 matches the other half "
-                             "of the workflows without registering them)")
-    parser.add_argument("--processing-workers", type=int, default=None,
-                        help="KICI_PROCESSING_WORKERS for the orchestrator (default: its own default)")
+    parser.add_argument(
+        "--branch",
+        default="main",
+        help="branch pushed to (default main, the default branch; release/1 matches the other half "
+        "of the workflows without registering them)",
+    )
+    parser.add_argument(
+        "--processing-workers",
+        type=int,
+        default=None,
+        help="KICI_PROCESSING_WORKERS for the orchestrator (default: its own default)",
+    )
     args = parser.parse_args()
     global BRANCH
     BRANCH = args.branch
@@ -216,11 +261,18 @@ def main() -> None:
                 url = pg.start()
             anyio.run(_prepare, url)
             port = harness.free_port()
-            env = {**{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
-                   "KICI_MODE": "independent", "KICI_DATABASE_URL": url, "KICI_SECRET_KEY": SECRET_KEY,
-                   "KICI_HOST": "127.0.0.1", "KICI_PORT": str(port), "KICI_DATA_DIR": str(work / "data"),
-                   "KICI_LOG_LEVEL": "warn", "GITHUB_API_URL": gh.url,
-                   "KICI_BOOTSTRAP_ADMIN_TOKEN": "bench-admin-token-0123456789"}
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
+                "KICI_MODE": "independent",
+                "KICI_DATABASE_URL": url,
+                "KICI_SECRET_KEY": SECRET_KEY,
+                "KICI_HOST": "127.0.0.1",
+                "KICI_PORT": str(port),
+                "KICI_DATA_DIR": str(work / "data"),
+                "KICI_LOG_LEVEL": "warn",
+                "GITHUB_API_URL": gh.url,
+                "KICI_BOOTSTRAP_ADMIN_TOKEN": "bench-admin-token-0123456789",
+            }
             if args.processing_workers is not None:
                 env["KICI_PROCESSING_WORKERS"] = str(args.processing_workers)
             log = open(args.server_log, "ab") if args.server_log else subprocess.DEVNULL

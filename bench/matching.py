@@ -38,7 +38,15 @@ TRACED_TARGET = 25_000
 BRANCH_GLOBS = ["main", "release/*", "feature/**", "{main,develop}", "hotfix/*", "v*"]
 PUSH_BRANCHES = ["main", "develop", "release/1.2", "feature/login", "hotfix/12", "dependabot/npm/x", "wip"]
 
-PR_PATHS = ["src/**", "lib/**/*.ts", "package.json", "tsconfig.json", "docs/**/*.md", "!**/*.snap", "!**/__fixtures__/**"]
+PR_PATHS = [
+    "src/**",
+    "lib/**/*.ts",
+    "package.json",
+    "tsconfig.json",
+    "docs/**/*.md",
+    "!**/*.snap",
+    "!**/__fixtures__/**",
+]
 
 
 def build_workflows(rng: random.Random) -> list[matching.WorkflowTriggers]:
@@ -50,23 +58,43 @@ def build_workflows(rng: random.Random) -> list[matching.WorkflowTriggers]:
         if kind == 0:
             raw.append({"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []})
         elif kind == 1:
-            raw.append({"_type": "push", "branches": [{"type": "glob", "pattern": "release/*"},
-                                                       {"type": "regex", "pattern": "^hotfix\\/\\d+$"}],
-                        "paths": [f"services/svc{i}/**", "!**/*.md"]})
+            raw.append(
+                {
+                    "_type": "push",
+                    "branches": [
+                        {"type": "glob", "pattern": "release/*"},
+                        {"type": "regex", "pattern": "^hotfix\\/\\d+$"},
+                    ],
+                    "paths": [f"services/svc{i}/**", "!**/*.md"],
+                }
+            )
         elif kind == 2:
-            raw.append({"_type": "pr", "events": ["opened", "synchronize", "reopened"],
-                        "targetBranches": [{"type": "glob", "pattern": "main"}], "sourceBranches": [],
-                        "paths": PR_PATHS})
+            raw.append(
+                {
+                    "_type": "pr",
+                    "events": ["opened", "synchronize", "reopened"],
+                    "targetBranches": [{"type": "glob", "pattern": "main"}],
+                    "sourceBranches": [],
+                    "paths": PR_PATHS,
+                }
+            )
         elif kind == 3:
             raw.append({"_type": "tag", "patterns": [{"type": "glob", "pattern": "v*"}]})
-            raw.append({"_type": "push", "branches": [{"type": "regex", "pattern": f"^team{i}/", "flags": "i"}],
-                        "paths": []})
+            raw.append(
+                {"_type": "push", "branches": [{"type": "regex", "pattern": f"^team{i}/", "flags": "i"}], "paths": []}
+            )
         else:
-            raw.append({"_type": "pr", "events": [], "targetBranches": [{"type": "glob", "pattern": "{main,develop}"}],
-                        "sourceBranches": [{"type": "glob", "pattern": "feature/**"}], "paths": []})
+            raw.append(
+                {
+                    "_type": "pr",
+                    "events": [],
+                    "targetBranches": [{"type": "glob", "pattern": "{main,develop}"}],
+                    "sourceBranches": [{"type": "glob", "pattern": "feature/**"}],
+                    "paths": [],
+                }
+            )
             raw.append({"_type": "dispatch", "types": ["deploy"]})
-        out.append(matching.WorkflowTriggers(
-            name=f"wf-{i}", triggers=tuple(triggers.parse_trigger(r) for r in raw)))
+        out.append(matching.WorkflowTriggers(name=f"wf-{i}", triggers=tuple(triggers.parse_trigger(r) for r in raw)))
     return out
 
 
@@ -82,12 +110,23 @@ def events(rng: random.Random, count: int) -> list[NormalisedEvent]:
     for _ in range(count):
         files = changed_files(rng, rng.randint(1, 300))
         if rng.random() < 0.5:
-            out.append(NormalisedEvent(type="push", target_branch=rng.choice(branches), changed_files=files,
-                                       source_repo="acme/api"))
+            out.append(
+                NormalisedEvent(
+                    type="push", target_branch=rng.choice(branches), changed_files=files, source_repo="acme/api"
+                )
+            )
         else:
-            out.append(NormalisedEvent(type="pull_request", action="synchronize", target_branch="main",
-                                       source_branch="feature/x", base_branch="main", changed_files=files,
-                                       source_repo="acme/api"))
+            out.append(
+                NormalisedEvent(
+                    type="pull_request",
+                    action="synchronize",
+                    target_branch="main",
+                    source_branch="feature/x",
+                    base_branch="main",
+                    changed_files=files,
+                    source_repo="acme/api",
+                )
+            )
     return out
 
 
@@ -112,9 +151,18 @@ def naive_branch(patterns: list[str], value: str) -> bool:
 def branch_workflows() -> list[matching.WorkflowTriggers]:
     """50 workflows, each with one ``push`` trigger on a branch glob."""
     return [
-        matching.WorkflowTriggers(name=f"wf-{i}", triggers=(triggers.parse_trigger(
-            {"_type": "push", "branches": [{"type": "glob", "pattern": BRANCH_GLOBS[i % len(BRANCH_GLOBS)]}],
-             "paths": []}),))
+        matching.WorkflowTriggers(
+            name=f"wf-{i}",
+            triggers=(
+                triggers.parse_trigger(
+                    {
+                        "_type": "push",
+                        "branches": [{"type": "glob", "pattern": BRANCH_GLOBS[i % len(BRANCH_GLOBS)]}],
+                        "paths": [],
+                    }
+                ),
+            ),
+        )
         for i in range(50)
     ]
 
@@ -123,8 +171,10 @@ def traced_headline(count: int, rounds: int) -> None:
     """Events/s of the pipeline's traced evaluation vs the eager reference, alternating rounds."""
     workflows = branch_workflows()
     rng = random.Random(7)
-    stream = [NormalisedEvent(type="push", target_branch=rng.choice(PUSH_BRANCHES), source_repo="acme/app")
-              for _ in range(count)]
+    stream = [
+        NormalisedEvent(type="push", target_branch=rng.choice(PUSH_BRANCHES), source_repo="acme/app")
+        for _ in range(count)
+    ]
     index = matching.TriggerIndex(workflows)  # the pipeline keeps one per cached lock file
     deadline = time.perf_counter() + 3600.0
 
@@ -148,8 +198,13 @@ def traced_headline(count: int, rounds: int) -> None:
         return trace_reference.evaluate_dict(workflows, e)
 
     base = stream[: max(20, count // 10)]  # the reference is much slower: fewer events per round
-    fresh_rounds = [[NormalisedEvent(type="push", target_branch=f"feature/r{r}-{k}", source_repo="acme/app")
-                     for k in range(len(base))] for r in range(rounds)]
+    fresh_rounds = [
+        [
+            NormalisedEvent(type="push", target_branch=f"feature/r{r}-{k}", source_repo="acme/app")
+            for k in range(len(base))
+        ]
+        for r in range(rounds)
+    ]
     got: dict[str, list[float]] = {"traced": [], "eager": [], "stored": [], "stored_new": [], "eager_new": []}
     for r in range(rounds):
         got["eager"].append(per_second(eager, base))
@@ -162,14 +217,18 @@ def traced_headline(count: int, rounds: int) -> None:
     def spread(k: str) -> str:
         return f"{min(got[k]):,.0f}-{max(got[k]):,.0f}"
 
-    print(f"traced evaluation, 50 workflows of branch triggers (pipeline path): {med['traced']:,.0f} events/s "
-          f"(x{med['traced'] / med['eager']:.1f} the eager trace, {med['eager']:,.0f}/s, in the same run; "
-          f"target {TRACED_TARGET:,}: {'met' if med['traced'] >= TRACED_TARGET else 'NOT met'})")
+    print(
+        f"traced evaluation, 50 workflows of branch triggers (pipeline path): {med['traced']:,.0f} events/s "
+        f"(x{med['traced'] / med['eager']:.1f} the eager trace, {med['eager']:,.0f}/s, in the same run; "
+        f"target {TRACED_TARGET:,}: {'met' if med['traced'] >= TRACED_TARGET else 'NOT met'})"
+    )
     print(f"  medians of {rounds} rounds; range traced {spread('traced')}, eager {spread('eager')}")
-    print(f"  + stored trace rendered (to_dict): {med['stored']:,.0f} events/s recurring branches "
-          f"(x{med['stored'] / med['eager']:.1f}, range {spread('stored')}), {med['stored_new']:,.0f}/s every branch new "
-          f"(x{med['stored_new'] / med['eager_new']:.1f} the eager trace on those, {med['eager_new']:,.0f}/s; "
-          f"range {spread('stored_new')})")
+    print(
+        f"  + stored trace rendered (to_dict): {med['stored']:,.0f} events/s recurring branches "
+        f"(x{med['stored'] / med['eager']:.1f}, range {spread('stored')}), {med['stored_new']:,.0f}/s every branch new "
+        f"(x{med['stored_new'] / med['eager_new']:.1f} the eager trace on those, {med['eager_new']:,.0f}/s; "
+        f"range {spread('stored_new')})"
+    )
 
 
 def rate(fn: Callable[[], object], repeat: int) -> float:
@@ -226,25 +285,35 @@ def main() -> None:
     # No file survives, so every file is checked: a third are included then excluded
     # (snapshots and fixtures under src/), the rest fall outside the includes.
     files = tuple(
-        f"src/mod{k}/__fixtures__/case{k}.ts" if k % 6 == 0
-        else f"src/mod{k}/view{k}.test.ts.snap" if k % 3 == 0
+        f"src/mod{k}/__fixtures__/case{k}.ts"
+        if k % 6 == 0
+        else f"src/mod{k}/view{k}.test.ts.snap"
+        if k % 3 == 0
         else f"assets/img{k}/icon{k}.png"
         for k in range(300)
     )
-    pr_event = NormalisedEvent(type="pull_request", action="opened", target_branch="main",
-                               source_branch="f", changed_files=files)
+    pr_event = NormalisedEvent(
+        type="pull_request", action="opened", target_branch="main", source_branch="f", changed_files=files
+    )
     assert not tm(pr_trigger, pr_event)
     pr_time = rate(lambda: tm(pr_trigger, pr_event), 20 * scale)
     naive_pr_time = rate(lambda: naive_pr_paths(PR_PATHS, files), 2 if args.quick else 10)
-    naive_branch_time = rate(lambda: [naive_branch(["main"], e.target_branch) for e in branch_events],
-                             max(1, n // 40)) / len(branch_events)
+    naive_branch_time = rate(
+        lambda: [naive_branch(["main"], e.target_branch) for e in branch_events], max(1, n // 40)
+    ) / len(branch_events)
 
-    print(f"branch-only trigger evaluations: {evals_per_s:,.0f}/s "
-          f"(naive: {1 / naive_branch_time:,.0f}/s, x{(1 / naive_branch_time) and evals_per_s * naive_branch_time:.1f})")
-    print(f"events/s over 50 workflows, 1-300 changed files: {events_per_s:,.0f}/s "
-          f"({matched} workflow matches); with full trace: {traced_per_s:,.0f}/s")
-    print(f"PR trigger, 7 path globs x 300 files: {pr_time * 1000:.3f} ms "
-          f"(naive recompiling: {naive_pr_time * 1000:.3f} ms, x{naive_pr_time / pr_time:.1f})")
+    print(
+        f"branch-only trigger evaluations: {evals_per_s:,.0f}/s "
+        f"(naive: {1 / naive_branch_time:,.0f}/s, x{(1 / naive_branch_time) and evals_per_s * naive_branch_time:.1f})"
+    )
+    print(
+        f"events/s over 50 workflows, 1-300 changed files: {events_per_s:,.0f}/s "
+        f"({matched} workflow matches); with full trace: {traced_per_s:,.0f}/s"
+    )
+    print(
+        f"PR trigger, 7 path globs x 300 files: {pr_time * 1000:.3f} ms "
+        f"(naive recompiling: {naive_pr_time * 1000:.3f} ms, x{naive_pr_time / pr_time:.1f})"
+    )
     ok = evals_per_s >= 1_000_000 and pr_time < 0.0005
     print("targets (>=1,000,000 evals/s, <0.5 ms):", "met" if ok else "NOT met")
 

@@ -60,15 +60,26 @@ BIN = Path(sys.executable).parent
 
 
 def _body(delivery: str) -> bytes:
-    return json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1, "delivery": delivery,
-                       "hook": {"type": "App", "app_id": int(APP_ID)}}).encode()
+    return json.dumps(
+        {
+            "zen": "Keep it logically awesome.",
+            "hook_id": 1,
+            "delivery": delivery,
+            "hook": {"type": "App", "app_id": int(APP_ID)},
+        }
+    ).encode()
 
 
 def _headers(body: bytes, delivery: str) -> dict[str, str]:
     sig = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    return {"Content-Type": "application/json", "X-GitHub-Event": "ping", "X-GitHub-Delivery": delivery,
-            "X-GitHub-Hook-Installation-Target-Type": "integration",
-            "X-GitHub-Hook-Installation-Target-ID": APP_ID, "X-Hub-Signature-256": sig}
+    return {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "ping",
+        "X-GitHub-Delivery": delivery,
+        "X-GitHub-Hook-Installation-Target-Type": "integration",
+        "X-GitHub-Hook-Installation-Target-ID": APP_ID,
+        "X-Hub-Signature-256": sig,
+    }
 
 
 def _request(delivery: str) -> tuple[bytes, dict[str, str]]:
@@ -82,10 +93,12 @@ async def _prepare_database(url: str) -> None:
     await db.open()
     try:
         source_id = str(uuid.uuid4())
-        await PgSourceStore(db).add_github(GitHubSource(id=source_id, routing_key=f"github:{APP_ID}",
-                                                        name="bench-app", app_id=APP_ID, customer_id=ORG))
-        await PgSecretStore(db, bytes.fromhex(SECRET_KEY)).put("__system__", f"__source__/{source_id}",
-                                                                "webhookSecret", WEBHOOK_SECRET)
+        await PgSourceStore(db).add_github(
+            GitHubSource(id=source_id, routing_key=f"github:{APP_ID}", name="bench-app", app_id=APP_ID, customer_id=ORG)
+        )
+        await PgSecretStore(db, bytes.fromhex(SECRET_KEY)).put(
+            "__system__", f"__source__/{source_id}", "webhookSecret", WEBHOOK_SECRET
+        )
     finally:
         await db.close()
 
@@ -103,24 +116,73 @@ def run(args: argparse.Namespace) -> None:
             url = pg.start()
         anyio.run(_prepare_database, url)
         relay_port, orch_port = harness.free_port(), harness.free_port()
-        relay_env = {**{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
-                     "KICI_RELAY_DB": str(work / "relay.sqlite3")}
+        relay_env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
+            "KICI_RELAY_DB": str(work / "relay.sqlite3"),
+        }
         relay_cmd = str(BIN / "kici-relay")
-        subprocess.run([relay_cmd, "source", "add", "github", "--org", ORG, "--app-id", APP_ID,
-                        "--webhook-secret", WEBHOOK_SECRET], env=relay_env, check=True, capture_output=True)
-        token = subprocess.run([relay_cmd, "key", "create", "--org", ORG, "--name", "bench"], env=relay_env,
-                               check=True, capture_output=True).stdout.decode().strip()
-        procs.append(subprocess.Popen([relay_cmd, "serve", "--port", str(relay_port), "--log-level", "warning"],
-                                      env=relay_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        orch_env = {**{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
-                    "KICI_MODE": "hybrid", "KICI_PLATFORM_URL": f"ws://127.0.0.1:{relay_port}/ws",
-                    "KICI_PLATFORM_TOKEN": token, "KICI_DATABASE_URL": url, "KICI_SECRET_KEY": SECRET_KEY,
-                    "KICI_HOST": "127.0.0.1", "KICI_PORT": str(orch_port), "KICI_DATA_DIR": str(work / "data"),
-                    "KICI_LOG_LEVEL": "warn"}
-        procs.append(subprocess.Popen([str(BIN / "kici-server")], env=orch_env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
-        anyio.run(_measure, args, url, relay_port, orch_port, psutil.Process(procs[0].pid),
-                  psutil.Process(procs[1].pid), pg_root if pg is not None else None)
+        subprocess.run(
+            [
+                relay_cmd,
+                "source",
+                "add",
+                "github",
+                "--org",
+                ORG,
+                "--app-id",
+                APP_ID,
+                "--webhook-secret",
+                WEBHOOK_SECRET,
+            ],
+            env=relay_env,
+            check=True,
+            capture_output=True,
+        )
+        token = (
+            subprocess.run(
+                [relay_cmd, "key", "create", "--org", ORG, "--name", "bench"],
+                env=relay_env,
+                check=True,
+                capture_output=True,
+            )
+            .stdout.decode()
+            .strip()
+        )
+        procs.append(
+            subprocess.Popen(
+                [relay_cmd, "serve", "--port", str(relay_port), "--log-level", "warning"],
+                env=relay_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        orch_env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
+            "KICI_MODE": "hybrid",
+            "KICI_PLATFORM_URL": f"ws://127.0.0.1:{relay_port}/ws",
+            "KICI_PLATFORM_TOKEN": token,
+            "KICI_DATABASE_URL": url,
+            "KICI_SECRET_KEY": SECRET_KEY,
+            "KICI_HOST": "127.0.0.1",
+            "KICI_PORT": str(orch_port),
+            "KICI_DATA_DIR": str(work / "data"),
+            "KICI_LOG_LEVEL": "warn",
+        }
+        procs.append(
+            subprocess.Popen(
+                [str(BIN / "kici-server")], env=orch_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
+        anyio.run(
+            _measure,
+            args,
+            url,
+            relay_port,
+            orch_port,
+            psutil.Process(procs[0].pid),
+            psutil.Process(procs[1].pid),
+            pg_root if pg is not None else None,
+        )
     finally:
         harness.stop(procs, pg, work)
 
@@ -146,8 +208,9 @@ def _process_cpu() -> dict[int, tuple[str, float]]:
         elif "kici_runtime.orchestrator.processing" in cmd:
             label = "processing child"
         else:
-            label = Path(cmd.split()[1] if cmd.startswith(sys.executable) and len(cmd.split()) > 1
-                         else cmd.split()[0]).name
+            label = Path(
+                cmd.split()[1] if cmd.startswith(sys.executable) and len(cmd.split()) > 1 else cmd.split()[0]
+            ).name
         found[proc.pid] = (label, float(times.user + times.system))
     return found
 
@@ -170,8 +233,10 @@ def _busy() -> float:
 async def _backlog(url: str) -> int:
     """Accepted deliveries not yet processed plus bodies not yet moved to object storage."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        cur = await conn.execute("SELECT (SELECT count(*) FROM delivery_inbox WHERE state = 'pending')"
-                                 " + (SELECT count(*) FROM delivery_payloads)")
+        cur = await conn.execute(
+            "SELECT (SELECT count(*) FROM delivery_inbox WHERE state = 'pending')"
+            " + (SELECT count(*) FROM delivery_payloads)"
+        )
         row = await cur.fetchone()
     return int(row[0]) if row else 0
 
@@ -197,8 +262,9 @@ def _pin(proc: psutil.Process, cpus: set[int]) -> None:
             pass
 
 
-def _placements(args: argparse.Namespace, relay: psutil.Process, orch: psutil.Process,
-                pg_root: Path | None) -> list[tuple[str, Callable[[], None]]]:
+def _placements(
+    args: argparse.Namespace, relay: psutil.Process, orch: psutil.Process, pg_root: Path | None
+) -> list[tuple[str, Callable[[], None]]]:
     """The CPU placements to measure under, each with the function that applies it."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     inside_procs = [orch, *orch.children(recursive=True)]
@@ -214,6 +280,7 @@ def _placements(args: argparse.Namespace, relay: psutil.Process, orch: psutil.Pr
                 _pin(proc, inside)
             for proc in outside_procs:
                 _pin(proc, outside)
+
         return apply
 
     found: list[tuple[str, Callable[[], None]]] = []
@@ -227,13 +294,21 @@ def _placements(args: argparse.Namespace, relay: psutil.Process, orch: psutil.Pr
     return found
 
 
-async def _measure(args: argparse.Namespace, url: str, relay_port: int, orch_port: int, relay: psutil.Process,
-                   orch: psutil.Process, pg_root: Path | None) -> None:
+async def _measure(
+    args: argparse.Namespace,
+    url: str,
+    relay_port: int,
+    orch_port: int,
+    relay: psutil.Process,
+    orch: psutil.Process,
+    pg_root: Path | None,
+) -> None:
     await harness.wait_http(f"http://127.0.0.1:{relay_port}/api/connections", ready=f"github:{APP_ID}")
     relay_url = f"http://127.0.0.1:{relay_port}/webhook/{ORG}/github"
     direct_url = f"http://127.0.0.1:{orch_port}/webhook/{ORG}/github"
-    await harness.load(relay_url, _request, requests=max(20, args.requests // 10), concurrency=args.concurrency,
-                       prefix="warm")
+    await harness.load(
+        relay_url, _request, requests=max(20, args.requests // 10), concurrency=args.concurrency, prefix="warm"
+    )
     for placement, apply in _placements(args, relay, orch, pg_root):
         apply()
         print(f"placement {placement}:")
@@ -247,26 +322,34 @@ async def _measure(args: argparse.Namespace, url: str, relay_port: int, orch_por
             print(f"  relay/direct throughput ({placement}): {ratio:.0%} (target >= 70%)")
 
 
-async def _path(args: argparse.Namespace, url: str, name: str, target: str, relay: psutil.Process,
-                orch: psutil.Process) -> float:
+async def _path(
+    args: argparse.Namespace, url: str, name: str, target: str, relay: psutil.Process, orch: psutil.Process
+) -> float:
     """Measure one path; returns its deliveries per second."""
     await _settle(url)  # each path starts with no work left over from the one before
     cpu_relay, cpu_orch, busy = _cpu(relay), _cpu(orch), _busy()
     processes = _process_cpu() if args.breakdown else {}
-    elapsed, lat, failed, _ids = await harness.load(target, _request, requests=args.requests,
-                                                    concurrency=args.concurrency, prefix=name)
+    elapsed, lat, failed, _ids = await harness.load(
+        target, _request, requests=args.requests, concurrency=args.concurrency, prefix=name
+    )
     per = 1000 / args.requests
-    cpu = (f"cpu/delivery: relay {(_cpu(relay) - cpu_relay) * per:4.2f} ms, orchestrator "
-           f"{(_cpu(orch) - cpu_orch) * per:4.2f} ms, machine {(_busy() - busy) * per:4.2f} ms")
+    cpu = (
+        f"cpu/delivery: relay {(_cpu(relay) - cpu_relay) * per:4.2f} ms, orchestrator "
+        f"{(_cpu(orch) - cpu_orch) * per:4.2f} ms, machine {(_busy() - busy) * per:4.2f} ms"
+    )
     rate = args.requests / elapsed
-    print(f"  {name:6s}: {args.requests} deliveries at concurrency {args.concurrency}: "
-          f"{rate:8.1f}/s  p50 {harness.pct(lat, 0.50):6.1f} ms  p99 {harness.pct(lat, 0.99):6.1f} ms"
-          f"  failures {failed}  {cpu}")
+    print(
+        f"  {name:6s}: {args.requests} deliveries at concurrency {args.concurrency}: "
+        f"{rate:8.1f}/s  p50 {harness.pct(lat, 0.50):6.1f} ms  p99 {harness.pct(lat, 0.99):6.1f} ms"
+        f"  failures {failed}  {cpu}"
+    )
     if args.breakdown:
         print(f"          intake CPU/delivery (ms): {_breakdown(processes, per)}")
     drained = await _settle(url)
-    print(f"          processing and payload offload finished {drained:.1f} s later; machine CPU/delivery "
-          f"including them {(_busy() - busy) * per:4.2f} ms")
+    print(
+        f"          processing and payload offload finished {drained:.1f} s later; machine CPU/delivery "
+        f"including them {(_busy() - busy) * per:4.2f} ms"
+    )
     if args.breakdown:
         print(f"          with processing (ms): {_breakdown(processes, per)}")
     return rate
@@ -277,12 +360,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny run (a smoke test of the benchmark)")
     parser.add_argument("--requests", type=int, default=2000, help="deliveries per path")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--placement", choices=("both", "split", "shared"), default="both",
-                        help="CPU placement(s) to measure under (see the module docstring)")
+    parser.add_argument(
+        "--placement",
+        choices=("both", "split", "shared"),
+        default="both",
+        help="CPU placement(s) to measure under (see the module docstring)",
+    )
     parser.add_argument("--only", choices=("relay", "direct"), help="measure one path only (for profiling)")
     parser.add_argument("--breakdown", action="store_true", help="print the busiest processes per delivery")
-    parser.add_argument("--database-url", default=os.environ.get("KICI_BENCH_DATABASE_URL"),
-                        help="use this PostgreSQL instead of an embedded one")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("KICI_BENCH_DATABASE_URL"),
+        help="use this PostgreSQL instead of an embedded one",
+    )
     args = parser.parse_args()
     if args.quick:
         args.requests = 100

@@ -77,8 +77,9 @@ MARK = "webhook-path:"
 BOUND = 60.0
 _GEN_FLAGS = 0x20 | 0x80 | 0x100 | 0x200  # generator, coroutine, iterable coroutine, async generator
 _SKIPPED = ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>", "<module>")
-_BOUNDARIES = frozenset({"asyncio.events", "asyncio.base_events", "asyncio.runners", "threading",
-                         "concurrent.futures.thread"})
+_BOUNDARIES = frozenset(
+    {"asyncio.events", "asyncio.base_events", "asyncio.runners", "threading", "concurrent.futures.thread"}
+)
 """Modules whose frames sit between an event loop (or a thread's start) and the code it runs."""
 
 
@@ -179,8 +180,13 @@ class Recorder:
         sys.setprofile(None)
         duration = time.perf_counter() - self.started
         names = sorted(self.keys.items(), key=lambda kv: kv[1])
-        dump = {"window": self.window, "duration": duration, "functions": [list(k) for k, _ in names],
-                "contexts": {str(k): v for k, v in self.contexts.items()}, "calls": self.calls}
+        dump = {
+            "window": self.window,
+            "duration": duration,
+            "functions": [list(k) for k, _ in names],
+            "contexts": {str(k): v for k, v in self.contexts.items()},
+            "calls": self.calls,
+        }
         path = self.out_dir / f"window-{self.window}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(dump))
@@ -207,10 +213,16 @@ def run_program(name: str, args: list[str], record_to: str | None) -> None:
 
 # ============================================================================================ the parent side
 def _git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.com",
-           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.com"}
-    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "b",
+        "GIT_AUTHOR_EMAIL": "b@example.com",
+        "GIT_COMMITTER_NAME": "b",
+        "GIT_COMMITTER_EMAIL": "b@example.com",
+    }
+    return subprocess.run(
+        ["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
 def make_repo(root: Path) -> Path:
@@ -218,11 +230,29 @@ def make_repo(root: Path) -> Path:
     repo = root / "repo"
     (repo / ".kici").mkdir(parents=True)
     src = {"file": ".kici/workflows/ci.ts", "export": "#default"}
-    lock = {"schemaVersion": 29, "source": src, "contentHash": "path", "workflows": [{
-        "name": "path", "source": src, "contentHash": "path", "compileSchemaVersion": 5,
-        "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
-        "jobs": [{"_type": "static", "name": "job", "runsOn": [{"kind": "exact", "value": LABEL}], "needs": [],
-                  "steps": [{"name": "step", "run": "true"}]}]}]}
+    lock = {
+        "schemaVersion": 29,
+        "source": src,
+        "contentHash": "path",
+        "workflows": [
+            {
+                "name": "path",
+                "source": src,
+                "contentHash": "path",
+                "compileSchemaVersion": 5,
+                "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
+                "jobs": [
+                    {
+                        "_type": "static",
+                        "name": "job",
+                        "runsOn": [{"kind": "exact", "value": LABEL}],
+                        "needs": [],
+                        "steps": [{"name": "step", "run": "true"}],
+                    }
+                ],
+            }
+        ],
+    }
     (repo / ".kici" / "kici.lock.json").write_text(json.dumps(lock))
     _git(root, "init", "-q", "-b", "main", str(repo))
     _git(repo, "add", "-A")
@@ -238,12 +268,27 @@ def commit(repo: Path) -> str:
 
 def webhook(repo: Path, sha: str) -> tuple[bytes, dict[str, str]]:
     """A signed generic ``push`` of ``sha`` to ``main``."""
-    body = json.dumps({"ref": "refs/heads/main", "before": "0" * 40, "after": sha,
-                       "repository": {"full_name": "bench/repo", "name": "repo", "default_branch": "main",
-                                      "clone_url": repo.as_uri()}, "sender": {"login": "bench", "id": 1}}).encode()
+    body = json.dumps(
+        {
+            "ref": "refs/heads/main",
+            "before": "0" * 40,
+            "after": sha,
+            "repository": {
+                "full_name": "bench/repo",
+                "name": "repo",
+                "default_branch": "main",
+                "clone_url": repo.as_uri(),
+            },
+            "sender": {"login": "bench", "id": 1},
+        }
+    ).encode()
     sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    return body, {"Content-Type": "application/json", "X-Signature-256": sig, "X-Delivery-Id": str(uuid.uuid4()),
-                  "X-Event-Type": "push"}
+    return body, {
+        "Content-Type": "application/json",
+        "X-Signature-256": sig,
+        "X-Delivery-Id": str(uuid.uuid4()),
+        "X-Event-Type": "push",
+    }
 
 
 def _self(*args: str) -> list[str]:
@@ -257,9 +302,14 @@ class Child:
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._ended = False
-        self.proc = subprocess.Popen(_self("--child", str(record_to), "kici-standalone"), env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            _self("--child", str(record_to), "kici-standalone"),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
@@ -283,8 +333,9 @@ class Child:
                     return hit
                 if self._ended:
                     self.proc.wait(BOUND)
-                    raise RuntimeError(f"kici-standalone exited ({self.proc.returncode}) before {text!r}:\n"
-                                       + self.tail())
+                    raise RuntimeError(
+                        f"kici-standalone exited ({self.proc.returncode}) before {text!r}:\n" + self.tail()
+                    )
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"no {text!r} from kici-standalone within {bound} s:\n" + self.tail())
                 self._changed.wait(0.5)
@@ -314,9 +365,12 @@ class Window:
     @classmethod
     def load(cls, path: Path) -> Window:
         raw = json.loads(path.read_text())
-        return cls(duration=raw["duration"], functions=[(m, q) for m, q in raw["functions"]],
-                   contexts={int(k): v for k, v in raw["contexts"].items()},
-                   calls=[(t, c, f, k) for t, c, f, k in raw["calls"]])
+        return cls(
+            duration=raw["duration"],
+            functions=[(m, q) for m, q in raw["functions"]],
+            contexts={int(k): v for k, v in raw["contexts"].items()},
+            calls=[(t, c, f, k) for t, c, f, k in raw["calls"]],
+        )
 
     def name(self, index: int) -> str:
         module, qualname = self.functions[index]
@@ -353,7 +407,7 @@ def attribute(window: Window, idle: list[Window]) -> Counted:
         if ctx in long_lived and idle_rate[(ctx, name)]:
             expected = idle_rate[(ctx, name)] / idle_seconds * window.duration
             keep = max(0, round(len(calls) - expected))
-            calls = calls[len(calls) - keep:] if keep else []
+            calls = calls[len(calls) - keep :] if keep else []
         out.calls.extend(calls)
     out.calls.sort()
     for ctx in {c for _, c, _, _ in out.calls}:
@@ -380,10 +434,17 @@ def report(measured: list[Window], idle: list[Window]) -> dict[str, Any]:
         on_path = [call for call in c.calls if call[2] in path]
         crossings = [(caller, f) for _, _, f, caller in on_path if caller is not None and layer(caller) != layer(f)]
         kinds = Counter(c.kinds[ctx] for ctx in {ctx for _, ctx, _, _ in on_path})
-        per_window.append({"calls": len(on_path), "contexts": sum(kinds.values()),
-                           "carrying": len(carrying(on_path)), "tasks": kinds["task"],
-                           "threads": kinds["thread"], "loopCallbacks": kinds["loop callback"],
-                           "crossings": len(crossings)})
+        per_window.append(
+            {
+                "calls": len(on_path),
+                "contexts": sum(kinds.values()),
+                "carrying": len(carrying(on_path)),
+                "tasks": kinds["task"],
+                "threads": kinds["thread"],
+                "loopCallbacks": kinds["loop callback"],
+                "crossings": len(crossings),
+            }
+        )
         edge_sets.append(set(crossings))
     edges = set.intersection(*edge_sets)
     first = counted[0]
@@ -397,13 +458,22 @@ def report(measured: list[Window], idle: list[Window]) -> dict[str, Any]:
             continue
         if ctx not in context_rank:
             context_rank[ctx] = len(context_rank) + 1
-            contexts.append({"context": context_rank[ctx], "kind": first.kinds[ctx], "first": f, "calls": 0,
-                             "carries": ctx in carried})
+            contexts.append(
+                {
+                    "context": context_rank[ctx],
+                    "kind": first.kinds[ctx],
+                    "first": f,
+                    "calls": 0,
+                    "carries": ctx in carried,
+                }
+            )
         contexts[context_rank[ctx] - 1]["calls"] += 1
         order.setdefault(f, (t, ctx))
         calls_of[f] += 1
-    steps = [{"function": f, "layer": layer(f), "calls": calls_of[f], "context": context_rank[ctx]}
-             for f, (_, ctx) in sorted(order.items(), key=lambda kv: kv[1][0])]
+    steps = [
+        {"function": f, "layer": layer(f), "calls": calls_of[f], "context": context_rank[ctx]}
+        for f, (_, ctx) in sorted(order.items(), key=lambda kv: kv[1][0])
+    ]
 
     def median(key: str) -> int:
         return round(statistics.median(w[key] for w in per_window))
@@ -433,25 +503,28 @@ def report(measured: list[Window], idle: list[Window]) -> dict[str, Any]:
 
 
 def print_report(result: dict[str, Any]) -> None:
-    rows = [("functions on the path", result["functions"]),
-            ("  in modules", result["modules"]),
-            ("  core / adapters / runtime", " / ".join(str(v) for v in result["functionsByLayer"].values())),
-            ("calls", result["calls"]),
-            ("contexts (tasks, threads, callbacks)", result["contexts"]),
-            ("  tasks / threads / loop callbacks",
-             f"{result['tasks']} / {result['threads']} / {result['loopCallbacks']}"),
-            ("  carrying the delivery", result["carryingContexts"]),
-            ("asynchronous hand-offs", result["handOffs"]),
-            ("layer crossings (calls)", result["crossings"]),
-            ("layer crossings (distinct edges)", result["crossingEdges"]),
-            ("measured window (median ms)", result["windowMs"])]
+    rows = [
+        ("functions on the path", result["functions"]),
+        ("  in modules", result["modules"]),
+        ("  core / adapters / runtime", " / ".join(str(v) for v in result["functionsByLayer"].values())),
+        ("calls", result["calls"]),
+        ("contexts (tasks, threads, callbacks)", result["contexts"]),
+        ("  tasks / threads / loop callbacks", f"{result['tasks']} / {result['threads']} / {result['loopCallbacks']}"),
+        ("  carrying the delivery", result["carryingContexts"]),
+        ("asynchronous hand-offs", result["handOffs"]),
+        ("layer crossings (calls)", result["crossings"]),
+        ("layer crossings (distinct edges)", result["crossingEdges"]),
+        ("measured window (median ms)", result["windowMs"]),
+    ]
     print(f"webhook -> job.dispatch, {result['rounds']} webhooks (medians)")
     for label, value in rows:
         print(f"  {label:<38} {value}")
     print("\npath (first call order; context = n-th task/thread to run our code):")
     for i, step in enumerate(result["path"], 1):
-        print(f"  {i:3} [{step['context']}] {step['layer']:<8} {step['function']}"
-              + (f"  x{step['calls']}" if step["calls"] > 1 else ""))
+        print(
+            f"  {i:3} [{step['context']}] {step['layer']:<8} {step['function']}"
+            + (f"  x{step['calls']}" if step["calls"] > 1 else "")
+        )
     print("\ncontexts (first window; the function each began with):")
     for ctx in result["contextsOfFirstWindow"]:
         side = "" if ctx["carries"] else " (side)"
@@ -475,10 +548,20 @@ async def measure(rounds: int, idle_seconds: float, root: Path, quiet: bool) -> 
     dumps.mkdir()
     admin_token = "kat-webhook-path-" + secrets.token_hex(16)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KICI_")}
-    env = {**clean, "KICI_MODE": "independent", "KICI_DEV": "true", "KICI_DATABASE_URL": "embedded",
-           "KICI_DATA_DIR": str(root / "data"), "KICI_PORT": "0", "KICI_HOST": "127.0.0.1",
-           "KICI_SECRET_KEY": secrets.token_hex(32), "KICI_BOOTSTRAP_ADMIN_TOKEN": admin_token,
-           "KICI_AGENT_AUTH": "none", "KICI_PROCESSING_WORKERS": "0", "KICI_LOG_LEVEL": "info"}
+    env = {
+        **clean,
+        "KICI_MODE": "independent",
+        "KICI_DEV": "true",
+        "KICI_DATABASE_URL": "embedded",
+        "KICI_DATA_DIR": str(root / "data"),
+        "KICI_PORT": "0",
+        "KICI_HOST": "127.0.0.1",
+        "KICI_SECRET_KEY": secrets.token_hex(32),
+        "KICI_BOOTSTRAP_ADMIN_TOKEN": admin_token,
+        "KICI_AGENT_AUTH": "none",
+        "KICI_PROCESSING_WORKERS": "0",
+        "KICI_LOG_LEVEL": "info",
+    }
     say("starting kici-standalone (embedded PostgreSQL) ...")
     child = Child(env, dumps)
     try:
@@ -486,19 +569,45 @@ async def measure(rounds: int, idle_seconds: float, root: Path, quiet: bool) -> 
         port = int(re.findall(r"started on port (\d+)", line)[0])
         base = f"http://127.0.0.1:{port}"
         admin = await anyio.run_process(
-            _self("--run", "kici-admin", "--url", base, "source", "add", "generic", "--org", ORG, "--name", SOURCE,
-                  "--provider-type", "local", "--local-repo", str(repo), "--verification", "hmac_sha256",
-                  "--secret", SECRET, "--event-type-header", "x-event-type", "--idempotency-key-header",
-                  "x-delivery-id", "--rate-limit", "100000"),
-            env={**clean, "KICI_ADMIN_TOKEN": admin_token}, check=False)
+            _self(
+                "--run",
+                "kici-admin",
+                "--url",
+                base,
+                "source",
+                "add",
+                "generic",
+                "--org",
+                ORG,
+                "--name",
+                SOURCE,
+                "--provider-type",
+                "local",
+                "--local-repo",
+                str(repo),
+                "--verification",
+                "hmac_sha256",
+                "--secret",
+                SECRET,
+                "--event-type-header",
+                "x-event-type",
+                "--idempotency-key-header",
+                "x-delivery-id",
+                "--rate-limit",
+                "100000",
+            ),
+            env={**clean, "KICI_ADMIN_TOKEN": admin_token},
+            check=False,
+        )
         if admin.returncode != 0:
             raise RuntimeError(f"kici-admin source add failed: {admin.stdout.decode()}{admin.stderr.decode()}")
-        async with httpx.AsyncClient(base_url=base, timeout=BOUND,
-                                     headers={"Authorization": f"Bearer {admin_token}"}) as http, \
-                connect(f"ws://127.0.0.1:{port}/ws", open_timeout=BOUND) as ws:
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=BOUND, headers={"Authorization": f"Bearer {admin_token}"}) as http,
+            connect(f"ws://127.0.0.1:{port}/ws", open_timeout=BOUND) as ws,
+        ):
+
             async def send(msg: dict[str, Any]) -> None:
-                await ws.send(json.dumps({"messageId": str(uuid.uuid4()), "timestamp": int(time.time() * 1000),
-                                          **msg}))
+                await ws.send(json.dumps({"messageId": str(uuid.uuid4()), "timestamp": int(time.time() * 1000), **msg}))
 
             async def expect(kind: str) -> dict[str, Any]:
                 seen: list[str] = []
@@ -512,8 +621,17 @@ async def measure(rounds: int, idle_seconds: float, root: Path, quiet: bool) -> 
                     raise RuntimeError(f"no {kind} within {BOUND} s; the agent saw {seen[-10:]}:\n{child.tail()}")
                 raise AssertionError("unreachable")
 
-            await send({"type": "agent.register", "agentId": "path-agent", "labels": [LABEL], "maxConcurrency": 1,
-                        "platform": "linux", "arch": "x64", "inFlightJobs": []})
+            await send(
+                {
+                    "type": "agent.register",
+                    "agentId": "path-agent",
+                    "labels": [LABEL],
+                    "maxConcurrency": 1,
+                    "platform": "linux",
+                    "arch": "x64",
+                    "inFlightJobs": [],
+                }
+            )
             await expect("register.ack")
 
             async def push() -> dict[str, Any]:
@@ -542,8 +660,9 @@ async def measure(rounds: int, idle_seconds: float, root: Path, quiet: bool) -> 
 
             async def record(signum: signal.Signals, what: str) -> None:
                 child.proc.send_signal(signum)
-                await anyio.to_thread.run_sync(functools.partial(child.wait_line, f"{MARK} {what} {window}",
-                                                                 exact=True))
+                await anyio.to_thread.run_sync(
+                    functools.partial(child.wait_line, f"{MARK} {what} {window}", exact=True)
+                )
 
             say("warming up with two webhooks ...")
             for _ in range(2):
@@ -581,10 +700,14 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3, help="Measured webhooks (default 3).")
-    parser.add_argument("--idle", type=float, default=3.0,
-                        help="Seconds of each idle window (default 3; keep it above the orchestrator's 2 s read "
-                             "caches, or some webhooks find the source and its secret cached and take a shorter "
-                             "path than others).")
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=3.0,
+        help="Seconds of each idle window (default 3; keep it above the orchestrator's 2 s read "
+        "caches, or some webhooks find the source and its secret cached and take a shorter "
+        "path than others).",
+    )
     parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
     parser.add_argument("--quiet", action="store_true", help="No progress lines on stderr.")
     opts = parser.parse_args()

@@ -30,8 +30,9 @@ def zone(name: str) -> ZoneInfo:
 def _sim(expression: str, start: datetime) -> CronSim:
     fields = expression.split()
     if len(fields) != 5:
-        raise errors.InvalidInput(f"cron expression {expression!r} must have 5 fields "
-                                  "(minute hour day-of-month month day-of-week)")
+        raise errors.InvalidInput(
+            f"cron expression {expression!r} must have 5 fields (minute hour day-of-month month day-of-week)"
+        )
     try:
         return CronSim(expression, start)
     except (CronSimError, ValueError) as exc:

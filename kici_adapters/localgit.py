@@ -97,8 +97,9 @@ class LocalGitRepos:
                 self._cache.popitem(last=False)
         return fetched
 
-    async def changed_files(self, source: RepoSource, repo: str, *, base: str | None, head: str,
-                            pull_number: int | None = None) -> list[str]:
+    async def changed_files(
+        self, source: RepoSource, repo: str, *, base: str | None, head: str, pull_number: int | None = None
+    ) -> list[str]:
         if not base or base == _ZERO_SHA or not head or head == _ZERO_SHA:
             return []
         path = repo_path(source)

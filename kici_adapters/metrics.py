@@ -44,30 +44,25 @@ trigger_match_duration = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
     registry=REGISTRY,
 )
-lockfile_cache_hits = Counter(
-    "kici_lockfile_cache_hits_total", "Lock-file cache hits.", registry=REGISTRY
-)
+lockfile_cache_hits = Counter("kici_lockfile_cache_hits_total", "Lock-file cache hits.", registry=REGISTRY)
 lockfile_cache_misses = Counter(
     "kici_lockfile_cache_misses_total", "Lock-file cache misses (a fetch was attempted).", registry=REGISTRY
 )
 agents_active = Gauge(
-    "kici_agents_active", "Agents registered and connected to any live orchestrator process sharing the database.",
-    registry=REGISTRY
+    "kici_agents_active",
+    "Agents registered and connected to any live orchestrator process sharing the database.",
+    registry=REGISTRY,
 )
 dispatch_queue_depth = Gauge(
     "kici_dispatch_queue_depth", "Dispatch queue entries by status.", ["status"], registry=REGISTRY
 )
-jobs_dispatched = Counter(
-    "kici_jobs_dispatched_total", "job.dispatch messages sent to agents.", registry=REGISTRY
-)
+jobs_dispatched = Counter("kici_jobs_dispatched_total", "job.dispatch messages sent to agents.", registry=REGISTRY)
 platform_connection_status = Gauge(
     "kici_platform_connection_status",
     "1 while the Platform relay connection is authenticated, else 0.",
     registry=REGISTRY,
 )
-dedup_hits = Counter(
-    "kici_dedup_hits_total", "Deliveries suppressed as duplicates.", registry=REGISTRY
-)
+dedup_hits = Counter("kici_dedup_hits_total", "Deliveries suppressed as duplicates.", registry=REGISTRY)
 
 # --- what operators need beyond the guide --------------------------------------------------------
 processing_failures = Counter(
@@ -76,9 +71,7 @@ processing_failures = Counter(
     ["reason"],
     registry=REGISTRY,
 )
-inbox_depth = Gauge(
-    "kici_inbox_depth", "Accepted deliveries not yet processed.", registry=REGISTRY
-)
+inbox_depth = Gauge("kici_inbox_depth", "Accepted deliveries not yet processed.", registry=REGISTRY)
 lockfile_fetch_duration = Histogram(
     "kici_lockfile_fetch_duration_seconds",
     "Time to fetch a lock file from the provider (cache misses only).",
@@ -136,7 +129,8 @@ scaler_spawn_duration = Histogram(
 
 # --- clustering and retention (kici_runtime.orchestrator.cluster) ----------------------------------------------
 cluster_instances = Gauge(
-    "kici_cluster_instances", "Orchestrator processes sharing the database whose heartbeat is current.",
+    "kici_cluster_instances",
+    "Orchestrator processes sharing the database whose heartbeat is current.",
     registry=REGISTRY,
 )
 retention_deleted = Counter(
@@ -187,8 +181,12 @@ def snapshot() -> dict[str, float]:
     """This process's counter and histogram samples, keyed by sample name and labels (JSON-serialisable).
 
     Processing child processes hand these to the serving process, whose :func:`render` adds them to its own."""
-    return {_sample_key(s.name, s.labels): s.value
-            for family in REGISTRY.collect() if family.type in SUMMED_TYPES for s in family.samples}
+    return {
+        _sample_key(s.name, s.labels): s.value
+        for family in REGISTRY.collect()
+        if family.type in SUMMED_TYPES
+        for s in family.samples
+    }
 
 
 class _Merged:

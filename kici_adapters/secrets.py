@@ -87,7 +87,11 @@ def unseal(key: bytes, stored: str, aad: str) -> str:
         raise SecretDecryptError() from None
     if len(blob) < NONCE_BYTES + TAG_BYTES:
         raise SecretDecryptError()
-    nonce, tag, ciphertext = blob[:NONCE_BYTES], blob[NONCE_BYTES:NONCE_BYTES + TAG_BYTES], blob[NONCE_BYTES + TAG_BYTES:]
+    nonce, tag, ciphertext = (
+        blob[:NONCE_BYTES],
+        blob[NONCE_BYTES : NONCE_BYTES + TAG_BYTES],
+        blob[NONCE_BYTES + TAG_BYTES :],
+    )
     try:
         plain = AESGCM(key).decrypt(nonce, ciphertext + tag, aad.encode("utf-8"))
         return plain.decode("utf-8")

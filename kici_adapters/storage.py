@@ -48,8 +48,12 @@ __all__ = [
 
 def _check_key(key: str) -> PurePosixPath:
     path = PurePosixPath(key)
-    if not key or key.startswith("/") or "\\" in key or "\x00" in key or any(
-        part in ("", ".", "..") for part in key.split("/")
+    if (
+        not key
+        or key.startswith("/")
+        or "\\" in key
+        or "\x00" in key
+        or any(part in ("", ".", "..") for part in key.split("/"))
     ):
         raise InvalidInput(f"invalid object key {key!r}")
     return path
@@ -81,7 +85,8 @@ class FilesystemBlobStore:
     Files are created ``0600`` and directories ``0700`` (:data:`FILE_MODE`, :data:`DIR_MODE`): payloads and
     logs are readable by the orchestrator's account only. A write goes to a temporary file in the target
     directory, is fsynced, renamed over the final name and the directory is fsynced (as is every directory the
-    write created), so an acknowledged ``put`` survives a crash and readers never see a partial object. A ``durable=False`` write skips the fsyncs
+    write created), so an acknowledged ``put`` survives a crash and readers never see a partial object. A
+    ``durable=False`` write skips the fsyncs
     (still atomic for readers): it is for copies whose original is durable elsewhere.
 
     Concurrent ``put`` calls share the work like a group commit: a caller that finds fewer than ``lanes``
@@ -158,7 +163,8 @@ def _write_batch(batch: list[_FileWrite]) -> None:
 
     In phases, so a batch costs the filesystem about one journal commit rather than one per object: every
     temporary file is written first (non-durable writes of the same bytes object, such as the payload copies of
-    one delivery's runs, are hard links to the first one's file: one write instead of one per run), then the durable ones are fsynced (the first fsync commits the journal
+    one delivery's runs, are hard links to the first one's file: one write instead of one per run), then the durable
+    ones are fsynced (the first fsync commits the journal
     entries of all of them; the rest find their data already on disk), then all are renamed into place, then
     each directory the durable ones touched is fsynced once. An object is never visible under its name before
     its bytes are on disk."""

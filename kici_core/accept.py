@@ -48,9 +48,7 @@ GITHUB_SECRET_KEYS = ("webhookSecret", "webhookSecretPrevious")
 """A GitHub source's webhook secrets: the current one, then the one being rotated out."""
 
 Via = Literal["direct", "relay"]
-RejectCode = Literal[
-    "bad_request", "unknown_source", "bad_signature", "misconfigured", "too_large", "rate_limited"
-]
+RejectCode = Literal["bad_request", "unknown_source", "bad_signature", "misconfigured", "too_large", "rate_limited"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -309,20 +307,14 @@ async def _record(
     result = await intake.inbox.accept(delivery)
     if result.duplicate:
         intake.observer.duplicate(delivery)
-    return Accepted(
-        delivery_id=key.delivery_id, event=norm.event, routing_key=routing_key, duplicate=result.duplicate
-    )
+    return Accepted(delivery_id=key.delivery_id, event=norm.event, routing_key=routing_key, duplicate=result.duplicate)
 
 
 async def _github(request: Incoming, intake: Intake) -> Outcome:
     routing_key = request.routing_key or ""
     source = await intake.sources.github_by_routing_key(routing_key)
-    if source is None or (
-        request.via == "direct" and source.customer_id not in (request.org_id, DEFAULT_ORG)
-    ):
-        return Rejected(
-            code="unknown_source", reason="Unknown organization", detail="no source row for routing key"
-        )
+    if source is None or (request.via == "direct" and source.customer_id not in (request.org_id, DEFAULT_ORG)):
+        return Rejected(code="unknown_source", reason="Unknown organization", detail="no source row for routing key")
     try:
         secrets = await github_secrets(intake.secrets, source)
     except errors.SecretDecryptError:
@@ -466,9 +458,7 @@ def _generic_relayed(request: Incoming, source: GenericSource) -> _Normalised | 
     )
 
 
-def _generic_direct(
-    request: Incoming, source: GenericSource, intake: Intake
-) -> _Normalised | Rejected | Filtered:
+def _generic_direct(request: Incoming, source: GenericSource, intake: Intake) -> _Normalised | Rejected | Filtered:
     headers = request.headers
     payload: dict[str, JSONValue]
     if source.provider_type == "local":

@@ -129,9 +129,7 @@ class AgentIndex:
                 self._views[selector].groups.discard(group.labels)
             del self._groups[group.labels]
 
-    def update(
-        self, agent_id: str, *, free: bool, active: int = 0, capacity: int = 1, idle_since: float = 0.0
-    ) -> None:
+    def update(self, agent_id: str, *, free: bool, active: int = 0, capacity: int = 1, idle_since: float = 0.0) -> None:
         """Record whether the agent can take a job now and, if so, its load and when it became idle.
 
         Raises:

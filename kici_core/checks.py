@@ -158,8 +158,13 @@ def _headline(view: CheckView) -> str:
         return _WAITING
     if view.status == "in_progress":
         return f"Running on agent `{view.agent_id}`." if view.agent_id else f"The {what} is running."
-    words = {"success": "Succeeded.", "failure": "Failed", "cancelled": "Cancelled", "skipped": "Skipped",
-             "timed_out": "Timed out"}
+    words = {
+        "success": "Succeeded.",
+        "failure": "Failed",
+        "cancelled": "Cancelled",
+        "skipped": "Skipped",
+        "timed_out": "Timed out",
+    }
     head = words.get(view.conclusion or "", f"Completed ({view.conclusion}).")
     if head.endswith("."):
         return head

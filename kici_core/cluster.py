@@ -18,8 +18,17 @@ from kici_core import routing
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.ports import ClusterDirectory
 
-__all__ = ["ClusterAgent", "DutyInfo", "InstanceInfo", "InstanceState", "agent_view", "explain", "health",
-           "instance_state", "why_waiting"]
+__all__ = [
+    "ClusterAgent",
+    "DutyInfo",
+    "InstanceInfo",
+    "InstanceState",
+    "agent_view",
+    "explain",
+    "health",
+    "instance_state",
+    "why_waiting",
+]
 
 InstanceState = Literal["alive", "stopped", "dead"]
 
@@ -85,16 +94,33 @@ def _iso(value: datetime | None) -> str | None:
 
 def agent_view(agent: ClusterAgent) -> JSONObject:
     """The JSON shape of one agent in the cluster-wide agent list (admin API, dashboard)."""
-    return {"agentId": agent.agent_id, "instanceId": agent.instance_id, "labels": list(agent.labels),
-            "mandatoryLabels": list(agent.mandatory_labels), "maxConcurrency": agent.max_concurrency,
-            "activeJobs": agent.active_jobs, "accepting": agent.accepting, "hostname": agent.hostname,
-            "platform": agent.platform, "arch": agent.arch, "version": agent.version,
-            "connectedAt": _iso(agent.connected_at)}
+    return {
+        "agentId": agent.agent_id,
+        "instanceId": agent.instance_id,
+        "labels": list(agent.labels),
+        "mandatoryLabels": list(agent.mandatory_labels),
+        "maxConcurrency": agent.max_concurrency,
+        "activeJobs": agent.active_jobs,
+        "accepting": agent.accepting,
+        "hostname": agent.hostname,
+        "platform": agent.platform,
+        "arch": agent.arch,
+        "version": agent.version,
+        "connectedAt": _iso(agent.connected_at),
+    }
 
 
-def health(*, me: str, instances: Sequence[InstanceInfo], duties: Sequence[DutyInfo],
-           agents: Sequence[ClusterAgent], active_runs: int, now: datetime, timeout: timedelta,
-           known_duties: Sequence[str] = ()) -> JSONObject:
+def health(
+    *,
+    me: str,
+    instances: Sequence[InstanceInfo],
+    duties: Sequence[DutyInfo],
+    agents: Sequence[ClusterAgent],
+    active_runs: int,
+    now: datetime,
+    timeout: timedelta,
+    known_duties: Sequence[str] = (),
+) -> JSONObject:
     """The body of ``GET /cluster/health``.
 
     ``status`` is ``healthy`` when every registered process is alive or stopped cleanly, ``degraded`` when one
@@ -114,32 +140,64 @@ def health(*, me: str, instances: Sequence[InstanceInfo], duties: Sequence[DutyI
             unrecovered += 1
         if state == "alive" and inst.instance_id != me:
             alive_peers += 1
-        rows.append({"instanceId": inst.instance_id, "state": state, "self": inst.instance_id == me,
-                     "hostname": inst.hostname, "pid": inst.pid, "version": inst.version, "mode": inst.mode,
-                     "startedAt": _iso(inst.started_at), "lastHeartbeatAt": _iso(inst.heartbeat_at),
-                     "heartbeatAgeSeconds": round(max(0.0, (now - inst.heartbeat_at).total_seconds()), 3),
-                     "stoppedAt": _iso(inst.stopped_at), "recoveredAt": _iso(inst.recovered_at),
-                     "recoveredBy": inst.recovered_by, "agents": per_instance.get(inst.instance_id, 0)})
+        rows.append(
+            {
+                "instanceId": inst.instance_id,
+                "state": state,
+                "self": inst.instance_id == me,
+                "hostname": inst.hostname,
+                "pid": inst.pid,
+                "version": inst.version,
+                "mode": inst.mode,
+                "startedAt": _iso(inst.started_at),
+                "lastHeartbeatAt": _iso(inst.heartbeat_at),
+                "heartbeatAgeSeconds": round(max(0.0, (now - inst.heartbeat_at).total_seconds()), 3),
+                "stoppedAt": _iso(inst.stopped_at),
+                "recoveredAt": _iso(inst.recovered_at),
+                "recoveredBy": inst.recovered_by,
+                "agents": per_instance.get(inst.instance_id, 0),
+            }
+        )
     by_duty = {d.duty: d for d in duties}
     duty_rows: list[JSONValue] = []
     for name in dict.fromkeys([*known_duties, *sorted(by_duty)]):
         d = by_duty.get(name)
-        duty_rows.append({"duty": name, "instanceId": d.instance_id if d else None,
-                          "lastRunAt": _iso(d.last_run_at) if d else None})
+        duty_rows.append(
+            {"duty": name, "instanceId": d.instance_id if d else None, "lastRunAt": _iso(d.last_run_at) if d else None}
+        )
     peers = [i for i in instances if i.instance_id != me and instance_state(i, now=now, timeout=timeout) != "stopped"]
-    return {"status": "degraded" if unrecovered else "healthy", "instanceId": me, "role": "coordinator",
-            "peerCount": len(peers), "connectedPeers": alive_peers, "agentCount": len(agents),
-            "activeRuns": active_runs, "timestamp": _iso(now), "instances": rows, "duties": duty_rows}
+    return {
+        "status": "degraded" if unrecovered else "healthy",
+        "instanceId": me,
+        "role": "coordinator",
+        "peerCount": len(peers),
+        "connectedPeers": alive_peers,
+        "agentCount": len(agents),
+        "activeRuns": active_runs,
+        "timestamp": _iso(now),
+        "instances": rows,
+        "duties": duty_rows,
+    }
 
 
-def explain(selector: routing.JobSelector, agents: Sequence[ClusterAgent], *,
-            held: Iterable[str] = ()) -> routing.WaitExplanation:
+def explain(
+    selector: routing.JobSelector, agents: Sequence[ClusterAgent], *, held: Iterable[str] = ()
+) -> routing.WaitExplanation:
     """Why none of ``agents`` (connected to any live process) takes a job with ``selector``; ``held`` names the
     agents left alone after a ``busy`` reject (known to the process holding them)."""
-    return routing.explain_waiting(selector, {
-        a.agent_id: routing.AgentLabels(labels=frozenset(a.labels), mandatory_labels=frozenset(a.mandatory_labels),
-                                        platform=a.platform, arch=a.arch)
-        for a in agents}, held=held)
+    return routing.explain_waiting(
+        selector,
+        {
+            a.agent_id: routing.AgentLabels(
+                labels=frozenset(a.labels),
+                mandatory_labels=frozenset(a.mandatory_labels),
+                platform=a.platform,
+                arch=a.arch,
+            )
+            for a in agents
+        },
+        held=held,
+    )
 
 
 async def why_waiting(directory: ClusterDirectory, selector: routing.JobSelector) -> routing.WaitExplanation:

@@ -136,9 +136,7 @@ def generic_dedup_key(
     return _routed_key(org_id, routing_key, raw or fallback_id)
 
 
-def universal_git_dedup_key(
-    *, org_id: str, routing_key: str, headers: Mapping[str, str], fallback_id: str
-) -> DedupKey:
+def universal_git_dedup_key(*, org_id: str, routing_key: str, headers: Mapping[str, str], fallback_id: str) -> DedupKey:
     """Key of a direct delivery from a git-provider generic source (Gitea, Gogs, GitLab, GitHub):
     ``<routing_key>:<raw>`` with ``raw`` the first of the provider delivery headers, so provider
     redeliveries are recognised (upstream used a fresh id here).

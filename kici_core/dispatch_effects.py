@@ -42,8 +42,9 @@ REASON_RECOVERY_EXPIRED = "Job failed: agent disconnected and did not reconnect 
 REASON_QUEUE_EXPIRED = "Queue timeout expired (job was never dispatched to an agent)"
 REASON_NEVER_STARTED = "No heartbeat -- dispatch never acknowledged"
 REASON_NOT_ASSIGNED = "job is not assigned to this agent"
-REASON_SCALER_AGENT_LOST = ("Job failed: scaler-managed agent disconnected mid-execution (ephemeral agents are "
-                            "destroyed on disconnect)")
+REASON_SCALER_AGENT_LOST = (
+    "Job failed: scaler-managed agent disconnected mid-execution (ephemeral agents are destroyed on disconnect)"
+)
 CANCEL_NO_HEARTBEAT = "No heartbeat received"
 
 

@@ -39,12 +39,17 @@ def limits_of(base: str, job_config: Mapping[str, JSONValue], *, child: bool) ->
     """The limits a job's ``jobConfig`` (the lock job) declares; only matrix children are limited."""
     raw = job_config.get("maxParallel")
     max_parallel = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 1 else None
-    return Limits(base=base, child=child, max_parallel=max_parallel if child else None,
-                  fail_fast=child and job_config.get("failFast") is True)
+    return Limits(
+        base=base,
+        child=child,
+        max_parallel=max_parallel if child else None,
+        fail_fast=child and job_config.get("failFast") is True,
+    )
 
 
-def cap(runnable: Iterable[str], limits: Mapping[str, Limits], statuses: Mapping[str, str],
-        released: AbstractSet[str]) -> tuple[str, ...]:
+def cap(
+    runnable: Iterable[str], limits: Mapping[str, Limits], statuses: Mapping[str, str], released: AbstractSet[str]
+) -> tuple[str, ...]:
     """The jobs of ``runnable`` that may be released now: a matrix child only while fewer than its base's
     ``maxParallel`` siblings are released and not yet finished. Order is kept; other jobs pass."""
     active: dict[str, int] = {}

@@ -133,8 +133,9 @@ def _convert(name: str, desc: Mapping[str, JSONValue], value: JSONValue) -> JSON
     raise ValueError(f"the input is declared with an unknown type {kind!r}")
 
 
-def resolve(descriptors: Mapping[str, JSONValue] | None, given: Mapping[str, JSONValue], *,
-            path: str = "inputs") -> dict[str, JSONValue]:
+def resolve(
+    descriptors: Mapping[str, JSONValue] | None, given: Mapping[str, JSONValue], *, path: str = "inputs"
+) -> dict[str, JSONValue]:
     """The inputs a run receives: ``given`` checked against ``descriptors``, converted, defaults filled in.
 
     Args:

@@ -74,8 +74,10 @@ def check_redos(source: str, flags: str = "") -> None:
                 reps += 1
                 height = last + 1
                 if height > 1:
-                    raise PatternError(f"{where} is prone to catastrophic backtracking: a quantified part "
-                                       "contains another quantifier (star height above 1)")
+                    raise PatternError(
+                        f"{where} is prone to catastrophic backtracking: a quantified part "
+                        "contains another quantifier (star height above 1)"
+                    )
                 heights[-1] = max(heights[-1], height)
                 last = -1
             i += quant
@@ -118,8 +120,10 @@ def check_redos(source: str, flags: str = "") -> None:
             last = 0
         heights[-1] = max(heights[-1], max(last, 0))
     if reps > MAX_REPETITIONS:
-        raise PatternError(f"{where} has {reps} quantifiers, more than the {MAX_REPETITIONS} allowed "
-                           "(prone to catastrophic backtracking)")
+        raise PatternError(
+            f"{where} has {reps} quantifiers, more than the {MAX_REPETITIONS} allowed "
+            "(prone to catastrophic backtracking)"
+        )
 
 
 def _code_point(src: str, i: int) -> tuple[str, int]:

@@ -77,7 +77,7 @@ def _bounded(encoded: str, original: str) -> str:
     if len(encoded) <= MAX_SEGMENT_CHARS:
         return encoded
     digest = hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{encoded[:MAX_SEGMENT_CHARS - 33]}~{digest}"
+    return f"{encoded[: MAX_SEGMENT_CHARS - 33]}~{digest}"
 
 
 def event_log_payload_key(org_id: str, delivery_id: str) -> str:

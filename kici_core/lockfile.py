@@ -176,17 +176,13 @@ def _check_jobs(jobs: tuple[Job, ...], path: str) -> None:
     cycle = _find_cycle(graph)
     if cycle is not None:
         first = by_name[cycle[0]]
-        raise LockfileError(
-            join(join(join(path, "jobs"), first.index), "needs"), "needs cycle: " + " -> ".join(cycle)
-        )
+        raise LockfileError(join(join(join(path, "jobs"), first.index), "needs"), "needs cycle: " + " -> ".join(cycle))
     expanded: dict[str, str] = {}
     for job in jobs:
         names = [c.name for c in job.matrix] if job.matrix else [job.name]
         for name in names:
             if (name in expanded and expanded[name] != job.name) or names.count(name) > 1:
-                raise LockfileError(
-                    join(join(path, "jobs"), job.index), f'expanded job name "{name}" is used twice'
-                )
+                raise LockfileError(join(join(path, "jobs"), job.index), f'expanded job name "{name}" is used twice')
             expanded[name] = job.name
 
 
@@ -222,9 +218,7 @@ def parse_workflow(value: object, index: int, path: str) -> Workflow:
         compile_schema_version=0 if csv is MISSING else as_int(csv, join(path, "compileSchemaVersion")),
         timeout_ms=None if timeout is MISSING else as_int(timeout, join(path, "timeout"), minimum=0),
         description=None if description is MISSING else as_str(description, join(path, "description")),
-        unsupported_reason="workflow approval gates are not supported"
-        if obj.get("approval") is not None
-        else None,
+        unsupported_reason="workflow approval gates are not supported" if obj.get("approval") is not None else None,
         raw=freeze_object(obj, path),
     )
 
@@ -283,15 +277,11 @@ def parse_lockfile(data: bytes | str | Mapping[str, object]) -> Lockfile:
     seen: dict[str, int] = {}
     for wf in workflows:
         if wf.name in seen:
-            raise LockfileError(
-                join(join("workflows", wf.index), "name"), f'duplicate workflow name "{wf.name}"'
-            )
+            raise LockfileError(join(join("workflows", wf.index), "name"), f'duplicate workflow name "{wf.name}"')
         seen[wf.name] = wf.index
     return Lockfile(
         schema_version=SCHEMA_VERSION,
-        source=SourceRef(file=".kici/workflows", export="#default")
-        if source is MISSING
-        else _source(source, "source"),
+        source=SourceRef(file=".kici/workflows", export="#default") if source is MISSING else _source(source, "source"),
         content_hash="" if content_hash is MISSING else as_str(content_hash, "contentHash"),
         lockfile_hash=None if lockfile_hash is MISSING else as_str(lockfile_hash, "lockfileHash"),
         workflows=workflows,

@@ -120,9 +120,7 @@ def parse_label_matcher(value: object, path: str) -> JSONObject:
     A bare string (the pre-29 format) is rejected. The returned object keeps unknown keys.
     """
     if isinstance(value, str):
-        raise LockfileError(
-            path, "label matchers must be objects (plain strings are the old format; recompile)"
-        )
+        raise LockfileError(path, "label matchers must be objects (plain strings are the old format; recompile)")
     obj = as_object(value, path)
     kind = one_of(field(obj, "kind", path, required=True), join(path, "kind"), ("exact", "regex"))
     if kind == "exact":
@@ -180,9 +178,7 @@ def parse_need(value: object, path: str) -> Need:
         items = as_array(run_on_raw, run_on_path)
         if not items:
             raise LockfileError(run_on_path, "must list at least one status")
-        run_on = frozenset(
-            one_of(s, join(run_on_path, i), TERMINAL_JOB_STATUSES) for i, s in enumerate(items)
-        )
+        run_on = frozenset(one_of(s, join(run_on_path, i), TERMINAL_JOB_STATUSES) for i, s in enumerate(items))
     if name is not MISSING:
         return Need(name=as_str(name, join(path, "name"), non_empty=True), run_on=run_on)
     return Need(group=as_str(group, join(path, "group"), non_empty=True), run_on=run_on)
@@ -303,9 +299,7 @@ def parse_static_job(obj: Mapping[str, object], index: int, path: str) -> Job:
             if matrix_error is not None:
                 matrix = None
     pick_value = (
-        "deterministic"
-        if pick is MISSING
-        else one_of(pick, join(path, "runsOnPick"), ("deterministic", "any"))
+        "deterministic" if pick is MISSING else one_of(pick, join(path, "runsOnPick"), ("deterministic", "any"))
     )
     return Job(
         name=name,

@@ -44,6 +44,7 @@ class Check:
     ``keyed``: the predicate and the reason depend on the event only through ``value(event)``, so a trace
     rendered for one value holds for every event with that value.
     """
+
     name: str
     pattern: str
     test: Test
@@ -70,6 +71,7 @@ def payload_str(*keys: str) -> Getter:
     """Getter of the string at ``payload[keys[0]][keys[1]]...``; ``""`` when absent or not a string.
 
     One getter per path (cached), so checks reading the same field share it (see :class:`Check`)."""
+
     def get(e: Event) -> str:
         value = jsonpath.get_in(e.payload, keys)
         return value if isinstance(value, str) else ""
@@ -340,7 +342,11 @@ def comment_source(source: str | None) -> Check | None:
         return "pr" if is_pr(e) else "issue"
 
     return Check(
-        "source", source, lambda e: kind(e) == source, kind, lambda e: f"source: comment is on {kind(e)}, not {source}",
+        "source",
+        source,
+        lambda e: kind(e) == source,
+        kind,
+        lambda e: f"source: comment is on {kind(e)}, not {source}",
         keyed=True,
     )
 
@@ -357,8 +363,7 @@ def body_match(pattern: t.LockBranchPattern | None) -> Check | None:
         search = globs.compile_js_regex(pattern.pattern, pattern.flags).search
         test = lambda e: search(get(e)) is not None  # noqa: E731
     shown = pattern.display()
-    return Check("bodyMatch", shown, test, get, lambda e: f"bodyMatch: comment body does not match {shown}",
-                 keyed=True)
+    return Check("bodyMatch", shown, test, get, lambda e: f"bodyMatch: comment body does not match {shown}", keyed=True)
 
 
 def ref_patterns(patterns: Sequence[t.LockBranchPattern]) -> Check | None:

@@ -237,12 +237,20 @@ class _Compiled:
         for pos in range(len(checks) if step == MATCHED else step + 1):
             check = checks[pos]
             passed = pos != step
-            entries.append(TraceEntry(check=check.name, pattern=check.pattern, value=check.value(event),
-                                      passed=passed, reason=None if passed else check.reason(event)))
+            entries.append(
+                TraceEntry(
+                    check=check.name,
+                    pattern=check.pattern,
+                    value=check.value(event),
+                    passed=passed,
+                    reason=None if passed else check.reason(event),
+                )
+            )
         if step == MATCHED:
             return TriggerDecision(index=index, trigger_type=self.kind, matched=True, checks=tuple(entries))
-        return TriggerDecision(index=index, trigger_type=self.kind, matched=False, checks=tuple(entries),
-                               reason=entries[-1].reason)
+        return TriggerDecision(
+            index=index, trigger_type=self.kind, matched=False, checks=tuple(entries), reason=entries[-1].reason
+        )
 
     def decision_dict(self, index: int, step: int, event: NormalisedEvent) -> dict[str, JSONValue]:
         # decision(...).to_dict() without the intermediate objects: the stored trace of every delivery
@@ -253,17 +261,18 @@ class _Compiled:
         entries: list[JSONValue] = []
         if step == MATCHED:
             for check in checks:
-                entries.append({"check": check.name, "pattern": check.pattern, "value": check.value(event),
-                                "passed": True})
+                entries.append(
+                    {"check": check.name, "pattern": check.pattern, "value": check.value(event), "passed": True}
+                )
             return {"index": index, "triggerType": self.kind, "matched": True, "reason": None, "checks": entries}
         for pos in range(step):
             check = checks[pos]
-            entries.append({"check": check.name, "pattern": check.pattern, "value": check.value(event),
-                            "passed": True})
+            entries.append({"check": check.name, "pattern": check.pattern, "value": check.value(event), "passed": True})
         check = checks[step]
         why = check.reason(event)
-        entries.append({"check": check.name, "pattern": check.pattern, "value": check.value(event), "passed": False,
-                        "reason": why})
+        entries.append(
+            {"check": check.name, "pattern": check.pattern, "value": check.value(event), "passed": False, "reason": why}
+        )
         return {"index": index, "triggerType": self.kind, "matched": False, "reason": why, "checks": entries}
 
 
@@ -445,8 +454,13 @@ class TriggerIndex:
         return found, steps
 
     @staticmethod
-    def _general(wi: int, per_trigger: tuple[tuple[mc.Test, ...] | None, ...], event: NormalisedEvent,
-                 check: Callable[[], None] | None, found: dict[int, int]) -> Steps:
+    def _general(
+        wi: int,
+        per_trigger: tuple[tuple[mc.Test, ...] | None, ...],
+        event: NormalisedEvent,
+        check: Callable[[], None] | None,
+        found: dict[int, int],
+    ) -> Steps:
         out: list[int] = []
         for ti, filters in enumerate(per_trigger):
             if ti and check is not None:
@@ -464,21 +478,28 @@ class TriggerIndex:
                 break
         return tuple(out)
 
-    def evaluate(self, event: NormalisedEvent, *, trace: bool = True,
-                 check: Callable[[], None] | None = None) -> MatchResult:
+    def evaluate(
+        self, event: NormalisedEvent, *, trace: bool = True, check: Callable[[], None] | None = None
+    ) -> MatchResult:
         """Decide every workflow. With ``trace``, record where each evaluated trigger stopped (triggers after
         the first match are not evaluated, as in upstream); the text is rendered when the trace is read.
         ``check``: see :meth:`first_matches` (called before each evaluated trigger)."""
         if trace:
             found, steps = self._traced(event, check)
-            return MatchResult(event=event, names=self._names, sources=self._compiled, found=found, steps=steps,
-                               memo=self._memo)
+            return MatchResult(
+                event=event, names=self._names, sources=self._compiled, found=found, steps=steps, memo=self._memo
+            )
         found = self.first_matches(event, check=check)
         return MatchResult(event=event, names=self._names, sources=self._compiled, found=found, steps=None)
 
 
-def evaluate(workflows: Sequence[WorkflowTriggers], event: NormalisedEvent, *, trace: bool = True,
-             check: Callable[[], None] | None = None) -> MatchResult:
+def evaluate(
+    workflows: Sequence[WorkflowTriggers],
+    event: NormalisedEvent,
+    *,
+    trace: bool = True,
+    check: Callable[[], None] | None = None,
+) -> MatchResult:
     """Match every workflow against ``event`` and explain each decision (see :class:`TriggerIndex`; build
     one index per lock file to evaluate many events)."""
     return TriggerIndex(workflows).evaluate(event, trace=trace, check=check)

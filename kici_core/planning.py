@@ -171,9 +171,7 @@ def _status(statuses: Mapping[str, str], name: str) -> str:
     return status
 
 
-def release(
-    graph: NeedsGraph, statuses: Mapping[str, str], *, released: AbstractSet[str] = frozenset()
-) -> Release:
+def release(graph: NeedsGraph, statuses: Mapping[str, str], *, released: AbstractSet[str] = frozenset()) -> Release:
     """Decide which ``pending`` jobs may start and which must be skipped, given every job's status.
 
     A ``pending`` job (not in ``released``, the jobs the caller already dispatched or queued) is runnable

@@ -136,8 +136,7 @@ class DeliveryDecided(_Event):
 PlatformEvent = RunStatusChanged | JobStatusChanged | StepStatusChanged | LogLines | DeliveryDecided
 
 KINDS: dict[str, type[PlatformEvent]] = {
-    cls.KIND: cls
-    for cls in (RunStatusChanged, JobStatusChanged, StepStatusChanged, LogLines, DeliveryDecided)
+    cls.KIND: cls for cls in (RunStatusChanged, JobStatusChanged, StepStatusChanged, LogLines, DeliveryDecided)
 }
 
 

@@ -66,26 +66,56 @@ def lock_registrations(lock: lockfile.Lockfile) -> LockRegistrations:
     workflows = []
     for workflow in lock.workflows:
         schedules = tuple(
-            ScheduleSpec(trigger_index=i, cron_expression=trig.cron_expression, timezone=trig.timezone,
-                         description=trig.description)
-            for i, trig in enumerate(workflow.triggers) if isinstance(trig, t.ScheduleTrigger))
+            ScheduleSpec(
+                trigger_index=i,
+                cron_expression=trig.cron_expression,
+                timezone=trig.timezone,
+                description=trig.description,
+            )
+            for i, trig in enumerate(workflow.triggers)
+            if isinstance(trig, t.ScheduleTrigger)
+        )
         kinds = tuple(dict.fromkeys(trig.kind for trig in workflow.triggers if not isinstance(trig, t.UnknownTrigger)))
         raw = _plain(workflow.raw)
         workflows.append((workflow.name, raw if isinstance(raw, dict) else {}, kinds, schedules))
     return LockRegistrations(source=source if isinstance(source, dict) else {}, workflows=tuple(workflows))
 
 
-def registrations_from(lock: lockfile.Lockfile | LockRegistrations, *, org_id: str, routing_key: str, provider: str,
-                       repo: str, ref: str, sha: str, repo_url: str, delivery_id: str | None,
-                       ids: Callable[[], str]) -> list[WorkflowRegistration]:
+def registrations_from(
+    lock: lockfile.Lockfile | LockRegistrations,
+    *,
+    org_id: str,
+    routing_key: str,
+    provider: str,
+    repo: str,
+    ref: str,
+    sha: str,
+    repo_url: str,
+    delivery_id: str | None,
+    ids: Callable[[], str],
+) -> list[WorkflowRegistration]:
     """One registration per workflow of ``lock`` (read at ``sha`` of the default branch ``ref``); pass the
     lock file's :func:`lock_registrations` to skip converting its workflows again."""
     shared = lock if isinstance(lock, LockRegistrations) else lock_registrations(lock)
-    return [WorkflowRegistration(
-        id=ids(), org_id=org_id, routing_key=routing_key, provider=provider, repo_identifier=repo,
-        workflow_name=name, ref=ref, sha=sha, repo_url=repo_url, lock_source=shared.source, workflow=raw,
-        trigger_types=kinds, schedules=schedules, delivery_id=delivery_id)
-        for name, raw, kinds, schedules in shared.workflows]
+    return [
+        WorkflowRegistration(
+            id=ids(),
+            org_id=org_id,
+            routing_key=routing_key,
+            provider=provider,
+            repo_identifier=repo,
+            workflow_name=name,
+            ref=ref,
+            sha=sha,
+            repo_url=repo_url,
+            lock_source=shared.source,
+            workflow=raw,
+            trigger_types=kinds,
+            schedules=schedules,
+            delivery_id=delivery_id,
+        )
+        for name, raw, kinds, schedules in shared.workflows
+    ]
 
 
 def _iso(moment: datetime) -> str:
@@ -103,35 +133,72 @@ def schedule_delivery(schedule: Schedule, *, scheduled_at: datetime, received_at
     Its payload is the schedule event's payload (``cronExpression`` verbatim, ``timezone``, ``registrationId``,
     ``scheduledAt``, ...); the pipeline adds the trigger's default ``inputs``."""
     payload: JSONObject = {
-        "cronExpression": schedule.cron_expression, "timezone": schedule.timezone,
-        "registrationId": schedule.registration_id, "scheduleId": schedule.id,
-        "triggerIndex": schedule.trigger_index, "workflowName": schedule.workflow_name,
-        "scheduledAt": _iso(scheduled_at), "firedAt": _iso(received_at),
+        "cronExpression": schedule.cron_expression,
+        "timezone": schedule.timezone,
+        "registrationId": schedule.registration_id,
+        "scheduleId": schedule.id,
+        "triggerIndex": schedule.trigger_index,
+        "workflowName": schedule.workflow_name,
+        "scheduledAt": _iso(scheduled_at),
+        "firedAt": _iso(received_at),
         "repository": {"full_name": schedule.repo_identifier},
     }
     if schedule.description:
         payload = {**payload, "description": schedule.description}
     provider = "github" if schedule.routing_key.startswith("github:") else "local"
-    return Delivery(org_id=schedule.org_id, delivery_id=schedule_delivery_id(schedule.id, scheduled_at),
-                    routing_key=schedule.routing_key, event=SCHEDULE_EVENT, action=None, source="internal",
-                    provider=provider, body=json.dumps(payload, separators=(",", ":")).encode(),
-                    received_at=received_at, repo_identifier=schedule.repo_identifier, ref=None)
+    return Delivery(
+        org_id=schedule.org_id,
+        delivery_id=schedule_delivery_id(schedule.id, scheduled_at),
+        routing_key=schedule.routing_key,
+        event=SCHEDULE_EVENT,
+        action=None,
+        source="internal",
+        provider=provider,
+        body=json.dumps(payload, separators=(",", ":")).encode(),
+        received_at=received_at,
+        repo_identifier=schedule.repo_identifier,
+        ref=None,
+    )
 
 
-def dispatch_delivery(*, org_id: str, delivery_id: str, routing_key: str, provider: str, repo: str, ref: str,
-                      workflow_name: str, dispatch_type: str | None, inputs: Mapping[str, JSONValue],
-                      run_id: str, requested_by: str | None, received_at: datetime) -> Delivery:
+def dispatch_delivery(
+    *,
+    org_id: str,
+    delivery_id: str,
+    routing_key: str,
+    provider: str,
+    repo: str,
+    ref: str,
+    workflow_name: str,
+    dispatch_type: str | None,
+    inputs: Mapping[str, JSONValue],
+    run_id: str,
+    requested_by: str | None,
+    received_at: datetime,
+) -> Delivery:
     """The delivery of a manual run of ``workflow_name`` at ``ref`` with ``inputs`` (checked by the caller;
     the pipeline checks them again against the lock file it reads). ``run_id`` is the id the run gets."""
     payload: JSONObject = {
-        "workflowName": workflow_name, "ref": ref, "inputs": dict(inputs), "runId": run_id,
+        "workflowName": workflow_name,
+        "ref": ref,
+        "inputs": dict(inputs),
+        "runId": run_id,
         "repository": {"full_name": repo},
     }
     if dispatch_type is not None:
         payload = {**payload, "action": dispatch_type}
     if requested_by is not None:
         payload = {**payload, "requestedBy": requested_by}
-    return Delivery(org_id=org_id, delivery_id=delivery_id, routing_key=routing_key, event=DISPATCH_EVENT,
-                    action=dispatch_type, source="internal", provider=provider,
-                    body=json.dumps(payload, separators=(",", ":")).encode(), received_at=received_at,
-                    repo_identifier=repo, ref=ref)
+    return Delivery(
+        org_id=org_id,
+        delivery_id=delivery_id,
+        routing_key=routing_key,
+        event=DISPATCH_EVENT,
+        action=dispatch_type,
+        source="internal",
+        provider=provider,
+        body=json.dumps(payload, separators=(",", ":")).encode(),
+        received_at=received_at,
+        repo_identifier=repo,
+        ref=ref,
+    )

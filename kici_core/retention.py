@@ -13,8 +13,16 @@ from datetime import datetime, timedelta
 
 __all__ = ["KINDS", "Cutoffs", "RetentionPolicy", "cutoffs"]
 
-KINDS: tuple[str, ...] = ("payloads", "log_chunks", "runs", "jobs", "steps", "check_runs", "event_log",
-                          "idempotency_keys")
+KINDS: tuple[str, ...] = (
+    "payloads",
+    "log_chunks",
+    "runs",
+    "jobs",
+    "steps",
+    "check_runs",
+    "event_log",
+    "idempotency_keys",
+)
 """What the sweeper removes and counts (the ``kind`` label of its metrics): payload objects, log chunks, runs with
 their jobs, steps and delivered check runs, event-log rows, expired generic idempotency keys."""
 
@@ -64,5 +72,10 @@ def cutoffs(policy: RetentionPolicy, now: datetime) -> Cutoffs:
     """The cutoffs of ``policy`` at ``now`` (a timezone-aware instant)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    return Cutoffs(now=now, payloads=_before(now, policy.payload_days), logs=_before(now, policy.log_days),
-                   runs=_before(now, policy.run_days), event_log=_before(now, policy.event_log_days))
+    return Cutoffs(
+        now=now,
+        payloads=_before(now, policy.payload_days),
+        logs=_before(now, policy.log_days),
+        runs=_before(now, policy.run_days),
+        event_log=_before(now, policy.event_log_days),
+    )

@@ -313,9 +313,7 @@ def explain_waiting(
         if not any(pattern.search(label) for label in all_labels):
             unmatched.append(f"a label matching /{source}/{flags}")
     # Agents that meet the positive requirements but fail an exclude matcher or a taint.
-    positive = JobSelector(
-        required_exact=selector.required_exact, required_patterns=selector.required_patterns
-    )
+    positive = JobSelector(required_exact=selector.required_exact, required_patterns=selector.required_patterns)
     excluded: list[str] = []
     tainted: list[str] = []
     held_set = frozenset(held)

@@ -98,8 +98,11 @@ class ScalerSpec:
     def agent_labels(self, index: int) -> routing.AgentLabels:
         """What routing sees for an agent of label set ``index`` (a Linux container; its derived
         ``kici:os:linux`` label included)."""
-        return routing.AgentLabels(labels=frozenset(self.label_sets[index].labels),
-                                   mandatory_labels=frozenset(self.mandatory_labels), platform="linux")
+        return routing.AgentLabels(
+            labels=frozenset(self.label_sets[index].labels),
+            mandatory_labels=frozenset(self.mandatory_labels),
+            platform="linux",
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -245,15 +248,15 @@ def plan(
     for c in sorted(containers, key=lambda c: (c.created_at, c.agent_id)):
         spec = config.scaler(c.scaler)
         if spec is None or c.label_set >= len(spec.label_sets):
-            removals.append(Remove(agent_id=c.agent_id, reason=f"{c.scaler}.labelSets[{c.label_set}] is no longer "
-                                   "configured"))
+            removals.append(
+                Remove(agent_id=c.agent_id, reason=f"{c.scaler}.labelSets[{c.label_set}] is no longer configured")
+            )
         elif c.phase == "disconnected":
             removals.append(Remove(agent_id=c.agent_id, reason="agent disconnected"))
         elif c.phase == "exited":
             removals.append(Remove(agent_id=c.agent_id, reason="container exited"))
         elif c.phase == "starting" and now - c.created_at > start_timeout:
-            removals.append(Remove(agent_id=c.agent_id,
-                                   reason=f"agent did not connect within {int(start_timeout)} s"))
+            removals.append(Remove(agent_id=c.agent_id, reason=f"agent did not connect within {int(start_timeout)} s"))
         elif c.phase in ("idle", "starting") and c.bound_job_id is not None and c.bound_job_id not in pending:
             removals.append(Remove(agent_id=c.agent_id, reason="its job was taken by another agent or ended"))
         else:
@@ -274,8 +277,9 @@ def plan(
     for job in sorted(jobs, key=lambda j: (j.created_at, j.job_id)):
         if job.job_id in bound:
             continue
-        slot = next((i for i, labels in enumerate(slot_labels) if slot_free[i] > 0 and job.selector.admits(labels)),
-                    None)
+        slot = next(
+            (i for i, labels in enumerate(slot_labels) if slot_free[i] > 0 and job.selector.admits(labels)), None
+        )
         if slot is not None:
             slot_free[slot] -= 1
             continue
@@ -308,8 +312,9 @@ def plan(
         target = pool.size if recent else 0
         mine = [c for c in warm if c.scaler == scaler.name]
         for c in mine[target:]:
-            removals.append(Remove(agent_id=c.agent_id, reason="warm pool above its size" if recent
-                                   else "warm pool idle timeout"))
+            removals.append(
+                Remove(agent_id=c.agent_id, reason="warm pool above its size" if recent else "warm pool idle timeout")
+            )
             used[scaler.name] -= 1
             total -= 1
         for i in range(len(mine), target):

@@ -122,9 +122,7 @@ _S = StepStatus
 _D = DispatchStatus
 
 
-def _edges(
-    olds: Iterable[str], news: Iterable[str], *actors: Actor
-) -> dict[tuple[str, str], frozenset[Actor]]:
+def _edges(olds: Iterable[str], news: Iterable[str], *actors: Actor) -> dict[tuple[str, str], frozenset[Actor]]:
     return {(str(o), str(n)): frozenset(actors) for o in olds for n in news}
 
 

@@ -116,8 +116,15 @@ class WorkflowDecision:
 
     __slots__ = ("_event", "_sources", "_steps", "_triggers", "matched_trigger", "workflow_name")
 
-    def __init__(self, *, workflow_name: str, matched_trigger: int | None, steps: Steps | None = None,
-                 sources: Sequence[TraceSource] = (), event: NormalisedEvent | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        workflow_name: str,
+        matched_trigger: int | None,
+        steps: Steps | None = None,
+        sources: Sequence[TraceSource] = (),
+        event: NormalisedEvent | None = None,
+    ) -> None:
         self.workflow_name = workflow_name
         self.matched_trigger = matched_trigger
         self._steps = steps
@@ -176,8 +183,10 @@ class WorkflowDecision:
         return d
 
     def __repr__(self) -> str:
-        return (f"WorkflowDecision(workflow_name={self.workflow_name!r}, matched_trigger={self.matched_trigger!r}, "
-                f"steps={self._steps!r})")
+        return (
+            f"WorkflowDecision(workflow_name={self.workflow_name!r}, matched_trigger={self.matched_trigger!r}, "
+            f"steps={self._steps!r})"
+        )
 
 
 class RenderMemo:
@@ -192,8 +201,9 @@ class RenderMemo:
 
     __slots__ = ("_entries", "getters", "max_entries")
 
-    def __init__(self, *, getters: Sequence[Callable[[NormalisedEvent], str]] | None, workflows: int,
-                 budget: int = 512) -> None:
+    def __init__(
+        self, *, getters: Sequence[Callable[[NormalisedEvent], str]] | None, workflows: int, budget: int = 512
+    ) -> None:
         self.getters = tuple(getters) if getters is not None else None
         self.max_entries = max(8, budget // max(1, workflows)) if getters is not None else budget
         self._entries: dict[tuple[object, ...], object] = {}
@@ -223,8 +233,16 @@ class MatchResult:
 
     __slots__ = ("_decisions", "_event", "_found", "_memo", "_names", "_sources", "_steps", "action", "event_type")
 
-    def __init__(self, *, event: NormalisedEvent, names: Sequence[str], sources: Sequence[Sequence[TraceSource]],
-                 found: dict[int, int], steps: Sequence[Steps] | None, memo: RenderMemo | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        event: NormalisedEvent,
+        names: Sequence[str],
+        sources: Sequence[Sequence[TraceSource]],
+        found: dict[int, int],
+        steps: Sequence[Steps] | None,
+        memo: RenderMemo | None = None,
+    ) -> None:
         self.event_type = event.type
         self.action = event.action
         self._event = event
@@ -246,9 +264,13 @@ class MatchResult:
 
     def _decision(self, wi: int) -> WorkflowDecision:
         steps = self._steps
-        return WorkflowDecision(workflow_name=self._names[wi], matched_trigger=self._found.get(wi),
-                                steps=None if steps is None else steps[wi], sources=self._sources[wi],
-                                event=self._event)
+        return WorkflowDecision(
+            workflow_name=self._names[wi],
+            matched_trigger=self._found.get(wi),
+            steps=None if steps is None else steps[wi],
+            sources=self._sources[wi],
+            event=self._event,
+        )
 
     @property
     def matched(self) -> tuple[WorkflowDecision, ...]:

@@ -100,9 +100,7 @@ class FieldReader:
 
     def patterns(self, key: str) -> tuple[LockBranchPattern, ...]:
         """An optional array of branch patterns (see :func:`parse_branch_pattern`)."""
-        return tuple(
-            parse_branch_pattern(item, f"{self.at(key)}[{i}]") for i, item in enumerate(self._list(key))
-        )
+        return tuple(parse_branch_pattern(item, f"{self.at(key)}[{i}]") for i, item in enumerate(self._list(key)))
 
     def mapping_opt(self, key: str) -> Mapping[str, JSONValue] | None:
         """An optional object field (None when absent or null)."""

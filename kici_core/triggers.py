@@ -434,9 +434,7 @@ def _parse_known(kind: str, r: FieldReader) -> Trigger | None:
             source=r.str_opt("source"),
         )
     if kind == "workflow_complete":
-        return WorkflowCompleteTrigger(
-            name=r.str_opt("name"), status=r.strings("status"), source=r.str_opt("source")
-        )
+        return WorkflowCompleteTrigger(name=r.str_opt("name"), status=r.strings("status"), source=r.str_opt("source"))
     if kind == "job_complete":
         return JobCompleteTrigger(
             workflow=r.str_opt("workflow"),

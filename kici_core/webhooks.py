@@ -39,7 +39,7 @@ def verify_github_signature(secret: str | bytes, body: bytes, header: str | None
     """``X-Hub-Signature-256`` check: ``sha256=<hex>`` over the raw body, constant time."""
     if not header or not header.startswith("sha256="):
         return False
-    given = header[len("sha256="):]
+    given = header[len("sha256=") :]
     expected = hmac_sha256_hex(secret, body)
     if len(given) != len(expected):
         return False
@@ -93,7 +93,7 @@ def verify_generic(
         value = headers.get(name.lower() if isinstance(name, str) and name else "x-signature-256")
         if not value:
             return False
-        hexpart = value[len("sha256="):] if value.startswith("sha256=") else value
+        hexpart = value[len("sha256=") :] if value.startswith("sha256=") else value
         try:
             given = bytes.fromhex(hexpart)
         except ValueError:
@@ -107,7 +107,7 @@ def verify_generic(
         if value is None:
             return False
         if value.startswith("Bearer "):
-            value = value[len("Bearer "):]
+            value = value[len("Bearer ") :]
         return _consteq_text(value, secret)
     return False
 

@@ -57,15 +57,48 @@ _TEXT_FIELD = re.compile(
     re.IGNORECASE,
 )
 # Log fields whose value is a secret, compared lower-case without "_" and "-".
-_SECRET_KEYS = frozenset({
-    "password", "passwd", "pwd", "secret", "token", "privatekey", "apikey", "authorization", "webhooksecret",
-    "secretkey", "clientsecret", "accesstoken", "refreshtoken", "admintoken", "agenttoken", "platformtoken",
-})
+_SECRET_KEYS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "token",
+        "privatekey",
+        "apikey",
+        "authorization",
+        "webhooksecret",
+        "secretkey",
+        "clientsecret",
+        "accesstoken",
+        "refreshtoken",
+        "admintoken",
+        "agenttoken",
+        "platformtoken",
+    }
+)
 # Lower-case words whose presence sends a line through per-field masking (a superset of the rules above).
-_HINT_WORDS = ("://", "passw", "pwd", "secret", "token", "apikey", "api_key", "api-key", "privatekey", "private_key",
-               "private-key", "authorization")
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-           "warning": logging.WARNING, "error": logging.ERROR}
+_HINT_WORDS = (
+    "://",
+    "passw",
+    "pwd",
+    "secret",
+    "token",
+    "apikey",
+    "api_key",
+    "api-key",
+    "privatekey",
+    "private_key",
+    "private-key",
+    "authorization",
+)
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 # Context fields first, in this order, then call-site fields (spec §5.5).
 _CONTEXT_ORDER = ("requestId", "runId", "jobId", "routingKey", "traceId", "spanId")
 _RESERVED = frozenset({"level", "message", "timestamp"})
@@ -253,8 +286,10 @@ def _scrub(value: object) -> object:
     if isinstance(value, bool | int | float) or value is None:
         return value
     if isinstance(value, Mapping):
-        return {mask(str(k), whole=False): _mask_value(v) if isinstance(v, str) and _is_secret_key(k) else _scrub(v)
-                for k, v in value.items()}
+        return {
+            mask(str(k), whole=False): _mask_value(v) if isinstance(v, str) and _is_secret_key(k) else _scrub(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple | set | frozenset):
         return [_scrub(v) for v in value]
     if isinstance(value, BaseException):
@@ -313,8 +348,9 @@ def configure_logging(
     return handler
 
 
-def log_fatal_startup(exc: BaseException, logger: logging.Logger | None = None, *, message: str | None = None,
-                      with_stack: bool = True) -> None:
+def log_fatal_startup(
+    exc: BaseException, logger: logging.Logger | None = None, *, message: str | None = None, with_stack: bool = True
+) -> None:
     """Log boot failure as the spec's ``Fatal startup error`` line: ``error`` (``message`` or the exception's
     text) and, unless ``with_stack`` is False (a deliberate, explained refusal), ``stack``."""
     (logger or logging.getLogger("kici")).error(

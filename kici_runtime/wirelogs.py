@@ -14,8 +14,14 @@ import logging
 
 __all__ = ["WIRE_LOGGERS", "WireDumpFilter", "install"]
 
-WIRE_LOGGERS = ("websockets", "websockets.client", "websockets.server", "websockets.protocol", "uvicorn",
-                "uvicorn.error")
+WIRE_LOGGERS = (
+    "websockets",
+    "websockets.client",
+    "websockets.server",
+    "websockets.protocol",
+    "uvicorn",
+    "uvicorn.error",
+)
 """Loggers that may carry frame or header dumps (filters apply to records created on the logger itself)."""
 
 

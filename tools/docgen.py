@@ -7,8 +7,14 @@ import pathlib
 import sys
 
 
-def main(target: pathlib.Path, root: pathlib.Path, text: str, script: str, description: str | None,
-         argv: list[str] | None = None) -> int:
+def main(
+    target: pathlib.Path,
+    root: pathlib.Path,
+    text: str,
+    script: str,
+    description: str | None,
+    argv: list[str] | None = None,
+) -> int:
     """Write ``text`` to ``target`` (or check it is current); returns the exit status."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--check", action="store_true", help="fail if the committed file differs")

@@ -126,5 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     """Generate (or check) docs/kici-admin.md; returns the exit status."""
     return docgen.main(TARGET, ROOT, render_markdown(), "gen_admin_docs.py", __doc__, argv)
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -22,5 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     """Generate (or check) the configuration reference; returns the exit status."""
     return docgen.main(TARGET, ROOT, config_docs.render_markdown(), "gen_config_docs.py", __doc__, argv)
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -34,8 +34,13 @@ AUTH_REQUEST = "auth.request"
 
 # jobConfig keys that may carry secrets: never sent inside jobConfig (§4.2.6).
 STRIPPED_JOB_CONFIG_KEYS = (
-    "secrets", "namespacedSecrets", "runPublicKey", "npmRegistries", "installEnvSecrets",
-    "workflowRoutingKey", "workflowProviderContext",
+    "secrets",
+    "namespacedSecrets",
+    "runPublicKey",
+    "npmRegistries",
+    "installEnvSecrets",
+    "workflowRoutingKey",
+    "workflowProviderContext",
 )
 
 
@@ -100,8 +105,19 @@ class JobReject(_Msg):
     timestamp: float
 
 
-JobState = Literal["pending", "queued", "running", "recovering", "cancelling", "success", "failed", "cancelled",
-                   "skipped", "timed_out_stale", "drift_dropped"]
+JobState = Literal[
+    "pending",
+    "queued",
+    "running",
+    "recovering",
+    "cancelling",
+    "success",
+    "failed",
+    "cancelled",
+    "skipped",
+    "timed_out_stale",
+    "drift_dropped",
+]
 StepState = Literal["running", "success", "failed", "skipped", "pending", "cancelled"]
 
 
@@ -182,13 +198,27 @@ EXTENDED_REPLIES: dict[str, tuple[str, dict[str, JSONValue]]] = {
     "provenance.upload.request": ("messageId", {"type": "provenance.upload.response", "uploadUrl": ""}),
     "event.emit": ("requestId", {"type": "event.emit.response", "error": "Event routing not available"}),
     "agent.api.request": ("requestId", {"type": "agent.api.response", "error": "Agent API not available"}),
-    "step.approval-request": ("messageId", {"type": "step.approval-resolved", "outcome": "rejected",
-                                            "reason": "Approvals not available on this orchestrator"}),
+    "step.approval-request": (
+        "messageId",
+        {
+            "type": "step.approval-resolved",
+            "outcome": "rejected",
+            "reason": "Approvals not available on this orchestrator",
+        },
+    ),
 }
-_ACCEPT_AND_DROP = frozenset({
-    "cache.upload.complete", "cache.user.save.complete", "provenance.upload.complete", "agent.metrics",
-    "fleet.bundle.chunk", "fleet.bundle.error", "run.event", "job.context",
-})
+_ACCEPT_AND_DROP = frozenset(
+    {
+        "cache.upload.complete",
+        "cache.user.save.complete",
+        "provenance.upload.complete",
+        "agent.metrics",
+        "fleet.bundle.chunk",
+        "fleet.bundle.error",
+        "run.event",
+        "job.context",
+    }
+)
 CONCURRENCY_REPORT = "job.concurrency.report"
 """Answered by the dispatcher (workflow concurrency groups), not with a fixed reply."""
 KNOWN_TYPES = frozenset({*_MODELS, *EXTENDED_REPLIES, *_ACCEPT_AND_DROP, "heartbeat", "log.chunk", CONCURRENCY_REPORT})
@@ -305,8 +335,11 @@ def check_dispatch(msg: dict[str, JSONValue]) -> None:
     if token is not None and not isinstance(token, str):
         raise InvalidMessage("job.dispatch: token must be a string")
     if auth is not None:
-        if not isinstance(auth, dict) or auth.get("kind") not in ("basic", "ssh") or not isinstance(
-                auth.get("secret"), str):
+        if (
+            not isinstance(auth, dict)
+            or auth.get("kind") not in ("basic", "ssh")
+            or not isinstance(auth.get("secret"), str)
+        ):
             raise InvalidMessage("job.dispatch: sourceAuth")
         if auth.get("sshHostKeyPolicy") == "pinned" and not isinstance(auth.get("sshKnownHostsPem"), str):
             raise InvalidMessage("job.dispatch: sourceAuth.sshKnownHostsPem is required when pinned")

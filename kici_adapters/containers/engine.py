@@ -63,8 +63,14 @@ class EngineClient:
         timeout: seconds per request (image pulls get ``pull_timeout``).
     """
 
-    def __init__(self, *, socket_path: str | None = None, host: str | None = None, timeout: float = 30.0,
-                 pull_timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        *,
+        socket_path: str | None = None,
+        host: str | None = None,
+        timeout: float = 30.0,
+        pull_timeout: float = 600.0,
+    ) -> None:
         if (socket_path is None) == (host is None):
             raise errors.ConfigError("an engine needs exactly one of socket_path or host")
         if socket_path is not None:
@@ -76,18 +82,31 @@ class EngineClient:
             base = "http://" + host.removeprefix("tcp://") if host.startswith("tcp://") else host
         self.where = socket_path or host or ""
         self._pull_timeout = pull_timeout
-        self._http = httpx.AsyncClient(transport=transport, base_url=f"{base.rstrip('/')}/{API_VERSION}",
-                                       timeout=timeout)
+        self._http = httpx.AsyncClient(
+            transport=transport, base_url=f"{base.rstrip('/')}/{API_VERSION}", timeout=timeout
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
-                    body: JSONObject | None = None, ok: Sequence[int] = (200, 201, 204),
-                    seconds: float | None = None) -> httpx.Response:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: JSONObject | None = None,
+        ok: Sequence[int] = (200, 201, 204),
+        seconds: float | None = None,
+    ) -> httpx.Response:
         try:
-            response = await self._http.request(method, path, params=params, json=body,
-                                                timeout=seconds if seconds is not None else httpx.USE_CLIENT_DEFAULT)
+            response = await self._http.request(
+                method,
+                path,
+                params=params,
+                json=body,
+                timeout=seconds if seconds is not None else httpx.USE_CLIENT_DEFAULT,
+            )
         except httpx.HTTPError as exc:
             raise EngineError(f"container engine at {self.where} unreachable: {exc or type(exc).__name__}") from None
         if response.status_code not in ok:
@@ -109,8 +128,9 @@ class EngineClient:
         """``POST /images/create``; raises ``EngineError`` with the engine's message when the pull fails
         (errors arrive inside the progress stream, so the stream is read to the end)."""
         name, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
-        response = await self._call("POST", "/images/create", params={"fromImage": name, "tag": tag},
-                                    seconds=self._pull_timeout)
+        response = await self._call(
+            "POST", "/images/create", params={"fromImage": name, "tag": tag}, seconds=self._pull_timeout
+        )
         for line in response.text.splitlines():
             try:
                 event = json.loads(line)
@@ -126,7 +146,9 @@ class EngineClient:
         if response.status_code == 200:
             return
         body: JSONObject = {
-            "Name": netrules.NETWORK, "Driver": "bridge", "CheckDuplicate": True,
+            "Name": netrules.NETWORK,
+            "Driver": "bridge",
+            "CheckDuplicate": True,
             "Labels": {MANAGED_LABEL: "true"},
             "IPAM": {"Driver": "default", "Config": [{"Subnet": netrules.SUBNET, "Gateway": netrules.GATEWAY}]},
         }
@@ -151,30 +173,51 @@ class EngineClient:
         state = data.get("State") or {}
         networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
         ip = (networks.get(netrules.NETWORK) or {}).get("IPAddress") or None
-        return ContainerInfo(id=str(data.get("Id")), running=bool(state.get("Running")),
-                             status=str(state.get("Status") or ""), exit_code=state.get("ExitCode"), ip=ip,
-                             labels=(data.get("Config") or {}).get("Labels") or {})
+        return ContainerInfo(
+            id=str(data.get("Id")),
+            running=bool(state.get("Running")),
+            status=str(state.get("Status") or ""),
+            exit_code=state.get("ExitCode"),
+            ip=ip,
+            labels=(data.get("Config") or {}).get("Labels") or {},
+        )
 
     async def stop(self, container_id: str, *, grace_seconds: int = 5) -> None:
         """``POST /containers/{id}/stop?t=``; a stopped or missing container is fine."""
-        await self._call("POST", f"/containers/{quote(container_id, safe='')}/stop",
-                         params={"t": str(grace_seconds)}, ok=(204, 304, 404), seconds=grace_seconds + 30.0)
+        await self._call(
+            "POST",
+            f"/containers/{quote(container_id, safe='')}/stop",
+            params={"t": str(grace_seconds)},
+            ok=(204, 304, 404),
+            seconds=grace_seconds + 30.0,
+        )
 
     async def remove(self, container_id: str) -> None:
         """``DELETE /containers/{id}?force=true&v=true``; a missing container is fine."""
-        await self._call("DELETE", f"/containers/{quote(container_id, safe='')}",
-                         params={"force": "true", "v": "true"}, ok=(204, 404))
+        await self._call(
+            "DELETE",
+            f"/containers/{quote(container_id, safe='')}",
+            params={"force": "true", "v": "true"},
+            ok=(204, 404),
+        )
 
     async def list_managed(self, labels: Mapping[str, str] | None = None) -> list[ManagedContainer]:
         """Every container (running or not) labelled ``kici-managed=true`` (and ``labels``)."""
         wanted = [f"{MANAGED_LABEL}=true", *(f"{k}={v}" for k, v in (labels or {}).items())]
-        response = await self._call("GET", "/containers/json",
-                                    params={"all": "true", "filters": json.dumps({"label": wanted})})
+        response = await self._call(
+            "GET", "/containers/json", params={"all": "true", "filters": json.dumps({"label": wanted})}
+        )
         out = []
         for item in response.json():
             names = item.get("Names") or [""]
-            out.append(ManagedContainer(id=str(item.get("Id")), name=str(names[0]).lstrip("/"),
-                                        state=str(item.get("State") or ""), labels=item.get("Labels") or {}))
+            out.append(
+                ManagedContainer(
+                    id=str(item.get("Id")),
+                    name=str(names[0]).lstrip("/"),
+                    state=str(item.get("State") or ""),
+                    labels=item.get("Labels") or {},
+                )
+            )
         return out
 
 

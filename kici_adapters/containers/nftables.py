@@ -21,10 +21,14 @@ __all__ = ["DENIED", "MISSING", "NftRunner", "NftablesUnavailable", "check_nftab
 
 log = logging.getLogger("kici.scaler")
 
-MISSING = ("nftables binary not found at /usr/sbin/nft. The orchestrator container image must include nftables "
-           "(apk add nftables). Network isolation for agents cannot be established without nftables.")
-DENIED = ("nftables operation denied -- missing NET_ADMIN capability. Start the orchestrator container with "
-          "--cap-add=NET_ADMIN. Network isolation for agents requires this capability.")
+MISSING = (
+    "nftables binary not found at /usr/sbin/nft. The orchestrator container image must include nftables "
+    "(apk add nftables). Network isolation for agents cannot be established without nftables."
+)
+DENIED = (
+    "nftables operation denied -- missing NET_ADMIN capability. Start the orchestrator container with "
+    "--cap-add=NET_ADMIN. Network isolation for agents requires this capability."
+)
 CHECK_TIMEOUT = 10.0
 
 

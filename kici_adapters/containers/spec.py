@@ -13,11 +13,16 @@ AGENT_ENV_PREFIX = "KICI_AGENT_ENV_"
 """Orchestrator variables forwarded to every spawned agent, prefix removed (``KICI_AGENT_ENV_FOO=x`` -> ``FOO=x``)."""
 
 
-def container_labels(scaler: scaling.ScalerSpec, label_set: int, *, agent_id: str, job_id: str | None,
-                     run_id: str | None) -> dict[str, str]:
+def container_labels(
+    scaler: scaling.ScalerSpec, label_set: int, *, agent_id: str, job_id: str | None, run_id: str | None
+) -> dict[str, str]:
     """The engine labels that mark a container as the scaler's (``kici-managed=true``) and say what it is."""
-    labels = {"kici-managed": "true", "kici-scaler-name": scaler.name, "kici-agent-id": agent_id,
-              "kici-labels": ",".join(scaler.label_sets[label_set].labels)}
+    labels = {
+        "kici-managed": "true",
+        "kici-scaler-name": scaler.name,
+        "kici-agent-id": agent_id,
+        "kici-labels": ",".join(scaler.label_sets[label_set].labels),
+    }
     if job_id is not None:
         labels["kici-bound-job-id"] = job_id
     if run_id is not None:
@@ -25,9 +30,18 @@ def container_labels(scaler: scaling.ScalerSpec, label_set: int, *, agent_id: st
     return labels
 
 
-def container_spec(scaler: scaling.ScalerSpec, label_set: int, *, agent_id: str, token: str, orchestrator_url: str,
-                   job_id: str | None = None, run_id: str | None = None, socket_path: str | None = None,
-                   forwarded_env: Mapping[str, str] | None = None) -> JSONObject:
+def container_spec(
+    scaler: scaling.ScalerSpec,
+    label_set: int,
+    *,
+    agent_id: str,
+    token: str,
+    orchestrator_url: str,
+    job_id: str | None = None,
+    run_id: str | None = None,
+    socket_path: str | None = None,
+    forwarded_env: Mapping[str, str] | None = None,
+) -> JSONObject:
     """The create body: image, environment (agent id, labels, token, URL, forwarded and label-set variables, in
     that order of precedence from lowest), labels, and host config (memory, CPUs, binds, extra hosts, network).
 
@@ -46,7 +60,7 @@ def container_spec(scaler: scaling.ScalerSpec, label_set: int, *, agent_id: str,
         env["KICI_BACKPRESSURE_MODE"] = ls.backpressure_mode
     for name, value in sorted((forwarded_env or {}).items()):
         if name.startswith(AGENT_ENV_PREFIX) and len(name) > len(AGENT_ENV_PREFIX):
-            env[name[len(AGENT_ENV_PREFIX):]] = value
+            env[name[len(AGENT_ENV_PREFIX) :]] = value
     env.update(dict(ls.env))
     binds: list[JSONValue] = list(ls.volumes)
     if ls.container_socket and socket_path:

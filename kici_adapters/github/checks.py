@@ -72,8 +72,11 @@ class GitHubChecks:
         """
         path = f"{gh.repo_path(repo)}/commits/{quote(head_sha, safe='')}/check-runs"
         resp = await self._app.client.request(
-            "GET", path, credentials=self._app.repo_credentials(repo),
-            params={"check_name": name, "filter": "all", "per_page": _LIST_PAGE}, expect=frozenset({200, 404}),
+            "GET",
+            path,
+            credentials=self._app.repo_credentials(repo),
+            params={"check_name": name, "filter": "all", "per_page": _LIST_PAGE},
+            expect=frozenset({200, 404}),
         )
         if resp.status == 404:
             return None
@@ -118,5 +121,6 @@ class GitHubChecks:
         return SendOutcome(ok=False, error=error, retry_after=server_wait(resp, self._app.client.clock()))
 
     async def _request(self, method: str, path: str, repo: str, body: JSONObject) -> gh.GitHubResponse:
-        return await self._app.client.request(method, path, credentials=self._app.repo_credentials(repo),
-                                              json_body=body, expect=_EVERY_STATUS)
+        return await self._app.client.request(
+            method, path, credentials=self._app.repo_credentials(repo), json_body=body, expect=_EVERY_STATUS
+        )

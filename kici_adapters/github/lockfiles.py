@@ -178,9 +178,7 @@ class GitHubLockfileSource:
         """
         return (await self.fetch_with_origin(repo, ref, installation_id=installation_id))[0]
 
-    async def fetch_with_origin(
-        self, repo: str, ref: str, *, installation_id: int | None = None
-    ) -> tuple[bytes, bool]:
+    async def fetch_with_origin(self, repo: str, ref: str, *, installation_id: int | None = None) -> tuple[bytes, bool]:
         """Like :meth:`fetch`, also saying whether the bytes came from the cache."""
         key = LockfileCache.key(self.provider, repo, ref)
         cached = self.cache.get(key)

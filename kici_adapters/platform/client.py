@@ -107,8 +107,15 @@ def _dumps(frame: JSONObject) -> str:
 class PlatformClient:
     """See the module docstring. ``run()`` returns only when cancelled."""
 
-    def __init__(self, config: ClientConfig, *, handler: DeliveryHandler, sources: SourceLister,
-                 outbox: Outbox | None = None, jitter: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        handler: DeliveryHandler,
+        sources: SourceLister,
+        outbox: Outbox | None = None,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
         self.config = config
         self._handler = handler
         self._sources = sources
@@ -153,14 +160,17 @@ class PlatformClient:
                     tg.start_soon(self._trim_loop, self._outbox)
                 while True:
                     await self._session()
-                    delay = protocol.reconnect_delay(self.attempts, self._jitter(),
-                                                     max_delay_ms=self.config.max_delay_ms)
+                    delay = protocol.reconnect_delay(
+                        self.attempts, self._jitter(), max_delay_ms=self.config.max_delay_ms
+                    )
                     self.attempts += 1
                     self.delays.append(delay)
                     self._notify()
                     metrics.platform_connection_status.set(0)
-                    log.info("Platform link down; reconnecting", extra={"delaySeconds": round(delay, 3),
-                                                                        "attempt": self.attempts})
+                    log.info(
+                        "Platform link down; reconnecting",
+                        extra={"delaySeconds": round(delay, 3), "attempt": self.attempts},
+                    )
                     await anyio.sleep(delay)
         finally:
             self._set_state("disconnected")
@@ -180,9 +190,14 @@ class PlatformClient:
         self._set_state("connecting")
         ws: ClientConnection | None = None
         try:
-            ws = await connect(cfg.url, max_size=protocol.WS_MAX_PAYLOAD_BYTES, open_timeout=cfg.open_timeout,
-                               ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
-                               close_timeout=5)
+            ws = await connect(
+                cfg.url,
+                max_size=protocol.WS_MAX_PAYLOAD_BYTES,
+                open_timeout=cfg.open_timeout,
+                ping_interval=cfg.ping_interval,
+                ping_timeout=cfg.ping_timeout,
+                close_timeout=5,
+            )
             await ws.send(_dumps(messages.auth_request(cfg.token)))
             self._set_state("authenticating")
             if not await self._authenticate(ws):
@@ -219,8 +234,10 @@ class PlatformClient:
                     self.sessions += 1
                     metrics.platform_connection_status.set(1)
                     self._set_state("authenticated")
-                    log.info("Platform link authenticated", extra={"orgId": self.org_id,
-                                                                   "connectionId": frame.get("connectionId")})
+                    log.info(
+                        "Platform link authenticated",
+                        extra={"orgId": self.org_id, "connectionId": frame.get("connectionId")},
+                    )
                     return True
         log.warning("Platform did not answer auth.request in time; closing")
         await ws.close(1000, "Auth timeout")
@@ -232,9 +249,16 @@ class PlatformClient:
             self._registered = list(await self._sources())
         except errors.KiciError as exc:
             log.warning("could not read sources; announcing the last known list", extra={"error": str(exc)})
-        await self._send(ws, messages.source_register(self._new_id(), self._registered, mode=self.config.mode,
-                                                      version=self.config.version,
-                                                      instance_id=self.config.instance_id))
+        await self._send(
+            ws,
+            messages.source_register(
+                self._new_id(),
+                self._registered,
+                mode=self.config.mode,
+                version=self.config.version,
+                instance_id=self.config.instance_id,
+            ),
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._guard, tg, self._heartbeats(ws))
             tg.start_soon(self._guard, tg, self._watch_sources(ws))
@@ -309,10 +333,13 @@ class PlatformClient:
             log.warning("Platform rejected routing keys", extra={"rejected": rejected})
 
     async def _reject(self, ws: ClientConnection, rejected: protocol.Reject) -> None:
-        log.warning("relayed webhook stream refused", extra={"messageId": rejected.message_id,
-                                                             "reason": rejected.reason})
-        await self._send(ws, messages.webhook_ack(rejected.message_id, rejected.delivery_id,
-                                                  "rejected_misconfigured", rejected.reason))
+        log.warning(
+            "relayed webhook stream refused", extra={"messageId": rejected.message_id, "reason": rejected.reason}
+        )
+        await self._send(
+            ws,
+            messages.webhook_ack(rejected.message_id, rejected.delivery_id, "rejected_misconfigured", rejected.reason),
+        )
 
     async def _deliver(self, ws: ClientConnection, delivery: RelayedDelivery) -> None:
         start = delivery.start
@@ -324,8 +351,12 @@ class PlatformClient:
             except Exception:  # the handler must not raise; if it does the Platform still gets an answer
                 log.exception("relayed delivery handler failed", extra={"deliveryId": start.delivery_id})
         try:
-            await self._send(ws, messages.webhook_ack(start.message_id, start.delivery_id, decision.result,
-                                                      decision.reason, duplicate=decision.duplicate))
+            await self._send(
+                ws,
+                messages.webhook_ack(
+                    start.message_id, start.delivery_id, decision.result, decision.reason, duplicate=decision.duplicate
+                ),
+            )
         except ConnectionClosed:
             log.warning("webhook.ack lost: the Platform link closed", extra={"deliveryId": start.delivery_id})
 
@@ -371,12 +402,21 @@ class PlatformClient:
             if diff.removed:
                 await self._send(ws, messages.source_deregister(self._new_id(), diff.removed))
             if diff.changed or diff.send_empty_register:
-                await self._send(ws, messages.source_register(
-                    self._new_id(), diff.changed, mode=self.config.mode, version=self.config.version,
-                    instance_id=self.config.instance_id))
+                await self._send(
+                    ws,
+                    messages.source_register(
+                        self._new_id(),
+                        diff.changed,
+                        mode=self.config.mode,
+                        version=self.config.version,
+                        instance_id=self.config.instance_id,
+                    ),
+                )
             self._registered = current
-            log.info("Platform sources updated", extra={"removed": list(diff.removed),
-                                                        "registered": [s.routing_key for s in diff.changed]})
+            log.info(
+                "Platform sources updated",
+                extra={"removed": list(diff.removed), "registered": [s.routing_key for s in diff.changed]},
+            )
 
     async def _trim_loop(self, outbox: Outbox) -> None:
         while True:

@@ -3,7 +3,8 @@
 Link frames, sent directly by the relay client: ``auth.request``, ``heartbeat``, ``source.register``,
 ``source.deregister``, ``webhook.ack`` and the ``dashboard.*.response`` refusal.
 
-Buffered frames: the outbox stores domain events (``kici_core.platform_events``); :func:`frame` turns a stored row into its
+Buffered frames: the outbox stores domain events (``kici_core.platform_events``); :func:`frame` turns a stored row into
+its
 frame just before it is sent: ``run_status`` → ``execution.status``, ``job_status`` → ``job.status.forward``,
 ``step_status`` → ``step.status.forward``, ``log_lines`` → ``log.chunk``, ``delivery_decided`` →
 ``execution.event`` (``started``). Rows written by an older release hold frames (their kind is the frame
@@ -41,15 +42,20 @@ def heartbeat(now_ms: int) -> JSONObject:
 
 def _source(source: PlatformSource) -> JSONObject:
     """One entry of ``source.register.sources``; ``slug`` only when non-empty."""
-    out: dict[str, JSONValue] = {"provider": source.provider, "routingKey": source.routing_key,
-                                 "name": source.name, "subtype": source.subtype}
+    out: dict[str, JSONValue] = {
+        "provider": source.provider,
+        "routingKey": source.routing_key,
+        "name": source.name,
+        "subtype": source.subtype,
+    }
     if source.slug:
         out["slug"] = source.slug
     return out
 
 
-def source_register(message_id: str, sources: Sequence[PlatformSource], *, mode: str, version: str,
-                    instance_id: str | None = None) -> JSONObject:
+def source_register(
+    message_id: str, sources: Sequence[PlatformSource], *, mode: str, version: str, instance_id: str | None = None
+) -> JSONObject:
     """A ``source.register`` carrying ``sources`` (may be empty)."""
     out: dict[str, JSONValue] = {
         "type": "source.register",
@@ -68,11 +74,16 @@ def source_deregister(message_id: str, routing_keys: Sequence[str]) -> JSONObjec
     return {"type": "source.deregister", "messageId": message_id, "routingKeys": list(routing_keys)}
 
 
-def webhook_ack(message_id: str, delivery_id: str, result: AckResult, reason: str | None = None,
-                *, duplicate: bool = False) -> JSONObject:
+def webhook_ack(
+    message_id: str, delivery_id: str, result: AckResult, reason: str | None = None, *, duplicate: bool = False
+) -> JSONObject:
     """A ``webhook.ack``; ``result`` is always present (``duplicate`` only when true)."""
-    out: dict[str, JSONValue] = {"type": "webhook.ack", "messageId": message_id, "deliveryId": delivery_id,
-                                 "result": result}
+    out: dict[str, JSONValue] = {
+        "type": "webhook.ack",
+        "messageId": message_id,
+        "deliveryId": delivery_id,
+        "result": result,
+    }
     if reason is not None:
         out["reason"] = reason
     if duplicate:
@@ -88,30 +99,69 @@ def dashboard_unsupported(frame: Mapping[str, JSONValue]) -> JSONObject | None:
         return None
     if not isinstance(request_id, str) or not request_id:
         return None
-    return {"type": f"{mtype}.response", "requestId": request_id, "error": f"{mtype} is not supported",
-            "code": "unsupported_request_type", "requestType": mtype}
+    return {
+        "type": f"{mtype}.response",
+        "requestId": request_id,
+        "error": f"{mtype} is not supported",
+        "code": "unsupported_request_type",
+        "requestType": mtype,
+    }
 
 
 # --------------------------------------------------------------------------------------------- buffered frames
 TENANT_FIELDS = ("orgId", "org_id", "customerId", "tenantId")
 
 _NULLABLE: dict[str, frozenset[str]] = {
-    "execution.status": frozenset({"parentRunId", "originalRunId", "triggeredBy", "triggerActorProvider",
-                                   "triggerActorUserId", "triggerActorUsername"}),
+    "execution.status": frozenset(
+        {
+            "parentRunId",
+            "originalRunId",
+            "triggeredBy",
+            "triggerActorProvider",
+            "triggerActorUserId",
+            "triggerActorUsername",
+        }
+    ),
     "job.status.forward": frozenset({"errorMessage", "agentId", "orchestratorId"}),
 }
 
 _SHORT = 128
 _BOUNDS: dict[str, dict[str, int]] = {
-    "execution.status": {"messageId": _SHORT, "runId": _SHORT, "workflowName": _SHORT, "repoIdentifier": 256,
-                         "repoProvider": _SHORT, "sha": _SHORT, "ref": _SHORT, "triggerEvent": _SHORT,
-                         "commitMessage": 2000, "parentRunId": _SHORT, "originalRunId": _SHORT,
-                         "triggeredBy": _SHORT, "triggerActorProvider": _SHORT, "triggerActorUserId": _SHORT,
-                         "triggerActorUsername": 256, "failureReason": 2000},
-    "job.status.forward": {"messageId": _SHORT, "runId": _SHORT, "jobId": _SHORT, "jobName": _SHORT,
-                           "errorMessage": 2000, "agentId": _SHORT, "orchestratorId": _SHORT},
-    "step.status.forward": {"messageId": _SHORT, "runId": _SHORT, "jobId": _SHORT, "jobName": _SHORT,
-                            "stepName": 256, "groupId": _SHORT},
+    "execution.status": {
+        "messageId": _SHORT,
+        "runId": _SHORT,
+        "workflowName": _SHORT,
+        "repoIdentifier": 256,
+        "repoProvider": _SHORT,
+        "sha": _SHORT,
+        "ref": _SHORT,
+        "triggerEvent": _SHORT,
+        "commitMessage": 2000,
+        "parentRunId": _SHORT,
+        "originalRunId": _SHORT,
+        "triggeredBy": _SHORT,
+        "triggerActorProvider": _SHORT,
+        "triggerActorUserId": _SHORT,
+        "triggerActorUsername": 256,
+        "failureReason": 2000,
+    },
+    "job.status.forward": {
+        "messageId": _SHORT,
+        "runId": _SHORT,
+        "jobId": _SHORT,
+        "jobName": _SHORT,
+        "errorMessage": 2000,
+        "agentId": _SHORT,
+        "orchestratorId": _SHORT,
+    },
+    "step.status.forward": {
+        "messageId": _SHORT,
+        "runId": _SHORT,
+        "jobId": _SHORT,
+        "jobName": _SHORT,
+        "stepName": 256,
+        "groupId": _SHORT,
+    },
     "execution.event": {"messageId": _SHORT, "runId": _SHORT},
     "log.chunk": {"messageId": _SHORT, "runId": _SHORT, "jobId": _SHORT},
 }
@@ -164,30 +214,59 @@ def event_frame(event: pe.PlatformEvent) -> JSONObject:
     """The frame of ``event`` before :func:`finish` (no ``messageId``/``timestamp`` yet)."""
     out: dict[str, JSONValue]
     if isinstance(event, pe.RunStatusChanged):
-        out = {"type": "execution.status", "runId": event.run_id, "workflowName": event.workflow_name,
-               "status": event.status}
-        for key, value in (("repoIdentifier", event.repo_identifier), ("repoProvider", event.repo_provider),
-                           ("sha", event.sha), ("ref", event.ref), ("triggerEvent", event.trigger_event),
-                           ("jobCount", event.job_count), ("startedAt", event.started_at_ms),
-                           ("completedAt", event.completed_at_ms), ("durationMs", event.duration_ms),
-                           ("logBytes", event.log_bytes), ("failureReason", event.failure_reason)):
+        out = {
+            "type": "execution.status",
+            "runId": event.run_id,
+            "workflowName": event.workflow_name,
+            "status": event.status,
+        }
+        for key, value in (
+            ("repoIdentifier", event.repo_identifier),
+            ("repoProvider", event.repo_provider),
+            ("sha", event.sha),
+            ("ref", event.ref),
+            ("triggerEvent", event.trigger_event),
+            ("jobCount", event.job_count),
+            ("startedAt", event.started_at_ms),
+            ("completedAt", event.completed_at_ms),
+            ("durationMs", event.duration_ms),
+            ("logBytes", event.log_bytes),
+            ("failureReason", event.failure_reason),
+        ):
             _put(out, key, value)
         return out
     if isinstance(event, pe.JobStatusChanged):
-        out = {"type": "job.status.forward", "runId": event.run_id, "jobId": event.job_id,
-               "jobName": event.job_name, "status": event.status, "agentId": event.agent_id,
-               "orchestratorId": event.orchestrator_id, "runsOnLabels": list(event.runs_on_labels)}
+        out = {
+            "type": "job.status.forward",
+            "runId": event.run_id,
+            "jobId": event.job_id,
+            "jobName": event.job_name,
+            "status": event.status,
+            "agentId": event.agent_id,
+            "orchestratorId": event.orchestrator_id,
+            "runsOnLabels": list(event.runs_on_labels),
+        }
         if event.matrix_values:
             out["matrixValues"] = event.matrix_values
-        for key, value in (("startedAt", event.started_at_ms), ("completedAt", event.completed_at_ms),
-                           ("durationMs", event.duration_ms), ("errorMessage", event.error_message),
-                           ("logBytes", event.log_bytes)):
+        for key, value in (
+            ("startedAt", event.started_at_ms),
+            ("completedAt", event.completed_at_ms),
+            ("durationMs", event.duration_ms),
+            ("errorMessage", event.error_message),
+            ("logBytes", event.log_bytes),
+        ):
             _put(out, key, value)
         return out
     if isinstance(event, pe.StepStatusChanged):
-        out = {"type": "step.status.forward", "runId": event.run_id, "jobId": event.job_id,
-               "jobName": event.job_name, "stepIndex": event.step_index, "stepName": event.step_name,
-               "state": event.state}
+        out = {
+            "type": "step.status.forward",
+            "runId": event.run_id,
+            "jobId": event.job_id,
+            "jobName": event.job_name,
+            "stepIndex": event.step_index,
+            "stepName": event.step_name,
+            "state": event.state,
+        }
         if event.data:
             out["data"] = event.data
         _put(out, "secretsAccessed", event.secrets_accessed)
@@ -195,12 +274,28 @@ def event_frame(event: pe.PlatformEvent) -> JSONObject:
         _put(out, "groupId", event.group_id)
         return out
     if isinstance(event, pe.LogLines):
-        return {"type": "log.chunk", "runId": event.run_id, "jobId": event.job_id, "stepIndex": event.step_index,
-                "lines": list(event.lines)}
-    return {"type": "execution.event", "runId": event.trace_id, "event": "started", "data": {
-        "deliveryId": event.delivery_id, "webhookEvent": event.webhook_event, "action": event.action,
-        "repoIdentifier": event.repo_identifier, "ref": event.ref, "matchedWorkflows": event.matched_workflows,
-        "totalWorkflows": event.total_workflows, "decisions": list(event.decisions)}}
+        return {
+            "type": "log.chunk",
+            "runId": event.run_id,
+            "jobId": event.job_id,
+            "stepIndex": event.step_index,
+            "lines": list(event.lines),
+        }
+    return {
+        "type": "execution.event",
+        "runId": event.trace_id,
+        "event": "started",
+        "data": {
+            "deliveryId": event.delivery_id,
+            "webhookEvent": event.webhook_event,
+            "action": event.action,
+            "repoIdentifier": event.repo_identifier,
+            "ref": event.ref,
+            "matchedWorkflows": event.matched_workflows,
+            "totalWorkflows": event.total_workflows,
+            "decisions": list(event.decisions),
+        },
+    }
 
 
 def frame(kind: str, payload: Mapping[str, JSONValue], *, message_id: str, timestamp_ms: int) -> JSONObject:

@@ -30,6 +30,7 @@ SendFrame = Callable[[JSONObject], Awaitable[None]]
 Confirm = Callable[[], Awaitable[None]]
 """Returns once the peer has received every frame sent before the call (a ping/pong round trip)."""
 
+
 def new_id() -> str:
     """A fresh ``messageId``."""
     return str(uuid.uuid4())
@@ -49,8 +50,9 @@ class MemoryPlatformOutbox:
     """The outbox contract in memory: a FIFO of at most ``cap`` events (oldest dropped and counted), each turned
     into its frame when sent."""
 
-    def __init__(self, *, cap: int = DEFAULT_CAP, ids: Callable[[], str] = new_id,
-                 now_ms: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self, *, cap: int = DEFAULT_CAP, ids: Callable[[], str] = new_id, now_ms: Callable[[], int] = now_ms
+    ) -> None:
         self.cap = cap
         self.items: collections.deque[tuple[platform_events.PlatformEvent, int]] = collections.deque()
         self.dropped = 0

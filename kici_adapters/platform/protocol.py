@@ -178,15 +178,23 @@ class Reassembly:
         event = _opt_str(frame, "event")
         raw_headers = frame.get("headers")
         if not routing_key or not event or not _opt_str(frame, "deliveryId") or not isinstance(raw_headers, dict):
-            return Reject(message_id=message_id, delivery_id=delivery_id,
-                          reason="webhook.relay.start is missing required fields")
+            return Reject(
+                message_id=message_id, delivery_id=delivery_id, reason="webhook.relay.start is missing required fields"
+            )
         headers = {str(k).lower(): v for k, v in raw_headers.items() if isinstance(v, str)}
         self._entries[message_id] = _Entry(
             start=RelayStart(
-                message_id=message_id, routing_key=routing_key, delivery_id=delivery_id, event=event,
-                action=_opt_str(frame, "action"), signature_header_name=_opt_str(frame, "signatureHeaderName"),
-                signature_header=_opt_str(frame, "signatureHeader"), client_ip=_opt_str(frame, "clientIp"),
-                headers=headers, total_size=total, chunk_count=count,
+                message_id=message_id,
+                routing_key=routing_key,
+                delivery_id=delivery_id,
+                event=event,
+                action=_opt_str(frame, "action"),
+                signature_header_name=_opt_str(frame, "signatureHeaderName"),
+                signature_header=_opt_str(frame, "signatureHeader"),
+                client_ip=_opt_str(frame, "clientIp"),
+                headers=headers,
+                total_size=total,
+                chunk_count=count,
             ),
             expires=now + self._ttl,
         )

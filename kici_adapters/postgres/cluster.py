@@ -31,16 +31,35 @@ __all__ = ["PgCluster"]
 
 
 def _instance(r: Any) -> InstanceInfo:
-    return InstanceInfo(instance_id=r["instance_id"], hostname=r["hostname"], pid=r["pid"], version=r["version"],
-                        mode=r["mode"], started_at=r["started_at"], heartbeat_at=r["heartbeat_at"],
-                        stopped_at=r["stopped_at"], recovered_at=r["recovered_at"], recovered_by=r["recovered_by"])
+    return InstanceInfo(
+        instance_id=r["instance_id"],
+        hostname=r["hostname"],
+        pid=r["pid"],
+        version=r["version"],
+        mode=r["mode"],
+        started_at=r["started_at"],
+        heartbeat_at=r["heartbeat_at"],
+        stopped_at=r["stopped_at"],
+        recovered_at=r["recovered_at"],
+        recovered_by=r["recovered_by"],
+    )
 
 
 def _agent(r: Any) -> ClusterAgent:
-    return ClusterAgent(agent_id=r["agent_id"], instance_id=r["connected_instance"], labels=tuple(r["labels"]),
-                        mandatory_labels=tuple(r["mandatory_labels"]), max_concurrency=int(r["max_concurrency"]),
-                        active_jobs=int(r["active_jobs"]), accepting=bool(r["accepting"]), hostname=r["hostname"],
-                        platform=r["platform"], arch=r["arch"], version=r["version"], connected_at=r["connected_at"])
+    return ClusterAgent(
+        agent_id=r["agent_id"],
+        instance_id=r["connected_instance"],
+        labels=tuple(r["labels"]),
+        mandatory_labels=tuple(r["mandatory_labels"]),
+        max_concurrency=int(r["max_concurrency"]),
+        active_jobs=int(r["active_jobs"]),
+        accepting=bool(r["accepting"]),
+        hostname=r["hostname"],
+        platform=r["platform"],
+        arch=r["arch"],
+        version=r["version"],
+        connected_at=r["connected_at"],
+    )
 
 
 class PgCluster:
@@ -71,8 +90,7 @@ class PgCluster:
     async def live_count(self) -> int:
         """Processes whose heartbeat is current and that did not stop."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                _SQL["live_instances_count"], {"t": self.instance_timeout_s})
+            cur = await conn.execute(_SQL["live_instances_count"], {"t": self.instance_timeout_s})
             row = await cur.fetchone()
             return int(row["n"]) if row else 0
 
@@ -84,8 +102,10 @@ class PgCluster:
     async def duties(self) -> list[DutyInfo]:
         async with self._db.connection() as conn:
             cur = await conn.execute(_SQL["duties"])
-            return [DutyInfo(duty=r["duty"], instance_id=r["instance_id"], last_run_at=r["last_run_at"])
-                    for r in await cur.fetchall()]
+            return [
+                DutyInfo(duty=r["duty"], instance_id=r["instance_id"], last_run_at=r["last_run_at"])
+                for r in await cur.fetchall()
+            ]
 
     async def active_runs(self) -> int:
         async with self._db.connection() as conn:
@@ -106,22 +126,21 @@ class PgCluster:
         async with self._db.connection() as conn:
             await conn.execute(
                 _SQL["instance_register"],
-                {"id": instance_id, "host": hostname, "pid": pid, "version": version, "mode": mode})
+                {"id": instance_id, "host": hostname, "pid": pid, "version": version, "mode": mode},
+            )
 
     async def heartbeat(self, instance_id: str) -> bool:
         """Refresh this process's heartbeat. False when another process declared it dead and took its work over
         (or its row is gone): the caller then re-registers and reclaims what it still runs."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                _SQL["instance_heartbeat"], {"id": instance_id})
+            cur = await conn.execute(_SQL["instance_heartbeat"], {"id": instance_id})
             row = await cur.fetchone()
             return bool(row and row["ok"])
 
     async def stopped(self, instance_id: str) -> None:
         """A clean shutdown: the row stays (``stopped``) until pruned."""
         async with self._db.connection() as conn:
-            await conn.execute(_SQL["instance_stopped"],
-                               {"id": instance_id})
+            await conn.execute(_SQL["instance_stopped"], {"id": instance_id})
 
     async def mirror_load(self, instance_id: str, loads: Sequence[tuple[str, int, bool]]) -> None:
         """Write ``(agent_id, active_jobs, accepting)`` of agents this process holds, in one statement."""
@@ -130,8 +149,13 @@ class PgCluster:
         async with self._db.connection() as conn:
             await conn.execute(
                 _SQL["agents_load_mirror"],
-                {"ids": [x[0] for x in loads], "n": [x[1] for x in loads], "acc": [x[2] for x in loads],
-                 "me": instance_id})
+                {
+                    "ids": [x[0] for x in loads],
+                    "n": [x[1] for x in loads],
+                    "acc": [x[2] for x in loads],
+                    "me": instance_id,
+                },
+            )
 
     async def rejoin(self, instance_id: str, agents: Sequence[str], running: Sequence[tuple[str, str]]) -> int:
         """After being declared dead while alive: name this process again as the host of ``agents`` (those no
@@ -140,8 +164,8 @@ class PgCluster:
         async with self._db.transaction() as conn:
             await conn.execute(_SQL["agents_rejoin"], {"me": instance_id, "ids": list(agents)})
             cur = await conn.execute(
-                _SQL["queue_rejoin"],
-                {"jobs": [r[0] for r in running], "agents": [r[1] for r in running]})
+                _SQL["queue_rejoin"], {"jobs": [r[0] for r in running], "agents": [r[1] for r in running]}
+            )
             back = [r["id"] for r in await cur.fetchall()]
             if back:
                 await conn.execute(_SQL["jobs_rejoin"], {"ids": back})
@@ -151,8 +175,7 @@ class PgCluster:
     async def dead(self, me: str) -> list[str]:
         """Processes other than ``me`` whose heartbeat is overdue and whose work nobody recovered yet."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                _SQL["dead_instances"], {"me": me, "t": self.instance_timeout_s})
+            cur = await conn.execute(_SQL["dead_instances"], {"me": me, "t": self.instance_timeout_s})
             return [r["instance_id"] for r in await cur.fetchall()]
 
     async def recover(self, dead: str, *, by: str, grace_s: float) -> tuple[int, int, int] | None:
@@ -160,8 +183,9 @@ class PgCluster:
         recovering, agents marked disconnected, deliveries freed)``, or None when it is no longer dead or was
         recovered already."""
         async with self._db.transaction() as conn:
-            cur = await conn.execute(_SQL["instance_recover"], {"dead": dead, "me": by, "t": self.instance_timeout_s,
-                                                "grace": grace_s})
+            cur = await conn.execute(
+                _SQL["instance_recover"], {"dead": dead, "me": by, "t": self.instance_timeout_s, "grace": grace_s}
+            )
             row = await cur.fetchone()
             if row is not None and row["deliveries"]:
                 await notify.notify(conn, notify.INBOX)
@@ -172,6 +196,5 @@ class PgCluster:
     async def prune(self, *, older_than_s: float = 86_400.0) -> int:
         """Forget processes stopped or recovered more than ``older_than_s`` ago."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                _SQL["instances_prune"], {"s": older_than_s})
+            cur = await conn.execute(_SQL["instances_prune"], {"s": older_than_s})
             return cur.rowcount

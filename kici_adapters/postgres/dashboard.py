@@ -39,13 +39,16 @@ class PgDashboardSessions:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(self, session_hash: str, *, token_id: str, csrf_token: str, expires_at: datetime,
-                     now: datetime) -> None:
+    async def create(
+        self, session_hash: str, *, token_id: str, csrf_token: str, expires_at: datetime, now: datetime
+    ) -> None:
         """Store a new session (and drop the expired ones)."""
         async with self._db.transaction() as conn:
             await conn.execute(_SQL["session_purge"], {"now": now})
-            await conn.execute(_SQL["session_insert"], {"hash": check_hash(session_hash), "token_id": token_id,
-                                                 "csrf": csrf_token, "expires_at": expires_at})
+            await conn.execute(
+                _SQL["session_insert"],
+                {"hash": check_hash(session_hash), "token_id": token_id, "csrf": csrf_token, "expires_at": expires_at},
+            )
 
     async def lookup(self, session_hash: str, *, now: datetime) -> DashboardSession | None:
         """The live session with this hash, or None (unknown, expired, signed out, or its token revoked)."""
@@ -54,8 +57,9 @@ class PgDashboardSessions:
             row = await cur.fetchone()
         if row is None:
             return None
-        return DashboardSession(token=row_to_admin_token(row), csrf_token=row["csrf_token"],
-                                expires_at=row["session_expires_at"])
+        return DashboardSession(
+            token=row_to_admin_token(row), csrf_token=row["csrf_token"], expires_at=row["session_expires_at"]
+        )
 
     async def delete(self, session_hash: str) -> bool:
         """Sign out: remove the session; False when there was none."""
@@ -70,8 +74,13 @@ class PgDashboardReads:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def agents(self, *, local: Sequence[str] = (), instance: str = "", routing_key: str | None = None,
-                     ) -> list[dict[str, Any]]:
+    async def agents(
+        self,
+        *,
+        local: Sequence[str] = (),
+        instance: str = "",
+        routing_key: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Connected agents (on any process) with their slot use (``busy`` of ``max_concurrency``). ``local``
         names the agents connected to this process (``instance``), which count as connected whatever their
         row says. With ``routing_key``, only the agents running a job of that key."""

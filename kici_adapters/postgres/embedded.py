@@ -206,8 +206,9 @@ class EmbeddedPostgres:
             check_owned(cluster, uid=account.uid, private=True)
             if not claimed:  # left by an earlier data directory at this path, which was removed since
                 if self.is_running():
-                    self._run([self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "immediate", "-w", "stop"],
-                              check=False)
+                    self._run(
+                        [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "immediate", "-w", "stop"], check=False
+                    )
                 # another start may be sweeping the same stale cluster at this moment: files it removed first
                 # are not an error
                 shutil.rmtree(cluster, onerror=missing_is_removed)
@@ -219,17 +220,21 @@ class EmbeddedPostgres:
 
     def _initdb(self) -> None:
         try:
-            self._run([
-                self._bin("initdb"),
-                "-D", str(self.pgdata),
-                "-U", SUPERUSER,
-                "--auth=scram-sha-256",
-                f"--pwfile={self.password_file}",
-                "--encoding=UTF8",
-                "--no-locale",
-                "--no-instructions",
-                *([] if self._durable else ["--no-sync"]),
-            ])
+            self._run(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=scram-sha-256",
+                    f"--pwfile={self.password_file}",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                    "--no-instructions",
+                    *([] if self._durable else ["--no-sync"]),
+                ]
+            )
         except subprocess.CalledProcessError as exc:
             raise StorageUnavailable(f"initdb failed: {exc.stderr.strip()}") from exc
         self._port = free_port()
@@ -280,13 +285,19 @@ class EmbeddedPostgres:
             self._require_password()
             return self.url()
         try:
-            self._run([
-                self._bin("pg_ctl"),
-                "-D", str(self.pgdata),
-                "-l", str(self.log_file),
-                "-w", "-t", str(START_TIMEOUT_S),
-                "start",
-            ])
+            self._run(
+                [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    str(self.pgdata),
+                    "-l",
+                    str(self.log_file),
+                    "-w",
+                    "-t",
+                    str(START_TIMEOUT_S),
+                    "start",
+                ]
+            )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise StorageUnavailable(f"embedded PostgreSQL did not start: {self._log_tail()}") from exc
         self._require_password()
@@ -303,8 +314,9 @@ class EmbeddedPostgres:
 
         trusted = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/postgres"
         with psycopg.connect(trusted, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                sql.Identifier(SUPERUSER), sql.Literal(self._password())))
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(SUPERUSER), sql.Literal(self._password()))
+            )
         hba.write_text(TRUST.sub(r"\1scram-sha-256", text), encoding="utf-8")
         self._run([self._bin("pg_ctl"), "-D", str(self.pgdata), "reload"])
 

@@ -17,23 +17,41 @@ def row_to_entry(row: Mapping[str, Any]) -> EventLogEntry:
     """An ``event_log`` row (optionally joined with its inbox ``attempts``) as a domain record."""
     run_id = row["run_id"]
     return EventLogEntry(
-        org_id=row["org_id"], delivery_id=row["delivery_id"], routing_key=row["routing_key"], event=row["event"],
-        action=row["action"], source=cast(DeliverySource, row["source"]), provider=row["provider"],
-        repo_identifier=row["repo_identifier"], ref=row["ref"], payload_key=row["payload_key"],
-        payload_omitted=row["payload_omitted"], payload_omitted_reason=row["payload_omitted_reason"],
-        payload_size_bytes=row["payload_size_bytes"], payload_hash=row["payload_hash"],
-        matched_count=row["matched_count"], status=cast(DeliveryStatus, row["status"]),
-        run_id=None if run_id is None else str(run_id), error_message=row["error_message"],
-        received_at=row["received_at"], decision_trace=cast(JSONValue, row["decision_trace"]),
+        org_id=row["org_id"],
+        delivery_id=row["delivery_id"],
+        routing_key=row["routing_key"],
+        event=row["event"],
+        action=row["action"],
+        source=cast(DeliverySource, row["source"]),
+        provider=row["provider"],
+        repo_identifier=row["repo_identifier"],
+        ref=row["ref"],
+        payload_key=row["payload_key"],
+        payload_omitted=row["payload_omitted"],
+        payload_omitted_reason=row["payload_omitted_reason"],
+        payload_size_bytes=row["payload_size_bytes"],
+        payload_hash=row["payload_hash"],
+        matched_count=row["matched_count"],
+        status=cast(DeliveryStatus, row["status"]),
+        run_id=None if run_id is None else str(run_id),
+        error_message=row["error_message"],
+        received_at=row["received_at"],
+        decision_trace=cast(JSONValue, row["decision_trace"]),
         attempts=int(row.get("attempts") or 0),
     )
 
 
 def _filters(query: EventLogQuery) -> dict[str, Any]:
     return {
-        "org_id": query.org_id, "routing_key": query.routing_key, "event": query.event, "action": query.action,
-        "status": query.status, "since": query.since, "until": query.until,
-        "contains": query.delivery_id_contains, "delivery_id": query.delivery_id,
+        "org_id": query.org_id,
+        "routing_key": query.routing_key,
+        "event": query.event,
+        "action": query.action,
+        "status": query.status,
+        "since": query.since,
+        "until": query.until,
+        "contains": query.delivery_id_contains,
+        "delivery_id": query.delivery_id,
     }
 
 

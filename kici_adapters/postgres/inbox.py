@@ -96,9 +96,23 @@ class AcceptRow:
         return (self.org_id, self.delivery_id)
 
 
-_COLUMNS = ("org_id", "delivery_id", "routing_key", "event", "action", "source", "provider", "repo_identifier",
-            "ref", "payload_key", "payload_omitted_reason", "payload_size_bytes", "payload_hash", "received_at",
-            "body")
+_COLUMNS = (
+    "org_id",
+    "delivery_id",
+    "routing_key",
+    "event",
+    "action",
+    "source",
+    "provider",
+    "repo_identifier",
+    "ref",
+    "payload_key",
+    "payload_omitted_reason",
+    "payload_size_bytes",
+    "payload_hash",
+    "received_at",
+    "body",
+)
 
 
 def _batch_params(rows: Sequence[AcceptRow]) -> dict[str, list[Any]]:
@@ -224,6 +238,7 @@ async def gzip_body(body: bytes) -> bytes:
 CommitResult = tuple[set[tuple[str, str]], dict[tuple[str, str], Exception]]
 """What one commit reports: the keys it claimed, and the keys whose row the database rejected."""
 
+
 @dataclass(eq=False, slots=True)
 class _Waiter:
     row: AcceptRow
@@ -246,9 +261,14 @@ class GroupCommit:
     the others.
     """
 
-    def __init__(self, commit: Callable[[Sequence[AcceptRow]], Awaitable[CommitResult]],
-                 *, max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES,
-                 lanes: int = COMMIT_LANES) -> None:
+    def __init__(
+        self,
+        commit: Callable[[Sequence[AcceptRow]], Awaitable[CommitResult]],
+        *,
+        max_batch: int = MAX_BATCH,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        lanes: int = COMMIT_LANES,
+    ) -> None:
         self._commit = commit
         self._max = max(1, max_batch)
         self._max_bytes = max_batch_bytes
@@ -340,8 +360,13 @@ class CompletionGroup:
     and the batch is shielded from cancellation so a cancelled caller cannot strand the others.
     """
 
-    def __init__(self, run: Callable[[Sequence[dict[str, Any]]], Awaitable[list[CompleteOutcome]]], *,
-                 max_batch: int = COMPLETE_BATCH, lanes: int = COMPLETE_LANES) -> None:
+    def __init__(
+        self,
+        run: Callable[[Sequence[dict[str, Any]]], Awaitable[list[CompleteOutcome]]],
+        *,
+        max_batch: int = COMPLETE_BATCH,
+        lanes: int = COMPLETE_LANES,
+    ) -> None:
         self._run = run
         self._max = max(1, max_batch)
         self._lanes: Lanes[_Completion] = Lanes(lanes)
@@ -395,10 +420,18 @@ def split_matchers(matchers: Sequence[JSONObject]) -> tuple[list[str], list[JSON
 def _job_row(run: NewRun, job: NewJob) -> dict[str, JSONValue]:
     exact, _ = split_matchers(job.runs_on)
     return {
-        "job_id": job.job_id, "run_id": run.run_id, "job_name": job.name, "base_name": job.base_name,
-        "status": job.status, "matrix_values": job.matrix_values, "runs_on": list(job.runs_on),
-        "exclude_labels": list(job.exclude_labels), "required_labels": list(exact), "job_config": job.job_config,
-        "error_message": job.reason, "runnable": job.runnable,
+        "job_id": job.job_id,
+        "run_id": run.run_id,
+        "job_name": job.name,
+        "base_name": job.base_name,
+        "status": job.status,
+        "matrix_values": job.matrix_values,
+        "runs_on": list(job.runs_on),
+        "exclude_labels": list(job.exclude_labels),
+        "required_labels": list(exact),
+        "job_config": job.job_config,
+        "error_message": job.reason,
+        "runnable": job.runnable,
     }
 
 
@@ -406,10 +439,20 @@ def _queue_row(run: NewRun, job: NewJob) -> dict[str, JSONValue]:
     labels, patterns = split_matchers(job.runs_on)
     ex_labels, ex_patterns = split_matchers(job.exclude_labels)
     return {
-        "job_id": job.job_id, "run_id": run.run_id, "workflow_name": run.workflow_name, "job_name": job.name,
-        "runs_on_labels": list(labels), "runs_on_patterns": list(patterns), "exclude_labels": list(ex_labels),
-        "exclude_patterns": list(ex_patterns), "required_labels": list(labels), "job_config": job.job_config,
-        "repo_url": run.repo_url, "ref": run.ref, "sha": run.sha, "provider": run.provider,
+        "job_id": job.job_id,
+        "run_id": run.run_id,
+        "workflow_name": run.workflow_name,
+        "job_name": job.name,
+        "runs_on_labels": list(labels),
+        "runs_on_patterns": list(patterns),
+        "exclude_labels": list(ex_labels),
+        "exclude_patterns": list(ex_patterns),
+        "required_labels": list(labels),
+        "job_config": job.job_config,
+        "repo_url": run.repo_url,
+        "ref": run.ref,
+        "sha": run.sha,
+        "provider": run.provider,
         "routing_key": run.routing_key,
     }
 
@@ -420,8 +463,9 @@ def _run_reason(run: NewRun) -> str | None:
     return "; ".join(reasons)[:2000] if reasons else None
 
 
-def _complete_params(item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun], *,
-                     forward: bool = False) -> dict[str, Any]:
+def _complete_params(
+    item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[NewRun], *, forward: bool = False
+) -> dict[str, Any]:
     """Parameters of ``complete_delivery``: the run graph as JSON row sets, in order, and the triggering event
     (every run of one delivery has the same; it is sent once)."""
     run_rows: list[JSONValue] = []
@@ -432,28 +476,56 @@ def _complete_params(item: InboxItem, outcome: DeliveryOutcome, runs: Sequence[N
     check_rows_: list[JSONValue] = []
     for run in runs:
         check_rows_ += pg_checks.check_rows(
-            provider=run.provider, run_id=run.run_id, routing_key=run.routing_key, repo=run.repo_identifier,
-            sha=run.sha, workflow_name=run.workflow_name, run_status=run.status,
+            provider=run.provider,
+            run_id=run.run_id,
+            routing_key=run.routing_key,
+            repo=run.repo_identifier,
+            sha=run.sha,
+            workflow_name=run.workflow_name,
+            run_status=run.status,
             run_reason=_run_reason(run) if run.status != "pending" else None,
-            jobs=[(j.job_id, j.name, j.status, j.reason) for j in run.jobs])
-        run_rows.append({
-            "ord": len(run_rows), "run_id": run.run_id, "workflow_name": run.workflow_name, "status": run.status,
-            "provider": run.provider, "routing_key": run.routing_key, "repo_identifier": run.repo_identifier,
-            "repo_url": run.repo_url, "ref": run.ref, "sha": run.sha, "trigger_decision": run.trigger_decision,
-            "job_count": len(run.jobs), "trigger_event": item.event,
-        })
+            jobs=[(j.job_id, j.name, j.status, j.reason) for j in run.jobs],
+        )
+        run_rows.append(
+            {
+                "ord": len(run_rows),
+                "run_id": run.run_id,
+                "workflow_name": run.workflow_name,
+                "status": run.status,
+                "provider": run.provider,
+                "routing_key": run.routing_key,
+                "repo_identifier": run.repo_identifier,
+                "repo_url": run.repo_url,
+                "ref": run.ref,
+                "sha": run.sha,
+                "trigger_decision": run.trigger_decision,
+                "job_count": len(run.jobs),
+                "trigger_event": item.event,
+            }
+        )
         for job in run.jobs:
             job_rows.append({"ord": len(job_rows), **_job_row(run, job)})
-            need_rows += [{"run_id": run.run_id, "job_name": job.name, "upstream_name": e.upstream_name,
-                           "run_on": list(e.run_on)} for e in job.needs]
+            need_rows += [
+                {"run_id": run.run_id, "job_name": job.name, "upstream_name": e.upstream_name, "run_on": list(e.run_on)}
+                for e in job.needs
+            ]
             if job.runnable:
                 queue_rows.append({"ord": len(queue_rows), **_queue_row(run, job)})
     return {
-        "org_id": item.org_id, "delivery_id": item.delivery_id, "runs": Jsonb(run_rows), "jobs": Jsonb(job_rows),
-        "needs": Jsonb(need_rows), "queue": Jsonb(queue_rows), "checks": Jsonb(check_rows_),
+        "org_id": item.org_id,
+        "delivery_id": item.delivery_id,
+        "runs": Jsonb(run_rows),
+        "jobs": Jsonb(job_rows),
+        "needs": Jsonb(need_rows),
+        "queue": Jsonb(queue_rows),
+        "checks": Jsonb(check_rows_),
         "status": outcome.status,
-        "event": None if event is None else Jsonb(event), "forward": forward, "jobs_channel": notify.JOBS,
-        "matched_count": outcome.matched_count, "repo_identifier": outcome.repo_identifier, "ref": outcome.ref,
+        "event": None if event is None else Jsonb(event),
+        "forward": forward,
+        "jobs_channel": notify.JOBS,
+        "matched_count": outcome.matched_count,
+        "repo_identifier": outcome.repo_identifier,
+        "ref": outcome.ref,
         "error_message": outcome.error_message,
         "decision_trace": None if outcome.decision_trace is None else Jsonb(outcome.decision_trace),
     }
@@ -478,11 +550,21 @@ class PgDeliveryInbox:
         complete_lanes: completion transactions in flight at once.
     """
 
-    def __init__(self, db: Database, blobs: BlobStore, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-                 group_commit: bool = True, max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES,
-                 commit_lanes: int = COMMIT_LANES, on_accepted: Callable[[], None] | None = None,
-                 forward: bool = False, complete_batch: int = COMPLETE_BATCH,
-                 complete_lanes: int = COMPLETE_LANES) -> None:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        group_commit: bool = True,
+        max_batch: int = MAX_BATCH,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        commit_lanes: int = COMMIT_LANES,
+        on_accepted: Callable[[], None] | None = None,
+        forward: bool = False,
+        complete_batch: int = COMPLETE_BATCH,
+        complete_lanes: int = COMPLETE_LANES,
+    ) -> None:
         self._db = db
         self._blobs = blobs
         self._forward = forward
@@ -490,11 +572,15 @@ class PgDeliveryInbox:
         self._on_accepted = on_accepted
         self._lanes = LaneConnections(db.url)
         self._group: GroupCommit | None = (
-            GroupCommit(self._commit_rows, max_batch=max_batch, max_batch_bytes=max_batch_bytes,
-                        lanes=commit_lanes) if group_commit else None)
+            GroupCommit(self._commit_rows, max_batch=max_batch, max_batch_bytes=max_batch_bytes, lanes=commit_lanes)
+            if group_commit
+            else None
+        )
         self._completions: CompletionGroup | None = (
             CompletionGroup(self._complete_rows, max_batch=complete_batch, lanes=complete_lanes)
-            if complete_batch > 1 else None)
+            if complete_batch > 1
+            else None
+        )
         self._prefetched: dict[tuple[str, str], bytes] = {}
 
     @property
@@ -543,18 +629,30 @@ class PgDeliveryInbox:
         omitted: str | None = None
         body: bytes | None = None
         if len(delivery.body) > self._max_payload:
-            _log.warning("event-log payload over the size limit; not stored",
-                         extra={"deliveryId": delivery.delivery_id, "bytes": len(delivery.body)})
+            _log.warning(
+                "event-log payload over the size limit; not stored",
+                extra={"deliveryId": delivery.delivery_id, "bytes": len(delivery.body)},
+            )
             omitted = "size_exceeded"
         else:
             payload_key = event_log_payload_key(delivery.org_id, delivery.delivery_id)
             body = await gzip_body(delivery.body)
         row = AcceptRow(
-            org_id=delivery.org_id, delivery_id=delivery.delivery_id, routing_key=delivery.routing_key,
-            event=delivery.event, action=delivery.action, source=delivery.source, provider=delivery.provider,
-            repo_identifier=delivery.repo_identifier, ref=delivery.ref, payload_key=payload_key,
-            payload_omitted_reason=omitted, payload_size_bytes=len(delivery.body),
-            payload_hash=hashlib.sha256(delivery.body).hexdigest(), received_at=delivery.received_at, body=body,
+            org_id=delivery.org_id,
+            delivery_id=delivery.delivery_id,
+            routing_key=delivery.routing_key,
+            event=delivery.event,
+            action=delivery.action,
+            source=delivery.source,
+            provider=delivery.provider,
+            repo_identifier=delivery.repo_identifier,
+            ref=delivery.ref,
+            payload_key=payload_key,
+            payload_omitted_reason=omitted,
+            payload_size_bytes=len(delivery.body),
+            payload_hash=hashlib.sha256(delivery.body).hexdigest(),
+            received_at=delivery.received_at,
+            body=body,
         )
         if self._group is not None:
             duplicate = await self._group.submit(row)
@@ -569,9 +667,15 @@ class PgDeliveryInbox:
         if limit <= 0:
             return []
         async with self._db.connection() as conn:
-            cur = await conn.execute(q("claim"), {"worker_id": worker_id, "limit": limit,
-                                                  "lease_seconds": float(lease_seconds),
-                                                  "max_crashes": MAX_CRASHES})
+            cur = await conn.execute(
+                q("claim"),
+                {
+                    "worker_id": worker_id,
+                    "limit": limit,
+                    "lease_seconds": float(lease_seconds),
+                    "max_crashes": MAX_CRASHES,
+                },
+            )
             rows = await cur.fetchall()
         if len(self._prefetched) + len(rows) > _PREFETCH_MAX:
             self._prefetched.clear()  # items claimed and never finished (cancelled): read again if needed
@@ -629,8 +733,9 @@ class PgDeliveryInbox:
             raise errors.NotFound(f"delivery {item.delivery_id} not found")
         if row["created"] < len(runs):  # some runs already existed, maybe committed after this statement began
             async with self._db.connection() as conn:
-                cur = await conn.execute(q("runs_for_delivery"), {"org_id": item.org_id,
-                                                                  "delivery_id": item.delivery_id})
+                cur = await conn.execute(
+                    q("runs_for_delivery"), {"org_id": item.org_id, "delivery_id": item.delivery_id}
+                )
                 return [str(r["run_id"]) for r in await cur.fetchall()]
         return [str(r) for r in row["run_ids"]]
 
@@ -675,8 +780,9 @@ class PgDeliveryInbox:
             if retry_after is None:
                 await conn.execute(q("inbox_park"), params)
             else:
-                await conn.execute(q("inbox_retry"), {**params, "retry_after": max(0.0, float(retry_after)),
-                                                      "crashed": int(crashed)})
+                await conn.execute(
+                    q("inbox_retry"), {**params, "retry_after": max(0.0, float(retry_after)), "crashed": int(crashed)}
+                )
 
     async def replay(self, org_id: str, delivery_id: str) -> bool:
         """Put a stored delivery back in the inbox (available now, lease cleared, attempts reset)."""
@@ -714,7 +820,14 @@ class PgDeliveryInbox:
 def _row_to_item(row: Mapping[str, Any]) -> InboxItem:
     entry = eventlog.row_to_entry(row)
     return InboxItem(
-        org_id=entry.org_id, delivery_id=entry.delivery_id, routing_key=entry.routing_key, event=entry.event,
-        action=entry.action, source=entry.source, provider=entry.provider, payload_key=entry.payload_key,
-        received_at=entry.received_at, attempts=int(row["attempts"]),
+        org_id=entry.org_id,
+        delivery_id=entry.delivery_id,
+        routing_key=entry.routing_key,
+        event=entry.event,
+        action=entry.action,
+        source=entry.source,
+        provider=entry.provider,
+        payload_key=entry.payload_key,
+        received_at=entry.received_at,
+        attempts=int(row["attempts"]),
     )

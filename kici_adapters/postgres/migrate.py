@@ -128,8 +128,7 @@ def apply_migrations(url: str, migrations: list[Migration] | None = None) -> lis
                 try:
                     with conn.transaction():
                         conn.execute(migration.sql)
-                        conn.execute(_SQL["migration_record"],
-                                     {"name": migration.name, "checksum": migration.checksum})
+                        conn.execute(_SQL["migration_record"], {"name": migration.name, "checksum": migration.checksum})
                 except psycopg.OperationalError:
                     _log.error("%s ... FAILED", migration.name)
                     raise

@@ -90,8 +90,9 @@ class Notifications:
             yield stream
 
 
-async def listen_forever(db: Database, channels: Sequence[str], *, retry_seconds: float,
-                         what: str) -> AsyncIterator[Notification | None]:
+async def listen_forever(
+    db: Database, channels: Sequence[str], *, retry_seconds: float, what: str
+) -> AsyncIterator[Notification | None]:
     """Every notification on ``channels``, reconnecting after ``retry_seconds`` when the connection breaks (with a
     warning naming ``what``). Yields None after each (re)connection: notifications may have been missed."""
     notifications = Notifications(db)

@@ -68,10 +68,17 @@ class PayloadOffloader:
         on_pass: called after every committed pass that found rows (observability, tests).
     """
 
-    def __init__(self, db: Database, blobs: BlobStore, *, batch: int = DEFAULT_BATCH,
-                 poll_seconds: float = DEFAULT_POLL_SECONDS, gather_seconds: float = DEFAULT_GATHER_SECONDS,
-                 put_concurrency: int = DEFAULT_PUT_CONCURRENCY,
-                 on_pass: Callable[[OffloadPass], None] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        *,
+        batch: int = DEFAULT_BATCH,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
+        gather_seconds: float = DEFAULT_GATHER_SECONDS,
+        put_concurrency: int = DEFAULT_PUT_CONCURRENCY,
+        on_pass: Callable[[OffloadPass], None] | None = None,
+    ) -> None:
         self._db = db
         self._blobs = blobs
         self._batch = max(1, batch)
@@ -119,21 +126,26 @@ class PayloadOffloader:
             self._on_pass(result)
         return result
 
-    async def _put(self, row: Mapping[str, Any], done: list[Any], skipped: list[Any],
-                   limiter: anyio.CapacityLimiter) -> None:
+    async def _put(
+        self, row: Mapping[str, Any], done: list[Any], skipped: list[Any], limiter: anyio.CapacityLimiter
+    ) -> None:
         async with limiter:
             try:
                 key = row["payload_key"] or event_log_payload_key(row["org_id"], row["delivery_id"])
                 await self._blobs.put(key, bytes(row["body"]))
             except (errors.Unavailable, OSError) as exc:
                 metrics.payload_offload_failures.inc()
-                _log.warning("payload offload failed; kept in the database for the next pass",
-                             extra={"deliveryId": row["delivery_id"], "error": str(exc)})
+                _log.warning(
+                    "payload offload failed; kept in the database for the next pass",
+                    extra={"deliveryId": row["delivery_id"], "error": str(exc)},
+                )
                 return
             except Exception as exc:  # this row can never be written: skip it, never stall the rows behind it
                 metrics.payload_offload_skipped.inc()
-                _log.error("payload cannot be offloaded; skipped (its body stays in the database)",
-                           extra={"deliveryId": row["delivery_id"], "error": f"{type(exc).__name__}: {exc}"})
+                _log.error(
+                    "payload cannot be offloaded; skipped (its body stays in the database)",
+                    extra={"deliveryId": row["delivery_id"], "error": f"{type(exc).__name__}: {exc}"},
+                )
                 skipped.append(row["event_log_id"])
                 return
         done.append(row["event_log_id"])

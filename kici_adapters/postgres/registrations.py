@@ -5,7 +5,8 @@ shows they already are the given ones (every delivery of one commit registers th
 first writes). Registration ids are kept per ``(source, repository, workflow)`` and schedule rows per
 ``(registration, trigger index)``, so a schedule whose expression and time zone did not change keeps its next
 and last fire across pushes; a new or changed one gets its next fire computed from the database clock (an
-invalid expression or time zone is kept with its ``error`` and never fires). The scheduler reads due rows with :meth:`PgRegistrations.due` under
+invalid expression or time zone is kept with its ``error`` and never fires). The scheduler reads due rows with
+:meth:`PgRegistrations.due` under
 :meth:`PgRegistrations.try_lock` and records each fire with :meth:`PgRegistrations.fired`, guarded on the fire
 time it read, so a late or repeated update changes nothing.
 """
@@ -38,21 +39,41 @@ __all__ = ["PgRegistrations"]
 
 
 def _schedule(row: Mapping[str, Any]) -> Schedule:
-    return Schedule(id=str(row["id"]), registration_id=str(row["registration_id"]), org_id=row["org_id"],
-                    routing_key=row["routing_key"], repo_identifier=row["repo_identifier"],
-                    workflow_name=row["workflow_name"], trigger_index=int(row["trigger_index"]),
-                    cron_expression=row["cron_expression"], timezone=row["timezone"],
-                    description=row["description"], next_fire_at=row["next_fire_at"],
-                    last_fire_at=row["last_fire_at"], last_delivery_id=row["last_delivery_id"], error=row["error"])
+    return Schedule(
+        id=str(row["id"]),
+        registration_id=str(row["registration_id"]),
+        org_id=row["org_id"],
+        routing_key=row["routing_key"],
+        repo_identifier=row["repo_identifier"],
+        workflow_name=row["workflow_name"],
+        trigger_index=int(row["trigger_index"]),
+        cron_expression=row["cron_expression"],
+        timezone=row["timezone"],
+        description=row["description"],
+        next_fire_at=row["next_fire_at"],
+        last_fire_at=row["last_fire_at"],
+        last_delivery_id=row["last_delivery_id"],
+        error=row["error"],
+    )
 
 
 def _registration(row: Mapping[str, Any], schedules: Sequence[ScheduleSpec]) -> WorkflowRegistration:
     return WorkflowRegistration(
-        id=str(row["id"]), org_id=row["org_id"], routing_key=row["routing_key"], provider=row["provider"],
-        repo_identifier=row["repo_identifier"], workflow_name=row["workflow_name"], ref=row["ref"],
-        sha=row["sha"], repo_url=row["repo_url"], lock_source=row["lock_source"] or {},
-        workflow=row["workflow"] or {}, trigger_types=tuple(row["trigger_types"] or ()),
-        schedules=tuple(schedules), delivery_id=row["delivery_id"])
+        id=str(row["id"]),
+        org_id=row["org_id"],
+        routing_key=row["routing_key"],
+        provider=row["provider"],
+        repo_identifier=row["repo_identifier"],
+        workflow_name=row["workflow_name"],
+        ref=row["ref"],
+        sha=row["sha"],
+        repo_url=row["repo_url"],
+        lock_source=row["lock_source"] or {},
+        workflow=row["workflow"] or {},
+        trigger_types=tuple(row["trigger_types"] or ()),
+        schedules=tuple(schedules),
+        delivery_id=row["delivery_id"],
+    )
 
 
 def first_fire(spec: ScheduleSpec, now: datetime) -> tuple[datetime | None, str | None]:
@@ -73,8 +94,7 @@ class _WantedTexts:
         self._max = max_entries
         self._max_bytes = max_bytes  # the objects kept alive are about as large as their texts (times a few)
         self._bytes = 0
-        self._parts: OrderedDict[tuple[int, int, str, str, tuple[str, ...]], tuple[object, object, str]] = (
-            OrderedDict())
+        self._parts: OrderedDict[tuple[int, int, str, str, tuple[str, ...]], tuple[object, object, str]] = OrderedDict()
 
     def _static(self, reg: WorkflowRegistration) -> str:
         key = (id(reg.workflow), id(reg.lock_source), reg.workflow_name, reg.provider, reg.trigger_types)
@@ -82,8 +102,16 @@ class _WantedTexts:
         if found is not None and found[0] is reg.workflow and found[1] is reg.lock_source:
             self._parts.move_to_end(key)
             return found[2]
-        text = json.dumps({"name": reg.workflow_name, "provider": reg.provider, "lock_source": reg.lock_source,
-                           "workflow": reg.workflow, "types": list(reg.trigger_types)}, separators=(",", ":"))
+        text = json.dumps(
+            {
+                "name": reg.workflow_name,
+                "provider": reg.provider,
+                "lock_source": reg.lock_source,
+                "workflow": reg.workflow,
+                "types": list(reg.trigger_types),
+            },
+            separators=(",", ":"),
+        )
         text = text[:-1]  # without the closing brace
         if len(text) <= self._max_bytes // 4:
             stale = self._parts.pop(key, None)
@@ -103,8 +131,10 @@ class _WantedTexts:
             where = (reg.ref, reg.sha, reg.repo_url)
             tail = pushed.get(where)
             if tail is None:
-                tail = pushed[where] = "," + json.dumps({"ref": reg.ref, "sha": reg.sha, "repo_url": reg.repo_url},
-                                                        separators=(",", ":"))[1:]
+                tail = pushed[where] = (
+                    ","
+                    + json.dumps({"ref": reg.ref, "sha": reg.sha, "repo_url": reg.repo_url}, separators=(",", ":"))[1:]
+                )
             parts.append(self._static(reg) + tail)
         return "[" + ",".join(parts) + "]"
 
@@ -125,8 +155,9 @@ class PgRegistrations:
         self.unchanged = 0
         """Registrations skipped because the repository's rows already said the same (diagnostics, tests)."""
 
-    async def _same(self, *, org_id: str, routing_key: str, repo: str,
-                    workflows: Sequence[WorkflowRegistration]) -> bool:
+    async def _same(
+        self, *, org_id: str, routing_key: str, repo: str, workflows: Sequence[WorkflowRegistration]
+    ) -> bool:
         """Whether the repository's stored registrations already are ``workflows`` (same workflows, commit,
         branch, URL and lock-file source): a push of a commit already registered, redelivered or processed
         again, or many deliveries of one commit."""
@@ -146,8 +177,10 @@ class PgRegistrations:
             async with self._db.connection() as conn:
                 await conn.set_autocommit(True)  # a lone read: no transaction to commit afterwards
                 try:
-                    cur = await conn.execute(_SQL["registrations_unchanged"], {"org_id": org_id, "routing_key": routing_key, "repo": repo,
-                                                     "wanted": wanted})
+                    cur = await conn.execute(
+                        _SQL["registrations_unchanged"],
+                        {"org_id": org_id, "routing_key": routing_key, "repo": repo, "wanted": wanted},
+                    )
                     row = await cur.fetchone()
                 finally:
                     with suppress(psycopg.Error):  # a broken connection cannot be switched back (the pool drops it)
@@ -159,8 +192,9 @@ class PgRegistrations:
             if self._checks.get(key) is check:
                 del self._checks[key]
 
-    async def register(self, *, org_id: str, routing_key: str, repo: str,
-                       workflows: Sequence[WorkflowRegistration]) -> None:
+    async def register(
+        self, *, org_id: str, routing_key: str, repo: str, workflows: Sequence[WorkflowRegistration]
+    ) -> None:
         # Re-registering what is stored would change nothing but the delivery id; skipping it spares a write
         # transaction that locks the repository's rows (concurrent pushes of one commit would queue on them).
         if workflows and await self._same(org_id=org_id, routing_key=routing_key, repo=repo, workflows=workflows):
@@ -177,12 +211,28 @@ class PgRegistrations:
             reg_ids: list[str] = []
             if workflows:
                 cur = conn.cursor()
-                await cur.executemany(_SQL["registration_upsert"], [{
-                    "id": reg.id, "org_id": org_id, "routing_key": routing_key, "provider": reg.provider,
-                    "repo": repo, "name": reg.workflow_name, "ref": reg.ref, "sha": reg.sha, "repo_url": reg.repo_url,
-                    "lock_source": Jsonb(dict(reg.lock_source)), "workflow": Jsonb(dict(reg.workflow)),
-                    "types": list(reg.trigger_types), "delivery_id": reg.delivery_id} for reg in workflows],
-                    returning=True)
+                await cur.executemany(
+                    _SQL["registration_upsert"],
+                    [
+                        {
+                            "id": reg.id,
+                            "org_id": org_id,
+                            "routing_key": routing_key,
+                            "provider": reg.provider,
+                            "repo": repo,
+                            "name": reg.workflow_name,
+                            "ref": reg.ref,
+                            "sha": reg.sha,
+                            "repo_url": reg.repo_url,
+                            "lock_source": Jsonb(dict(reg.lock_source)),
+                            "workflow": Jsonb(dict(reg.workflow)),
+                            "types": list(reg.trigger_types),
+                            "delivery_id": reg.delivery_id,
+                        }
+                        for reg in workflows
+                    ],
+                    returning=True,
+                )
                 while True:
                     found = await cur.fetchone()
                     assert found is not None
@@ -195,19 +245,24 @@ class PgRegistrations:
             for reg_id, reg in zip(reg_ids, workflows, strict=True):
                 for spec in reg.schedules:
                     next_fire, error = first_fire(spec, now)
-                    schedules.append({
-                        "reg": reg_id, "index": spec.trigger_index, "cron": spec.cron_expression, "tz": spec.timezone,
-                        "description": spec.description, "next": next_fire, "error": error})
+                    schedules.append(
+                        {
+                            "reg": reg_id,
+                            "index": spec.trigger_index,
+                            "cron": spec.cron_expression,
+                            "tz": spec.timezone,
+                            "description": spec.description,
+                            "next": next_fire,
+                            "error": error,
+                        }
+                    )
                     keep_regs.append(reg_id)
                     keep_index.append(spec.trigger_index)
             if schedules:
                 await conn.cursor().executemany(_SQL["schedule_upsert"], schedules)
             if reg_ids:
-                await conn.execute(
-                    _SQL["schedules_drop_unkept"],
-                    {"regs": reg_ids, "kr": keep_regs, "ki": keep_index})
-            await conn.execute(_SQL["registrations_drop_unkept"],
-                               {"rk": routing_key, "repo": repo, "keep": kept})
+                await conn.execute(_SQL["schedules_drop_unkept"], {"regs": reg_ids, "kr": keep_regs, "ki": keep_index})
+            await conn.execute(_SQL["registrations_drop_unkept"], {"rk": routing_key, "repo": repo, "keep": kept})
 
     async def unregister_repo(self, *, routing_key: str, repo: str) -> int:
         async with self._db.transaction() as conn:
@@ -216,21 +271,26 @@ class PgRegistrations:
 
     async def get(self, registration_id: str) -> WorkflowRegistration | None:
         async with self._db.connection() as conn:
-            cur = await conn.execute(_SQL["registration_by_id"],
-                                     {"id": registration_id})
+            cur = await conn.execute(_SQL["registration_by_id"], {"id": registration_id})
             row = await cur.fetchone()
             if row is None:
                 return None
             cur = await conn.execute(_SQL["registration_schedules"], {"id": row["id"]})
-            specs = [ScheduleSpec(trigger_index=int(s["trigger_index"]), cron_expression=s["cron_expression"],
-                                  timezone=s["timezone"], description=s["description"]) for s in await cur.fetchall()]
+            specs = [
+                ScheduleSpec(
+                    trigger_index=int(s["trigger_index"]),
+                    cron_expression=s["cron_expression"],
+                    timezone=s["timezone"],
+                    description=s["description"],
+                )
+                for s in await cur.fetchall()
+            ]
         return _registration(row, specs)
 
     async def list_registrations(self, *, routing_key: str | None = None) -> list[WorkflowRegistration]:
         """Every registration (of one source), by repository and workflow."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_SQL["registrations_of_source"],
-                                     {"rk": routing_key})
+            cur = await conn.execute(_SQL["registrations_of_source"], {"rk": routing_key})
             return [_registration(r, ()) for r in await cur.fetchall()]
 
     async def list_schedules(self, *, routing_key: str | None = None) -> list[Schedule]:
@@ -245,13 +305,21 @@ class PgRegistrations:
             cur = await conn.execute(_SQL["schedules_due"], {"now": now, "limit": limit})
             return [_schedule(r) for r in await cur.fetchall()]
 
-    async def fired(self, schedule_id: str, *, due_at: datetime, next_fire_at: datetime | None,
-                    delivery_id: str | None, error: str | None = None) -> bool:
+    async def fired(
+        self,
+        schedule_id: str,
+        *,
+        due_at: datetime,
+        next_fire_at: datetime | None,
+        delivery_id: str | None,
+        error: str | None = None,
+    ) -> bool:
         """Record a fire that was due at ``due_at`` (only if the row still says so) and the next one."""
         async with self._db.connection() as conn:
             cur = await conn.execute(
                 _SQL["schedule_fired"],
-                {"id": schedule_id, "due": due_at, "next": next_fire_at, "delivery": delivery_id, "error": error})
+                {"id": schedule_id, "due": due_at, "next": next_fire_at, "delivery": delivery_id, "error": error},
+            )
             return cur.rowcount == 1
 
     @asynccontextmanager

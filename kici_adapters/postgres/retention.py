@@ -55,17 +55,28 @@ class PgRetention:
         self._blobs = blobs
         self._max_batches = max_batches
 
-    async def sweep(self, cut: retention.Cutoffs, *, batch_size: int, dry_run: bool = False,
-                    on_deleted: Any = None) -> SweepReport:
+    async def sweep(
+        self, cut: retention.Cutoffs, *, batch_size: int, dry_run: bool = False, on_deleted: Any = None
+    ) -> SweepReport:
         """Remove (or with ``dry_run`` count) everything past ``cut``; ``on_deleted(kind, n)`` is called after
         each committed batch (metrics). Raises ``StorageUnavailable`` when the database or the blob store fails
         (what was committed before stays deleted)."""
-        report = SweepReport(dry_run=dry_run, cutoffs={
-            "payloads": _iso(cut.payloads), "logs": _iso(cut.logs), "runs": _iso(cut.runs),
-            "eventLog": _iso(cut.event_log)})
+        report = SweepReport(
+            dry_run=dry_run,
+            cutoffs={
+                "payloads": _iso(cut.payloads),
+                "logs": _iso(cut.logs),
+                "runs": _iso(cut.runs),
+                "eventLog": _iso(cut.event_log),
+            },
+        )
         steps: list[tuple[datetime | None, Any]] = [
-            (cut.payloads, self._payloads), (cut.logs, self._log_chunks), (cut.runs, self._runs),
-            (cut.event_log, self._event_log), (cut.now, self._idempotency)]
+            (cut.payloads, self._payloads),
+            (cut.logs, self._log_chunks),
+            (cut.runs, self._runs),
+            (cut.event_log, self._event_log),
+            (cut.now, self._idempotency),
+        ]
         for cutoff, step in steps:
             if cutoff is None:
                 continue
@@ -85,8 +96,9 @@ class PgRetention:
             if name:
                 await self._blobs.delete(name)
 
-    async def _payloads(self, conn: Connection, cutoff: datetime, limit: int | None,
-                        dry_run: bool) -> tuple[bool, dict[str, int]]:
+    async def _payloads(
+        self, conn: Connection, cutoff: datetime, limit: int | None, dry_run: bool
+    ) -> tuple[bool, dict[str, int]]:
         if dry_run:
             return True, {"payloads": await _count(conn, _SQL["payloads_count"], cutoff)}
         rows = await _rows(conn, _SQL["payloads_batch"], cutoff, limit)
@@ -98,8 +110,9 @@ class PgRetention:
             await conn.execute(_SQL["payloads_mark_expired"], {"ids": ids})
         return _short(rows, limit), {"payloads": len(rows)}
 
-    async def _log_chunks(self, conn: Connection, cutoff: datetime, limit: int | None,
-                          dry_run: bool) -> tuple[bool, dict[str, int]]:
+    async def _log_chunks(
+        self, conn: Connection, cutoff: datetime, limit: int | None, dry_run: bool
+    ) -> tuple[bool, dict[str, int]]:
         if dry_run:
             return True, {"log_chunks": await _count(conn, _SQL["log_chunks_count"], cutoff)}
         rows = await _rows(conn, _SQL["log_chunks_batch"], cutoff, limit)
@@ -108,11 +121,16 @@ class PgRetention:
             await conn.execute(_SQL["log_chunks_delete"], {"ids": [r["id"] for r in rows]})
         return _short(rows, limit), {"log_chunks": len(rows)}
 
-    async def _runs(self, conn: Connection, cutoff: datetime, limit: int | None,
-                    dry_run: bool) -> tuple[bool, dict[str, int]]:
+    async def _runs(
+        self, conn: Connection, cutoff: datetime, limit: int | None, dry_run: bool
+    ) -> tuple[bool, dict[str, int]]:
         rows = await _rows(conn, _SQL["runs_count" if dry_run else "runs_batch"], cutoff, limit)
-        counts = {"runs": len(rows), "jobs": sum(int(r["jobs"]) for r in rows),
-                  "steps": sum(int(r["steps"]) for r in rows), "check_runs": sum(int(r["check_runs"]) for r in rows)}
+        counts = {
+            "runs": len(rows),
+            "jobs": sum(int(r["jobs"]) for r in rows),
+            "steps": sum(int(r["steps"]) for r in rows),
+            "check_runs": sum(int(r["check_runs"]) for r in rows),
+        }
         if dry_run:
             return True, counts
         for row in rows:
@@ -121,8 +139,9 @@ class PgRetention:
             await conn.execute(_SQL["runs_delete"], {"ids": [r["run_id"] for r in rows]})
         return _short(rows, limit), counts
 
-    async def _event_log(self, conn: Connection, cutoff: datetime, limit: int | None,
-                         dry_run: bool) -> tuple[bool, dict[str, int]]:
+    async def _event_log(
+        self, conn: Connection, cutoff: datetime, limit: int | None, dry_run: bool
+    ) -> tuple[bool, dict[str, int]]:
         if dry_run:
             return True, {"event_log": await _count(conn, _SQL["event_log_count"], cutoff)}
         rows = await _rows(conn, _SQL["event_log_batch"], cutoff, limit)
@@ -131,14 +150,16 @@ class PgRetention:
             await conn.execute(_SQL["event_log_delete"], {"ids": [r["id"] for r in rows]})
         return _short(rows, limit), {"event_log": len(rows)}
 
-    async def _idempotency(self, conn: Connection, cutoff: datetime, limit: int | None,
-                           dry_run: bool) -> tuple[bool, dict[str, int]]:
+    async def _idempotency(
+        self, conn: Connection, cutoff: datetime, limit: int | None, dry_run: bool
+    ) -> tuple[bool, dict[str, int]]:
         if dry_run:
             return True, {"idempotency_keys": await _count(conn, _SQL["idempotency_count"], cutoff)}
         rows = await _rows(conn, _SQL["idempotency_batch"], cutoff, limit)
         if rows:
-            await conn.execute(_SQL["idempotency_delete"],
-                               {"s": [r["source_id"] for r in rows], "k": [r["key"] for r in rows]})
+            await conn.execute(
+                _SQL["idempotency_delete"], {"s": [r["source_id"] for r in rows], "k": [r["key"] for r in rows]}
+            )
         return _short(rows, limit), {"idempotency_keys": len(rows)}
 
 

@@ -82,26 +82,41 @@ def _ts(value: datetime) -> float:
 
 
 def _pending(r: Mapping[str, Any]) -> PendingRow:
-    return PendingRow(job_id=str(r["id"]), run_id=str(r["run_id"]), created_at=_ts(r["created_at"]),
-                      runs_on=list(r["runs_on"] or []), exclude_labels=list(r["exclude_labels"] or []),
-                      reason=r["last_provisioning_error"])
+    return PendingRow(
+        job_id=str(r["id"]),
+        run_id=str(r["run_id"]),
+        created_at=_ts(r["created_at"]),
+        runs_on=list(r["runs_on"] or []),
+        exclude_labels=list(r["exclude_labels"] or []),
+        reason=r["last_provisioning_error"],
+    )
 
 
 def _agent(r: Mapping[str, Any]) -> StaticAgentRow:
-    return StaticAgentRow(agent_id=r["agent_id"], labels=tuple(r["labels"] or ()),
-                          mandatory_labels=tuple(r["mandatory_labels"] or ()),
-                          free_slots=max(0, int(r["max_concurrency"]) - int(r["active"])))
+    return StaticAgentRow(
+        agent_id=r["agent_id"],
+        labels=tuple(r["labels"] or ()),
+        mandatory_labels=tuple(r["mandatory_labels"] or ()),
+        free_slots=max(0, int(r["max_concurrency"]) - int(r["active"])),
+    )
 
 
 def _live(row: Mapping[str, Any]) -> LiveContainer:
     return LiveContainer(
-        agent_id=row["agent_id"], scaler=row["scaler_name"], label_set=int(row["label_set"]),
+        agent_id=row["agent_id"],
+        scaler=row["scaler_name"],
+        label_set=int(row["label_set"]),
         labels=tuple(row["labels"] or ()),
         bound_job_id=str(row["bound_job_id"]) if row["bound_job_id"] else None,
-        container_id=row["container_id"], container_ip=row["container_ip"],
-        token_id=str(row["token_id"]) if row["token_id"] else None, state=row["state"],
-        created_at=_ts(row["created_at"]), registered=bool(row["registered"]), connected=bool(row["connected"]),
-        busy=bool(row["busy"]))
+        container_id=row["container_id"],
+        container_ip=row["container_ip"],
+        token_id=str(row["token_id"]) if row["token_id"] else None,
+        state=row["state"],
+        created_at=_ts(row["created_at"]),
+        registered=bool(row["registered"]),
+        connected=bool(row["connected"]),
+        busy=bool(row["busy"]),
+    )
 
 
 class PgScalerStore:
@@ -148,8 +163,12 @@ class PgScalerStore:
             return {}
         async with self._db.connection() as conn:
             cur = await conn.execute(_SQL["recent_spawn_failures"], {"ids": list(job_ids), "secs": within_s})
-            return {str(r["bound_job_id"]): FailedSpawn(job_id=str(r["bound_job_id"]), error=r["error"] or "",
-                                                        at=_ts(r["ended_at"])) for r in await cur.fetchall()}
+            return {
+                str(r["bound_job_id"]): FailedSpawn(
+                    job_id=str(r["bound_job_id"]), error=r["error"] or "", at=_ts(r["ended_at"])
+                )
+                for r in await cur.fetchall()
+            }
 
     async def binding(self, agent_id: str) -> tuple[bool, str | None]:
         """``(started by the scaler and live, bound job id)``."""
@@ -161,13 +180,31 @@ class PgScalerStore:
         return True, str(row["bound_job_id"]) if row["bound_job_id"] else None
 
     # ------------------------------------------------------------------------------------ writes
-    async def claim(self, *, agent_id: str, scaler: str, label_set: int, labels: Sequence[str],
-                    job_id: str | None, run_id: str | None, instance_id: str) -> bool:
+    async def claim(
+        self,
+        *,
+        agent_id: str,
+        scaler: str,
+        label_set: int,
+        labels: Sequence[str],
+        job_id: str | None,
+        run_id: str | None,
+        instance_id: str,
+    ) -> bool:
         """Record a container about to be created; False when the job already has a live container."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_SQL["scaler_agent_claim"], {"agent_id": agent_id, "scaler": scaler, "label_set": label_set,
-                                              "labels": list(labels), "job_id": job_id, "run_id": run_id,
-                                              "instance": instance_id})
+            cur = await conn.execute(
+                _SQL["scaler_agent_claim"],
+                {
+                    "agent_id": agent_id,
+                    "scaler": scaler,
+                    "label_set": label_set,
+                    "labels": list(labels),
+                    "job_id": job_id,
+                    "run_id": run_id,
+                    "instance": instance_id,
+                },
+            )
             return await cur.fetchone() is not None
 
     async def update(self, agent_id: str, **fields: Any) -> None:

@@ -62,16 +62,20 @@ class PgSecretStore:
     async def get_scope(self, org_id: str, scope: str) -> dict[str, str]:
         """Every secret of a scope, decrypted (the empty-scope sentinel excluded)."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_SQL["scope_secrets"],
-                                     {"org": org_id, "scope": scope, "sentinel": EMPTY_SCOPE_SENTINEL})
+            cur = await conn.execute(
+                _SQL["scope_secrets"], {"org": org_id, "scope": scope, "sentinel": EMPTY_SCOPE_SENTINEL}
+            )
             rows = await cur.fetchall()
-        return {r["key"]: self._cipher.open(r["encrypted_value"], scoped_secret_aad(org_id, scope, r["key"])) for r in rows}
+        return {
+            r["key"]: self._cipher.open(r["encrypted_value"], scoped_secret_aad(org_id, scope, r["key"])) for r in rows
+        }
 
     async def list_keys(self, org_id: str, scope: str) -> list[str]:
         """Names of the secrets in a scope, sorted (values are not decrypted)."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(_SQL["scope_keys"],
-                                     {"org": org_id, "scope": scope, "sentinel": EMPTY_SCOPE_SENTINEL})
+            cur = await conn.execute(
+                _SQL["scope_keys"], {"org": org_id, "scope": scope, "sentinel": EMPTY_SCOPE_SENTINEL}
+            )
             return [r["key"] for r in await cur.fetchall()]
 
     async def put(self, org_id: str, scope: str, key: str, value: str) -> None:
@@ -99,8 +103,7 @@ class PgSecretStore:
 
 
 async def _audit(conn: Connection, action: str, context: str, keys: list[str], metadata: dict[str, object]) -> None:
-    await conn.execute(_SQL["audit"], {"action": action, "context": context, "keys": keys,
-                                       "metadata": Jsonb(metadata)})
+    await conn.execute(_SQL["audit"], {"action": action, "context": context, "keys": keys, "metadata": Jsonb(metadata)})
 
 
 async def rotate_key(db: Database, old_key: bytes | None, new_key: bytes) -> int:

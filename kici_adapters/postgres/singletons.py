@@ -88,7 +88,8 @@ async def hold(db: Database, duty: str, instance_id: str) -> AsyncIterator[Run]:
             if run.taken:
                 await conn.execute(
                     _SQL["duty_ran"],
-                    {"d": duty, "i": instance_id, "r": Jsonb(run.result) if run.result is not None else None})
+                    {"d": duty, "i": instance_id, "r": Jsonb(run.result) if run.result is not None else None},
+                )
         finally:
             if run.taken:
                 await conn.execute(_SQL["advisory_unlock"], {"k": key})

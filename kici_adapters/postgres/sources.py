@@ -39,9 +39,15 @@ def is_uuid(value: str) -> bool:
 def row_to_github(row: Mapping[str, Any]) -> GitHubSource:
     """A ``sources`` row as a domain record."""
     return GitHubSource(
-        id=str(row["id"]), routing_key=row["routing_key"], name=row["name"], app_id=row["app_id"],
-        customer_id=row["customer_id"], api_url=row["api_url"], slug=row["slug"],
-        created_at=row["created_at"], updated_at=row["updated_at"],
+        id=str(row["id"]),
+        routing_key=row["routing_key"],
+        name=row["name"],
+        app_id=row["app_id"],
+        customer_id=row["customer_id"],
+        api_url=row["api_url"],
+        slug=row["slug"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
@@ -50,40 +56,64 @@ def row_to_generic(row: Mapping[str, Any]) -> GenericSource:
     allowed = row["allowed_events"]
     provider_type = cast(Literal["generic", "local"], row["provider_type"])
     return GenericSource(
-        id=str(row["id"]), org_id=row["org_id"], name=row["name"], routing_key=row["routing_key"],
-        provider_type=provider_type, verification_method=row["verification_method"],
+        id=str(row["id"]),
+        org_id=row["org_id"],
+        name=row["name"],
+        routing_key=row["routing_key"],
+        provider_type=provider_type,
+        verification_method=row["verification_method"],
         verification_config=cast(JSONObject, row["verification_config"] or {}),
-        event_type_header=row["event_type_header"], event_type_path=row["event_type_path"],
-        idempotency_key_header=row["idempotency_key_header"], idempotency_key_path=row["idempotency_key_path"],
-        dedup_window_seconds=row["dedup_window_seconds"], max_payload_bytes=row["max_payload_bytes"],
+        event_type_header=row["event_type_header"],
+        event_type_path=row["event_type_path"],
+        idempotency_key_header=row["idempotency_key_header"],
+        idempotency_key_path=row["idempotency_key_path"],
+        dedup_window_seconds=row["dedup_window_seconds"],
+        max_payload_bytes=row["max_payload_bytes"],
         allowed_events=None if allowed is None else tuple(str(e) for e in allowed),
-        enabled=row["enabled"], rate_limit_rpm=row["rate_limit_rpm"],
+        enabled=row["enabled"],
+        rate_limit_rpm=row["rate_limit_rpm"],
         git_config=cast("JSONObject | None", row["git_config"]),
-        created_at=row["created_at"], updated_at=row["updated_at"], deleted_at=row["deleted_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        deleted_at=row["deleted_at"],
     )
 
 
 def _github_params(source: GitHubSource) -> dict[str, Any]:
     return {
-        "id": source.id, "customer_id": source.customer_id, "name": source.name, "routing_key": source.routing_key,
-        "app_id": source.app_id, "api_url": source.api_url, "slug": source.slug,
-        "config": Jsonb({"appId": source.app_id}), "created_at": source.created_at,
+        "id": source.id,
+        "customer_id": source.customer_id,
+        "name": source.name,
+        "routing_key": source.routing_key,
+        "app_id": source.app_id,
+        "api_url": source.api_url,
+        "slug": source.slug,
+        "config": Jsonb({"appId": source.app_id}),
+        "created_at": source.created_at,
     }
 
 
 def _generic_params(source: GenericSource) -> dict[str, Any]:
     return {
-        "id": source.id, "org_id": source.org_id, "name": source.name, "routing_key": source.routing_key,
-        "provider_type": source.provider_type, "verification_method": source.verification_method,
+        "id": source.id,
+        "org_id": source.org_id,
+        "name": source.name,
+        "routing_key": source.routing_key,
+        "provider_type": source.provider_type,
+        "verification_method": source.verification_method,
         "verification_config": Jsonb(source.verification_config),
-        "event_type_header": source.event_type_header, "event_type_path": source.event_type_path,
+        "event_type_header": source.event_type_header,
+        "event_type_path": source.event_type_path,
         "idempotency_key_header": source.idempotency_key_header,
         "idempotency_key_path": source.idempotency_key_path,
-        "dedup_window_seconds": source.dedup_window_seconds, "max_payload_bytes": source.max_payload_bytes,
+        "dedup_window_seconds": source.dedup_window_seconds,
+        "max_payload_bytes": source.max_payload_bytes,
         "allowed_events": None if source.allowed_events is None else Jsonb(list(source.allowed_events)),
-        "enabled": source.enabled, "rate_limit_rpm": source.rate_limit_rpm,
+        "enabled": source.enabled,
+        "rate_limit_rpm": source.rate_limit_rpm,
         "git_config": None if source.git_config is None else Jsonb(source.git_config),
-        "created_at": source.created_at, "deleted_at": source.deleted_at,
+        "created_at": source.created_at,
+        "deleted_at": source.deleted_at,
     }
 
 
@@ -96,8 +126,7 @@ class LookupCache:
     the number of entries is bounded so unknown keys cannot grow it without limit.
     """
 
-    def __init__(self, *, ttl: float, max_entries: int = 4096,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, ttl: float, max_entries: int = 4096, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         self._now = monotonic
@@ -153,8 +182,9 @@ class PgSourceStore:
             docstring for what another process's write costs.
     """
 
-    def __init__(self, db: Database, *, cache_seconds: float = 1.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, db: Database, *, cache_seconds: float = 1.0, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self._db = db
         self._cache = LookupCache(ttl=cache_seconds, monotonic=monotonic)
 
@@ -244,8 +274,9 @@ class PgSourceStore:
 
     async def generic_by_org_and_name(self, org_id: str, name: str) -> GenericSource | None:
         """The live source named ``name`` in the org, else the live source whose id is ``name`` (cached)."""
-        return await self._cache.get(("generic-name", org_id, name),
-                                     lambda: self._generic_by_org_and_name(org_id, name))
+        return await self._cache.get(
+            ("generic-name", org_id, name), lambda: self._generic_by_org_and_name(org_id, name)
+        )
 
     async def _generic_by_org_and_name(self, org_id: str, name: str) -> GenericSource | None:
         params = {"org_id": org_id, "name": name, "as_id": name if is_uuid(name) else None}

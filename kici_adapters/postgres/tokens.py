@@ -30,8 +30,13 @@ def check_hash(token_hash: str) -> str:
 def row_to_admin_token(row: Mapping[str, Any]) -> AdminToken:
     """An ``admin_tokens`` row as a domain record (the hash stays in the database)."""
     return AdminToken(
-        id=str(row["id"]), label=row["label"], role=cast(AdminRole, row["role"]), routing_key=row["routing_key"],
-        created_at=row["created_at"], expires_at=row["expires_at"], last_used_at=row["last_used_at"],
+        id=str(row["id"]),
+        label=row["label"],
+        role=cast(AdminRole, row["role"]),
+        routing_key=row["routing_key"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        last_used_at=row["last_used_at"],
         revoked=bool(row["revoked"]),
     )
 
@@ -39,11 +44,15 @@ def row_to_admin_token(row: Mapping[str, Any]) -> AdminToken:
 def row_to_agent_token(row: Mapping[str, Any]) -> AgentToken:
     """An ``agent_tokens`` row as a domain record (NULL label lists read as empty)."""
     return AgentToken(
-        id=str(row["id"]), token_prefix=row["token_prefix"],
+        id=str(row["id"]),
+        token_prefix=row["token_prefix"],
         labels=tuple(str(x) for x in row["labels"] or ()),
         mandatory_labels=tuple(str(x) for x in row["mandatory_labels"] or ()),
-        agent_type=cast(Literal["static", "ephemeral"], row["agent_type"]), created_by=row["created_by"],
-        created_at=row["created_at"], last_seen_at=row["last_seen_at"], expires_at=row["expires_at"],
+        agent_type=cast(Literal["static", "ephemeral"], row["agent_type"]),
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+        last_seen_at=row["last_seen_at"],
+        expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],
     )
 
@@ -57,9 +66,15 @@ class PgTokenStore:
     async def create_admin_token(self, token: AdminToken, token_hash: str) -> AdminToken:
         """Insert; raises ``Conflict`` on a duplicate hash or id."""
         params = {
-            "id": token.id, "token_hash": check_hash(token_hash), "label": token.label, "role": token.role,
-            "routing_key": token.routing_key, "created_at": token.created_at, "expires_at": token.expires_at,
-            "last_used_at": token.last_used_at, "revoked": token.revoked,
+            "id": token.id,
+            "token_hash": check_hash(token_hash),
+            "label": token.label,
+            "role": token.role,
+            "routing_key": token.routing_key,
+            "created_at": token.created_at,
+            "expires_at": token.expires_at,
+            "last_used_at": token.last_used_at,
+            "revoked": token.revoked,
         }
         async with self._db.connection() as conn:
             try:
@@ -126,10 +141,17 @@ class PgTokenStore:
     async def create_agent_token(self, token: AgentToken, token_hash: str) -> AgentToken:
         """Insert; raises ``Conflict`` on a duplicate hash or id."""
         params = {
-            "id": token.id, "token_hash": check_hash(token_hash), "token_prefix": token.token_prefix,
-            "labels": Jsonb(list(token.labels)), "mandatory_labels": Jsonb(list(token.mandatory_labels)),
-            "agent_type": token.agent_type, "created_by": token.created_by, "created_at": token.created_at,
-            "last_seen_at": token.last_seen_at, "expires_at": token.expires_at, "revoked_at": token.revoked_at,
+            "id": token.id,
+            "token_hash": check_hash(token_hash),
+            "token_prefix": token.token_prefix,
+            "labels": Jsonb(list(token.labels)),
+            "mandatory_labels": Jsonb(list(token.mandatory_labels)),
+            "agent_type": token.agent_type,
+            "created_by": token.created_by,
+            "created_at": token.created_at,
+            "last_seen_at": token.last_seen_at,
+            "expires_at": token.expires_at,
+            "revoked_at": token.revoked_at,
         }
         async with self._db.connection() as conn:
             try:

@@ -204,8 +204,15 @@ class RelayStore:
         with self._lock:
             cur = self._db.execute(
                 _SQL["key_insert"],
-                {"org": org, "name": name, "description": description, "prefix": raw[:KEY_PREFIX_CHARS],
-                 "key_hash": hash_key(raw), "patterns": json.dumps(checked), "created_at": created},
+                {
+                    "org": org,
+                    "name": name,
+                    "description": description,
+                    "prefix": raw[:KEY_PREFIX_CHARS],
+                    "key_hash": hash_key(raw),
+                    "patterns": json.dumps(checked),
+                    "created_at": created,
+                },
             )
             key_id = cur.lastrowid
         key = self.get_key(int(key_id or 0))
@@ -292,9 +299,7 @@ class RelayStore:
             InvalidInput: unknown method, or a secret missing for a method that needs one.
         """
         if method not in GENERIC_METHODS:
-            raise InvalidInput(
-                f"unknown verification method {method!r}; use one of {', '.join(GENERIC_METHODS)}"
-            )
+            raise InvalidInput(f"unknown verification method {method!r}; use one of {', '.join(GENERIC_METHODS)}")
         if not org or not source_id or ":" in source_id:
             raise InvalidInput("a generic source needs an org and a source id without ':'")
         if method != "none" and not secret:
@@ -317,9 +322,16 @@ class RelayStore:
             self._sources.clear()
             self._db.execute(
                 _SQL["source_put"],
-                {"routing_key": source.routing_key, "org": source.org, "provider": source.provider,
-                 "source_id": source.source_id, "method": source.method, "secret": source.secret,
-                 "header": source.header, "created_at": now_ms()},
+                {
+                    "routing_key": source.routing_key,
+                    "org": source.org,
+                    "provider": source.provider,
+                    "source_id": source.source_id,
+                    "method": source.method,
+                    "secret": source.secret,
+                    "header": source.header,
+                    "created_at": now_ms(),
+                },
             )
 
     def get_source(self, routing_key: str) -> Source | None:
@@ -377,9 +389,17 @@ class RelayStore:
             seq = self._last_seq
             if not self._pending:
                 self._pending_since = time.monotonic()
-            self._pending.append({"seq": seq, "org": org, "connection_id": connection_id, "type": type,
-                                  "received_at": received, "body": json.dumps(body) if raw is None else raw,
-                                  "problems": json.dumps(list(problems)) if problems else "[]"})
+            self._pending.append(
+                {
+                    "seq": seq,
+                    "org": org,
+                    "connection_id": connection_id,
+                    "type": type,
+                    "received_at": received,
+                    "body": json.dumps(body) if raw is None else raw,
+                    "problems": json.dumps(list(problems)) if problems else "[]",
+                }
+            )
             if len(self._pending) >= RECORD_BATCH or time.monotonic() - self._pending_since >= RECORD_DELAY_SECONDS:
                 self._flush_locked()
         return RecordedMessage(

@@ -41,8 +41,11 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-u", "--url", help="Orchestrator base URL including any KICI_BASE_PATH "
-              "[env KICI_ADMIN_URL; default http://localhost:4000].")
+@click.option(
+    "-u",
+    "--url",
+    help="Orchestrator base URL including any KICI_BASE_PATH [env KICI_ADMIN_URL; default http://localhost:4000].",
+)
 @click.option("-t", "--token", help="Admin token [env KICI_ADMIN_TOKEN].")
 @click.version_option(VERSION, "-V", "--cli-version", prog_name="kici-admin")
 @click.pass_context
@@ -54,8 +57,7 @@ def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
         die(exc.message, exc.exit_code)
     obj = ctx.obj if isinstance(ctx.obj, dict) else {}
     env_token = settings.token.reveal() if settings.token is not None else None
-    admin = AdminClient(url=(url or settings.url).rstrip("/"), token=token or env_token,
-                        transport=obj.get("transport"))
+    admin = AdminClient(url=(url or settings.url).rstrip("/"), token=token or env_token, transport=obj.get("transport"))
     ctx.obj = obj
     ctx.call_on_close(admin.close)
     ctx.meta["kici.client"] = admin
@@ -94,10 +96,23 @@ def token_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         echo_json(out)
         return
-    rows = [[t["id"], t["label"], t["role"], t.get("routing_key") or "-", t.get("created_at"),
-             t.get("last_used_at") or "-", "revoked" if t.get("revoked") else "active"] for t in out["tokens"]]
-    click.echo(table(["id", "label", "role", "routing_key", "created_at", "last_used_at", "state"], rows)
-               if rows else "No tokens.")
+    rows = [
+        [
+            t["id"],
+            t["label"],
+            t["role"],
+            t.get("routing_key") or "-",
+            t.get("created_at"),
+            t.get("last_used_at") or "-",
+            "revoked" if t.get("revoked") else "active",
+        ]
+        for t in out["tokens"]
+    ]
+    click.echo(
+        table(["id", "label", "role", "routing_key", "created_at", "last_used_at", "state"], rows)
+        if rows
+        else "No tokens."
+    )
 
 
 @token.command("revoke")
@@ -120,11 +135,14 @@ def agent_token() -> None:
 @click.option("--created-by", help="Who the token is for (free text).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
 @click.pass_context
-def agent_token_create(ctx: click.Context, labels: str | None, mandatory: tuple[str, ...],
-                       created_by: str | None, as_json: bool) -> None:
+def agent_token_create(
+    ctx: click.Context, labels: str | None, mandatory: tuple[str, ...], created_by: str | None, as_json: bool
+) -> None:
     """Create a static agent token (shown once)."""
-    body: dict[str, Any] = {"labels": [x.strip() for x in (labels or "").split(",") if x.strip()],
-                            "mandatoryLabels": list(mandatory)}
+    body: dict[str, Any] = {
+        "labels": [x.strip() for x in (labels or "").split(",") if x.strip()],
+        "mandatoryLabels": list(mandatory),
+    }
     if created_by:
         body["createdBy"] = created_by
     out = client(ctx).request("POST", "/api/v1/agent-tokens", body=body)
@@ -147,10 +165,20 @@ def agent_token_list(ctx: click.Context, kind: str | None, as_json: bool) -> Non
     if as_json:
         echo_json(out)
         return
-    rows = [[t["id"], t["tokenPrefix"] + "…", ",".join(t.get("labels") or []) or "-", t["agentType"],
-             t.get("createdAt"), t.get("lastSeenAt") or "-"] for t in out["tokens"]]
-    click.echo(table(["id", "prefix", "labels", "type", "created_at", "last_seen_at"], rows)
-               if rows else "No agent tokens.")
+    rows = [
+        [
+            t["id"],
+            t["tokenPrefix"] + "…",
+            ",".join(t.get("labels") or []) or "-",
+            t["agentType"],
+            t.get("createdAt"),
+            t.get("lastSeenAt") or "-",
+        ]
+        for t in out["tokens"]
+    ]
+    click.echo(
+        table(["id", "prefix", "labels", "type", "created_at", "last_seen_at"], rows) if rows else "No agent tokens."
+    )
 
 
 @agent_token.command("revoke")
@@ -187,8 +215,9 @@ def rotate_key(ctx: click.Context, as_json: bool) -> None:
         return
     line = f"Re-encrypted {out['reEncrypted']} secrets, {out['reEncryptedConfigs']} config versions."
     if out.get("skippedConfigs"):
-        line += (f" Skipped {out['skippedConfigs']} undecryptable historical config version(s)"
-                 " — check orchestrator logs.")
+        line += (
+            f" Skipped {out['skippedConfigs']} undecryptable historical config version(s) — check orchestrator logs."
+        )
     click.echo(line)
 
 

@@ -16,8 +16,18 @@ import httpx
 from kici_core import errors
 from kici_runtime.version import VERSION
 
-__all__ = ["AdminClient", "ApiError", "CliFailure", "client", "die", "echo_json", "human_bytes", "read_secret",
-           "shorten", "table"]
+__all__ = [
+    "AdminClient",
+    "ApiError",
+    "CliFailure",
+    "client",
+    "die",
+    "echo_json",
+    "human_bytes",
+    "read_secret",
+    "shorten",
+    "table",
+]
 
 
 class CliFailure(click.ClickException):
@@ -58,17 +68,19 @@ class AdminClient:
         if self.token is None:
             die("--token or KICI_ADMIN_TOKEN is required")
         if self._http is None:
-            self._http = httpx.Client(base_url=self.url, transport=self.transport, timeout=self.timeout,
-                                      headers={"Authorization": f"Bearer {self.token}",
-                                               "User-Agent": f"kici-admin/{VERSION}"})
+            self._http = httpx.Client(
+                base_url=self.url,
+                transport=self.transport,
+                timeout=self.timeout,
+                headers={"Authorization": f"Bearer {self.token}", "User-Agent": f"kici-admin/{VERSION}"},
+            )
         return self._http
 
     def close(self) -> None:
         if self._http is not None:
             self._http.close()
 
-    def request(self, method: str, path: str, *, body: Any = None,
-                params: dict[str, Any] | None = None) -> Any:
+    def request(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None) -> Any:
         """Send one request; the decoded JSON body, or None for an empty/204 answer.
 
         Raises:
@@ -108,8 +120,9 @@ def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def read_secret(value: str | None, from_env: str | None, use_stdin: bool, *,
-                environ: Callable[[str], str | None] = os.environ.get) -> str | None:
+def read_secret(
+    value: str | None, from_env: str | None, use_stdin: bool, *, environ: Callable[[str], str | None] = os.environ.get
+) -> str | None:
     """Resolve a secret: ``value`` (``@file`` reads the file, trimmed), then ``--from-env``, then ``--stdin``."""
     if value:
         if value.startswith("@"):
@@ -141,8 +154,14 @@ def shorten(text: str, width: int, *, keep_tail: bool = True) -> str:
     return text[: width - 1 - tail] + "…" + (text[-tail:] if tail else "")
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: int | None = None,
-          shrink: Sequence[tuple[int, int]] = (), cut_at_end: Sequence[int] = ()) -> str:
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    max_width: int | None = None,
+    shrink: Sequence[tuple[int, int]] = (),
+    cut_at_end: Sequence[int] = (),
+) -> str:
     """Columns separated by two spaces and padded, a dash rule under the header.
 
     With ``max_width``, the columns listed in ``shrink`` as ``(index, narrowest)`` are narrowed in that order,
@@ -159,10 +178,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: i
             cut = min(excess, max(0, widths[index] - max(narrowest, len(headers[index]))))
             widths[index] -= cut
             excess -= cut
-        cells = [[shorten(c, w, keep_tail=i not in cut_at_end) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
-                 for r in cells]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
-             "  ".join("-" * w for w in widths)]
+        cells = [
+            [shorten(c, w, keep_tail=i not in cut_at_end) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+            for r in cells
+        ]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
 

@@ -14,9 +14,16 @@ from kici_runtime.admin_cli.client import client, echo_json, table
 __all__ = ["cluster", "gc"]
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
-_KINDS = (("payloads", "payload objects"), ("log_chunks", "log chunks"), ("runs", "runs"), ("jobs", "jobs"),
-          ("steps", "steps"), ("check_runs", "check runs"), ("event_log", "event-log rows"),
-          ("idempotency_keys", "idempotency keys"))
+_KINDS = (
+    ("payloads", "payload objects"),
+    ("log_chunks", "log chunks"),
+    ("runs", "runs"),
+    ("jobs", "jobs"),
+    ("steps", "steps"),
+    ("check_runs", "check runs"),
+    ("event_log", "event-log rows"),
+    ("idempotency_keys", "idempotency keys"),
+)
 
 
 def _age(value: Any) -> str:
@@ -37,21 +44,46 @@ def cluster_status(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         echo_json(out)
         return
-    click.echo(f"Cluster: {out['status']} (answered by {out['instanceId']}); {out['agentCount']} agent(s), "
-               f"{out['activeRuns']} active run(s)")
-    rows = [(("* " if i["self"] else "") + i["instanceId"], i["state"], _age(i["heartbeatAgeSeconds"]),
-             i.get("hostname") or "", i.get("pid") or "", i["agents"], i.get("recoveredBy") or "")
-            for i in out["instances"]]
+    click.echo(
+        f"Cluster: {out['status']} (answered by {out['instanceId']}); {out['agentCount']} agent(s), "
+        f"{out['activeRuns']} active run(s)"
+    )
+    rows = [
+        (
+            ("* " if i["self"] else "") + i["instanceId"],
+            i["state"],
+            _age(i["heartbeatAgeSeconds"]),
+            i.get("hostname") or "",
+            i.get("pid") or "",
+            i["agents"],
+            i.get("recoveredBy") or "",
+        )
+        for i in out["instances"]
+    ]
     click.echo(table(["INSTANCE", "STATE", "HEARTBEAT", "HOST", "PID", "AGENTS", "RECOVERED BY"], rows))
     click.echo("")
-    click.echo(table(["DUTY", "RUN BY", "LAST RUN"],
-                     [(d["duty"], d["instanceId"] or "(not run yet)", d["lastRunAt"] or "") for d in out["duties"]]))
+    click.echo(
+        table(
+            ["DUTY", "RUN BY", "LAST RUN"],
+            [(d["duty"], d["instanceId"] or "(not run yet)", d["lastRunAt"] or "") for d in out["duties"]],
+        )
+    )
     if out.get("agents"):
         click.echo("")
-        click.echo(table(["AGENT", "INSTANCE", "LOAD", "LABELS"],
-                         [(a["agentId"], a["instanceId"], f"{a['activeJobs']}/{a['maxConcurrency']}"
-                           + ("" if a["accepting"] else " (draining)"), ",".join(a["labels"]))
-                          for a in out["agents"]]))
+        click.echo(
+            table(
+                ["AGENT", "INSTANCE", "LOAD", "LABELS"],
+                [
+                    (
+                        a["agentId"],
+                        a["instanceId"],
+                        f"{a['activeJobs']}/{a['maxConcurrency']}" + ("" if a["accepting"] else " (draining)"),
+                        ",".join(a["labels"]),
+                    )
+                    for a in out["agents"]
+                ],
+            )
+        )
 
 
 @click.command()

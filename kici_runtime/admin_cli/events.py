@@ -38,15 +38,39 @@ def event_log() -> None:
 @click.option("--wide", is_flag=True, help="Print whole ids even when lines get longer than 120 columns.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
 @click.pass_context
-def list_deliveries(ctx: click.Context, org_id: str | None, routing_key: str | None, event: str | None,
-                    action: str | None, status: str | None, since: str | None, until: str | None,
-                    delivery_id: str | None, limit: int, offset: int, wide: bool, as_json: bool) -> None:
+def list_deliveries(
+    ctx: click.Context,
+    org_id: str | None,
+    routing_key: str | None,
+    event: str | None,
+    action: str | None,
+    status: str | None,
+    since: str | None,
+    until: str | None,
+    delivery_id: str | None,
+    limit: int,
+    offset: int,
+    wide: bool,
+    as_json: bool,
+) -> None:
     """List deliveries, newest first (times in UTC), in 120 columns: long ids are shortened with … (whole with
     --wide or --json)."""
-    out = client(ctx).request("GET", "/api/v1/admin/event-log", params={
-        "orgId": org_id, "routingKey": routing_key, "event": event, "action": action, "status": status,
-        "from": since, "to": until, "deliveryId": delivery_id, "limit": limit, "offset": offset,
-    })
+    out = client(ctx).request(
+        "GET",
+        "/api/v1/admin/event-log",
+        params={
+            "orgId": org_id,
+            "routingKey": routing_key,
+            "event": event,
+            "action": action,
+            "status": status,
+            "from": since,
+            "to": until,
+            "deliveryId": delivery_id,
+            "limit": limit,
+            "offset": offset,
+        },
+    )
     if as_json:
         echo_json(out)
         return
@@ -54,15 +78,28 @@ def list_deliveries(ctx: click.Context, org_id: str | None, routing_key: str | N
     if not deliveries:
         click.echo("No deliveries found.")
         return
-    rows = [[
-        _seconds(d["receivedAt"]), d["deliveryId"], d["routingKey"],
-        f"{d['event']}:{d['action']}" if d.get("action") else d["event"], d["source"],
-        d["status"] + (" (omitted)" if d.get("payloadOmitted") else ""), d["matchedCount"],
-        human_bytes(int(d.get("payloadSizeBytes") or 0)),
-    ] for d in deliveries]
-    click.echo(table(["received_at", "delivery_id", "routing_key", "event", "source", "status", "matched",
-                      "size"], rows, max_width=None if wide else TABLE_WIDTH, shrink=_SHRINK,
-                     cut_at_end=(5,)))
+    rows = [
+        [
+            _seconds(d["receivedAt"]),
+            d["deliveryId"],
+            d["routingKey"],
+            f"{d['event']}:{d['action']}" if d.get("action") else d["event"],
+            d["source"],
+            d["status"] + (" (omitted)" if d.get("payloadOmitted") else ""),
+            d["matchedCount"],
+            human_bytes(int(d.get("payloadSizeBytes") or 0)),
+        ]
+        for d in deliveries
+    ]
+    click.echo(
+        table(
+            ["received_at", "delivery_id", "routing_key", "event", "source", "status", "matched", "size"],
+            rows,
+            max_width=None if wide else TABLE_WIDTH,
+            shrink=_SHRINK,
+            cut_at_end=(5,),
+        )
+    )
     click.echo("")
     click.echo(f"Showing {len(deliveries)} of {out['total']} (offset {out['offset']}, limit {out['limit']})")
 
@@ -79,8 +116,14 @@ def _seconds(stamp: str | None) -> str:
     return stamp.split(".", 1)[0].removesuffix("Z").replace("T", " ")
 
 
-def _get_delivery(api: AdminClient, path: str, org_id: str | None, delivery_id: str, method: str = "GET",
-                  params: dict[str, Any] | None = None) -> Any:
+def _get_delivery(
+    api: AdminClient,
+    path: str,
+    org_id: str | None,
+    delivery_id: str,
+    method: str = "GET",
+    params: dict[str, Any] | None = None,
+) -> Any:
     """Call an event-log route for one delivery; an ambiguous id (no --org, several orgs) names the orgs."""
     try:
         return api.request(method, path, params={"orgId": org_id, **(params or {})})
@@ -88,8 +131,10 @@ def _get_delivery(api: AdminClient, path: str, org_id: str | None, delivery_id: 
         orgs = exc.body.get("orgIds")
         if exc.status != 409 or not isinstance(orgs, list):
             raise
-        die(f"delivery {delivery_id} exists in {len(orgs)} orgs ({', '.join(map(str, orgs))}): "
-            "choose one with --org <orgId>")
+        die(
+            f"delivery {delivery_id} exists in {len(orgs)} orgs ({', '.join(map(str, orgs))}): "
+            "choose one with --org <orgId>"
+        )
 
 
 def _line(label: str, value: Any) -> None:
@@ -140,11 +185,22 @@ def trace_lines(trace: Any) -> list[str]:
 @click.option("--payload", "--include-payload", "include_payload", is_flag=True, help="Also print the payload.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
 @click.pass_context
-def show(ctx: click.Context, delivery_id: str, org_id: str | None, routing_key: str | None,
-         include_payload: bool, as_json: bool) -> None:
+def show(
+    ctx: click.Context,
+    delivery_id: str,
+    org_id: str | None,
+    routing_key: str | None,
+    include_payload: bool,
+    as_json: bool,
+) -> None:
     """Show one delivery and why each workflow ran or did not."""
-    d = _get_delivery(client(ctx), f"/api/v1/admin/event-log/{quote(delivery_id, safe=':')}", org_id, delivery_id,
-                      params={"includePayload": "true" if include_payload else None, "routingKey": routing_key})
+    d = _get_delivery(
+        client(ctx),
+        f"/api/v1/admin/event-log/{quote(delivery_id, safe=':')}",
+        org_id,
+        delivery_id,
+        params={"includePayload": "true" if include_payload else None, "routingKey": routing_key},
+    )
     if as_json:
         echo_json(d)
         return
@@ -194,8 +250,13 @@ def show(ctx: click.Context, delivery_id: str, org_id: str | None, routing_key: 
 @click.pass_context
 def replay(ctx: click.Context, delivery_id: str, org_id: str | None, as_json: bool) -> None:
     """Process a stored delivery again (e.g. after fixing a lock file or credentials)."""
-    out = _get_delivery(client(ctx), f"/api/v1/admin/event-log/{quote(delivery_id, safe=':')}/replay", org_id,
-                        delivery_id, method="POST")
+    out = _get_delivery(
+        client(ctx),
+        f"/api/v1/admin/event-log/{quote(delivery_id, safe=':')}/replay",
+        org_id,
+        delivery_id,
+        method="POST",
+    )
     if as_json:
         echo_json(out)
         return

@@ -23,8 +23,16 @@ def schedules_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         echo_json(out)
         return
-    rows = [(s["repo"], s["workflow"], s["cronExpression"], s["timezone"],
-             f"ERROR: {s['error']}" if s.get("error") else s.get("nextFireAt") or "", s.get("lastFireAt") or "never")
-            for s in out["schedules"]]
+    rows = [
+        (
+            s["repo"],
+            s["workflow"],
+            s["cronExpression"],
+            s["timezone"],
+            f"ERROR: {s['error']}" if s.get("error") else s.get("nextFireAt") or "",
+            s.get("lastFireAt") or "never",
+        )
+        for s in out["schedules"]
+    ]
     click.echo(table(["REPO", "WORKFLOW", "CRON", "TIMEZONE", "NEXT FIRE", "LAST FIRE"], rows))
     click.echo(f"{len(rows)} schedule(s)")

@@ -52,13 +52,27 @@ def _already_exists(exc: ApiError, update_hint: str) -> NoReturn:
 @click.option("--stdin", "use_stdin", is_flag=True, help="Read the private key from stdin.")
 @click.option("--customer-id", help="Org the source belongs to (default __default__).")
 @click.option("--api-url", help="GitHub Enterprise REST base URL for this App.")
-@click.option("--verify", is_flag=True, help="Have the orchestrator call GitHub (GET /app) to prove the App ID and "
-              "key before storing them. Without it GitHub is not contacted.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Have the orchestrator call GitHub (GET /app) to prove the App ID and "
+    "key before storing them. Without it GitHub is not contacted.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
 @click.pass_context
-def add_github(ctx: click.Context, name: str, app_id: str | None, private_key: str | None,
-               webhook_secret: str | None, from_env: str | None, use_stdin: bool, customer_id: str | None,
-               api_url: str | None, verify: bool, as_json: bool) -> None:
+def add_github(
+    ctx: click.Context,
+    name: str,
+    app_id: str | None,
+    private_key: str | None,
+    webhook_secret: str | None,
+    from_env: str | None,
+    use_stdin: bool,
+    customer_id: str | None,
+    api_url: str | None,
+    verify: bool,
+    as_json: bool,
+) -> None:
     """Register a GitHub App (the key's form checked here, the key by the orchestrator; GitHub only with --verify)."""
     if not app_id:
         die("--app-id is required (or use --manifest for one-click setup)")
@@ -79,8 +93,9 @@ def add_github(ctx: click.Context, name: str, app_id: str | None, private_key: s
         if exc.status != 409:
             raise
         rk = f"github:{app_id}"
-        _already_exists(exc, f"change it with `kici-admin source update {rk} ...` or remove it with "
-                             f"`kici-admin source remove {rk}`")
+        _already_exists(
+            exc, f"change it with `kici-admin source update {rk} ...` or remove it with `kici-admin source remove {rk}`"
+        )
     if as_json:
         echo_json(out)
         return
@@ -92,11 +107,15 @@ def add_github(ctx: click.Context, name: str, app_id: str | None, private_key: s
         click.echo(f"Webhook URL:  {out['webhookUrl']}")
     else:
         click.echo(f"Webhook URL:  (unavailable — {out.get('webhookNote') or 'unknown'})")
-    click.echo(f"  Point the App's webhook at {client(ctx).url}/webhook/{org}/github (through your public URL), "
-               "or at the Platform in platform mode.")
+    click.echo(
+        f"  Point the App's webhook at {client(ctx).url}/webhook/{org}/github (through your public URL), "
+        "or at the Platform in platform mode."
+    )
     if not secret:
-        click.echo("  No webhook secret stored: deliveries cannot be verified until you run "
-                   f"`kici-admin source update {out['routingKey']} --webhook-secret ...`.")
+        click.echo(
+            "  No webhook secret stored: deliveries cannot be verified until you run "
+            f"`kici-admin source update {out['routingKey']} --webhook-secret ...`."
+        )
 
 
 # ------------------------------------------------------------------------------------------ generic
@@ -137,28 +156,52 @@ def _verification_config(method: str, secret: str | None, header_name: str | Non
 @click.option("--local-repo", type=click.Path(file_okay=False), help="A local git repository: makes a local source.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
 @click.pass_context
-def add_generic(ctx: click.Context, org_id: str, name: str, verification: str | None, secret: str | None,
-                from_env: str | None, use_stdin: bool, header_name: str | None, event_type_header: str | None,
-                event_type_path: str | None, idempotency_key_header: str | None,
-                idempotency_key_path: str | None, dedup_window: int | None, max_payload: int | None,
-                allowed_events: str | None, rate_limit: int | None, provider_type: str | None,
-                local_repo: str | None, as_json: bool) -> None:
+def add_generic(
+    ctx: click.Context,
+    org_id: str,
+    name: str,
+    verification: str | None,
+    secret: str | None,
+    from_env: str | None,
+    use_stdin: bool,
+    header_name: str | None,
+    event_type_header: str | None,
+    event_type_path: str | None,
+    idempotency_key_header: str | None,
+    idempotency_key_path: str | None,
+    dedup_window: int | None,
+    max_payload: int | None,
+    allowed_events: str | None,
+    rate_limit: int | None,
+    provider_type: str | None,
+    local_repo: str | None,
+    as_json: bool,
+) -> None:
     """Register a generic (or local) webhook source."""
     value = read_secret(secret, from_env, use_stdin)
     if local_repo is not None:
         provider_type = "local"
     method = verification or "hmac_sha256"
-    body: dict[str, Any] = {"orgId": org_id, "name": name, "verificationMethod": method,
-                            "verificationConfig": _verification_config(method, value, header_name)}
+    body: dict[str, Any] = {
+        "orgId": org_id,
+        "name": name,
+        "verificationMethod": method,
+        "verificationConfig": _verification_config(method, value, header_name),
+    }
     if provider_type:
         body["providerType"] = provider_type
     if local_repo is not None:
         body["gitConfig"] = {"url": Path(local_repo).resolve().as_uri()}
-    for key, val in (("eventTypeHeader", event_type_header), ("eventTypePath", event_type_path),
-                     ("idempotencyKeyHeader", idempotency_key_header),
-                     ("idempotencyKeyPath", idempotency_key_path), ("dedupWindowSeconds", dedup_window),
-                     ("maxPayloadBytes", max_payload), ("allowedEvents", _csv(allowed_events)),
-                     ("rateLimitRpm", rate_limit)):
+    for key, val in (
+        ("eventTypeHeader", event_type_header),
+        ("eventTypePath", event_type_path),
+        ("idempotencyKeyHeader", idempotency_key_header),
+        ("idempotencyKeyPath", idempotency_key_path),
+        ("dedupWindowSeconds", dedup_window),
+        ("maxPayloadBytes", max_payload),
+        ("allowedEvents", _csv(allowed_events)),
+        ("rateLimitRpm", rate_limit),
+    ):
         if val is not None:
             body[key] = val
     try:
@@ -201,8 +244,11 @@ def list_sources(ctx: click.Context, org_id: str | None, include_deleted: bool, 
     """List webhook sources: GitHub Apps, and generic/local sources of every org (secrets never shown)."""
     api = client(ctx)
     github = api.request("GET", "/api/v1/admin/sources")["sources"]
-    generic = api.request("GET", "/api/v1/admin/generic-sources",
-                          params={"orgId": org_id, "includeDeleted": "true" if include_deleted else None})["sources"]
+    generic = api.request(
+        "GET",
+        "/api/v1/admin/generic-sources",
+        params={"orgId": org_id, "includeDeleted": "true" if include_deleted else None},
+    )["sources"]
     if as_json:
         echo_json({"github": github, "generic": generic})
         return
@@ -212,8 +258,10 @@ def list_sources(ctx: click.Context, org_id: str | None, include_deleted: bool, 
         click.echo("GitHub sources:")
         for s in github:
             secret = s.get("webhookSecretFingerprint") or "no webhook secret"
-            click.echo(f"  {s['routingKey']:<20} {s['name']:<30} ({s['provider']}) secret {secret}"
-                       + (" [rotating]" if s.get("rotationWindow") else ""))
+            click.echo(
+                f"  {s['routingKey']:<20} {s['name']:<30} ({s['provider']}) secret {secret}"
+                + (" [rotating]" if s.get("rotationWindow") else "")
+            )
     if generic:
         click.echo("Generic sources:")
         for s in generic:
@@ -240,8 +288,10 @@ def _show(ctx: click.Context, ref: str, as_json: bool) -> None:
         click.echo(f"  Org:          {s['customerId']}")
         if s.get("slug"):
             click.echo(f"  Slug:         {s['slug']}")
-        click.echo(f"  Webhook secret: {s.get('webhookSecretFingerprint') or '(none)'}"
-                   + ("  (previous secret still accepted)" if s.get("rotationWindow") else ""))
+        click.echo(
+            f"  Webhook secret: {s.get('webhookSecretFingerprint') or '(none)'}"
+            + ("  (previous secret still accepted)" if s.get("rotationWindow") else "")
+        )
         click.echo(f"  Created at:   {s.get('createdAt')}")
         click.echo(f"  Updated at:   {s.get('updatedAt')}")
         return
@@ -292,16 +342,26 @@ def _update_github(ctx: click.Context, routing_key: str, body: dict[str, Any]) -
 @click.argument("routing_key")
 @click.option("--name")
 @click.option("--private-key", help="New PEM private key, or @file.")
-@click.option("--webhook-secret", help="New webhook secret, or @file (the previous one keeps working "
-              "until --drop-previous-secret).")
+@click.option(
+    "--webhook-secret",
+    help="New webhook secret, or @file (the previous one keeps working until --drop-previous-secret).",
+)
 @click.option("--from-env", "from_env", metavar="VAR", help="Read the private key from this env variable.")
 @click.option("--stdin", "use_stdin", is_flag=True, help="Read the private key from stdin.")
 @click.option("--customer-id")
 @click.option("--drop-previous-secret", is_flag=True, help="End a webhook-secret rotation window.")
 @click.pass_context
-def update(ctx: click.Context, routing_key: str, name: str | None, private_key: str | None,
-           webhook_secret: str | None, from_env: str | None, use_stdin: bool, customer_id: str | None,
-           drop_previous_secret: bool) -> None:
+def update(
+    ctx: click.Context,
+    routing_key: str,
+    name: str | None,
+    private_key: str | None,
+    webhook_secret: str | None,
+    from_env: str | None,
+    use_stdin: bool,
+    customer_id: str | None,
+    drop_previous_secret: bool,
+) -> None:
     """Update a GitHub source: name, private key, webhook secret (rotation)."""
     body: dict[str, Any] = {}
     pem = read_secret(private_key, from_env, use_stdin)
@@ -334,8 +394,10 @@ def rotate_secret(ctx: click.Context, ref: str, secret: str | None, from_env: st
     if ref.startswith("github:"):
         _update_github(ctx, ref, {"webhookSecret": value})
         click.echo(f"Webhook secret rotated: {ref}")
-        click.echo("  Deliveries signed with the previous secret are still accepted; once GitHub uses the new "
-                   f"one, run `kici-admin source update {ref} --drop-previous-secret`.")
+        click.echo(
+            "  Deliveries signed with the previous secret are still accepted; once GitHub uses the new "
+            f"one, run `kici-admin source update {ref} --drop-previous-secret`."
+        )
         return
     api = client(ctx)
     source_id = ref.rsplit(":", 1)[-1] if ref.startswith("generic:") else ref
@@ -343,11 +405,15 @@ def rotate_secret(ctx: click.Context, ref: str, secret: str | None, from_env: st
     method = s["verificationMethod"]
     if method not in SECRET_FIELD:
         die(f"source {source_id} uses {method} verification, which has no secret")
-    config = {k: v for k, v in (s.get("verificationConfig") or {}).items()
-              if k not in ("secretRef", "secretFingerprint")}
+    config = {
+        k: v for k, v in (s.get("verificationConfig") or {}).items() if k not in ("secretRef", "secretFingerprint")
+    }
     config[SECRET_FIELD[method]] = value
-    api.request("PATCH", f"/api/v1/admin/generic-sources/{quote(source_id, safe='')}",
-                body={"verificationMethod": method, "verificationConfig": config})
+    api.request(
+        "PATCH",
+        f"/api/v1/admin/generic-sources/{quote(source_id, safe='')}",
+        body={"verificationMethod": method, "verificationConfig": config},
+    )
     click.echo(f"Secret rotated: {s['routingKey']}")
 
 
@@ -363,14 +429,16 @@ def remove(ctx: click.Context, ref: str, yes: bool, generic: bool, local: bool, 
     is_generic = generic or local
     if hard and not is_generic:
         die("--hard applies only to generic or local sources (--generic/--local)")
-    if not yes and not click.confirm(f'Remove source "{ref}"?', default=False, prompt_suffix=" (y/N) ",
-                                     show_default=False):
+    if not yes and not click.confirm(
+        f'Remove source "{ref}"?', default=False, prompt_suffix=" (y/N) ", show_default=False
+    ):
         click.echo("Cancelled.")
         return
     api = client(ctx)
     if is_generic:
-        api.request("DELETE", f"/api/v1/admin/generic-sources/{quote(ref, safe='')}",
-                    params={"hard": "true" if hard else None})
+        api.request(
+            "DELETE", f"/api/v1/admin/generic-sources/{quote(ref, safe='')}", params={"hard": "true" if hard else None}
+        )
         click.echo(f"Generic source {'permanently deleted' if hard else 'soft-deleted'}: {ref}")
         return
     api.request("DELETE", f"/api/v1/admin/sources/{_rk(ref)}")
@@ -397,12 +465,27 @@ def remove(ctx: click.Context, ref: str, yes: bool, generic: bool, local: bool, 
 @click.option("--clear-git-config", is_flag=True, help="Remove the source's git settings.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw API JSON.")
 @click.pass_context
-def update_generic(ctx: click.Context, source_id: str, name: str | None, verification: str | None,
-                   secret: str | None, from_env: str | None, use_stdin: bool, header_name: str | None,
-                   event_type_header: str | None, event_type_path: str | None, idempotency_key_header: str | None,
-                   idempotency_key_path: str | None, dedup_window: int | None, max_payload: int | None,
-                   allowed_events: str | None, rate_limit: int | None, local_repo: str | None,
-                   clear_git_config: bool, as_json: bool) -> None:
+def update_generic(
+    ctx: click.Context,
+    source_id: str,
+    name: str | None,
+    verification: str | None,
+    secret: str | None,
+    from_env: str | None,
+    use_stdin: bool,
+    header_name: str | None,
+    event_type_header: str | None,
+    event_type_path: str | None,
+    idempotency_key_header: str | None,
+    idempotency_key_path: str | None,
+    dedup_window: int | None,
+    max_payload: int | None,
+    allowed_events: str | None,
+    rate_limit: int | None,
+    local_repo: str | None,
+    clear_git_config: bool,
+    as_json: bool,
+) -> None:
     """Change a generic (or local) source; options left out keep their value."""
     value = read_secret(secret, from_env, use_stdin)
     if value is not None and verification is None:
@@ -415,10 +498,16 @@ def update_generic(ctx: click.Context, source_id: str, name: str | None, verific
     if verification is not None:
         body["verificationMethod"] = verification
         body["verificationConfig"] = _verification_config(verification, value, header_name)
-    for key, val in (("name", name), ("eventTypeHeader", event_type_header), ("eventTypePath", event_type_path),
-                     ("idempotencyKeyHeader", idempotency_key_header),
-                     ("idempotencyKeyPath", idempotency_key_path), ("dedupWindowSeconds", dedup_window),
-                     ("maxPayloadBytes", max_payload), ("rateLimitRpm", rate_limit)):
+    for key, val in (
+        ("name", name),
+        ("eventTypeHeader", event_type_header),
+        ("eventTypePath", event_type_path),
+        ("idempotencyKeyHeader", idempotency_key_header),
+        ("idempotencyKeyPath", idempotency_key_path),
+        ("dedupWindowSeconds", dedup_window),
+        ("maxPayloadBytes", max_payload),
+        ("rateLimitRpm", rate_limit),
+    ):
         if val is not None:
             body[key] = val
     if allowed_events is not None:
@@ -463,5 +552,3 @@ def enable(ctx: click.Context, source_id: str) -> None:
 def disable(ctx: click.Context, source_id: str) -> None:
     """Disable a generic source (its webhooks answer 404)."""
     _toggle(ctx, source_id, False)
-
-

@@ -57,8 +57,12 @@ async def serve(config: AgentConfig) -> None:
 @click.option("--labels", help="Comma-separated labels. Env: KICI_AGENT_LABELS.")
 @click.option("--max-concurrency", type=int, help="Jobs run at once. Env: KICI_AGENT_MAX_CONCURRENCY. Default 1.")
 @click.option("--work-dir", help="Where job work directories go. Env: KICI_AGENT_WORK_DIR. Default: a temp dir.")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 def main(
     url: str | None,
     agent_id: str | None,
@@ -74,8 +78,9 @@ def main(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     wirelogs.install()  # the websockets frame dumps would show the start of the token at DEBUG
     try:
-        config = load_config(url=url, agent_id=agent_id, labels=labels, max_concurrency=max_concurrency,
-                             work_dir=work_dir)
+        config = load_config(
+            url=url, agent_id=agent_id, labels=labels, max_concurrency=max_concurrency, work_dir=work_dir
+        )
         anyio.run(serve, config)
     except KiciError as exc:
         click.echo(f"kici-agent: {exc}", err=True)

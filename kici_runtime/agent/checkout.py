@@ -71,7 +71,7 @@ def clone_source(repo_url: str) -> tuple[str, bool]:
 def _short_ref(ref: str) -> str:
     for prefix in ("refs/heads/", "refs/tags/"):
         if ref.startswith(prefix):
-            return ref[len(prefix):]
+            return ref[len(prefix) :]
     return ref
 
 
@@ -115,8 +115,13 @@ async def checkout(
         log(f"$ git {' '.join(args)}")
         try:
             result = await process.run_process(
-                ["git", *args], cwd=cwd, env=env, on_output=on_output, stop=stop,
-                deadline=deadline, grace_s=grace_s,
+                ["git", *args],
+                cwd=cwd,
+                env=env,
+                on_output=on_output,
+                stop=stop,
+                deadline=deadline,
+                grace_s=grace_s,
             )
         except OSError as exc:
             raise CheckoutError(f"{what} failed: cannot run git ({exc.strerror or exc})") from None
@@ -128,8 +133,13 @@ async def checkout(
     async def head() -> str:
         chunks: list[bytes] = []
         result = await process.run_process(
-            ["git", "rev-parse", "HEAD"], cwd=dest, env=env, on_output=chunks.append, stop=stop,
-            deadline=deadline, grace_s=grace_s,
+            ["git", "rev-parse", "HEAD"],
+            cwd=dest,
+            env=env,
+            on_output=chunks.append,
+            stop=stop,
+            deadline=deadline,
+            grace_s=grace_s,
         )
         if result.stopped_by is not None:
             raise CheckoutStopped(result)
@@ -146,8 +156,13 @@ async def checkout(
     log(f"$ git {' '.join(clone_args)} -- {shown} {dest.name}")
     try:
         result = await process.run_process(
-            ["git", *clone_args, "--", url, str(dest)], cwd=dest.parent, env=env, on_output=on_output,
-            stop=stop, deadline=deadline, grace_s=grace_s,
+            ["git", *clone_args, "--", url, str(dest)],
+            cwd=dest.parent,
+            env=env,
+            on_output=on_output,
+            stop=stop,
+            deadline=deadline,
+            grace_s=grace_s,
         )
     except OSError as exc:
         raise CheckoutError(f"clone failed: cannot run git ({exc.strerror or exc})") from None

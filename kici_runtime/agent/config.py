@@ -219,8 +219,9 @@ def load_config(
         url=normalise_url(url or source.get("KICI_ORCHESTRATOR_URL") or ""),
         token=(token or source.get("KICI_AGENT_TOKEN") or "").strip() or None,
         agent_id=the_id,
-        labels=parse_labels(labels if labels is not None
-                            else source.get("KICI_AGENT_LABELS") or source.get("KICI_LABELS")),
+        labels=parse_labels(
+            labels if labels is not None else source.get("KICI_AGENT_LABELS") or source.get("KICI_LABELS")
+        ),
         max_concurrency=_positive_int(
             "KICI_AGENT_MAX_CONCURRENCY",
             max_concurrency if max_concurrency is not None else source.get("KICI_AGENT_MAX_CONCURRENCY"),

@@ -129,8 +129,12 @@ class Connection:
                     self._offline_since = time.monotonic()
             if self._stopping.is_set():
                 break
-            delay = backoff_delay(self.attempt, base_s=self._config.reconnect_base_delay_s,
-                                  max_s=self._config.reconnect_max_delay_s, jitter=self._jitter())
+            delay = backoff_delay(
+                self.attempt,
+                base_s=self._config.reconnect_base_delay_s,
+                max_s=self._config.reconnect_max_delay_s,
+                jitter=self._jitter(),
+            )
             self.attempt += 1
             log.info("reconnecting in %.1fs", delay)
             with anyio.move_on_after(delay):
@@ -185,8 +189,7 @@ class Connection:
         cfg = self._config
         with anyio.fail_after(cfg.handshake_timeout_s):
             if cfg.token is not None:
-                await self._send(ws, {"type": "auth.request", "token": cfg.token,
-                                      "protocolVersion": PROTOCOL_VERSION})
+                await self._send(ws, {"type": "auth.request", "token": cfg.token, "protocolVersion": PROTOCOL_VERSION})
                 reply = await self._receive(ws)
                 if reply.get("type") != "auth.success":
                     raise _SessionEnded(f"expected auth.success, got {reply.get('type')!r}")
@@ -199,8 +202,9 @@ class Connection:
 
     async def _session(self) -> None:
         cfg = self._config
-        async with connect(cfg.url, max_size=WS_MAX_PAYLOAD_BYTES, open_timeout=cfg.handshake_timeout_s,
-                           close_timeout=5) as ws:
+        async with connect(
+            cfg.url, max_size=WS_MAX_PAYLOAD_BYTES, open_timeout=cfg.handshake_timeout_s, close_timeout=5
+        ) as ws:
             self._ws = ws
             try:
                 await self._serve(ws)
@@ -220,8 +224,9 @@ class Connection:
         self.attempt = 0
         self.registered = True
         log.info("registered with the orchestrator as %s", cfg.agent_id)
-        await self._send(ws, {"type": "config.ack", "messageId": f"config-ack-{cfg.agent_id}-{_now_ms()}",
-                              "agentId": cfg.agent_id})
+        await self._send(
+            ws, {"type": "config.ack", "messageId": f"config-ack-{cfg.agent_id}-{_now_ms()}", "agentId": cfg.agent_id}
+        )
         if self._offline_since is not None and len(self._outbox):
             await self._send(ws, self._gap_marker())
         self._offline_since = None
@@ -237,13 +242,20 @@ class Connection:
 
     def _gap_marker(self) -> Message:
         offline = int(time.monotonic() - (self._offline_since or time.monotonic()))
-        text = (f"--- Orchestrator offline for {offline}s. Replaying {len(self._outbox)} buffered events "
-                "and 0 buffered log lines.")
+        text = (
+            f"--- Orchestrator offline for {offline}s. Replaying {len(self._outbox)} buffered events "
+            "and 0 buffered log lines."
+        )
         if self._outbox.dropped:
             text += f" {self._outbox.dropped} events dropped due to buffer overflow."
         self._outbox.dropped = 0
-        return {"type": "agent.log", "messageId": f"gap-{self._config.agent_id}-{_now_ms()}",
-                "agentId": self._config.agent_id, "lines": [f"{text} ---"], "timestamp": _now_ms()}
+        return {
+            "type": "agent.log",
+            "messageId": f"gap-{self._config.agent_id}-{_now_ms()}",
+            "agentId": self._config.agent_id,
+            "lines": [f"{text} ---"],
+            "timestamp": _now_ms(),
+        }
 
     async def _reader(self, ws: ClientConnection) -> None:
         try:

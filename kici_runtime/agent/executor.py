@@ -47,8 +47,9 @@ class JobRunner:
     removes it with :meth:`cleanup` after the slot is free.
     """
 
-    def __init__(self, spec: JobSpec, *, config: AgentConfig, send: Send,
-                 release: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, spec: JobSpec, *, config: AgentConfig, send: Send, release: Callable[[], None] | None = None
+    ) -> None:
         self.spec = spec
         self._config = config
         self._send = send
@@ -67,16 +68,23 @@ class JobRunner:
         self.stop.cancel(reason, force=force)
 
     def _emit(self, kind: str, *, message_id: bool = True, **fields: JSONValue) -> None:
-        self._send(job_mod.job_message(kind, self.spec, message_id=_new_id() if message_id else None,
-                               now_ms=_now_ms(), **fields))
+        self._send(
+            job_mod.job_message(
+                kind, self.spec, message_id=_new_id() if message_id else None, now_ms=_now_ms(), **fields
+            )
+        )
 
     def _chunk(self, step_index: int, lines: list[str]) -> None:
         self._emit("log.chunk", stepIndex=step_index, lines=lines)
 
     def _streamer(self, index: int) -> LogStreamer:
-        streamer = LogStreamer(step_index=index, emit=self._chunk, max_bytes=self._log_cap,
-                               batch_lines=self._config.log_batch_lines,
-                               flush_interval_s=self._config.log_flush_interval_s)
+        streamer = LogStreamer(
+            step_index=index,
+            emit=self._chunk,
+            max_bytes=self._log_cap,
+            batch_lines=self._config.log_batch_lines,
+            flush_interval_s=self._config.log_flush_interval_s,
+        )
         assert self._tg is not None
         streamer.start(self._tg)
         return streamer
@@ -132,16 +140,18 @@ class JobRunner:
 
     def _env(self, workspace: Path, step: StepSpec | None) -> dict[str, str]:
         env = dict(self._config.step_env)
-        env.update({
-            "CI": "true",
-            "KICI": "true",
-            "KICI_RUN_ID": self.spec.run_id,
-            "KICI_JOB_ID": self.spec.job_id,
-            "KICI_JOB_NAME": self.spec.name,
-            "KICI_REF": self.spec.ref,
-            "KICI_SHA": self.spec.sha,
-            "KICI_WORKSPACE": str(workspace),
-        })
+        env.update(
+            {
+                "CI": "true",
+                "KICI": "true",
+                "KICI_RUN_ID": self.spec.run_id,
+                "KICI_JOB_ID": self.spec.job_id,
+                "KICI_JOB_NAME": self.spec.name,
+                "KICI_REF": self.spec.ref,
+                "KICI_SHA": self.spec.sha,
+                "KICI_WORKSPACE": str(workspace),
+            }
+        )
         if self.spec.event is not None:  # the triggering event, for steps that read it (schedule, inputs, ...)
             env["KICI_EVENT_PATH"] = str(workspace / "event.json")
             env["KICI_EVENT_TYPE"] = str(self.spec.event.get("type") or "")
@@ -168,10 +178,20 @@ class JobRunner:
                 raise checkout_mod.CheckoutError("ssh source auth is not supported by this agent")
             else:
                 await checkout_mod.checkout(
-                    checkout_mod.CheckoutRequest(repo_url=spec.repo_url, ref=spec.ref, sha=spec.sha,
-                                                 basic_user=spec.basic_user, basic_secret=spec.basic_secret),
-                    dest=repo, base_env=self._config.step_env, log=setup.line, on_output=setup.feed,
-                    stop=self.stop, deadline=deadline, grace_s=self._grace,
+                    checkout_mod.CheckoutRequest(
+                        repo_url=spec.repo_url,
+                        ref=spec.ref,
+                        sha=spec.sha,
+                        basic_user=spec.basic_user,
+                        basic_secret=spec.basic_secret,
+                    ),
+                    dest=repo,
+                    base_env=self._config.step_env,
+                    log=setup.line,
+                    on_output=setup.feed,
+                    stop=self.stop,
+                    deadline=deadline,
+                    grace_s=self._grace,
                 )
         except checkout_mod.CheckoutError as exc:
             setup.line(f"Checkout failed: {exc}")
@@ -191,8 +211,9 @@ class JobRunner:
             if halt is None and deadline is not None and anyio.current_time() >= deadline:
                 halt = ("failed", f"Job timed out after {spec.timeout_ms} ms")
             if halt is not None:
-                self._emit("step.status", stepIndex=step.index, stepName=step.name, state="skipped",
-                           data={"step_type": "step"})
+                self._emit(
+                    "step.status", stepIndex=step.index, stepName=step.name, state="skipped", data={"step_type": "step"}
+                )
                 results.append({"name": step.name, "status": "skipped", "durationMs": 0})
                 continue
             state, step_error, job_timed_out = await self._run_step(step, repo, workspace, deadline, results)
@@ -218,12 +239,15 @@ class JobRunner:
         return target
 
     async def _run_step(
-        self, step: StepSpec, repo: Path, workspace: Path, job_deadline: float | None,
+        self,
+        step: StepSpec,
+        repo: Path,
+        workspace: Path,
+        job_deadline: float | None,
         results: list[JSONValue],
     ) -> tuple[str, str | None, bool]:
         """Run one step; returns ``(state, error, whether the job deadline expired)``."""
-        self._emit("step.status", stepIndex=step.index, stepName=step.name, state="running",
-                   data={"step_type": "step"})
+        self._emit("step.status", stepIndex=step.index, stepName=step.name, state="running", data={"step_type": "step"})
         started = time.monotonic()
         streamer = self._streamer(step.index)
         state, error, job_timed_out = "failed", None, False
@@ -239,9 +263,13 @@ class JobRunner:
                 if step_deadline is not None and (deadline is None or step_deadline < deadline):
                     deadline = step_deadline
                 result = await process.run_process(
-                    ["bash", "-e", "-o", "pipefail", "-c", step.run], cwd=cwd,
-                    env=self._env(workspace, step), on_output=streamer.feed, stop=self.stop,
-                    deadline=deadline, grace_s=self._grace,
+                    ["bash", "-e", "-o", "pipefail", "-c", step.run],
+                    cwd=cwd,
+                    env=self._env(workspace, step),
+                    on_output=streamer.feed,
+                    stop=self.stop,
+                    deadline=deadline,
+                    grace_s=self._grace,
                 )
                 state, error, job_timed_out = self._classify(result, step, job_deadline, step_deadline)
         except (ValueError, OSError) as exc:
@@ -257,8 +285,14 @@ class JobRunner:
                 data["signal"] = result.signal
         if error:
             data["error"] = error
-        self._emit("step.status", stepIndex=step.index, stepName=step.name, state=state, data=data,
-                   logBytesStreamed=streamer.bytes_streamed)
+        self._emit(
+            "step.status",
+            stepIndex=step.index,
+            stepName=step.name,
+            state=state,
+            data=data,
+            logBytesStreamed=streamer.bytes_streamed,
+        )
         entry: dict[str, JSONValue] = {"name": step.name, "status": state, "durationMs": duration}
         if error:
             entry["error"] = error

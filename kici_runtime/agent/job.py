@@ -161,7 +161,9 @@ def parse_dispatch(msg: Mapping[str, Any]) -> JobSpec:
         env=_str_map(config.get("env", {})) or {},
         steps=tuple(parse_step(i, raw) for i, raw in enumerate(steps_raw)),
         timeout_ms=int(timeout) if timeout else None,
-        grace_period_s=float(grace) if isinstance(grace, int | float) and not isinstance(grace, bool) and grace >= 0 else None,
+        grace_period_s=float(grace)
+        if isinstance(grace, int | float) and not isinstance(grace, bool) and grace >= 0
+        else None,
         max_log_bytes=int(log_cap) if log_cap else None,
         event=config["event"] if isinstance(config.get("event"), dict) else None,
     )

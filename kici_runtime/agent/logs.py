@@ -102,4 +102,3 @@ class LogStreamer:
             await anyio.sleep(self._interval)
             if pending is self._pending:
                 self.flush()
-

@@ -101,7 +101,6 @@ async def run_process(
         assert proc.stdout is not None
         stdout = proc.stdout
         async with anyio.create_task_group() as tg:
-
             pumped = anyio.Event()
 
             async def _pump() -> None:

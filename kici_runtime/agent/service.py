@@ -39,8 +39,7 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.outbox = Outbox(limit=config.buffer_limit, on_sent=self._on_sent)
-        self.connection = Connection(config=config, outbox=self.outbox, handler=self,
-                                     in_flight=self.in_flight_jobs)
+        self.connection = Connection(config=config, outbox=self.outbox, handler=self, in_flight=self.in_flight_jobs)
         self.runners: dict[str, JobRunner] = {}
         self.in_flight: dict[str, str] = {}
         self.draining = False
@@ -129,12 +128,14 @@ class Agent:
             return
         reason = "draining" if self.draining else "busy" if len(self.runners) >= self.config.max_concurrency else None
         if reason is not None:
-            self.outbox.put(job_mod.job_message("job.reject", spec, message_id=str(uuid.uuid4()), now_ms=_now_ms(),
-                                        reason=reason))
+            self.outbox.put(
+                job_mod.job_message("job.reject", spec, message_id=str(uuid.uuid4()), now_ms=_now_ms(), reason=reason)
+            )
             self._send_status()
             return
-        runner = JobRunner(spec, config=self.config, send=self.outbox.put,
-                           release=lambda: self._release(spec.job_id, runner))
+        runner = JobRunner(
+            spec, config=self.config, send=self.outbox.put, release=lambda: self._release(spec.job_id, runner)
+        )
         self.runners[spec.job_id] = runner
         self.in_flight[spec.job_id] = spec.run_id
         self.outbox.put(job_mod.job_message("job.ack", spec, message_id=str(uuid.uuid4()), now_ms=_now_ms()))
@@ -149,8 +150,7 @@ class Agent:
         if runner is None:
             return
         reason = message.get("reason")
-        runner.cancel(reason if isinstance(reason, str) and reason else "cancelled",
-                      force=message.get("force") is True)
+        runner.cancel(reason if isinstance(reason, str) and reason else "cancelled", force=message.get("force") is True)
 
     # --- internals --------------------------------------------------------------------------------
     async def _run_job(self, runner: JobRunner) -> None:
@@ -181,13 +181,15 @@ class Agent:
         (it goes through the outbox to stay behind the ``job.reject``/``job.status`` it follows)."""
         if not self.connection.registered:
             return
-        self.outbox.put({
-            "type": "agent.status",
-            "messageId": str(uuid.uuid4()),
-            "agentId": self.config.agent_id,
-            "activeJobs": len(self.runners),
-            "uptimeSeconds": int(time.monotonic() - self._started),
-        })
+        self.outbox.put(
+            {
+                "type": "agent.status",
+                "messageId": str(uuid.uuid4()),
+                "agentId": self.config.agent_id,
+                "activeJobs": len(self.runners),
+                "uptimeSeconds": int(time.monotonic() - self._started),
+            }
+        )
 
 
 def _now_ms() -> int:

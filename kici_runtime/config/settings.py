@@ -302,13 +302,17 @@ def load_settings(
         max_runs_per_delivery=_int(reader, "KICI_MAX_RUNS_PER_DELIVERY"),
         max_jobs_per_delivery=_int(reader, "KICI_MAX_JOBS_PER_DELIVERY"),
         processing_timeout_seconds=_int(reader, "KICI_PROCESSING_TIMEOUT_SECONDS"),
-        cluster=ClusterSettings(heartbeat_interval_ms=_int(reader, "KICI_CLUSTER_HEARTBEAT_INTERVAL_MS"),
-                                instance_timeout_ms=_int(reader, "KICI_CLUSTER_INSTANCE_TIMEOUT_MS")),
-        retention=RetentionPolicy(payload_days=_int(reader, "KICI_RETENTION_PAYLOAD_DAYS"),
-                                  log_days=_int(reader, "KICI_RETENTION_LOG_DAYS"),
-                                  run_days=_int(reader, "KICI_RETENTION_RUN_DAYS"),
-                                  event_log_days=_int(reader, "KICI_RETENTION_EVENT_LOG_DAYS"),
-                                  batch_size=_int(reader, "KICI_RETENTION_BATCH_SIZE")),
+        cluster=ClusterSettings(
+            heartbeat_interval_ms=_int(reader, "KICI_CLUSTER_HEARTBEAT_INTERVAL_MS"),
+            instance_timeout_ms=_int(reader, "KICI_CLUSTER_INSTANCE_TIMEOUT_MS"),
+        ),
+        retention=RetentionPolicy(
+            payload_days=_int(reader, "KICI_RETENTION_PAYLOAD_DAYS"),
+            log_days=_int(reader, "KICI_RETENTION_LOG_DAYS"),
+            run_days=_int(reader, "KICI_RETENTION_RUN_DAYS"),
+            event_log_days=_int(reader, "KICI_RETENTION_EVENT_LOG_DAYS"),
+            batch_size=_int(reader, "KICI_RETENTION_BATCH_SIZE"),
+        ),
         retention_interval_ms=_int(reader, "KICI_RETENTION_INTERVAL_MS"),
         warnings=tuple(warnings),
         secret_texts=tuple(dict.fromkeys(s for s in secret_texts if s)),
@@ -358,14 +362,18 @@ def _resolve_mode(environ: Mapping[str, str], reader: Reader, entry_point: Entry
     if mode not in _ENTRY_MODES[entry_point]:
         why = " (KICI_MODE is unset, so the mode defaults to platform)" if got.source == "default" else ""
         if entry_point == "server":
-            fail([
-                f"kici-server requires KICI_MODE=platform or KICI_MODE=hybrid, got {mode} from {got.label}; "
-                "run independent mode with kici-standalone"
-            ])
-        fail([
-            f"kici-standalone requires KICI_MODE=independent, got {mode}{why}; "
-            "run platform and hybrid modes with kici-server"
-        ])
+            fail(
+                [
+                    f"kici-server requires KICI_MODE=platform or KICI_MODE=hybrid, got {mode} from {got.label}; "
+                    "run independent mode with kici-standalone"
+                ]
+            )
+        fail(
+            [
+                f"kici-standalone requires KICI_MODE=independent, got {mode}{why}; "
+                "run platform and hybrid modes with kici-server"
+            ]
+        )
     return mode
 
 

@@ -112,7 +112,9 @@ def _flatten(node: Mapping[object, object], prefix: str, out: dict[str, object],
             continue
         if dotted in config_vars.YAML_TO_VAR:
             if isinstance(value, dict | list):
-                issues.append(f"{dotted}: expected a single value, got a {'mapping' if isinstance(value, dict) else 'list'}")
+                issues.append(
+                    f"{dotted}: expected a single value, got a {'mapping' if isinstance(value, dict) else 'list'}"
+                )
             elif value is not None:
                 out[dotted] = value
             continue

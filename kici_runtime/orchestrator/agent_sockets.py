@@ -12,7 +12,8 @@ agent do. Agents that offer no compression run uncompressed, as before.
 The handshake's request and response objects are released once the socket is accepted (uvicorn would keep
 them for the connection's life).
 
-Keepalive pings are off (``ws_ping_interval=None`` in :func:`kici_runtime.orchestrator.wiring.serve`): liveness rests on the
+Keepalive pings are off (``ws_ping_interval=None`` in :func:`kici_runtime.orchestrator.wiring.serve`): liveness rests
+on the
 agents' ``heartbeat`` messages and the 180 s heartbeat timeout (agent protocol §8.6), and a ping every 20 s per
 socket is the largest share of an idle fleet's CPU.
 """
@@ -32,14 +33,25 @@ def agent_websocket_protocol() -> type[asyncio.Protocol]:
     from websockets.server import ServerProtocol
 
     class AgentWebSocketProtocol(WebSocketsSansIOProtocol):
-        def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
-                     _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        def __init__(
+            self,
+            config: Any,
+            server_state: Any,
+            app_state: dict[str, Any],
+            _loop: asyncio.AbstractEventLoop | None = None,
+        ) -> None:
             super().__init__(config, server_state, app_state, _loop)
             extensions = []
             if config.ws_per_message_deflate:
-                extensions.append(ServerPerMessageDeflateFactory(
-                    server_no_context_takeover=True, client_no_context_takeover=True,
-                    server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5}))
+                extensions.append(
+                    ServerPerMessageDeflateFactory(
+                        server_no_context_takeover=True,
+                        client_no_context_takeover=True,
+                        server_max_window_bits=12,
+                        client_max_window_bits=12,
+                        compress_settings={"memLevel": 5},
+                    )
+                )
             # Replaced before the handshake, which is when the extension is negotiated.
             self.conn = ServerProtocol(extensions=extensions, max_size=config.ws_max_size, logger=self.conn.logger)
 

@@ -1,7 +1,8 @@
 """The Starlette application shared by every mode: health, readiness, metrics, webhooks, admin API, ``/ws``.
 
 Every HTTP request first passes :class:`~kici_runtime.orchestrator.httpguard.RequestGuard` (NUL bytes in the URL, the
-body-size limit, the body read timeout). ``KICI_BASE_PATH`` prefixes every route; requests that arrive without the prefix (a proxy that strips it, such
+body-size limit, the body read timeout). ``KICI_BASE_PATH`` prefixes every route; requests that arrive without the
+prefix (a proxy that strips it, such
 as Caddy's ``handle_path``) are served too (decision 13).
 """
 
@@ -30,14 +31,16 @@ log = logging.getLogger("kici.http")
 async def health(request: Request) -> Response:
     ctx: AppContext = request.app.state.ctx
     now = datetime.now(UTC)
-    return JSONResponse({
-        "status": "ok",
-        "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
-        "uptime": round(time.monotonic() - ctx.started_at, 3),
-        "version": ctx.version,
-        "buildCommit": ctx.build_commit,
-        "buildDate": ctx.build_date,
-    })
+    return JSONResponse(
+        {
+            "status": "ok",
+            "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+            "uptime": round(time.monotonic() - ctx.started_at, 3),
+            "version": ctx.version,
+            "buildCommit": ctx.build_commit,
+            "buildDate": ctx.build_date,
+        }
+    )
 
 
 async def ready(request: Request) -> Response:
@@ -53,8 +56,11 @@ async def ready(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     ctx: AppContext = request.app.state.ctx
-    return Response(metrics.render(ctx.metric_snapshots()), media_type=metrics.CONTENT_TYPE,
-                    headers={"Content-Type": metrics.CONTENT_TYPE})
+    return Response(
+        metrics.render(ctx.metric_snapshots()),
+        media_type=metrics.CONTENT_TYPE,
+        headers={"Content-Type": metrics.CONTENT_TYPE},
+    )
 
 
 class RequestIdMiddleware:
@@ -89,10 +95,16 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             if log.isEnabledFor(logging.INFO):  # skip building the fields when the line would be dropped
-                log.info("Request completed", extra={
-                    "method": scope.get("method"), "path": scope.get("path"), "status": status,
-                    "duration": f"{(time.perf_counter() - started) * 1000:.0f}ms", "requestId": request_id,
-                })
+                log.info(
+                    "Request completed",
+                    extra={
+                        "method": scope.get("method"),
+                        "path": scope.get("path"),
+                        "status": status,
+                        "duration": f"{(time.perf_counter() - started) * 1000:.0f}ms",
+                        "requestId": request_id,
+                    },
+                )
 
 
 def base_routes() -> list[BaseRoute]:
@@ -109,9 +121,12 @@ def build_app(ctx: AppContext, extra_routes: Sequence[BaseRoute] = ()) -> Starle
     routes: list[BaseRoute] = [*base_routes(), *extra_routes]
     if ctx.base_path:
         routes = [Mount(ctx.base_path, routes=routes), *routes]
-    app = Starlette(routes=routes, middleware=[
-        Middleware(RequestIdMiddleware),
-        Middleware(httpguard.RequestGuard, max_body_bytes=ctx.max_body_bytes, body_timeout=ctx.body_timeout),
-    ])
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(httpguard.RequestGuard, max_body_bytes=ctx.max_body_bytes, body_timeout=ctx.body_timeout),
+        ],
+    )
     app.state.ctx = ctx
     return app

@@ -44,8 +44,10 @@ async def ensure_bootstrap_token(
         if await tokens.ensure_bootstrap_admin_token(token_hash(env_token), new_id()):
             log.info("Bootstrap admin token ensured")
         else:
-            log.warning("KICI_BOOTSTRAP_ADMIN_TOKEN was revoked and stays revoked; "
-                        "set a new value to rotate the bootstrap token")
+            log.warning(
+                "KICI_BOOTSTRAP_ADMIN_TOKEN was revoked and stays revoked; "
+                "set a new value to rotate the bootstrap token"
+            )
         return None
     if await tokens.has_active_admin_token():
         return None

@@ -51,10 +51,20 @@ class CheckSender:
         lease_seconds: how long a leased row stays with this process before another may take it.
     """
 
-    def __init__(self, *, outbox: PgCheckOutbox, sources: SourceStore, github: GitHubProvider, worker_id: str,
-                 dashboard_url: str | None = None, mask: Callable[[str], str] | None = None,
-                 poll_interval: float = 0.5, batch: int = 32, concurrency: int = 8,
-                 lease_seconds: float = 120.0) -> None:
+    def __init__(
+        self,
+        *,
+        outbox: PgCheckOutbox,
+        sources: SourceStore,
+        github: GitHubProvider,
+        worker_id: str,
+        dashboard_url: str | None = None,
+        mask: Callable[[str], str] | None = None,
+        poll_interval: float = 0.5,
+        batch: int = 32,
+        concurrency: int = 8,
+        lease_seconds: float = 120.0,
+    ) -> None:
         self._outbox = outbox
         self._sources = sources
         self._github = github
@@ -107,11 +117,24 @@ class CheckSender:
             result = "rejected" if outcome.permanent else "retried"
             metrics.github_check_runs.labels(result=result).inc()
             delay = outcome.retry_after if outcome.retry_after is not None else backoff(check.attempts)
-            log.warning("GitHub check run not delivered" + (" (not retried)" if outcome.permanent else ""),
-                        extra={"checkRun": check.name, "runId": check.run_id, "repo": check.repo,
-                               "error": outcome.error, "attempt": check.attempts, "retryIn": delay})
-            await self._outbox.failed(check, outcome.error or "unknown error", retry_after=delay,
-                                      give_up=outcome.permanent, forget_id=outcome.forget_id)
+            log.warning(
+                "GitHub check run not delivered" + (" (not retried)" if outcome.permanent else ""),
+                extra={
+                    "checkRun": check.name,
+                    "runId": check.run_id,
+                    "repo": check.repo,
+                    "error": outcome.error,
+                    "attempt": check.attempts,
+                    "retryIn": delay,
+                },
+            )
+            await self._outbox.failed(
+                check,
+                outcome.error or "unknown error",
+                retry_after=delay,
+                give_up=outcome.permanent,
+                forget_id=outcome.forget_id,
+            )
 
     def _masked(self, text: str | None) -> str | None:
         if text is None:
@@ -128,14 +151,28 @@ class CheckSender:
         if check.job_id is not None and check.conclusion == "failure":
             found = await self._outbox.failed_step(check.job_id)
             if found is not None:
-                failed_step = checks.FailedStep(index=found.index, name=found.name, exit_code=found.exit_code,
-                                                error=found.error,
-                                                tail=tuple(checks.tail_lines(found.tail, mask=self._mask)))
+                failed_step = checks.FailedStep(
+                    index=found.index,
+                    name=found.name,
+                    exit_code=found.exit_code,
+                    error=found.error,
+                    tail=tuple(checks.tail_lines(found.tail, mask=self._mask)),
+                )
         view = checks.CheckView(
-            name=check.name, head_sha=check.head_sha, external_id=check.external_id, run_id=check.run_id,
-            workflow_name=check.workflow_name, job_name=check.job_name, status=check.status,
-            conclusion=check.conclusion, detail=self._masked(check.detail), agent_id=check.agent_id, trace_id=check.delivery_id,
-            attempt=check.run_attempt, started_at=check.started_at, completed_at=check.completed_at,
+            name=check.name,
+            head_sha=check.head_sha,
+            external_id=check.external_id,
+            run_id=check.run_id,
+            workflow_name=check.workflow_name,
+            job_name=check.job_name,
+            status=check.status,
+            conclusion=check.conclusion,
+            detail=self._masked(check.detail),
+            agent_id=check.agent_id,
+            trace_id=check.delivery_id,
+            attempt=check.run_attempt,
+            started_at=check.started_at,
+            completed_at=check.completed_at,
             failed_step=failed_step,
             details_url=checks.details_url(self._dashboard, org_id=check.org_id, run_id=check.run_id),
         )

@@ -60,9 +60,20 @@ class ClusterMember:
         mirror_s: how often the agents' load is compared with what was last written.
     """
 
-    def __init__(self, *, db: Database, cluster: PgCluster, instance_id: str, hub: AgentHub | None,
-                 version: str, mode: str, heartbeat_s: float = 10.0, recovery_grace_s: float = 120.0,
-                 mirror_s: float = MIRROR_SECONDS, hostname: Callable[[], str] = socket.gethostname) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        cluster: PgCluster,
+        instance_id: str,
+        hub: AgentHub | None,
+        version: str,
+        mode: str,
+        heartbeat_s: float = 10.0,
+        recovery_grace_s: float = 120.0,
+        mirror_s: float = MIRROR_SECONDS,
+        hostname: Callable[[], str] = socket.gethostname,
+    ) -> None:
         self._db = db
         self.cluster = cluster
         self.instance_id = instance_id
@@ -79,8 +90,9 @@ class ClusterMember:
         self.registered = anyio.Event()
 
     async def register(self) -> None:
-        await self.cluster.register(self.instance_id, hostname=self._hostname(), pid=os.getpid(),
-                                    version=self._version, mode=self._mode)
+        await self.cluster.register(
+            self.instance_id, hostname=self._hostname(), pid=os.getpid(), version=self._version, mode=self._mode
+        )
         self._written.clear()  # a new life: write every agent's load again
         self._rewrite = True
         log.info("Cluster instance registered", extra={"instanceId": self.instance_id})
@@ -118,14 +130,17 @@ class ClusterMember:
             metrics.set_remote_agents(await self.cluster.remote_agent_count(self.instance_id))
             metrics.cluster_instances.set(await self.cluster.live_count())
             return
-        log.warning("this process was taken for dead by another one; taking its agents and jobs back",
-                    extra={"instanceId": self.instance_id})
+        log.warning(
+            "this process was taken for dead by another one; taking its agents and jobs back",
+            extra={"instanceId": self.instance_id},
+        )
         await self.register()
         if self._hub is not None:
             core = self._hub.core
             agents = list(core.agent_ids())
-            running = [(job, view.agent_id) for a in agents if (view := core.agent(a)) is not None
-                       for job in view.active_jobs]
+            running = [
+                (job, view.agent_id) for a in agents if (view := core.agent(a)) is not None for job in view.active_jobs
+            ]
             back = await self.cluster.rejoin(self.instance_id, agents, running)
             log.info("Agents and jobs taken back", extra={"agents": len(agents), "jobs": back})
 
@@ -142,9 +157,16 @@ class ClusterMember:
                     continue
                 jobs, agents, deliveries = result
                 total += jobs
-                log.warning("Recovered the work of a dead orchestrator process",
-                            extra={"deadInstance": dead, "recoveringJobs": jobs, "agents": agents,
-                                   "deliveries": deliveries, "recoveryWindowSeconds": self._grace})
+                log.warning(
+                    "Recovered the work of a dead orchestrator process",
+                    extra={
+                        "deadInstance": dead,
+                        "recoveringJobs": jobs,
+                        "agents": agents,
+                        "deliveries": deliveries,
+                        "recoveryWindowSeconds": self._grace,
+                    },
+                )
             await self.cluster.prune()
             run.result = {"recoveringJobs": total}
         return total
@@ -155,8 +177,11 @@ class ClusterMember:
         if self._hub is not None:
             self._unwritten.update(self._hub.core.load_changes(everything=self._rewrite))
             self._rewrite = False
-        changed = [(a, load.active_jobs, load.accepting) for a, load in self._unwritten.items()
-                   if load is not None and self._written.get(a) != load]
+        changed = [
+            (a, load.active_jobs, load.accepting)
+            for a, load in self._unwritten.items()
+            if load is not None and self._written.get(a) != load
+        ]
         if changed:
             await self.cluster.mirror_load(self.instance_id, changed)  # on failure kept for the next mirror
         for agent_id, load in self._unwritten.items():

@@ -54,10 +54,18 @@ def data_root(settings: Settings) -> Path:
 def blob_store(settings: Settings) -> BlobStore:
     s = settings.storage
     if s.type == "s3":
-        return S3BlobStore(s.log_bucket or s.bucket or "", prefix=s.prefix or "kici-logs/", region=s.region,
-                           endpoint=s.endpoint, force_path_style=s.force_path_style)
-    base = Path(settings.webhook_payload_dir) / "logs" if settings.webhook_payload_dir else (
-        Path(s.fs_path) if s.fs_path else data_root(settings) / "cache" / "logs")
+        return S3BlobStore(
+            s.log_bucket or s.bucket or "",
+            prefix=s.prefix or "kici-logs/",
+            region=s.region,
+            endpoint=s.endpoint,
+            force_path_style=s.force_path_style,
+        )
+    base = (
+        Path(settings.webhook_payload_dir) / "logs"
+        if settings.webhook_payload_dir
+        else (Path(s.fs_path) if s.fs_path else data_root(settings) / "cache" / "logs")
+    )
     return FilesystemBlobStore(base)
 
 
@@ -99,8 +107,14 @@ class ProcessingParts:
     registrations: PgRegistrations
 
 
-async def processing_parts(settings: Settings, db: Database, stack: AsyncExitStack, *, worker_id: str,
-                           on_accepted: Callable[[], None] | None = None) -> ProcessingParts:
+async def processing_parts(
+    settings: Settings,
+    db: Database,
+    stack: AsyncExitStack,
+    *,
+    worker_id: str,
+    on_accepted: Callable[[], None] | None = None,
+) -> ProcessingParts:
     """Build the inbox, the delivery worker (claiming as ``worker_id``) and the payload offloader over ``db``.
 
     ``on_accepted`` is called after each new acceptance; when None the local offloader is woken instead.
@@ -110,13 +124,19 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
     secrets: SecretStore = PgSecretStore(db, settings.secret_key, old_key=settings.secret_key_old)
     sources = PgSourceStore(db)
     offloader = PayloadOffloader(db, blobs)  # accepted bodies: database -> object storage, in the background
-    inbox = PgDeliveryInbox(db, blobs, max_payload_bytes=settings.event_log_max_payload_bytes,
-                            on_accepted=on_accepted or offloader.wake, forward=settings.platform_enabled)
+    inbox = PgDeliveryInbox(
+        db,
+        blobs,
+        max_payload_bytes=settings.event_log_max_payload_bytes,
+        on_accepted=on_accepted or offloader.wake,
+        forward=settings.platform_enabled,
+    )
     stack.push_async_callback(inbox.aclose)  # its group-commit lane connections
     github = GitHubProvider(
-        secrets=secrets, default_api_url=settings.github_api_url, lockfile_max_bytes=settings.lockfile_max_bytes,
-        cache=LockfileCache(max_entries=settings.lockfile_cache_max,
-                            ttl_seconds=settings.lockfile_cache_ttl_ms / 1000),
+        secrets=secrets,
+        default_api_url=settings.github_api_url,
+        lockfile_max_bytes=settings.lockfile_max_bytes,
+        cache=LockfileCache(max_entries=settings.lockfile_cache_max, ttl_seconds=settings.lockfile_cache_ttl_ms / 1000),
         validate=lockfile.parse_lockfile,  # a corrupt lock file is never cached
     )
     stack.push_async_callback(github.aclose)
@@ -128,25 +148,37 @@ async def processing_parts(settings: Settings, db: Database, stack: AsyncExitSta
             "github": Provider(lockfiles=github, changed_files=github, repo_url=_github_repo_url),
             "local": Provider(lockfiles=local, changed_files=local, repo_url=_local_repo_url),
         },
-        ids=new_id, timer=perf_counter, observer=PrometheusObserver(),
+        ids=new_id,
+        timer=perf_counter,
+        observer=PrometheusObserver(),
         # GitHub's "Re-run" buttons (check_run / check_suite rerequested) start new attempts
         reruns=PgReruns(PgRunStore(db, forward=settings.platform_enabled, instance_id=worker_id)),
-        offload=ThreadOffload(), budget_seconds=float(settings.processing_timeout_seconds),
-        max_runs=settings.max_runs_per_delivery, max_jobs=settings.max_jobs_per_delivery,
+        offload=ThreadOffload(),
+        budget_seconds=float(settings.processing_timeout_seconds),
+        max_runs=settings.max_runs_per_delivery,
+        max_jobs=settings.max_jobs_per_delivery,
         registrations=registrations,  # default-branch pushes register workflows; schedule fires read them
     )
     # --- Platform link (platform/hybrid): execution.event and status forwarding go to the durable outbox
     platform_outbox = PgPlatformOutbox(db) if settings.platform_enabled else None
-    worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=worker_id, blobs=blobs,
-                            platform=platform_outbox)
+    worker = DeliveryWorker(inbox=inbox, pipeline=pipeline, worker_id=worker_id, blobs=blobs, platform=platform_outbox)
     try:  # the completion (and acceptance) lanes' connections, ready before the first burst (a connect costs
         # tens of ms); concurrent completions share them (see PgDeliveryInbox.complete)
         await inbox.warm(min(worker.concurrency, COMPLETE_LANES + COMMIT_LANES))
     except errors.Unavailable as exc:
         log.warning("could not open the inbox connections ahead of time", extra={"error": str(exc)})
-    return ProcessingParts(blobs=blobs, secrets=secrets, sources=sources, github=github, inbox=inbox,
-                           worker=worker, offloader=offloader, platform_outbox=platform_outbox, pipeline=pipeline,
-                           registrations=registrations)
+    return ProcessingParts(
+        blobs=blobs,
+        secrets=secrets,
+        sources=sources,
+        github=github,
+        inbox=inbox,
+        worker=worker,
+        offloader=offloader,
+        platform_outbox=platform_outbox,
+        pipeline=pipeline,
+        registrations=registrations,
+    )
 
 
 def new_id() -> str:

@@ -14,7 +14,8 @@ first, while the orchestrator can still take its reports (SIGTERMs at :data:`AGE
 running jobs, kill their processes), then the orchestrator (SIGTERM when the agent is gone or at
 :data:`ORCHESTRATOR_BY` at the latest; it stops its processing child and the database; a second one after
 :data:`ORCHESTRATOR_AGAIN_AFTER` closes open connections), and SIGKILLs the process groups of whatever still
-runs at :data:`KILL_AFTER` seconds, stopping the database itself when its owner had to be killed. On Linux the children also get SIGTERM when the
+runs at :data:`KILL_AFTER` seconds, stopping the database itself when its owner had to be killed. On Linux the children
+also get SIGTERM when the
 launcher dies without that chance. ``make dev`` passes SIGTERM on to the launcher but not a SIGINT or SIGHUP
 sent to make alone; the launcher notices those too (see :func:`_make_watch`).
 
@@ -86,8 +87,13 @@ def _state(root: Path) -> dict[str, str]:
 
 
 def _git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "KiCI dev", "GIT_AUTHOR_EMAIL": "dev@kici.invalid",
-           "GIT_COMMITTER_NAME": "KiCI dev", "GIT_COMMITTER_EMAIL": "dev@kici.invalid"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "KiCI dev",
+        "GIT_AUTHOR_EMAIL": "dev@kici.invalid",
+        "GIT_COMMITTER_NAME": "KiCI dev",
+        "GIT_COMMITTER_EMAIL": "dev@kici.invalid",
+    }
     out = subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env)
     return out.stdout.strip()
 
@@ -110,8 +116,12 @@ def push_payload(repo: Path, sha: str) -> bytes:
         "ref": "refs/heads/main",
         "before": "0" * 40,
         "after": sha,
-        "repository": {"full_name": "example/hello", "name": "hello", "default_branch": "main",
-                       "clone_url": repo.resolve().as_uri()},
+        "repository": {
+            "full_name": "example/hello",
+            "name": "hello",
+            "default_branch": "main",
+            "clone_url": repo.resolve().as_uri(),
+        },
         "sender": {"login": "dev", "id": 1},
     }
     return json.dumps(payload, separators=(",", ":")).encode()
@@ -252,13 +262,15 @@ def _wait_ready(base: str, port: int, orch: subprocess.Popen[bytes], log: _Log, 
     while not signals.wait(_POLL):
         if orch.poll() is not None:
             raise click.ClickException(
-                f"kici-standalone exited with status {orch.returncode}: {log.last_error('kici-standalone')}")
+                f"kici-standalone exited with status {orch.returncode}: {log.last_error('kici-standalone')}"
+            )
         if announced in log.new_text() and _healthy(base):
             return True
         if time.monotonic() > deadline:
             raise click.ClickException(
                 f"kici-standalone did not announce port {port} and answer {base}/health within "
-                f"{START_TIMEOUT:.0f} s; see {log.path}")
+                f"{START_TIMEOUT:.0f} s; see {log.path}"
+            )
     return False
 
 
@@ -316,10 +328,12 @@ def main(port: int, dev_dir: str, examples: str) -> None:
     owner = embedded.owner_pid(pg_dir)
     if owner is not None:
         raise click.ClickException(
-            f"the dev database in {pg_dir} is in use by another process (pid {owner or 'unknown'}); stop it first")
+            f"the dev database in {pg_dir} is in use by another process (pid {owner or 'unknown'}); stop it first"
+        )
     if _port_taken(port):
         raise click.ClickException(
-            f"port {port} on 127.0.0.1 is already in use; stop what listens there, or run make dev PORT=<free port>")
+            f"port {port} on 127.0.0.1 is already in use; stop what listens there, or run make dev PORT=<free port>"
+        )
     state = _state(root)
     repo, sha = sample_repo(root, Path(examples).resolve())
     body = push_payload(repo, sha)
@@ -329,10 +343,16 @@ def main(port: int, dev_dir: str, examples: str) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KICI_")}
     orch_env = {
         **clean,
-        "KICI_MODE": "independent", "KICI_DEV": "true", "KICI_DATABASE_URL": "embedded",
-        "KICI_DATA_DIR": str(root / "data"), "KICI_PORT": str(port), "KICI_HOST": "127.0.0.1",
-        "KICI_SECRET_KEY": state["secretKey"], "KICI_BOOTSTRAP_ADMIN_TOKEN": state["adminToken"],
-        "KICI_AGENT_AUTH": "none", "KICI_LOG_LEVEL": "info",
+        "KICI_MODE": "independent",
+        "KICI_DEV": "true",
+        "KICI_DATABASE_URL": "embedded",
+        "KICI_DATA_DIR": str(root / "data"),
+        "KICI_PORT": str(port),
+        "KICI_HOST": "127.0.0.1",
+        "KICI_SECRET_KEY": state["secretKey"],
+        "KICI_BOOTSTRAP_ADMIN_TOKEN": state["adminToken"],
+        "KICI_AGENT_AUTH": "none",
+        "KICI_LOG_LEVEL": "info",
     }
     pg_dir.mkdir(parents=True, exist_ok=True)
     cluster = embedded.EmbeddedPostgres(pg_dir).cluster_dir
@@ -347,8 +367,15 @@ def main(port: int, dev_dir: str, examples: str) -> None:
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def spawn(name: str, module: str, env: dict[str, str], log: _Log) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", module], env=env, stdin=subprocess.DEVNULL,
-                                stdout=log.handle, stderr=subprocess.STDOUT, process_group=0, preexec_fn=preexec)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log.handle,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+            preexec_fn=preexec,
+        )
         children.append((name, proc))
         return proc
 
@@ -356,8 +383,13 @@ def main(port: int, dev_dir: str, examples: str) -> None:
         click.echo(f"Starting kici-standalone on {base} (embedded PostgreSQL 18 in {cluster}) ...")
         orch = spawn("orchestrator", "kici_runtime.orchestrator.standalone", orch_env, orch_log)
         if _wait_ready(base, port, orch, orch_log, signals):
-            agent_env = {**clean, "KICI_ORCHESTRATOR_URL": f"ws://127.0.0.1:{port}/ws", "KICI_AGENT_ID": "dev-agent",
-                         "KICI_AGENT_LABELS": "local", "KICI_AGENT_WORK_DIR": str(root / "agent-work")}
+            agent_env = {
+                **clean,
+                "KICI_ORCHESTRATOR_URL": f"ws://127.0.0.1:{port}/ws",
+                "KICI_AGENT_ID": "dev-agent",
+                "KICI_AGENT_LABELS": "local",
+                "KICI_AGENT_WORK_DIR": str(root / "agent-work"),
+            }
             spawn("agent", "kici_runtime.agent", agent_env, agent_log)
             _announce(base, logs, state, repo, root, signature, cluster)
             while not signals.wait(_POLL):
@@ -376,26 +408,27 @@ def main(port: int, dev_dir: str, examples: str) -> None:
         launcher.release()
 
 
-def _announce(base: str, logs: Path, state: dict[str, str], repo: Path, root: Path, signature: str,
-              cluster: Path) -> None:
+def _announce(
+    base: str, logs: Path, state: dict[str, str], repo: Path, root: Path, signature: str, cluster: Path
+) -> None:
     admin = f"{Path(sys.executable).parent / 'kici-admin'} --url {base} --token {state['adminToken']}"
     click.echo(f"""
 KiCI is running in independent mode.
-  orchestrator  {base}   (logs: {logs / 'orchestrator.log'})
-  agent         dev-agent, labels: local   (logs: {logs / 'agent.log'})
+  orchestrator  {base}   (logs: {logs / "orchestrator.log"})
+  agent         dev-agent, labels: local   (logs: {logs / "agent.log"})
   database      embedded PostgreSQL 18 in {cluster}
-  admin token   {state['adminToken']}
+  admin token   {state["adminToken"]}
 
 1. Register the sample repository as a local webhook source:
 
    {admin} source add generic --org {DEV_ORG} --name {SOURCE_NAME} --provider-type local \\
-       --local-repo {repo} --verification hmac_sha256 --secret {state['webhookSecret']}
+       --local-repo {repo} --verification hmac_sha256 --secret {state["webhookSecret"]}
 
 2. Send it a signed push webhook:
 
    curl -sS -X POST {base}/webhook/{DEV_ORG}/generic/{SOURCE_NAME} \\
        -H 'content-type: application/json' -H 'x-event-type: push' \\
-       -H 'x-signature-256: {signature}' --data-binary @{root / 'push.json'}
+       -H 'x-signature-256: {signature}' --data-binary @{root / "push.json"}
 
 3. Watch the run:
 

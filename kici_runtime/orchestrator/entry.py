@@ -55,9 +55,14 @@ def run(entry_point: Literal["server", "standalone"], config_path: str | None, m
     except SystemExit as exc:
         if exc.code != UVICORN_STARTUP_FAILURE:
             raise
-        _fatal(entry_point, errors.ConfigError(
-            f"the HTTP listener could not start on {settings.host}:{settings.port} (the log line above says why); "
-            "if the address is in use, stop the process listening there or choose another KICI_PORT"), exit_code=1)
+        _fatal(
+            entry_point,
+            errors.ConfigError(
+                f"the HTTP listener could not start on {settings.host}:{settings.port} (the log line above says why); "
+                "if the address is in use, stop the process listening there or choose another KICI_PORT"
+            ),
+            exit_code=1,
+        )
     except BaseException as exc:
         found = startup_error(exc)
         if found is None:

@@ -88,12 +88,17 @@ class _Observer:
 
     def duplicate(self, delivery: Delivery) -> None:
         metrics.dedup_hits.inc()
-        log.info("Duplicate webhook", extra={"deliveryId": delivery.delivery_id, "event": delivery.event,
-                                             "source": delivery.source})
+        log.info(
+            "Duplicate webhook",
+            extra={"deliveryId": delivery.delivery_id, "event": delivery.event, "source": delivery.source},
+        )
 
     def local_refused(self, routing_key: str) -> None:
-        log.warning("delivery for a local source refused: local sources are disabled "
-                    "(set KICI_DEV=true or KICI_ALLOW_LOCAL_SOURCES=true)", extra={"routingKey": routing_key})
+        log.warning(
+            "delivery for a local source refused: local sources are disabled "
+            "(set KICI_DEV=true or KICI_ALLOW_LOCAL_SOURCES=true)",
+            extra={"routingKey": routing_key},
+        )
 
 
 _OBSERVER = _Observer()
@@ -101,9 +106,16 @@ _OBSERVER = _Observer()
 
 def intake(ctx: AppContext) -> accepting.Intake:
     """The accept use case's ports and settings from ``ctx``."""
-    return accepting.Intake(sources=ctx.sources, secrets=SharedReads(ctx.secrets), inbox=ctx.inbox, clock=ctx.clock,
-                            ids=ctx.ids, observer=_OBSERVER, limiter=ctx.limiter,
-                            local_sources_enabled=ctx.local_sources_enabled)
+    return accepting.Intake(
+        sources=ctx.sources,
+        secrets=SharedReads(ctx.secrets),
+        inbox=ctx.inbox,
+        clock=ctx.clock,
+        ids=ctx.ids,
+        observer=_OBSERVER,
+        limiter=ctx.limiter,
+        local_sources_enabled=ctx.local_sources_enabled,
+    )
 
 
 async def accept(ctx: AppContext, request: accepting.Incoming) -> accepting.Outcome:
@@ -113,12 +125,15 @@ async def accept(ctx: AppContext, request: accepting.Incoming) -> accepting.Outc
     if isinstance(outcome, accepting.Accepted):
         if not outcome.duplicate:
             ctx.wake_worker()
-            log.info("Relayed webhook accepted" if request.via == "relay" else "Webhook accepted",
-                     extra={"deliveryId": outcome.delivery_id, "event": outcome.event,
-                            "routingKey": outcome.routing_key})
+            log.info(
+                "Relayed webhook accepted" if request.via == "relay" else "Webhook accepted",
+                extra={"deliveryId": outcome.delivery_id, "event": outcome.event, "routingKey": outcome.routing_key},
+            )
     elif isinstance(outcome, accepting.Rejected) and outcome.code == "misconfigured":
-        log.error("webhook source verification misconfigured",
-                  extra={"routingKey": outcome.routing_key, "reason": outcome.detail})
+        log.error(
+            "webhook source verification misconfigured",
+            extra={"routingKey": outcome.routing_key, "reason": outcome.detail},
+        )
     return outcome
 
 
@@ -142,10 +157,18 @@ def relayed_request(delivery: RelayedDelivery, platform_org: str | None) -> acce
     start = delivery.start
     header_name = start.signature_header_name or "x-hub-signature-256"
     return accepting.Incoming(
-        via="relay", headers=start.headers, body=delivery.body, routing_key=start.routing_key,
-        platform_org=platform_org, event=start.event, delivery_id=start.delivery_id, action=start.action,
-        signature=start.signature_header or start.headers.get(header_name.lower()), signature_header=header_name,
-        client_ip=start.client_ip)
+        via="relay",
+        headers=start.headers,
+        body=delivery.body,
+        routing_key=start.routing_key,
+        platform_org=platform_org,
+        event=start.event,
+        delivery_id=start.delivery_id,
+        action=start.action,
+        signature=start.signature_header or start.headers.get(header_name.lower()),
+        signature_header=header_name,
+        client_ip=start.client_ip,
+    )
 
 
 async def accept_relayed(ctx: AppContext, delivery: RelayedDelivery, platform_org: str | None) -> AckDecision:
@@ -157,8 +180,9 @@ async def accept_relayed(ctx: AppContext, delivery: RelayedDelivery, platform_or
     try:
         return ack_for(await accept(ctx, relayed_request(delivery, platform_org)))
     except errors.Unavailable:
-        log.warning("relayed webhook not accepted: storage unavailable",
-                    extra={"deliveryId": delivery.start.delivery_id})
+        log.warning(
+            "relayed webhook not accepted: storage unavailable", extra={"deliveryId": delivery.start.delivery_id}
+        )
         return AckDecision(result="rejected_misconfigured", reason="orchestrator storage unavailable")
     except Exception:
         log.exception("relayed webhook verification failed", extra={"deliveryId": delivery.start.delivery_id})

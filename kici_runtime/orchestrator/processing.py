@@ -70,8 +70,7 @@ def child_worker_id(instance_id: str, index: int) -> str:
 async def listen_inbox(db: Database, wake: Callable[[], None], *, retry_seconds: float = 1.0) -> None:
     """Call ``wake`` for every ``kici_inbox`` notification, and once per (re)connection (notifications may
     have been missed while disconnected). Runs until cancelled."""
-    async for _ in notify.listen_forever(db, (notify.INBOX,), retry_seconds=retry_seconds,
-                                         what="inbox notifications"):
+    async for _ in notify.listen_forever(db, (notify.INBOX,), retry_seconds=retry_seconds, what="inbox notifications"):
         wake()
 
 
@@ -102,8 +101,15 @@ class Supervisor:
 
     def command(self, index: int) -> list[str]:
         """The command line of child ``index``."""
-        cmd = [sys.executable, "-m", "kici_runtime.orchestrator.processing", "--index", str(index),
-               "--entry-point", self._settings.entry_point]
+        cmd = [
+            sys.executable,
+            "-m",
+            "kici_runtime.orchestrator.processing",
+            "--index",
+            str(index),
+            "--entry-point",
+            self._settings.entry_point,
+        ]
         if self._settings.config_file:
             cmd += ["--config", self._settings.config_file]
         return [*cmd, "--metrics-file", str(self._metrics_file(index))]
@@ -152,9 +158,12 @@ class Supervisor:
             except OSError:
                 continue  # not started yet
             if age > self._stall_seconds:
-                log.error("Processing worker stalled: its event loop has not run for %.0f s (more than the time "
-                          "budget of a delivery); killing it", age,
-                          extra={"index": index, "pid": proc.pid, "stalledSeconds": round(age, 1)})
+                log.error(
+                    "Processing worker stalled: its event loop has not run for %.0f s (more than the time "
+                    "budget of a delivery); killing it",
+                    age,
+                    extra={"index": index, "pid": proc.pid, "stalledSeconds": round(age, 1)},
+                )
                 with suppress(ProcessLookupError):
                     proc.kill()
                 return await proc.wait()
@@ -165,8 +174,14 @@ class Supervisor:
             started = time.monotonic()
             # A session of its own: a terminal's Ctrl-C (SIGINT to the foreground process group) reaches only
             # the serving process, which stops its children once, in order; a child never stops on its own.
-            proc = await anyio.open_process(self.command(index), env=self._env, stdin=subprocess.DEVNULL,
-                                            stdout=None, stderr=None, start_new_session=True)
+            proc = await anyio.open_process(
+                self.command(index),
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                stdout=None,
+                stderr=None,
+                start_new_session=True,
+            )
             self.pids[index] = proc.pid
             self.starts += 1
             log.info("Processing worker started", extra={"index": index, "pid": proc.pid})
@@ -181,8 +196,10 @@ class Supervisor:
                 self._retire(index)
             if time.monotonic() - started >= STABLE_SECONDS:
                 delay = RESTART_BACKOFF[0]
-            log.warning("Processing worker exited; restarting it",
-                        extra={"index": index, "exitCode": code, "restartInSeconds": delay})
+            log.warning(
+                "Processing worker exited; restarting it",
+                extra={"index": index, "exitCode": code, "restartInSeconds": delay},
+            )
             await anyio.sleep(delay)
             delay = min(delay * 2, RESTART_BACKOFF[1])
 
@@ -232,7 +249,6 @@ async def report_metrics(path: Path, *, every: float = 0.25) -> None:
     finally:
         with suppress(OSError):
             write(metrics.snapshot())
-
 
 
 def heartbeat_file(metrics_file: Path) -> Path:
@@ -309,8 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     with suppress(OSError):
         os.nice(CHILD_NICENESS)
     try:
-        settings = config.from_process_env(cast(Literal["server", "standalone"], args.entry_point),
-                                           config_path=args.config)
+        settings = config.from_process_env(
+            cast(Literal["server", "standalone"], args.entry_point), config_path=args.config
+        )
     except errors.ConfigError as exc:
         kici_logging.log_fatal_startup(exc)
         sys.exit(1)
@@ -318,9 +335,16 @@ def main(argv: list[str] | None = None) -> None:
     kici_logging.configure_logging(settings.log_level, static_fields={"environment": settings.environment})
     wirelogs.install()
     try:
-        anyio.run(functools.partial(run_child, settings, args.index, parent_pid=parent_pid,
-                                    metrics_file=Path(args.metrics_file) if args.metrics_file else None),
-                  backend_options=eventloop.backend_options())
+        anyio.run(
+            functools.partial(
+                run_child,
+                settings,
+                args.index,
+                parent_pid=parent_pid,
+                metrics_file=Path(args.metrics_file) if args.metrics_file else None,
+            ),
+            backend_options=eventloop.backend_options(),
+        )
     except errors.KiciError as exc:
         kici_logging.log_fatal_startup(exc)
         sys.exit(exc.exit_code if exc.exit_code != 0 else 1)

@@ -57,8 +57,16 @@ class RetentionSweeper:
         clock: "now" as an aware datetime.
     """
 
-    def __init__(self, *, db: Database, store: PgRetention, policy: retention.RetentionPolicy, instance_id: str,
-                 interval_s: float = 600.0, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        store: PgRetention,
+        policy: retention.RetentionPolicy,
+        instance_id: str,
+        interval_s: float = 600.0,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
         self._db = db
         self._store = store
         self.policy = policy
@@ -77,8 +85,10 @@ class RetentionSweeper:
                 raise errors.Conflict("a retention sweep is running in another orchestrator process; try again later")
             started = time.monotonic()
             report = await self._store.sweep(cut, batch_size=self.policy.batch_size, on_deleted=_count)
-            run.result = {"deleted": {k: v for k, v in report.counts.items()},
-                          "seconds": round(time.monotonic() - started, 3)}
+            run.result = {
+                "deleted": {k: v for k, v in report.counts.items()},
+                "seconds": round(time.monotonic() - started, 3),
+            }
         metrics.retention_last_sweep.set(time.time())
         if any(report.counts.values()):
             log.info("Retention sweep removed finished data", extra={"deleted": report.counts})

@@ -52,9 +52,17 @@ class ScheduleLoop:
         tick_seconds: time between ticks.
     """
 
-    def __init__(self, *, store: PgRegistrations, inbox: DeliveryInbox, wake: Callable[[], None] = lambda: None,
-                 clock: Callable[[], datetime] = _utc_now, tick_seconds: float = TICK_SECONDS,
-                 db: Database | None = None, instance_id: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        store: PgRegistrations,
+        inbox: DeliveryInbox,
+        wake: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = _utc_now,
+        tick_seconds: float = TICK_SECONDS,
+        db: Database | None = None,
+        instance_id: str = "",
+    ) -> None:
         self.store = store
         self._db = db
         self._instance_id = instance_id
@@ -68,8 +76,11 @@ class ScheduleLoop:
         another process holds the scheduler lock)."""
         at = now if now is not None else self._clock()
         fired: list[str] = []
-        held = (singletons.hold(self._db, "schedules", self._instance_id) if self._db is not None
-                else self.store.try_lock(SCHEDULER_LOCK))
+        held = (
+            singletons.hold(self._db, "schedules", self._instance_id)
+            if self._db is not None
+            else self.store.try_lock(SCHEDULER_LOCK)
+        )
         async with held as mine:
             if not mine:
                 return fired
@@ -83,14 +94,24 @@ class ScheduleLoop:
                     upcoming, error = None, exc.message
                 delivery = registrations.schedule_delivery(schedule, scheduled_at=due, received_at=at)
                 result = await self._inbox.accept(delivery)
-                await self.store.fired(schedule.id, due_at=due, next_fire_at=upcoming,
-                                       delivery_id=delivery.delivery_id, error=error)
+                await self.store.fired(
+                    schedule.id, due_at=due, next_fire_at=upcoming, delivery_id=delivery.delivery_id, error=error
+                )
                 if not result.duplicate:
                     fired.append(delivery.delivery_id)
-                log.info("Schedule fired", extra={
-                    "scheduleId": schedule.id, "repo": schedule.repo_identifier, "workflow": schedule.workflow_name,
-                    "cron": schedule.cron_expression, "dueAt": due.isoformat(), "deliveryId": delivery.delivery_id,
-                    "duplicate": result.duplicate, "nextFireAt": upcoming.isoformat() if upcoming else None})
+                log.info(
+                    "Schedule fired",
+                    extra={
+                        "scheduleId": schedule.id,
+                        "repo": schedule.repo_identifier,
+                        "workflow": schedule.workflow_name,
+                        "cron": schedule.cron_expression,
+                        "dueAt": due.isoformat(),
+                        "deliveryId": delivery.delivery_id,
+                        "duplicate": result.duplicate,
+                        "nextFireAt": upcoming.isoformat() if upcoming else None,
+                    },
+                )
         if fired:
             self._wake()
         return fired

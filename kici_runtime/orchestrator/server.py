@@ -17,8 +17,13 @@ from kici_runtime.orchestrator import entry
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML configuration file (overrides KICI_CONFIG).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML configuration file (overrides KICI_CONFIG).",
+)
 @click.option("--migrate-only", is_flag=True, help="Apply database migrations and exit.")
 def main(config_path: str | None, migrate_only: bool) -> None:
     """Run the KiCI orchestrator in platform or hybrid mode (KICI_MODE=platform|hybrid)."""

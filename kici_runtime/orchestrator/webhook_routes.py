@@ -85,51 +85,63 @@ def _bad_ids(org_id: str, source_name: str | None = None) -> JSONResponse | None
     return None
 
 
-def _unverified(ctx: AppContext, request: Request, headers: dict[str, str], status: int, reason: str,
-                **extra: Any) -> JSONResponse:
+def _unverified(
+    ctx: AppContext, request: Request, headers: dict[str, str], status: int, reason: str, **extra: Any
+) -> JSONResponse:
     """The answer to a request that did not pass verification (unknown source, bad signature): counted per
     client address; over the limit it becomes 429."""
     address = _client_ip(request, headers, ctx.trusted_proxy) or "unknown"
     wait = ctx.unverified_limiter.hit(f"addr:{address}", ctx.unverified_rpm, ctx.clock.monotonic())
     if wait is not None:
-        return JSONResponse({"rejected": True, "reason": "Too many unverified requests from this address"},
-                            status_code=429, headers={"Retry-After": retry_after_header(wait)})
+        return JSONResponse(
+            {"rejected": True, "reason": "Too many unverified requests from this address"},
+            status_code=429,
+            headers={"Retry-After": retry_after_header(wait)},
+        )
     return _reject(status, reason, **extra)
 
 
 def _unavailable() -> JSONResponse:
-    return JSONResponse({"error": "Service unavailable: storage is not reachable, retry later"}, status_code=503,
-                        headers={"Retry-After": "5"})
+    return JSONResponse(
+        {"error": "Service unavailable: storage is not reachable, retry later"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 _STATUS = {"bad_request": 400, "unknown_source": 404, "bad_signature": 401, "misconfigured": 500}
 
 
-def _answer(ctx: AppContext, request: Request, headers: dict[str, str], outcome: accepting.Outcome,
-            *, ping: bool = False) -> Response:
+def _answer(
+    ctx: AppContext, request: Request, headers: dict[str, str], outcome: accepting.Outcome, *, ping: bool = False
+) -> Response:
     """The HTTP answer to the accept use case's outcome (webhooks spec §2.1, §2.5)."""
     if isinstance(outcome, accepting.Filtered):
         return JSONResponse({"accepted": True, "status": "filtered", "reason": outcome.reason}, status_code=200)
     if isinstance(outcome, accepting.Accepted):
         if outcome.duplicate:
-            return JSONResponse({"accepted": True, "deliveryId": outcome.delivery_id, "duplicate": True},
-                                status_code=200)
+            return JSONResponse(
+                {"accepted": True, "deliveryId": outcome.delivery_id, "duplicate": True}, status_code=200
+            )
         if ping:
-            return JSONResponse({"accepted": True, "deliveryId": outcome.delivery_id, "event": "ping"},
-                                status_code=200)
+            return JSONResponse({"accepted": True, "deliveryId": outcome.delivery_id, "event": "ping"}, status_code=200)
         return JSONResponse({"accepted": True, "deliveryId": outcome.delivery_id}, status_code=202)
     if outcome.code == "too_large":
         return _reject(413, outcome.reason, maxBytes=outcome.max_bytes)
     if outcome.code == "rate_limited":
-        return JSONResponse({"rejected": True, "reason": outcome.reason}, status_code=429,
-                            headers={"Retry-After": retry_after_header(outcome.retry_after or 0.0)})
+        return JSONResponse(
+            {"rejected": True, "reason": outcome.reason},
+            status_code=429,
+            headers={"Retry-After": retry_after_header(outcome.retry_after or 0.0)},
+        )
     if outcome.code in ("unknown_source", "bad_signature"):
         return _unverified(ctx, request, headers, _STATUS[outcome.code], outcome.reason)
     return _reject(_STATUS[outcome.code], outcome.reason)
 
 
-async def _accept(ctx: AppContext, request: Request, headers: dict[str, str], incoming: accepting.Incoming,
-                  *, ping: bool = False) -> Response:
+async def _accept(
+    ctx: AppContext, request: Request, headers: dict[str, str], incoming: accepting.Incoming, *, ping: bool = False
+) -> Response:
     try:
         outcome = await ingest.accept(ctx, incoming)
     except errors.Unavailable:
@@ -157,8 +169,15 @@ async def github_webhook(request: Request) -> Response:
     if not event or not delivery_raw:
         return _reject(400, "Missing GitHub event headers")
     incoming = accepting.Incoming(
-        via="direct", headers=headers, body=body, routing_key=f"github:{target_id}", org_id=org_id, event=event,
-        delivery_id=delivery_raw, signature=headers.get("x-hub-signature-256"))
+        via="direct",
+        headers=headers,
+        body=body,
+        routing_key=f"github:{target_id}",
+        org_id=org_id,
+        event=event,
+        delivery_id=delivery_raw,
+        signature=headers.get("x-hub-signature-256"),
+    )
     return await _accept(ctx, request, headers, incoming, ping=event == "ping")
 
 
@@ -175,8 +194,14 @@ async def generic_webhook(request: Request) -> Response:
     except BodyTooLarge:
         return _too_large()
     headers = webhooks.lower_headers(request.headers.items())
-    incoming = accepting.Incoming(via="direct", headers=headers, body=body, org_id=org_id, source_name=source_name,
-                                  client_ip=_client_ip(request, headers, ctx.trusted_proxy))
+    incoming = accepting.Incoming(
+        via="direct",
+        headers=headers,
+        body=body,
+        org_id=org_id,
+        source_name=source_name,
+        client_ip=_client_ip(request, headers, ctx.trusted_proxy),
+    )
     return await _accept(ctx, request, headers, incoming)
 
 

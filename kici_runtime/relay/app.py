@@ -184,6 +184,4 @@ async def list_messages(request: Request) -> JSONResponse:
     if limit < 1 or since < 0 or wait < 0:
         return JSONResponse({"error": "since, limit and wait must not be negative"}, status_code=400)
     found = await hub.wait_messages(since=since, types=types, org=params.get("org"), limit=limit, wait=wait)
-    return JSONResponse(
-        {"messages": [m.to_json() for m in found], "lastSeq": found[-1].seq if found else since}
-    )
+    return JSONResponse({"messages": [m.to_json() for m in found], "lastSeq": found[-1].seq if found else since})

@@ -58,15 +58,9 @@ def cli() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, type=int, help="TCP port.")
 @db_option
-@click.option(
-    "--public-url", default=None, help="Base URL webhook senders use (shown in source.register.ack)."
-)
-@click.option(
-    "--ack-timeout", default=5.0, show_default=True, type=float, help="Seconds to wait for webhook.ack."
-)
-@click.option(
-    "--heartbeat-timeout", default=180.0, show_default=True, type=float, help="Close 4004 after this."
-)
+@click.option("--public-url", default=None, help="Base URL webhook senders use (shown in source.register.ack).")
+@click.option("--ack-timeout", default=5.0, show_default=True, type=float, help="Seconds to wait for webhook.ack.")
+@click.option("--heartbeat-timeout", default=180.0, show_default=True, type=float, help="Close 4004 after this.")
 @click.option("--strict", is_flag=True, help="Close 4003 on malformed or schema-violating frames.")
 @click.option(
     "--compression/--no-compression",
@@ -111,19 +105,13 @@ def key() -> None:
 @click.option("--org", required=True, help="Organization the key is scoped to.")
 @click.option("--name", required=True, help="Name shown in listings.")
 @click.option("--description", default="", help="Free text.")
-@click.option(
-    "--route", "routes", multiple=True, help="Routing pattern provider:id or provider:* (repeatable)."
-)
+@click.option("--route", "routes", multiple=True, help="Routing pattern provider:id or provider:* (repeatable).")
 @db_option
 def key_create(org: str, name: str, description: str, routes: tuple[str, ...], db_path: str) -> None:
     """Create a key and print it once."""
-    api_key, raw = RelayStore(db_path).create_key(
-        org=org, name=name, description=description, patterns=routes
-    )
+    api_key, raw = RelayStore(db_path).create_key(org=org, name=name, description=description, patterns=routes)
     click.echo(raw)
-    click.echo(
-        f"created key {api_key.prefix}… for org {org}; it is not stored and cannot be shown again", err=True
-    )
+    click.echo(f"created key {api_key.prefix}… for org {org}; it is not stored and cannot be shown again", err=True)
 
 
 @key.command("list")
@@ -184,9 +172,7 @@ def source_add_github(org: str, app_id: str, webhook_secret: str, db_path: str) 
 @click.option("--method", type=click.Choice(GENERIC_METHODS), default="hmac_sha256", show_default=True)
 @click.option("--header", default=None, help="Header carrying the signature/token (default per method).")
 @db_option
-def source_add_generic(
-    org: str, source_id: str, secret: str, method: str, header: str | None, db_path: str
-) -> None:
+def source_add_generic(org: str, source_id: str, secret: str, method: str, header: str | None, db_path: str) -> None:
     """A generic webhook source: deliveries to /webhook/<org>/generic/<source-id>."""
     src = RelayStore(db_path).add_generic_source(
         org=org, source_id=source_id, secret=secret, method=method, header=header

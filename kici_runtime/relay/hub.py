@@ -99,9 +99,7 @@ class _PendingAck:
 class Connection:
     """One authenticated orchestrator socket. Sends are serialised so relay frames never interleave."""
 
-    def __init__(
-        self, *, connection_id: str, key: ApiKey, send_text: SendText, close: CloseSocket, now: float
-    ):
+    def __init__(self, *, connection_id: str, key: ApiKey, send_text: SendText, close: CloseSocket, now: float):
         self.connection_id = connection_id
         self.key = key
         self.org = key.org
@@ -157,9 +155,7 @@ class RelayHub:
         self.store = store
         self.settings = settings or RelaySettings()
         self.connections: dict[str, Connection] = {}
-        self.recorded: collections.deque[RecordedMessage] = collections.deque(
-            maxlen=self.settings.memory_messages
-        )
+        self.recorded: collections.deque[RecordedMessage] = collections.deque(maxlen=self.settings.memory_messages)
         self._changed = anyio.Event()
         self._negative: dict[tuple[str, str], float] = {}
 
@@ -258,11 +254,7 @@ class RelayHub:
 
     def candidates(self, org: str, routing_key: str) -> list[Connection]:
         """Open connections of ``org`` that registered ``routing_key``, least in-flight first."""
-        found = [
-            c
-            for c in self.connections.values()
-            if not c.closed and c.org == org and routing_key in c.accepted
-        ]
+        found = [c for c in self.connections.values() if not c.closed and c.org == org and routing_key in c.accepted]
         return sorted(found, key=lambda c: c.inflight)
 
     async def deliver(self, delivery: Delivery) -> AckOutcome | None:
@@ -314,12 +306,14 @@ class RelayHub:
         text when the caller has it (stored as is instead of encoding ``message`` again)."""
         mtype = _str_or(message.get("type"), "")
         problems = schemas.check_message(message)
-        if mtype not in KNOWN_ORCHESTRATOR_TYPES and not mtype.startswith(
-            ("dashboard.", "run.", "test.relay.")
-        ):
+        if mtype not in KNOWN_ORCHESTRATOR_TYPES and not mtype.startswith(("dashboard.", "run.", "test.relay.")):
             problems.append(f"unknown message type {mtype!r}")
         recorded = self.store.record_message(
-            org=conn.org, connection_id=conn.connection_id, type=mtype, body=message, problems=tuple(problems),
+            org=conn.org,
+            connection_id=conn.connection_id,
+            type=mtype,
+            body=message,
+            problems=tuple(problems),
             raw=raw,
         )
         self.recorded.append(recorded)

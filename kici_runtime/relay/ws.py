@@ -180,11 +180,7 @@ async def _serve_frames(ws: AsgiWebSocket, hub: RelayHub, conn: Connection) -> N
     base_url = ws.base_url(hub.settings.public_url)
     while not conn.closed:
         text = await ws.receive_text()
-        if (
-            text is not None
-            and len(text) > WS_MAX_PAYLOAD_BYTES // 4
-            and len(text.encode()) > WS_MAX_PAYLOAD_BYTES
-        ):
+        if text is not None and len(text) > WS_MAX_PAYLOAD_BYTES // 4 and len(text.encode()) > WS_MAX_PAYLOAD_BYTES:
             await conn.close(CLOSE_TOO_BIG, "Frame too large")
             return
         frame = _parse(text)

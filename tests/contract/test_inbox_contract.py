@@ -28,29 +28,75 @@ Harness = FakeInboxHarness | PgInboxHarness
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def delivery(n: int, *, org: str = "acme", delivery_id: str | None = None, event: str = "push",
-             action: str | None = None, routing_key: str = "github:1", body: bytes | None = None) -> Delivery:
+def delivery(
+    n: int,
+    *,
+    org: str = "acme",
+    delivery_id: str | None = None,
+    event: str = "push",
+    action: str | None = None,
+    routing_key: str = "github:1",
+    body: bytes | None = None,
+) -> Delivery:
     return Delivery(
-        org_id=org, delivery_id=delivery_id or f"d-{n}", routing_key=routing_key, event=event, action=action,
-        source="direct", provider="github", body=body if body is not None else b'{"n": %d}' % n,
-        received_at=T0 + timedelta(seconds=n), repo_identifier="acme/app", ref="refs/heads/main",
+        org_id=org,
+        delivery_id=delivery_id or f"d-{n}",
+        routing_key=routing_key,
+        event=event,
+        action=action,
+        source="direct",
+        provider="github",
+        body=body if body is not None else b'{"n": %d}' % n,
+        received_at=T0 + timedelta(seconds=n),
+        repo_identifier="acme/app",
+        ref="refs/heads/main",
     )
 
 
 def new_run(workflow: str, *, run_id: str | None = None) -> NewRun:
-    build = NewJob(job_id=str(uuid.uuid4()), name="build", base_name="build", matrix_values=None, needs=(),
-                   runs_on=({"kind": "exact", "value": "linux"},), exclude_labels=(), job_config={"name": "build"},
-                   runnable=True)
-    test = NewJob(job_id=str(uuid.uuid4()), name="test", base_name="test", matrix_values={"py": "3.12"},
-                  needs=(NeedEdge(upstream_name="build", run_on=("success",)),), runs_on=(), exclude_labels=(),
-                  job_config={"name": "test"}, runnable=False)
-    return NewRun(run_id=run_id or str(uuid.uuid4()), workflow_name=workflow, provider="github",
-                  routing_key="github:1", repo_identifier="acme/app", repo_url="https://example.test/acme/app.git",
-                  ref="refs/heads/main", sha="a" * 40, trigger_decision={"matched": True}, jobs=(build, test))
+    build = NewJob(
+        job_id=str(uuid.uuid4()),
+        name="build",
+        base_name="build",
+        matrix_values=None,
+        needs=(),
+        runs_on=({"kind": "exact", "value": "linux"},),
+        exclude_labels=(),
+        job_config={"name": "build"},
+        runnable=True,
+    )
+    test = NewJob(
+        job_id=str(uuid.uuid4()),
+        name="test",
+        base_name="test",
+        matrix_values={"py": "3.12"},
+        needs=(NeedEdge(upstream_name="build", run_on=("success",)),),
+        runs_on=(),
+        exclude_labels=(),
+        job_config={"name": "test"},
+        runnable=False,
+    )
+    return NewRun(
+        run_id=run_id or str(uuid.uuid4()),
+        workflow_name=workflow,
+        provider="github",
+        routing_key="github:1",
+        repo_identifier="acme/app",
+        repo_url="https://example.test/acme/app.git",
+        ref="refs/heads/main",
+        sha="a" * 40,
+        trigger_decision={"matched": True},
+        jobs=(build, test),
+    )
 
 
-PROCESSED = DeliveryOutcome(status="processed", matched_count=2, repo_identifier="acme/app", ref="refs/heads/main",
-                            decision_trace=[{"workflow": "ci", "matched": True}])
+PROCESSED = DeliveryOutcome(
+    status="processed",
+    matched_count=2,
+    repo_identifier="acme/app",
+    ref="refs/heads/main",
+    decision_trace=[{"workflow": "ci", "matched": True}],
+)
 
 
 async def claim_one(h: Harness, worker: str = "w1") -> InboxItem:
@@ -68,12 +114,20 @@ async def test_accept_stores_body_and_received_entry(inbox_h: Harness) -> None:
     entry = await inbox_h.inbox.get("acme", "d-1")
     assert entry is not None
     assert (entry.status, entry.payload_key, entry.payload_omitted, entry.payload_omitted_reason) == (
-        "received", key, False, None)
+        "received",
+        key,
+        False,
+        None,
+    )
     assert entry.payload_hash == hashlib.sha256(d.body).hexdigest()
     assert entry.payload_size_bytes == len(d.body)
     assert (entry.event, entry.action, entry.source, entry.provider) == ("push", "opened", "direct", "github")
     assert (entry.repo_identifier, entry.ref, entry.run_id, entry.matched_count) == (
-        "acme/app", "refs/heads/main", None, 0)
+        "acme/app",
+        "refs/heads/main",
+        None,
+        0,
+    )
     assert entry.received_at == d.received_at
     assert await inbox_h.inbox.depth() == 1
 
@@ -112,7 +166,10 @@ async def test_object_storage_down_does_not_affect_acceptance(inbox_h: Harness) 
     entry = await inbox_h.inbox.get("acme", "d-1")
     assert entry is not None
     assert (entry.payload_key, entry.payload_omitted, entry.payload_omitted_reason) == (
-        event_log_payload_key("acme", "d-1"), False, None)
+        event_log_payload_key("acme", "d-1"),
+        False,
+        None,
+    )
     assert await inbox_h.inbox.payload(await claim_one(inbox_h)) == d.body
     assert await inbox_h.inbox.depth() == 1
 
@@ -176,8 +233,11 @@ async def test_complete_creates_runs_once(inbox_h: Harness) -> None:
     rerun = [new_run("ci"), new_run("docs"), new_run("release")]
     ids = await inbox_h.inbox.complete(again, PROCESSED, rerun)
     assert ids == [ci.run_id, docs.run_id, rerun[2].run_id]
-    assert await inbox_h.run_workflows("acme", "d-1") == {"ci": ci.run_id, "docs": docs.run_id,
-                                                          "release": rerun[2].run_id}
+    assert await inbox_h.run_workflows("acme", "d-1") == {
+        "ci": ci.run_id,
+        "docs": docs.run_id,
+        "release": rerun[2].run_id,
+    }
     assert len(await inbox_h.queued_job_ids()) == 3
 
 
@@ -237,7 +297,11 @@ async def test_event_log_filters_and_paging(inbox_h: Harness) -> None:
     entries, total = await log.list(EventLogQuery())
     assert total == 4
     assert [(e.org_id, e.delivery_id) for e in entries] == [
-        ("other", "gh-aaa"), ("acme", "gen-ccc"), ("acme", "gh-bbb"), ("acme", "gh-aaa")]
+        ("other", "gh-aaa"),
+        ("acme", "gen-ccc"),
+        ("acme", "gh-bbb"),
+        ("acme", "gh-aaa"),
+    ]
 
     def ids(result: tuple[list[EventLogEntry], int]) -> tuple[list[str], int]:
         return [e.delivery_id for e in result[0]], result[1]

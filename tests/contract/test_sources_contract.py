@@ -18,8 +18,7 @@ Store = fakes.FakeSourceStore | PgSourceStore
 
 
 def github(app_id: str = "42", **kw: object) -> GitHubSource:
-    return GitHubSource(id=str(uuid.uuid4()), routing_key=f"github:{app_id}", name=f"app-{app_id}", app_id=app_id,
-                        **kw)  # type: ignore[arg-type]
+    return GitHubSource(id=str(uuid.uuid4()), routing_key=f"github:{app_id}", name=f"app-{app_id}", app_id=app_id, **kw)  # type: ignore[arg-type]
 
 
 def generic(name: str = "deploys", org: str = "acme", **kw: object) -> GenericSource:
@@ -53,8 +52,14 @@ async def test_github_crud(sources: Store) -> None:
 
 
 async def test_generic_add_and_lookups(sources: Store) -> None:
-    src = generic("deploys", verification_method="bearer", verification_config={"header": "Authorization"},
-                  allowed_events=("push", "release"), git_config={"url": "file:///srv/repo"}, provider_type="local")
+    src = generic(
+        "deploys",
+        verification_method="bearer",
+        verification_config={"header": "Authorization"},
+        allowed_events=("push", "release"),
+        git_config={"url": "file:///srv/repo"},
+        provider_type="local",
+    )
     stored = await sources.add_generic(src)
     assert dataclasses.replace(stored, created_at=None, updated_at=None) == src
     assert await sources.generic_by_id(src.id) == stored

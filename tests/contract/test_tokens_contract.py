@@ -61,7 +61,11 @@ async def test_bootstrap_token_is_upserted(tokens: Store) -> None:
     await tokens.ensure_bootstrap_admin_token(h("boot-1"), first_id)
     boot = await tokens.admin_token_by_hash(h("boot-1"))
     assert boot is not None and (boot.id, boot.label, boot.role, boot.routing_key) == (
-        first_id, "bootstrap", "owner", None)
+        first_id,
+        "bootstrap",
+        "owner",
+        None,
+    )
 
     # a new value replaces the hash on the same row: the old value stops working
     await tokens.ensure_bootstrap_admin_token(h("boot-2"), str(uuid.uuid4()))
@@ -90,14 +94,26 @@ async def test_bootstrap_token_is_upserted(tokens: Store) -> None:
 
 async def test_agent_token_lifecycle(tokens: Store) -> None:
     text = "kat_" + "ab" * 32
-    tok = AgentToken(id=str(uuid.uuid4()), token_prefix=text[:12], labels=("linux", "gpu"),
-                     mandatory_labels=("gpu",), agent_type="ephemeral", created_by="ops", expires_at=FUTURE)
+    tok = AgentToken(
+        id=str(uuid.uuid4()),
+        token_prefix=text[:12],
+        labels=("linux", "gpu"),
+        mandatory_labels=("gpu",),
+        agent_type="ephemeral",
+        created_by="ops",
+        expires_at=FUTURE,
+    )
     stored = await tokens.create_agent_token(tok, h(text))
     assert stored.created_at is not None
     found = await tokens.agent_token_by_hash(h(text))
     assert found is not None and found.last_seen_at is not None
     assert (found.id, found.labels, found.mandatory_labels, found.agent_type, found.created_by) == (
-        tok.id, ("linux", "gpu"), ("gpu",), "ephemeral", "ops")
+        tok.id,
+        ("linux", "gpu"),
+        ("gpu",),
+        "ephemeral",
+        "ops",
+    )
     with pytest.raises(errors.Conflict):
         await tokens.create_agent_token(AgentToken(id=str(uuid.uuid4()), token_prefix="kat_x"), h(text))
 

@@ -24,7 +24,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SITE_MODULES = ("anyio", "click", "typing_extensions", "websockets", "sniffio", "idna")
 TOOLS = ("bash", "git", "env", "cat", "ls", "mkdir", "rm", "sleep", "true", "uname", "id", "hostname", "sh")
-SKIP_STDLIB = {"site-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "config-3.11-x86_64-linux-gnu"}
+SKIP_STDLIB = {
+    "site-packages",
+    "test",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "lib2to3",
+    "config-3.11-x86_64-linux-gnu",
+}
 ENV = "PYTHONPATH=/app:/app/site"
 CMD = '["python3", "-m", "kici_runtime.agent"]'
 
@@ -101,8 +110,17 @@ def build(target: Path) -> None:
     }
     with tarfile.open(target, "w") as tar:
         seen: set[str] = set()
-        for folder, mode in (("tmp", 0o1777), ("root", 0o700), ("app", 0o755), ("usr/local/bin", 0o755),
-                             ("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("etc", 0o755), ("lib64", 0o755)):
+        for folder, mode in (
+            ("tmp", 0o1777),
+            ("root", 0o700),
+            ("app", 0o755),
+            ("usr/local/bin", 0o755),
+            ("proc", 0o555),
+            ("sys", 0o555),
+            ("dev", 0o755),
+            ("etc", 0o755),
+            ("lib64", 0o755),
+        ):
             info = tarfile.TarInfo(folder)
             info.type, info.mode = tarfile.DIRTYPE, mode
             tar.addfile(info)

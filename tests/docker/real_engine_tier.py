@@ -59,21 +59,59 @@ def dockerd() -> Iterator[Path]:
     home = Path(tempfile.mkdtemp(prefix="kdk-"))
     sock = home / "docker.sock"
     log = open(home / "dockerd.log", "wb")
-    proc = subprocess.Popen(["dockerd", "--host", f"unix://{sock}", "--data-root", str(home / "data"),
-                             "--exec-root", str(home / "exec"), "--pidfile", str(home / "docker.pid"),
-                             "--storage-driver=vfs", "--iptables=false", "--bridge=none"],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "dockerd",
+            "--host",
+            f"unix://{sock}",
+            "--data-root",
+            str(home / "data"),
+            "--exec-root",
+            str(home / "exec"),
+            "--pidfile",
+            str(home / "docker.pid"),
+            "--storage-driver=vfs",
+            "--iptables=false",
+            "--bridge=none",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     try:
-        _wait("dockerd's socket", lambda: sock.exists() and subprocess.run(
-            ["docker", "-H", f"unix://{sock}", "version"], capture_output=True).returncode == 0)
+        _wait(
+            "dockerd's socket",
+            lambda: (
+                sock.exists()
+                and subprocess.run(["docker", "-H", f"unix://{sock}", "version"], capture_output=True).returncode == 0
+            ),
+        )
         rootfs = home / "rootfs.tar"
         agent_rootfs.build(rootfs)
-        subprocess.run(["docker", "-H", f"unix://{sock}", "import", "--change", f"ENV {agent_rootfs.ENV}",
-                        "--change", "ENV PATH=/usr/local/bin:/usr/bin:/bin", "--change", f"CMD {agent_rootfs.CMD}",
-                        str(rootfs), IMAGE], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "docker",
+                "-H",
+                f"unix://{sock}",
+                "import",
+                "--change",
+                f"ENV {agent_rootfs.ENV}",
+                "--change",
+                "ENV PATH=/usr/local/bin:/usr/bin:/bin",
+                "--change",
+                f"CMD {agent_rootfs.CMD}",
+                str(rootfs),
+                IMAGE,
+            ],
+            check=True,
+            capture_output=True,
+        )
         rootfs.unlink()
-        print(f"\n[docker tier] dockerd {subprocess.run(['dockerd', '--version'], capture_output=True, text=True).stdout.strip()}"
-              f" at {sock}; image {IMAGE} imported")
+        print(
+            "\n[docker tier] dockerd "
+            + subprocess.run(["dockerd", "--version"], capture_output=True, text=True).stdout.strip()
+            + f" at {sock}; image {IMAGE} imported"
+        )
         yield sock
     finally:
         subprocess.run(["docker", "-H", f"unix://{sock}", "network", "rm", "kici-agent-net"], capture_output=True)
@@ -99,10 +137,19 @@ def _query(url: str, sql: str) -> list[dict[str, Any]]:
         return list(conn.execute(sql).fetchall())  # type: ignore[arg-type]
 
 
-async def test_a_job_runs_in_a_container_the_scaler_starts_on_a_real_engine(dockerd: Path, db_url: str,
-                                                                             tmp_path: Path) -> None:
-    repo, sha = make_repo(tmp_path, [_job("build", ["linux", "docker"], [
-        {"name": "inside", "run": "echo \"hello from $(hostname) uid=$(id -u)\"; cat /etc/hostname; uname -r"}])])
+async def test_a_job_runs_in_a_container_the_scaler_starts_on_a_real_engine(
+    dockerd: Path, db_url: str, tmp_path: Path
+) -> None:
+    repo, sha = make_repo(
+        tmp_path,
+        [
+            _job(
+                "build",
+                ["linux", "docker"],
+                [{"name": "inside", "run": 'echo "hello from $(hostname) uid=$(id -u)"; cat /etc/hostname; uname -r'}],
+            )
+        ],
+    )
     port = _free_port()
     config = tmp_path / "scalers.yaml"
     config.write_text(f"""\
@@ -121,22 +168,52 @@ scalers:
 """)
     source_id = str(uuid.uuid4())
     async with Database(db_url, max_size=2) as db:
-        await PgSourceStore(db).add_generic(GenericSource(
-            id=source_id, org_id="acme", name="repo", routing_key=f"generic:acme:{source_id}",
-            provider_type="local", verification_method="none", git_config={"url": repo.as_uri()}))
-    orch = OrchestratorProcess("kici-standalone", clean_env(
-        KICI_MODE="independent", KICI_DATABASE_URL=db_url, KICI_SECRET_KEY="ab" * 32, KICI_HOST="0.0.0.0",
-        KICI_PORT=str(port), KICI_ORCHESTRATOR_URL=f"ws://172.30.0.1:{port}/ws",
-        KICI_SCALER_CONFIG_PATH=str(config), KICI_DATA_DIR=str(tmp_path / "data"), KICI_AUTO_MIGRATE="false"))
+        await PgSourceStore(db).add_generic(
+            GenericSource(
+                id=source_id,
+                org_id="acme",
+                name="repo",
+                routing_key=f"generic:acme:{source_id}",
+                provider_type="local",
+                verification_method="none",
+                git_config={"url": repo.as_uri()},
+            )
+        )
+    orch = OrchestratorProcess(
+        "kici-standalone",
+        clean_env(
+            KICI_MODE="independent",
+            KICI_DATABASE_URL=db_url,
+            KICI_SECRET_KEY="ab" * 32,
+            KICI_HOST="0.0.0.0",
+            KICI_PORT=str(port),
+            KICI_ORCHESTRATOR_URL=f"ws://172.30.0.1:{port}/ws",
+            KICI_SCALER_CONFIG_PATH=str(config),
+            KICI_DATA_DIR=str(tmp_path / "data"),
+            KICI_AUTO_MIGRATE="false",
+        ),
+    )
     await anyio.to_thread.run_sync(orch.start)
     started = time.monotonic()
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            body = {"ref": "refs/heads/main", "before": "0" * 40, "after": sha,
-                    "repository": {"full_name": "acme/repo", "name": "repo", "default_branch": "main",
-                                   "clone_url": repo.as_uri()}, "sender": {"login": "t", "id": 1}}
-            r = await http.post("/webhook/acme/generic/repo", json=body,
-                                headers={"x-event-type": "push", "x-delivery-id": str(uuid.uuid4())})
+            body = {
+                "ref": "refs/heads/main",
+                "before": "0" * 40,
+                "after": sha,
+                "repository": {
+                    "full_name": "acme/repo",
+                    "name": "repo",
+                    "default_branch": "main",
+                    "clone_url": repo.as_uri(),
+                },
+                "sender": {"login": "t", "id": 1},
+            }
+            r = await http.post(
+                "/webhook/acme/generic/repo",
+                json=body,
+                headers={"x-event-type": "push", "x-delivery-id": str(uuid.uuid4())},
+            )
             assert r.status_code in (200, 202), r.text
 
         def finished() -> bool:
@@ -146,8 +223,9 @@ scalers:
         try:
             await anyio.to_thread.run_sync(lambda: _wait("the run to finish", finished, BOUND))
         except AssertionError:
-            raise AssertionError(f"run did not finish: {_query(db_url, 'SELECT * FROM scaler_agents')}\n"
-                                 f"{orch.tail(60)}") from None
+            raise AssertionError(
+                f"run did not finish: {_query(db_url, 'SELECT * FROM scaler_agents')}\n{orch.tail(60)}"
+            ) from None
         ran = time.monotonic() - started
 
         def removed() -> bool:
@@ -157,21 +235,28 @@ scalers:
         await anyio.to_thread.run_sync(lambda: _wait("the container removed", removed, 90))
         run = _query(db_url, "SELECT status FROM execution_runs")[0]
         job = _query(db_url, "SELECT agent_id, status, error_message FROM execution_jobs")[0]
-        rows = _query(db_url, "SELECT agent_id, container_id, container_ip, state, error, created_at, started_at,"
-                              " ended_at FROM scaler_agents")
+        rows = _query(
+            db_url,
+            "SELECT agent_id, container_id, container_ip, state, error, created_at, started_at,"
+            " ended_at FROM scaler_agents",
+        )
         logs = [c["content"] for c in _query(db_url, "SELECT content FROM log_chunks ORDER BY id")]
         engine = EngineClient(socket_path=str(dockerd))
         try:
             left = await engine.list_managed()
         finally:
             await engine.aclose()
-        print(f"[docker tier] run {run['status']} in {ran:.1f} s; job ran on agent {job['agent_id']}"
-              f" ({job['status']}{': ' + job['error_message'] if job['error_message'] else ''})")
+        print(
+            f"[docker tier] run {run['status']} in {ran:.1f} s; job ran on agent {job['agent_id']}"
+            f" ({job['status']}{': ' + job['error_message'] if job['error_message'] else ''})"
+        )
         for row in rows:
-            print(f"[docker tier] container {row['agent_id']} id={str(row['container_id'])[:12]} ip={row['container_ip']}"
-                  f" state={row['state']} ({row['error']}); started in "
-                  f"{(row['started_at'] - row['created_at']).total_seconds():.2f} s, lived "
-                  f"{(row['ended_at'] - row['created_at']).total_seconds():.1f} s")
+            print(
+                f"[docker tier] container {row['agent_id']} id={str(row['container_id'])[:12]} ip={row['container_ip']}"
+                f" state={row['state']} ({row['error']}); started in "
+                f"{(row['started_at'] - row['created_at']).total_seconds():.2f} s, lived "
+                f"{(row['ended_at'] - row['created_at']).total_seconds():.1f} s"
+            )
         print(f"[docker tier] step output: {logs}")
         print(f"[docker tier] kici-managed containers left on the engine: {len(left)}")
         print("[docker tier] orchestrator log (scaler lines):")

@@ -47,8 +47,13 @@ T = TypeVar("T")
 # ------------------------------------------------------------------------------------------ lock files
 def job(name: str, *needs: str) -> dict[str, Any]:
     """A static lock-file job running ``true`` on ``linux``, needing ``needs``."""
-    return {"_type": "static", "name": name, "runsOn": [{"kind": "exact", "value": "linux"}],
-            "needs": [{"name": n} for n in needs], "steps": [{"name": "step", "run": "true"}]}
+    return {
+        "_type": "static",
+        "name": name,
+        "runsOn": [{"kind": "exact", "value": "linux"}],
+        "needs": [{"name": n} for n in needs],
+        "steps": [{"name": "step", "run": "true"}],
+    }
 
 
 def push_workflow(name: str, branch: dict[str, str], jobs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -58,14 +63,22 @@ def push_workflow(name: str, branch: dict[str, str], jobs: list[dict[str, Any]])
 
 def lockfile(workflows: list[dict[str, Any]], *, schema: int = 29) -> bytes:
     """A lock-file document with ``workflows``."""
-    return json.dumps({"schemaVersion": schema, "source": {"file": ".kici/workflows/ci.ts"},
-                       "contentHash": "e2e", "workflows": workflows}).encode()
+    return json.dumps(
+        {
+            "schemaVersion": schema,
+            "source": {"file": ".kici/workflows/ci.ts"},
+            "contentHash": "e2e",
+            "workflows": workflows,
+        }
+    ).encode()
 
 
-GOOD_LOCKFILE = lockfile([
-    push_workflow("build", {"type": "glob", "pattern": "main"}, [job("compile"), job("test", "compile")]),
-    push_workflow("release", {"type": "glob", "pattern": "release/*"}, [job("publish")]),
-])
+GOOD_LOCKFILE = lockfile(
+    [
+        push_workflow("build", {"type": "glob", "pattern": "main"}, [job("compile"), job("test", "compile")]),
+        push_workflow("release", {"type": "glob", "pattern": "release/*"}, [job("publish")]),
+    ]
+)
 """Two workflows: a push to ``main`` runs ``build`` (two jobs) and not ``release``."""
 
 
@@ -73,13 +86,25 @@ GOOD_LOCKFILE = lockfile([
 def push_body(repo: str, *, branch: str = "main", sha: str = SHA, note: str = "") -> bytes:
     """A GitHub ``push`` payload for ``repo``."""
     owner, name = repo.split("/")
-    return json.dumps({
-        "ref": f"refs/heads/{branch}", "before": "0" * 40, "after": sha, "deleted": False,
-        "repository": {"full_name": repo, "name": name, "owner": {"login": owner},
-                       "clone_url": f"https://github.com/{repo}.git", "default_branch": "main"},
-        "head_commit": {"id": sha, "message": note or "change"}, "commits": [], "sender": {"login": "dev"},
-        "installation": {"id": INSTALLATION},
-    }).encode()
+    return json.dumps(
+        {
+            "ref": f"refs/heads/{branch}",
+            "before": "0" * 40,
+            "after": sha,
+            "deleted": False,
+            "repository": {
+                "full_name": repo,
+                "name": name,
+                "owner": {"login": owner},
+                "clone_url": f"https://github.com/{repo}.git",
+                "default_branch": "main",
+            },
+            "head_commit": {"id": sha, "message": note or "change"},
+            "commits": [],
+            "sender": {"login": "dev"},
+            "installation": {"id": INSTALLATION},
+        }
+    ).encode()
 
 
 def github_signature(body: bytes, secret: str = WEBHOOK_SECRET) -> str:
@@ -87,13 +112,24 @@ def github_signature(body: bytes, secret: str = WEBHOOK_SECRET) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def github_headers(body: bytes, delivery: str, *, event: str = "push", secret: str = WEBHOOK_SECRET,
-                   signature: str | None = None, app_id: str = APP_ID) -> dict[str, str]:
+def github_headers(
+    body: bytes,
+    delivery: str,
+    *,
+    event: str = "push",
+    secret: str = WEBHOOK_SECRET,
+    signature: str | None = None,
+    app_id: str = APP_ID,
+) -> dict[str, str]:
     """Headers of a GitHub App delivery (signed with ``secret`` unless ``signature`` is given)."""
-    return {"Content-Type": "application/json", "X-GitHub-Event": event, "X-GitHub-Delivery": delivery,
-            "X-GitHub-Hook-Installation-Target-Type": "integration",
-            "X-GitHub-Hook-Installation-Target-ID": app_id,
-            "X-Hub-Signature-256": signature if signature is not None else github_signature(body, secret)}
+    return {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+        "X-GitHub-Hook-Installation-Target-Type": "integration",
+        "X-GitHub-Hook-Installation-Target-ID": app_id,
+        "X-Hub-Signature-256": signature if signature is not None else github_signature(body, secret),
+    }
 
 
 def generic_headers(body: bytes, delivery: str, *, secret: str = GENERIC_SECRET) -> dict[str, str]:
@@ -152,29 +188,41 @@ class Independent:
                 "SELECT e.status, e.matched_count, e.error_message, e.run_id, e.repo_identifier, e.ref, "
                 "i.state AS inbox_state, i.attempts, i.last_error, i.available_at > now() AS waiting "
                 "FROM event_log e LEFT JOIN delivery_inbox i ON i.event_log_id = e.id "
-                "WHERE e.delivery_id = %s", (delivery,))
+                "WHERE e.delivery_id = %s",
+                (delivery,),
+            )
             row = await cur.fetchone()
         return dict(row) if row is not None else None  # type: ignore[call-overload]
 
-    async def wait_event(self, delivery: str, done: Callable[[dict[str, Any]], bool],
-                         bound: float = BOUND) -> dict[str, Any]:
+    async def wait_event(
+        self, delivery: str, done: Callable[[dict[str, Any]], bool], bound: float = BOUND
+    ) -> dict[str, Any]:
         """Poll the event_log row of ``delivery`` until ``done(row)`` (bounded)."""
+
         async def probe() -> dict[str, Any] | None:
             row = await self.event(delivery)
             self.notes["last"] = row
             return row if row is not None and done(row) else None
-        return await poll(probe, bound, lambda: f"delivery {delivery}: {self.notes.get('last')}\n{self.proc.tail()}",
-                          what=f"delivery {delivery} to reach the awaited state")
+
+        return await poll(
+            probe,
+            bound,
+            lambda: f"delivery {delivery}: {self.notes.get('last')}\n{self.proc.tail()}",
+            what=f"delivery {delivery} to reach the awaited state",
+        )
 
     async def wait_status(self, delivery: str, *statuses: str, bound: float = BOUND) -> dict[str, Any]:
         """Poll until the delivery's event_log status is one of ``statuses`` and its inbox row is finished."""
         return await self.wait_event(
-            delivery, lambda r: r["status"] in statuses and r["inbox_state"] != "pending", bound)
+            delivery, lambda r: r["status"] in statuses and r["inbox_state"] != "pending", bound
+        )
 
     async def runs(self, delivery: str) -> list[tuple[str, str]]:
         """``(workflow_name, run_id)`` of the delivery's runs."""
-        rows = await self.query("SELECT workflow_name, run_id::text FROM execution_runs WHERE delivery_id = %s "
-                                "ORDER BY workflow_name", delivery)
+        rows = await self.query(
+            "SELECT workflow_name, run_id::text FROM execution_runs WHERE delivery_id = %s ORDER BY workflow_name",
+            delivery,
+        )
         return [(str(a), str(b)) for a, b in rows]
 
     async def admin(self, *args: str, check: bool = True) -> AdminResult:
@@ -194,28 +242,40 @@ class Independent:
         return out
 
 
-async def poll(probe: Callable[[], Awaitable[T | None]], bound: float = BOUND,
-               describe: Callable[[], str] | None = None, *, what: str | None = None) -> T:
+async def poll(
+    probe: Callable[[], Awaitable[T | None]],
+    bound: float = BOUND,
+    describe: Callable[[], str] | None = None,
+    *,
+    what: str | None = None,
+) -> T:
     """Call ``probe`` until it returns something other than None, within ``bound`` seconds.
 
     On timeout the error names ``what`` was awaited (default: the probe's name) and what ``describe()`` shows
     (default: that the probe still answered None)."""
+
     async def check() -> tuple[T] | None:
         found = await probe()
         return None if found is None else (found,)
 
     name = getattr(probe, "__name__", "<lambda>")
     awaited = what or ("a condition" if name == "<lambda>" else name.replace("_", " "))
-    found = await waits.until(check, what=awaited, bound=bound,
-                              seen=describe or (lambda: f"{awaited}: still None"))
+    found = await waits.until(check, what=awaited, bound=bound, seen=describe or (lambda: f"{awaited}: still None"))
     return found[0]
 
 
 def standalone_env(db: str, gh: GitHubServer, data_dir: Path, **extra: str) -> dict[str, str]:
     """Environment of ``kici-standalone`` in independent mode against ``db`` and ``gh``."""
-    return clean_env(KICI_MODE="independent", KICI_DATABASE_URL=db, KICI_SECRET_KEY=SECRET_KEY,
-                     KICI_BOOTSTRAP_ADMIN_TOKEN=ADMIN_TOKEN, GITHUB_API_URL=gh.url,
-                     KICI_DATA_DIR=str(data_dir), KICI_LOG_LEVEL="info", **extra)
+    return clean_env(
+        KICI_MODE="independent",
+        KICI_DATABASE_URL=db,
+        KICI_SECRET_KEY=SECRET_KEY,
+        KICI_BOOTSTRAP_ADMIN_TOKEN=ADMIN_TOKEN,
+        GITHUB_API_URL=gh.url,
+        KICI_DATA_DIR=str(data_dir),
+        KICI_LOG_LEVEL="info",
+        **extra,
+    )
 
 
 def github_world() -> GitHubServer:
@@ -236,8 +296,13 @@ def install(gh: GitHubServer, *repos: str, content: bytes = GOOD_LOCKFILE) -> No
 
 
 def _admin_sync(url: str, *args: str) -> str:
-    result = subprocess.run([str(BIN / "kici-admin"), "--url", url, *args], env=clean_env(KICI_ADMIN_TOKEN=ADMIN_TOKEN),
-                            capture_output=True, check=False, timeout=BOUND)
+    result = subprocess.run(
+        [str(BIN / "kici-admin"), "--url", url, *args],
+        env=clean_env(KICI_ADMIN_TOKEN=ADMIN_TOKEN),
+        capture_output=True,
+        check=False,
+        timeout=BOUND,
+    )
     assert result.returncode == 0, f"kici-admin {args} failed: {result.stdout!r} {result.stderr!r}"
     return result.stdout.decode()
 
@@ -248,11 +313,38 @@ def register_sources(world: Independent) -> None:
     key_file.write_text(app_key().private_pem)
     secret_file = world.data_dir / "webhook-secret"
     secret_file.write_text(WEBHOOK_SECRET)
-    out = _admin_sync(world.url, "source", "add", "github", "--name", "acme-app", "--app-id", APP_ID,
-                      "--private-key", f"@{key_file}", "--webhook-secret", f"@{secret_file}", "--customer-id", ORG)
+    out = _admin_sync(
+        world.url,
+        "source",
+        "add",
+        "github",
+        "--name",
+        "acme-app",
+        "--app-id",
+        APP_ID,
+        "--private-key",
+        f"@{key_file}",
+        "--webhook-secret",
+        f"@{secret_file}",
+        "--customer-id",
+        ORG,
+    )
     assert f"Source added: github:{APP_ID}" in out, out
-    out = _admin_sync(world.url, "source", "add", "generic", "--org", ORG, "--name", GENERIC_NAME,
-                      "--secret", GENERIC_SECRET, "--event-type-header", "x-event-type", "--json")
+    out = _admin_sync(
+        world.url,
+        "source",
+        "add",
+        "generic",
+        "--org",
+        ORG,
+        "--name",
+        GENERIC_NAME,
+        "--secret",
+        GENERIC_SECRET,
+        "--event-type-header",
+        "x-event-type",
+        "--json",
+    )
     world.generic_source_id = json.loads(out)["source"]["id"]
 
 
@@ -294,8 +386,7 @@ def independent(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) ->
     """One ``kici-standalone`` (independent mode) per test module, sources registered through kici-admin."""
     gh = github_world()
     try:
-        world = boot(module_db_url, gh, tmp_path_factory.mktemp("standalone"),
-                     KICI_HTTP_MAX_BODY_BYTES=str(256 * 1024))
+        world = boot(module_db_url, gh, tmp_path_factory.mktemp("standalone"), KICI_HTTP_MAX_BODY_BYTES=str(256 * 1024))
         try:
             yield world
         finally:

@@ -63,8 +63,23 @@ def _files(w: Independent) -> tuple[Path, Path]:
 
 async def _guide_add(w: Independent, *extra: str, check: bool = True) -> tuple[int, str, str]:
     key, secret = _files(w)
-    out = await kici_admin(w.url, ADMIN_TOKEN, "source", "add", "github", "--name", "my-org", "--app-id", APP_ID,
-                           "--private-key", f"@{key}", "--webhook-secret", f"@{secret}", *extra, check=check)
+    out = await kici_admin(
+        w.url,
+        ADMIN_TOKEN,
+        "source",
+        "add",
+        "github",
+        "--name",
+        "my-org",
+        "--app-id",
+        APP_ID,
+        "--private-key",
+        f"@{key}",
+        "--webhook-secret",
+        f"@{secret}",
+        *extra,
+        check=check,
+    )
     return out.code, out.stdout, out.stderr
 
 
@@ -83,18 +98,33 @@ async def test_source_add_and_list_as_in_the_guide(world: Independent) -> None:
     assert err.strip() == (
         f'Error: source github:{APP_ID} ("my-org") already exists (id {sid}, routing key github:{APP_ID}); '
         f"change it with `kici-admin source update github:{APP_ID} ...` or remove it with "
-        f"`kici-admin source remove github:{APP_ID}`")
+        f"`kici-admin source remove github:{APP_ID}`"
+    )
     assert "HTTP 409" not in err and WEBHOOK_SECRET not in err
 
     generic = {}
     for org in (ORG, OTHER_ORG):
-        res = await w.admin("source", "add", "generic", "--org", org, "--name", "deploys", "--secret",
-                            f"{org}-generic-secret", "--event-type-header", "x-event-type", "--json")
+        res = await w.admin(
+            "source",
+            "add",
+            "generic",
+            "--org",
+            org,
+            "--name",
+            "deploys",
+            "--secret",
+            f"{org}-generic-secret",
+            "--event-type-header",
+            "x-event-type",
+            "--json",
+        )
         generic[org] = json.loads(res.stdout)["source"]["id"]
-    again = await w.admin("source", "add", "generic", "--org", ORG, "--name", "deploys", "--secret", "x" * 16,
-                          check=False)
-    assert again.code == 1 and again.stderr.startswith(f'Error: source "deploys" in org {ORG} already exists '
-                                                       f'(id {generic[ORG]}')
+    again = await w.admin(
+        "source", "add", "generic", "--org", ORG, "--name", "deploys", "--secret", "x" * 16, check=False
+    )
+    assert again.code == 1 and again.stderr.startswith(
+        f'Error: source "deploys" in org {ORG} already exists (id {generic[ORG]}'
+    )
     assert f"kici-admin source update-generic {generic[ORG]}" in again.stderr
 
     # The guide's `source list`: every source, right after adding them, without --org.
@@ -108,16 +138,27 @@ async def test_source_add_and_list_as_in_the_guide(world: Independent) -> None:
     assert generic[OTHER_ORG] in only and generic[ORG] not in only
 
     # source update-generic: a new secret (and method) is live at once on the webhook route.
-    res = await w.admin("source", "update-generic", generic[ORG], "--verification", "hmac_sha256", "--secret",
-                        "rotated-generic-secret-7777", "--rate-limit", "120")
+    res = await w.admin(
+        "source",
+        "update-generic",
+        generic[ORG],
+        "--verification",
+        "hmac_sha256",
+        "--secret",
+        "rotated-generic-secret-7777",
+        "--rate-limit",
+        "120",
+    )
     assert res.stdout.startswith(f"Generic source updated: {generic[ORG]}\n") and "…7777" in res.stdout
     assert "rotated-generic-secret" not in res.stdout
     body = json.dumps({"ref": "refs/heads/main"}).encode()
     path = f"/webhook/{ORG}/generic/deploys"
-    old = await w.post(path, body, {**generic_headers(body, "g-1", secret=f"{ORG}-generic-secret"),
-                                    "x-event-type": "deploy"})
-    new = await w.post(path, body, {**generic_headers(body, "g-2", secret="rotated-generic-secret-7777"),
-                                    "x-event-type": "deploy"})
+    old = await w.post(
+        path, body, {**generic_headers(body, "g-1", secret=f"{ORG}-generic-secret"), "x-event-type": "deploy"}
+    )
+    new = await w.post(
+        path, body, {**generic_headers(body, "g-2", secret="rotated-generic-secret-7777"), "x-event-type": "deploy"}
+    )
     assert (old.status_code, new.status_code) == (401, 202), (old.text, new.text)
     rows = await w.query("SELECT rate_limit_rpm FROM generic_webhook_sources WHERE id = %s::uuid", generic[ORG])
     assert rows == [(120,)]
@@ -130,8 +171,10 @@ async def test_source_add_github_verify_asks_github_and_fails_fast_naming_the_wa
     w = world
     code, out, err = await _guide_add(w, "--verify")
     assert code == 0, err
-    assert out.splitlines()[:2] == [f"Source added: github:{APP_ID} (KiCI e2e)",
-                                    f"  Verified with GitHub: the key belongs to App {APP_ID} (KiCI e2e)."]
+    assert out.splitlines()[:2] == [
+        f"Source added: github:{APP_ID} (KiCI e2e)",
+        f"  Verified with GitHub: the key belongs to App {APP_ID} (KiCI e2e).",
+    ]
     assert len(w.gh.requests_for("/app")) == 1
     await w.admin("source", "remove", f"github:{APP_ID}", "--yes")
 
@@ -152,9 +195,20 @@ async def test_event_log_show_without_org_runs_jobs_and_a_table_in_120_columns(w
     install(w.gh, "acme/app")
     code, _, err = await _guide_add(w)
     assert code == 0, err
-    res = await w.admin("source", "add", "generic", "--org", "platform-team", "--name",
-                        "deployments-from-the-release-pipeline", "--secret", "generic-secret-1234",
-                        "--event-type-header", "x-event-type", "--json")
+    res = await w.admin(
+        "source",
+        "add",
+        "generic",
+        "--org",
+        "platform-team",
+        "--name",
+        "deployments-from-the-release-pipeline",
+        "--secret",
+        "generic-secret-1234",
+        "--event-type-header",
+        "x-event-type",
+        "--json",
+    )
     generic_rk = json.loads(res.stdout)["source"]["routingKey"]
 
     # The guide's form: `event-log show <deliveryId>`, no --org.
@@ -185,21 +239,28 @@ async def test_event_log_show_without_org_runs_jobs_and_a_table_in_120_columns(w
     await poll(lambda: _row_in(w, OTHER_ORG, delivery), describe=lambda: w.proc.tail())
     ambiguous = await w.admin("event-log", "show", delivery, check=False)
     assert ambiguous.code == 1 and ambiguous.stderr.strip() == (
-        f"Error: delivery {delivery} exists in 2 orgs ({ORG}, {OTHER_ORG}): choose one with --org <orgId>")
+        f"Error: delivery {delivery} exists in 2 orgs ({ORG}, {OTHER_ORG}): choose one with --org <orgId>"
+    )
     chosen = (await w.admin("event-log", "show", delivery, "--org", OTHER_ORG)).stdout
     assert f"  Org:           {OTHER_ORG}\n" in chosen
     assert (await w.admin("event-log", "replay", delivery, "--org", ORG)).code == 0
     assert (await w.admin("event-log", "show", new_delivery(), check=False)).stderr.strip() == (
-        "Error: HTTP 404: Delivery not found")
+        "Error: HTTP 404: Delivery not found"
+    )
 
     # event-log list fits 120 columns with long generic ids; --json keeps every id whole.
     long_ids = []
     for i in range(3):
         raw = f"release-{i}-of-the-nightly-pipeline-{uuid.uuid4()}"
         payload = json.dumps({"n": i}).encode()
-        resp = await w.post("/webhook/platform-team/generic/deployments-from-the-release-pipeline", payload,
-                            {**generic_headers(payload, raw, secret="generic-secret-1234"),
-                             "x-event-type": "deployment_status_changed"})
+        resp = await w.post(
+            "/webhook/platform-team/generic/deployments-from-the-release-pipeline",
+            payload,
+            {
+                **generic_headers(payload, raw, secret="generic-secret-1234"),
+                "x-event-type": "deployment_status_changed",
+            },
+        )
         assert resp.status_code == 202, resp.text
         long_ids.append(resp.json()["deliveryId"])
     assert all(d.startswith(generic_rk + ":") and len(d) > 100 for d in long_ids)

@@ -73,7 +73,9 @@ async def test_list_filters_paging_and_count(db_url: str, tmp_path: Path) -> Non
         created = [r["createdAt"] for r in everything["runs"]]
         assert created == sorted(created, reverse=True)  # newest first
         first = everything["runs"][0]
-        assert {"runId", "workflowName", "status", "repoIdentifier", "ref", "sha", "jobCount", "createdAt"} <= set(first)
+        assert {"runId", "workflowName", "status", "repoIdentifier", "ref", "sha", "jobCount", "createdAt"} <= set(
+            first
+        )
         assert first["repoIdentifier"] == "acme/repo" and first["jobCount"] == 1 and "job_config" not in first
         assert [r["runId"] for r in (await listed(status="cancelled"))["runs"]] == [cancelled]
         assert (await listed(status="pending"))["total"] == 5
@@ -105,8 +107,10 @@ async def test_list_filters_paging_and_count(db_url: str, tmp_path: Path) -> Non
 
 # ------------------------------------------------------------------------------------------------ show / logs
 async def test_show_jobs_steps_logs_and_follow(db_url: str, tmp_path: Path) -> None:
-    repo, sha = lock_repo(tmp_path, {"ci": [job("build", ["x"], steps=[{"name": "compile", "run": "make"}])],
-                                     "gpu": [job("train", ["gpu"])]})
+    repo, sha = lock_repo(
+        tmp_path,
+        {"ci": [job("build", ["x"], steps=[{"name": "compile", "run": "make"}])], "gpu": [job("train", ["gpu"])]},
+    )
     async with harness(db_url, tmp_path, **ENV) as (h, _), _http(h) as http:
         await h.add_local_source(repo)
         agent = await RawAgent.join(h.port, "a", ["x"])
@@ -145,8 +149,10 @@ async def test_show_jobs_steps_logs_and_follow(db_url: str, tmp_path: Path) -> N
 
         # API: logs, job filter, paging with ``after``.
         logs = (await http.get(f"{API}/{ci}/logs")).json()
-        assert [(c["stepIndex"], c["lines"]) for c in logs["chunks"]] == [(-1, ["cloning"]),
-                                                                         (0, ["compiling", "linking"])]
+        assert [(c["stepIndex"], c["lines"]) for c in logs["chunks"]] == [
+            (-1, ["cloning"]),
+            (0, ["compiling", "linking"]),
+        ]
         assert {c["jobName"] for c in logs["chunks"]} == {"build"}
         assert (await http.get(f"{API}/{ci}/logs", params={"after": logs["next"]})).json()["chunks"] == []
         assert (await http.get(f"{API}/{ci}/logs", params={"job": "other"})).json()["chunks"] == []
@@ -165,8 +171,10 @@ async def test_show_jobs_steps_logs_and_follow(db_url: str, tmp_path: Path) -> N
         assert out.splitlines() == ["[build] cloning", "[build] compiling", "[build] linking"]
         out = (await kici_admin(h.base, TOKEN, "runs", "logs", ci, "--job", "build")).stdout
         assert out.splitlines() == ["cloning", "compiling", "linking"]
-        chunks = [json.loads(line) for line in
-                  (await kici_admin(h.base, TOKEN, "runs", "logs", ci, "--json")).stdout.splitlines()]
+        chunks = [
+            json.loads(line)
+            for line in (await kici_admin(h.base, TOKEN, "runs", "logs", ci, "--json")).stdout.splitlines()
+        ]
         assert [c["lines"] for c in chunks] == [["cloning"], ["compiling", "linking"]]
         await _follow(h, agent, d)
         assert (await http.get(f"{API}/{ci}")).json()["status"] == "success"
@@ -176,13 +184,15 @@ async def test_show_jobs_steps_logs_and_follow(db_url: str, tmp_path: Path) -> N
 async def _follow(h: Harness, agent: RawAgent, dispatch: dict[str, Any]) -> None:
     """``runs logs --follow`` prints what exists, then new lines, and exits 0 once the run has ended."""
     env = clean_env(KICI_ADMIN_TOKEN=TOKEN)
-    cmd = [str(BIN / "kici-admin"), "--url", h.base, "runs", "logs", dispatch["runId"], "--follow",
-           "--interval", "0.1"]
+    cmd = [str(BIN / "kici-admin"), "--url", h.base, "runs", "logs", dispatch["runId"], "--follow", "--interval", "0.1"]
     async with await anyio.open_process(cmd, env=env) as proc:
         assert proc.stdout is not None
         seen = b""
-        with waits.within(20, "`runs logs --follow` to print the log and exit 0 after the run ended",
-                          lambda: {"printed": seen.decode(errors="replace")[-400:], "exit code": proc.returncode}):
+        with waits.within(
+            20,
+            "`runs logs --follow` to print the log and exit 0 after the run ended",
+            lambda: {"printed": seen.decode(errors="replace")[-400:], "exit code": proc.returncode},
+        ):
             while b"[build] linking" not in seen:
                 seen += await proc.stdout.receive()
             await agent.log(dispatch, 0, "tests passed")
@@ -213,30 +223,35 @@ async def test_authentication_and_permission_errors(db_url: str, tmp_path: Path)
             r = await auditor.post(f"{API}/{run_id}/cancel")
             assert r.status_code == 403
             assert r.json()["error"] == 'Role "auditor" does not have permission "run.cancel"'
-        scoped = await http.post("/api/v1/admin/tokens",
-                                 json={"label": "elsewhere", "role": "admin", "routingKey": "generic:other:x"})
+        scoped = await http.post(
+            "/api/v1/admin/tokens", json={"label": "elsewhere", "role": "admin", "routingKey": "generic:other:x"}
+        )
         assert scoped.status_code in (200, 201), scoped.text
         async with _http(h, scoped.json()["token"]) as other:
             assert (await other.get(API)).json()["total"] == 0  # only runs of its routing key
             assert (await other.get(f"{API}/{run_id}")).status_code == 403
             assert (await other.post(f"{API}/{run_id}/cancel")).status_code == 403
-        for path, body, field in ((f"{API}/{run_id}/cancel", {"force": "yes"}, "force"),
-                                  (f"{API}/{run_id}/rerun", {"failedOnly": 1}, "failedOnly"),
-                                  ("/api/v1/admin/gc", {"dryRun": "true"}, "dryRun")):
+        for path, body, field in (
+            (f"{API}/{run_id}/cancel", {"force": "yes"}, "force"),
+            (f"{API}/{run_id}/rerun", {"failedOnly": 1}, "failedOnly"),
+            ("/api/v1/admin/gc", {"dryRun": "true"}, "dryRun"),
+        ):
             r = await http.post(path, json=body)
-            assert (r.status_code, r.json()) == (400, {"error": "Validation error", "details": [
-                {"path": [field], "message": "must be a boolean"}]}), path
+            assert (r.status_code, r.json()) == (
+                400,
+                {"error": "Validation error", "details": [{"path": [field], "message": "must be a boolean"}]},
+            ), path
         r = await http.post("/api/v1/admin/gc", json={"dryRun": True, "olderThan": "1d"})
         assert r.json()["details"] == [{"path": ["olderThan"], "message": "unknown field"}]
         assert (await _run_status(h, run_id)) == "pending"  # nothing above changed it
 
         bad = await kici_admin(h.base, "kat-wrong", "runs", "list", check=False)
         assert bad.code == 1 and "HTTP 401: Invalid or expired token" in bad.stderr
-        missing = await kici_admin(h.base, TOKEN, "runs", "show", "00000000-0000-0000-0000-000000000000",
-                                   check=False)
+        missing = await kici_admin(h.base, TOKEN, "runs", "show", "00000000-0000-0000-0000-000000000000", check=False)
         assert missing.code == 1 and "HTTP 404" in missing.stderr
-        result = await anyio.run_process([str(BIN / "kici-admin"), "--url", h.base, "runs", "list"],
-                                         env=clean_env(), check=False)
+        result = await anyio.run_process(
+            [str(BIN / "kici-admin"), "--url", h.base, "runs", "list"], env=clean_env(), check=False
+        )
         assert result.returncode != 0 and b"--token or KICI_ADMIN_TOKEN is required" in result.stderr
 
 

@@ -38,7 +38,10 @@ PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 def _git(cwd: Path, *args: str) -> str:
     out = subprocess.run(
         ["git", "-c", "user.name=KiCI Test", "-c", "user.email=test@example.invalid", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return out.stdout.strip()
 
@@ -96,8 +99,9 @@ async def running_agent(config: agent_config.AgentConfig) -> AsyncIterator[Agent
 
 
 def _is_job(job_id: str, kind: str, **fields: Any) -> Any:
-    return lambda m: m.get("jobId") == job_id and m.get("type") == kind and all(
-        m.get(k) == v for k, v in fields.items())
+    return lambda m: (
+        m.get("jobId") == job_id and m.get("type") == kind and all(m.get(k) == v for k, v in fields.items())
+    )
 
 
 def _sequence(messages: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -121,13 +125,11 @@ def _sequence(messages: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 
 def _lines(messages: list[dict[str, Any]], step_index: int) -> list[str]:
-    return [line for m in messages if m["type"] == "log.chunk" and m["stepIndex"] == step_index
-            for line in m["lines"]]
+    return [line for m in messages if m["type"] == "log.chunk" and m["stepIndex"] == step_index for line in m["lines"]]
 
 
 def _step_status(messages: list[dict[str, Any]], index: int, state: str) -> dict[str, Any]:
-    return next(m for m in messages if m["type"] == "step.status" and m["stepIndex"] == index
-                and m["state"] == state)
+    return next(m for m in messages if m["type"] == "step.status" and m["stepIndex"] == index and m["state"] == state)
 
 
 # --- configuration ----------------------------------------------------------------------------------
@@ -147,11 +149,25 @@ def test_labels_platform_and_env_loading(tmp_path: Path) -> None:
     assert agent_config.wire_platform("linux") == "linux"
     assert agent_config.wire_platform("darwin") == "darwin"
     assert [agent_config.wire_arch(m) for m in ("x86_64", "AMD64", "aarch64", "armv7l")] == [
-        "x64", "x64", "arm64", "arm"]
+        "x64",
+        "x64",
+        "arm64",
+        "arm",
+    ]
     assert agent_config.auto_labels(platform="darwin", arch="arm64", hostname="mac") == (
-        "kici:os:macos", "kici:os:darwin", "kici:arch:arm64", "kici:host:mac")
-    env = {"KICI_ORCHESTRATOR_URL": "http://o:4000", "KICI_AGENT_TOKEN": TOKEN, "KICI_AGENT_LABELS": "gpu",
-           "KICI_AGENT_MAX_CONCURRENCY": "3", "KICI_AGENT_WORK_DIR": str(tmp_path / "w"), "PATH": "/bin"}
+        "kici:os:macos",
+        "kici:os:darwin",
+        "kici:arch:arm64",
+        "kici:host:mac",
+    )
+    env = {
+        "KICI_ORCHESTRATOR_URL": "http://o:4000",
+        "KICI_AGENT_TOKEN": TOKEN,
+        "KICI_AGENT_LABELS": "gpu",
+        "KICI_AGENT_MAX_CONCURRENCY": "3",
+        "KICI_AGENT_WORK_DIR": str(tmp_path / "w"),
+        "PATH": "/bin",
+    }
     cfg = agent_config.load_config(env=env, labels="linux,arm")
     assert (cfg.url, cfg.token, cfg.labels, cfg.max_concurrency) == ("ws://o:4000/ws", TOKEN, ("linux", "arm"), 3)
     assert cfg.step_env == {"PATH": "/bin"}  # KICI_* (the agent token) never reaches steps
@@ -169,17 +185,21 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
 
 # --- handshake --------------------------------------------------------------------------------------
 async def test_handshake_registers_and_heartbeats(tmp_path: Path) -> None:
-    async with ScriptedOrchestrator(token=TOKEN) as peer, running_agent(
-        _config(peer, tmp_path, max_concurrency=2)
-    ):
+    async with ScriptedOrchestrator(token=TOKEN) as peer, running_agent(_config(peer, tmp_path, max_concurrency=2)):
         auth = (await peer.next()).message
         assert auth == {"type": "auth.request", "token": TOKEN, "protocolVersion": 1}
         register = (await peer.next()).message
         assert register["type"] == "agent.register"
         assert register["messageId"].startswith("register-build-01-4f2a9c1e-")
         assert register["agentId"] == "build-01-4f2a9c1e"
-        assert register["labels"] == ["linux", "docker", "kici:os:linux", "kici:arch:x64", "kici:arch:amd64",
-                                      "kici:host:build-01"]
+        assert register["labels"] == [
+            "linux",
+            "docker",
+            "kici:os:linux",
+            "kici:arch:x64",
+            "kici:arch:amd64",
+            "kici:host:build-01",
+        ]
         assert (register["platform"], register["arch"], register["maxConcurrency"]) == ("linux", "x64", 2)
         assert isinstance(register["version"], str) and "inFlightJobs" not in register
         assert (await peer.next()).message["type"] == "config.ack"
@@ -192,8 +212,10 @@ async def test_handshake_registers_and_heartbeats(tmp_path: Path) -> None:
 async def test_auth_failure_stops_for_good(tmp_path: Path) -> None:
     async with ScriptedOrchestrator(token="kat_other") as peer:
         agent = Agent(_config(peer, tmp_path))
-        with waits.within(10, "the agent to give up after auth.failure"), \
-                pytest.raises(AuthRejected, match="Invalid or expired token"):
+        with (
+            waits.within(10, "the agent to give up after auth.failure"),
+            pytest.raises(AuthRejected, match="Invalid or expired token"),
+        ):
             await agent.run()
         assert len(peer.connections) == 1
         assert [r.message["type"] for r in peer.received] == ["auth.request"]
@@ -205,27 +227,41 @@ async def test_job_sequence_checkout_env_logs_and_continue_on_error(
 ) -> None:
     repo, first, _second = origin
     job_config = {
-        "name": "test (linux)", "env": {"JOB_LEVEL": "1", "GREETING": "job"},
+        "name": "test (linux)",
+        "env": {"JOB_LEVEL": "1", "GREETING": "job"},
         "steps": [
-            {"name": "greet", "workingDirectory": "sub", "env": {"GREETING": "world"},
-             "run": 'echo "hello $GREETING from $(basename "$PWD")"; echo "job=$JOB_LEVEL"; '
-                    'test "$KICI_SHA" = "' + first + '"; test -z "${KICI_AGENT_TOKEN:-}"; cat version.txt'},
+            {
+                "name": "greet",
+                "workingDirectory": "sub",
+                "env": {"GREETING": "world"},
+                "run": 'echo "hello $GREETING from $(basename "$PWD")"; echo "job=$JOB_LEVEL"; '
+                'test "$KICI_SHA" = "' + first + '"; test -z "${KICI_AGENT_TOKEN:-}"; cat version.txt',
+            },
             {"name": "flaky", "continueOnError": True, "run": "echo 'about to fail' >&2; exit 3"},
             {"name": "last", "run": "printf 'no newline at end'"},
         ],
     }
     async with ScriptedOrchestrator(token=TOKEN) as peer, running_agent(_config(peer, tmp_path)):
         await peer.wait_for(lambda m: m["type"] == "config.ack")
-        run_id, job_id = await peer.dispatch(job_config=job_config, repo_url=str(repo), ref="main", sha=first,
-                                             token=CLONE_TOKEN)
+        run_id, job_id = await peer.dispatch(
+            job_config=job_config, repo_url=str(repo), ref="main", sha=first, token=CLONE_TOKEN
+        )
         await peer.wait_for(_is_job(job_id, "job.status", state="success"))
         status = await peer.wait_for(lambda m: m["type"] == "agent.status")
         msgs = peer.job_messages(job_id)
     assert _sequence(msgs) == [
-        ("job.ack",), ("job.status", "running"), ("log.chunk", -1),
-        ("step.status", 0, "running"), ("log.chunk", 0), ("step.status", 0, "success"),
-        ("step.status", 1, "running"), ("log.chunk", 1), ("step.status", 1, "failed"),
-        ("step.status", 2, "running"), ("log.chunk", 2), ("step.status", 2, "success"),
+        ("job.ack",),
+        ("job.status", "running"),
+        ("log.chunk", -1),
+        ("step.status", 0, "running"),
+        ("log.chunk", 0),
+        ("step.status", 0, "success"),
+        ("step.status", 1, "running"),
+        ("log.chunk", 1),
+        ("step.status", 1, "failed"),
+        ("step.status", 2, "running"),
+        ("log.chunk", 2),
+        ("step.status", 2, "success"),
         ("job.status", "success"),
     ]
     assert all(m["runId"] == run_id and isinstance(m["timestamp"], int) for m in msgs)
@@ -236,14 +272,21 @@ async def test_job_sequence_checkout_env_logs_and_continue_on_error(
     assert any("HEAD is " + first in line for line in _lines(msgs, -1))
     failed = _step_status(msgs, 1, "failed")
     assert failed["stepName"] == "flaky"
-    assert failed["data"] == {"durationMs": failed["data"]["durationMs"], "step_type": "step", "exitCode": 3,
-                              "error": "exit code 3"}
+    assert failed["data"] == {
+        "durationMs": failed["data"]["durationMs"],
+        "step_type": "step",
+        "exitCode": 3,
+        "error": "exit code 3",
+    }
     assert failed["logBytesStreamed"] == len("about to fail")
     assert _step_status(msgs, 0, "success")["data"]["exitCode"] == 0
     final = msgs[-1]
     assert final["type"] == "job.status" and "error" not in final["data"]
     assert [(r["name"], r["status"]) for r in final["data"]["stepResults"]] == [
-        ("greet", "success"), ("flaky", "failed"), ("last", "success")]
+        ("greet", "success"),
+        ("flaky", "failed"),
+        ("last", "success"),
+    ]
     assert final["data"]["stepResults"][1]["error"] == "exit code 3"
     assert status.message["activeJobs"] == 0 and status.message["agentId"] == "build-01-4f2a9c1e"
     assert CLONE_TOKEN not in repr(peer.received)
@@ -251,17 +294,24 @@ async def test_job_sequence_checkout_env_logs_and_continue_on_error(
 
 
 async def test_unsupported_step_fails_the_job(tmp_path: Path) -> None:
-    job_config = {"checkout": False, "steps": [
-        {"name": "uses-action", "uses": "actions/checkout@v4"}, {"name": "never", "run": "echo never"}]}
+    job_config = {
+        "checkout": False,
+        "steps": [{"name": "uses-action", "uses": "actions/checkout@v4"}, {"name": "never", "run": "echo never"}],
+    }
     async with ScriptedOrchestrator(token=TOKEN) as peer, running_agent(_config(peer, tmp_path)):
         await peer.wait_for(lambda m: m["type"] == "config.ack")
         _run, job_id = await peer.dispatch(job_config=job_config)
         await peer.wait_for(_is_job(job_id, "job.status", state="failed"))
         msgs = peer.job_messages(job_id)
     assert _sequence(msgs) == [
-        ("job.ack",), ("job.status", "running"), ("log.chunk", -1),
-        ("step.status", 0, "running"), ("log.chunk", 0), ("step.status", 0, "failed"),
-        ("step.status", 1, "skipped"), ("job.status", "failed"),
+        ("job.ack",),
+        ("job.status", "running"),
+        ("log.chunk", -1),
+        ("step.status", 0, "running"),
+        ("log.chunk", 0),
+        ("step.status", 0, "failed"),
+        ("step.status", 1, "skipped"),
+        ("job.status", "failed"),
     ]
     assert _lines(msgs, 0) == [UNSUPPORTED_STEP]
     assert _step_status(msgs, 0, "failed")["data"]["error"] == UNSUPPORTED_STEP
@@ -271,9 +321,13 @@ async def test_unsupported_step_fails_the_job(tmp_path: Path) -> None:
 
 async def test_cancel_kills_a_sleeping_step_and_busy_rejects(tmp_path: Path) -> None:
     pid_file = tmp_path / "sleep.pid"
-    job_config = {"checkout": False, "steps": [
-        {"name": "wait", "run": f"sleep 300 & echo $! > {pid_file}; echo started; wait"},
-        {"name": "after", "run": "echo after"}]}
+    job_config = {
+        "checkout": False,
+        "steps": [
+            {"name": "wait", "run": f"sleep 300 & echo $! > {pid_file}; echo started; wait"},
+            {"name": "after", "run": "echo after"},
+        ],
+    }
     async with ScriptedOrchestrator(token=TOKEN) as peer, running_agent(_config(peer, tmp_path)):
         await peer.wait_for(lambda m: m["type"] == "config.ack")
         run_id, job_id = await peer.dispatch(job_config=job_config)
@@ -285,14 +339,19 @@ async def test_cancel_kills_a_sleeping_step_and_busy_rejects(tmp_path: Path) -> 
         reject = await peer.wait_for(_is_job(other, "job.reject"))
         assert reject.message["reason"] == "busy"
         await peer.wait_for(lambda m: m["type"] == "agent.status")
-        await peer.send({"type": "job.cancel", "messageId": "m1", "runId": "nope", "jobId": "unknown",
-                         "reason": "ignored"})
-        await peer.send({"type": "job.cancel", "messageId": "m2", "runId": run_id, "jobId": job_id,
-                         "reason": "Cancelled by user"})
+        await peer.send(
+            {"type": "job.cancel", "messageId": "m1", "runId": "nope", "jobId": "unknown", "reason": "ignored"}
+        )
+        await peer.send(
+            {"type": "job.cancel", "messageId": "m2", "runId": run_id, "jobId": job_id, "reason": "Cancelled by user"}
+        )
         final = (await peer.wait_for(_is_job(job_id, "job.status", state="cancelled"))).message
         msgs = peer.job_messages(job_id)
-    assert _sequence(msgs)[-3:] == [("step.status", 0, "cancelled"), ("step.status", 1, "skipped"),
-                                    ("job.status", "cancelled")]
+    assert _sequence(msgs)[-3:] == [
+        ("step.status", 0, "cancelled"),
+        ("step.status", 1, "skipped"),
+        ("job.status", "cancelled"),
+    ]
     assert _step_status(msgs, 0, "cancelled")["data"]["error"] == "Cancelled by user"
     assert final["data"]["error"] == "Cancelled by user"
     hb = next(m for m in msgs if m["type"] == "job.heartbeat")
@@ -318,7 +377,7 @@ async def test_next_job_dispatched_on_the_terminal_status_is_accepted_while_the_
         answer = await peer.wait_for(lambda m: m.get("jobId") == next_id and m["type"] in ("job.ack", "job.reject"))
         assert answer.message["type"] == "job.ack", answer.message
         await peer.wait_for(_is_job(next_id, "job.status", state="success"))
-        later = [r.message for r in peer.received[peer.received.index(done) + 1:]]
+        later = [r.message for r in peer.received[peer.received.index(done) + 1 :]]
     # The agent.status that follows the terminal status already reports the slot free.
     assert next(m for m in later if m["type"] == "agent.status")["activeJobs"] == 0
     assert list((tmp_path / "work").iterdir()) == []  # both work directories are removed
@@ -328,8 +387,9 @@ async def test_next_job_dispatched_on_the_terminal_status_is_accepted_while_the_
     ("job_timeout", "step_timeout", "error"),
     [(None, 300, "step timed out after 300 ms"), (300, None, "Job timed out after 300 ms")],
 )
-async def test_step_and_job_timeouts(tmp_path: Path, job_timeout: int | None, step_timeout: int | None,
-                                     error: str) -> None:
+async def test_step_and_job_timeouts(
+    tmp_path: Path, job_timeout: int | None, step_timeout: int | None, error: str
+) -> None:
     step: dict[str, Any] = {"name": "slow", "run": "sleep 300"}
     if step_timeout:
         step["timeout"] = step_timeout
@@ -367,9 +427,13 @@ async def test_clone_token_goes_in_an_auth_header_only(tmp_path: Path) -> None:
         async with ScriptedOrchestrator(token=TOKEN) as peer, running_agent(_config(peer, tmp_path)):
             await peer.wait_for(lambda m: m["type"] == "config.ack")
             _run, job_id = await peer.dispatch(
-                job_config={"steps": [{"name": "x", "run": "true"}]}, repo_url=repo_url, ref="main",
-                sha="9c1e4b7a", token=CLONE_TOKEN,
-                sourceAuth={"kind": "basic", "user": "x-access-token", "secret": CLONE_TOKEN})
+                job_config={"steps": [{"name": "x", "run": "true"}]},
+                repo_url=repo_url,
+                ref="main",
+                sha="9c1e4b7a",
+                token=CLONE_TOKEN,
+                sourceAuth={"kind": "basic", "user": "x-access-token", "secret": CLONE_TOKEN},
+            )
             final = (await peer.wait_for(_is_job(job_id, "job.status", state="failed"))).message
     finally:
         server.shutdown()
@@ -382,9 +446,14 @@ async def test_clone_token_goes_in_an_auth_header_only(tmp_path: Path) -> None:
 
 async def test_reconnect_reports_in_flight_jobs_and_replays_buffered_messages(tmp_path: Path) -> None:
     go = tmp_path / "go"
-    job_config = {"checkout": False, "env": {"GO": str(go)}, "steps": [
-        {"name": "wait", "run": 'echo first; while [ ! -f "$GO" ]; do sleep 0.05; done; echo second'},
-        {"name": "after", "run": "echo after"}]}
+    job_config = {
+        "checkout": False,
+        "env": {"GO": str(go)},
+        "steps": [
+            {"name": "wait", "run": 'echo first; while [ ! -f "$GO" ]; do sleep 0.05; done; echo second'},
+            {"name": "after", "run": "echo after"},
+        ],
+    }
     async with ScriptedOrchestrator(token=TOKEN) as peer, running_agent(_config(peer, tmp_path)) as agent:
         await peer.wait_for(lambda m: m["type"] == "config.ack")
         run_id, job_id = await peer.dispatch(job_config=job_config)
@@ -403,10 +472,21 @@ async def test_reconnect_reports_in_flight_jobs_and_replays_buffered_messages(tm
         replayed = peer.job_messages(job_id, connection=1)
         second = [r.message for r in peer.received if r.connection == 1]
     assert register["inFlightJobs"] == [{"jobId": job_id, "runId": run_id}]
-    assert _sequence(first_conn) == [("job.ack",), ("job.status", "running"), ("log.chunk", -1),
-                                     ("step.status", 0, "running"), ("log.chunk", 0)]
-    assert _sequence(replayed) == [("log.chunk", 0), ("step.status", 0, "success"), ("step.status", 1, "running"),
-                                   ("log.chunk", 1), ("step.status", 1, "success"), ("job.status", "success")]
+    assert _sequence(first_conn) == [
+        ("job.ack",),
+        ("job.status", "running"),
+        ("log.chunk", -1),
+        ("step.status", 0, "running"),
+        ("log.chunk", 0),
+    ]
+    assert _sequence(replayed) == [
+        ("log.chunk", 0),
+        ("step.status", 0, "success"),
+        ("step.status", 1, "running"),
+        ("log.chunk", 1),
+        ("step.status", 1, "success"),
+        ("job.status", "success"),
+    ]
     assert _lines(replayed, 0) == ["second"]
     kinds = [m["type"] for m in second]
     assert kinds[:4] == ["auth.request", "agent.register", "config.ack", "agent.log"]
@@ -418,12 +498,25 @@ async def test_reconnect_reports_in_flight_jobs_and_replays_buffered_messages(tm
 # --- signals (the agent as a subprocess) -----------------------------------------------------------
 @asynccontextmanager
 async def agent_process(peer: ScriptedOrchestrator, tmp_path: Path) -> AsyncIterator[Any]:
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "KICI_AGENT_TOKEN": TOKEN,
-           "PYTHONPATH": PROJECT_ROOT}
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "KICI_AGENT_TOKEN": TOKEN, "PYTHONPATH": PROJECT_ROOT}
     async with await anyio.open_process(
-        [sys.executable, "-m", "kici_runtime.agent", "--url", peer.url, "--labels", "linux",
-         "--agent-id", "sub-agent", "--work-dir", str(tmp_path / "work")],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "kici_runtime.agent",
+            "--url",
+            peer.url,
+            "--labels",
+            "linux",
+            "--agent-id",
+            "sub-agent",
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     ) as proc:
         try:
             yield proc
@@ -444,8 +537,11 @@ async def _wait_stderr(proc: Any, needle: str) -> None:
 
 async def test_sigterm_drains_running_job_then_exits_zero(tmp_path: Path) -> None:
     go = tmp_path / "go"
-    job_config = {"checkout": False, "env": {"GO": str(go)}, "steps": [
-        {"name": "wait", "run": 'echo first; while [ ! -f "$GO" ]; do sleep 0.05; done; echo done'}]}
+    job_config = {
+        "checkout": False,
+        "env": {"GO": str(go)},
+        "steps": [{"name": "wait", "run": 'echo first; while [ ! -f "$GO" ]; do sleep 0.05; done; echo done'}],
+    }
     async with ScriptedOrchestrator(token=TOKEN) as peer, agent_process(peer, tmp_path) as proc:
         await peer.wait_for(lambda m: m["type"] == "config.ack")
         _run, job_id = await peer.dispatch(job_config=job_config)

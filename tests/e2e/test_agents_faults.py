@@ -32,9 +32,12 @@ ACK_EXHAUSTED = "Job failed: re-dispatch attempts exhausted after 5 attempts (di
 
 
 async def _jobs(h: Harness, run_id: str) -> dict[str, dict[str, Any]]:
-    rows = await h.query("SELECT j.*, q.status AS queue_status, q.dispatch_attempts, q.agent_id AS queue_agent"
-                         " FROM execution_jobs j LEFT JOIN dispatch_queue q ON q.id = j.job_id"
-                         " WHERE j.run_id = %(r)s", r=run_id)
+    rows = await h.query(
+        "SELECT j.*, q.status AS queue_status, q.dispatch_attempts, q.agent_id AS queue_agent"
+        " FROM execution_jobs j LEFT JOIN dispatch_queue q ON q.id = j.job_id"
+        " WHERE j.run_id = %(r)s",
+        r=run_id,
+    )
     return {r["job_name"]: r for r in rows}
 
 
@@ -66,8 +69,7 @@ def _agents(h: Harness) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------------------ ack deadline
-async def test_unacked_dispatch_is_cancelled_closed_4031_and_goes_to_another_agent(db_url: str,
-                                                                                    tmp_path: Path) -> None:
+async def test_unacked_dispatch_is_cancelled_closed_4031_and_goes_to_another_agent(db_url: str, tmp_path: Path) -> None:
     repo, sha = lock_repo(tmp_path, {"ci": [job("build", ["x"])]})
     async with harness(db_url, tmp_path, **FAST_ACK) as (h, _):
         await h.add_local_source(repo)
@@ -166,8 +168,10 @@ async def test_busy_agent_is_left_alone_until_it_reports_a_free_slot_and_kici_ad
             return shown.stdout if "rejected a dispatch as busy" in shown.stdout else None
 
         shown = await h.wait_for(explained, what="`kici-admin runs show` to explain the waiting job")
-        assert "all eligible agents are busy: solo (solo rejected a dispatch as busy; no job goes there until it " \
-               "reports a free slot)" in " ".join(shown.split()), shown
+        assert (
+            "all eligible agents are busy: solo (solo rejected a dispatch as busy; no job goes there until it "
+            "reports a free slot)" in " ".join(shown.split())
+        ), shown
         jobs = await _jobs(h, run_id)
         assert jobs["after"]["status"] == "pending" and jobs["after"]["queue_status"] == "pending"
         assert jobs["after"]["dispatch_attempts"] == 0
@@ -187,8 +191,9 @@ async def test_busy_agent_is_left_alone_until_it_reports_a_free_slot_and_kici_ad
 async def test_silent_running_job_is_cancelled_and_timed_out_stale(db_url: str, tmp_path: Path) -> None:
     repo, sha = lock_repo(tmp_path, {"ci": [job("beating", ["x"]), job("silent", ["x"]), job("unstarted", ["x"])]})
     # Stale threshold = 500 ms x 2 = 1 s without a job heartbeat.
-    async with harness(db_url, tmp_path, KICI_JOB_HEARTBEAT_INTERVAL_MS="500",
-                       KICI_STALE_DETECTOR_THRESHOLD_MULTIPLIER="2") as (h, _):
+    async with harness(
+        db_url, tmp_path, KICI_JOB_HEARTBEAT_INTERVAL_MS="500", KICI_STALE_DETECTOR_THRESHOLD_MULTIPLIER="2"
+    ) as (h, _):
         await h.add_local_source(repo)
         agent = await RawAgent.join(h.port, "a", ["x"], max_concurrency=3)
         await push(h.base, repo, sha)
@@ -230,8 +235,9 @@ async def test_silent_running_job_is_cancelled_and_timed_out_stale(db_url: str, 
 
 # ------------------------------------------------------------------------------------------------ cancellation
 async def test_cancel_through_the_api_and_kici_admin(db_url: str, tmp_path: Path) -> None:
-    repo, sha = lock_repo(tmp_path, {"ci": [job("held", ["x"]), job("waiting", ["gpu"]),
-                                            job("later", ["x"], needs=["held"])]})
+    repo, sha = lock_repo(
+        tmp_path, {"ci": [job("held", ["x"]), job("waiting", ["gpu"]), job("later", ["x"], needs=["held"])]}
+    )
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with harness(db_url, tmp_path, **ADMIN) as (h, _):
         await h.add_local_source(repo)
@@ -260,8 +266,9 @@ async def test_cancel_through_the_api_and_kici_admin(db_url: str, tmp_path: Path
             again = await http.post(f"/api/v1/admin/runs/{run_id}/cancel")
             assert again.status_code == 409
             assert again.json() == {"error": "Run already in terminal state", "status": "cancelled"}
-            assert (await http.post("/api/v1/admin/runs/00000000-0000-0000-0000-000000000000/cancel")
-                    ).status_code == 404
+            assert (
+                await http.post("/api/v1/admin/runs/00000000-0000-0000-0000-000000000000/cancel")
+            ).status_code == 404
 
             # 2. kici-admin runs cancel --force: job.cancel carries force.
             await push(h.base, repo, sha)
@@ -283,9 +290,9 @@ async def test_cancel_through_the_api_and_kici_admin(db_url: str, tmp_path: Path
             rows: list[dict[str, Any]] = []
 
             async def created() -> bool:
-                rows[:] = await h.query("SELECT run_id::text AS id FROM execution_runs"
-                                        " WHERE delivery_id LIKE '%%:' || %(d)s",
-                                        d=delivery)
+                rows[:] = await h.query(
+                    "SELECT run_id::text AS id FROM execution_runs WHERE delivery_id LIKE '%%:' || %(d)s", d=delivery
+                )
                 return bool(rows)
 
             await h.wait_for(created, what="third run created", limit=30)

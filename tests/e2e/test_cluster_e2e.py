@@ -48,9 +48,13 @@ VICTIM = "orch-1"
 AGENTS = 6
 RUNS = 6
 TERMINAL = ("success", "failed", "cancelled")
-FAST = {"KICI_CLUSTER_HEARTBEAT_INTERVAL_MS": "500", "KICI_CLUSTER_INSTANCE_TIMEOUT_MS": "3000",
-        "KICI_AGENT_MAX_RECONNECT_DELAY_MS": "3000", "KICI_DISPATCH_ACK_TIMEOUT_MS": "2000",
-        "KICI_PROCESSING_WORKERS": "0"}
+FAST = {
+    "KICI_CLUSTER_HEARTBEAT_INTERVAL_MS": "500",
+    "KICI_CLUSTER_INSTANCE_TIMEOUT_MS": "3000",
+    "KICI_AGENT_MAX_RECONNECT_DELAY_MS": "3000",
+    "KICI_DISPATCH_ACK_TIMEOUT_MS": "2000",
+    "KICI_PROCESSING_WORKERS": "0",
+}
 
 
 async def query(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
@@ -65,8 +69,9 @@ async def get_json(url: str) -> Any:
         return (await http.get(url)).json()
 
 
-async def until(probe: Callable[[], Awaitable[Any]], *, what: str, seen: Callable[[], Awaitable[Any]],
-                limit: float = 90.0) -> Any:
+async def until(
+    probe: Callable[[], Awaitable[Any]], *, what: str, seen: Callable[[], Awaitable[Any]], limit: float = 90.0
+) -> Any:
     """Poll ``probe`` until it returns something truthy; on timeout fail naming ``what`` and showing ``seen()``."""
     try:
         with anyio.fail_after(limit):
@@ -79,10 +84,24 @@ async def until(probe: Callable[[], Awaitable[Any]], *, what: str, seen: Callabl
 
 @asynccontextmanager
 async def orchestrators(url: str, tmp: Path) -> AsyncIterator[list[OrchestratorProcess]]:
-    procs = [OrchestratorProcess("kici-standalone", clean_env(
-        KICI_MODE="independent", KICI_DATABASE_URL=url, KICI_SECRET_KEY="ce" * 32, KICI_AGENT_AUTH="none",
-        KICI_BOOTSTRAP_ADMIN_TOKEN=ADMIN_TOKEN, KICI_ALLOW_LOCAL_SOURCES="true", KICI_CLUSTER_INSTANCE_ID=name,
-        KICI_DATA_DIR=str(tmp / name), KICI_LOG_LEVEL="info", **FAST)) for name in NAMES]
+    procs = [
+        OrchestratorProcess(
+            "kici-standalone",
+            clean_env(
+                KICI_MODE="independent",
+                KICI_DATABASE_URL=url,
+                KICI_SECRET_KEY="ce" * 32,
+                KICI_AGENT_AUTH="none",
+                KICI_BOOTSTRAP_ADMIN_TOKEN=ADMIN_TOKEN,
+                KICI_ALLOW_LOCAL_SOURCES="true",
+                KICI_CLUSTER_INSTANCE_ID=name,
+                KICI_DATA_DIR=str(tmp / name),
+                KICI_LOG_LEVEL="info",
+                **FAST,
+            ),
+        )
+        for name in NAMES
+    ]
     try:
         for proc in procs:  # one after the other: the first applies the migrations
             await anyio.to_thread.run_sync(proc.start)
@@ -97,19 +116,37 @@ async def orchestrators(url: str, tmp: Path) -> AsyncIterator[list[OrchestratorP
 
 async def start_agent(url: str, agent_id: str, work: Path) -> Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KICI_")}
-    env.update({"KICI_ORCHESTRATOR_URL": url, "KICI_AGENT_ID": agent_id, "KICI_AGENT_LABELS": "e2e",
-                "KICI_AGENT_WORK_DIR": str(work / agent_id)})
-    return await anyio.open_process([sys.executable, "-m", "kici_runtime.agent", "--log-level", "WARNING"], env=env,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env.update(
+        {
+            "KICI_ORCHESTRATOR_URL": url,
+            "KICI_AGENT_ID": agent_id,
+            "KICI_AGENT_LABELS": "e2e",
+            "KICI_AGENT_WORK_DIR": str(work / agent_id),
+        }
+    )
+    return await anyio.open_process(
+        [sys.executable, "-m", "kici_runtime.agent", "--log-level", "WARNING"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 async def push(base: str, repo: Path, sha: str) -> None:
-    body = {"ref": "refs/heads/main", "before": "0" * 40, "after": sha,
-            "repository": {"full_name": "acme/repo", "name": "repo", "default_branch": "main",
-                           "clone_url": repo.as_uri()}, "sender": {"login": "t", "id": 1}}
+    body = {
+        "ref": "refs/heads/main",
+        "before": "0" * 40,
+        "after": sha,
+        "repository": {"full_name": "acme/repo", "name": "repo", "default_branch": "main", "clone_url": repo.as_uri()},
+        "sender": {"login": "t", "id": 1},
+    }
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-        r = await http.post(f"/webhook/{ORG}/generic/repo", json=body,
-                            headers={"x-event-type": "push", "x-delivery-id": str(uuid.uuid4())})
+        r = await http.post(
+            f"/webhook/{ORG}/generic/repo",
+            json=body,
+            headers={"x-event-type": "push", "x-delivery-id": str(uuid.uuid4())},
+        )
     assert r.status_code in (200, 202), r.text
 
 
@@ -117,32 +154,59 @@ async def test_three_processes_one_killed_mid_run_every_job_runs_exactly_once(db
     markers = tmp_path / "markers"
     markers.mkdir()
     step = {"name": "work", "run": f'touch "{markers}/$KICI_JOB_ID.$(date +%s%N)"; sleep 3'}
-    repo, sha = lock_repo(tmp_path, {"ci": [
-        {"_type": "static", "name": "build", "runsOn": [{"kind": "exact", "value": "e2e"}], "needs": [],
-         "steps": [step]}]})
+    repo, sha = lock_repo(
+        tmp_path,
+        {
+            "ci": [
+                {
+                    "_type": "static",
+                    "name": "build",
+                    "runsOn": [{"kind": "exact", "value": "e2e"}],
+                    "needs": [],
+                    "steps": [step],
+                }
+            ]
+        },
+    )
     agents: list[Process] = []
     async with orchestrators(db_url, tmp_path) as procs, anyio.create_task_group() as tg:
         by_name = dict(zip(NAMES, procs, strict=True))
         async with Database(db_url, max_size=2) as db:
             source_id = str(uuid.uuid4())
-            await PgSourceStore(db).add_generic(GenericSource(
-                id=source_id, org_id=ORG, name="repo", routing_key=f"generic:{ORG}:{source_id}",
-                provider_type="local", verification_method="none", git_config={"url": repo.as_uri()}))
+            await PgSourceStore(db).add_generic(
+                GenericSource(
+                    id=source_id,
+                    org_id=ORG,
+                    name="repo",
+                    routing_key=f"generic:{ORG}:{source_id}",
+                    provider_type="local",
+                    verification_method="none",
+                    git_config={"url": repo.as_uri()},
+                )
+            )
         balancer = Balancer([p.port for p in procs])
         lb_port = await tg.start(balancer.serve)
 
         async def placement() -> dict[str, int]:
-            rows = await query(db_url, "SELECT connected_instance AS i, count(*) AS n FROM agents"
-                                       " WHERE connected_instance IS NOT NULL GROUP BY 1")
+            rows = await query(
+                db_url,
+                "SELECT connected_instance AS i, count(*) AS n FROM agents"
+                " WHERE connected_instance IS NOT NULL GROUP BY 1",
+            )
             return {r["i"]: int(r["n"]) for r in rows}
 
         async def state() -> Any:
-            return {"placement": await placement(),
-                    "runs": await query(db_url, "SELECT status, count(*) FROM execution_runs GROUP BY 1"),
-                    "jobs": await query(db_url, "SELECT j.status, j.agent_id, q.status AS queue, a.connected_instance"
-                                                " FROM execution_jobs j LEFT JOIN dispatch_queue q ON q.id = j.job_id"
-                                                " LEFT JOIN agents a ON a.agent_id = j.agent_id"),
-                    "routed": balancer.routed}
+            return {
+                "placement": await placement(),
+                "runs": await query(db_url, "SELECT status, count(*) FROM execution_runs GROUP BY 1"),
+                "jobs": await query(
+                    db_url,
+                    "SELECT j.status, j.agent_id, q.status AS queue, a.connected_instance"
+                    " FROM execution_jobs j LEFT JOIN dispatch_queue q ON q.id = j.job_id"
+                    " LEFT JOIN agents a ON a.agent_id = j.agent_id",
+                ),
+                "routed": balancer.routed,
+            }
 
         try:
             for n in range(AGENTS):
@@ -159,9 +223,13 @@ async def test_three_processes_one_killed_mid_run_every_job_runs_exactly_once(db
                 await push(procs[n % len(procs)].url, repo, sha)
 
             async def victim_runs_a_job() -> list[dict[str, Any]]:
-                return await query(db_url, "SELECT j.job_id::text, j.run_id::text, j.agent_id FROM execution_jobs j"
-                                           " JOIN agents a ON a.agent_id = j.agent_id WHERE j.status = 'running'"
-                                           " AND a.connected_instance = %s ORDER BY j.agent_id", VICTIM)
+                return await query(
+                    db_url,
+                    "SELECT j.job_id::text, j.run_id::text, j.agent_id FROM execution_jobs j"
+                    " JOIN agents a ON a.agent_id = j.agent_id WHERE j.status = 'running'"
+                    " AND a.connected_instance = %s ORDER BY j.agent_id",
+                    VICTIM,
+                )
 
             lost = (await until(victim_runs_a_job, what=f"a job running on an agent of {VICTIM}", seen=state))[0]
             by_name[VICTIM].kill()  # SIGKILL: no goodbye to its agents, no database cleanup
@@ -172,12 +240,15 @@ async def test_three_processes_one_killed_mid_run_every_job_runs_exactly_once(db
                 return len(rows) == RUNS and all(r["status"] in TERMINAL for r in rows)
 
             await until(all_runs_finished, what="every run finished after the kill", seen=state, limit=120)
-            jobs = await query(db_url, "SELECT job_id::text, run_id::text, job_name, status, error_message"
-                                       " FROM execution_jobs")
+            jobs = await query(
+                db_url, "SELECT job_id::text, run_id::text, job_name, status, error_message FROM execution_jobs"
+            )
             assert len(jobs) == RUNS
             by_job = {j["job_id"]: j for j in jobs}
             assert (by_job[lost["job_id"]]["status"], by_job[lost["job_id"]]["error_message"]) == (
-                "failed", "Job failed: agent disconnected and did not reconnect within the recovery window")
+                "failed",
+                "Job failed: agent disconnected and did not reconnect within the recovery window",
+            )
             others = [j for j in jobs if j["run_id"] != lost["run_id"]]
             bad = [(j["job_name"], j["status"], j["error_message"]) for j in others if j["status"] != "success"]
             assert bad == [], await state()
@@ -188,16 +259,25 @@ async def test_three_processes_one_killed_mid_run_every_job_runs_exactly_once(db
             assert ran == {j["job_id"]: 1 for j in jobs}, "a job ran twice or not at all"
             runs = await query(db_url, "SELECT run_id::text, status FROM execution_runs")
             assert {r["run_id"]: r["status"] for r in runs} == {
-                r["run_id"]: "failed" if r["run_id"] == lost["run_id"] else "success" for r in runs}
+                r["run_id"]: "failed" if r["run_id"] == lost["run_id"] else "success" for r in runs
+            }
 
             async def victim_recovered() -> dict[str, Any] | None:
                 body = await get_json(f"{procs[2].url}/cluster/health")
                 rows = {i["instanceId"]: i for i in body["instances"]}
-                return body if body["status"] == "healthy" and rows[VICTIM]["state"] == "dead" \
-                    and rows[VICTIM]["recoveredBy"] in ("orch-0", "orch-2") else None
+                return (
+                    body
+                    if body["status"] == "healthy"
+                    and rows[VICTIM]["state"] == "dead"
+                    and rows[VICTIM]["recoveredBy"] in ("orch-0", "orch-2")
+                    else None
+                )
 
-            health = await until(victim_recovered, what=f"{VICTIM} seen dead and recovered by a survivor",
-                                 seen=lambda: get_json(f"{procs[2].url}/cluster/health"))
+            health = await until(
+                victim_recovered,
+                what=f"{VICTIM} seen dead and recovered by a survivor",
+                seen=lambda: get_json(f"{procs[2].url}/cluster/health"),
+            )
             assert health["agentCount"] == AGENTS - 1 and health["connectedPeers"] == 1  # one agent was lost
             assert sorted(await placement()) == ["orch-0", "orch-2"]
             duties = {d["duty"]: d["instanceId"] for d in health["duties"]}

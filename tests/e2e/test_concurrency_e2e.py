@@ -31,12 +31,30 @@ def make_repo(root: Path, concurrency: dict[str, Any]) -> tuple[Path, str]:
     repo = root / "repo"
     (repo / ".kici").mkdir(parents=True)
     src = {"file": ".kici/workflows/deploy.ts", "export": "#default"}
-    lock = {"schemaVersion": 29, "source": src, "contentHash": "h", "workflows": [{
-        "name": "deploy", "source": src, "contentHash": "d", "compileSchemaVersion": 5,
-        "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
-        "jobs": [{"_type": "static", "name": "ship", "runsOn": [{"kind": "exact", "value": "conc"}], "needs": [],
-                  "steps": [{"name": "ship", "hasOutputs": False}]}],
-        "concurrency": concurrency}]}
+    lock = {
+        "schemaVersion": 29,
+        "source": src,
+        "contentHash": "h",
+        "workflows": [
+            {
+                "name": "deploy",
+                "source": src,
+                "contentHash": "d",
+                "compileSchemaVersion": 5,
+                "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
+                "jobs": [
+                    {
+                        "_type": "static",
+                        "name": "ship",
+                        "runsOn": [{"kind": "exact", "value": "conc"}],
+                        "needs": [],
+                        "steps": [{"name": "ship", "hasOutputs": False}],
+                    }
+                ],
+                "concurrency": concurrency,
+            }
+        ],
+    }
     (repo / ".kici" / "kici.lock.json").write_text(json.dumps(lock))
     _git(repo.parent, "init", "-q", "-b", "main", str(repo))
     _git(repo, "add", "-A")
@@ -55,8 +73,15 @@ async def started(agent: RawAgent) -> dict[str, Any]:
 
 async def report(agent: RawAgent, dispatch: dict[str, Any], group: str) -> dict[str, Any]:
     message_id = str(uuid.uuid4())
-    await agent.send({"type": "job.concurrency.report", "messageId": message_id, "runId": dispatch["runId"],
-                      "jobId": dispatch["jobId"], "group": group})
+    await agent.send(
+        {
+            "type": "job.concurrency.report",
+            "messageId": message_id,
+            "runId": dispatch["runId"],
+            "jobId": dispatch["jobId"],
+            "group": group,
+        }
+    )
     ack = await agent.expect("job.concurrency.ack")
     assert ack["requestId"] == message_id
     return ack
@@ -71,10 +96,13 @@ async def run_status(h: Harness, run_id: str, *statuses: str) -> None:
 
 
 async def test_a_group_queues_the_second_run_across_processes_and_lets_it_in_when_the_first_ends(
-        db_url: str, tmp_path: Path) -> None:
+    db_url: str, tmp_path: Path
+) -> None:
     repo, sha = make_repo(tmp_path, {"hasGroup": True, "cancelInProgress": False, "max": 1})
-    async with harness(db_url, tmp_path / "a", KICI_CLUSTER_INSTANCE_ID="proc-a", **ENV) as (one, _), \
-            harness(db_url, tmp_path / "b", KICI_CLUSTER_INSTANCE_ID="proc-b", **ENV) as (two, _):
+    async with (
+        harness(db_url, tmp_path / "a", KICI_CLUSTER_INSTANCE_ID="proc-a", **ENV) as (one, _),
+        harness(db_url, tmp_path / "b", KICI_CLUSTER_INSTANCE_ID="proc-b", **ENV) as (two, _),
+    ):
         await one.add_local_source(repo)
         first_agent = await RawAgent.join(one.port, "agent-a", ["conc"])
         second_agent = await RawAgent.join(two.port, "agent-b", ["conc"])
@@ -104,8 +132,10 @@ async def test_a_group_queues_the_second_run_across_processes_and_lets_it_in_whe
 
 async def test_cancel_in_progress_supersedes_the_run_holding_the_group(db_url: str, tmp_path: Path) -> None:
     repo, sha = make_repo(tmp_path, {"hasGroup": True})  # cancelInProgress defaults to true
-    async with harness(db_url, tmp_path / "a", KICI_CLUSTER_INSTANCE_ID="proc-a", **ENV) as (one, _), \
-            harness(db_url, tmp_path / "b", KICI_CLUSTER_INSTANCE_ID="proc-b", **ENV) as (two, _):
+    async with (
+        harness(db_url, tmp_path / "a", KICI_CLUSTER_INSTANCE_ID="proc-a", **ENV) as (one, _),
+        harness(db_url, tmp_path / "b", KICI_CLUSTER_INSTANCE_ID="proc-b", **ENV) as (two, _),
+    ):
         await one.add_local_source(repo)
         old_agent = await RawAgent.join(one.port, "agent-a", ["conc"])
         await one.push(repo, sha)

@@ -83,14 +83,18 @@ async def test_sign_in_session_cookie_sign_out_and_revocation(db_url: str, tmp_p
         # wrong token, missing form nonce, foreign origin: refused, nothing echoed
         wrong = await sign_in(http, "not-a-token-" + "x" * 30)
         assert wrong.status_code == 401 and "Invalid or expired token" in wrong.text
-        assert "not-a-token" not in wrong.text and "set-cookie" not in {k.lower() for k in wrong.headers
-                                                                        if "kici_session" in wrong.headers[k]}
+        assert "not-a-token" not in wrong.text and "set-cookie" not in {
+            k.lower() for k in wrong.headers if "kici_session" in wrong.headers[k]
+        }
         forged = await http.post("/dashboard/login", data={"token": TOKEN, "nonce": "guess"})
         assert forged.status_code == 403 and "kici_session" not in forged.headers.get("set-cookie", "")
         nonce = _NONCE.search((await http.get("/dashboard/login")).text)
         assert nonce
-        foreign = await http.post("/dashboard/login", data={"token": TOKEN, "nonce": nonce.group(1)},
-                                  headers={"Origin": "https://evil.example"})
+        foreign = await http.post(
+            "/dashboard/login",
+            data={"token": TOKEN, "nonce": nonce.group(1)},
+            headers={"Origin": "https://evil.example"},
+        )
         assert foreign.status_code == 403
 
         ok = await sign_in(http, TOKEN, nxt="agents")
@@ -136,11 +140,16 @@ async def test_sign_in_session_cookie_sign_out_and_revocation(db_url: str, tmp_p
 
 # ------------------------------------------------------------------------------------------------ runs, logs
 async def test_runs_run_page_log_stream_and_actions(db_url: str, tmp_path: Path) -> None:
-    repo, sha = lock_repo(tmp_path, {
-        "ci": [job("build", ["x"], steps=[{"name": "compile", "run": "make"}]),
-               job("test", ["x"], needs=["build"])],
-        "gpu": [job("train", ["gpu"])],
-    })
+    repo, sha = lock_repo(
+        tmp_path,
+        {
+            "ci": [
+                job("build", ["x"], steps=[{"name": "compile", "run": "make"}]),
+                job("test", ["x"], needs=["build"]),
+            ],
+            "gpu": [job("train", ["gpu"])],
+        },
+    )
     async with harness(db_url, tmp_path, **ENV) as (h, _), client(h.base) as http:
         await h.add_local_source(repo)
         agent = await RawAgent.join(h.port, "agent-1", ["x"])
@@ -173,8 +182,9 @@ async def test_runs_run_page_log_stream_and_actions(db_url: str, tmp_path: Path)
         assert (await http.get("/dashboard/", params={"branch": "main"})).text.count('data-run="') == 2
         assert (await http.get("/dashboard/", params={"branch": "dev"})).text.count('data-run="') == 0
         assert (await http.get("/dashboard/", params={"status": "running"})).text.count('data-run="') == 1
-        assert (await http.get("/dashboard/", params={"repo": "acme/repo", "source": "generic:x:y"})
-                ).text.count('data-run="') == 0
+        assert (await http.get("/dashboard/", params={"repo": "acme/repo", "source": "generic:x:y"})).text.count(
+            'data-run="'
+        ) == 0
 
         # run page: graph with the needs edge, job table, waiting reason of the gpu run, cancel for owners
         page = await http.get(f"/dashboard/runs/{ci}")
@@ -199,8 +209,13 @@ async def test_runs_run_page_log_stream_and_actions(db_url: str, tmp_path: Path)
         stream_url = f"/dashboard/runs/{ci}/jobs/{job_id}/stream"
         assert f'data-stream="../../../runs/{ci}/jobs/{job_id}/stream?after=' in html
         raw = await http.get(f"/dashboard/runs/{ci}/jobs/{job_id}/log.txt")
-        assert raw.headers["content-type"].startswith("text/plain") and "attachment" in raw.headers["content-disposition"]
-        assert raw.text == f"\x1b[32mcompiling\x1b[0m\n{XSS}\n\x1b]8;;javascript:alert(1)\x07link\x1b]8;;\x07\nsecond chunk\n"
+        assert (
+            raw.headers["content-type"].startswith("text/plain") and "attachment" in raw.headers["content-disposition"]
+        )
+        assert (
+            raw.text
+            == f"\x1b[32mcompiling\x1b[0m\n{XSS}\n\x1b]8;;javascript:alert(1)\x07link\x1b]8;;\x07\nsecond chunk\n"
+        )
 
         # the stream: every chunk after Last-Event-ID, exactly once, then the end of the job
         chunk_ids = [r["id"] for r in await h.query("SELECT id FROM log_chunks ORDER BY id")]
@@ -226,18 +241,23 @@ async def test_runs_run_page_log_stream_and_actions(db_url: str, tmp_path: Path)
         # cancel: CSRF required, then the run is cancelled
         page = await http.get(f"/dashboard/runs/{gpu}")
         assert (await http.post(f"/dashboard/runs/{gpu}/cancel", data={"csrf": "wrong"})).status_code == 403
-        assert (await h.query("SELECT status FROM execution_runs WHERE run_id = %(r)s", r=gpu))[0]["status"] == "pending"
+        assert (await h.query("SELECT status FROM execution_runs WHERE run_id = %(r)s", r=gpu))[0][
+            "status"
+        ] == "pending"
         cancelled = await http.post(f"/dashboard/runs/{gpu}/cancel", data={"csrf": csrf_of(page.text)})
         assert cancelled.status_code == 303 and cancelled.headers["location"] == f"../../runs/{gpu}?cancelled=1"
-        assert (await h.query("SELECT status FROM execution_runs WHERE run_id = %(r)s", r=gpu))[0]["status"] == "cancelled"
+        assert (await h.query("SELECT status FROM execution_runs WHERE run_id = %(r)s", r=gpu))[0][
+            "status"
+        ] == "cancelled"
 
         # re-run the cancelled run: a new attempt linked to it
         page = await http.get(f"/dashboard/runs/{gpu}")
         assert 'id="rerun"' in page.text and 'id="cancel-run"' not in page.text
         rerun = await http.post(f"/dashboard/runs/{gpu}/rerun", data={"csrf": csrf_of(page.text)})
         assert rerun.status_code == 303, rerun.text
-        attempt = await h.query("SELECT run_id::text AS id, status FROM execution_runs WHERE original_run_id = %(r)s",
-                                r=gpu)
+        attempt = await h.query(
+            "SELECT run_id::text AS id, status FROM execution_runs WHERE original_run_id = %(r)s", r=gpu
+        )
         assert len(attempt) == 1 and rerun.headers["location"] == f"../../runs/{attempt[0]['id']}?rerun_of={gpu}"
         shown = await http.get(f"/dashboard/runs/{attempt[0]['id']}", params={"rerun_of": gpu})
         assert "A new attempt of" in shown.text and 'id="cancel-run"' in shown.text
@@ -305,11 +325,14 @@ async def test_delivery_that_matched_nothing_says_why_and_can_be_replayed(db_url
         assert "does not match [&#34;main&#34;]" in text
         assert "feature/&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in page.text
 
-        inbox = ("SELECT i.state, i.updated_at FROM delivery_inbox i JOIN event_log e ON e.id = i.event_log_id"
-                 " WHERE e.delivery_id = %(d)s")
+        inbox = (
+            "SELECT i.state, i.updated_at FROM delivery_inbox i JOIN event_log e ON e.id = i.event_log_id"
+            " WHERE e.delivery_id = %(d)s"
+        )
         before = (await h.query(inbox, d=delivery))[0]
-        replayed = await http.post("/dashboard/delivery/replay",
-                                   data={"csrf": csrf_of(page.text), "org": "acme", "id": delivery})
+        replayed = await http.post(
+            "/dashboard/delivery/replay", data={"csrf": csrf_of(page.text), "org": "acme", "id": delivery}
+        )
         assert replayed.status_code == 303
         assert replayed.headers["location"] == f"../delivery?org=acme&id={quote(delivery, safe='')}&replayed=1"
 
@@ -325,12 +348,17 @@ async def _push_branch(h: Harness, repo: Path, sha: str, branch: str) -> str:
     import uuid
 
     delivery = str(uuid.uuid4())
-    body = {"ref": f"refs/heads/{branch}", "before": "0" * 40, "after": sha,
-            "repository": {"full_name": "acme/repo", "name": "repo", "default_branch": "main",
-                           "clone_url": repo.as_uri()}, "sender": {"login": "t", "id": 1}}
+    body = {
+        "ref": f"refs/heads/{branch}",
+        "before": "0" * 40,
+        "after": sha,
+        "repository": {"full_name": "acme/repo", "name": "repo", "default_branch": "main", "clone_url": repo.as_uri()},
+        "sender": {"login": "t", "id": 1},
+    }
     async with httpx.AsyncClient(base_url=h.base) as http:
-        r = await http.post("/webhook/acme/generic/repo", json=body,
-                            headers={"x-event-type": "push", "x-delivery-id": delivery})
+        r = await http.post(
+            "/webhook/acme/generic/repo", json=body, headers={"x-event-type": "push", "x-delivery-id": delivery}
+        )
         assert r.status_code in (200, 202), r.text
     return delivery
 

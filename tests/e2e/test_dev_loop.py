@@ -232,10 +232,7 @@ class DevLoop:
             lambda: _all_gone(procs) and not _port_taken(self.port),
             STOP_BOUND,
             "every process of make dev gone and its port free",
-            lambda: (
-                f"alive: {_describe(procs)}; "
-                f"port {self.port} taken: {_port_taken(self.port)}\n{self.output()}"
-            ),
+            lambda: f"alive: {_describe(procs)}; port {self.port} taken: {_port_taken(self.port)}\n{self.output()}",
         )
         assert self.proc.wait(STOP_BOUND) == exit_code, self.output()
         self._join()
@@ -324,9 +321,7 @@ def test_ctrl_c_stops_everything_and_a_second_launcher_touches_nothing(dev_dir: 
         assert f"port {port} on 127.0.0.1 is already in use" in busy, busy
         assert not (other_dir / "state.json").exists() and not (other_dir / "data").exists()
 
-        assert {name: (dev_dir / name).stat().st_mtime_ns for name in kept} == before, (
-            "the refused launcher wrote"
-        )
+        assert {name: (dev_dir / name).stat().st_mtime_ns for name in kept} == before, "the refused launcher wrote"
         with psycopg.connect(_cluster_url(cluster)) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
 
@@ -385,9 +380,7 @@ STUBBORN_JOB = {
 }
 
 
-def test_ctrl_c_while_a_job_ignores_sigterm_leaves_no_job_process_behind(
-    dev_dir: Path, tmp_path: Path
-) -> None:
+def test_ctrl_c_while_a_job_ignores_sigterm_leaves_no_job_process_behind(dev_dir: Path, tmp_path: Path) -> None:
     examples = tmp_path / "examples"
     (examples / "hello" / ".kici").mkdir(parents=True)
     (examples / "hello" / ".kici" / "kici.lock.json").write_text(json.dumps(STUBBORN_JOB))
@@ -518,9 +511,9 @@ def test_a_second_standalone_on_the_same_data_refuses_and_two_signals_still_stop
         )
         assert second.returncode != 0
         refusal = [line for line in second.stderr.splitlines() if line.startswith("kici-standalone: ")]
-        assert (
-            len(refusal) == 1 and f"in use by another running process (pid {first.proc.pid})" in refusal[0]
-        ), second.stderr
+        assert len(refusal) == 1 and f"in use by another running process (pid {first.proc.pid})" in refusal[0], (
+            second.stderr
+        )
         assert "started" not in second.stdout + second.stderr.replace(refusal[0], "")
         assert postmaster.is_running(), "the second instance stopped the first one's database"
         with psycopg.connect(_cluster_url(cluster)) as conn:

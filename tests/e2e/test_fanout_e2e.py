@@ -19,12 +19,19 @@ pg_server, pg_template, db_url = _pg.pg_server, _pg.pg_template, _pg.db_url  # f
 async def test_max_parallel_caps_matrix_children_and_fail_fast_stops_the_rest(db_url: str, tmp_path: Path) -> None:
     shared = tmp_path / "running"
     shared.mkdir()
-    count = {"name": "count", "run": f'touch "{shared}/$KICI_JOB_ID"; echo "running=$(ls "{shared}" | wc -l)";'
-                                     f' sleep 1; rm "{shared}/$KICI_JOB_ID"'}
+    count = {
+        "name": "count",
+        "run": f'touch "{shared}/$KICI_JOB_ID"; echo "running=$(ls "{shared}" | wc -l)";'
+        f' sleep 1; rm "{shared}/$KICI_JOB_ID"',
+    }
     capped = _job("w", ["fan"], [count], matrix={"i": ["1", "2", "3", "4", "5"]})
     capped["maxParallel"] = 2
-    fast = _job("ff", ["fast"], [{"name": "go", "run": 'case "$KICI_JOB_NAME" in *bad*) exit 3;; *slow*) sleep 60;; esac'}],
-                matrix=["slow", "bad", "later"])
+    fast = _job(
+        "ff",
+        ["fast"],
+        [{"name": "go", "run": 'case "$KICI_JOB_NAME" in *bad*) exit 3;; *slow*) sleep 60;; esac'}],
+        matrix=["slow", "bad", "later"],
+    )
     fast.update({"maxParallel": 2, "failFast": True})
     repo, sha = make_repo(tmp_path, [capped, fast])
     async with harness(db_url, tmp_path) as (h, _):

@@ -51,27 +51,53 @@ LOCK_PATH = ".kici/kici.lock.json"
 CHECKS_HASH = "5e" * 32
 CI_HASH = "c1" * 32
 TERMINAL = ("success", "failed", "cancelled")
-VERIFY_STEP = ('echo "head=$(git rev-parse HEAD)"; echo "state=$(cat state.txt)"; '
-               'test "$(git rev-parse HEAD)" = "$KICI_SHA"')
+VERIFY_STEP = (
+    'echo "head=$(git rev-parse HEAD)"; echo "state=$(cat state.txt)"; test "$(git rev-parse HEAD)" = "$KICI_SHA"'
+)
 
 
 def _pr_trigger() -> dict[str, Any]:
-    return {"_type": "pr", "events": ["opened", "synchronize"],
-            "targetBranches": [{"type": "glob", "pattern": "main"}], "sourceBranches": [], "paths": []}
+    return {
+        "_type": "pr",
+        "events": ["opened", "synchronize"],
+        "targetBranches": [{"type": "glob", "pattern": "main"}],
+        "sourceBranches": [],
+        "paths": [],
+    }
 
 
 def _lock(workflows: list[dict[str, Any]]) -> bytes:
-    return json.dumps({"schemaVersion": 29, "source": {"file": ".kici/workflows/ci.ts", "export": "#default"},
-                       "contentHash": "ab" * 32, "workflows": workflows}).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 29,
+            "source": {"file": ".kici/workflows/ci.ts", "export": "#default"},
+            "contentHash": "ab" * 32,
+            "workflows": workflows,
+        }
+    ).encode()
 
 
 def _verify_lock(step: str) -> bytes:
-    return _lock([{
-        "name": "pr-checks", "source": {"file": ".kici/workflows/checks.ts", "export": "#checks"},
-        "contentHash": CHECKS_HASH, "compileSchemaVersion": 5, "triggers": [_pr_trigger()],
-        "jobs": [{"_type": "static", "name": "verify", "runsOn": [{"kind": "exact", "value": "linux"}],
-                  "needs": [], "steps": [{"name": "verify", "run": step}]}],
-    }])
+    return _lock(
+        [
+            {
+                "name": "pr-checks",
+                "source": {"file": ".kici/workflows/checks.ts", "export": "#checks"},
+                "contentHash": CHECKS_HASH,
+                "compileSchemaVersion": 5,
+                "triggers": [_pr_trigger()],
+                "jobs": [
+                    {
+                        "_type": "static",
+                        "name": "verify",
+                        "runsOn": [{"kind": "exact", "value": "linux"}],
+                        "needs": [],
+                        "steps": [{"name": "verify", "run": step}],
+                    }
+                ],
+            }
+        ]
+    )
 
 
 BASE_LOCK = _verify_lock(VERIFY_STEP)
@@ -79,28 +105,64 @@ BASE_LOCK = _verify_lock(VERIFY_STEP)
 HEAD_LOCK = _verify_lock("echo 'the head lock file was used'; exit 1")
 """The pull request's own lock file, which must not be trusted."""
 
-COMPILE = {"_type": "static", "name": "compile", "runsOn": [{"kind": "exact", "value": "probe"}], "needs": [],
-           "steps": [{"name": "build", "run": "make"}], "timeout": 600000, "env": {"CI": "true"}}
-TEST = {"_type": "static", "name": "test", "runsOn": [{"kind": "exact", "value": "probe"}], "needs": ["compile"],
-        "matrix": {"_type": "static", "values": {"node": ["20", "22"]}},
-        "steps": [{"name": "unit", "run": "npm test"}]}
-REVIEW = {"_type": "static", "name": "review", "runsOn": [{"kind": "exact", "value": "probe"}], "needs": [],
-          "steps": [{"name": "lint", "run": "npm run lint"}]}
-PROBE_LOCK = _lock([
-    {"name": "ci", "contentHash": CI_HASH, "compileSchemaVersion": 5, "resolvedHashFiles": ["package-lock.json"],
-     "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
-     "jobs": [COMPILE, TEST]},
-    {"name": "pr", "source": {"file": ".kici/workflows/pr.ts", "export": "#default[1]"}, "contentHash": "",
-     "compileSchemaVersion": 0, "triggers": [_pr_trigger()], "jobs": [REVIEW]},
-])
+COMPILE = {
+    "_type": "static",
+    "name": "compile",
+    "runsOn": [{"kind": "exact", "value": "probe"}],
+    "needs": [],
+    "steps": [{"name": "build", "run": "make"}],
+    "timeout": 600000,
+    "env": {"CI": "true"},
+}
+TEST = {
+    "_type": "static",
+    "name": "test",
+    "runsOn": [{"kind": "exact", "value": "probe"}],
+    "needs": ["compile"],
+    "matrix": {"_type": "static", "values": {"node": ["20", "22"]}},
+    "steps": [{"name": "unit", "run": "npm test"}],
+}
+REVIEW = {
+    "_type": "static",
+    "name": "review",
+    "runsOn": [{"kind": "exact", "value": "probe"}],
+    "needs": [],
+    "steps": [{"name": "lint", "run": "npm run lint"}],
+}
+PROBE_LOCK = _lock(
+    [
+        {
+            "name": "ci",
+            "contentHash": CI_HASH,
+            "compileSchemaVersion": 5,
+            "resolvedHashFiles": ["package-lock.json"],
+            "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
+            "jobs": [COMPILE, TEST],
+        },
+        {
+            "name": "pr",
+            "source": {"file": ".kici/workflows/pr.ts", "export": "#default[1]"},
+            "contentHash": "",
+            "compileSchemaVersion": 0,
+            "triggers": [_pr_trigger()],
+            "jobs": [REVIEW],
+        },
+    ]
+)
 
 
 # ------------------------------------------------------------------------------------------ git
 def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
 @dataclass
@@ -130,19 +192,40 @@ def make_origin(root: Path) -> Origin:
     return Origin(path=repo, main=main)
 
 
-def pr_body(repo: str, *, action: str, head: str, base: str, clone_url: str, number: int = 5,
-            sender: tuple[str, int] = ("outsider", 4711)) -> bytes:
+def pr_body(
+    repo: str,
+    *,
+    action: str,
+    head: str,
+    base: str,
+    clone_url: str,
+    number: int = 5,
+    sender: tuple[str, int] = ("outsider", 4711),
+) -> bytes:
     """A GitHub ``pull_request`` payload from ``FEATURE`` into ``main`` of ``repo`` (not a fork)."""
     owner, name = repo.split("/")
     side = {"repo": {"full_name": repo}}
-    return json.dumps({
-        "action": action, "number": number,
-        "pull_request": {"number": number, "title": "Login form",
-                         "head": {"ref": FEATURE, "sha": head, **side}, "base": {"ref": "main", "sha": base, **side}},
-        "repository": {"full_name": repo, "name": name, "owner": {"login": owner}, "clone_url": clone_url,
-                       "default_branch": "main"},
-        "sender": {"login": sender[0], "id": sender[1]}, "installation": {"id": INSTALLATION},
-    }).encode()
+    return json.dumps(
+        {
+            "action": action,
+            "number": number,
+            "pull_request": {
+                "number": number,
+                "title": "Login form",
+                "head": {"ref": FEATURE, "sha": head, **side},
+                "base": {"ref": "main", "sha": base, **side},
+            },
+            "repository": {
+                "full_name": repo,
+                "name": name,
+                "owner": {"login": owner},
+                "clone_url": clone_url,
+                "default_branch": "main",
+            },
+            "sender": {"login": sender[0], "id": sender[1]},
+            "installation": {"id": INSTALLATION},
+        }
+    ).encode()
 
 
 # ------------------------------------------------------------------------------------------ the world
@@ -162,19 +245,27 @@ class World:
 
     async def run(self, delivery: str, *, finished: bool) -> dict[str, Any]:
         """The delivery's single run (when ``finished``: once it is terminal)."""
+
         async def probe() -> dict[str, Any] | None:
             rows = await self.orch.query(
                 "SELECT run_id::text, status, ref, sha, workflow_name FROM execution_runs WHERE delivery_id = %s",
-                delivery)
+                delivery,
+            )
             if len(rows) != 1 or (finished and rows[0][1] not in TERMINAL):
                 return None
             return dict(zip(("run_id", "status", "ref", "sha", "workflow"), rows[0], strict=True))
-        return await poll(probe, 90, lambda: f"run of {delivery}: {self.orch.proc.tail()}",
-                          what=f"the run of {delivery}" + (" to finish" if finished else ""))
+
+        return await poll(
+            probe,
+            90,
+            lambda: f"run of {delivery}: {self.orch.proc.tail()}",
+            what=f"the run of {delivery}" + (" to finish" if finished else ""),
+        )
 
     async def log_lines(self, run_id: str) -> list[str]:
         rows = await self.orch.query(
-            "SELECT c.content FROM log_chunks c WHERE c.run_id = %s AND c.step_index >= 0 ORDER BY c.id", run_id)
+            "SELECT c.content FROM log_chunks c WHERE c.run_id = %s AND c.step_index >= 0 ORDER BY c.id", run_id
+        )
         return [line for (content,) in rows for line in (content or "").splitlines()]
 
     def lockfile_refs(self, repo: str) -> list[str]:
@@ -184,16 +275,31 @@ class World:
     async def agent(self, agent_id: str, labels: str) -> AsyncIterator[None]:
         """A ``kici-agent`` process authenticated with an agent token, until the block ends."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("KICI_")}
-        env.update({"KICI_ORCHESTRATOR_URL": self.orch.url, "KICI_AGENT_TOKEN": self.agent_token,
-                    "KICI_AGENT_ID": agent_id, "KICI_AGENT_LABELS": labels,
-                    "KICI_AGENT_WORK_DIR": str(self.tmp / "work" / agent_id)})
+        env.update(
+            {
+                "KICI_ORCHESTRATOR_URL": self.orch.url,
+                "KICI_AGENT_TOKEN": self.agent_token,
+                "KICI_AGENT_ID": agent_id,
+                "KICI_AGENT_LABELS": labels,
+                "KICI_AGENT_WORK_DIR": str(self.tmp / "work" / agent_id),
+            }
+        )
         log_path = self.tmp / f"{agent_id}.log"
         with log_path.open("wb") as out:
-            proc = await anyio.open_process([str(BIN / "kici-agent"), "--log-level", "INFO"], env=env,
-                                            stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+            proc = await anyio.open_process(
+                [str(BIN / "kici-agent"), "--log-level", "INFO"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
         try:
-            await poll(lambda: self._registered(agent_id), 60, lambda: log_path.read_text(),
-                       what=f"agent {agent_id} to register")
+            await poll(
+                lambda: self._registered(agent_id),
+                60,
+                lambda: log_path.read_text(),
+                what=f"agent {agent_id} to register",
+            )
             yield
         finally:
             if proc.returncode is None:
@@ -203,7 +309,9 @@ class World:
             await proc.aclose()
 
     async def _registered(self, agent_id: str) -> bool | None:
-        rows = await self.orch.query("SELECT 1 FROM agents WHERE agent_id = %s AND connected_instance IS NOT NULL", agent_id)
+        rows = await self.orch.query(
+            "SELECT 1 FROM agents WHERE agent_id = %s AND connected_instance IS NOT NULL", agent_id
+        )
         return True if rows else None
 
 
@@ -234,8 +342,9 @@ async def test_pull_request_jobs_check_out_the_head_commit_of_the_feature_branch
     world.gh.put_file(REPO, head, LOCK_PATH, HEAD_LOCK)
     clone_url = origin.path.as_uri()
     async with world.agent("pr-runner", "linux"):
-        opened = await world.deliver("pull_request", pr_body(REPO, action="opened", head=head, base=origin.main,
-                                                             clone_url=clone_url))
+        opened = await world.deliver(
+            "pull_request", pr_body(REPO, action="opened", head=head, base=origin.main, clone_url=clone_url)
+        )
         run = await world.run(opened, finished=True)
         lines = await world.log_lines(run["run_id"])
         assert run["status"] == "success", (run, lines)
@@ -248,8 +357,9 @@ async def test_pull_request_jobs_check_out_the_head_commit_of_the_feature_branch
         second = origin.commit(FEATURE, "feature-2")
         origin.commit(FEATURE, "feature-3")
         world.gh.put_file(REPO, second, LOCK_PATH, HEAD_LOCK)
-        synced = await world.deliver("pull_request", pr_body(REPO, action="synchronize", head=second,
-                                                             base=origin.main, clone_url=clone_url))
+        synced = await world.deliver(
+            "pull_request", pr_body(REPO, action="synchronize", head=second, base=origin.main, clone_url=clone_url)
+        )
         run = await world.run(synced, finished=True)
         lines = await world.log_lines(run["run_id"])
         assert run["status"] == "success", (run, lines)
@@ -268,44 +378,76 @@ def _uuid4(text: str) -> bool:
     return uuid.UUID(text).version == 4
 
 
-def _frame(dispatch: dict[str, Any], *, run_id: str, job_id: str, ref: str, sha: str,
-           config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def _frame(
+    dispatch: dict[str, Any], *, run_id: str, job_id: str, ref: str, sha: str, config: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
     """The expected ``job.dispatch`` (volatile fields taken from ``dispatch`` after checking their form)."""
     assert _uuid4(dispatch["messageId"]) and isinstance(dispatch["timestamp"], int)
     token = dispatch["token"]
     assert isinstance(token, str) and token.startswith("ghs_")
-    return {"type": "job.dispatch", "messageId": dispatch["messageId"], "runId": run_id, "jobId": job_id,
-            "repoUrl": f"https://github.com/{PROBE}.git", "ref": ref, "sha": sha,
-            "lockFileUrl": f"https://github.com/{PROBE}/raw/{sha}/.kici/kici.lock.json", "jobConfig": config,
-            "timestamp": dispatch["timestamp"], "token": token,
-            "sourceAuth": {"kind": "basic", "user": "x-access-token", "secret": token}, **extra}
+    return {
+        "type": "job.dispatch",
+        "messageId": dispatch["messageId"],
+        "runId": run_id,
+        "jobId": job_id,
+        "repoUrl": f"https://github.com/{PROBE}.git",
+        "ref": ref,
+        "sha": sha,
+        "lockFileUrl": f"https://github.com/{PROBE}/raw/{sha}/.kici/kici.lock.json",
+        "jobConfig": config,
+        "timestamp": dispatch["timestamp"],
+        "token": token,
+        "sourceAuth": {"kind": "basic", "user": "x-access-token", "secret": token},
+        **extra,
+    }
 
 
 async def _job_ids(world: World, delivery: str) -> dict[str, tuple[str, str]]:
     rows = await world.orch.query(
         "SELECT j.job_name, r.run_id::text, j.job_id::text FROM execution_jobs j JOIN execution_runs r"
-        " ON r.run_id = j.run_id WHERE r.delivery_id = %s", delivery)
+        " ON r.run_id = j.run_id WHERE r.delivery_id = %s",
+        delivery,
+    )
     return {name: (run_id, job_id) for name, run_id, job_id in rows}
 
 
 async def test_job_dispatch_of_a_push_carries_source_hashes_event_and_upstream_results(world: World) -> None:
     sha = "9c1e4b7a2d5f8e0c3b6a9d2f5e8c1b4a7d0e3f6a"
     world.gh.put_file(PROBE, sha, LOCK_PATH, PROBE_LOCK)
-    agent = await RawAgent.join(world.orch.proc.port, "probe-push", ["probe"], max_concurrency=2,
-                                token=world.agent_token)
+    agent = await RawAgent.join(
+        world.orch.proc.port, "probe-push", ["probe"], max_concurrency=2, token=world.agent_token
+    )
     try:
         body = push_body(PROBE, sha=sha)
         delivery = await world.deliver("push", body)
         compile_frame = await agent.expect("job.dispatch")
         ids = await _job_ids(world, delivery)
         source = {"file": "workflows/ci.ts", "exportName": "default"}  # no workflow source: the lock file's
-        event = {"type": "push", "targetBranch": "main", "senderUsername": "dev", "sourceRepo": PROBE,
-                 "provider": "github", "payload": json.loads(body)}
-        shared = {"source": source, "contentHash": CI_HASH, "resolvedHashFiles": ["package-lock.json"],
-                  "workflowName": "ci", "provider": "github", "event": event}
+        event = {
+            "type": "push",
+            "targetBranch": "main",
+            "senderUsername": "dev",
+            "sourceRepo": PROBE,
+            "provider": "github",
+            "payload": json.loads(body),
+        }
+        shared = {
+            "source": source,
+            "contentHash": CI_HASH,
+            "resolvedHashFiles": ["package-lock.json"],
+            "workflowName": "ci",
+            "provider": "github",
+            "event": event,
+        }
         run_id, job_id = ids["compile"]
-        assert compile_frame == _frame(compile_frame, run_id=run_id, job_id=job_id, ref="main", sha=sha,
-                                       config={**COMPILE, **shared, "baseJobName": "compile"})
+        assert compile_frame == _frame(
+            compile_frame,
+            run_id=run_id,
+            job_id=job_id,
+            ref="main",
+            sha=sha,
+            config={**COMPILE, **shared, "baseJobName": "compile"},
+        )
         await agent.ack(compile_frame)
         await agent.status(compile_frame, "running")
         await agent.status(compile_frame, "success", {"exitCode": 0, "outputs": {"artifact": "dist.tgz"}})
@@ -316,16 +458,19 @@ async def test_job_dispatch_of_a_push_carries_source_hashes_event_and_upstream_r
             name = f"test ({values['node']})"
             run_id, job_id = ids[name]
             config = {**TEST, **shared, "name": name, "baseJobName": "test", "matrixValues": values}
-            upstream = {"upstreamJobOutputs": {"compile": {"artifact": "dist.tgz"}},
-                        "upstreamJobStatuses": {"compile": "success"}}
-            assert frame == _frame(frame, run_id=run_id, job_id=job_id, ref="main", sha=sha, config=config,
-                                   **upstream)
+            upstream = {
+                "upstreamJobOutputs": {"compile": {"artifact": "dist.tgz"}},
+                "upstreamJobStatuses": {"compile": "success"},
+            }
+            assert frame == _frame(frame, run_id=run_id, job_id=job_id, ref="main", sha=sha, config=config, **upstream)
         assert sorted(f["jobConfig"]["name"] for f in children) == ["test (20)", "test (22)"]
         for frame in children:
             await agent.run_to_success(frame)
         stored = await world.orch.query(
             "SELECT count(*) FROM execution_jobs j JOIN execution_runs r ON r.run_id = j.run_id"
-            " WHERE r.delivery_id = %s AND (j.job_config ? 'event')", delivery)
+            " WHERE r.delivery_id = %s AND (j.job_config ? 'event')",
+            delivery,
+        )
         assert stored == [(0,)]  # the payload lives once per run, not in each job row
     finally:
         await agent.close()
@@ -335,16 +480,31 @@ async def test_job_dispatch_of_a_pull_request_carries_the_head_and_the_pull_requ
     head, base = "b7" * 20, "a1" * 20
     agent = await RawAgent.join(world.orch.proc.port, "probe-pr", ["probe"], token=world.agent_token)
     try:
-        body = pr_body(PROBE, action="opened", head=head, base=base,
-                       clone_url=f"https://github.com/{PROBE}.git")
+        body = pr_body(PROBE, action="opened", head=head, base=base, clone_url=f"https://github.com/{PROBE}.git")
         delivery = await world.deliver("pull_request", body)
         frame = await agent.expect("job.dispatch")
         run_id, job_id = (await _job_ids(world, delivery))["review"]
-        event = {"type": "pull_request", "action": "opened", "targetBranch": "main", "sourceBranch": FEATURE,
-                 "baseBranch": "main", "isForkPR": False, "senderUsername": "outsider", "senderUserId": "4711",
-                 "sourceRepo": PROBE, "provider": "github", "payload": json.loads(body)}
-        config = {**REVIEW, "source": {"file": "workflows/pr.ts", "exportName": "default"}, "workflowName": "pr",
-                  "baseJobName": "review", "provider": "github", "event": event}  # "" content hash: no drift check
+        event = {
+            "type": "pull_request",
+            "action": "opened",
+            "targetBranch": "main",
+            "sourceBranch": FEATURE,
+            "baseBranch": "main",
+            "isForkPR": False,
+            "senderUsername": "outsider",
+            "senderUserId": "4711",
+            "sourceRepo": PROBE,
+            "provider": "github",
+            "payload": json.loads(body),
+        }
+        config = {
+            **REVIEW,
+            "source": {"file": "workflows/pr.ts", "exportName": "default"},
+            "workflowName": "pr",
+            "baseJobName": "review",
+            "provider": "github",
+            "event": event,
+        }  # "" content hash: no drift check
         assert frame == _frame(frame, run_id=run_id, job_id=job_id, ref=FEATURE, sha=head, config=config)
         await agent.run_to_success(frame)
     finally:

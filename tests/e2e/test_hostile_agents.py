@@ -40,10 +40,14 @@ T2 = "kat_" + "2b" * 32
 async def harness(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
     async with Database(db_url, max_size=2) as db:
         for text in (T1, T2):
-            await PgTokenStore(db).create_agent_token(AgentToken(id=str(uuid.uuid4()), token_prefix=text[:12]),
-                                                      hashlib.sha256(text.encode()).hexdigest())
-    h = Harness(db_url, tmp_path, {"KICI_AGENT_AUTH": "token", "KICI_SECRET_KEY": SECRET_KEY,
-                                   "KICI_BOOTSTRAP_ADMIN_TOKEN": ADMIN})
+            await PgTokenStore(db).create_agent_token(
+                AgentToken(id=str(uuid.uuid4()), token_prefix=text[:12]), hashlib.sha256(text.encode()).hexdigest()
+            )
+    h = Harness(
+        db_url,
+        tmp_path,
+        {"KICI_AGENT_AUTH": "token", "KICI_SECRET_KEY": SECRET_KEY, "KICI_BOOTSTRAP_ADMIN_TOKEN": ADMIN},
+    )
     async with anyio.create_task_group() as tg:
         await h.start(tg)
         try:
@@ -101,17 +105,22 @@ async def test_an_agent_cannot_write_to_another_agents_job(harness: Harness, tmp
     await h.push(repo, sha)
     dispatch = await _next(owner, "job.dispatch")
     ids = {"runId": dispatch["runId"], "jobId": dispatch["jobId"]}
-    for frame in (_msg("job.ack", **ids), _msg("job.status", state="running", **ids),
-                  _msg("step.status", stepIndex=0, stepName="s", state="success", **ids),
-                  _msg("log.chunk", stepIndex=0, lines=["owner line"], **ids),
-                  _msg("job.status", state="success", **ids)):
+    for frame in (
+        _msg("job.ack", **ids),
+        _msg("job.status", state="running", **ids),
+        _msg("step.status", stepIndex=0, stepName="s", state="success", **ids),
+        _msg("log.chunk", stepIndex=0, lines=["owner line"], **ids),
+        _msg("job.status", state="success", **ids),
+    ):
         await owner.send(frame)
     await h.wait_for(lambda: _job_status(h, ids["jobId"], "success"), what="the owner finished its job")
 
     before = _dropped()
-    for frame in (_msg("log.chunk", stepIndex=0, lines=["pwned"], **ids),
-                  _msg("step.status", stepIndex=7, stepName="injected", state="failed", **ids),
-                  _msg("job.status", state="failed", data={"error": "pwned"}, **ids)):
+    for frame in (
+        _msg("log.chunk", stepIndex=0, lines=["pwned"], **ids),
+        _msg("step.status", stepIndex=7, stepName="injected", state="failed", **ids),
+        _msg("job.status", state="failed", data={"error": "pwned"}, **ids),
+    ):
         await intruder.send(frame)
 
     async def counted() -> bool:
@@ -127,8 +136,9 @@ async def test_an_agent_cannot_write_to_another_agents_job(harness: Harness, tmp
     await owner.send(_msg("log.chunk", stepIndex=0, lines=["owner late line"], **ids))
 
     async def late() -> bool:
-        rows = await h.query("SELECT 1 FROM log_chunks WHERE job_id = %(j)s AND content = 'owner late line'",
-                             j=ids["jobId"])
+        rows = await h.query(
+            "SELECT 1 FROM log_chunks WHERE job_id = %(j)s AND content = 'owner late line'", j=ids["jobId"]
+        )
         return bool(rows)
 
     await h.wait_for(late, what="the owner's late log line")
@@ -171,23 +181,37 @@ async def test_an_agent_id_stays_with_the_token_that_first_registered_it(harness
 async def test_no_part_of_a_token_reaches_the_debug_logs(db_url: str, tmp_path: Path) -> None:
     """At DEBUG the websockets frame logger used to print the first characters of the agent token, in the
     orchestrator's log and in the agent's. Neither log holds any 10-character piece of the token now."""
-    env = clean_env(KICI_MODE="independent", KICI_DATABASE_URL=db_url, KICI_SECRET_KEY=SECRET_KEY,
-                    KICI_BOOTSTRAP_ADMIN_TOKEN=ADMIN, KICI_DATA_DIR=str(tmp_path / "data"), KICI_LOG_LEVEL="debug",
-                    KICI_AGENT_AUTH="token")
+    env = clean_env(
+        KICI_MODE="independent",
+        KICI_DATABASE_URL=db_url,
+        KICI_SECRET_KEY=SECRET_KEY,
+        KICI_BOOTSTRAP_ADMIN_TOKEN=ADMIN,
+        KICI_DATA_DIR=str(tmp_path / "data"),
+        KICI_LOG_LEVEL="debug",
+        KICI_AGENT_AUTH="token",
+    )
     orch = await anyio.to_thread.run_sync(OrchestratorProcess("kici-standalone", env).start)
     agent: Process | None = None
     try:
         created = json.loads((await kici_admin(orch.url, ADMIN, "agent-token", "create", "--json")).stdout)
         token = created["token"]
-        agent_env = {**{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
-                     "KICI_ORCHESTRATOR_URL": f"ws://127.0.0.1:{orch.port}/ws", "KICI_AGENT_ID": "debug-agent",
-                     "KICI_AGENT_LABELS": "linux", "KICI_AGENT_WORK_DIR": str(tmp_path / "work"),
-                     "KICI_AGENT_TOKEN": token}
+        agent_env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KICI_")},
+            "KICI_ORCHESTRATOR_URL": f"ws://127.0.0.1:{orch.port}/ws",
+            "KICI_AGENT_ID": "debug-agent",
+            "KICI_AGENT_LABELS": "linux",
+            "KICI_AGENT_WORK_DIR": str(tmp_path / "work"),
+            "KICI_AGENT_TOKEN": token,
+        }
         agent_log = tmp_path / "agent.log"
         with agent_log.open("wb") as out:
-            agent = await anyio.open_process([sys.executable, "-m", "kici_runtime.agent", "--log-level", "DEBUG"],
-                                             env=agent_env, stdout=out, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL)
+            agent = await anyio.open_process(
+                [sys.executable, "-m", "kici_runtime.agent", "--log-level", "DEBUG"],
+                env=agent_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
             async def registered() -> bool:
                 return orch.log_count('"agentId":"debug-agent"') > 0 and orch.log_count("Agent registered") > 0
@@ -200,8 +224,8 @@ async def test_no_part_of_a_token_reaches_the_debug_logs(db_url: str, tmp_path: 
                 await agent.wait()
         texts = {"orchestrator": orch.tail(100_000), "agent": agent_log.read_text(errors="replace")}
         assert " DEBUG " in texts["agent"]  # the agent did log at DEBUG
-        secret = token[len("kat_"):]
-        pieces = {secret[i:i + 10] for i in range(len(secret) - 9)}  # the frame dumps showed 11 characters
+        secret = token[len("kat_") :]
+        pieces = {secret[i : i + 10] for i in range(len(secret) - 9)}  # the frame dumps showed 11 characters
         for name, text in texts.items():
             leaked = sorted(p for p in pieces if p in text)
             assert not leaked, f"{name} log holds part of the agent token: {leaked[:3]}"
@@ -211,4 +235,3 @@ async def test_no_part_of_a_token_reaches_the_debug_logs(db_url: str, tmp_path: 
             with anyio.fail_after(60):
                 await agent.wait()
         orch.stop()
-

@@ -44,8 +44,15 @@ ITEM_BOUND = 30.0
 def corpus_world(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Independent]:
     gh = github_world()
     try:
-        w = boot(module_db_url, gh, tmp_path_factory.mktemp("corpus"), KICI_HTTP_MAX_BODY_BYTES=str(256 * 1024),
-                 KICI_AGENT_AUTH="token", KICI_HTTP_HEADER_TIMEOUT_MS="2000", KICI_HTTP_BODY_TIMEOUT_MS="2000")
+        w = boot(
+            module_db_url,
+            gh,
+            tmp_path_factory.mktemp("corpus"),
+            KICI_HTTP_MAX_BODY_BYTES=str(256 * 1024),
+            KICI_AGENT_AUTH="token",
+            KICI_HTTP_HEADER_TIMEOUT_MS="2000",
+            KICI_HTTP_BODY_TIMEOUT_MS="2000",
+        )
         install(gh, "acme/app")
         try:
             yield w
@@ -68,8 +75,13 @@ def _raw(port: int, data: bytes) -> bytes:
 
 
 def _req(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
-    head = [f"{method} {path} HTTP/1.1", "Host: x", f"Content-Length: {len(body)}", "Connection: close",
-            *(f"{k}: {v}" for k, v in headers.items())]
+    head = [
+        f"{method} {path} HTTP/1.1",
+        "Host: x",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
@@ -84,8 +96,9 @@ def _webhook_corpus() -> list[tuple[str, bytes]]:
     items: list[tuple[str, bytes]] = []
 
     def gh(name: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> None:
-        items.append((name, _req("POST", path, headers if headers is not None else
-                                  github_headers(body, new_delivery()), body)))
+        items.append(
+            (name, _req("POST", path, headers if headers is not None else github_headers(body, new_delivery()), body))
+        )
 
     gh("dot-dot org", "/webhook/%2e%2e/github", PUSH)
     gh("encoded slash org", "/webhook/a%2F..%2Fb/github", PUSH)
@@ -105,35 +118,74 @@ def _webhook_corpus() -> list[tuple[str, bytes]]:
     gh("delivery id with slashes", f"/webhook/{ORG}/github", PUSH, github_headers(PUSH, "../../etc/passwd"))
     gh("duplicate of an accepted delivery", f"/webhook/{ORG}/github", PUSH, signed)
     gh("duplicate again", f"/webhook/{ORG}/github", PUSH, signed)
-    gh("unsigned", f"/webhook/{ORG}/github", PUSH, {**github_headers(PUSH, new_delivery()),
-                                                    "X-Hub-Signature-256": ""})
-    gh("form body without payload", f"/webhook/{ORG}/github", b"a=1",
-       {**github_headers(b"a=1", new_delivery()), "Content-Type": "application/x-www-form-urlencoded"})
-    gh("form payload deep", f"/webhook/{ORG}/github", b"payload=" + b"%5B" * 5000 + b"%5D" * 5000,
-       {**github_headers(b"payload=" + b"%5B" * 5000 + b"%5D" * 5000, new_delivery()),
-        "Content-Type": "application/x-www-form-urlencoded"})
+    gh("unsigned", f"/webhook/{ORG}/github", PUSH, {**github_headers(PUSH, new_delivery()), "X-Hub-Signature-256": ""})
+    gh(
+        "form body without payload",
+        f"/webhook/{ORG}/github",
+        b"a=1",
+        {**github_headers(b"a=1", new_delivery()), "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    gh(
+        "form payload deep",
+        f"/webhook/{ORG}/github",
+        b"payload=" + b"%5B" * 5000 + b"%5D" * 5000,
+        {
+            **github_headers(b"payload=" + b"%5B" * 5000 + b"%5D" * 5000, new_delivery()),
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
     gh("oversize", f"/webhook/{ORG}/github", b"x" * (300 * 1024))
     generic = b'{"event":"build"}'
-    items.append(("generic dot-dot source", _req("POST", f"/webhook/{ORG}/generic/..",
-                                                 generic_headers(generic, new_delivery()), generic)))
-    items.append(("generic deep", _req("POST", f"/webhook/{ORG}/generic/{GENERIC_NAME}",
-                                       generic_headers(DEEP, new_delivery()), DEEP)))
-    items.append(("generic idempotency key path traversal", _req(
-        "POST", f"/webhook/{ORG}/generic/{GENERIC_NAME}", generic_headers(generic, "../../../x"), generic)))
-    items.append(("generic unicode delivery id", _req(
-        "POST", f"/webhook/{ORG}/generic/{GENERIC_NAME}",
-        {**generic_headers(generic, "x"), "X-Delivery-Id": "caf\u00e9"}, generic)))
+    items.append(
+        (
+            "generic dot-dot source",
+            _req("POST", f"/webhook/{ORG}/generic/..", generic_headers(generic, new_delivery()), generic),
+        )
+    )
+    items.append(
+        (
+            "generic deep",
+            _req("POST", f"/webhook/{ORG}/generic/{GENERIC_NAME}", generic_headers(DEEP, new_delivery()), DEEP),
+        )
+    )
+    items.append(
+        (
+            "generic idempotency key path traversal",
+            _req("POST", f"/webhook/{ORG}/generic/{GENERIC_NAME}", generic_headers(generic, "../../../x"), generic),
+        )
+    )
+    items.append(
+        (
+            "generic unicode delivery id",
+            _req(
+                "POST",
+                f"/webhook/{ORG}/generic/{GENERIC_NAME}",
+                {**generic_headers(generic, "x"), "X-Delivery-Id": "caf\u00e9"},
+                generic,
+            ),
+        )
+    )
     items.append(("bad method", _req("DELETE", f"/webhook/{ORG}/github", {})))
     items.append(("garbage request line", b"\x00\x01\x02 / HTTP/1.1\r\n\r\n"))
     items.append(("HTTP/0.9", b"GET /\r\n\r\n"))
     items.append(("huge header", _req("POST", f"/webhook/{ORG}/github", {"X-Big": "a" * 200_000}, PUSH)))
-    items.append(("bad content-length", b"POST /webhook/acme/github HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n"
-                                        b"Connection: close\r\n\r\n"))
-    items.append(("chunked garbage", b"POST /webhook/acme/github HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                                     b"Connection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"))
+    items.append(
+        (
+            "bad content-length",
+            b"POST /webhook/acme/github HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\nConnection: close\r\n\r\n",
+        )
+    )
+    items.append(
+        (
+            "chunked garbage",
+            b"POST /webhook/acme/github HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        )
+    )
     items.append(("headers never finish", b"POST /webhook/acme/github HTTP/1.1\r\nHost: x\r\n"))
-    items.append(("body never finishes", b"POST /webhook/acme/github HTTP/1.1\r\nHost: x\r\nContent-Length: 99\r\n"
-                                         b"\r\n{"))
+    items.append(
+        ("body never finishes", b"POST /webhook/acme/github HTTP/1.1\r\nHost: x\r\nContent-Length: 99\r\n\r\n{")
+    )
     return items
 
 
@@ -152,21 +204,34 @@ def _admin_corpus() -> list[tuple[str, bytes]]:
     post("token not JSON", "/api/v1/admin/tokens", b"{{{{")
     post("token body array", "/api/v1/admin/tokens", b"[]")
     post("token oversize", "/api/v1/admin/tokens", b'{"label":"' + b"x" * (300 * 1024) + b'"}')
-    post("generic source dot-dot name", "/api/v1/admin/generic-sources",
-         b'{"orgId":"acme","name":"..","verificationConfig":{"secret":"s"}}')
-    post("generic source NUL org", "/api/v1/admin/generic-sources",
-         b'{"orgId":"a\\u0000","name":"n","verificationConfig":{"secret":"s"}}')
-    post("generic source huge rate", "/api/v1/admin/generic-sources",
-         b'{"orgId":"acme","name":"n2","rateLimitRpm":1e400,"verificationConfig":{"secret":"s"}}')
-    post("local source without opt-in", "/api/v1/admin/generic-sources",
-         b'{"orgId":"acme","name":"l","providerType":"local","gitConfig":{"url":"file:///etc"}}')
+    post(
+        "generic source dot-dot name",
+        "/api/v1/admin/generic-sources",
+        b'{"orgId":"acme","name":"..","verificationConfig":{"secret":"s"}}',
+    )
+    post(
+        "generic source NUL org",
+        "/api/v1/admin/generic-sources",
+        b'{"orgId":"a\\u0000","name":"n","verificationConfig":{"secret":"s"}}',
+    )
+    post(
+        "generic source huge rate",
+        "/api/v1/admin/generic-sources",
+        b'{"orgId":"acme","name":"n2","rateLimitRpm":1e400,"verificationConfig":{"secret":"s"}}',
+    )
+    post(
+        "local source without opt-in",
+        "/api/v1/admin/generic-sources",
+        b'{"orgId":"acme","name":"l","providerType":"local","gitConfig":{"url":"file:///etc"}}',
+    )
     post("agent token labels wrong type", "/api/v1/agent-tokens", b'{"labels":"linux"}')
     post("agent token deep labels", "/api/v1/agent-tokens", b'{"labels":' + b"[" * 200 + b"]" * 200 + b"}")
     post("release unknown agent", "/api/v1/admin/agents/%2e%2e/release", b"")
     post("replay NUL delivery", "/api/v1/admin/event-log/x%00/replay?orgId=acme", b"")
     items.append(("event log NUL", _req("GET", "/api/v1/admin/event-log/%00?orgId=acme", AUTH)))
-    items.append(("event log huge limit", _req("GET", "/api/v1/admin/event-log?orgId=acme&limit=99999999999999999999",
-                                                AUTH)))
+    items.append(
+        ("event log huge limit", _req("GET", "/api/v1/admin/event-log?orgId=acme&limit=99999999999999999999", AUTH))
+    )
     items.append(("event log bad since", _req("GET", "/api/v1/admin/event-log?orgId=acme&since=yesterday", AUTH)))
     items.append(("event log long id", _req("GET", "/api/v1/admin/event-log/" + "a" * 20_000 + "?orgId=acme", AUTH)))
     items.append(("runs bad id", _req("GET", "/api/v1/admin/runs/not-a-uuid", AUTH)))
@@ -185,27 +250,47 @@ def _agent_frames(token: str) -> list[tuple[str, list[str | bytes]]]:
     def after_register(*frames: str | bytes) -> list[str | bytes]:
         return [auth, reg, *frames]
 
-    job = {"runId": "00000000-0000-0000-0000-000000000000", "jobId": "00000000-0000-0000-0000-000000000001",
-           "messageId": "m", "timestamp": 1}
+    job = {
+        "runId": "00000000-0000-0000-0000-000000000000",
+        "jobId": "00000000-0000-0000-0000-000000000001",
+        "messageId": "m",
+        "timestamp": 1,
+    }
     return [
         ("no auth", [reg]),
         ("token of another kind", [json.dumps({"type": "auth.request", "token": ADMIN_TOKEN, "protocolVersion": 1})]),
         ("deep auth", [b"[" * 100_000 + b"]" * 100_000]),
         ("NaN auth", ['{"type":"auth.request","token":NaN,"protocolVersion":1}']),
         ("binary frame", [auth, b"\x00\xff"]),
-        ("register agent id NUL", [auth, json.dumps({"type": "agent.register", "messageId": "m",
-                                                     "agentId": "a\u0000b", "labels": ["x"]})]),
-        ("register agent id path", [auth, json.dumps({"type": "agent.register", "messageId": "m",
-                                                      "agentId": "../../x", "labels": ["x"]})]),
-        ("register huge labels", [auth, json.dumps({"type": "agent.register", "messageId": "m", "agentId": "big",
-                                                    "labels": ["l" * 1000] * 1000})]),
+        (
+            "register agent id NUL",
+            [auth, json.dumps({"type": "agent.register", "messageId": "m", "agentId": "a\u0000b", "labels": ["x"]})],
+        ),
+        (
+            "register agent id path",
+            [auth, json.dumps({"type": "agent.register", "messageId": "m", "agentId": "../../x", "labels": ["x"]})],
+        ),
+        (
+            "register huge labels",
+            [
+                auth,
+                json.dumps(
+                    {"type": "agent.register", "messageId": "m", "agentId": "big", "labels": ["l" * 1000] * 1000}
+                ),
+            ],
+        ),
         ("status for unknown job", after_register(json.dumps({"type": "job.status", "state": "success", **job}))),
-        ("log for unknown job", after_register(json.dumps({"type": "log.chunk", "stepIndex": 0,
-                                                           "lines": ["x"], **job}))),
-        ("log with NUL", after_register(json.dumps({"type": "log.chunk", "stepIndex": 0,
-                                                    "lines": ["\u0000"], **job}))),
-        ("step index huge", after_register(json.dumps({"type": "step.status", "stepIndex": 10**30,
-                                                       "stepName": "s", "state": "success", **job}))),
+        (
+            "log for unknown job",
+            after_register(json.dumps({"type": "log.chunk", "stepIndex": 0, "lines": ["x"], **job})),
+        ),
+        ("log with NUL", after_register(json.dumps({"type": "log.chunk", "stepIndex": 0, "lines": ["\u0000"], **job}))),
+        (
+            "step index huge",
+            after_register(
+                json.dumps({"type": "step.status", "stepIndex": 10**30, "stepName": "s", "state": "success", **job})
+            ),
+        ),
         ("job id not a uuid", after_register(json.dumps({"type": "job.ack", **{**job, "jobId": "x\u0000"}}))),
         ("deep frame", after_register(b"[" * 100_000 + b"]" * 100_000)),
         ("unknown type", after_register(json.dumps({"type": "x" * 10_000}))),

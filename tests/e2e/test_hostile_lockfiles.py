@@ -38,8 +38,9 @@ REPOS: dict[str, bytes] = {
 
 
 @pytest.fixture(scope="module", params=["1", "0"], ids=["child-process", "in-process"])
-def world(request: pytest.FixtureRequest, pg_server: PgServer, pg_template: str,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Independent]:
+def world(
+    request: pytest.FixtureRequest, pg_server: PgServer, pg_template: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Independent]:
     name = f"h_{uuid.uuid4().hex[:16]}"
     url = create_database(pg_server, name, template=pg_template)
     gh = github_world()
@@ -130,8 +131,13 @@ def frozen(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[In
     install(gh, "acme/ordinary", content=GOOD_LOCKFILE)
     install(gh, "acme/frozen", content=corpus.with_regex("branch", corpus.POLYNOMIAL_REGEX))
     try:
-        w = boot(db_url, gh, tmp_path_factory.mktemp("frozen"), KICI_PROCESSING_WORKERS="1",
-                 KICI_PROCESSING_TIMEOUT_SECONDS="2")
+        w = boot(
+            db_url,
+            gh,
+            tmp_path_factory.mktemp("frozen"),
+            KICI_PROCESSING_WORKERS="1",
+            KICI_PROCESSING_TIMEOUT_SECONDS="2",
+        )
         try:
             yield w
         finally:

@@ -36,8 +36,11 @@ MAIN = {"type": "glob", "pattern": "main"}
 
 
 async def _not_recorded(w: Independent, *deliveries: str) -> None:
-    rows = await w.query("SELECT delivery_id FROM event_log WHERE delivery_id = ANY(%s) "
-                         "OR split_part(delivery_id, ':', 4) = ANY(%s)", list(deliveries), list(deliveries))
+    rows = await w.query(
+        "SELECT delivery_id FROM event_log WHERE delivery_id = ANY(%s) OR split_part(delivery_id, ':', 4) = ANY(%s)",
+        list(deliveries),
+        list(deliveries),
+    )
     assert rows == [], f"rejected deliveries were recorded: {rows}"
 
 
@@ -99,8 +102,9 @@ async def test_bad_signatures_and_unknown_targets_are_rejected_unrecorded(indepe
     resp = await w.post(f"/webhook/other/generic/{GENERIC_NAME}", generic, generic_headers(generic, unknown_source))
     assert resp.status_code == 404
     wrong_generic = new_delivery()
-    resp = await w.post(f"/webhook/{ORG}/generic/{GENERIC_NAME}", generic,
-                        generic_headers(generic, wrong_generic, secret="nope"))
+    resp = await w.post(
+        f"/webhook/{ORG}/generic/{GENERIC_NAME}", generic, generic_headers(generic, wrong_generic, secret="nope")
+    )
     assert resp.status_code == 401
 
     await _not_recorded(w, *used, unknown_org, unknown_app, no_target, no_event, unknown_source, wrong_generic)
@@ -116,8 +120,9 @@ async def test_oversize_truncated_and_non_json_bodies_are_rejected_unrecorded(in
     # the global limit applies to the generic route too (its per-source JSON 413 is covered by the unit tests)
     generic_big = b'{"pad":"' + b"x" * (1024 * 1024) + b'"}'
     generic_oversize = new_delivery()
-    resp = await w.post(f"/webhook/{ORG}/generic/{GENERIC_NAME}", generic_big,
-                        generic_headers(generic_big, generic_oversize))
+    resp = await w.post(
+        f"/webhook/{ORG}/generic/{GENERIC_NAME}", generic_big, generic_headers(generic_big, generic_oversize)
+    )
     assert resp.status_code == 413 and resp.text == "Payload Too Large"
 
     not_json = new_delivery()
@@ -146,10 +151,15 @@ async def test_oversize_truncated_and_non_json_bodies_are_rejected_unrecorded(in
 
 async def _raw_post(w: Independent, path: str, headers: dict[str, str], body: bytes, *, content_length: int) -> bytes:
     """Send a request by hand with a chosen Content-Length, half-close, and return whatever comes back."""
+
     def run() -> bytes:
         with socket.create_connection(("127.0.0.1", w.proc.port), timeout=20) as sock:
-            head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {content_length}",
-                    "Connection: close"] + [f"{k}: {v}" for k, v in headers.items()]
+            head = [
+                f"POST {path} HTTP/1.1",
+                "Host: 127.0.0.1",
+                f"Content-Length: {content_length}",
+                "Connection: close",
+            ] + [f"{k}: {v}" for k, v in headers.items()]
             sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
             sock.shutdown(socket.SHUT_WR)
             chunks = []
@@ -162,14 +172,22 @@ async def _raw_post(w: Independent, path: str, headers: dict[str, str], body: by
 
 BAD_LOCKFILES = {
     "acme/bad-json": (b'{"schemaVersion": 29, "workflows": [', "not valid JSON"),
-    "acme/bad-schema": (lockfile([push_workflow("b", MAIN, [job("a")])], schema=28),
-                        "schemaVersion: unsupported lock-file schema version 28"),
-    "acme/bad-needs": (lockfile([push_workflow("b", MAIN, [job("a", "ghost")])]),
-                       'workflows[0].jobs[0].needs[0]: unknown job "ghost"'),
-    "acme/bad-cycle": (lockfile([push_workflow("b", MAIN, [job("a", "c"), job("c", "a")])]),
-                       "workflows[0].jobs[0].needs: needs cycle: a -> c -> a"),
-    "acme/bad-pattern": (lockfile([push_workflow("b", {"type": "regex", "pattern": "(open"}, [job("a")])]),
-                         "workflows[0].triggers[0].branches[0]: invalid regex /(open/"),
+    "acme/bad-schema": (
+        lockfile([push_workflow("b", MAIN, [job("a")])], schema=28),
+        "schemaVersion: unsupported lock-file schema version 28",
+    ),
+    "acme/bad-needs": (
+        lockfile([push_workflow("b", MAIN, [job("a", "ghost")])]),
+        'workflows[0].jobs[0].needs[0]: unknown job "ghost"',
+    ),
+    "acme/bad-cycle": (
+        lockfile([push_workflow("b", MAIN, [job("a", "c"), job("c", "a")])]),
+        "workflows[0].jobs[0].needs: needs cycle: a -> c -> a",
+    ),
+    "acme/bad-pattern": (
+        lockfile([push_workflow("b", {"type": "regex", "pattern": "(open"}, [job("a")])]),
+        "workflows[0].triggers[0].branches[0]: invalid regex /(open/",
+    ),
 }
 
 
@@ -226,7 +244,9 @@ async def test_lockfile_fetch_failures_missing_retried_parked_and_replayed(indep
     async def last_attempt_due() -> bool | None:
         changed = await w.execute(
             "UPDATE delivery_inbox SET attempts = 7, available_at = now() WHERE locked_until IS NULL AND "
-            "state = 'pending' AND event_log_id = (SELECT id FROM event_log WHERE delivery_id = %s)", parked)
+            "state = 'pending' AND event_log_id = (SELECT id FROM event_log WHERE delivery_id = %s)",
+            parked,
+        )
         return True if changed == 1 else None
 
     await poll(last_attempt_due)

@@ -54,8 +54,11 @@ async def _restart(w: Independent) -> None:
 
 async def _assert_each_processed_once(w: Independent, deliveries: set[str]) -> None:
     async def all_done() -> bool | None:
-        rows = await w.query("SELECT count(*) FROM event_log WHERE delivery_id = ANY(%s) AND status = 'processed' "
-                             "AND processed_at IS NOT NULL", list(deliveries))
+        rows = await w.query(
+            "SELECT count(*) FROM event_log WHERE delivery_id = ANY(%s) AND status = 'processed' "
+            "AND processed_at IS NOT NULL",
+            list(deliveries),
+        )
         return True if rows[0][0] == len(deliveries) else None
 
     await poll(all_done, describe=w.proc.tail, what=f"{len(deliveries)} deliveries to be processed")
@@ -63,15 +66,21 @@ async def _assert_each_processed_once(w: Independent, deliveries: set[str]) -> N
         "SELECT e.delivery_id, e.matched_count, i.state, i.attempts, "
         "  (SELECT count(*) FROM execution_runs r WHERE r.delivery_id = e.delivery_id AND r.org_id = e.org_id) "
         "FROM event_log e JOIN delivery_inbox i ON i.event_log_id = e.id WHERE e.delivery_id = ANY(%s)",
-        list(deliveries))
+        list(deliveries),
+    )
     assert {r[0] for r in rows} == deliveries, "an acknowledged delivery is missing from event_log"
     for delivery, matched, state, _attempts, runs in rows:
         assert (matched, state, runs) == (1, "done", 1), (delivery, matched, state, runs)
-    dupes = await w.query("SELECT delivery_id, workflow_name, count(*) FROM execution_runs "
-                          "GROUP BY delivery_id, workflow_name HAVING count(*) > 1")
+    dupes = await w.query(
+        "SELECT delivery_id, workflow_name, count(*) FROM execution_runs "
+        "GROUP BY delivery_id, workflow_name HAVING count(*) > 1"
+    )
     assert dupes == []
-    jobs = await w.query("SELECT count(*) FROM execution_jobs j JOIN execution_runs r ON r.run_id = j.run_id "
-                         "WHERE r.delivery_id = ANY(%s)", list(deliveries))
+    jobs = await w.query(
+        "SELECT count(*) FROM execution_jobs j JOIN execution_runs r ON r.run_id = j.run_id "
+        "WHERE r.delivery_id = ANY(%s)",
+        list(deliveries),
+    )
     assert jobs[0][0] == 2 * len(deliveries)  # build: compile + test, written once
 
 
@@ -92,8 +101,9 @@ async def test_sigkill_while_processing_then_restart_processes_each_delivery_onc
             tg.start_soon(post_one)
     assert len(deliveries) == 12
 
-    await poll(lambda: _some(w.gh.requests_for(contents)), describe=w.proc.tail,
-               what="a lock-file fetch to reach GitHub")
+    await poll(
+        lambda: _some(w.gh.requests_for(contents)), describe=w.proc.tail, what="a lock-file fetch to reach GitHub"
+    )
     w.proc.kill()
 
     rows = await w.query("SELECT status, processed_at FROM event_log WHERE delivery_id = ANY(%s)", list(deliveries))

@@ -48,9 +48,19 @@ class Harness:
 
     async def accept(self) -> str:
         delivery = new_delivery()
-        result = await self.inbox.accept(Delivery(
-            org_id=ORG, delivery_id=delivery, routing_key=f"github:{APP_ID}", event="push", action=None,
-            source="direct", provider="github", body=push_body(REPO), received_at=datetime.now(UTC)))
+        result = await self.inbox.accept(
+            Delivery(
+                org_id=ORG,
+                delivery_id=delivery,
+                routing_key=f"github:{APP_ID}",
+                event="push",
+                action=None,
+                source="direct",
+                provider="github",
+                body=push_body(REPO),
+                received_at=datetime.now(UTC),
+            )
+        )
         assert not result.duplicate
         return delivery
 
@@ -66,7 +76,8 @@ class Harness:
                 "SELECT e.status, e.error_message, i.state, i.attempts, i.available_at > now() AS waiting, "
                 "(SELECT count(*) FROM execution_runs r WHERE r.delivery_id = e.delivery_id) AS runs "
                 "FROM event_log e JOIN delivery_inbox i ON i.event_log_id = e.id WHERE e.delivery_id = %s",
-                (delivery,))
+                (delivery,),
+            )
             found = await cur.fetchone()
         assert found is not None
         return dict(found)
@@ -74,8 +85,11 @@ class Harness:
     async def due_now(self, delivery: str, *, attempts: int) -> None:
         """Pretend the backoff elapsed after ``attempts`` failed attempts."""
         async with self.db.connection() as conn:
-            await conn.execute("UPDATE delivery_inbox SET available_at = now(), attempts = %s WHERE event_log_id = "
-                               "(SELECT id FROM event_log WHERE delivery_id = %s)", (attempts, delivery))
+            await conn.execute(
+                "UPDATE delivery_inbox SET available_at = now(), attempts = %s WHERE event_log_id = "
+                "(SELECT id FROM event_log WHERE delivery_id = %s)",
+                (attempts, delivery),
+            )
 
 
 @pytest.fixture
@@ -93,19 +107,27 @@ async def harness(database: Database, gh: GitHubServer, tmp_path: Path) -> Async
     sources = PgSourceStore(database)
     secrets = PgSecretStore(database, bytes.fromhex(SECRET_KEY))
     source_id = str(uuid.uuid4())
-    await sources.add_github(GitHubSource(id=source_id, routing_key=f"github:{APP_ID}", name="acme-app",
-                                          app_id=APP_ID, customer_id=ORG))
+    await sources.add_github(
+        GitHubSource(id=source_id, routing_key=f"github:{APP_ID}", name="acme-app", app_id=APP_ID, customer_id=ORG)
+    )
     await secrets.put("__system__", f"__source__/{source_id}", "privateKey", app_key().private_pem)
     provider = GitHubProvider(
-        secrets=secrets, default_api_url=gh.url, cache=LockfileCache(max_entries=0),
-        validate=lockfile.parse_lockfile, timeout=0.3,
+        secrets=secrets,
+        default_api_url=gh.url,
+        cache=LockfileCache(max_entries=0),
+        validate=lockfile.parse_lockfile,
+        timeout=0.3,
         retry=gh_client.RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.01),
     )
     pipeline = Pipeline(
         sources=sources,
-        providers={"github": Provider(lockfiles=provider, changed_files=provider,
-                                               repo_url=lambda s, r, p: f"https://github.com/{r}.git")},
-        ids=lambda: str(uuid.uuid4()), timer=time.perf_counter,
+        providers={
+            "github": Provider(
+                lockfiles=provider, changed_files=provider, repo_url=lambda s, r, p: f"https://github.com/{r}.git"
+            )
+        },
+        ids=lambda: str(uuid.uuid4()),
+        timer=time.perf_counter,
     )
     inbox = PgDeliveryInbox(database, FilesystemBlobStore(tmp_path / "blobs"))
     try:
@@ -161,4 +183,3 @@ async def test_not_found_is_missing_at_once(harness: Harness) -> None:
     assert await h.attempt() == []
     row = await h.row(delivery)
     assert (row["status"], row["state"], row["attempts"]) == ("lockfile_missing", "done", 1), row
-

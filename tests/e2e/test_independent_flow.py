@@ -24,9 +24,15 @@ from tests.e2e.conftest import (
 pytestmark = pytest.mark.anyio
 
 GUIDE_METRICS = (
-    "kici_webhooks_received_total", "kici_webhooks_processed_total", "kici_trigger_match_duration_seconds",
-    "kici_lockfile_cache_hits_total", "kici_lockfile_cache_misses_total", "kici_agents_active",
-    "kici_dispatch_queue_depth", "kici_jobs_dispatched_total", "kici_platform_connection_status",
+    "kici_webhooks_received_total",
+    "kici_webhooks_processed_total",
+    "kici_trigger_match_duration_seconds",
+    "kici_lockfile_cache_hits_total",
+    "kici_lockfile_cache_misses_total",
+    "kici_agents_active",
+    "kici_dispatch_queue_depth",
+    "kici_jobs_dispatched_total",
+    "kici_platform_connection_status",
     "kici_dedup_hits_total",
 )
 RECEIVED_PUSH = 'kici_webhooks_received_total{event="push",source="direct"}'
@@ -49,8 +55,9 @@ async def test_push_runs_matching_workflow_once_and_admin_explains_it(independen
     runs = await w.runs(delivery)
     assert [name for name, _ in runs] == ["build"]
     assert str(row["run_id"]) == runs[0][1]
-    jobs = await w.query("SELECT job_name, status FROM execution_jobs WHERE run_id = %s::uuid ORDER BY job_name",
-                         runs[0][1])
+    jobs = await w.query(
+        "SELECT job_name, status FROM execution_jobs WHERE run_id = %s::uuid ORDER BY job_name", runs[0][1]
+    )
     assert [j[0] for j in jobs] == ["compile", "test"]
     queued = await w.query("SELECT job_name FROM dispatch_queue WHERE delivery_id = %s", delivery)
     assert [q[0] for q in queued] == ["compile"]  # "test" waits for its need
@@ -76,8 +83,16 @@ async def test_push_runs_matching_workflow_once_and_admin_explains_it(independen
 
     listing = (await w.admin("event-log", "list", "--org", ORG, "--delivery-id", delivery)).stdout
     header, rule, line, *_ = listing.splitlines()
-    assert header.split() == ["received_at", "delivery_id", "routing_key", "event", "source", "status", "matched",
-                              "size"]
+    assert header.split() == [
+        "received_at",
+        "delivery_id",
+        "routing_key",
+        "event",
+        "source",
+        "status",
+        "matched",
+        "size",
+    ]
     assert set(rule.replace(" ", "")) == {"-"}
     assert delivery in line and "processed" in line and "direct" in line and "push" in line
     assert line.split()[7] == "1"  # received_at is "<date> <time>"
@@ -90,7 +105,7 @@ async def test_push_runs_matching_workflow_once_and_admin_explains_it(independen
     assert "Workflows (1 of 2 matched):" in shown
     assert "build: matched (trigger #0)" in shown
     assert "release: not matched" in shown
-    assert 'rejected by branch' in shown and '"release/*"' in shown and '"main"' in shown
+    assert "rejected by branch" in shown and '"release/*"' in shown and '"main"' in shown
 
     listed = json.loads((await w.admin("runs", "list", "--repo", "acme/app", "--json")).stdout)
     mine = [r for r in listed["runs"] if r["runId"] == runs[0][1]]
@@ -114,7 +129,9 @@ async def test_push_to_other_branch_records_why_nothing_ran(independent: Indepen
     assert '"feature/login"' in shown
     trace = json.loads((await w.admin("event-log", "show", delivery, "--org", ORG, "--json")).stdout)
     assert {d["workflowName"]: d["matched"] for d in trace["decisionTrace"]["decisions"]} == {
-        "build": False, "release": False}
+        "build": False,
+        "release": False,
+    }
     after = await w.metrics()
     assert after.get(PROCESSED_SKIPPED, 0) - before.get(PROCESSED_SKIPPED, 0) == 1
 
@@ -123,8 +140,9 @@ async def test_generic_and_ping_deliveries_are_recorded(independent: Independent
     w = independent
     delivery = new_delivery()
     body = json.dumps({"service": "api", "version": "1.2.3"}).encode()
-    resp = await w.post(f"/webhook/{ORG}/generic/{GENERIC_NAME}", body,
-                        {**generic_headers(body, delivery), "x-event-type": "deploy"})
+    resp = await w.post(
+        f"/webhook/{ORG}/generic/{GENERIC_NAME}", body, {**generic_headers(body, delivery), "x-event-type": "deploy"}
+    )
     assert resp.status_code == 202, resp.text
     stored_id = resp.json()["deliveryId"]
     assert stored_id.endswith(f":{delivery}") and stored_id.startswith("generic:")

@@ -57,8 +57,10 @@ class Client:
 
 @pytest.fixture(scope="module")
 def app(independent: Independent) -> Iterator[Client]:
-    with httpx.Client(base_url=independent.url, timeout=BOUND) as http, \
-            psycopg.connect(independent.db_url, autocommit=True) as db:
+    with (
+        httpx.Client(base_url=independent.url, timeout=BOUND) as http,
+        psycopg.connect(independent.db_url, autocommit=True) as db,
+    ):
         yield Client(http=http, db=db)
 
 
@@ -73,28 +75,57 @@ json_values = st.recursive(
 bodies = st.one_of(
     st.binary(max_size=512),
     json_values.map(lambda v: json.dumps(v).encode()),
-    st.fixed_dictionaries({"ref": st.just("refs/heads/main"), "after": st.just("a" * 40),
-                           "repository": st.fixed_dictionaries({"full_name": st.just("acme/app")})},
-                          optional={"action": st.text(max_size=10)}).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {
+            "ref": st.just("refs/heads/main"),
+            "after": st.just("a" * 40),
+            "repository": st.fixed_dictionaries({"full_name": st.just("acme/app")}),
+        },
+        optional={"action": st.text(max_size=10)},
+    ).map(lambda v: json.dumps(v).encode()),
 )
 paths = st.one_of(
-    st.sampled_from([f"/webhook/{ORG}/github", f"/webhook/{ORG}/generic/{GENERIC_NAME}", "/webhook/nobody/github",
-                     f"/webhook/{ORG}/generic/ghost", f"/webhook/nobody/generic/{GENERIC_NAME}"]),
-    st.builds(lambda org, rest: f"/webhook/{org}/{rest}", st.text(TOKEN + ".%~", min_size=1, max_size=20),
-              st.text(TOKEN + "/", max_size=30)),
+    st.sampled_from(
+        [
+            f"/webhook/{ORG}/github",
+            f"/webhook/{ORG}/generic/{GENERIC_NAME}",
+            "/webhook/nobody/github",
+            f"/webhook/{ORG}/generic/ghost",
+            f"/webhook/nobody/generic/{GENERIC_NAME}",
+        ]
+    ),
+    st.builds(
+        lambda org, rest: f"/webhook/{org}/{rest}",
+        st.text(TOKEN + ".%~", min_size=1, max_size=20),
+        st.text(TOKEN + "/", max_size=30),
+    ),
 )
-HEADER_NAMES = ["content-type", "x-github-event", "x-github-delivery", "x-hub-signature-256",
-                "x-github-hook-installation-target-type", "x-github-hook-installation-target-id", "x-signature-256",
-                "x-event-type", "x-delivery-id", "x-idempotency-key", "x-forwarded-for", "content-encoding"]
-random_headers = st.dictionaries(st.sampled_from(HEADER_NAMES) | st.text(TOKEN, min_size=1, max_size=20),
-                                 header_text, max_size=8)
-github_like = st.fixed_dictionaries({
-    "x-github-hook-installation-target-type": st.sampled_from(["integration", "repository", ""]),
-    "x-github-hook-installation-target-id": st.sampled_from([APP_ID, "1", "", "-1"]) | header_text,
-    "x-github-event": st.sampled_from(["push", "ping", "pull_request", ""]) | header_text,
-    "x-github-delivery": header_text,
-    "content-type": st.sampled_from(["application/json", "application/x-www-form-urlencoded", "text/plain"]),
-})
+HEADER_NAMES = [
+    "content-type",
+    "x-github-event",
+    "x-github-delivery",
+    "x-hub-signature-256",
+    "x-github-hook-installation-target-type",
+    "x-github-hook-installation-target-id",
+    "x-signature-256",
+    "x-event-type",
+    "x-delivery-id",
+    "x-idempotency-key",
+    "x-forwarded-for",
+    "content-encoding",
+]
+random_headers = st.dictionaries(
+    st.sampled_from(HEADER_NAMES) | st.text(TOKEN, min_size=1, max_size=20), header_text, max_size=8
+)
+github_like = st.fixed_dictionaries(
+    {
+        "x-github-hook-installation-target-type": st.sampled_from(["integration", "repository", ""]),
+        "x-github-hook-installation-target-id": st.sampled_from([APP_ID, "1", "", "-1"]) | header_text,
+        "x-github-event": st.sampled_from(["push", "ping", "pull_request", ""]) | header_text,
+        "x-github-delivery": header_text,
+        "content-type": st.sampled_from(["application/json", "application/x-www-form-urlencoded", "text/plain"]),
+    }
+)
 
 
 @st.composite
@@ -118,8 +149,9 @@ def requests(draw: Any) -> tuple[str, dict[str, str], bytes]:
 
 @settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(request=requests())
-def test_arbitrary_requests_never_5xx_and_never_record_unsigned(app: Client,
-                                                                request: tuple[str, dict[str, str], bytes]) -> None:
+def test_arbitrary_requests_never_5xx_and_never_record_unsigned(
+    app: Client, request: tuple[str, dict[str, str], bytes]
+) -> None:
     path, headers, body = request
     resp = app.post(path, headers, body)
     assert resp.status_code < 500, (resp.status_code, resp.text)
@@ -131,9 +163,17 @@ def test_fixture_sanity_a_signed_push_is_recorded(app: Client) -> None:
     """The fuzzed server does accept a correctly signed delivery (so the property above is not vacuous)."""
     body = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "acme/app"}}).encode()
     sig = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    resp = app.post(f"/webhook/{ORG}/github", {
-        "content-type": "application/json", "x-github-event": "push", "x-github-delivery": SANITY,
-        "x-github-hook-installation-target-type": "integration", "x-github-hook-installation-target-id": APP_ID,
-        "x-hub-signature-256": sig}, body)
+    resp = app.post(
+        f"/webhook/{ORG}/github",
+        {
+            "content-type": "application/json",
+            "x-github-event": "push",
+            "x-github-delivery": SANITY,
+            "x-github-hook-installation-target-type": "integration",
+            "x-github-hook-installation-target-id": APP_ID,
+            "x-hub-signature-256": sig,
+        },
+        body,
+    )
     assert resp.status_code == 202, resp.text
     assert app.recorded(delivery=SANITY) == 1

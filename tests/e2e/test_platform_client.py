@@ -47,8 +47,16 @@ APP_ID = "123456"
 SECRET = "whsec-demo"
 BOUND = 15.0
 FAST_RELAY = RelaySettings(ack_timeout=3.0, auth_timeout=2.0, revocation_check_interval=0.2)
-FAST = {"heartbeat_interval": 0.3, "ping_interval": 5.0, "ping_timeout": 5.0, "source_poll_interval": 0.2,
-        "outbox_poll_interval": 0.05, "trim_interval": 0.1, "max_delay_ms": 300.0, "register_ack_timeout": 2.0}
+FAST = {
+    "heartbeat_interval": 0.3,
+    "ping_interval": 5.0,
+    "ping_timeout": 5.0,
+    "source_poll_interval": 0.2,
+    "outbox_poll_interval": 0.05,
+    "trim_interval": 0.1,
+    "max_delay_ms": 300.0,
+    "register_ack_timeout": 2.0,
+}
 
 
 def sign(body: bytes, secret: str = SECRET) -> str:
@@ -56,9 +64,14 @@ def sign(body: bytes, secret: str = SECRET) -> str:
 
 
 def github_headers(body: bytes, delivery: str, *, secret: str = SECRET, event: str = "push") -> dict[str, str]:
-    return {"Content-Type": "application/json", "X-GitHub-Event": event, "X-GitHub-Delivery": delivery,
-            "X-GitHub-Hook-Installation-Target-Type": "integration",
-            "X-GitHub-Hook-Installation-Target-ID": APP_ID, "X-Hub-Signature-256": sign(body, secret)}
+    return {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+        "X-GitHub-Hook-Installation-Target-Type": "integration",
+        "X-GitHub-Hook-Installation-Target-ID": APP_ID,
+        "X-Hub-Signature-256": sign(body, secret),
+    }
 
 
 def _connection_status() -> float | None:
@@ -76,14 +89,27 @@ def test_backoff_follows_the_spec_table() -> None:
 
 
 def _start(message_id: str = "m1", total: int = 6, count: int = 2, **extra: Any) -> dict[str, Any]:
-    return {"type": "webhook.relay.start", "messageId": message_id, "routingKey": "github:1", "deliveryId": "d1",
-            "event": "push", "headers": {"Content-Type": "application/json"}, "totalSize": total,
-            "chunkCount": count, **extra}
+    return {
+        "type": "webhook.relay.start",
+        "messageId": message_id,
+        "routingKey": "github:1",
+        "deliveryId": "d1",
+        "event": "push",
+        "headers": {"Content-Type": "application/json"},
+        "totalSize": total,
+        "chunkCount": count,
+        **extra,
+    }
 
 
 def _chunk(seq: int, data: bytes, *, final: bool, message_id: str = "m1") -> dict[str, Any]:
-    return {"type": "webhook.relay.chunk", "messageId": message_id, "sequence": seq,
-            "data": base64.b64encode(data).decode(), "final": final}
+    return {
+        "type": "webhook.relay.chunk",
+        "messageId": message_id,
+        "sequence": seq,
+        "data": base64.b64encode(data).decode(),
+        "final": final,
+    }
 
 
 def test_reassembly_joins_ordered_chunks_and_lowercases_headers() -> None:
@@ -143,14 +169,23 @@ def test_source_diff_rules() -> None:
 
 def test_forwarded_messages_follow_the_field_rules() -> None:
     out = messages.finish(
-        {"type": "execution.status", "runId": "r", "workflowName": "w" * 300, "status": "success",
-         "sha": None, "parentRunId": None, "orgId": "acme", "startedAt": 1},
-        message_id="mid", timestamp_ms=42)
+        {
+            "type": "execution.status",
+            "runId": "r",
+            "workflowName": "w" * 300,
+            "status": "success",
+            "sha": None,
+            "parentRunId": None,
+            "orgId": "acme",
+            "startedAt": 1,
+        },
+        message_id="mid",
+        timestamp_ms=42,
+    )
     assert out["messageId"] == "mid" and out["timestamp"] == 42
     assert "sha" not in out and out["parentRunId"] is None and "orgId" not in out
     assert out["workflowName"] == "w" * 128
-    kept = messages.finish({"type": "log.chunk", "messageId": "keep", "timestamp": 7}, message_id="x",
-                           timestamp_ms=1)
+    kept = messages.finish({"type": "log.chunk", "messageId": "keep", "timestamp": 7}, message_id="x", timestamp_ms=1)
     assert kept["messageId"] == "keep" and kept["timestamp"] == 7
 
 
@@ -176,19 +211,27 @@ class Harness:
 
     async def post_github(self, body: bytes, delivery: str, **kw: Any) -> httpx.Response:
         async with httpx.AsyncClient(timeout=BOUND) as http:
-            return await http.post(f"{self.relay.base_url}/webhook/{ORG}/github", content=body,
-                                   headers=github_headers(body, delivery, **kw))
+            return await http.post(
+                f"{self.relay.base_url}/webhook/{ORG}/github",
+                content=body,
+                headers=github_headers(body, delivery, **kw),
+            )
 
     async def messages(self, *types: str, since: int = 0, wait: float = 0) -> list[dict[str, Any]]:
         async with httpx.AsyncClient(timeout=BOUND + 5) as http:
-            r = await http.get(f"{self.relay.base_url}/api/messages",
-                               params={"type": ",".join(types), "since": since, "wait": wait, "limit": 10_000})
+            r = await http.get(
+                f"{self.relay.base_url}/api/messages",
+                params={"type": ",".join(types), "since": since, "wait": wait, "limit": 10_000},
+            )
         return list(r.json()["messages"])
 
     async def wait_messages(self, *types: str, count: int) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
-        with waits.within(BOUND, f"{count} {'/'.join(types)} message(s) recorded by the relay",
-                          lambda: f"{len(found)} recorded; client {_client_state(self.client)}"):
+        with waits.within(
+            BOUND,
+            f"{count} {'/'.join(types)} message(s) recorded by the relay",
+            lambda: f"{len(found)} recorded; client {_client_state(self.client)}",
+        ):
             while True:
                 found = await self.messages(*types)
                 if len(found) >= count:
@@ -202,19 +245,25 @@ class Harness:
 
 
 @asynccontextmanager
-async def harness(tmp_path: Path, *, orch_secret: str = SECRET, token: str | None = None,
-                  **overrides: Any) -> AsyncIterator[Harness]:
+async def harness(
+    tmp_path: Path, *, orch_secret: str = SECRET, token: str | None = None, **overrides: Any
+) -> AsyncIterator[Harness]:
     clock = FakeClock()
     inbox = FakeDeliveryInbox(FakeBlobStore(), clock)
     sources = FakeSourceStore(clock)
     secrets = FakeSecretStore()
-    await sources.add_github(GitHubSource(id="src-1", routing_key=f"github:{APP_ID}", name="acme-app",
-                                          app_id=APP_ID))
+    await sources.add_github(GitHubSource(id="src-1", routing_key=f"github:{APP_ID}", name="acme-app", app_id=APP_ID))
     await secrets.put("__system__", "__source__/src-1", "webhookSecret", orch_secret)
     woken: list[int] = []
-    ctx = AppContext(mode="platform", sources=sources, secrets=secrets, inbox=inbox, event_log=inbox,
-                     clock=clock,
-                     wake_worker=lambda: woken.append(1))
+    ctx = AppContext(
+        mode="platform",
+        sources=sources,
+        secrets=secrets,
+        inbox=inbox,
+        event_log=inbox,
+        clock=clock,
+        wake_worker=lambda: woken.append(1),
+    )
     outbox = MemoryPlatformOutbox()
     async with running_relay(str(tmp_path / "relay.sqlite3"), FAST_RELAY) as relay:
         relay.store.add_github_source(org=ORG, app_id=APP_ID, webhook_secret=SECRET)
@@ -231,8 +280,17 @@ async def harness(tmp_path: Path, *, orch_secret: str = SECRET, token: str | Non
         client = PlatformClient(config, handler=handle, sources=list_sources, outbox=outbox)
         async with anyio.create_task_group() as tg:
             tg.start_soon(client.run)
-            yield Harness(relay=relay, ctx=ctx, inbox=inbox, sources=sources, secrets=secrets, outbox=outbox,
-                          client=client, token=raw, woken=woken)
+            yield Harness(
+                relay=relay,
+                ctx=ctx,
+                inbox=inbox,
+                sources=sources,
+                secrets=secrets,
+                outbox=outbox,
+                client=client,
+                token=raw,
+                woken=woken,
+            )
             tg.cancel_scope.cancel()
 
 
@@ -245,8 +303,12 @@ async def test_connects_registers_and_accepts_a_relayed_push(tmp_path: Path) -> 
         registered = await h.wait_messages("source.register", count=1)
         first = registered[0]["message"]
         assert [s["routingKey"] for s in first["sources"]] == [f"github:{APP_ID}"]
-        assert first["sources"][0] == {"provider": "github", "routingKey": f"github:{APP_ID}", "name": "acme-app",
-                                       "subtype": "github_app"}
+        assert first["sources"][0] == {
+            "provider": "github",
+            "routingKey": f"github:{APP_ID}",
+            "name": "acme-app",
+            "subtype": "github_app",
+        }
         assert first["mode"] == "platform"
         await _until_routed(h)
 
@@ -301,8 +363,13 @@ def _bounded(h: Harness, what: str) -> AbstractContextManager[None]:
 
 def _client_state(client: PlatformClient) -> dict[str, Any]:
     """What a timed-out wait on the platform client reports."""
-    return {"state": client.state, "sessions": client.sessions, "attempts": client.attempts,
-            "reconnect delays": len(client.delays), "accepted keys": sorted(client.accepted_keys)}
+    return {
+        "state": client.state,
+        "sessions": client.sessions,
+        "attempts": client.attempts,
+        "reconnect delays": len(client.delays),
+        "accepted keys": sorted(client.accepted_keys),
+    }
 
 
 async def _until_routed(h: Harness, key: str = f"github:{APP_ID}") -> None:
@@ -323,8 +390,7 @@ async def test_buffered_messages_arrive_in_order_after_a_dropped_link(tmp_path: 
             await h.client.wait_for("disconnected")
         assert _connection_status() == 0
         for i in range(1, 51):
-            await h.outbox.publish(platform_events.LogLines(run_id="r", job_id="j", step_index=0,
-                                                            lines=(f"line {i}",)))
+            await h.outbox.publish(platform_events.LogLines(run_id="r", job_id="j", step_index=0, lines=(f"line {i}",)))
         with _bounded(h, "session 2 of the platform client to authenticate"):
             await h.client.wait_for("authenticated", sessions=2)
         got = await h.wait_messages("log.chunk", count=50)
@@ -365,13 +431,22 @@ async def test_misbehaving_platform_frames_are_refused_without_dropping_the_link
         conn = h.connection_id()
         body = b'{"ref":"refs/heads/main"}'
         await h.relay.hub.inject(conn, "this is not json")
-        await h.relay.hub.inject(conn, {"type": "webhook.relay", "messageId": "legacy", "routingKey": "github:1",
-                                        "deliveryId": "legacy-1", "event": "push",
-                                        "body": body.decode()})
+        await h.relay.hub.inject(
+            conn,
+            {
+                "type": "webhook.relay",
+                "messageId": "legacy",
+                "routingKey": "github:1",
+                "deliveryId": "legacy-1",
+                "event": "push",
+                "body": body.decode(),
+            },
+        )
         await h.relay.hub.inject(conn, _start("oo", total=len(body), count=2, deliveryId="oo-1"))
         await h.relay.hub.inject(conn, _chunk(1, body, final=True, message_id="oo"))
-        await h.relay.hub.inject(conn, _start("big", total=protocol.WS_MAX_PAYLOAD_BYTES + 1, count=1,
-                                              deliveryId="big-1"))
+        await h.relay.hub.inject(
+            conn, _start("big", total=protocol.WS_MAX_PAYLOAD_BYTES + 1, count=1, deliveryId="big-1")
+        )
         await h.relay.hub.inject(conn, {"type": "dashboard.runs.list", "requestId": "q1"})
         acks = await h.wait_messages("webhook.ack", count=2)
         by_msg = {a["message"]["messageId"]: a["message"] for a in acks}
@@ -391,8 +466,9 @@ async def test_misbehaving_platform_frames_are_refused_without_dropping_the_link
 async def test_generic_relay_uses_the_direct_key_shape(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
         await h.wait_messages("source.register", count=1)
-        src = await h.sources.add_generic(GenericSource(id="deploys", org_id=ORG, name="deploys",
-                                                        routing_key=f"generic:{ORG}:deploys"))
+        src = await h.sources.add_generic(
+            GenericSource(id="deploys", org_id=ORG, name="deploys", routing_key=f"generic:{ORG}:deploys")
+        )
         await h.secrets.put("__system__", "__webhook__/deploys", "secret", "gen-secret")
         h.client.sources_changed()
         regs = await h.wait_messages("source.register", count=2)
@@ -401,9 +477,11 @@ async def test_generic_relay_uses_the_direct_key_shape(tmp_path: Path) -> None:
         body = b'{"status":"ok"}'
         sig = "sha256=" + hmac.new(b"gen-secret", body, hashlib.sha256).hexdigest()
         async with httpx.AsyncClient(timeout=BOUND) as http:
-            r = await http.post(f"{h.relay.base_url}/webhook/{ORG}/generic/deploys", content=body,
-                                headers={"Content-Type": "application/json", "X-Signature-256": sig,
-                                         "X-Delivery-Id": "gd-1"})
+            r = await http.post(
+                f"{h.relay.base_url}/webhook/{ORG}/generic/deploys",
+                content=body,
+                headers={"Content-Type": "application/json", "X-Signature-256": sig, "X-Delivery-Id": "gd-1"},
+            )
         assert r.status_code == 200, r.text
         entry = await h.inbox.get(ORG, f"generic:{ORG}:deploys:gd-1")
         assert entry is not None and entry.source == "relay" and entry.provider == "generic"

@@ -60,20 +60,36 @@ def free_port() -> int:
 
 
 def push_body(delivery: str) -> bytes:
-    return json.dumps({
-        "ref": "refs/heads/main", "before": "0" * 40, "after": SHA, "deleted": False,
-        "repository": {"full_name": REPO, "name": "api", "owner": {"login": ORG},
-                       "clone_url": f"https://github.com/{REPO}.git", "default_branch": "main"},
-        "head_commit": {"id": SHA, "message": f"change {delivery}"}, "commits": [],
-        "sender": {"login": "dev"},
-    }).encode()
+    return json.dumps(
+        {
+            "ref": "refs/heads/main",
+            "before": "0" * 40,
+            "after": SHA,
+            "deleted": False,
+            "repository": {
+                "full_name": REPO,
+                "name": "api",
+                "owner": {"login": ORG},
+                "clone_url": f"https://github.com/{REPO}.git",
+                "default_branch": "main",
+            },
+            "head_commit": {"id": SHA, "message": f"change {delivery}"},
+            "commits": [],
+            "sender": {"login": "dev"},
+        }
+    ).encode()
 
 
 def github_headers(body: bytes, delivery: str) -> dict[str, str]:
     sig = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    return {"Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": delivery,
-            "X-GitHub-Hook-Installation-Target-Type": "integration",
-            "X-GitHub-Hook-Installation-Target-ID": APP_ID, "X-Hub-Signature-256": sig}
+    return {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": delivery,
+        "X-GitHub-Hook-Installation-Target-Type": "integration",
+        "X-GitHub-Hook-Installation-Target-ID": APP_ID,
+        "X-Hub-Signature-256": sig,
+    }
 
 
 # --------------------------------------------------------------------------------------------- processes
@@ -107,8 +123,9 @@ class Orchestrator:
 
     async def wait_log(self, text: str, count: int) -> None:
         """Wait until ``count`` log lines of the process contain ``text``."""
-        with waits.within(BOUND, f"{count} kici-server log line(s) containing {text!r}",
-                          lambda: "\n".join(self.lines[-30:])):
+        with waits.within(
+            BOUND, f"{count} kici-server log line(s) containing {text!r}", lambda: "\n".join(self.lines[-30:])
+        ):
             while sum(text in line for line in self.lines) < count:
                 await self.changed.wait()
 
@@ -146,15 +163,20 @@ class Relay:
 
     async def messages(self, *types: str, since: int = 0, wait: float = 0) -> list[dict[str, Any]]:
         async with httpx.AsyncClient(timeout=BOUND) as http:
-            r = await http.get(f"{self.base_url}/api/messages",
-                               params={"type": ",".join(types), "since": since, "wait": wait, "limit": 10_000})
+            r = await http.get(
+                f"{self.base_url}/api/messages",
+                params={"type": ",".join(types), "since": since, "wait": wait, "limit": 10_000},
+            )
         return list(r.json()["messages"])
 
     async def wait_messages(self, *types: str, count: int, bound: float = BOUND) -> list[dict[str, Any]]:
         """Long-poll the relay until ``count`` messages of ``types`` were recorded."""
         found: list[dict[str, Any]] = []
-        with waits.within(bound, f"{count} {'/'.join(types)} message(s) recorded by the relay",
-                          lambda: f"{len(found)} recorded, the last {found[-3:]}"):
+        with waits.within(
+            bound,
+            f"{count} {'/'.join(types)} message(s) recorded by the relay",
+            lambda: f"{len(found)} recorded, the last {found[-3:]}",
+        ):
             while True:
                 found = await self.messages(*types)
                 if len(found) >= count:
@@ -175,8 +197,7 @@ async def relay(db_path: Path, port: int) -> AsyncIterator[Relay]:
             with waits.within(10, f"the relay to start serving on port {port}"):
                 await server.ready.wait()
             try:
-                yield Relay(base_url=f"http://127.0.0.1:{port}", ws_url=f"ws://127.0.0.1:{port}/ws",
-                            hub=app.state.hub)
+                yield Relay(base_url=f"http://127.0.0.1:{port}", ws_url=f"ws://127.0.0.1:{port}/ws", hub=app.state.hub)
             finally:
                 server.should_exit = True
     finally:
@@ -195,11 +216,20 @@ class World:
 
     def env(self, mode: str = "platform", **extra: str) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith("KICI_") and k != "GITHUB_API_URL"}
-        return {**base, "KICI_MODE": mode, "KICI_PLATFORM_URL": f"ws://127.0.0.1:{self.relay_port}/ws",
-                "KICI_PLATFORM_TOKEN": self.token, "KICI_DATABASE_URL": self.db_url,
-                "KICI_SECRET_KEY": SECRET_KEY, "KICI_HOST": "127.0.0.1", "KICI_PORT": str(free_port()),
-                "GITHUB_API_URL": self.gh.url, "KICI_DATA_DIR": str(self.data_dir),
-                "KICI_LOG_LEVEL": "info", **extra}
+        return {
+            **base,
+            "KICI_MODE": mode,
+            "KICI_PLATFORM_URL": f"ws://127.0.0.1:{self.relay_port}/ws",
+            "KICI_PLATFORM_TOKEN": self.token,
+            "KICI_DATABASE_URL": self.db_url,
+            "KICI_SECRET_KEY": SECRET_KEY,
+            "KICI_HOST": "127.0.0.1",
+            "KICI_PORT": str(free_port()),
+            "GITHUB_API_URL": self.gh.url,
+            "KICI_DATA_DIR": str(self.data_dir),
+            "KICI_LOG_LEVEL": "info",
+            **extra,
+        }
 
     async def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         async with await psycopg.AsyncConnection.connect(self.db_url) as conn:
@@ -224,8 +254,9 @@ async def world(db_url: str, gh: GitHubServer, tmp_path: Path) -> World:
     await db.open()
     try:
         source_id = str(uuid.uuid4())
-        await PgSourceStore(db).add_github(GitHubSource(id=source_id, routing_key=f"github:{APP_ID}",
-                                                        name="acme-app", app_id=APP_ID))
+        await PgSourceStore(db).add_github(
+            GitHubSource(id=source_id, routing_key=f"github:{APP_ID}", name="acme-app", app_id=APP_ID)
+        )
         store = PgSecretStore(db, bytes.fromhex(SECRET_KEY))
         await store.put("__system__", f"__source__/{source_id}", "webhookSecret", WEBHOOK_SECRET)
         await store.put("__system__", f"__source__/{source_id}", "privateKey", app_key().private_pem)
@@ -236,8 +267,9 @@ async def world(db_url: str, gh: GitHubServer, tmp_path: Path) -> World:
     rs.add_github_source(org=ORG, app_id=APP_ID, webhook_secret=WEBHOOK_SECRET)
     _, token = rs.create_key(org=ORG, name="orchestrator")
     rs.close()
-    return World(db_url=db_url, gh=gh, relay_db=relay_db, relay_port=free_port(), token=token,
-                 data_dir=tmp_path / "data")
+    return World(
+        db_url=db_url, gh=gh, relay_db=relay_db, relay_port=free_port(), token=token, data_dir=tmp_path / "data"
+    )
 
 
 # --------------------------------------------------------------------------------------------- tests
@@ -268,12 +300,14 @@ async def test_relayed_push_is_accepted_processed_and_traced(world: World) -> No
         assert regs[0]["message"]["mode"] == "platform"
         body = push_body("relay-1")
         async with httpx.AsyncClient(timeout=BOUND) as http:
-            resp = await http.post(f"{rl.base_url}/webhook/{ORG}/github", content=body,
-                                   headers=github_headers(body, "relay-1"))
+            resp = await http.post(
+                f"{rl.base_url}/webhook/{ORG}/github", content=body, headers=github_headers(body, "relay-1")
+            )
             assert resp.status_code == 200, resp.text
             # platform mode: the direct route is closed
-            direct = await http.post(f"{orch.url}/webhook/{ORG}/github", content=body,
-                                     headers=github_headers(body, "relay-1"))
+            direct = await http.post(
+                f"{orch.url}/webhook/{ORG}/github", content=body, headers=github_headers(body, "relay-1")
+            )
             assert direct.status_code == 403
             metrics_text = (await http.get(f"{orch.url}/metrics")).text
         assert "kici_platform_connection_status 1.0" in metrics_text
@@ -282,8 +316,9 @@ async def test_relayed_push_is_accepted_processed_and_traced(world: World) -> No
         assert not events[0]["problems"], events[0]["problems"]
         assert event["event"] == "started" and event["data"]["deliveryId"] == "relay-1"
         assert event["data"]["matchedWorkflows"] == 1 and event["data"]["repoIdentifier"] == REPO
-        rows = await world.query("SELECT source, status, matched_count FROM event_log WHERE delivery_id = %s",
-                                 "relay-1")
+        rows = await world.query(
+            "SELECT source, status, matched_count FROM event_log WHERE delivery_id = %s", "relay-1"
+        )
         assert rows == [("relay", "processed", 1)]
         runs = await world.query("SELECT count(*) FROM execution_runs WHERE delivery_id = %s", "relay-1")
         assert runs == [(1,)]
@@ -294,15 +329,26 @@ async def test_relayed_push_is_accepted_processed_and_traced(world: World) -> No
 def pr_body(delivery: str, head: str) -> bytes:
     """A ``pull_request`` ``opened`` from ``feature/retry`` into ``main`` (not a fork)."""
     side = {"repo": {"full_name": REPO}}
-    return json.dumps({
-        "action": "opened", "number": 12,
-        "pull_request": {"number": 12, "title": f"Retry {delivery}",
-                         "head": {"ref": "feature/retry", "sha": head, **side},
-                         "base": {"ref": "main", "sha": SHA, **side}},
-        "repository": {"full_name": REPO, "name": "api", "owner": {"login": ORG},
-                       "clone_url": f"https://github.com/{REPO}.git", "default_branch": "main"},
-        "sender": {"login": "contributor", "id": 31337},
-    }).encode()
+    return json.dumps(
+        {
+            "action": "opened",
+            "number": 12,
+            "pull_request": {
+                "number": 12,
+                "title": f"Retry {delivery}",
+                "head": {"ref": "feature/retry", "sha": head, **side},
+                "base": {"ref": "main", "sha": SHA, **side},
+            },
+            "repository": {
+                "full_name": REPO,
+                "name": "api",
+                "owner": {"login": ORG},
+                "clone_url": f"https://github.com/{REPO}.git",
+                "default_branch": "main",
+            },
+            "sender": {"login": "contributor", "id": 31337},
+        }
+    ).encode()
 
 
 async def test_a_new_run_is_forwarded_as_pending_with_its_commit(world: World, gh: GitHubServer) -> None:
@@ -313,8 +359,10 @@ async def test_a_new_run_is_forwarded_as_pending_with_its_commit(world: World, g
     async with relay(world.relay_db, world.relay_port) as rl, orchestrator(world.env()):
         await rl.wait_messages("source.register", count=1)
         async with httpx.AsyncClient(timeout=BOUND) as http:
-            for delivery, event, body in (("pending-push", "push", push_body("pending-push")),
-                                          ("pending-pr", "pull_request", pr_body("pending-pr", head))):
+            for delivery, event, body in (
+                ("pending-push", "push", push_body("pending-push")),
+                ("pending-pr", "pull_request", pr_body("pending-pr", head)),
+            ):
                 headers = {**github_headers(body, delivery), "X-GitHub-Event": event}
                 resp = await http.post(f"{rl.base_url}/webhook/{ORG}/github", content=body, headers=headers)
                 assert resp.status_code == 200, resp.text
@@ -324,8 +372,10 @@ async def test_a_new_run_is_forwarded_as_pending_with_its_commit(world: World, g
     assert set(runs) == {"pending-push", "pending-pr"}
     by_run = {s["message"]["runId"]: s for s in statuses}
     assert set(by_run) == set(runs.values())
-    for delivery, event, sha, ref in (("pending-push", "push", SHA, "main"),
-                                      ("pending-pr", "pull_request", head, "feature/retry")):
+    for delivery, event, sha, ref in (
+        ("pending-push", "push", SHA, "main"),
+        ("pending-pr", "pull_request", head, "feature/retry"),
+    ):
         recorded = by_run[runs[delivery]]
         assert not recorded["problems"], recorded["problems"]
         message = recorded["message"]
@@ -351,15 +401,17 @@ async def test_buffered_messages_survive_a_relay_outage_and_an_orchestrator_rest
         async with httpx.AsyncClient(timeout=BOUND) as http:
             for i in range(3):
                 body = push_body(f"outage-{i}")
-                r = await http.post(f"{orch.url}/webhook/{ORG}/github", content=body,
-                                    headers=github_headers(body, f"outage-{i}"))
+                r = await http.post(
+                    f"{orch.url}/webhook/{ORG}/github", content=body, headers=github_headers(body, f"outage-{i}")
+                )
                 assert r.status_code == 202, r.text
         await orch.wait_log("Webhook processed", 3)
         processed = await world.query("SELECT count(*) FROM event_log WHERE status = 'processed'")
         assert processed == [(3,)]
     # deliveries are processed concurrently, so the outbox (not the posting order) fixes the order to keep
     buffered = await world.query(
-        "SELECT payload->>'delivery_id' FROM platform_outbox WHERE kind = 'delivery_decided' ORDER BY seq")
+        "SELECT payload->>'delivery_id' FROM platform_outbox WHERE kind = 'delivery_decided' ORDER BY seq"
+    )
     assert sorted(row[0] for row in buffered) == [f"outage-{i}" for i in range(3)]
     # the orchestrator restarts first, then the relay comes back: everything buffered arrives, in order
     async with orchestrator(env), relay(world.relay_db, world.relay_port) as rl:
@@ -379,8 +431,9 @@ async def test_hybrid_same_delivery_both_ways_runs_once(world: World) -> None:
             for i in range(rounds):
                 delivery = f"both-{i}-{secrets.token_hex(4)}"
                 body = push_body(delivery)
-                results = await _post_both(http, body, delivery, f"{rl.base_url}/webhook/{ORG}/github",
-                                           f"{orch.url}/webhook/{ORG}/github")
+                results = await _post_both(
+                    http, body, delivery, f"{rl.base_url}/webhook/{ORG}/github", f"{orch.url}/webhook/{ORG}/github"
+                )
                 assert results["relay"].status_code == 200, results["relay"].text
                 assert results["direct"].status_code in (200, 202), results["direct"].text
                 direct_dup = results["direct"].json().get("duplicate") is True
@@ -393,12 +446,14 @@ async def test_hybrid_same_delivery_both_ways_runs_once(world: World) -> None:
         assert len(acks) == rounds and all(a["message"]["result"] == "accepted" for a in acks)
         await orch.wait_log("Webhook processed", rounds)
         per_delivery = await world.query(
-            "SELECT delivery_id, count(*) FROM execution_runs WHERE delivery_id LIKE 'both-%%' GROUP BY 1")
+            "SELECT delivery_id, count(*) FROM execution_runs WHERE delivery_id LIKE 'both-%%' GROUP BY 1"
+        )
         assert len(per_delivery) == rounds and all(n == 1 for _, n in per_delivery)
 
 
-async def _post_both(http: httpx.AsyncClient, body: bytes, delivery: str, relay_url: str,
-                     direct_url: str) -> dict[str, httpx.Response]:
+async def _post_both(
+    http: httpx.AsyncClient, body: bytes, delivery: str, relay_url: str, direct_url: str
+) -> dict[str, httpx.Response]:
     """POST the same signed delivery to both URLs at the same instant."""
     results: dict[str, httpx.Response] = {}
     go = anyio.Event()

@@ -50,7 +50,9 @@ def world(db_url: str, tmp_path: Path) -> Iterator[Independent]:
 
 def _children(w: Independent) -> list[psutil.Process]:
     assert w.proc.proc is not None
-    return [p for p in psutil.Process(w.proc.proc.pid).children() if "kici_runtime.orchestrator.processing" in p.cmdline()]
+    return [
+        p for p in psutil.Process(w.proc.proc.pid).children() if "kici_runtime.orchestrator.processing" in p.cmdline()
+    ]
 
 
 async def _one_child(w: Independent, other_than: int | None = None) -> psutil.Process:
@@ -78,13 +80,16 @@ async def _post(w: Independent, count: int, sha: str = SHA) -> set[str]:
 
 async def _processed_once(w: Independent, deliveries: set[str]) -> None:
     async def all_done() -> bool | None:
-        rows = await w.query("SELECT count(*) FROM event_log WHERE delivery_id = ANY(%s) AND status = 'processed'",
-                             list(deliveries))
+        rows = await w.query(
+            "SELECT count(*) FROM event_log WHERE delivery_id = ANY(%s) AND status = 'processed'", list(deliveries)
+        )
         return True if rows[0][0] == len(deliveries) else None
 
     await poll(all_done, describe=w.proc.tail, what=f"{len(deliveries)} deliveries to be processed")
-    rows = await w.query("SELECT delivery_id, count(*) FROM execution_runs WHERE delivery_id = ANY(%s) "
-                         "GROUP BY delivery_id", list(deliveries))
+    rows = await w.query(
+        "SELECT delivery_id, count(*) FROM execution_runs WHERE delivery_id = ANY(%s) GROUP BY delivery_id",
+        list(deliveries),
+    )
     assert {r[0]: r[1] for r in rows} == dict.fromkeys(deliveries, 1)
 
 
@@ -108,16 +113,21 @@ async def test_child_processes_deliveries_survives_sigkill_and_stops_on_sigterm(
     first = await _post(w, 5)
     await _processed_once(w, first)
     # the child's counters reach the serving process's /metrics
-    assert await poll(lambda: _matched_reaches(w, 5), describe=w.proc.tail,
-                      what="/metrics to count 5 matched deliveries") == 5
+    assert (
+        await poll(lambda: _matched_reaches(w, 5), describe=w.proc.tail, what="/metrics to count 5 matched deliveries")
+        == 5
+    )
 
     contents = f"/repos/{REPO}/contents/*"
     w.gh.delay(contents, 30, times=10_000)  # lock-file fetches hang: the child holds leases when it is killed
     fetched = len(w.gh.requests_for(contents))
     # A commit the child has not read the lock file of yet, so its processing must reach GitHub (and hang there).
     second = await _post(w, 6, sha=LATER_SHA)
-    await poll(lambda: _more_than(fetched, w.gh.requests_for(contents)), describe=w.proc.tail,
-               what="a lock-file fetch for the new commit to reach GitHub")
+    await poll(
+        lambda: _more_than(fetched, w.gh.requests_for(contents)),
+        describe=w.proc.tail,
+        what="a lock-file fetch for the new commit to reach GitHub",
+    )
     child.kill()
     child.wait(30)
     assert w.proc.running, "killing the child must not take the serving process down"
@@ -130,8 +140,12 @@ async def test_child_processes_deliveries_survives_sigkill_and_stops_on_sigterm(
     replacement = await _one_child(w, other_than=child.pid)
     await _processed_once(w, second)
     # the killed child's counts are kept and the replacement's are added: nothing lost, nothing counted twice
-    assert await poll(lambda: _matched_reaches(w, 11), describe=w.proc.tail,
-                      what="/metrics to count 11 matched deliveries") == 11
+    assert (
+        await poll(
+            lambda: _matched_reaches(w, 11), describe=w.proc.tail, what="/metrics to count 11 matched deliveries"
+        )
+        == 11
+    )
 
     code = await anyio.to_thread.run_sync(w.proc.stop)
     assert code == 0, w.proc.tail()

@@ -39,9 +39,7 @@ def sign(body: bytes, secret: str = SECRET) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def github_headers(
-    body: bytes, *, delivery: str = "d-1", event: str = "push", app_id: str = APP_ID
-) -> dict[str, str]:
+def github_headers(body: bytes, *, delivery: str = "d-1", event: str = "push", app_id: str = APP_ID) -> dict[str, str]:
     return {
         "Content-Type": "application/json",
         "X-GitHub-Event": event,
@@ -84,8 +82,11 @@ async def post_while(
         async with httpx.AsyncClient(base_url=relay.base_url, timeout=30) as client:
             results["response"] = await client.post(url, content=body, headers=headers)
 
-    with waits.within(20, f"the relay to answer POST {url} and the orchestrator peer to see it",
-                      lambda: {k: v for k, v in results.items()}):
+    with waits.within(
+        20,
+        f"the relay to answer POST {url} and the orchestrator peer to see it",
+        lambda: {k: v for k, v in results.items()},
+    ):
         async with anyio.create_task_group() as tg:
             tg.start_soon(sender)
             results["peer"] = await peer_side()
@@ -204,9 +205,7 @@ async def test_routing_patterns_decide_which_keys_are_accepted(relay: RunningRel
     _, token = relay.store.create_key(org=ORG, name="orch", patterns=("github:123456", "generic:*"))
     async with RelayPeer.connect(relay.ws_url) as peer:
         await peer.auth(token)
-        ack = await peer.register(
-            "github:123456", "github:999", "generic:acme:deploys", "generic:evil:x", "github:777"
-        )
+        ack = await peer.register("github:123456", "github:999", "generic:acme:deploys", "generic:evil:x", "github:777")
     accepted = {a["routingKey"]: a["webhookUrl"] for a in ack["accepted"]}
     rejected = {r["routingKey"]: r["reason"] for r in ack["rejected"]}
     assert accepted == {
@@ -220,9 +219,7 @@ async def test_routing_patterns_decide_which_keys_are_accepted(relay: RunningRel
 
 async def test_key_without_patterns_gets_every_source_and_deregister_removes(relay: RunningRelay) -> None:
     async with connected_peer(relay, "github:123456", "github:42") as peer:
-        await peer.send(
-            {"type": "source.deregister", "messageId": "m-1", "routingKeys": ["github:123456", "nope"]}
-        )
+        await peer.send({"type": "source.deregister", "messageId": "m-1", "routingKeys": ["github:123456", "nope"]})
         ack = await peer.recv_type("source.deregister.ack")
         assert ack == {"type": "source.deregister.ack", "messageId": "m-1", "removed": ["github:123456"]}
         body = b"{}"
@@ -247,9 +244,7 @@ async def test_delivery_goes_only_to_a_connection_allowed_for_the_key(relay: Run
             await allowed.ack(delivery)
             return str(delivery.start["deliveryId"])
 
-        resp, got = await post_while(
-            relay, f"/webhook/{ORG}/github", body, github_headers(body), orchestrator
-        )
+        resp, got = await post_while(relay, f"/webhook/{ORG}/github", body, github_headers(body), orchestrator)
         assert resp.status_code == 200 and got == "d-1"
         assert [c.key.name for c in relay.hub.candidates(ORG, "github:123456")] == ["orch"]
 
@@ -317,9 +312,7 @@ async def test_empty_body_is_one_empty_final_chunk(relay: RunningRelay) -> None:
             await peer.ack(delivery)
             return delivery
 
-        resp, delivery = await post_while(
-            relay, f"/webhook/{ORG}/github", body, github_headers(body), orchestrator
-        )
+        resp, delivery = await post_while(relay, f"/webhook/{ORG}/github", body, github_headers(body), orchestrator)
     assert resp.status_code == 200
     assert delivery.start["totalSize"] == 0 and delivery.start["chunkCount"] == 1
     assert delivery.chunks == [
@@ -374,9 +367,7 @@ async def test_ack_result_maps_to_http_status(relay: RunningRelay, result: str |
         if result == "rejected_unknown_source":
             # Negative cache: the next delivery is answered 404 by the relay itself, nothing is relayed.
             async with httpx.AsyncClient(base_url=relay.base_url) as client:
-                again = await client.post(
-                    f"/webhook/{ORG}/github", content=body, headers=github_headers(body)
-                )
+                again = await client.post(f"/webhook/{ORG}/github", content=body, headers=github_headers(body))
             assert again.status_code == 404
             assert again.json() == {"rejected": True, "reason": "Unknown organization"}
             assert relay.hub.candidates(ORG, "github:123456")[0].inflight == 0
@@ -442,9 +433,7 @@ async def test_bad_signature_is_rejected_at_the_relay_without_relaying(relay: Ru
             await peer.ack(delivery)
             return delivery
 
-        good, delivery = await post_while(
-            relay, f"/webhook/{ORG}/github", body, github_headers(body), orchestrator
-        )
+        good, delivery = await post_while(relay, f"/webhook/{ORG}/github", body, github_headers(body), orchestrator)
     # The first relayed frame the orchestrator ever saw is the good delivery's.
     assert good.status_code == 200 and delivery.start["deliveryId"] == "d-1"
     assert [f["type"] for f in peer.received][:3] == [
@@ -494,9 +483,7 @@ async def test_generic_webhook_is_verified_and_relayed(relay: RunningRelay) -> N
             await peer.ack(delivery)
             return delivery
 
-        resp, delivery = await post_while(
-            relay, f"/webhook/{ORG}/generic/deploys", body, headers, orchestrator
-        )
+        resp, delivery = await post_while(relay, f"/webhook/{ORG}/generic/deploys", body, headers, orchestrator)
     assert resp.status_code == 200 and resp.json()["deliveryId"] == "gen-7"
     start = delivery.start
     assert start["routingKey"] == "generic:acme:deploys"
@@ -533,13 +520,9 @@ async def test_forwarded_messages_are_recorded_and_listed(relay: RunningRelay) -
                 got["messages"] += more.json()["messages"]
                 got["lastSeq"] = more.json()["lastSeq"]
             everything = (
-                await client.get(
-                    "/api/messages", params={"since": 0, "type": "log.chunk,mystery.thing", "wait": 10}
-                )
+                await client.get("/api/messages", params={"since": 0, "type": "log.chunk,mystery.thing", "wait": 10})
             ).json()
-            later = await client.get(
-                "/api/messages", params={"since": got["lastSeq"], "type": "execution.status"}
-            )
+            later = await client.get("/api/messages", params={"since": got["lastSeq"], "type": "execution.status"})
     first, second = got["messages"]
     assert first["message"] == status and first["problems"] == [] and first["orgId"] == ORG
     assert second["message"]["messageId"] == "m3"

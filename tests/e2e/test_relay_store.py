@@ -53,8 +53,9 @@ def test_recorded_messages_are_written_behind_yet_every_read_sees_them(tmp_path:
     store = RelayStore(path)
     other = RelayStore(path)  # another connection to the file, as a second process would have
     try:
-        first = [store.record_message(org="acme", connection_id="c1", type="webhook.ack", body={"n": i})
-                 for i in range(3)]
+        first = [
+            store.record_message(org="acme", connection_id="c1", type="webhook.ack", body={"n": i}) for i in range(3)
+        ]
         assert [m.seq for m in first] == sorted({m.seq for m in first})  # strictly increasing
         assert [m.body for m in store.list_messages()] == [{"n": 0}, {"n": 1}, {"n": 2}]  # a read writes them
         store.record_message(org="acme", connection_id="c1", type="execution.event", body={"n": 3})

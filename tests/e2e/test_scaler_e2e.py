@@ -70,14 +70,24 @@ scalers:
 
 
 @asynccontextmanager
-async def world(db_url: str, tmp_path: Path, *, warm: int = 0, idle: int = 300, max_agents: int = 2,
-                engine: FakeEngine | None = None) -> AsyncIterator[tuple[Harness, FakeEngine]]:
+async def world(
+    db_url: str,
+    tmp_path: Path,
+    *,
+    warm: int = 0,
+    idle: int = 300,
+    max_agents: int = 2,
+    engine: FakeEngine | None = None,
+) -> AsyncIterator[tuple[Harness, FakeEngine]]:
     """A fake engine and an orchestrator whose scaler uses it; the scaler loop runs until the block ends."""
     folder = Path(tempfile.mkdtemp(prefix="kici-fe-"))  # unix socket paths must stay short
     try:
         own = engine is None
-        with (FakeEngine(folder / "docker.sock", images={IMAGE}, run_agents=True) if own
-              else contextlib.nullcontext(engine)) as fake:
+        with (
+            FakeEngine(folder / "docker.sock", images={IMAGE}, run_agents=True)
+            if own
+            else contextlib.nullcontext(engine)
+        ) as fake:
             assert fake is not None
             config = tmp_path / "scalers.yaml"
             config.write_text(scalers_yaml(fake.socket_path, max_agents=max_agents, warm=warm, idle=idle))
@@ -118,9 +128,11 @@ async def show(h: Harness, run_id: str) -> str:
 
 
 async def test_a_job_no_agent_takes_gets_a_container_runs_there_and_the_container_is_gone(
-        db_url: str, tmp_path: Path) -> None:
-    repo, sha = make_repo(tmp_path, [_job("build", ["linux", "container"],
-                                          [{"name": "where", "run": "echo running as $HOSTNAME-agent"}])])
+    db_url: str, tmp_path: Path
+) -> None:
+    repo, sha = make_repo(
+        tmp_path, [_job("build", ["linux", "container"], [{"name": "where", "run": "echo running as $HOSTNAME-agent"}])]
+    )
     async with world(db_url, tmp_path) as (h, fake):
         await h.add_local_source(repo)
         await h.push(repo, sha)
@@ -151,12 +163,15 @@ async def test_a_job_no_agent_takes_gets_a_container_runs_there_and_the_containe
 async def test_runs_show_says_why_jobs_wait_capacity_image_and_engine_errors(db_url: str, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     hold = [{"name": "hold", "run": f"while [ ! -e {gate} ]; do sleep 0.2; done"}]
-    repo, sha = make_repo(tmp_path, [
-        _job("first", ["linux", "container"], hold),
-        _job("other", ["linux", "container"], hold),
-        _job("after", ["linux", "container"], [{"name": "quick", "run": "true"}], needs=["first", "other"]),
-        _job("gpu", ["linux", "special"], [{"name": "never", "run": "true"}]),
-    ])
+    repo, sha = make_repo(
+        tmp_path,
+        [
+            _job("first", ["linux", "container"], hold),
+            _job("other", ["linux", "container"], hold),
+            _job("after", ["linux", "container"], [{"name": "quick", "run": "true"}], needs=["first", "other"]),
+            _job("gpu", ["linux", "special"], [{"name": "never", "run": "true"}]),
+        ],
+    )
     async with world(db_url, tmp_path, max_agents=1) as (h, fake):
         scaler = h.orch.scaler if h.orch else None
         assert scaler is not None
@@ -168,14 +183,17 @@ async def test_runs_show_says_why_jobs_wait_capacity_image_and_engine_errors(db_
         run_id = str(runs[0]["run_id"])
 
         async def reasons() -> dict[str, str]:
-            jobs = await h.query("SELECT j.job_name, q.last_provisioning_error FROM execution_jobs j"
-                                 " JOIN dispatch_queue q ON q.id = j.job_id WHERE q.status = 'pending'")
+            jobs = await h.query(
+                "SELECT j.job_name, q.last_provisioning_error FROM execution_jobs j"
+                " JOIN dispatch_queue q ON q.id = j.job_id WHERE q.status = 'pending'"
+            )
             return {j["job_name"]: j["last_provisioning_error"] for j in jobs}
 
         async def explained() -> bool:  # one holder runs; the other waits for the scaler's only slot
             r = await reasons()
-            return (r.get("gpu") or "").startswith("image ") and any((r.get(n) or "").startswith("scaler fake at capacity")
-                                              for n in ("first", "other"))
+            return (r.get("gpu") or "").startswith("image ") and any(
+                (r.get(n) or "").startswith("scaler fake at capacity") for n in ("first", "other")
+            )
 
         await h.wait_for(explained, what="waiting reasons written")
         out = await show(h, run_id)
@@ -184,8 +202,10 @@ async def test_runs_show_says_why_jobs_wait_capacity_image_and_engine_errors(db_
         line = next(line for line in out.splitlines() if line.startswith(waiting))
         assert "scaler fake at capacity (1/1 agents)" in line
         gpu = next(line for line in out.splitlines() if line.startswith("gpu"))
-        assert ("image kici-agent:not-built-here missing and the pull failed: pull access denied for "
-                "kici-agent, repository does not exist") in gpu
+        assert (
+            "image kici-agent:not-built-here missing and the pull failed: pull access denied for "
+            "kici-agent, repository does not exist"
+        ) in gpu
         # the engine refuses the next container: its own message reaches runs show
         fake.fail("POST", r"^/containers/create$", 500, "mkdir /var/lib/docker/overlay2/x: no space left on device")
         gate.touch()
@@ -208,18 +228,21 @@ async def test_runs_show_says_why_jobs_wait_capacity_image_and_engine_errors(db_
         assert (await h.jobs())["gpu"]["status"] == "pending"
         rows = await scaler_rows(h)
         assert {r["error"] for r in rows if r["state"] == "failed"} >= {
-            "container spawn failed: mkdir /var/lib/docker/overlay2/x: no space left on device"}
+            "container spawn failed: mkdir /var/lib/docker/overlay2/x: no space left on device"
+        }
         # never more than maxAgents=1 at once: containers ran one after another
         spans = sorted((r["created_at"], r["ended_at"]) for r in rows if r["state"] == "removed")
         assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans)), spans
 
 
-async def test_warm_pool_serves_a_job_then_refills_and_empties_after_idle_timeout(db_url: str,
-                                                                                  tmp_path: Path) -> None:
+async def test_warm_pool_serves_a_job_then_refills_and_empties_after_idle_timeout(db_url: str, tmp_path: Path) -> None:
     repo, sha = make_repo(tmp_path, [_job("build", ["linux", "container"], [{"name": "s", "run": "true"}])])
     async with world(db_url, tmp_path, warm=1, idle=3600) as (h, fake):
-        warm = await wait_rows(h, "a warm container connected",
-                               lambda rs: any(r["state"] == "running" and r["bound_job_id"] is None for r in rs))
+        warm = await wait_rows(
+            h,
+            "a warm container connected",
+            lambda rs: any(r["state"] == "running" and r["bound_job_id"] is None for r in rs),
+        )
         first = next(r["agent_id"] for r in warm if r["bound_job_id"] is None)
         assert h.orch is not None and h.orch.agents is not None
 
@@ -233,17 +256,26 @@ async def test_warm_pool_serves_a_job_then_refills_and_empties_after_idle_timeou
         run = await h.run_done()
         assert run["status"] == "success"
         assert (await h.jobs())["build"]["agent_id"] == first  # no new container for the job
-        rows = await wait_rows(h, "the used warm container removed and the pool refilled",
-                               lambda rs: any(r["agent_id"] == first and r["state"] == "removed" for r in rs)
-                               and any(r["state"] == "running" for r in rs))
-        assert all(r["bound_job_id"] is None for r in rows), [(r["agent_id"], r["bound_job_id"], r["state"], r["error"], r["created_at"].time()) for r in rows]
+        rows = await wait_rows(
+            h,
+            "the used warm container removed and the pool refilled",
+            lambda rs: (
+                any(r["agent_id"] == first and r["state"] == "removed" for r in rs)
+                and any(r["state"] == "running" for r in rs)
+            ),
+        )
+        assert all(r["bound_job_id"] is None for r in rows), [
+            (r["agent_id"], r["bound_job_id"], r["state"], r["error"], r["created_at"].time()) for r in rows
+        ]
         assert h.orch.scaler is not None
         h.orch.scaler.config = load_scaler_config_with_idle(tmp_path, fake, idle=1)
         h.orch.scaler._last_demand["fake"] = 0.0  # long ago: the pool is past its idle timeout
         h.orch.scaler.wake()
-        rows = await wait_rows(h, "the pool emptied after its idle timeout",
-                               lambda rs: all(r["state"] in ("removed", "failed") for r in rs
-                                              if r["scaler_name"] == "fake"))
+        rows = await wait_rows(
+            h,
+            "the pool emptied after its idle timeout",
+            lambda rs: all(r["state"] in ("removed", "failed") for r in rs if r["scaler_name"] == "fake"),
+        )
         assert [r["error"] for r in rows][-1] == "warm pool idle timeout"
         assert not [c for c in fake.live() if c.labels.get("kici-managed") == "true"]
 
@@ -263,25 +295,40 @@ async def test_restart_removes_orphans_and_closes_rows_of_vanished_containers(db
             async with db:
                 # what a crashed process left behind: a live row whose container is gone, a live row with its
                 # container still there, and a kici-managed container nobody has a row for
-                kept = fake.add_container("kici-fake-kept0001", {"kici-managed": "true", "kici-agent-id": "kici-fake-kept0001"})
-                fake.add_container("kici-fake-orphan01", {"kici-managed": "true", "kici-agent-id": "kici-fake-orphan01"})
+                kept = fake.add_container(
+                    "kici-fake-kept0001", {"kici-managed": "true", "kici-agent-id": "kici-fake-kept0001"}
+                )
+                fake.add_container(
+                    "kici-fake-orphan01", {"kici-managed": "true", "kici-agent-id": "kici-fake-orphan01"}
+                )
                 fake.add_container("someone-elses", {"app": "web"})
                 async with db.connection() as conn:
                     for agent_id, cid in (("kici-fake-gone0001", "deadbeef"), ("kici-fake-kept0001", kept.id)):
-                        await conn.execute("INSERT INTO scaler_agents (agent_id, scaler_name, label_set, state,"
-                                           " container_id) VALUES (%s, 'fake', 0, 'running', %s)", (agent_id, cid))
+                        await conn.execute(
+                            "INSERT INTO scaler_agents (agent_id, scaler_name, label_set, state,"
+                            " container_id) VALUES (%s, 'fake', 0, 'running', %s)",
+                            (agent_id, cid),
+                        )
                 prepared = await startup.prepare(config, env={})
                 service = scaler_service.ScalerService(
-                    prepared, db=db, tokens=PgTokenStore(db), orchestrator_url="ws://127.0.0.1:9/ws",
-                    token_ttl_s=60, forwarded_env={}, instance_id="test")
+                    prepared,
+                    db=db,
+                    tokens=PgTokenStore(db),
+                    orchestrator_url="ws://127.0.0.1:9/ws",
+                    token_ttl_s=60,
+                    forwarded_env={},
+                    instance_id="test",
+                )
                 await service._restore()
                 names = {c.name for c in fake.live()}
                 assert names == {"kici-fake-kept0001", "someone-elses"}
                 async with db.connection() as conn:
                     cur = await conn.execute("SELECT agent_id, state, error FROM scaler_agents ORDER BY agent_id")
                     rows = {r["agent_id"]: (r["state"], r["error"]) for r in await cur.fetchall()}
-                assert rows == {"kici-fake-gone0001": ("removed", "container gone after an orchestrator restart"),
-                                "kici-fake-kept0001": ("running", None)}
+                assert rows == {
+                    "kici-fake-gone0001": ("removed", "container gone after an orchestrator restart"),
+                    "kici-fake-kept0001": ("running", None),
+                }
                 # the kept container's agent never connects: after the start timeout a pass removes it
                 service._start_timeout = 0.0
                 plan = await service.pass_once()
@@ -299,8 +346,9 @@ def _write(path: Path, text: str) -> Path:
 
 async def test_two_processes_on_one_database_spawn_once_per_job(db_url: str, tmp_path: Path) -> None:
     folder = Path(tempfile.mkdtemp(prefix="kici-fe-"))
-    repo, sha = make_repo(tmp_path, [_job(f"j{i}", ["linux", "container"], [{"name": "s", "run": "true"}])
-                                     for i in range(3)])
+    repo, sha = make_repo(
+        tmp_path, [_job(f"j{i}", ["linux", "container"], [{"name": "s", "run": "true"}]) for i in range(3)]
+    )
     try:
         with FakeEngine(folder / "docker.sock", images={IMAGE}) as fake:  # containers never connect
             config = load_scaler_config(_write(tmp_path / "s.yaml", scalers_yaml(fake.socket_path, max_agents=5)))
@@ -311,8 +359,14 @@ async def test_two_processes_on_one_database_spawn_once_per_job(db_url: str, tmp
                 async with db:
                     prepared = await startup.prepare(config, env={})
                     other = scaler_service.ScalerService(
-                        prepared, db=db, tokens=PgTokenStore(db), orchestrator_url="ws://127.0.0.1:9/ws",
-                        token_ttl_s=60, forwarded_env={}, instance_id="second")
+                        prepared,
+                        db=db,
+                        tokens=PgTokenStore(db),
+                        orchestrator_url="ws://127.0.0.1:9/ws",
+                        token_ttl_s=60,
+                        forwarded_env={},
+                        instance_id="second",
+                    )
                     await wait_rows(h, "three containers", lambda rs: len(rs) >= 3)
                     async with anyio.create_task_group() as tg:  # both passes at once, many times
                         for _ in range(5):

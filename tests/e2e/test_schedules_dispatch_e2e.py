@@ -29,23 +29,54 @@ ADMIN = "kat-admin-schedules-" + "7" * 20
 ENV = {"KICI_SECRET_KEY": "ab" * 32, "KICI_BOOTSTRAP_ADMIN_TOKEN": ADMIN}
 SHOW_EVENT = {"name": "show", "run": 'echo "event=$KICI_EVENT_TYPE"; cat "$KICI_EVENT_PATH"'}
 NIGHTLY = {
-    "name": "nightly", "source": {"file": ".kici/workflows/nightly.ts", "export": "#default"},
-    "contentHash": "n", "compileSchemaVersion": 5,
-    "triggers": [{"_type": "schedule", "cronExpression": "*/15 * * * *", "timezone": "Europe/Berlin",
-                  "description": "sweep",
-                  "inputs": {"depth": {"type": "integer", "optional": False, "nullable": False, "default": 3}}}],
-    "jobs": [{"_type": "static", "name": "sweep", "runsOn": [{"kind": "exact", "value": "e2e"}], "needs": [],
-              "steps": [SHOW_EVENT]}],
+    "name": "nightly",
+    "source": {"file": ".kici/workflows/nightly.ts", "export": "#default"},
+    "contentHash": "n",
+    "compileSchemaVersion": 5,
+    "triggers": [
+        {
+            "_type": "schedule",
+            "cronExpression": "*/15 * * * *",
+            "timezone": "Europe/Berlin",
+            "description": "sweep",
+            "inputs": {"depth": {"type": "integer", "optional": False, "nullable": False, "default": 3}},
+        }
+    ],
+    "jobs": [
+        {
+            "_type": "static",
+            "name": "sweep",
+            "runsOn": [{"kind": "exact", "value": "e2e"}],
+            "needs": [],
+            "steps": [SHOW_EVENT],
+        }
+    ],
 }
 DEPLOY = {
-    "name": "deploy", "source": {"file": ".kici/workflows/deploy.ts", "export": "#default"},
-    "contentHash": "d", "compileSchemaVersion": 5,
-    "triggers": [{"_type": "dispatch", "types": ["deploy"], "inputs": {
-        "env": {"type": "enum", "values": ["staging", "prod"], "optional": False, "nullable": False},
-        "count": {"type": "integer", "min": 1, "max": 5, "optional": True, "nullable": False},
-        "dry": {"type": "boolean", "optional": False, "nullable": False, "default": False}}}],
-    "jobs": [{"_type": "static", "name": "ship", "runsOn": [{"kind": "exact", "value": "e2e"}], "needs": [],
-              "steps": [SHOW_EVENT]}],
+    "name": "deploy",
+    "source": {"file": ".kici/workflows/deploy.ts", "export": "#default"},
+    "contentHash": "d",
+    "compileSchemaVersion": 5,
+    "triggers": [
+        {
+            "_type": "dispatch",
+            "types": ["deploy"],
+            "inputs": {
+                "env": {"type": "enum", "values": ["staging", "prod"], "optional": False, "nullable": False},
+                "count": {"type": "integer", "min": 1, "max": 5, "optional": True, "nullable": False},
+                "dry": {"type": "boolean", "optional": False, "nullable": False, "default": False},
+            },
+        }
+    ],
+    "jobs": [
+        {
+            "_type": "static",
+            "name": "ship",
+            "runsOn": [{"kind": "exact", "value": "e2e"}],
+            "needs": [],
+            "steps": [SHOW_EVENT],
+        }
+    ],
 }
 
 
@@ -53,8 +84,12 @@ def make_repo(root: Path) -> tuple[Path, str]:
     """A repo on ``main`` whose lock file (upstream format) has a scheduled and a dispatch-only workflow."""
     repo = root / "repo"
     (repo / ".kici").mkdir(parents=True)
-    lock = {"schemaVersion": 29, "source": {"file": ".kici/workflows/nightly.ts", "export": "#default"},
-            "contentHash": "h", "workflows": [NIGHTLY, DEPLOY]}
+    lock = {
+        "schemaVersion": 29,
+        "source": {"file": ".kici/workflows/nightly.ts", "export": "#default"},
+        "contentHash": "h",
+        "workflows": [NIGHTLY, DEPLOY],
+    }
     (repo / ".kici" / "kici.lock.json").write_text(json.dumps(lock))
     _git(repo.parent, "init", "-q", "-b", "main", str(repo))
     _git(repo, "add", "-A")
@@ -95,19 +130,20 @@ async def finished_run(h: Harness, run_id: str) -> dict[str, Any]:
     try:
         await h.wait_for(done, what=f"run {run_id} finished", limit=90)
     except TimeoutError:
-        raise AssertionError(f"run {run_id} did not finish: {row} {await h.query('SELECT * FROM event_log')}") \
-            from None
+        raise AssertionError(f"run {run_id} did not finish: {row} {await h.query('SELECT * FROM event_log')}") from None
     return row
 
 
 async def job_log(h: Harness, run_id: str) -> str:
-    rows = await h.query("SELECT content FROM log_chunks WHERE run_id::text = %(id)s AND step_index = 0"
-                         " ORDER BY id", id=run_id)
+    rows = await h.query(
+        "SELECT content FROM log_chunks WHERE run_id::text = %(id)s AND step_index = 0 ORDER BY id", id=run_id
+    )
     return "\n".join(r["content"] or "" for r in rows)
 
 
-async def test_a_due_schedule_fires_once_runs_on_the_agent_and_a_missed_one_runs_once(db_url: str,
-                                                                                      tmp_path: Path) -> None:
+async def test_a_due_schedule_fires_once_runs_on_the_agent_and_a_missed_one_runs_once(
+    db_url: str, tmp_path: Path
+) -> None:
     repo, sha = make_repo(tmp_path)
     async with harness(db_url, tmp_path, **ENV) as (h, _):
         assert h.orch is not None and h.orch.scheduler is not None
@@ -117,7 +153,10 @@ async def test_a_due_schedule_fires_once_runs_on_the_agent_and_a_missed_one_runs
         await registered(h, repo, sha)
         [listed] = await schedules(h)
         assert (listed["workflow"], listed["cronExpression"], listed["timezone"]) == (
-            "nightly", "*/15 * * * *", "Europe/Berlin")
+            "nightly",
+            "*/15 * * * *",
+            "Europe/Berlin",
+        )
         assert listed["lastFireAt"] is None and listed["error"] is None
         due = _at(listed["nextFireAt"])
         assert due.minute % 15 == 0 and due.second == 0
@@ -129,18 +168,27 @@ async def test_a_due_schedule_fires_once_runs_on_the_agent_and_a_missed_one_runs
         [duty] = await h.query("SELECT instance_id FROM cluster_duties WHERE duty = 'schedules'")
         assert duty["instance_id"]  # the firing process is named in /cluster/health and `kici-admin cluster status`
 
-        rows = await h.query("SELECT source, event, status, matched_count, run_id::text AS run_id, decision_trace"
-                             " FROM event_log WHERE delivery_id = %(d)s", d=fired[0])
+        rows = await h.query(
+            "SELECT source, event, status, matched_count, run_id::text AS run_id, decision_trace"
+            " FROM event_log WHERE delivery_id = %(d)s",
+            d=fired[0],
+        )
         run = await finished_run(h, (await poll_run(h, fired[0]))["run_id"])
         assert run["status"] == "success" and run["sha"] == sha and run["ref"] == "main"
-        [entry] = await h.query("SELECT source, event, status, matched_count, decision_trace FROM event_log"
-                                " WHERE delivery_id = %(d)s", d=fired[0])
+        [entry] = await h.query(
+            "SELECT source, event, status, matched_count, decision_trace FROM event_log WHERE delivery_id = %(d)s",
+            d=fired[0],
+        )
         assert (entry["source"], entry["event"], entry["status"], entry["matched_count"]) == (
-            "internal", "schedule", "processed", 1)
+            "internal",
+            "schedule",
+            "processed",
+            1,
+        )
         assert entry["decision_trace"]["matchedWorkflows"] == ["nightly"]
         log = await job_log(h, str(run["run_id"]))
         assert "event=schedule" in log
-        event = json.loads(log[log.index("{"):])
+        event = json.loads(log[log.index("{") :])
         assert event["payload"]["cronExpression"] == "*/15 * * * *"
         assert event["payload"]["scheduledAt"] == listed["nextFireAt"]
         assert event["payload"]["inputs"] == {"depth": 3}
@@ -167,8 +215,9 @@ async def poll_run(h: Harness, delivery: str) -> dict[str, Any]:
 
     async def ready() -> bool:
         nonlocal found
-        rows = await h.query("SELECT status, run_id::text AS run_id, error_message FROM event_log"
-                             " WHERE delivery_id = %(d)s", d=delivery)
+        rows = await h.query(
+            "SELECT status, run_id::text AS run_id, error_message FROM event_log WHERE delivery_id = %(d)s", d=delivery
+        )
         found = rows[0] if rows else {}
         return found.get("run_id") is not None
 
@@ -179,8 +228,7 @@ async def poll_run(h: Harness, delivery: str) -> dict[str, Any]:
     return found
 
 
-async def test_manual_runs_take_typed_inputs_and_bad_inputs_are_refused_by_path(db_url: str,
-                                                                                  tmp_path: Path) -> None:
+async def test_manual_runs_take_typed_inputs_and_bad_inputs_are_refused_by_path(db_url: str, tmp_path: Path) -> None:
     repo, sha = make_repo(tmp_path)
     async with harness(db_url, tmp_path, **ENV) as (h, _):
         await h.add_local_source(repo)
@@ -188,12 +236,16 @@ async def test_manual_runs_take_typed_inputs_and_bad_inputs_are_refused_by_path(
         await registered(h, repo, sha)
         base = ["runs", "dispatch", "--source", "repo", "--repo", "acme/repo", "--workflow", "deploy", "--ref", "main"]
 
-        bad = await kici_admin(h.base, ADMIN, *base, "--input", "env=qa", "--input", "count=9",
-                               "--input", "colour=red", check=False)
+        bad = await kici_admin(
+            h.base, ADMIN, *base, "--input", "env=qa", "--input", "count=9", "--input", "colour=red", check=False
+        )
         assert bad.code != 0
         assert "HTTP 400" in bad.stderr
-        for part in ("inputs.env must be one of: staging, prod", "inputs.count value must be at most 5",
-                     "inputs.colour unknown input"):
+        for part in (
+            "inputs.env must be one of: staging, prod",
+            "inputs.count value must be at most 5",
+            "inputs.colour unknown input",
+        ):
             assert part in bad.stderr, bad.stderr
         missing = await kici_admin(h.base, ADMIN, *base, check=False)
         assert missing.code != 0 and "inputs.env required" in missing.stderr, missing.stderr
@@ -206,20 +258,30 @@ async def test_manual_runs_take_typed_inputs_and_bad_inputs_are_refused_by_path(
         assert requested["inputs"] == {"env": "prod", "count": 2, "dry": False}
         assert requested["type"] == "deploy"
         async with httpx.AsyncClient(base_url=h.base, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
-            api = await http.post("/api/v1/admin/runs/dispatch", json={
-                "source": "repo", "repo": "acme/repo", "workflow": "deploy", "ref": "main",
-                "inputs": {"env": "staging", "dry": True}})
+            api = await http.post(
+                "/api/v1/admin/runs/dispatch",
+                json={
+                    "source": "repo",
+                    "repo": "acme/repo",
+                    "workflow": "deploy",
+                    "ref": "main",
+                    "inputs": {"env": "staging", "dry": True},
+                },
+            )
             assert api.status_code == 202, api.text
 
-        for answer, expected in ((requested, {"env": "prod", "count": 2, "dry": False}),
-                                 (api.json(), {"env": "staging", "dry": True})):
+        for answer, expected in (
+            (requested, {"env": "prod", "count": 2, "dry": False}),
+            (api.json(), {"env": "staging", "dry": True}),
+        ):
             run = await finished_run(h, answer["runId"])
             assert run["status"] == "success" and run["workflow_name"] == "deploy" and run["ref"] == "main"
             log = await job_log(h, answer["runId"])
-            event = json.loads(log[log.index("{"):])
+            event = json.loads(log[log.index("{") :])
             assert (event["type"], event["action"], event["payload"]["inputs"]) == ("dispatch", "deploy", expected)
-            [entry] = await h.query("SELECT source, status, matched_count FROM event_log WHERE delivery_id = %(d)s",
-                                    d=answer["deliveryId"])
+            [entry] = await h.query(
+                "SELECT source, status, matched_count FROM event_log WHERE delivery_id = %(d)s", d=answer["deliveryId"]
+            )
             assert (entry["source"], entry["status"], entry["matched_count"]) == ("internal", "processed", 1)
 
 
@@ -229,8 +291,9 @@ async def pushes_processed(h: Harness, count: int) -> list[dict[str, Any]]:
 
     async def done() -> bool:
         nonlocal rows
-        rows = await h.query("SELECT delivery_id, status, ref FROM event_log WHERE event = 'push'"
-                             " ORDER BY received_at, id")
+        rows = await h.query(
+            "SELECT delivery_id, status, ref FROM event_log WHERE event = 'push' ORDER BY received_at, id"
+        )
         return len(rows) == count and all(r["status"] == "processed" for r in rows)
 
     await h.wait_for(done, what=f"{count} pushes processed", seen=lambda: _rows(rows))
@@ -242,18 +305,23 @@ async def _rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def test_a_push_of_a_registered_commit_leaves_registrations_alone_and_a_changed_lock_file_replaces_them(
-        db_url: str, tmp_path: Path) -> None:
+    db_url: str, tmp_path: Path
+) -> None:
     repo, sha = make_repo(tmp_path)
-    registered_rows = ("SELECT r.workflow_name, r.sha, r.delivery_id, r.updated_at, s.cron_expression,"
-                       " s.next_fire_at, s.updated_at AS schedule_updated_at FROM workflow_registrations r"
-                       " LEFT JOIN workflow_schedules s ON s.registration_id = r.id ORDER BY r.workflow_name")
+    registered_rows = (
+        "SELECT r.workflow_name, r.sha, r.delivery_id, r.updated_at, s.cron_expression,"
+        " s.next_fire_at, s.updated_at AS schedule_updated_at FROM workflow_registrations r"
+        " LEFT JOIN workflow_schedules s ON s.registration_id = r.id ORDER BY r.workflow_name"
+    )
     async with harness(db_url, tmp_path, **ENV) as (h, _):
         await h.add_local_source(repo)
         await h.push(repo, sha)
         [first] = await pushes_processed(h, 1)
         before = await h.query(registered_rows)
         assert [(r["workflow_name"], r["sha"], r["delivery_id"], r["cron_expression"]) for r in before] == [
-            ("deploy", sha, first["delivery_id"], None), ("nightly", sha, first["delivery_id"], "*/15 * * * *")]
+            ("deploy", sha, first["delivery_id"], None),
+            ("nightly", sha, first["delivery_id"], "*/15 * * * *"),
+        ]
 
         # Another delivery of the same commit (GitHub redelivers, a tool pushes again): nothing to re-register.
         await h.push(repo, sha)
@@ -270,5 +338,7 @@ async def test_a_push_of_a_registered_commit_leaves_registrations_alone_and_a_ch
         third = (await pushes_processed(h, 3))[2]
         after = await h.query(registered_rows)
         assert [(r["workflow_name"], r["sha"], r["delivery_id"], r["cron_expression"]) for r in after] == [
-            ("deploy", changed, third["delivery_id"], None), ("nightly", changed, third["delivery_id"], "0 * * * *")]
+            ("deploy", changed, third["delivery_id"], None),
+            ("nightly", changed, third["delivery_id"], "0 * * * *"),
+        ]
         assert after[1]["next_fire_at"].minute == 0  # computed for the new expression

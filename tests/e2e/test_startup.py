@@ -46,8 +46,14 @@ def gh() -> Iterator[GitHubServer]:
 
 def _refusal(command: str, env: dict[str, str]) -> tuple[int, list[str], list[str]]:
     """Run an entry point that must refuse to start: exit code, stdout lines, stderr lines."""
-    result = subprocess.run([str(BIN / command)], env={"KICI_PORT": "0", "KICI_HOST": "127.0.0.1", **env},
-                            capture_output=True, timeout=BOUND, check=False, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [str(BIN / command)],
+        env={"KICI_PORT": "0", "KICI_HOST": "127.0.0.1", **env},
+        capture_output=True,
+        timeout=BOUND,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     return result.returncode, result.stdout.decode().splitlines(), result.stderr.decode().splitlines()
 
 
@@ -58,12 +64,19 @@ def _assert_one_line_fatal(out: list[str], err: list[str], command: str, message
     assert not any("Traceback" in line for line in out + err)
 
 
-@pytest.mark.parametrize("command, mode", [("kici-standalone", "independent"), ("kici-server", "platform"),
-                                           ("kici-server", "hybrid")])
-async def test_every_mode_refuses_to_start_without_a_master_key(db_url: str, tmp_path: Path, command: str,
-                                                                mode: str) -> None:
-    env = clean_env(KICI_MODE=mode, KICI_DATABASE_URL=db_url, KICI_DATA_DIR=str(tmp_path),
-                    KICI_PLATFORM_URL="ws://127.0.0.1:9/ws", KICI_PLATFORM_TOKEN="platform-token-value")
+@pytest.mark.parametrize(
+    "command, mode", [("kici-standalone", "independent"), ("kici-server", "platform"), ("kici-server", "hybrid")]
+)
+async def test_every_mode_refuses_to_start_without_a_master_key(
+    db_url: str, tmp_path: Path, command: str, mode: str
+) -> None:
+    env = clean_env(
+        KICI_MODE=mode,
+        KICI_DATABASE_URL=db_url,
+        KICI_DATA_DIR=str(tmp_path),
+        KICI_PLATFORM_URL="ws://127.0.0.1:9/ws",
+        KICI_PLATFORM_TOKEN="platform-token-value",
+    )
     code, out, err = _refusal(command, env)
     assert code == 1
     _assert_one_line_fatal(out, err, command, config.MISSING_KEY_MESSAGE)
@@ -77,7 +90,9 @@ async def test_missing_and_unreachable_database_are_one_line_naming_the_fix(tmp_
     _assert_one_line_fatal(out, err, "kici-standalone", config.MISSING_DATABASE_MESSAGE)
     assert "coordinator" not in err[0]
 
-    code, out, err = _refusal("kici-standalone", {**base, "KICI_DATABASE_URL": "postgresql://kici:kici@127.0.0.1:9/kici"})
+    code, out, err = _refusal(
+        "kici-standalone", {**base, "KICI_DATABASE_URL": "postgresql://kici:kici@127.0.0.1:9/kici"}
+    )
     assert code == 69, (out, err)
     assert len(err) == 1 and err[0].startswith("kici-standalone: database unavailable: ")
     assert err[0].endswith("; check KICI_DATABASE_URL and that the PostgreSQL server is running and reachable")
@@ -91,14 +106,17 @@ async def test_a_busy_port_is_one_line_naming_the_fix(db_url: str, gh: GitHubSer
         port = busy.getsockname()[1]
         code, out, err = _refusal("kici-standalone", {**standalone_env(db_url, gh, tmp_path), "KICI_PORT": str(port)})
     assert code == 1, (out, err)
-    message = (f"the HTTP listener could not start on 127.0.0.1:{port} (the log line above says why); if the "
-               "address is in use, stop the process listening there or choose another KICI_PORT")
+    message = (
+        f"the HTTP listener could not start on 127.0.0.1:{port} (the log line above says why); if the "
+        "address is in use, stop the process listening there or choose another KICI_PORT"
+    )
     _assert_one_line_fatal(out, err, "kici-standalone", message)
     assert any("address already in use" in line for line in out)
 
 
 async def test_dev_mode_generates_an_ephemeral_key_shared_with_the_processing_child(
-        db_url: str, gh: GitHubServer, tmp_path: Path) -> None:
+    db_url: str, gh: GitHubServer, tmp_path: Path
+) -> None:
     """Without ``KICI_SECRET_KEY``, ``KICI_DEV=true`` boots with a warning; sources registered under that key are
     usable by the processing child, which decrypts the App's private key to fetch the lock file."""
     env = {k: v for k, v in standalone_env(db_url, gh, tmp_path).items() if k != "KICI_SECRET_KEY"}
@@ -119,7 +137,8 @@ async def test_dev_mode_generates_an_ephemeral_key_shared_with_the_processing_ch
 
 
 async def test_a_short_database_password_is_masked_as_a_value_only(
-        pg_server: PgServer, db_url: str, gh: GitHubServer, tmp_path: Path) -> None:
+    pg_server: PgServer, db_url: str, gh: GitHubServer, tmp_path: Path
+) -> None:
     """The database password ``kici`` is hidden in the URL; ``kici`` in an org, a source name or a routing key
     stays readable."""
     with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
@@ -131,8 +150,18 @@ async def test_a_short_database_password_is_masked_as_a_value_only(
     proc = OrchestratorProcess("kici-standalone", standalone_env(url, gh, tmp_path))
     world = Independent(proc=proc.start(), db_url=db_url, gh=gh, data_dir=tmp_path)
     try:
-        out = await world.admin("source", "add", "generic", "--org", "kici", "--name", "kici-hooks", "--secret",
-                                "a-longer-generic-secret", "--json")
+        out = await world.admin(
+            "source",
+            "add",
+            "generic",
+            "--org",
+            "kici",
+            "--name",
+            "kici-hooks",
+            "--secret",
+            "a-longer-generic-secret",
+            "--json",
+        )
         routing_key = json.loads(out.stdout)["source"]["routingKey"]
         assert routing_key.startswith("generic:kici:")
         loaded = [json.loads(line) for line in proc.lines if '"Configuration loaded"' in line]

@@ -36,8 +36,9 @@ TOKEN = "kat_" + "ab" * 32
 @pytest.fixture
 async def orch(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
     async with Database(db_url, max_size=2) as db:
-        await PgTokenStore(db).create_agent_token(AgentToken(id=str(uuid.uuid4()), token_prefix=TOKEN[:12]),
-                                                  hashlib.sha256(TOKEN.encode()).hexdigest())
+        await PgTokenStore(db).create_agent_token(
+            AgentToken(id=str(uuid.uuid4()), token_prefix=TOKEN[:12]), hashlib.sha256(TOKEN.encode()).hexdigest()
+        )
     h = Harness(db_url, tmp_path, {"KICI_AGENT_AUTH": "token"})
     async with anyio.create_task_group() as tg:
         await h.start(tg)
@@ -109,13 +110,24 @@ async def test_compression_without_context_takeover(orch: Harness) -> None:
     await plain.close()
 
 
-@pytest.mark.parametrize(("first", "code", "reason", "failure"), [
-    ({"type": "agent.register"}, 4010, "Invalid auth message", "First message must be auth.request"),
-    ({"type": "auth.request", "token": "kat_nope", "protocolVersion": 1}, 4010, "Authentication failed",
-     "Invalid or expired token"),
-    ({"type": "auth.request", "token": "", "protocolVersion": 1}, 4010, "Invalid auth message",
-     "First message must be auth.request"),
-])
+@pytest.mark.parametrize(
+    ("first", "code", "reason", "failure"),
+    [
+        ({"type": "agent.register"}, 4010, "Invalid auth message", "First message must be auth.request"),
+        (
+            {"type": "auth.request", "token": "kat_nope", "protocolVersion": 1},
+            4010,
+            "Authentication failed",
+            "Invalid or expired token",
+        ),
+        (
+            {"type": "auth.request", "token": "", "protocolVersion": 1},
+            4010,
+            "Invalid auth message",
+            "First message must be auth.request",
+        ),
+    ],
+)
 async def test_auth_failures(orch: Harness, first: dict[str, Any], code: int, reason: str, failure: str) -> None:
     async with connect(f"ws://127.0.0.1:{orch.port}/ws") as ws:
         await ws.send(json.dumps(first))
@@ -143,8 +155,11 @@ async def test_malformed_and_out_of_order_messages_close_4003(orch: Harness) -> 
         assert await closed_with(ws) == (4003, "First message must be agent.register")
     ws = await handshake(orch)
     await ws.send(json.dumps({"type": "job.status", "runId": "r"}))
-    assert json.loads(await ws.recv()) == {"type": "error", "code": "INVALID_MESSAGE",
-                                           "message": "Invalid message format"}
+    assert json.loads(await ws.recv()) == {
+        "type": "error",
+        "code": "INVALID_MESSAGE",
+        "message": "Invalid message format",
+    }
     assert await closed_with(ws) == (4003, "Invalid message")
     ws = await handshake(orch)
     await ws.send(json.dumps({"type": "no.such.type"}))
@@ -155,11 +170,21 @@ async def test_malformed_and_out_of_order_messages_close_4003(orch: Harness) -> 
 
 
 async def test_an_invalid_message_is_logged_with_the_paths_of_its_wrong_fields(
-        orch: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    orch: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="kici.agents")
     ws = await handshake(orch)
-    await ws.send(json.dumps({"type": "agent.register", "messageId": "m2", "agentId": "a1",
-                              "labels": ["x", 7], "inFlightJobs": [{"jobId": "j1"}]}))
+    await ws.send(
+        json.dumps(
+            {
+                "type": "agent.register",
+                "messageId": "m2",
+                "agentId": "a1",
+                "labels": ["x", 7],
+                "inFlightJobs": [{"jobId": "j1"}],
+            }
+        )
+    )
     assert await closed_with(ws) == (4003, "Invalid message")
     errors = [getattr(r, "error", "") for r in caplog.records if r.getMessage() == "invalid agent message"]
     assert errors == ["agent.register: invalid labels[1], inFlightJobs[0].runId"]
@@ -167,8 +192,18 @@ async def test_an_invalid_message_is_logged_with_the_paths_of_its_wrong_fields(
 
 async def test_too_large_message_and_extended_replies(orch: Harness) -> None:
     ws = await handshake(orch)
-    await ws.send(json.dumps({"type": "cache.upload.request", "messageId": "q1", "jobId": "j", "cacheType": "deps",
-                              "platform": "linux", "arch": "x64"}))
+    await ws.send(
+        json.dumps(
+            {
+                "type": "cache.upload.request",
+                "messageId": "q1",
+                "jobId": "j",
+                "cacheType": "deps",
+                "platform": "linux",
+                "arch": "x64",
+            }
+        )
+    )
     assert json.loads(await ws.recv()) == {"type": "cache.upload.response", "requestId": "q1", "uploadUrl": ""}
     await ws.send(json.dumps({"type": "log.chunk", "x": "y" * 4_200_000}))
     assert await closed_with(ws) == (4003, "Message too large")
@@ -188,8 +223,17 @@ async def test_privileged_root_gate_and_revocation_kick(orch: Harness) -> None:
     async with connect(f"ws://127.0.0.1:{orch.port}/ws") as ws:
         await ws.send(json.dumps({"type": "auth.request", "token": TOKEN, "protocolVersion": 1}))
         await ws.recv()
-        await ws.send(json.dumps({"type": "agent.register", "messageId": "m", "agentId": "r",
-                                  "labels": ["kici:privileged:root"], "runningAsUid": 1000}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "agent.register",
+                    "messageId": "m",
+                    "agentId": "r",
+                    "labels": ["kici:privileged:root"],
+                    "runningAsUid": 1000,
+                }
+            )
+        )
         code, reason = await closed_with(ws)
         assert code == 4010 and reason.startswith("privileged-root token presented by non-root agent (uid=1000)")
     ws = await handshake(orch, "kicked")
@@ -203,11 +247,20 @@ async def test_privileged_root_gate_and_revocation_kick(orch: Harness) -> None:
 
 frames = st.one_of(
     st.text(max_size=200),
-    st.dictionaries(st.sampled_from(["type", "jobId", "runId", "messageId", "stepIndex", "lines", "state",
-                                     "agentId", "labels", "timestamp"]),
-                    st.one_of(st.none(), st.integers(), st.text(max_size=20), st.lists(st.text(max_size=5)),
-                              st.sampled_from(["job.status", "log.chunk", "agent.register", "heartbeat",
-                                               "step.status", "job.ack", "event.emit"]))).map(json.dumps),
+    st.dictionaries(
+        st.sampled_from(
+            ["type", "jobId", "runId", "messageId", "stepIndex", "lines", "state", "agentId", "labels", "timestamp"]
+        ),
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(max_size=20),
+            st.lists(st.text(max_size=5)),
+            st.sampled_from(
+                ["job.status", "log.chunk", "agent.register", "heartbeat", "step.status", "job.ack", "event.emit"]
+            ),
+        ),
+    ).map(json.dumps),
 )
 
 

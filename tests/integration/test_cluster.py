@@ -31,23 +31,43 @@ GRACE = 120.0
 
 async def connect(db: Database, agent: str, instance: str, labels: list[str], *, max_concurrency: int = 1) -> None:
     await PgDispatchQueue(db).agent_connected(
-        agent_id=agent, labels=labels, mandatory=[], platform="linux", arch="x64", version="1", hostname=agent,
-        max_concurrency=max_concurrency, token_id=None, instance_id=instance, metadata={})
+        agent_id=agent,
+        labels=labels,
+        mandatory=[],
+        platform="linux",
+        arch="x64",
+        version="1",
+        hostname=agent,
+        max_concurrency=max_concurrency,
+        token_id=None,
+        instance_id=instance,
+        metadata={},
+    )
 
 
 def member(db: Database, instance: str) -> ClusterMember:
-    return ClusterMember(db=db, cluster=PgCluster(db, instance_timeout_s=30), instance_id=instance, hub=None,
-                         version="0.1.0", mode="independent", recovery_grace_s=GRACE, hostname=lambda: "host")
+    return ClusterMember(
+        db=db,
+        cluster=PgCluster(db, instance_timeout_s=30),
+        instance_id=instance,
+        hub=None,
+        version="0.1.0",
+        mode="independent",
+        recovery_grace_s=GRACE,
+        hostname=lambda: "host",
+    )
 
 
 async def age(db: Database, instance: str) -> None:
     async with db.connection() as conn:
-        await conn.execute("UPDATE cluster_instances SET heartbeat_at = now() - interval '1 hour'"
-                           " WHERE instance_id = %s", (instance,))
+        await conn.execute(
+            "UPDATE cluster_instances SET heartbeat_at = now() - interval '1 hour' WHERE instance_id = %s", (instance,)
+        )
 
 
-async def test_a_dead_process_is_seen_and_its_running_jobs_recovered_by_another(database: Database,
-                                                                                second_db: Database) -> None:
+async def test_a_dead_process_is_seen_and_its_running_jobs_recovered_by_another(
+    database: Database, second_db: Database
+) -> None:
     a, b = member(database, "proc-a"), member(second_db, "proc-b")
     await a.register()
     await b.register()
@@ -66,20 +86,40 @@ async def test_a_dead_process_is_seen_and_its_running_jobs_recovered_by_another(
         await queue.aclose()
 
     inbox = PgDeliveryInbox(database, fakes.FakeBlobStore())
-    await inbox.accept(Delivery(org_id="acme", delivery_id="d-1", routing_key="github:1", event="push", action=None,
-                                source="direct", provider="github", body=b"{}", received_at=datetime.now(UTC)))
+    await inbox.accept(
+        Delivery(
+            org_id="acme",
+            delivery_id="d-1",
+            routing_key="github:1",
+            event="push",
+            action=None,
+            source="direct",
+            provider="github",
+            body=b"{}",
+            received_at=datetime.now(UTC),
+        )
+    )
     [claimed] = await inbox.claim(worker_id="proc-a/processing-0", limit=1, lease_seconds=600)
 
     directory = b.cluster
     assert [(x.agent_id, x.instance_id) for x in await directory.agents()] == [
-        ("a1", "proc-a"), ("a2", "proc-a"), ("b1", "proc-b")]
+        ("a1", "proc-a"),
+        ("a2", "proc-a"),
+        ("b1", "proc-b"),
+    ]
     assert await b.recover_dead() == 0  # nobody is dead
 
     await age(database, "proc-a")  # proc-a stops heartbeating
     assert [x.agent_id for x in await directory.agents()] == ["b1"]  # a dead process's agents are not offered
-    body = cluster.health(me="proc-b", instances=await directory.instances(), duties=await directory.duties(),
-                          agents=await directory.agents(), active_runs=await directory.active_runs(),
-                          now=await directory.now(), timeout=timedelta(seconds=30))
+    body = cluster.health(
+        me="proc-b",
+        instances=await directory.instances(),
+        duties=await directory.duties(),
+        agents=await directory.agents(),
+        active_runs=await directory.active_runs(),
+        now=await directory.now(),
+        timeout=timedelta(seconds=30),
+    )
     assert body["status"] == "degraded"
     assert {i["instanceId"]: i["state"] for i in body["instances"]} == {"proc-a": "dead", "proc-b": "alive"}  # type: ignore[index,union-attr]
 
@@ -87,8 +127,10 @@ async def test_a_dead_process_is_seen_and_its_running_jobs_recovered_by_another(
     assert await status(database, "dispatch_queue", "id", ids["running"]) == "recovering"
     assert await status(database, "execution_jobs", "job_id", ids["running"]) == "recovering"
     assert await scalar(database, f"SELECT recovery_agent_id FROM dispatch_queue WHERE id = '{ids['running']}'") == "a1"
-    window = await scalar(database, "SELECT extract(epoch FROM recovery_deadline - now()) FROM dispatch_queue"
-                                    f" WHERE id = '{ids['running']}'")
+    window = await scalar(
+        database,
+        f"SELECT extract(epoch FROM recovery_deadline - now()) FROM dispatch_queue WHERE id = '{ids['running']}'",
+    )
     assert GRACE - 30 < float(window) <= GRACE
     # never acknowledged: left to the ack-deadline sweep, which requeues it
     assert await status(database, "dispatch_queue", "id", ids["unacked"]) == "dispatched"
@@ -111,8 +153,9 @@ async def test_a_dead_process_is_seen_and_its_running_jobs_recovered_by_another(
     assert await status(database, "execution_jobs", "job_id", ids["running"]) == "running"
 
 
-async def test_a_process_taken_for_dead_while_alive_takes_its_work_back(database: Database,
-                                                                        second_db: Database) -> None:
+async def test_a_process_taken_for_dead_while_alive_takes_its_work_back(
+    database: Database, second_db: Database
+) -> None:
     a, b = member(database, "proc-a"), member(second_db, "proc-b")
     await a.register()
     await b.register()
@@ -155,15 +198,24 @@ async def test_why_waiting_sees_the_agents_of_every_process(database: Database, 
 
 
 async def test_the_load_mirror_writes_what_changed_on_the_hub_and_everything_after_a_new_life(
-        database: Database) -> None:
+    database: Database,
+) -> None:
     hub = AgentHub(db=database, queue=PgDispatchQueue(database), runs=PgRunStore(database), instance_id="proc-a")
-    me = ClusterMember(db=database, cluster=PgCluster(database, instance_timeout_s=30), instance_id="proc-a",
-                       hub=hub, version="0.1.0", mode="independent", hostname=lambda: "host")
+    me = ClusterMember(
+        db=database,
+        cluster=PgCluster(database, instance_timeout_s=30),
+        instance_id="proc-a",
+        hub=hub,
+        version="0.1.0",
+        mode="independent",
+        hostname=lambda: "host",
+    )
     await me.register()
     for name in ("box-1", "box-2", "box-3"):
         await connect(database, name, "proc-a", ["linux"])
-        hub.core.agent_registered(agent_id=name, connection_id=f"{name}-c", now=0.0,
-                                  labels=routing.AgentLabels(labels=frozenset({"linux"})))
+        hub.core.agent_registered(
+            agent_id=name, connection_id=f"{name}-c", now=0.0, labels=routing.AgentLabels(labels=frozenset({"linux"}))
+        )
     async with database.connection() as conn:
         await conn.execute("UPDATE agents SET active_jobs = 7 WHERE agent_id LIKE 'box-%%'")  # stale rows
 

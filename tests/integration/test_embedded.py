@@ -77,8 +77,9 @@ def test_connections_need_the_generated_password(private_server: EmbeddedPostgre
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(wrong, connect_timeout=5).close()
     hba = (private_server.pgdata / "pg_hba.conf").read_text()
-    assert not any(line.split()[-1] == "trust" for line in hba.splitlines() if line.strip()
-                   and not line.lstrip().startswith("#"))
+    assert not any(
+        line.split()[-1] == "trust" for line in hba.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    )
 
 
 def test_a_trust_cluster_from_an_older_version_gets_a_password(private_server: EmbeddedPostgres) -> None:
@@ -114,11 +115,19 @@ def test_one_owner_at_a_time_and_a_killed_owner_frees_the_database(private_serve
 
     # An owner that is killed frees the database at once; its server, left running, is adopted as it is.
     owner = subprocess.Popen(
-        [sys.executable, "-c", "import sys, pathlib\n"
-         "from kici_adapters.postgres.embedded import EmbeddedPostgres\n"
-         "print(EmbeddedPostgres(pathlib.Path(sys.argv[1]), durable=False).start(), flush=True)\n"
-         "sys.stdin.read()\n", str(private_server.data_dir)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, pathlib\n"
+            "from kici_adapters.postgres.embedded import EmbeddedPostgres\n"
+            "print(EmbeddedPostgres(pathlib.Path(sys.argv[1]), durable=False).start(), flush=True)\n"
+            "sys.stdin.read()\n",
+            str(private_server.data_dir),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert owner.stdout is not None
         url = owner.stdout.readline().strip()
@@ -200,16 +209,19 @@ def test_programs_in_a_directory_the_server_account_cannot_enter_are_run_from_a_
     if libs.is_dir():
         shutil.copytree(libs, private / "site" / libs.name, symlinks=True)
     data_dir = Path(tempfile.mkdtemp(prefix="kici-pg-"))
-    script = ("import sys, pathlib\n"
-              "from kici_adapters.postgres import embedded\n"
-              "server = embedded.EmbeddedPostgres(pathlib.Path(sys.argv[1]), durable=False)\n"
-              "server.start()\n"
-              "print(embedded.bin_dir(), server._bin('postgres'), flush=True)\n"
-              "server.stop()\n")
+    script = (
+        "import sys, pathlib\n"
+        "from kici_adapters.postgres import embedded\n"
+        "server = embedded.EmbeddedPostgres(pathlib.Path(sys.argv[1]), durable=False)\n"
+        "server.start()\n"
+        "print(embedded.bin_dir(), server._bin('postgres'), flush=True)\n"
+        "server.stop()\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(private / "site"), str(Path.cwd())])}
     try:
-        result = subprocess.run([sys.executable, "-c", script, str(data_dir)], env=env, capture_output=True,
-                                text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(data_dir)], env=env, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stderr
         installed, ran = result.stdout.split()
         assert installed.startswith(str(private)), "the test did not use the private installation"

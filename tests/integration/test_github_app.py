@@ -47,8 +47,11 @@ def _app(server: GitHubServer, clock: ManualClock, sleep: RecordingSleep | None 
 
 
 # ------------------------------------------------------------------------------------------ keys + JWT
-def _pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, fmt: serialization.PrivateFormat,
-         enc: serialization.KeySerializationEncryption | None = None) -> bytes:
+def _pem(
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    fmt: serialization.PrivateFormat,
+    enc: serialization.KeySerializationEncryption | None = None,
+) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, fmt, enc or serialization.NoEncryption())
 
 
@@ -64,11 +67,21 @@ def test_check_private_key_accepts_pkcs1_and_pkcs8() -> None:
     [
         (lambda: b"not a key at all", "not PEM"),
         (lambda: app_key().public_pem, "public key"),
-        (lambda: _pem(load_private_key(app_key().private_pem), serialization.PrivateFormat.PKCS8,
-                      serialization.BestAvailableEncryption(b"pw")), "encrypted"),
+        (
+            lambda: _pem(
+                load_private_key(app_key().private_pem),
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"pw"),
+            ),
+            "encrypted",
+        ),
         (lambda: _pem(ec.generate_private_key(ec.SECP256R1()), serialization.PrivateFormat.PKCS8), "not an RSA"),
-        (lambda: _pem(rsa.generate_private_key(public_exponent=65537, key_size=1024),
-                      serialization.PrivateFormat.PKCS8), "too short"),
+        (
+            lambda: _pem(
+                rsa.generate_private_key(public_exponent=65537, key_size=1024), serialization.PrivateFormat.PKCS8
+            ),
+            "too short",
+        ),
         (lambda: b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n", "could not be parsed"),
     ],
 )
@@ -85,8 +98,9 @@ def test_jwt_claims() -> None:
     key = load_private_key(app_key().private_pem)
     token = mint_app_jwt(app_id=str(APP_ID), private_key=key, now=1_700_000_000.7)
     assert jwt.get_unverified_header(token)["alg"] == "RS256"
-    claims = jwt.decode(token, app_key().public_pem, algorithms=["RS256"],
-                        options={"verify_exp": False, "verify_iat": False})
+    claims = jwt.decode(
+        token, app_key().public_pem, algorithms=["RS256"], options={"verify_exp": False, "verify_iat": False}
+    )
     assert claims == {"iat": 1_700_000_000 - 30, "exp": 1_700_000_000 - 30 + 600, "iss": str(APP_ID)}
 
 
@@ -192,8 +206,9 @@ async def test_uninstalled_installation_is_forgotten(server: GitHubServer, clock
         with pytest.raises(AppNotInstalled):
             await app.installation_token(REPO)
         await app.installation_token(REPO)  # looked up again: installation 88
-    assert [r.path for r in server.requests_for("/app/installations/*/access_tokens")][-1] == \
-        "/app/installations/88/access_tokens"
+    assert [r.path for r in server.requests_for("/app/installations/*/access_tokens")][
+        -1
+    ] == "/app/installations/88/access_tokens"
 
 
 @pytest.mark.anyio
@@ -205,8 +220,13 @@ async def test_401_with_an_old_token_mints_a_new_one(server: GitHubServer, clock
         await app.installation_token(REPO)
         clock.advance(60)
         server.fail(path, 401, message="Bad credentials")
-        resp = await app.client.request("GET", path, credentials=app.repo_credentials(REPO),
-                                        params={"ref": "main"}, accept="application/vnd.github.raw+json")
+        resp = await app.client.request(
+            "GET",
+            path,
+            credentials=app.repo_credentials(REPO),
+            params={"ref": "main"},
+            accept="application/vnd.github.raw+json",
+        )
     assert resp.body == b"hello"
     assert server.tokens_issued == 2
     sent = [r.headers["authorization"] for r in server.requests_for(path)]
@@ -219,7 +239,12 @@ async def test_401_with_a_fresh_token_retries_the_same_token(server: GitHubServe
     path = f"/repos/{REPO}/contents/README.md"
     async with app.client:
         server.fail(path, 401, message="Bad credentials")
-        resp = await app.client.request("GET", path, credentials=app.repo_credentials(REPO),
-                                        params={"ref": "main"}, accept="application/vnd.github.raw+json")
+        resp = await app.client.request(
+            "GET",
+            path,
+            credentials=app.repo_credentials(REPO),
+            params={"ref": "main"},
+            accept="application/vnd.github.raw+json",
+        )
     assert resp.body == b"hello"
     assert server.tokens_issued == 1  # replication lag: the young token is kept

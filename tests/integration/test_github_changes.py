@@ -61,7 +61,9 @@ async def test_push_without_a_diff_base_has_no_files(
 
 
 @pytest.mark.anyio
-async def test_truncated_compare_warns(server: GitHubServer, clock: ManualClock, caplog: pytest.LogCaptureFixture) -> None:
+async def test_truncated_compare_warns(
+    server: GitHubServer, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
     server.set_compare(REPO, BEFORE, AFTER, [f"f{i}" for i in range(350)])
     src = _changes(server, clock)
     with caplog.at_level(logging.WARNING, logger="kici_adapters.github.changes"):

@@ -37,13 +37,22 @@ async def api(server: GitHubServer) -> AsyncIterator[GitHubChecks]:
 
 
 def _body(status: str = "queued", conclusion: str | None = None, sha: str = SHA) -> JSONObject:
-    view = checks.CheckView(name="kici/ci", head_sha=sha, external_id="run-1", run_id="run-1", workflow_name="ci",
-                            job_name=None, status=status, conclusion=conclusion)
+    view = checks.CheckView(
+        name="kici/ci",
+        head_sha=sha,
+        external_id="run-1",
+        run_id="run-1",
+        workflow_name="ci",
+        job_name=None,
+        status=status,
+        conclusion=conclusion,
+    )
     return checks.request_body(view, create=True)
 
 
-async def test_create_then_update_then_lookup_finds_it_instead_of_creating_again(server: GitHubServer,
-                                                                                  api: GitHubChecks) -> None:
+async def test_create_then_update_then_lookup_finds_it_instead_of_creating_again(
+    server: GitHubServer, api: GitHubChecks
+) -> None:
     created = await api.send(REPO, _body(), github_id=None, lookup=False)
     assert created.ok and created.created and created.github_id is not None
     updated = await api.send(REPO, _body("completed", "success"), github_id=created.github_id, lookup=False)
@@ -58,8 +67,12 @@ async def test_create_then_update_then_lookup_finds_it_instead_of_creating_again
 async def test_failures_say_when_to_retry_or_not_to(server: GitHubServer, api: GitHubChecks) -> None:
     invalid = await api.send(REPO, _body(sha="main"), github_id=None, lookup=False)
     assert not invalid.ok and invalid.permanent and invalid.error == "HTTP 422 (No commit found for SHA: main)"
-    server.fail(f"/repos/{REPO}/check-runs", 403, headers={"Retry-After": "7"},
-                message="You have exceeded a secondary rate limit")
+    server.fail(
+        f"/repos/{REPO}/check-runs",
+        403,
+        headers={"Retry-After": "7"},
+        message="You have exceeded a secondary rate limit",
+    )
     limited = await api.send(REPO, _body(), github_id=None, lookup=False)
     assert not limited.ok and not limited.permanent and limited.retry_after == 7.0
     server.fail(f"/repos/{REPO}/check-runs", 403, message="Resource not accessible by integration")

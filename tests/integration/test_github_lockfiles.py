@@ -44,8 +44,14 @@ def server(clock: ManualClock) -> Iterator[GitHubServer]:
         assert gh.errors == []
 
 
-def _source(server: GitHubServer, clock: ManualClock, sleep: RecordingSleep | None = None, *,
-            timeout: float = 10.0, **kwargs: Any) -> GitHubLockfileSource:
+def _source(
+    server: GitHubServer,
+    clock: ManualClock,
+    sleep: RecordingSleep | None = None,
+    *,
+    timeout: float = 10.0,
+    **kwargs: Any,
+) -> GitHubLockfileSource:
     client = GitHubClient(api_url=server.url, clock=clock, sleep=sleep or RecordingSleep(), timeout=timeout)
     app = GitHubApp(app_id=APP_ID, private_key=app_key().private_pem, client=client)
     return GitHubLockfileSource(app=app, **kwargs)
@@ -231,8 +237,7 @@ async def test_persistent_timeouts_and_dropped_connections_are_unavailable(
     server: GitHubServer, clock: ManualClock
 ) -> None:
     sleep = RecordingSleep()
-    client = GitHubClient(api_url=server.url, clock=clock, sleep=sleep, timeout=0.3,
-                          retry=RetryPolicy(attempts=3))
+    client = GitHubClient(api_url=server.url, clock=clock, sleep=sleep, timeout=0.3, retry=RetryPolicy(attempts=3))
     src = GitHubLockfileSource(app=GitHubApp(app_id=APP_ID, private_key=app_key().private_pem, client=client))
     server.delay(CONTENTS, 30, times=2)
     server.drop(CONTENTS)

@@ -37,8 +37,7 @@ def server(clock: ManualClock) -> Iterator[GitHubServer]:
 
 
 def _source(server: GitHubServer) -> GitHubSource:
-    return GitHubSource(id="src-1", routing_key=f"github:{APP_ID}", name="acme", app_id=str(APP_ID),
-                        api_url=server.url)
+    return GitHubSource(id="src-1", routing_key=f"github:{APP_ID}", name="acme", app_id=str(APP_ID), api_url=server.url)
 
 
 async def _secrets(pem: str) -> FakeSecretStore:
@@ -49,8 +48,9 @@ async def _secrets(pem: str) -> FakeSecretStore:
 
 @pytest.mark.anyio
 async def test_ports(server: GitHubServer, clock: ManualClock) -> None:
-    provider = GitHubProvider(secrets=await _secrets(app_key().private_pem), clock=clock,
-                              default_api_url="https://unused.invalid")
+    provider = GitHubProvider(
+        secrets=await _secrets(app_key().private_pem), clock=clock, default_api_url="https://unused.invalid"
+    )
     lockfiles: LockfileSource = provider
     changes: ChangedFilesSource = provider
     tokens: CloneTokenSource = provider

@@ -232,8 +232,12 @@ def build_context(root: Path) -> dict[str, int]:
 
 
 def test_dockerignore_pattern_semantics() -> None:
-    rules = [(False, _docker_pattern("**/__pycache__")), (False, _docker_pattern(".venv")),
-             (False, _docker_pattern("**/.env.*")), (True, _docker_pattern("**/.env.example"))]
+    rules = [
+        (False, _docker_pattern("**/__pycache__")),
+        (False, _docker_pattern(".venv")),
+        (False, _docker_pattern("**/.env.*")),
+        (True, _docker_pattern("**/.env.example")),
+    ]
     assert ignored(rules, "kici_core/__pycache__/x.pyc") and ignored(rules, "__pycache__/y.pyc")
     assert ignored(rules, ".venv/bin/python") and not ignored(rules, "tests/.venv/bin/python")
     assert ignored(rules, "deploy/compose/.env.local") and not ignored(rules, "deploy/compose/.env.example")
@@ -244,19 +248,47 @@ def test_build_context_keeps_what_the_image_copies_and_leaves_out_dev_state(tmp_
     """After ``make install``, ``make dev`` and ``make test`` a checkout holds a virtual environment, the dev
     secrets in .kici-dev/state.json, git data, caches and test artefacts: none of it reaches the build context,
     while every path the Dockerfile copies does."""
-    copied = [src for ins in INSTRUCTIONS if ins.keyword == "COPY" and not ins.value.startswith("--from=")
-              for src in exec_form(ins.value)[:-1]]
+    copied = [
+        src
+        for ins in INSTRUCTIONS
+        if ins.keyword == "COPY" and not ins.value.startswith("--from=")
+        for src in exec_form(ins.value)[:-1]
+    ]
     assert copied, "the Dockerfile copies nothing from the context"
-    junk = [".venv/bin/python", ".venv/lib/python3.12/site-packages/psycopg/__init__.py", ".kici-dev/state.json",
-            ".kici-dev/data/postgres/PG_VERSION", ".kici-dev/logs/orchestrator.log", ".git/HEAD",
-            ".git/objects/ab/cdef", "kici_core/__pycache__/ports.cpython-312.pyc", "tests/unit/__pycache__/t.pyc",
-            ".mypy_cache/3.12/x.json", ".ruff_cache/0.9/x", ".pytest_cache/v/cache/lastfailed",
-            ".hypothesis/examples/ab/cd", "kici.egg-info/PKG-INFO", "build/lib/kici_core/ports.py",
-            "dist/kici-0.1.0-py3-none-any.whl", "deploy/compose/.env", ".env", "my-app.2026-03-01.private-key.pem",
-            ".coverage", "htmlcov/index.html", "junit.xml"]
-    keep = ["pyproject.toml", "README.md", "kici_core/ports.py", "kici_adapters/postgres/queries.sql",
-            "kici_runtime/migrations_placeholder.txt", "deploy/docker/node", "deploy/compose/.env.example",
-            "Dockerfile"]
+    junk = [
+        ".venv/bin/python",
+        ".venv/lib/python3.12/site-packages/psycopg/__init__.py",
+        ".kici-dev/state.json",
+        ".kici-dev/data/postgres/PG_VERSION",
+        ".kici-dev/logs/orchestrator.log",
+        ".git/HEAD",
+        ".git/objects/ab/cdef",
+        "kici_core/__pycache__/ports.cpython-312.pyc",
+        "tests/unit/__pycache__/t.pyc",
+        ".mypy_cache/3.12/x.json",
+        ".ruff_cache/0.9/x",
+        ".pytest_cache/v/cache/lastfailed",
+        ".hypothesis/examples/ab/cd",
+        "kici.egg-info/PKG-INFO",
+        "build/lib/kici_core/ports.py",
+        "dist/kici-0.1.0-py3-none-any.whl",
+        "deploy/compose/.env",
+        ".env",
+        "my-app.2026-03-01.private-key.pem",
+        ".coverage",
+        "htmlcov/index.html",
+        "junit.xml",
+    ]
+    keep = [
+        "pyproject.toml",
+        "README.md",
+        "kici_core/ports.py",
+        "kici_adapters/postgres/queries.sql",
+        "kici_runtime/migrations_placeholder.txt",
+        "deploy/docker/node",
+        "deploy/compose/.env.example",
+        "Dockerfile",
+    ]
     shutil.copy(ROOT / ".dockerignore", tmp_path / ".dockerignore")
     for rel in junk + keep:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -293,20 +325,49 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Install:
     # Build from a copy of the sources, as the image's build stage does: setuptools keeps a build/ directory
     # in the tree it builds, and a stale one (a renamed migration, say) would otherwise end up in the wheel.
     src = work / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".kici-dev", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "tests", "docs"))
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".kici-dev", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "tests", "docs"
+        ),
+    )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-         "--wheel-dir", str(wheels), str(src)],
-        check=True, cwd=work, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(wheels),
+            str(src),
+        ],
+        check=True,
+        cwd=work,
+        timeout=300,
     )
     (wheel,) = wheels.glob("kici-*.whl")
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
-         "--no-deps", "--no-index", str(wheel)],
-        check=True, cwd=work, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        cwd=work,
+        timeout=300,
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("KICI_")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
@@ -320,12 +381,16 @@ def test_wheel_ships_every_data_file(install: Install) -> None:
     run time: the wheel, hence the image, needs them."""
     names = set(zipfile.ZipFile(install.wheel).namelist())
     data = sorted(
-        str(p.relative_to(ROOT)) for pkg in ("kici_core", "kici_adapters", "kici_runtime")
-        for p in (ROOT / pkg).rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")
-        and "__pycache__" not in p.parts
+        str(p.relative_to(ROOT))
+        for pkg in ("kici_core", "kici_adapters", "kici_runtime")
+        for p in (ROOT / pkg).rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
     )
     assert any("/migrations/" in d for d in data)
-    assert "kici_runtime/orchestrator/dashboard/templates/run.html" in data and "kici_runtime/orchestrator/dashboard/static/dashboard.js" in data
+    assert (
+        "kici_runtime/orchestrator/dashboard/templates/run.html" in data
+        and "kici_runtime/orchestrator/dashboard/static/dashboard.js" in data
+    )
     missing = [d for d in data if d not in names]
     assert not missing, f"not in the wheel (add them to [tool.setuptools.package-data]): {missing}"
 
@@ -340,21 +405,35 @@ def test_console_scripts_installed(install: Install) -> None:
 
 def test_installed_modules_come_from_the_wheel(install: Install, tmp_path: Path) -> None:
     code = "import kici_core, kici_adapters, kici_runtime.orchestrator.standalone as s; print(kici_core.__file__)"
-    out = subprocess.run([str(install.bin / "python"), "-c", code], env=install.env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [str(install.bin / "python"), "-c", code],
+        env=install.env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert Path(out.stdout.strip()).is_relative_to(install.venv)
 
 
 def test_node_shim_reaches_kici_standalone(install: Install, tmp_path: Path) -> None:
-    out = subprocess.run(["sh", str(SHIM), "packages/orchestrator/dist/standalone.js", "--help"],
-                         env=install.env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        ["sh", str(SHIM), "packages/orchestrator/dist/standalone.js", "--help"],
+        env=install.env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "independent mode" in out.stdout and "--migrate-only" in out.stdout
 
 
 def test_node_shim_refuses_other_scripts(install: Install, tmp_path: Path) -> None:
-    out = subprocess.run(["sh", str(SHIM), "dist/other.js"], env=install.env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["sh", str(SHIM), "dist/other.js"], env=install.env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 64
     assert "only packages/orchestrator/dist/server.js" in out.stderr
 
@@ -407,17 +486,25 @@ def standalone(install: Install, tmp_path: Path) -> Iterator[tuple[int, dict[str
     data_dir = Path(tempfile.mkdtemp(prefix="kici-image-"))
     data_dir.chmod(0o711)  # the server's account only needs to pass through to <data>/postgres
     env = dict(install.env)
-    env.update({
-        "KICI_MODE": "independent",
-        "KICI_DATABASE_URL": "embedded",
-        "KICI_DEV": "true",
-        "KICI_DATA_DIR": str(data_dir),
-        "KICI_PORT": str(port),
-        "KICI_HOST": "127.0.0.1",
-        "KICI_SECRET_KEY": secrets.token_hex(32),
-    })
-    proc = subprocess.Popen(["sh", str(SHIM), "packages/orchestrator/dist/standalone.js"], env=env,
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env.update(
+        {
+            "KICI_MODE": "independent",
+            "KICI_DATABASE_URL": "embedded",
+            "KICI_DEV": "true",
+            "KICI_DATA_DIR": str(data_dir),
+            "KICI_PORT": str(port),
+            "KICI_HOST": "127.0.0.1",
+            "KICI_SECRET_KEY": secrets.token_hex(32),
+        }
+    )
+    proc = subprocess.Popen(
+        ["sh", str(SHIM), "packages/orchestrator/dist/standalone.js"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     q, reader = lines_of(proc)
     seen: list[str] = []
     try:

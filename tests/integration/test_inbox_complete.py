@@ -28,30 +28,80 @@ async def rows(db: Database, sql: Any) -> list[dict[str, Any]]:
 
 
 def test_split_matchers_keeps_order() -> None:
-    exact, patterns = split_matchers([{"kind": "exact", "value": "linux"}, {"kind": "regex", "source": "^gpu-",
-                                                                          "flags": "i"}, {"kind": "exact", "value": "x"}])
+    exact, patterns = split_matchers(
+        [
+            {"kind": "exact", "value": "linux"},
+            {"kind": "regex", "source": "^gpu-", "flags": "i"},
+            {"kind": "exact", "value": "x"},
+        ]
+    )
     assert exact == ["linux", "x"]
     assert patterns == [{"kind": "regex", "source": "^gpu-", "flags": "i"}]
 
 
 async def test_complete_writes_the_run_graph_and_notifies(database: Database) -> None:
     inbox = PgDeliveryInbox(database, fakes.FakeBlobStore())
-    await inbox.accept(Delivery(org_id="acme", delivery_id="d1", routing_key="github:1", event="push", action=None,
-                                source="direct", provider="github", body=b"{}", received_at=datetime.now(UTC)))
+    await inbox.accept(
+        Delivery(
+            org_id="acme",
+            delivery_id="d1",
+            routing_key="github:1",
+            event="push",
+            action=None,
+            source="direct",
+            provider="github",
+            body=b"{}",
+            received_at=datetime.now(UTC),
+        )
+    )
     (item,) = await inbox.claim(worker_id="w", limit=1, lease_seconds=60)
-    build = NewJob(job_id=str(uuid.uuid4()), name="build (py=3.12)", base_name="build", matrix_values={"py": "3.12"},
-                   needs=(), runs_on=({"kind": "exact", "value": "linux"}, {"kind": "regex", "source": "^x86", "flags": ""}),
-                   exclude_labels=({"kind": "exact", "value": "slow"}, {"kind": "regex", "source": "arm", "flags": "i"}),
-                   job_config={"name": "build (py=3.12)", "steps": [{"run": "make"}]}, runnable=True)
-    deploy = NewJob(job_id=str(uuid.uuid4()), name="deploy", base_name="deploy", matrix_values=None,
-                    needs=(NeedEdge(upstream_name="build (py=3.12)", run_on=("success", "skipped")),),
-                    runs_on=(), exclude_labels=(), job_config={"name": "deploy"}, runnable=False)
-    broken = NewJob(job_id=str(uuid.uuid4()), name="broken", base_name="broken", matrix_values=None, needs=(),
-                    runs_on=(), exclude_labels=(), job_config={}, runnable=False, status="failed",
-                    reason="matrix expansion failed")
-    run = NewRun(run_id=str(uuid.uuid4()), workflow_name="ci", provider="github", routing_key="github:1",
-                 repo_identifier="acme/app", repo_url="https://example.test/acme/app.git", ref="refs/heads/main",
-                 sha="b" * 40, trigger_decision={"trigger": "push"}, jobs=(build, deploy, broken))
+    build = NewJob(
+        job_id=str(uuid.uuid4()),
+        name="build (py=3.12)",
+        base_name="build",
+        matrix_values={"py": "3.12"},
+        needs=(),
+        runs_on=({"kind": "exact", "value": "linux"}, {"kind": "regex", "source": "^x86", "flags": ""}),
+        exclude_labels=({"kind": "exact", "value": "slow"}, {"kind": "regex", "source": "arm", "flags": "i"}),
+        job_config={"name": "build (py=3.12)", "steps": [{"run": "make"}]},
+        runnable=True,
+    )
+    deploy = NewJob(
+        job_id=str(uuid.uuid4()),
+        name="deploy",
+        base_name="deploy",
+        matrix_values=None,
+        needs=(NeedEdge(upstream_name="build (py=3.12)", run_on=("success", "skipped")),),
+        runs_on=(),
+        exclude_labels=(),
+        job_config={"name": "deploy"},
+        runnable=False,
+    )
+    broken = NewJob(
+        job_id=str(uuid.uuid4()),
+        name="broken",
+        base_name="broken",
+        matrix_values=None,
+        needs=(),
+        runs_on=(),
+        exclude_labels=(),
+        job_config={},
+        runnable=False,
+        status="failed",
+        reason="matrix expansion failed",
+    )
+    run = NewRun(
+        run_id=str(uuid.uuid4()),
+        workflow_name="ci",
+        provider="github",
+        routing_key="github:1",
+        repo_identifier="acme/app",
+        repo_url="https://example.test/acme/app.git",
+        ref="refs/heads/main",
+        sha="b" * 40,
+        trigger_decision={"trigger": "push"},
+        jobs=(build, deploy, broken),
+    )
 
     async with database.dedicated() as listener:
         await listener.execute("LISTEN kici_jobs")
@@ -63,7 +113,12 @@ async def test_complete_writes_the_run_graph_and_notifies(database: Database) ->
 
     (r,) = await rows(database, "SELECT * FROM execution_runs")
     assert (str(r["run_id"]), r["workflow_name"], r["status"], r["sha"], r["trigger_decision"]) == (
-        run.run_id, "ci", "pending", "b" * 40, {"trigger": "push"})
+        run.run_id,
+        "ci",
+        "pending",
+        "b" * 40,
+        {"trigger": "push"},
+    )
     jobs = {j["job_name"]: j for j in await rows(database, "SELECT * FROM execution_jobs")}
     assert jobs["build (py=3.12)"]["required_labels"] == ["linux"]
     assert jobs["build (py=3.12)"]["matrix_values"] == {"py": "3.12"}
@@ -80,23 +135,55 @@ async def test_complete_writes_the_run_graph_and_notifies(database: Database) ->
     assert q["exclude_patterns"] == [{"kind": "regex", "source": "arm", "flags": "i"}]
     assert q["required_labels"] == ["linux"]
     assert (q["workflow_name"], q["job_name"], q["delivery_id"], q["repo_url"]) == (
-        "ci", "build (py=3.12)", "d1", "https://example.test/acme/app.git")
+        "ci",
+        "build (py=3.12)",
+        "d1",
+        "https://example.test/acme/app.git",
+    )
     (e,) = await rows(database, "SELECT status, run_id, processed_at FROM event_log")
     assert e["status"] == "processed" and str(e["run_id"]) == run.run_id and e["processed_at"] is not None
 
 
 def _run(workflow: str) -> NewRun:
-    job = NewJob(job_id=str(uuid.uuid4()), name="build", base_name="build", matrix_values=None, needs=(),
-                 runs_on=(), exclude_labels=(), job_config={"name": "build"}, runnable=True)
-    return NewRun(run_id=str(uuid.uuid4()), workflow_name=workflow, provider="github", routing_key="github:1",
-                  repo_identifier="acme/app", repo_url="https://example.test/acme/app.git", ref="refs/heads/main",
-                  sha="c" * 40, trigger_decision=None, jobs=(job,))
+    job = NewJob(
+        job_id=str(uuid.uuid4()),
+        name="build",
+        base_name="build",
+        matrix_values=None,
+        needs=(),
+        runs_on=(),
+        exclude_labels=(),
+        job_config={"name": "build"},
+        runnable=True,
+    )
+    return NewRun(
+        run_id=str(uuid.uuid4()),
+        workflow_name=workflow,
+        provider="github",
+        routing_key="github:1",
+        repo_identifier="acme/app",
+        repo_url="https://example.test/acme/app.git",
+        ref="refs/heads/main",
+        sha="c" * 40,
+        trigger_decision=None,
+        jobs=(job,),
+    )
 
 
 async def _accept_and_claim(inbox: PgDeliveryInbox, delivery: str) -> Any:
-    await inbox.accept(Delivery(org_id="acme", delivery_id=delivery, routing_key="github:1", event="push",
-                                action=None, source="direct", provider="github", body=b"{}",
-                                received_at=datetime.now(UTC)))
+    await inbox.accept(
+        Delivery(
+            org_id="acme",
+            delivery_id=delivery,
+            routing_key="github:1",
+            event="push",
+            action=None,
+            source="direct",
+            provider="github",
+            body=b"{}",
+            received_at=datetime.now(UTC),
+        )
+    )
     (item,) = await inbox.claim(worker_id="w", limit=1, lease_seconds=60)
     return item
 
@@ -127,8 +214,7 @@ async def test_a_delivery_that_queues_nothing_does_not_wake_dispatchers(database
     assert note.payload == "marker"
 
 
-async def test_a_delivery_queueing_more_runs_than_a_notification_holds_notifies_anonymously(
-        database: Database) -> None:
+async def test_a_delivery_queueing_more_runs_than_a_notification_holds_notifies_anonymously(database: Database) -> None:
     """pg_notify payloads stop at 8000 bytes: past that, the notification names nothing and dispatchers re-read
     recent queue positions instead."""
     inbox = PgDeliveryInbox(database, fakes.FakeBlobStore())
@@ -185,17 +271,44 @@ async def test_warm_opens_the_lane_connections_ahead_of_time(database: Database)
 
 
 def _run_with_jobs(workflow: str, names: list[str], event: dict[str, Any]) -> NewRun:
-    jobs = tuple(NewJob(job_id=str(uuid.uuid4()), name=n, base_name=n, matrix_values=None, needs=(), runs_on=(),
-                        exclude_labels=(), job_config={"name": n, "steps": []}, runnable=True) for n in names)
-    return NewRun(run_id=str(uuid.uuid4()), workflow_name=workflow, provider="github", routing_key="github:1",
-                  repo_identifier="acme/app", repo_url="https://example.test/acme/app.git", ref="feature/x",
-                  sha="d" * 40, trigger_decision={}, jobs=jobs, event=event)
+    jobs = tuple(
+        NewJob(
+            job_id=str(uuid.uuid4()),
+            name=n,
+            base_name=n,
+            matrix_values=None,
+            needs=(),
+            runs_on=(),
+            exclude_labels=(),
+            job_config={"name": n, "steps": []},
+            runnable=True,
+        )
+        for n in names
+    )
+    return NewRun(
+        run_id=str(uuid.uuid4()),
+        workflow_name=workflow,
+        provider="github",
+        routing_key="github:1",
+        repo_identifier="acme/app",
+        repo_url="https://example.test/acme/app.git",
+        ref="feature/x",
+        sha="d" * 40,
+        trigger_decision={},
+        jobs=jobs,
+        event=event,
+    )
 
 
-async def test_the_event_is_stored_once_per_run_and_read_once_per_run_when_jobs_are_claimed(
-        database: Database) -> None:
-    event = {"type": "pull_request", "action": "opened", "targetBranch": "main", "sourceBranch": "feature/x",
-             "provider": "github", "payload": {"number": 7, "body": "x" * 4096}}
+async def test_the_event_is_stored_once_per_run_and_read_once_per_run_when_jobs_are_claimed(database: Database) -> None:
+    event = {
+        "type": "pull_request",
+        "action": "opened",
+        "targetBranch": "main",
+        "sourceBranch": "feature/x",
+        "provider": "github",
+        "payload": {"number": 7, "body": "x" * 4096},
+    }
     inbox = PgDeliveryInbox(database, fakes.FakeBlobStore(), forward=True)
     item = await _accept_and_claim(inbox, "with-event")
     runs = [_run_with_jobs("checks", ["a", "b", "c"], event), _run_with_jobs("docs", ["d"], event)]
@@ -222,7 +335,11 @@ async def test_the_event_is_stored_once_per_run_and_read_once_per_run_when_jobs_
     assert first["type"] == "execution.status"
     assert first["runId"] == runs[0].run_id and first["status"] == "pending" and first["jobCount"] == 3
     assert (first["sha"], first["ref"], first["workflowName"], first["triggerEvent"]) == (
-        "d" * 40, "feature/x", "checks", "push")
+        "d" * 40,
+        "feature/x",
+        "checks",
+        "push",
+    )
     assert isinstance(first["startedAt"], int) and len(first["messageId"]) == 36
 
     # completing again creates nothing: no second event row, no second announcement

@@ -22,19 +22,46 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _run(workflow: str, *, config: dict[str, str] | None = None) -> NewRun:
-    job = NewJob(job_id=str(uuid.uuid4()), name="build", base_name="build", matrix_values=None, needs=(),
-                 runs_on=({"kind": "exact", "value": "linux"},), exclude_labels=(),
-                 job_config={"name": "build", **(config or {})}, runnable=True)
-    return NewRun(run_id=str(uuid.uuid4()), workflow_name=workflow, provider="github", routing_key="github:1",
-                  repo_identifier="acme/app", repo_url="https://example.test/acme/app.git", ref="refs/heads/main",
-                  sha="c" * 40, trigger_decision={"workflowName": workflow, "matched": True}, jobs=(job,))
+    job = NewJob(
+        job_id=str(uuid.uuid4()),
+        name="build",
+        base_name="build",
+        matrix_values=None,
+        needs=(),
+        runs_on=({"kind": "exact", "value": "linux"},),
+        exclude_labels=(),
+        job_config={"name": "build", **(config or {})},
+        runnable=True,
+    )
+    return NewRun(
+        run_id=str(uuid.uuid4()),
+        workflow_name=workflow,
+        provider="github",
+        routing_key="github:1",
+        repo_identifier="acme/app",
+        repo_url="https://example.test/acme/app.git",
+        ref="refs/heads/main",
+        sha="c" * 40,
+        trigger_decision={"workflowName": workflow, "matched": True},
+        jobs=(job,),
+    )
 
 
 async def _accepted(inbox: PgDeliveryInbox, count: int) -> list[InboxItem]:
     for n in range(count):
-        await inbox.accept(Delivery(org_id="acme", delivery_id=f"batch-{n}", routing_key="github:1", event="push",
-                                    action=None, source="direct", provider="github", body=b'{"n": %d}' % n,
-                                    received_at=T0 + timedelta(milliseconds=n)))
+        await inbox.accept(
+            Delivery(
+                org_id="acme",
+                delivery_id=f"batch-{n}",
+                routing_key="github:1",
+                event="push",
+                action=None,
+                source="direct",
+                provider="github",
+                body=b'{"n": %d}' % n,
+                received_at=T0 + timedelta(milliseconds=n),
+            )
+        )
     items = await inbox.claim(worker_id="w", limit=count, lease_seconds=60)
     assert len(items) == count, f"claimed {len(items)} of {count} accepted deliveries"
     return sorted(items, key=lambda i: i.delivery_id)
@@ -48,8 +75,9 @@ async def test_concurrent_completions_share_commits_and_each_gets_its_own_runs(d
 
     async def complete(item: InboxItem) -> None:
         runs = planned[item.delivery_id]
-        got[item.delivery_id] = await inbox.complete(item, DeliveryOutcome(status="processed", matched_count=2,
-                                                                           decision_trace={"n": 1}), runs)
+        got[item.delivery_id] = await inbox.complete(
+            item, DeliveryOutcome(status="processed", matched_count=2, decision_trace={"n": 1}), runs
+        )
 
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
@@ -60,8 +88,14 @@ async def test_concurrent_completions_share_commits_and_each_gets_its_own_runs(d
     assert completions is not None and completions.batches < len(items), "no completion shared a transaction"
     assert await scalar(database, "SELECT count(*) FROM execution_runs") == 80
     assert await scalar(database, "SELECT count(*) FROM dispatch_queue") == 80
-    assert await scalar(database, "SELECT count(*) FROM event_log WHERE status = 'processed' "
-                                  "AND decision_trace = '{\"n\": 1}'::jsonb AND processed_at IS NOT NULL") == 40
+    assert (
+        await scalar(
+            database,
+            "SELECT count(*) FROM event_log WHERE status = 'processed' "
+            "AND decision_trace = '{\"n\": 1}'::jsonb AND processed_at IS NOT NULL",
+        )
+        == 40
+    )
     assert await scalar(database, "SELECT count(*) FROM delivery_inbox WHERE state = 'done'") == 40
 
 
@@ -75,8 +109,9 @@ async def test_a_rejected_completion_fails_only_its_own_caller(database: Databas
         # jsonb cannot hold a NUL character: the database rejects this delivery's statement
         runs = [_run("ci", config={"env": "a\x00b"} if item is bad else None)]
         try:
-            outcomes[item.delivery_id] = await inbox.complete(item, DeliveryOutcome(status="processed",
-                                                                                    matched_count=1), runs)
+            outcomes[item.delivery_id] = await inbox.complete(
+                item, DeliveryOutcome(status="processed", matched_count=1), runs
+            )
         except errors.KiciError as exc:
             outcomes[item.delivery_id] = exc
 
@@ -90,8 +125,14 @@ async def test_a_rejected_completion_fails_only_its_own_caller(database: Databas
     assert await scalar(database, "SELECT count(*) FROM execution_runs") == 11
     assert await scalar(database, "SELECT count(*) FROM delivery_inbox WHERE state = 'done'") == 11
     # the rejected delivery is untouched: still pending under its lease, to be retried or parked
-    assert await scalar(database, "SELECT count(*) FROM delivery_inbox i JOIN event_log e ON e.id = i.event_log_id "
-                                  f"WHERE e.delivery_id = '{bad.delivery_id}' AND i.state = 'pending'") == 1
+    assert (
+        await scalar(
+            database,
+            "SELECT count(*) FROM delivery_inbox i JOIN event_log e ON e.id = i.event_log_id "
+            f"WHERE e.delivery_id = '{bad.delivery_id}' AND i.state = 'pending'",
+        )
+        == 1
+    )
 
 
 async def test_one_delivery_completed_twice_in_one_batch_has_one_run_per_workflow(database: Database) -> None:
@@ -110,6 +151,7 @@ async def test_one_delivery_completed_twice_in_one_batch_has_one_run_per_workflo
     assert await scalar(database, "SELECT count(*) FROM execution_runs") == 6
     repeated = results[items[3].delivery_id]
     assert len(repeated) == 3 and len({tuple(ids) for ids in repeated}) == 1 and len(repeated[0]) == 1, repeated
-    per_delivery = await scalar(database, "SELECT max(n) FROM (SELECT count(*) AS n FROM execution_runs "
-                                          "GROUP BY delivery_id, workflow_name) c")
+    per_delivery = await scalar(
+        database, "SELECT max(n) FROM (SELECT count(*) AS n FROM execution_runs GROUP BY delivery_id, workflow_name) c"
+    )
     assert per_delivery == 1

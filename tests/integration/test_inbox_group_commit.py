@@ -16,10 +16,23 @@ pytestmark = pytest.mark.anyio
 
 
 def row(n: int, *, body: bytes | None = b"x", delivery_id: str | None = None) -> AcceptRow:
-    return AcceptRow(org_id="acme", delivery_id=delivery_id or f"d-{n}", routing_key="github:1", event="push",
-                     action=None, source="direct", provider="github", repo_identifier=None, ref=None,
-                     payload_key=None, payload_omitted_reason=None, payload_size_bytes=1, payload_hash="0" * 64,
-                     received_at=datetime(2026, 1, 1, tzinfo=UTC), body=body)
+    return AcceptRow(
+        org_id="acme",
+        delivery_id=delivery_id or f"d-{n}",
+        routing_key="github:1",
+        event="push",
+        action=None,
+        source="direct",
+        provider="github",
+        repo_identifier=None,
+        ref=None,
+        payload_key=None,
+        payload_omitted_reason=None,
+        payload_size_bytes=1,
+        payload_hash="0" * 64,
+        received_at=datetime(2026, 1, 1, tzinfo=UTC),
+        body=body,
+    )
 
 
 class Store:

@@ -39,8 +39,11 @@ async def listening(db_url: str, notifier: InboxNotifier) -> AsyncIterator[Calla
                 done.set()
 
         async def until(count: int) -> int:
-            with waits.within(20, f"notification {count} on {INBOX_CHANNEL}",
-                              lambda: {"received": len(received), "sent": notifier.sent}):
+            with waits.within(
+                20,
+                f"notification {count} on {INBOX_CHANNEL}",
+                lambda: {"received": len(received), "sent": notifier.sent},
+            ):
                 while len(received) < count:
                     await arrived.wait()
             return len(received)
@@ -69,8 +72,9 @@ async def test_wakes_during_the_interval_are_coalesced_into_one_notification(db_
         await until(2)
         # No wake came after the second notification was sent, so there is no third one to wait for; the
         # counter may trail the delivery by a step of the event loop.
-        await waits.until(_at(notifier, 2), what="the notifier to count 2 notifications sent",
-                          seen=lambda: notifier.sent)
+        await waits.until(
+            _at(notifier, 2), what="the notifier to count 2 notifications sent", seen=lambda: notifier.sent
+        )
     assert notifier.sent == 2
 
 

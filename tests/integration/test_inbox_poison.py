@@ -17,8 +17,9 @@ pytestmark = pytest.mark.anyio
 
 async def _expire_leases(database: Database) -> None:
     async with database.connection() as conn:
-        await conn.execute("UPDATE delivery_inbox SET locked_until = now() - interval '1 second' "
-                           "WHERE locked_until IS NOT NULL")
+        await conn.execute(
+            "UPDATE delivery_inbox SET locked_until = now() - interval '1 second' WHERE locked_until IS NOT NULL"
+        )
 
 
 async def test_expired_and_released_leases_count_crashes_and_park_the_delivery(database: Database) -> None:
@@ -31,16 +32,17 @@ async def test_expired_and_released_leases_count_crashes_and_park_the_delivery(d
     assert item.attempts == 2
     assert await inbox.release_leases("w") == 1
     (item,) = await inbox.claim(worker_id="w", limit=5, lease_seconds=60)
-    await inbox.fail(item, "ProcessingTimeout: matching ran past its time budget of 60 s", retry_after=0,
-                     crashed=True)
+    await inbox.fail(item, "ProcessingTimeout: matching ran past its time budget of 60 s", retry_after=0, crashed=True)
     await inbox.accept(delivery(2, delivery_id="ordinary"))
     claimed = await inbox.claim(worker_id="w", limit=5, lease_seconds=60)
     assert [i.delivery_id for i in claimed] == ["ordinary"]
     entry = await inbox.get("acme", "poison")
     assert entry is not None and entry.status == "failed"
-    assert entry.error_message == (f"processing crashed or timed out {MAX_CRASHES} times; parked (replay it once "
-                                   "the cause is fixed); last error: ProcessingTimeout: matching ran past its time "
-                                   "budget of 60 s")
+    assert entry.error_message == (
+        f"processing crashed or timed out {MAX_CRASHES} times; parked (replay it once "
+        "the cause is fixed); last error: ProcessingTimeout: matching ran past its time "
+        "budget of 60 s"
+    )
     assert await inbox.claim(worker_id="w", limit=5, lease_seconds=60) == []
 
     # replay gives it a fresh start

@@ -22,17 +22,43 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def delivery(n: int, *, delivery_id: str | None = None, routing_key: str = "github:1") -> Delivery:
-    return Delivery(org_id="acme", delivery_id=delivery_id or f"d-{n}", routing_key=routing_key, event="push",
-                    action=None, source="relay", provider="github", body=b'{"n": %d}' % n,
-                    received_at=T0 + timedelta(milliseconds=n))
+    return Delivery(
+        org_id="acme",
+        delivery_id=delivery_id or f"d-{n}",
+        routing_key=routing_key,
+        event="push",
+        action=None,
+        source="relay",
+        provider="github",
+        body=b'{"n": %d}' % n,
+        received_at=T0 + timedelta(milliseconds=n),
+    )
 
 
 def run(workflow: str) -> NewRun:
-    job = NewJob(job_id=str(uuid.uuid4()), name="build", base_name="build", matrix_values=None, needs=(),
-                 runs_on=(), exclude_labels=(), job_config={}, runnable=True)
-    return NewRun(run_id=str(uuid.uuid4()), workflow_name=workflow, provider="github", routing_key="github:1",
-                  repo_identifier="acme/app", repo_url=None, ref="refs/heads/main", sha="a" * 40,
-                  trigger_decision={}, jobs=(job,))
+    job = NewJob(
+        job_id=str(uuid.uuid4()),
+        name="build",
+        base_name="build",
+        matrix_values=None,
+        needs=(),
+        runs_on=(),
+        exclude_labels=(),
+        job_config={},
+        runnable=True,
+    )
+    return NewRun(
+        run_id=str(uuid.uuid4()),
+        workflow_name=workflow,
+        provider="github",
+        routing_key="github:1",
+        repo_identifier="acme/app",
+        repo_url=None,
+        ref="refs/heads/main",
+        sha="a" * 40,
+        trigger_decision={},
+        jobs=(job,),
+    )
 
 
 @pytest.mark.parametrize("group_commit", [True, False])

@@ -17,10 +17,16 @@ pytestmark = pytest.mark.anyio
 
 
 def _git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    return subprocess.run(
+        ["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
 def _commit(repo: Path, content: str | None) -> str:
@@ -44,8 +50,14 @@ def repo(tmp_path: Path) -> Path:
 
 
 def _source(path: Path) -> GenericSource:
-    return GenericSource(id="s", org_id="o", name="n", routing_key="generic:o:s", provider_type="local",
-                         git_config={"url": path.as_uri()})
+    return GenericSource(
+        id="s",
+        org_id="o",
+        name="n",
+        routing_key="generic:o:s",
+        provider_type="local",
+        git_config={"url": path.as_uri()},
+    )
 
 
 async def test_full_sha_reads_run_git_once(repo: Path) -> None:

@@ -14,9 +14,7 @@ from kici_core.errors import ConfigError, KiciError
 
 def _tables(url: str) -> set[str]:
     with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-        ).fetchall()
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
     return {r[0] for r in rows}
 
 
@@ -32,10 +30,24 @@ def test_apply_creates_schema_and_second_run_is_noop(empty_db_url: str) -> None:
     assert migrate.apply_migrations(empty_db_url) == names
     assert migrate.apply_migrations(empty_db_url) == []
     expected = {
-        "schema_migrations", "sources", "generic_webhook_sources", "scoped_secrets", "admin_tokens",
-        "agent_tokens", "event_log", "delivery_inbox", "execution_runs", "execution_jobs",
-        "execution_job_needs", "execution_steps", "dispatch_queue", "log_chunks", "agents",
-        "platform_outbox", "cluster_meta", "secret_audit_log",
+        "schema_migrations",
+        "sources",
+        "generic_webhook_sources",
+        "scoped_secrets",
+        "admin_tokens",
+        "agent_tokens",
+        "event_log",
+        "delivery_inbox",
+        "execution_runs",
+        "execution_jobs",
+        "execution_job_needs",
+        "execution_steps",
+        "dispatch_queue",
+        "log_chunks",
+        "agents",
+        "platform_outbox",
+        "cluster_meta",
+        "secret_audit_log",
     }
     assert expected <= _tables(empty_db_url)
     with psycopg.connect(empty_db_url) as conn:

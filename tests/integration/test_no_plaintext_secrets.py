@@ -33,7 +33,9 @@ async def dump_database(db: Database) -> list[str]:
         tables = [r["tablename"] for r in await cur.fetchall()]
         out: list[str] = []
         for table in tables:
-            cur = await conn.execute(sql.SQL("SELECT row_to_json(t)::text AS j FROM {} t").format(sql.Identifier(table)))
+            cur = await conn.execute(
+                sql.SQL("SELECT row_to_json(t)::text AS j FROM {} t").format(sql.Identifier(table))
+            )
             out.extend(r["j"] for r in await cur.fetchall())
     assert "scoped_secrets" in tables and "event_log" in tables
     return out
@@ -67,19 +69,39 @@ async def test_secrets_never_stored_in_plaintext(database: Database, tmp_path: P
     await secrets.put("__system__", f"__source__/{gh.id}", "webhookSecret", plaintexts["webhook"])
     await secrets.put("__system__", f"__source__/{gh.id}", "privateKey", plaintexts["private_key"])
     gid = str(uuid.uuid4())
-    await sources.add_generic(GenericSource(id=gid, org_id="acme", name="deploys", routing_key=f"generic:acme:{gid}",
-                                            verification_config={"header": "X-Signature"}))
+    await sources.add_generic(
+        GenericSource(
+            id=gid,
+            org_id="acme",
+            name="deploys",
+            routing_key=f"generic:acme:{gid}",
+            verification_config={"header": "X-Signature"},
+        )
+    )
     await secrets.put("__system__", f"__webhook__/{gid}", "secret", plaintexts["generic"])
-    await tokens.create_admin_token(AdminToken(id=str(uuid.uuid4()), label="ops", role="owner"),
-                                    hashlib.sha256(plaintexts["admin_token"].encode()).hexdigest())
+    await tokens.create_admin_token(
+        AdminToken(id=str(uuid.uuid4()), label="ops", role="owner"),
+        hashlib.sha256(plaintexts["admin_token"].encode()).hexdigest(),
+    )
 
     # the stores can read the secrets back: they are there, just not in the clear
     assert await secrets.get("__system__", f"__source__/{gh.id}", "webhookSecret") == plaintexts["webhook"]
 
     for n, key in enumerate(["github:77", f"generic:acme:{gid}"]):
         body = json.dumps({"ref": "refs/heads/main", "n": n}).encode()
-        await inbox.accept(Delivery(org_id="acme", delivery_id=f"d-{n}", routing_key=key, event="push", action=None,
-                                    source="direct", provider="github", body=body, received_at=datetime.now(UTC)))
+        await inbox.accept(
+            Delivery(
+                org_id="acme",
+                delivery_id=f"d-{n}",
+                routing_key=key,
+                event="push",
+                action=None,
+                source="direct",
+                provider="github",
+                body=body,
+                received_at=datetime.now(UTC),
+            )
+        )
     for item in await inbox.claim(worker_id="w", limit=10, lease_seconds=60):
         await inbox.complete(item, DeliveryOutcome(status="received"), [])
 

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.anyio
 async def _listeners(database: Database) -> list[int]:
     """Backend pids of the connections currently in ``LISTEN`` (their last statement was one)."""
     async with database.connection() as conn:
-        cur = await conn.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN %%'"
-                                 " AND pid <> pg_backend_pid() ORDER BY pid")
+        cur = await conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN %%' AND pid <> pg_backend_pid() ORDER BY pid"
+        )
         return [int(r["pid"]) for r in await cur.fetchall()]
 
 
@@ -59,8 +60,10 @@ async def test_the_source_table_triggers_notify_the_source_channels(database: Da
     notes = notify.Notifications(database)
     async with notes.listen(notify.SOURCES) as stream:
         async with database.connection() as conn:  # committed when the block ends
-            await conn.execute("INSERT INTO sources (routing_key, provider, app_id, name)"
-                               " VALUES ('github:4242', 'github', '4242', 'ci')")
+            await conn.execute(
+                "INSERT INTO sources (routing_key, provider, app_id, name)"
+                " VALUES ('github:4242', 'github', '4242', 'ci')"
+            )
         received = await _next(stream, "the sources_change notification")
     assert received == notify.Notification(channel="sources_change", payload="github:4242")
 
@@ -71,8 +74,10 @@ async def test_a_lost_listening_connection_raises_storage_unavailable(database: 
         pids = await waits.until(lambda: _listeners(database), what="the listener in pg_stat_activity")
         async with database.connection() as conn:
             await conn.execute("SELECT pg_terminate_backend(%(pid)s)", {"pid": pids[0]})
-        with waits.within(20, "the stream to fail after its backend was terminated"), \
-                pytest.raises(errors.StorageUnavailable):
+        with (
+            waits.within(20, "the stream to fail after its backend was terminated"),
+            pytest.raises(errors.StorageUnavailable),
+        ):
             await anext(stream)
 
 

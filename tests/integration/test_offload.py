@@ -29,8 +29,17 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def delivery(n: int) -> Delivery:
-    return Delivery(org_id="acme", delivery_id=f"d-{n}", routing_key="github:1", event="push", action=None,
-                    source="direct", provider="github", body=b'{"n": %d}' % n, received_at=T0 + timedelta(seconds=n))
+    return Delivery(
+        org_id="acme",
+        delivery_id=f"d-{n}",
+        routing_key="github:1",
+        event="push",
+        action=None,
+        source="direct",
+        provider="github",
+        body=b'{"n": %d}' % n,
+        received_at=T0 + timedelta(seconds=n),
+    )
 
 
 class CountingBlobs(fakes.FakeBlobStore):
@@ -60,8 +69,12 @@ async def test_filesystem_offload_end_to_end(database: Database, tmp_path: Path)
     offloader = PayloadOffloader(database, blobs, batch=2)
     assert await offloader.pending() == 5
     passes = [await offloader.run_once() for _ in range(4)]
-    assert passes == [OffloadPass(moved=2, failed=0), OffloadPass(moved=2, failed=0),
-                      OffloadPass(moved=1, failed=0), OffloadPass(moved=0, failed=0)]
+    assert passes == [
+        OffloadPass(moved=2, failed=0),
+        OffloadPass(moved=2, failed=0),
+        OffloadPass(moved=1, failed=0),
+        OffloadPass(moved=0, failed=0),
+    ]
     assert await offloader.pending() == 0
     for n in range(5):
         assert gzip.decompress(await blobs.get(event_log_payload_key("acme", f"d-{n}"))) == b'{"n": %d}' % n
@@ -165,10 +178,16 @@ def kill_sessions(server: PgServer, db_url: str, *, allow_connections: bool) -> 
     """Terminate every session on the test database (waiting until they are gone); optionally refuse new ones."""
     name = urlsplit(db_url).path.lstrip("/")
     with psycopg.connect(server.admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
-            sql.Identifier(name), sql.SQL("true" if allow_connections else "false")))
-        conn.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
-                     " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(name), sql.SQL("true" if allow_connections else "false")
+            )
+        )
+        conn.execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
 
 
 async def test_database_down_means_no_acknowledgement(database: Database, db_url: str, pg_server: PgServer) -> None:

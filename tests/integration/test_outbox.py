@@ -80,9 +80,22 @@ async def test_rows_written_by_other_code_get_ids_and_field_rules(database: Data
     async with database.transaction() as conn:  # a dispatcher writing in its own state-change transaction
         await conn.execute(
             "INSERT INTO platform_outbox (kind, payload) VALUES (%s, %s)",
-            ("job.status.forward", Jsonb({"type": "job.status.forward", "runId": "r", "jobId": "j",
-                                          "jobName": "build", "status": "running", "agentId": None,
-                                          "startedAt": None, "orgId": "acme"})))
+            (
+                "job.status.forward",
+                Jsonb(
+                    {
+                        "type": "job.status.forward",
+                        "runId": "r",
+                        "jobId": "j",
+                        "jobName": "build",
+                        "status": "running",
+                        "agentId": None,
+                        "startedAt": None,
+                        "orgId": "acme",
+                    }
+                ),
+            ),
+        )
     link = Link()
     await PgPlatformOutbox(database).drain(link.send, link.confirm)
     (frame,) = link.sent
@@ -106,9 +119,17 @@ async def test_cap_drops_the_oldest_and_counts_them(database: Database) -> None:
 
 async def test_rows_hold_domain_events_and_leave_as_frames(database: Database) -> None:
     outbox = PgPlatformOutbox(database)
-    await outbox.publish(platform_events.JobStatusChanged(
-        run_id="r", job_id="j", job_name="build", status="failed", runs_on_labels=("linux",),
-        error_message="x" * 3000, log_bytes=12))
+    await outbox.publish(
+        platform_events.JobStatusChanged(
+            run_id="r",
+            job_id="j",
+            job_name="build",
+            status="failed",
+            runs_on_labels=("linux",),
+            error_message="x" * 3000,
+            log_bytes=12,
+        )
+    )
     async with database.connection() as conn:
         cur = await conn.execute("SELECT kind, payload FROM platform_outbox")
         (row,) = await cur.fetchall()
@@ -127,17 +148,28 @@ async def test_a_job_reported_by_its_agent_reaches_the_platform_as_frames(databa
     """The run store writes events in the state change's transaction; the drain sends them as frames."""
     run_id, job_id = str(uuid.uuid4()), str(uuid.uuid4())
     async with database.transaction() as conn:
-        await conn.execute("INSERT INTO execution_runs (run_id, workflow_name, provider, routing_key, repo_identifier,"
-                           " sha, ref) VALUES (%s, 'ci', 'github', 'github:42', 'acme/app', %s, 'main')",
-                           (run_id, "a" * 40))
-        await conn.execute("INSERT INTO execution_jobs (job_id, run_id, job_name, base_name, runs_on, required_labels,"
-                           " needs_satisfied) VALUES (%s, %s, 'build', 'build', %s, %s, true)",
-                           (job_id, run_id, Jsonb([{"kind": "exact", "value": "linux"}]), ["linux"]))
+        await conn.execute(
+            "INSERT INTO execution_runs (run_id, workflow_name, provider, routing_key, repo_identifier,"
+            " sha, ref) VALUES (%s, 'ci', 'github', 'github:42', 'acme/app', %s, 'main')",
+            (run_id, "a" * 40),
+        )
+        await conn.execute(
+            "INSERT INTO execution_jobs (job_id, run_id, job_name, base_name, runs_on, required_labels,"
+            " needs_satisfied) VALUES (%s, %s, 'build', 'build', %s, %s, true)",
+            (job_id, run_id, Jsonb([{"kind": "exact", "value": "linux"}]), ["linux"]),
+        )
     runs = PgRunStore(database, forward=True, instance_id="orch-1")
     try:
         await runs.job_started(job_id, agent_id="agent-1")
-        await runs.step_status(run_id=run_id, job_id=job_id, step_index=0, step_name="test", state="success",
-                               data={"exitCode": 0, "secretsAccessed": ["TOKEN"]}, step_type=None)
+        await runs.step_status(
+            run_id=run_id,
+            job_id=job_id,
+            step_index=0,
+            step_name="test",
+            state="success",
+            data={"exitCode": 0, "secretsAccessed": ["TOKEN"]},
+            step_type=None,
+        )
         await runs.append_log(run_id=run_id, job_id=job_id, step_index=0, lines=["ok 1", "ok 2"])
         await runs.finish_job(job_id, "success")
     finally:
@@ -148,11 +180,21 @@ async def test_a_job_reported_by_its_agent_reaches_the_platform_as_frames(databa
     assert kinds == ["job_status", "run_status", "step_status", "log_lines", "job_status", "run_status"]
     link = Link()
     await PgPlatformOutbox(database).drain(link.send, link.confirm)
-    assert [f["type"] for f in link.sent] == ["job.status.forward", "execution.status", "step.status.forward",
-                                              "log.chunk", "job.status.forward", "execution.status"]
+    assert [f["type"] for f in link.sent] == [
+        "job.status.forward",
+        "execution.status",
+        "step.status.forward",
+        "log.chunk",
+        "job.status.forward",
+        "execution.status",
+    ]
     running, started, step, log, done, concluded = link.sent
     assert (running["status"], running["agentId"], running["orchestratorId"], running["runsOnLabels"]) == (
-        "running", "agent-1", "orch-1", ["linux"])
+        "running",
+        "agent-1",
+        "orch-1",
+        ["linux"],
+    )
     assert isinstance(running["startedAt"], int) and "logBytes" not in running
     assert (started["status"], started["repoIdentifier"], started["sha"]) == ("running", "acme/app", "a" * 40)
     assert step["stepName"] == "test" and step["data"] == {"exitCode": 0} and step["secretsAccessed"] == ["TOKEN"]

@@ -37,8 +37,12 @@ def test_machine_prerequisites() -> None:
 @pytest.fixture
 def netns() -> Iterator[list[str]]:
     """A private network namespace, as an ``nsenter`` prefix."""
-    holder = subprocess.Popen(["unshare", "--net", "sh", "-c", "echo ready; exec sleep 600"],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        ["unshare", "--net", "sh", "-c", "echo ready; exec sleep 600"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None
         line = holder.stdout.readline()  # printed inside the new namespace
@@ -114,16 +118,31 @@ def _boot(env_path: str, *, prefix: list[str] | None = None) -> subprocess.Compl
     folder = Path(tempfile.mkdtemp(prefix="kici-scaler-"))
     folder.chmod(0o755)  # readable by the unprivileged user too
     config = folder / "scalers.yaml"
-    config.write_text("version: 1\nscalers:\n  - name: c\n    type: container\n    maxAgents: 1\n"
-                      f"    socketPath: {folder / 'docker.sock'}\n"
-                      "    labelSets: [{labels: [linux], image: kici-agent:test}]\n")
+    config.write_text(
+        "version: 1\nscalers:\n  - name: c\n    type: container\n    maxAgents: 1\n"
+        f"    socketPath: {folder / 'docker.sock'}\n"
+        "    labelSets: [{labels: [linux], image: kici-agent:test}]\n"
+    )
     config.chmod(0o644)
-    env = clean_env(PATH=env_path, KICI_MODE="independent", KICI_SCALER_CONFIG_PATH=str(config),
-                    KICI_DATABASE_URL="postgresql://kici@127.0.0.1:1/never", KICI_SECRET_KEY="ab" * 32,
-                    KICI_DATA_DIR=str(folder / "data"), KICI_PORT="0", HOME=str(folder))
+    env = clean_env(
+        PATH=env_path,
+        KICI_MODE="independent",
+        KICI_SCALER_CONFIG_PATH=str(config),
+        KICI_DATABASE_URL="postgresql://kici@127.0.0.1:1/never",
+        KICI_SECRET_KEY="ab" * 32,
+        KICI_DATA_DIR=str(folder / "data"),
+        KICI_PORT="0",
+        HOME=str(folder),
+    )
     try:
-        return subprocess.run([*(prefix or []), str(BIN / "kici-standalone")], env=env, capture_output=True,
-                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [*(prefix or []), str(BIN / "kici-standalone")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -46,7 +46,8 @@ async def test_put_get_list_delete(database: Database) -> None:
     assert await store.get("__system__", "__source__/a", "webhookSecret") == "s3cr3t"
     assert await store.list_keys("__system__", "__source__/a") == ["privateKey", "webhookSecret"]
     assert await store.get_scope("__system__", "__source__/a") == {
-        "privateKey": "-----BEGIN-----", "webhookSecret": "s3cr3t",
+        "privateKey": "-----BEGIN-----",
+        "webhookSecret": "s3cr3t",
     }
     row = await _stored(database, "__system__", "__source__/a", "webhookSecret")
     assert "s3cr3t" not in row["encrypted_value"]
@@ -58,8 +59,10 @@ async def test_put_get_list_delete(database: Database) -> None:
         cur = await conn.execute("SELECT action, secret_keys FROM secret_audit_log ORDER BY id")
         actions = [(r["action"], r["secret_keys"]) for r in await cur.fetchall()]
     assert actions == [
-        ("setSecret", ["webhookSecret"]), ("setSecret", ["privateKey"]),
-        ("deleteSecret", ["webhookSecret"]), ("deleteSecret", ["privateKey"]),
+        ("setSecret", ["webhookSecret"]),
+        ("setSecret", ["privateKey"]),
+        ("deleteSecret", ["webhookSecret"]),
+        ("deleteSecret", ["privateKey"]),
     ]
 
 
@@ -73,7 +76,9 @@ async def test_reads_a_row_written_in_upstream_format(database: Database) -> Non
             "INSERT INTO scoped_secrets (org_id, scope, key, encrypted_value) VALUES (%s, %s, %s, %s)",
             ("__system__", "__webhook__/g1", "secret", stored),
         )
-    assert await pg_secrets.PgSecretStore(database, KEY).get("__system__", "__webhook__/g1", "secret") == "from-upstream"
+    assert (
+        await pg_secrets.PgSecretStore(database, KEY).get("__system__", "__webhook__/g1", "secret") == "from-upstream"
+    )
 
 
 async def test_cache_is_invalidated_by_writes_and_expires(database: Database) -> None:

@@ -41,8 +41,9 @@ async def test_a_source_added_through_the_store_is_found_immediately(database: D
 async def test_generic_lookups_follow_own_writes(database: Database) -> None:
     store = PgSourceStore(database, monotonic=Clock())
     sid = str(uuid.uuid4())
-    source = await store.add_generic(GenericSource(id=sid, org_id="acme", name="deploys",
-                                                   routing_key=f"generic:acme:{sid}"))
+    source = await store.add_generic(
+        GenericSource(id=sid, org_id="acme", name="deploys", routing_key=f"generic:acme:{sid}")
+    )
     assert await store.generic_by_org_and_name("acme", "deploys") == source
     assert await store.generic_by_id(sid) == source
     await store.remove_generic(sid)  # soft delete: frees the name, keeps the row

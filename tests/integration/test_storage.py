@@ -42,8 +42,11 @@ def s3_endpoint() -> Iterator[str]:
 
 def _make_bucket(endpoint: str, name: str) -> None:
     client = boto3.session.Session().client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
     client.create_bucket(Bucket=name)
 
@@ -111,8 +114,9 @@ def synced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-async def test_filesystem_copies_skip_the_fsyncs_durable_writes_make(fs_store: storage.FilesystemBlobStore,
-                                                                      synced: list[int]) -> None:
+async def test_filesystem_copies_skip_the_fsyncs_durable_writes_make(
+    fs_store: storage.FilesystemBlobStore, synced: list[int]
+) -> None:
     await fs_store.put(storage.run_payload_key("run-2"), b'{"copy":true}', durable=False)
     assert synced == []
     target = fs_store.root / "executions" / "run-2" / "webhook-payload.json"
@@ -133,23 +137,28 @@ async def test_s3_objects_live_under_the_log_prefix(s3_store: storage.S3BlobStor
     key = storage.event_log_payload_key("acme", "d-1")
     await s3_store.put(key, b"gz")
     client = boto3.session.Session().client(
-        "s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
     head = client.head_object(Bucket=s3_store.bucket, Key="kici-logs/event-log/acme/d-1.json.gz")
     assert head["ContentType"] == "application/gzip"
 
 
 async def test_s3_missing_bucket_is_storage_unavailable(s3_endpoint: str) -> None:
-    store = storage.S3BlobStore("no-such-bucket", region="us-east-1", endpoint=s3_endpoint,
-                                force_path_style=True, **CREDS)
+    store = storage.S3BlobStore(
+        "no-such-bucket", region="us-east-1", endpoint=s3_endpoint, force_path_style=True, **CREDS
+    )
     with pytest.raises(StorageUnavailable):
         await store.put("a", b"x")
 
 
 async def test_s3_unreachable_endpoint_is_storage_unavailable() -> None:
-    store = storage.S3BlobStore("b", region="us-east-1", endpoint=f"http://127.0.0.1:{_free_port()}",
-                                force_path_style=True, **CREDS)
+    store = storage.S3BlobStore(
+        "b", region="us-east-1", endpoint=f"http://127.0.0.1:{_free_port()}", force_path_style=True, **CREDS
+    )
     with pytest.raises(StorageUnavailable):
         await store.get("a")
 
@@ -235,12 +244,15 @@ def test_a_batch_renames_nothing_before_every_durable_file_is_synced(
     monkeypatch.setattr(os, "replace", replace)
     root = tmp_path / "blobs"
     (root / "event-log" / "acme").mkdir(parents=True)
-    writes = [storage._FileWrite(root / "event-log" / "acme" / f"d-{i}.json.gz", b"x" * i, durable=i % 2 == 0)
-              for i in range(6)]
+    writes = [
+        storage._FileWrite(root / "event-log" / "acme" / f"d-{i}.json.gz", b"x" * i, durable=i % 2 == 0)
+        for i in range(6)
+    ]
     storage._write_batch(writes)
     assert all(w.error is None for w in writes)
     assert [(root / "event-log" / "acme" / f"d-{i}.json.gz").read_bytes() for i in range(6)] == [
-        b"x" * i for i in range(6)]
+        b"x" * i for i in range(6)
+    ]
     renames = [i for i, e in enumerate(events) if e == "rename"]
     assert len(renames) == 6
     # three durable files synced before the first rename; then the one directory, once

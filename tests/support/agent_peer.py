@@ -62,23 +62,35 @@ class ScriptedOrchestrator:
     async def send(self, message: dict[str, Any], *, connection: int = -1) -> None:
         await self.connections[connection].send(json.dumps(message))
 
-    async def dispatch(self, *, job_config: dict[str, Any], repo_url: str = "", ref: str = "", sha: str = "",
-                       **extra: Any) -> tuple[str, str]:
+    async def dispatch(
+        self, *, job_config: dict[str, Any], repo_url: str = "", ref: str = "", sha: str = "", **extra: Any
+    ) -> tuple[str, str]:
         """Send a ``job.dispatch``; returns ``(runId, jobId)``."""
         run_id, job_id = str(uuid.uuid4()), str(uuid.uuid4())
-        await self.send({
-            "type": "job.dispatch", "messageId": str(uuid.uuid4()), "runId": run_id, "jobId": job_id,
-            "repoUrl": repo_url, "ref": ref, "sha": sha, "lockFileUrl": "", "jobConfig": job_config,
-            "timestamp": 1782662401456, **extra,
-        })
+        await self.send(
+            {
+                "type": "job.dispatch",
+                "messageId": str(uuid.uuid4()),
+                "runId": run_id,
+                "jobId": job_id,
+                "repoUrl": repo_url,
+                "ref": ref,
+                "sha": sha,
+                "lockFileUrl": "",
+                "jobConfig": job_config,
+                "timestamp": 1782662401456,
+                **extra,
+            }
+        )
         return run_id, job_id
 
     async def drop(self, *, code: int = 1001, reason: str = "Server shutting down") -> None:
         await self.connections[-1].close(code, reason)
 
     # --- observing --------------------------------------------------------------------------------
-    async def next(self, predicate: Predicate | None = None, *, within: float = 15,
-                   what: str = "the agent's next matching message") -> Received:
+    async def next(
+        self, predicate: Predicate | None = None, *, within: float = 15, what: str = "the agent's next matching message"
+    ) -> Received:
         """The next recorded message (after the previous ``next``) matching ``predicate``."""
         with waits.within(within, what, self._seen):
             while True:
@@ -90,8 +102,14 @@ class ScriptedOrchestrator:
                 changed = self._changed
                 await changed.wait()
 
-    async def wait_for(self, predicate: Predicate, *, connection: int | None = None,
-                       within: float = 15, what: str = "a matching message from the agent") -> Received:
+    async def wait_for(
+        self,
+        predicate: Predicate,
+        *,
+        connection: int | None = None,
+        within: float = 15,
+        what: str = "a matching message from the agent",
+    ) -> Received:
         """The first recorded message (from the start, optionally on one connection) matching ``predicate``."""
         where = "" if connection is None else f" on connection {connection}"
         with waits.within(within, what + where, self._seen):
@@ -116,12 +134,17 @@ class ScriptedOrchestrator:
 
     def _seen(self) -> str:
         last = [(r.connection, r.message.get("type"), r.message.get("state")) for r in self.received[-10:]]
-        return (f"{len(self.connections)} connection(s), closed {self.closed}; {len(self.received)} message(s), "
-                f"the last (connection, type, state) {last}")
+        return (
+            f"{len(self.connections)} connection(s), closed {self.closed}; {len(self.received)} message(s), "
+            f"the last (connection, type, state) {last}"
+        )
 
     def job_messages(self, job_id: str, *, connection: int | None = None) -> list[dict[str, Any]]:
-        return [r.message for r in self.received
-                if r.message.get("jobId") == job_id and (connection is None or r.connection == connection)]
+        return [
+            r.message
+            for r in self.received
+            if r.message.get("jobId") == job_id and (connection is None or r.connection == connection)
+        ]
 
     def _record(self, connection: int, message: dict[str, Any]) -> None:
         self.received.append(Received(connection=connection, message=message))
@@ -152,8 +175,16 @@ class ScriptedOrchestrator:
                         await ws.send(json.dumps({"type": "auth.failure", "reason": "Invalid or expired token"}))
                         await ws.close(4010, "Authentication failed")
                 elif kind == "agent.register":
-                    await ws.send(json.dumps({"type": "register.ack", "agentId": message["agentId"],
-                                              "labels": message["labels"], "scalerManaged": False}))
+                    await ws.send(
+                        json.dumps(
+                            {
+                                "type": "register.ack",
+                                "agentId": message["agentId"],
+                                "labels": message["labels"],
+                                "scalerManaged": False,
+                            }
+                        )
+                    )
         except ConnectionClosed:
             pass
         finally:

@@ -31,17 +31,29 @@ BOUND = 20.0
 
 
 def _git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    return subprocess.run(
+        ["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
-def job(name: str, labels: list[str], *, needs: list[Any] | None = None,
-        steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def job(
+    name: str, labels: list[str], *, needs: list[Any] | None = None, steps: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """A static lock-file job that runs on agents carrying every label of ``labels``."""
-    return {"_type": "static", "name": name, "runsOn": [{"kind": "exact", "value": v} for v in labels],
-            "needs": needs or [], "steps": steps or [{"name": "step", "run": "true"}]}
+    return {
+        "_type": "static",
+        "name": name,
+        "runsOn": [{"kind": "exact", "value": v} for v in labels],
+        "needs": needs or [],
+        "steps": steps or [{"name": "step", "run": "true"}],
+    }
 
 
 def lock_repo(root: Path, workflows: dict[str, list[dict[str, Any]]]) -> tuple[Path, str]:
@@ -50,11 +62,22 @@ def lock_repo(root: Path, workflows: dict[str, list[dict[str, Any]]]) -> tuple[P
     repo = root / "repo"
     (repo / ".kici").mkdir(parents=True)
     src = {"file": ".kici/workflows/ci.ts", "export": "#default"}
-    lock = {"schemaVersion": 29, "source": src, "contentHash": "h", "workflows": [
-        {"name": name, "source": src, "contentHash": name, "compileSchemaVersion": 5,
-         "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
-         "jobs": jobs}
-        for name, jobs in workflows.items()]}
+    lock = {
+        "schemaVersion": 29,
+        "source": src,
+        "contentHash": "h",
+        "workflows": [
+            {
+                "name": name,
+                "source": src,
+                "contentHash": name,
+                "compileSchemaVersion": 5,
+                "triggers": [{"_type": "push", "branches": [{"type": "glob", "pattern": "main"}], "paths": []}],
+                "jobs": jobs,
+            }
+            for name, jobs in workflows.items()
+        ],
+    }
     (repo / ".kici" / "kici.lock.json").write_text(json.dumps(lock))
     _git(repo.parent, "init", "-q", "-b", "main", str(repo))
     _git(repo, "add", "-A")
@@ -66,12 +89,17 @@ async def push(base_url: str, repo: Path, sha: str, *, org: str = "acme", source
     """Post an unsigned generic ``push`` to ``main`` of ``repo`` (a source with verification ``none``);
     returns the delivery id."""
     delivery = str(uuid.uuid4())
-    body = {"ref": "refs/heads/main", "before": "0" * 40, "after": sha,
-            "repository": {"full_name": "acme/repo", "name": "repo", "default_branch": "main",
-                           "clone_url": repo.as_uri()}, "sender": {"login": "t", "id": 1}}
+    body = {
+        "ref": "refs/heads/main",
+        "before": "0" * 40,
+        "after": sha,
+        "repository": {"full_name": "acme/repo", "name": "repo", "default_branch": "main", "clone_url": repo.as_uri()},
+        "sender": {"login": "t", "id": 1},
+    }
     async with httpx.AsyncClient(base_url=base_url, timeout=BOUND) as http:
-        r = await http.post(f"/webhook/{org}/generic/{source}", json=body,
-                            headers={"x-event-type": "push", "x-delivery-id": delivery})
+        r = await http.post(
+            f"/webhook/{org}/generic/{source}", json=body, headers={"x-event-type": "push", "x-delivery-id": delivery}
+        )
     assert r.status_code in (200, 202), r.text
     return delivery
 
@@ -86,8 +114,16 @@ class RawAgent:
         self._backlog: list[dict[str, Any]] = []
 
     @classmethod
-    async def join(cls, port: int, agent_id: str, labels: list[str], *, max_concurrency: int = 1,
-                   in_flight: list[dict[str, str]] | None = None, token: str | None = None) -> RawAgent:
+    async def join(
+        cls,
+        port: int,
+        agent_id: str,
+        labels: list[str],
+        *,
+        max_concurrency: int = 1,
+        in_flight: list[dict[str, str]] | None = None,
+        token: str | None = None,
+    ) -> RawAgent:
         """Connect to ``/ws``, authenticate with ``token`` (none: no-auth mode), send ``agent.register`` and wait
         for ``register.ack``."""
         ws = await connect(f"ws://127.0.0.1:{port}/ws")
@@ -95,16 +131,27 @@ class RawAgent:
         if token is not None:
             await ws.send(json.dumps({"type": "auth.request", "token": token, "protocolVersion": 1}))
             await agent.expect("auth.success")
-        await agent.send({"type": "agent.register", "agentId": agent_id, "labels": labels,
-                          "maxConcurrency": max_concurrency, "platform": "linux", "arch": "x64",
-                          "inFlightJobs": in_flight or []}, stamp=False)
+        await agent.send(
+            {
+                "type": "agent.register",
+                "agentId": agent_id,
+                "labels": labels,
+                "maxConcurrency": max_concurrency,
+                "platform": "linux",
+                "arch": "x64",
+                "inFlightJobs": in_flight or [],
+            },
+            stamp=False,
+        )
         ack = await agent.expect("register.ack")
         assert ack["agentId"] == agent_id
         return agent
 
     def _seen(self) -> str:
-        return (f"{len(self.received)} message(s) received, the last "
-                f"{[(m.get('type'), m.get('jobId')) for m in self.received[-8:]]}")
+        return (
+            f"{len(self.received)} message(s) received, the last "
+            f"{[(m.get('type'), m.get('jobId')) for m in self.received[-8:]]}"
+        )
 
     async def send(self, message: dict[str, Any], *, stamp: bool = True) -> None:
         """Send one frame; adds ``messageId`` (and ``timestamp`` when ``stamp``) unless present."""
@@ -116,6 +163,7 @@ class RawAgent:
     async def expect(self, kind: str, *, bound: float = BOUND, job_id: str | None = None) -> dict[str, Any]:
         """The next message of type ``kind`` (about ``job_id`` when given); other messages are kept for a later
         :meth:`expect`. Raises WaitTimeout after ``bound`` seconds and ConnectionClosed if the socket closes."""
+
         def wanted(m: dict[str, Any]) -> bool:
             return m.get("type") == kind and (job_id is None or m.get("jobId") == job_id)
 
@@ -158,14 +206,29 @@ class RawAgent:
 
     async def status(self, dispatch: dict[str, Any], state: str, data: dict[str, Any] | None = None) -> None:
         """``job.status`` with ``state``."""
-        await self.send({"type": "job.status", **self._ids(dispatch), "state": state,
-                         **({"data": data} if data is not None else {})})
+        await self.send(
+            {
+                "type": "job.status",
+                **self._ids(dispatch),
+                "state": state,
+                **({"data": data} if data is not None else {}),
+            }
+        )
 
-    async def step(self, dispatch: dict[str, Any], index: int, name: str, state: str,
-                   data: dict[str, Any] | None = None) -> None:
+    async def step(
+        self, dispatch: dict[str, Any], index: int, name: str, state: str, data: dict[str, Any] | None = None
+    ) -> None:
         """``step.status``."""
-        await self.send({"type": "step.status", **self._ids(dispatch), "stepIndex": index, "stepName": name,
-                         "state": state, **({"data": data} if data is not None else {})})
+        await self.send(
+            {
+                "type": "step.status",
+                **self._ids(dispatch),
+                "stepIndex": index,
+                "stepName": name,
+                "state": state,
+                **({"data": data} if data is not None else {}),
+            }
+        )
 
     async def log(self, dispatch: dict[str, Any], index: int, *lines: str) -> None:
         """``log.chunk``."""
@@ -173,8 +236,9 @@ class RawAgent:
 
     async def heartbeat_job(self, dispatch: dict[str, Any]) -> None:
         """``job.heartbeat`` (no ``messageId`` on the wire)."""
-        await self.ws.send(json.dumps({"type": "job.heartbeat", **self._ids(dispatch),
-                                       "timestamp": int(time.time() * 1000)}))
+        await self.ws.send(
+            json.dumps({"type": "job.heartbeat", **self._ids(dispatch), "timestamp": int(time.time() * 1000)})
+        )
 
     async def run_to_success(self, dispatch: dict[str, Any]) -> None:
         """ack, running, success: a job that passes at once."""

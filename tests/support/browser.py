@@ -1,6 +1,7 @@
 """A small Chrome DevTools Protocol client over ``websockets``, driving a real headless Chromium.
 
-:func:`chromium` starts Chromium (``$CHROMIUM_BINARY``, else Debian's ``/usr/lib/chromium/chromium``, else ``chromium`` on the path) headless with a fresh profile and
+:func:`chromium` starts Chromium (``$CHROMIUM_BINARY``, else Debian's ``/usr/lib/chromium/chromium``, else ``chromium``
+on the path) headless with a fresh profile and
 ``--remote-debugging-port=0``, reads the DevTools address it prints, opens one page and yields a :class:`Page`
 that can navigate, evaluate JavaScript, type, click, wait for a condition in the page (bounded, reporting
 what it last saw) and take screenshots. Nothing is downloaded: the browser is the distribution's package.
@@ -27,9 +28,19 @@ from websockets.asyncio.client import ClientConnection, connect
 __all__ = ["Page", "chromium", "chromium_path"]
 
 BOUND = 30.0
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--remote-debugging-port=0", "--remote-allow-origins=*"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--remote-debugging-port=0",
+    "--remote-allow-origins=*",
+]
 DEBIAN_BINARY = "/usr/lib/chromium/chromium"
 _LISTENING = re.compile(r"DevTools listening on (ws://\S+)")
 
@@ -66,8 +77,9 @@ class Page:
                 with self._waiting.pop(msg["id"]) as stream:
                     await stream.send(msg)
             elif msg.get("method") == "Runtime.consoleAPICalled":
-                self.console.append(" ".join(str(a.get("value", a.get("description", "")))
-                                             for a in msg["params"].get("args", [])))
+                self.console.append(
+                    " ".join(str(a.get("value", a.get("description", ""))) for a in msg["params"].get("args", []))
+                )
             elif msg.get("method") == "Runtime.exceptionThrown":
                 self.errors.append(json.dumps(msg["params"].get("exceptionDetails", {}))[:500])
             elif msg.get("method") == "Log.entryAdded":
@@ -93,14 +105,21 @@ class Page:
 
     async def js(self, expression: str) -> Any:
         """Evaluate ``expression`` in the page (awaiting promises) and return its JSON value."""
-        result = await self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                      "awaitPromise": True})
+        result = await self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}
+        )
         if "exceptionDetails" in result:
             raise CDPError(f"{expression!r} threw {result['exceptionDetails']}")
         return result.get("result", {}).get("value")
 
-    async def wait(self, expression: str, *, what: str, show: str = "document.body && document.body.innerText",
-                   limit: float = BOUND) -> None:
+    async def wait(
+        self,
+        expression: str,
+        *,
+        what: str,
+        show: str = "document.body && document.body.innerText",
+        limit: float = BOUND,
+    ) -> None:
         """Poll ``expression`` until it is truthy in the page (the page gives the test no event to wait on). On
         timeout the error names ``what`` and what ``show`` evaluated to."""
         try:
@@ -116,8 +135,11 @@ class Page:
     async def goto(self, url: str) -> None:
         """Navigate and wait until the document has loaded."""
         await self.send("Page.navigate", {"url": url})
-        await self.wait("document.readyState === 'complete' && location.href !== 'about:blank'",
-                        what=f"{url} loaded", show="location.href")
+        await self.wait(
+            "document.readyState === 'complete' && location.href !== 'about:blank'",
+            what=f"{url} loaded",
+            show="location.href",
+        )
 
     async def type(self, selector: str, text: str) -> None:
         """Focus ``selector`` and type ``text`` as keyboard input."""
@@ -138,26 +160,33 @@ class Page:
             return [r.x + r.width / 2, r.y + r.height / 2]; }})()""")
         assert box, f"nothing matches {selector}"
         for kind in ("mousePressed", "mouseReleased"):
-            await self.send("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left",
-                                                         "clickCount": 1})
+            await self.send(
+                "Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left", "clickCount": 1}
+            )
 
     async def screenshot(self, path: Path, *, full: bool = False) -> None:
         """Save a PNG of the viewport (or the whole page)."""
         params: dict[str, Any] = {"format": "png"}
         if full:
             size = await self.js("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
-            params.update(captureBeyondViewport=True,
-                          clip={"x": 0, "y": 0, "width": size[0], "height": min(size[1], 4000), "scale": 1})
+            params.update(
+                captureBeyondViewport=True,
+                clip={"x": 0, "y": 0, "width": size[0], "height": min(size[1], 4000), "scale": 1},
+            )
         data = (await self.send("Page.captureScreenshot", params))["data"]
         await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
         await anyio.Path(path).write_bytes(base64.b64decode(data))
 
     async def viewport(self, width: int, height: int, *, mobile: bool = False, dark: bool = False) -> None:
         """Emulate a screen size (a phone with ``mobile``) and the light or dark colour scheme."""
-        await self.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
-                                                               "deviceScaleFactor": 1, "mobile": mobile})
-        await self.send("Emulation.setEmulatedMedia", {"features": [
-            {"name": "prefers-color-scheme", "value": "dark" if dark else "light"}]})
+        await self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+        )
+        await self.send(
+            "Emulation.setEmulatedMedia",
+            {"features": [{"name": "prefers-color-scheme", "value": "dark" if dark else "light"}]},
+        )
 
 
 @asynccontextmanager
@@ -168,18 +197,22 @@ async def chromium(*, width: int = 1280, height: int = 900) -> AsyncIterator[Pag
     profile = tempfile.mkdtemp(prefix="kici-chromium-")
     args = [binary, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"]
     # its stderr is read by a thread until the DevTools address appears
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,  # noqa: ASYNC220
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         assert proc.stderr is not None
         url = await anyio.to_thread.run_sync(_devtools_url, proc)
-        async with connect(url, max_size=64 * 1024 * 1024, ping_interval=None) as ws, \
-                anyio.create_task_group() as tg:
+        async with connect(url, max_size=64 * 1024 * 1024, ping_interval=None) as ws, anyio.create_task_group() as tg:
             page = Page(ws, "")
             tg.start_soon(page._reader)
             target = await page.send("Target.createTarget", {"url": "about:blank"}, browser=True)
-            attached = await page.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True},
-                                       browser=True)
+            attached = await page.send(
+                "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}, browser=True
+            )
             page._session = attached["sessionId"]
             for domain in ("Page", "Runtime", "Log"):
                 await page.send(f"{domain}.enable")

@@ -113,8 +113,17 @@ class FakeEngine:
     def add_container(self, name: str, labels: dict[str, str], *, running: bool = True) -> FakeContainer:
         """A container created behind the scaler's back (an orphan, for example)."""
         with self._lock:
-            c = FakeContainer(id=uuid.uuid4().hex * 2, name=name, image="busybox", env={}, labels=labels,
-                              host_config={}, network=None, ip=None, state="running" if running else "exited")
+            c = FakeContainer(
+                id=uuid.uuid4().hex * 2,
+                name=name,
+                image="busybox",
+                env={},
+                labels=labels,
+                host_config={},
+                network=None,
+                ip=None,
+                state="running" if running else "exited",
+            )
             self.containers[c.id] = c
             return c
 
@@ -137,8 +146,13 @@ class FakeEngine:
         env = {**base, **self.agent_env, **c.env, "KICI_AGENT_WORK_DIR": str(work / "work")}
         c.log_path = work / "agent.log"
         with open(c.log_path, "wb") as out:
-            c.process = subprocess.Popen([sys.executable, "-m", "kici_runtime.agent", "--log-level", "INFO"],
-                                         env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            c.process = subprocess.Popen(
+                [sys.executable, "-m", "kici_runtime.agent", "--log-level", "INFO"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def _kill(self, c: FakeContainer, grace: float = 5.0) -> None:
         if c.process is not None and c.process.poll() is None:
@@ -179,15 +193,20 @@ class FakeEngine:
             return 200, {"Version": "1.0-fake", "ApiVersion": "1.41", "Components": [{"Name": name}]}
         if m := re.fullmatch(r"/images/(.+)/json", path):
             name = unquote(m.group(1))
-            return (200, {"Id": "sha256:" + name, "RepoTags": [name]}) if name in self.images else \
-                (404, {"message": f"No such image: {name}"})
+            return (
+                (200, {"Id": "sha256:" + name, "RepoTags": [name]})
+                if name in self.images
+                else (404, {"message": f"No such image: {name}"})
+            )
         if path == "/images/create" and method == "POST":
             name = f"{q.get('fromImage', '')}:{q.get('tag', 'latest')}"
             if name in self.pullable:
                 self.images.add(name)
                 return 200, {"status": f"Downloaded newer image for {name}"}
-            return 404, {"message": f"pull access denied for {q.get('fromImage')}, repository does not exist or may "
-                                    "require 'docker login'"}
+            return 404, {
+                "message": f"pull access denied for {q.get('fromImage')}, repository does not exist or may "
+                "require 'docker login'"
+            }
         if path == "/networks/create" and method == "POST":
             if body["Name"] in self.networks:
                 return 409, {"message": f"network with name {body['Name']} already exists"}
@@ -195,8 +214,11 @@ class FakeEngine:
             return 201, {"Id": uuid.uuid4().hex, "Warning": ""}
         if m := re.fullmatch(r"/networks/([^/]+)", path):
             net = self.networks.get(unquote(m.group(1)))
-            return (200, {"Name": net["Name"], "Labels": net.get("Labels", {})}) if net else \
-                (404, {"message": f"network {unquote(m.group(1))} not found"})
+            return (
+                (200, {"Name": net["Name"], "Labels": net.get("Labels", {})})
+                if net
+                else (404, {"message": f"network {unquote(m.group(1))} not found"})
+            )
         if path == "/containers/create" and method == "POST":
             return self._create(q.get("name") or uuid.uuid4().hex[:12], body)
         if path == "/containers/json":
@@ -219,8 +241,16 @@ class FakeEngine:
             return 404, {"message": f"network {network} not found"}
         env = dict(item.split("=", 1) for item in body.get("Env") or [])
         ip = f"172.30.0.{next(self._ips)}" if network and network in self.networks else None
-        c = FakeContainer(id=uuid.uuid4().hex * 2, name=name, image=body["Image"], env=env,
-                          labels=dict(body.get("Labels") or {}), host_config=host, network=network, ip=ip)
+        c = FakeContainer(
+            id=uuid.uuid4().hex * 2,
+            name=name,
+            image=body["Image"],
+            env=env,
+            labels=dict(body.get("Labels") or {}),
+            host_config=host,
+            network=network,
+            ip=ip,
+        )
         self.containers[c.id] = c
         return 201, {"Id": c.id, "Warnings": []}
 
@@ -232,17 +262,22 @@ class FakeEngine:
             if q.get("all") not in ("true", "1") and c.state != "running":
                 continue
             if all(_label_matches(c.labels, w) for w in wanted):
-                out.append({"Id": c.id, "Names": [f"/{c.name}"], "Image": c.image, "State": c.state,
-                            "Labels": c.labels})
+                out.append(
+                    {"Id": c.id, "Names": [f"/{c.name}"], "Image": c.image, "State": c.state, "Labels": c.labels}
+                )
         return out
 
     def _container_op(self, c: FakeContainer, method: str, op: str, q: dict[str, str]) -> tuple[int, Any]:
         if method == "GET" and op == "/json":
             networks = {c.network: {"IPAddress": c.ip or ""}} if c.network else {}
-            return 200, {"Id": c.id, "Name": f"/{c.name}",
-                         "State": {"Status": c.state, "Running": c.state == "running", "ExitCode": c.exit_code or 0},
-                         "Config": {"Image": c.image, "Labels": c.labels, "Env": [f"{k}={v}" for k, v in c.env.items()]},
-                         "HostConfig": c.host_config, "NetworkSettings": {"Networks": networks}}
+            return 200, {
+                "Id": c.id,
+                "Name": f"/{c.name}",
+                "State": {"Status": c.state, "Running": c.state == "running", "ExitCode": c.exit_code or 0},
+                "Config": {"Image": c.image, "Labels": c.labels, "Env": [f"{k}={v}" for k, v in c.env.items()]},
+                "HostConfig": c.host_config,
+                "NetworkSettings": {"Networks": networks},
+            }
         if method == "POST" and op == "/start":
             if c.state == "running":
                 return 304, None
@@ -286,8 +321,11 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else None
         status, payload = self.owner.handle(self.command, parts.path, parse_qs(parts.query), body)
-        data = b"" if payload is None or status in (204, 304) else (
-            payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+        data = (
+            b""
+            if payload is None or status in (204, 304)
+            else (payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+        )
         self.send_response(status)
         self.send_header("Content-Type", "application/json" if not isinstance(payload, str) else "text/plain")
         self.send_header("Content-Length", str(len(data)))

@@ -57,8 +57,7 @@ _JWT_IAT_MESSAGE = "'Issued at' claim ('iat') must be an Integer representing th
 _COMPARE_CAP = 300
 _PR_FILES_CAP = 3000
 _CHECK_STATUSES = ("queued", "in_progress", "completed", "waiting", "requested", "pending")
-_CHECK_CONCLUSIONS = ("action_required", "cancelled", "failure", "neutral", "success", "skipped", "stale",
-                      "timed_out")
+_CHECK_CONCLUSIONS = ("action_required", "cancelled", "failure", "neutral", "success", "skipped", "stale", "timed_out")
 _SHA = re.compile(r"[0-9a-f]{40}")
 _DOCS = "https://docs.github.com/rest/checks/runs"
 
@@ -78,9 +77,7 @@ def app_key(index: int = 0) -> AppKey:
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
     ).decode()
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return AppKey(private_pem=private, public_pem=public)
 
 
@@ -171,9 +168,7 @@ class GitHubServer:
         token_ttl: lifetime of issued installation tokens, in seconds.
     """
 
-    def __init__(
-        self, *, prefix: str = "", clock: Callable[[], float] = time.time, token_ttl: float = 3600.0
-    ) -> None:
+    def __init__(self, *, prefix: str = "", clock: Callable[[], float] = time.time, token_ttl: float = 3600.0) -> None:
         self.prefix = prefix.rstrip("/")
         self.clock = clock
         self.token_ttl = token_ttl
@@ -227,7 +222,12 @@ class GitHubServer:
 
     # ------------------------------------------------------------------ model
     def add_app(
-        self, app_id: int | str, public_key_pem: bytes, *, slug: str = "kici-test", name: str = "KiCI Test",
+        self,
+        app_id: int | str,
+        public_key_pem: bytes,
+        *,
+        slug: str = "kici-test",
+        name: str = "KiCI Test",
         owner: str = "acme",
     ) -> None:
         """Register an App; its JWTs are verified with ``public_key_pem``."""
@@ -271,19 +271,30 @@ class GitHubServer:
     def check_runs(self, repo: str, sha: str | None = None) -> list[dict[str, Any]]:
         """Every check run created on ``repo`` (at ``sha``), oldest first (copies)."""
         with self._lock:
-            return [json.loads(json.dumps(c)) for c in self._checks.values()
-                    if c["repo"] == repo and (sha is None or c["head_sha"] == sha)]
+            return [
+                json.loads(json.dumps(c))
+                for c in self._checks.values()
+                if c["repo"] == repo and (sha is None or c["head_sha"] == sha)
+            ]
 
     def check_history(self, repo: str, name: str | None = None) -> list[dict[str, Any]]:
         """Each accepted create or update of a check run on ``repo`` (named ``name``), in arrival order: the
         check run as it was right after that request (copies)."""
         with self._lock:
-            return [json.loads(json.dumps(c)) for c in self._check_log
-                    if c["repo"] == repo and (name is None or c["name"] == name)]
+            return [
+                json.loads(json.dumps(c))
+                for c in self._check_log
+                if c["repo"] == repo and (name is None or c["name"] == name)
+            ]
 
     # ------------------------------------------------------------------ faults
     def fail(
-        self, path: str, status: int, *, times: int = 1, headers: Mapping[str, str] | None = None,
+        self,
+        path: str,
+        status: int,
+        *,
+        times: int = 1,
+        headers: Mapping[str, str] | None = None,
         message: str | None = None,
     ) -> None:
         """The next ``times`` requests whose path matches ``path`` (fnmatch) answer ``status``."""
@@ -314,8 +325,7 @@ class GitHubServer:
         """Recorded requests whose path matches ``path`` (fnmatch), optionally of one method."""
         with self._lock:
             return [
-                r for r in self.requests
-                if fnmatch.fnmatchcase(r.path, path) and (method is None or r.method == method)
+                r for r in self.requests if fnmatch.fnmatchcase(r.path, path) and (method is None or r.method == method)
             ]
 
     @property
@@ -376,15 +386,21 @@ class GitHubServer:
                 raise _Reply(404, {"message": "Not Found"})
             return inst
 
-    def _dispatch(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
-                  body: bytes = b"") -> _Reply:
+    def _dispatch(
+        self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes = b""
+    ) -> _Reply:
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if method == "GET" and parts == ["app"]:
             app = self._check_jwt(headers)
-            return _Reply(200, {"id": int(app.app_id), "slug": app.slug, "name": app.name,
-                                "owner": {"login": app.owner}})
-        if method == "POST" and len(parts) == 4 and parts[:2] == ["app", "installations"] and \
-                parts[3] == "access_tokens":
+            return _Reply(
+                200, {"id": int(app.app_id), "slug": app.slug, "name": app.name, "owner": {"login": app.owner}}
+            )
+        if (
+            method == "POST"
+            and len(parts) == 4
+            and parts[:2] == ["app", "installations"]
+            and parts[3] == "access_tokens"
+        ):
             return self._mint(self._check_jwt(headers), parts[2])
         if len(parts) < 3 or parts[0] != "repos":
             raise _Reply(404, {"message": "Not Found"})
@@ -398,8 +414,9 @@ class GitHubServer:
             with self._lock:
                 for inst in self._installations.values():
                     if inst.app_id == app.app_id and repo in inst.repos:
-                        return _Reply(200, {"id": inst.installation_id, "app_id": int(app.app_id),
-                                            "account": {"login": parts[1]}})
+                        return _Reply(
+                            200, {"id": inst.installation_id, "app_id": int(app.app_id), "account": {"login": parts[1]}}
+                        )
             raise _Reply(404, {"message": "Not Found"})
         self._check_token(headers, repo)
         if rest[:1] == ["contents"] and len(rest) > 1:
@@ -410,22 +427,34 @@ class GitHubServer:
                 files = self._compares.get((repo, base, head))
             if files is None:
                 raise _Reply(404, {"message": "Not Found"})
-            return _Reply(200, {"status": "ahead", "total_commits": 1,
-                                "files": [{"filename": f, "status": "modified"} for f in files[:_COMPARE_CAP]]})
+            return _Reply(
+                200,
+                {
+                    "status": "ahead",
+                    "total_commits": 1,
+                    "files": [{"filename": f, "status": "modified"} for f in files[:_COMPARE_CAP]],
+                },
+            )
         if rest[:1] == ["pulls"] and len(rest) == 3 and rest[2] == "files" and rest[1].isdigit():
             return self._pulls(repo, int(rest[1]), query, path)
         raise _Reply(404, {"message": "Not Found"})
 
     # ------------------------------------------------------------------ checks API
-    def _checks_api(self, method: str, repo: str, rest: list[str], query: Mapping[str, str], inst: _Installation,
-                    body: bytes) -> _Reply:
+    def _checks_api(
+        self, method: str, repo: str, rest: list[str], query: Mapping[str, str], inst: _Installation, body: bytes
+    ) -> _Reply:
         if rest[0] == "commits" and method == "GET":
             ref = rest[1]
             with self._lock:
                 sha = self._branches.get((repo, ref), ref)
-                matching = [c for c in self._checks.values() if c["repo"] == repo and c["head_sha"] == sha
-                         and c["app"]["id"] == int(inst.app_id)
-                         and ("check_name" not in query or c["name"] == query["check_name"])]
+                matching = [
+                    c
+                    for c in self._checks.values()
+                    if c["repo"] == repo
+                    and c["head_sha"] == sha
+                    and c["app"]["id"] == int(inst.app_id)
+                    and ("check_name" not in query or c["name"] == query["check_name"])
+                ]
                 if query.get("filter", "latest") == "latest":
                     newest: dict[str, dict[str, Any]] = {}
                     for c in matching:
@@ -437,10 +466,18 @@ class GitHubServer:
             data = self._check_body(body, create=True)
             with self._lock:
                 check_id = 1_000_000 + len(self._checks) + 1
-                run: dict[str, Any] = {"id": check_id, "repo": repo, "app": {"id": int(inst.app_id)},
-                                       "status": "queued", "conclusion": None, "started_at": None,
-                                       "completed_at": None, "external_id": "", "details_url": None,
-                                       "output": {"title": None, "summary": None, "text": None}}
+                run: dict[str, Any] = {
+                    "id": check_id,
+                    "repo": repo,
+                    "app": {"id": int(inst.app_id)},
+                    "status": "queued",
+                    "conclusion": None,
+                    "started_at": None,
+                    "completed_at": None,
+                    "external_id": "",
+                    "details_url": None,
+                    "output": {"title": None, "summary": None, "text": None},
+                }
                 self._apply_check(run, data)
                 self._checks[check_id] = run
                 self._check_log.append(json.loads(json.dumps(run)))
@@ -476,8 +513,9 @@ class GitHubServer:
         if create and not isinstance(data.get("name"), str):
             raise self._invalid("name", "missing_field")
         if create and not (isinstance(data.get("head_sha"), str) and _SHA.fullmatch(data["head_sha"])):
-            raise _Reply(422, {"message": f"No commit found for SHA: {data.get('head_sha')}",
-                               "documentation_url": _DOCS})
+            raise _Reply(
+                422, {"message": f"No commit found for SHA: {data.get('head_sha')}", "documentation_url": _DOCS}
+            )
         status = data.get("status")
         if status is not None and status not in _CHECK_STATUSES:
             raise self._invalid("status")
@@ -488,8 +526,11 @@ class GitHubServer:
             raise self._invalid("conclusion", "missing_field", "Conclusion is required when status is completed")
         output = data.get("output")
         if output is not None:
-            if not isinstance(output, dict) or not isinstance(output.get("title"), str) \
-                    or not isinstance(output.get("summary"), str):
+            if (
+                not isinstance(output, dict)
+                or not isinstance(output.get("title"), str)
+                or not isinstance(output.get("summary"), str)
+            ):
                 raise self._invalid("output", "missing_field", "output needs a title and a summary")
             if len(output["summary"]) > 65535:
                 raise self._invalid("output.summary", "too_long", "Only 65535 characters are allowed")
@@ -503,15 +544,26 @@ class GitHubServer:
 
     @staticmethod
     def _apply_check(run: dict[str, Any], data: Mapping[str, Any]) -> None:
-        for key in ("name", "head_sha", "external_id", "details_url", "started_at", "completed_at", "status",
-                    "conclusion"):
+        for key in (
+            "name",
+            "head_sha",
+            "external_id",
+            "details_url",
+            "started_at",
+            "completed_at",
+            "status",
+            "conclusion",
+        ):
             if key in data:
                 run[key] = data[key]
         if data.get("conclusion") is not None:
             run["status"] = "completed"
         if isinstance(data.get("output"), dict):
-            run["output"] = {"title": data["output"].get("title"), "summary": data["output"].get("summary"),
-                             "text": data["output"].get("text")}
+            run["output"] = {
+                "title": data["output"].get("title"),
+                "summary": data["output"].get("summary"),
+                "text": data["output"].get("text"),
+            }
 
     @staticmethod
     def _public(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -535,8 +587,7 @@ class GitHubServer:
             candidates = [ref]
             if (repo, ref) in self._branches:
                 candidates.append(self._branches[(repo, ref)])
-            content = next((self._files[(repo, r, path)] for r in candidates if (repo, r, path) in self._files),
-                           None)
+            content = next((self._files[(repo, r, path)] for r in candidates if (repo, r, path) in self._files), None)
             listing = sorted(
                 p for (rp, r, p) in self._files if rp == repo and r in candidates and p.startswith(path + "/")
             )
@@ -546,8 +597,16 @@ class GitHubServer:
             raise _Reply(404, {"message": "Not Found"})
         if "raw" in headers.get("accept", ""):
             return _Reply(200, content, {"content-type": "application/vnd.github.raw"}, raw=True)
-        return _Reply(200, {"type": "file", "path": path, "size": len(content), "encoding": "base64",
-                            "content": base64.b64encode(content).decode()})
+        return _Reply(
+            200,
+            {
+                "type": "file",
+                "path": path,
+                "size": len(content),
+                "encoding": "base64",
+                "content": base64.b64encode(content).decode(),
+            },
+        )
 
     def _pulls(self, repo: str, number: int, query: Mapping[str, str], path: str) -> _Reply:
         with self._lock:
@@ -615,8 +674,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             if fault.status is not None:
-                self._send(_Reply(fault.status, {"message": fault.message or f"injected {fault.status}"},
-                                  fault.headers))
+                self._send(
+                    _Reply(fault.status, {"message": fault.message or f"injected {fault.status}"}, fault.headers)
+                )
                 return
         try:
             reply = gh._dispatch(self.command, path, query, headers, body)

@@ -71,8 +71,14 @@ class OrchestratorProcess:
         first_line = len(self.lines)
         # its own session and process group, like a program started from a terminal: ``interrupt`` can then
         # signal the whole group as a terminal's Ctrl-C does
-        self.proc = subprocess.Popen([str(BIN / self.command)], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(BIN / self.command)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
         self._pump_thread.start()
         if not self._started.wait(bound):
@@ -166,8 +172,9 @@ class AdminResult:
     stderr: str
 
 
-async def kici_admin(url: str, token: str, *args: str, env: Mapping[str, str] | None = None,
-                     check: bool = True) -> AdminResult:
+async def kici_admin(
+    url: str, token: str, *args: str, env: Mapping[str, str] | None = None, check: bool = True
+) -> AdminResult:
     """Run ``kici-admin --url <url> <args...>`` with ``KICI_ADMIN_TOKEN=<token>`` and return its output.
 
     Raises:

@@ -50,9 +50,7 @@ async def running_relay(
     app = create_app(store, settings)
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = RelayServer(
-        uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning", compression=compression)
-    )
+    server = RelayServer(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning", compression=compression))
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve, [sock])
@@ -153,9 +151,7 @@ class RelayPeer:
             }
             for rk in routing_keys
         ]
-        await self.send(
-            {"type": "source.register", "messageId": message_id, "sources": sources, "mode": "platform"}
-        )
+        await self.send({"type": "source.register", "messageId": message_id, "sources": sources, "mode": "platform"})
         ack = await self.recv_type("source.register.ack")
         assert ack["messageId"] == message_id
         return ack
@@ -173,9 +169,7 @@ class RelayPeer:
             delivery.chunks.append(chunk)
         return delivery
 
-    async def ack(
-        self, delivery: ReceivedDelivery, result: str | None = "accepted", reason: str | None = None
-    ) -> None:
+    async def ack(self, delivery: ReceivedDelivery, result: str | None = "accepted", reason: str | None = None) -> None:
         """Answer a delivery with ``webhook.ack`` (``result=None`` omits the field, like legacy senders)."""
         frame: Frame = {
             "type": "webhook.ack",

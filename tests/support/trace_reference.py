@@ -28,17 +28,27 @@ def trigger_dict(trigger: t.Trigger, event: NormalisedEvent, index: int) -> tupl
     entries: list[JSONValue] = []
     for check in matching.trigger_checks(trigger):
         passed = check.test(event)
-        entry: dict[str, JSONValue] = {"check": check.name, "pattern": check.pattern, "value": check.value(event),
-                                       "passed": passed}
+        entry: dict[str, JSONValue] = {
+            "check": check.name,
+            "pattern": check.pattern,
+            "value": check.value(event),
+            "passed": passed,
+        }
         if not passed:
             why = check.reason(event)
             entry["reason"] = why
             entries.append(entry)
-            return False, len(entries), {"index": index, "triggerType": trigger.kind, "matched": False,
-                                         "reason": why, "checks": entries}
+            return (
+                False,
+                len(entries),
+                {"index": index, "triggerType": trigger.kind, "matched": False, "reason": why, "checks": entries},
+            )
         entries.append(entry)
-    return True, len(entries), {"index": index, "triggerType": trigger.kind, "matched": True, "reason": None,
-                                "checks": entries}
+    return (
+        True,
+        len(entries),
+        {"index": index, "triggerType": trigger.kind, "matched": True, "reason": None, "checks": entries},
+    )
 
 
 def evaluate_dict(workflows: Sequence[matching.WorkflowTriggers], event: NormalisedEvent) -> dict[str, JSONValue]:
@@ -58,10 +68,20 @@ def evaluate_dict(workflows: Sequence[matching.WorkflowTriggers], event: Normali
                 break
         if hit is not None:
             matched_names.append(wf.name)
-        decisions.append({
-            "workflowName": wf.name, "matched": hit is not None, "matchedTrigger": hit,
-            "summary": matching.SUMMARY_MATCHED if hit is not None else matching.SUMMARY_NOT_MATCHED,
-            "checksCount": count, "triggers": rendered,
-        })
-    return {"eventType": event.type, "action": event.action, "matchedWorkflows": matched_names,
-            "totalWorkflows": len(workflows), "decisions": decisions}
+        decisions.append(
+            {
+                "workflowName": wf.name,
+                "matched": hit is not None,
+                "matchedTrigger": hit,
+                "summary": matching.SUMMARY_MATCHED if hit is not None else matching.SUMMARY_NOT_MATCHED,
+                "checksCount": count,
+                "triggers": rendered,
+            }
+        )
+    return {
+        "eventType": event.type,
+        "action": event.action,
+        "matchedWorkflows": matched_names,
+        "totalWorkflows": len(workflows),
+        "decisions": decisions,
+    }

@@ -21,9 +21,7 @@ SECRET = "It's a Secret to Everybody"
 GUID = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
 GEN_ID = "0f0e0d0c-0000-4000-8000-000000000001"
 GEN_KEY = f"generic:acme:{GEN_ID}"
-PUSH = json.dumps(
-    {"ref": "refs/heads/main", "after": "a" * 40, "repository": {"full_name": "acme/app"}}
-).encode()
+PUSH = json.dumps({"ref": "refs/heads/main", "after": "a" * 40, "repository": {"full_name": "acme/app"}}).encode()
 
 
 class Seen:
@@ -63,9 +61,7 @@ class World:
 
     async def github(self, customer_id: str = "acme") -> GitHubSource:
         src = await self.sources.add_github(
-            GitHubSource(
-                id="src-1", routing_key="github:42", name="app", app_id="42", customer_id=customer_id
-            )
+            GitHubSource(id="src-1", routing_key="github:42", name="app", app_id="42", customer_id=customer_id)
         )
         await self.secrets.put("__system__", "__source__/src-1", "webhookSecret", SECRET)
         return src
@@ -168,9 +164,7 @@ async def test_generic_keys_meet_across_both_ways() -> None:
         "x-signature-256": sign(body),
     }
     direct = accept.Incoming(via="direct", headers=headers, body=body, org_id="acme", source_name="ci")
-    assert await w.run(direct) == accept.Accepted(
-        delivery_id=f"{GEN_KEY}:abc", event="deploy", routing_key=GEN_KEY
-    )
+    assert await w.run(direct) == accept.Accepted(delivery_id=f"{GEN_KEY}:abc", event="deploy", routing_key=GEN_KEY)
     again = accept.Incoming(
         via="relay", headers=headers, body=body, routing_key=GEN_KEY, event="deploy", delivery_id="abc"
     )
@@ -188,10 +182,7 @@ async def test_bad_signature_is_rejected_and_stores_nothing(via: str) -> None:
     request = direct_github(signature=wrong) if via == "direct" else relayed(signature=wrong)
     outcome = await w.run(request)
     assert isinstance(outcome, accept.Rejected) and outcome.code == "bad_signature"
-    assert (
-        outcome.reason == "Invalid signature"
-        and outcome.detail == "no rotation secret matched x-hub-signature-256"
-    )
+    assert outcome.reason == "Invalid signature" and outcome.detail == "no rotation secret matched x-hub-signature-256"
     assert SECRET not in outcome.detail and wrong not in outcome.detail
     assert await w.inbox.depth() == 0
     assert w.seen.verified == [("direct" if via == "direct" else "relay", "unknown")]
@@ -226,9 +217,7 @@ async def test_unknown_sources(request_: accept.Incoming, detail: str) -> None:
     w = World()
     await w.github()
     outcome = await w.run(request_)
-    assert (
-        isinstance(outcome, accept.Rejected) and outcome.code == "unknown_source" and outcome.detail == detail
-    )
+    assert isinstance(outcome, accept.Rejected) and outcome.code == "unknown_source" and outcome.detail == detail
     assert await w.inbox.depth() == 0
 
 
@@ -318,9 +307,7 @@ async def test_local_sources_refused_unless_enabled() -> None:
     assert isinstance(outcome, accept.Rejected) and outcome.code == "unknown_source"
     assert w.seen.refused == [GEN_KEY]
     w.intake.local_sources_enabled = True
-    assert await w.run(request) == accept.Accepted(
-        delivery_id=f"{GEN_KEY}:l-1", event="push", routing_key=GEN_KEY
-    )
+    assert await w.run(request) == accept.Accepted(delivery_id=f"{GEN_KEY}:l-1", event="push", routing_key=GEN_KEY)
 
 
 async def test_storage_outage_raises_and_acknowledges_nothing() -> None:

@@ -38,8 +38,9 @@ OWNER, ADMIN, AUDITOR, SCOPED = "o" * 64, "a" * 64, "u" * 64, "s" * 64
 
 def make_pem(bits: int = 2048) -> str:
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 PEM = make_pem()
@@ -72,17 +73,32 @@ async def make_env(**ctx_kw: Any) -> tuple[Env, httpx.AsyncClient]:
     blobs = FakeBlobStore()
     inbox = FakeDeliveryInbox(blobs, clock)
     sources, secrets, tokens = FakeSourceStore(clock), FakeSecretStore(), FakeTokenStore(clock)
-    for tid, text, role, rk in (("t-owner", OWNER, "owner", None), ("t-admin", ADMIN, "admin", None),
-                                ("t-aud", AUDITOR, "auditor", None), ("t-scoped", SCOPED, "admin", "github:42")):
-        await tokens.create_admin_token(AdminToken(id=tid, label=tid, role=role, routing_key=rk),  # type: ignore[arg-type]
-                                        token_hash(text))
+    for tid, text, role, rk in (
+        ("t-owner", OWNER, "owner", None),
+        ("t-admin", ADMIN, "admin", None),
+        ("t-aud", AUDITOR, "auditor", None),
+        ("t-scoped", SCOPED, "admin", "github:42"),
+    ):
+        await tokens.create_admin_token(
+            AdminToken(id=tid, label=tid, role=role, routing_key=rk),  # type: ignore[arg-type]
+            token_hash(text),
+        )
     woken: list[int] = []
-    kw: dict[str, Any] = {"secret_key_configured": True, "tokens": tokens, "blobs": blobs, "sources": sources,
-                          "secrets": secrets, "inbox": inbox, "event_log": inbox, "clock": clock}
+    kw: dict[str, Any] = {
+        "secret_key_configured": True,
+        "tokens": tokens,
+        "blobs": blobs,
+        "sources": sources,
+        "secrets": secrets,
+        "inbox": inbox,
+        "event_log": inbox,
+        "clock": clock,
+    }
     kw.update(ctx_kw)
     ctx = AppContext(mode="independent", ids=_ids(), wake_worker=lambda: woken.append(1), **kw)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(ctx, admin_api.routes)),
-                               base_url="http://admin.test")
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_app(ctx, admin_api.routes)), base_url="http://admin.test"
+    )
     return Env(ctx, client, sources, secrets, tokens, inbox, blobs, clock, woken), client
 
 
@@ -93,7 +109,9 @@ async def env() -> AsyncIterator[Env]:
         yield e
 
 
-async def add_github(env: Env, app_id: str = "42", secret: str | None = "whsec-original-1234", **extra: Any) -> httpx.Response:
+async def add_github(
+    env: Env, app_id: str = "42", secret: str | None = "whsec-original-1234", **extra: Any
+) -> httpx.Response:
     body: dict[str, Any] = {"provider": "github", "name": "my-org", "appId": app_id, "privateKey": PEM, **extra}
     if secret:
         body["webhookSecret"] = secret
@@ -115,7 +133,8 @@ async def test_revoked_and_expired_tokens_are_refused(env: Env) -> None:
     assert (await env.call("GET", "/api/v1/admin/sources", token=ADMIN)).status_code == 401
     await env.tokens.create_admin_token(
         AdminToken(id="t-old", label="old", role="owner", expires_at=env.clock.now() - timedelta(seconds=1)),
-        token_hash("x" * 64))
+        token_hash("x" * 64),
+    )
     r = await env.call("GET", "/api/v1/admin/sources", token="x" * 64)
     assert r.json() == {"error": "Invalid or expired token"}
 
@@ -136,8 +155,12 @@ def test_permission_table() -> None:
 
 
 async def test_auditor_cannot_add_sources(env: Env) -> None:
-    r = await env.call("POST", "/api/v1/admin/sources", token=AUDITOR,
-                       json={"provider": "github", "name": "n", "appId": "1", "privateKey": PEM})
+    r = await env.call(
+        "POST",
+        "/api/v1/admin/sources",
+        token=AUDITOR,
+        json={"provider": "github", "name": "n", "appId": "1", "privateKey": PEM},
+    )
     assert (r.status_code, r.json()) == (403, {"error": 'Role "auditor" does not have permission "context.create"'})
 
 
@@ -168,12 +191,16 @@ async def test_add_github_source_webhook_url_with_public_url() -> None:
 async def test_add_github_source_validation(env: Env) -> None:
     r = await env.call("POST", "/api/v1/admin/sources", json={"provider": "github", "name": "x"})
     assert (r.status_code, r.json()) == (400, {"error": "Missing required fields: provider, name, appId, privateKey"})
-    r = await env.call("POST", "/api/v1/admin/sources",
-                       json={"provider": "github", "name": "x", "appId": "1", "privateKey": "not a pem"})
+    r = await env.call(
+        "POST",
+        "/api/v1/admin/sources",
+        json={"provider": "github", "name": "x", "appId": "1", "privateKey": "not a pem"},
+    )
     assert r.status_code == 400 and r.json()["error"] == "Validation error"
     assert r.json()["details"][0]["path"] == ["privateKey"] and "not a pem" not in r.text
-    r = await env.call("POST", "/api/v1/admin/sources",
-                       json={"provider": "github", "name": "x", "appId": "abc", "privateKey": PEM})
+    r = await env.call(
+        "POST", "/api/v1/admin/sources", json={"provider": "github", "name": "x", "appId": "abc", "privateKey": PEM}
+    )
     assert r.status_code == 400 and r.json()["details"][0]["path"] == ["appId"]
     r = await env.call("POST", "/api/v1/admin/sources", content=b"[1]")
     assert r.status_code == 400 and r.json()["error"] == "Validation error"
@@ -182,8 +209,15 @@ async def test_add_github_source_validation(env: Env) -> None:
 async def test_duplicate_github_source_is_409_naming_it(env: Env) -> None:
     sid = (await add_github(env)).json()["id"]
     r = await add_github(env, name="other-name")
-    assert (r.status_code, r.json()) == (409, {"error": "Source with routing key github:42 already exists",
-                                               "routingKey": "github:42", "id": sid, "name": "my-org"})
+    assert (r.status_code, r.json()) == (
+        409,
+        {
+            "error": "Source with routing key github:42 already exists",
+            "routingKey": "github:42",
+            "id": sid,
+            "name": "my-org",
+        },
+    )
 
 
 async def test_github_app_is_checked_only_when_verify_is_asked() -> None:
@@ -203,7 +237,8 @@ async def test_github_app_is_checked_only_when_verify_is_asked() -> None:
         assert (await add_github(e, verify=True)).status_code == 409 and calls == ["42", "7"]  # no call for a dup
     assert r.status_code == 400 and r.json()["error"] == (
         "GitHub API validation failed: 401 Bad credentials "
-        "(without --verify the App is registered without contacting GitHub)")
+        "(without --verify the App is registered without contacting GitHub)"
+    )
     assert (await e.sources.github_by_routing_key("github:42")).slug == "kici-prod"  # type: ignore[union-attr]
     assert await e.sources.github_by_routing_key("github:7") is None
     e, client = await make_env()  # KICI_SKIP_GITHUB_SOURCE_VALIDATION=true: no check available
@@ -232,10 +267,18 @@ async def test_rotated_secret_verifies_live_on_the_webhook_route(env: Env) -> No
     await env.call("PATCH", "/api/v1/admin/sources/github:42", json={"webhookSecret": "whsec-next-5678"})
     body = b'{"zen":"hi"}'
     for n, secret in enumerate(("whsec-original-1234", "whsec-next-5678", "wrong")):
-        r = await env.client.post("/webhook/acme/github", content=body, headers={
-            "X-GitHub-Hook-Installation-Target-Type": "integration", "X-GitHub-Hook-Installation-Target-ID": "42",
-            "X-GitHub-Event": "ping", "X-GitHub-Delivery": f"d-{n}", "Content-Type": "application/json",
-            "X-Hub-Signature-256": "sha256=" + webhooks.hmac_sha256_hex(secret, body)})
+        r = await env.client.post(
+            "/webhook/acme/github",
+            content=body,
+            headers={
+                "X-GitHub-Hook-Installation-Target-Type": "integration",
+                "X-GitHub-Hook-Installation-Target-ID": "42",
+                "X-GitHub-Event": "ping",
+                "X-GitHub-Delivery": f"d-{n}",
+                "Content-Type": "application/json",
+                "X-Hub-Signature-256": "sha256=" + webhooks.hmac_sha256_hex(secret, body),
+            },
+        )
         assert r.status_code == (401 if secret == "wrong" else 200)
 
 
@@ -278,9 +321,14 @@ async def test_scoped_token(env: Env) -> None:
     assert r.status_code == 403 and "restricted to a single routing key" in r.json()["error"]
     r = await env.call("PATCH", "/api/v1/admin/sources/github:42", token=SCOPED, json={"name": "x"})
     assert r.status_code == 200
-    for method, path in (("POST", "/api/v1/admin/sources"), ("GET", "/api/v1/admin/tokens"),
-                         ("POST", "/api/v1/admin/rotate-key"), ("POST", "/api/v1/admin/generic-sources"),
-                         ("POST", "/api/v1/admin/db/migrate"), ("GET", "/api/v1/agent-tokens")):
+    for method, path in (
+        ("POST", "/api/v1/admin/sources"),
+        ("GET", "/api/v1/admin/tokens"),
+        ("POST", "/api/v1/admin/rotate-key"),
+        ("POST", "/api/v1/admin/generic-sources"),
+        ("POST", "/api/v1/admin/db/migrate"),
+        ("GET", "/api/v1/agent-tokens"),
+    ):
         r = await env.call(method, path, token=SCOPED, json={})
         assert r.status_code == 403, path
         assert r.json()["error"].startswith("Access denied: this route requires an unscoped admin token")
@@ -319,8 +367,11 @@ async def test_generic_source_lifecycle(env: Env) -> None:
     assert (await env.sources.generic_by_id(sid)).enabled is False  # type: ignore[union-attr]
     assert (await env.call("POST", f"/api/v1/admin/generic-sources/{sid}/enable")).json() == {"enabled": True}
 
-    r = await env.call("PATCH", f"/api/v1/admin/generic-sources/{sid}",
-                       json={"verificationMethod": "bearer_token", "verificationConfig": {"token": "tok-9999"}})
+    r = await env.call(
+        "PATCH",
+        f"/api/v1/admin/generic-sources/{sid}",
+        json={"verificationMethod": "bearer_token", "verificationConfig": {"token": "tok-9999"}},
+    )
     assert r.json()["source"]["verificationMethod"] == "bearer_token"
     assert env.secrets.values == {("__system__", f"__webhook__/{sid}", "token"): "tok-9999"}
     r = await env.call("PATCH", f"/api/v1/admin/generic-sources/{sid}", json={"verificationMethod": "api_key"})
@@ -343,9 +394,16 @@ async def test_generic_source_validation_and_conflict(env: Env) -> None:
     assert r.status_code == 400 and "secret is required" in r.text
     sid = (await create_generic(env)).json()["source"]["id"]
     r = await create_generic(env)
-    assert (r.status_code, r.json()) == (409, {
-        "error": f'Generic source "hooks" already exists in org acme (id {sid})', "routingKey": f"generic:acme:{sid}",
-        "id": sid, "name": "hooks", "orgId": "acme"})
+    assert (r.status_code, r.json()) == (
+        409,
+        {
+            "error": f'Generic source "hooks" already exists in org acme (id {sid})',
+            "routingKey": f"generic:acme:{sid}",
+            "id": sid,
+            "name": "hooks",
+            "orgId": "acme",
+        },
+    )
     other = (await create_generic(env, name="other")).json()["source"]["id"]
     r = await env.call("PATCH", f"/api/v1/admin/generic-sources/{other}", json={"name": "hooks"})
     assert r.status_code == 409 and r.json()["id"] == sid
@@ -353,18 +411,26 @@ async def test_generic_source_validation_and_conflict(env: Env) -> None:
 
 
 async def test_generic_source_bodies_name_nested_paths_and_keep_secrets_out(env: Env) -> None:
-    r = await create_generic(env, allowedEvents=["deploy", 7], dedupWindowSeconds=True, maxPayloadBytes=0,
-                             enabled="yes", verificationConfig={"secret": "gen-secret-abcd"})
+    r = await create_generic(
+        env,
+        allowedEvents=["deploy", 7],
+        dedupWindowSeconds=True,
+        maxPayloadBytes=0,
+        enabled="yes",
+        verificationConfig={"secret": "gen-secret-abcd"},
+    )
     assert r.status_code == 400 and r.json()["details"] == [
         {"path": ["dedupWindowSeconds"], "message": "must be an integer in 0..2592000"},
         {"path": ["maxPayloadBytes"], "message": "must be an integer in 1..10485760"},
         {"path": ["allowedEvents", 1], "message": "must be a string"},
-        {"path": ["enabled"], "message": "must be a boolean"}]
+        {"path": ["enabled"], "message": "must be a boolean"},
+    ]
     assert "gen-secret-abcd" not in r.text
     r = await create_generic(env, name=None, verificationConfig="gen-secret-abcd")
     assert r.status_code == 400 and r.json()["details"] == [
         {"path": ["name"], "message": "is required"},
-        {"path": ["verificationConfig"], "message": "must be an object"}]
+        {"path": ["verificationConfig"], "message": "must be an object"},
+    ]
     assert "gen-secret-abcd" not in r.text
     sid = (await create_generic(env, eventTypeHeader="X-Event")).json()["source"]["id"]
     r = await env.call("PATCH", f"/api/v1/admin/generic-sources/{sid}", json={"eventTypeHeader": None})
@@ -378,15 +444,17 @@ async def test_local_source(env: Env) -> None:
     r = await env.call("POST", "/api/v1/admin/generic-sources", json=local)
     assert r.status_code == 400 and "local sources are disabled" in r.text  # neither KICI_DEV nor the opt-in
     env.ctx.local_sources_enabled = True
-    r = await env.call("POST", "/api/v1/admin/generic-sources",
-                       json={"orgId": "acme", "name": "repo", "providerType": "local"})
+    r = await env.call(
+        "POST", "/api/v1/admin/generic-sources", json={"orgId": "acme", "name": "repo", "providerType": "local"}
+    )
     assert r.status_code == 400 and "file://" in r.text
     r = await env.call("POST", "/api/v1/admin/generic-sources", json={**local, "verificationMethod": "none"})
     assert r.status_code == 400 and "a local source needs verification" in r.text
     r = await env.call("POST", "/api/v1/admin/generic-sources", json=local)
     assert r.status_code == 400 and "secret is required for hmac_sha256" in r.text  # HMAC by default
-    r = await env.call("POST", "/api/v1/admin/generic-sources",
-                       json={**local, "verificationConfig": {"secret": "s3cret-local"}})
+    r = await env.call(
+        "POST", "/api/v1/admin/generic-sources", json={**local, "verificationConfig": {"secret": "s3cret-local"}}
+    )
     src = r.json()["source"]
     assert (r.status_code, src["providerType"], src["verificationMethod"]) == (201, "local", "hmac_sha256")
     assert src["gitConfig"] == {"url": "file:///srv/repo"}
@@ -399,9 +467,15 @@ async def test_generic_source_is_live_immediately(env: Env) -> None:
     from kici_core import webhooks
 
     body = b'{"a":1}'
-    r = await env.client.post("/webhook/acme/generic/hooks", content=body, headers={
-        "X-Signature-256": "sha256=" + webhooks.hmac_sha256_hex("gen-secret-abcd", body),
-        "Content-Type": "application/json", "X-Idempotency-Key": "k1"})
+    r = await env.client.post(
+        "/webhook/acme/generic/hooks",
+        content=body,
+        headers={
+            "X-Signature-256": "sha256=" + webhooks.hmac_sha256_hex("gen-secret-abcd", body),
+            "Content-Type": "application/json",
+            "X-Idempotency-Key": "k1",
+        },
+    )
     assert r.status_code == 202, r.text
     await env.call("POST", f"/api/v1/admin/generic-sources/{sid}/disable")
     r = await env.client.post("/webhook/acme/generic/hooks", content=body)
@@ -417,12 +491,20 @@ async def test_generic_scoped_token(env: Env) -> None:
 
 
 # ------------------------------------------------------------------------------------------ event log
-async def accept(env: Env, delivery_id: str, *, event: str = "push", rk: str = "github:42",
-                 seconds: int = 0) -> None:
-    await env.inbox.accept(Delivery(
-        org_id="acme", delivery_id=delivery_id, routing_key=rk, event=event, action=None, source="direct",
-        provider="github", body=json.dumps({"ref": "refs/heads/main", "n": delivery_id}).encode(),
-        received_at=env.clock.now() + timedelta(seconds=seconds)))
+async def accept(env: Env, delivery_id: str, *, event: str = "push", rk: str = "github:42", seconds: int = 0) -> None:
+    await env.inbox.accept(
+        Delivery(
+            org_id="acme",
+            delivery_id=delivery_id,
+            routing_key=rk,
+            event=event,
+            action=None,
+            source="direct",
+            provider="github",
+            body=json.dumps({"ref": "refs/heads/main", "n": delivery_id}).encode(),
+            received_at=env.clock.now() + timedelta(seconds=seconds),
+        )
+    )
 
 
 async def test_event_log_list_and_filters(env: Env) -> None:
@@ -434,9 +516,24 @@ async def test_event_log_list_and_filters(env: Env) -> None:
     assert (body["total"], body["limit"], body["offset"]) == (3, 50, 0)
     first = body["deliveries"][0]
     assert first["receivedAt"] == "2026-03-01T00:00:02.000Z" and first["status"] == "received"
-    assert set(first) >= {"orgId", "routingKey", "event", "action", "source", "provider", "repoIdentifier", "ref",
-                          "matchedCount", "runId", "errorMessage", "archivedAt", "payloadOmitted",
-                          "payloadOmittedReason", "payloadSizeBytes", "payloadHash"}
+    assert set(first) >= {
+        "orgId",
+        "routingKey",
+        "event",
+        "action",
+        "source",
+        "provider",
+        "repoIdentifier",
+        "ref",
+        "matchedCount",
+        "runId",
+        "errorMessage",
+        "archivedAt",
+        "payloadOmitted",
+        "payloadOmittedReason",
+        "payloadSizeBytes",
+        "payloadHash",
+    }
     r = await env.call("GET", "/api/v1/admin/event-log?routingKey=github:43&limit=500")
     assert [d["deliveryId"] for d in r.json()["deliveries"]] == ["d-2"] and r.json()["limit"] == 200
     r = await env.call("GET", "/api/v1/admin/event-log?from=2026-03-01T00:00:01Z&to=2026-03-01T00:00:02Z")
@@ -452,16 +549,31 @@ async def test_event_log_list_and_filters(env: Env) -> None:
 async def test_event_log_show_with_payload_and_trace(env: Env) -> None:
     await accept(env, "d-1")
     [item] = await env.inbox.claim(worker_id="w", limit=1, lease_seconds=30)
-    trace: dict[str, Any] = {"eventType": "push", "decisions": [{"workflowName": "ci", "matched": False, "triggers": []}]}
+    trace: dict[str, Any] = {
+        "eventType": "push",
+        "decisions": [{"workflowName": "ci", "matched": False, "triggers": []}],
+    }
     await env.inbox.complete(item, DeliveryOutcome(status="processed", decision_trace=trace), [])
     r = await env.call("GET", "/api/v1/admin/event-log/d-1")  # without orgId: the one org that holds it
     assert (r.status_code, r.json()["orgId"], r.json()["decisionTrace"]) == (200, "acme", trace)
-    await env.inbox.accept(Delivery(org_id="beta", delivery_id="d-1", routing_key="github:42", event="push",
-                                    action=None, source="direct", provider="github", body=b"{}",
-                                    received_at=env.clock.now()))
+    await env.inbox.accept(
+        Delivery(
+            org_id="beta",
+            delivery_id="d-1",
+            routing_key="github:42",
+            event="push",
+            action=None,
+            source="direct",
+            provider="github",
+            body=b"{}",
+            received_at=env.clock.now(),
+        )
+    )
     r = await env.call("GET", "/api/v1/admin/event-log/d-1")
-    assert (r.status_code, r.json()) == (409, {"error": "Delivery d-1 exists in 2 orgs (acme, beta): "
-                                                        "name one with orgId", "orgIds": ["acme", "beta"]})
+    assert (r.status_code, r.json()) == (
+        409,
+        {"error": "Delivery d-1 exists in 2 orgs (acme, beta): name one with orgId", "orgIds": ["acme", "beta"]},
+    )
     assert (await env.call("GET", "/api/v1/admin/event-log/d-1?orgId=beta")).json()["orgId"] == "beta"
     assert (await env.call("GET", "/api/v1/admin/event-log/nope")).status_code == 404
     r = await env.call("GET", "/api/v1/admin/event-log/nope?orgId=acme")
@@ -520,25 +632,34 @@ async def test_admin_tokens(env: Env) -> None:
 
 
 async def test_token_bodies_name_each_wrong_field_by_its_path_and_echo_no_value(env: Env) -> None:
-    r = await env.call("POST", "/api/v1/agent-tokens",
-                       json={"labels": ["linux", "x64", 7], "mandatoryLabels": "gpu", "createdBy": None})
+    r = await env.call(
+        "POST",
+        "/api/v1/agent-tokens",
+        json={"labels": ["linux", "x64", 7], "mandatoryLabels": "gpu", "createdBy": None},
+    )
     assert r.status_code == 400
-    assert r.json() == {"error": "Validation error", "details": [
-        {"path": ["labels", 2], "message": "must be a string"},
-        {"path": ["mandatoryLabels"], "message": "must be an array of strings"},
-        {"path": ["createdBy"], "message": "must be a string"}]}
+    assert r.json() == {
+        "error": "Validation error",
+        "details": [
+            {"path": ["labels", 2], "message": "must be a string"},
+            {"path": ["mandatoryLabels"], "message": "must be an array of strings"},
+            {"path": ["createdBy"], "message": "must be a string"},
+        ],
+    }
     assert (await env.call("GET", "/api/v1/agent-tokens")).json()["tokens"] == []  # nothing was created
     secretish = "ghp_" + "Z" * 36
     r = await env.call("POST", "/api/v1/admin/tokens", json={"label": True, "routingKey": "", "note": secretish})
     assert r.status_code == 400 and r.json()["details"] == [
         {"path": ["label"], "message": "must be a string"},
         {"path": ["role"], "message": "is required: one of owner, admin, auditor"},
-        {"path": ["routingKey"], "message": "must be 1..255 characters"}]
+        {"path": ["routingKey"], "message": "must be 1..255 characters"},
+    ]
     assert secretish not in r.text
     r = await env.call("POST", "/api/v1/admin/tokens", json={"label": "x" * 256, "role": "owner", "routingKey": None})
     assert r.status_code == 400 and r.json()["details"] == [
         {"path": ["label"], "message": "must be 1..255 characters"},
-        {"path": ["routingKey"], "message": "must be a string"}]
+        {"path": ["routingKey"], "message": "must be a string"},
+    ]
     # unknown fields are ignored, as before
     r = await env.call("POST", "/api/v1/agent-tokens", json={"labels": ["linux"], "comment": "build pool"})
     assert r.status_code == 201 and r.json()["labels"] == ["linux"]
@@ -586,15 +707,17 @@ async def test_rotate_key_and_db() -> None:
         assert (await e.call("POST", "/api/v1/admin/rotate-key", token=ADMIN)).status_code == 403
         r = await e.call("POST", "/api/v1/admin/rotate-key")
         assert r.json() == {"reEncrypted": 5, "reEncryptedConfigs": 0, "skippedConfigs": 0}
-        assert (await e.call("POST", "/api/v1/admin/db/migrate")).json() == {"applied": 1,
-                                                                             "migrations": ["0002_x.sql"]}
+        assert (await e.call("POST", "/api/v1/admin/db/migrate")).json() == {"applied": 1, "migrations": ["0002_x.sql"]}
         r = await e.call("GET", "/api/v1/admin/db/migrate/status")
         assert r.json()["migrations"][0]["status"] == "applied"
 
 
 async def test_unwired_operations_answer_503(env: Env) -> None:
-    for method, path in (("POST", "/api/v1/admin/rotate-key"), ("POST", "/api/v1/admin/db/migrate"),
-                         ("GET", "/api/v1/admin/db/migrate/status")):
+    for method, path in (
+        ("POST", "/api/v1/admin/rotate-key"),
+        ("POST", "/api/v1/admin/db/migrate"),
+        ("GET", "/api/v1/admin/db/migrate/status"),
+    ):
         assert (await env.call(method, path)).status_code == 503
 
 
@@ -639,5 +762,3 @@ async def test_bootstrap_logs_no_value(caplog: pytest.LogCaptureFixture) -> None
     caplog.set_level("INFO")
     await bootstrap.ensure_bootstrap_token(FakeTokenStore(), "very-secret-bootstrap", new_id=_ids(), out=io.StringIO())
     assert "Bootstrap admin token ensured" in caplog.text and "very-secret-bootstrap" not in caplog.text
-
-

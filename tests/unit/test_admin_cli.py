@@ -54,8 +54,9 @@ class Harness:
     portal: BlockingPortal
     transport: PortalTransport
 
-    def run(self, *args: str, token: str | None = OWNER, input: str | None = None,
-            env: dict[str, str] | None = None) -> Result:
+    def run(
+        self, *args: str, token: str | None = OWNER, input: str | None = None, env: dict[str, str] | None = None
+    ) -> Result:
         head = ["--url", "http://admin.test"] + (["--token", token] if token else [])
         obj = {"transport": self.transport}
         return CliRunner().invoke(cli, [*head, *args], obj=obj, input=input, env=env, catch_exceptions=False)
@@ -76,8 +77,20 @@ def h() -> Iterator[Harness]:
 def add_github(h: Harness, tmp_path: Path, *extra: str) -> Result:
     key = tmp_path / "key.pem"
     key.write_text(PEM)
-    return h.run("source", "add", "github", "--name", "my-org", "--app-id", "123456",
-                 "--private-key", f"@{key}", "--webhook-secret", GH_SECRET, *extra)
+    return h.run(
+        "source",
+        "add",
+        "github",
+        "--name",
+        "my-org",
+        "--app-id",
+        "123456",
+        "--private-key",
+        f"@{key}",
+        "--webhook-secret",
+        GH_SECRET,
+        *extra,
+    )
 
 
 # ------------------------------------------------------------------------------------------ global
@@ -148,7 +161,8 @@ def test_source_add_github_as_in_the_guide(h: Harness, tmp_path: Path) -> None:
     assert r.exit_code == 1 and r.output.strip() == (
         f'Error: source github:123456 ("my-org") already exists (id {sid}, routing key github:123456); '
         "change it with `kici-admin source update github:123456 ...` or remove it with "
-        "`kici-admin source remove github:123456`")
+        "`kici-admin source remove github:123456`"
+    )
 
 
 def test_source_add_github_leaves_parsing_the_key_to_the_orchestrator(h: Harness) -> None:
@@ -157,8 +171,11 @@ def test_source_add_github_leaves_parsing_the_key_to_the_orchestrator(h: Harness
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    short = rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    short = (
+        rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
     r = h.run("source", "add", "github", "--name", "x", "--app-id", "1", "--private-key", short)
     assert r.exit_code == 1 and r.output.startswith("Error: HTTP 400: "), r.output
     assert "privateKey private key is too short (1024 bits)" in r.output and "PRIVATE KEY-----" not in r.output
@@ -173,8 +190,18 @@ def test_source_add_github_checks_key_locally(h: Harness, tmp_path: Path) -> Non
     r = h.run("source", "add", "github", "--name", "x", "--app-id", "1", "--private-key", "garbage-key-material")
     assert r.exit_code == 65 and "not PEM" in r.output and "garbage-key-material" not in r.output
     assert h.env.sources.github == {}
-    r = h.run("source", "add", "github", "--name", "x", "--app-id", "1", "--from-env", "KICI_TEST_PEM",
-              env={"KICI_TEST_PEM": PEM})
+    r = h.run(
+        "source",
+        "add",
+        "github",
+        "--name",
+        "x",
+        "--app-id",
+        "1",
+        "--from-env",
+        "KICI_TEST_PEM",
+        env={"KICI_TEST_PEM": PEM},
+    )
     assert r.exit_code == 0, r.output
     r = h.run("source", "add", "github", "--name", "x", "--app-id", "2", "--stdin", input=PEM)
     assert r.exit_code == 0, r.output
@@ -196,12 +223,15 @@ def test_source_add_github_contacts_github_only_with_verify(h: Harness, tmp_path
     assert r.exit_code == 0 and asked == [] and "Verified" not in r.output
     r = h.run("source", "add", "github", "--name", "x", "--app-id", "7", "--private-key", PEM, "--verify")
     assert r.exit_code == 0, r.output
-    assert r.output.splitlines()[:2] == ["Source added: github:7 (KiCI CI)",
-                                         "  Verified with GitHub: the key belongs to App 7 (KiCI CI)."]
+    assert r.output.splitlines()[:2] == [
+        "Source added: github:7 (KiCI CI)",
+        "  Verified with GitHub: the key belongs to App 7 (KiCI CI).",
+    ]
     r = h.run("source", "add", "github", "--name", "x", "--app-id", "99", "--private-key", PEM, "--verify")
     assert r.exit_code == 1 and r.output.strip() == (
         "Error: HTTP 400: GitHub API validation failed: GitHub API unreachable: ConnectError "
-        "(without --verify the App is registered without contacting GitHub)")
+        "(without --verify the App is registered without contacting GitHub)"
+    )
     assert asked == ["7", "99"]
 
 
@@ -227,8 +257,21 @@ def test_source_update_rotate_and_remove(h: Harness, tmp_path: Path) -> None:
 
 
 def test_generic_source_commands(h: Harness, tmp_path: Path) -> None:
-    r = h.run("source", "add", "generic", "--org", "acme", "--name", "deploys", "--secret", "gen-secret-4242",
-              "--allowed-events", "deploy,rollback", "--rate-limit", "60")
+    r = h.run(
+        "source",
+        "add",
+        "generic",
+        "--org",
+        "acme",
+        "--name",
+        "deploys",
+        "--secret",
+        "gen-secret-4242",
+        "--allowed-events",
+        "deploy,rollback",
+        "--rate-limit",
+        "60",
+    )
     assert r.exit_code == 0, r.output
     assert r.output.startswith("Generic source created:\n  ID:")
     assert "Routing key:  generic:acme:" in r.output and "Enabled:      yes" in r.output
@@ -265,8 +308,9 @@ def test_generic_source_commands(h: Harness, tmp_path: Path) -> None:
 def test_generic_sources_of_every_org_update_and_duplicates(h: Harness, tmp_path: Path) -> None:
     ids = {}
     for org in ("acme", "beta"):
-        r = h.run("source", "add", "generic", "--org", org, "--name", "deploys", "--secret", "gen-secret-4242",
-                  "--json")
+        r = h.run(
+            "source", "add", "generic", "--org", org, "--name", "deploys", "--secret", "gen-secret-4242", "--json"
+        )
         ids[org] = json.loads(r.output)["source"]["id"]
     r = h.run("source", "list")  # no --org: every org
     assert ids["acme"] in r.output and ids["beta"] in r.output and "Tip:" not in r.output
@@ -276,16 +320,31 @@ def test_generic_sources_of_every_org_update_and_duplicates(h: Harness, tmp_path
     r = h.run("source", "add", "generic", "--org", "acme", "--name", "deploys", "--secret", "other-secret-1")
     assert r.exit_code == 1 and r.output.strip() == (
         f'Error: source "deploys" in org acme already exists (id {ids["acme"]}, routing key '
-        f'generic:acme:{ids["acme"]}); change it with `kici-admin source update-generic {ids["acme"]} ...`')
+        f"generic:acme:{ids['acme']}); change it with `kici-admin source update-generic {ids['acme']} ...`"
+    )
 
     sid = ids["acme"]
     r = h.run("source", "update-generic", sid)
     assert r.exit_code == 1 and r.output.strip() == "Error: no fields to update. Provide at least one option."
     r = h.run("source", "update-generic", sid, "--secret", "new-secret-5555")
     assert r.exit_code == 1 and r.output.strip() == (
-        "Error: --verification is required when updating --secret (needed to format the config correctly)")
-    r = h.run("source", "update-generic", sid, "--verification", "bearer_token", "--secret", "tok-new-5555",
-              "--rate-limit", "30", "--allowed-events", "deploy,rollback", "--name", "releases")
+        "Error: --verification is required when updating --secret (needed to format the config correctly)"
+    )
+    r = h.run(
+        "source",
+        "update-generic",
+        sid,
+        "--verification",
+        "bearer_token",
+        "--secret",
+        "tok-new-5555",
+        "--rate-limit",
+        "30",
+        "--allowed-events",
+        "deploy,rollback",
+        "--name",
+        "releases",
+    )
     assert r.exit_code == 0, r.output
     assert r.output.startswith(f"Generic source updated: {sid}\n") and "Verification: bearer_token" in r.output
     assert "tok-new" not in r.output and "Secret:       …5555" in r.output
@@ -305,15 +364,28 @@ def test_generic_sources_of_every_org_update_and_duplicates(h: Harness, tmp_path
 
 def test_local_source_and_validation_error(h: Harness, tmp_path: Path) -> None:
     h.env.ctx.local_sources_enabled = True
-    r = h.run("source", "add", "generic", "--org", "acme", "--name", "repo", "--local-repo", str(tmp_path),
-              "--secret", "s3cret-local", "--json")
+    r = h.run(
+        "source",
+        "add",
+        "generic",
+        "--org",
+        "acme",
+        "--name",
+        "repo",
+        "--local-repo",
+        str(tmp_path),
+        "--secret",
+        "s3cret-local",
+        "--json",
+    )
     doc = json.loads(r.output)["source"]
     assert doc["providerType"] == "local" and doc["gitConfig"]["url"] == tmp_path.resolve().as_uri()
     assert doc["verificationMethod"] == "hmac_sha256"
     r = h.run("source", "add", "generic", "--org", "acme", "--name", "nosecret")
     assert r.exit_code == 1
-    assert r.output.strip() == ("Error: HTTP 400: Validation error: verificationConfig secret is required "
-                                "for hmac_sha256")
+    assert r.output.strip() == (
+        "Error: HTTP 400: Validation error: verificationConfig secret is required for hmac_sha256"
+    )
 
 
 # ------------------------------------------------------------------------------------------ event log
@@ -321,26 +393,69 @@ def _seed(h: Harness) -> None:
     async def seed() -> None:
         env = h.env
         for i, (event, size) in enumerate((("push", 10), ("pull_request", 3000))):
-            await env.inbox.accept(Delivery(
-                org_id="acme", delivery_id=f"d-{i}", routing_key="github:123456", event=event,
-                action="opened" if event == "pull_request" else None, source="direct", provider="github",
-                body=json.dumps({"pad": "x" * size, "token": "not-a-secret"}).encode(),
-                received_at=env.clock.now() + timedelta(seconds=i)))
+            await env.inbox.accept(
+                Delivery(
+                    org_id="acme",
+                    delivery_id=f"d-{i}",
+                    routing_key="github:123456",
+                    event=event,
+                    action="opened" if event == "pull_request" else None,
+                    source="direct",
+                    provider="github",
+                    body=json.dumps({"pad": "x" * size, "token": "not-a-secret"}).encode(),
+                    received_at=env.clock.now() + timedelta(seconds=i),
+                )
+            )
         [item, _] = await env.inbox.claim(worker_id="w", limit=2, lease_seconds=30)
-        trace: dict[str, Any] = {"eventType": "push", "action": None, "matchedWorkflows": ["ci"], "totalWorkflows": 2,
-                 "decisions": [
-                     {"workflowName": "ci", "matched": True, "matchedTrigger": 0, "summary": "Trigger conditions met",
-                      "checksCount": 1, "triggers": []},
-                     {"workflowName": "deploy", "matched": False, "matchedTrigger": None,
-                      "summary": "No matching trigger", "checksCount": 2, "triggers": [
-                          {"index": 0, "triggerType": "push", "matched": False, "reason": "branch not matched",
-                           "checks": [{"check": "event type", "pattern": "push", "value": "push", "passed": True},
-                                      {"check": "branch", "pattern": "release/*", "value": "main",
-                                       "passed": False, "reason": "branch not matched"}]},
-                          {"index": 1, "triggerType": "tag", "matched": False, "reason": "not a tag push",
-                           "checks": []}]}]}
-        await env.inbox.complete(item, DeliveryOutcome(status="processed", matched_count=1, repo_identifier="o/r",
-                                                       ref="refs/heads/main", decision_trace=trace), [])
+        trace: dict[str, Any] = {
+            "eventType": "push",
+            "action": None,
+            "matchedWorkflows": ["ci"],
+            "totalWorkflows": 2,
+            "decisions": [
+                {
+                    "workflowName": "ci",
+                    "matched": True,
+                    "matchedTrigger": 0,
+                    "summary": "Trigger conditions met",
+                    "checksCount": 1,
+                    "triggers": [],
+                },
+                {
+                    "workflowName": "deploy",
+                    "matched": False,
+                    "matchedTrigger": None,
+                    "summary": "No matching trigger",
+                    "checksCount": 2,
+                    "triggers": [
+                        {
+                            "index": 0,
+                            "triggerType": "push",
+                            "matched": False,
+                            "reason": "branch not matched",
+                            "checks": [
+                                {"check": "event type", "pattern": "push", "value": "push", "passed": True},
+                                {
+                                    "check": "branch",
+                                    "pattern": "release/*",
+                                    "value": "main",
+                                    "passed": False,
+                                    "reason": "branch not matched",
+                                },
+                            ],
+                        },
+                        {"index": 1, "triggerType": "tag", "matched": False, "reason": "not a tag push", "checks": []},
+                    ],
+                },
+            ],
+        }
+        await env.inbox.complete(
+            item,
+            DeliveryOutcome(
+                status="processed", matched_count=1, repo_identifier="o/r", ref="refs/heads/main", decision_trace=trace
+            ),
+            [],
+        )
 
     h.call(seed)
 
@@ -351,11 +466,28 @@ def test_event_log_list_table(h: Harness) -> None:
     r = h.run("event-log", "list")
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
-    assert lines[0].split() == ["received_at", "delivery_id", "routing_key", "event", "source", "status",
-                                "matched", "size"]
+    assert lines[0].split() == [
+        "received_at",
+        "delivery_id",
+        "routing_key",
+        "event",
+        "source",
+        "status",
+        "matched",
+        "size",
+    ]
     assert set(lines[1].replace(" ", "")) == {"-"}
-    assert lines[2].split() == ["2026-03-01", "00:00:01", "d-1", "github:123456", "pull_request:opened",
-                                "direct", "received", "0", "3.0KB"]
+    assert lines[2].split() == [
+        "2026-03-01",
+        "00:00:01",
+        "d-1",
+        "github:123456",
+        "pull_request:opened",
+        "direct",
+        "received",
+        "0",
+        "3.0KB",
+    ]
     assert lines[3].split()[2:] == ["d-0", "github:123456", "push", "direct", "processed", "1", "46B"]
     assert lines[-2:] == ["", "Showing 2 of 2 (offset 0, limit 50)"]
     r = h.run("event-log", "list", "--event", "push", "--limit", "1", "--json")
@@ -372,14 +504,32 @@ def test_event_log_list_fits_120_columns_with_long_ids(h: Harness) -> None:
 
     async def seed() -> None:
         for i, delivery_id in enumerate(long_ids):
-            await h.env.inbox.accept(Delivery(
-                org_id="platform-team", delivery_id=delivery_id, routing_key=routing_key,
-                event="pull_request_review_comment", action="created", source="relay", provider="generic",
-                body=b"{}", received_at=h.env.clock.now() + timedelta(seconds=i)))
-        await h.env.inbox.accept(Delivery(
-            org_id="acme", delivery_id="72d3162e-cc78-11e3-81ab-4c9367dc0958", routing_key="github:123456",
-            event="push", action=None, source="direct", provider="github", body=b"{}",
-            received_at=h.env.clock.now() + timedelta(seconds=9)))
+            await h.env.inbox.accept(
+                Delivery(
+                    org_id="platform-team",
+                    delivery_id=delivery_id,
+                    routing_key=routing_key,
+                    event="pull_request_review_comment",
+                    action="created",
+                    source="relay",
+                    provider="generic",
+                    body=b"{}",
+                    received_at=h.env.clock.now() + timedelta(seconds=i),
+                )
+            )
+        await h.env.inbox.accept(
+            Delivery(
+                org_id="acme",
+                delivery_id="72d3162e-cc78-11e3-81ab-4c9367dc0958",
+                routing_key="github:123456",
+                event="push",
+                action=None,
+                source="direct",
+                provider="github",
+                body=b"{}",
+                received_at=h.env.clock.now() + timedelta(seconds=9),
+            )
+        )
 
     h.call(seed)
     r = h.run("event-log", "list")
@@ -388,8 +538,10 @@ def test_event_log_list_fits_120_columns_with_long_ids(h: Harness) -> None:
     assert max(len(line) for line in lines) <= 120, "\n" + r.output
     assert lines[2].split()[2:4] == ["72d3162e-cc78-11e3-81ab-4c9367dc0958", "github:123456"]  # a GUID stays whole
     shown = [line.split()[2] for line in lines[3:6]]
-    assert all("…" in cell and long_ids[2 - i].startswith(cell.split("…")[0]) and
-               long_ids[2 - i].endswith(cell.split("…")[1]) for i, cell in enumerate(shown)), shown
+    assert all(
+        "…" in cell and long_ids[2 - i].startswith(cell.split("…")[0]) and long_ids[2 - i].endswith(cell.split("…")[1])
+        for i, cell in enumerate(shown)
+    ), shown
     wide = h.run("event-log", "list", "--wide").output
     assert all(d in wide for d in long_ids)
     doc = json.loads(h.run("event-log", "list", "--json").output)
@@ -407,8 +559,7 @@ def test_event_log_show_explains_why(h: Harness) -> None:
     assert "Workflows (1 of 2 matched):" in out
     assert "  ci: matched (trigger #0)" in out
     assert "  deploy: not matched — No matching trigger" in out
-    assert ('    trigger #0 (push): rejected by branch: pattern "release/*", value "main" — branch not matched'
-            in out)
+    assert '    trigger #0 (push): rejected by branch: pattern "release/*", value "main" — branch not matched' in out
     assert "    trigger #1 (tag): rejected: not a tag push" in out
     assert "Payload:\n" not in out
     r = h.run("event-log", "show", "d-0", "--org", "acme", "--payload")
@@ -465,8 +616,10 @@ def test_rotate_key_and_db(h: Harness) -> None:
         return []
 
     async def status() -> list[Any]:
-        return [{"name": "0001_initial.sql", "status": "applied", "appliedAt": "2026-01-01T00:00:00.000Z"},
-                {"name": "0002_next.sql", "status": "pending", "appliedAt": None}]
+        return [
+            {"name": "0001_initial.sql", "status": "applied", "appliedAt": "2026-01-01T00:00:00.000Z"},
+            {"name": "0002_next.sql", "status": "pending", "appliedAt": None},
+        ]
 
     h.env.ctx.rotate_key, h.env.ctx.migrate, h.env.ctx.migration_status = rotate, migrate, status
     assert h.run("rotate-key").output.strip() == "Re-encrypted 3 secrets, 0 config versions."
@@ -479,14 +632,19 @@ def test_rotate_key_and_db(h: Harness) -> None:
 
 def test_human_bytes() -> None:
     assert [human_bytes(n) for n in (0, 1023, 1024, 1536, 1024 * 1024, 5 * 1024 * 1024 + 1)] == [
-        "0B", "1023B", "1.0KB", "1.5KB", "1.00MB", "5.00MB"]
+        "0B",
+        "1023B",
+        "1.0KB",
+        "1.5KB",
+        "1.00MB",
+        "5.00MB",
+    ]
 
 
 def test_runs_group_is_attached() -> None:
     from kici_runtime.admin_cli import runs
 
     assert isinstance(runs.runs, click.Group) and cli.commands["runs"] is runs.runs
-
 
 
 # ------------------------------------------------------------------------------------------ docs

@@ -100,9 +100,7 @@ class IndexMachine(RuleBasedStateMachine):
             for agent_id, a in self.agents.items()
         ]
         for selector in PROBES:
-            assert self.index.best(selector) == routing.choose_agent(candidates, selector), (
-                selector.describe()
-            )
+            assert self.index.best(selector) == routing.choose_agent(candidates, selector), selector.describe()
         assert self.index.free_agents == sum(1 for a in self.agents.values() if a.free)
         assert self.index.label_sets == len({a.labels for a in self.agents.values()})
 

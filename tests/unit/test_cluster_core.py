@@ -16,9 +16,16 @@ TIMEOUT = timedelta(seconds=30)
 
 
 def inst(name: str, age_s: float, **kw: object) -> InstanceInfo:
-    return InstanceInfo(instance_id=name, hostname="h", pid=1, version="0.1.0", mode="independent",
-                        started_at=NOW - timedelta(hours=1), heartbeat_at=NOW - timedelta(seconds=age_s),
-                        **kw)  # type: ignore[arg-type]
+    return InstanceInfo(
+        instance_id=name,
+        hostname="h",
+        pid=1,
+        version="0.1.0",
+        mode="independent",
+        started_at=NOW - timedelta(hours=1),
+        heartbeat_at=NOW - timedelta(seconds=age_s),
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def test_liveness_follows_the_heartbeat_and_a_clean_stop() -> None:
@@ -28,21 +35,44 @@ def test_liveness_follows_the_heartbeat_and_a_clean_stop() -> None:
 
 
 def test_health_names_every_instance_heartbeat_and_duty_holder() -> None:
-    agents = [ClusterAgent(agent_id="x", instance_id="b", labels=("linux",)),
-              ClusterAgent(agent_id="y", instance_id="b", labels=("linux",))]
-    body = cluster.health(me="a", instances=[inst("b", 3), inst("a", 1), inst("c", 120)],
-                          duties=[DutyInfo(duty="retention", instance_id="b", last_run_at=NOW)], agents=agents,
-                          active_runs=4, now=NOW, timeout=TIMEOUT, known_duties=("dispatch-sweeps", "retention"))
+    agents = [
+        ClusterAgent(agent_id="x", instance_id="b", labels=("linux",)),
+        ClusterAgent(agent_id="y", instance_id="b", labels=("linux",)),
+    ]
+    body = cluster.health(
+        me="a",
+        instances=[inst("b", 3), inst("a", 1), inst("c", 120)],
+        duties=[DutyInfo(duty="retention", instance_id="b", last_run_at=NOW)],
+        agents=agents,
+        active_runs=4,
+        now=NOW,
+        timeout=TIMEOUT,
+        known_duties=("dispatch-sweeps", "retention"),
+    )
     assert body["status"] == "degraded"  # c died and nobody recovered its work yet
-    assert (body["instanceId"], body["peerCount"], body["connectedPeers"], body["agentCount"], body["activeRuns"]) \
-        == ("a", 2, 1, 2, 4)
+    assert (body["instanceId"], body["peerCount"], body["connectedPeers"], body["agentCount"], body["activeRuns"]) == (
+        "a",
+        2,
+        1,
+        2,
+        4,
+    )
     rows = {i["instanceId"]: i for i in body["instances"]}  # type: ignore[index,union-attr]
     assert rows["b"]["agents"] == 2 and rows["b"]["lastHeartbeatAt"] == "2026-05-01T11:59:57Z"
     assert rows["a"]["self"] is True and rows["c"]["state"] == "dead" and rows["c"]["heartbeatAgeSeconds"] == 120.0
-    assert body["duties"] == [{"duty": "dispatch-sweeps", "instanceId": None, "lastRunAt": None},
-                              {"duty": "retention", "instanceId": "b", "lastRunAt": "2026-05-01T12:00:00Z"}]
-    recovered = cluster.health(me="a", instances=[inst("a", 1), inst("c", 120, recovered_at=NOW, recovered_by="a")],
-                               duties=[], agents=[], active_runs=0, now=NOW, timeout=TIMEOUT)
+    assert body["duties"] == [
+        {"duty": "dispatch-sweeps", "instanceId": None, "lastRunAt": None},
+        {"duty": "retention", "instanceId": "b", "lastRunAt": "2026-05-01T12:00:00Z"},
+    ]
+    recovered = cluster.health(
+        me="a",
+        instances=[inst("a", 1), inst("c", 120, recovered_at=NOW, recovered_by="a")],
+        duties=[],
+        agents=[],
+        active_runs=0,
+        now=NOW,
+        timeout=TIMEOUT,
+    )
     assert recovered["status"] == "healthy"
 
 
@@ -51,8 +81,15 @@ async def test_why_waiting_uses_agents_on_every_process() -> None:
     directory = fakes.FakeClusterDirectory()
     directory.agent_list = [
         ClusterAgent(agent_id="here", instance_id="a", labels=("linux",), active_jobs=1),
-        ClusterAgent(agent_id="there", instance_id="b", labels=("linux", "gpu"), platform="linux", arch="arm64",
-                     max_concurrency=2, active_jobs=2),
+        ClusterAgent(
+            agent_id="there",
+            instance_id="b",
+            labels=("linux", "gpu"),
+            platform="linux",
+            arch="arm64",
+            max_concurrency=2,
+            active_jobs=2,
+        ),
         ClusterAgent(agent_id="tainted", instance_id="c", labels=("linux", "secure"), mandatory_labels=("secure",)),
     ]
     gpu = routing.compile_selector([{"kind": "exact", "value": "gpu"}], [])
@@ -69,7 +106,11 @@ def test_retention_cutoffs_per_kind_and_zero_keeps_forever() -> None:
     policy = retention.RetentionPolicy(payload_days=30, log_days=7, run_days=90, event_log_days=0)
     cut = retention.cutoffs(policy, NOW)
     assert (cut.payloads, cut.logs, cut.runs, cut.event_log) == (
-        NOW - timedelta(days=30), NOW - timedelta(days=7), NOW - timedelta(days=90), None)
+        NOW - timedelta(days=30),
+        NOW - timedelta(days=7),
+        NOW - timedelta(days=90),
+        None,
+    )
     with pytest.raises(ValueError):
         retention.RetentionPolicy(run_days=-1)
     with pytest.raises(ValueError):

@@ -87,11 +87,14 @@ def test_base64_master_key_and_key_file(tmp_path: pathlib.Path) -> None:
     assert standalone(both).secret_key == key
 
 
-@pytest.mark.parametrize("entry, env", [
-    ("standalone", NO_KEY),
-    ("server", {k: v for k, v in PLATFORM.items() if k != "KICI_SECRET_KEY"}),
-    ("server", {k: v for k, v in PLATFORM.items() if k != "KICI_SECRET_KEY"} | {"KICI_MODE": "hybrid"}),
-])
+@pytest.mark.parametrize(
+    "entry, env",
+    [
+        ("standalone", NO_KEY),
+        ("server", {k: v for k, v in PLATFORM.items() if k != "KICI_SECRET_KEY"}),
+        ("server", {k: v for k, v in PLATFORM.items() if k != "KICI_SECRET_KEY"} | {"KICI_MODE": "hybrid"}),
+    ],
+)
 def test_every_mode_refuses_to_boot_without_a_master_key(entry: str, env: dict[str, str]) -> None:
     msg = refusal(standalone if entry == "standalone" else server, env)
     assert msg == config.MISSING_KEY_MESSAGE and "\n" not in msg
@@ -108,7 +111,8 @@ def test_dev_mode_generates_an_ephemeral_key_and_says_so() -> None:
     assert not standalone(INDEPENDENT).secret_key_generated
     # a configured but broken key is an error even in dev mode, never silently replaced
     assert refusal(standalone, {**NO_KEY, "KICI_DEV": "true", "KICI_SECRET_KEY": "short"}).startswith(
-        "KICI_SECRET_KEY is malformed")
+        "KICI_SECRET_KEY is malformed"
+    )
 
 
 def test_agent_auth_none_warns() -> None:
@@ -188,7 +192,10 @@ def test_mode_sources_that_agree_are_fine(tmp_path: pathlib.Path) -> None:
     path.write_text("instance:\n  mode: independent\n")
     env = {**INDEPENDENT, "KICI_INSTANCE_MODE": "independent", "KICI_CONFIG": str(path)}
     assert standalone(env).mode == "independent"
-    assert standalone({"KICI_INSTANCE_MODE": "independent", "KICI_DATABASE_URL": DB, "KICI_SECRET_KEY": HEX_KEY}).mode == "independent"
+    assert (
+        standalone({"KICI_INSTANCE_MODE": "independent", "KICI_DATABASE_URL": DB, "KICI_SECRET_KEY": HEX_KEY}).mode
+        == "independent"
+    )
 
 
 # --- refusals ----------------------------------------------------------------------------------
@@ -277,8 +284,12 @@ def test_several_problems_are_reported_together() -> None:
     err = info.value
     assert str(err).splitlines()[0] == "Configuration validation failed:"
     assert len(err.issues) == 4
-    assert {i.split()[0] for i in err.issues} == {"KICI_DATABASE_URL", "KICI_SECRET_KEY", "KICI_PLATFORM_URL",
-                                                  "KICI_PLATFORM_TOKEN"}
+    assert {i.split()[0] for i in err.issues} == {
+        "KICI_DATABASE_URL",
+        "KICI_SECRET_KEY",
+        "KICI_PLATFORM_URL",
+        "KICI_PLATFORM_TOKEN",
+    }
 
 
 def test_platform_url_scheme_checked_and_token_never_echoed() -> None:
@@ -349,7 +360,10 @@ def test_bad_yaml_value_names_the_yaml_key(tmp_path: pathlib.Path) -> None:
     [
         ({"KICI_STORAGE_TYPE": "s3"}, "KICI_STORAGE_BUCKET is required when KICI_STORAGE_TYPE is s3"),
         ({"KICI_STORAGE_TYPE": "filesystem"}, "KICI_STORAGE_FS_PATH is required when KICI_STORAGE_TYPE is filesystem"),
-        ({"KICI_STORAGE_TYPE": "filesystem", "KICI_STORAGE_FS_PATH": "rel/dir"}, "KICI_STORAGE_FS_PATH must be an absolute path"),
+        (
+            {"KICI_STORAGE_TYPE": "filesystem", "KICI_STORAGE_FS_PATH": "rel/dir"},
+            "KICI_STORAGE_FS_PATH must be an absolute path",
+        ),
     ],
 )
 def test_storage_rules(env: dict[str, str], expect: str) -> None:
@@ -407,8 +421,15 @@ def test_yaml_mapping_where_a_value_is_expected(tmp_path: pathlib.Path) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("/", ""), ("", ""), ("/orchestrator", "/orchestrator"), ("/orchestrator/", "/orchestrator"),
-     ("orchestrator", "/orchestrator"), ("//a//b/", "/a/b"), (" /x ", "/x")],
+    [
+        ("/", ""),
+        ("", ""),
+        ("/orchestrator", "/orchestrator"),
+        ("/orchestrator/", "/orchestrator"),
+        ("orchestrator", "/orchestrator"),
+        ("//a//b/", "/a/b"),
+        (" /x ", "/x"),
+    ],
 )
 def test_base_path_normalisation(raw: str, expected: str) -> None:
     assert config.normalise_base_path(raw) == expected
@@ -474,7 +495,8 @@ KICI_PG_CUSTOMER_SECRETS KICI_CLUSTER_INSTANCE_ID KICI_STORAGE_TYPE KICI_STORAGE
 KICI_STORAGE_REGION KICI_STORAGE_ENDPOINT KICI_STORAGE_EXTERNAL_ENDPOINT KICI_STORAGE_UPLOAD_ENDPOINT
 KICI_STORAGE_FORCE_PATH_STYLE KICI_STORAGE_LOG_BUCKET KICI_STORAGE_FS_PATH KICI_STORAGE_FS_BASE_URL
 KICI_STORAGE_PATH KICI_LOCKFILE_MAX_BYTES KICI_HOST GITHUB_API_URL KICI_ORCHESTRATOR_URL KICI_AGENT_TOKEN
-KICI_AGENT_LABELS KICI_AGENT_GRACE_PERIOD_SECONDS KICI_AGENT_MAX_CONCURRENCY KICI_AGENT_ID KICI_AGENT_WORK_DIR KICI_ADMIN_URL KICI_ADMIN_TOKEN
+KICI_AGENT_LABELS KICI_AGENT_GRACE_PERIOD_SECONDS KICI_AGENT_MAX_CONCURRENCY KICI_AGENT_ID KICI_AGENT_WORK_DIR
+KICI_ADMIN_URL KICI_ADMIN_TOKEN
 """.split()
 
 

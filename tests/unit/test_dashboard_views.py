@@ -40,12 +40,29 @@ def test_relative_root_of_a_page() -> None:
 def test_job_graph_columns_matrix_groups_and_edges() -> None:
     jobs = [
         {"job_id": "1", "job_name": "build", "base_name": "build", "status": "success", "needs": []},
-        {"job_id": "2", "job_name": "test (a)", "base_name": "test", "status": "success", "matrix_values": {"v": "a"},
-         "needs": [{"upstreamName": "build"}]},
-        {"job_id": "3", "job_name": "test (b)", "base_name": "test", "status": "failed", "matrix_values": {"v": "b"},
-         "needs": [{"upstreamName": "build"}]},
-        {"job_id": "4", "job_name": "deploy", "base_name": "deploy", "status": "skipped",
-         "needs": [{"upstreamName": "test (a)"}, {"upstreamName": "test (b)"}]},
+        {
+            "job_id": "2",
+            "job_name": "test (a)",
+            "base_name": "test",
+            "status": "success",
+            "matrix_values": {"v": "a"},
+            "needs": [{"upstreamName": "build"}],
+        },
+        {
+            "job_id": "3",
+            "job_name": "test (b)",
+            "base_name": "test",
+            "status": "failed",
+            "matrix_values": {"v": "b"},
+            "needs": [{"upstreamName": "build"}],
+        },
+        {
+            "job_id": "4",
+            "job_name": "deploy",
+            "base_name": "deploy",
+            "status": "skipped",
+            "needs": [{"upstreamName": "test (a)"}, {"upstreamName": "test (b)"}],
+        },
     ]
     graph = views.job_graph(jobs)
     by_name = {g.base_name: g for g in graph.groups}
@@ -57,15 +74,41 @@ def test_job_graph_columns_matrix_groups_and_edges() -> None:
 
 
 def test_trace_explains_every_workflow() -> None:
-    trace = {"decisions": [
-        {"workflowName": "ci", "matched": True, "matchedTrigger": 0, "summary": "Trigger conditions met",
-         "triggers": []},
-        {"workflowName": "docs", "matched": False, "matchedTrigger": None, "summary": "No matching trigger",
-         "triggers": [{"index": 0, "triggerType": "push", "matched": False, "reason": None, "checks": [
-             {"check": "event type", "pattern": "push", "value": "push", "passed": True},
-             {"check": "branches", "pattern": '["docs/**"]', "value": "main", "passed": False,
-              "reason": "no branch pattern matched"}]}]},
-    ]}
+    trace = {
+        "decisions": [
+            {
+                "workflowName": "ci",
+                "matched": True,
+                "matchedTrigger": 0,
+                "summary": "Trigger conditions met",
+                "triggers": [],
+            },
+            {
+                "workflowName": "docs",
+                "matched": False,
+                "matchedTrigger": None,
+                "summary": "No matching trigger",
+                "triggers": [
+                    {
+                        "index": 0,
+                        "triggerType": "push",
+                        "matched": False,
+                        "reason": None,
+                        "checks": [
+                            {"check": "event type", "pattern": "push", "value": "push", "passed": True},
+                            {
+                                "check": "branches",
+                                "pattern": '["docs/**"]',
+                                "value": "main",
+                                "passed": False,
+                                "reason": "no branch pattern matched",
+                            },
+                        ],
+                    }
+                ],
+            },
+        ]
+    }
     ci, docs = views.explain_trace(trace) or []
     assert ci.matched and ci.matched_trigger == 0
     assert not docs.matched and docs.triggers[0].failed is not None
@@ -74,11 +117,15 @@ def test_trace_explains_every_workflow() -> None:
 
 
 def test_log_sections_number_lines_across_steps_and_find_the_failure() -> None:
-    chunks = [{"id": 1, "step_index": None, "content": "checkout"},
-              {"id": 2, "step_index": 0, "content": "a\nb"},
-              {"id": 5, "step_index": 1, "content": "running\nassert 2 == 3\n"}]
-    steps = {0: {"step_name": "build", "status": "success", "duration_ms": 1200},
-             1: {"step_name": "test", "status": "failed", "duration_ms": 50}}
+    chunks = [
+        {"id": 1, "step_index": None, "content": "checkout"},
+        {"id": 2, "step_index": 0, "content": "a\nb"},
+        {"id": 5, "step_index": 1, "content": "running\nassert 2 == 3\n"},
+    ]
+    steps = {
+        0: {"step_name": "build", "status": "success", "duration_ms": 1200},
+        1: {"step_name": "test", "status": "failed", "duration_ms": 50},
+    }
     sections, last = views.log_sections(chunks, steps)
     assert last == 5
     assert [s.title for s in sections] == ["Job output", "Step 1: build", "Step 2: test"]

@@ -19,9 +19,7 @@ class TestGitHub:
         assert k1 == k2 == dedup.DedupKey(org_id="org1", delivery_id=GUID)
 
     def test_direct_and_relayed_copies_share_a_key(self):
-        assert dedup.github_dedup_key("org1", {"X-GitHub-Delivery": GUID}) == dedup.relay_dedup_key(
-            "org1", GUID
-        )
+        assert dedup.github_dedup_key("org1", {"X-GitHub-Delivery": GUID}) == dedup.relay_dedup_key("org1", GUID)
 
     def test_orgs_are_separate(self):
         assert dedup.relay_dedup_key("a", GUID) != dedup.relay_dedup_key("b", GUID)
@@ -68,15 +66,9 @@ class TestGeneric:
 
     def test_body_path_then_idempotency_header(self):
         body = {"event": {"id": "b1", "n": 3}}
-        assert (
-            self.key({"x-idempotency-key": "k2"}, body=body, idempotency_key_path="$.event.id")
-            == f"{self.rk}:b1"
-        )
+        assert self.key({"x-idempotency-key": "k2"}, body=body, idempotency_key_path="$.event.id") == f"{self.rk}:b1"
         # non-string values do not count
-        assert (
-            self.key({"x-idempotency-key": "k2"}, body=body, idempotency_key_path="event.n")
-            == f"{self.rk}:k2"
-        )
+        assert self.key({"x-idempotency-key": "k2"}, body=body, idempotency_key_path="event.n") == f"{self.rk}:k2"
         assert self.key({}, body=body, idempotency_key_path="$event.missing") == f"{self.rk}:fresh-uuid"
 
     def test_delivery_header_order(self):
@@ -106,9 +98,7 @@ class TestGeneric:
 
     def test_fanout_slot(self):
         inbound = dedup.relay_dedup_key("org1", "d1")
-        assert dedup.fanout_delivery_id(inbound, "reg9") == dedup.DedupKey(
-            org_id="org1", delivery_id="d1:reg9"
-        )
+        assert dedup.fanout_delivery_id(inbound, "reg9") == dedup.DedupKey(org_id="org1", delivery_id="d1:reg9")
         with pytest.raises(errors.InvalidInput):
             dedup.fanout_delivery_id(inbound, "")
 
@@ -124,8 +114,6 @@ class TestGeneric:
     def test_derivation_is_deterministic_and_case_insensitive(self, value, upper):
         name = "X-DELIVERY-ID" if upper else "x-delivery-id"
         a = dedup.generic_dedup_key(org_id="o", routing_key="rk", headers={name: value}, fallback_id="f1")
-        b = dedup.generic_dedup_key(
-            org_id="o", routing_key="rk", headers={"x-delivery-id": value}, fallback_id="f2"
-        )
+        b = dedup.generic_dedup_key(org_id="o", routing_key="rk", headers={"x-delivery-id": value}, fallback_id="f2")
         assert a == b
         assert a.delivery_id == f"rk:{value}"

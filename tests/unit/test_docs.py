@@ -138,12 +138,12 @@ def find_invocation(words: list[str]) -> tuple[str, list[str]] | None:
     if i >= len(words):
         return None
     if words[i] in programs:
-        return words[i], words[i + 1:]
+        return words[i], words[i + 1 :]
     if words[i] in ("docker", "podman") and i + 1 < len(words) and words[i + 1] in ("run", "exec"):
         # The program follows the image / container name: a word not preceded by an option.
         for j in range(i + 3, len(words)):
             if words[j] in programs and not words[j - 1].startswith("-"):
-                return words[j], words[j + 1:]
+                return words[j], words[j + 1 :]
     return None
 
 
@@ -188,7 +188,7 @@ def check_args(command: click.Command, args: list[str], where: str, help_names: 
         if token in help_names:
             return problems
         if token == "--":
-            positional.extend(args[i + 1:])
+            positional.extend(args[i + 1 :])
             break
         if token.startswith("-") and len(token) > 1:
             name, eq, _ = token.partition("=")
@@ -207,7 +207,7 @@ def check_args(command: click.Command, args: list[str], where: str, help_names: 
                 known = ", ".join(sorted(command.list_commands(click.Context(command))))
                 return [*problems, f"{where}: no subcommand {token!r} (known: {known})"]
             problems += missing_options(command, given, where)
-            return problems + check_args(sub, args[i + 1:], f"{where} {token}", help_names)
+            return problems + check_args(sub, args[i + 1 :], f"{where} {token}", help_names)
         positional.append(token)
         i += 1
     arguments = [p for p in command.params if isinstance(p, click.Argument)]
@@ -266,10 +266,14 @@ def test_checker_rejects_unknown_options_and_subcommands() -> None:
     assert "unexpected argument" in check_args(cli, ["remove", "a", "b"], "t", {"--help"})[0]
     assert find_invocation(["docker", "run", "--name", "kici-agent", "kici-agent:latest"]) is None
     assert find_invocation(["docker", "exec", "c1", "kici-admin", "source", "list"]) == (
-        "kici-admin", ["source", "list"])
+        "kici-admin",
+        ["source", "list"],
+    )
     assert unbracket(["[--org", "acme]", "[--json]", "..."]) == ["--org", "acme", "--json"]
     assert simple_commands("A=1 kici-agent --labels x && curl y  # note") == [
-        ["A=1", "kici-agent", "--labels", "x"], ["curl", "y"]]
+        ["A=1", "kici-agent", "--labels", "x"],
+        ["curl", "y"],
+    ]
 
 
 # --- metrics --------------------------------------------------------------------------------------
@@ -330,9 +334,7 @@ def local_links(path: Path) -> list[Path]:
     return targets
 
 
-@pytest.mark.parametrize(
-    "doc", ["README.md", "docs/README.md", "docs/operator-guide.md", "docs/architecture.md"]
-)
+@pytest.mark.parametrize("doc", ["README.md", "docs/README.md", "docs/operator-guide.md", "docs/architecture.md"])
 def test_linked_docs_exist(doc: str) -> None:
     links = local_links(ROOT / doc)
     assert links
@@ -355,14 +357,17 @@ COMPOSE_FILES = sorted(COMPOSE.glob("docker-compose.*.yml"))
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
 def test_compose_files_build_their_images_and_wait_for_the_agent_token(path: Path) -> None:
     services = yaml.safe_load(path.read_text(encoding="utf-8"))["services"]
-    stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", (ROOT / "Dockerfile").read_text(encoding="utf-8"),
-                        re.IGNORECASE | re.MULTILINE)
+    stages = re.findall(
+        r"^FROM\s+\S+\s+AS\s+(\S+)", (ROOT / "Dockerfile").read_text(encoding="utf-8"), re.IGNORECASE | re.MULTILINE
+    )
     for name in ("orchestrator", "agent"):
         build = services[name].get("build")
         assert isinstance(build, dict) and (path.parent / build["context"] / "Dockerfile").is_file(), name
         assert build.get("target") in (None, *stages), f"{name}: no Dockerfile stage {build.get('target')}"
-    assert services["orchestrator"]["image"] == "kici-orchestrator:latest" and "target" not in services[
-        "orchestrator"]["build"]  # the default (last) stage: the orchestrator
+    assert (
+        services["orchestrator"]["image"] == "kici-orchestrator:latest"
+        and "target" not in services["orchestrator"]["build"]
+    )  # the default (last) stage: the orchestrator
     assert services["agent"]["image"] == "kici-agent:latest" and services["agent"]["build"]["target"] == "agent"
     # The agent's token is made by the running orchestrator: the agent starts only on request.
     assert services["agent"].get("profiles") == ["agent"] and "profiles" not in services["orchestrator"]
@@ -375,8 +380,15 @@ def test_compose_files_build_their_images_and_wait_for_the_agent_token(path: Pat
 
 def test_compose_readme_walks_through_the_image_build_and_the_agent_token() -> None:
     text = (COMPOSE / "README.md").read_text(encoding="utf-8")
-    steps = ["cp .env.example .env", "--profile agent build", "docker build --target agent -t kici-agent:latest .",
-             "up -d", "agent-token create", "KICI_AGENT_TOKEN=kat_", "--profile agent up -d"]
+    steps = [
+        "cp .env.example .env",
+        "--profile agent build",
+        "docker build --target agent -t kici-agent:latest .",
+        "up -d",
+        "agent-token create",
+        "KICI_AGENT_TOKEN=kat_",
+        "--profile agent up -d",
+    ]
     positions = [text.find(step) for step in steps]
     assert -1 not in positions, [s for s, p in zip(steps, positions, strict=True) if p == -1]
     assert positions == sorted(positions), "the steps are out of order"

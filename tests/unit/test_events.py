@@ -59,20 +59,34 @@ def test_pr_action_comes_from_top_level_action() -> None:
 def test_review_falls_back_to_default_branch() -> None:
     e = ev.normalize_github("pull_request_review", load("pull_request_review"))
     assert e is not None and (e.type, e.action, e.target_branch, e.is_fork_pr) == ("review", "submitted", "main", False)
-    e2 = ev.normalize_github("pull_request_review_comment", {"action": "created", "repository": {"default_branch": "dev"}})
+    e2 = ev.normalize_github(
+        "pull_request_review_comment", {"action": "created", "repository": {"default_branch": "dev"}}
+    )
     assert e2 is not None and (e2.type, e2.target_branch, e2.source_branch) == ("review_comment", "dev", None)
 
 
 @pytest.mark.parametrize(
     ("name", "payload", "etype", "action", "target"),
     [
-        ("issue_comment", {"action": "created", "repository": {"default_branch": "trunk"}}, "comment", "created", "trunk"),
+        (
+            "issue_comment",
+            {"action": "created", "repository": {"default_branch": "trunk"}},
+            "comment",
+            "created",
+            "trunk",
+        ),
         ("repository_dispatch", {"action": "deploy"}, "dispatch", "deploy", "main"),
         ("release", {"action": "published", "release": {"target_commitish": "rel"}}, "release", "published", "rel"),
         ("create", {"ref": "feature/a", "ref_type": "branch", "action": "x"}, "create", None, "feature/a"),
         ("delete", {"ref_type": "tag"}, "delete", None, "main"),
         ("status", {"branches": [{"name": "dev"}], "state": "success"}, "status", None, "dev"),
-        ("workflow_run", {"action": "completed", "workflow_run": {"head_branch": "x"}}, "workflow_run", "completed", "x"),
+        (
+            "workflow_run",
+            {"action": "completed", "workflow_run": {"head_branch": "x"}},
+            "workflow_run",
+            "completed",
+            "x",
+        ),
         ("fork", {}, "fork", None, "main"),
         ("star", {"action": "created"}, "star", "created", "main"),
         ("watch", {"action": "started"}, "watch", "started", "main"),
@@ -119,15 +133,31 @@ def test_wire_form_uses_upstream_names_and_keeps_the_payload() -> None:
     e = ev.normalize_github("pull_request", pr)
     assert e is not None
     assert e.with_changed_files(["src/a.py"]).to_wire("github") == {
-        "type": "pull_request", "action": "opened", "targetBranch": "main", "sourceBranch": "feature/login",
-        "baseBranch": "main", "isForkPR": True, "senderUsername": "mallory", "senderUserId": "666",
-        "changedFiles": ["src/a.py"], "sourceRepo": "acme/api", "provider": "github", "payload": pr,
+        "type": "pull_request",
+        "action": "opened",
+        "targetBranch": "main",
+        "sourceBranch": "feature/login",
+        "baseBranch": "main",
+        "isForkPR": True,
+        "senderUsername": "mallory",
+        "senderUserId": "666",
+        "changedFiles": ["src/a.py"],
+        "sourceRepo": "acme/api",
+        "provider": "github",
+        "payload": pr,
     }
     push = ev.normalize_github("push", load("push_branch"))
     assert push is not None
     wire = push.to_wire("github")
-    assert wire == {"type": "push", "targetBranch": "main", "senderUsername": "alice", "senderUserId": "101",
-                    "sourceRepo": "acme/api", "provider": "github", "payload": load("push_branch")}
+    assert wire == {
+        "type": "push",
+        "targetBranch": "main",
+        "senderUsername": "alice",
+        "senderUserId": "101",
+        "sourceRepo": "acme/api",
+        "provider": "github",
+        "payload": load("push_branch"),
+    }
     assert json.loads(json.dumps(wire)) == wire  # plain JSON, no absent field written as null
 
 
@@ -142,7 +172,9 @@ def test_changed_files_request() -> None:
         kind="pull_request", number=42
     )
     push = load("push_branch")
-    assert ev.changed_files_request("push", push) == ev.ChangedFilesRequest(kind="compare", base="1" * 40, head="2" * 40)
+    assert ev.changed_files_request("push", push) == ev.ChangedFilesRequest(
+        kind="compare", base="1" * 40, head="2" * 40
+    )
     assert ev.changed_files_request("push", load("push_tag")) is None  # new ref: before is zeros
     assert ev.changed_files_request("push", {**push, "after": ev.ZERO_SHA}) is None
     assert ev.changed_files_request("pull_request_review", load("pull_request_review")) is None
@@ -177,7 +209,10 @@ def test_parse_generic_body(raw: bytes, ctype: str | None, expected: dict[str, A
 def test_generic_event_type_precedence() -> None:
     body = {"meta": {"kind": "build"}}
     headers = {"X-Custom": "from-header", "X-Event-Type": "fallback"}
-    assert ev.generic_event_type(body, headers, event_type_header="x-custom", event_type_path="$.meta.kind") == "from-header"
+    assert (
+        ev.generic_event_type(body, headers, event_type_header="x-custom", event_type_path="$.meta.kind")
+        == "from-header"
+    )
     assert ev.generic_event_type(body, headers, event_type_path="$.meta.kind") == "build"
     assert ev.generic_event_type(body, headers, event_type_path="meta.missing") == "fallback"
     assert ev.generic_event_type(body, {}) == "default"

@@ -36,7 +36,7 @@ def _reference_encoding(value: str) -> str:
             out.append(ch)
         else:
             units = ch.encode("utf-16-be")
-            out += ["_" + format(int.from_bytes(units[i:i + 2], "big"), "x") for i in range(0, len(units), 2)]
+            out += ["_" + format(int.from_bytes(units[i : i + 2], "big"), "x") for i in range(0, len(units), 2)]
     return "".join(out)
 
 

@@ -234,9 +234,7 @@ def test_matrix_include_adds_only_new_and_ignores_empty() -> None:
 def test_matrix_exclude_matches_on_all_entry_keys() -> None:
     children, _ = expand_matrix(
         "t",
-        matrix(
-            {"os": ["linux", "mac"], "py": ["1", "2"]}, exclude=[{"os": "mac"}, {"py": "1", "os": "linux"}]
-        ),
+        matrix({"os": ["linux", "mac"], "py": ["1", "2"]}, exclude=[{"os": "mac"}, {"py": "1", "os": "linux"}]),
     )
     assert [c.name for c in children] == ["t (linux, 2)"]
 
@@ -268,9 +266,7 @@ def test_matrix_size_errors_fail_the_job_not_the_file(dims: Any, exclude: Any, r
 )
 def test_matrix_expansion_properties(dims: dict[str, list[str]], data: st.DataObject) -> None:
     names = sorted(dims)
-    entry = st.dictionaries(
-        st.sampled_from(names), st.sampled_from(["a", "b", "c", "d"]), max_size=len(names)
-    )
+    entry = st.dictionaries(st.sampled_from(names), st.sampled_from(["a", "b", "c", "d"]), max_size=len(names))
     exclude = data.draw(st.lists(entry, max_size=3))
     include = data.draw(st.lists(entry, max_size=3))
     children, err = expand_matrix("j", matrix(dims, include=include, exclude=exclude))
@@ -504,9 +500,7 @@ ERROR_CASES: list[tuple[str, Mutator, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("mutate", "path", "reason"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES]
-)
+@pytest.mark.parametrize(("mutate", "path", "reason"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
 def test_validation_error_names_path(mutate: Mutator, path: str, reason: str) -> None:
     data = doc()
     mutate(data)
@@ -541,9 +535,7 @@ def test_unknown_needs_name_in_a_later_workflow() -> None:
 
 
 def test_needs_cycle_is_named() -> None:
-    data = doc(
-        job("a", needs=["c"]), job("b", needs=["a"]), job("c", needs=[{"name": "b", "runOn": ["failed"]}])
-    )
+    data = doc(job("a", needs=["c"]), job("b", needs=["a"]), job("c", needs=[{"name": "b", "runOn": ["failed"]}]))
     with pytest.raises(LockfileError) as info:
         lockfile.parse_lockfile(data)
     assert info.value.path == "workflows[0].jobs[0].needs"

@@ -137,11 +137,18 @@ def test_masking_is_stable_when_joined_text_forms_a_secret() -> None:
 def test_a_short_database_password_masks_values_not_words(stream: io.StringIO) -> None:
     """A database password ``kici`` hides the password, never the letters in ``kici_runtime`` or ``kici-admin``."""
     url = "postgresql://kici:kici@db:5432/kici"
-    kici_logging.register_secrets(config.load_settings(
-        {"KICI_MODE": "independent", "KICI_DATABASE_URL": url, "KICI_SECRET_KEY": "ab" * 32}, "standalone",
-        default_config_path=None).secret_values())
+    kici_logging.register_secrets(
+        config.load_settings(
+            {"KICI_MODE": "independent", "KICI_DATABASE_URL": url, "KICI_SECRET_KEY": "ab" * 32},
+            "standalone",
+            default_config_path=None,
+        ).secret_values()
+    )
     log = logging.getLogger("kici.test")
-    log.info("kici-admin reached kici_runtime", extra={"dsn": url, "where": "kici_runtime.orchestrator.entry", "user": "kici"})
+    log.info(
+        "kici-admin reached kici_runtime",
+        extra={"dsn": url, "where": "kici_runtime.orchestrator.entry", "user": "kici"},
+    )
     log.info("connect", extra={"libpq": "host=db user=kici password=kici dbname=kici", "password": "kici"})
     log.info("kici")
     first, second, third = lines(stream)
@@ -155,9 +162,16 @@ def test_a_short_database_password_masks_values_not_words(stream: io.StringIO) -
 
 def test_urls_and_secret_fields_are_masked_without_registration(stream: io.StringIO) -> None:
     log = logging.getLogger("kici.test")
-    log.warning("retrying https://bot:hunter2@git.example/x.git with api_key=abc123&x=1",
-                extra={"headers": {"Authorization": "Bearer abc", "X-Other": "fine"}, "privateKey": "-----BEGIN",
-                       "webhookSecretFingerprint": "…1234", "tokenId": "t-1", "auth": {"token": TOKEN}})
+    log.warning(
+        "retrying https://bot:hunter2@git.example/x.git with api_key=abc123&x=1",
+        extra={
+            "headers": {"Authorization": "Bearer abc", "X-Other": "fine"},
+            "privateKey": "-----BEGIN",
+            "webhookSecretFingerprint": "…1234",
+            "tokenId": "t-1",
+            "auth": {"token": TOKEN},
+        },
+    )
     (doc,) = lines(stream)
     assert doc["message"] == "retrying https://bot:***@git.example/x.git with api_key=***&x=1"
     assert doc["headers"] == {"Authorization": "***", "X-Other": "fine"} and doc["privateKey"] == "***"
@@ -216,8 +230,9 @@ def test_a_short_secret_is_masked_as_a_value_and_left_inside_words(secret: str, 
     try:
         formatter = kici_logging.JsonFormatter()
         record = logging.LogRecord("kici", logging.INFO, __file__, 1, secret, None, None)
-        record.__dict__.update({"value": secret, "dsn": f"postgresql://u:{secret.replace('@', '')}x@h/db",
-                                "words": word + secret + word})
+        record.__dict__.update(
+            {"value": secret, "dsn": f"postgresql://u:{secret.replace('@', '')}x@h/db", "words": word + secret + word}
+        )
         doc = json.loads(formatter.format(record))
     finally:
         kici_logging.reset_secrets()
@@ -238,8 +253,9 @@ def _masked_anyway(text: str) -> bool:
     embed=st.booleans(),
     token=st.booleans(),
 )
-def test_fast_path_writes_exactly_what_per_field_masking_writes(secret: str, values: list[object], embed: bool,
-                                                                token: bool) -> None:
+def test_fast_path_writes_exactly_what_per_field_masking_writes(
+    secret: str, values: list[object], embed: bool, token: bool
+) -> None:
     """The whole-line check may only skip masking when masking would change nothing."""
     kici_logging.register_secret(secret)
     try:

@@ -126,7 +126,9 @@ def test_repos(repos: list[dict[str, str]], repo: str | None, expected: bool) ->
 
 
 def test_dispatch_review_release_star() -> None:
-    assert m.trigger_matches(t.parse_trigger({"_type": "dispatch", "types": ["release"]}), ev("dispatch", action="release"))
+    assert m.trigger_matches(
+        t.parse_trigger({"_type": "dispatch", "types": ["release"]}), ev("dispatch", action="release")
+    )
     assert not m.trigger_matches(t.parse_trigger({"_type": "dispatch", "types": ["release"]}), ev("dispatch"))
     review = t.parse_trigger({"_type": "review", "actions": ["submitted"], "states": ["approved"]})
     assert m.trigger_matches(review, ev("review", action="submitted", payload={"review": {"state": "approved"}}))
@@ -153,7 +155,9 @@ def test_create_delete_status_workflow_run_fork_webhook() -> None:
     status = t.parse_trigger({"_type": "status", "contexts": ["ci/*"], "states": ["success"]})
     assert m.trigger_matches(status, ev("status", payload={"context": "ci/build", "state": "success"}))
     assert not m.trigger_matches(status, ev("status", payload={"context": "lint", "state": "success"}))
-    run = t.parse_trigger({"_type": "workflow_run", "actions": ["completed"], "workflows": ["build"], "conclusions": ["success"]})
+    run = t.parse_trigger(
+        {"_type": "workflow_run", "actions": ["completed"], "workflows": ["build"], "conclusions": ["success"]}
+    )
     payload = {"workflow_run": {"name": "build", "conclusion": "success"}}
     assert m.trigger_matches(run, ev("workflow_run", action="completed", payload=payload))
     assert m.trigger_matches(t.parse_trigger({"_type": "fork"}), ev("fork"))
@@ -166,8 +170,12 @@ def test_schedule_and_internal_events() -> None:
     assert m.trigger_matches(sched, ev("schedule", payload={"cronExpression": "0 3 * * 1", "timezone": "UTC"}))
     assert not m.trigger_matches(sched, ev("schedule", payload={"cronExpression": "0 3 * * *"}))
     wc = t.parse_trigger({"_type": "workflow_complete", "name": "ci", "status": ["success"], "source": "a/b"})
-    assert m.trigger_matches(wc, ev("workflow_complete", payload={"workflowName": "ci", "status": "success", "sourceRepo": "a/b"}))
-    assert not m.trigger_matches(wc, ev("workflow_complete", payload={"workflowName": "ci", "status": "failed", "sourceRepo": "a/b"}))
+    assert m.trigger_matches(
+        wc, ev("workflow_complete", payload={"workflowName": "ci", "status": "success", "sourceRepo": "a/b"})
+    )
+    assert not m.trigger_matches(
+        wc, ev("workflow_complete", payload={"workflowName": "ci", "status": "failed", "sourceRepo": "a/b"})
+    )
     jc = t.parse_trigger({"_type": "job_complete", "workflow": "ci", "job": "build"})
     assert m.trigger_matches(jc, ev("job_complete", payload={"workflowName": "ci", "jobName": "build"}))
     life = t.parse_trigger({"_type": "lifecycle", "events": ["boot"]})
@@ -249,8 +257,11 @@ def test_evaluate_reports_each_workflow_and_rejection() -> None:
     assert json.loads(json.dumps(d)) == d
     assert d["matchedWorkflows"] == ["all"]
     assert ci.summary_dict() == {
-        "workflowName": "ci", "matched": False, "matchedTrigger": None,
-        "summary": "No matching trigger", "checksCount": 3,
+        "workflowName": "ci",
+        "matched": False,
+        "matchedTrigger": None,
+        "summary": "No matching trigger",
+        "checksCount": 3,
     }
 
 
@@ -274,5 +285,7 @@ def test_bench_quick_runs() -> None:
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[2] / "bench" / "matching.py"
-    out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(script), "--quick"], capture_output=True, text=True, check=True, timeout=120
+    )
     assert "trigger evaluations" in out.stdout and "PR trigger" in out.stdout

@@ -47,7 +47,9 @@ def test_adding_an_include_never_loses_a_match(inc: list[str], exc: list[str], e
 
 @SETTINGS
 @given(st.lists(PATH_GLOBS, min_size=1, max_size=3), st.lists(PATH_GLOBS, max_size=2), PATH_GLOBS, FILES)
-def test_adding_an_exclusion_never_creates_a_match(inc: list[str], exc: list[str], extra: str, files: list[str]) -> None:
+def test_adding_an_exclusion_never_creates_a_match(
+    inc: list[str], exc: list[str], extra: str, files: list[str]
+) -> None:
     paths = inc + ["!" + e for e in exc]
     before = m.trigger_matches(push_with(paths), event(files))
     after = m.trigger_matches(push_with([*paths, "!" + extra]), event(files))
@@ -56,7 +58,9 @@ def test_adding_an_exclusion_never_creates_a_match(inc: list[str], exc: list[str
 
 BRANCH_PATTERNS = st.lists(
     st.one_of(
-        st.builds(lambda p: {"type": "glob", "pattern": p}, st.sampled_from(["main", "release/*", "!wip", "feat-*", "**"])),
+        st.builds(
+            lambda p: {"type": "glob", "pattern": p}, st.sampled_from(["main", "release/*", "!wip", "feat-*", "**"])
+        ),
         st.builds(lambda p: {"type": "regex", "pattern": p}, st.sampled_from(["^v\\d", "x$", "main"])),
     ),
     max_size=4,

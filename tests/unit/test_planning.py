@@ -117,9 +117,7 @@ def test_everything_unsupported_concludes_immediately() -> None:
 
 def test_workflow_without_jobs_has_no_conclusion() -> None:
     plan = one_plan(
-        lockfile.parse_lockfile(
-            {"schemaVersion": 29, "workflows": [{"name": "e", "triggers": [], "jobs": []}]}
-        )
+        lockfile.parse_lockfile({"schemaVersion": 29, "workflows": [{"name": "e", "triggers": [], "jobs": []}]})
     )
     assert plan.jobs == () and plan.runnable == () and plan.conclusion is None
 
@@ -162,9 +160,7 @@ def test_on_failure_edge() -> None:
     base = dict(plan.statuses) | {"build (a)": "success", "build (b)": "success", "test": "failed"}
     assert planning.release(plan.graph, base).runnable == ("report", "rollback")
     ok = base | {"test": "success"}
-    assert planning.release(plan.graph, ok).skipped == (
-        Skip(job="rollback", reason="upstream_unmet: test (success)"),
-    )
+    assert planning.release(plan.graph, ok).skipped == (Skip(job="rollback", reason="upstream_unmet: test (success)"),)
 
 
 def test_skip_happens_while_other_upstreams_still_run() -> None:

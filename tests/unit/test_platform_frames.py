@@ -65,9 +65,7 @@ def test_run_status_frames() -> None:
         0,
         "boom",
     )
-    assert (
-        "sha" not in frame and "repoIdentifier" not in frame
-    )  # absent optional fields are omitted, never null
+    assert "sha" not in frame and "repoIdentifier" not in frame  # absent optional fields are omitted, never null
 
 
 def test_job_step_log_and_decision_frames() -> None:

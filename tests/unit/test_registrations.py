@@ -17,13 +17,27 @@ from tests.unit.test_services import LOCK, SHA, World, push_payload
 pytestmark = pytest.mark.anyio
 
 SCHEDULED: dict[str, Any] = copy.deepcopy(LOCK)
-SCHEDULED["workflows"].append({
-    "name": "nightly", "triggers": [
-        {"_type": "schedule", "cronExpression": "0 3 * * *", "timezone": "Europe/Berlin",
-         "inputs": {"depth": {"type": "integer", "optional": False, "nullable": False, "default": 2}}},
-        {"_type": "dispatch", "types": [], "inputs": {
-            "env": {"type": "enum", "values": ["staging", "prod"], "optional": False, "nullable": False}}}],
-    "jobs": [{"_type": "static", "name": "sweep", "needs": [], "steps": [{"name": "s", "run": "true"}]}]})
+SCHEDULED["workflows"].append(
+    {
+        "name": "nightly",
+        "triggers": [
+            {
+                "_type": "schedule",
+                "cronExpression": "0 3 * * *",
+                "timezone": "Europe/Berlin",
+                "inputs": {"depth": {"type": "integer", "optional": False, "nullable": False, "default": 2}},
+            },
+            {
+                "_type": "dispatch",
+                "types": [],
+                "inputs": {
+                    "env": {"type": "enum", "values": ["staging", "prod"], "optional": False, "nullable": False}
+                },
+            },
+        ],
+        "jobs": [{"_type": "static", "name": "sweep", "needs": [], "steps": [{"name": "s", "run": "true"}]}],
+    }
+)
 
 
 async def registered_world() -> tuple[World, fakes.FakeRegistrationStore]:
@@ -106,9 +120,19 @@ async def test_a_manual_run_gets_its_checked_inputs_and_the_id_it_was_promised()
     w, _ = await registered_world()
     when = datetime(2030, 1, 1, tzinfo=UTC)
     delivery = registrations.dispatch_delivery(
-        org_id="acme", delivery_id="dispatch:1", routing_key="github:1", provider="github", repo="acme/app",
-        ref="main", workflow_name="nightly", dispatch_type=None, inputs={"env": "prod"}, run_id="promised",
-        requested_by="admin:ops", received_at=when)
+        org_id="acme",
+        delivery_id="dispatch:1",
+        routing_key="github:1",
+        provider="github",
+        repo="acme/app",
+        ref="main",
+        workflow_name="nightly",
+        dispatch_type=None,
+        inputs={"env": "prod"},
+        run_id="promised",
+        requested_by="admin:ops",
+        received_at=when,
+    )
     await w.inbox.accept(delivery)
     assert await w.run_once() == ["promised"]
     run = w.inbox.runs["promised"].run
@@ -119,11 +143,27 @@ async def test_a_manual_run_gets_its_checked_inputs_and_the_id_it_was_promised()
 
 async def test_a_manual_run_whose_inputs_no_longer_fit_the_lock_file_fails_with_the_path() -> None:
     w, _ = await registered_world()
-    await w.inbox.accept(Delivery(
-        org_id="acme", delivery_id="dispatch:2", routing_key="github:1", event="dispatch", action=None,
-        source="internal", provider="github", received_at=datetime(2030, 1, 1, tzinfo=UTC),
-        body=json.dumps({"workflowName": "nightly", "ref": "main", "inputs": {"env": "qa"}, "runId": "r",
-                         "repository": {"full_name": "acme/app"}}).encode()))
+    await w.inbox.accept(
+        Delivery(
+            org_id="acme",
+            delivery_id="dispatch:2",
+            routing_key="github:1",
+            event="dispatch",
+            action=None,
+            source="internal",
+            provider="github",
+            received_at=datetime(2030, 1, 1, tzinfo=UTC),
+            body=json.dumps(
+                {
+                    "workflowName": "nightly",
+                    "ref": "main",
+                    "inputs": {"env": "qa"},
+                    "runId": "r",
+                    "repository": {"full_name": "acme/app"},
+                }
+            ).encode(),
+        )
+    )
     assert await w.run_once() == []
     entry = await w.inbox.get("acme", "dispatch:2")
     assert entry is not None and entry.status == "failed"
@@ -140,21 +180,30 @@ DESCRIPTORS: dict[str, Any] = {
 }
 
 
-@pytest.mark.parametrize(("given", "expected"), [
-    ({"name": "web"}, {"name": "web", "ratio": 0.5, "dry": False}),
-    ({"name": "web", "count": "3", "ratio": "2", "dry": "true", "env": "prod", "kind": "release"},
-     {"name": "web", "count": 3, "ratio": 2, "dry": True, "env": "prod", "kind": "release"}),
-    ({"name": "api-x", "count": 5, "ratio": None, "dry": True}, {"name": "api-x", "count": 5, "ratio": None,
-                                                                 "dry": True}),
-])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"name": "web"}, {"name": "web", "ratio": 0.5, "dry": False}),
+        (
+            {"name": "web", "count": "3", "ratio": "2", "dry": "true", "env": "prod", "kind": "release"},
+            {"name": "web", "count": 3, "ratio": 2, "dry": True, "env": "prod", "kind": "release"},
+        ),
+        (
+            {"name": "api-x", "count": 5, "ratio": None, "dry": True},
+            {"name": "api-x", "count": 5, "ratio": None, "dry": True},
+        ),
+    ],
+)
 def test_inputs_are_converted_to_their_types_and_defaulted(given: dict[str, Any], expected: dict[str, Any]) -> None:
     assert inputs.resolve(DESCRIPTORS, given) == expected
 
 
 def test_every_input_problem_is_reported_with_its_path() -> None:
     with pytest.raises(inputs.InputErrors) as caught:
-        inputs.resolve(DESCRIPTORS, {"name": "Web!", "count": "2.5", "ratio": "x", "dry": "yes", "env": "qa",
-                                     "kind": "other", "colour": "red"})
+        inputs.resolve(
+            DESCRIPTORS,
+            {"name": "Web!", "count": "2.5", "ratio": "x", "dry": "yes", "env": "qa", "kind": "other", "colour": "red"},
+        )
     assert [str(e) for e in caught.value.errors] == [
         "inputs.colour: unknown input (the trigger declares: count, dry, env, kind, name, ratio)",
         "inputs.name: does not match the pattern '^[a-z-]+$'",
@@ -173,9 +222,17 @@ def test_every_input_problem_is_reported_with_its_path() -> None:
 
 
 def test_a_schedule_fire_is_one_delivery_per_schedule_and_due_time() -> None:
-    schedule = Schedule(id="s1", registration_id="r1", org_id="acme", routing_key="generic:acme:x",
-                        repo_identifier="acme/app", workflow_name="nightly", trigger_index=0,
-                        cron_expression="0 3 * * *", timezone="UTC")
+    schedule = Schedule(
+        id="s1",
+        registration_id="r1",
+        org_id="acme",
+        routing_key="generic:acme:x",
+        repo_identifier="acme/app",
+        workflow_name="nightly",
+        trigger_index=0,
+        cron_expression="0 3 * * *",
+        timezone="UTC",
+    )
     due = datetime(2030, 1, 1, 3, tzinfo=UTC)
     first = registrations.schedule_delivery(schedule, scheduled_at=due, received_at=due)
     late = registrations.schedule_delivery(schedule, scheduled_at=due, received_at=datetime(2030, 1, 2, tzinfo=UTC))
@@ -190,13 +247,26 @@ def test_an_upstream_lock_file_registers_its_schedule_with_zone_and_description(
 
     raw = (Path(__file__).parents[1] / "fixtures" / "lockfiles" / "example_c_global.json").read_bytes()
     [reg] = registrations.registrations_from(
-        lockfile.parse_lockfile(raw), org_id="acme", routing_key="github:1", provider="github", repo="myorg/ci",
-        ref="main", sha="c" * 40, repo_url="https://github.com/myorg/ci.git", delivery_id="d", ids=lambda: "reg-1")
+        lockfile.parse_lockfile(raw),
+        org_id="acme",
+        routing_key="github:1",
+        provider="github",
+        repo="myorg/ci",
+        ref="main",
+        sha="c" * 40,
+        repo_url="https://github.com/myorg/ci.git",
+        delivery_id="d",
+        ids=lambda: "reg-1",
+    )
     assert reg.workflow_name == "org-lint"
     assert reg.trigger_types == ("push", "schedule", "kici_event", "webhook")
     [spec] = reg.schedules
     assert (spec.trigger_index, spec.cron_expression, spec.timezone, spec.description) == (
-        1, "0 3 * * 1", "Europe/Berlin", "weekly sweep")
+        1,
+        "0 3 * * 1",
+        "Europe/Berlin",
+        "weekly sweep",
+    )
     assert reg.workflow["jobs"][1]["_type"] == "dynamic"  # type: ignore[index]  # kept as written
 
 
@@ -222,9 +292,19 @@ async def test_schedule_fires_and_manual_runs_are_offloaded_and_capped_like_any_
     offloaded.clear()
     w.pipeline.max_jobs = 10
     manual = registrations.dispatch_delivery(
-        org_id="acme", delivery_id="dispatch:cap", routing_key="github:1", provider="github", repo="acme/app",
-        ref="main", workflow_name="nightly", dispatch_type=None, inputs={"env": "prod"}, run_id="capped",
-        requested_by="admin:ops", received_at=due)
+        org_id="acme",
+        delivery_id="dispatch:cap",
+        routing_key="github:1",
+        provider="github",
+        repo="acme/app",
+        ref="main",
+        workflow_name="nightly",
+        dispatch_type=None,
+        inputs={"env": "prod"},
+        run_id="capped",
+        requested_by="admin:ops",
+        received_at=due,
+    )
     await w.inbox.accept(manual)
     assert await w.run_once() == ["capped"]
     assert offloaded[0] == "partial" and "decide" in offloaded, offloaded  # the lock-file parse, then matching

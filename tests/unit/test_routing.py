@@ -18,9 +18,7 @@ def rx(source: str, flags: str = "") -> dict[str, object]:
     return {"kind": "regex", "source": source, "flags": flags}
 
 
-def agent(
-    *labels: str, mandatory: tuple[str, ...] = (), platform: str | None = None, arch: str | None = None
-):
+def agent(*labels: str, mandatory: tuple[str, ...] = (), platform: str | None = None, arch: str | None = None):
     return routing.AgentLabels(
         labels=frozenset(labels), mandatory_labels=frozenset(mandatory), platform=platform, arch=arch
     )
@@ -194,8 +192,7 @@ class TestChooseAgent:
     )
     def test_choice_is_minimal_among_available(self, specs):
         cands = [
-            cand(f"a{i}", act, mx, idle, labels=("l",) if ok else ("x",))
-            for i, (act, mx, idle, ok) in enumerate(specs)
+            cand(f"a{i}", act, mx, idle, labels=("l",) if ok else ("x",)) for i, (act, mx, idle, ok) in enumerate(specs)
         ]
         available = [c for c in cands if c.active_jobs < c.max_concurrency and "l" in c.labels.labels]
         got = routing.choose_agent(cands, self.sel)

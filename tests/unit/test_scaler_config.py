@@ -41,7 +41,9 @@ def write(path: Path, text: str) -> Path:
 
 def test_the_documented_example_loads_with_defaults_and_drop_ins(tmp_path: Path) -> None:
     main = write(tmp_path / "scalers.yaml", MAIN)
-    write(tmp_path / "scalers.d" / "gpu.yaml", """\
+    write(
+        tmp_path / "scalers.d" / "gpu.yaml",
+        """\
 scalers:
   - name: gpu
     type: container
@@ -49,7 +51,8 @@ scalers:
     host: tcp://10.0.0.5:2376
     networkIsolation: false
     labelSets: [{ labels: [gpu], image: "kici-agent:gpu", imagePullPolicy: Never }]
-""")
+""",
+    )
     config = load_scaler_config(main)
     assert config.global_max_agents == 10
     first, gpu = config.scalers
@@ -63,29 +66,49 @@ scalers:
     assert gpu.label_sets[0].pull_policy == "Never" and gpu.source.endswith("gpu.yaml")
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("scalers: []\n", "{main}: version: Field required (must be 1)"),
-    ("version: 2\nscalers: []\n", "{main}: version: Input should be 1"),
-    ("version: 1\nscalers:\n  - {name: a, type: container, maxAgents: 1, labelSets: [{labels: [x]}]}\n",
-     "{main}: scalers[0].labelSets[0].image: Field required"),
-    ("version: 1\nscalers:\n  - {name: a, type: container, maxAgents: 0, labelSets: [{labels: [x], image: i}]}\n",
-     "{main}: scalers[0].maxAgents: Input should be greater than or equal to 1"),
-    ("version: 1\nscalers:\n  - {name: a, type: container, maxAgents: 1,\n"
-     "     labelSets: [{labels: ['kici:os:linux'], image: i}]}\n",
-     "{main}: scalers[0].labelSets[0].labels: labels must not use the reserved 'kici:' prefix: kici:os:linux"),
-    ("version: 1\nscalers:\n  - {name: a, type: container, maxAgents: 1, labelSets: [{labels: [x], image: i,\n"
-     "     networkPolicy: {allowlist: ['10.0.0.0/8; flush ruleset']}}]}\n",
-     "{main}: scalers[0].labelSets[0].networkPolicy.allowlist: not an IPv4 address or CIDR: "
-     "'10.0.0.0/8; flush ruleset'"),
-    ("version: 1\nscalers:\n  - {name: a, type: container, maxAgents: 1, labelSets: [{labels: [x], image: i,\n"
-     "     resources: {memory: lots}}]}\n",
-     "{main}: scalers[0].labelSets[0].resources.memory: not a memory size: 'lots' (use e.g. 512m or 2g)"),
-    ("version: 1\nscalers:\n  - {name: a, type: firecracker, maxAgents: 1}\n",
-     "{main}: scalers[0].type: 'firecracker' scalers are not supported; this orchestrator runs 'container' scalers"),
-    ("version: 1\nscalers:\n  - {name: a, type: container, maxAgents: 1, labelSets: [{labels: [x], image: i}],"
-     " colour: red}\n", "{main}: scalers[0].colour: Extra inputs are not permitted"),
-    ("version: 1\nscalers: [\n", "{main}: not valid YAML: "),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("scalers: []\n", "{main}: version: Field required (must be 1)"),
+        ("version: 2\nscalers: []\n", "{main}: version: Input should be 1"),
+        (
+            "version: 1\nscalers:\n  - {name: a, type: container, maxAgents: 1, labelSets: [{labels: [x]}]}\n",
+            "{main}: scalers[0].labelSets[0].image: Field required",
+        ),
+        (
+            "version: 1\nscalers:\n"
+            "  - {name: a, type: container, maxAgents: 0, labelSets: [{labels: [x], image: i}]}\n",
+            "{main}: scalers[0].maxAgents: Input should be greater than or equal to 1",
+        ),
+        (
+            "version: 1\nscalers:\n  - {name: a, type: container, maxAgents: 1,\n"
+            "     labelSets: [{labels: ['kici:os:linux'], image: i}]}\n",
+            "{main}: scalers[0].labelSets[0].labels: labels must not use the reserved 'kici:' prefix: kici:os:linux",
+        ),
+        (
+            "version: 1\nscalers:\n  - {name: a, type: container, maxAgents: 1, labelSets: [{labels: [x], image: i,\n"
+            "     networkPolicy: {allowlist: ['10.0.0.0/8; flush ruleset']}}]}\n",
+            "{main}: scalers[0].labelSets[0].networkPolicy.allowlist: not an IPv4 address or CIDR: "
+            "'10.0.0.0/8; flush ruleset'",
+        ),
+        (
+            "version: 1\nscalers:\n  - {name: a, type: container, maxAgents: 1, labelSets: [{labels: [x], image: i,\n"
+            "     resources: {memory: lots}}]}\n",
+            "{main}: scalers[0].labelSets[0].resources.memory: not a memory size: 'lots' (use e.g. 512m or 2g)",
+        ),
+        (
+            "version: 1\nscalers:\n  - {name: a, type: firecracker, maxAgents: 1}\n",
+            "{main}: scalers[0].type: 'firecracker' scalers are not supported;"
+            " this orchestrator runs 'container' scalers",
+        ),
+        (
+            "version: 1\nscalers:\n  - {name: a, type: container, maxAgents: 1, labelSets: [{labels: [x], image: i}],"
+            " colour: red}\n",
+            "{main}: scalers[0].colour: Extra inputs are not permitted",
+        ),
+        ("version: 1\nscalers: [\n", "{main}: not valid YAML: "),
+    ],
+)
 def test_errors_name_the_file_and_the_field(tmp_path: Path, text: str, message: str) -> None:
     main = write(tmp_path / "scalers.yaml", text)
     with pytest.raises(ScalerConfigError) as info:
@@ -95,20 +118,27 @@ def test_errors_name_the_file_and_the_field(tmp_path: Path, text: str, message: 
 
 def test_a_bad_drop_in_is_named_and_names_repeat_across_files(tmp_path: Path) -> None:
     main = write(tmp_path / "scalers.yaml", MAIN)
-    bad = write(tmp_path / "scalers.d" / "10-bad.yaml",
-                "scalers:\n  - {name: container-default, type: container, maxAgents: 1,"
-                " labelSets: [{labels: [z], image: i}]}\n  - {name: b, type: container, maxAgents: 1,"
-                " labelSets: [{labels: [y], image: i, imagePullPolicy: Sometimes}]}\n")
+    bad = write(
+        tmp_path / "scalers.d" / "10-bad.yaml",
+        "scalers:\n  - {name: container-default, type: container, maxAgents: 1,"
+        " labelSets: [{labels: [z], image: i}]}\n  - {name: b, type: container, maxAgents: 1,"
+        " labelSets: [{labels: [y], image: i, imagePullPolicy: Sometimes}]}\n",
+    )
     with pytest.raises(ScalerConfigError) as info:
         load_scaler_config(main)
     assert info.value.issues == (
-        f"{bad}: scalers[1].labelSets[0].imagePullPolicy: Input should be 'Always', 'IfNotPresent' or 'Never'",)
-    write(bad, "scalers:\n  - {name: container-default, type: container, maxAgents: 1,"
-               " labelSets: [{labels: [z], image: i}]}\n")
+        f"{bad}: scalers[1].labelSets[0].imagePullPolicy: Input should be 'Always', 'IfNotPresent' or 'Never'",
+    )
+    write(
+        bad,
+        "scalers:\n  - {name: container-default, type: container, maxAgents: 1,"
+        " labelSets: [{labels: [z], image: i}]}\n",
+    )
     with pytest.raises(ScalerConfigError) as info:
         load_scaler_config(main)
     assert info.value.issues == (
-        f"{bad}: scalers[0].name: duplicate scaler name 'container-default' (first in {main})",)
+        f"{bad}: scalers[0].name: duplicate scaler name 'container-default' (first in {main})",
+    )
 
 
 def test_memory_sizes() -> None:
@@ -124,7 +154,8 @@ def test_overlapping_label_sets_refuse_start_with_a_back_off(tmp_path: Path) -> 
         startup.check_config(load_scaler_config(main), which=lambda _: "/usr/bin/docker")
     assert info.value.message == (
         "Scaler config has label-set overlaps:\n"
-        "  - container-default.labelSets[0] and container-default.labelSets[2] both provide [container, linux]")
+        "  - container-default.labelSets[0] and container-default.labelSets[2] both provide [container, linux]"
+    )
     assert info.value.backoff_seconds == 30 and info.value.exit_code == 1
 
 
@@ -133,7 +164,9 @@ def test_a_scaler_without_socket_or_host_needs_docker_or_podman_on_path(tmp_path
     config = load_scaler_config(main)
     with pytest.raises(startup.ScalerStartupError) as info:
         startup.check_config(config, which=lambda _: None)
-    assert info.value.message == ("Required tools validation failed:\n"
-                                  "  - scaler container-default: needs docker or podman on PATH (or set socketPath or host)")
+    assert info.value.message == (
+        "Required tools validation failed:\n"
+        "  - scaler container-default: needs docker or podman on PATH (or set socketPath or host)"
+    )
     assert info.value.backoff_seconds == 30
     startup.check_config(config, which=lambda name: "/usr/bin/podman" if name == "podman" else None)

@@ -16,10 +16,12 @@ def label_set(*labels: str, **kw: object) -> scaling.LabelSet:
     return scaling.LabelSet(labels=labels, image=IMAGE, **kw)  # type: ignore[arg-type]
 
 
-def scaler(name: str, *sets: scaling.LabelSet, max_agents: int = 4, warm: int = 0,
-           idle: float = 300.0) -> scaling.ScalerSpec:
-    return scaling.ScalerSpec(name=name, max_agents=max_agents, label_sets=sets,
-                              warm_pool=scaling.WarmPool(size=warm, idle_timeout=idle))
+def scaler(
+    name: str, *sets: scaling.LabelSet, max_agents: int = 4, warm: int = 0, idle: float = 300.0
+) -> scaling.ScalerSpec:
+    return scaling.ScalerSpec(
+        name=name, max_agents=max_agents, label_sets=sets, warm_pool=scaling.WarmPool(size=warm, idle_timeout=idle)
+    )
 
 
 def job(job_id: str, *labels: str, at: float = 0.0) -> scaling.PendingJob:
@@ -27,21 +29,45 @@ def job(job_id: str, *labels: str, at: float = 0.0) -> scaling.PendingJob:
     return scaling.PendingJob(job_id=job_id, run_id="run-1", selector=selector, created_at=at)
 
 
-def container(agent_id: str, phase: scaling.Phase, *, bound: str | None = None, scaler_name: str = "docker",
-              at: float = 0.0, index: int = 0) -> scaling.Container:
-    return scaling.Container(agent_id=agent_id, scaler=scaler_name, label_set=index, bound_job_id=bound,
-                             phase=phase, created_at=at)
+def container(
+    agent_id: str,
+    phase: scaling.Phase,
+    *,
+    bound: str | None = None,
+    scaler_name: str = "docker",
+    at: float = 0.0,
+    index: int = 0,
+) -> scaling.Container:
+    return scaling.Container(
+        agent_id=agent_id, scaler=scaler_name, label_set=index, bound_job_id=bound, phase=phase, created_at=at
+    )
 
 
-CONFIG = scaling.ScalerConfig(global_max_agents=50, scalers=(
-    scaler("docker", label_set("linux", "docker"), label_set("linux", "gpu"), max_agents=2),))
+CONFIG = scaling.ScalerConfig(
+    global_max_agents=50,
+    scalers=(scaler("docker", label_set("linux", "docker"), label_set("linux", "gpu"), max_agents=2),),
+)
 
 
-def plan(config: scaling.ScalerConfig = CONFIG, *, now: float = 100.0, jobs: list[scaling.PendingJob] | None = None,
-         agents: list[scaling.StaticAgent] | None = None, containers: list[scaling.Container] | None = None,
-         last_demand: dict[str, float] | None = None, blocked: dict[str, str] | None = None) -> scaling.Plan:
-    return scaling.plan(config, now=now, jobs=jobs or [], agents=agents or [], containers=containers or [],
-                        last_demand=last_demand or {}, blocked=blocked)
+def plan(
+    config: scaling.ScalerConfig = CONFIG,
+    *,
+    now: float = 100.0,
+    jobs: list[scaling.PendingJob] | None = None,
+    agents: list[scaling.StaticAgent] | None = None,
+    containers: list[scaling.Container] | None = None,
+    last_demand: dict[str, float] | None = None,
+    blocked: dict[str, str] | None = None,
+) -> scaling.Plan:
+    return scaling.plan(
+        config,
+        now=now,
+        jobs=jobs or [],
+        agents=agents or [],
+        containers=containers or [],
+        last_demand=last_demand or {},
+        blocked=blocked,
+    )
 
 
 def test_a_job_no_agent_takes_gets_a_container_of_the_first_matching_label_set() -> None:
@@ -63,16 +89,18 @@ def test_a_free_slot_of_a_connected_agent_is_used_first() -> None:
 
 
 def test_max_agents_caps_a_scaler_and_the_waiting_job_says_so() -> None:
-    result = plan(jobs=[job(f"j{i}", "docker", at=i) for i in range(3)],
-                  containers=[container("c0", "busy")])
+    result = plan(jobs=[job(f"j{i}", "docker", at=i) for i in range(3)], containers=[container("c0", "busy")])
     assert [s.job_id for s in result.spawn] == ["j0"]
-    assert result.waiting == {"j1": "scaler docker at capacity (2/2 agents)",
-                              "j2": "scaler docker at capacity (2/2 agents)"}
+    assert result.waiting == {
+        "j1": "scaler docker at capacity (2/2 agents)",
+        "j2": "scaler docker at capacity (2/2 agents)",
+    }
 
 
 def test_global_max_agents_caps_all_scalers_together() -> None:
-    config = scaling.ScalerConfig(global_max_agents=2, scalers=(
-        scaler("a", label_set("x")), scaler("b", label_set("y"))))
+    config = scaling.ScalerConfig(
+        global_max_agents=2, scalers=(scaler("a", label_set("x")), scaler("b", label_set("y")))
+    )
     result = plan(config, jobs=[job("j1", "x", at=1), job("j2", "y", at=2), job("j3", "y", at=3)])
     assert [s.job_id for s in result.spawn] == ["j1", "j2"]
     assert result.waiting == {"j3": "scalers at global capacity (2/2 agents)"}
@@ -90,13 +118,17 @@ def test_a_job_whose_spawn_failed_waits_with_that_reason() -> None:
 
 
 def test_removals_disconnected_exited_stuck_and_orphaned_bindings() -> None:
-    result = plan(now=500.0, jobs=[job("j-live", "docker")], containers=[
-        container("gone", "disconnected", bound="j-old"),
-        container("dead", "exited", bound="j-old2"),
-        container("stuck", "starting", bound="j-live", at=100.0),
-        container("stale", "idle", bound="j-taken", at=490.0),
-        container("working", "busy", bound="j-running", at=490.0),
-    ])
+    result = plan(
+        now=500.0,
+        jobs=[job("j-live", "docker")],
+        containers=[
+            container("gone", "disconnected", bound="j-old"),
+            container("dead", "exited", bound="j-old2"),
+            container("stuck", "starting", bound="j-live", at=100.0),
+            container("stale", "idle", bound="j-taken", at=490.0),
+            container("working", "busy", bound="j-running", at=490.0),
+        ],
+    )
     assert {r.agent_id: r.reason for r in result.remove} == {
         "gone": "agent disconnected",
         "dead": "container exited",
@@ -131,8 +163,10 @@ def test_warm_pool_empties_after_idle_timeout_and_refills_on_demand() -> None:
     assert expired.remove == (scaling.Remove(agent_id="w1", reason="warm pool idle timeout"),)
     assert plan(config, now=61.0, last_demand={"w": 0.0}).spawn == ()
     demand = plan(config, now=200.0, jobs=[job("j1", "a")], last_demand={"w": 0.0})
-    assert demand.spawn == (scaling.Spawn(scaler="w", label_set=0, job_id="j1", run_id="run-1"),
-                            scaling.Spawn(scaler="w", label_set=0))
+    assert demand.spawn == (
+        scaling.Spawn(scaler="w", label_set=0, job_id="j1", run_id="run-1"),
+        scaling.Spawn(scaler="w", label_set=0),
+    )
 
 
 def test_label_set_overlaps_are_named() -> None:
@@ -165,18 +199,20 @@ def test_rule_arguments_must_be_addresses(bad: str) -> None:
 
 
 def test_removal_matches_the_address_as_a_whole_token_highest_handle_first() -> None:
-    listing = "\n".join([
-        "table ip kici {",
-        "\tchain forward { # handle 1",
-        "\t\ttype filter hook forward priority filter; policy accept;",
-        "\t\tip saddr 10.0.0.20 ip daddr 172.30.0.1 accept # handle 7",
-        "\t\tip saddr 10.0.0.2 ip daddr 172.30.0.1 accept # handle 4",
-        "\t\tip saddr 10.0.0.2 ip daddr 10.0.0.0/8 drop # handle 5",
-        "\t\tip saddr 10.0.0.20 drop # handle 8",
-        '\t\tip saddr "10.0.0.2" drop # handle 9',
-        "\t}",
-        "}",
-    ])
+    listing = "\n".join(
+        [
+            "table ip kici {",
+            "\tchain forward { # handle 1",
+            "\t\ttype filter hook forward priority filter; policy accept;",
+            "\t\tip saddr 10.0.0.20 ip daddr 172.30.0.1 accept # handle 7",
+            "\t\tip saddr 10.0.0.2 ip daddr 172.30.0.1 accept # handle 4",
+            "\t\tip saddr 10.0.0.2 ip daddr 10.0.0.0/8 drop # handle 5",
+            "\t\tip saddr 10.0.0.20 drop # handle 8",
+            '\t\tip saddr "10.0.0.2" drop # handle 9',
+            "\t}",
+            "}",
+        ]
+    )
     assert netrules.handles_for(listing, "10.0.0.2") == [9, 5, 4]
     assert netrules.delete_commands(listing, "10.0.0.20") == [
         ["delete", "rule", "ip", "kici", "forward", "handle", "8"],
@@ -198,8 +234,15 @@ def test_a_bound_scaler_agent_takes_only_its_job_and_only_once() -> None:
     linux = routing.AgentLabels(labels=frozenset({"linux"}))
     d.job_queued(job_id="old", run_id="r", selector=_selector("linux"), created_at=1.0, now=1.0)
     d.job_queued(job_id="mine", run_id="r", selector=_selector("linux"), created_at=2.0, now=2.0)
-    effects = d.agent_registered(agent_id="c1", connection_id="k1", labels=linux, now=3.0, max_concurrency=4,
-                                 scaler_managed=True, bound_job_id="mine")
+    effects = d.agent_registered(
+        agent_id="c1",
+        connection_id="k1",
+        labels=linux,
+        now=3.0,
+        max_concurrency=4,
+        scaler_managed=True,
+        bound_job_id="mine",
+    )
     assert _sent(effects) == [("c1", "mine")]  # not the older job
     d.job_status(agent_id="c1", job_id="mine", state="running", now=4.0)
     assert _sent(d.job_status(agent_id="c1", job_id="mine", state="success", now=5.0)) == []  # one job in its life
@@ -209,10 +252,10 @@ def test_a_bound_scaler_agent_takes_only_its_job_and_only_once() -> None:
 def test_a_warm_scaler_agent_takes_one_job_and_its_loss_fails_the_job_at_once() -> None:
     d = Dispatcher()
     linux = routing.AgentLabels(labels=frozenset({"linux"}))
-    d.agent_registered(agent_id="w1", connection_id="k1", labels=linux, now=1.0, max_concurrency=2,
-                       scaler_managed=True)
+    d.agent_registered(agent_id="w1", connection_id="k1", labels=linux, now=1.0, max_concurrency=2, scaler_managed=True)
     assert _sent(d.job_queued(job_id="a", run_id="r", selector=_selector("linux"), created_at=2.0, now=2.0)) == [
-        ("w1", "a")]
+        ("w1", "a")
+    ]
     assert _sent(d.job_queued(job_id="b", run_id="r", selector=_selector("linux"), created_at=3.0, now=3.0)) == []
     d.job_status(agent_id="w1", job_id="a", state="running", now=4.0)
     effects = d.agent_gone(agent_id="w1", connection_id="k1", now=5.0)

@@ -60,9 +60,7 @@ def test_wrong_key_raises_the_documented_error() -> None:
     stored = secrets.seal(KEY, "v", "o:s:k")
     with pytest.raises(SecretDecryptError) as info:
         secrets.unseal(OTHER_KEY, stored, "o:s:k")
-    assert str(info.value) == (
-        "cannot decrypt: KICI_SECRET_KEY does not match the key these secrets were written with"
-    )
+    assert str(info.value) == ("cannot decrypt: KICI_SECRET_KEY does not match the key these secrets were written with")
 
 
 def test_aad_binds_the_value_to_its_row() -> None:

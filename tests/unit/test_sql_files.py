@@ -23,10 +23,13 @@ def test_blocks_are_split_by_name_lines_keeping_inner_comments() -> None:
     assert sqlfiles.parse(text) == {"one": "-- why\nSELECT 1", "two": "SELECT 2;\nSELECT 3"}
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("-- name: a\nSELECT 1\n-- name: a\nSELECT 2\n", "duplicate query name 'a'"),
-    ("-- name: a\n\n-- name: b\nSELECT 2\n", "query 'a' is empty"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("-- name: a\nSELECT 1\n-- name: a\nSELECT 2\n", "duplicate query name 'a'"),
+        ("-- name: a\n\n-- name: b\nSELECT 2\n", "query 'a' is empty"),
+    ],
+)
 def test_duplicate_and_empty_blocks_are_refused(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         sqlfiles.parse(text)
@@ -35,11 +38,15 @@ def test_duplicate_and_empty_blocks_are_refused(text: str, message: str) -> None
 def test_every_shipped_block_is_called_by_name() -> None:
     files = _sql_files()
     assert ADAPTERS / "postgres" / "queries.sql" in files
-    code = "\n".join(p.read_text(encoding="utf-8") for top in ("kici_adapters", "kici_runtime")
-                     for p in (ROOT / top).rglob("*.py"))
-    unused = [f"{path.relative_to(ROOT)}: {name}" for path in files
-              for name in sqlfiles.parse(path.read_text(encoding="utf-8"))
-              if not re.search(rf"""["']{name}["']""", code)]
+    code = "\n".join(
+        p.read_text(encoding="utf-8") for top in ("kici_adapters", "kici_runtime") for p in (ROOT / top).rglob("*.py")
+    )
+    unused = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in files
+        for name in sqlfiles.parse(path.read_text(encoding="utf-8"))
+        if not re.search(rf"""["']{name}["']""", code)
+    ]
     assert unused == []
 
 
@@ -50,8 +57,12 @@ def test_every_name_the_code_asks_for_is_in_the_file_it_loads() -> None:
         code = path.read_text(encoding="utf-8")
         loaded = re.search(r"_SQL = .*\"(\w+\.sql)\"", code)  # the file of the module's own blocks, if any
         own = sqlfiles.parse((path.parent / loaded.group(1)).read_text(encoding="utf-8")) if loaded else {}
-        missing += [f"{path.relative_to(ROOT)}: {name}" for name in re.findall(r"""_SQL\["(\w+)"\]""", code)
-                    if name not in own]
-        missing += [f"{path.relative_to(ROOT)}: q({name})" for name in re.findall(r"""\bq\("(\w+)"\)""", code)
-                    if name not in shared]
+        missing += [
+            f"{path.relative_to(ROOT)}: {name}" for name in re.findall(r"""_SQL\["(\w+)"\]""", code) if name not in own
+        ]
+        missing += [
+            f"{path.relative_to(ROOT)}: q({name})"
+            for name in re.findall(r"""\bq\("(\w+)"\)""", code)
+            if name not in shared
+        ]
     assert missing == []

@@ -29,31 +29,49 @@ FILES = ["src/a.py", "docs/x.md", "src/__fixtures__/f.json", "lib/b/c.ts", "READ
 def _pattern(values: list[str]) -> st.SearchStrategy[dict[str, str]]:
     return st.one_of(
         st.builds(lambda p: {"type": "glob", "pattern": p}, st.sampled_from(values)),
-        st.builds(lambda p, f: {"type": "regex", "pattern": p, "flags": f},
-                  st.sampled_from(["^v\\d", "x$", "main", "^team\\d+/", "a"]), st.sampled_from(["", "i"])),
+        st.builds(
+            lambda p, f: {"type": "regex", "pattern": p, "flags": f},
+            st.sampled_from(["^v\\d", "x$", "main", "^team\\d+/", "a"]),
+            st.sampled_from(["", "i"]),
+        ),
     )
 
 
-BRANCH_PATTERNS = st.lists(_pattern(["main", "release/*", "!wip", "feature/**", "{main,develop}", "v*", "**"]),
-                           max_size=3)
+BRANCH_PATTERNS = st.lists(
+    _pattern(["main", "release/*", "!wip", "feature/**", "{main,develop}", "v*", "**"]), max_size=3
+)
 REPO_PATTERNS = st.lists(_pattern(["acme/*", "!acme/web", "other/api"]), max_size=2)
 PATHS = st.lists(st.sampled_from(["src/**", "docs/*.md", "!**/*.snap", "!**/__fixtures__/**", "*.md"]), max_size=3)
 ACTIONS = st.lists(st.sampled_from(["opened", "synchronize", "closed", "created", "deploy"]), max_size=2, unique=True)
 
 TRIGGERS: st.SearchStrategy[dict[str, Any]] = st.one_of(
-    st.builds(lambda b, p, r: {"_type": "push", "branches": b, "paths": p, "repos": r},
-              BRANCH_PATTERNS, PATHS, REPO_PATTERNS),
+    st.builds(
+        lambda b, p, r: {"_type": "push", "branches": b, "paths": p, "repos": r}, BRANCH_PATTERNS, PATHS, REPO_PATTERNS
+    ),
     st.builds(lambda b, p: {"_type": "push", "branches": b, "paths": p}, BRANCH_PATTERNS, st.just([])),
-    st.builds(lambda e, tb, sb, p: {"_type": "pr", "events": e, "targetBranches": tb, "sourceBranches": sb,
-                                    "paths": p}, ACTIONS, BRANCH_PATTERNS, BRANCH_PATTERNS, PATHS),
+    st.builds(
+        lambda e, tb, sb, p: {"_type": "pr", "events": e, "targetBranches": tb, "sourceBranches": sb, "paths": p},
+        ACTIONS,
+        BRANCH_PATTERNS,
+        BRANCH_PATTERNS,
+        PATHS,
+    ),
     st.builds(lambda p, r: {"_type": "tag", "patterns": p, "repos": r}, BRANCH_PATTERNS, REPO_PATTERNS),
     st.builds(lambda ty: {"_type": "dispatch", "types": ty}, ACTIONS),
-    st.builds(lambda a, b: {"_type": "comment", "actions": a, "bodyMatch": b}, ACTIONS,
-              st.one_of(st.none(), _pattern(["/deploy*", "*lgtm*"]))),
-    st.builds(lambda rt, p: {"_type": "create", "refTypes": rt, "patterns": p},
-              st.lists(st.sampled_from(["branch", "tag"]), max_size=1), BRANCH_PATTERNS),
-    st.builds(lambda c: {"_type": "status", "contexts": c, "states": ["success"]},
-              st.lists(st.sampled_from(["ci/*", "lint"]), max_size=2)),
+    st.builds(
+        lambda a, b: {"_type": "comment", "actions": a, "bodyMatch": b},
+        ACTIONS,
+        st.one_of(st.none(), _pattern(["/deploy*", "*lgtm*"])),
+    ),
+    st.builds(
+        lambda rt, p: {"_type": "create", "refTypes": rt, "patterns": p},
+        st.lists(st.sampled_from(["branch", "tag"]), max_size=1),
+        BRANCH_PATTERNS,
+    ),
+    st.builds(
+        lambda c: {"_type": "status", "contexts": c, "states": ["success"]},
+        st.lists(st.sampled_from(["ci/*", "lint"]), max_size=2),
+    ),
     st.builds(lambda c: {"_type": "schedule", "cronExpression": c}, st.sampled_from(["0 * * * *", "5 4 * * *"])),
     st.builds(lambda n: {"_type": n}, st.sampled_from(["future", "push"])),
 )
@@ -62,20 +80,31 @@ WORKFLOWS = st.lists(st.lists(TRIGGERS, max_size=3), min_size=1, max_size=6)
 
 EVENTS = st.builds(
     lambda ty, action, branch, source, files, repo, payload: NormalisedEvent(
-        type=ty, action=action, target_branch=branch, source_branch=source,
-        changed_files=None if files is None else tuple(files), source_repo=repo, payload=payload),
+        type=ty,
+        action=action,
+        target_branch=branch,
+        source_branch=source,
+        changed_files=None if files is None else tuple(files),
+        source_repo=repo,
+        payload=payload,
+    ),
     st.sampled_from(["push", "pull_request", "tag", "dispatch", "comment", "create", "status", "schedule"]),
     st.one_of(st.none(), st.sampled_from(["opened", "synchronize", "created", "deploy"])),
     st.sampled_from(BRANCHES),
     st.one_of(st.none(), st.sampled_from(BRANCHES)),
     st.one_of(st.none(), st.lists(st.sampled_from(FILES), max_size=7)),
     st.one_of(st.none(), st.sampled_from(REPOS)),
-    st.fixed_dictionaries({}, optional={
-        "ref": st.sampled_from(["main", "v1.0", "feature/a/b"]), "ref_type": st.sampled_from(["branch", "tag"]),
-        "comment": st.fixed_dictionaries({"body": st.sampled_from(["/deploy now", "lgtm!", "no"])}),
-        "context": st.sampled_from(["ci/build", "lint", "other"]), "state": st.sampled_from(["success", "failure"]),
-        "cronExpression": st.sampled_from(["0 * * * *", "1 1 * * *"]),
-    }),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "ref": st.sampled_from(["main", "v1.0", "feature/a/b"]),
+            "ref_type": st.sampled_from(["branch", "tag"]),
+            "comment": st.fixed_dictionaries({"body": st.sampled_from(["/deploy now", "lgtm!", "no"])}),
+            "context": st.sampled_from(["ci/build", "lint", "other"]),
+            "state": st.sampled_from(["success", "failure"]),
+            "cronExpression": st.sampled_from(["0 * * * *", "1 1 * * *"]),
+        },
+    ),
 )
 
 
@@ -94,8 +123,10 @@ def _variants(event: NormalisedEvent) -> list[NormalisedEvent]:
 
 
 def _workflows(raw: list[list[dict[str, Any]]]) -> list[m.WorkflowTriggers]:
-    return [m.WorkflowTriggers(name=f"wf-{i}", triggers=tuple(t.parse_trigger(x) for x in trigs))
-            for i, trigs in enumerate(raw)]
+    return [
+        m.WorkflowTriggers(name=f"wf-{i}", triggers=tuple(t.parse_trigger(x) for x in trigs))
+        for i, trigs in enumerate(raw)
+    ]
 
 
 @settings(max_examples=examples(60), deadline=None)
@@ -114,7 +145,8 @@ def test_lazy_trace_equals_eager_rendering(raw: list[list[dict[str, Any]]], even
         fresh = index.evaluate(event, trace=True)
         assert [d.to_dict() for d in fresh.decisions] == expected["decisions"]
         assert [d.summary_dict() for d in result.decisions] == [
-            {k: v for k, v in d.items() if k != "triggers"} for d in expected["decisions"]  # type: ignore[union-attr]
+            {k: v for k, v in d.items() if k != "triggers"}
+            for d in expected["decisions"]  # type: ignore[union-attr]
         ]
         assert list(result.matched_names) == expected["matchedWorkflows"]
         untraced = index.evaluate(event, trace=False)
@@ -140,5 +172,6 @@ def test_memo_is_bounded_and_keyed_by_values() -> None:
         event = NormalisedEvent(type="push", target_branch=f"feature/{i}")
         seen.append(index.evaluate(event).to_dict())
     assert seen[4_999]["decisions"][0]["triggers"][0]["reason"] == (  # type: ignore[index]
-        'branches: "feature/4999" matched none of ["main"]')
+        'branches: "feature/4999" matched none of ["main"]'
+    )
     assert len(index._memo) <= index._memo.max_entries

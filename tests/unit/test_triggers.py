@@ -83,22 +83,37 @@ def test_unknown_type_and_null_never_crash() -> None:
 @pytest.mark.parametrize(
     ("obj", "path", "reason"),
     [
-        ({"_type": "pr", "targetBranches": [glob("a"), {"type": "regex", "pattern": "(["}]},
-         "workflows[0].triggers[2].targetBranches[1]", "invalid regex"),
-        ({"_type": "push", "branches": [{"type": "literal", "pattern": "x"}]},
-         "workflows[0].triggers[2].branches[0].type", "glob"),
+        (
+            {"_type": "pr", "targetBranches": [glob("a"), {"type": "regex", "pattern": "(["}]},
+            "workflows[0].triggers[2].targetBranches[1]",
+            "invalid regex",
+        ),
+        (
+            {"_type": "push", "branches": [{"type": "literal", "pattern": "x"}]},
+            "workflows[0].triggers[2].branches[0].type",
+            "glob",
+        ),
         ({"_type": "push", "branches": ["main"]}, "workflows[0].triggers[2].branches[0]", "pattern object"),
         ({"_type": "push", "branches": "main"}, "workflows[0].triggers[2].branches", "array"),
         ({"_type": "push", "paths": [3]}, "workflows[0].triggers[2].paths[0]", "string"),
         ({"_type": "push", "paths": ["{1..99999}"]}, "workflows[0].triggers[2].paths[0]", "invalid glob"),
         ({"_type": "schedule"}, "workflows[0].triggers[2].cronExpression", "required"),
-        ({"_type": "tag", "patterns": [{"type": "regex", "pattern": "a", "flags": "z"}]},
-         "workflows[0].triggers[2].patterns[0]", "flag"),
+        (
+            {"_type": "tag", "patterns": [{"type": "regex", "pattern": "a", "flags": "z"}]},
+            "workflows[0].triggers[2].patterns[0]",
+            "flag",
+        ),
         ({"_type": "comment", "source": "mr"}, "workflows[0].triggers[2].source", "issue"),
-        ({"_type": "kici_event", "eventName": "e", "match": {"$[?(@)]": 1}},
-         "workflows[0].triggers[2].match['$[?(@)]']", "unsupported JSONPath"),
-        ({"_type": "kici_event", "eventName": "e", "match": {"$.a": "/(/"}},
-         "workflows[0].triggers[2].match['$.a']", "invalid regex"),
+        (
+            {"_type": "kici_event", "eventName": "e", "match": {"$[?(@)]": 1}},
+            "workflows[0].triggers[2].match['$[?(@)]']",
+            "unsupported JSONPath",
+        ),
+        (
+            {"_type": "kici_event", "eventName": "e", "match": {"$.a": "/(/"}},
+            "workflows[0].triggers[2].match['$.a']",
+            "invalid regex",
+        ),
         ({"branches": []}, "workflows[0].triggers[2]._type", "string"),
     ],
 )

@@ -26,23 +26,35 @@ class Env:
         self.sources = fakes.FakeSourceStore(self.clock)
         self.secrets = fakes.FakeSecretStore()
         self.woken = 0
-        self.ctx = AppContext(mode=mode, sources=self.sources, secrets=self.secrets, inbox=self.inbox,
-                              event_log=self.inbox, base_path=base_path, wake_worker=self._wake,
-                              local_sources_enabled=local_sources)
+        self.ctx = AppContext(
+            mode=mode,
+            sources=self.sources,
+            secrets=self.secrets,
+            inbox=self.inbox,
+            event_log=self.inbox,
+            base_path=base_path,
+            wake_worker=self._wake,
+            local_sources_enabled=local_sources,
+        )
         self.app = build_app(self.ctx)
 
     def _wake(self) -> None:
         self.woken += 1
 
     async def add_github(self, secret: str = "ghsecret") -> GitHubSource:
-        src = await self.sources.add_github(GitHubSource(id="src-1", routing_key="github:42", name="app", app_id="42",
-                                                         customer_id="acme"))
+        src = await self.sources.add_github(
+            GitHubSource(id="src-1", routing_key="github:42", name="app", app_id="42", customer_id="acme")
+        )
         await self.secrets.put("__system__", "__source__/src-1", "webhookSecret", secret)
         return src
 
     async def add_generic(self, **kw: object) -> GenericSource:
-        fields: dict[str, object] = {"id": "0f0e0d0c-0000-4000-8000-000000000001", "org_id": "acme", "name": "ci",
-                                     "routing_key": "generic:acme:0f0e0d0c-0000-4000-8000-000000000001"}
+        fields: dict[str, object] = {
+            "id": "0f0e0d0c-0000-4000-8000-000000000001",
+            "org_id": "acme",
+            "name": "ci",
+            "routing_key": "generic:acme:0f0e0d0c-0000-4000-8000-000000000001",
+        }
         fields.update(kw)
         src = await self.sources.add_generic(GenericSource(**fields))  # type: ignore[arg-type]
         await self.secrets.put("__system__", f"__webhook__/{src.id}", "secret", "gensecret")
@@ -131,25 +143,31 @@ async def test_generic_hmac_flow(env: Env) -> None:
     body = b'{"hello":"world"}'
     sig = hmac.new(b"gensecret", body, hashlib.sha256).hexdigest()
     async with client(env) as c:
-        r = await c.post("/webhook/acme/generic/ci", content=body,
-                         headers={"x-signature-256": "sha256=" + sig, "x-delivery-id": "abc", "x-event-type": "build"})
+        r = await c.post(
+            "/webhook/acme/generic/ci",
+            content=body,
+            headers={"x-signature-256": "sha256=" + sig, "x-delivery-id": "abc", "x-event-type": "build"},
+        )
         assert r.status_code == 202
         assert r.json() == {"accepted": True, "deliveryId": f"{src.routing_key}:abc"}
-        r = await c.post("/webhook/acme/generic/ci", content=body,
-                         headers={"x-signature-256": sig, "x-delivery-id": "abc"})
+        r = await c.post(
+            "/webhook/acme/generic/ci", content=body, headers={"x-signature-256": sig, "x-delivery-id": "abc"}
+        )
         assert r.status_code == 200 and r.json()["duplicate"] is True
         r = await c.post("/webhook/acme/generic/ci", content=body, headers={"x-signature-256": "00" * 32})
         assert r.status_code == 401
         r = await c.post("/webhook/acme/generic/nope", content=body)
         assert r.status_code == 404 and r.json() == {"rejected": True, "reason": "Unknown source"}
-        r = await c.post(f"/webhook/acme/generic/{src.id}", content=body,
-                         headers={"x-signature-256": sig, "x-delivery-id": "by-id"})
+        r = await c.post(
+            f"/webhook/acme/generic/{src.id}", content=body, headers={"x-signature-256": sig, "x-delivery-id": "by-id"}
+        )
         assert r.status_code == 202
 
 
 async def test_generic_limits_filter_and_local_rules(env: Env) -> None:
-    await env.add_generic(max_payload_bytes=10, verification_method="none", rate_limit_rpm=1,
-                          allowed_events=("deploy",))
+    await env.add_generic(
+        max_payload_bytes=10, verification_method="none", rate_limit_rpm=1, allowed_events=("deploy",)
+    )
     async with client(env) as c:
         r = await c.post("/webhook/acme/generic/ci", content=b"x" * 11)
         assert r.status_code == 413 and r.json()["maxBytes"] == 10
@@ -165,12 +183,14 @@ async def test_generic_limits_filter_and_local_rules(env: Env) -> None:
     e2 = Env(local_sources=True)
     await e2.add_generic(name="dev", provider_type="local", verification_method="none")
     async with client(e2) as c:
-        assert (await c.post("/webhook/acme/generic/dev", content=b"nope",
-                             headers={"x-event-type": "push"})).json()["reason"] == "Local source requires JSON body"
+        assert (await c.post("/webhook/acme/generic/dev", content=b"nope", headers={"x-event-type": "push"})).json()[
+            "reason"
+        ] == "Local source requires JSON body"
         r = await c.post("/webhook/acme/generic/dev", content=b"{}")
         assert r.status_code == 400 and "x-event-type" in r.json()["reason"]
-        r = await c.post("/webhook/acme/generic/dev", content=b'{"ref":"refs/heads/main"}',
-                         headers={"x-event-type": "push"})
+        r = await c.post(
+            "/webhook/acme/generic/dev", content=b'{"ref":"refs/heads/main"}', headers={"x-event-type": "push"}
+        )
         assert r.status_code == 202
 
 
@@ -187,6 +207,11 @@ async def test_health_ready_metrics_and_base_path() -> None:
         r = await c.get("/orchestrator/ready")
         assert r.json() == {"status": "ready", "checks": {"database": True}}
         text = (await c.get("/orchestrator/metrics")).text
-        for name in ("kici_webhooks_received_total", "kici_dispatch_queue_depth", "kici_agents_active",
-                     "kici_platform_connection_status", "kici_trigger_match_duration_seconds"):
+        for name in (
+            "kici_webhooks_received_total",
+            "kici_dispatch_queue_depth",
+            "kici_agents_active",
+            "kici_platform_connection_status",
+            "kici_trigger_match_duration_seconds",
+        ):
             assert name in text

@@ -62,8 +62,11 @@ def test_generic_bearer_api_key_allowlist_none() -> None:
 def test_github_form_and_json_bodies() -> None:
     assert webhooks.github_body_json(b'{"a":1}', "application/json") == {"a": 1}
     assert webhooks.github_body_json(b"payload=%7B%22a%22%3A2%7D", "application/x-www-form-urlencoded") == {"a": 2}
-    for body, ctype in ((b"nope", "application/json"), (b"x=1", "application/x-www-form-urlencoded"),
-                        (b"{}", "text/plain")):
+    for body, ctype in (
+        (b"nope", "application/json"),
+        (b"x=1", "application/x-www-form-urlencoded"),
+        (b"{}", "text/plain"),
+    ):
         try:
             webhooks.github_body_json(body, ctype)
         except ValueError:

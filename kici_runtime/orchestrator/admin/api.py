@@ -1,7 +1,8 @@
 """The admin API (``/api/v1/admin/...`` and ``/api/v1/agent-tokens``), mounted by ``build_app`` through
 ``extra_routes=admin_api.routes``.
 
-What the routes need comes from :class:`~kici_runtime.orchestrator.context.AppContext`: ``tokens`` (admin and agent tokens),
+What the routes need comes from :class:`~kici_runtime.orchestrator.context.AppContext`: ``tokens`` (admin and agent
+tokens),
 ``secret_key_configured`` (False: every admin route answers 503), ``blobs`` (event-log payloads),
 ``rotate_key``, ``migrate`` and ``migration_status`` (see :func:`migration_status` below),
 ``github_app_check`` (``GET /app`` validation of a new GitHub source when the request asks for it with
@@ -35,8 +36,10 @@ async def migration_status(url: str) -> list[JSONObject]:
     Raises:
         StorageUnavailable: the database cannot be reached.
     """
-    return [{"name": m.name, "status": "pending" if m.applied_at is None else "applied",
-             "appliedAt": iso(m.applied_at)} for m in await migrate.migration_states(url)]
+    return [
+        {"name": m.name, "status": "pending" if m.applied_at is None else "applied", "appliedAt": iso(m.applied_at)}
+        for m in await migrate.migration_states(url)
+    ]
 
 
 def github_app_check(http: httpx.AsyncClient, default_api_url: str = gh.DEFAULT_API_URL) -> GitHubAppCheck:

@@ -51,9 +51,7 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
 """Permission -> the roles that hold it (operations spec §2.1)."""
 
 SECRETS_DISABLED = "secrets subsystem disabled: set KICI_SECRET_KEY"
-SCOPED_OTHER_KEY = (
-    "Access denied: token is restricted to a single routing key and this request targets a different one"
-)
+SCOPED_OTHER_KEY = "Access denied: token is restricted to a single routing key and this request targets a different one"
 SCOPED_GLOBAL = (
     "Access denied: this route requires an unscoped admin token "
     "(the calling token is restricted to a single routing key)"
@@ -151,8 +149,11 @@ def _error_response(exc: BaseException) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=400)
     if isinstance(exc, errors.Unavailable):
         log.warning("admin request failed: dependency unavailable", extra={"reason": str(exc)})
-        return JSONResponse({"error": "Service unavailable: storage is not reachable, retry later"},
-                            status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse(
+            {"error": "Service unavailable: storage is not reachable, retry later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
     if isinstance(exc, errors.SecretDecryptError):
         log.error("admin request failed: %s", exc.message)
         return JSONResponse({"error": exc.message}, status_code=500)

@@ -151,9 +151,7 @@ class AdminTokenBody(Body):
 
     label: str = Field(min_length=1, max_length=255, description="must be a string")
     role: AdminRole = Field(description=f"must be one of {', '.join(ALL_ROLES)}")
-    routingKey: _OptionalText = Field(
-        default=None, min_length=1, max_length=255, description="must be a string"
-    )
+    routingKey: _OptionalText = Field(default=None, min_length=1, max_length=255, description="must be a string")
 
 
 class AgentTokenBody(Body):
@@ -161,9 +159,7 @@ class AgentTokenBody(Body):
 
     labels: list[str] | None = Field(default=None, description="must be an array of strings")
     mandatoryLabels: list[str] | None = Field(default=None, description="must be an array of strings")
-    createdBy: _OptionalText = Field(
-        default=None, min_length=1, max_length=255, description="must be a string"
-    )
+    createdBy: _OptionalText = Field(default=None, min_length=1, max_length=255, description="must be a string")
 
 
 # ------------------------------------------------------------------------------------------ runs and gc
@@ -278,9 +274,7 @@ class _GenericSettings(Body):
     maxPayloadBytes: int | None = Field(
         default=None, ge=1, le=10 * 1024 * 1024, description=f"must be an integer in 1..{10 * 1024 * 1024}"
     )
-    rateLimitRpm: int | None = Field(
-        default=None, ge=1, le=1_000_000, description="must be an integer in 1..1000000"
-    )
+    rateLimitRpm: int | None = Field(default=None, ge=1, le=1_000_000, description="must be an integer in 1..1000000")
     allowedEvents: list[str] | None = Field(default=None, description="must be an array of strings")
     enabled: bool | None = Field(default=None, description="must be a boolean")
     verificationMethod: str | None = Field(default=None, description=_STRING)
@@ -325,9 +319,7 @@ def _source_name(value: str | None) -> str | None:
 class _GenericIdentity(Body):
     orgId: str = Field(min_length=1, max_length=MAX_ORG_ID, description=_STRING)
     name: str = Field(min_length=1, max_length=255, description=_STRING)
-    providerType: Literal["generic", "local"] | None = Field(
-        default=None, description="must be one of generic, local"
-    )
+    providerType: Literal["generic", "local"] | None = Field(default=None, description="must be one of generic, local")
 
     _checked_org_id = field_validator("orgId")(_org_id)
     _checked_name = field_validator("name")(_source_name)

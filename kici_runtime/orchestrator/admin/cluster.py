@@ -45,9 +45,16 @@ class ClusterView:
     async def health(self) -> JSONObject:
         """The ``/cluster/health`` body (see :func:`kici_core.cluster.health`)."""
         d = self.directory
-        return cluster.health(me=self.instance_id, instances=await d.instances(), duties=await d.duties(),
-                              agents=await d.agents(), active_runs=await d.active_runs(), now=await d.now(),
-                              timeout=timedelta(seconds=self.instance_timeout_s), known_duties=singletons.DUTIES)
+        return cluster.health(
+            me=self.instance_id,
+            instances=await d.instances(),
+            duties=await d.duties(),
+            agents=await d.agents(),
+            active_runs=await d.active_runs(),
+            now=await d.now(),
+            timeout=timedelta(seconds=self.instance_timeout_s),
+            known_duties=singletons.DUTIES,
+        )
 
     async def agents(self) -> list[JSONObject]:
         """Every agent connected to a live process, with its process and load (the dashboard reads this too)."""
@@ -61,8 +68,10 @@ def routes(view: ClusterView) -> list[BaseRoute]:
         try:
             return JSONResponse(await view.health())
         except errors.Unavailable:
-            return JSONResponse({"status": "unhealthy", "instanceId": view.instance_id,
-                                 "error": "database unavailable"}, status_code=503)
+            return JSONResponse(
+                {"status": "unhealthy", "instanceId": view.instance_id, "error": "database unavailable"},
+                status_code=503,
+            )
 
     async def admin_cluster(request: Request, ctx: AppContext, caller: Caller) -> Response:
         caller.require("run.read")

@@ -51,12 +51,26 @@ def new_agent_token() -> str:
 def entry_json(e: EventLogEntry) -> dict[str, JSONValue]:
     """The admin API form of an event-log row (webhooks spec §4.6) plus the decision trace."""
     return {
-        "orgId": e.org_id, "deliveryId": e.delivery_id, "routingKey": e.routing_key, "event": e.event,
-        "action": e.action, "source": e.source, "provider": e.provider, "repoIdentifier": e.repo_identifier,
-        "ref": e.ref, "status": e.status, "matchedCount": e.matched_count, "runId": e.run_id,
-        "errorMessage": e.error_message, "receivedAt": iso(e.received_at), "archivedAt": None,
-        "payloadOmitted": e.payload_omitted, "payloadOmittedReason": e.payload_omitted_reason,
-        "payloadSizeBytes": e.payload_size_bytes, "payloadHash": e.payload_hash, "attempts": e.attempts,
+        "orgId": e.org_id,
+        "deliveryId": e.delivery_id,
+        "routingKey": e.routing_key,
+        "event": e.event,
+        "action": e.action,
+        "source": e.source,
+        "provider": e.provider,
+        "repoIdentifier": e.repo_identifier,
+        "ref": e.ref,
+        "status": e.status,
+        "matchedCount": e.matched_count,
+        "runId": e.run_id,
+        "errorMessage": e.error_message,
+        "receivedAt": iso(e.received_at),
+        "archivedAt": None,
+        "payloadOmitted": e.payload_omitted,
+        "payloadOmittedReason": e.payload_omitted_reason,
+        "payloadSizeBytes": e.payload_size_bytes,
+        "payloadHash": e.payload_hash,
+        "attempts": e.attempts,
         "decisionTrace": e.decision_trace,
     }
 
@@ -89,16 +103,21 @@ async def list_event_log(request: Request, ctx: AppContext, caller: Caller) -> R
     if caller.scoped:
         routing_key = caller.token.routing_key  # a scoped token is forced onto its own key
     query = EventLogQuery(
-        org_id=q.get("orgId") or None, routing_key=routing_key, event=q.get("event") or None,
-        action=q.get("action") or None, status=q.get("status") or None,
-        since=_when(q.get("from") or q.get("since"), "from"), until=_when(q.get("to"), "to"),
+        org_id=q.get("orgId") or None,
+        routing_key=routing_key,
+        event=q.get("event") or None,
+        action=q.get("action") or None,
+        status=q.get("status") or None,
+        since=_when(q.get("from") or q.get("since"), "from"),
+        until=_when(q.get("to"), "to"),
         delivery_id_contains=q.get("deliveryId") or None,
         limit=_int(q.get("limit"), "limit", 50, EVENT_LOG_MAX_LIMIT) or 1,
         offset=_int(q.get("offset"), "offset", 0, 2**31 - 1),
     )
     entries, total = await ctx.event_log.list(query)
-    return JSONResponse({"deliveries": [entry_json(e) for e in entries], "total": total,
-                         "limit": query.limit, "offset": query.offset})
+    return JSONResponse(
+        {"deliveries": [entry_json(e) for e in entries], "total": total, "limit": query.limit, "offset": query.offset}
+    )
 
 
 async def _entry(request: Request, ctx: AppContext, caller: Caller) -> EventLogEntry:
@@ -110,14 +129,21 @@ async def _entry(request: Request, ctx: AppContext, caller: Caller) -> EventLogE
     if org_id is not None:
         entry = await ctx.event_log.get(org_id, delivery_id)
     else:
-        found, total = await ctx.event_log.list(EventLogQuery(
-            delivery_id=delivery_id, routing_key=caller.token.routing_key if caller.scoped else wanted_key,
-            limit=MAX_ORGS_NAMED))
+        found, total = await ctx.event_log.list(
+            EventLogQuery(
+                delivery_id=delivery_id,
+                routing_key=caller.token.routing_key if caller.scoped else wanted_key,
+                limit=MAX_ORGS_NAMED,
+            )
+        )
         orgs = sorted({e.org_id for e in found})  # (org, delivery id) is unique: one entry per org
         if total > 1:
             more = ", ..." if total > len(orgs) else ""
-            raise fail(409, f"Delivery {delivery_id} exists in {total} orgs ({', '.join(orgs)}{more}): "
-                            "name one with orgId", orgIds=orgs)
+            raise fail(
+                409,
+                f"Delivery {delivery_id} exists in {total} orgs ({', '.join(orgs)}{more}): name one with orgId",
+                orgIds=orgs,
+            )
         entry = found[0] if found else None
     if entry is None or (wanted_key and entry.routing_key != wanted_key):
         raise fail(404, "Delivery not found")
@@ -144,8 +170,10 @@ async def show_event_log(request: Request, ctx: AppContext, caller: Caller) -> R
             payload: JSONValue = jsontypes.loads_lenient(body)
             out["payload"] = payload
         except (errors.KiciError, OSError, ValueError, EOFError) as exc:
-            log.warning("cannot read an event-log payload", extra={"deliveryId": entry.delivery_id,
-                                                                    "reason": type(exc).__name__})
+            log.warning(
+                "cannot read an event-log payload",
+                extra={"deliveryId": entry.delivery_id, "reason": type(exc).__name__},
+            )
             out["payloadReadError"] = "Failed to read payload from object storage"
     return JSONResponse(out)
 
@@ -158,15 +186,21 @@ async def replay_event_log(request: Request, ctx: AppContext, caller: Caller) ->
         raise fail(404, "Delivery not found")
     ctx.wake_worker()
     log.info("Delivery replayed", extra={"deliveryId": entry.delivery_id, "orgId": entry.org_id})
-    return JSONResponse({"replayed": True, "orgId": entry.org_id, "deliveryId": entry.delivery_id},
-                        status_code=202)
+    return JSONResponse({"replayed": True, "orgId": entry.org_id, "deliveryId": entry.delivery_id}, status_code=202)
 
 
 # ------------------------------------------------------------------------------------------ admin tokens
 def _admin_token_json(t: AdminToken) -> JSONObject:
-    return {"id": t.id, "label": t.label, "role": t.role, "routing_key": t.routing_key,
-            "created_at": iso(t.created_at), "expires_at": iso(t.expires_at),
-            "last_used_at": iso(t.last_used_at), "revoked": t.revoked}
+    return {
+        "id": t.id,
+        "label": t.label,
+        "role": t.role,
+        "routing_key": t.routing_key,
+        "created_at": iso(t.created_at),
+        "expires_at": iso(t.expires_at),
+        "last_used_at": iso(t.last_used_at),
+        "revoked": t.revoked,
+    }
 
 
 async def create_admin_token(request: Request, ctx: AppContext, caller: Caller) -> Response:
@@ -200,9 +234,16 @@ async def revoke_admin_token(request: Request, ctx: AppContext, caller: Caller) 
 
 # ------------------------------------------------------------------------------------------ agent tokens
 def _agent_token_json(t: AgentToken) -> JSONObject:
-    return {"id": t.id, "tokenPrefix": t.token_prefix, "labels": list(t.labels),
-            "mandatoryLabels": list(t.mandatory_labels), "agentType": t.agent_type,
-            "createdAt": iso(t.created_at), "lastSeenAt": iso(t.last_seen_at), "expiresAt": iso(t.expires_at)}
+    return {
+        "id": t.id,
+        "tokenPrefix": t.token_prefix,
+        "labels": list(t.labels),
+        "mandatoryLabels": list(t.mandatory_labels),
+        "agentType": t.agent_type,
+        "createdAt": iso(t.created_at),
+        "lastSeenAt": iso(t.last_seen_at),
+        "expiresAt": iso(t.expires_at),
+    }
 
 
 async def create_agent_token(request: Request, ctx: AppContext, caller: Caller) -> Response:
@@ -212,13 +253,26 @@ async def create_agent_token(request: Request, ctx: AppContext, caller: Caller) 
     body = bodies.parse(bodies.AgentTokenBody, await json_body(request))
     labels, mandatory, created_by = body.labels or [], body.mandatoryLabels or [], body.createdBy
     text = new_agent_token()
-    token = AgentToken(id=ctx.ids(), token_prefix=text[:AGENT_PREFIX_SHOWN], labels=tuple(labels),
-                       mandatory_labels=tuple(mandatory), created_by=created_by or caller.token.label)
+    token = AgentToken(
+        id=ctx.ids(),
+        token_prefix=text[:AGENT_PREFIX_SHOWN],
+        labels=tuple(labels),
+        mandatory_labels=tuple(mandatory),
+        created_by=created_by or caller.token.label,
+    )
     token = await tokens_of(ctx).create_agent_token(token, token_hash(text))
     log.info("Agent token created", extra={"tokenId": token.id, "tokenPrefix": token.token_prefix})
-    return JSONResponse({"id": token.id, "token": text, "tokenPrefix": token.token_prefix,
-                         "labels": list(token.labels), "agentType": "static",
-                         "createdAt": iso(token.created_at)}, status_code=201)
+    return JSONResponse(
+        {
+            "id": token.id,
+            "token": text,
+            "tokenPrefix": token.token_prefix,
+            "labels": list(token.labels),
+            "agentType": "static",
+            "createdAt": iso(token.created_at),
+        },
+        status_code=201,
+    )
 
 
 async def list_agent_tokens(request: Request, ctx: AppContext, caller: Caller) -> Response:

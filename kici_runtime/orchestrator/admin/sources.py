@@ -64,9 +64,17 @@ async def _github_json(ctx: AppContext, s: GitHubSource) -> JSONObject:
     if s.api_url:
         config["apiUrl"] = s.api_url
     return {
-        "id": s.id, "provider": "github", "name": s.name, "routingKey": s.routing_key, "customerId": s.customer_id,
-        "slug": s.slug, "config": config, "createdAt": iso(s.created_at), "updatedAt": iso(s.updated_at),
-        "webhookSecretFingerprint": fingerprint(secret), "rotationWindow": previous is not None,
+        "id": s.id,
+        "provider": "github",
+        "name": s.name,
+        "routingKey": s.routing_key,
+        "customerId": s.customer_id,
+        "slug": s.slug,
+        "config": config,
+        "createdAt": iso(s.created_at),
+        "updatedAt": iso(s.updated_at),
+        "webhookSecretFingerprint": fingerprint(secret),
+        "rotationWindow": previous is not None,
     }
 
 
@@ -109,17 +117,30 @@ async def add_github_source(request: Request, ctx: AppContext, caller: Caller) -
     await _refuse_existing_github(ctx, routing_key)
     if verify:  # only on request: an air-gapped orchestrator must be able to register Apps
         if ctx.github_app_check is None:
-            raise fail(400, "GitHub validation is disabled on this orchestrator "
-                            "(KICI_SKIP_GITHUB_SOURCE_VALIDATION=true); add the source without --verify")
+            raise fail(
+                400,
+                "GitHub validation is disabled on this orchestrator "
+                "(KICI_SKIP_GITHUB_SOURCE_VALIDATION=true); add the source without --verify",
+            )
         try:
             identity = await ctx.github_app_check(app_id, private_key, api_url)
         except errors.KiciError as exc:
-            raise fail(400, f"GitHub API validation failed: {exc.message} "
-                            "(without --verify the App is registered without contacting GitHub)") from None
+            raise fail(
+                400,
+                f"GitHub API validation failed: {exc.message} "
+                "(without --verify the App is registered without contacting GitHub)",
+            ) from None
         name = str(identity.get("name") or name)
         slug = str(identity.get("slug") or slug or "") or None
-    source = GitHubSource(id=ctx.ids(), routing_key=routing_key, name=name, app_id=app_id, customer_id=customer_id,
-                          api_url=api_url, slug=slug)
+    source = GitHubSource(
+        id=ctx.ids(),
+        routing_key=routing_key,
+        name=name,
+        app_id=app_id,
+        customer_id=customer_id,
+        api_url=api_url,
+        slug=slug,
+    )
     try:
         source = await ctx.sources.add_github(source)
     except errors.Conflict:
@@ -146,8 +167,13 @@ async def _refuse_existing_github(ctx: AppContext, routing_key: str) -> None:
     """409 naming the source already registered under ``routing_key``."""
     existing = await ctx.sources.github_by_routing_key(routing_key)
     if existing is not None:
-        raise fail(409, f"Source with routing key {routing_key} already exists", routingKey=routing_key,
-                   id=existing.id, name=existing.name)
+        raise fail(
+            409,
+            f"Source with routing key {routing_key} already exists",
+            routingKey=routing_key,
+            id=existing.id,
+            name=existing.name,
+        )
 
 
 async def list_github_sources(request: Request, ctx: AppContext, caller: Caller) -> Response:
@@ -230,14 +256,27 @@ async def _generic_json(ctx: AppContext, s: GenericSource) -> JSONObject:
     if key is not None:
         config["secretFingerprint"] = fingerprint(await ctx.secrets.get(SYSTEM_ORG, generic_scope(s.id), key))
     return {
-        "id": s.id, "orgId": s.org_id, "customerId": s.org_id, "name": s.name, "routingKey": s.routing_key,
-        "providerType": s.provider_type, "verificationMethod": s.verification_method,
-        "verificationConfig": config, "eventTypeHeader": s.event_type_header, "eventTypePath": s.event_type_path,
-        "idempotencyKeyHeader": s.idempotency_key_header, "idempotencyKeyPath": s.idempotency_key_path,
-        "dedupWindowSeconds": s.dedup_window_seconds, "maxPayloadBytes": s.max_payload_bytes,
+        "id": s.id,
+        "orgId": s.org_id,
+        "customerId": s.org_id,
+        "name": s.name,
+        "routingKey": s.routing_key,
+        "providerType": s.provider_type,
+        "verificationMethod": s.verification_method,
+        "verificationConfig": config,
+        "eventTypeHeader": s.event_type_header,
+        "eventTypePath": s.event_type_path,
+        "idempotencyKeyHeader": s.idempotency_key_header,
+        "idempotencyKeyPath": s.idempotency_key_path,
+        "dedupWindowSeconds": s.dedup_window_seconds,
+        "maxPayloadBytes": s.max_payload_bytes,
         "allowedEvents": list(s.allowed_events) if s.allowed_events is not None else None,
-        "enabled": s.enabled, "rateLimitRpm": s.rate_limit_rpm, "gitConfig": s.git_config,
-        "createdAt": iso(s.created_at), "updatedAt": iso(s.updated_at), "deletedAt": iso(s.deleted_at),
+        "enabled": s.enabled,
+        "rateLimitRpm": s.rate_limit_rpm,
+        "gitConfig": s.git_config,
+        "createdAt": iso(s.created_at),
+        "updatedAt": iso(s.updated_at),
+        "deletedAt": iso(s.deleted_at),
     }
 
 
@@ -306,9 +345,15 @@ async def create_generic_source(request: Request, ctx: AppContext, caller: Calle
         raise validation(problems)
     source_id = ctx.ids()
     source = GenericSource(
-        id=source_id, org_id=org_id, name=name, routing_key=f"generic:{org_id}:{source_id}",
-        provider_type="local" if provider_type == "local" else "generic", verification_method=method,
-        verification_config=config, git_config=git_config, **extra,
+        id=source_id,
+        org_id=org_id,
+        name=name,
+        routing_key=f"generic:{org_id}:{source_id}",
+        provider_type="local" if provider_type == "local" else "generic",
+        verification_method=method,
+        verification_config=config,
+        git_config=git_config,
+        **extra,
     )
     try:
         source = await ctx.sources.add_generic(source)
@@ -329,8 +374,14 @@ async def _refuse_existing_generic(ctx: AppContext, org_id: str, name: str) -> N
     """409 naming the live source called ``name`` in ``org_id``."""
     for other in await ctx.sources.list_generic(org_id):
         if other.name == name:
-            raise fail(409, f'Generic source "{name}" already exists in org {org_id} (id {other.id})',
-                       routingKey=other.routing_key, id=other.id, name=name, orgId=org_id)
+            raise fail(
+                409,
+                f'Generic source "{name}" already exists in org {org_id} (id {other.id})',
+                routingKey=other.routing_key,
+                id=other.id,
+                name=name,
+                orgId=org_id,
+            )
 
 
 async def list_generic_sources(request: Request, ctx: AppContext, caller: Caller) -> Response:
@@ -378,8 +429,9 @@ async def update_generic_source(request: Request, ctx: AppContext, caller: Calle
         changes["verification_method"] = method
         changes["verification_config"] = config
     if "gitConfig" in body.model_fields_set:
-        changes["git_config"] = None if body.gitConfig is None else _git_config(
-            source.provider_type, body.gitConfig, problems)
+        changes["git_config"] = (
+            None if body.gitConfig is None else _git_config(source.provider_type, body.gitConfig, problems)
+        )
     if problems:
         raise validation(problems)
     if not changes:

@@ -38,10 +38,21 @@ def _iso(value: datetime | None) -> str | None:
 
 def schedule_json(s: Schedule) -> dict[str, JSONValue]:
     """One schedule as the API shows it."""
-    return {"id": s.id, "registrationId": s.registration_id, "routingKey": s.routing_key, "repo": s.repo_identifier,
-            "workflow": s.workflow_name, "triggerIndex": s.trigger_index, "cronExpression": s.cron_expression,
-            "timezone": s.timezone, "description": s.description, "nextFireAt": _iso(s.next_fire_at),
-            "lastFireAt": _iso(s.last_fire_at), "lastDeliveryId": s.last_delivery_id, "error": s.error}
+    return {
+        "id": s.id,
+        "registrationId": s.registration_id,
+        "routingKey": s.routing_key,
+        "repo": s.repo_identifier,
+        "workflow": s.workflow_name,
+        "triggerIndex": s.trigger_index,
+        "cronExpression": s.cron_expression,
+        "timezone": s.timezone,
+        "description": s.description,
+        "nextFireAt": _iso(s.next_fire_at),
+        "lastFireAt": _iso(s.last_fire_at),
+        "lastDeliveryId": s.last_delivery_id,
+        "error": s.error,
+    }
 
 
 async def resolve_source(sources: SourceStore, value: str) -> tuple[RepoSource, str]:
@@ -68,8 +79,14 @@ async def resolve_source(sources: SourceStore, value: str) -> tuple[RepoSource, 
     if isinstance(found, GitHubSource):
         return found, "github"
     if found.provider_type != "local":
-        raise admin_auth.validation([{"path": ["source"], "message": "a generic webhook source names no repository: "
-                                      "use a GitHub App or a local source"}])
+        raise admin_auth.validation(
+            [
+                {
+                    "path": ["source"],
+                    "message": "a generic webhook source names no repository: use a GitHub App or a local source",
+                }
+            ]
+        )
     return found, "local"
 
 
@@ -81,8 +98,9 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def routes(*, store: PgRegistrations, pipeline: Pipeline, inbox: DeliveryInbox,
-           wake: Callable[[], None]) -> list[BaseRoute]:
+def routes(
+    *, store: PgRegistrations, pipeline: Pipeline, inbox: DeliveryInbox, wake: Callable[[], None]
+) -> list[BaseRoute]:
     """The routes, bound to the registration store, the pipeline (lock-file reads) and the inbox."""
 
     async def list_schedules(request: Request, ctx: AppContext, caller: Caller) -> Response:
@@ -93,39 +111,86 @@ def routes(*, store: PgRegistrations, pipeline: Pipeline, inbox: DeliveryInbox,
     async def list_registrations(request: Request, ctx: AppContext, caller: Caller) -> Response:
         caller.require("run.read")
         rows = await store.list_registrations(routing_key=caller.token.routing_key)
-        return JSONResponse({"registrations": [
-            {"id": r.id, "routingKey": r.routing_key, "repo": r.repo_identifier, "workflow": r.workflow_name,
-             "ref": r.ref, "sha": r.sha, "triggerTypes": list(r.trigger_types), "deliveryId": r.delivery_id}
-            for r in rows]})
+        return JSONResponse(
+            {
+                "registrations": [
+                    {
+                        "id": r.id,
+                        "routingKey": r.routing_key,
+                        "repo": r.repo_identifier,
+                        "workflow": r.workflow_name,
+                        "ref": r.ref,
+                        "sha": r.sha,
+                        "triggerTypes": list(r.trigger_types),
+                        "deliveryId": r.delivery_id,
+                    }
+                    for r in rows
+                ]
+            }
+        )
 
     async def dispatch(request: Request, ctx: AppContext, caller: Caller) -> Response:
         caller.require("scheduled_job.trigger")
         body = bodies.parse(bodies.WorkflowDispatchBody, await admin_auth.json_body(request))
-        source_name, repo, workflow, ref, kind, given = (body.source, body.repo, body.workflow, body.ref, body.type,
-                                                         body.inputs)
+        source_name, repo, workflow, ref, kind, given = (
+            body.source,
+            body.repo,
+            body.workflow,
+            body.ref,
+            body.type,
+            body.inputs,
+        )
         source, provider = await resolve_source(ctx.sources, source_name)
         caller.require_key(source.routing_key)
         try:
-            plan = await internal_events.prepare_dispatch(pipeline, provider_name=provider, source=source, repo=repo,
-                                                          ref=ref, workflow_name=workflow, dispatch_type=kind,
-                                                          given=given)
+            plan = await internal_events.prepare_dispatch(
+                pipeline,
+                provider_name=provider,
+                source=source,
+                repo=repo,
+                ref=ref,
+                workflow_name=workflow,
+                dispatch_type=kind,
+                given=given,
+            )
         except inputs.InputErrors as exc:
             raise admin_auth.validation([{"path": list(e.path), "message": e.message} for e in exc.errors]) from None
         except errors.LockfileError as exc:
-            raise admin_auth.validation([{"path": ["ref"], "message": f"the lock file at {ref} is invalid: "
-                                          f"{exc.message}"}]) from None
+            raise admin_auth.validation(
+                [{"path": ["ref"], "message": f"the lock file at {ref} is invalid: {exc.message}"}]
+            ) from None
         except errors.InvalidInput as exc:
             raise admin_auth.validation([{"path": ["workflow"], "message": exc.message}]) from None
         org_id = source.org_id if isinstance(source, GenericSource) else source.customer_id
         run_id, delivery_id = ctx.ids(), f"dispatch:{ctx.ids()}"
         delivery = registrations.dispatch_delivery(
-            org_id=org_id[:16], delivery_id=delivery_id, routing_key=source.routing_key, provider=provider, repo=repo,
-            ref=ref, workflow_name=workflow, dispatch_type=plan.dispatch_type, inputs=plan.inputs, run_id=run_id,
-            requested_by=f"admin:{caller.token.label}", received_at=ctx.clock.now())
+            org_id=org_id[:16],
+            delivery_id=delivery_id,
+            routing_key=source.routing_key,
+            provider=provider,
+            repo=repo,
+            ref=ref,
+            workflow_name=workflow,
+            dispatch_type=plan.dispatch_type,
+            inputs=plan.inputs,
+            run_id=run_id,
+            requested_by=f"admin:{caller.token.label}",
+            received_at=ctx.clock.now(),
+        )
         await inbox.accept(delivery)
         wake()
-        return JSONResponse({"runId": run_id, "deliveryId": delivery_id, "repo": repo, "workflow": workflow,
-                             "ref": ref, "type": plan.dispatch_type, "inputs": plan.inputs}, status_code=202)
+        return JSONResponse(
+            {
+                "runId": run_id,
+                "deliveryId": delivery_id,
+                "repo": repo,
+                "workflow": workflow,
+                "ref": ref,
+                "type": plan.dispatch_type,
+                "inputs": plan.inputs,
+            },
+            status_code=202,
+        )
 
     return [
         Route("/api/v1/admin/schedules", admin_auth.endpoint(list_schedules), methods=["GET"]),

@@ -26,8 +26,21 @@ MAX_LINE = 20_000  # characters shown of one line; the raw download keeps everyt
 
 # xterm's 16 colours as RGB, to map 256-colour and true-colour codes onto the themed palette.
 _PALETTE = (
-    (0, 0, 0), (205, 0, 0), (0, 205, 0), (205, 205, 0), (0, 0, 238), (205, 0, 205), (0, 205, 205), (229, 229, 229),
-    (127, 127, 127), (255, 0, 0), (0, 255, 0), (255, 255, 0), (92, 92, 255), (255, 0, 255), (0, 255, 255),
+    (0, 0, 0),
+    (205, 0, 0),
+    (0, 205, 0),
+    (205, 205, 0),
+    (0, 0, 238),
+    (205, 0, 205),
+    (0, 205, 205),
+    (229, 229, 229),
+    (127, 127, 127),
+    (255, 0, 0),
+    (0, 255, 0),
+    (255, 255, 0),
+    (92, 92, 255),
+    (255, 0, 255),
+    (0, 255, 255),
     (255, 255, 255),
 )
 
@@ -47,8 +60,9 @@ class _Style:
             out.append(f"fg{self.fg}")
         if self.bg is not None:
             out.append(f"bg{self.bg}")
-        out += [name for name, on in (("b", self.bold), ("d", self.dim), ("i", self.italic),
-                                      ("u", self.underline)) if on]
+        out += [
+            name for name, on in (("b", self.bold), ("d", self.dim), ("i", self.italic), ("u", self.underline)) if on
+        ]
         return " ".join(out)
 
 
@@ -75,7 +89,7 @@ def _extended(codes: list[int], i: int) -> tuple[int | None, int]:
     if i < len(codes) and codes[i] == 5 and i + 1 < len(codes):
         return _indexed(codes[i + 1]), 2
     if i < len(codes) and codes[i] == 2 and i + 3 < len(codes):
-        r, g, b = (max(0, min(255, c)) for c in codes[i + 1:i + 4])
+        r, g, b = (max(0, min(255, c)) for c in codes[i + 1 : i + 4])
         return _nearest(r, g, b), 4
     return None, len(codes) - i
 
@@ -144,7 +158,7 @@ def segments(line: str) -> list[Segment]:
     style = _Style()
     pos = 0
     for m in _ESCAPE.finditer(line):
-        add(style.classes(), line[pos:m.start()])
+        add(style.classes(), line[pos : m.start()])
         if m.group(2) == "m":
             style = _apply(style, m.group(1) or "")
         pos = m.end()

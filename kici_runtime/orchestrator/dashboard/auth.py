@@ -34,8 +34,10 @@ LOGIN_COOKIE = "kici_login"
 SESSION_TTL = timedelta(hours=12)
 LOGIN_TTL_SECONDS = 600
 
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 """No inline script or style, nothing from another origin, no framing."""
 
 _HEADERS = {
@@ -90,8 +92,9 @@ class Sessions:
 
     def __init__(self, store: PgDashboardSessions, secret_key: bytes | None, *, trusted_proxy: bool = False) -> None:
         self.store = store
-        self._key = None if secret_key is None else hmac.new(secret_key, b"kici dashboard session v1",
-                                                             hashlib.sha256).digest()
+        self._key = (
+            None if secret_key is None else hmac.new(secret_key, b"kici dashboard session v1", hashlib.sha256).digest()
+        )
         self.trusted_proxy = trusted_proxy
 
     @property
@@ -116,8 +119,13 @@ class Sessions:
     async def start(self, token_id: str, *, now: datetime) -> str:
         """A new session for ``token_id``; returns the cookie value."""
         sid = secrets.token_urlsafe(32)
-        await self.store.create(self._hash(sid), token_id=token_id, csrf_token=secrets.token_urlsafe(32),
-                                expires_at=now + SESSION_TTL, now=now)
+        await self.store.create(
+            self._hash(sid),
+            token_id=token_id,
+            csrf_token=secrets.token_urlsafe(32),
+            expires_at=now + SESSION_TTL,
+            now=now,
+        )
         return f"{sid}.{self._sign(sid)}"
 
     async def current(self, request: Request, *, now: datetime) -> DashboardSession | None:
@@ -134,17 +142,36 @@ class Sessions:
             await self.store.delete(self._hash(sid))
 
     def set_cookie(self, request: Request, response: Response, value: str) -> None:
-        response.set_cookie(SESSION_COOKIE, value, max_age=int(SESSION_TTL.total_seconds()), path="/",
-                            httponly=True, samesite="strict", secure=is_tls(request, trusted_proxy=self.trusted_proxy))
+        response.set_cookie(
+            SESSION_COOKIE,
+            value,
+            max_age=int(SESSION_TTL.total_seconds()),
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=is_tls(request, trusted_proxy=self.trusted_proxy),
+        )
 
     def clear_cookie(self, request: Request, response: Response) -> None:
-        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
-                               secure=is_tls(request, trusted_proxy=self.trusted_proxy))
+        response.delete_cookie(
+            SESSION_COOKIE,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=is_tls(request, trusted_proxy=self.trusted_proxy),
+        )
 
     def set_login_cookie(self, request: Request, response: Response, nonce: str) -> None:
         """The ``kici_login`` cookie the sign-in form's ``nonce`` field must match."""
-        response.set_cookie(LOGIN_COOKIE, nonce, max_age=LOGIN_TTL_SECONDS, path="/", httponly=True,
-                            samesite="strict", secure=is_tls(request, trusted_proxy=self.trusted_proxy))
+        response.set_cookie(
+            LOGIN_COOKIE,
+            nonce,
+            max_age=LOGIN_TTL_SECONDS,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=is_tls(request, trusted_proxy=self.trusted_proxy),
+        )
 
 
 def check_login_nonce(request: Request, submitted: str) -> bool:
@@ -155,5 +182,6 @@ def check_login_nonce(request: Request, submitted: str) -> bool:
 def check_csrf(session: DashboardSession, request: Request, submitted: str) -> None:
     """Raise 403 unless the form's CSRF token is the session's and the request is same-origin."""
     if not same_origin(request) or not hmac.compare_digest(session.csrf_token.encode(), submitted.encode()):
-        raise admin_auth.fail(403, "The form has expired or did not come from this dashboard: reload the page "
-                                   "and try again.")
+        raise admin_auth.fail(
+            403, "The form has expired or did not come from this dashboard: reload the page and try again."
+        )

@@ -33,8 +33,11 @@ MAX_FORM_BYTES = 16_384
 _NEXT = re.compile(r"^(?!/)(?!.*\.\.)[A-Za-z0-9_\-./?=&%:~+]{0,500}$")
 
 templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined,
-    trim_blocks=True, lstrip_blocks=True,
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
 )
 templates.filters.update(when=views.when, iso=views.iso, duration=views.duration, q=lambda v: quote(str(v), safe=""))
 templates.globals.update(duration=views.duration)
@@ -42,7 +45,7 @@ templates.globals.update(duration=views.duration)
 
 def sub_path(request: Request) -> str:
     """The request path below ``/dashboard/`` (``runs/<id>`` ...), whatever prefix it arrived with."""
-    path = str(request.scope["path"])[len(str(request.scope.get("root_path", ""))):]
+    path = str(request.scope["path"])[len(str(request.scope.get("root_path", ""))) :]
     return path.removeprefix("/dashboard").lstrip("/")
 
 
@@ -74,8 +77,16 @@ class Page:
         return admin_auth.has_permission(self.caller.token.role, permission)
 
     def render(self, template: str, *, status: int = 200, **values: Any) -> Response:
-        return render(self.request, template, status=status, root=self.root, session=self.session,
-                      caller=self.caller, now=self.now, **values)
+        return render(
+            self.request,
+            template,
+            status=status,
+            root=self.root,
+            session=self.session,
+            caller=self.caller,
+            now=self.now,
+            **values,
+        )
 
     def redirect(self, to: str) -> Response:
         """303 to a path relative to the dashboard root."""
@@ -89,8 +100,9 @@ class Page:
 
 
 def render(request: Request, template: str, *, status: int = 200, root: str, **values: Any) -> Response:
-    html = templates.get_template(template).render(root=root, static_version=STATIC_VERSION,
-                                                   path=sub_path(request), **values)
+    html = templates.get_template(template).render(
+        root=root, static_version=STATIC_VERSION, path=sub_path(request), **values
+    )
     return auth.secure_headers(HTMLResponse(html, status_code=status))
 
 
@@ -109,8 +121,16 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 def error_page(request: Request, status: int, message: str, *, session: DashboardSession | None = None) -> Response:
-    return render(request, "error.html", status=status, root=views.root(sub_path(request)), session=session,
-                  caller=None if session is None else Caller(token=session.token), code=status, message=message)
+    return render(
+        request,
+        "error.html",
+        status=status,
+        root=views.root(sub_path(request)),
+        session=session,
+        caller=None if session is None else Caller(token=session.token),
+        code=status,
+        message=message,
+    )
 
 
 def _error(request: Request, exc: BaseException, session: DashboardSession | None) -> Response:
@@ -147,8 +167,16 @@ def page(sessions: Sessions, handler: Handler, *, stream: bool = False) -> Calla
                 query = request.url.query
                 nxt = quote(sub + (f"?{query}" if query else ""), safe="")
                 return auth.secure_headers(RedirectResponse(f"{views.root(sub)}login?next={nxt}", status_code=303))
-            return await handler(Page(request=request, ctx=ctx, session=session, caller=Caller(token=session.token),
-                                      root=views.root(sub_path(request)), now=now))
+            return await handler(
+                Page(
+                    request=request,
+                    ctx=ctx,
+                    session=session,
+                    caller=Caller(token=session.token),
+                    root=views.root(sub_path(request)),
+                    now=now,
+                )
+            )
         except Exception as exc:  # every failure becomes a page, never a traceback
             return _error(request, exc, session)
 
@@ -166,8 +194,17 @@ def login_routes(sessions: Sessions) -> tuple[Callable[[Request], Awaitable[Resp
 
     def form(request: Request, *, status: int = 200, error: str | None = None, nxt: str = "") -> Response:
         nonce = secrets.token_urlsafe(24)
-        response = render(request, "login.html", status=status, root=views.root(sub_path(request)), session=None,
-                          caller=None, error=error, next=nxt, nonce=nonce)
+        response = render(
+            request,
+            "login.html",
+            status=status,
+            root=views.root(sub_path(request)),
+            session=None,
+            caller=None,
+            error=error,
+            next=nxt,
+            nonce=nonce,
+        )
         sessions.set_login_cookie(request, response, nonce)
         return response
 
@@ -190,8 +227,12 @@ def login_routes(sessions: Sessions) -> tuple[Callable[[Request], Awaitable[Resp
             values = await read_form(request)
             nxt = safe_next(values.get("next"))
             if not auth.same_origin(request) or not auth.check_login_nonce(request, values.get("nonce", "")):
-                return form(request, status=403, nxt=nxt,
-                            error="The sign-in form expired or did not come from this dashboard. Try again.")
+                return form(
+                    request,
+                    status=403,
+                    nxt=nxt,
+                    error="The sign-in form expired or did not come from this dashboard. Try again.",
+                )
             text = values.get("token", "").strip()
             token = None
             if text and len(text) <= 512:

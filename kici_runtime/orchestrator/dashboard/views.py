@@ -34,8 +34,9 @@ def iso(value: datetime | None) -> str:
     return "" if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def duration(ms: int | float | None, *, start: datetime | None = None, end: datetime | None = None,
-             now: datetime | None = None) -> str:
+def duration(
+    ms: int | float | None, *, start: datetime | None = None, end: datetime | None = None, now: datetime | None = None
+) -> str:
     """``1h 2m``, ``3m 4s``, ``5.2s``; from ``ms`` or from ``start`` to ``end`` (or ``now``)."""
     if ms is None and start is not None:
         stop = end or now
@@ -86,7 +87,7 @@ class Graph:
 
 
 def _short(text: str, limit: int = 28) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def job_graph(jobs: Sequence[Mapping[str, Any]]) -> Graph:
@@ -125,9 +126,17 @@ def job_graph(jobs: Sequence[Mapping[str, Any]]) -> Graph:
             nodes = []
             for i, m in enumerate(members):
                 name = str(m["job_name"])
-                label = name[len(g):].strip() or name if matrix else name
-                nodes.append(GraphNode(job_id=str(m["job_id"]), name=name, label=_short(label), status=str(m["status"]),
-                                       x=x + (8 if matrix else 0), y=top + i * ROW_H))
+                label = name[len(g) :].strip() or name if matrix else name
+                nodes.append(
+                    GraphNode(
+                        job_id=str(m["job_id"]),
+                        name=name,
+                        label=_short(label),
+                        status=str(m["status"]),
+                        x=x + (8 if matrix else 0),
+                        y=top + i * ROW_H,
+                    )
+                )
             box_h = (HEAD_H if matrix else 0) + len(members) * ROW_H + (8 if matrix else 0)
             placed[g] = GraphGroup(base_name=_short(g, 30), matrix=matrix, x=x, y=y, height=box_h, nodes=nodes)
             y += box_h + ROW_GAP
@@ -141,8 +150,7 @@ def job_graph(jobs: Sequence[Mapping[str, Any]]) -> Graph:
             mid = (x1 + x2) // 2
             edges.append(f"M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}")
     width = PAD * 2 + (max(columns) + 1 if columns else 0) * (NODE_W + COL_GAP) - COL_GAP
-    return Graph(width=max(width, NODE_W), height=max(height, ROW_H + PAD), groups=list(placed.values()),
-                 edges=edges)
+    return Graph(width=max(width, NODE_W), height=max(height, ROW_H + PAD), groups=list(placed.values()), edges=edges)
 
 
 # ------------------------------------------------------------------------------------------------ deliveries
@@ -202,16 +210,37 @@ def explain_trace(trace: Any) -> list[WorkflowView] | None:
         for t in d.get("triggers") or []:
             if not isinstance(t, dict):
                 continue
-            checks = [CheckView(check=_text(c.get("check")), pattern=_text(c.get("pattern")),
-                                value=_text(c.get("value")), passed=bool(c.get("passed")), reason=_text(c.get("reason")))
-                      for c in t.get("checks") or [] if isinstance(c, dict)]
+            checks = [
+                CheckView(
+                    check=_text(c.get("check")),
+                    pattern=_text(c.get("pattern")),
+                    value=_text(c.get("value")),
+                    passed=bool(c.get("passed")),
+                    reason=_text(c.get("reason")),
+                )
+                for c in t.get("checks") or []
+                if isinstance(c, dict)
+            ]
             failed = next((c for c in checks if not c.passed), None)
-            triggers.append(TriggerView(index=t.get("index"), trigger_type=_text(t.get("triggerType")),
-                                        matched=bool(t.get("matched")), failed=failed, reason=_text(t.get("reason")),
-                                        checks=checks))
-        out.append(WorkflowView(name=_text(d.get("workflowName")), matched=bool(d.get("matched")),
-                                matched_trigger=d.get("matchedTrigger"),
-                                summary=_text(d.get("summary")) or "No matching trigger", triggers=triggers))
+            triggers.append(
+                TriggerView(
+                    index=t.get("index"),
+                    trigger_type=_text(t.get("triggerType")),
+                    matched=bool(t.get("matched")),
+                    failed=failed,
+                    reason=_text(t.get("reason")),
+                    checks=checks,
+                )
+            )
+        out.append(
+            WorkflowView(
+                name=_text(d.get("workflowName")),
+                matched=bool(d.get("matched")),
+                matched_trigger=d.get("matchedTrigger"),
+                summary=_text(d.get("summary")) or "No matching trigger",
+                triggers=triggers,
+            )
+        )
     return out
 
 
@@ -238,8 +267,10 @@ def step_title(step_index: int, steps: Mapping[int, Mapping[str, Any]]) -> str:
     return f"Step {step_index + 1}: {name}" if name else f"Step {step_index + 1}"
 
 
-def log_sections(chunks: Sequence[Mapping[str, Any]], steps: Mapping[int, Mapping[str, Any]],
-                 ) -> tuple[list[LogSection], int]:
+def log_sections(
+    chunks: Sequence[Mapping[str, Any]],
+    steps: Mapping[int, Mapping[str, Any]],
+) -> tuple[list[LogSection], int]:
     """Consecutive chunks of one step become one section; lines are numbered from 1 across the job.
     Returns the sections and the id of the last chunk (0 when none)."""
     sections: list[LogSection] = []
@@ -249,9 +280,14 @@ def log_sections(chunks: Sequence[Mapping[str, Any]], steps: Mapping[int, Mappin
         index = -1 if c.get("step_index") is None else int(c["step_index"])
         if not sections or sections[-1].step_index != index:
             step = steps.get(index, {})
-            sections.append(LogSection(step_index=index, title=step_title(index, steps),
-                                       status=str(step.get("status") or ""),
-                                       duration=duration(step.get("duration_ms"))))
+            sections.append(
+                LogSection(
+                    step_index=index,
+                    title=step_title(index, steps),
+                    status=str(step.get("status") or ""),
+                    duration=duration(step.get("duration_ms")),
+                )
+            )
         for raw in (c.get("content") or "").split("\n"):
             number += 1
             sections[-1].lines.append(LogLine(number=number, segments=ansi.segments(raw)))

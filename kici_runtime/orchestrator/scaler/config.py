@@ -30,8 +30,11 @@ class ScalerConfigError(errors.ConfigError):
 
     def __init__(self, issues: Sequence[str]) -> None:
         self.issues = tuple(issues)
-        text = self.issues[0] if len(self.issues) == 1 else "\n".join(
-            ["Scaler configuration is invalid:", *(f"  - {i}" for i in self.issues)])
+        text = (
+            self.issues[0]
+            if len(self.issues) == 1
+            else "\n".join(["Scaler configuration is invalid:", *(f"  - {i}" for i in self.issues)])
+        )
         super().__init__(text)
 
 
@@ -226,11 +229,18 @@ def _label_set(ls: _LabelSet, defaults: _Resources | None) -> scaling.LabelSet:
     cpus = cpus if cpus is not None else d_cpus
     policy = ls.networkPolicy or _NetworkPolicy()
     return scaling.LabelSet(
-        labels=tuple(dict.fromkeys(ls.labels)), image=ls.image, pull_policy=ls.imagePullPolicy,
-        volumes=tuple(ls.volumes), container_socket=ls.containerSocket, env=tuple(ls.env.items()),
-        memory_bytes=memory, nano_cpus=int(cpus * 1e9) if cpus is not None else None,
-        allowlist=tuple(netrules.parse_cidr(c) for c in policy.allowlist), deny_all=policy.denyAll,
-        backpressure_mode=ls.backpressureMode)
+        labels=tuple(dict.fromkeys(ls.labels)),
+        image=ls.image,
+        pull_policy=ls.imagePullPolicy,
+        volumes=tuple(ls.volumes),
+        container_socket=ls.containerSocket,
+        env=tuple(ls.env.items()),
+        memory_bytes=memory,
+        nano_cpus=int(cpus * 1e9) if cpus is not None else None,
+        allowlist=tuple(netrules.parse_cidr(c) for c in policy.allowlist),
+        deny_all=policy.denyAll,
+        backpressure_mode=ls.backpressureMode,
+    )
 
 
 def load_scaler_config(path: str | Path, drop_in_dir: str | Path | None = None) -> scaling.ScalerConfig:
@@ -262,21 +272,33 @@ def load_scaler_config(path: str | Path, drop_in_dir: str | Path | None = None) 
                 continue
             seen[s.name] = file
             if s.type != "container":
-                issues.append(f"{where}.type: {s.type!r} scalers are not supported; this orchestrator runs "
-                              "'container' scalers")
+                issues.append(
+                    f"{where}.type: {s.type!r} scalers are not supported; this orchestrator runs 'container' scalers"
+                )
                 continue
             if not s.labelSets:
                 issues.append(f"{where}.labelSets: a container scaler needs at least one label set")
                 continue
             pool = s.warmPool or _WarmPool()
-            specs.append(scaling.ScalerSpec(
-                name=s.name, max_agents=s.maxAgents, runtime=s.runtime, socket_path=s.socketPath, host=s.host,
-                orchestrator_url=s.orchestratorUrl, extra_hosts=tuple(s.extraHosts),
-                network_isolation=s.networkIsolation,
-                warm_pool=scaling.WarmPool(size=pool.size if pool.enabled else 0,
-                                           idle_timeout=pool.idleTimeoutSeconds),
-                mandatory_labels=tuple(s.mandatoryLabels), roles=tuple(s.roles or ()), source=str(file),
-                label_sets=tuple(_label_set(ls, defaults) for ls in s.labelSets)))
+            specs.append(
+                scaling.ScalerSpec(
+                    name=s.name,
+                    max_agents=s.maxAgents,
+                    runtime=s.runtime,
+                    socket_path=s.socketPath,
+                    host=s.host,
+                    orchestrator_url=s.orchestratorUrl,
+                    extra_hosts=tuple(s.extraHosts),
+                    network_isolation=s.networkIsolation,
+                    warm_pool=scaling.WarmPool(
+                        size=pool.size if pool.enabled else 0, idle_timeout=pool.idleTimeoutSeconds
+                    ),
+                    mandatory_labels=tuple(s.mandatoryLabels),
+                    roles=tuple(s.roles or ()),
+                    source=str(file),
+                    label_sets=tuple(_label_set(ls, defaults) for ls in s.labelSets),
+                )
+            )
     if issues:
         raise ScalerConfigError(issues)
     return scaling.ScalerConfig(global_max_agents=head.globalMaxAgents or 50, scalers=tuple(specs))

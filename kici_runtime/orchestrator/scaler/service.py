@@ -61,10 +61,21 @@ class ScalerService:
         retry_backoff: seconds before a job whose spawn failed is tried again.
     """
 
-    def __init__(self, prepared: Prepared, *, db: Database, tokens: PgTokenStore, orchestrator_url: str,
-                 token_ttl_s: float, forwarded_env: Mapping[str, str], instance_id: str,
-                 clock: Callable[[], float] = time.time, interval: float = 2.0, retry_backoff: float = 30.0,
-                 start_timeout: float = scaling.START_TIMEOUT) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        *,
+        db: Database,
+        tokens: PgTokenStore,
+        orchestrator_url: str,
+        token_ttl_s: float,
+        forwarded_env: Mapping[str, str],
+        instance_id: str,
+        clock: Callable[[], float] = time.time,
+        interval: float = 2.0,
+        retry_backoff: float = 30.0,
+        start_timeout: float = scaling.START_TIMEOUT,
+    ) -> None:
         self.prepared = prepared
         self.config = prepared.config
         self._db = db
@@ -118,8 +129,9 @@ class ScalerService:
                 await self.prepared.aclose()
 
     async def _listen(self) -> None:
-        async for note in notify.listen_forever(self._db, (notify.JOBS,), retry_seconds=1.0,
-                                                what="scaler notifications"):
+        async for note in notify.listen_forever(
+            self._db, (notify.JOBS,), retry_seconds=1.0, what="scaler notifications"
+        ):
             if note is not None:
                 self._wake.set()
 
@@ -168,14 +180,23 @@ class ScalerService:
             jobs = [job for row in rows if (job := self._job(row)) is not None]
             failures = await self.store.recent_failures([j.job_id for j in jobs], self.retry_backoff)
             plan = scaling.plan(
-                self.config, now=now, jobs=jobs,
-                agents=[scaling.StaticAgent(labels=routing.AgentLabels(labels=frozenset(a.labels),
-                                                                       mandatory_labels=frozenset(a.mandatory_labels)),
-                                            free_slots=a.free_slots) for a in agents],
+                self.config,
+                now=now,
+                jobs=jobs,
+                agents=[
+                    scaling.StaticAgent(
+                        labels=routing.AgentLabels(
+                            labels=frozenset(a.labels), mandatory_labels=frozenset(a.mandatory_labels)
+                        ),
+                        free_slots=a.free_slots,
+                    )
+                    for a in agents
+                ],
                 containers=[self._container(c, states.get(c.agent_id)) for c in live],
                 last_demand=self._last_demand,
                 blocked={j: f"{f.error} (retrying within {int(self.retry_backoff)} s)" for j, f in failures.items()},
-                start_timeout=self._start_timeout)
+                start_timeout=self._start_timeout,
+            )
             for name in plan.demand:
                 self._last_demand[name] = now
             by_id = {c.agent_id: c for c in live}
@@ -195,8 +216,9 @@ class ScalerService:
                     self._warm_retry[spawn.scaler] = now + self.retry_backoff
                 if not ok:  # the slot it was planned into is free: plan again at once (that job now waits)
                     self._wake.set()
-            await self.store.set_reasons({r.job_id: reasons.get(r.job_id) for r in rows
-                                          if reasons.get(r.job_id) != r.reason})
+            await self.store.set_reasons(
+                {r.job_id: reasons.get(r.job_id) for r in rows if reasons.get(r.job_id) != r.reason}
+            )
             self._gauges(live, plan)
             self.passes += 1
             return plan
@@ -218,8 +240,14 @@ class ScalerService:
             phase = "exited"
         else:
             phase = "starting"
-        return scaling.Container(agent_id=row.agent_id, scaler=row.scaler, label_set=row.label_set,
-                                 bound_job_id=row.bound_job_id, phase=phase, created_at=row.created_at)
+        return scaling.Container(
+            agent_id=row.agent_id,
+            scaler=row.scaler,
+            label_set=row.label_set,
+            bound_job_id=row.bound_job_id,
+            phase=phase,
+            created_at=row.created_at,
+        )
 
     def _gauges(self, live: list[LiveContainer], plan: scaling.Plan) -> None:
         gone = {r.agent_id for r in plan.remove}
@@ -227,9 +255,11 @@ class ScalerService:
             mine = [c for c in live if c.scaler == scaler.name and c.agent_id not in gone]
             spawned = [s for s in plan.spawn if s.scaler == scaler.name]
             metrics.scaler_containers.labels(scaler=scaler.name, state="starting").set(
-                sum(1 for c in mine if not c.connected) + len(spawned))
+                sum(1 for c in mine if not c.connected) + len(spawned)
+            )
             metrics.scaler_containers.labels(scaler=scaler.name, state="running").set(
-                sum(1 for c in mine if c.connected))
+                sum(1 for c in mine if c.connected)
+            )
 
     # ------------------------------------------------------------------------------------ spawn
     async def _spawn(self, spawn: scaling.Spawn) -> tuple[bool, str | None]:
@@ -239,9 +269,15 @@ class ScalerService:
         engine = self.prepared.engines[scaler.name]
         label_set = scaler.label_sets[spawn.label_set]
         agent_id = f"kici-{scaler.name}-{uuid.uuid4().hex[:8]}"
-        if not await self.store.claim(agent_id=agent_id, scaler=scaler.name, label_set=spawn.label_set,
-                                      labels=label_set.labels, job_id=spawn.job_id, run_id=spawn.run_id,
-                                      instance_id=self._instance):
+        if not await self.store.claim(
+            agent_id=agent_id,
+            scaler=scaler.name,
+            label_set=spawn.label_set,
+            labels=label_set.labels,
+            job_id=spawn.job_id,
+            run_id=spawn.run_id,
+            instance_id=self._instance,
+        ):
             return False, None
         started = time.perf_counter()
         container_id: str | None = None
@@ -251,9 +287,17 @@ class ScalerService:
             token, token_id = await self._mint(agent_id, scaler, label_set)
             await self.store.update(agent_id, token_id=token_id)
             await self._ensure_image(engine, label_set)
-            body = container_spec(scaler, spawn.label_set, agent_id=agent_id, token=token,
-                                  orchestrator_url=scaler.orchestrator_url or self.orchestrator_url, job_id=spawn.job_id,
-                                  run_id=spawn.run_id, socket_path=engine.socket_path, forwarded_env=self._env)
+            body = container_spec(
+                scaler,
+                spawn.label_set,
+                agent_id=agent_id,
+                token=token,
+                orchestrator_url=scaler.orchestrator_url or self.orchestrator_url,
+                job_id=spawn.job_id,
+                run_id=spawn.run_id,
+                socket_path=engine.socket_path,
+                forwarded_env=self._env,
+            )
             try:
                 container_id = await engine.client.create(agent_id, body)
                 await self.store.update(agent_id, container_id=container_id)
@@ -267,30 +311,43 @@ class ScalerService:
                     raise SpawnFailed(f"container spawn failed: no address on the isolated network for {agent_id}")
                 await self.store.update(agent_id, container_ip=ip)
                 try:
-                    await self.prepared.nft.add_container(ip, allowlist=label_set.allowlist,
-                                                          deny_all=label_set.deny_all)
+                    await self.prepared.nft.add_container(
+                        ip, allowlist=label_set.allowlist, deny_all=label_set.deny_all
+                    )
                 except (OSError, NftablesUnavailable) as exc:
                     raise SpawnFailed(f"container spawn failed: network rules: {exc}") from None
             await self.store.update(agent_id, state="running")
         except SpawnFailed as exc:
-            metrics.scaler_spawn_failures.labels(scaler=scaler.name,
-                                                 reason="image" if exc.reason.startswith("image ") else "spawn").inc()
-            log.warning("Scaler container spawn failed", extra={"scaler": scaler.name, "agentId": agent_id,
-                                                                "jobId": spawn.job_id, "error": exc.reason})
+            metrics.scaler_spawn_failures.labels(
+                scaler=scaler.name, reason="image" if exc.reason.startswith("image ") else "spawn"
+            ).inc()
+            log.warning(
+                "Scaler container spawn failed",
+                extra={"scaler": scaler.name, "agentId": agent_id, "jobId": spawn.job_id, "error": exc.reason},
+            )
             await self._undo(engine, agent_id, container_id, ip, token_id)
             await self.store.update(agent_id, state="failed", error=exc.reason)
             return False, exc.reason
         metrics.scaler_spawn_duration.labels(scaler=scaler.name).observe(time.perf_counter() - started)
-        log.info("Scaler container started", extra={"scaler": scaler.name, "agentId": agent_id,
-                                                    "jobId": spawn.job_id, "image": label_set.image})
+        log.info(
+            "Scaler container started",
+            extra={"scaler": scaler.name, "agentId": agent_id, "jobId": spawn.job_id, "image": label_set.image},
+        )
         return True, _starting(agent_id, scaler.name)
 
     async def _mint(self, agent_id: str, scaler: scaling.ScalerSpec, label_set: scaling.LabelSet) -> tuple[str, str]:
         text = "kat_" + secrets.token_hex(32)
         now = datetime.now(UTC)
-        token = AgentToken(id=str(uuid.uuid4()), token_prefix=text[:12], labels=label_set.labels,
-                           mandatory_labels=scaler.mandatory_labels, agent_type="ephemeral", created_by=agent_id,
-                           created_at=now, expires_at=now + timedelta(seconds=self._ttl))
+        token = AgentToken(
+            id=str(uuid.uuid4()),
+            token_prefix=text[:12],
+            labels=label_set.labels,
+            mandatory_labels=scaler.mandatory_labels,
+            agent_type="ephemeral",
+            created_by=agent_id,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self._ttl),
+        )
         created = await self._tokens.create_agent_token(token, hashlib.sha256(text.encode()).hexdigest())
         return text, created.id
 
@@ -306,15 +363,15 @@ class ScalerService:
                 await engine.client.pull(image)
             except EngineError as exc:
                 if present:  # Always, but the registry is unreachable: the local copy still runs
-                    log.warning("image pull failed; using the local copy", extra={"image": image,
-                                                                                  "error": exc.message})
+                    log.warning("image pull failed; using the local copy", extra={"image": image, "error": exc.message})
                     return
                 raise SpawnFailed(f"image {image} missing and the pull failed: {exc.message}") from None
         except EngineError as exc:
             raise SpawnFailed(f"container spawn failed: {exc.message}") from None
 
-    async def _undo(self, engine: Engine, agent_id: str, container_id: str | None, ip: str | None,
-                    token_id: str | None) -> None:
+    async def _undo(
+        self, engine: Engine, agent_id: str, container_id: str | None, ip: str | None, token_id: str | None
+    ) -> None:
         if container_id is not None:
             await self._remove_container(engine, container_id, ip)
         if token_id is not None:
@@ -340,8 +397,7 @@ class ScalerService:
             await engine.client.stop(container_id)
             await engine.client.remove(container_id)
         except EngineError as exc:
-            log.warning("could not remove a scaler container", extra={"container": container_id,
-                                                                      "error": exc.message})
+            log.warning("could not remove a scaler container", extra={"container": container_id, "error": exc.message})
         if ip is not None and self.prepared.nft is not None:
             await self.prepared.nft.remove_container(ip)
 
@@ -356,11 +412,27 @@ def _starting(agent_id: str, scaler: str) -> str:
     return f"container {agent_id} (scaler {scaler}) starting for this job"
 
 
-def attach(prepared: Prepared, *, db: Database, tokens: PgTokenStore, hub: AgentHub, orchestrator_url: str,
-           token_ttl_s: float, forwarded_env: Mapping[str, str], instance_id: str) -> ScalerService:
+def attach(
+    prepared: Prepared,
+    *,
+    db: Database,
+    tokens: PgTokenStore,
+    hub: AgentHub,
+    orchestrator_url: str,
+    token_ttl_s: float,
+    forwarded_env: Mapping[str, str],
+    instance_id: str,
+) -> ScalerService:
     """Build the service and hook it into the dispatcher (registration binding, disconnect wake-up)."""
-    service = ScalerService(prepared, db=db, tokens=tokens, orchestrator_url=orchestrator_url,
-                            token_ttl_s=token_ttl_s, forwarded_env=forwarded_env, instance_id=instance_id)
+    service = ScalerService(
+        prepared,
+        db=db,
+        tokens=tokens,
+        orchestrator_url=orchestrator_url,
+        token_ttl_s=token_ttl_s,
+        forwarded_env=forwarded_env,
+        instance_id=instance_id,
+    )
     hub.scaler_lookup = service.lookup
     hub.on_agent_gone = service.agent_gone
     return service

@@ -9,7 +9,8 @@
    runtime detection (``Detected <docker|podman> at <path>`` or ``No container runtime found...``), the
    isolated network and the ``ip kici`` table.
 
-Restoring state, orphan removal and warm pools follow in :class:`kici_runtime.orchestrator.scaler.service.ScalerService`.
+Restoring state, orphan removal and warm pools follow in
+:class:`kici_runtime.orchestrator.scaler.service.ScalerService`.
 """
 
 from __future__ import annotations
@@ -97,14 +98,19 @@ def check_config(config: scaling.ScalerConfig, *, which: Callable[[str], str | N
     """
     overlaps = scaling.label_set_overlaps(config)
     if overlaps:
-        raise ScalerStartupError("\n".join(["Scaler config has label-set overlaps:", *(f"  - {o}" for o in overlaps)]),
-                                 backoff_seconds=BACKOFF_SECONDS)
-    missing = [f"  - scaler {s.name}: needs docker or podman on PATH (or set socketPath or host)"
-               for s in config.scalers if s.host is None and s.socket_path is None
-               and which("docker") is None and which("podman") is None]
+        raise ScalerStartupError(
+            "\n".join(["Scaler config has label-set overlaps:", *(f"  - {o}" for o in overlaps)]),
+            backoff_seconds=BACKOFF_SECONDS,
+        )
+    missing = [
+        f"  - scaler {s.name}: needs docker or podman on PATH (or set socketPath or host)"
+        for s in config.scalers
+        if s.host is None and s.socket_path is None and which("docker") is None and which("podman") is None
+    ]
     if missing:
-        raise ScalerStartupError("\n".join(["Required tools validation failed:", *missing]),
-                                 backoff_seconds=BACKOFF_SECONDS)
+        raise ScalerStartupError(
+            "\n".join(["Required tools validation failed:", *missing]), backoff_seconds=BACKOFF_SECONDS
+        )
 
 
 def _runtime_of(scaler: scaling.ScalerSpec, path: str) -> str:
@@ -117,8 +123,9 @@ def _engine_for(scaler: scaling.ScalerSpec, probes: Sequence[str], cache: dict[s
     if scaler.host is not None:
         key = scaler.host
         if key not in cache:
-            cache[key] = Engine(client=EngineClient(host=scaler.host), runtime=scaler.runtime, where=key,
-                                socket_path=None)
+            cache[key] = Engine(
+                client=EngineClient(host=scaler.host), runtime=scaler.runtime, where=key, socket_path=None
+            )
             log.info(f"Using the container engine at {scaler.host}", extra={"scaler": scaler.name})
         return cache[key]
     path = scaler.socket_path or next((p for p in probes if Path(p).is_socket()), None)
@@ -131,8 +138,13 @@ def _engine_for(scaler: scaling.ScalerSpec, probes: Sequence[str], cache: dict[s
     return cache[path]
 
 
-async def prepare(config: scaling.ScalerConfig, *, env: Mapping[str, str], nft: NftRunner | None = None,
-                  which: Callable[[str], str | None] = shutil.which) -> Prepared:
+async def prepare(
+    config: scaling.ScalerConfig,
+    *,
+    env: Mapping[str, str],
+    nft: NftRunner | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+) -> Prepared:
     """Run the start-up checks and set up engines, the isolated network and the ``ip kici`` table.
 
     Raises:
@@ -146,8 +158,7 @@ async def prepare(config: scaling.ScalerConfig, *, env: Mapping[str, str], nft: 
             prepared.nft = nft or NftRunner()
             await check_nftables(prepared.nft)
         if len(isolated) < len(config.scalers):
-            log.info(ISOLATION_DISABLED, extra={"scalers": [s.name for s in config.scalers
-                                                            if not s.network_isolation]})
+            log.info(ISOLATION_DISABLED, extra={"scalers": [s.name for s in config.scalers if not s.network_isolation]})
         cache: dict[str, Engine] = {}
         for scaler in config.scalers:
             prepared.engines[scaler.name] = engine = _engine_for(scaler, probe_paths(env), cache)
@@ -156,8 +167,9 @@ async def prepare(config: scaling.ScalerConfig, *, env: Mapping[str, str], nft: 
                 if scaler.network_isolation:
                     await engine.client.ensure_network()
             except EngineError as exc:
-                raise ScalerStartupError(f"container engine at {engine.where} (scaler {scaler.name}): "
-                                         f"{exc.message}") from None
+                raise ScalerStartupError(
+                    f"container engine at {engine.where} (scaler {scaler.name}): {exc.message}"
+                ) from None
         if prepared.nft is not None:
             try:
                 await prepared.nft.setup_table()

@@ -15,7 +15,7 @@ from typing import Literal
 
 from kici_core.jsontypes import JSONValue
 
-__all__ = ["Decision", "Settings", "decide", "promote", "queued_reason", "settings_of", "superseded_reason"]
+__all__ = ["Decision", "Promoted", "Settings", "decide", "promote", "queued_reason", "settings_of", "superseded_reason"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,6 +35,15 @@ class Decision:
     supersede: tuple[str, ...] = ()
     """Runs whose hold ends: their dispatched jobs are cancelled."""
     reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Promoted:
+    """A waiting job whose run took a slot: its agent gets an unsolicited ``proceed``."""
+
+    job_id: str
+    run_id: str
+    agent_id: str | None
 
 
 def settings_of(value: JSONValue) -> Settings | None:

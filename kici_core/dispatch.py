@@ -39,6 +39,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from kici_core import dispatch_effects as fx
+from kici_core import dispatch_policy as policy
 from kici_core import errors, routing
 from kici_core.agent_index import AgentIndex
 from kici_core.dispatch_model import AgentEntry, AgentLoad, AgentView, JobEntry, Phase
@@ -629,9 +630,9 @@ class Dispatcher:
         if job.cancel_reason is not None:
             del self._jobs[job.job_id]
             return [fx.FailJob(job_id=job.job_id, status=JobStatus.cancelled, reason=job.cancel_reason)]
-        if job.selector is None or (spend and job.attempts >= self.config.max_attempts):
+        if job.selector is None or (spend and policy.attempts_exhausted(job.attempts, self.config.max_attempts)):
             del self._jobs[job.job_id]
-            reason = f"Job failed: re-dispatch attempts exhausted after {job.attempts} attempts ({context})"
+            reason = policy.exhausted_reason(job.attempts, context)
             return [fx.FailJob(job_id=job.job_id, status=JobStatus.failed, reason=reason)]
         self._enqueue(job)
         return [fx.Requeue(job_id=job.job_id, attempts=job.attempts, context=context)]

@@ -10,16 +10,29 @@ Timestamps are timezone-aware ``datetime`` values in UTC. Ids are strings (UUID 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from kici_core.dispatch_records import (
+    ConnectedAgent,
+    DispatchNotice,
+    DispatchRow,
+    FinishResult,
+    HeldJob,
+    Overdue,
+    QueuedRow,
+    RecoveringRow,
+    StartResult,
+)
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.platform_events import PlatformEvent
 
 if TYPE_CHECKING:  # the cluster records live with their rules in kici_core.cluster
     from kici_core.cluster import ClusterAgent, DutyInfo, InstanceInfo
+    from kici_core.concurrency import Decision, Promoted
 
 DeliverySource = Literal["relay", "direct", "internal"]
 """Where a delivery came from: the Platform relay, a direct webhook, or the orchestrator itself (a schedule
@@ -517,6 +530,207 @@ class ClusterDirectory(Protocol):
 
     async def now(self) -> datetime:
         """The shared clock that heartbeats are written with (the database's)."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- dispatch
+class DispatchQueue(Protocol):
+    """The durable dispatch queue and the shared agent table, as the dispatch driver uses them.
+
+    A queue row is ``pending``, ``dispatched`` (to one agent), ``recovering`` (its agent left mid-job),
+    ``completed``, ``failed`` or ``expired``. Every change is guarded on the row's current status, so of two
+    processes racing for a row at most one wins. Every method raises ``Unavailable`` when storage is down.
+    """
+
+    async def pending(self, *, ids: Sequence[str] | None = None, limit: int = 10_000) -> list[QueuedRow]:
+        """Pending rows oldest first (all, or only those of ``ids``)."""
+        ...
+
+    async def pending_positions(self, *, limit: int = 10_000) -> list[tuple[str, int]]:
+        """``(job_id, seq)`` of the pending rows, oldest first (a cheap full scan)."""
+        ...
+
+    async def pending_since(self, after_seq: int, *, named: Sequence[str] = (),
+                            limit: int = 10_000) -> list[QueuedRow]:
+        """Pending rows with ``seq > after_seq``, plus pending rows whose job id or run id is in ``named``
+        (ids that are not UUIDs are ignored), oldest first."""
+        ...
+
+    async def claim_many(self, claims: Sequence[tuple[str, str, float]]) -> dict[str, DispatchRow]:
+        """Guarded ``pending -> dispatched`` for each ``(job_id, agent_id, ack_deadline)``, at once. Returns the
+        rows won, loaded for ``job.dispatch``; a job missing from the result was no longer pending."""
+        ...
+
+    async def claim(self, job_id: str, *, agent_id: str, ack_deadline: float) -> bool:
+        """Guarded ``pending -> dispatched`` for ``agent_id``; False when the row is no longer pending."""
+        ...
+
+    async def load(self, job_id: str) -> DispatchRow | None:
+        """The row and its upstream results, for building ``job.dispatch``; None when unknown."""
+        ...
+
+    async def acks_resolved(self, acks: Sequence[tuple[str, str]]) -> None:
+        """Clear the ack deadlines of the ``(job_id, agent_id)`` rows still dispatched to that agent."""
+        ...
+
+    async def requeue(self, job_id: str, *, attempts: int) -> bool:
+        """Guarded ``dispatched -> pending`` with ``attempts`` deliveries spent; announces the row to every
+        process (:class:`~kici_core.dispatch_records.JobsQueued`). False when the row was not dispatched."""
+        ...
+
+    async def mark_recovering(self, job_id: str, *, agent_id: str, deadline: float) -> bool:
+        """Guarded ``dispatched -> recovering`` until ``deadline``, waiting for ``agent_id`` (the job, when
+        started, becomes ``recovering`` too)."""
+        ...
+
+    async def reclaim(self, job_id: str, *, agent_id: str) -> bool:
+        """``recovering`` (or still ``dispatched`` to it) ``-> dispatched`` for the agent that reconnected; the
+        job runs again."""
+        ...
+
+    async def reclaimable(self, agent_id: str, job_ids: Sequence[str]) -> list[tuple[str, str, float | None]]:
+        """Of ``job_ids``, the rows ``agent_id`` may reclaim, as ``(job_id, run_id, recovery deadline)``."""
+        ...
+
+    async def owned(self, agent_id: str, job_id: str) -> bool:
+        """Whether ``agent_id`` may report on ``job_id``: recovering or dispatched for it, or finished after
+        running on it. Another agent's messages about a job are never accepted."""
+        ...
+
+    async def depth(self) -> dict[str, int]:
+        """Row counts of ``pending`` and ``dispatched`` (both keys always present)."""
+        ...
+
+    async def orphaned_dispatched(self, instance_id: str) -> list[tuple[str, str, str]]:
+        """Dispatched rows whose agent is held by no live process (its agent row names ``instance_id`` or no
+        process): ``(job_id, run_id, agent_id)``."""
+        ...
+
+    async def recovering(self) -> list[RecoveringRow]:
+        """Every recovering row."""
+        ...
+
+    async def overdue(self, *, grace_s: float) -> Overdue:
+        """Rows past a deadline by more than ``grace_s`` (see :class:`~kici_core.dispatch_records.Overdue`). A
+        dispatched row whose job started is not overdue for its ack."""
+        ...
+
+    def singleton(self, duty: str, holder: str) -> AbstractAsyncContextManager[bool]:
+        """Hold the cross-process lock of ``duty`` for the block when no process holds it; yields whether it
+        was taken (``holder`` is recorded as the duty's last runner)."""
+        ...
+
+    async def announce(self, notice: DispatchNotice) -> None:
+        """Tell every orchestrator process (this one included) ``notice``."""
+        ...
+
+    def notices(self) -> AbstractAsyncContextManager[AsyncIterator[DispatchNotice]]:
+        """Listen for notices: on entry the subscription is live (later notices are not missed); iterating yields
+        them in order and raises ``Unavailable`` when the subscription breaks."""
+        ...
+
+    async def agent_connected(self, *, agent_id: str, labels: Sequence[str], mandatory: Sequence[str],
+                              platform: str | None, arch: str | None, version: str | None, hostname: str | None,
+                              max_concurrency: int, token_id: str | None, instance_id: str,
+                              metadata: JSONObject) -> None:
+        """Record the agent as connected to ``instance_id`` (a token it had stays bound)."""
+        ...
+
+    async def bind_agent_token(self, agent_id: str, token_id: str) -> bool:
+        """Bind ``agent_id`` to ``token_id`` unless another unrevoked token holds it; True when bound."""
+        ...
+
+    async def release_agent(self, agent_id: str) -> bool:
+        """Free ``agent_id`` from its token binding; False when it is unknown or not bound."""
+        ...
+
+    async def agent_disconnected(self, agent_id: str, *, instance_id: str) -> None:
+        """Record the agent as disconnected if ``instance_id`` still holds it."""
+        ...
+
+    async def release_instance(self, instance_id: str, *, keep: Sequence[str] = ()) -> None:
+        """Record every agent ``instance_id`` held as disconnected, except ``keep``."""
+        ...
+
+    async def agents(self) -> list[ConnectedAgent]:
+        """Agents connected to any process, by id."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the queue holds open (not the shared pool)."""
+        ...
+
+
+class RunStore(Protocol):
+    """Run, job and step state as agents report it, and what a finished job releases.
+
+    Every status change is guarded on the current status, so late or repeated reports change nothing. Ending a
+    job is atomic with its consequences: its ``needs`` downstreams are queued (announced to every process) or
+    skipped, a failFast matrix stops its siblings, and the run concludes once every job ended. Every method
+    raises ``Unavailable`` when storage is down.
+    """
+
+    async def job_started(self, job_id: str, *, agent_id: str | None) -> StartResult:
+        """The job runs (``started_at`` set once) and so does its run; a terminal job is left alone."""
+        ...
+
+    async def set_job_status(self, job_id: str, status: str, *, from_statuses: Sequence[str]) -> bool:
+        """A guarded non-terminal change (``cancelling``, ``recovering``); True when applied."""
+        ...
+
+    async def finish_job(self, job_id: str, status: str, *, error: str | None = None, outputs: JSONValue = None,
+                         row_status: str = "completed", pending_row_status: str = "expired",
+                         require_row: str | None = None) -> FinishResult:
+        """End a job with the terminal ``status`` and apply what follows (class docstring). ``row_status`` is the
+        queue row's new status when dispatched or recovering, ``pending_row_status`` when still pending. A job
+        already terminal, or a queue row not in status ``require_row`` when given, makes it a no-op
+        (``changed=False``). Raises ``InvalidInput`` when ``status`` is not terminal."""
+        ...
+
+    async def job_heartbeat(self, job_id: str) -> None:
+        """Record a job heartbeat (only while the job runs)."""
+        ...
+
+    async def step_status(self, *, run_id: str, job_id: str, step_index: int, step_name: str, state: str,
+                          data: Mapping[str, JSONValue] | None, step_type: str | None,
+                          extra: Mapping[str, JSONValue] | None = None) -> bool:
+        """Record a ``step.status`` (a terminal step stays terminal); False when the job is not the run's or the
+        step is already terminal."""
+        ...
+
+    async def append_log(self, *, run_id: str, job_id: str, step_index: int, lines: Sequence[str]) -> bool:
+        """Append one ``log.chunk`` (``step_index`` -1: the job-level log); False when the job is not the run's."""
+        ...
+
+    async def begin_cancel(self, run_id: str, *, reason: str, cancelled_by: str | None) -> list[HeldJob]:
+        """Start cancelling a run: its waiting jobs are cancelled, its pending rows expire, the first
+        ``cancelled_by``/``reason`` are recorded. Returns the jobs agents hold. Raises ``NotFound`` (no such run)
+        or ``Conflict`` (the run already ended; the message is its status)."""
+        ...
+
+    async def settle_cancel(self, run_id: str, *, reason: str, notified: bool) -> str:
+        """Finish a cancel: with agents ``notified`` the run becomes ``cancelling`` (it ends when they report);
+        otherwise every remaining job is cancelled and the run concluded now. Returns the run's status."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the store holds open (not the shared pool)."""
+        ...
+
+
+class ConcurrencyGroups(Protocol):
+    """Workflow concurrency-group slots shared by every process (decisions by :mod:`kici_core.concurrency`)."""
+
+    async def report(self, *, job_id: str, run_id: str, agent_id: str, group: str) -> Decision:
+        """Decide a ``job.concurrency.report`` and record it; a job whose workflow has no group proceeds."""
+        ...
+
+    async def release_run(self, run_id: str) -> list[Promoted]:
+        """A run ended: free its slots; returns the waiting jobs whose runs got a slot."""
+        ...
+
+    async def drop_agent(self, agent_id: str) -> int:
+        """An agent left: cancel its waiting entries; returns how many."""
         ...
 
 

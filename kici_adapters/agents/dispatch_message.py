@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kici_adapters.agents import wire
-from kici_adapters.postgres.dispatch import DispatchRow
+from kici_core.dispatch_records import DispatchRow
 from kici_core.jsontypes import JSONValue
 
 __all__ = ["build_dispatch"]

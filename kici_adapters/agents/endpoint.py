@@ -40,8 +40,6 @@ CLOSE_AUTH_FAILED = 4010
 MIN_PROTOCOL_VERSION = 1
 SELF_REPORTED = ("kici:os:", "kici:arch:", "kici:host:")
 NEVER_DROPPED = frozenset({"job.status", "job.ack", "job.reject", "step.status"})
-VIOLATION_LIMIT = 5
-VIOLATION_WINDOW_S = 60.0
 
 
 def _reason(text: str) -> str:

@@ -9,25 +9,16 @@ travel in each job's ``jobConfig.workflowConcurrency``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from kici_adapters.postgres import queries
 from kici_adapters.postgres.pool import Connection, Database
 from kici_core import concurrency
+from kici_core.concurrency import Promoted
 
 _SQL = queries.load("concurrency.sql")
 
 __all__ = ["PgConcurrency", "Promoted"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Promoted:
-    """A waiting job whose run took a slot: its agent gets an unsolicited ``proceed``."""
-
-    job_id: str
-    run_id: str
-    agent_id: str | None
 
 
 async def _line(conn: Connection, rk: str, group: str) -> tuple[list[str], list[str], Any]:

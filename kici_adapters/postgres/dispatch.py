@@ -14,17 +14,26 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from kici_adapters.postgres import notify, singletons
+from kici_adapters.postgres import dispatch_notices, notify, singletons
 from kici_adapters.postgres.inbox import LaneConnections
 from kici_adapters.postgres.pool import Connection, Database, translate_errors
-from kici_core.jsontypes import JSONObject, JSONValue
+from kici_core.dispatch_records import (
+    ConnectedAgent,
+    DispatchNotice,
+    DispatchRow,
+    Overdue,
+    QueuedRow,
+    RecoveringRow,
+    UpstreamResult,
+    upstream_outputs,
+)
+from kici_core.jsontypes import JSONObject
 
 __all__ = ["DispatchRow", "PgDispatchQueue", "QueuedRow"]
 
@@ -94,44 +103,6 @@ def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class QueuedRow:
-    """A pending row as the dispatcher needs it (times are epoch seconds)."""
-
-    job_id: str
-    run_id: str
-    created_at: float
-    expires_at: float | None
-    attempts: int
-    runs_on: tuple[JSONObject, ...]
-    exclude_labels: tuple[JSONObject, ...]
-    seq: int = 0
-    """The row's position in the queue (``dispatch_queue.seq``)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DispatchRow:
-    """Everything ``job.dispatch`` is built from."""
-
-    job_id: str
-    run_id: str
-    workflow_name: str
-    job_name: str
-    base_name: str
-    job_config: JSONObject
-    repo_url: str
-    ref: str
-    sha: str
-    provider: str | None
-    routing_key: str | None
-    repo_identifier: str | None
-    request_id: str | None
-    upstream_outputs: JSONObject
-    upstream_statuses: dict[str, str]
-    event: JSONObject | None = None
-    """The run's triggering event (``jobConfig.event``), when it was stored."""
-
-
 def _queued(row: dict[str, Any]) -> QueuedRow:
     return QueuedRow(job_id=str(row["id"]), run_id=str(row["run_id"]), created_at=row["created_at"].timestamp(),
                      expires_at=_epoch(row["expires_at"]), attempts=int(row["dispatch_attempts"]),
@@ -157,26 +128,9 @@ def _dispatch_row(row: Mapping[str, Any], ups: Sequence[Mapping[str, Any]],
 
 
 def _upstream_outputs(rows: Sequence[Mapping[str, Any]]) -> JSONObject:
-    """``upstreamJobOutputs`` keyed by base name; a matrix upstream gives ``{byMatrix, merged}`` (§7.4)."""
-    out: dict[str, JSONValue] = {}
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(row["base_name"], []).append(row)
-    for base, members in groups.items():
-        if len(members) == 1 and not members[0]["matrix_values"]:
-            outputs = members[0]["outputs"]
-            out[base] = outputs if isinstance(outputs, dict) else {}
-            continue
-        by_matrix: dict[str, JSONValue] = {}
-        merged: dict[str, JSONValue] = {}
-        for row in sorted(members, key=lambda r: str(r["upstream_name"])):
-            name = str(row["upstream_name"])
-            suffix = name[len(base) + 2:-1] if name.startswith(base + " (") and name.endswith(")") else name
-            outputs = row["outputs"] if isinstance(row["outputs"], dict) else {}
-            by_matrix[suffix] = outputs
-            merged.update(outputs)
-        out[base] = {"byMatrix": by_matrix, "merged": merged}
-    return out
+    return upstream_outputs([UpstreamResult(upstream_name=str(r["upstream_name"]), base_name=r["base_name"],
+                                            status=str(r["status"]), outputs=r["outputs"],
+                                            matrix_values=r["matrix_values"]) for r in rows])
 
 
 class PgDispatchQueue:
@@ -327,10 +281,24 @@ class PgDispatchQueue:
 
     # ------------------------------------------------------------------------------------ sweeps
     @asynccontextmanager
-    async def try_lock(self, key: int) -> AsyncIterator[bool]:
-        """Hold ``pg_try_advisory_lock(key)`` for the block if free; yields whether it was taken."""
-        async with singletons.try_lock(self._db, key) as taken:
-            yield taken
+    async def singleton(self, duty: str, holder: str) -> AsyncIterator[bool]:
+        """Hold ``pg_try_advisory_lock`` of ``duty`` for the block if free; yields whether it was taken. A duty
+        reported by ``/cluster/health`` (:data:`~kici_adapters.postgres.singletons.DUTIES`) records ``holder``
+        as its last runner."""
+        if duty in singletons.DUTIES:
+            async with singletons.hold(self._db, duty, holder) as run:
+                yield bool(run)
+        else:
+            async with singletons.try_lock(self._db, singletons.lock_key(duty)) as taken:
+                yield taken
+
+    async def announce(self, notice: DispatchNotice) -> None:
+        """``NOTIFY`` every process (:mod:`kici_adapters.postgres.dispatch_notices`)."""
+        await dispatch_notices.publish(self._db, notice)
+
+    def notices(self) -> AbstractAsyncContextManager[AsyncIterator[DispatchNotice]]:
+        """``LISTEN`` on a dedicated connection (:mod:`kici_adapters.postgres.dispatch_notices`)."""
+        return dispatch_notices.listen(self._db)
 
     async def orphaned_dispatched(self, instance_id: str) -> list[tuple[str, str, str]]:
         """Dispatched rows whose agent is not connected to a live process we know of: its agent row names
@@ -342,15 +310,15 @@ class PgDispatchQueue:
                 "   AND (a.connected_instance IS NULL OR a.connected_instance = %(me)s)", {"me": instance_id})
             return [(str(r["id"]), str(r["run_id"]), str(r["agent_id"])) for r in await cur.fetchall()]
 
-    async def recovering(self) -> list[tuple[str, str, str, float]]:
-        """Every recovering row: ``(job_id, run_id, recovery_agent_id, deadline)``."""
+    async def recovering(self) -> list[RecoveringRow]:
+        """Every recovering row."""
         async with self._db.connection() as conn:
             cur = await conn.execute("SELECT id, run_id, recovery_agent_id, recovery_deadline FROM dispatch_queue"
                                      " WHERE status = 'recovering'")
-            return [(str(r["id"]), str(r["run_id"]), str(r["recovery_agent_id"] or ""),
-                     _epoch(r["recovery_deadline"]) or 0.0) for r in await cur.fetchall()]
+            return [RecoveringRow(job_id=str(r["id"]), run_id=str(r["run_id"]), agent_id=str(r["recovery_agent_id"] or ""),
+                                  deadline=_epoch(r["recovery_deadline"]) or 0.0) for r in await cur.fetchall()]
 
-    async def overdue(self, *, grace_s: float) -> dict[str, list[tuple[str, int]]]:
+    async def overdue(self, *, grace_s: float) -> Overdue:
         """Rows past a deadline by more than ``grace_s``: ``ack`` (dispatched, unacknowledged: id, attempts),
         ``recovery`` (recovering) and ``expired`` (pending past ``expires_at``)."""
         async with self._db.connection() as conn:
@@ -367,7 +335,7 @@ class PgDispatchQueue:
                 cur = await conn.execute("SELECT id, dispatch_attempts FROM dispatch_queue WHERE " + where,
                                          {"g": grace_s})
                 out[key] = [(str(r["id"]), int(r["dispatch_attempts"])) for r in await cur.fetchall()]
-            return out
+            return Overdue(ack=tuple(out["ack"]), recovery=tuple(out["recovery"]), expired=tuple(out["expired"]))
 
     # ------------------------------------------------------------------------------------ agents
     async def agent_connected(self, *, agent_id: str, labels: Sequence[str], mandatory: Sequence[str],
@@ -425,11 +393,11 @@ class PgDispatchQueue:
             await conn.execute("UPDATE agents SET connected_instance = NULL WHERE connected_instance = %(me)s"
                                " AND NOT (agent_id = ANY(%(keep)s))", {"me": instance_id, "keep": list(keep)})
 
-    async def agents(self) -> list[dict[str, JSONValue]]:
-        """Connected agents (any process): id, labels, instance."""
+    async def agents(self) -> list[ConnectedAgent]:
+        """Connected agents (any process), by id."""
         async with self._db.connection() as conn:
             cur = await conn.execute("SELECT agent_id, labels, mandatory_labels, connected_instance FROM agents"
                                      " WHERE connected_instance IS NOT NULL ORDER BY agent_id")
-            return [{"agentId": r["agent_id"], "labels": list(r["labels"]),
-                     "mandatoryLabels": list(r["mandatory_labels"]), "instance": r["connected_instance"]}
+            return [ConnectedAgent(agent_id=r["agent_id"], labels=tuple(r["labels"]),
+                                   mandatory_labels=tuple(r["mandatory_labels"]), instance=r["connected_instance"])
                     for r in await cur.fetchall()]

@@ -27,6 +27,7 @@ from kici_adapters.postgres.inbox import LaneConnections
 from kici_adapters.postgres.pool import Connection, Database, translate_errors
 from kici_adapters.postgres.queries import q
 from kici_core import checks, errors, fanout, planning, platform_events
+from kici_core.dispatch_records import FinishResult, HeldJob, StartResult
 from kici_core.jsontypes import JSONValue
 
 __all__ = ["FinishResult", "PgRunStore", "StartResult"]
@@ -185,26 +186,6 @@ def _labels(runs_on: Any) -> list[JSONValue]:
         return []
     return [m.get("value") if m.get("kind") == "exact" else f"/{m.get('source')}/{m.get('flags', '')}"
             for m in runs_on if isinstance(m, dict)]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StartResult:
-    """What :meth:`PgRunStore.job_started` changed."""
-
-    changed: bool
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FinishResult:
-    """What :meth:`PgRunStore.finish_job` changed: ``changed`` False for a repeat (no-op)."""
-
-    changed: bool
-    run_id: str | None = None
-    queued: tuple[str, ...] = ()
-    skipped: tuple[str, ...] = ()
-    run_status: str | None = None
-    cancel: tuple[tuple[str, str], ...] = ()
-    """``(job_id, reason)`` of jobs on agents to send ``job.cancel`` (a matrix's failFast)."""
 
 
 @dataclass(slots=True)
@@ -544,9 +525,9 @@ class PgRunStore:
             return True
 
     # ------------------------------------------------------------------------------------ cancel
-    async def begin_cancel(self, run_id: str, *, reason: str, cancelled_by: str | None) -> list[dict[str, Any]]:
+    async def begin_cancel(self, run_id: str, *, reason: str, cancelled_by: str | None) -> list[HeldJob]:
         """Start cancelling a run: waiting jobs -> ``cancelled``, pending queue rows -> ``expired``, attribution.
-        Returns the run's dispatched/recovering rows (``id``, ``agent_id``, ``status``).
+        Returns the run's dispatched/recovering rows.
 
         Raises:
             NotFound: no such run.
@@ -578,7 +559,8 @@ class PgRunStore:
             cur = await conn.execute("SELECT id, agent_id, recovery_agent_id, status FROM dispatch_queue"
                                      " WHERE run_id = %(run_id)s AND status IN ('dispatched', 'recovering')",
                                      {"run_id": run_id})
-            held = [dict(r) for r in await cur.fetchall()]
+            held = [HeldJob(job_id=str(r["id"]), agent_id=r["agent_id"], recovery_agent_id=r["recovery_agent_id"],
+                            status=str(r["status"])) for r in await cur.fetchall()]
             await self._flush(tx)
             return held
 

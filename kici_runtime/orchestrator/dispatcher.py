@@ -1,18 +1,21 @@
-"""The dispatcher driver: runs the core :class:`~kici_core.dispatch.Dispatcher` against PostgreSQL and sockets.
+"""The dispatcher driver: runs the core :class:`~kici_core.dispatch.Dispatcher` against the dispatch ports and sockets.
 
 The core decides (which job goes to which agent, ack deadlines, requeues, recovery windows, stale jobs);
-this module feeds it inputs (pending queue rows found via ``LISTEN kici_jobs`` and a poll, agent sockets,
-agent messages, the clock) and executes the effects it returns, in order, under one lock. A notification
-reads only rows newer than those already seen (plus the rows its payload names); a full scan runs once per
-poll interval to catch anything else (a requeue by a process that died before notifying, a commit that
-landed behind the watermark). Consecutive dispatches are claimed and loaded in one statement.
+this module feeds it inputs (pending queue rows found through the queue's notices and a poll, agent sockets,
+agent messages, the clock) and executes the effects it returns, in order, under one lock. A notice reads only
+rows newer than those already seen (plus the rows it names); a full scan runs once per poll interval to catch
+anything else (a requeue by a process that died before announcing it, a commit that landed behind the
+watermark). Consecutive dispatches are claimed and loaded at once.
 
-Clearing a row's ack deadline after ``job.ack`` is written in the background, batched, outside the lock: while
-this process lives its core owns the deadline, and the database copy only matters to another process's sweep
-after this one died (by then the row is also past ``ack_timeout`` plus the sweep's grace). Agent reports are
-persisted through :class:`~kici_adapters.postgres.runs.PgRunStore` (a terminal job releases its ``needs``
-downstreams and concludes the run in one transaction). Sweeps that act on rows of other (possibly dead)
-processes run under ``pg_try_advisory_lock`` so one process does each at a time (ARCHITECTURE §5).
+It works only through ports (:class:`~kici_core.ports.DispatchQueue`, :class:`~kici_core.ports.RunStore`,
+:class:`~kici_core.ports.ConcurrencyGroups`): the PostgreSQL adapters in production, the in-memory fakes of
+:mod:`kici_core.testing.fakes` in unit tests. Clearing a row's ack deadline after ``job.ack`` is written in the
+background, batched, outside the lock: while this process lives its core owns the deadline, and the stored
+copy only matters to another process's sweep after this one died (by then the row is also past
+``ack_timeout`` plus the sweep's grace). Agent reports go to the run store (a terminal job releases its
+``needs`` downstreams and concludes the run atomically). Sweeps that act on rows of other (possibly dead)
+processes run as a singleton duty so one process does each at a time (ARCHITECTURE §5); their rules are
+:mod:`kici_core.dispatch_policy`'s.
 """
 
 from __future__ import annotations
@@ -25,23 +28,19 @@ from contextlib import suppress
 from typing import Any
 
 import anyio
-import psycopg
 
 from kici_adapters import metrics
 from kici_adapters.agents import wire
 from kici_adapters.agents.dispatch_message import build_dispatch
-from kici_adapters.agents.endpoint import AgentConnection
-from kici_adapters.postgres import notify as pg_notify
-from kici_adapters.postgres import singletons
-from kici_adapters.postgres.concurrency import PgConcurrency
-from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue, QueuedRow
-from kici_adapters.postgres.pool import Database
-from kici_adapters.postgres.runs import PgRunStore
+from kici_adapters.agents.endpoint import CLOSE_GOING_AWAY, AgentConnection
 from kici_core import concurrency as groups
 from kici_core import dispatch_effects as fx
+from kici_core import dispatch_policy as policy
 from kici_core import errors, routing, scaling
 from kici_core.dispatch import Dispatcher
+from kici_core.dispatch_records import CancelJob, CancelRun, DispatchRow, JobsQueued, Proceed, QueuedRow
 from kici_core.jsontypes import JSONObject, JSONValue
+from kici_core.ports import ConcurrencyGroups, DispatchQueue, RunStore
 from kici_core.states import JobStatus
 from kici_runtime.orchestrator import heap
 
@@ -54,13 +53,12 @@ CloneToken = Callable[[DispatchRow], Awaitable[str | None]]
 ScalerLookup = Callable[[str], Awaitable[scaling.Binding | None]]
 """``agent id -> binding`` when the auto-scaler started that agent (kici_runtime.orchestrator.scaler), else None."""
 
-STARTUP_LOCK = singletons.lock_key("dispatch-startup")
-CANCEL_CHANNEL = pg_notify.CANCEL
-JOBS_CHANNEL = pg_notify.JOBS
+SWEEP_DUTY = "dispatch-sweeps"  # the singleton duty of the deadline sweeps
+STARTUP_DUTY = "dispatch-startup"
 TERMINAL_AGENT_STATES = frozenset({"success", "failed", "cancelled"})
 SEQ_OVERLAP = 1000
 """Queue positions re-read below the highest seen after an anonymous ``kici_jobs`` notification, for rows whose
-transactions committed out of order. Named notifications (the run or job ids a transaction queued) need no
+transactions committed out of order. Named notices (the run or job ids a transaction queued) need no
 overlap: the rows they name are read by id."""
 
 
@@ -72,20 +70,19 @@ class AgentHub:
     """Per-process agent registry and dispatcher driver (implements the endpoint's ``Hub``).
 
     Args:
-        db: the pool (LISTEN uses a dedicated connection).
-        queue: the dispatch queue adapter.
+        queue: the dispatch queue (and the shared agent table, and notices between processes).
         runs: the run store.
+        concurrency: the workflow concurrency-group slots.
         config: core dispatcher timers.
         instance_id: this process, as written to ``agents.connected_instance``.
         clone_token: mints the clone credential of a row's source.
         clock: wall-clock seconds (deadlines are stored as timestamps).
     """
 
-    def __init__(self, *, db: Database, queue: PgDispatchQueue, runs: PgRunStore,
+    def __init__(self, *, queue: DispatchQueue, runs: RunStore, concurrency: ConcurrencyGroups,
                  config: fx.DispatcherConfig | None = None, instance_id: str = "local",
                  clone_token: CloneToken | None = None, clock: Callable[[], float] = time.time,
                  poll_seconds: float = 5.0, sweep_seconds: float = 10.0) -> None:
-        self._db = db
         self.queue = queue
         self.runs = runs
         self.core = Dispatcher(config=config)
@@ -108,7 +105,7 @@ class AgentHub:
         self._full_at: float | None = None  # monotonic time of the last full scan
         self._acked: dict[str, str] = {}  # job id -> agent id: ack deadlines to clear in the database
         self._pending_cancels: list[tuple[str, str]] = []  # failFast cancels found under the lock, sent after
-        self.concurrency = PgConcurrency(db)  # --- workflow concurrency groups (job.concurrency.report)
+        self.concurrency = concurrency  # --- workflow concurrency groups (job.concurrency.report)
         self._ack_wake = anyio.Event()
         self._settled_agents = 0  # connected agents at the last heap resettle, and disconnects since
         self._gone_since_settle = 0
@@ -249,13 +246,12 @@ class AgentHub:
         assert conn.agent_id is not None
         if self.core.owns(conn.agent_id, job_id, now=self._clock()) or await self.queue.owned(conn.agent_id, job_id):
             return True
-        now = time.monotonic()
-        conn.violations = [t for t in conn.violations if now - t < 60.0] + [now]
+        conn.violations, limit_reached = policy.record_violation(conn.violations, time.monotonic())
         metrics.agent_messages_dropped.labels(reason="job_not_assigned").inc()
         log.warning("dropped a message about a job the agent does not own",
                     extra={"agentId": conn.agent_id, "jobId": job_id})
-        if len(conn.violations) >= 5:
-            await conn.close(1001, f"Ownership violations: job {job_id} is not assigned to this agent")
+        if limit_reached:
+            await conn.close(CLOSE_GOING_AWAY, policy.violation_close_reason(job_id))
         return False
 
     async def _job_status(self, agent_id: str, job_id: str, msg: wire.JobStatusMsg) -> None:
@@ -433,7 +429,7 @@ class AgentHub:
             log.info("Job requeued", extra={"jobId": eff.job_id, "attempts": eff.attempts, "context": eff.context})
             return []
         if isinstance(eff, fx.FailJob):
-            guard = {fx.REASON_RECOVERY_EXPIRED: "recovering", fx.REASON_QUEUE_EXPIRED: "pending"}.get(eff.reason)
+            guard = policy.guard_of(eff.reason)
             self._run_ids.pop(eff.job_id, None)
             result = await self.runs.finish_job(eff.job_id, str(eff.status), error=eff.reason, row_status="failed",
                                                 require_row=guard)
@@ -514,18 +510,19 @@ class AgentHub:
 
     async def _send_proceed(self, job_id: str, run_id: str, agent_id: str, *, notify: bool) -> None:
         """The unsolicited ``job.concurrency.ack proceed`` (fresh ``requestId``) for a job whose run got a slot;
-        through ``NOTIFY kici_cancel`` when its agent is connected to another process."""
+        through a :class:`~kici_core.dispatch_records.Proceed` notice when its agent is connected to another
+        process."""
         conn = self._current.get(agent_id)
         if conn is not None:
             await conn.send({"type": "job.concurrency.ack", "requestId": str(uuid.uuid4()), "action": "proceed",
                              "runId": run_id, "jobId": job_id})
         elif notify:
-            await pg_notify.Notifications(self._db).send(CANCEL_CHANNEL, f"proceed:{job_id}|{run_id}|{agent_id}")
+            await self.queue.announce(Proceed(job_id=job_id, run_id=run_id, agent_id=agent_id))
 
     # ------------------------------------------------------------------------------------ cancel
     async def cancel_jobs(self, jobs: Sequence[tuple[str, str]]) -> None:
         """Send ``job.cancel`` for ``(job_id, reason)`` pairs (a matrix's failFast): to agents connected here at
-        once, through ``NOTIFY kici_cancel`` (``job:<id>|0|<reason>``) to the process holding the others."""
+        once, through a :class:`~kici_core.dispatch_records.CancelJob` notice to the process holding the others."""
         jobs = [*self._pending_cancels, *jobs]
         self._pending_cancels = []
         for job_id, reason in jobs:
@@ -534,7 +531,7 @@ class AgentHub:
                 if local:
                     await self._run(self.core.cancel_requested(job_id=job_id, reason=reason, now=self._clock()))
             if not local:
-                await pg_notify.Notifications(self._db).send(CANCEL_CHANNEL, f"job:{job_id}|0|{reason}")
+                await self.queue.announce(CancelJob(job_id=job_id, reason=reason))
 
     async def cancel_run(self, run_id: str, *, force: bool = False, cancelled_by: str | None = None,
                          reason: str | None = None) -> JSONObject:
@@ -542,12 +539,12 @@ class AgentHub:
         reason = reason or ("force cancelled via API" if force else "run cancelled via API")
         held = await self.runs.begin_cancel(run_id, reason=reason, cancelled_by=cancelled_by)
         notified = await self._cancel_local(run_id, reason, force)
-        remote = [h for h in held if self.core.assignment(str(h["id"])) is None]
+        remote = [h for h in held if self.core.assignment(h.job_id) is None]
         if remote:
-            await pg_notify.Notifications(self._db).send(CANCEL_CHANNEL, f"{run_id}|{int(force)}|{reason}")
-            connected = {a["agentId"] for a in await self.queue.agents()}
-            notified += sum(1 for h in remote if (h["agent_id"] or h["recovery_agent_id"]) in connected
-                            and h["status"] == "dispatched")
+            await self.queue.announce(CancelRun(run_id=run_id, force=force, reason=reason))
+            connected = {a.agent_id for a in await self.queue.agents()}
+            notified += sum(1 for h in remote if (h.agent_id or h.recovery_agent_id) in connected
+                            and h.status == "dispatched")
         status = await self.runs.settle_cancel(run_id, reason=reason, notified=notified > 0)
         if status in ("success", "failed", "cancelled"):
             await self.run_ended(run_id)
@@ -568,14 +565,15 @@ class AgentHub:
         """Restart recovery (§8.5, Python decision): this instance's previous agents' dispatched rows become
         ``recovering`` so reconnecting agents reclaim them; recovering rows are taught to the core."""
         now = self._clock()
-        async with self.queue.try_lock(STARTUP_LOCK):
+        async with self.queue.singleton(STARTUP_DUTY, self.instance_id):  # taken or not: this instance's rows
             for job_id, _run_id, agent_id in await self.queue.orphaned_dispatched(self.instance_id):
                 await self.queue.mark_recovering(job_id, agent_id=agent_id, deadline=now + self.config.recovery_grace)
             await self.queue.release_instance(self.instance_id, keep=list(self._current))  # not those just registered
         async with self._lock:
-            for job_id, run_id, agent_id, deadline in await self.queue.recovering():
-                if agent_id:
-                    self.core.job_recovering(job_id=job_id, run_id=run_id, agent_id=agent_id, deadline=deadline)
+            for row in await self.queue.recovering():
+                if row.agent_id:
+                    self.core.job_recovering(job_id=row.job_id, run_id=row.run_id, agent_id=row.agent_id,
+                                             deadline=row.deadline)
 
     async def run(self) -> None:
         """Every background loop of the hub, until cancelled."""
@@ -589,7 +587,7 @@ class AgentHub:
                 tg.start_soon(self._gauges)
                 tg.start_soon(self._ack_flusher)
         finally:
-            with anyio.CancelScope(shield=True), suppress(errors.Unavailable, psycopg.Error):
+            with anyio.CancelScope(shield=True), suppress(errors.Unavailable):
                 with anyio.move_on_after(5):
                     await self.flush_acks()
                 await self.queue.aclose()
@@ -598,32 +596,31 @@ class AgentHub:
     async def _listen(self) -> None:
         while True:
             try:
-                async with pg_notify.Notifications(self._db).listen((JOBS_CHANNEL, CANCEL_CHANNEL)) as notes:
-                    self._full_at = None  # notifications may have been missed: the next read is a full scan
+                async with self.queue.notices() as notices:
+                    self._full_at = None  # notices may have been missed: the next read is a full scan
                     self._refresh.set()
-                    async for note in notes:
-                        if note.channel == CANCEL_CHANNEL and note.payload.startswith("proceed:"):
-                            job_id, run_id, agent_id = [*note.payload[8:].split("|", 2), "", ""][:3]
-                            await self._send_proceed(job_id, run_id, agent_id, notify=False)
-                        elif note.channel == CANCEL_CHANNEL and note.payload.startswith("job:"):
-                            job_id, _force, reason = [*note.payload[4:].split("|", 2), "", ""][:3]
-                            async with self._lock:
-                                if self.core.assignment(job_id) is not None:
-                                    await self._run(self.core.cancel_requested(job_id=job_id, reason=reason,
-                                                                               now=self._clock()))
-                        elif note.channel == CANCEL_CHANNEL:
-                            run_id, force, reason = [*note.payload.split("|", 2), "", ""][:3]
-                            await self._cancel_local(run_id, reason or "run cancelled via API", force == "1")
-                        else:
-                            ids = [part for part in note.payload.split(",") if part]
-                            if ids:
-                                self._named.update(ids)
-                            else:
-                                self._anonymous = True
-                            self._refresh.set()
-            except (errors.Unavailable, psycopg.Error) as exc:
+                    async for notice in notices:
+                        await self._on_notice(notice)
+            except errors.Unavailable as exc:
                 log.warning("dispatch notifications lost; reconnecting", extra={"error": str(exc)})
                 await anyio.sleep(1.0)
+
+    async def _on_notice(self, notice: JobsQueued | CancelRun | CancelJob | Proceed) -> None:
+        if isinstance(notice, Proceed):
+            await self._send_proceed(notice.job_id, notice.run_id, notice.agent_id, notify=False)
+        elif isinstance(notice, CancelJob):
+            async with self._lock:
+                if self.core.assignment(notice.job_id) is not None:
+                    await self._run(self.core.cancel_requested(job_id=notice.job_id, reason=notice.reason,
+                                                               now=self._clock()))
+        elif isinstance(notice, CancelRun):
+            await self._cancel_local(notice.run_id, notice.reason or "run cancelled via API", notice.force)
+        else:
+            if notice.ids:
+                self._named.update(notice.ids)
+            else:
+                self._anonymous = True
+            self._refresh.set()
 
     async def _poller(self) -> None:
         while True:
@@ -648,30 +645,30 @@ class AgentHub:
 
     async def sweep_once(self) -> None:
         """Deadlines of rows no live process handles (ack, recovery, queue expiry), under the sweep lock."""
-        async with singletons.hold(self._db, "dispatch-sweeps", self.instance_id) as mine:
+        async with self.queue.singleton(SWEEP_DUTY, self.instance_id) as mine:
             if not mine:
                 return
-            overdue = await self.queue.overdue(grace_s=5.0)
-        for job_id, attempts in overdue["ack"]:
+            overdue = await self.queue.overdue(grace_s=policy.SWEEP_GRACE_S)
+        for job_id, attempts in overdue.ack:
             if self.core.assignment(job_id) is not None:
                 continue
-            if attempts + 1 >= self.config.max_attempts:
-                why = (f"Job failed: re-dispatch attempts exhausted after {attempts + 1} attempts "
-                       "(dispatch ack deadline sweep)")
-                await self._fail(job_id, JobStatus.failed, why, guard="dispatched")
+            action = policy.ack_overdue(job_id, attempts, max_attempts=self.config.max_attempts)
+            if isinstance(action, policy.SweepFail):
+                await self._fail(action)
             else:
-                await self.queue.requeue(job_id, attempts=attempts + 1)
-        for job_id, _ in overdue["recovery"]:
+                await self.queue.requeue(job_id, attempts=action.attempts)
+        for job_id, _ in overdue.recovery:
             if self.core.assignment(job_id) is None:
-                await self._fail(job_id, JobStatus.failed, fx.REASON_RECOVERY_EXPIRED, guard="recovering")
-        for job_id, _ in overdue["expired"]:
+                await self._fail(policy.recovery_overdue(job_id))
+        for job_id, _ in overdue.expired:
             async with self._lock:
                 await self._run(self.core.job_withdrawn(job_id=job_id, now=self._clock()))
-            await self._fail(job_id, JobStatus.timed_out_stale, fx.REASON_QUEUE_EXPIRED, guard="pending")
+            await self._fail(policy.queue_expired(job_id))
 
-    async def _fail(self, job_id: str, status: JobStatus, reason: str, *, guard: str) -> None:
-        result = await self.runs.finish_job(job_id, str(status), error=reason, row_status="failed",
-                                            require_row=guard)
+    async def _fail(self, action: policy.SweepFail) -> None:
+        job_id = action.job_id
+        result = await self.runs.finish_job(job_id, str(action.status), error=action.reason, row_status="failed",
+                                            require_row=action.guard)
         await self.cancel_jobs(result.cancel)
         if result.run_status is not None:
             await self.run_ended(str(result.run_id))

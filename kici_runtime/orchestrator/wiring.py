@@ -28,7 +28,8 @@ from kici_adapters.github.provider import GitHubProvider
 from kici_adapters.postgres import migrate, notify
 from kici_adapters.postgres.checks import PgCheckOutbox
 from kici_adapters.postgres.cluster import PgCluster
-from kici_adapters.postgres.dispatch import DispatchRow, PgDispatchQueue
+from kici_adapters.postgres.concurrency import PgConcurrency
+from kici_adapters.postgres.dispatch import PgDispatchQueue
 from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.outbox import PgPlatformOutbox
 from kici_adapters.postgres.pool import Database
@@ -38,6 +39,7 @@ from kici_adapters.postgres.secrets import rotate_key
 from kici_adapters.postgres.stores import PgDeliveryInbox, PgSourceStore, PgTokenStore
 from kici_core import errors
 from kici_core.dispatch_effects import DispatcherConfig
+from kici_core.dispatch_records import DispatchRow
 from kici_core.jsontypes import JSONObject
 from kici_core.ports import BlobStore
 from kici_runtime import logging as kici_logging
@@ -141,12 +143,15 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         tokens = PgTokenStore(db)
 
         # --- agent dispatch: the /ws endpoint, the dispatcher driver and admin run routes
-        hub, endpoint = _agent_parts(settings, db, sources, github)
+        runs = PgRunStore(db, forward=settings.platform_enabled, instance_id=components.instance_id(settings))
+        concurrency = PgConcurrency(db)
+        hub, endpoint = _agent_parts(settings, db, sources, github, runs=runs, concurrency=concurrency)
         # --- cluster membership, dead-process recovery and retention (kici_runtime.orchestrator.cluster / .retention)
         member, sweeper, view = _cluster_parts(settings, db, hub, blobs)
-        extra_routes = [endpoint.route("/ws"), *admin_runs.routes(hub, directory=view.directory),
+        extra_routes = [endpoint.route("/ws"),
+                        *admin_runs.routes(hub, runs=runs, concurrency=concurrency, directory=view.directory),
                         *admin_cluster.routes(view), *(extra_routes or []),
-                        *dashboard.routes(hub, db, secret_key=settings.secret_key)]
+                        *dashboard.routes(hub, db, runs=runs, secret_key=settings.secret_key)]
         wake = notifier.wake if notifier is not None else worker.wake
         # --- schedules and manual runs: deliveries the orchestrator makes itself
         scheduler = ScheduleLoop(store=parts.registrations, inbox=inbox, wake=wake, db=db,
@@ -229,9 +234,9 @@ async def _wire_admin(ctx: AppContext, settings: Settings, stack: AsyncExitStack
         tokens, settings.bootstrap_admin_token.reveal() if settings.bootstrap_admin_token else None, new_id=components.new_id)
 
 
-def _agent_parts(settings: Settings, db: Database, sources: PgSourceStore,
-                 github: GitHubProvider) -> tuple[AgentHub, AgentEndpoint]:
-    """The dispatcher driver and the /ws endpoint for ``settings``."""
+def _agent_parts(settings: Settings, db: Database, sources: PgSourceStore, github: GitHubProvider, *,
+                 runs: PgRunStore, concurrency: PgConcurrency) -> tuple[AgentHub, AgentEndpoint]:
+    """The dispatcher driver (reporting to ``runs`` and ``concurrency``) and the /ws endpoint for ``settings``."""
     me = components.instance_id(settings)
 
     async def clone_token(row: DispatchRow) -> str | None:
@@ -247,8 +252,8 @@ def _agent_parts(settings: Settings, db: Database, sources: PgSourceStore,
         recovery_grace=2 * settings.agent_max_reconnect_delay_ms / 1000,
         stale_after=settings.job_heartbeat_interval_ms * settings.stale_detector_threshold_multiplier / 1000,
     )
-    hub = AgentHub(db=db, queue=PgDispatchQueue(db), instance_id=me, config=config, clone_token=clone_token,
-                   runs=PgRunStore(db, forward=settings.platform_enabled, instance_id=me))
+    hub = AgentHub(queue=PgDispatchQueue(db), runs=runs, concurrency=concurrency, instance_id=me, config=config,
+                   clone_token=clone_token)
     endpoint = AgentEndpoint(hub=hub, tokens=PgTokenStore(db), auth_mode=settings.agent_auth)
     return hub, endpoint
 

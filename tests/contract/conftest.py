@@ -7,16 +7,22 @@ fields, the PostgreSQL harness moves the rows' times into the past with SQL, so 
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from kici_adapters.postgres.concurrency import PgConcurrency
+from kici_adapters.postgres.dispatch import PgDispatchQueue
 from kici_adapters.postgres.inbox import PgDeliveryInbox
 from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.runs import PgRunStore
 from kici_adapters.postgres.sources import PgSourceStore
 from kici_adapters.postgres.tokens import PgTokenStore
+from kici_core.ports import AgentToken, Delivery, DeliveryOutcome, NewRun
 from kici_core.testing import fakes
 from tests.support.pg import db_url, pg_server, pg_template
 
@@ -119,4 +125,107 @@ async def tokens(request: pytest.FixtureRequest) -> AsyncIterator[fakes.FakeToke
     try:
         yield PgTokenStore(db)
     finally:
+        await db.close()
+
+
+class FakeDispatchHarness:
+    """The fake queue, run store and concurrency groups over one set of tables; ``now()`` is the fake clock's."""
+
+    def __init__(self) -> None:
+        self.clock = fakes.FakeClock()
+        self.tables = fakes.FakeDispatchTables(self.clock.now)
+        self.queue = fakes.FakeDispatchQueue(self.tables)
+        self.runs = fakes.FakeRunStore(self.tables, self.queue)
+        self.groups = fakes.FakeConcurrencyGroups(self.tables)
+
+    def now(self) -> float:
+        return self.tables.now()
+
+    async def add_run(self, run: NewRun) -> None:
+        self.tables.add_run(run)
+
+    async def job_status(self, job_id: str) -> str:
+        return self.tables.jobs[job_id].status
+
+    async def row_status(self, job_id: str) -> str | None:
+        row = self.tables.queue.get(job_id)
+        return None if row is None else row.status
+
+    async def run_status(self, run_id: str) -> str:
+        return self.tables.runs[run_id].status
+
+    async def expire_queue_rows(self) -> None:
+        for row in self.tables.queue.values():
+            row.expires_at = self.now() - 60
+
+    async def add_agent_token(self, token_id: str) -> None:
+        self.tables.live_tokens.add(token_id)
+
+    async def revoke_agent_token(self, token_id: str) -> None:
+        self.tables.live_tokens.discard(token_id)
+
+
+class PgDispatchHarness:
+    """The PostgreSQL adapters; runs are stored the way processing stores them (accept, claim, complete)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.inbox = PgDeliveryInbox(db, fakes.FakeBlobStore())
+        self.queue = PgDispatchQueue(db)
+        self.runs = PgRunStore(db)
+        self.groups = PgConcurrency(db)
+        self._n = 0
+
+    def now(self) -> float:
+        return time.time()
+
+    async def add_run(self, run: NewRun) -> None:
+        self._n += 1
+        await self.inbox.accept(Delivery(
+            org_id="acme", delivery_id=f"d-{self._n}-{run.run_id}", routing_key=run.routing_key, event="push",
+            action=None, source="direct", provider=run.provider, body=b"{}", received_at=datetime.now(UTC)))
+        [item] = await self.inbox.claim(worker_id="contract", limit=1, lease_seconds=60)
+        await self.inbox.complete(item, DeliveryOutcome(status="processed", matched_count=1), [run])
+
+    async def _one(self, sql: Any, params: dict[str, Any]) -> Any:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(sql, params)
+            row = await cur.fetchone()
+            return None if row is None else row["status"]
+
+    async def job_status(self, job_id: str) -> str:
+        return str(await self._one("SELECT status FROM execution_jobs WHERE job_id = %(id)s", {"id": job_id}))
+
+    async def row_status(self, job_id: str) -> str | None:
+        status = await self._one("SELECT status FROM dispatch_queue WHERE id = %(id)s", {"id": job_id})
+        return None if status is None else str(status)
+
+    async def run_status(self, run_id: str) -> str:
+        return str(await self._one("SELECT status FROM execution_runs WHERE run_id = %(id)s", {"id": run_id}))
+
+    async def expire_queue_rows(self) -> None:
+        async with self.db.connection() as conn:
+            await conn.execute("UPDATE dispatch_queue SET expires_at = now() - interval '60 seconds'")
+
+    async def add_agent_token(self, token_id: str) -> None:
+        token = AgentToken(id=token_id, token_prefix="kat_" + token_id[:8])
+        await PgTokenStore(self.db).create_agent_token(token, hashlib.sha256(token_id.encode()).hexdigest())
+
+    async def revoke_agent_token(self, token_id: str) -> None:
+        await PgTokenStore(self.db).revoke_agent_token(token_id)
+
+
+@pytest.fixture(params=BACKENDS)
+async def dispatch_h(request: pytest.FixtureRequest) -> AsyncIterator[FakeDispatchHarness | PgDispatchHarness]:
+    """The dispatch queue, run store and concurrency groups per backend."""
+    if request.param == "fake":
+        yield FakeDispatchHarness()
+        return
+    db = await _open(request)
+    harness = PgDispatchHarness(db)
+    try:
+        yield harness
+    finally:
+        await harness.queue.aclose()
+        await harness.runs.aclose()
         await db.close()

@@ -19,7 +19,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from kici_adapters.postgres.checks import PgCheckOutbox
+from kici_adapters.postgres.concurrency import PgConcurrency
 from kici_adapters.postgres.reruns import PgReruns
+from kici_adapters.postgres.runs import PgRunStore
 from kici_core import cluster, errors, routing
 from kici_core.ports import ClusterDirectory
 from kici_runtime.orchestrator.admin import auth as admin_auth
@@ -104,12 +106,13 @@ def waiting_reason(hub: AgentHub, job: Mapping[str, Any],
     return reason
 
 
-def routes(hub: AgentHub, *, directory: ClusterDirectory | None = None) -> list[BaseRoute]:
-    """The run routes, bound to ``hub``; with ``directory`` a waiting job's reason considers the agents of every
+def routes(hub: AgentHub, *, runs: PgRunStore, concurrency: PgConcurrency,
+           directory: ClusterDirectory | None = None) -> list[BaseRoute]:
+    """The run routes, bound to ``hub`` and the stores it reports to (``runs``, ``concurrency``); with ``directory`` a waiting job's reason considers the agents of every
     process sharing the database, else only this process's."""
 
     async def _run_or_404(run_id: str, caller: Caller) -> dict[str, Any]:
-        run = await hub.runs.get_run(run_id)
+        run = await runs.get_run(run_id)
         if run is None:
             raise errors.NotFound(f"Run {run_id} not found")
         caller.require_key(run.get("routing_key"))
@@ -122,15 +125,15 @@ def routes(hub: AgentHub, *, directory: ClusterDirectory | None = None) -> list[
         limit = _int(q.get("limit"), 20, name="limit", low=1, high=100)
         offset = _int(q.get("offset"), 0, name="offset", low=0, high=10**9)
         routing_key = caller.token.routing_key or q.get("routingKey") or None  # scoped tokens: their own key
-        rows, total = await hub.runs.list_runs(statuses=statuses, workflow=q.get("workflowName"), repo=q.get("repo"),
+        rows, total = await runs.list_runs(statuses=statuses, workflow=q.get("workflowName"), repo=q.get("repo"),
                                                since=_since(q.get("since")), routing_key=routing_key,
                                                limit=limit, offset=offset, branch=q.get("branch") or None)
         if q.get("count") in ("true", "1"):
             return JSONResponse({"total": total})
         return JSONResponse({"runs": [_out(r) for r in rows], "total": total, "limit": limit, "offset": offset})
 
-    reruns = PgReruns(hub.runs)
-    check_outbox = PgCheckOutbox(hub.runs.db)
+    reruns = PgReruns(runs)
+    check_outbox = PgCheckOutbox(runs.db)
 
     async def show_run(request: Request, ctx: AppContext, caller: Caller) -> Response:
         caller.require("run.read")
@@ -162,8 +165,8 @@ def routes(hub: AgentHub, *, directory: ClusterDirectory | None = None) -> list[
         run_id = request.path_params["run_id"]
         await _run_or_404(run_id, caller)
         include = request.query_params.get("includeSteps") in ("true", "1")
-        jobs = await hub.runs.list_jobs(run_id, include_steps=include)
-        in_groups = await hub.concurrency.waiting_in_run(run_id)  # jobs an agent holds until a group frees up
+        jobs = await runs.list_jobs(run_id, include_steps=include)
+        in_groups = await concurrency.waiting_in_run(run_id)  # jobs an agent holds until a group frees up
         agents = await directory.agents() if directory is not None else None  # every process's agents
         out = []
         for job in jobs:
@@ -183,7 +186,7 @@ def routes(hub: AgentHub, *, directory: ClusterDirectory | None = None) -> list[
         run_id = request.path_params["run_id"]
         await _run_or_404(run_id, caller)
         after = _int(request.query_params.get("after"), 0, name="after", low=0, high=2**62)
-        chunks = await hub.runs.logs(run_id, job_name=request.query_params.get("job") or None, after=after)
+        chunks = await runs.logs(run_id, job_name=request.query_params.get("job") or None, after=after)
         items = [{"id": c["id"], "jobId": str(c["job_id"]), "jobName": c["job_name"],
                   "stepIndex": -1 if c["step_index"] is None else c["step_index"],
                   "lines": (c["content"] or "").split("\n"), "createdAt": _plain(c["created_at"])} for c in chunks]

@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from kici_adapters.postgres.dashboard import PgDashboardReads, PgDashboardSessions
 from kici_adapters.postgres.pool import Database
+from kici_adapters.postgres.runs import PgRunStore
 from kici_runtime.orchestrator.dashboard import auth, pages
 from kici_runtime.orchestrator.dashboard.auth import Sessions
 from kici_runtime.orchestrator.dashboard.handlers import Handlers
@@ -45,10 +46,12 @@ async def _to_root(request: Request) -> Response:
     return RedirectResponse("dashboard/", status_code=307)
 
 
-def routes(hub: AgentHub, db: Database, *, secret_key: bytes | None, trusted_proxy: bool = False) -> list[BaseRoute]:
-    """Every dashboard route, under ``/dashboard``; add them to ``build_app``'s ``extra_routes``."""
+def routes(hub: AgentHub, db: Database, *, runs: PgRunStore, secret_key: bytes | None,
+           trusted_proxy: bool = False) -> list[BaseRoute]:
+    """Every dashboard route, under ``/dashboard`` (``runs``: the run store ``hub`` reports to); add them to
+    ``build_app``'s ``extra_routes``."""
     sessions = Sessions(PgDashboardSessions(db), secret_key, trusted_proxy=trusted_proxy)
-    h = Handlers(hub, sessions, PgDashboardReads(db))
+    h = Handlers(hub, sessions, PgDashboardReads(db), runs)
     login_page, login, logout = pages.login_routes(sessions)
 
     def page(handler: pages.Handler, *, stream: bool = False) -> Callable[[Request], Awaitable[Response]]:

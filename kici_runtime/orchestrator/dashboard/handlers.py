@@ -17,6 +17,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from kici_adapters.postgres.dashboard import PgDashboardReads
 from kici_adapters.postgres.reruns import PgReruns
+from kici_adapters.postgres.runs import PgRunStore
 from kici_core import errors
 from kici_core.ports import EventLogEntry, EventLogQuery
 from kici_runtime.orchestrator.admin import auth as admin_auth
@@ -41,11 +42,12 @@ def _offset(raw: str | None) -> int:
 class Handlers:
     """Page handlers bound to this process's agent hub and the dashboard's stores."""
 
-    def __init__(self, hub: AgentHub, sessions: Sessions, reads: PgDashboardReads) -> None:
+    def __init__(self, hub: AgentHub, sessions: Sessions, reads: PgDashboardReads, runs: PgRunStore) -> None:
         self.hub = hub
+        self.run_store = runs
         self.sessions = sessions
         self.reads = reads
-        self.reruns = PgReruns(hub.runs)
+        self.reruns = PgReruns(runs)
 
     # -------------------------------------------------------------------------------------------- runs
     async def runs(self, p: Page) -> Response:
@@ -55,7 +57,7 @@ class Handlers:
         status = filters["status"] if filters["status"] in views.RUN_STATUSES else ""
         offset = _offset(q.get("offset"))
         routing_key = p.caller.token.routing_key or filters["source"] or None
-        rows, total = await self.hub.runs.list_runs(
+        rows, total = await self.run_store.list_runs(
             statuses=[status] if status else [], workflow=filters["workflow"] or None, repo=filters["repo"] or None,
             routing_key=routing_key, branch=filters["branch"] or None, limit=PAGE_SIZE, offset=offset)
         query = urlencode({k: v for k, v in filters.items() if v})
@@ -63,7 +65,7 @@ class Handlers:
                         statuses=views.RUN_STATUSES, query=query)
 
     async def _run(self, p: Page, run_id: str) -> dict[str, Any]:
-        run = await self.hub.runs.get_run(run_id)
+        run = await self.run_store.get_run(run_id)
         if run is None:
             raise errors.NotFound(f"Run {run_id} not found")
         p.caller.require_key(run.get("routing_key"))
@@ -72,7 +74,7 @@ class Handlers:
     async def run(self, p: Page) -> Response:
         p.caller.require("run.read")
         run = await self._run(p, p.request.path_params["run_id"])
-        jobs = await self.hub.runs.list_jobs(str(run["run_id"]), include_steps=True)
+        jobs = await self.run_store.list_jobs(str(run["run_id"]), include_steps=True)
         for job in jobs:
             job["waiting_reason"] = admin_runs.waiting_reason(self.hub, job)
         active = run["status"] in ("pending", "running", "cancelling", "held")
@@ -115,7 +117,7 @@ class Handlers:
         p.caller.require("run.read")
         run = await self._run(p, p.request.path_params["run_id"])
         job_id = p.request.path_params["job_id"]
-        jobs = await self.hub.runs.list_jobs(str(run["run_id"]), include_steps=True)
+        jobs = await self.run_store.list_jobs(str(run["run_id"]), include_steps=True)
         job = next((j for j in jobs if str(j["job_id"]) == job_id), None)
         if job is None:
             raise errors.NotFound(f"Job {job_id} not found in run {run['run_id']}")
@@ -123,7 +125,7 @@ class Handlers:
 
     async def _chunks(self, run_id: str, job_name: str, after: int = 0) -> AsyncIterator[list[dict[str, Any]]]:
         while True:
-            chunks = await self.hub.runs.logs(run_id, job_name=job_name, after=after, limit=LOG_PAGE)
+            chunks = await self.run_store.logs(run_id, job_name=job_name, after=after, limit=LOG_PAGE)
             if not chunks:
                 return
             yield chunks
@@ -212,12 +214,12 @@ class Handlers:
         return auth.secure_headers(response)
 
     async def _steps(self, run_id: str, job_id: str) -> list[dict[str, Any]]:
-        jobs = await self.hub.runs.list_jobs(run_id, include_steps=True)
+        jobs = await self.run_store.list_jobs(run_id, include_steps=True)
         job = next((j for j in jobs if str(j["job_id"]) == job_id), None)
         return [] if job is None else list(job.get("steps", []))
 
     async def _job_status(self, run_id: str, job_id: str) -> str:
-        jobs = await self.hub.runs.list_jobs(run_id)
+        jobs = await self.run_store.list_jobs(run_id)
         job = next((j for j in jobs if str(j["job_id"]) == job_id), None)
         return "cancelled" if job is None else str(job["status"])
 
@@ -251,7 +253,7 @@ class Handlers:
         entry = await self._delivery(p, q.get("org") or "", q.get("id") or "")
         runs: list[dict[str, Any]] = []
         if p.can("run.read"):
-            rows, _ = await self.hub.runs.list_runs(routing_key=entry.routing_key, repo=entry.repo_identifier,
+            rows, _ = await self.run_store.list_runs(routing_key=entry.routing_key, repo=entry.repo_identifier,
                                                     since=entry.received_at, limit=100)
             runs = [r for r in rows if r.get("delivery_id") == entry.delivery_id and r.get("org_id") == entry.org_id]
         return p.render("delivery.html", d=entry, trace=views.explain_trace(entry.decision_trace),

@@ -9,6 +9,7 @@ import pytest
 
 from kici_core import errors
 from kici_core.dispatch_records import CancelRun, DispatchNotice, JobsQueued, Proceed
+from kici_core.jsontypes import JSONObject
 from kici_core.ports import NeedEdge, NewJob, NewRun
 from tests.contract.conftest import FakeDispatchHarness, PgDispatchHarness
 
@@ -18,11 +19,10 @@ Harness = FakeDispatchHarness | PgDispatchHarness
 LINUX = ({"kind": "exact", "value": "linux"},)
 
 
-def job(name: str, *, needs: tuple[str, ...] = (), config: dict[str, object] | None = None,
-        matrix: dict[str, str] | None = None, base: str | None = None) -> NewJob:
-    return NewJob(job_id=str(uuid.uuid4()), name=name, base_name=base or name, matrix_values=matrix,  # type: ignore[arg-type]
+def job(name: str, *, needs: tuple[str, ...] = (), config: JSONObject | None = None) -> NewJob:
+    return NewJob(job_id=str(uuid.uuid4()), name=name, base_name=name, matrix_values=None,
                   needs=tuple(NeedEdge(upstream_name=n, run_on=("success",)) for n in needs), runs_on=LINUX,
-                  exclude_labels=(), job_config={"name": name, **(config or {})}, runnable=not needs)  # type: ignore[dict-item]
+                  exclude_labels=(), job_config={"name": name, **(config or {})}, runnable=not needs)
 
 
 def run_of(*jobs: NewJob, workflow: str = "ci") -> NewRun:
@@ -312,7 +312,7 @@ async def test_a_singleton_duty_is_held_by_one_holder_at_a_time(dispatch_h: Harn
 
 # ------------------------------------------------------------------------------------------ concurrency groups
 async def test_a_concurrency_group_queues_the_second_run_and_promotes_it(dispatch_h: Harness) -> None:
-    group = {"workflowConcurrency": {"hasGroup": True, "cancelInProgress": False}}
+    group: JSONObject = {"workflowConcurrency": {"hasGroup": True, "cancelInProgress": False}}
     one, two = run_of(job("deploy", config=group)), run_of(job("deploy", config=group))
     await dispatch_h.add_run(one)
     await dispatch_h.add_run(two)

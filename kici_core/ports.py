@@ -561,14 +561,6 @@ class DispatchQueue(Protocol):
         rows won, loaded for ``job.dispatch``; a job missing from the result was no longer pending."""
         ...
 
-    async def claim(self, job_id: str, *, agent_id: str, ack_deadline: float) -> bool:
-        """Guarded ``pending -> dispatched`` for ``agent_id``; False when the row is no longer pending."""
-        ...
-
-    async def load(self, job_id: str) -> DispatchRow | None:
-        """The row and its upstream results, for building ``job.dispatch``; None when unknown."""
-        ...
-
     async def acks_resolved(self, acks: Sequence[tuple[str, str]]) -> None:
         """Clear the ack deadlines of the ``(job_id, agent_id)`` rows still dispatched to that agent."""
         ...

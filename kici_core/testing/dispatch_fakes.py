@@ -224,14 +224,6 @@ class FakeDispatchQueue:
         return {job_id: self._row(job_id) for job_id, agent_id, deadline in claims
                 if self._claim(job_id, agent_id, deadline)}
 
-    async def claim(self, job_id: str, *, agent_id: str, ack_deadline: float) -> bool:
-        self._check()
-        return self._claim(job_id, agent_id, ack_deadline)
-
-    async def load(self, job_id: str) -> DispatchRow | None:
-        self._check()
-        return self._row(job_id) if job_id in self.tables.queue else None
-
     async def acks_resolved(self, acks: Sequence[tuple[str, str]]) -> None:
         self._check()
         for job_id, agent_id in acks:

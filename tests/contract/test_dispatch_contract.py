@@ -32,6 +32,10 @@ def run_of(*jobs: NewJob, workflow: str = "ci") -> NewRun:
                   event={"event": "push", "payload": {"ref": "refs/heads/main"}})
 
 
+async def claim(h: Harness, job_id: str, agent_id: str, deadline: float) -> bool:
+    return job_id in await h.queue.claim_many([(job_id, agent_id, deadline)])
+
+
 async def pipeline(h: Harness) -> tuple[NewRun, NewJob, NewJob, NewJob]:
     """build -> test, plus an independent lint: build and lint are queued, test waits for build."""
     build, test, lint = job("build"), job("test", needs=("build",)), job("lint")
@@ -75,17 +79,13 @@ async def test_a_row_is_claimed_once_and_loaded_for_job_dispatch(dispatch_h: Har
     assert row.event == run.event
     assert (row.upstream_outputs, row.upstream_statuses) == ({}, {})
     assert await dispatch_h.queue.claim_many([(build.job_id, "agent-2", deadline)]) == {}
-    assert await dispatch_h.queue.claim(build.job_id, agent_id="agent-2", ack_deadline=deadline) is False
-    assert await dispatch_h.queue.claim(lint.job_id, agent_id="agent-2", ack_deadline=deadline) is True
+    assert await claim(dispatch_h, lint.job_id, "agent-2", deadline) is True
     assert await dispatch_h.queue.depth() == {"pending": 0, "dispatched": 2}
-    loaded = await dispatch_h.queue.load(lint.job_id)
-    assert loaded is not None and loaded.job_name == "lint"
-    assert await dispatch_h.queue.load(str(uuid.uuid4())) is None
 
 
 async def test_only_the_agent_a_job_went_to_owns_it(dispatch_h: Harness) -> None:
     _run, build, _test, lint = await pipeline(dispatch_h)
-    await dispatch_h.queue.claim(build.job_id, agent_id="agent-1", ack_deadline=dispatch_h.now() + 30)
+    await claim(dispatch_h, build.job_id, "agent-1", dispatch_h.now() + 30)
     assert await dispatch_h.queue.owned("agent-1", build.job_id) is True
     assert await dispatch_h.queue.owned("agent-2", build.job_id) is False
     assert await dispatch_h.queue.owned("agent-1", lint.job_id) is False  # still pending
@@ -99,7 +99,7 @@ async def test_requeue_puts_a_dispatched_row_back_and_announces_it(dispatch_h: H
     seen: list[DispatchNotice] = []
     async with dispatch_h.queue.notices() as notices:
         assert await dispatch_h.queue.requeue(build.job_id, attempts=1) is False  # not dispatched
-        await dispatch_h.queue.claim(build.job_id, agent_id="agent-1", ack_deadline=dispatch_h.now() + 30)
+        await claim(dispatch_h, build.job_id, "agent-1", dispatch_h.now() + 30)
         assert await dispatch_h.queue.requeue(build.job_id, attempts=1) is True
         with anyio.fail_after(10):
             async for notice in notices:
@@ -130,7 +130,7 @@ async def test_notices_reach_every_listener_in_order(dispatch_h: Harness) -> Non
 async def test_overdue_lists_unacknowledged_recovering_and_expired_rows(dispatch_h: Harness) -> None:
     _run, build, _test, lint = await pipeline(dispatch_h)
     past = dispatch_h.now() - 60
-    await dispatch_h.queue.claim(build.job_id, agent_id="agent-1", ack_deadline=past)
+    await claim(dispatch_h, build.job_id, "agent-1", past)
     assert (await dispatch_h.queue.overdue(grace_s=5)).ack == ((build.job_id, 0),)
     await dispatch_h.queue.acks_resolved([(build.job_id, "agent-2")])  # another agent's ack changes nothing
     assert (await dispatch_h.queue.overdue(grace_s=5)).ack == ((build.job_id, 0),)
@@ -145,14 +145,14 @@ async def test_overdue_lists_unacknowledged_recovering_and_expired_rows(dispatch
 
 async def test_a_started_job_is_not_overdue_for_its_ack(dispatch_h: Harness) -> None:
     _run, build, _test, _lint = await pipeline(dispatch_h)
-    await dispatch_h.queue.claim(build.job_id, agent_id="agent-1", ack_deadline=dispatch_h.now() - 60)
+    await claim(dispatch_h, build.job_id, "agent-1", dispatch_h.now() - 60)
     assert (await dispatch_h.runs.job_started(build.job_id, agent_id="agent-1")).changed is True
     assert (await dispatch_h.queue.overdue(grace_s=5)).ack == ()
 
 
 async def test_recovery_and_reclaim(dispatch_h: Harness) -> None:
     run, build, _test, _lint = await pipeline(dispatch_h)
-    await dispatch_h.queue.claim(build.job_id, agent_id="agent-1", ack_deadline=dispatch_h.now() + 30)
+    await claim(dispatch_h, build.job_id, "agent-1", dispatch_h.now() + 30)
     await dispatch_h.runs.job_started(build.job_id, agent_id="agent-1")
     deadline = dispatch_h.now() + 120
     assert await dispatch_h.queue.mark_recovering(build.job_id, agent_id="agent-1", deadline=deadline) is True
@@ -176,7 +176,7 @@ async def test_recovery_and_reclaim(dispatch_h: Harness) -> None:
 async def test_a_finished_job_releases_its_needs_and_the_last_one_concludes_the_run(dispatch_h: Harness) -> None:
     run, build, test, lint = await pipeline(dispatch_h)
     for j in (build, lint):
-        await dispatch_h.queue.claim(j.job_id, agent_id="agent-1", ack_deadline=dispatch_h.now() + 30)
+        await claim(dispatch_h, j.job_id, "agent-1", dispatch_h.now() + 30)
         await dispatch_h.runs.job_started(j.job_id, agent_id="agent-1")
     assert await dispatch_h.run_status(run.run_id) == "running"
     result = await dispatch_h.runs.finish_job(build.job_id, "success", outputs={"version": "1.2"})
@@ -207,7 +207,7 @@ async def test_a_failed_upstream_skips_its_downstream(dispatch_h: Harness) -> No
 
 async def test_a_guarded_finish_loses_to_a_row_in_another_state(dispatch_h: Harness) -> None:
     _run, build, _test, _lint = await pipeline(dispatch_h)
-    await dispatch_h.queue.claim(build.job_id, agent_id="agent-1", ack_deadline=dispatch_h.now() + 30)
+    await claim(dispatch_h, build.job_id, "agent-1", dispatch_h.now() + 30)
     lost = await dispatch_h.runs.finish_job(build.job_id, "failed", row_status="failed", require_row="recovering")
     assert lost.changed is False
     assert await dispatch_h.job_status(build.job_id) == "pending"
@@ -244,7 +244,7 @@ async def test_steps_and_logs_belong_to_their_run(dispatch_h: Harness) -> None:
 
 async def test_cancel_expires_waiting_work_and_reports_what_agents_hold(dispatch_h: Harness) -> None:
     run, build, test, lint = await pipeline(dispatch_h)
-    await dispatch_h.queue.claim(build.job_id, agent_id="agent-1", ack_deadline=dispatch_h.now() + 30)
+    await claim(dispatch_h, build.job_id, "agent-1", dispatch_h.now() + 30)
     held = await dispatch_h.runs.begin_cancel(run.run_id, reason="stop", cancelled_by="admin")
     assert [(h.job_id, h.agent_id, h.status) for h in held] == [(build.job_id, "agent-1", "dispatched")]
     assert (await dispatch_h.job_status(lint.job_id), await dispatch_h.row_status(lint.job_id)) == (
@@ -297,8 +297,8 @@ async def test_orphaned_dispatches_are_those_no_live_process_holds(dispatch_h: H
     q = dispatch_h.queue
     await q.agent_connected(agent_id="elsewhere", labels=[], mandatory=[], platform=None, arch=None, version=None,
                             hostname=None, max_concurrency=1, token_id=None, instance_id="i2", metadata={})
-    await q.claim(build.job_id, agent_id="mine", ack_deadline=dispatch_h.now() + 30)
-    await q.claim(lint.job_id, agent_id="elsewhere", ack_deadline=dispatch_h.now() + 30)
+    await claim(dispatch_h, build.job_id, "mine", dispatch_h.now() + 30)
+    await claim(dispatch_h, lint.job_id, "elsewhere", dispatch_h.now() + 30)
     assert [(j, a) for j, _r, a in await q.orphaned_dispatched("i1")] == [(build.job_id, "mine")]
 
 

@@ -198,7 +198,7 @@ async def test_the_sweep_requeues_or_fails_rows_no_live_process_handles() -> Non
     rig.tables.add_run(run)
     past = rig.tables.now() - 60
     for j in (a, b, c):  # dispatched by a process that died: this hub's core does not know them
-        await rig.queue.claim(j.job_id, agent_id="gone", ack_deadline=past)
+        await rig.queue.claim_many([(j.job_id, "gone", past)])
     rig.tables.queue[b.job_id].attempts = 1
     await rig.queue.mark_recovering(c.job_id, agent_id="gone", deadline=past)
     await rig.hub.sweep_once()
@@ -214,7 +214,7 @@ async def test_cancelling_a_run_stops_local_jobs_and_tells_other_processes_about
     here, there = job("here"), job("there")
     run = run_of(here, there)
     rig.tables.add_run(run)
-    await rig.queue.claim(there.job_id, agent_id="remote-agent", ack_deadline=rig.tables.now() + 30)
+    await rig.queue.claim_many([(there.job_id, "remote-agent", rig.tables.now() + 30)])
     conn, socket = await rig.connect("agent-1")
     await rig.hub.refresh()
     await rig.say(conn, "job.ack", here.job_id, run.run_id)

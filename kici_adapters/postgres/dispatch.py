@@ -20,7 +20,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from kici_adapters.postgres import dispatch_notices, notify, singletons
+from kici_adapters.postgres import dispatch_notices, notify, queries, singletons
 from kici_adapters.postgres.inbox import LaneConnections
 from kici_adapters.postgres.pool import Connection, Database, translate_errors
 from kici_core.dispatch_records import (
@@ -37,54 +37,7 @@ from kici_core.jsontypes import JSONObject
 
 __all__ = ["DispatchRow", "PgDispatchQueue", "QueuedRow"]
 
-_PENDING = """
-SELECT q.id, q.run_id, q.seq, q.created_at, q.expires_at, q.dispatch_attempts, j.runs_on, j.exclude_labels
-  FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id
- WHERE q.status = 'pending' AND (%(ids)s::uuid[] IS NULL OR q.id = ANY(%(ids)s))
- ORDER BY q.seq
- LIMIT %(limit)s
-"""
-_PENDING_POSITIONS = """
-SELECT id, seq FROM dispatch_queue WHERE status = 'pending' ORDER BY seq LIMIT %(limit)s
-"""
-_PENDING_SINCE = """
-SELECT q.id, q.run_id, q.seq, q.created_at, q.expires_at, q.dispatch_attempts, j.runs_on, j.exclude_labels
-  FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id
- WHERE q.status = 'pending'
-   AND (q.seq > %(after)s OR q.id = ANY(%(named)s::uuid[]) OR q.run_id = ANY(%(named)s::uuid[]))
- ORDER BY q.seq
- LIMIT %(limit)s
-"""
-# One statement: claim every still-pending row of the batch for its agent, record the agent on the job, and
-# return what job.dispatch is built from (upstream results as a JSON array). The final SELECT reads the rows'
-# unchanging fields, so it may see them as they were before the updates. The run's triggering event is read
-# once per run of the batch (on its first row; :meth:`PgDispatchQueue.claim_many` shares it with the others).
-_CLAIM_MANY = """
-WITH want AS (
-  SELECT * FROM unnest(%(ids)s::uuid[], %(agents)s::text[], %(deadlines)s::timestamptz[]) AS w(id, agent, deadline)
-), claimed AS (
-  UPDATE dispatch_queue q
-     SET status = 'dispatched', agent_id = w.agent, ack_agent_id = w.agent, ack_deadline = w.deadline,
-         last_provisioning_error = NULL
-    FROM want w
-   WHERE q.id = w.id AND q.status = 'pending'
-  RETURNING q.*
-), jobs AS (
-  UPDATE execution_jobs j SET agent_id = c.agent_id, attempts = j.attempts + 1
-    FROM claimed c
-   WHERE j.job_id = c.id AND j.status IN ('pending', 'queued')
-  RETURNING j.job_id
-)
-SELECT c.*, j.base_name, j.matrix_values, r.repo_identifier, r.routing_key AS run_routing_key,
-       (SELECT coalesce(json_agg(json_build_object(
-                 'upstream_name', n.upstream_name, 'base_name', u.base_name, 'status', u.status,
-                 'outputs', u.outputs, 'matrix_values', u.matrix_values) ORDER BY u.job_name), '[]'::json)
-          FROM execution_job_needs n JOIN execution_jobs u ON u.run_id = n.run_id AND u.job_name = n.upstream_name
-         WHERE n.run_id = c.run_id AND n.job_name = c.job_name) AS upstreams,
-       CASE WHEN row_number() OVER (PARTITION BY c.run_id ORDER BY c.id) = 1
-            THEN (SELECT ev.event FROM execution_run_events ev WHERE ev.run_id = c.run_id) END AS trigger_event
-  FROM claimed c JOIN execution_jobs j ON j.job_id = c.id JOIN execution_runs r ON r.run_id = c.run_id
-"""
+_SQL = queries.load("dispatch.sql")
 
 
 def _is_uuid(text: str) -> bool:
@@ -155,14 +108,14 @@ class PgDispatchQueue:
     async def pending(self, *, ids: Sequence[str] | None = None, limit: int = 10_000) -> list[QueuedRow]:
         """Pending rows oldest first (all, or only ``ids``)."""
         async with self._fast() as conn:
-            cur = await conn.execute(_PENDING, {"ids": None if ids is None else list(ids), "limit": limit})
+            cur = await conn.execute(_SQL["pending"], {"ids": None if ids is None else list(ids), "limit": limit})
             return [_queued(r) for r in await cur.fetchall()]
 
     async def pending_positions(self, *, limit: int = 10_000) -> list[tuple[str, int]]:
         """``(job id, seq)`` of the pending rows, oldest first: a cheap full scan (no JSON columns) that
         :meth:`pending` then completes for the ids the caller does not know yet."""
         async with self._fast() as conn:
-            cur = await conn.execute(_PENDING_POSITIONS, {"limit": limit})
+            cur = await conn.execute(_SQL["pending_positions"], {"limit": limit})
             return [(str(r["id"]), int(r["seq"])) for r in await cur.fetchall()]
 
     async def pending_since(self, after_seq: int, *, named: Sequence[str] = (),
@@ -171,7 +124,7 @@ class PgDispatchQueue:
         (``NOTIFY kici_jobs`` payloads), oldest first."""
         uuids = [n for n in dict.fromkeys(named) if _is_uuid(n)]
         async with self._fast() as conn:
-            cur = await conn.execute(_PENDING_SINCE, {"after": after_seq, "named": uuids, "limit": limit})
+            cur = await conn.execute(_SQL["pending_since"], {"after": after_seq, "named": uuids, "limit": limit})
             return [_queued(r) for r in await cur.fetchall()]
 
     async def claim_many(self, claims: Sequence[tuple[str, str, float]]) -> dict[str, DispatchRow]:
@@ -183,7 +136,7 @@ class PgDispatchQueue:
         params = {"ids": [c[0] for c in claims], "agents": [c[1] for c in claims],
                   "deadlines": [_ts(c[2]) for c in claims]}
         async with self._fast() as conn:
-            cur = await conn.execute(_CLAIM_MANY, params)
+            cur = await conn.execute(_SQL["claim_many"], params)
             rows = await cur.fetchall()
         events = {r["run_id"]: r["trigger_event"] for r in rows if isinstance(r["trigger_event"], dict)}
         return {str(r["id"]): _dispatch_row(r, r["upstreams"] or [], events.get(r["run_id"])) for r in rows}
@@ -194,55 +147,35 @@ class PgDispatchQueue:
         if not acks:
             return
         async with self._fast() as conn:
-            await conn.execute(
-                "UPDATE dispatch_queue q SET ack_deadline = NULL, ack_agent_id = NULL"
-                "  FROM unnest(%(ids)s::uuid[], %(agents)s::text[]) AS w(id, agent)"
-                " WHERE q.id = w.id AND q.status = 'dispatched' AND q.agent_id = w.agent",
-                {"ids": [a[0] for a in acks], "agents": [a[1] for a in acks]})
+            await conn.execute(_SQL["acks_resolved"], {"ids": [a[0] for a in acks], "agents": [a[1] for a in acks]})
 
     async def requeue(self, job_id: str, *, attempts: int) -> bool:
         """Guarded ``dispatched -> pending`` with the new attempt count; notifies dispatchers."""
         async with self._db.transaction() as conn:
-            cur = await conn.execute(
-                "UPDATE dispatch_queue SET status = 'pending', dispatch_attempts = %(n)s, agent_id = NULL,"
-                " ack_deadline = NULL, ack_agent_id = NULL WHERE id = %(id)s AND status = 'dispatched' RETURNING id",
-                {"id": job_id, "n": attempts})
+            cur = await conn.execute(_SQL["requeue_row"], {"id": job_id, "n": attempts})
             ok = await cur.fetchone() is not None
             if ok:
-                await conn.execute("UPDATE execution_jobs SET agent_id = NULL WHERE job_id = %(id)s"
-                                   " AND status IN ('pending', 'queued')", {"id": job_id})
+                await conn.execute(_SQL["requeue_job"], {"id": job_id})
                 await notify.notify(conn, notify.JOBS, job_id)
             return ok
 
     async def mark_recovering(self, job_id: str, *, agent_id: str, deadline: float) -> bool:
         """``dispatched -> recovering`` (and the job ``running -> recovering``)."""
         async with self._db.transaction() as conn:
-            cur = await conn.execute(
-                "UPDATE dispatch_queue SET status = 'recovering', recovery_agent_id = %(agent)s,"
-                " recovery_deadline = %(deadline)s, ack_deadline = NULL, ack_agent_id = NULL"
-                " WHERE id = %(id)s AND status = 'dispatched' RETURNING id",
-                {"id": job_id, "agent": agent_id, "deadline": _ts(deadline)})
+            cur = await conn.execute(_SQL["recovering_row"], {"id": job_id, "agent": agent_id,
+                                                              "deadline": _ts(deadline)})
             ok = await cur.fetchone() is not None
             if ok:
-                await conn.execute("UPDATE execution_jobs SET status = 'recovering', updated_at = now()"
-                                   " WHERE job_id = %(id)s AND status IN ('running', 'cancelling')", {"id": job_id})
+                await conn.execute(_SQL["recovering_job"], {"id": job_id})
             return ok
 
     async def reclaim(self, job_id: str, *, agent_id: str) -> bool:
         """``recovering -> dispatched`` for the agent that reconnected; the job goes back to ``running``."""
         async with self._db.transaction() as conn:
-            cur = await conn.execute(
-                "UPDATE dispatch_queue SET status = 'dispatched', agent_id = %(agent)s, recovery_agent_id = NULL,"
-                " recovery_deadline = NULL, ack_deadline = NULL, ack_agent_id = NULL"
-                " WHERE id = %(id)s AND (status = 'recovering' OR (status = 'dispatched' AND agent_id = %(agent)s))"
-                " RETURNING id", {"id": job_id, "agent": agent_id})
+            cur = await conn.execute(_SQL["reclaim_row"], {"id": job_id, "agent": agent_id})
             ok = await cur.fetchone() is not None
             if ok:
-                await conn.execute(
-                    "UPDATE execution_jobs SET status = 'running', agent_id = %(agent)s, last_heartbeat_at = now(),"
-                    " started_at = COALESCE(started_at, now()), updated_at = now()"
-                    " WHERE job_id = %(id)s AND status IN ('recovering', 'running', 'pending', 'queued')",
-                    {"id": job_id, "agent": agent_id})
+                await conn.execute(_SQL["reclaim_job"], {"id": job_id, "agent": agent_id})
             return ok
 
     async def reclaimable(self, agent_id: str, job_ids: Sequence[str]) -> list[tuple[str, str, float | None]]:
@@ -251,11 +184,7 @@ class PgDispatchQueue:
         if not job_ids:
             return []
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                "SELECT id, run_id, recovery_deadline FROM dispatch_queue WHERE id::text = ANY(%(ids)s)"
-                " AND ((status = 'recovering' AND recovery_agent_id = %(agent)s)"
-                "      OR (status = 'dispatched' AND agent_id = %(agent)s))",
-                {"ids": list(job_ids), "agent": agent_id})
+            cur = await conn.execute(_SQL["reclaimable"], {"ids": list(job_ids), "agent": agent_id})
             return [(str(r["id"]), str(r["run_id"]), _epoch(r["recovery_deadline"])) for r in await cur.fetchall()]
 
     async def owned(self, agent_id: str, job_id: str) -> bool:
@@ -263,18 +192,13 @@ class PgDispatchQueue:
         already terminal after running on this agent (its late messages are harmless). Another agent's
         messages about a job are never accepted, finished or not."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                "SELECT 1 FROM dispatch_queue WHERE id::text = %(id)s AND ("
-                " (status = 'recovering' AND recovery_agent_id = %(agent)s)"
-                " OR (status IN ('dispatched', 'completed', 'failed', 'expired') AND agent_id = %(agent)s))",
-                {"id": job_id, "agent": agent_id})
+            cur = await conn.execute(_SQL["owned"], {"id": job_id, "agent": agent_id})
             return await cur.fetchone() is not None
 
     async def depth(self) -> dict[str, int]:
         """Row counts for ``pending`` and ``dispatched``."""
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT status, count(*) AS n FROM dispatch_queue"
-                                     " WHERE status IN ('pending', 'dispatched') GROUP BY status")
+            cur = await conn.execute(_SQL["depth"])
             counts = {"pending": 0, "dispatched": 0}
             counts.update({r["status"]: int(r["n"]) for r in await cur.fetchall()})
             return counts
@@ -304,17 +228,13 @@ class PgDispatchQueue:
         """Dispatched rows whose agent is not connected to a live process we know of: its agent row names
         this instance (a previous life of this process) or no instance. ``(job_id, run_id, agent_id)``."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                "SELECT q.id, q.run_id, q.agent_id FROM dispatch_queue q LEFT JOIN agents a ON a.agent_id = q.agent_id"
-                " WHERE q.status = 'dispatched' AND q.agent_id IS NOT NULL"
-                "   AND (a.connected_instance IS NULL OR a.connected_instance = %(me)s)", {"me": instance_id})
+            cur = await conn.execute(_SQL["orphaned_dispatched"], {"me": instance_id})
             return [(str(r["id"]), str(r["run_id"]), str(r["agent_id"])) for r in await cur.fetchall()]
 
     async def recovering(self) -> list[RecoveringRow]:
         """Every recovering row."""
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT id, run_id, recovery_agent_id, recovery_deadline FROM dispatch_queue"
-                                     " WHERE status = 'recovering'")
+            cur = await conn.execute(_SQL["recovering"])
             return [RecoveringRow(job_id=str(r["id"]), run_id=str(r["run_id"]), agent_id=str(r["recovery_agent_id"] or ""),
                                   deadline=_epoch(r["recovery_deadline"]) or 0.0) for r in await cur.fetchall()]
 
@@ -323,17 +243,8 @@ class PgDispatchQueue:
         ``recovery`` (recovering) and ``expired`` (pending past ``expires_at``)."""
         async with self._db.connection() as conn:
             out: dict[str, list[tuple[str, int]]] = {}
-            for key, where in (
-                # a job its agent reported running was acknowledged (the ack's database write may have been lost
-                # with a dead process): not requeued, or it would run twice; instance recovery handles it
-                ("ack", "status = 'dispatched' AND ack_deadline < now() - make_interval(secs => %(g)s)"
-                        " AND NOT EXISTS (SELECT 1 FROM execution_jobs j WHERE j.job_id = dispatch_queue.id"
-                        " AND j.status IN ('running', 'cancelling'))"),
-                ("recovery", "status = 'recovering' AND recovery_deadline < now() - make_interval(secs => %(g)s)"),
-                ("expired", "status = 'pending' AND expires_at < now() - make_interval(secs => %(g)s)"),
-            ):
-                cur = await conn.execute("SELECT id, dispatch_attempts FROM dispatch_queue WHERE " + where,
-                                         {"g": grace_s})
+            for key, name in (("ack", "overdue_ack"), ("recovery", "overdue_recovery"), ("expired", "overdue_expired")):
+                cur = await conn.execute(_SQL[name], {"g": grace_s})
                 out[key] = [(str(r["id"]), int(r["dispatch_attempts"])) for r in await cur.fetchall()]
             return Overdue(ack=tuple(out["ack"]), recovery=tuple(out["recovery"]), expired=tuple(out["expired"]))
 
@@ -345,16 +256,7 @@ class PgDispatchQueue:
         """Upsert the agent's durable shadow, naming this process as its host."""
         async with self._db.connection() as conn:
             await conn.execute(
-                "INSERT INTO agents (agent_id, labels, mandatory_labels, platform, arch, version, hostname,"
-                " max_concurrency, token_id, connected_instance, connected_at, last_seen_at, metadata)"
-                " VALUES (%(id)s, %(labels)s, %(mand)s, %(platform)s, %(arch)s, %(version)s, %(host)s, %(max)s,"
-                " %(token)s, %(me)s, now(), now(), %(meta)s)"
-                " ON CONFLICT (agent_id) DO UPDATE SET labels = EXCLUDED.labels,"
-                " mandatory_labels = EXCLUDED.mandatory_labels, platform = EXCLUDED.platform, arch = EXCLUDED.arch,"
-                " version = EXCLUDED.version, hostname = EXCLUDED.hostname,"
-                " max_concurrency = EXCLUDED.max_concurrency, token_id = COALESCE(EXCLUDED.token_id, agents.token_id),"
-                " connected_instance = EXCLUDED.connected_instance, connected_at = now(), last_seen_at = now(),"
-                " metadata = EXCLUDED.metadata",
+                _SQL["agent_connected"],
                 {"id": agent_id, "labels": list(labels), "mand": list(mandatory), "platform": platform,
                  "arch": arch, "version": version, "host": hostname, "max": max_concurrency, "token": token_id,
                  "me": instance_id, "meta": Jsonb(metadata)})
@@ -364,40 +266,30 @@ class PgDispatchQueue:
         valid (not revoked); True when the id is (now) bound to this token. The first token to register an id
         keeps it until an admin releases it (:meth:`release_agent`) or revokes that token."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                "INSERT INTO agents (agent_id, token_id) VALUES (%(id)s, %(token)s)"
-                " ON CONFLICT (agent_id) DO UPDATE SET token_id = EXCLUDED.token_id"
-                " WHERE agents.token_id IS NULL OR agents.token_id = EXCLUDED.token_id OR NOT EXISTS ("
-                "  SELECT 1 FROM agent_tokens t WHERE t.id = agents.token_id AND t.revoked_at IS NULL)"
-                " RETURNING agent_id", {"id": agent_id, "token": token_id})
+            cur = await conn.execute(_SQL["bind_agent_token"], {"id": agent_id, "token": token_id})
             return await cur.fetchone() is not None
 
     async def release_agent(self, agent_id: str) -> bool:
         """Free ``agent_id`` from its token binding; False when it is unknown or not bound."""
         async with self._db.connection() as conn:
-            cur = await conn.execute("UPDATE agents SET token_id = NULL WHERE agent_id = %(id)s"
-                                     " AND token_id IS NOT NULL RETURNING agent_id", {"id": agent_id})
+            cur = await conn.execute(_SQL["release_agent"], {"id": agent_id})
             return await cur.fetchone() is not None
 
     async def agent_disconnected(self, agent_id: str, *, instance_id: str) -> None:
         """Clear ``connected_instance`` if this process still holds the agent."""
         async with self._db.connection() as conn:
-            await conn.execute("UPDATE agents SET connected_instance = NULL, last_seen_at = now()"
-                               " WHERE agent_id = %(id)s AND connected_instance = %(me)s",
-                               {"id": agent_id, "me": instance_id})
+            await conn.execute(_SQL["agent_disconnected"], {"id": agent_id, "me": instance_id})
 
     async def release_instance(self, instance_id: str, *, keep: Sequence[str] = ()) -> None:
         """Mark every agent this instance held as disconnected (startup after a crash, or shutdown), except
         ``keep``: agents that registered with this life of the process already."""
         async with self._db.connection() as conn:
-            await conn.execute("UPDATE agents SET connected_instance = NULL WHERE connected_instance = %(me)s"
-                               " AND NOT (agent_id = ANY(%(keep)s))", {"me": instance_id, "keep": list(keep)})
+            await conn.execute(_SQL["release_instance"], {"me": instance_id, "keep": list(keep)})
 
     async def agents(self) -> list[ConnectedAgent]:
         """Connected agents (any process), by id."""
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT agent_id, labels, mandatory_labels, connected_instance FROM agents"
-                                     " WHERE connected_instance IS NOT NULL ORDER BY agent_id")
+            cur = await conn.execute(_SQL["connected_agents"])
             return [ConnectedAgent(agent_id=r["agent_id"], labels=tuple(r["labels"]),
                                    mandatory_labels=tuple(r["mandatory_labels"]), instance=r["connected_instance"])
                     for r in await cur.fetchall()]

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kici_adapters.postgres.cluster import PgCluster
+from kici_adapters.postgres.concurrency import PgConcurrency
 from kici_adapters.postgres.dispatch import PgDispatchQueue
 from kici_adapters.postgres.inbox import PgDeliveryInbox
 from kici_adapters.postgres.pool import Database
@@ -200,7 +201,12 @@ async def test_why_waiting_sees_the_agents_of_every_process(database: Database, 
 async def test_the_load_mirror_writes_what_changed_on_the_hub_and_everything_after_a_new_life(
     database: Database,
 ) -> None:
-    hub = AgentHub(db=database, queue=PgDispatchQueue(database), runs=PgRunStore(database), instance_id="proc-a")
+    hub = AgentHub(
+        queue=PgDispatchQueue(database),
+        runs=PgRunStore(database),
+        concurrency=PgConcurrency(database),
+        instance_id="proc-a",
+    )
     me = ClusterMember(
         db=database,
         cluster=PgCluster(database, instance_timeout_s=30),

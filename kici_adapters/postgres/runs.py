@@ -22,7 +22,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from kici_adapters.postgres import notify
+from kici_adapters.postgres import notify, queries
 from kici_adapters.postgres.inbox import LaneConnections
 from kici_adapters.postgres.pool import Connection, Database, translate_errors
 from kici_adapters.postgres.queries import q
@@ -35,146 +35,7 @@ __all__ = ["FinishResult", "PgRunStore", "StartResult"]
 ACTIVE_JOB = ["pending", "queued", "running", "recovering", "cancelling"]
 TERMINAL_RUN = ("success", "failed", "cancelled")
 
-_LOCK_RUN_OF_JOB = """
-SELECT run_id FROM execution_runs
- WHERE run_id = (SELECT run_id FROM execution_jobs WHERE job_id = %(job_id)s)
-   FOR UPDATE
-"""
-_LOCK_RUN = "SELECT * FROM execution_runs WHERE run_id = %(run_id)s FOR UPDATE"
-_START_JOB = """
-UPDATE execution_jobs
-   SET status = 'running', started_at = COALESCE(started_at, now()), last_heartbeat_at = now(),
-       agent_id = COALESCE(%(agent_id)s, agent_id), updated_at = now()
- WHERE job_id = %(job_id)s AND status = ANY(%(from)s)
-RETURNING run_id, job_name, matrix_values, started_at, agent_id, runs_on
-"""
-_START_RUN = """
-UPDATE execution_runs SET status = 'running', started_at = COALESCE(started_at, now())
- WHERE run_id = (SELECT run_id FROM execution_jobs WHERE job_id = %(job_id)s AND status = 'running')
-   AND status = 'pending'
-RETURNING *
-"""
-_END_JOB = """
-UPDATE execution_jobs
-   SET status = %(status)s, error_message = COALESCE(%(error)s, error_message),
-       outputs = COALESCE(%(outputs)s, outputs), completed_at = now(), updated_at = now(),
-       duration_ms = CASE WHEN started_at IS NULL THEN NULL
-                          ELSE (extract(epoch FROM now() - started_at) * 1000)::bigint END
- WHERE job_id = %(job_id)s AND status = ANY(%(from)s)
-RETURNING run_id, job_name, matrix_values, started_at, completed_at, duration_ms, agent_id, error_message,
-          log_bytes, runs_on
-"""
-_END_ROW = """
-UPDATE dispatch_queue
-   SET status = CASE WHEN status = 'pending' THEN %(pending_to)s ELSE %(row_status)s END,
-       ack_deadline = NULL, ack_agent_id = NULL, recovery_deadline = NULL
- WHERE id = %(job_id)s AND status IN ('pending', 'dispatched', 'recovering')
-"""
-_CANCEL_STEPS = """
-UPDATE execution_steps SET status = 'cancelled', completed_at = now()
- WHERE job_id = %(job_id)s AND status IN ('running', 'pending')
-"""
-_RUN_JOBS = "SELECT job_id, job_name, status, needs_satisfied, base_name, matrix_values IS NOT NULL AS child," \
-            " job_config->'maxParallel' AS max_parallel, job_config->'failFast' AS fail_fast" \
-            " FROM execution_jobs WHERE run_id = %(run_id)s ORDER BY created_at, job_name"
-# failFast: matrix children still waiting are cancelled at once; those on an agent are asked to stop once (the
-# reason is written first, so a later pass does not ask again) and end when the agent reports.
-_FAIL_FAST_WAITING = """
-UPDATE execution_jobs j SET status = 'cancelled', error_message = %(reason)s, completed_at = now(), updated_at = now()
- WHERE j.run_id = %(run_id)s AND j.job_name = %(name)s AND j.status IN ('pending', 'queued')
-   AND NOT EXISTS (SELECT 1 FROM dispatch_queue q WHERE q.id = j.job_id AND q.status IN ('dispatched', 'recovering'))
-RETURNING job_id, job_name, matrix_values, runs_on, agent_id, error_message
-"""
-_FAIL_FAST_ON_AGENT = """
-UPDATE execution_jobs j SET error_message = %(reason)s, updated_at = now(),
-       status = CASE WHEN j.status = 'running' THEN 'cancelling' ELSE j.status END
- WHERE j.run_id = %(run_id)s AND j.job_name = %(name)s AND j.error_message IS NULL
-   AND j.status IN ('pending', 'queued', 'running', 'recovering')
-   AND EXISTS (SELECT 1 FROM dispatch_queue q WHERE q.id = j.job_id AND q.status IN ('dispatched', 'recovering'))
-RETURNING job_id
-"""
-_RUN_NEEDS = "SELECT job_name, upstream_name, run_on FROM execution_job_needs WHERE run_id = %(run_id)s"
-_RELEASE = """
-UPDATE execution_jobs SET needs_satisfied = true, ready_at = now(), updated_at = now()
- WHERE run_id = %(run_id)s AND job_name = ANY(%(names)s) AND status = 'pending' AND NOT needs_satisfied
-RETURNING job_id
-"""
-_ENQUEUE = """
-INSERT INTO dispatch_queue (id, run_id, workflow_name, job_name, runs_on_labels, runs_on_patterns, exclude_labels,
-                            exclude_patterns, required_labels, job_config, repo_url, ref, sha, delivery_id,
-                            provider, provider_context, routing_key, status)
-SELECT j.job_id, j.run_id, r.workflow_name, j.job_name, to_jsonb(j.required_labels),
-       COALESCE((SELECT jsonb_agg(m) FROM jsonb_array_elements(j.runs_on) m WHERE m->>'kind' <> 'exact'), '[]'),
-       COALESCE((SELECT jsonb_agg(m->'value') FROM jsonb_array_elements(j.exclude_labels) m
-                  WHERE m->>'kind' = 'exact'), '[]'),
-       COALESCE((SELECT jsonb_agg(m) FROM jsonb_array_elements(j.exclude_labels) m
-                  WHERE m->>'kind' <> 'exact'), '[]'),
-       j.required_labels, j.job_config, r.repo_url, r.ref, r.sha, r.delivery_id, r.provider, r.provider_context,
-       r.routing_key, 'pending'
-  FROM execution_jobs j JOIN execution_runs r ON r.run_id = j.run_id
- WHERE j.job_id = ANY(%(ids)s)
-ON CONFLICT (id) DO NOTHING
-"""
-_SKIP = """
-UPDATE execution_jobs SET status = 'skipped', error_message = %(reason)s, completed_at = now(), updated_at = now()
- WHERE run_id = %(run_id)s AND job_name = %(name)s AND status = 'pending'
-RETURNING job_id, job_name, matrix_values, runs_on
-"""
-_CONCLUDE = """
-UPDATE execution_runs
-   SET status = %(status)s, completed_at = now(),
-       duration_ms = (extract(epoch FROM now() - COALESCE(started_at, created_at)) * 1000)::bigint,
-       failure_reason = COALESCE(failure_reason, %(reason)s)
- WHERE run_id = %(run_id)s AND status NOT IN ('success', 'failed', 'cancelled')
-RETURNING *
-"""
-_OUTBOX = "INSERT INTO platform_outbox (kind, payload) VALUES (%(kind)s, %(payload)s)"
-# GitHub check runs (only runs from a GitHub App source have rows): the state a check must show, written with
-# the change it reports. A completed check stays completed; repeating a state changes nothing.
-_CHECK_STATE = """
-UPDATE github_check_runs
-   SET status = %(status)s, conclusion = %(conclusion)s, detail = COALESCE(%(detail)s, detail),
-       agent_id = COALESCE(%(agent_id)s, agent_id),
-       started_at = CASE WHEN %(status)s = 'in_progress' THEN COALESCE(started_at, %(started_at)s::timestamptz, now())
-                         ELSE started_at END,
-       completed_at = CASE WHEN %(status)s = 'completed' THEN COALESCE(%(completed_at)s::timestamptz, now()) END,
-       version = version + 1, updated_at = now()
- WHERE external_id = %(external_id)s AND status <> 'completed' AND status <> %(status)s
-"""
-_HEARTBEAT = """
-UPDATE execution_jobs SET last_heartbeat_at = now() WHERE job_id = %(job_id)s AND status = 'running'
-"""
-_STEP_UPSERT = """
-INSERT INTO execution_steps (run_id, job_id, step_index, step_name, step_type, status, exit_code, error_message,
-                             started_at, completed_at, duration_ms)
-VALUES (%(run_id)s, %(job_id)s, %(step_index)s, %(step_name)s, %(step_type)s, %(status)s, %(exit_code)s,
-        %(error)s, CASE WHEN %(status)s = 'running' THEN now() END,
-        CASE WHEN %(terminal)s THEN now() END, %(duration_ms)s)
-ON CONFLICT (run_id, job_id, step_index) DO UPDATE
-   SET status = EXCLUDED.status, step_name = COALESCE(EXCLUDED.step_name, execution_steps.step_name),
-       step_type = COALESCE(EXCLUDED.step_type, execution_steps.step_type),
-       exit_code = COALESCE(EXCLUDED.exit_code, execution_steps.exit_code),
-       error_message = COALESCE(EXCLUDED.error_message, execution_steps.error_message),
-       started_at = COALESCE(execution_steps.started_at, EXCLUDED.started_at),
-       completed_at = COALESCE(EXCLUDED.completed_at, execution_steps.completed_at),
-       duration_ms = COALESCE(EXCLUDED.duration_ms, execution_steps.duration_ms)
- WHERE execution_steps.status IN ('running', 'pending')
-RETURNING id
-"""
-_JOB_NAME = "SELECT j.run_id, j.job_name FROM execution_jobs j WHERE j.job_id = %(job_id)s AND j.run_id = %(run_id)s"
-_LOG_INSERT = """
-INSERT INTO log_chunks (run_id, job_id, step_index, seq, content, byte_count)
-SELECT %(run_id)s, %(job_id)s, %(step_index)s,
-       COALESCE((SELECT max(seq) + 1 FROM log_chunks WHERE job_id = %(job_id)s
-                  AND step_index IS NOT DISTINCT FROM %(step_index)s), 0),
-       %(content)s, %(bytes)s
-ON CONFLICT DO NOTHING
-RETURNING id
-"""
-_LOG_BYTES = """
-WITH j AS (UPDATE execution_jobs SET log_bytes = log_bytes + %(bytes)s WHERE job_id = %(job_id)s RETURNING run_id)
-UPDATE execution_runs SET log_bytes = log_bytes + %(bytes)s WHERE run_id = (SELECT run_id FROM j)
-"""
+_SQL = queries.load("runs.sql")
 
 
 def _ms(value: datetime | None) -> int | None:
@@ -197,7 +58,7 @@ class _Tx:
 
 def _check_state(external_id: str, status: str, conclusions: Mapping[str, str], row: Mapping[str, Any],
                  detail_key: str) -> dict[str, Any] | None:
-    """The ``_CHECK_STATE`` parameters for a job or run entering ``status`` (None: nothing to show)."""
+    """The ``check_state`` parameters for a job or run entering ``status`` (None: nothing to show)."""
     if status in conclusions:
         state, conclusion = "completed", conclusions[status]
     elif status == "running":
@@ -298,10 +159,10 @@ class PgRunStore:
 
     async def _flush(self, tx: _Tx) -> None:
         for event in tx.outbox:
-            await tx.conn.execute(_OUTBOX, {"kind": event.KIND, "payload": Jsonb(event.record())})
+            await tx.conn.execute(_SQL["outbox"], {"kind": event.KIND, "payload": Jsonb(event.record())})
         tx.outbox.clear()
         for params in tx.checks:
-            await tx.conn.execute(_CHECK_STATE, params)
+            await tx.conn.execute(_SQL["check_state"], params)
         tx.checks.clear()
 
     # ------------------------------------------------------------------------------------ job status
@@ -310,9 +171,9 @@ class PgRunStore:
         A job already terminal is left alone."""
         async with self._pipelined() as conn:
             tx = _Tx(conn)
-            cur = await conn.execute(_START_JOB, {"job_id": job_id, "agent_id": agent_id,
+            cur = await conn.execute(_SQL["start_job"], {"job_id": job_id, "agent_id": agent_id,
                                                   "from": ["pending", "queued", "running", "recovering"]})
-            run_cur = await conn.execute(_START_RUN, {"job_id": job_id})  # a no-op unless the job now runs
+            run_cur = await conn.execute(_SQL["start_run"], {"job_id": job_id})  # a no-op unless the job now runs
             row = await cur.fetchone()
             run = await run_cur.fetchone()
             if row is None:
@@ -366,9 +227,9 @@ class PgRunStore:
         async with self._pipelined() as conn:
             end_params = {"job_id": job_id, "status": status, "error": error,
                           "outputs": None if outputs is None else Jsonb(outputs), "from": ACTIVE_JOB}
-            cur = await conn.execute(_LOCK_RUN_OF_JOB, {"job_id": job_id})
+            cur = await conn.execute(_SQL["lock_run_of_job"], {"job_id": job_id})
             # Without a guard the end is sent with the lock (it runs after it; without a run it changes nothing).
-            ended = await conn.execute(_END_JOB, end_params) if require_row is None else None
+            ended = await conn.execute(_SQL["end_job"], end_params) if require_row is None else None
             found = await cur.fetchone()
             if found is None:
                 return FinishResult(changed=False)
@@ -379,16 +240,16 @@ class PgRunStore:
                 queue_row = await cur.fetchone()
                 if queue_row is None or queue_row["status"] != require_row:
                     return FinishResult(changed=False, run_id=str(run_id))
-                ended = await conn.execute(_END_JOB, end_params)
+                ended = await conn.execute(_SQL["end_job"], end_params)
             assert ended is not None
             row = await ended.fetchone()
             if row is None:
                 return FinishResult(changed=False, run_id=str(run_id))
             tx = _Tx(conn)
             self._job_forward(tx, row, job_id, status)
-            await conn.execute(_END_ROW, {"job_id": job_id, "row_status": row_status,
+            await conn.execute(_SQL["end_row"], {"job_id": job_id, "row_status": row_status,
                                           "pending_to": pending_row_status})
-            await conn.execute(_CANCEL_STEPS, {"job_id": job_id})
+            await conn.execute(_SQL["cancel_steps"], {"job_id": job_id})
             result = await self._after_terminal(tx, str(run_id))
             await self._flush(tx)
             return result
@@ -396,9 +257,9 @@ class PgRunStore:
     async def _after_terminal(self, tx: _Tx, run_id: str) -> FinishResult:
         """Release downstream jobs, skip unmet ones, conclude the run (inside the caller's transaction)."""
         conn = tx.conn
-        cur = await conn.execute(_RUN_JOBS, {"run_id": run_id})
+        cur = await conn.execute(_SQL["run_jobs"], {"run_id": run_id})
         jobs = await cur.fetchall()
-        cur = await conn.execute(_RUN_NEEDS, {"run_id": run_id})
+        cur = await conn.execute(_SQL["run_needs"], {"run_id": run_id})
         edges: dict[str, list[planning.Edge]] = {j["job_name"]: [] for j in jobs}
         for need in await cur.fetchall():
             if need["job_name"] in edges and need["upstream_name"] in edges:
@@ -416,7 +277,7 @@ class PgRunStore:
         queued: list[str] = []
         skipped: list[str] = []
         for skip in decision.skipped:
-            cur = await conn.execute(_SKIP, {"run_id": run_id, "name": skip.job, "reason": skip.reason})
+            cur = await conn.execute(_SQL["skip"], {"run_id": run_id, "name": skip.job, "reason": skip.reason})
             row = await cur.fetchone()
             if row is not None:
                 statuses[skip.job] = "skipped"
@@ -425,10 +286,10 @@ class PgRunStore:
                                   str(row["job_id"]), "skipped")
         runnable = fanout.cap(decision.runnable, limits, statuses, released)
         if runnable:
-            cur = await conn.execute(_RELEASE, {"run_id": run_id, "names": list(runnable)})
+            cur = await conn.execute(_SQL["release"], {"run_id": run_id, "names": list(runnable)})
             queued = [str(r["job_id"]) for r in await cur.fetchall()]
             if queued:
-                await conn.execute(_ENQUEUE, {"ids": queued})
+                await conn.execute(_SQL["enqueue"], {"ids": queued})
                 await notify.notify(conn, notify.JOBS, run_id)
         run_status = await self._conclude(tx, run_id, statuses)
         return FinishResult(changed=True, run_id=run_id, queued=tuple(queued), skipped=tuple(skipped),
@@ -440,7 +301,7 @@ class PgRunStore:
         on_agents: list[tuple[str, str]] = []
         for name, reason in victims.items():
             params = {"run_id": run_id, "name": name, "reason": reason}
-            cur = await tx.conn.execute(_FAIL_FAST_WAITING, params)
+            cur = await tx.conn.execute(_SQL["fail_fast_waiting"], params)
             row = await cur.fetchone()
             if row is not None:
                 statuses[name] = "cancelled"
@@ -448,7 +309,7 @@ class PgRunStore:
                                       " AND status = 'pending'", {"id": row["job_id"]})
                 self._job_forward(tx, {**row, "run_id": run_id}, str(row["job_id"]), "cancelled")
                 continue
-            cur = await tx.conn.execute(_FAIL_FAST_ON_AGENT, params)
+            cur = await tx.conn.execute(_SQL["fail_fast_on_agent"], params)
             on_agents += [(str(r["job_id"]), reason) for r in await cur.fetchall()]
         return on_agents
 
@@ -456,7 +317,7 @@ class PgRunStore:
         conclusion = planning.conclude(statuses)
         if conclusion is None:
             return None
-        cur = await tx.conn.execute(_CONCLUDE, {"run_id": run_id, "status": conclusion.status,
+        cur = await tx.conn.execute(_SQL["conclude"], {"run_id": run_id, "status": conclusion.status,
                                                 "reason": conclusion.description})
         run = await cur.fetchone()
         if run is None:
@@ -468,7 +329,7 @@ class PgRunStore:
     async def job_heartbeat(self, job_id: str) -> None:
         """``job.heartbeat``: ``last_heartbeat_at = now()``, only while the job is ``running``."""
         async with self._db.connection() as conn:
-            await conn.execute(_HEARTBEAT, {"job_id": job_id})
+            await conn.execute(_SQL["heartbeat"], {"job_id": job_id})
 
     async def step_status(self, *, run_id: str, job_id: str, step_index: int, step_name: str, state: str,
                           data: Mapping[str, Any] | None, step_type: str | None,
@@ -480,11 +341,11 @@ class PgRunStore:
         error = data.get("error") if isinstance(data.get("error"), str) else None
         duration = data.get("durationMs") if isinstance(data.get("durationMs"), int | float) else None
         async with self._db.transaction() as conn:
-            cur = await conn.execute(_JOB_NAME, {"job_id": job_id, "run_id": run_id})
+            cur = await conn.execute(_SQL["job_name"], {"job_id": job_id, "run_id": run_id})
             job = await cur.fetchone()
             if job is None:
                 return False
-            cur = await conn.execute(_STEP_UPSERT, {
+            cur = await conn.execute(_SQL["step_upsert"], {
                 "run_id": run_id, "job_id": job_id, "step_index": step_index, "step_name": step_name,
                 "step_type": stype, "status": state, "exit_code": exit_code, "error": error,
                 "terminal": state not in ("running", "pending"),
@@ -500,7 +361,7 @@ class PgRunStore:
                     run_id=run_id, job_id=job_id, job_name=job["job_name"], step_index=step_index,
                     step_name=step_name, state=state, data=rest or None, secrets_accessed=lifted["secretsAccessed"],
                     concurrency_kind=lifted["concurrencyKind"], group_id=lifted["groupId"])
-                await conn.execute(_OUTBOX, {"kind": event.KIND, "payload": Jsonb(event.record())})
+                await conn.execute(_SQL["outbox"], {"kind": event.KIND, "payload": Jsonb(event.record())})
             return True
 
     async def append_log(self, *, run_id: str, job_id: str, step_index: int, lines: Sequence[str]) -> bool:
@@ -509,19 +370,19 @@ class PgRunStore:
         size = len(content.encode())
         index = None if step_index < 0 else step_index
         async with self._db.transaction() as conn:
-            cur = await conn.execute(_JOB_NAME, {"job_id": job_id, "run_id": run_id})
+            cur = await conn.execute(_SQL["job_name"], {"job_id": job_id, "run_id": run_id})
             if await cur.fetchone() is None:
                 return False
             for _ in range(5):  # two writers for one (job, step) race on seq: retry
-                cur = await conn.execute(_LOG_INSERT, {"run_id": run_id, "job_id": job_id, "step_index": index,
+                cur = await conn.execute(_SQL["log_insert"], {"run_id": run_id, "job_id": job_id, "step_index": index,
                                                        "content": content, "bytes": size})
                 if await cur.fetchone() is not None:
                     break
-            await conn.execute(_LOG_BYTES, {"job_id": job_id, "bytes": size})
+            await conn.execute(_SQL["log_bytes"], {"job_id": job_id, "bytes": size})
             if self._forward:
                 chunk = platform_events.LogLines(run_id=run_id, job_id=job_id, step_index=step_index,
                                                  lines=tuple(lines))
-                await conn.execute(_OUTBOX, {"kind": chunk.KIND, "payload": Jsonb(chunk.record())})
+                await conn.execute(_SQL["outbox"], {"kind": chunk.KIND, "payload": Jsonb(chunk.record())})
             return True
 
     # ------------------------------------------------------------------------------------ cancel
@@ -534,7 +395,7 @@ class PgRunStore:
             Conflict: the run is already terminal (message = its status).
         """
         async with self._db.transaction() as conn:
-            cur = await conn.execute(_LOCK_RUN, {"run_id": run_id})
+            cur = await conn.execute(_SQL["lock_run"], {"run_id": run_id})
             run = await cur.fetchone()
             if run is None:
                 raise errors.NotFound(f"Run {run_id} not found")
@@ -569,7 +430,7 @@ class PgRunStore:
         otherwise every remaining job is ``cancelled`` and the run concluded now. Returns the run's status."""
         async with self._db.transaction() as conn:
             tx = _Tx(conn)
-            cur = await conn.execute(_LOCK_RUN, {"run_id": run_id})
+            cur = await conn.execute(_SQL["lock_run"], {"run_id": run_id})
             run = await cur.fetchone()
             if run is None or run["status"] in TERMINAL_RUN:
                 return "cancelled" if run is None else str(run["status"])
@@ -590,11 +451,11 @@ class PgRunStore:
                 self._job_forward(tx, row, str(row["job_id"]), "cancelled")
             await conn.execute("UPDATE dispatch_queue SET status = 'failed' WHERE run_id = %(run_id)s"
                                " AND status IN ('dispatched', 'recovering')", {"run_id": run_id})
-            cur = await conn.execute(_RUN_JOBS, {"run_id": run_id})
+            cur = await conn.execute(_SQL["run_jobs"], {"run_id": run_id})
             statuses = {j["job_name"]: j["status"] for j in await cur.fetchall()}
             status = await self._conclude(tx, run_id, statuses)
             if status is None:  # a run without jobs
-                cur = await conn.execute(_CONCLUDE, {"run_id": run_id, "status": "cancelled", "reason": None})
+                cur = await conn.execute(_SQL["conclude"], {"run_id": run_id, "status": "cancelled", "reason": None})
             await self._flush(tx)
             return status or "cancelled"
 

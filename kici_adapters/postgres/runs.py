@@ -121,9 +121,7 @@ class PgRunStore:
     async def copy_run_extras(self, conn: Connection, *, source_run_id: str, new_run_id: str) -> None:
         """Copy what a re-run shares with the attempt it repeats beyond runs, jobs and needs: the triggering
         event its agents receive as ``jobConfig.event``."""
-        await conn.execute("INSERT INTO execution_run_events (run_id, event) SELECT %(new)s, event"
-                           " FROM execution_run_events WHERE run_id = %(old)s ON CONFLICT DO NOTHING",
-                           {"new": new_run_id, "old": source_run_id})
+        await conn.execute(_SQL["copy_run_event"], {"new": new_run_id, "old": source_run_id})
 
     # ------------------------------------------------------------------------------------ outbox
     def _job_forward(self, tx: _Tx, row: Mapping[str, Any], job_id: str, status: str) -> None:
@@ -188,10 +186,8 @@ class PgRunStore:
         """A guarded non-terminal change (``cancelling``, ``recovering``); True when applied."""
         async with self._db.transaction() as conn:
             cur = await conn.execute(
-                "UPDATE execution_jobs SET status = %(status)s, updated_at = now() "
-                "WHERE job_id = %(job_id)s AND status = ANY(%(from)s) "
-                "RETURNING run_id, job_name, matrix_values, started_at, agent_id, runs_on",
-                {"job_id": job_id, "status": status, "from": list(from_statuses)})
+                _SQL["set_job_status"], {"job_id": job_id, "status": status, "from": list(from_statuses)}
+            )
             row = await cur.fetchone()
             if row is None:
                 return False
@@ -235,8 +231,7 @@ class PgRunStore:
                 return FinishResult(changed=False)
             run_id = found["run_id"]
             if require_row is not None:
-                cur = await conn.execute("SELECT status FROM dispatch_queue WHERE id = %(id)s FOR UPDATE",
-                                         {"id": job_id})
+                cur = await conn.execute(_SQL["lock_queue_row"], {"id": job_id})
                 queue_row = await cur.fetchone()
                 if queue_row is None or queue_row["status"] != require_row:
                     return FinishResult(changed=False, run_id=str(run_id))
@@ -305,8 +300,7 @@ class PgRunStore:
             row = await cur.fetchone()
             if row is not None:
                 statuses[name] = "cancelled"
-                await tx.conn.execute("UPDATE dispatch_queue SET status = 'expired' WHERE id = %(id)s"
-                                      " AND status = 'pending'", {"id": row["job_id"]})
+                await tx.conn.execute(_SQL["expire_pending_row"], {"id": row["job_id"]})
                 self._job_forward(tx, {**row, "run_id": run_id}, str(row["job_id"]), "cancelled")
                 continue
             cur = await tx.conn.execute(_SQL["fail_fast_on_agent"], params)
@@ -402,24 +396,12 @@ class PgRunStore:
             if run["status"] in TERMINAL_RUN:
                 raise errors.Conflict(run["status"])
             tx = _Tx(conn)
-            cur = await conn.execute(
-                "UPDATE execution_jobs SET status = 'cancelled', error_message = %(reason)s, completed_at = now(),"
-                " updated_at = now() WHERE run_id = %(run_id)s AND status IN ('pending', 'queued')"
-                " AND job_id NOT IN (SELECT id FROM dispatch_queue WHERE run_id = %(run_id)s"
-                "                    AND status IN ('dispatched', 'recovering'))"
-                " RETURNING job_id, run_id, job_name, matrix_values, agent_id, runs_on, error_message",
-                {"run_id": run_id, "reason": reason})
+            cur = await conn.execute(_SQL["cancel_waiting_jobs"], {"run_id": run_id, "reason": reason})
             for row in await cur.fetchall():
                 self._job_forward(tx, row, str(row["job_id"]), "cancelled")
-            await conn.execute("UPDATE dispatch_queue SET status = 'expired' WHERE run_id = %(run_id)s"
-                               " AND status = 'pending'", {"run_id": run_id})
-            await conn.execute(
-                "UPDATE execution_runs SET cancelled_by = COALESCE(cancelled_by, %(by)s),"
-                " failure_reason = COALESCE(failure_reason, %(reason)s) WHERE run_id = %(run_id)s",
-                {"run_id": run_id, "by": cancelled_by, "reason": reason})
-            cur = await conn.execute("SELECT id, agent_id, recovery_agent_id, status FROM dispatch_queue"
-                                     " WHERE run_id = %(run_id)s AND status IN ('dispatched', 'recovering')",
-                                     {"run_id": run_id})
+            await conn.execute(_SQL["expire_pending_rows_of_run"], {"run_id": run_id})
+            await conn.execute(_SQL["cancel_attribution"], {"run_id": run_id, "by": cancelled_by, "reason": reason})
+            cur = await conn.execute(_SQL["held_rows_of_run"], {"run_id": run_id})
             held = [HeldJob(job_id=str(r["id"]), agent_id=r["agent_id"], recovery_agent_id=r["recovery_agent_id"],
                             status=str(r["status"])) for r in await cur.fetchall()]
             await self._flush(tx)
@@ -435,22 +417,18 @@ class PgRunStore:
             if run is None or run["status"] in TERMINAL_RUN:
                 return "cancelled" if run is None else str(run["status"])
             if notified:
-                cur = await conn.execute("UPDATE execution_runs SET status = 'cancelling' WHERE run_id = %(run_id)s"
-                                         " AND status IN ('pending', 'running') RETURNING *", {"run_id": run_id})
+                cur = await conn.execute(_SQL["run_cancelling"], {"run_id": run_id})
                 updated = await cur.fetchone()
                 if updated is not None:
                     self._run_forward(tx, updated, 0)
                 await self._flush(tx)
                 return "cancelling"
             cur = await conn.execute(
-                "UPDATE execution_jobs SET status = 'cancelled', error_message = COALESCE(error_message, %(reason)s),"
-                " completed_at = now(), updated_at = now() WHERE run_id = %(run_id)s AND status = ANY(%(from)s)"
-                " RETURNING job_id, run_id, job_name, matrix_values, agent_id, runs_on, error_message",
-                {"run_id": run_id, "reason": reason, "from": ACTIVE_JOB})
+                _SQL["cancel_active_jobs"], {"run_id": run_id, "reason": reason, "from": ACTIVE_JOB}
+            )
             for row in await cur.fetchall():
                 self._job_forward(tx, row, str(row["job_id"]), "cancelled")
-            await conn.execute("UPDATE dispatch_queue SET status = 'failed' WHERE run_id = %(run_id)s"
-                               " AND status IN ('dispatched', 'recovering')", {"run_id": run_id})
+            await conn.execute(_SQL["fail_held_rows_of_run"], {"run_id": run_id})
             cur = await conn.execute(_SQL["run_jobs"], {"run_id": run_id})
             statuses = {j["job_name"]: j["status"] for j in await cur.fetchall()}
             status = await self._conclude(tx, run_id, statuses)
@@ -476,31 +454,23 @@ class PgRunStore:
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         """One run row, or None (also for a malformed id)."""
         async with self._db.connection() as conn:
-            cur = await conn.execute("SELECT r.*, (SELECT count(*) FROM execution_jobs j WHERE j.run_id = r.run_id)"
-                                     " AS job_count FROM execution_runs r WHERE r.run_id::text = %(id)s",
-                                     {"id": run_id})
+            cur = await conn.execute(_SQL["get_run"], {"id": run_id})
             row = await cur.fetchone()
             return None if row is None else dict(row)
 
     async def list_jobs(self, run_id: str, *, include_steps: bool = False) -> list[dict[str, Any]]:
         """The run's jobs (with needs, dispatch row status and, optionally, steps) in creation order."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                "SELECT j.*, q.status AS queue_status, q.dispatch_attempts, q.agent_id AS queue_agent_id,"
-                " q.last_provisioning_error"
-                " FROM execution_jobs j LEFT JOIN dispatch_queue q ON q.id = j.job_id"
-                " WHERE j.run_id::text = %(id)s ORDER BY j.created_at, j.job_name", {"id": run_id})
+            cur = await conn.execute(_SQL["list_jobs"], {"id": run_id})
             jobs = [dict(r) for r in await cur.fetchall()]
-            cur = await conn.execute("SELECT job_name, upstream_name, run_on FROM execution_job_needs"
-                                     " WHERE run_id::text = %(id)s ORDER BY upstream_name", {"id": run_id})
+            cur = await conn.execute(_SQL["list_needs"], {"id": run_id})
             needs: dict[str, list[dict[str, Any]]] = {}
             for n in await cur.fetchall():
                 needs.setdefault(n["job_name"], []).append({"upstreamName": n["upstream_name"],
                                                             "runOn": list(n["run_on"])})
             steps: dict[Any, list[dict[str, Any]]] = {}
             if include_steps:
-                cur = await conn.execute("SELECT * FROM execution_steps WHERE run_id::text = %(id)s"
-                                         " ORDER BY job_id, step_index", {"id": run_id})
+                cur = await conn.execute(_SQL["list_steps"], {"id": run_id})
                 for s in await cur.fetchall():
                     steps.setdefault(s["job_id"], []).append(dict(s))
         for job in jobs:
@@ -514,9 +484,6 @@ class PgRunStore:
         """Log chunks of a run (or one job) in arrival order, those with ``id > after``."""
         async with self._db.connection() as conn:
             cur = await conn.execute(
-                "SELECT c.id, c.job_id, j.job_name, c.step_index, c.seq, c.content, c.created_at"
-                " FROM log_chunks c JOIN execution_jobs j ON j.job_id = c.job_id"
-                " WHERE c.run_id::text = %(id)s AND (%(job)s::text IS NULL OR j.job_name = %(job)s)"
-                " AND c.id > %(after)s ORDER BY c.id LIMIT %(limit)s",
-                {"id": run_id, "job": job_name, "after": after, "limit": limit})
+                _SQL["run_logs"], {"id": run_id, "job": job_name, "after": after, "limit": limit}
+            )
             return [dict(r) for r in await cur.fetchall()]

@@ -147,3 +147,78 @@ RETURNING id
 -- name: log_bytes
 WITH j AS (UPDATE execution_jobs SET log_bytes = log_bytes + %(bytes)s WHERE job_id = %(job_id)s RETURNING run_id)
 UPDATE execution_runs SET log_bytes = log_bytes + %(bytes)s WHERE run_id = (SELECT run_id FROM j)
+
+-- name: copy_run_event
+INSERT INTO execution_run_events (run_id, event)
+SELECT %(new)s, event FROM execution_run_events WHERE run_id = %(old)s
+ON CONFLICT DO NOTHING
+
+-- name: set_job_status
+UPDATE execution_jobs SET status = %(status)s, updated_at = now()
+ WHERE job_id = %(job_id)s AND status = ANY(%(from)s)
+RETURNING run_id, job_name, matrix_values, started_at, agent_id, runs_on
+
+-- name: lock_queue_row
+SELECT status FROM dispatch_queue WHERE id = %(id)s FOR UPDATE
+
+-- name: expire_pending_row
+UPDATE dispatch_queue SET status = 'expired' WHERE id = %(id)s AND status = 'pending'
+
+-- name: cancel_waiting_jobs
+UPDATE execution_jobs
+   SET status = 'cancelled', error_message = %(reason)s, completed_at = now(), updated_at = now()
+ WHERE run_id = %(run_id)s AND status IN ('pending', 'queued')
+   AND job_id NOT IN (SELECT id FROM dispatch_queue WHERE run_id = %(run_id)s AND status IN ('dispatched', 'recovering'))
+RETURNING job_id, run_id, job_name, matrix_values, agent_id, runs_on, error_message
+
+-- name: expire_pending_rows_of_run
+UPDATE dispatch_queue SET status = 'expired' WHERE run_id = %(run_id)s AND status = 'pending'
+
+-- name: cancel_attribution
+UPDATE execution_runs
+   SET cancelled_by = COALESCE(cancelled_by, %(by)s), failure_reason = COALESCE(failure_reason, %(reason)s)
+ WHERE run_id = %(run_id)s
+
+-- name: held_rows_of_run
+SELECT id, agent_id, recovery_agent_id, status FROM dispatch_queue
+ WHERE run_id = %(run_id)s AND status IN ('dispatched', 'recovering')
+
+-- name: run_cancelling
+UPDATE execution_runs SET status = 'cancelling'
+ WHERE run_id = %(run_id)s AND status IN ('pending', 'running')
+RETURNING *
+
+-- name: cancel_active_jobs
+UPDATE execution_jobs
+   SET status = 'cancelled', error_message = COALESCE(error_message, %(reason)s), completed_at = now(),
+       updated_at = now()
+ WHERE run_id = %(run_id)s AND status = ANY(%(from)s)
+RETURNING job_id, run_id, job_name, matrix_values, agent_id, runs_on, error_message
+
+-- name: fail_held_rows_of_run
+UPDATE dispatch_queue SET status = 'failed'
+ WHERE run_id = %(run_id)s AND status IN ('dispatched', 'recovering')
+
+-- name: get_run
+SELECT r.*, (SELECT count(*) FROM execution_jobs j WHERE j.run_id = r.run_id) AS job_count
+  FROM execution_runs r
+ WHERE r.run_id::text = %(id)s
+
+-- name: list_jobs
+SELECT j.*, q.status AS queue_status, q.dispatch_attempts, q.agent_id AS queue_agent_id, q.last_provisioning_error
+  FROM execution_jobs j LEFT JOIN dispatch_queue q ON q.id = j.job_id
+ WHERE j.run_id::text = %(id)s
+ ORDER BY j.created_at, j.job_name
+
+-- name: list_needs
+SELECT job_name, upstream_name, run_on FROM execution_job_needs WHERE run_id::text = %(id)s ORDER BY upstream_name
+
+-- name: list_steps
+SELECT * FROM execution_steps WHERE run_id::text = %(id)s ORDER BY job_id, step_index
+
+-- name: run_logs
+SELECT c.id, c.job_id, j.job_name, c.step_index, c.seq, c.content, c.created_at
+  FROM log_chunks c JOIN execution_jobs j ON j.job_id = c.job_id
+ WHERE c.run_id::text = %(id)s AND (%(job)s::text IS NULL OR j.job_name = %(job)s) AND c.id > %(after)s
+ ORDER BY c.id
+ LIMIT %(limit)s

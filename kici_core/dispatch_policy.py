@@ -71,8 +71,12 @@ def ack_overdue(job_id: str, attempts: int, *, max_attempts: int) -> SweepRequeu
     """What the sweep does with a dispatch never acknowledged (``attempts`` deliveries before this one)."""
     spent = attempts + 1
     if attempts_exhausted(spent, max_attempts):
-        return SweepFail(job_id=job_id, status=JobStatus.failed, guard="dispatched",
-                         reason=exhausted_reason(spent, "dispatch ack deadline sweep"))
+        return SweepFail(
+            job_id=job_id,
+            status=JobStatus.failed,
+            guard="dispatched",
+            reason=exhausted_reason(spent, "dispatch ack deadline sweep"),
+        )
     return SweepRequeue(job_id=job_id, attempts=spent)
 
 

@@ -57,23 +57,38 @@ def _ts(epoch: float) -> datetime:
 
 
 def _queued(row: dict[str, Any]) -> QueuedRow:
-    return QueuedRow(job_id=str(row["id"]), run_id=str(row["run_id"]), created_at=row["created_at"].timestamp(),
-                     expires_at=_epoch(row["expires_at"]), attempts=int(row["dispatch_attempts"]),
-                     runs_on=tuple(row["runs_on"] or ()), exclude_labels=tuple(row["exclude_labels"] or ()),
-                     seq=int(row["seq"]))
+    return QueuedRow(
+        job_id=str(row["id"]),
+        run_id=str(row["run_id"]),
+        created_at=row["created_at"].timestamp(),
+        expires_at=_epoch(row["expires_at"]),
+        attempts=int(row["dispatch_attempts"]),
+        runs_on=tuple(row["runs_on"] or ()),
+        exclude_labels=tuple(row["exclude_labels"] or ()),
+        seq=int(row["seq"]),
+    )
 
 
-def _dispatch_row(row: Mapping[str, Any], ups: Sequence[Mapping[str, Any]],
-                  event: JSONObject | None = None) -> DispatchRow:
+def _dispatch_row(
+    row: Mapping[str, Any], ups: Sequence[Mapping[str, Any]], event: JSONObject | None = None
+) -> DispatchRow:
     config = row["job_config"] if isinstance(row["job_config"], dict) else {}
     if event is None and isinstance(row.get("trigger_event"), dict):
         event = row["trigger_event"]
     return DispatchRow(
-        job_id=str(row["id"]), run_id=str(row["run_id"]), workflow_name=row["workflow_name"],
-        job_name=row["job_name"], base_name=row["base_name"], job_config=config,
-        repo_url=row["repo_url"] or "", ref=row["ref"] or "", sha=row["sha"] or "",
-        provider=row["provider"], routing_key=row["routing_key"] or row["run_routing_key"],
-        repo_identifier=row["repo_identifier"], request_id=row["request_id"],
+        job_id=str(row["id"]),
+        run_id=str(row["run_id"]),
+        workflow_name=row["workflow_name"],
+        job_name=row["job_name"],
+        base_name=row["base_name"],
+        job_config=config,
+        repo_url=row["repo_url"] or "",
+        ref=row["ref"] or "",
+        sha=row["sha"] or "",
+        provider=row["provider"],
+        routing_key=row["routing_key"] or row["run_routing_key"],
+        repo_identifier=row["repo_identifier"],
+        request_id=row["request_id"],
         upstream_outputs=_upstream_outputs(ups),
         upstream_statuses={str(u["upstream_name"]): str(u["status"]) for u in ups},
         event=event,
@@ -81,9 +96,18 @@ def _dispatch_row(row: Mapping[str, Any], ups: Sequence[Mapping[str, Any]],
 
 
 def _upstream_outputs(rows: Sequence[Mapping[str, Any]]) -> JSONObject:
-    return upstream_outputs([UpstreamResult(upstream_name=str(r["upstream_name"]), base_name=r["base_name"],
-                                            status=str(r["status"]), outputs=r["outputs"],
-                                            matrix_values=r["matrix_values"]) for r in rows])
+    return upstream_outputs(
+        [
+            UpstreamResult(
+                upstream_name=str(r["upstream_name"]),
+                base_name=r["base_name"],
+                status=str(r["status"]),
+                outputs=r["outputs"],
+                matrix_values=r["matrix_values"],
+            )
+            for r in rows
+        ]
+    )
 
 
 class PgDispatchQueue:
@@ -118,8 +142,7 @@ class PgDispatchQueue:
             cur = await conn.execute(_SQL["pending_positions"], {"limit": limit})
             return [(str(r["id"]), int(r["seq"])) for r in await cur.fetchall()]
 
-    async def pending_since(self, after_seq: int, *, named: Sequence[str] = (),
-                            limit: int = 10_000) -> list[QueuedRow]:
+    async def pending_since(self, after_seq: int, *, named: Sequence[str] = (), limit: int = 10_000) -> list[QueuedRow]:
         """Pending rows with ``seq > after_seq``, plus pending rows whose job id or run id is in ``named``
         (``NOTIFY kici_jobs`` payloads), oldest first."""
         uuids = [n for n in dict.fromkeys(named) if _is_uuid(n)]
@@ -133,8 +156,11 @@ class PgDispatchQueue:
         longer pending (another process took it, or it expired or was cancelled)."""
         if not claims:
             return {}
-        params = {"ids": [c[0] for c in claims], "agents": [c[1] for c in claims],
-                  "deadlines": [_ts(c[2]) for c in claims]}
+        params = {
+            "ids": [c[0] for c in claims],
+            "agents": [c[1] for c in claims],
+            "deadlines": [_ts(c[2]) for c in claims],
+        }
         async with self._fast() as conn:
             cur = await conn.execute(_SQL["claim_many"], params)
             rows = await cur.fetchall()
@@ -162,8 +188,9 @@ class PgDispatchQueue:
     async def mark_recovering(self, job_id: str, *, agent_id: str, deadline: float) -> bool:
         """``dispatched -> recovering`` (and the job ``running -> recovering``)."""
         async with self._db.transaction() as conn:
-            cur = await conn.execute(_SQL["recovering_row"], {"id": job_id, "agent": agent_id,
-                                                              "deadline": _ts(deadline)})
+            cur = await conn.execute(
+                _SQL["recovering_row"], {"id": job_id, "agent": agent_id, "deadline": _ts(deadline)}
+            )
             ok = await cur.fetchone() is not None
             if ok:
                 await conn.execute(_SQL["recovering_job"], {"id": job_id})
@@ -235,8 +262,15 @@ class PgDispatchQueue:
         """Every recovering row."""
         async with self._db.connection() as conn:
             cur = await conn.execute(_SQL["recovering"])
-            return [RecoveringRow(job_id=str(r["id"]), run_id=str(r["run_id"]), agent_id=str(r["recovery_agent_id"] or ""),
-                                  deadline=_epoch(r["recovery_deadline"]) or 0.0) for r in await cur.fetchall()]
+            return [
+                RecoveringRow(
+                    job_id=str(r["id"]),
+                    run_id=str(r["run_id"]),
+                    agent_id=str(r["recovery_agent_id"] or ""),
+                    deadline=_epoch(r["recovery_deadline"]) or 0.0,
+                )
+                for r in await cur.fetchall()
+            ]
 
     async def overdue(self, *, grace_s: float) -> Overdue:
         """Rows past a deadline by more than ``grace_s``: ``ack`` (dispatched, unacknowledged: id, attempts),
@@ -249,17 +283,39 @@ class PgDispatchQueue:
             return Overdue(ack=tuple(out["ack"]), recovery=tuple(out["recovery"]), expired=tuple(out["expired"]))
 
     # ------------------------------------------------------------------------------------ agents
-    async def agent_connected(self, *, agent_id: str, labels: Sequence[str], mandatory: Sequence[str],
-                              platform: str | None, arch: str | None, version: str | None, hostname: str | None,
-                              max_concurrency: int, token_id: str | None, instance_id: str,
-                              metadata: JSONObject) -> None:
+    async def agent_connected(
+        self,
+        *,
+        agent_id: str,
+        labels: Sequence[str],
+        mandatory: Sequence[str],
+        platform: str | None,
+        arch: str | None,
+        version: str | None,
+        hostname: str | None,
+        max_concurrency: int,
+        token_id: str | None,
+        instance_id: str,
+        metadata: JSONObject,
+    ) -> None:
         """Upsert the agent's durable shadow, naming this process as its host."""
         async with self._db.connection() as conn:
             await conn.execute(
                 _SQL["agent_connected"],
-                {"id": agent_id, "labels": list(labels), "mand": list(mandatory), "platform": platform,
-                 "arch": arch, "version": version, "host": hostname, "max": max_concurrency, "token": token_id,
-                 "me": instance_id, "meta": Jsonb(metadata)})
+                {
+                    "id": agent_id,
+                    "labels": list(labels),
+                    "mand": list(mandatory),
+                    "platform": platform,
+                    "arch": arch,
+                    "version": version,
+                    "host": hostname,
+                    "max": max_concurrency,
+                    "token": token_id,
+                    "me": instance_id,
+                    "meta": Jsonb(metadata),
+                },
+            )
 
     async def bind_agent_token(self, agent_id: str, token_id: str) -> bool:
         """Bind ``agent_id`` to the agent token ``token_id`` unless it is bound to another token that is still
@@ -290,6 +346,12 @@ class PgDispatchQueue:
         """Connected agents (any process), by id."""
         async with self._db.connection() as conn:
             cur = await conn.execute(_SQL["connected_agents"])
-            return [ConnectedAgent(agent_id=r["agent_id"], labels=tuple(r["labels"]),
-                                   mandatory_labels=tuple(r["mandatory_labels"]), instance=r["connected_instance"])
-                    for r in await cur.fetchall()]
+            return [
+                ConnectedAgent(
+                    agent_id=r["agent_id"],
+                    labels=tuple(r["labels"]),
+                    mandatory_labels=tuple(r["mandatory_labels"]),
+                    instance=r["connected_instance"],
+                )
+                for r in await cur.fetchall()
+            ]

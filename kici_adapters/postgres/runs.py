@@ -45,8 +45,11 @@ def _ms(value: datetime | None) -> int | None:
 def _labels(runs_on: Any) -> list[JSONValue]:
     if not isinstance(runs_on, list):
         return []
-    return [m.get("value") if m.get("kind") == "exact" else f"/{m.get('source')}/{m.get('flags', '')}"
-            for m in runs_on if isinstance(m, dict)]
+    return [
+        m.get("value") if m.get("kind") == "exact" else f"/{m.get('source')}/{m.get('flags', '')}"
+        for m in runs_on
+        if isinstance(m, dict)
+    ]
 
 
 @dataclass(slots=True)
@@ -56,8 +59,9 @@ class _Tx:
     checks: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _check_state(external_id: str, status: str, conclusions: Mapping[str, str], row: Mapping[str, Any],
-                 detail_key: str) -> dict[str, Any] | None:
+def _check_state(
+    external_id: str, status: str, conclusions: Mapping[str, str], row: Mapping[str, Any], detail_key: str
+) -> dict[str, Any] | None:
     """The ``check_state`` parameters for a job or run entering ``status`` (None: nothing to show)."""
     if status in conclusions:
         state, conclusion = "completed", conclusions[status]
@@ -65,9 +69,15 @@ def _check_state(external_id: str, status: str, conclusions: Mapping[str, str], 
         state, conclusion = "in_progress", None
     else:
         return None  # cancelling, recovering, held: the check keeps its state
-    return {"external_id": external_id, "status": state, "conclusion": conclusion, "detail": row.get(detail_key),
-            "agent_id": row.get("agent_id"), "started_at": row.get("started_at"),
-            "completed_at": row.get("completed_at")}
+    return {
+        "external_id": external_id,
+        "status": state,
+        "conclusion": conclusion,
+        "detail": row.get(detail_key),
+        "agent_id": row.get("agent_id"),
+        "started_at": row.get("started_at"),
+        "completed_at": row.get("completed_at"),
+    }
 
 
 class PgRunStore:
@@ -131,12 +141,23 @@ class PgRunStore:
         if not self._forward:
             return
         terminal = status in planning.TERMINAL_JOB_STATUSES
-        tx.outbox.append(platform_events.JobStatusChanged(
-            run_id=str(row["run_id"]), job_id=job_id, job_name=row["job_name"], status=status,
-            agent_id=row.get("agent_id"), orchestrator_id=self._instance, runs_on_labels=tuple(v for v in _labels(row.get("runs_on")) if isinstance(v, str)),
-            matrix_values=row.get("matrix_values") or None, started_at_ms=_ms(row.get("started_at")),
-            completed_at_ms=_ms(row.get("completed_at")), duration_ms=row.get("duration_ms"),
-            error_message=row.get("error_message"), log_bytes=int(row.get("log_bytes") or 0) if terminal else None))
+        tx.outbox.append(
+            platform_events.JobStatusChanged(
+                run_id=str(row["run_id"]),
+                job_id=job_id,
+                job_name=row["job_name"],
+                status=status,
+                agent_id=row.get("agent_id"),
+                orchestrator_id=self._instance,
+                runs_on_labels=tuple(v for v in _labels(row.get("runs_on")) if isinstance(v, str)),
+                matrix_values=row.get("matrix_values") or None,
+                started_at_ms=_ms(row.get("started_at")),
+                completed_at_ms=_ms(row.get("completed_at")),
+                duration_ms=row.get("duration_ms"),
+                error_message=row.get("error_message"),
+                log_bytes=int(row.get("log_bytes") or 0) if terminal else None,
+            )
+        )
 
     def _run_forward(self, tx: _Tx, run: Mapping[str, Any], job_count: int) -> None:
         check = _check_state(str(run["run_id"]), str(run["status"]), checks.RUN_CONCLUSIONS, run, "failure_reason")
@@ -145,15 +166,23 @@ class PgRunStore:
         if not self._forward:
             return
         terminal = run["status"] in TERMINAL_RUN
-        tx.outbox.append(platform_events.RunStatusChanged(
-            run_id=str(run["run_id"]), workflow_name=run["workflow_name"], status=run["status"],
-            repo_identifier=run.get("repo_identifier"), repo_provider=run.get("provider"), sha=run.get("sha"),
-            ref=run.get("ref"), job_count=job_count,
-            started_at_ms=_ms(run.get("started_at") or run.get("created_at")) or 0,
-            completed_at_ms=_ms(run.get("completed_at")) if terminal else None,
-            duration_ms=run.get("duration_ms") if terminal else None,
-            log_bytes=int(run.get("log_bytes") or 0) if terminal else None,
-            failure_reason=run.get("failure_reason") or None if terminal and run["status"] == "failed" else None))
+        tx.outbox.append(
+            platform_events.RunStatusChanged(
+                run_id=str(run["run_id"]),
+                workflow_name=run["workflow_name"],
+                status=run["status"],
+                repo_identifier=run.get("repo_identifier"),
+                repo_provider=run.get("provider"),
+                sha=run.get("sha"),
+                ref=run.get("ref"),
+                job_count=job_count,
+                started_at_ms=_ms(run.get("started_at") or run.get("created_at")) or 0,
+                completed_at_ms=_ms(run.get("completed_at")) if terminal else None,
+                duration_ms=run.get("duration_ms") if terminal else None,
+                log_bytes=int(run.get("log_bytes") or 0) if terminal else None,
+                failure_reason=run.get("failure_reason") or None if terminal and run["status"] == "failed" else None,
+            )
+        )
 
     async def _flush(self, tx: _Tx) -> None:
         for event in tx.outbox:
@@ -169,8 +198,10 @@ class PgRunStore:
         A job already terminal is left alone."""
         async with self._pipelined() as conn:
             tx = _Tx(conn)
-            cur = await conn.execute(_SQL["start_job"], {"job_id": job_id, "agent_id": agent_id,
-                                                  "from": ["pending", "queued", "running", "recovering"]})
+            cur = await conn.execute(
+                _SQL["start_job"],
+                {"job_id": job_id, "agent_id": agent_id, "from": ["pending", "queued", "running", "recovering"]},
+            )
             run_cur = await conn.execute(_SQL["start_run"], {"job_id": job_id})  # a no-op unless the job now runs
             row = await cur.fetchone()
             run = await run_cur.fetchone()
@@ -221,8 +252,13 @@ class PgRunStore:
         if status not in planning.TERMINAL_JOB_STATUSES:
             raise errors.InvalidInput(f"{status!r} is not a terminal job status")
         async with self._pipelined() as conn:
-            end_params = {"job_id": job_id, "status": status, "error": error,
-                          "outputs": None if outputs is None else Jsonb(outputs), "from": ACTIVE_JOB}
+            end_params = {
+                "job_id": job_id,
+                "status": status,
+                "error": error,
+                "outputs": None if outputs is None else Jsonb(outputs),
+                "from": ACTIVE_JOB,
+            }
             cur = await conn.execute(_SQL["lock_run_of_job"], {"job_id": job_id})
             # Without a guard the end is sent with the lock (it runs after it; without a run it changes nothing).
             ended = await conn.execute(_SQL["end_job"], end_params) if require_row is None else None
@@ -242,8 +278,9 @@ class PgRunStore:
                 return FinishResult(changed=False, run_id=str(run_id))
             tx = _Tx(conn)
             self._job_forward(tx, row, job_id, status)
-            await conn.execute(_SQL["end_row"], {"job_id": job_id, "row_status": row_status,
-                                          "pending_to": pending_row_status})
+            await conn.execute(
+                _SQL["end_row"], {"job_id": job_id, "row_status": row_status, "pending_to": pending_row_status}
+            )
             await conn.execute(_SQL["cancel_steps"], {"job_id": job_id})
             result = await self._after_terminal(tx, str(run_id))
             await self._flush(tx)
@@ -259,13 +296,17 @@ class PgRunStore:
         for need in await cur.fetchall():
             if need["job_name"] in edges and need["upstream_name"] in edges:
                 edges[need["job_name"]].append(
-                    planning.Edge(upstream=need["upstream_name"], run_on=frozenset(need["run_on"])))
+                    planning.Edge(upstream=need["upstream_name"], run_on=frozenset(need["run_on"]))
+                )
         statuses = {j["job_name"]: j["status"] for j in jobs}
         released = frozenset(j["job_name"] for j in jobs if j["needs_satisfied"])
         # --- fan-out limits of matrix children (maxParallel, failFast)
-        limits = {j["job_name"]: fanout.limits_of(j["base_name"], {"maxParallel": j["max_parallel"],
-                                                                    "failFast": j["fail_fast"]}, child=j["child"])
-                  for j in jobs}
+        limits = {
+            j["job_name"]: fanout.limits_of(
+                j["base_name"], {"maxParallel": j["max_parallel"], "failFast": j["fail_fast"]}, child=j["child"]
+            )
+            for j in jobs
+        }
         victims = fanout.fail_fast_victims(limits, statuses)
         cancel = await self._fail_fast(tx, run_id, victims, statuses) if victims else []
         decision = planning.release(planning.needs_graph(edges), statuses, released=released)
@@ -277,8 +318,9 @@ class PgRunStore:
             if row is not None:
                 statuses[skip.job] = "skipped"
                 skipped.append(str(row["job_id"]))
-                self._job_forward(tx, {**row, "run_id": run_id, "error_message": skip.reason},
-                                  str(row["job_id"]), "skipped")
+                self._job_forward(
+                    tx, {**row, "run_id": run_id, "error_message": skip.reason}, str(row["job_id"]), "skipped"
+                )
         runnable = fanout.cap(decision.runnable, limits, statuses, released)
         if runnable:
             cur = await conn.execute(_SQL["release"], {"run_id": run_id, "names": list(runnable)})
@@ -287,11 +329,18 @@ class PgRunStore:
                 await conn.execute(_SQL["enqueue"], {"ids": queued})
                 await notify.notify(conn, notify.JOBS, run_id)
         run_status = await self._conclude(tx, run_id, statuses)
-        return FinishResult(changed=True, run_id=run_id, queued=tuple(queued), skipped=tuple(skipped),
-                            run_status=run_status, cancel=tuple(cancel))
+        return FinishResult(
+            changed=True,
+            run_id=run_id,
+            queued=tuple(queued),
+            skipped=tuple(skipped),
+            run_status=run_status,
+            cancel=tuple(cancel),
+        )
 
-    async def _fail_fast(self, tx: _Tx, run_id: str, victims: Mapping[str, str],
-                         statuses: dict[str, str]) -> list[tuple[str, str]]:
+    async def _fail_fast(
+        self, tx: _Tx, run_id: str, victims: Mapping[str, str], statuses: dict[str, str]
+    ) -> list[tuple[str, str]]:
         """Stop the unfinished siblings of a failed failFast matrix child; returns those to cancel on agents."""
         on_agents: list[tuple[str, str]] = []
         for name, reason in victims.items():
@@ -311,8 +360,9 @@ class PgRunStore:
         conclusion = planning.conclude(statuses)
         if conclusion is None:
             return None
-        cur = await tx.conn.execute(_SQL["conclude"], {"run_id": run_id, "status": conclusion.status,
-                                                "reason": conclusion.description})
+        cur = await tx.conn.execute(
+            _SQL["conclude"], {"run_id": run_id, "status": conclusion.status, "reason": conclusion.description}
+        )
         run = await cur.fetchone()
         if run is None:
             return None
@@ -325,9 +375,18 @@ class PgRunStore:
         async with self._db.connection() as conn:
             await conn.execute(_SQL["heartbeat"], {"job_id": job_id})
 
-    async def step_status(self, *, run_id: str, job_id: str, step_index: int, step_name: str, state: str,
-                          data: Mapping[str, Any] | None, step_type: str | None,
-                          extra: Mapping[str, JSONValue] | None = None) -> bool:
+    async def step_status(
+        self,
+        *,
+        run_id: str,
+        job_id: str,
+        step_index: int,
+        step_name: str,
+        state: str,
+        data: Mapping[str, Any] | None,
+        step_type: str | None,
+        extra: Mapping[str, JSONValue] | None = None,
+    ) -> bool:
         """Record a ``step.status`` (insert or guarded update: a terminal step stays terminal)."""
         data = data or {}
         stype = step_type or (data.get("step_type") if isinstance(data.get("step_type"), str) else None)
@@ -339,22 +398,41 @@ class PgRunStore:
             job = await cur.fetchone()
             if job is None:
                 return False
-            cur = await conn.execute(_SQL["step_upsert"], {
-                "run_id": run_id, "job_id": job_id, "step_index": step_index, "step_name": step_name,
-                "step_type": stype, "status": state, "exit_code": exit_code, "error": error,
-                "terminal": state not in ("running", "pending"),
-                "duration_ms": None if duration is None else int(duration),
-            })
+            cur = await conn.execute(
+                _SQL["step_upsert"],
+                {
+                    "run_id": run_id,
+                    "job_id": job_id,
+                    "step_index": step_index,
+                    "step_name": step_name,
+                    "step_type": stype,
+                    "status": state,
+                    "exit_code": exit_code,
+                    "error": error,
+                    "terminal": state not in ("running", "pending"),
+                    "duration_ms": None if duration is None else int(duration),
+                },
+            )
             if await cur.fetchone() is None:
                 return False
             if self._forward:
-                lifted = {key: (extra or {}).get(key, data.get(key))
-                          for key in ("secretsAccessed", "concurrencyKind", "groupId")}
+                lifted = {
+                    key: (extra or {}).get(key, data.get(key))
+                    for key in ("secretsAccessed", "concurrencyKind", "groupId")
+                }
                 rest = {k: v for k, v in data.items() if k not in lifted}
                 event = platform_events.StepStatusChanged(
-                    run_id=run_id, job_id=job_id, job_name=job["job_name"], step_index=step_index,
-                    step_name=step_name, state=state, data=rest or None, secrets_accessed=lifted["secretsAccessed"],
-                    concurrency_kind=lifted["concurrencyKind"], group_id=lifted["groupId"])
+                    run_id=run_id,
+                    job_id=job_id,
+                    job_name=job["job_name"],
+                    step_index=step_index,
+                    step_name=step_name,
+                    state=state,
+                    data=rest or None,
+                    secrets_accessed=lifted["secretsAccessed"],
+                    concurrency_kind=lifted["concurrencyKind"],
+                    group_id=lifted["groupId"],
+                )
                 await conn.execute(_SQL["outbox"], {"kind": event.KIND, "payload": Jsonb(event.record())})
             return True
 
@@ -368,14 +446,17 @@ class PgRunStore:
             if await cur.fetchone() is None:
                 return False
             for _ in range(5):  # two writers for one (job, step) race on seq: retry
-                cur = await conn.execute(_SQL["log_insert"], {"run_id": run_id, "job_id": job_id, "step_index": index,
-                                                       "content": content, "bytes": size})
+                cur = await conn.execute(
+                    _SQL["log_insert"],
+                    {"run_id": run_id, "job_id": job_id, "step_index": index, "content": content, "bytes": size},
+                )
                 if await cur.fetchone() is not None:
                     break
             await conn.execute(_SQL["log_bytes"], {"job_id": job_id, "bytes": size})
             if self._forward:
-                chunk = platform_events.LogLines(run_id=run_id, job_id=job_id, step_index=step_index,
-                                                 lines=tuple(lines))
+                chunk = platform_events.LogLines(
+                    run_id=run_id, job_id=job_id, step_index=step_index, lines=tuple(lines)
+                )
                 await conn.execute(_SQL["outbox"], {"kind": chunk.KIND, "payload": Jsonb(chunk.record())})
             return True
 
@@ -402,8 +483,15 @@ class PgRunStore:
             await conn.execute(_SQL["expire_pending_rows_of_run"], {"run_id": run_id})
             await conn.execute(_SQL["cancel_attribution"], {"run_id": run_id, "by": cancelled_by, "reason": reason})
             cur = await conn.execute(_SQL["held_rows_of_run"], {"run_id": run_id})
-            held = [HeldJob(job_id=str(r["id"]), agent_id=r["agent_id"], recovery_agent_id=r["recovery_agent_id"],
-                            status=str(r["status"])) for r in await cur.fetchall()]
+            held = [
+                HeldJob(
+                    job_id=str(r["id"]),
+                    agent_id=r["agent_id"],
+                    recovery_agent_id=r["recovery_agent_id"],
+                    status=str(r["status"]),
+                )
+                for r in await cur.fetchall()
+            ]
             await self._flush(tx)
             return held
 
@@ -438,12 +526,29 @@ class PgRunStore:
             return status or "cancelled"
 
     # ------------------------------------------------------------------------------------ reads (admin)
-    async def list_runs(self, *, statuses: Sequence[str] = (), workflow: str | None = None, repo: str | None = None,
-                        since: datetime | None = None, routing_key: str | None = None, limit: int = 20,
-                        offset: int = 0, branch: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    async def list_runs(
+        self,
+        *,
+        statuses: Sequence[str] = (),
+        workflow: str | None = None,
+        repo: str | None = None,
+        since: datetime | None = None,
+        routing_key: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+        branch: str | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
         """Runs newest first, with the total matching count. ``branch`` matches the run's ref (a branch name)."""
-        params = {"st": list(statuses) or None, "wf": workflow, "repo": repo, "since": since, "rk": routing_key,
-                  "limit": limit, "offset": offset, "ref": branch}
+        params = {
+            "st": list(statuses) or None,
+            "wf": workflow,
+            "repo": repo,
+            "since": since,
+            "rk": routing_key,
+            "limit": limit,
+            "offset": offset,
+            "ref": branch,
+        }
         async with self._db.connection() as conn:
             cur = await conn.execute(q("runs_count"), params)
             row = await cur.fetchone()
@@ -466,8 +571,9 @@ class PgRunStore:
             cur = await conn.execute(_SQL["list_needs"], {"id": run_id})
             needs: dict[str, list[dict[str, Any]]] = {}
             for n in await cur.fetchall():
-                needs.setdefault(n["job_name"], []).append({"upstreamName": n["upstream_name"],
-                                                            "runOn": list(n["run_on"])})
+                needs.setdefault(n["job_name"], []).append(
+                    {"upstreamName": n["upstream_name"], "runOn": list(n["run_on"])}
+                )
             steps: dict[Any, list[dict[str, Any]]] = {}
             if include_steps:
                 cur = await conn.execute(_SQL["list_steps"], {"id": run_id})
@@ -479,11 +585,10 @@ class PgRunStore:
                 job["steps"] = steps.get(job["job_id"], [])
         return jobs
 
-    async def logs(self, run_id: str, *, job_name: str | None = None, after: int = 0,
-                   limit: int = 1000) -> list[dict[str, Any]]:
+    async def logs(
+        self, run_id: str, *, job_name: str | None = None, after: int = 0, limit: int = 1000
+    ) -> list[dict[str, Any]]:
         """Log chunks of a run (or one job) in arrival order, those with ``id > after``."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                _SQL["run_logs"], {"id": run_id, "job": job_name, "after": after, "limit": limit}
-            )
+            cur = await conn.execute(_SQL["run_logs"], {"id": run_id, "job": job_name, "after": after, "limit": limit})
             return [dict(r) for r in await cur.fetchall()]

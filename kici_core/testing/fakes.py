@@ -40,10 +40,10 @@ from kici_core.ports import (
     WorkflowRegistration,
     crash_reason,
 )
-from kici_core.testing.dispatch_fakes import FakeConcurrencyGroups as FakeConcurrencyGroups
 from kici_core.testing.dispatch_fakes import FakeDispatchQueue as FakeDispatchQueue
 from kici_core.testing.dispatch_fakes import FakeDispatchTables as FakeDispatchTables
-from kici_core.testing.dispatch_fakes import FakeRunStore as FakeRunStore
+from kici_core.testing.run_fakes import FakeConcurrencyGroups as FakeConcurrencyGroups
+from kici_core.testing.run_fakes import FakeRunStore as FakeRunStore
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -68,15 +68,18 @@ class PgInboxHarness:
             return list(await cur.fetchall()) if cur.description else []
 
     async def expire_leases(self) -> None:
-        await self._exec("UPDATE delivery_inbox SET locked_until = now() - interval '1 second'"
-                         " WHERE locked_until IS NOT NULL")
+        await self._exec(
+            "UPDATE delivery_inbox SET locked_until = now() - interval '1 second' WHERE locked_until IS NOT NULL"
+        )
 
     async def make_due(self) -> None:
         await self._exec("UPDATE delivery_inbox SET available_at = now() - interval '1 second'")
 
     async def run_workflows(self, org_id: str, delivery_id: str) -> dict[str, str]:
-        rows = await self._exec("SELECT workflow_name, run_id FROM execution_runs WHERE org_id = %(o)s"
-                                " AND delivery_id = %(d)s", {"o": org_id, "d": delivery_id})
+        rows = await self._exec(
+            "SELECT workflow_name, run_id FROM execution_runs WHERE org_id = %(o)s AND delivery_id = %(d)s",
+            {"o": org_id, "d": delivery_id},
+        )
         return {r["workflow_name"]: str(r["run_id"]) for r in rows}
 
     async def queued_job_ids(self) -> list[str]:
@@ -181,9 +184,19 @@ class PgDispatchHarness:
 
     async def add_run(self, run: NewRun) -> None:
         self._n += 1
-        await self.inbox.accept(Delivery(
-            org_id="acme", delivery_id=f"d-{self._n}-{run.run_id}", routing_key=run.routing_key, event="push",
-            action=None, source="direct", provider=run.provider, body=b"{}", received_at=datetime.now(UTC)))
+        await self.inbox.accept(
+            Delivery(
+                org_id="acme",
+                delivery_id=f"d-{self._n}-{run.run_id}",
+                routing_key=run.routing_key,
+                event="push",
+                action=None,
+                source="direct",
+                provider=run.provider,
+                body=b"{}",
+                received_at=datetime.now(UTC),
+            )
+        )
         [item] = await self.inbox.claim(worker_id="contract", limit=1, lease_seconds=60)
         await self.inbox.complete(item, DeliveryOutcome(status="processed", matched_count=1), [run])
 

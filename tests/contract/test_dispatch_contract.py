@@ -20,16 +20,33 @@ LINUX = ({"kind": "exact", "value": "linux"},)
 
 
 def job(name: str, *, needs: tuple[str, ...] = (), config: JSONObject | None = None) -> NewJob:
-    return NewJob(job_id=str(uuid.uuid4()), name=name, base_name=name, matrix_values=None,
-                  needs=tuple(NeedEdge(upstream_name=n, run_on=("success",)) for n in needs), runs_on=LINUX,
-                  exclude_labels=(), job_config={"name": name, **(config or {})}, runnable=not needs)
+    return NewJob(
+        job_id=str(uuid.uuid4()),
+        name=name,
+        base_name=name,
+        matrix_values=None,
+        needs=tuple(NeedEdge(upstream_name=n, run_on=("success",)) for n in needs),
+        runs_on=LINUX,
+        exclude_labels=(),
+        job_config={"name": name, **(config or {})},
+        runnable=not needs,
+    )
 
 
 def run_of(*jobs: NewJob, workflow: str = "ci") -> NewRun:
-    return NewRun(run_id=str(uuid.uuid4()), workflow_name=workflow, provider="github", routing_key="github:1",
-                  repo_identifier="acme/app", repo_url="https://example.test/acme/app.git", ref="refs/heads/main",
-                  sha="a" * 40, trigger_decision={"matched": True}, jobs=jobs,
-                  event={"event": "push", "payload": {"ref": "refs/heads/main"}})
+    return NewRun(
+        run_id=str(uuid.uuid4()),
+        workflow_name=workflow,
+        provider="github",
+        routing_key="github:1",
+        repo_identifier="acme/app",
+        repo_url="https://example.test/acme/app.git",
+        ref="refs/heads/main",
+        sha="a" * 40,
+        trigger_decision={"matched": True},
+        jobs=jobs,
+        event={"event": "push", "payload": {"ref": "refs/heads/main"}},
+    )
 
 
 async def claim(h: Harness, job_id: str, agent_id: str, deadline: float) -> bool:
@@ -74,7 +91,13 @@ async def test_a_row_is_claimed_once_and_loaded_for_job_dispatch(dispatch_h: Har
     row = won[build.job_id]
     assert (row.run_id, row.workflow_name, row.job_name, row.base_name) == (run.run_id, "ci", "build", "build")
     assert (row.repo_url, row.ref, row.sha, row.provider, row.routing_key, row.repo_identifier) == (
-        run.repo_url, run.ref, run.sha, "github", "github:1", "acme/app")
+        run.repo_url,
+        run.ref,
+        run.sha,
+        "github",
+        "github:1",
+        "acme/app",
+    )
     assert row.job_config["name"] == "build"
     assert row.event == run.event
     assert (row.upstream_outputs, row.upstream_statuses) == ({}, {})
@@ -112,8 +135,12 @@ async def test_requeue_puts_a_dispatched_row_back_and_announces_it(dispatch_h: H
 
 
 async def test_notices_reach_every_listener_in_order(dispatch_h: Harness) -> None:
-    sent: list[DispatchNotice] = [CancelRun(run_id="r1", force=True, reason="stop | now"),
-                                  Proceed(job_id="j1", run_id="r1", agent_id="a1"), JobsQueued(("x", "y")), JobsQueued()]
+    sent: list[DispatchNotice] = [
+        CancelRun(run_id="r1", force=True, reason="stop | now"),
+        Proceed(job_id="j1", run_id="r1", agent_id="a1"),
+        JobsQueued(("x", "y")),
+        JobsQueued(),
+    ]
     got: list[DispatchNotice] = []
     async with dispatch_h.queue.notices() as notices:
         for notice in sent:
@@ -158,7 +185,9 @@ async def test_recovery_and_reclaim(dispatch_h: Harness) -> None:
     assert await dispatch_h.queue.mark_recovering(build.job_id, agent_id="agent-1", deadline=deadline) is True
     assert await dispatch_h.queue.mark_recovering(build.job_id, agent_id="agent-1", deadline=deadline) is False
     assert (await dispatch_h.job_status(build.job_id), await dispatch_h.row_status(build.job_id)) == (
-        "recovering", "recovering")
+        "recovering",
+        "recovering",
+    )
     [rec] = await dispatch_h.queue.recovering()
     assert (rec.job_id, rec.run_id, rec.agent_id) == (build.job_id, run.run_id, "agent-1")
     assert abs(rec.deadline - deadline) < 0.01
@@ -168,7 +197,9 @@ async def test_recovery_and_reclaim(dispatch_h: Harness) -> None:
     assert await dispatch_h.queue.owned("agent-1", build.job_id) is True
     assert await dispatch_h.queue.reclaim(build.job_id, agent_id="agent-1") is True
     assert (await dispatch_h.job_status(build.job_id), await dispatch_h.row_status(build.job_id)) == (
-        "running", "dispatched")
+        "running",
+        "dispatched",
+    )
     assert await dispatch_h.queue.recovering() == []
 
 
@@ -180,8 +211,7 @@ async def test_a_finished_job_releases_its_needs_and_the_last_one_concludes_the_
         await dispatch_h.runs.job_started(j.job_id, agent_id="agent-1")
     assert await dispatch_h.run_status(run.run_id) == "running"
     result = await dispatch_h.runs.finish_job(build.job_id, "success", outputs={"version": "1.2"})
-    assert (result.changed, result.run_id, result.queued, result.run_status) == (
-        True, run.run_id, (test.job_id,), None)
+    assert (result.changed, result.run_id, result.queued, result.run_status) == (True, run.run_id, (test.job_id,), None)
     assert await dispatch_h.row_status(build.job_id) == "completed"
     again = await dispatch_h.runs.finish_job(build.job_id, "failed")
     assert again.changed is False
@@ -229,16 +259,54 @@ async def test_status_changes_are_guarded(dispatch_h: Harness) -> None:
 async def test_steps_and_logs_belong_to_their_run(dispatch_h: Harness) -> None:
     run, build, _test, _lint = await pipeline(dispatch_h)
     other = str(uuid.uuid4())
-    assert await dispatch_h.runs.step_status(run_id=run.run_id, job_id=build.job_id, step_index=0, step_name="make",
-                                             state="running", data=None, step_type=None) is True
-    assert await dispatch_h.runs.step_status(run_id=run.run_id, job_id=build.job_id, step_index=0, step_name="make",
-                                             state="success", data={"exitCode": 0}, step_type=None) is True
-    assert await dispatch_h.runs.step_status(run_id=run.run_id, job_id=build.job_id, step_index=0, step_name="make",
-                                             state="running", data=None, step_type=None) is False
-    assert await dispatch_h.runs.step_status(run_id=other, job_id=build.job_id, step_index=1, step_name="x",
-                                             state="running", data=None, step_type=None) is False
-    assert await dispatch_h.runs.append_log(run_id=run.run_id, job_id=build.job_id, step_index=0,
-                                            lines=["compiling", "done"]) is True
+    assert (
+        await dispatch_h.runs.step_status(
+            run_id=run.run_id,
+            job_id=build.job_id,
+            step_index=0,
+            step_name="make",
+            state="running",
+            data=None,
+            step_type=None,
+        )
+        is True
+    )
+    assert (
+        await dispatch_h.runs.step_status(
+            run_id=run.run_id,
+            job_id=build.job_id,
+            step_index=0,
+            step_name="make",
+            state="success",
+            data={"exitCode": 0},
+            step_type=None,
+        )
+        is True
+    )
+    assert (
+        await dispatch_h.runs.step_status(
+            run_id=run.run_id,
+            job_id=build.job_id,
+            step_index=0,
+            step_name="make",
+            state="running",
+            data=None,
+            step_type=None,
+        )
+        is False
+    )
+    assert (
+        await dispatch_h.runs.step_status(
+            run_id=other, job_id=build.job_id, step_index=1, step_name="x", state="running", data=None, step_type=None
+        )
+        is False
+    )
+    assert (
+        await dispatch_h.runs.append_log(
+            run_id=run.run_id, job_id=build.job_id, step_index=0, lines=["compiling", "done"]
+        )
+        is True
+    )
     assert await dispatch_h.runs.append_log(run_id=other, job_id=build.job_id, step_index=0, lines=["x"]) is False
 
 
@@ -248,13 +316,17 @@ async def test_cancel_expires_waiting_work_and_reports_what_agents_hold(dispatch
     held = await dispatch_h.runs.begin_cancel(run.run_id, reason="stop", cancelled_by="admin")
     assert [(h.job_id, h.agent_id, h.status) for h in held] == [(build.job_id, "agent-1", "dispatched")]
     assert (await dispatch_h.job_status(lint.job_id), await dispatch_h.row_status(lint.job_id)) == (
-        "cancelled", "expired")
+        "cancelled",
+        "expired",
+    )
     assert await dispatch_h.job_status(test.job_id) == "cancelled"
     assert await dispatch_h.runs.settle_cancel(run.run_id, reason="stop", notified=True) == "cancelling"
     assert await dispatch_h.run_status(run.run_id) == "cancelling"
     assert await dispatch_h.runs.settle_cancel(run.run_id, reason="stop", notified=False) == "cancelled"
     assert (await dispatch_h.job_status(build.job_id), await dispatch_h.row_status(build.job_id)) == (
-        "cancelled", "failed")
+        "cancelled",
+        "failed",
+    )
     with pytest.raises(errors.Conflict, match="cancelled"):
         await dispatch_h.runs.begin_cancel(run.run_id, reason="again", cancelled_by=None)
     with pytest.raises(errors.NotFound):
@@ -265,11 +337,24 @@ async def test_cancel_expires_waiting_work_and_reports_what_agents_hold(dispatch
 async def test_the_agent_table_follows_connections(dispatch_h: Harness) -> None:
     q = dispatch_h.queue
     for agent, instance in (("a1", "i1"), ("a2", "i1"), ("a3", "i2")):
-        await q.agent_connected(agent_id=agent, labels=["linux", "x64"], mandatory=[], platform="linux",
-                                arch="x64", version="1.0", hostname="h", max_concurrency=2, token_id=None,
-                                instance_id=instance, metadata={"version": "1.0"})
+        await q.agent_connected(
+            agent_id=agent,
+            labels=["linux", "x64"],
+            mandatory=[],
+            platform="linux",
+            arch="x64",
+            version="1.0",
+            hostname="h",
+            max_concurrency=2,
+            token_id=None,
+            instance_id=instance,
+            metadata={"version": "1.0"},
+        )
     assert [(a.agent_id, a.instance, a.labels) for a in await q.agents()] == [
-        ("a1", "i1", ("linux", "x64")), ("a2", "i1", ("linux", "x64")), ("a3", "i2", ("linux", "x64"))]
+        ("a1", "i1", ("linux", "x64")),
+        ("a2", "i1", ("linux", "x64")),
+        ("a3", "i2", ("linux", "x64")),
+    ]
     await q.agent_disconnected("a3", instance_id="i1")  # held by another process: unchanged
     await q.release_instance("i1", keep=["a2"])
     assert [a.agent_id for a in await q.agents()] == ["a2", "a3"]
@@ -295,8 +380,19 @@ async def test_an_agent_id_stays_bound_to_its_first_live_token(dispatch_h: Harne
 async def test_orphaned_dispatches_are_those_no_live_process_holds(dispatch_h: Harness) -> None:
     _run, build, _test, lint = await pipeline(dispatch_h)
     q = dispatch_h.queue
-    await q.agent_connected(agent_id="elsewhere", labels=[], mandatory=[], platform=None, arch=None, version=None,
-                            hostname=None, max_concurrency=1, token_id=None, instance_id="i2", metadata={})
+    await q.agent_connected(
+        agent_id="elsewhere",
+        labels=[],
+        mandatory=[],
+        platform=None,
+        arch=None,
+        version=None,
+        hostname=None,
+        max_concurrency=1,
+        token_id=None,
+        instance_id="i2",
+        metadata={},
+    )
     await claim(dispatch_h, build.job_id, "mine", dispatch_h.now() + 30)
     await claim(dispatch_h, lint.job_id, "elsewhere", dispatch_h.now() + 30)
     assert [(j, a) for j, _r, a in await q.orphaned_dispatched("i1")] == [(build.job_id, "mine")]
@@ -317,14 +413,12 @@ async def test_a_concurrency_group_queues_the_second_run_and_promotes_it(dispatc
     await dispatch_h.add_run(one)
     await dispatch_h.add_run(two)
     first = await dispatch_h.groups.report(job_id=one.jobs[0].job_id, run_id=one.run_id, agent_id="a1", group="prod")
-    second = await dispatch_h.groups.report(job_id=two.jobs[0].job_id, run_id=two.run_id, agent_id="a2",
-                                            group="prod")
+    second = await dispatch_h.groups.report(job_id=two.jobs[0].job_id, run_id=two.run_id, agent_id="a2", group="prod")
     assert (first.action, second.action) == ("proceed", "wait")
     promoted = await dispatch_h.groups.release_run(one.run_id)
     assert [(p.job_id, p.run_id, p.agent_id) for p in promoted] == [(two.jobs[0].job_id, two.run_id, "a2")]
     assert await dispatch_h.groups.drop_agent("a2") == 0  # no longer waiting
     plain = run_of(job("build"))
     await dispatch_h.add_run(plain)
-    free = await dispatch_h.groups.report(job_id=plain.jobs[0].job_id, run_id=plain.run_id, agent_id="a3",
-                                          group="prod")
+    free = await dispatch_h.groups.report(job_id=plain.jobs[0].job_id, run_id=plain.run_id, agent_id="a3", group="prod")
     assert free.action == "proceed"

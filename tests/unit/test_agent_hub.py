@@ -46,16 +46,32 @@ class RecordingSocket:
 
 
 def job(name: str, *, needs: Sequence[str] = ()) -> NewJob:
-    return NewJob(job_id=str(uuid.uuid4()), name=name, base_name=name, matrix_values=None,
-                  needs=tuple(NeedEdge(upstream_name=n, run_on=("success",)) for n in needs), runs_on=LINUX,
-                  exclude_labels=(), job_config={"name": name, "steps": [{"run": f"make {name}"}]},
-                  runnable=not needs)
+    return NewJob(
+        job_id=str(uuid.uuid4()),
+        name=name,
+        base_name=name,
+        matrix_values=None,
+        needs=tuple(NeedEdge(upstream_name=n, run_on=("success",)) for n in needs),
+        runs_on=LINUX,
+        exclude_labels=(),
+        job_config={"name": name, "steps": [{"run": f"make {name}"}]},
+        runnable=not needs,
+    )
 
 
 def run_of(*jobs: NewJob) -> NewRun:
-    return NewRun(run_id=str(uuid.uuid4()), workflow_name="ci", provider="local", routing_key="generic:acme:src",
-                  repo_identifier="acme/app", repo_url="file:///srv/git/acme/app.git", ref="refs/heads/main",
-                  sha="c" * 40, trigger_decision={"matched": True}, jobs=jobs)
+    return NewRun(
+        run_id=str(uuid.uuid4()),
+        workflow_name="ci",
+        provider="local",
+        routing_key="generic:acme:src",
+        repo_identifier="acme/app",
+        repo_url="file:///srv/git/acme/app.git",
+        ref="refs/heads/main",
+        sha="c" * 40,
+        trigger_decision={"matched": True},
+        jobs=jobs,
+    )
 
 
 class Rig:
@@ -66,27 +82,49 @@ class Rig:
         self.tables = fakes.FakeDispatchTables(self.clock.now)
         self.queue = fakes.FakeDispatchQueue(self.tables)
         self.runs = fakes.FakeRunStore(self.tables, self.queue)
-        self.hub = AgentHub(queue=self.queue, runs=self.runs, concurrency=fakes.FakeConcurrencyGroups(self.tables),
-                            config=DispatcherConfig(max_attempts=max_attempts), instance_id="i1",
-                            clock=self.tables.now)
+        self.hub = AgentHub(
+            queue=self.queue,
+            runs=self.runs,
+            concurrency=fakes.FakeConcurrencyGroups(self.tables),
+            config=DispatcherConfig(max_attempts=max_attempts),
+            instance_id="i1",
+            clock=self.tables.now,
+        )
 
-    async def connect(self, agent_id: str, *, in_flight: Sequence[str] = (),
-                      run_id: str = "") -> tuple[AgentConnection, RecordingSocket]:
+    async def connect(
+        self, agent_id: str, *, in_flight: Sequence[str] = (), run_id: str = ""
+    ) -> tuple[AgentConnection, RecordingSocket]:
         socket = RecordingSocket()
         conn = AgentConnection(cast(WebSocket, socket), str(uuid.uuid4()))
-        msg = wire.AgentRegister.model_validate({
-            "type": "agent.register", "messageId": str(uuid.uuid4()), "agentId": agent_id, "labels": ["linux"],
-            "platform": "linux", "arch": "x64", "version": "1.0.0", "maxConcurrency": 1,
-            "inFlightJobs": [{"jobId": j, "runId": run_id} for j in in_flight]})
+        msg = wire.AgentRegister.model_validate(
+            {
+                "type": "agent.register",
+                "messageId": str(uuid.uuid4()),
+                "agentId": agent_id,
+                "labels": ["linux"],
+                "platform": "linux",
+                "arch": "x64",
+                "version": "1.0.0",
+                "maxConcurrency": 1,
+                "inFlightJobs": [{"jobId": j, "runId": run_id} for j in in_flight],
+            }
+        )
         conn.agent_id, conn.wire_labels = agent_id, ["linux"]
-        await self.hub.register(conn, msg, routing.AgentLabels(labels=frozenset({"linux"}), platform="linux",
-                                                               arch="x64"))
+        await self.hub.register(
+            conn, msg, routing.AgentLabels(labels=frozenset({"linux"}), platform="linux", arch="x64")
+        )
         conn.registered = True
         return conn, socket
 
     async def say(self, conn: AgentConnection, kind: str, job_id: str, run_id: str, **fields: Any) -> None:
-        msg: dict[str, Any] = {"type": kind, "messageId": str(uuid.uuid4()), "runId": run_id, "jobId": job_id,
-                               "timestamp": 1_767_225_600_000, **fields}
+        msg: dict[str, Any] = {
+            "type": kind,
+            "messageId": str(uuid.uuid4()),
+            "runId": run_id,
+            "jobId": job_id,
+            "timestamp": 1_767_225_600_000,
+            **fields,
+        }
         await self.hub.handle(conn, msg, wire.validate(msg))
 
 
@@ -121,12 +159,24 @@ async def test_ack_and_reports_update_the_run_store_and_release_the_next_job() -
     await rig.say(conn, "job.status", build.job_id, run.run_id, state="running")
     assert (rig.tables.jobs[build.job_id].status, rig.tables.runs[run.run_id].status) == ("running", "running")
     await rig.say(conn, "step.status", build.job_id, run.run_id, stepIndex=0, stepName="make", state="success")
-    await rig.hub.handle(conn, {"type": "log.chunk", "messageId": "l1", "runId": run.run_id, "jobId": build.job_id,
-                                "stepIndex": 0, "lines": ["ok"], "timestamp": 1}, None)
+    await rig.hub.handle(
+        conn,
+        {
+            "type": "log.chunk",
+            "messageId": "l1",
+            "runId": run.run_id,
+            "jobId": build.job_id,
+            "stepIndex": 0,
+            "lines": ["ok"],
+            "timestamp": 1,
+        },
+        None,
+    )
     assert rig.runs.steps == {(build.job_id, 0): "success"}
     assert rig.runs.logs == [(build.job_id, 0, ("ok",))]
-    await rig.say(conn, "job.status", build.job_id, run.run_id, state="success",
-                  data={"outputs": {"artifact": "app.tar"}})
+    await rig.say(
+        conn, "job.status", build.job_id, run.run_id, state="success", data={"outputs": {"artifact": "app.tar"}}
+    )
     assert (rig.tables.jobs[build.job_id].status, rig.tables.queue[build.job_id].status) == ("success", "completed")
     dispatches = socket.of_type("job.dispatch")
     assert [d["jobId"] for d in dispatches] == [build.job_id, test.job_id]  # the freed slot took the next job
@@ -165,11 +215,9 @@ async def test_a_started_job_waits_for_its_agent_to_come_back_and_is_reclaimed()
     await rig.say(first, "job.ack", build.job_id, run.run_id)
     await rig.say(first, "job.status", build.job_id, run.run_id, state="running")
     await rig.hub.gone(first)
-    assert (rig.tables.queue[build.job_id].status, rig.tables.jobs[build.job_id].status) == (
-        "recovering", "recovering")
+    assert (rig.tables.queue[build.job_id].status, rig.tables.jobs[build.job_id].status) == ("recovering", "recovering")
     again, socket = await rig.connect("agent-1", in_flight=[build.job_id], run_id=run.run_id)
-    assert (rig.tables.queue[build.job_id].status, rig.tables.jobs[build.job_id].status) == (
-        "dispatched", "running")
+    assert (rig.tables.queue[build.job_id].status, rig.tables.jobs[build.job_id].status) == ("dispatched", "running")
     assert socket.of_type("job.dispatch") == []  # reclaimed, not dispatched again
     await rig.say(again, "job.status", build.job_id, run.run_id, state="success")
     assert rig.tables.runs[run.run_id].status == "success"
@@ -204,7 +252,9 @@ async def test_the_sweep_requeues_or_fails_rows_no_live_process_handles() -> Non
     await rig.hub.sweep_once()
     assert (rig.tables.queue[a.job_id].status, rig.tables.queue[a.job_id].attempts) == ("pending", 1)
     assert (rig.tables.jobs[b.job_id].status, rig.tables.jobs[b.job_id].error) == (
-        "failed", "Job failed: re-dispatch attempts exhausted after 2 attempts (dispatch ack deadline sweep)")
+        "failed",
+        "Job failed: re-dispatch attempts exhausted after 2 attempts (dispatch ack deadline sweep)",
+    )
     assert (rig.tables.jobs[c.job_id].status, rig.tables.jobs[c.job_id].error) == ("failed", REASON_RECOVERY_EXPIRED)
     assert rig.queue.duties == [("dispatch-sweeps", "i1")]
 

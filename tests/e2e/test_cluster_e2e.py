@@ -223,13 +223,17 @@ async def test_three_processes_one_killed_mid_run_every_job_runs_exactly_once(db
                 await push(procs[n % len(procs)].url, repo, sha)
 
             async def victim_runs_a_job() -> list[dict[str, Any]]:
-                return await query(
+                # "running" is reported before the step starts: only a job whose step has left its marker has
+                # certainly run once when its agent is killed
+                started = {marker.name.split(".")[0] for marker in markers.iterdir()}
+                rows = await query(
                     db_url,
                     "SELECT j.job_id::text, j.run_id::text, j.agent_id FROM execution_jobs j"
                     " JOIN agents a ON a.agent_id = j.agent_id WHERE j.status = 'running'"
                     " AND a.connected_instance = %s ORDER BY j.agent_id",
                     VICTIM,
                 )
+                return [r for r in rows if r["job_id"] in started]
 
             lost = (await until(victim_runs_a_job, what=f"a job running on an agent of {VICTIM}", seen=state))[0]
             by_name[VICTIM].kill()  # SIGKILL: no goodbye to its agents, no database cleanup

@@ -22,7 +22,8 @@ $(STAMP): $(LOCK) pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check kici_core kici_adapters kici_runtime tests bench
+	$(BIN)/ruff format --check kici_core kici_adapters kici_runtime tests bench tools
+	$(BIN)/ruff check kici_core kici_adapters kici_runtime tests bench tools
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)

@@ -52,8 +52,10 @@ def settings_of(value: JSONValue) -> Settings | None:
         return None
     cancel = value.get("cancelInProgress")
     limit = value.get("max")
-    return Settings(cancel_in_progress=cancel is not False,
-                    max=limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1 else 1)
+    return Settings(
+        cancel_in_progress=cancel is not False,
+        max=limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1 else 1,
+    )
 
 
 def queued_reason(group: str) -> str:

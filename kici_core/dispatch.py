@@ -66,9 +66,7 @@ class Dispatcher:
         self._index = AgentIndex()
         self._silence: list[tuple[float, str, str]] = []  # (heartbeat deadline, agent, connection)
         self._holds: list[tuple[float, str]] = []  # (held until, agent)
-        self._bound: dict[
-            str, dict[str, None]
-        ] = {}  # job -> free scaler-managed agents bound to it (in order)
+        self._bound: dict[str, dict[str, None]] = {}  # job -> free scaler-managed agents bound to it (in order)
         # Agents whose load (connection, job count, accepting) may have changed, or that left, since
         # load_changes() last ran: the cluster mirror reads these instead of every agent.
         self._load_changed: dict[str, None] = {}
@@ -308,9 +306,7 @@ class Dispatcher:
             )
             self._agents[agent_id] = agent
             self._index.add(agent_id, labels)
-            heapq.heappush(
-                self._silence, (now + self.config.agent_heartbeat_timeout, agent_id, connection_id)
-            )
+            heapq.heappush(self._silence, (now + self.config.agent_heartbeat_timeout, agent_id, connection_id))
         for job_id in in_flight:
             job = self._jobs.get(job_id)
             if job is not None and job_id in agent.jobs:
@@ -451,9 +447,7 @@ class Dispatcher:
                 effects.append(ended)
             elif job.phase is Phase.AWAITING_ACK:
                 assert job.agent_id is not None
-                effects.append(
-                    fx.SendCancel(agent_id=job.agent_id, job_id=job.job_id, reason=reason, force=force)
-                )
+                effects.append(fx.SendCancel(agent_id=job.agent_id, job_id=job.job_id, reason=reason, force=force))
                 self._release(job, now)
                 del self._jobs[job.job_id]
                 effects.append(ended)
@@ -461,9 +455,7 @@ class Dispatcher:
             else:
                 assert job.agent_id is not None
                 job.cancel_reason = reason
-                effects.append(
-                    fx.SendCancel(agent_id=job.agent_id, job_id=job.job_id, reason=reason, force=force)
-                )
+                effects.append(fx.SendCancel(agent_id=job.agent_id, job_id=job.job_id, reason=reason, force=force))
         return effects + (self._fill(now) if freed else [])
 
     # ---------------------------------------------------------------- time
@@ -491,11 +483,7 @@ class Dispatcher:
             effects += self._disconnect(agent, now)
         due = [job for job in self._jobs.values() if self._due(job, now)]  # sort only what has work
         for job in sorted(due, key=lambda j: j.order):
-            if (
-                job.phase is Phase.RECOVERING
-                and job.recovery_deadline is not None
-                and job.recovery_deadline <= now
-            ):
+            if job.phase is Phase.RECOVERING and job.recovery_deadline is not None and job.recovery_deadline <= now:
                 del self._jobs[job.job_id]
                 effects.append(
                     fx.FailJob(job_id=job.job_id, status=JobStatus.failed, reason=fx.REASON_RECOVERY_EXPIRED)
@@ -506,9 +494,7 @@ class Dispatcher:
                 self._dequeue(job)
                 del self._jobs[job.job_id]
                 effects.append(
-                    fx.FailJob(
-                        job_id=job.job_id, status=JobStatus.timed_out_stale, reason=fx.REASON_QUEUE_EXPIRED
-                    )
+                    fx.FailJob(job_id=job.job_id, status=JobStatus.timed_out_stale, reason=fx.REASON_QUEUE_EXPIRED)
                 )
         while self._completed and next(iter(self._completed.values()))[1] <= now:
             self._completed.popitem(last=False)
@@ -619,9 +605,7 @@ class Dispatcher:
             self._agents[job.agent_id].busy_streak = 0
         return [fx.AckResolved(job_id=job.job_id, agent_id=job.agent_id)]
 
-    def _requeue_or_fail(
-        self, job: JobEntry, context: str, now: float, *, spend: bool = True
-    ) -> list[fx.Effect]:
+    def _requeue_or_fail(self, job: JobEntry, context: str, now: float, *, spend: bool = True) -> list[fx.Effect]:
         """Requeue ``job`` (counting one more delivery when ``spend``), or end it: cancelled when a cancel
         is pending, failed once ``max_attempts`` deliveries were spent."""
         self._release(job, now)
@@ -652,14 +636,10 @@ class Dispatcher:
                 effects += self._requeue_or_fail(job, "agent disconnected before acknowledging dispatch", now)
             elif job.cancel_reason is not None:
                 del self._jobs[job_id]
-                effects.append(
-                    fx.FailJob(job_id=job_id, status=JobStatus.cancelled, reason=job.cancel_reason)
-                )
+                effects.append(fx.FailJob(job_id=job_id, status=JobStatus.cancelled, reason=job.cancel_reason))
             elif agent.scaler_managed:  # its container is destroyed: nothing will reconnect
                 del self._jobs[job_id]
-                effects.append(
-                    fx.FailJob(job_id=job_id, status=JobStatus.failed, reason=fx.REASON_SCALER_AGENT_LOST)
-                )
+                effects.append(fx.FailJob(job_id=job_id, status=JobStatus.failed, reason=fx.REASON_SCALER_AGENT_LOST))
             else:
                 deadline = now + self.config.recovery_grace
                 job.phase = Phase.RECOVERING
@@ -680,9 +660,7 @@ class Dispatcher:
             agent = self._agents[agent_id]
             jobs = sorted(late[agent_id], key=lambda j: j.order)
             for job in jobs:
-                effects.append(
-                    fx.SendCancel(agent_id=agent_id, job_id=job.job_id, reason=fx.REASON_ACK_TIMEOUT)
-                )
+                effects.append(fx.SendCancel(agent_id=agent_id, job_id=job.job_id, reason=fx.REASON_ACK_TIMEOUT))
             effects.append(
                 fx.CloseAgent(
                     agent_id=agent_id,

@@ -123,7 +123,9 @@ class SourceStore(Protocol):
         """Non-deleted source by name (the URL segment), falling back to id when ``name`` is a UUID."""
         ...
 
-    async def list_generic(self, org_id: str | None = None, *, include_deleted: bool = False) -> list[GenericSource]: ...
+    async def list_generic(
+        self, org_id: str | None = None, *, include_deleted: bool = False
+    ) -> list[GenericSource]: ...
 
     async def update_generic(self, source: GenericSource) -> GenericSource: ...
 
@@ -386,8 +388,9 @@ class LockfileSource(Protocol):
 
 
 class ChangedFilesSource(Protocol):
-    async def changed_files(self, source: RepoSource, repo: str, *, base: str | None, head: str,
-                            pull_number: int | None = None) -> list[str]:
+    async def changed_files(
+        self, source: RepoSource, repo: str, *, base: str | None, head: str, pull_number: int | None = None
+    ) -> list[str]:
         """Changed paths of a push (compare ``base...head``) or a pull request (PR files API)."""
         ...
 
@@ -414,8 +417,15 @@ class RerunResult:
 class RunReruns(Protocol):
     """New attempts of finished runs (same delivery, commit and planned jobs; linked to the first attempt)."""
 
-    async def rerun(self, run_id: str, *, failed_only: bool = False, all_when_none_failed: bool = False,
-                    requested_by: str | None = None, key: str | None = None) -> RerunResult:
+    async def rerun(
+        self,
+        run_id: str,
+        *,
+        failed_only: bool = False,
+        all_when_none_failed: bool = False,
+        requested_by: str | None = None,
+        key: str | None = None,
+    ) -> RerunResult:
         """Start the next attempt of the run ``run_id`` belongs to. ``failed_only`` keeps the jobs that
         succeeded (``all_when_none_failed``: re-run everything when none failed). A ``key`` makes the request
         idempotent: the same key and run give the same attempt. Raises ``NotFound``, or ``Conflict`` when the
@@ -492,8 +502,9 @@ class Schedule:
 class RegistrationStore(Protocol):
     """Workflows registered from default-branch pushes, and their schedules."""
 
-    async def register(self, *, org_id: str, routing_key: str, repo: str,
-                       workflows: Sequence[WorkflowRegistration]) -> None:
+    async def register(
+        self, *, org_id: str, routing_key: str, repo: str, workflows: Sequence[WorkflowRegistration]
+    ) -> None:
         """Make ``workflows`` the repository's registrations (ones no longer listed are removed). A schedule
         whose trigger keeps its expression and time zone keeps its next and last fire. When the stored ones
         already say the same (ids and delivery id aside), they may be left as they are."""
@@ -550,8 +561,7 @@ class DispatchQueue(Protocol):
         """``(job_id, seq)`` of the pending rows, oldest first (a cheap full scan)."""
         ...
 
-    async def pending_since(self, after_seq: int, *, named: Sequence[str] = (),
-                            limit: int = 10_000) -> list[QueuedRow]:
+    async def pending_since(self, after_seq: int, *, named: Sequence[str] = (), limit: int = 10_000) -> list[QueuedRow]:
         """Pending rows with ``seq > after_seq``, plus pending rows whose job id or run id is in ``named``
         (ids that are not UUIDs are ignored), oldest first."""
         ...
@@ -621,10 +631,21 @@ class DispatchQueue(Protocol):
         them in order and raises ``Unavailable`` when the subscription breaks."""
         ...
 
-    async def agent_connected(self, *, agent_id: str, labels: Sequence[str], mandatory: Sequence[str],
-                              platform: str | None, arch: str | None, version: str | None, hostname: str | None,
-                              max_concurrency: int, token_id: str | None, instance_id: str,
-                              metadata: JSONObject) -> None:
+    async def agent_connected(
+        self,
+        *,
+        agent_id: str,
+        labels: Sequence[str],
+        mandatory: Sequence[str],
+        platform: str | None,
+        arch: str | None,
+        version: str | None,
+        hostname: str | None,
+        max_concurrency: int,
+        token_id: str | None,
+        instance_id: str,
+        metadata: JSONObject,
+    ) -> None:
         """Record the agent as connected to ``instance_id`` (a token it had stays bound)."""
         ...
 
@@ -670,9 +691,17 @@ class RunStore(Protocol):
         """A guarded non-terminal change (``cancelling``, ``recovering``); True when applied."""
         ...
 
-    async def finish_job(self, job_id: str, status: str, *, error: str | None = None, outputs: JSONValue = None,
-                         row_status: str = "completed", pending_row_status: str = "expired",
-                         require_row: str | None = None) -> FinishResult:
+    async def finish_job(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        outputs: JSONValue = None,
+        row_status: str = "completed",
+        pending_row_status: str = "expired",
+        require_row: str | None = None,
+    ) -> FinishResult:
         """End a job with the terminal ``status`` and apply what follows (class docstring). ``row_status`` is the
         queue row's new status when dispatched or recovering, ``pending_row_status`` when still pending. A job
         already terminal, or a queue row not in status ``require_row`` when given, makes it a no-op
@@ -683,9 +712,18 @@ class RunStore(Protocol):
         """Record a job heartbeat (only while the job runs)."""
         ...
 
-    async def step_status(self, *, run_id: str, job_id: str, step_index: int, step_name: str, state: str,
-                          data: Mapping[str, JSONValue] | None, step_type: str | None,
-                          extra: Mapping[str, JSONValue] | None = None) -> bool:
+    async def step_status(
+        self,
+        *,
+        run_id: str,
+        job_id: str,
+        step_index: int,
+        step_name: str,
+        state: str,
+        data: Mapping[str, JSONValue] | None,
+        step_type: str | None,
+        extra: Mapping[str, JSONValue] | None = None,
+    ) -> bool:
         """Record a ``step.status`` (a terminal step stays terminal); False when the job is not the run's or the
         step is already terminal."""
         ...

@@ -51,8 +51,19 @@ def _reason(text: str) -> str:
 class AgentConnection:
     """One agent socket as the hub sees it. Kept small: a process holds one per connected agent."""
 
-    __slots__ = ("_closed", "_scope", "_send_lock", "agent_id", "close_code", "connection_id", "registered",
-                 "token", "violations", "websocket", "wire_labels")
+    __slots__ = (
+        "_closed",
+        "_scope",
+        "_send_lock",
+        "agent_id",
+        "close_code",
+        "connection_id",
+        "registered",
+        "token",
+        "violations",
+        "websocket",
+        "wire_labels",
+    )
 
     def __init__(self, websocket: WebSocket, connection_id: str) -> None:
         self.websocket = websocket
@@ -141,9 +152,16 @@ class AgentEndpoint:
         auth_timeout / register_timeout: phase deadlines in seconds (5 / 10 per spec).
     """
 
-    def __init__(self, *, hub: Hub, tokens: TokenStore | None, auth_mode: Literal["token", "none"] = "token",
-                 auth_timeout: float = 5.0, register_timeout: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        tokens: TokenStore | None,
+        auth_mode: Literal["token", "none"] = "token",
+        auth_timeout: float = 5.0,
+        register_timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.hub = hub
         self._tokens = tokens
         self._mode = auth_mode
@@ -210,8 +228,9 @@ class AgentEndpoint:
             await self._fail(conn, CLOSE_INVALID, "Invalid message")
         return str(text)
 
-    async def _fail(self, conn: AgentConnection, code: int, reason: str, *,
-                    failure: str | None = None, error: bool = False) -> None:
+    async def _fail(
+        self, conn: AgentConnection, code: int, reason: str, *, failure: str | None = None, error: bool = False
+    ) -> None:
         if failure is not None:
             await conn.send({"type": "auth.failure", "reason": failure})
         if error:
@@ -260,11 +279,13 @@ class AgentEndpoint:
         try:
             req = wire.AuthRequest.model_validate(msg)
         except ValueError:
-            await self._fail(conn, CLOSE_AUTH_FAILED, "Invalid auth message",
-                             failure="First message must be auth.request")
+            await self._fail(
+                conn, CLOSE_AUTH_FAILED, "Invalid auth message", failure="First message must be auth.request"
+            )
         if req.protocolVersion < MIN_PROTOCOL_VERSION:
-            await self._fail(conn, CLOSE_PROTOCOL, "Unsupported protocol version",
-                             failure="Unsupported protocol version")
+            await self._fail(
+                conn, CLOSE_PROTOCOL, "Unsupported protocol version", failure="Unsupported protocol version"
+            )
         if self._tokens is None:
             await self._fail(conn, CLOSE_AUTH_FAILED, "Server misconfiguration", failure="Server misconfiguration")
         assert self._tokens is not None
@@ -287,18 +308,26 @@ class AgentEndpoint:
             uid = reg.runningAsUid
             if uid != 0:
                 shown = "absent" if uid is None else str(int(uid))
-                await self._fail(conn, CLOSE_AUTH_FAILED,
-                                 f"privileged-root token presented by non-root agent (uid={shown})")
+                await self._fail(
+                    conn, CLOSE_AUTH_FAILED, f"privileged-root token presented by non-root agent (uid={shown})"
+                )
         if token is not None and scoped:
             offenders = [x for x in reg.labels if x not in scoped and not x.startswith(SELF_REPORTED)]
             if offenders:
-                await self._fail(conn, CLOSE_AUTH_FAILED,
-                                 f"Agent labels exceed token-bound scope: {','.join(offenders)}")
-        if token is not None and token.agent_type == "ephemeral" and token.created_by is not None \
-                and token.created_by != reg.agentId:
-            await self._fail(conn, CLOSE_AUTH_FAILED,
-                             f"Ephemeral token bound to a different agentId: expected {token.created_by}, "
-                             f"got {reg.agentId}")
+                await self._fail(
+                    conn, CLOSE_AUTH_FAILED, f"Agent labels exceed token-bound scope: {','.join(offenders)}"
+                )
+        if (
+            token is not None
+            and token.agent_type == "ephemeral"
+            and token.created_by is not None
+            and token.created_by != reg.agentId
+        ):
+            await self._fail(
+                conn,
+                CLOSE_AUTH_FAILED,
+                f"Ephemeral token bound to a different agentId: expected {token.created_by}, got {reg.agentId}",
+            )
         if token is not None:
             bound = self.hub.token_of(reg.agentId)
             if bound is not None and bound != token.id:
@@ -316,8 +345,12 @@ class AgentEndpoint:
         if conn.registered and conn.agent_id != reg.agentId:
             await self._fail(conn, CLOSE_INVALID, "Invalid message", error=True)
         try:
-            labels = routing.AgentLabels(labels=frozenset(reg.labels), mandatory_labels=frozenset(mandatory),
-                                         platform=reg.platform, arch=reg.arch)
+            labels = routing.AgentLabels(
+                labels=frozenset(reg.labels),
+                mandatory_labels=frozenset(mandatory),
+                platform=reg.platform,
+                arch=reg.arch,
+            )
         except errors.InvalidInput:
             await self._fail(conn, CLOSE_INVALID, "Invalid message", error=True)
         conn.agent_id = reg.agentId
@@ -360,9 +393,10 @@ class AgentEndpoint:
             try:
                 await self.hub.handle(conn, msg, model)
             except errors.Unavailable as exc:
-                log.warning("agent message not recorded: storage unavailable",
-                            extra={"agentId": conn.agent_id, "type": kind, "error": str(exc)})
+                log.warning(
+                    "agent message not recorded: storage unavailable",
+                    extra={"agentId": conn.agent_id, "type": kind, "error": str(exc)},
+                )
             except errors.InvalidInput as exc:  # a value the store cannot hold: the agent's fault, not ours
                 log.info("invalid agent message", extra={"agentId": conn.agent_id, "type": kind, "error": str(exc)})
                 await self._fail(conn, CLOSE_INVALID, "Invalid message", error=True)
-

@@ -49,10 +49,20 @@ class PgConcurrency:
             holders, waiting, _ = await _line(conn, rk, group)
             decision = concurrency.decide(settings, group=group, run_id=run_id, holders=holders, waiting=waiting)
             if decision.supersede:
-                await conn.execute(_SQL["slots_cancel_runs"],
-                                   {"rk": rk, "group": group, "runs": list(decision.supersede)})
-            await conn.execute(_SQL["slot_upsert"], {"rk": rk, "group": group, "run": run_id, "job": job_id, "agent": agent_id,
-                                       "status": "holding" if decision.action == "proceed" else "waiting"})
+                await conn.execute(
+                    _SQL["slots_cancel_runs"], {"rk": rk, "group": group, "runs": list(decision.supersede)}
+                )
+            await conn.execute(
+                _SQL["slot_upsert"],
+                {
+                    "rk": rk,
+                    "group": group,
+                    "run": run_id,
+                    "job": job_id,
+                    "agent": agent_id,
+                    "status": "holding" if decision.action == "proceed" else "waiting",
+                },
+            )
             return decision
 
     async def release_run(self, run_id: str) -> list[Promoted]:
@@ -68,11 +78,11 @@ class PgConcurrency:
                 runs = concurrency.promote(settings, holders=holders, waiting=waiting)
                 if not runs:
                     continue
-                cur = await conn.execute(
-                    _SQL["group_runs_promote"],
-                    {"rk": rk, "group": group, "runs": list(runs)})
-                promoted += [Promoted(job_id=r["job_id"], run_id=r["run_id"], agent_id=r["agent_id"])
-                             for r in await cur.fetchall()]
+                cur = await conn.execute(_SQL["group_runs_promote"], {"rk": rk, "group": group, "runs": list(runs)})
+                promoted += [
+                    Promoted(job_id=r["job_id"], run_id=r["run_id"], agent_id=r["agent_id"])
+                    for r in await cur.fetchall()
+                ]
         return promoted
 
     async def drop_agent(self, agent_id: str) -> int:
@@ -84,8 +94,10 @@ class PgConcurrency:
     async def waiting_in_run(self, run_id: str) -> dict[str, str]:
         """Why each of the run's jobs waits for a concurrency group (job id -> reason), for ``runs show``."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                _SQL["waiting_in_run"], {"run": run_id})
+            cur = await conn.execute(_SQL["waiting_in_run"], {"run": run_id})
             rows: Sequence[Any] = await cur.fetchall()
-        return {r["job_id"]: f"{concurrency.queued_reason(r['group_key'])}: held by run {r['holders'] or '-'}, "
-                             f"{r['ahead']} run(s) ahead" for r in rows}
+        return {
+            r["job_id"]: f"{concurrency.queued_reason(r['group_key'])}: held by run {r['holders'] or '-'}, "
+            f"{r['ahead']} run(s) ahead"
+            for r in rows
+        }

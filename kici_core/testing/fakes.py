@@ -151,9 +151,16 @@ class FakeSourceStore:
 
     async def add_generic(self, source: GenericSource) -> GenericSource:
         for other in self.generic.values():
-            if (other.id == source.id or other.routing_key == source.routing_key
-                    or (other.deleted_at is None and source.deleted_at is None
-                        and other.org_id == source.org_id and other.name == source.name)):
+            if (
+                other.id == source.id
+                or other.routing_key == source.routing_key
+                or (
+                    other.deleted_at is None
+                    and source.deleted_at is None
+                    and other.org_id == source.org_id
+                    and other.name == source.name
+                )
+            ):
                 raise errors.Conflict("Conflict: resource already exists")
         now = self._clock.now()
         stored = dataclasses.replace(source, created_at=source.created_at or now, updated_at=now)
@@ -175,8 +182,11 @@ class FakeSourceStore:
 
     async def list_generic(self, org_id: str | None = None, *, include_deleted: bool = False) -> list[GenericSource]:
         return sorted(
-            (s for s in self.generic.values()
-             if (org_id is None or s.org_id == org_id) and (include_deleted or s.deleted_at is None)),
+            (
+                s
+                for s in self.generic.values()
+                if (org_id is None or s.org_id == org_id) and (include_deleted or s.deleted_at is None)
+            ),
             key=lambda s: (s.org_id, s.name),
         )
 
@@ -187,8 +197,13 @@ class FakeSourceStore:
         for other in self.generic.values():
             if other.id != source.id and (
                 other.routing_key == source.routing_key
-                or (other.deleted_at is None and source.deleted_at is None
-                    and other.org_id == source.org_id and other.name == source.name)):
+                or (
+                    other.deleted_at is None
+                    and source.deleted_at is None
+                    and other.org_id == source.org_id
+                    and other.name == source.name
+                )
+            ):
                 raise errors.Conflict("Conflict: resource already exists")
         stored = dataclasses.replace(source, created_at=old.created_at, updated_at=self._clock.now())
         self.generic[source.id] = stored
@@ -201,7 +216,9 @@ class FakeSourceStore:
         if hard:
             del self.generic[source_id]
         else:
-            self.generic[source_id] = dataclasses.replace(s, deleted_at=s.deleted_at or self._clock.now(), enabled=False)
+            self.generic[source_id] = dataclasses.replace(
+                s, deleted_at=s.deleted_at or self._clock.now(), enabled=False
+            )
         return True
 
 
@@ -234,8 +251,14 @@ class FakeDeliveryInbox:
     drive offloading by hand. ``fail_accepts`` makes ``accept`` raise ``StorageUnavailable`` (database down).
     """
 
-    def __init__(self, blobs: FakeBlobStore, clock: FakeClock, *,
-                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, offload_on_accept: bool = True) -> None:
+    def __init__(
+        self,
+        blobs: FakeBlobStore,
+        clock: FakeClock,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        offload_on_accept: bool = True,
+    ) -> None:
         self.blobs = blobs
         self.clock = clock
         self.max_payload_bytes = max_payload_bytes
@@ -262,18 +285,40 @@ class FakeDeliveryInbox:
         else:
             self.pending_payloads[key] = gzip.compress(delivery.body)
         self.entries[key] = EventLogEntry(
-            org_id=delivery.org_id, delivery_id=delivery.delivery_id, routing_key=delivery.routing_key,
-            event=delivery.event, action=delivery.action, source=delivery.source, provider=delivery.provider,
-            repo_identifier=delivery.repo_identifier, ref=delivery.ref, payload_key=payload_key,
-            payload_omitted=omitted is not None, payload_omitted_reason=omitted, payload_size_bytes=len(delivery.body),
-            payload_hash=hashlib.sha256(delivery.body).hexdigest(), matched_count=0, status="received",
-            run_id=None, error_message=None, received_at=delivery.received_at,
+            org_id=delivery.org_id,
+            delivery_id=delivery.delivery_id,
+            routing_key=delivery.routing_key,
+            event=delivery.event,
+            action=delivery.action,
+            source=delivery.source,
+            provider=delivery.provider,
+            repo_identifier=delivery.repo_identifier,
+            ref=delivery.ref,
+            payload_key=payload_key,
+            payload_omitted=omitted is not None,
+            payload_omitted_reason=omitted,
+            payload_size_bytes=len(delivery.body),
+            payload_hash=hashlib.sha256(delivery.body).hexdigest(),
+            matched_count=0,
+            status="received",
+            run_id=None,
+            error_message=None,
+            received_at=delivery.received_at,
         )
-        self.rows[key] = _InboxRow(item=InboxItem(
-            org_id=delivery.org_id, delivery_id=delivery.delivery_id, routing_key=delivery.routing_key,
-            event=delivery.event, action=delivery.action, source=delivery.source, provider=delivery.provider,
-            payload_key=payload_key, received_at=delivery.received_at, attempts=0,
-        ))
+        self.rows[key] = _InboxRow(
+            item=InboxItem(
+                org_id=delivery.org_id,
+                delivery_id=delivery.delivery_id,
+                routing_key=delivery.routing_key,
+                event=delivery.event,
+                action=delivery.action,
+                source=delivery.source,
+                provider=delivery.provider,
+                payload_key=payload_key,
+                received_at=delivery.received_at,
+                attempts=0,
+            )
+        )
         if self.offload_on_accept and key in self.pending_payloads:
             await self.offload()
         return AcceptResult(duplicate=False)
@@ -310,7 +355,8 @@ class FakeDeliveryInbox:
             if row.crashes >= MAX_CRASHES:
                 row.done = True
                 self.entries[key] = dataclasses.replace(
-                    self.entries[key], status="failed", error_message=crash_reason(row.crashes, row.last_error))
+                    self.entries[key], status="failed", error_message=crash_reason(row.crashes, row.last_error)
+                )
                 continue
             row.item = dataclasses.replace(row.item, attempts=row.item.attempts + 1)
             row.locked_until = now + timedelta(seconds=lease_seconds)
@@ -370,9 +416,14 @@ class FakeDeliveryInbox:
         entry = self.entries[key]
         if entry.status not in TERMINAL_DELIVERY_STATUSES or entry.status == "failed":
             self.entries[key] = dataclasses.replace(
-                entry, status=outcome.status, matched_count=outcome.matched_count,
-                repo_identifier=outcome.repo_identifier, ref=outcome.ref, error_message=outcome.error_message,
-                decision_trace=outcome.decision_trace, run_id=run_ids[0] if run_ids else None,
+                entry,
+                status=outcome.status,
+                matched_count=outcome.matched_count,
+                repo_identifier=outcome.repo_identifier,
+                ref=outcome.ref,
+                error_message=outcome.error_message,
+                decision_trace=outcome.decision_trace,
+                run_id=run_ids[0] if run_ids else None,
             )
         self.rows[key].done = True
         self.rows[key].locked_until = None
@@ -451,8 +502,9 @@ class FakeChangedFilesSource:
         self.files: dict[tuple[str, str], list[str]] = {}
         self.calls: list[tuple[str, str | None, str, int | None]] = []
 
-    async def changed_files(self, source: RepoSource, repo: str, *, base: str | None, head: str,
-                            pull_number: int | None = None) -> list[str]:
+    async def changed_files(
+        self, source: RepoSource, repo: str, *, base: str | None, head: str, pull_number: int | None = None
+    ) -> list[str]:
         self.calls.append((repo, base, head, pull_number))
         return list(self.files.get((repo, head), []))
 
@@ -491,18 +543,34 @@ class FakeRunReruns:
         self.checks: dict[str, str] = {}
         self._ids = list(ids)
 
-    def add_run(self, run_id: str, *, routing_key: str, repo: str, sha: str, status: str,
-                jobs: Mapping[str, str]) -> FakeAttempt:
-        attempt = FakeAttempt(run_id=run_id, root=run_id, attempt=1, status=status, routing_key=routing_key,
-                              repo=repo, sha=sha, jobs=dict(jobs))
+    def add_run(
+        self, run_id: str, *, routing_key: str, repo: str, sha: str, status: str, jobs: Mapping[str, str]
+    ) -> FakeAttempt:
+        attempt = FakeAttempt(
+            run_id=run_id,
+            root=run_id,
+            attempt=1,
+            status=status,
+            routing_key=routing_key,
+            repo=repo,
+            sha=sha,
+            jobs=dict(jobs),
+        )
         self.attempts[run_id] = attempt
         return attempt
 
     def _latest(self, root: str) -> FakeAttempt:
         return max((a for a in self.attempts.values() if a.root == root), key=lambda a: a.attempt)
 
-    async def rerun(self, run_id: str, *, failed_only: bool = False, all_when_none_failed: bool = False,
-                    requested_by: str | None = None, key: str | None = None) -> RerunResult:
+    async def rerun(
+        self,
+        run_id: str,
+        *,
+        failed_only: bool = False,
+        all_when_none_failed: bool = False,
+        requested_by: str | None = None,
+        key: str | None = None,
+    ) -> RerunResult:
         found = self.attempts.get(run_id)
         if found is None:
             raise errors.NotFound(f"Run {run_id} not found")
@@ -511,8 +579,14 @@ class FakeRunReruns:
             key = f"{key}:{root}"
             done = next((a for a in self.attempts.values() if a.key == key), None)
             if done is not None:
-                return RerunResult(run_id=done.run_id, original_run_id=root, attempt=done.attempt, rerun_jobs=0,
-                                   carried_jobs=0, created=False)
+                return RerunResult(
+                    run_id=done.run_id,
+                    original_run_id=root,
+                    attempt=done.attempt,
+                    rerun_jobs=0,
+                    carried_jobs=0,
+                    created=False,
+                )
         latest = self._latest(root)
         if latest.status not in ("success", "failed", "cancelled"):
             raise errors.Conflict(f"attempt {latest.attempt} of run {root} is still {latest.status}")
@@ -522,15 +596,31 @@ class FakeRunReruns:
         jobs = {n: ("success" if carry and s == "success" else "pending") for n, s in latest.jobs.items()}
         new_id = self._ids.pop(0) if self._ids else f"{root}-attempt-{latest.attempt + 1}"
         self.attempts[new_id] = FakeAttempt(
-            run_id=new_id, root=root, attempt=latest.attempt + 1, status="pending", routing_key=latest.routing_key,
-            repo=latest.repo, sha=latest.sha, jobs=jobs, failed_only=carry, requested_by=requested_by, key=key)
+            run_id=new_id,
+            root=root,
+            attempt=latest.attempt + 1,
+            status="pending",
+            routing_key=latest.routing_key,
+            repo=latest.repo,
+            sha=latest.sha,
+            jobs=jobs,
+            failed_only=carry,
+            requested_by=requested_by,
+            key=key,
+        )
         rerun = sum(1 for s in jobs.values() if s == "pending")
-        return RerunResult(run_id=new_id, original_run_id=root, attempt=latest.attempt + 1, rerun_jobs=rerun,
-                           carried_jobs=len(jobs) - rerun)
+        return RerunResult(
+            run_id=new_id,
+            original_run_id=root,
+            attempt=latest.attempt + 1,
+            rerun_jobs=rerun,
+            carried_jobs=len(jobs) - rerun,
+        )
 
     async def runs_at_commit(self, routing_key: str, repo: str, sha: str) -> list[tuple[str, str]]:
-        roots = sorted({a.root for a in self.attempts.values()
-                        if (a.routing_key, a.repo, a.sha) == (routing_key, repo, sha)})
+        roots = sorted(
+            {a.root for a in self.attempts.values() if (a.routing_key, a.repo, a.sha) == (routing_key, repo, sha)}
+        )
         return [(latest.run_id, latest.status) for latest in map(self._latest, roots)]
 
     async def run_for_check(self, routing_key: str, external_id: str) -> str | None:
@@ -546,8 +636,9 @@ class FakeRegistrationStore:
     def __init__(self) -> None:
         self.registrations: dict[str, WorkflowRegistration] = {}
 
-    async def register(self, *, org_id: str, routing_key: str, repo: str,
-                       workflows: Sequence[WorkflowRegistration]) -> None:
+    async def register(
+        self, *, org_id: str, routing_key: str, repo: str, workflows: Sequence[WorkflowRegistration]
+    ) -> None:
         await self.unregister_repo(routing_key=routing_key, repo=repo)
         for reg in workflows:
             self.registrations[reg.id] = reg
@@ -562,11 +653,23 @@ class FakeRegistrationStore:
         return self.registrations.get(registration_id)
 
     async def list_schedules(self, *, routing_key: str | None = None) -> list[Schedule]:
-        return [Schedule(id=f"{r.id}/{s.trigger_index}", registration_id=r.id, org_id=r.org_id,
-                         routing_key=r.routing_key, repo_identifier=r.repo_identifier, workflow_name=r.workflow_name,
-                         trigger_index=s.trigger_index, cron_expression=s.cron_expression, timezone=s.timezone,
-                         description=s.description)
-                for r in self.registrations.values() if routing_key in (None, r.routing_key) for s in r.schedules]
+        return [
+            Schedule(
+                id=f"{r.id}/{s.trigger_index}",
+                registration_id=r.id,
+                org_id=r.org_id,
+                routing_key=r.routing_key,
+                repo_identifier=r.repo_identifier,
+                workflow_name=r.workflow_name,
+                trigger_index=s.trigger_index,
+                cron_expression=s.cron_expression,
+                timezone=s.timezone,
+                description=s.description,
+            )
+            for r in self.registrations.values()
+            if routing_key in (None, r.routing_key)
+            for s in r.schedules
+        ]
 
 
 class FakePlatformLink:
@@ -599,15 +702,18 @@ class FakeTokenStore:
                 raise errors.Conflict("Conflict: resource already exists")
             if same[0].revoked:
                 return False
-            self.admin[same[0].id] = (dataclasses.replace(same[0], role="owner", routing_key=None,
-                                                          expires_at=None), token_hash)
+            self.admin[same[0].id] = (
+                dataclasses.replace(same[0], role="owner", routing_key=None, expires_at=None),
+                token_hash,
+            )
             return True
-        active = sorted((tok for tok, _h in self.admin.values() if tok.label == "bootstrap" and not tok.revoked),
-                        key=lambda t: t.created_at or self._clock.now())
+        active = sorted(
+            (tok for tok, _h in self.admin.values() if tok.label == "bootstrap" and not tok.revoked),
+            key=lambda t: t.created_at or self._clock.now(),
+        )
         if active:
             tok = active[0]
-            self.admin[tok.id] = (dataclasses.replace(tok, role="owner", routing_key=None, expires_at=None),
-                                  token_hash)
+            self.admin[tok.id] = (dataclasses.replace(tok, role="owner", routing_key=None, expires_at=None), token_hash)
             return True
         await self.create_admin_token(AdminToken(id=new_id, label="bootstrap", role="owner"), token_hash)
         return True
@@ -653,8 +759,9 @@ class FakeTokenStore:
         return None
 
     async def list_agent_tokens(self) -> list[AgentToken]:
-        return sorted((t for t, _ in self.agent.values() if t.revoked_at is None),
-                      key=lambda t: t.created_at or self._clock.now())
+        return sorted(
+            (t for t, _ in self.agent.values() if t.revoked_at is None), key=lambda t: t.created_at or self._clock.now()
+        )
 
     async def revoke_agent_token(self, token_id: str) -> bool:
         found = self.agent.get(token_id)

@@ -79,10 +79,19 @@ class AgentHub:
         clock: wall-clock seconds (deadlines are stored as timestamps).
     """
 
-    def __init__(self, *, queue: DispatchQueue, runs: RunStore, concurrency: ConcurrencyGroups,
-                 config: fx.DispatcherConfig | None = None, instance_id: str = "local",
-                 clone_token: CloneToken | None = None, clock: Callable[[], float] = time.time,
-                 poll_seconds: float = 5.0, sweep_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        queue: DispatchQueue,
+        runs: RunStore,
+        concurrency: ConcurrencyGroups,
+        config: fx.DispatcherConfig | None = None,
+        instance_id: str = "local",
+        clone_token: CloneToken | None = None,
+        clock: Callable[[], float] = time.time,
+        poll_seconds: float = 5.0,
+        sweep_seconds: float = 10.0,
+    ) -> None:
         self.queue = queue
         self.runs = runs
         self.core = Dispatcher(config=config)
@@ -109,7 +118,8 @@ class AgentHub:
         self._ack_wake = anyio.Event()
         self._settled_agents = 0  # connected agents at the last heap resettle, and disconnects since
         self._gone_since_settle = 0
-        # --- auto-scaler hooks (kici_runtime.orchestrator.scaler): which agents it started, and who to tell when one leaves
+        # --- auto-scaler hooks (kici_runtime.orchestrator.scaler): which agents it started, and who to tell when
+        # one leaves
         self.scaler_lookup: ScalerLookup | None = None
         self.on_agent_gone: Callable[[str], None] | None = None
         self._scaler_conns: dict[str, scaling.Binding] = {}  # connection id -> binding of scaler agents
@@ -135,8 +145,12 @@ class AgentHub:
         async with self._lock:
             now = self._clock()
             for job_id, run_id, deadline in reclaimable:
-                self.core.job_recovering(job_id=job_id, run_id=run_id, agent_id=msg.agentId,
-                                         deadline=deadline or now + self.config.recovery_grace)
+                self.core.job_recovering(
+                    job_id=job_id,
+                    run_id=run_id,
+                    agent_id=msg.agentId,
+                    deadline=deadline or now + self.config.recovery_grace,
+                )
             self._conns[conn.connection_id] = conn
             previous = self._current.get(msg.agentId)
             self._current[msg.agentId] = conn
@@ -146,23 +160,46 @@ class AgentHub:
             if binding is not None:
                 self._scaler_conns[conn.connection_id] = binding
             effects = self.core.agent_registered(
-                agent_id=msg.agentId, connection_id=conn.connection_id, labels=labels, now=now,
-                max_concurrency=msg.maxConcurrency or 1, in_flight_jobs=in_flight,
-                scaler_managed=binding is not None, bound_job_id=binding.bound_job_id if binding else None)
+                agent_id=msg.agentId,
+                connection_id=conn.connection_id,
+                labels=labels,
+                now=now,
+                max_concurrency=msg.maxConcurrency or 1,
+                in_flight_jobs=in_flight,
+                scaler_managed=binding is not None,
+                bound_job_id=binding.bound_job_id if binding else None,
+            )
             metrics.set_local_agents(self.core.agent_count())
             try:
                 await self.queue.agent_connected(
-                    agent_id=msg.agentId, labels=sorted(labels.effective), mandatory=sorted(labels.mandatory_labels),
-                    platform=msg.platform, arch=msg.arch, version=msg.version, hostname=msg.hostname,
-                    max_concurrency=msg.maxConcurrency or 1, token_id=conn.token.id if conn.token else None,
+                    agent_id=msg.agentId,
+                    labels=sorted(labels.effective),
+                    mandatory=sorted(labels.mandatory_labels),
+                    platform=msg.platform,
+                    arch=msg.arch,
+                    version=msg.version,
+                    hostname=msg.hostname,
+                    max_concurrency=msg.maxConcurrency or 1,
+                    token_id=conn.token.id if conn.token else None,
                     instance_id=self.instance_id,
-                    metadata={k: v for k, v in msg.model_dump(exclude={"labels", "inFlightJobs", "type"}).items()
-                              if v is not None})
+                    metadata={
+                        k: v
+                        for k, v in msg.model_dump(exclude={"labels", "inFlightJobs", "type"}).items()
+                        if v is not None
+                    },
+                )
             except errors.Unavailable as exc:
                 log.warning("could not record agent registration", extra={"agentId": msg.agentId, "error": str(exc)})
             await self._run(effects)
-        log.info("Agent registered", extra={"agentId": msg.agentId, "labels": sorted(labels.effective),
-                                            "inFlight": len(in_flight), "scalerManaged": binding is not None})
+        log.info(
+            "Agent registered",
+            extra={
+                "agentId": msg.agentId,
+                "labels": sorted(labels.effective),
+                "inFlight": len(in_flight),
+                "scalerManaged": binding is not None,
+            },
+        )
 
     async def _scaler_binding(self, agent_id: str) -> scaling.Binding | None:
         assert self.scaler_lookup is not None
@@ -215,19 +252,26 @@ class AgentHub:
         if isinstance(model, wire.JobAck):
             await self._core_call(lambda now: self.core.job_acked(agent_id=agent_id, job_id=job_id, now=now))
         elif isinstance(model, wire.JobReject):
-            await self._core_call(lambda now: self.core.job_rejected(agent_id=agent_id, job_id=job_id,
-                                                                     reason=model.reason, now=now))
+            await self._core_call(
+                lambda now: self.core.job_rejected(agent_id=agent_id, job_id=job_id, reason=model.reason, now=now)
+            )
         elif isinstance(model, wire.JobStatusMsg):
             await self._job_status(agent_id, job_id, model)
         elif isinstance(model, wire.StepStatusMsg):
-            await self.runs.step_status(run_id=run_id, job_id=job_id, step_index=model.stepIndex,
-                                        step_name=model.stepName, state=model.state, data=model.data,
-                                        step_type=model.step_type,
-                                        extra={"secretsAccessed": model.secretsAccessed} if model.secretsAccessed
-                                        else None)
+            await self.runs.step_status(
+                run_id=run_id,
+                job_id=job_id,
+                step_index=model.stepIndex,
+                step_name=model.stepName,
+                state=model.state,
+                data=model.data,
+                step_type=model.step_type,
+                extra={"secretsAccessed": model.secretsAccessed} if model.secretsAccessed else None,
+            )
         elif kind == "log.chunk":
-            await self.runs.append_log(run_id=run_id, job_id=job_id, step_index=int(msg["stepIndex"]),
-                                       lines=msg["lines"])
+            await self.runs.append_log(
+                run_id=run_id, job_id=job_id, step_index=int(msg["stepIndex"]), lines=msg["lines"]
+            )
         elif isinstance(model, wire.JobHeartbeat):
             self.core.job_heartbeat(agent_id=agent_id, job_id=job_id, now=self._clock())
             await self.runs.job_heartbeat(job_id)
@@ -238,8 +282,10 @@ class AgentHub:
         reported = int(msg.activeJobs)
         view = self.core.agent(agent_id)
         if view is not None and reported != len(view.active_jobs):
-            log.debug("agent.status disagrees with the dispatcher's count",
-                      extra={"agentId": agent_id, "reported": reported, "counted": len(view.active_jobs)})
+            log.debug(
+                "agent.status disagrees with the dispatcher's count",
+                extra={"agentId": agent_id, "reported": reported, "counted": len(view.active_jobs)},
+            )
         await self._core_call(lambda now: self.core.agent_status(agent_id=agent_id, active_jobs=reported, now=now))
 
     async def _owns(self, conn: AgentConnection, job_id: str) -> bool:
@@ -248,8 +294,9 @@ class AgentHub:
             return True
         conn.violations, limit_reached = policy.record_violation(conn.violations, time.monotonic())
         metrics.agent_messages_dropped.labels(reason="job_not_assigned").inc()
-        log.warning("dropped a message about a job the agent does not own",
-                    extra={"agentId": conn.agent_id, "jobId": job_id})
+        log.warning(
+            "dropped a message about a job the agent does not own", extra={"agentId": conn.agent_id, "jobId": job_id}
+        )
         if limit_reached:
             await conn.close(CLOSE_GOING_AWAY, policy.violation_close_reason(job_id))
         return False
@@ -258,16 +305,19 @@ class AgentHub:
         state = msg.state
         if state == "running":
             await self.runs.job_started(job_id, agent_id=agent_id)
-            await self._core_call(lambda now: self.core.job_status(agent_id=agent_id, job_id=job_id, state=state,
-                                                                   now=now))
+            await self._core_call(
+                lambda now: self.core.job_status(agent_id=agent_id, job_id=job_id, state=state, now=now)
+            )
         elif state in TERMINAL_AGENT_STATES:
             data = msg.data or {}
             error = data.get("error") if isinstance(data.get("error"), str) else None
             outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else None
             result = await self.runs.finish_job(job_id, state, error=error, outputs=outputs)
             self._run_ids.pop(job_id, None)
-            await self._core_call(lambda now: self.core.job_status(agent_id=agent_id, job_id=job_id, state=state,
-                                                                   now=now), queued=result.queued)
+            await self._core_call(
+                lambda now: self.core.job_status(agent_id=agent_id, job_id=job_id, state=state, now=now),
+                queued=result.queued,
+            )
             await self.cancel_jobs(result.cancel)
             if result.run_status is not None:
                 log.info("Run finished", extra={"runId": result.run_id, "status": result.run_status})
@@ -292,12 +342,21 @@ class AgentHub:
             try:
                 selector = routing.compile_selector(row.runs_on, row.exclude_labels)
             except errors.InvalidInput as exc:
-                effects.append(fx.FailJob(job_id=row.job_id, status=JobStatus.failed,
-                                          reason=f"invalid runsOn/excludeLabels: {exc}"))
+                effects.append(
+                    fx.FailJob(
+                        job_id=row.job_id, status=JobStatus.failed, reason=f"invalid runsOn/excludeLabels: {exc}"
+                    )
+                )
                 continue
-            effects += self.core.job_queued(job_id=row.job_id, run_id=row.run_id, selector=selector,
-                                            created_at=row.created_at, now=self._clock(), attempts=row.attempts,
-                                            expires_at=row.expires_at)
+            effects += self.core.job_queued(
+                job_id=row.job_id,
+                run_id=row.run_id,
+                selector=selector,
+                created_at=row.created_at,
+                now=self._clock(),
+                attempts=row.attempts,
+                expires_at=row.expires_at,
+            )
         return effects
 
     async def refresh(self) -> None:
@@ -311,7 +370,7 @@ class AgentHub:
         unknown = [job_id for job_id, _seq in positions if not self.core.tracks(job_id)]
         rows: list[QueuedRow] = []
         for start in range(0, len(unknown), 1000):
-            rows += await self.queue.pending(ids=unknown[start:start + 1000])
+            rows += await self.queue.pending(ids=unknown[start : start + 1000])
         await self._take(rows)
 
     async def refresh_new(self) -> None:
@@ -365,8 +424,10 @@ class AgentHub:
             try:
                 more = await self._effect(eff)
             except errors.Unavailable as exc:
-                log.warning("dispatch effect failed: storage unavailable", extra={"effect": type(eff).__name__,
-                                                                                  "error": str(exc)})
+                log.warning(
+                    "dispatch effect failed: storage unavailable",
+                    extra={"effect": type(eff).__name__, "error": str(exc)},
+                )
                 continue
             work[:0] = more
 
@@ -395,8 +456,12 @@ class AgentHub:
             conn = self._conns.get(eff.connection_id)
             if conn is not None:
                 binding = self._scaler_conns.get(eff.connection_id)
-                ack: dict[str, JSONValue] = {"type": "register.ack", "agentId": eff.agent_id,
-                                             "labels": list(conn.wire_labels), "scalerManaged": binding is not None}
+                ack: dict[str, JSONValue] = {
+                    "type": "register.ack",
+                    "agentId": eff.agent_id,
+                    "labels": list(conn.wire_labels),
+                    "scalerManaged": binding is not None,
+                }
                 if binding is not None and binding.bound_job_id is not None:
                     ack["pendingDispatch"] = True
                 await conn.send(ack)
@@ -408,9 +473,13 @@ class AgentHub:
         if isinstance(eff, fx.SendCancel):
             conn = self._current.get(eff.agent_id)
             if conn is not None:
-                msg: dict[str, JSONValue] = {"type": "job.cancel", "messageId": str(uuid.uuid4()),
-                                             "runId": self._run_of(eff.job_id), "jobId": eff.job_id,
-                                             "reason": eff.reason}
+                msg: dict[str, JSONValue] = {
+                    "type": "job.cancel",
+                    "messageId": str(uuid.uuid4()),
+                    "runId": self._run_of(eff.job_id),
+                    "jobId": eff.job_id,
+                    "reason": eff.reason,
+                }
                 if eff.force:
                     msg["force"] = True
                 await conn.send(msg)
@@ -431,8 +500,9 @@ class AgentHub:
         if isinstance(eff, fx.FailJob):
             guard = policy.guard_of(eff.reason)
             self._run_ids.pop(eff.job_id, None)
-            result = await self.runs.finish_job(eff.job_id, str(eff.status), error=eff.reason, row_status="failed",
-                                                require_row=guard)
+            result = await self.runs.finish_job(
+                eff.job_id, str(eff.status), error=eff.reason, row_status="failed", require_row=guard
+            )
             if result.cancel:  # run outside the lock this effect runs under
                 self._pending_cancels += result.cancel
             if result.run_status is not None:
@@ -461,8 +531,9 @@ class AgentHub:
         except (errors.KiciError, wire.InvalidMessage) as exc:
             # No credential or a malformed job: fail it now rather than waiting out the ack deadline.
             log.warning("cannot build job.dispatch", extra={"jobId": job_id, "error": str(exc)})
-            await self._run(self.core.cancel_requested(job_id=job_id, reason=f"dispatch failed: {exc}",
-                                                       now=self._clock()))
+            await self._run(
+                self.core.cancel_requested(job_id=job_id, reason=f"dispatch failed: {exc}", now=self._clock())
+            )
             return
         if await conn.send(message):
             self.sent_dispatches += 1
@@ -473,24 +544,32 @@ class AgentHub:
         return build_dispatch(row, message_id=str(uuid.uuid4()), now_ms=_now_ms(), token=token)
 
     # ------------------------------------------------------------------------------------ concurrency groups
-    async def _concurrency_report(self, conn: AgentConnection, agent_id: str, job_id: str, run_id: str,
-                                  msg: dict[str, Any]) -> None:
+    async def _concurrency_report(
+        self, conn: AgentConnection, agent_id: str, job_id: str, run_id: str, msg: dict[str, Any]
+    ) -> None:
         """Answer ``job.concurrency.report`` (§7.6) at once; superseded runs are cancelled after the answer."""
         group = str(msg["group"])
         try:
             decision = await self.concurrency.report(job_id=job_id, run_id=run_id, agent_id=agent_id, group=group)
         except errors.Unavailable as exc:
-            log.warning("concurrency group not evaluated: storage unavailable", extra={"jobId": job_id,
-                                                                                        "error": str(exc)})
-            decision = groups.Decision(action="cancel", reason="Concurrency group evaluation failed: storage "
-                                       "unavailable")
-        reply: dict[str, JSONValue] = {"type": "job.concurrency.ack", "requestId": msg["messageId"],
-                                       "action": decision.action}
+            log.warning(
+                "concurrency group not evaluated: storage unavailable", extra={"jobId": job_id, "error": str(exc)}
+            )
+            decision = groups.Decision(
+                action="cancel", reason="Concurrency group evaluation failed: storage unavailable"
+            )
+        reply: dict[str, JSONValue] = {
+            "type": "job.concurrency.ack",
+            "requestId": msg["messageId"],
+            "action": decision.action,
+        }
         if decision.reason:
             reply["reason"] = decision.reason
         await conn.send(reply)
-        log.info("Concurrency group reported", extra={"jobId": job_id, "runId": run_id, "group": group,
-                                                      "action": decision.action})
+        log.info(
+            "Concurrency group reported",
+            extra={"jobId": job_id, "runId": run_id, "group": group, "action": decision.action},
+        )
         for other in decision.supersede:
             try:
                 await self.cancel_run(other, reason=groups.superseded_reason(group), cancelled_by="concurrency")
@@ -502,8 +581,9 @@ class AgentHub:
         try:
             promoted = await self.concurrency.release_run(run_id)
         except errors.Unavailable as exc:
-            log.warning("concurrency slots not released: storage unavailable", extra={"runId": run_id,
-                                                                                      "error": str(exc)})
+            log.warning(
+                "concurrency slots not released: storage unavailable", extra={"runId": run_id, "error": str(exc)}
+            )
             return
         for p in promoted:
             await self._send_proceed(p.job_id, p.run_id, p.agent_id or "", notify=True)
@@ -514,8 +594,15 @@ class AgentHub:
         process."""
         conn = self._current.get(agent_id)
         if conn is not None:
-            await conn.send({"type": "job.concurrency.ack", "requestId": str(uuid.uuid4()), "action": "proceed",
-                             "runId": run_id, "jobId": job_id})
+            await conn.send(
+                {
+                    "type": "job.concurrency.ack",
+                    "requestId": str(uuid.uuid4()),
+                    "action": "proceed",
+                    "runId": run_id,
+                    "jobId": job_id,
+                }
+            )
         elif notify:
             await self.queue.announce(Proceed(job_id=job_id, run_id=run_id, agent_id=agent_id))
 
@@ -533,8 +620,9 @@ class AgentHub:
             if not local:
                 await self.queue.announce(CancelJob(job_id=job_id, reason=reason))
 
-    async def cancel_run(self, run_id: str, *, force: bool = False, cancelled_by: str | None = None,
-                         reason: str | None = None) -> JSONObject:
+    async def cancel_run(
+        self, run_id: str, *, force: bool = False, cancelled_by: str | None = None, reason: str | None = None
+    ) -> JSONObject:
         """Cancel a run (spec §9.2). Raises ``NotFound`` / ``Conflict`` (message = the terminal status)."""
         reason = reason or ("force cancelled via API" if force else "run cancelled via API")
         held = await self.runs.begin_cancel(run_id, reason=reason, cancelled_by=cancelled_by)
@@ -543,8 +631,9 @@ class AgentHub:
         if remote:
             await self.queue.announce(CancelRun(run_id=run_id, force=force, reason=reason))
             connected = {a.agent_id for a in await self.queue.agents()}
-            notified += sum(1 for h in remote if (h.agent_id or h.recovery_agent_id) in connected
-                            and h.status == "dispatched")
+            notified += sum(
+                1 for h in remote if (h.agent_id or h.recovery_agent_id) in connected and h.status == "dispatched"
+            )
         status = await self.runs.settle_cancel(run_id, reason=reason, notified=notified > 0)
         if status in ("success", "failed", "cancelled"):
             await self.run_ended(run_id)
@@ -555,8 +644,13 @@ class AgentHub:
     async def _cancel_local(self, run_id: str, reason: str, force: bool) -> int:
         async with self._lock:
             effects = self.core.cancel_requested(run_id=run_id, reason=reason, force=force, now=self._clock())
-            notified = sum(1 for e in effects if isinstance(e, fx.SendCancel) and e.agent_id in self._current
-                           and self.core.assignment(e.job_id) is not None)
+            notified = sum(
+                1
+                for e in effects
+                if isinstance(e, fx.SendCancel)
+                and e.agent_id in self._current
+                and self.core.assignment(e.job_id) is not None
+            )
             await self._run(effects)
             return notified
 
@@ -572,8 +666,9 @@ class AgentHub:
         async with self._lock:
             for row in await self.queue.recovering():
                 if row.agent_id:
-                    self.core.job_recovering(job_id=row.job_id, run_id=row.run_id, agent_id=row.agent_id,
-                                             deadline=row.deadline)
+                    self.core.job_recovering(
+                        job_id=row.job_id, run_id=row.run_id, agent_id=row.agent_id, deadline=row.deadline
+                    )
 
     async def run(self) -> None:
         """Every background loop of the hub, until cancelled."""
@@ -611,8 +706,9 @@ class AgentHub:
         elif isinstance(notice, CancelJob):
             async with self._lock:
                 if self.core.assignment(notice.job_id) is not None:
-                    await self._run(self.core.cancel_requested(job_id=notice.job_id, reason=notice.reason,
-                                                               now=self._clock()))
+                    await self._run(
+                        self.core.cancel_requested(job_id=notice.job_id, reason=notice.reason, now=self._clock())
+                    )
         elif isinstance(notice, CancelRun):
             await self._cancel_local(notice.run_id, notice.reason or "run cancelled via API", notice.force)
         else:
@@ -667,8 +763,9 @@ class AgentHub:
 
     async def _fail(self, action: policy.SweepFail) -> None:
         job_id = action.job_id
-        result = await self.runs.finish_job(job_id, str(action.status), error=action.reason, row_status="failed",
-                                            require_row=action.guard)
+        result = await self.runs.finish_job(
+            job_id, str(action.status), error=action.reason, row_status="failed", require_row=action.guard
+        )
         await self.cancel_jobs(result.cancel)
         if result.run_status is not None:
             await self.run_ended(str(result.run_id))

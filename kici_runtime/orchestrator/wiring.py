@@ -74,7 +74,6 @@ from kici_runtime.version import VERSION
 log = logging.getLogger("kici.runtime")
 
 
-
 @dataclass(slots=True)
 class Orchestrator:
     """Everything a running orchestrator process holds."""
@@ -87,7 +86,9 @@ class Orchestrator:
     github: GitHubProvider
     background: list[Callable[[], Any]] = field(default_factory=list)
     platform_outbox: PgPlatformOutbox | None = None  # platform/hybrid only (kici_runtime.orchestrator.platform_link)
-    agents: AgentHub | None = None  # --- agent dispatch (kici_runtime.orchestrator.dispatcher): the /ws hub and its loops
+    agents: AgentHub | None = (
+        None  # --- agent dispatch (kici_runtime.orchestrator.dispatcher): the /ws hub and its loops
+    )
     agent_endpoint: AgentEndpoint | None = None
     scaler: scaler_service.ScalerService | None = None  # --- container auto-scaler (kici_runtime.orchestrator.scaler)
     scheduler: ScheduleLoop | None = None  # --- schedules: fires registered schedule triggers (one process at a time)
@@ -110,8 +111,10 @@ async def _database_url(settings: Settings, stack: AsyncExitStack) -> str:
     # because another process owns the database changes nothing, and neither does this stop.
     stack.callback(stop)
     url = await anyio.to_thread.run_sync(pg.start)
-    log.info(f"Embedded PostgreSQL started in {pg.cluster_dir}",
-             extra={"dataDir": str(pg.data_dir), "clusterDir": str(pg.cluster_dir)})
+    log.info(
+        f"Embedded PostgreSQL started in {pg.cluster_dir}",
+        extra={"dataDir": str(pg.data_dir), "clusterDir": str(pg.cluster_dir)},
+    )
     return url
 
 
@@ -122,8 +125,9 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         # --- container auto-scaler: its start-up checks refuse boot before anything else is opened
         scaling = None
         if settings.scaler_config_path:
-            scaling = await scaler_startup.from_settings(settings.scaler_config_path, settings.scaler_config_dir,
-                                                         env=os.environ)
+            scaling = await scaler_startup.from_settings(
+                settings.scaler_config_path, settings.scaler_config_dir, env=os.environ
+            )
             stack.push_async_callback(scaling.aclose)
         url = await _database_url(settings, stack)
         if settings.auto_migrate:
@@ -136,8 +140,13 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         stack.push_async_callback(db.close)
         log.info("Database connected")
         notifier = notify.InboxNotifier(url) if settings.processing_workers > 0 else None
-        parts = await components.processing_parts(settings, db, stack, worker_id=components.instance_id(settings),
-                                       on_accepted=notifier.wake if notifier is not None else None)
+        parts = await components.processing_parts(
+            settings,
+            db,
+            stack,
+            worker_id=components.instance_id(settings),
+            on_accepted=notifier.wake if notifier is not None else None,
+        )
         secrets, sources, github, worker, inbox = parts.secrets, parts.sources, parts.github, parts.worker, parts.inbox
         blobs, platform_outbox = parts.blobs, parts.platform_outbox
         tokens = PgTokenStore(db)
@@ -148,24 +157,39 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
         hub, endpoint = _agent_parts(settings, db, sources, github, runs=runs, concurrency=concurrency)
         # --- cluster membership, dead-process recovery and retention (kici_runtime.orchestrator.cluster / .retention)
         member, sweeper, view = _cluster_parts(settings, db, hub, blobs)
-        extra_routes = [endpoint.route("/ws"),
-                        *admin_runs.routes(hub, runs=runs, concurrency=concurrency, directory=view.directory),
-                        *admin_cluster.routes(view), *(extra_routes or []),
-                        *dashboard.routes(hub, db, runs=runs, secret_key=settings.secret_key)]
+        extra_routes = [
+            endpoint.route("/ws"),
+            *admin_runs.routes(hub, runs=runs, concurrency=concurrency, directory=view.directory),
+            *admin_cluster.routes(view),
+            *(extra_routes or []),
+            *dashboard.routes(hub, db, runs=runs, secret_key=settings.secret_key),
+        ]
         wake = notifier.wake if notifier is not None else worker.wake
         # --- schedules and manual runs: deliveries the orchestrator makes itself
-        scheduler = ScheduleLoop(store=parts.registrations, inbox=inbox, wake=wake, db=db,
-                                 instance_id=components.instance_id(settings))
-        extra_routes += admin_workflows.routes(store=parts.registrations, pipeline=parts.pipeline, inbox=inbox,
-                                               wake=wake)
+        scheduler = ScheduleLoop(
+            store=parts.registrations, inbox=inbox, wake=wake, db=db, instance_id=components.instance_id(settings)
+        )
+        extra_routes += admin_workflows.routes(
+            store=parts.registrations, pipeline=parts.pipeline, inbox=inbox, wake=wake
+        )
 
         ctx = AppContext(
-            mode=settings.mode, sources=sources, secrets=secrets, inbox=inbox, event_log=inbox,
-            base_path=settings.base_path, version=VERSION, build_commit=settings.build_commit,
-            wake_worker=wake, check_database=inbox.ready, tokens=tokens, blobs=blobs,
+            mode=settings.mode,
+            sources=sources,
+            secrets=secrets,
+            inbox=inbox,
+            event_log=inbox,
+            base_path=settings.base_path,
+            version=VERSION,
+            build_commit=settings.build_commit,
+            wake_worker=wake,
+            check_database=inbox.ready,
+            tokens=tokens,
+            blobs=blobs,
             max_body_bytes=settings.http_max_body_bytes,
             generic_max_body_bytes=settings.generic_webhook_max_body_bytes,
-            body_timeout=settings.http_body_timeout_ms / 1000, unverified_rpm=settings.webhook_unverified_rpm,
+            body_timeout=settings.http_body_timeout_ms / 1000,
+            unverified_rpm=settings.webhook_unverified_rpm,
             local_sources_enabled=settings.allow_local_sources,
         )
         ctx.kick_agent_token = endpoint.kick_token
@@ -179,22 +203,46 @@ async def orchestrator(settings: Settings, extra_routes: list[BaseRoute] | None 
             ctx.metric_snapshots = supervisor.metric_snapshots
             background = [notifier.run, supervisor.run, functools.partial(_release_own_leases, inbox, worker)]
         # --- GitHub check runs: every process sends what is due (rows are leased, never sent twice at once)
-        checks = CheckSender(outbox=PgCheckOutbox(db), sources=sources, github=github, worker_id=components.instance_id(settings),
-                             dashboard_url=settings.dashboard_url, mask=kici_logging.mask)
+        checks = CheckSender(
+            outbox=PgCheckOutbox(db),
+            sources=sources,
+            github=github,
+            worker_id=components.instance_id(settings),
+            dashboard_url=settings.dashboard_url,
+            mask=kici_logging.mask,
+        )
         background.append(checks.run)
         background.append(scheduler.run)
         background += [member.run, sweeper.run]
         scaler = None
         if scaling is not None:  # --- container auto-scaler: hooked into the hub, its loop in the background
             scaler = scaler_service.attach(
-                scaling, db=db, tokens=tokens, hub=hub, token_ttl_s=settings.agent_token_ttl_ms / 1000,
+                scaling,
+                db=db,
+                tokens=tokens,
+                hub=hub,
+                token_ttl_s=settings.agent_token_ttl_ms / 1000,
                 orchestrator_url=settings.orchestrator_url or f"ws://127.0.0.1:{settings.port}/ws",
-                forwarded_env=os.environ, instance_id=components.instance_id(settings))
+                forwarded_env=os.environ,
+                instance_id=components.instance_id(settings),
+            )
             background.append(scaler.run)
-        yield Orchestrator(settings=settings, db=db, ctx=ctx, app=app, worker=worker, github=github,
-                           platform_outbox=platform_outbox, agents=hub, agent_endpoint=endpoint,
-                           background=background, scaler=scaler, scheduler=scheduler,
-                           cluster=member, retention=sweeper)
+        yield Orchestrator(
+            settings=settings,
+            db=db,
+            ctx=ctx,
+            app=app,
+            worker=worker,
+            github=github,
+            platform_outbox=platform_outbox,
+            agents=hub,
+            agent_endpoint=endpoint,
+            background=background,
+            scaler=scaler,
+            scheduler=scheduler,
+            cluster=member,
+            retention=sweeper,
+        )
 
 
 async def _release_own_leases(inbox: PgDeliveryInbox, worker: DeliveryWorker) -> None:
@@ -207,8 +255,9 @@ async def _release_own_leases(inbox: PgDeliveryInbox, worker: DeliveryWorker) ->
         log.info("Released deliveries claimed before a restart", extra={"count": released})
 
 
-async def _wire_admin(ctx: AppContext, settings: Settings, stack: AsyncExitStack, db: Database, url: str,
-                      tokens: PgTokenStore) -> None:
+async def _wire_admin(
+    ctx: AppContext, settings: Settings, stack: AsyncExitStack, db: Database, url: str, tokens: PgTokenStore
+) -> None:
     """Give the admin API its operations (key rotation, migrations, GitHub checks) and the bootstrap token."""
     ctx.secret_key_configured = True  # settings refuse boot without a key (or KICI_DEV generates one)
     key, old_key = settings.secret_key, settings.secret_key_old
@@ -231,11 +280,21 @@ async def _wire_admin(ctx: AppContext, settings: Settings, stack: AsyncExitStack
         ctx.github_app_check = admin_api.github_app_check(http, settings.github_api_url)
     ctx.webhook_public_url = settings.webhook_public_url
     await bootstrap.ensure_bootstrap_token(
-        tokens, settings.bootstrap_admin_token.reveal() if settings.bootstrap_admin_token else None, new_id=components.new_id)
+        tokens,
+        settings.bootstrap_admin_token.reveal() if settings.bootstrap_admin_token else None,
+        new_id=components.new_id,
+    )
 
 
-def _agent_parts(settings: Settings, db: Database, sources: PgSourceStore, github: GitHubProvider, *,
-                 runs: PgRunStore, concurrency: PgConcurrency) -> tuple[AgentHub, AgentEndpoint]:
+def _agent_parts(
+    settings: Settings,
+    db: Database,
+    sources: PgSourceStore,
+    github: GitHubProvider,
+    *,
+    runs: PgRunStore,
+    concurrency: PgConcurrency,
+) -> tuple[AgentHub, AgentEndpoint]:
     """The dispatcher driver (reporting to ``runs`` and ``concurrency``) and the /ws endpoint for ``settings``."""
     me = components.instance_id(settings)
 
@@ -252,25 +311,43 @@ def _agent_parts(settings: Settings, db: Database, sources: PgSourceStore, githu
         recovery_grace=2 * settings.agent_max_reconnect_delay_ms / 1000,
         stale_after=settings.job_heartbeat_interval_ms * settings.stale_detector_threshold_multiplier / 1000,
     )
-    hub = AgentHub(queue=PgDispatchQueue(db), runs=runs, concurrency=concurrency, instance_id=me, config=config,
-                   clone_token=clone_token)
+    hub = AgentHub(
+        queue=PgDispatchQueue(db),
+        runs=runs,
+        concurrency=concurrency,
+        instance_id=me,
+        config=config,
+        clone_token=clone_token,
+    )
     endpoint = AgentEndpoint(hub=hub, tokens=PgTokenStore(db), auth_mode=settings.agent_auth)
     return hub, endpoint
 
 
-def _cluster_parts(settings: Settings, db: Database, hub: AgentHub,
-                   blobs: BlobStore) -> tuple[ClusterMember, RetentionSweeper, admin_cluster.ClusterView]:
+def _cluster_parts(
+    settings: Settings, db: Database, hub: AgentHub, blobs: BlobStore
+) -> tuple[ClusterMember, RetentionSweeper, admin_cluster.ClusterView]:
     """This process's cluster membership, the retention sweeper and what the cluster routes read."""
     me = components.instance_id(settings)
     timeout_s = settings.cluster.instance_timeout_ms / 1000
     directory = PgCluster(db, instance_timeout_s=timeout_s)
-    member = ClusterMember(db=db, cluster=directory, instance_id=me, hub=hub, version=VERSION, mode=settings.mode,
-                           heartbeat_s=settings.cluster.heartbeat_interval_ms / 1000,
-                           recovery_grace_s=hub.config.recovery_grace)
-    sweeper = RetentionSweeper(db=db, store=PgRetention(db, blobs), policy=settings.retention, instance_id=me,
-                               interval_s=settings.retention_interval_ms / 1000)
-    view = admin_cluster.ClusterView(directory=directory, instance_id=me, instance_timeout_s=timeout_s,
-                                     sweeper=sweeper)
+    member = ClusterMember(
+        db=db,
+        cluster=directory,
+        instance_id=me,
+        hub=hub,
+        version=VERSION,
+        mode=settings.mode,
+        heartbeat_s=settings.cluster.heartbeat_interval_ms / 1000,
+        recovery_grace_s=hub.config.recovery_grace,
+    )
+    sweeper = RetentionSweeper(
+        db=db,
+        store=PgRetention(db, blobs),
+        policy=settings.retention,
+        instance_id=me,
+        interval_s=settings.retention_interval_ms / 1000,
+    )
+    view = admin_cluster.ClusterView(directory=directory, instance_id=me, instance_timeout_s=timeout_s, sweeper=sweeper)
     return member, sweeper, view
 
 
@@ -290,15 +367,25 @@ class _Server(uvicorn.Server):
         yield
 
 
-def server_config(app: Any, settings: Settings, *, port: int | None = None,
-                  graceful_shutdown: int = 30) -> uvicorn.Config:
+def server_config(
+    app: Any, settings: Settings, *, port: int | None = None, graceful_shutdown: int = 30
+) -> uvicorn.Config:
     """The uvicorn settings the orchestrator serves with: 25 MiB WebSocket frames, agent sockets compressed
     without context takeover and without keepalive pings (:mod:`kici_runtime.orchestrator.agent_sockets`), the header
     timeout of :mod:`kici_runtime.orchestrator.httpguard`."""
-    return uvicorn.Config(app, host=settings.host, port=settings.port if port is None else port, log_config=None,
-                          access_log=False, lifespan="off", timeout_graceful_shutdown=graceful_shutdown,
-                          ws_max_size=26_214_400, ws=agent_sockets.agent_websocket_protocol(), ws_ping_interval=None,
-                          http=httpguard.protocol_with_header_timeout(settings.http_header_timeout_ms / 1000))
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port if port is None else port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=graceful_shutdown,
+        ws_max_size=26_214_400,
+        ws=agent_sockets.agent_websocket_protocol(),
+        ws_ping_interval=None,
+        http=httpguard.protocol_with_header_timeout(settings.http_header_timeout_ms / 1000),
+    )
 
 
 async def serve(settings: Settings, *, ready: Callable[[int], None] | None = None) -> None:
@@ -358,8 +445,11 @@ async def _serve(settings: Settings, stop: shutdown.Shutdown, ready: Callable[[i
                         orch.scaler.orchestrator_url = f"ws://127.0.0.1:{port}/ws"
                     log.info(f"{label} started on port {port}")
                     if settings.platform_enabled:  # --- Platform relay client (platform/hybrid), once HTTP listens
-                        tg.start_soon(functools.partial(platform_link.run_platform_link, settings, orch.ctx,
-                                                        orch.platform_outbox, orch.db))
+                        tg.start_soon(
+                            functools.partial(
+                                platform_link.run_platform_link, settings, orch.ctx, orch.platform_outbox, orch.db
+                            )
+                        )
                     if ready is not None:
                         ready(port)
 

@@ -26,8 +26,10 @@ async def test_pending_since_reads_newer_rows_and_named_ones(database: Database)
         assert [r.job_id for r in await queue.pending_since(high)] == [second["c"]]
         # a row behind the watermark is found when a notification names its job or its run
         assert [r.job_id for r in await queue.pending_since(high + 10, named=[first["b"]])] == [first["b"]]
-        assert {r.job_id for r in await queue.pending_since(high + 10, named=[run1, "not-a-uuid"])} == \
-            {first["a"], first["b"]}
+        assert {r.job_id for r in await queue.pending_since(high + 10, named=[run1, "not-a-uuid"])} == {
+            first["a"],
+            first["b"],
+        }
         assert await queue.pending_since(high + 10, named=[""]) == []
         # only pending rows
         assert await claim(queue, second["c"], agent_id="x", ack_deadline=time.time() + 10)
@@ -86,7 +88,7 @@ async def test_concurrent_batches_never_share_a_job(database: Database) -> None:
 
         async def claimer(i: int) -> None:
             for start in range(0, len(jobs), 7):
-                got = await queues[i].claim_many([(j, f"agent{i}", time.time() + 30) for j in jobs[start:start + 7]])
+                got = await queues[i].claim_many([(j, f"agent{i}", time.time() + 30) for j in jobs[start : start + 7]])
                 won[i] += list(got)
 
         async with anyio.create_task_group() as tg:
@@ -108,8 +110,10 @@ async def test_acks_resolved_clears_only_rows_still_dispatched_to_that_agent(dat
         assert set(won) == {ids["a"], ids["b"]}
         await queue.acks_resolved([(ids["a"], "x"), (ids["b"], "someone-else"), (ids["c"], "x")])
         async with database.connection() as conn:
-            cur = await conn.execute("SELECT id::text AS id, ack_deadline, status FROM dispatch_queue"
-                                     " WHERE id = ANY(%s::uuid[])", (list(ids.values()),))
+            cur = await conn.execute(
+                "SELECT id::text AS id, ack_deadline, status FROM dispatch_queue WHERE id = ANY(%s::uuid[])",
+                (list(ids.values()),),
+            )
             rows = {r["id"]: r for r in await cur.fetchall()}
         assert rows[ids["a"]]["ack_deadline"] is None
         assert rows[ids["b"]]["ack_deadline"] is not None  # another agent's dispatch keeps its deadline

@@ -22,22 +22,29 @@ async def make_run(db: Database, jobs: list[tuple[str, list[str], list[str]]]) -
     run_id = str(uuid.uuid4())
     ids = {name: str(uuid.uuid4()) for name, _, _ in jobs}
     async with db.transaction() as conn:
-        await conn.execute("INSERT INTO execution_runs (run_id, workflow_name, provider, routing_key)"
-                           " VALUES (%s, 'ci', 'local', 'generic:o:s')", (run_id,))
+        await conn.execute(
+            "INSERT INTO execution_runs (run_id, workflow_name, provider, routing_key)"
+            " VALUES (%s, 'ci', 'local', 'generic:o:s')",
+            (run_id,),
+        )
         for name, labels, needs in jobs:
             matchers = [{"kind": "exact", "value": v} for v in labels]
             await conn.execute(
                 "INSERT INTO execution_jobs (job_id, run_id, job_name, base_name, runs_on, required_labels,"
                 " needs_satisfied) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (ids[name], run_id, name, name, Jsonb(matchers), labels, not needs))
+                (ids[name], run_id, name, name, Jsonb(matchers), labels, not needs),
+            )
             for up in needs:
-                await conn.execute("INSERT INTO execution_job_needs (run_id, job_name, upstream_name)"
-                                   " VALUES (%s, %s, %s)", (run_id, name, up))
+                await conn.execute(
+                    "INSERT INTO execution_job_needs (run_id, job_name, upstream_name) VALUES (%s, %s, %s)",
+                    (run_id, name, up),
+                )
             if not needs:
                 await conn.execute(
                     "INSERT INTO dispatch_queue (id, run_id, workflow_name, job_name, runs_on_labels,"
                     " required_labels) VALUES (%s, %s, 'ci', %s, %s, %s)",
-                    (ids[name], run_id, name, Jsonb(labels), labels))
+                    (ids[name], run_id, name, Jsonb(labels), labels),
+                )
     return run_id, ids
 
 

@@ -138,9 +138,7 @@ class TestPlacement:
         q(d, "j1", "gpu", expires=100.0)
         assert d.next_deadline() == 100.0
         effects = d.tick(now=100.0)
-        assert effects == [
-            fx.FailJob(job_id="j1", status=JobStatus.timed_out_stale, reason=fx.REASON_QUEUE_EXPIRED)
-        ]
+        assert effects == [fx.FailJob(job_id="j1", status=JobStatus.timed_out_stale, reason=fx.REASON_QUEUE_EXPIRED)]
         assert d.queued() == ()
 
     def test_bad_capacity(self):
@@ -356,9 +354,7 @@ class TestDisconnectAndReclaim:
         effects = d.agent_gone(agent_id="a", connection_id="a-c1", now=5.0)
         assert effects == [
             fx.MarkRecovering(job_id="started", agent_id="a", deadline=125.0),
-            fx.Requeue(
-                job_id="unacked", attempts=1, context="agent disconnected before acknowledging dispatch"
-            ),
+            fx.Requeue(job_id="unacked", attempts=1, context="agent disconnected before acknowledging dispatch"),
         ]
         assert d.owns("a", "started", now=6.0)
 
@@ -374,9 +370,7 @@ class TestDisconnectAndReclaim:
             fx.SendDispatch(agent_id="a", job_id="unacked"),
         ]
         assert view(d, "a").active_jobs == ("started", "unacked")
-        assert d.tick(now=200.0)[0] == fx.SendCancel(
-            agent_id="a", job_id="unacked", reason="dispatch ack timeout"
-        )
+        assert d.tick(now=200.0)[0] == fx.SendCancel(agent_id="a", job_id="unacked", reason="dispatch ack timeout")
 
     def test_recovery_window_expires(self):
         d = self.setup_dispatcher()
@@ -435,9 +429,7 @@ class TestDisconnectAndReclaim:
         d.job_status(agent_id="a", job_id="unacked", state="running", now=100.0)
         assert d.tick(now=200.0) == []
         effects = d.tick(now=280.5)
-        assert effects[0] == fx.CloseAgent(
-            agent_id="a", connection_id="a-c1", code=4004, reason="Heartbeat timeout"
-        )
+        assert effects[0] == fx.CloseAgent(agent_id="a", connection_id="a-c1", code=4004, reason="Heartbeat timeout")
         assert of(effects, fx.MarkRecovering)
 
 
@@ -454,9 +446,7 @@ class TestStale:
         effects = d.tick(now=180.0)
         assert effects[:2] == [
             fx.SendCancel(agent_id="a", job_id="j1", reason="No heartbeat received"),
-            fx.FailJob(
-                job_id="j1", status=JobStatus.timed_out_stale, reason="No heartbeat received for 120s"
-            ),
+            fx.FailJob(job_id="j1", status=JobStatus.timed_out_stale, reason="No heartbeat received for 120s"),
         ]
         assert sent(effects) == [("a", "j2")]
         assert d.agent("a") is not None  # the agent stays registered
@@ -467,10 +457,7 @@ class TestStale:
         q(d, "j1", "l")
         d.job_acked(agent_id="a", job_id="j1", now=0.0)
         effects = d.tick(now=120.0)
-        assert (
-            fx.FailJob(job_id="j1", status=JobStatus.timed_out_stale, reason=fx.REASON_NEVER_STARTED)
-            in effects
-        )
+        assert fx.FailJob(job_id="j1", status=JobStatus.timed_out_stale, reason=fx.REASON_NEVER_STARTED) in effects
 
 
 class TestCancel:

@@ -103,9 +103,7 @@ class DispatcherMachine(RuleBasedStateMachine):
             assert len(view.active_jobs) <= view.max_concurrency, "maxConcurrency exceeded"
 
     def live_jobs_of(self, agent_id: str) -> list[str]:
-        return sorted(
-            j for j, a in self.assigned.items() if a == agent_id and self.phase.get(j) != "recovering"
-        )
+        return sorted(j for j, a in self.assigned.items() if a == agent_id and self.phase.get(j) != "recovering")
 
     # -------------------------------------------------------------- rules
 
@@ -166,9 +164,7 @@ class DispatcherMachine(RuleBasedStateMachine):
         selector = routing.compile_selector(exact + patterns, exclude)
         self.selectors[job_id] = selector
         self.runs[job_id] = run
-        self.apply(
-            self.d.job_queued(job_id=job_id, run_id=run, selector=selector, created_at=self.now, now=self.now)
-        )
+        self.apply(self.d.job_queued(job_id=job_id, run_id=run, selector=selector, created_at=self.now, now=self.now))
 
     @precondition(lambda self: self.assigned)
     @rule(
@@ -184,16 +180,12 @@ class DispatcherMachine(RuleBasedStateMachine):
             before = self.attempts.get(job_id, 0)
             effects = self.d.job_rejected(agent_id=agent_id, job_id=job_id, reason=kind, now=self.now)
             assert not [
-                e
-                for e in effects
-                if isinstance(e, fx.FailJob) and e.job_id == job_id and e.status != "cancelled"
+                e for e in effects if isinstance(e, fx.FailJob) and e.job_id == job_id and e.status != "cancelled"
             ], "a reject failed the job"
             requeued = [e for e in effects if isinstance(e, fx.Requeue) and e.job_id == job_id]
             assert all(e.attempts == before for e in requeued), "a reject spent a delivery"
             assert not [
-                e
-                for e in effects
-                if isinstance(e, fx.MarkDispatched) and e.job_id == job_id and e.agent_id == agent_id
+                e for e in effects if isinstance(e, fx.MarkDispatched) and e.job_id == job_id and e.agent_id == agent_id
             ], "a rejected job went straight back to the same agent"
             if requeued:
                 view = self.d.agent(agent_id)
@@ -234,9 +226,7 @@ class DispatcherMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def busy_then_free(self, data: st.DataObject) -> None:
         """An agent rejects a dispatch as busy, then reports a free slot (the hold is lifted at once)."""
-        job_id = data.draw(
-            st.sampled_from(sorted(j for j in self.assigned if self.phase.get(j) == "awaiting"))
-        )
+        job_id = data.draw(st.sampled_from(sorted(j for j in self.assigned if self.phase.get(j) == "awaiting")))
         agent_id = self.assigned[job_id]
         self.apply(self.d.job_rejected(agent_id=agent_id, job_id=job_id, reason="busy", now=self.now))
         self.apply(self.d.agent_status(agent_id=agent_id, active_jobs=0, now=self.now))

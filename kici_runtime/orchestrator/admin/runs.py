@@ -1,7 +1,8 @@
 """Admin API for execution runs: list, show, jobs (with steps), logs, cancel, re-run (operations spec §2.2, agent
 spec §9).
 
-``routes(hub)`` gives the Starlette routes; they need the process's :class:`~kici_runtime.orchestrator.dispatcher.AgentHub`
+``routes(hub)`` gives the Starlette routes; they need the process's
+:class:`~kici_runtime.orchestrator.dispatcher.AgentHub`
 (cancel notifies agents; a waiting job's ``waitingReason`` comes from routing's explanation over the agents
 connected to every process sharing the database, :func:`kici_core.cluster.why_waiting`).
 """
@@ -33,20 +34,58 @@ from kici_runtime.orchestrator.dispatcher import AgentHub
 __all__ = ["routes", "waiting_reason"]
 
 PREFIX = "/api/v1/admin/runs"
-_CAMEL = {"run_id": "runId", "job_id": "jobId", "job_name": "jobName", "base_name": "baseName",
-          "workflow_name": "workflowName", "repo_identifier": "repoIdentifier", "routing_key": "routingKey",
-          "repo_url": "repoUrl", "created_at": "createdAt", "started_at": "startedAt", "completed_at": "completedAt",
-          "duration_ms": "durationMs", "failure_reason": "failureReason", "cancelled_by": "cancelledBy",
-          "delivery_id": "deliveryId", "job_count": "jobCount", "log_bytes": "logBytes",
-          "matrix_values": "matrixValues", "agent_id": "agentId", "error_message": "errorMessage",
-          "last_heartbeat_at": "lastHeartbeatAt", "queue_status": "queueStatus",
-          "dispatch_attempts": "dispatchAttempts", "step_index": "stepIndex", "step_name": "stepName",
-          "step_type": "stepType", "exit_code": "exitCode", "runs_on": "runsOn", "exclude_labels": "excludeLabels",
-          "needs_satisfied": "needsSatisfied", "triggered_by": "triggeredBy", "updated_at": "updatedAt",
-          "original_run_id": "originalRunId"}
-_HIDDEN = {"job_config", "trigger_decision", "provider_context", "event_log_id", "org_id", "required_labels",
-           "ack_deadline", "ready_at", "queue_agent_id", "log_path", "id", "outputs", "attempts", "rerun_key",
-           "last_provisioning_error"}
+_CAMEL = {
+    "run_id": "runId",
+    "job_id": "jobId",
+    "job_name": "jobName",
+    "base_name": "baseName",
+    "workflow_name": "workflowName",
+    "repo_identifier": "repoIdentifier",
+    "routing_key": "routingKey",
+    "repo_url": "repoUrl",
+    "created_at": "createdAt",
+    "started_at": "startedAt",
+    "completed_at": "completedAt",
+    "duration_ms": "durationMs",
+    "failure_reason": "failureReason",
+    "cancelled_by": "cancelledBy",
+    "delivery_id": "deliveryId",
+    "job_count": "jobCount",
+    "log_bytes": "logBytes",
+    "matrix_values": "matrixValues",
+    "agent_id": "agentId",
+    "error_message": "errorMessage",
+    "last_heartbeat_at": "lastHeartbeatAt",
+    "queue_status": "queueStatus",
+    "dispatch_attempts": "dispatchAttempts",
+    "step_index": "stepIndex",
+    "step_name": "stepName",
+    "step_type": "stepType",
+    "exit_code": "exitCode",
+    "runs_on": "runsOn",
+    "exclude_labels": "excludeLabels",
+    "needs_satisfied": "needsSatisfied",
+    "triggered_by": "triggeredBy",
+    "updated_at": "updatedAt",
+    "original_run_id": "originalRunId",
+}
+_HIDDEN = {
+    "job_config",
+    "trigger_decision",
+    "provider_context",
+    "event_log_id",
+    "org_id",
+    "required_labels",
+    "ack_deadline",
+    "ready_at",
+    "queue_agent_id",
+    "log_path",
+    "id",
+    "outputs",
+    "attempts",
+    "rerun_key",
+    "last_provisioning_error",
+}
 
 
 def _plain(value: Any) -> Any:
@@ -86,8 +125,9 @@ def _int(raw: str | None, default: int, *, name: str, low: int, high: int) -> in
     return max(low, min(high, value))
 
 
-def waiting_reason(hub: AgentHub, job: Mapping[str, Any],
-                   agents: Sequence[cluster.ClusterAgent] | None = None) -> str | None:
+def waiting_reason(
+    hub: AgentHub, job: Mapping[str, Any], agents: Sequence[cluster.ClusterAgent] | None = None
+) -> str | None:
     """Why a queued job (a ``list_jobs`` row) waits: no connected agent takes its labels. With ``agents`` (the
     cluster-wide list, :meth:`kici_core.ports.ClusterDirectory.agents`) the agents of every process sharing the
     database count, else only this process's."""
@@ -106,10 +146,11 @@ def waiting_reason(hub: AgentHub, job: Mapping[str, Any],
     return reason
 
 
-def routes(hub: AgentHub, *, runs: PgRunStore, concurrency: PgConcurrency,
-           directory: ClusterDirectory | None = None) -> list[BaseRoute]:
-    """The run routes, bound to ``hub`` and the stores it reports to (``runs``, ``concurrency``); with ``directory`` a waiting job's reason considers the agents of every
-    process sharing the database, else only this process's."""
+def routes(
+    hub: AgentHub, *, runs: PgRunStore, concurrency: PgConcurrency, directory: ClusterDirectory | None = None
+) -> list[BaseRoute]:
+    """The run routes, bound to ``hub`` and the stores it reports to (``runs``, ``concurrency``); with ``directory``
+    a waiting job's reason considers the agents of every process sharing the database, else only this process's."""
 
     async def _run_or_404(run_id: str, caller: Caller) -> dict[str, Any]:
         run = await runs.get_run(run_id)
@@ -125,9 +166,16 @@ def routes(hub: AgentHub, *, runs: PgRunStore, concurrency: PgConcurrency,
         limit = _int(q.get("limit"), 20, name="limit", low=1, high=100)
         offset = _int(q.get("offset"), 0, name="offset", low=0, high=10**9)
         routing_key = caller.token.routing_key or q.get("routingKey") or None  # scoped tokens: their own key
-        rows, total = await runs.list_runs(statuses=statuses, workflow=q.get("workflowName"), repo=q.get("repo"),
-                                               since=_since(q.get("since")), routing_key=routing_key,
-                                               limit=limit, offset=offset, branch=q.get("branch") or None)
+        rows, total = await runs.list_runs(
+            statuses=statuses,
+            workflow=q.get("workflowName"),
+            repo=q.get("repo"),
+            since=_since(q.get("since")),
+            routing_key=routing_key,
+            limit=limit,
+            offset=offset,
+            branch=q.get("branch") or None,
+        )
         if q.get("count") in ("true", "1"):
             return JSONResponse({"total": total})
         return JSONResponse({"runs": [_out(r) for r in rows], "total": total, "limit": limit, "offset": offset})
@@ -142,9 +190,17 @@ def routes(hub: AgentHub, *, runs: PgRunStore, concurrency: PgConcurrency,
         out["attempts"] = [_out(a) for a in await reruns.attempts(str(run["run_id"]))]
         problem = await check_outbox.problems(str(run["run_id"]))
         if problem is not None:
-            out["checks"] = _plain({"total": problem.total, "pending": problem.pending, "failing": problem.failing,
-                                    "attempts": problem.attempts, "lastError": problem.last_error,
-                                    "lastErrorAt": problem.last_error_at, "nextAttemptAt": problem.next_attempt_at})
+            out["checks"] = _plain(
+                {
+                    "total": problem.total,
+                    "pending": problem.pending,
+                    "failing": problem.failing,
+                    "attempts": problem.attempts,
+                    "lastError": problem.last_error,
+                    "lastErrorAt": problem.last_error_at,
+                    "nextAttemptAt": problem.next_attempt_at,
+                }
+            )
         return JSONResponse(out)
 
     async def rerun(request: Request, ctx: AppContext, caller: Caller) -> Response:
@@ -152,13 +208,21 @@ def routes(hub: AgentHub, *, runs: PgRunStore, concurrency: PgConcurrency,
         run = await _run_or_404(request.path_params["run_id"], caller)
         failed_only = bodies.parse(bodies.RerunBody, await admin_auth.json_body(request)).failedOnly
         try:
-            result = await reruns.rerun(str(run["run_id"]), failed_only=failed_only,
-                                        requested_by=f"admin:{caller.token.label}")
+            result = await reruns.rerun(
+                str(run["run_id"]), failed_only=failed_only, requested_by=f"admin:{caller.token.label}"
+            )
         except errors.Conflict as exc:
             return JSONResponse({"error": f"Cannot re-run: {exc.message}"}, status_code=409)
-        return JSONResponse({"runId": result.run_id, "originalRunId": result.original_run_id,
-                             "attempt": result.attempt, "rerunJobs": result.rerun_jobs,
-                             "carriedJobs": result.carried_jobs}, status_code=201)
+        return JSONResponse(
+            {
+                "runId": result.run_id,
+                "originalRunId": result.original_run_id,
+                "attempt": result.attempt,
+                "rerunJobs": result.rerun_jobs,
+                "carriedJobs": result.carried_jobs,
+            },
+            status_code=201,
+        )
 
     async def run_jobs(request: Request, ctx: AppContext, caller: Caller) -> Response:
         caller.require("run.read")
@@ -187,9 +251,17 @@ def routes(hub: AgentHub, *, runs: PgRunStore, concurrency: PgConcurrency,
         await _run_or_404(run_id, caller)
         after = _int(request.query_params.get("after"), 0, name="after", low=0, high=2**62)
         chunks = await runs.logs(run_id, job_name=request.query_params.get("job") or None, after=after)
-        items = [{"id": c["id"], "jobId": str(c["job_id"]), "jobName": c["job_name"],
-                  "stepIndex": -1 if c["step_index"] is None else c["step_index"],
-                  "lines": (c["content"] or "").split("\n"), "createdAt": _plain(c["created_at"])} for c in chunks]
+        items = [
+            {
+                "id": c["id"],
+                "jobId": str(c["job_id"]),
+                "jobName": c["job_name"],
+                "stepIndex": -1 if c["step_index"] is None else c["step_index"],
+                "lines": (c["content"] or "").split("\n"),
+                "createdAt": _plain(c["created_at"]),
+            }
+            for c in chunks
+        ]
         return JSONResponse({"chunks": items, "next": items[-1]["id"] if items else after})
 
     async def cancel_run(request: Request, ctx: AppContext, caller: Caller) -> Response:

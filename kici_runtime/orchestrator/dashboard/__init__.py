@@ -46,8 +46,9 @@ async def _to_root(request: Request) -> Response:
     return RedirectResponse("dashboard/", status_code=307)
 
 
-def routes(hub: AgentHub, db: Database, *, runs: PgRunStore, secret_key: bytes | None,
-           trusted_proxy: bool = False) -> list[BaseRoute]:
+def routes(
+    hub: AgentHub, db: Database, *, runs: PgRunStore, secret_key: bytes | None, trusted_proxy: bool = False
+) -> list[BaseRoute]:
     """Every dashboard route, under ``/dashboard`` (``runs``: the run store ``hub`` reports to); add them to
     ``build_app``'s ``extra_routes``."""
     sessions = Sessions(PgDashboardSessions(db), secret_key, trusted_proxy=trusted_proxy)

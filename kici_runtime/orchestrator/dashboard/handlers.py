@@ -53,16 +53,32 @@ class Handlers:
     async def runs(self, p: Page) -> Response:
         p.caller.require("run.read")
         q = p.request.query_params
-        filters = {name: (q.get(name) or "").strip()[:200] for name in ("repo", "branch", "workflow", "status", "source")}
+        filters = {
+            name: (q.get(name) or "").strip()[:200] for name in ("repo", "branch", "workflow", "status", "source")
+        }
         status = filters["status"] if filters["status"] in views.RUN_STATUSES else ""
         offset = _offset(q.get("offset"))
         routing_key = p.caller.token.routing_key or filters["source"] or None
         rows, total = await self.run_store.list_runs(
-            statuses=[status] if status else [], workflow=filters["workflow"] or None, repo=filters["repo"] or None,
-            routing_key=routing_key, branch=filters["branch"] or None, limit=PAGE_SIZE, offset=offset)
+            statuses=[status] if status else [],
+            workflow=filters["workflow"] or None,
+            repo=filters["repo"] or None,
+            routing_key=routing_key,
+            branch=filters["branch"] or None,
+            limit=PAGE_SIZE,
+            offset=offset,
+        )
         query = urlencode({k: v for k, v in filters.items() if v})
-        return p.render("runs.html", runs=rows, total=total, offset=offset, limit=PAGE_SIZE, filters=filters,
-                        statuses=views.RUN_STATUSES, query=query)
+        return p.render(
+            "runs.html",
+            runs=rows,
+            total=total,
+            offset=offset,
+            limit=PAGE_SIZE,
+            filters=filters,
+            statuses=views.RUN_STATUSES,
+            query=query,
+        )
 
     async def _run(self, p: Page, run_id: str) -> dict[str, Any]:
         run = await self.run_store.get_run(run_id)
@@ -78,10 +94,18 @@ class Handlers:
         for job in jobs:
             job["waiting_reason"] = admin_runs.waiting_reason(self.hub, job)
         active = run["status"] in ("pending", "running", "cancelling", "held")
-        return p.render("run.html", run=run, jobs=jobs, graph=views.job_graph(jobs), active=active,
-                        can_cancel=active and p.can("run.cancel"), can_rerun=not active and p.can("run.cancel"),
-                        failed=views.FAILED_JOB, cancelled=p.request.query_params.get("cancelled"),
-                        rerun_of=p.request.query_params.get("rerun_of"))
+        return p.render(
+            "run.html",
+            run=run,
+            jobs=jobs,
+            graph=views.job_graph(jobs),
+            active=active,
+            can_cancel=active and p.can("run.cancel"),
+            can_rerun=not active and p.can("run.cancel"),
+            failed=views.FAILED_JOB,
+            cancelled=p.request.query_params.get("cancelled"),
+            rerun_of=p.request.query_params.get("rerun_of"),
+        )
 
     async def cancel(self, p: Page) -> Response:
         await p.form()
@@ -100,8 +124,11 @@ class Handlers:
         p.caller.require("run.cancel")  # the admin API's permission for re-runs
         run = await self._run(p, p.request.path_params["run_id"])
         try:
-            result = await self.reruns.rerun(str(run["run_id"]), failed_only=values.get("failed_only") == "1",
-                                             requested_by=f"dashboard:{p.caller.token.label}")
+            result = await self.reruns.rerun(
+                str(run["run_id"]),
+                failed_only=values.get("failed_only") == "1",
+                requested_by=f"dashboard:{p.caller.token.label}",
+            )
         except errors.Conflict as exc:
             raise admin_auth.fail(409, f"Cannot re-run: {exc.message}") from None
         return p.redirect(f"runs/{quote(result.run_id, safe='')}?rerun_of={quote(str(run['run_id']), safe='')}")
@@ -109,8 +136,9 @@ class Handlers:
     async def details(self, request: Request) -> Response:
         """``KICI_DASHBOARD_URL``-based check-run links: ``<url>/r/orgs/<org>/runs/<run>`` -> the run page."""
         run_id = request.path_params["run_id"]
-        return auth.secure_headers(RedirectResponse(f"{views.root(sub_path(request))}runs/{quote(run_id, safe='')}",
-                                                    status_code=303))
+        return auth.secure_headers(
+            RedirectResponse(f"{views.root(sub_path(request))}runs/{quote(run_id, safe='')}", status_code=303)
+        )
 
     # -------------------------------------------------------------------------------------------- logs
     async def _job(self, p: Page) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -141,11 +169,17 @@ class Handlers:
         steps = {int(s["step_index"]): s for s in job.get("steps", [])}
         sections, last_id = views.log_sections(chunks, steps)
         failed = job["status"] in views.FAILED_JOB
-        return p.render("job.html", run=run, job=job, sections=sections, last_id=last_id,
-                        line_count=sum(len(s.lines) for s in sections),
-                        failure=views.failure_line(sections) if failed else None,
-                        live=job["status"] not in views.TERMINAL_JOB,
-                        waiting_reason=admin_runs.waiting_reason(self.hub, job))
+        return p.render(
+            "job.html",
+            run=run,
+            job=job,
+            sections=sections,
+            last_id=last_id,
+            line_count=sum(len(s.lines) for s in sections),
+            failure=views.failure_line(sections) if failed else None,
+            live=job["status"] not in views.TERMINAL_JOB,
+            waiting_reason=admin_runs.waiting_reason(self.hub, job),
+        )
 
     async def raw(self, p: Page) -> Response:
         run, job = await self._job(p)
@@ -156,8 +190,11 @@ class Handlers:
                 yield "".join((c.get("content") or "") + "\n" for c in batch).encode()
 
         name = _SAFE_NAME.sub("_", job_name).strip("_") or "job"
-        response = StreamingResponse(body(), media_type="text/plain; charset=utf-8",
-                                     headers={"content-disposition": f'attachment; filename="{name}.log"'})
+        response = StreamingResponse(
+            body(),
+            media_type="text/plain; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="{name}.log"'},
+        )
         return auth.secure_headers(response)
 
     async def stream(self, p: Page) -> Response:
@@ -181,8 +218,11 @@ class Handlers:
                         index = -1 if c["step_index"] is None else int(c["step_index"])
                         if index >= 0 and index not in steps:
                             steps = {int(s["step_index"]): s for s in await self._steps(run_id, job_id)}
-                        data = {"step": index, "title": views.step_title(index, steps),
-                                "lines": [ansi.segments(line) for line in (c["content"] or "").split("\n")]}
+                        data = {
+                            "step": index,
+                            "title": views.step_title(index, steps),
+                            "lines": [ansi.segments(line) for line in (c["content"] or "").split("\n")],
+                        }
                         after = int(c["id"])
                         yield f"id: {after}\nevent: chunk\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
                     sent = True
@@ -193,7 +233,7 @@ class Handlers:
                 if now - checked >= STREAM_RECHECK:  # signed out or token revoked: stop streaming
                     checked = now
                     if await self.sessions.current(request, now=datetime.now(UTC)) is None:
-                        yield "event: end\ndata: {\"status\":\"signed-out\"}\n\n"
+                        yield 'event: end\ndata: {"status":"signed-out"}\n\n'
                         return
                 status = await self._job_status(run_id, job_id)
                 if status in views.TERMINAL_JOB:
@@ -209,8 +249,7 @@ class Handlers:
                     yield ": keepalive\n\n"
                 await anyio.sleep(STREAM_POLL)
 
-        response = StreamingResponse(events(), media_type="text/event-stream",
-                                     headers={"x-accel-buffering": "no"})
+        response = StreamingResponse(events(), media_type="text/event-stream", headers={"x-accel-buffering": "no"})
         return auth.secure_headers(response)
 
     async def _steps(self, run_id: str, job_id: str) -> list[dict[str, Any]]:
@@ -230,14 +269,26 @@ class Handlers:
         filters = {name: (q.get(name) or "").strip()[:200] for name in ("org", "source", "event", "status", "delivery")}
         offset = _offset(q.get("offset"))
         query = EventLogQuery(
-            org_id=filters["org"] or None, routing_key=p.caller.token.routing_key or filters["source"] or None,
+            org_id=filters["org"] or None,
+            routing_key=p.caller.token.routing_key or filters["source"] or None,
             event=filters["event"] or None,
             status=filters["status"] if filters["status"] in views.DELIVERY_STATUSES else None,
-            delivery_id_contains=filters["delivery"] or None, limit=PAGE_SIZE, offset=offset)
+            delivery_id_contains=filters["delivery"] or None,
+            limit=PAGE_SIZE,
+            offset=offset,
+        )
         entries, total = await p.ctx.event_log.list(query)
         link = urlencode({k: v for k, v in filters.items() if v})
-        return p.render("deliveries.html", deliveries=entries, total=total, offset=offset, limit=PAGE_SIZE,
-                        filters=filters, statuses=views.DELIVERY_STATUSES, query=link)
+        return p.render(
+            "deliveries.html",
+            deliveries=entries,
+            total=total,
+            offset=offset,
+            limit=PAGE_SIZE,
+            filters=filters,
+            statuses=views.DELIVERY_STATUSES,
+            query=link,
+        )
 
     async def _delivery(self, p: Page, org_id: str, delivery_id: str) -> EventLogEntry:
         if not org_id or not delivery_id:
@@ -253,12 +304,19 @@ class Handlers:
         entry = await self._delivery(p, q.get("org") or "", q.get("id") or "")
         runs: list[dict[str, Any]] = []
         if p.can("run.read"):
-            rows, _ = await self.run_store.list_runs(routing_key=entry.routing_key, repo=entry.repo_identifier,
-                                                    since=entry.received_at, limit=100)
+            rows, _ = await self.run_store.list_runs(
+                routing_key=entry.routing_key, repo=entry.repo_identifier, since=entry.received_at, limit=100
+            )
             runs = [r for r in rows if r.get("delivery_id") == entry.delivery_id and r.get("org_id") == entry.org_id]
-        return p.render("delivery.html", d=entry, trace=views.explain_trace(entry.decision_trace),
-                        status_text=views.STATUS_TEXT.get(entry.status, ""), runs=runs,
-                        can_replay=p.can("event_dlq.manage"), replayed=q.get("replayed"))
+        return p.render(
+            "delivery.html",
+            d=entry,
+            trace=views.explain_trace(entry.decision_trace),
+            status_text=views.STATUS_TEXT.get(entry.status, ""),
+            runs=runs,
+            can_replay=p.can("event_dlq.manage"),
+            replayed=q.get("replayed"),
+        )
 
     async def replay(self, p: Page) -> Response:
         values = await p.form()
@@ -267,16 +325,18 @@ class Handlers:
         if not await p.ctx.inbox.replay(entry.org_id, entry.delivery_id):
             raise errors.NotFound("Delivery not found")
         p.ctx.wake_worker()
-        return p.redirect(f"delivery?org={quote(entry.org_id, safe='')}&id={quote(entry.delivery_id, safe='')}&replayed=1")
+        return p.redirect(
+            f"delivery?org={quote(entry.org_id, safe='')}&id={quote(entry.delivery_id, safe='')}&replayed=1"
+        )
 
     # -------------------------------------------------------------------------------------------- agents
     async def agents(self, p: Page) -> Response:
         p.caller.require("run.read")
         key = p.caller.token.routing_key
-        agents = await self.reads.agents(local=self.hub.core.agent_ids(), instance=self.hub.instance_id,
-                                         routing_key=key)
+        agents = await self.reads.agents(
+            local=self.hub.core.agent_ids(), instance=self.hub.instance_id, routing_key=key
+        )
         queued, total = await self.reads.queued(routing_key=key)
         for row in queued:
             row["waiting_reason"] = admin_runs.waiting_reason(self.hub, row)
-        return p.render("agents.html", agents=agents, queued=queued, total=total,
-                        instance=self.hub.instance_id)
+        return p.render("agents.html", agents=agents, queued=queued, total=total, instance=self.hub.instance_id)

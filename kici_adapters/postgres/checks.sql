@@ -68,7 +68,7 @@ SELECT count(*) FILTER (WHERE sent_version < version) AS pending,
        min(next_attempt_at) FILTER (WHERE sent_version < version) AS next_attempt_at,
        (array_agg(last_error ORDER BY last_error_at DESC) FILTER (WHERE last_error IS NOT NULL))[1] AS last_error,
        max(last_error_at) AS last_error_at
-  FROM github_check_runs WHERE run_id::text = %(run_id)s
+  FROM github_check_runs WHERE run_id = kici_uuid(%(run_id)s)
 
 -- name: checks_release_leases
 UPDATE github_check_runs SET locked_until = NULL, locked_by = NULL

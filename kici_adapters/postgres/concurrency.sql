@@ -3,7 +3,7 @@
 -- name: job_concurrency
 SELECT j.job_config->'workflowConcurrency' AS settings, r.routing_key
   FROM execution_jobs j JOIN execution_runs r ON r.run_id = j.run_id
- WHERE j.job_id::text = %(job)s AND j.run_id::text = %(run)s
+ WHERE j.job_id = kici_uuid(%(job)s) AND j.run_id = kici_uuid(%(run)s)
 
 -- name: group_lock
 SELECT pg_advisory_xact_lock(hashtextextended(%(rk)s || chr(31) || %(group)s, 0))
@@ -23,16 +23,16 @@ ON CONFLICT (job_id) DO UPDATE SET routing_key = EXCLUDED.routing_key, group_key
 -- name: slots_cancel_runs
 UPDATE concurrency_slots SET status = 'cancelled', updated_at = now()
  WHERE routing_key = %(rk)s AND group_key = %(group)s
-   AND run_id::text = ANY(%(runs)s) AND status IN ('holding', 'waiting')
+   AND run_id = ANY(kici_uuids(%(runs)s)) AND status IN ('holding', 'waiting')
 
 -- name: run_slots_release
 UPDATE concurrency_slots SET status = 'released', updated_at = now()
- WHERE run_id::text = %(run)s AND status IN ('holding', 'waiting')
+ WHERE run_id = kici_uuid(%(run)s) AND status IN ('holding', 'waiting')
  RETURNING routing_key, group_key
 
 -- name: group_runs_promote
 UPDATE concurrency_slots SET status = 'holding', updated_at = now()
- WHERE routing_key = %(rk)s AND group_key = %(group)s AND run_id::text = ANY(%(runs)s)
+ WHERE routing_key = %(rk)s AND group_key = %(group)s AND run_id = ANY(kici_uuids(%(runs)s))
    AND status = 'waiting' RETURNING job_id::text AS job_id, run_id::text AS run_id, agent_id
 
 -- name: agent_waiting_cancel
@@ -47,5 +47,5 @@ SELECT s.job_id::text AS job_id, s.group_key,
     (SELECT count(DISTINCT w.run_id) FROM concurrency_slots w WHERE w.routing_key = s.routing_key
    AND w.group_key = s.group_key AND w.status = 'waiting' AND w.id < s.id AND w.run_id <> s.run_id)
     AS ahead
- FROM concurrency_slots s WHERE s.run_id::text = %(run)s AND s.status = 'waiting'
+ FROM concurrency_slots s WHERE s.run_id = kici_uuid(%(run)s) AND s.status = 'waiting'
 

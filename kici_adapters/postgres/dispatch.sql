@@ -85,12 +85,12 @@ UPDATE execution_jobs SET status = 'running', agent_id = %(agent)s, last_heartbe
 
 -- name: reclaimable
 SELECT id, run_id, recovery_deadline FROM dispatch_queue
- WHERE id::text = ANY(%(ids)s)
+ WHERE id = ANY(kici_uuids(%(ids)s))
    AND ((status = 'recovering' AND recovery_agent_id = %(agent)s) OR (status = 'dispatched' AND agent_id = %(agent)s))
 
 -- name: owned
 SELECT 1 FROM dispatch_queue
- WHERE id::text = %(id)s
+ WHERE id = kici_uuid(%(id)s)
    AND ((status = 'recovering' AND recovery_agent_id = %(agent)s)
         OR (status IN ('dispatched', 'completed', 'failed', 'expired') AND agent_id = %(agent)s))
 

@@ -65,7 +65,7 @@ DELETE FROM workflow_registrations WHERE routing_key = %(rk)s
    AND repo_identifier = %(repo)s
 
 -- name: registration_by_id
-SELECT * FROM workflow_registrations WHERE id::text = %(id)s
+SELECT * FROM workflow_registrations WHERE id = kici_uuid(%(id)s)
 
 -- name: registration_schedules
 SELECT * FROM workflow_schedules WHERE registration_id = %(id)s

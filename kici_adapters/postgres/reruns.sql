@@ -1,7 +1,7 @@
 -- Re-runs of a run (new attempts) and the reads that find runs by attempt, commit or check (loaded by reruns.py).
 
 -- name: run_root
-SELECT run_id, original_run_id FROM execution_runs WHERE run_id::text = %(id)s
+SELECT run_id, original_run_id FROM execution_runs WHERE run_id = kici_uuid(%(id)s)
 
 -- name: run_root_lock
 SELECT run_id FROM execution_runs WHERE run_id = %(root)s FOR UPDATE

@@ -202,23 +202,23 @@ UPDATE dispatch_queue SET status = 'failed'
 -- name: get_run
 SELECT r.*, (SELECT count(*) FROM execution_jobs j WHERE j.run_id = r.run_id) AS job_count
   FROM execution_runs r
- WHERE r.run_id::text = %(id)s
+ WHERE r.run_id = kici_uuid(%(id)s)
 
 -- name: list_jobs
 SELECT j.*, q.status AS queue_status, q.dispatch_attempts, q.agent_id AS queue_agent_id, q.last_provisioning_error
   FROM execution_jobs j LEFT JOIN dispatch_queue q ON q.id = j.job_id
- WHERE j.run_id::text = %(id)s
+ WHERE j.run_id = kici_uuid(%(id)s)
  ORDER BY j.created_at, j.job_name
 
 -- name: list_needs
-SELECT job_name, upstream_name, run_on FROM execution_job_needs WHERE run_id::text = %(id)s ORDER BY upstream_name
+SELECT job_name, upstream_name, run_on FROM execution_job_needs WHERE run_id = kici_uuid(%(id)s) ORDER BY upstream_name
 
 -- name: list_steps
-SELECT * FROM execution_steps WHERE run_id::text = %(id)s ORDER BY job_id, step_index
+SELECT * FROM execution_steps WHERE run_id = kici_uuid(%(id)s) ORDER BY job_id, step_index
 
 -- name: run_logs
 SELECT c.id, c.job_id, j.job_name, c.step_index, c.seq, c.content, c.created_at
   FROM log_chunks c JOIN execution_jobs j ON j.job_id = c.job_id
- WHERE c.run_id::text = %(id)s AND (%(job)s::text IS NULL OR j.job_name = %(job)s) AND c.id > %(after)s
+ WHERE c.run_id = kici_uuid(%(id)s) AND (%(job)s::text IS NULL OR j.job_name = %(job)s) AND c.id > %(after)s
  ORDER BY c.id
  LIMIT %(limit)s

@@ -40,7 +40,7 @@ from kici_adapters.postgres.migrate import apply_migrations
 from kici_adapters.postgres.offload import PayloadOffloader
 from kici_adapters.postgres.pool import Database
 from kici_adapters.storage import FilesystemBlobStore
-from kici_core.ports import Delivery
+from kici_core.delivery_records import Delivery
 
 CONCURRENCY = (1, 4, 16)
 LANES = COMMIT_LANES

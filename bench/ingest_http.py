@@ -51,7 +51,7 @@ from kici_adapters.postgres.migrate import apply_migrations_async
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.secrets import PgSecretStore
 from kici_adapters.postgres.sources import PgSourceStore
-from kici_core.ports import GitHubSource
+from kici_core.source_records import GitHubSource
 from tests.support.github_server import GitHubServer, app_key
 
 ORG = "bench"

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 import anyio
 
 from kici_core import errors
-from kici_core.ports import GenericSource, LockfileFetch, RepoSource
+from kici_core.source_records import GenericSource, LockfileFetch, RepoSource
 
 LOCKFILE_PATH = ".kici/kici.lock.json"
 _ZERO_SHA = "0" * 40

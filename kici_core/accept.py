@@ -28,17 +28,11 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from kici_core import dedup, errors, events, jsontypes, webhooks
+from kici_core.delivery_records import Delivery
 from kici_core.jsontypes import JSONValue
-from kici_core.ports import (
-    Clock,
-    Delivery,
-    DeliveryInbox,
-    GenericSource,
-    GitHubSource,
-    SecretStore,
-    SourceStore,
-)
+from kici_core.ports import Clock, DeliveryInbox, SecretStore, SourceStore
 from kici_core.ratelimit import SlidingWindowLimiter
+from kici_core.source_records import GenericSource, GitHubSource
 
 SYSTEM_ORG = "__system__"
 """Org of the scoped secrets that hold webhook secrets."""

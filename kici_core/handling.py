@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from kici_core import errors, keys, platform_events
+from kici_core.delivery_records import InboxItem
 from kici_core.jsontypes import JSONValue
 from kici_core.pipeline import Pipeline, ProcessOutput
-from kici_core.ports import BlobStore, DeliveryInbox, InboxItem, PlatformLink
+from kici_core.ports import BlobStore, DeliveryInbox, PlatformLink
 
 MAX_ATTEMPTS = 8
 """Processing attempts before a delivery is parked as ``failed`` (replayable with ``event-log replay``)."""

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING
 
 from kici_core import errors, events, inputs, lockfile, matching, new_runs, planning
 from kici_core import triggers as t
+from kici_core.delivery_records import DeliveryOutcome, InboxItem
 from kici_core.jsontypes import JSONValue
-from kici_core.ports import DeliveryOutcome, InboxItem, NewRun, RepoSource
 from kici_core.registrations import DISPATCH_EVENT, SCHEDULE_EVENT
+from kici_core.run_records import NewRun
+from kici_core.source_records import RepoSource
 
 if TYPE_CHECKING:
     from kici_core.pipeline import Pipeline, ProcessOutput, Provider

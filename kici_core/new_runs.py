@@ -7,7 +7,7 @@ from collections.abc import Callable
 from kici_core import lockfile, planning
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.lockfile_cache import to_plain
-from kici_core.ports import NeedEdge, NewJob, NewRun
+from kici_core.run_records import NeedEdge, NewJob, NewRun
 
 
 def new_run(

@@ -16,23 +16,14 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from kici_core import errors, events, lockfile, matching, planning, registrations
+from kici_core.delivery_records import DeliveryOutcome, InboxItem
 from kici_core.jsontypes import JSONValue
 from kici_core.lockfile_cache import ParsedLockfiles
 from kici_core.new_runs import new_run
-from kici_core.ports import (
-    ChangedFilesSource,
-    DeliveryOutcome,
-    GenericSource,
-    GitHubSource,
-    InboxItem,
-    LockfileSource,
-    NewRun,
-    RegistrationStore,
-    RepoSource,
-    RunReruns,
-    SourceStore,
-    WorkflowRegistration,
-)
+from kici_core.ports import ChangedFilesSource, LockfileSource, RegistrationStore, RunReruns, SourceStore
+from kici_core.registration_records import WorkflowRegistration
+from kici_core.run_records import NewRun
+from kici_core.source_records import GenericSource, GitHubSource, RepoSource
 
 _RERUN_EVENTS = frozenset({"check_run", "check_suite"})
 

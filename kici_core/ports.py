@@ -1,8 +1,10 @@
 """Ports: what the core needs from the outside world, as ``typing.Protocol`` classes.
 
 Adapters in ``kici_adapters`` implement these (``PgInbox``, ``GitHubLockfileSource``, ...); working in-memory
-fakes live in ``kici_core.testing.fakes``. Methods take and return the domain records defined here and raise
-only documented :mod:`kici_core.errors` (``StorageUnavailable`` for any storage outage).
+fakes live in ``kici_core.testing.fakes``. Methods take and return the domain records of the ``*_records``
+modules (:mod:`kici_core.source_records`, :mod:`kici_core.delivery_records`, :mod:`kici_core.run_records`,
+:mod:`kici_core.registration_records`, :mod:`kici_core.token_records`, :mod:`kici_core.dispatch_records`) and
+raise only documented :mod:`kici_core.errors` (``StorageUnavailable`` for any storage outage).
 
 Timestamps are timezone-aware ``datetime`` values in UTC. Ids are strings (UUID text where the database uses
 ``uuid``); the core never generates them itself — callers pass ids in.
@@ -12,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from kici_core.delivery_records import AcceptResult, Delivery, DeliveryOutcome, EventLogEntry, EventLogQuery, InboxItem
 from kici_core.dispatch_records import (
     ConnectedAgent,
     DispatchNotice,
@@ -29,69 +31,17 @@ from kici_core.dispatch_records import (
 )
 from kici_core.jsontypes import JSONObject, JSONValue
 from kici_core.platform_events import PlatformEvent
+from kici_core.registration_records import Schedule, WorkflowRegistration
+from kici_core.run_records import NewRun, RerunResult
+from kici_core.source_records import GenericSource, GitHubSource, LockfileFetch, RepoSource
+from kici_core.token_records import AdminToken, AgentToken
 
 if TYPE_CHECKING:  # the cluster records live with their rules in kici_core.cluster
     from kici_core.cluster import ClusterAgent, DutyInfo, InstanceInfo
     from kici_core.concurrency import Decision, Promoted
 
-DeliverySource = Literal["relay", "direct", "internal"]
-"""Where a delivery came from: the Platform relay, a direct webhook, or the orchestrator itself (a schedule
-firing, a manual run)."""
-DeliveryStatus = Literal["received", "processed", "duplicate", "lockfile_missing", "lockfile_corrupt", "failed"]
-TERMINAL_DELIVERY_STATUSES: frozenset[str] = frozenset({"processed", "lockfile_missing", "lockfile_corrupt", "failed"})
-MAX_CRASHES = 3
-"""Processing attempts of one delivery that may crash or time out before it is parked ``failed`` (poison pill)."""
-
-
-def crash_reason(crashes: int, last_error: str | None) -> str:
-    """The ``error_message`` of a delivery parked by the poison-pill rule."""
-    tail = f"; last error: {last_error}" if last_error else ""
-    return f"processing crashed or timed out {crashes} times; parked (replay it once the cause is fixed){tail}"
-
 
 # --------------------------------------------------------------------------------------------- sources
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GitHubSource:
-    """A GitHub App registered as a webhook source (``sources`` row). Secrets live in the SecretStore under
-    org ``__system__``, scope ``__source__/<id>``, keys ``privateKey`` and ``webhookSecret``."""
-
-    id: str
-    routing_key: str  # "github:<appId>"
-    name: str
-    app_id: str
-    customer_id: str = "__default__"
-    api_url: str | None = None  # GitHub Enterprise API base; None = the configured default
-    slug: str | None = None
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GenericSource:
-    """A generic or local webhook source (``generic_webhook_sources`` row). Its secret (HMAC secret, bearer
-    token or API key) lives in the SecretStore under org ``__system__``, scope ``__webhook__/<id>``; only
-    non-secret settings are in ``verification_config``."""
-
-    id: str
-    org_id: str
-    name: str
-    routing_key: str  # "generic:<orgId>:<id>"
-    provider_type: Literal["generic", "local"] = "generic"
-    verification_method: str = "hmac_sha256"
-    verification_config: JSONObject = field(default_factory=dict)
-    event_type_header: str | None = "X-Event-Type"
-    event_type_path: str | None = None
-    idempotency_key_header: str | None = None
-    idempotency_key_path: str | None = None
-    dedup_window_seconds: int = 300
-    max_payload_bytes: int = 1_048_576
-    allowed_events: tuple[str, ...] | None = None
-    enabled: bool = True
-    rate_limit_rpm: int = 600
-    git_config: JSONObject | None = None
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-    deleted_at: datetime | None = None
 
 
 class SourceStore(Protocol):
@@ -168,94 +118,6 @@ class BlobStore(Protocol):
 
 
 # --------------------------------------------------------------------------------------------- deliveries
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Delivery:
-    """A verified webhook delivery, about to be accepted durably."""
-
-    org_id: str
-    delivery_id: str
-    routing_key: str
-    event: str
-    action: str | None
-    source: DeliverySource
-    provider: str  # "github" | "generic" | "local"
-    body: bytes  # the payload bytes to store (JSON text)
-    received_at: datetime
-    repo_identifier: str | None = None
-    ref: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AcceptResult:
-    duplicate: bool
-    """True when ``(org_id, delivery_id)`` was already claimed; nothing was written."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InboxItem:
-    """An accepted delivery claimed for processing under a lease."""
-
-    org_id: str
-    delivery_id: str
-    routing_key: str
-    event: str
-    action: str | None
-    source: DeliverySource
-    provider: str
-    payload_key: str | None
-    received_at: datetime
-    attempts: int  # processing attempts including this one
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NeedEdge:
-    upstream_name: str  # expanded upstream job name
-    run_on: tuple[str, ...]  # terminal job statuses that satisfy the edge
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewJob:
-    job_id: str
-    name: str  # expanded name (matrix children carry their suffix)
-    base_name: str
-    matrix_values: JSONObject | None
-    needs: tuple[NeedEdge, ...]
-    runs_on: tuple[JSONObject, ...]  # label matchers as in the lock file
-    exclude_labels: tuple[JSONObject, ...]
-    job_config: JSONObject  # the lock-file job (steps untouched) handed to the agent
-    runnable: bool  # needs met: enqueue for dispatch in the same transaction
-    status: str = "pending"  # or already "failed"/"skipped" at planning time (see reason)
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewRun:
-    run_id: str
-    workflow_name: str
-    provider: str
-    routing_key: str
-    repo_identifier: str | None
-    repo_url: str | None
-    ref: str | None
-    sha: str | None
-    trigger_decision: JSONObject
-    jobs: tuple[NewJob, ...]
-    status: str = "pending"  # already terminal when planning failed every job
-    event: JSONObject | None = None
-    """The triggering event as agents receive it (``jobConfig.event``, payload included); stored once per run,
-    not in its jobs."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeliveryOutcome:
-    """How processing ended; recorded on the event_log row."""
-
-    status: DeliveryStatus
-    matched_count: int = 0
-    repo_identifier: str | None = None
-    ref: str | None = None
-    error_message: str | None = None
-    decision_trace: JSONValue = None
 
 
 class DeliveryInbox(Protocol):
@@ -272,8 +134,9 @@ class DeliveryInbox(Protocol):
         oldest first, incrementing their attempt count.
 
         Poison-pill rule: a claim finding an expired lease counts a crash (the attempt holding it never
-        finished). A delivery whose crashes reach :data:`MAX_CRASHES` is parked ``failed`` with that reason
-        instead of being claimed again (it stays replayable); it is not among the returned items.
+        finished). A delivery whose crashes reach :data:`~kici_core.delivery_records.MAX_CRASHES` is parked
+        ``failed`` with that reason instead of being claimed again (it stays replayable); it is not among the
+        returned items.
         """
         ...
 
@@ -310,44 +173,6 @@ class DeliveryInbox(Protocol):
 
 
 # --------------------------------------------------------------------------------------------- event log (read)
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EventLogEntry:
-    org_id: str
-    delivery_id: str
-    routing_key: str
-    event: str
-    action: str | None
-    source: DeliverySource
-    provider: str
-    repo_identifier: str | None
-    ref: str | None
-    payload_key: str | None
-    payload_omitted: bool
-    payload_omitted_reason: str | None
-    payload_size_bytes: int
-    payload_hash: str
-    matched_count: int
-    status: DeliveryStatus
-    run_id: str | None
-    error_message: str | None
-    received_at: datetime
-    decision_trace: JSONValue = None
-    attempts: int = 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EventLogQuery:
-    org_id: str | None = None
-    routing_key: str | None = None
-    event: str | None = None
-    action: str | None = None
-    status: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    delivery_id_contains: str | None = None
-    delivery_id: str | None = None  # exact: the same delivery id in every org that holds it
-    limit: int = 50
-    offset: int = 0
 
 
 class EventLog(Protocol):
@@ -368,16 +193,6 @@ class EventLog(Protocol):
 
 
 # --------------------------------------------------------------------------------------------- providers
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LockfileFetch:
-    """Result of a lock-file fetch: ``content`` None means the file does not exist (HTTP 404)."""
-
-    content: bytes | None
-    cached: bool = False
-
-
-RepoSource = GitHubSource | GenericSource
-"""The source a repository is read through: a GitHub App, or a ``local`` source naming a ``file://`` repo."""
 
 
 class LockfileSource(Protocol):
@@ -402,16 +217,6 @@ class CloneTokenSource(Protocol):
 
 
 # --------------------------------------------------------------------------------------------- re-runs
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RerunResult:
-    """The attempt a re-run request produced; ``created`` False when its ``key`` had produced it before."""
-
-    run_id: str
-    original_run_id: str
-    attempt: int
-    rerun_jobs: int
-    carried_jobs: int
-    created: bool = True
 
 
 class RunReruns(Protocol):
@@ -442,61 +247,6 @@ class RunReruns(Protocol):
 
 
 # --------------------------------------------------------------------------------------------- registrations
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduleSpec:
-    """One ``schedule`` trigger of a registered workflow."""
-
-    trigger_index: int
-    cron_expression: str
-    timezone: str = "UTC"
-    description: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkflowRegistration:
-    """A workflow registered from the lock file of a repository's default branch (lock-file spec §7.3)."""
-
-    id: str
-    org_id: str
-    routing_key: str
-    provider: str
-    repo_identifier: str
-    workflow_name: str
-    ref: str
-    """The default branch the lock file was read from."""
-    sha: str
-    """The commit whose lock file was registered (scheduled runs check it out)."""
-    repo_url: str
-    lock_source: JSONObject
-    """The lock file's top-level ``source`` (``{file, export}``)."""
-    workflow: JSONObject
-    """The workflow object exactly as in the lock file."""
-    trigger_types: tuple[str, ...] = ()
-    schedules: tuple[ScheduleSpec, ...] = ()
-    delivery_id: str | None = None
-    """The push that registered it."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Schedule:
-    """A registered schedule with when it fires next and when it last fired."""
-
-    id: str
-    registration_id: str
-    org_id: str
-    routing_key: str
-    repo_identifier: str
-    workflow_name: str
-    trigger_index: int
-    cron_expression: str
-    timezone: str
-    description: str | None = None
-    next_fire_at: datetime | None = None
-    """None until first computed, or when the expression or time zone is invalid (see ``error``)."""
-    last_fire_at: datetime | None = None
-    """The time the last fire was due (a missed fire keeps the time it was due)."""
-    last_delivery_id: str | None = None
-    error: str | None = None
 
 
 class RegistrationStore(Protocol):
@@ -785,37 +535,6 @@ class PlatformLink(Protocol):
 
 
 # --------------------------------------------------------------------------------------------- tokens
-AdminRole = Literal["owner", "admin", "auditor"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AdminToken:
-    """An admin API token; only the sha256 of the token text is stored."""
-
-    id: str
-    label: str
-    role: AdminRole
-    routing_key: str | None = None
-    created_at: datetime | None = None
-    expires_at: datetime | None = None
-    last_used_at: datetime | None = None
-    revoked: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AgentToken:
-    """An agent connection token (``kat_`` + 64 hex); only its hash and a prefix are stored."""
-
-    id: str
-    token_prefix: str
-    labels: tuple[str, ...] = ()
-    mandatory_labels: tuple[str, ...] = ()
-    agent_type: Literal["static", "ephemeral"] = "static"
-    created_by: str | None = None
-    created_at: datetime | None = None
-    last_seen_at: datetime | None = None
-    expires_at: datetime | None = None
-    revoked_at: datetime | None = None
 
 
 class TokenStore(Protocol):

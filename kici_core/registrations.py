@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 
 from kici_core import events, lockfile
 from kici_core import triggers as t
+from kici_core.delivery_records import Delivery
 from kici_core.jsontypes import JSONObject, JSONValue
-from kici_core.ports import Delivery, Schedule, ScheduleSpec, WorkflowRegistration
+from kici_core.registration_records import Schedule, ScheduleSpec, WorkflowRegistration
 
 __all__ = [
     "DISPATCH_EVENT",

@@ -25,7 +25,8 @@ from kici_adapters.agents import wire
 from kici_adapters.agents.ratelimit import HARD_MAX_CHARS, RateLimiter
 from kici_core import errors, routing
 from kici_core.jsontypes import JSONValue
-from kici_core.ports import AgentToken, TokenStore
+from kici_core.ports import TokenStore
+from kici_core.token_records import AgentToken
 
 __all__ = ["AgentConnection", "AgentEndpoint", "Hub"]
 

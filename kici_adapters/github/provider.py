@@ -27,7 +27,8 @@ from kici_adapters.github.lockfiles import (
     LockfileMissing,
 )
 from kici_core.errors import ConfigError, InvalidInput
-from kici_core.ports import GitHubSource, LockfileFetch, RepoSource, SecretStore
+from kici_core.ports import SecretStore
+from kici_core.source_records import GitHubSource, LockfileFetch, RepoSource
 
 __all__ = ["SECRET_ORG", "GitHubProvider", "source_scope"]
 

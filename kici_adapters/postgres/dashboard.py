@@ -17,7 +17,7 @@ from kici_adapters.postgres import queries
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.tokens import check_hash, row_to_admin_token
 from kici_core.jsontypes import JSONObject
-from kici_core.ports import AdminToken
+from kici_core.token_records import AdminToken
 
 _SQL = queries.load("dashboard.sql")
 

@@ -9,8 +9,9 @@ from typing import Any, cast
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.queries import q
 from kici_core import errors
+from kici_core.delivery_records import DeliverySource, DeliveryStatus, EventLogEntry, EventLogQuery
 from kici_core.jsontypes import JSONValue
-from kici_core.ports import BlobStore, DeliverySource, DeliveryStatus, EventLogEntry, EventLogQuery
+from kici_core.ports import BlobStore
 
 
 def row_to_entry(row: Mapping[str, Any]) -> EventLogEntry:

@@ -46,18 +46,18 @@ from kici_adapters.postgres.inbox_rows import (
 from kici_adapters.postgres.pool import Database, translate_errors
 from kici_adapters.postgres.queries import q
 from kici_core import errors
-from kici_core.keys import event_log_payload_key
-from kici_core.ports import (
+from kici_core.delivery_records import (
     MAX_CRASHES,
     AcceptResult,
-    BlobStore,
     Delivery,
     DeliveryOutcome,
     EventLogEntry,
     EventLogQuery,
     InboxItem,
-    NewRun,
 )
+from kici_core.keys import event_log_payload_key
+from kici_core.ports import BlobStore
+from kici_core.run_records import NewRun
 
 DEFAULT_MAX_PAYLOAD_BYTES = 5 * 1024 * 1024
 """``KICI_EVENT_LOG_MAX_PAYLOAD_BYTES`` default: larger bodies are recorded without a stored object."""

@@ -10,13 +10,9 @@ from psycopg.types.json import Jsonb
 
 from kici_adapters.postgres import checks as pg_checks
 from kici_adapters.postgres import notify
+from kici_core.delivery_records import DeliveryOutcome, InboxItem
 from kici_core.jsontypes import JSONObject, JSONValue
-from kici_core.ports import (
-    DeliveryOutcome,
-    InboxItem,
-    NewJob,
-    NewRun,
-)
+from kici_core.run_records import NewJob, NewRun
 
 
 # ------------------------------------------------------------------------------------------ complete

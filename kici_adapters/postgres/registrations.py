@@ -29,7 +29,7 @@ from kici_adapters import cron
 from kici_adapters.postgres import queries, singletons
 from kici_adapters.postgres.pool import Database
 from kici_core import errors
-from kici_core.ports import Schedule, ScheduleSpec, WorkflowRegistration
+from kici_core.registration_records import Schedule, ScheduleSpec, WorkflowRegistration
 
 _SQL = queries.load("registrations.sql")
 

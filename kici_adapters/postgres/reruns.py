@@ -21,7 +21,7 @@ from kici_adapters.postgres import checks as pg_checks
 from kici_adapters.postgres import queries
 from kici_adapters.postgres.runs import TERMINAL_RUN, PgRunStore
 from kici_core import errors
-from kici_core.ports import RerunResult
+from kici_core.run_records import RerunResult
 
 _SQL = queries.load("reruns.sql")
 

@@ -24,7 +24,7 @@ from kici_adapters.postgres.pool import Connection, Database
 from kici_adapters.postgres.queries import q
 from kici_core import errors
 from kici_core.jsontypes import JSONObject
-from kici_core.ports import GenericSource, GitHubSource
+from kici_core.source_records import GenericSource, GitHubSource
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _CONFLICT = "Conflict: resource already exists"

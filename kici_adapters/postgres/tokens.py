@@ -13,7 +13,7 @@ from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.queries import q
 from kici_adapters.postgres.sources import is_uuid
 from kici_core import errors
-from kici_core.ports import AdminRole, AdminToken, AgentToken
+from kici_core.token_records import AdminRole, AdminToken, AgentToken
 
 _CONFLICT = "Conflict: resource already exists"
 _HASH = re.compile(r"^[0-9a-f]{64}$")

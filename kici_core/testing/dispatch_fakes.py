@@ -30,7 +30,7 @@ from kici_core.dispatch_records import (
     upstream_outputs,
 )
 from kici_core.jsontypes import JSONObject, JSONValue
-from kici_core.ports import NewRun
+from kici_core.run_records import NewRun
 
 __all__ = ["FakeDispatchQueue", "FakeDispatchTables", "FakeSlot"]
 

@@ -16,34 +16,27 @@ from typing import overload
 
 from kici_core import errors
 from kici_core.cluster import ClusterAgent, DutyInfo, InstanceInfo
-from kici_core.keys import event_log_payload_key
-from kici_core.platform_events import PlatformEvent
-from kici_core.ports import (
+from kici_core.delivery_records import (
     MAX_CRASHES,
     TERMINAL_DELIVERY_STATUSES,
     AcceptResult,
-    AdminToken,
-    AgentToken,
     Delivery,
     DeliveryOutcome,
     EventLogEntry,
     EventLogQuery,
-    GenericSource,
-    GitHubSource,
     InboxItem,
-    LockfileFetch,
-    NewJob,
-    NewRun,
-    RepoSource,
-    RerunResult,
-    Schedule,
-    WorkflowRegistration,
     crash_reason,
 )
+from kici_core.keys import event_log_payload_key
+from kici_core.platform_events import PlatformEvent
+from kici_core.registration_records import Schedule, WorkflowRegistration
+from kici_core.run_records import NewJob, NewRun, RerunResult
+from kici_core.source_records import GenericSource, GitHubSource, LockfileFetch, RepoSource
 from kici_core.testing.dispatch_fakes import FakeDispatchQueue as FakeDispatchQueue
 from kici_core.testing.dispatch_fakes import FakeDispatchTables as FakeDispatchTables
 from kici_core.testing.run_fakes import FakeConcurrencyGroups as FakeConcurrencyGroups
 from kici_core.testing.run_fakes import FakeRunStore as FakeRunStore
+from kici_core.token_records import AdminToken, AgentToken
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from kici_core.ports import AdminToken, TokenStore
+from kici_core.ports import TokenStore
+from kici_core.token_records import AdminToken
 from kici_runtime.orchestrator.admin.auth import token_hash
 
 log = logging.getLogger("kici.admin")

@@ -33,7 +33,8 @@ from kici_adapters.storage import FilesystemBlobStore, S3BlobStore
 from kici_core import errors, lockfile
 from kici_core.jsontypes import JSONValue
 from kici_core.pipeline import Pipeline, Provider
-from kici_core.ports import BlobStore, GitHubSource, RepoSource, SecretStore
+from kici_core.ports import BlobStore, SecretStore
+from kici_core.source_records import GitHubSource, RepoSource
 from kici_runtime.config.settings import Settings
 from kici_runtime.orchestrator.worker import DeliveryWorker, PrometheusObserver, ThreadOffload
 

@@ -19,7 +19,8 @@ from kici_adapters.platform.client import AckDecision
 from kici_adapters.platform.protocol import RelayedDelivery
 from kici_core import accept as accepting
 from kici_core import errors
-from kici_core.ports import Delivery, SecretStore
+from kici_core.delivery_records import Delivery
+from kici_core.ports import SecretStore
 from kici_runtime.orchestrator.context import AppContext
 
 log = logging.getLogger("kici.webhooks")

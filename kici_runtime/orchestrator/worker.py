@@ -26,8 +26,9 @@ from anyio.abc import TaskGroup
 
 from kici_adapters import metrics
 from kici_core import errors, handling
+from kici_core.delivery_records import InboxItem
 from kici_core.pipeline import Pipeline
-from kici_core.ports import BlobStore, DeliveryInbox, InboxItem, PlatformLink
+from kici_core.ports import BlobStore, DeliveryInbox, PlatformLink
 
 log = logging.getLogger("kici.worker")
 

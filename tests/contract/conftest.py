@@ -22,8 +22,10 @@ from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.runs import PgRunStore
 from kici_adapters.postgres.sources import PgSourceStore
 from kici_adapters.postgres.tokens import PgTokenStore
-from kici_core.ports import AgentToken, Delivery, DeliveryOutcome, NewRun
+from kici_core.delivery_records import Delivery, DeliveryOutcome
+from kici_core.run_records import NewRun
 from kici_core.testing import fakes
+from kici_core.token_records import AgentToken
 from tests.support.pg import db_url, pg_server, pg_template
 
 __all__ = ["db_url", "pg_server", "pg_template"]

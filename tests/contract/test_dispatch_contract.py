@@ -10,7 +10,7 @@ import pytest
 from kici_core import errors
 from kici_core.dispatch_records import CancelRun, DispatchNotice, JobsQueued, Proceed
 from kici_core.jsontypes import JSONObject
-from kici_core.ports import NeedEdge, NewJob, NewRun
+from kici_core.run_records import NeedEdge, NewJob, NewRun
 from tests.contract.conftest import FakeDispatchHarness, PgDispatchHarness
 
 pytestmark = pytest.mark.anyio

@@ -9,17 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kici_core import errors
+from kici_core.delivery_records import Delivery, DeliveryOutcome, EventLogEntry, EventLogQuery, InboxItem
 from kici_core.keys import event_log_payload_key
-from kici_core.ports import (
-    Delivery,
-    DeliveryOutcome,
-    EventLogEntry,
-    EventLogQuery,
-    InboxItem,
-    NeedEdge,
-    NewJob,
-    NewRun,
-)
+from kici_core.run_records import NeedEdge, NewJob, NewRun
 from tests.contract.conftest import SMALL_LIMIT, FakeInboxHarness, PgInboxHarness
 
 pytestmark = pytest.mark.anyio

@@ -9,7 +9,7 @@ import pytest
 
 from kici_adapters.postgres.sources import PgSourceStore
 from kici_core import errors
-from kici_core.ports import GenericSource, GitHubSource
+from kici_core.source_records import GenericSource, GitHubSource
 from kici_core.testing import fakes
 
 pytestmark = pytest.mark.anyio

@@ -10,8 +10,8 @@ import pytest
 
 from kici_adapters.postgres.tokens import PgTokenStore
 from kici_core import errors
-from kici_core.ports import AdminToken, AgentToken
 from kici_core.testing import fakes
+from kici_core.token_records import AdminToken, AgentToken
 
 pytestmark = pytest.mark.anyio
 

@@ -31,7 +31,7 @@ import pytest
 from kici_adapters.containers.engine import EngineClient
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.stores import PgSourceStore
-from kici_core.ports import GenericSource
+from kici_core.source_records import GenericSource
 from tests.docker import agent_rootfs
 from tests.e2e.test_agents_e2e import _job, make_repo
 from tests.support import pg as _pg

@@ -27,7 +27,7 @@ from anyio.abc import Process
 
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.stores import PgSourceStore
-from kici_core.ports import GenericSource
+from kici_core.source_records import GenericSource
 from kici_runtime.config.settings import load_settings
 from kici_runtime.orchestrator import wiring
 from tests.support import pg as _pg

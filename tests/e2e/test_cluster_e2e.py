@@ -32,7 +32,7 @@ from anyio.abc import Process
 
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.stores import PgSourceStore
-from kici_core.ports import GenericSource
+from kici_core.source_records import GenericSource
 from tests.support import pg as _pg
 from tests.support.agents import lock_repo
 from tests.support.balancer import Balancer

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from kici_adapters import metrics
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.stores import PgTokenStore
-from kici_core.ports import AgentToken
+from kici_core.token_records import AgentToken
 from tests.e2e.test_agents_e2e import Harness, _job, make_repo
 from tests.support import pg as _pg
 from tests.support.orchestrator import OrchestratorProcess, clean_env, kici_admin

@@ -25,8 +25,9 @@ from kici_adapters.postgres.secrets import PgSecretStore
 from kici_adapters.postgres.sources import PgSourceStore
 from kici_adapters.storage import FilesystemBlobStore
 from kici_core import handling, lockfile
+from kici_core.delivery_records import Delivery
 from kici_core.pipeline import Pipeline, Provider
-from kici_core.ports import Delivery, GitHubSource
+from kici_core.source_records import GitHubSource
 from tests.e2e.conftest import APP_ID, ORG, SECRET_KEY, github_world, install, new_delivery, push_body
 from tests.support.github_server import GitHubServer, app_key
 from tests.support.pg import database

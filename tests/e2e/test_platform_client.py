@@ -27,7 +27,7 @@ from kici_adapters.platform.client import ClientConfig, PlatformClient
 from kici_adapters.platform.outbox import MemoryPlatformOutbox
 from kici_adapters.platform.protocol import PlatformSource
 from kici_core import platform_events
-from kici_core.ports import GenericSource, GitHubSource
+from kici_core.source_records import GenericSource, GitHubSource
 from kici_core.testing.fakes import (
     FakeBlobStore,
     FakeClock,

@@ -30,7 +30,7 @@ from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.secrets import PgSecretStore
 from kici_adapters.postgres.sources import PgSourceStore
 from kici_adapters.relay.store import RelayStore
-from kici_core.ports import GitHubSource
+from kici_core.source_records import GitHubSource
 from kici_runtime.relay.app import create_app
 from kici_runtime.relay.hub import RelayHub, RelaySettings
 from kici_runtime.relay.server import RelayServer, bind_socket, uvicorn_config

@@ -21,7 +21,7 @@ from websockets.extensions.permessage_deflate import PerMessageDeflate
 
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.stores import PgTokenStore
-from kici_core.ports import AgentToken
+from kici_core.token_records import AgentToken
 from tests.e2e.test_agents_e2e import Harness
 from tests.support import pg as _pg
 from tests.support import waits

@@ -19,7 +19,7 @@ from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.runs import PgRunStore
 from kici_core import cluster, routing
 from kici_core import dispatch_effects as fx
-from kici_core.ports import Delivery
+from kici_core.delivery_records import Delivery
 from kici_core.testing import fakes
 from kici_runtime.orchestrator.cluster import ClusterMember
 from kici_runtime.orchestrator.dispatcher import AgentHub

@@ -10,7 +10,8 @@ from kici_adapters.github.client import GitHubApiError
 from kici_adapters.github.lockfiles import LOCKFILE_PATH, LockfileTooLarge
 from kici_adapters.github.provider import SECRET_ORG, GitHubProvider, source_scope
 from kici_core.errors import ConfigError, InvalidInput
-from kici_core.ports import ChangedFilesSource, CloneTokenSource, GenericSource, GitHubSource, LockfileSource
+from kici_core.ports import ChangedFilesSource, CloneTokenSource, LockfileSource
+from kici_core.source_records import GenericSource, GitHubSource
 from kici_core.testing.fakes import FakeSecretStore
 from tests.support.github_server import GitHubServer, ManualClock, app_key
 

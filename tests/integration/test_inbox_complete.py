@@ -15,7 +15,8 @@ from kici_adapters.postgres.dispatch import PgDispatchQueue
 from kici_adapters.postgres.inbox import LaneConnections, PgDeliveryInbox, split_matchers
 from kici_adapters.postgres.pool import Database
 from kici_core import errors, platform_events
-from kici_core.ports import Delivery, DeliveryOutcome, NeedEdge, NewJob, NewRun
+from kici_core.delivery_records import Delivery, DeliveryOutcome
+from kici_core.run_records import NeedEdge, NewJob, NewRun
 from kici_core.testing import fakes
 
 pytestmark = pytest.mark.anyio

@@ -8,7 +8,7 @@ import pytest
 
 from kici_adapters.postgres.inbox import PgDeliveryInbox
 from kici_adapters.postgres.pool import Database
-from kici_core.ports import MAX_CRASHES
+from kici_core.delivery_records import MAX_CRASHES
 from kici_core.testing import fakes
 from tests.integration.test_inbox_reliability import delivery
 

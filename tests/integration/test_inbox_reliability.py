@@ -13,7 +13,8 @@ import pytest
 from kici_adapters.postgres.inbox import PgDeliveryInbox
 from kici_adapters.postgres.pool import Database
 from kici_core import errors
-from kici_core.ports import Delivery, DeliveryOutcome, InboxItem, NewJob, NewRun
+from kici_core.delivery_records import Delivery, DeliveryOutcome, InboxItem
+from kici_core.run_records import NewJob, NewRun
 from kici_core.testing import fakes
 from tests.support.pg import scalar
 

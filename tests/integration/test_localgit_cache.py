@@ -11,7 +11,7 @@ import pytest
 
 from kici_adapters import localgit
 from kici_core import errors
-from kici_core.ports import GenericSource
+from kici_core.source_records import GenericSource
 
 pytestmark = pytest.mark.anyio
 

@@ -21,7 +21,9 @@ from kici_adapters.postgres.secrets import PgSecretStore
 from kici_adapters.postgres.sources import PgSourceStore
 from kici_adapters.postgres.tokens import PgTokenStore
 from kici_adapters.storage import FilesystemBlobStore
-from kici_core.ports import AdminToken, Delivery, DeliveryOutcome, GenericSource, GitHubSource
+from kici_core.delivery_records import Delivery, DeliveryOutcome
+from kici_core.source_records import GenericSource, GitHubSource
+from kici_core.token_records import AdminToken
 
 pytestmark = pytest.mark.anyio
 

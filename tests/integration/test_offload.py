@@ -19,8 +19,8 @@ from kici_adapters.postgres.offload import OffloadPass, PayloadOffloader
 from kici_adapters.postgres.pool import Database
 from kici_adapters.storage import FilesystemBlobStore
 from kici_core import errors
+from kici_core.delivery_records import Delivery, EventLogQuery
 from kici_core.keys import event_log_payload_key
-from kici_core.ports import Delivery, EventLogQuery
 from kici_core.testing import fakes
 from tests.support.pg import PgServer, scalar
 

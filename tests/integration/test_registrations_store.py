@@ -12,7 +12,7 @@ import pytest
 
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.registrations import PgRegistrations
-from kici_core.ports import ScheduleSpec, WorkflowRegistration
+from kici_core.registration_records import ScheduleSpec, WorkflowRegistration
 
 pytestmark = pytest.mark.anyio
 

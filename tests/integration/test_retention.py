@@ -22,7 +22,7 @@ from kici_adapters.postgres.offload import PayloadOffloader
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.retention import PgRetention
 from kici_core import errors, keys
-from kici_core.ports import Delivery
+from kici_core.delivery_records import Delivery
 from kici_core.retention import RetentionPolicy
 from kici_core.testing import fakes
 from kici_runtime.orchestrator.retention import RetentionSweeper, report_json

@@ -10,7 +10,7 @@ import pytest
 
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.sources import PgSourceStore
-from kici_core.ports import GenericSource, GitHubSource
+from kici_core.source_records import GenericSource, GitHubSource
 
 pytestmark = pytest.mark.anyio
 

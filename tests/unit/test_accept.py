@@ -12,7 +12,8 @@ import json
 import pytest
 
 from kici_core import accept
-from kici_core.ports import Delivery, GenericSource, GitHubSource
+from kici_core.delivery_records import Delivery
+from kici_core.source_records import GenericSource, GitHubSource
 from kici_core.testing import fakes
 
 pytestmark = pytest.mark.anyio

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kici_core import errors
-from kici_core.ports import AdminToken, Delivery, DeliveryOutcome
+from kici_core.delivery_records import Delivery, DeliveryOutcome
 from kici_core.testing.fakes import (
     FakeBlobStore,
     FakeClock,
@@ -25,6 +25,7 @@ from kici_core.testing.fakes import (
     FakeSourceStore,
     FakeTokenStore,
 )
+from kici_core.token_records import AdminToken
 from kici_runtime.orchestrator import bootstrap
 from kici_runtime.orchestrator.admin import api as admin_api
 from kici_runtime.orchestrator.admin.auth import PERMISSIONS, has_permission, token_hash

@@ -20,7 +20,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from click.testing import CliRunner, Result
 
 from kici_core import errors
-from kici_core.ports import Delivery, DeliveryOutcome
+from kici_core.delivery_records import Delivery, DeliveryOutcome
 from kici_runtime.admin_cli.cli import cli
 from kici_runtime.admin_cli.client import human_bytes
 from tests.unit.test_admin_api import AUDITOR, OWNER, PEM, Env, make_env

@@ -19,7 +19,7 @@ from kici_adapters.agents.endpoint import AgentConnection
 from kici_core import dispatch_policy, routing
 from kici_core.dispatch_effects import REASON_RECOVERY_EXPIRED, DispatcherConfig
 from kici_core.dispatch_records import CancelRun, JobsQueued
-from kici_core.ports import NeedEdge, NewJob, NewRun
+from kici_core.run_records import NeedEdge, NewJob, NewRun
 from kici_core.testing import fakes
 from kici_runtime.orchestrator.dispatcher import AgentHub
 

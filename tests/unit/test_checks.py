@@ -9,9 +9,10 @@ from itertools import count
 import pytest
 
 from kici_core import checks, handling
+from kici_core.delivery_records import Delivery
 from kici_core.jsontypes import JSONValue
 from kici_core.pipeline import Pipeline, Provider
-from kici_core.ports import Delivery, GitHubSource
+from kici_core.source_records import GitHubSource
 from kici_core.testing import fakes
 
 SHA = "c" * 40

@@ -9,7 +9,7 @@ from itertools import count
 import pytest
 
 from kici_core import errors, handling, lockfile
-from kici_core.ports import MAX_CRASHES, Delivery
+from kici_core.delivery_records import MAX_CRASHES, Delivery
 from tests.fixtures.hostile import corpus
 from tests.unit.test_services import SHA, World, push_payload
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from kici_core import inputs, registrations
-from kici_core.ports import Delivery, Schedule
+from kici_core.delivery_records import Delivery
+from kici_core.registration_records import Schedule
 from kici_core.testing import fakes
 from tests.unit.test_services import LOCK, SHA, World, push_payload
 

@@ -10,10 +10,11 @@ from itertools import count
 import pytest
 
 from kici_core import errors, handling, new_runs, platform_events
+from kici_core.delivery_records import Delivery
 from kici_core.jsontypes import JSONValue
 from kici_core.lockfile import SourceRef
 from kici_core.pipeline import Pipeline, Provider
-from kici_core.ports import Delivery, GitHubSource, RepoSource
+from kici_core.source_records import GitHubSource, RepoSource
 from kici_core.testing import fakes
 
 pytestmark = pytest.mark.anyio

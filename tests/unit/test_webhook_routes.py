@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from kici_core.ports import GenericSource, GitHubSource
+from kici_core.source_records import GenericSource, GitHubSource
 from kici_core.testing import fakes
 from kici_runtime.orchestrator.app import build_app
 from kici_runtime.orchestrator.context import AppContext

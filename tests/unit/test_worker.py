@@ -10,7 +10,7 @@ import pytest
 
 from kici_core import errors
 from kici_core.pipeline import Pipeline
-from kici_core.ports import LockfileFetch, RepoSource
+from kici_core.source_records import LockfileFetch, RepoSource
 from kici_runtime.orchestrator.worker import DeliveryWorker
 from tests.unit.test_services import LOCK, SHA, World, push_payload
 

@@ -18,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from kici_core import errors, jsontypes
-from kici_core.ports import AdminToken, TokenStore
+from kici_core.ports import TokenStore
+from kici_core.token_records import AdminToken
 from kici_runtime.orchestrator.context import AppContext
 
 log = logging.getLogger("kici.admin")

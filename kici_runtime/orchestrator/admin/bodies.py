@@ -30,7 +30,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from kici_core import identifiers, webhooks
 from kici_core.errors import InvalidInput
-from kici_core.ports import AdminRole
+from kici_core.token_records import AdminRole
 from kici_runtime.orchestrator.admin.auth import ALL_ROLES, validation
 
 __all__ = [

@@ -15,8 +15,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kici_core import errors, jsontypes
+from kici_core.delivery_records import EventLogEntry, EventLogQuery
 from kici_core.jsontypes import JSONObject, JSONValue
-from kici_core.ports import AdminToken, AgentToken, EventLogEntry, EventLogQuery
+from kici_core.token_records import AdminToken, AgentToken
 from kici_runtime.orchestrator.admin import bodies
 from kici_runtime.orchestrator.admin.auth import (
     Caller,

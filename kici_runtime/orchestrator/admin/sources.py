@@ -21,7 +21,7 @@ from starlette.routing import Route
 from kici_adapters.github import app as github_app
 from kici_core import errors, webhooks
 from kici_core.jsontypes import JSONObject, JSONValue
-from kici_core.ports import GenericSource, GitHubSource
+from kici_core.source_records import GenericSource, GitHubSource
 from kici_runtime.orchestrator.admin import bodies
 from kici_runtime.orchestrator.admin.auth import Caller, endpoint, fail, json_body, validation
 from kici_runtime.orchestrator.context import AppContext

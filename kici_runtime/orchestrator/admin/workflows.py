@@ -23,7 +23,9 @@ from kici_adapters.postgres.registrations import PgRegistrations
 from kici_core import errors, inputs, internal_events, registrations
 from kici_core.jsontypes import JSONValue
 from kici_core.pipeline import Pipeline
-from kici_core.ports import DeliveryInbox, GenericSource, GitHubSource, RepoSource, Schedule, SourceStore
+from kici_core.ports import DeliveryInbox, SourceStore
+from kici_core.registration_records import Schedule
+from kici_core.source_records import GenericSource, GitHubSource, RepoSource
 from kici_runtime.orchestrator.admin import auth as admin_auth
 from kici_runtime.orchestrator.admin import bodies
 from kici_runtime.orchestrator.admin.auth import Caller

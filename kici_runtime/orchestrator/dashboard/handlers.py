@@ -19,7 +19,7 @@ from kici_adapters.postgres.dashboard import PgDashboardReads
 from kici_adapters.postgres.reruns import PgReruns
 from kici_adapters.postgres.runs import PgRunStore
 from kici_core import errors
-from kici_core.ports import EventLogEntry, EventLogQuery
+from kici_core.delivery_records import EventLogEntry, EventLogQuery
 from kici_runtime.orchestrator.admin import auth as admin_auth
 from kici_runtime.orchestrator.admin import runs as admin_runs
 from kici_runtime.orchestrator.dashboard import ansi, auth, views

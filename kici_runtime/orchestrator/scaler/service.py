@@ -30,7 +30,7 @@ from kici_adapters.postgres.pool import LOOP_ERRORS, Database
 from kici_adapters.postgres.scaler import LiveContainer, PendingRow, PgScalerStore
 from kici_adapters.postgres.tokens import PgTokenStore
 from kici_core import errors, routing, scaling
-from kici_core.ports import AgentToken
+from kici_core.token_records import AgentToken
 from kici_runtime.orchestrator.dispatcher import AgentHub
 from kici_runtime.orchestrator.scaler.startup import Engine, Prepared
 

@@ -4,7 +4,8 @@ The durable queue lives in the database; this object holds the process's *view* 
 pending jobs its driver told it about) and its own agents, and decides which job goes where. Every
 input is a method call carrying ``now`` (seconds) and ids; every output is a list of effect values
 (:mod:`kici_core.dispatch_effects`) that the driver runs in order. It never reads a clock, makes an
-id or touches a socket.
+id or touches a socket. Its tables, inspection queries and the transitions its events share (timers, requeue,
+disconnect, the fill pass) are in :class:`~kici_core.dispatch_state.DispatchState`, which it extends.
 
 Boundary with the pipeline: only *runnable* jobs reach :meth:`Dispatcher.job_queued`. ``needs``
 gating, skip cascades and run conclusion happen before (in the pipeline's transaction); a job
@@ -49,112 +50,6 @@ _TERMINAL_AGENT_STATES = frozenset(str(s) for s in (JobStatus.success, JobStatus
 
 class Dispatcher(DispatchState):
     """The dispatch state machine for one process's agents. See the module docstring."""
-
-    # ---------------------------------------------------------------- inspection
-
-    def agent(self, agent_id: str) -> AgentView | None:
-        """Snapshot of a connected agent, or ``None``."""
-        a = self._agents.get(agent_id)
-        if a is None:
-            return None
-        return AgentView(
-            agent_id=a.agent_id,
-            connection_id=a.connection_id,
-            labels=a.labels,
-            max_concurrency=a.max_concurrency,
-            active_jobs=tuple(sorted(a.jobs)),
-            accepting=a.accepting,
-            held_until=a.held_until,
-            idle_since=a.idle_since,
-            scaler_managed=a.scaler_managed,
-            bound_job_id=a.bound_job_id,
-            jobs_taken=a.jobs_taken,
-        )
-
-    def agent_ids(self) -> tuple[str, ...]:
-        """Ids of the connected agents, sorted."""
-        return tuple(sorted(self._agents))
-
-    def agent_count(self) -> int:
-        """How many agents are connected (for ``kici_agents_active``)."""
-        return len(self._agents)
-
-    def load_changes(self, *, everything: bool = False) -> dict[str, AgentLoad | None]:
-        """The agents whose load may have changed since the last call, with their load now (``None``:
-        the agent is no longer connected here), in the order they changed; forgets them. Costs what
-        changed, not the number of agents. ``everything`` adds every connected agent (to write the
-        whole mirror again)."""
-        changed, self._load_changed = self._load_changed, {}
-        if everything:
-            changed.update(dict.fromkeys(self._agents))
-        loads: dict[str, AgentLoad | None] = {}
-        for agent_id in changed:
-            a = self._agents.get(agent_id)
-            loads[agent_id] = None if a is None else AgentLoad(a.connection_id, len(a.jobs), a.accepting)
-        return loads
-
-    def best_agent(self, selector: routing.JobSelector) -> str | None:
-        """The agent a job with ``selector`` would be dispatched to now, or ``None`` (same rule as
-        :func:`routing.choose_agent` over every connected agent, answered from the index)."""
-        return self._index.best(selector)
-
-    def queued(self) -> tuple[str, ...]:
-        """Job ids waiting in this process's view, oldest first."""
-        return tuple(key[2] for key in self._queue)
-
-    def tracks(self, job_id: str) -> bool:
-        """Whether ``job_id`` is known here (queued, dispatched, running or recovering)."""
-        return job_id in self._jobs
-
-    def assignment(self, job_id: str) -> str | None:
-        """The agent a job is dispatched to, recovering for, or ``None``."""
-        job = self._jobs.get(job_id)
-        return None if job is None or job.phase is Phase.QUEUED else job.agent_id
-
-    def owns(self, agent_id: str, job_id: str, *, now: float) -> bool:
-        """Whether a message about ``job_id`` from ``agent_id`` passes the in-memory ownership
-        check: the job is assigned or recovering for it, or it finished there within
-        ``ownership_grace``. (The driver may still accept it from the database fallback.)"""
-        job = self._jobs.get(job_id)
-        if job is not None and job.phase is not Phase.QUEUED and job.agent_id == agent_id:
-            return True
-        done = self._completed.get(job_id)
-        return done is not None and done[0] == agent_id and now < done[1]
-
-    def why_waiting(self, job_id: str) -> routing.WaitExplanation | None:
-        """Why a queued job has no agent yet, or ``None`` if it is not queued here."""
-        job = self._jobs.get(job_id)
-        if job is None or job.phase is not Phase.QUEUED or job.selector is None:
-            return None
-        return self.explain(job.selector)
-
-    def explain(self, selector: routing.JobSelector) -> routing.WaitExplanation:
-        """Why no connected agent takes a job with ``selector`` now (including agents held after a
-        ``busy`` reject)."""
-        return routing.explain_waiting(
-            selector,
-            {a.agent_id: a.labels for a in self._agents.values()},
-            held=[a.agent_id for a in self._agents.values() if a.held_until is not None],
-        )
-
-    def next_deadline(self) -> float | None:
-        """The earliest time at which :meth:`tick` has something to do, or ``None``."""
-        times: list[float] = []
-        for job in self._jobs.values():
-            if job.phase is Phase.AWAITING_ACK and job.ack_deadline is not None:
-                times.append(job.ack_deadline)
-            elif job.phase in (Phase.ACKED, Phase.RUNNING) and job.heartbeat_at is not None:
-                times.append(job.heartbeat_at + self.config.stale_after)
-            elif job.phase is Phase.RECOVERING and job.recovery_deadline is not None:
-                times.append(job.recovery_deadline)
-            elif job.phase is Phase.QUEUED and job.expires_at is not None:
-                times.append(job.expires_at)
-        # Heap heads may be stale (earlier than the real deadline): tick then only refreshes them.
-        if self._silence:
-            times.append(self._silence[0][0])
-        if self._holds:
-            times.append(self._holds[0][0])
-        return min(times) if times else None
 
     # ---------------------------------------------------------------- queue inputs
 

@@ -43,9 +43,7 @@ Usage: python bench/webhook_path.py [--rounds N] [--idle SECONDS] [--json]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import dis
 import functools
 import hashlib
 import hmac
@@ -54,161 +52,26 @@ import os
 import re
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import types
 import uuid
-import weakref
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-LAYERS = ("kici_core", "kici_adapters", "kici_runtime")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also when loaded by file path
+
+from webhook_path_recorder import MARK, run_program
+from webhook_path_recorder import Recorder as Recorder
+from webhook_path_report import Window, print_report, report
+
 ORG = "bench"
 SOURCE = "webhook-path"
 LABEL = "webhook-path"
 SECRET = "webhook-path-secret"
-MARK = "webhook-path:"
 BOUND = 60.0
-_GEN_FLAGS = 0x20 | 0x80 | 0x100 | 0x200  # generator, coroutine, iterable coroutine, async generator
-_SKIPPED = ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>", "<module>")
-_BOUNDARIES = frozenset(
-    {"asyncio.events", "asyncio.base_events", "asyncio.runners", "threading", "concurrent.futures.thread"}
-)
-"""Modules whose frames sit between an event loop (or a thread's start) and the code it runs."""
-
-
-def _written(code: types.CodeType) -> bool:
-    """A function written in a source file: not a comprehension or module body, not generated (dataclass
-    ``__init__``/``__eq__``/``__hash__`` come from ``exec`` and have no file)."""
-    return code.co_name not in _SKIPPED and code.co_filename.endswith(".py")
-
-
-# ============================================================================================ the child side
-class Recorder:
-    """The profile hook of the child process: records calls of our functions between SIGUSR1 and SIGUSR2."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
-        self.on = False
-        self.window = 0
-        self.started = 0.0
-        self.keys: dict[tuple[str, str], int] = {}
-        self.calls: list[tuple[float, int, int, int]] = []  # (time, context, function, caller function or -1)
-        self.contexts: dict[int, dict[str, str]] = {}
-        self._serials: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
-        self._threads: dict[int, int] = {}
-        self._next = 0
-        self._first_resume: dict[types.CodeType, int] = {}
-
-    def _key(self, frame: types.FrameType) -> int:
-        code = frame.f_code
-        key = (str(frame.f_globals.get("__name__")), code.co_qualname)
-        index = self.keys.get(key)
-        if index is None:
-            index = self.keys[key] = len(self.keys)
-        return index
-
-    def _fresh(self, frame: types.FrameType) -> bool:
-        """False when a generator or coroutine frame resumes (the profile hook reports those as calls too)."""
-        code = frame.f_code
-        if not code.co_flags & _GEN_FLAGS:
-            return True
-        start = self._first_resume.get(code)
-        if start is None:
-            start = next((i.offset for i in dis.get_instructions(code) if i.opname == "RESUME"), 0)
-            self._first_resume[code] = start
-        return frame.f_lasti <= start
-
-    def _context(self) -> int:
-        task = None
-        loop = asyncio._get_running_loop()
-        if loop is not None:
-            task = asyncio.current_task(loop)
-        if task is not None:
-            serial = self._serials.get(task)
-            if serial is None:
-                serial = self._serials[task] = self._new_context("task", task.get_name())
-            return serial
-        ident = threading.get_ident()
-        serial = self._threads.get(ident)
-        if serial is None:
-            kind = "loop callback" if loop is not None else "thread"
-            serial = self._threads[ident] = self._new_context(kind, threading.current_thread().name)
-        return serial
-
-    def _new_context(self, kind: str, name: str) -> int:
-        self._next += 1
-        self.contexts[self._next] = {"kind": kind, "name": name}
-        return self._next
-
-    def profile(self, frame: types.FrameType, event: str, arg: object) -> None:
-        if event != "call" or not self.on:
-            return
-        name = frame.f_globals.get("__name__")
-        if not isinstance(name, str) or name.partition(".")[0] not in LAYERS or not _written(frame.f_code):
-            return
-        if not self._fresh(frame):
-            return
-        caller = -1
-        back = frame.f_back
-        while back is not None:
-            back_name = back.f_globals.get("__name__")
-            if not isinstance(back_name, str) or back_name in _BOUNDARIES:
-                break  # a task step, a loop callback or a thread starts here: no caller of ours below
-            if back_name.partition(".")[0] in LAYERS and _written(back.f_code):
-                caller = self._key(back)
-                break
-            back = back.f_back
-        self.calls.append((time.perf_counter() - self.started, self._context(), self._key(frame), caller))
-
-    def start(self, signum: int, frame: types.FrameType | None) -> None:
-        self.window += 1
-        self.calls = []
-        self.started = time.perf_counter()
-        self.on = True
-        sys.setprofile(self.profile)  # the loop's thread; other threads got the hook when they started
-        os.write(2, f"{MARK} recording {self.window}\n".encode())
-
-    def stop(self, signum: int, frame: types.FrameType | None) -> None:
-        self.on = False
-        sys.setprofile(None)
-        duration = time.perf_counter() - self.started
-        names = sorted(self.keys.items(), key=lambda kv: kv[1])
-        dump = {
-            "window": self.window,
-            "duration": duration,
-            "functions": [list(k) for k, _ in names],
-            "contexts": {str(k): v for k, v in self.contexts.items()},
-            "calls": self.calls,
-        }
-        path = self.out_dir / f"window-{self.window}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dump))
-        tmp.replace(path)
-        os.write(2, f"{MARK} stopped {self.window}\n".encode())
-
-
-def run_program(name: str, args: list[str], record_to: str | None) -> None:
-    """Run the console script ``name`` in this process, recording our calls when ``record_to`` is given."""
-    from importlib.metadata import entry_points
-
-    found = entry_points(group="console_scripts", name=name)
-    if not found:
-        sys.exit(f"no console script named {name}: is the project installed (make install)?")
-    main = next(iter(found)).load()
-    if record_to is not None:
-        recorder = Recorder(Path(record_to))
-        threading.setprofile(recorder.profile)
-        signal.signal(signal.SIGUSR1, recorder.start)
-        signal.signal(signal.SIGUSR2, recorder.stop)
-    sys.argv = [name, *args]
-    main()
 
 
 # ============================================================================================ the parent side
@@ -351,187 +214,6 @@ class Child:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-
-
-@dataclass
-class Window:
-    """One recorded window, as the child dumped it."""
-
-    duration: float
-    functions: list[tuple[str, str]]
-    contexts: dict[int, dict[str, str]]
-    calls: list[tuple[float, int, int, int]]
-
-    @classmethod
-    def load(cls, path: Path) -> Window:
-        raw = json.loads(path.read_text())
-        return cls(
-            duration=raw["duration"],
-            functions=[(m, q) for m, q in raw["functions"]],
-            contexts={int(k): v for k, v in raw["contexts"].items()},
-            calls=[(t, c, f, k) for t, c, f, k in raw["calls"]],
-        )
-
-    def name(self, index: int) -> str:
-        module, qualname = self.functions[index]
-        return f"{module}:{qualname}"
-
-
-def layer(function: str) -> str:
-    return function.split(".", 1)[0].split(":", 1)[0].removeprefix("kici_")
-
-
-@dataclass
-class Counted:
-    """The calls of one measured window that belong to the delivery (see the module docstring)."""
-
-    calls: list[tuple[float, int, str, str | None]] = field(default_factory=list)  # time, context, callee, caller
-    kinds: dict[int, str] = field(default_factory=dict)
-
-
-def attribute(window: Window, idle: list[Window]) -> Counted:
-    """Leave out what the idle windows show the background doing: a long-lived task's calls up to its idle rate."""
-    idle_seconds = sum(w.duration for w in idle)
-    idle_rate: Counter[tuple[int, str]] = Counter()
-    long_lived: set[int] = set()
-    for w in idle:
-        for _, ctx, f, _ in w.calls:
-            idle_rate[(ctx, w.name(f))] += 1
-            long_lived.add(ctx)
-    by_key: dict[tuple[int, str], list[tuple[float, int, str, str | None]]] = defaultdict(list)
-    for t, ctx, f, caller in window.calls:
-        name = window.name(f)
-        by_key[(ctx, name)].append((t, ctx, name, window.name(caller) if caller >= 0 else None))
-    out = Counted()
-    for (ctx, name), calls in by_key.items():
-        if ctx in long_lived and idle_rate[(ctx, name)]:
-            expected = idle_rate[(ctx, name)] / idle_seconds * window.duration
-            keep = max(0, round(len(calls) - expected))
-            calls = calls[len(calls) - keep :] if keep else []
-        out.calls.extend(calls)
-    out.calls.sort()
-    for ctx in {c for _, c, _, _ in out.calls}:
-        out.kinds[ctx] = window.contexts.get(ctx, {}).get("kind", "?")
-    return out
-
-
-def carrying(calls: list[tuple[float, int, str, str | None]]) -> set[int]:
-    """The contexts that run a function no other context runs. The others only repeat what those do (a connection
-    pool's return callback, say): side work, not a hand-off of the delivery."""
-    where: dict[str, set[int]] = defaultdict(set)
-    for _, ctx, f, _ in calls:
-        where[f].add(ctx)
-    return {next(iter(ctxs)) for ctxs in where.values() if len(ctxs) == 1}
-
-
-def report(measured: list[Window], idle: list[Window]) -> dict[str, Any]:
-    """Functions, calls, contexts, hand-offs and layer crossings of the path, over the measured windows."""
-    counted = [attribute(w, idle) for w in measured]
-    path = set.intersection(*({f for _, _, f, _ in c.calls} for c in counted))
-    per_window: list[dict[str, int]] = []
-    edge_sets: list[set[tuple[str, str]]] = []
-    for c in counted:
-        on_path = [call for call in c.calls if call[2] in path]
-        crossings = [(caller, f) for _, _, f, caller in on_path if caller is not None and layer(caller) != layer(f)]
-        kinds = Counter(c.kinds[ctx] for ctx in {ctx for _, ctx, _, _ in on_path})
-        per_window.append(
-            {
-                "calls": len(on_path),
-                "contexts": sum(kinds.values()),
-                "carrying": len(carrying(on_path)),
-                "tasks": kinds["task"],
-                "threads": kinds["thread"],
-                "loopCallbacks": kinds["loop callback"],
-                "crossings": len(crossings),
-            }
-        )
-        edge_sets.append(set(crossings))
-    edges = set.intersection(*edge_sets)
-    first = counted[0]
-    order: dict[str, tuple[float, int]] = {}
-    calls_of: Counter[str] = Counter()
-    context_rank: dict[int, int] = {}
-    contexts: list[dict[str, Any]] = []
-    carried = carrying([call for call in first.calls if call[2] in path])
-    for t, ctx, f, _ in first.calls:
-        if f not in path:
-            continue
-        if ctx not in context_rank:
-            context_rank[ctx] = len(context_rank) + 1
-            contexts.append(
-                {
-                    "context": context_rank[ctx],
-                    "kind": first.kinds[ctx],
-                    "first": f,
-                    "calls": 0,
-                    "carries": ctx in carried,
-                }
-            )
-        contexts[context_rank[ctx] - 1]["calls"] += 1
-        order.setdefault(f, (t, ctx))
-        calls_of[f] += 1
-    steps = [
-        {"function": f, "layer": layer(f), "calls": calls_of[f], "context": context_rank[ctx]}
-        for f, (_, ctx) in sorted(order.items(), key=lambda kv: kv[1][0])
-    ]
-
-    def median(key: str) -> int:
-        return round(statistics.median(w[key] for w in per_window))
-
-    handoffs = median("carrying") - 1
-    by_layer = Counter(layer(f) for f in path)
-    return {
-        "rounds": len(measured),
-        "functions": len(path),
-        "modules": len({f.split(":", 1)[0] for f in path}),
-        "functionsByLayer": {name: by_layer[name.removeprefix("kici_")] for name in LAYERS},
-        "calls": median("calls"),
-        "contexts": median("contexts"),
-        "carryingContexts": median("carrying"),
-        "tasks": median("tasks"),
-        "threads": median("threads"),
-        "loopCallbacks": median("loopCallbacks"),
-        "handOffs": max(0, handoffs),
-        "crossings": median("crossings"),
-        "crossingEdges": len(edges),
-        "windowMs": round(statistics.median(w.duration for w in measured) * 1000, 1),
-        "perWindow": per_window,
-        "edges": sorted(f"{a} -> {b}" for a, b in edges),
-        "path": steps,
-        "contextsOfFirstWindow": contexts,
-    }
-
-
-def print_report(result: dict[str, Any]) -> None:
-    rows = [
-        ("functions on the path", result["functions"]),
-        ("  in modules", result["modules"]),
-        ("  core / adapters / runtime", " / ".join(str(v) for v in result["functionsByLayer"].values())),
-        ("calls", result["calls"]),
-        ("contexts (tasks, threads, callbacks)", result["contexts"]),
-        ("  tasks / threads / loop callbacks", f"{result['tasks']} / {result['threads']} / {result['loopCallbacks']}"),
-        ("  carrying the delivery", result["carryingContexts"]),
-        ("asynchronous hand-offs", result["handOffs"]),
-        ("layer crossings (calls)", result["crossings"]),
-        ("layer crossings (distinct edges)", result["crossingEdges"]),
-        ("measured window (median ms)", result["windowMs"]),
-    ]
-    print(f"webhook -> job.dispatch, {result['rounds']} webhooks (medians)")
-    for label, value in rows:
-        print(f"  {label:<38} {value}")
-    print("\npath (first call order; context = n-th task/thread to run our code):")
-    for i, step in enumerate(result["path"], 1):
-        print(
-            f"  {i:3} [{step['context']}] {step['layer']:<8} {step['function']}"
-            + (f"  x{step['calls']}" if step["calls"] > 1 else "")
-        )
-    print("\ncontexts (first window; the function each began with):")
-    for ctx in result["contextsOfFirstWindow"]:
-        side = "" if ctx["carries"] else " (side)"
-        print(f"  [{ctx['context']}] {ctx['kind'] + side:<20} {ctx['calls']:4} calls  {ctx['first']}")
-    print("\nlayer-crossing edges:")
-    for edge in result["edges"]:
-        print(f"  {edge}")
 
 
 async def measure(rounds: int, idle_seconds: float, root: Path, quiet: bool) -> dict[str, Any]:

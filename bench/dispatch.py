@@ -35,7 +35,6 @@ import hashlib
 import hmac
 import json
 import os
-import random
 import resource
 import subprocess
 import sys
@@ -52,8 +51,8 @@ import harness
 import httpx
 import psutil
 import psycopg
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from dispatch_fleet import AUTO_LABELS, Workers, idle_agents_child, idle_agents_elsewhere
+from dispatch_report import Phase, report, total_rss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -68,8 +67,6 @@ SOURCE = f"dispatch-{uuid.uuid4().hex[:8]}"  # unique, so runs can share one --d
 SECRET = "bench-dispatch-secret"
 ADMIN_TOKEN = "kat-bench-dispatch-" + "0" * 24
 BIN = Path(sys.executable).parent
-MiB = 1024 * 1024
-SCRIPT = str(Path(__file__).resolve())
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -158,155 +155,6 @@ def webhook(repo: Path, sha: str, delivery: str) -> tuple[bytes, dict[str, str]]
         "X-Delivery-Id": delivery,
         "X-Event-Type": "push",
     }
-
-
-# ------------------------------------------------------------------------------------------------ agents
-def _msg(**fields: Any) -> str:
-    return json.dumps({"messageId": str(uuid.uuid4()), "timestamp": int(time.time() * 1000), **fields})
-
-
-AUTO_LABELS = ["kici:os:linux", "kici:arch:x64", "kici:arch:amd64", "kici:role:builder", "kici:role:init-runner"]
-
-
-async def _register(port: int, agent_id: str, labels: list[str]) -> ClientConnection:
-    """Connect and register like the reference agent: operator labels plus its auto-labels, its host included."""
-    ws = await connect(f"ws://127.0.0.1:{port}/ws", max_queue=64, open_timeout=120)
-    labels = [*labels, *AUTO_LABELS, f"kici:host:{agent_id}"]
-    await ws.send(
-        _msg(
-            type="agent.register",
-            agentId=agent_id,
-            labels=labels,
-            maxConcurrency=1,
-            platform="linux",
-            arch="x64",
-            inFlightJobs=[],
-        )
-    )
-    while json.loads(await ws.recv()).get("type") != "register.ack":
-        pass
-    return ws
-
-
-class Workers:
-    """Agents that take every job at once and record when each run's dispatch arrived."""
-
-    def __init__(self) -> None:
-        self.dispatched: dict[str, float] = {}  # run id -> perf_counter at receipt
-        self.wall: dict[str, float] = {}  # run id -> epoch seconds at receipt
-        self.all_connected = anyio.Event()
-
-    async def run(self, port: int, count: int) -> None:
-        ready = 0
-
-        async def agent(i: int) -> None:
-            nonlocal ready
-            ws = await _register(port, f"worker-{i}", ["bench"])
-            ready += 1
-            if ready == count:
-                self.all_connected.set()
-
-            async def heartbeats() -> None:  # like any agent: without them it is closed (4004) after 180 s
-                while True:
-                    await anyio.sleep(30)
-                    await ws.send(json.dumps({"type": "heartbeat", "timestamp": int(time.time() * 1000)}))
-
-            try:
-                async with anyio.create_task_group() as beats:
-                    beats.start_soon(heartbeats)
-                    await self._serve(ws)
-                    beats.cancel_scope.cancel()
-            except* ConnectionClosed:
-                print(f"worker-{i} was disconnected: {ws.close_code} {ws.close_reason}")
-
-        async with anyio.create_task_group() as tg:
-            for i in range(count):
-                tg.start_soon(agent, i)
-
-    async def _serve(self, ws: ClientConnection) -> None:
-        """Take every ``job.dispatch``: ack, running, success."""
-        async for raw in ws:
-            msg = json.loads(raw)
-            if msg.get("type") != "job.dispatch":
-                continue
-            self.dispatched.setdefault(msg["runId"], time.perf_counter())
-            self.wall.setdefault(msg["runId"], time.time())
-            ids = {"runId": msg["runId"], "jobId": msg["jobId"]}
-            await ws.send(_msg(type="job.ack", **ids))
-            await ws.send(_msg(type="job.status", state="running", **ids))
-            await ws.send(_msg(type="job.status", state="success", data={"exitCode": 0}, **ids))
-
-
-async def idle_agents(port: int, count: int, connected: anyio.Event, stop: anyio.Event) -> None:
-    """``count`` idle agents (registered on one of 50 label sets none of which runs the bench job, heartbeat every
-    30 s) until ``stop``."""
-    limiter = anyio.CapacityLimiter(50)
-    done = 0
-
-    async def agent(i: int) -> None:
-        nonlocal done
-        async with limiter:
-            ws = await _register(port, f"idle-{i}", ["idle", f"pool-{i % 50}"])
-        done += 1
-        if done == count:
-            connected.set()
-        try:
-            with anyio.move_on_after(random.uniform(0, 30)):
-                await stop.wait()
-            while not stop.is_set():
-                await ws.send(json.dumps({"type": "heartbeat", "timestamp": int(time.time() * 1000)}))
-                with anyio.move_on_after(30):
-                    await stop.wait()
-        except ConnectionClosed:
-            pass
-        finally:
-            await ws.close()
-
-    async with anyio.create_task_group() as tg:
-        for i in range(count):
-            tg.start_soon(agent, i)
-
-
-async def idle_agents_elsewhere(port: int, count: int, connected: anyio.Event, stop: anyio.Event) -> None:
-    """:func:`idle_agents` in a child process of the benchmark, so that the process measuring the latency holds
-    only the working agents: its event loop and garbage collector do not grow with the idle fleet (that would
-    be the benchmark measuring itself)."""
-    cmd = [sys.executable, SCRIPT, "--idle-agents-child", str(count), "--port", str(port)]
-    async with await anyio.open_process(cmd, stderr=None) as proc:
-        assert proc.stdout is not None and proc.stdin is not None
-        try:
-            async for chunk in proc.stdout:
-                if b"ready" in chunk:
-                    connected.set()
-                    break
-            await stop.wait()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await proc.stdin.aclose()  # the child stops at end of input
-                with anyio.move_on_after(10):
-                    await proc.wait()
-                if proc.returncode is None:
-                    proc.kill()
-
-
-async def idle_agents_child(port: int, count: int) -> None:
-    """The child of :func:`idle_agents_elsewhere`: prints ``ready`` once every agent registered and keeps them
-    until its standard input closes. It runs at the lowest CPU priority: 10,000 agents' heartbeats and WebSocket
-    pings cost this client process a good share of a core, which on a real fleet other machines pay, and here
-    it would take that CPU from the orchestrator being measured (a heartbeat only has to arrive within 180 s)."""
-    os.nice(19)
-    connected, stop = anyio.Event(), anyio.Event()
-
-    async def until_end_of_input() -> None:
-        await anyio.to_thread.run_sync(sys.stdin.buffer.read)
-        stop.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(idle_agents, port, count, connected, stop)
-        tg.start_soon(until_end_of_input)
-        await connected.wait()
-        sys.stdout.write("ready\n")
-        sys.stdout.flush()
 
 
 # ------------------------------------------------------------------------------------------------ measure
@@ -413,34 +261,6 @@ def core_cost(agents: int, eligible: int, jobs: int = 2000) -> float:
     return (time.perf_counter() - began) / jobs * 1e6
 
 
-def total_rss(proc: psutil.Process) -> tuple[int, int]:
-    """RSS of the serving process and of its children (processing workers), in bytes."""
-    children = 0
-    for p in proc.children(recursive=True):
-        try:
-            children += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return proc.memory_info().rss, children
-
-
-class Phase:
-    """The figures of one webhook phase and idle window."""
-
-    def __init__(self, agents: int) -> None:
-        self.agents = agents
-        self.latencies: list[float] = []
-        self.to_processed: list[float] = []
-        self.to_dispatch: list[float] = []
-        self.accepted = 0
-        self.failed = 0
-        self.rate = 0.0
-        self.busy_cpu = 0.0  # fraction of one core while webhooks flow
-        self.cpu_per_job_ms = 0.0
-        self.idle_cpu = 0.0  # fraction of one core with every agent idle
-        self.rss = (0, 0)
-
-
 async def webhook_phase(
     args: argparse.Namespace,
     url: str,
@@ -486,44 +306,6 @@ async def idle_window(args: argparse.Namespace, proc: psutil.Process, phase: Pha
     await anyio.sleep(args.window)  # the measurement window itself
     phase.idle_cpu = (harness.cpu_seconds(proc) - before) / (time.perf_counter() - began)
     phase.rss = total_rss(proc)
-
-
-def report(args: argparse.Namespace, base: Phase, full: Phase) -> None:
-    def ratio(a: float, b: float) -> str:
-        return f"{a / b:.2f}x" if b > 0 else "-"
-
-    rows = [
-        ("webhooks accepted/s", lambda p: p.rate, "{:.1f}"),
-        ("2xx -> job.dispatch p50 ms", lambda p: harness.pct(p.latencies, 0.5), "{:.1f}"),
-        ("2xx -> job.dispatch p99 ms", lambda p: harness.pct(p.latencies, 0.99), "{:.1f}"),
-        ("2xx -> job.dispatch max ms", lambda p: harness.pct(p.latencies, 1.0), "{:.1f}"),
-        ("  2xx -> processed p50 ms", lambda p: harness.pct(p.to_processed, 0.5), "{:.1f}"),
-        ("  2xx -> processed p99 ms", lambda p: harness.pct(p.to_processed, 0.99), "{:.1f}"),
-        ("  processed -> dispatch p50 ms", lambda p: harness.pct(p.to_dispatch, 0.5), "{:.1f}"),
-        ("  processed -> dispatch p99 ms", lambda p: harness.pct(p.to_dispatch, 0.99), "{:.1f}"),
-        ("CPU per dispatched job ms", lambda p: p.cpu_per_job_ms, "{:.2f}"),
-        ("CPU while webhooks flow % core", lambda p: p.busy_cpu * 100, "{:.0f}"),
-        ("idle CPU % core", lambda p: p.idle_cpu * 100, "{:.1f}"),
-        ("RSS serving MiB", lambda p: p.rss[0] / MiB, "{:.0f}"),
-        ("RSS processing children MiB", lambda p: p.rss[1] / MiB, "{:.0f}"),
-        ("RSS total MiB", lambda p: sum(p.rss) / MiB, "{:.0f}"),
-    ]
-    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
-    print(f"{'':34} {'N=' + str(base.agents):>10} {'N=' + str(full.agents):>10} {'ratio':>8}")
-    for name, get, fmt in rows:
-        a, b = get(base), get(full)
-        print(f"{name:34} {fmt.format(a):>10} {fmt.format(b):>10} {ratio(b, a):>8}")
-    extra = full.agents - base.agents
-    if extra > 0:
-        per_agent = (sum(full.rss) - sum(base.rss)) / extra
-        print(
-            f"memory per added idle agent: {per_agent / 1024:.1f} KiB (target < 50 KiB); total with {full.agents} "
-            f"agents {sum(full.rss) / MiB:.0f} MiB (target < 600 MiB)"
-        )
-    print(
-        f"N={full.agents}: p99 {harness.pct(full.latencies, 0.99):.1f} ms (target < 50 ms at 50 webhooks/s); idle CPU "
-        f"{full.idle_cpu * 100:.1f}% of a core (target < 10%)"
-    )
 
 
 async def measure(args: argparse.Namespace, url: str, port: int, pid: int, repo: Path, sha: str) -> None:

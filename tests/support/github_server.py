@@ -26,28 +26,35 @@ The server never logs requests, so tokens and keys stay out of test output.
 from __future__ import annotations
 
 import base64
-import email.utils
 import fnmatch
-import functools
 import json
-import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote
 
-import anyio
-import anyio.lowlevel
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-__all__ = ["AppKey", "GitHubServer", "ManualClock", "RecordedRequest", "app_key"]
+from tests.support.github_checks import CHECKS_DOCS, apply_check, check_body, public_run
+from tests.support.github_http import Handler, QuietServer
+from tests.support.github_model import (
+    App,
+    AppKey,
+    Fault,
+    Installation,
+    ManualClock,
+    RecordedRequest,
+    RecordingSleep,
+    Reply,
+    Token,
+    app_key,
+)
+
+__all__ = ["AppKey", "GitHubServer", "ManualClock", "RecordedRequest", "RecordingSleep", "app_key"]
 
 _JWT_EXP_MESSAGE = (
     "'Expiration time' claim ('exp') must be a numeric value representing the future time at which "
@@ -56,107 +63,6 @@ _JWT_EXP_MESSAGE = (
 _JWT_IAT_MESSAGE = "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued"
 _COMPARE_CAP = 300
 _PR_FILES_CAP = 3000
-_CHECK_STATUSES = ("queued", "in_progress", "completed", "waiting", "requested", "pending")
-_CHECK_CONCLUSIONS = ("action_required", "cancelled", "failure", "neutral", "success", "skipped", "stale", "timed_out")
-_SHA = re.compile(r"[0-9a-f]{40}")
-_DOCS = "https://docs.github.com/rest/checks/runs"
-
-
-@dataclass(frozen=True)
-class AppKey:
-    """A GitHub App key pair for tests: ``private_pem`` for the client, ``public_pem`` for the server."""
-
-    private_pem: str = field(repr=False)
-    public_pem: bytes
-
-
-@functools.lru_cache(maxsize=4)
-def app_key(index: int = 0) -> AppKey:
-    """A 2048-bit RSA key pair, generated once per process per ``index`` (PKCS#1 PEM, like GitHub's)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    ).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return AppKey(private_pem=private, public_pem=public)
-
-
-class RecordingSleep:
-    """An injectable ``sleep`` that records the delays asked for and only yields (no test waits for real)."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await anyio.lowlevel.checkpoint()
-
-
-class ManualClock:
-    """Epoch seconds that move only when told to; callable like ``time.time``."""
-
-    def __init__(self, start: float | None = None) -> None:
-        self.now = float(int(time.time())) if start is None else start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        """Move the clock forward."""
-        self.now += seconds
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as the server saw it (header names lower-case, path without the prefix)."""
-
-    method: str
-    path: str
-    query: Mapping[str, str]
-    headers: Mapping[str, str]
-    body: bytes
-
-
-@dataclass
-class _Fault:
-    pattern: str
-    remaining: int
-    status: int | None = None  # None with drop=False: delay only
-    headers: Mapping[str, str] = field(default_factory=dict)
-    message: str | None = None
-    delay: float = 0.0
-    drop: bool = False
-
-
-@dataclass
-class _App:
-    app_id: str
-    public_key: bytes
-    slug: str
-    name: str
-    owner: str
-
-
-@dataclass
-class _Installation:
-    installation_id: int
-    app_id: str
-    repos: set[str]
-
-
-@dataclass
-class _Token:
-    installation_id: int
-    expires_at: float
-
-
-class _Reply(Exception):
-    def __init__(self, status: int, body: Any, headers: Mapping[str, str] | None = None, raw: bool = False):
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.headers = dict(headers or {})
-        self.raw = raw
 
 
 class GitHubServer:
@@ -176,15 +82,15 @@ class GitHubServer:
         self.errors: list[BaseException] = []  # unexpected exceptions inside the server
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._apps: dict[str, _App] = {}
-        self._installations: dict[int, _Installation] = {}
-        self._tokens: dict[str, _Token] = {}
+        self._apps: dict[str, App] = {}
+        self._installations: dict[int, Installation] = {}
+        self._tokens: dict[str, Token] = {}
         self._files: dict[tuple[str, str, str], bytes] = {}
         self._branches: dict[tuple[str, str], str] = {}
         self._default_branch: dict[str, str] = {}
         self._compares: dict[tuple[str, str, str], list[str]] = {}
         self._pull_files: dict[tuple[str, int], list[str]] = {}
-        self._faults: list[_Fault] = []
+        self._faults: list[Fault] = []
         self._fault_hits: list[int] = []
         self._checks: dict[int, dict[str, Any]] = {}
         self._check_log: list[dict[str, Any]] = []
@@ -195,8 +101,8 @@ class GitHubServer:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> GitHubServer:
         """Bind ``127.0.0.1`` on a free port and serve in a background thread."""
-        handler = type("_BoundHandler", (_Handler,), {"gh": self})
-        httpd = _QuietServer(("127.0.0.1", 0), handler)
+        handler = type("_BoundHandler", (Handler,), {"gh": self})
+        httpd = QuietServer(("127.0.0.1", 0), handler)
         self._httpd = httpd
         self.url = f"http://127.0.0.1:{httpd.server_address[1]}{self.prefix}"
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -232,12 +138,12 @@ class GitHubServer:
     ) -> None:
         """Register an App; its JWTs are verified with ``public_key_pem``."""
         with self._lock:
-            self._apps[str(app_id)] = _App(str(app_id), public_key_pem, slug, name, owner)
+            self._apps[str(app_id)] = App(str(app_id), public_key_pem, slug, name, owner)
 
     def add_installation(self, installation_id: int, *, app_id: int | str, repos: Iterable[str]) -> None:
         """Install App ``app_id`` on ``repos`` (``owner/name``)."""
         with self._lock:
-            self._installations[installation_id] = _Installation(installation_id, str(app_id), set(repos))
+            self._installations[installation_id] = Installation(installation_id, str(app_id), set(repos))
 
     def remove_installation(self, installation_id: int) -> None:
         """Uninstall; its tokens stop working."""
@@ -299,17 +205,17 @@ class GitHubServer:
     ) -> None:
         """The next ``times`` requests whose path matches ``path`` (fnmatch) answer ``status``."""
         with self._lock:
-            self._faults.append(_Fault(path, times, status=status, headers=dict(headers or {}), message=message))
+            self._faults.append(Fault(path, times, status=status, headers=dict(headers or {}), message=message))
 
     def delay(self, path: str, seconds: float, *, times: int = 1) -> None:
         """Hold the next ``times`` matching responses for ``seconds`` (released early by :meth:`close`)."""
         with self._lock:
-            self._faults.append(_Fault(path, times, delay=seconds))
+            self._faults.append(Fault(path, times, delay=seconds))
 
     def drop(self, path: str, *, times: int = 1) -> None:
         """Close the connection without a response for the next ``times`` matching requests."""
         with self._lock:
-            self._faults.append(_Fault(path, times, drop=True))
+            self._faults.append(Fault(path, times, drop=True))
 
     def clear_faults(self) -> None:
         """Forget the faults not used up yet."""
@@ -334,7 +240,7 @@ class GitHubServer:
         return len(self.requests_for("/app/installations/*/access_tokens", "POST"))
 
     # ------------------------------------------------------------------ request handling (server thread)
-    def _take_fault(self, path: str) -> _Fault | None:
+    def _take_fault(self, path: str) -> Fault | None:
         with self._lock:
             for fault in self._faults:
                 if fault.remaining > 0 and fnmatch.fnmatchcase(path, fault.pattern):
@@ -347,52 +253,52 @@ class GitHubServer:
     def _now(self) -> float:
         return self.clock()
 
-    def _check_jwt(self, headers: Mapping[str, str]) -> _App:
+    def _check_jwt(self, headers: Mapping[str, str]) -> App:
         auth = headers.get("authorization", "")
         if not auth.startswith("Bearer "):
-            raise _Reply(401, {"message": "A JSON web token could not be decoded"})
+            raise Reply(401, {"message": "A JSON web token could not be decoded"})
         token = auth[len("Bearer ") :]
         try:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
-            raise _Reply(401, {"message": "A JSON web token could not be decoded"}) from None
+            raise Reply(401, {"message": "A JSON web token could not be decoded"}) from None
         with self._lock:
             app = self._apps.get(str(unverified.get("iss")))
         if app is None:
-            raise _Reply(401, {"message": "Integration not found"})
+            raise Reply(401, {"message": "Integration not found"})
         try:
             claims = jwt.decode(
                 token, app.public_key, algorithms=["RS256"], options={"verify_exp": False, "verify_iat": False}
             )
         except jwt.PyJWTError:
-            raise _Reply(401, {"message": "A JSON web token could not be decoded"}) from None
+            raise Reply(401, {"message": "A JSON web token could not be decoded"}) from None
         now = self._now()
         iat, exp = claims.get("iat"), claims.get("exp")
         if not isinstance(iat, int) or iat > now + 60:
-            raise _Reply(401, {"message": _JWT_IAT_MESSAGE})
+            raise Reply(401, {"message": _JWT_IAT_MESSAGE})
         if not isinstance(exp, int) or exp <= now or exp > now + 600 or exp - iat > 600:
-            raise _Reply(401, {"message": _JWT_EXP_MESSAGE})
+            raise Reply(401, {"message": _JWT_EXP_MESSAGE})
         return app
 
-    def _check_token(self, headers: Mapping[str, str], repo: str) -> _Installation:
+    def _check_token(self, headers: Mapping[str, str], repo: str) -> Installation:
         auth = headers.get("authorization", "")
         scheme, _, value = auth.partition(" ")
         with self._lock:
             tok = self._tokens.get(value) if scheme in ("token", "Bearer") else None
             if tok is None or tok.expires_at <= self._now():
-                raise _Reply(401, {"message": "Bad credentials"})
+                raise Reply(401, {"message": "Bad credentials"})
             inst = self._installations.get(tok.installation_id)
             if inst is None or repo not in inst.repos:
-                raise _Reply(404, {"message": "Not Found"})
+                raise Reply(404, {"message": "Not Found"})
             return inst
 
     def _dispatch(
         self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes = b""
-    ) -> _Reply:
+    ) -> Reply:
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if method == "GET" and parts == ["app"]:
             app = self._check_jwt(headers)
-            return _Reply(
+            return Reply(
                 200, {"id": int(app.app_id), "slug": app.slug, "name": app.name, "owner": {"login": app.owner}}
             )
         if (
@@ -403,21 +309,21 @@ class GitHubServer:
         ):
             return self._mint(self._check_jwt(headers), parts[2])
         if len(parts) < 3 or parts[0] != "repos":
-            raise _Reply(404, {"message": "Not Found"})
+            raise Reply(404, {"message": "Not Found"})
         repo, rest = f"{parts[1]}/{parts[2]}", parts[3:]
         if rest[:1] == ["check-runs"] or (rest[:1] == ["commits"] and rest[2:] == ["check-runs"]):
             return self._checks_api(method, repo, rest, query, self._check_token(headers, repo), body)
         if method != "GET":
-            raise _Reply(404, {"message": "Not Found"})
+            raise Reply(404, {"message": "Not Found"})
         if rest == ["installation"]:
             app = self._check_jwt(headers)
             with self._lock:
                 for inst in self._installations.values():
                     if inst.app_id == app.app_id and repo in inst.repos:
-                        return _Reply(
+                        return Reply(
                             200, {"id": inst.installation_id, "app_id": int(app.app_id), "account": {"login": parts[1]}}
                         )
-            raise _Reply(404, {"message": "Not Found"})
+            raise Reply(404, {"message": "Not Found"})
         self._check_token(headers, repo)
         if rest[:1] == ["contents"] and len(rest) > 1:
             return self._contents(repo, "/".join(rest[1:]), query.get("ref", "HEAD"), headers)
@@ -426,8 +332,8 @@ class GitHubServer:
             with self._lock:
                 files = self._compares.get((repo, base, head))
             if files is None:
-                raise _Reply(404, {"message": "Not Found"})
-            return _Reply(
+                raise Reply(404, {"message": "Not Found"})
+            return Reply(
                 200,
                 {
                     "status": "ahead",
@@ -437,12 +343,12 @@ class GitHubServer:
             )
         if rest[:1] == ["pulls"] and len(rest) == 3 and rest[2] == "files" and rest[1].isdigit():
             return self._pulls(repo, int(rest[1]), query, path)
-        raise _Reply(404, {"message": "Not Found"})
+        raise Reply(404, {"message": "Not Found"})
 
     # ------------------------------------------------------------------ checks API
     def _checks_api(
-        self, method: str, repo: str, rest: list[str], query: Mapping[str, str], inst: _Installation, body: bytes
-    ) -> _Reply:
+        self, method: str, repo: str, rest: list[str], query: Mapping[str, str], inst: Installation, body: bytes
+    ) -> Reply:
         if rest[0] == "commits" and method == "GET":
             ref = rest[1]
             with self._lock:
@@ -460,10 +366,10 @@ class GitHubServer:
                     for c in matching:
                         newest[c["name"]] = c
                     matching = list(newest.values())
-                runs = [self._public(c) for c in matching]
-            return _Reply(200, {"total_count": len(runs), "check_runs": runs})
+                runs = [public_run(c) for c in matching]
+            return Reply(200, {"total_count": len(runs), "check_runs": runs})
         if rest == ["check-runs"] and method == "POST":
-            data = self._check_body(body, create=True)
+            data = check_body(body, create=True)
             with self._lock:
                 check_id = 1_000_000 + len(self._checks) + 1
                 run: dict[str, Any] = {
@@ -478,109 +384,36 @@ class GitHubServer:
                     "details_url": None,
                     "output": {"title": None, "summary": None, "text": None},
                 }
-                self._apply_check(run, data)
+                apply_check(run, data)
                 self._checks[check_id] = run
                 self._check_log.append(json.loads(json.dumps(run)))
-                return _Reply(201, self._public(run))
+                return Reply(201, public_run(run))
         if len(rest) == 2 and rest[1].isdigit() and method in ("PATCH", "GET"):
             with self._lock:
                 target = self._checks.get(int(rest[1]))
                 if target is None or target["repo"] != repo:
-                    raise _Reply(404, {"message": "Not Found", "documentation_url": _DOCS})
+                    raise Reply(404, {"message": "Not Found", "documentation_url": CHECKS_DOCS})
                 if method == "GET":
-                    return _Reply(200, self._public(target))
-            data = self._check_body(body, create=False)
+                    return Reply(200, public_run(target))
+            data = check_body(body, create=False)
             with self._lock:
-                self._apply_check(target, data)
+                apply_check(target, data)
                 self._check_log.append(json.loads(json.dumps(target)))
-                return _Reply(200, self._public(target))
-        raise _Reply(404, {"message": "Not Found"})
+                return Reply(200, public_run(target))
+        raise Reply(404, {"message": "Not Found"})
 
-    @staticmethod
-    def _invalid(field_name: str, code: str = "invalid", message: str | None = None) -> _Reply:
-        error: dict[str, Any] = {"resource": "CheckRun", "code": code, "field": field_name}
-        if message:
-            error["message"] = message
-        return _Reply(422, {"message": "Validation Failed", "errors": [error], "documentation_url": _DOCS})
-
-    def _check_body(self, body: bytes, *, create: bool) -> dict[str, Any]:
-        try:
-            data = json.loads(body or b"{}")
-        except ValueError:
-            raise _Reply(400, {"message": "Problems parsing JSON", "documentation_url": _DOCS}) from None
-        if not isinstance(data, dict):
-            raise _Reply(400, {"message": "Problems parsing JSON", "documentation_url": _DOCS})
-        if create and not isinstance(data.get("name"), str):
-            raise self._invalid("name", "missing_field")
-        if create and not (isinstance(data.get("head_sha"), str) and _SHA.fullmatch(data["head_sha"])):
-            raise _Reply(
-                422, {"message": f"No commit found for SHA: {data.get('head_sha')}", "documentation_url": _DOCS}
-            )
-        status = data.get("status")
-        if status is not None and status not in _CHECK_STATUSES:
-            raise self._invalid("status")
-        conclusion = data.get("conclusion")
-        if conclusion is not None and conclusion not in _CHECK_CONCLUSIONS:
-            raise self._invalid("conclusion")
-        if status == "completed" and conclusion is None:
-            raise self._invalid("conclusion", "missing_field", "Conclusion is required when status is completed")
-        output = data.get("output")
-        if output is not None:
-            if (
-                not isinstance(output, dict)
-                or not isinstance(output.get("title"), str)
-                or not isinstance(output.get("summary"), str)
-            ):
-                raise self._invalid("output", "missing_field", "output needs a title and a summary")
-            if len(output["summary"]) > 65535:
-                raise self._invalid("output.summary", "too_long", "Only 65535 characters are allowed")
-        for key in ("started_at", "completed_at"):
-            if data.get(key) is not None:
-                try:
-                    datetime.fromisoformat(str(data[key]).replace("Z", "+00:00"))
-                except ValueError:
-                    raise self._invalid(key) from None
-        return data
-
-    @staticmethod
-    def _apply_check(run: dict[str, Any], data: Mapping[str, Any]) -> None:
-        for key in (
-            "name",
-            "head_sha",
-            "external_id",
-            "details_url",
-            "started_at",
-            "completed_at",
-            "status",
-            "conclusion",
-        ):
-            if key in data:
-                run[key] = data[key]
-        if data.get("conclusion") is not None:
-            run["status"] = "completed"
-        if isinstance(data.get("output"), dict):
-            run["output"] = {
-                "title": data["output"].get("title"),
-                "summary": data["output"].get("summary"),
-                "text": data["output"].get("text"),
-            }
-
-    @staticmethod
-    def _public(run: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in run.items() if k != "repo"}
-
-    def _mint(self, app: _App, installation: str) -> _Reply:
+    def _mint(self, app: App, installation: str) -> Reply:
         with self._lock:
             inst = self._installations.get(int(installation)) if installation.isdigit() else None
             if inst is None or inst.app_id != app.app_id:
-                raise _Reply(404, {"message": "Not Found"})
+                raise Reply(404, {"message": "Not Found"})
             token = "ghs_" + secrets.token_hex(18)
             expires = self._now() + self.token_ttl
-            self._tokens[token] = _Token(inst.installation_id, expires)
+            self._tokens[token] = Token(inst.installation_id, expires)
         stamp = datetime.fromtimestamp(int(expires), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return _Reply(201, {"token": token, "expires_at": stamp, "permissions": {"contents": "read"}})
+        return Reply(201, {"token": token, "expires_at": stamp, "permissions": {"contents": "read"}})
 
-    def _contents(self, repo: str, path: str, ref: str, headers: Mapping[str, str]) -> _Reply:
+    def _contents(self, repo: str, path: str, ref: str, headers: Mapping[str, str]) -> Reply:
         with self._lock:
             if ref == "HEAD":
                 ref = self._default_branch.get(repo, "main")
@@ -592,12 +425,12 @@ class GitHubServer:
                 p for (rp, r, p) in self._files if rp == repo and r in candidates and p.startswith(path + "/")
             )
         if content is None and listing:
-            return _Reply(200, [{"type": "file", "path": p, "name": p.rsplit("/", 1)[-1]} for p in listing])
+            return Reply(200, [{"type": "file", "path": p, "name": p.rsplit("/", 1)[-1]} for p in listing])
         if content is None:
-            raise _Reply(404, {"message": "Not Found"})
+            raise Reply(404, {"message": "Not Found"})
         if "raw" in headers.get("accept", ""):
-            return _Reply(200, content, {"content-type": "application/vnd.github.raw"}, raw=True)
-        return _Reply(
+            return Reply(200, content, {"content-type": "application/vnd.github.raw"}, raw=True)
+        return Reply(
             200,
             {
                 "type": "file",
@@ -608,11 +441,11 @@ class GitHubServer:
             },
         )
 
-    def _pulls(self, repo: str, number: int, query: Mapping[str, str], path: str) -> _Reply:
+    def _pulls(self, repo: str, number: int, query: Mapping[str, str], path: str) -> Reply:
         with self._lock:
             files = self._pull_files.get((repo, number))
         if files is None:
-            raise _Reply(404, {"message": "Not Found"})
+            raise Reply(404, {"message": "Not Found"})
         per_page = max(1, min(100, int(query.get("per_page", "30"))))
         page = max(1, int(query.get("page", "1")))
         files = files[:_PR_FILES_CAP]
@@ -622,82 +455,4 @@ class GitHubServer:
         if page < last:
             base = f"{self.url}{path}?per_page={per_page}"
             headers["link"] = f'<{base}&page={page + 1}>; rel="next", <{base}&page={last}>; rel="last"'
-        return _Reply(200, [{"filename": f, "status": "modified"} for f in chunk], headers)
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # clients that time out and hang up are part of the tests
-
-
-class _Handler(BaseHTTPRequestHandler):
-    gh: GitHubServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # never echo requests (they carry tokens)
-
-    def date_time_string(self, timestamp: float | None = None) -> str:
-        return email.utils.formatdate(self.gh.clock() if timestamp is None else timestamp, usegmt=True)
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def do_PATCH(self) -> None:
-        self._handle()
-
-    def _handle(self) -> None:
-        gh = self.gh
-        split = urlsplit(self.path)
-        path = split.path
-        if gh.prefix:
-            if not path.startswith(gh.prefix + "/"):
-                self._send(_Reply(404, {"message": "Not Found"}))
-                return
-            path = path[len(gh.prefix) :]
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        query = dict(parse_qsl(split.query))
-        with gh._lock:
-            gh.requests.append(RecordedRequest(self.command, path, query, headers, body))
-        fault = gh._take_fault(path)
-        if fault is not None:
-            if fault.delay:
-                gh._closing.wait(fault.delay)
-            if fault.drop:
-                self.close_connection = True
-                return
-            if fault.status is not None:
-                self._send(
-                    _Reply(fault.status, {"message": fault.message or f"injected {fault.status}"}, fault.headers)
-                )
-                return
-        try:
-            reply = gh._dispatch(self.command, path, query, headers, body)
-        except _Reply as err:
-            reply = err
-        except Exception as exc:  # a bug in this server: answer 500 and keep it for the test to see
-            with gh._lock:
-                gh.errors.append(exc)
-            reply = _Reply(500, {"message": f"test server error: {type(exc).__name__}"})
-        self._send(reply)
-
-    def _send(self, reply: _Reply) -> None:
-        data = reply.body if reply.raw else json.dumps(reply.body).encode()
-        try:
-            self.send_response(reply.status)
-            if "content-type" not in {k.lower() for k in reply.headers}:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        return Reply(200, [{"filename": f, "status": "modified"} for f in chunk], headers)

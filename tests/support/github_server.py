@@ -21,6 +21,10 @@ Fault injection: :meth:`GitHubServer.fail` (next N responses for a path get a st
 :meth:`GitHubServer.delay` (hold the response, to trigger client timeouts) and :meth:`GitHubServer.drop`
 (close the connection without answering). Every request is recorded in :attr:`GitHubServer.requests`.
 The server never logs requests, so tokens and keys stay out of test output.
+
+Keys, clocks and records live in :mod:`tests.support.github_model`, Checks API validation in
+:mod:`tests.support.github_checks` and the HTTP handler in :mod:`tests.support.github_http`; this module
+re-exports the public names.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ class IndexMachine(RuleBasedStateMachine):
 
 
 TestIndexMachine = IndexMachine.TestCase
-TestIndexMachine.settings = settings(max_examples=examples(40), stateful_step_count=40, deadline=None)
+TestIndexMachine.settings = settings(max_examples=examples(25), stateful_step_count=40, deadline=None)
 
 
 def test_eligibility_is_evaluated_per_label_set() -> None:

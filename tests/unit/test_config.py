@@ -442,7 +442,7 @@ def test_bad_base_path_refused(raw: str) -> None:
     assert refusal(standalone, {**INDEPENDENT, "KICI_BASE_PATH": raw}).startswith("KICI_BASE_PATH must")
 
 
-@settings(max_examples=examples(150), deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(st.lists(st.text(alphabet="abcXYZ09-_.~/", min_size=0, max_size=8), max_size=5))
 def test_base_path_normalisation_is_idempotent(parts: list[str]) -> None:
     raw = "/".join(parts)

@@ -34,7 +34,7 @@ def _exists_once(day: datetime, hour: int, minute: int, tz: ZoneInfo) -> tuple[b
     return exists, first.utcoffset() != second.utcoffset() and exists
 
 
-@settings(max_examples=examples(100), deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(after=instants, zone=st.sampled_from(ZONES), hour=st.integers(0, 23), minute=st.integers(0, 59))
 def test_a_daily_fire_is_at_its_wall_time_once_a_day_across_dst(
     after: datetime, zone: str, hour: int, minute: int
@@ -57,7 +57,7 @@ def test_a_daily_fire_is_at_its_wall_time_once_a_day_across_dst(
     assert cron.next_after(f"{minute} {hour} * * *", zone, fire - timedelta(seconds=1)) == fire
 
 
-@settings(max_examples=examples(100), deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(
     after=instants, zone=st.sampled_from(ZONES), step=st.sampled_from([1, 5, 10, 15, 30]), down=st.integers(0, 50_000)
 )

@@ -106,7 +106,7 @@ class TestGeneric:
         with pytest.raises(errors.InvalidInput):
             dedup.generic_dedup_key(org_id="o", routing_key="", headers={}, fallback_id="f")
 
-    @settings(max_examples=examples(150), deadline=None)
+    @settings(max_examples=examples(60), deadline=None)
     @given(
         value=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=60),
         upper=st.booleans(),

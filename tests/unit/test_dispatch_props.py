@@ -329,4 +329,4 @@ class DispatcherMachine(RuleBasedStateMachine):
 
 
 TestDispatcherMachine = DispatcherMachine.TestCase
-TestDispatcherMachine.settings = settings(max_examples=examples(50), stateful_step_count=40, deadline=None)
+TestDispatcherMachine.settings = settings(max_examples=examples(30), stateful_step_count=40, deadline=None)

@@ -223,7 +223,7 @@ def test_matrix_size_errors_fail_the_job_not_the_file(dims: Any, exclude: Any, r
     assert t.matrix is None and reason in (t.matrix_error or "")
 
 
-@settings(max_examples=examples(150), deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     dims=st.dictionaries(
         st.sampled_from(["os", "py", "arch", "node"]),

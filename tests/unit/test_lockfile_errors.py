@@ -329,7 +329,7 @@ JSON_ANY = st.recursive(
 )
 
 
-@settings(max_examples=examples(150), deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(path=st.sampled_from(["", "w", "j", "s", "n"]), key=st.text(max_size=12), value=JSON_ANY)
 def test_arbitrary_corruption_raises_only_lockfile_error(path: str, key: str, value: Any) -> None:
     data = doc(job("a"), job("b", needs=["a"]))

@@ -201,7 +201,7 @@ def test_static_fields_and_service_override(stream: io.StringIO) -> None:
     assert str(doc["odd"]).startswith("<object object")
 
 
-@settings(max_examples=examples(100), deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     secret=st.text(alphabet=st.characters(codec="utf-8"), min_size=kici_logging.MIN_WHOLE_SECRET, max_size=24),
     before=st.text(max_size=10),
@@ -219,7 +219,7 @@ def test_no_registered_secret_survives_any_message(secret: str, before: str, aft
     assert secret not in str(doc["message"]) and secret not in json.dumps(doc["field"], ensure_ascii=False)
 
 
-@settings(max_examples=examples(100), deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     secret=st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=kici_logging.MIN_WHOLE_SECRET - 1),
     word=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_-.", min_size=1, max_size=8),
@@ -246,7 +246,7 @@ def _masked_anyway(text: str) -> bool:
     return kici_logging.mask(text) != text
 
 
-@settings(max_examples=examples(100), deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     secret=st.text(alphabet=st.characters(codec="utf-8"), min_size=6, max_size=12),
     values=st.lists(st.one_of(st.text(max_size=12), st.integers(), st.none(), st.booleans()), max_size=4),

@@ -16,7 +16,7 @@ _SEGMENT = st.text(alphabet="abcxyz019_-", min_size=1, max_size=6)
 PLAIN = st.lists(_SEGMENT, min_size=1, max_size=4).map("/".join)
 PATH_GLOBS = st.sampled_from(["src/**", "**/*.md", "docs/*", "*.json", "a/**/c", "**", "x?z/*", "{src,lib}/**"])
 FILES = st.lists(PLAIN, max_size=8)
-SETTINGS = settings(max_examples=examples(60), deadline=None)
+SETTINGS = settings(max_examples=examples(40), deadline=None)
 
 
 @SETTINGS

@@ -249,7 +249,7 @@ def dags(draw: st.DrawFn) -> dict[str, list[Edge]]:
     return {name: edges[name] for name in order}
 
 
-@settings(max_examples=examples(60), deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(edges=dags(), data=st.data())
 def test_schedule_invariants(edges: dict[str, list[Edge]], data: st.DataObject) -> None:
     graph = planning.needs_graph(edges)

@@ -104,7 +104,7 @@ class TestEligibility:
         with pytest.raises(errors.InvalidInput):
             routing.agent_eligible([bad], [], agent("x"))
 
-    @settings(max_examples=examples(60), deadline=None)
+    @settings(max_examples=examples(30), deadline=None)
     @given(
         labels=st.frozensets(st.sampled_from("abcdefg")),
         required=st.frozensets(st.sampled_from("abcdefg")),
@@ -115,7 +115,7 @@ class TestEligibility:
         got = routing.agent_eligible([ex(x) for x in sorted(required)], [ex(x) for x in sorted(exclude)], a)
         assert got == (required <= labels and not (exclude & labels))
 
-    @settings(max_examples=examples(60), deadline=None)
+    @settings(max_examples=examples(30), deadline=None)
     @given(labels=st.frozensets(st.sampled_from("abcde")), extra=st.frozensets(st.sampled_from("vwxyz")))
     def test_extra_labels_never_hurt(self, labels, extra):
         req = [ex(x) for x in sorted(labels)]
@@ -182,7 +182,7 @@ class TestChooseAgent:
         cands = [cand("a", 1, 1, 0), cand("b", 0, 1, 0, labels=("z",)), cand("c", 0, 1, 0, accepting=False)]
         assert routing.choose_agent(cands, self.sel) is None
 
-    @settings(max_examples=examples(60), deadline=None)
+    @settings(max_examples=examples(30), deadline=None)
     @given(
         st.lists(
             st.tuples(st.integers(0, 4), st.integers(1, 4), st.integers(0, 100), st.booleans()),

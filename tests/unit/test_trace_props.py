@@ -129,7 +129,7 @@ def _workflows(raw: list[list[dict[str, Any]]]) -> list[m.WorkflowTriggers]:
     ]
 
 
-@settings(max_examples=examples(60), deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(WORKFLOWS, st.lists(EVENTS, min_size=1, max_size=6))
 def test_lazy_trace_equals_eager_rendering(raw: list[list[dict[str, Any]]], events: list[NormalisedEvent]) -> None:
     workflows = _workflows(raw)
@@ -154,7 +154,7 @@ def test_lazy_trace_equals_eager_rendering(raw: list[list[dict[str, Any]]], even
         assert all(d.triggers == () and d.checks_count == 0 for d in untraced.decisions)
 
 
-@settings(max_examples=examples(60), deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(st.lists(TRIGGERS, min_size=1, max_size=1), EVENTS)
 def test_explain_trigger_equals_eager_rendering(raw: list[dict[str, Any]], event: NormalisedEvent) -> None:
     trigger = t.parse_trigger(raw[0])

@@ -57,8 +57,8 @@ test-props: $(STAMP)
 
 PORT ?= 4000
 # pytest-xdist workers for `make test`. 0 (the default) runs everything in one process; most of the suite waits
-# on real servers and agents, so TEST_WORKERS=2 overlaps the waiting (about 5.75 instead of 7.5 minutes on two
-# cores), but it has not yet been green often enough in a row to be the default.
+# on real servers and agents, so TEST_WORKERS=2 overlaps the waiting (a quarter less time on two cores when last
+# measured), but it has not yet been green often enough in a row to be the default.
 TEST_WORKERS ?= 0
 DEV_DIR ?= .kici-dev
 

@@ -50,16 +50,16 @@ from kici_runtime.orchestrator import components, eventloop, heap
 log = logging.getLogger("kici.processing")
 
 STOP_GRACE_SECONDS = 30.0
+"""How long a child gets to finish after SIGTERM before it is killed."""
 BEAT_SECONDS = 1.0
 """How often a child touches its heartbeat file."""
-"""How long a child gets to finish after SIGTERM before it is killed."""
 RESTART_BACKOFF = (1.0, 30.0)
 """First and largest delay before restarting a child that died; it doubles per quick death."""
 STABLE_SECONDS = 60.0
+"""A child that ran this long before dying is restarted after the first delay again."""
 CHILD_NICENESS = 5
 """Scheduling priority a child lowers itself by: when the CPUs are busy, webhook acceptance and dispatch in the
 serving process go first (a delivery accepted is durable; processing it a little later loses nothing)."""
-"""A child that ran this long before dying is restarted after the first delay again."""
 
 
 def child_worker_id(instance_id: str, index: int) -> str:

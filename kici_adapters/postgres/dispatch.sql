@@ -11,21 +11,11 @@ SELECT q.id, q.run_id, q.seq, q.created_at, q.expires_at, q.dispatch_attempts, j
 SELECT id, seq FROM dispatch_queue WHERE status = 'pending' ORDER BY seq LIMIT %(limit)s
 
 -- name: pending_since
--- Each branch reads by index (queue position, job id, run id), then each row found is read by its id: the
--- statement is prepared, and a generic plan of one OR over the three conditions reads every pending row,
--- which grows with a backlog of jobs waiting for agents.
-SELECT x.*
-  FROM ((SELECT p.id FROM dispatch_queue p WHERE p.status = 'pending' AND p.seq > %(after)s ORDER BY p.seq
-          LIMIT %(limit)s)
-        UNION SELECT unnest(%(named)s::uuid[])
-        UNION SELECT r.id FROM dispatch_queue r WHERE r.run_id = ANY(%(named)s::uuid[]) AND r.status = 'pending'
-       ) AS w(id)
- CROSS JOIN LATERAL (
-       SELECT q.id, q.run_id, q.seq, q.created_at, q.expires_at, q.dispatch_attempts, j.runs_on, j.exclude_labels
-         FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id
-        WHERE q.id = w.id AND q.status = 'pending'
-       OFFSET 0) AS x
- ORDER BY x.seq
+SELECT q.id, q.run_id, q.seq, q.created_at, q.expires_at, q.dispatch_attempts, j.runs_on, j.exclude_labels
+  FROM dispatch_queue q JOIN execution_jobs j ON j.job_id = q.id
+ WHERE q.status = 'pending'
+   AND (q.seq > %(after)s OR q.id = ANY(%(named)s::uuid[]) OR q.run_id = ANY(%(named)s::uuid[]))
+ ORDER BY q.seq
  LIMIT %(limit)s
 
 -- name: claim_many

@@ -7,7 +7,6 @@ import time
 import anyio
 import pytest
 
-from kici_adapters.postgres import dispatch
 from kici_adapters.postgres.dispatch import PgDispatchQueue
 from kici_adapters.postgres.pool import Database
 from kici_adapters.postgres.runs import PgRunStore
@@ -37,36 +36,6 @@ async def test_pending_since_reads_newer_rows_and_named_ones(database: Database)
         assert await queue.pending_since(high, named=[run2]) == []
     finally:
         await queue.aclose()
-
-
-async def test_pending_since_reads_only_the_rows_it_returns_under_a_generic_plan(database: Database) -> None:
-    # The statement is prepared, so PostgreSQL may run its generic plan: with a backlog of jobs waiting for agents,
-    # an incremental read must not walk every pending row of the queue.
-    backlog: dict[str, str] = {}
-    for r in range(100):
-        backlog |= (await make_run(database, [(f"job-{r}-{i}", [], []) for i in range(4)]))[1]
-    run2, new = await make_run(database, [("new", [], [])])
-    async with database.connection() as conn:
-        cur = await conn.execute("SELECT seq FROM dispatch_queue WHERE id = %s", (new["new"],))
-        row = await cur.fetchone()
-        assert row is not None
-        seq = row["seq"]
-        await conn.execute("ANALYZE dispatch_queue, execution_jobs")  # as autovacuum does once a backlog grew
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
-        try:
-            async with conn.transaction():
-                params = {"after": seq - 1, "named": [backlog["job-1-3"], run2], "limit": 10_000}
-                cur = await conn.execute(dispatch._SQL["pending_since"], params, prepare=True)
-                found = [str(r["id"]) for r in await cur.fetchall()]
-                cur = await conn.execute(
-                    "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) AS n"
-                    " FROM pg_stat_xact_user_tables WHERE relname = 'dispatch_queue'"
-                )
-                read = await cur.fetchone()
-        finally:
-            await conn.execute("RESET plan_cache_mode")
-    assert found == [backlog["job-1-3"], new["new"]]
-    assert read is not None and read["n"] <= 10, f"read {read} dispatch_queue rows to return 2 of 401 pending"
 
 
 async def test_pending_positions_lists_pending_rows_without_their_details(database: Database) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from typing import Any, overload
 
 import psycopg
@@ -130,6 +131,7 @@ class PgDeliveryInbox:
             else None
         )
         self._prefetched: dict[tuple[str, str], bytes] = {}
+        self._offloaded: dict[tuple[str, str], str] = {}  # claimed after the offloader moved the body: its key
 
     @property
     def group(self) -> GroupCommit | None:
@@ -225,11 +227,17 @@ class PgDeliveryInbox:
                 },
             )
             rows = await cur.fetchall()
-        if len(self._prefetched) + len(rows) > _PREFETCH_MAX:
-            self._prefetched.clear()  # items claimed and never finished (cancelled): read again if needed
+        if len(self._prefetched) + len(self._offloaded) + len(rows) > _PREFETCH_MAX:
+            # items claimed and never finished (cancelled): read again if needed
+            self._prefetched.clear()
+            self._offloaded.clear()
         for r in rows:
             if r["payload_body"] is not None:
                 self._prefetched[(r["org_id"], r["delivery_id"])] = bytes(r["payload_body"])
+            elif r["payload_key"] is not None and not r["payload_omitted"]:
+                # The offloader deletes a database copy only after its object is written: read the object
+                # directly (during a backlog every body may have moved before its claim).
+                self._offloaded[(r["org_id"], r["delivery_id"])] = r["payload_key"]
         return [_row_to_item(r) for r in rows]
 
     @overload
@@ -254,6 +262,10 @@ class PgDeliveryInbox:
         claimed = self._prefetched.pop((item.org_id, item.delivery_id), None)
         if claimed is not None:  # the body came with the claim (bodies never change once accepted)
             return eventlog.gunzip_payload(claimed, item.delivery_id)
+        moved = self._offloaded.pop((item.org_id, item.delivery_id), None)
+        if moved is not None:  # the claim saw the body gone from the database: its object exists
+            with suppress(errors.NotFound):  # (else the full read below says why)
+                return eventlog.gunzip_payload(await self._blobs.get(moved), item.delivery_id)
         body = await eventlog.read_payload(self._db, self._blobs, item.org_id, item.delivery_id)
         if body is None:
             raise errors.NotFound("payload was not stored")
@@ -269,6 +281,7 @@ class PgDeliveryInbox:
         commit: see :class:`CompletionGroup`); each is atomic either way. Returns the delivery's run ids, first
         first."""
         self._prefetched.pop((item.org_id, item.delivery_id), None)
+        self._offloaded.pop((item.org_id, item.delivery_id), None)
         params = complete_params(item, outcome, runs, forward=self._forward)
         if self._completions is not None:
             row = await self._completions.submit(params)
@@ -323,6 +336,7 @@ class PgDeliveryInbox:
         """Release the lease: retry after ``retry_after`` seconds (``crashed``: counting a crash), or park the
         delivery as ``failed``."""
         self._prefetched.pop((item.org_id, item.delivery_id), None)
+        self._offloaded.pop((item.org_id, item.delivery_id), None)
         params: dict[str, Any] = {"org_id": item.org_id, "delivery_id": item.delivery_id, "error": error}
         async with self._db.connection() as conn:
             if retry_after is None:

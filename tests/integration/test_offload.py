@@ -220,3 +220,39 @@ async def test_idle_lane_connection_is_checked_and_replaced(db_url: str, pg_serv
             assert conn.info.backend_pid != first_pid
     finally:
         await lanes.aclose()
+
+
+async def test_a_body_offloaded_before_its_claim_is_read_from_object_storage_alone(
+    database: Database, db_url: str, pg_server: PgServer, tmp_path: Path
+) -> None:
+    # During a backlog the offloader moves bodies before processing claims them: processing then reads each one
+    # from object storage, without a database round trip per delivery (shown here with the database gone).
+    blobs = FilesystemBlobStore(tmp_path / "objects")
+    inbox = PgDeliveryInbox(database, blobs)
+    try:
+        for n in range(3):
+            await inbox.accept(delivery(n))
+        assert await PayloadOffloader(database, blobs).run_once() == OffloadPass(moved=3, failed=0)
+        items = await inbox.claim(worker_id="w", limit=3, lease_seconds=60)
+        assert [i.delivery_id for i in items] == ["d-0", "d-1", "d-2"]
+        kill_sessions(pg_server, db_url, allow_connections=False)
+        try:
+            assert [await inbox.payload(i) for i in items] == [b'{"n": %d}' % n for n in range(3)]
+        finally:
+            kill_sessions(pg_server, db_url, allow_connections=True)
+    finally:
+        await inbox.aclose()
+
+
+async def test_a_claimed_body_missing_from_object_storage_is_not_found(database: Database) -> None:
+    blobs = fakes.FakeBlobStore()
+    inbox = PgDeliveryInbox(database, blobs)
+    try:
+        await inbox.accept(delivery(1))
+        await PayloadOffloader(database, blobs).run_once()
+        blobs.objects.clear()  # e.g. removed by retention
+        (item,) = await inbox.claim(worker_id="w", limit=1, lease_seconds=60)
+        with pytest.raises(errors.NotFound):
+            await inbox.payload(item)
+    finally:
+        await inbox.aclose()

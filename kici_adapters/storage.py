@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -46,8 +46,7 @@ __all__ = [
 ]
 
 
-def _check_key(key: str) -> PurePosixPath:
-    path = PurePosixPath(key)
+def _check_key(key: str) -> None:
     if (
         not key
         or key.startswith("/")
@@ -56,7 +55,6 @@ def _check_key(key: str) -> PurePosixPath:
         or any(part in ("", ".", "..") for part in key.split("/"))
     ):
         raise InvalidInput(f"invalid object key {key!r}")
-    return path
 
 
 def _content_type(key: str) -> str:
@@ -103,7 +101,8 @@ class FilesystemBlobStore:
         """Worker-thread batches written (for tests)."""
 
     def _path(self, key: str) -> Path:
-        return self.root.joinpath(*_check_key(key).parts)
+        _check_key(key)  # relative, "/"-separated, no empty, "." or ".." segment: safe to join as is
+        return self.root / key
 
     async def put(self, key: str, data: bytes, *, durable: bool = True) -> None:
         """Store ``data`` at ``key`` (replacing any previous object); forced to disk unless ``durable=False``."""
@@ -161,13 +160,14 @@ class FilesystemBlobStore:
 def _write_batch(batch: list[_FileWrite]) -> None:
     """Write the objects of ``batch`` (a failed one records its error and leaves the others alone).
 
-    In phases, so a batch costs the filesystem about one journal commit rather than one per object: every
-    temporary file is written first (non-durable writes of the same bytes object, such as the payload copies of
-    one delivery's runs, are hard links to the first one's file: one write instead of one per run), then the durable
-    ones are fsynced (the first fsync commits the journal
-    entries of all of them; the rest find their data already on disk), then all are renamed into place, then
-    each directory the durable ones touched is fsynced once. An object is never visible under its name before
-    its bytes are on disk."""
+        In phases, so a batch costs the filesystem about one journal commit rather than one per object: every
+        temporary file is written first (non-durable writes of the same bytes object, such as the payload copies of
+        one delivery's runs, are hard links to the first one's file: one write instead of one per run; into a directory
+    the batch created, the link is made under the final name at once), then the durable
+        ones are fsynced (the first fsync commits the journal
+        entries of all of them; the rest find their data already on disk), then all are renamed into place, then
+        each directory the durable ones touched is fsynced once. An object is never visible under its name before
+        its bytes are on disk."""
     staged: list[tuple[_FileWrite, Path, list[Path]]] = []
     written: dict[int, Path] = {}  # id(data) -> a staged copy of it (the batch holds the data objects)
     for w in batch:
@@ -175,6 +175,11 @@ def _write_batch(batch: list[_FileWrite]) -> None:
         try:
             created = _make_dirs(w.path.parent)
             same = written.get(id(w.data)) if not w.durable else None
+            if same is not None and created and _link(same, w.path):
+                # a directory this batch just made holds nothing to replace: the link goes in place at once
+                # (the staged bytes are complete; a non-durable write needs no fsync before it is visible)
+                staged.append((w, w.path, created))
+                continue
             if same is None or not _link(same, tmp):
                 # payloads and logs are private to the orchestrator's account: 0600 files in 0700 directories
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
@@ -196,7 +201,7 @@ def _write_batch(batch: list[_FileWrite]) -> None:
                     w.error = exc
         dirs: dict[Path, list[_FileWrite]] = {}
         for w, tmp, created in staged:
-            if w.error is None:
+            if w.error is None and tmp != w.path:
                 try:
                     os.replace(tmp, w.path)
                 except OSError as exc:
@@ -206,8 +211,9 @@ def _write_batch(batch: list[_FileWrite]) -> None:
                     for directory in [w.path.parent, *(d.parent for d in created)]:
                         dirs.setdefault(directory, []).append(w)
     finally:
-        for _, tmp, _ in staged:
-            _discard(tmp)  # gone after a successful rename; left only by a failure
+        for w, tmp, _ in staged:
+            if tmp != w.path:
+                _discard(tmp)  # gone after a successful rename; left only by a failure
     for directory, writes in dirs.items():
         try:
             _fsync_dir(directory)
@@ -244,6 +250,14 @@ def _fsync_file(path: Path) -> None:
 
 def _make_dirs(directory: Path) -> list[Path]:
     """mkdir -p, returning the directories it created (outermost first)."""
+    try:  # the common cases in one system call: a new directory under an existing one, or one that exists
+        directory.mkdir(mode=DIR_MODE)
+    except FileExistsError:
+        return []
+    except FileNotFoundError:
+        pass
+    else:
+        return [directory]
     missing: list[Path] = []
     current = directory
     while not current.exists():

@@ -160,14 +160,13 @@ class FilesystemBlobStore:
 def _write_batch(batch: list[_FileWrite]) -> None:
     """Write the objects of ``batch`` (a failed one records its error and leaves the others alone).
 
-        In phases, so a batch costs the filesystem about one journal commit rather than one per object: every
-        temporary file is written first (non-durable writes of the same bytes object, such as the payload copies of
-        one delivery's runs, are hard links to the first one's file: one write instead of one per run; into a directory
-    the batch created, the link is made under the final name at once), then the durable
-        ones are fsynced (the first fsync commits the journal
-        entries of all of them; the rest find their data already on disk), then all are renamed into place, then
-        each directory the durable ones touched is fsynced once. An object is never visible under its name before
-        its bytes are on disk."""
+    In phases, so a batch costs the filesystem about one journal commit rather than one per object: every
+    temporary file is written first (non-durable writes of the same bytes object, such as the payload copies of
+    one delivery's runs, are hard links to the first one's file: one write instead of one per run; into a
+    directory the batch created, the link is made under the final name at once), then the durable ones are
+    fsynced (the first fsync commits the journal entries of all of them; the rest find their data already on
+    disk), then all are renamed into place, then each directory the durable ones touched is fsynced once. An
+    object is never visible under its name before its bytes are on disk."""
     staged: list[tuple[_FileWrite, Path, list[Path]]] = []
     written: dict[int, Path] = {}  # id(data) -> a staged copy of it (the batch holds the data objects)
     for w in batch:

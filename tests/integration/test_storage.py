@@ -282,3 +282,30 @@ async def test_copies_of_one_body_in_a_batch_are_written_once_and_stay_independe
     assert [await store.get(k) for k in keys[2:]] == [body] * 3
     with pytest.raises(NotFound):
         await store.get(keys[1])
+
+
+def test_copies_linked_into_new_directories_need_no_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery's run copies land in directories the batch creates (one per new run): after the first copy is
+    written, each other name is linked in place, with no temporary file to rename or remove."""
+    renames: list[str] = []
+    real_replace = os.replace
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        renames.append(str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    root = tmp_path / "blobs"
+    body = b'{"ref": "refs/heads/main", "after": "' + b"5" * 40 + b'"}'
+    writes = [storage._FileWrite(root / storage.run_payload_key(f"run-{i}"), body, durable=False) for i in range(5)]
+    storage._write_batch(writes)
+    assert all(w.error is None for w in writes)
+    assert [w.path.read_bytes() for w in writes] == [body] * 5
+    assert len({w.path.stat().st_ino for w in writes}) == 1
+    assert renames == [str(writes[0].path)]  # only the written file; the links went in place
+    assert all(sorted(p.name for p in w.path.parent.iterdir()) == ["webhook-payload.json"] for w in writes)
+    # an existing object is still replaced through a temporary file (readers never see a partial one)
+    again = [storage._FileWrite(w.path, b"new", durable=False) for w in writes[:2]]
+    storage._write_batch(again)
+    assert [w.path.read_bytes() for w in writes] == [b"new", b"new", body, body, body]
+    assert not [p for w in writes for p in w.path.parent.iterdir() if p.name.endswith(".tmp")]

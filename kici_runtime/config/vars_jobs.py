@@ -123,6 +123,15 @@ VARIABLES: tuple[var.Var, ...] = (
         minimum=1,
     ),
     var.row(
+        "KICI_PROCESSING_RESTART_DELAY_MS",
+        "int",
+        "1000",
+        "core",
+        "Delay before a processing child that died (or was killed for stalling) is started again; it doubles with "
+        "each death that follows quickly, up to 30 s, and starts over once a child has run for a minute.",
+        minimum=10,
+    ),
+    var.row(
         "KICI_WEBHOOK_PUBLIC_URL",
         "url",
         None,
@@ -195,8 +204,8 @@ VARIABLES: tuple[var.Var, ...] = (
         "core",
         "Child processes that process accepted deliveries (matching, runs, payload offload) so the serving process "
         "keeps its event loop for webhook intake and agent dispatch; 0 processes them in the serving process. Unset: 1 "
-        "on a host with two or more CPUs, else 0. Children are restarted with backoff when they die and stopped before "
-        "the serving process exits.",
+        "on a host with two or more CPUs, else 0. Children are restarted with backoff "
+        "(`KICI_PROCESSING_RESTART_DELAY_MS`) when they die and stopped before the serving process exits.",
         minimum=0,
         maximum=64,
     ),

@@ -53,8 +53,9 @@ STOP_GRACE_SECONDS = 30.0
 """How long a child gets to finish after SIGTERM before it is killed."""
 BEAT_SECONDS = 1.0
 """How often a child touches its heartbeat file."""
-RESTART_BACKOFF = (1.0, 30.0)
-"""First and largest delay before restarting a child that died; it doubles per quick death."""
+RESTART_BACKOFF_MAX = 30.0
+"""Largest delay before restarting a child that died; the first is ``KICI_PROCESSING_RESTART_DELAY_MS`` and it
+doubles per quick death."""
 STABLE_SECONDS = 60.0
 """A child that ran this long before dying is restarted after the first delay again."""
 CHILD_NICENESS = 5
@@ -98,6 +99,7 @@ class Supervisor:
         self.starts = 0
         """Children started so far, restarts included."""
         self._stall_seconds = float(max(settings.processing_timeout_seconds, 2 * BEAT_SECONDS + 1))
+        self._first_delay = settings.processing_restart_delay_ms / 1000
 
     def command(self, index: int) -> list[str]:
         """The command line of child ``index``."""
@@ -169,7 +171,7 @@ class Supervisor:
                 return await proc.wait()
 
     async def _keep(self, index: int) -> None:
-        delay = RESTART_BACKOFF[0]
+        delay = self._first_delay
         while True:
             started = time.monotonic()
             # A session of its own: a terminal's Ctrl-C (SIGINT to the foreground process group) reaches only
@@ -195,13 +197,13 @@ class Supervisor:
                 self.pids.pop(index, None)
                 self._retire(index)
             if time.monotonic() - started >= STABLE_SECONDS:
-                delay = RESTART_BACKOFF[0]
+                delay = self._first_delay
             log.warning(
                 "Processing worker exited; restarting it",
                 extra={"index": index, "exitCode": code, "restartInSeconds": delay},
             )
             await anyio.sleep(delay)
-            delay = min(delay * 2, RESTART_BACKOFF[1])
+            delay = min(delay * 2, max(self._first_delay, RESTART_BACKOFF_MAX))
 
 
 async def _stop(proc: anyio.abc.Process) -> None:

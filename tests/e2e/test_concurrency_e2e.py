@@ -124,8 +124,16 @@ async def test_a_group_queues_the_second_run_across_processes_and_lets_it_in_whe
         await second_agent.status(second, "success")
         await run_status(one, first["runId"], "success")
         await run_status(one, second["runId"], "success")
-        slots = await one.query("SELECT status FROM concurrency_slots ORDER BY id")
-        assert [s["status"] for s in slots] == ["released", "released"]
+
+        # the slot is released just after the run's end is committed (its own transaction): wait for it
+        async def slots() -> list[str]:
+            rows = await one.query("SELECT status FROM concurrency_slots ORDER BY id")
+            return [s["status"] for s in rows]
+
+        async def both_released() -> bool:
+            return await slots() == ["released", "released"]
+
+        await one.wait_for(both_released, what="both runs' group slots released", seen=slots)
         await first_agent.close()
         await second_agent.close()
 

@@ -10,6 +10,7 @@ posted between them must all be processed, each with its run.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -137,6 +138,7 @@ def frozen(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[In
             tmp_path_factory.mktemp("frozen"),
             KICI_PROCESSING_WORKERS="1",
             KICI_PROCESSING_TIMEOUT_SECONDS="2",
+            KICI_PROCESSING_RESTART_DELAY_MS="100",  # restarts after 0.1, 0.2, 0.4 s instead of 1, 2, 4 s
         )
         try:
             yield w
@@ -164,3 +166,5 @@ async def test_a_regex_that_freezes_the_processing_child_is_parked_after_three_k
         watch.stop.set()
     assert watch.problems == [], watch.problems  # the serving process answered throughout
     assert w.proc.log_count("Processing worker stalled") == 3, w.proc.tail()
+    restarts = [json.loads(line) for line in w.proc.lines if "Processing worker exited; restarting it" in line]
+    assert [r["restartInSeconds"] for r in restarts] == [0.1, 0.2, 0.4], w.proc.tail()

@@ -145,6 +145,7 @@ class Settings:
     max_jobs_per_delivery: int = 1000
     processing_timeout_seconds: int = 60
     processing_restart_delay_ms: int = 1000
+    dispatch_sweep_interval_ms: int = 10_000
     cluster: ClusterSettings = field(default_factory=lambda: ClusterSettings())
     retention: RetentionPolicy = field(default_factory=lambda: RetentionPolicy())
     retention_interval_ms: int = 600_000
@@ -304,6 +305,7 @@ def load_settings(
         max_jobs_per_delivery=_int(reader, "KICI_MAX_JOBS_PER_DELIVERY"),
         processing_timeout_seconds=_int(reader, "KICI_PROCESSING_TIMEOUT_SECONDS"),
         processing_restart_delay_ms=_int(reader, "KICI_PROCESSING_RESTART_DELAY_MS"),
+        dispatch_sweep_interval_ms=_int(reader, "KICI_DISPATCH_SWEEP_INTERVAL_MS"),
         cluster=ClusterSettings(
             heartbeat_interval_ms=_int(reader, "KICI_CLUSTER_HEARTBEAT_INTERVAL_MS"),
             instance_timeout_ms=_int(reader, "KICI_CLUSTER_INSTANCE_TIMEOUT_MS"),

@@ -218,6 +218,15 @@ VARIABLES: tuple[var.Var, ...] = (
         minimum=1000,
     ),
     var.row(
+        "KICI_DISPATCH_SWEEP_INTERVAL_MS",
+        "int",
+        "10000",
+        "core",
+        "How often the dispatch sweep looks for deadlines no live process tracks (dispatches never acknowledged, "
+        "recovery windows and queue expiries of jobs whose process died); one process sweeps at a time.",
+        minimum=100,
+    ),
+    var.row(
         "KICI_QUEUE_MAX_DEPTH",
         "int",
         "1000",

@@ -318,6 +318,7 @@ def _agent_parts(
         instance_id=me,
         config=config,
         clone_token=clone_token,
+        sweep_seconds=settings.dispatch_sweep_interval_ms / 1000,
     )
     endpoint = AgentEndpoint(hub=hub, tokens=PgTokenStore(db), auth_mode=settings.agent_auth)
     return hub, endpoint

@@ -53,6 +53,7 @@ FAST = {
     "KICI_CLUSTER_INSTANCE_TIMEOUT_MS": "3000",
     "KICI_AGENT_MAX_RECONNECT_DELAY_MS": "3000",
     "KICI_DISPATCH_ACK_TIMEOUT_MS": "2000",
+    "KICI_DISPATCH_SWEEP_INTERVAL_MS": "500",  # the dead process's expired recovery window is found soon
     "KICI_PROCESSING_WORKERS": "0",
 }
 

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
+from kici_adapters.containers import unix_http
 from kici_core import errors, netrules
 from kici_core.jsontypes import JSONObject
 
@@ -74,7 +75,7 @@ class EngineClient:
         if (socket_path is None) == (host is None):
             raise errors.ConfigError("an engine needs exactly one of socket_path or host")
         if socket_path is not None:
-            transport = httpx.AsyncHTTPTransport(uds=socket_path)
+            transport = unix_http.unix_transport(socket_path)
             base = "http://engine"
         else:
             assert host is not None

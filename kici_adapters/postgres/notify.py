@@ -25,7 +25,7 @@ import anyio
 import psycopg
 from psycopg import sql
 
-from kici_adapters.postgres.pool import Connection, Database, connect, translate_errors
+from kici_adapters.postgres.pool import Connection, Database, connect, owned, translate_errors
 from kici_adapters.postgres.queries import q
 from kici_core import errors
 
@@ -111,7 +111,7 @@ async def listen_forever(
 async def _listening(url: str, channels: Sequence[str]) -> AsyncIterator[AsyncIterator[Notification]]:
     with _lost(url):
         conn = await connect(url, autocommit=True)
-        async with conn:
+        async with owned(conn):
             for channel in channels:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             stream = _stream(conn, url)

@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import psycopg
 import psycopg_pool
 from psycopg.rows import DictRow, dict_row
@@ -178,12 +179,30 @@ class Database:
         """A connection outside the pool, for ``LISTEN`` and session advisory locks; closed on exit."""
         with translate_errors(self._url):
             conn = await connect(self._url, autocommit=autocommit, connect_timeout=self._connect_timeout)
-            async with conn:
+            async with owned(conn):
                 yield conn
 
     def stats(self) -> dict[str, Any]:
         """The pool's counters (sizes, waits, errors), for diagnostics."""
         return dict(self._pool.get_stats())
+
+
+@asynccontextmanager
+async def owned(conn: Connection) -> AsyncIterator[Connection]:
+    """Use a connection of one's own (not pooled) for the block: committed on a normal exit, rolled back when it
+    raises, and closed in every case.
+
+    psycopg's own ``async with conn`` rolls back before closing; when the block ends by cancellation, that
+    rollback can meet the cancellation again (psycopg yields to the event loop after 5 ms without yielding) and
+    the connection would stay open until garbage collection.
+    """
+    try:
+        async with conn:
+            yield conn
+    finally:
+        if not conn.closed:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
 
 
 async def connect(url: str, *, autocommit: bool = False, connect_timeout: int = 5) -> Connection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import socket
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from kici_adapters.postgres.embedded import EmbeddedPostgres
 from kici_adapters.postgres.migrate import apply_migrations
 from kici_adapters.postgres.pool import Database, redact_url
 from kici_core.errors import Conflict, StorageUnavailable
+from tests.support import waits
 from tests.support.pg import start_embedded
 
 pytestmark = pytest.mark.anyio
@@ -70,6 +72,44 @@ async def test_dedicated_connection_translates_errors() -> None:
         async with db.dedicated():
             pass
     assert "pw123456" not in str(info.value)
+
+
+async def test_a_dedicated_connection_cancelled_while_idle_is_closed_at_once(database: Database) -> None:
+    """A block on a connection of its own (a listener, a session lock) that ends by cancellation after being idle
+    a while, as when a process stops, closes the connection then and there: its session ends in PostgreSQL."""
+    sessions: list[int] = []
+    held = anyio.Event()
+
+    async def hold() -> None:
+        async with database.dedicated() as conn:
+            cur = await conn.execute("SELECT pg_backend_pid() AS pid")
+            row = await cur.fetchone()
+            assert row is not None
+            sessions.append(int(row["pid"]))
+            held.set()
+            await anyio.sleep_forever()
+
+    async def alive() -> list[int]:
+        async with database.connection() as conn:
+            cur = await conn.execute("SELECT pid FROM pg_stat_activity WHERE pid = ANY(%(p)s)", {"p": sessions})
+            return [int(r["pid"]) for r in await cur.fetchall()]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hold)
+        with waits.within(20, "the dedicated connection to be open"):
+            await held.wait()
+        await anyio.sleep(0.05)  # idle for longer than psycopg's 5 ms busy budget, as between two uses
+        tg.cancel_scope.cancel()
+
+    async def ended() -> bool:
+        return not await alive()
+
+    # garbage collection would end it too, eventually: the bound is short and nothing is collected meanwhile
+    gc.disable()
+    try:
+        await waits.until(ended, what=f"the session {sessions} to end", bound=5, seen=alive)
+    finally:
+        gc.enable()
 
 
 async def test_pool_survives_a_postgres_restart(private_server: EmbeddedPostgres) -> None:

@@ -57,9 +57,9 @@ test-props: $(STAMP)
 
 PORT ?= 4000
 # pytest-xdist workers for `make test` (0 runs everything in one process). Most of the suite waits on real servers
-# and agents, so two workers overlap the waiting: about 4 minutes on two cores instead of about 7 in one process.
-# Each worker has its own embedded PostgreSQL, ports and temp dirs; `--dist loadfile` keeps a file's tests (and
-# its module-scoped orchestrators) on one worker.
+# and agents, so two workers overlap the waiting: about 4.5 minutes on two cores (7 with two CPU hogs running)
+# instead of over 6 in one process. Each worker has its own embedded PostgreSQL, ports and temp dirs;
+# `--dist loadfile` keeps a file's tests (and its module-scoped orchestrators) on one worker.
 TEST_WORKERS ?= 2
 DEV_DIR ?= .kici-dev
 

@@ -513,6 +513,12 @@ class ConcurrencyGroups(Protocol):
         """An agent left: cancel its waiting entries; returns how many."""
         ...
 
+    async def ended_runs_with_slots(self, limit: int) -> list[str]:
+        """Up to ``limit`` ids of runs that ended (``success``, ``failed``, ``cancelled``) yet still hold or wait
+        on a slot: what a process that died between a run's end and :meth:`release_run` leaves behind. The
+        caller releases them through :meth:`release_run`, which is idempotent."""
+        ...
+
 
 # --------------------------------------------------------------------------------------------- clock
 class Clock(Protocol):

@@ -91,6 +91,12 @@ class PgConcurrency:
             cur = await conn.execute(_SQL["agent_waiting_cancel"], {"a": agent_id})
             return cur.rowcount
 
+    async def ended_runs_with_slots(self, limit: int) -> list[str]:
+        """Runs that ended but still hold or wait on a slot (their release was never committed)."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_SQL["ended_runs_with_slots"], {"limit": limit})
+            return [r["run_id"] for r in await cur.fetchall()]
+
     async def waiting_in_run(self, run_id: str) -> dict[str, str]:
         """Why each of the run's jobs waits for a concurrency group (job id -> reason), for ``runs show``."""
         async with self._db.connection() as conn:

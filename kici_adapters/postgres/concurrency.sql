@@ -35,6 +35,12 @@ UPDATE concurrency_slots SET status = 'holding', updated_at = now()
  WHERE routing_key = %(rk)s AND group_key = %(group)s AND run_id = ANY(kici_uuids(%(runs)s))
    AND status = 'waiting' RETURNING job_id::text AS job_id, run_id::text AS run_id, agent_id
 
+-- name: ended_runs_with_slots
+SELECT DISTINCT s.run_id::text AS run_id
+  FROM concurrency_slots s JOIN execution_runs r ON r.run_id = s.run_id
+ WHERE s.status IN ('holding', 'waiting') AND r.status IN ('success', 'failed', 'cancelled')
+ LIMIT %(limit)s
+
 -- name: agent_waiting_cancel
 UPDATE concurrency_slots SET status = 'cancelled', updated_at = now()
  WHERE agent_id = %(a)s AND status = 'waiting'

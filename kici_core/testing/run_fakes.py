@@ -313,3 +313,11 @@ class FakeConcurrencyGroups:
                 slot.status = "cancelled"
                 dropped += 1
         return dropped
+
+    async def ended_runs_with_slots(self, limit: int) -> list[str]:
+        ended = (
+            s.run_id
+            for s in self.tables.slots
+            if s.status in ("holding", "waiting") and self.tables.runs[s.run_id].status in TERMINAL_RUN
+        )
+        return list(dict.fromkeys(ended))[:limit]

@@ -266,12 +266,14 @@ class HubEffects:
 
     # ------------------------------------------------------------------------------------ concurrency groups
     async def run_ended(self, run_id: str) -> None:
-        """Free the concurrency groups a finished run held and let the next waiting runs proceed."""
+        """Free the concurrency groups a finished run held and let the next waiting runs proceed. Idempotent: the
+        dispatch sweep calls it again for an ended run whose slots this call could not release."""
         try:
             promoted = await self.concurrency.release_run(run_id)
         except errors.Unavailable as exc:
             log.warning(
-                "concurrency slots not released: storage unavailable", extra={"runId": run_id, "error": str(exc)}
+                "concurrency slots not released: storage unavailable; the dispatch sweep releases them later",
+                extra={"runId": run_id, "error": str(exc)},
             )
             return
         for p in promoted:

@@ -6,7 +6,8 @@ to catch anything else (a requeue by a process that died before announcing it, a
 watermark). It recovers this instance's rows at startup (§8.5), ticks the core's deadlines, clears acknowledged
 ack deadlines in the background, batched, outside the lock, and runs the sweeps that act on rows of other
 (possibly dead) processes as a singleton duty so one process does each at a time (ARCHITECTURE §5); their rules
-are :mod:`kici_core.dispatch_policy`'s.
+are :mod:`kici_core.dispatch_policy`'s. The sweep also releases the concurrency slots of runs that ended without
+releasing them (a crash between the two commits), through the same path as a run that ends here.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from kici_core.dispatch_records import CancelJob, CancelRun, JobsQueued, Proceed
 from kici_runtime.orchestrator import heap
 from kici_runtime.orchestrator.hub_reports import HubReports
 
-__all__ = ["SEQ_OVERLAP", "STARTUP_DUTY", "SWEEP_DUTY", "HubLoops"]
+__all__ = ["SEQ_OVERLAP", "SLOT_REPAIR_BATCH", "STARTUP_DUTY", "SWEEP_DUTY", "HubLoops"]
 
 log = logging.getLogger("kici.dispatch")
 
 SWEEP_DUTY = "dispatch-sweeps"  # the singleton duty of the deadline sweeps
 STARTUP_DUTY = "dispatch-startup"
 SEQ_OVERLAP = 1000
+SLOT_REPAIR_BATCH = 100
+"""Ended runs whose concurrency slots one sweep releases at most; the next sweep takes the rest."""
 """Queue positions re-read below the highest seen after an anonymous ``kici_jobs`` notification, for rows whose
 transactions committed out of order. Named notices (the run or job ids a transaction queued) need no
 overlap: the rows they name are read by id."""
@@ -164,11 +167,18 @@ class HubLoops(HubReports):
                 await self.cancel_jobs(())
 
     async def sweep_once(self) -> None:
-        """Deadlines of rows no live process handles (ack, recovery, queue expiry), under the sweep lock."""
+        """Deadlines of rows no live process handles (ack, recovery, queue expiry), and the concurrency slots of
+        runs that ended without releasing them, under the sweep lock."""
         async with self.queue.singleton(SWEEP_DUTY, self.instance_id) as mine:
             if not mine:
                 return
             overdue = await self.queue.overdue(grace_s=policy.SWEEP_GRACE_S)
+            leaked = await self.concurrency.ended_runs_with_slots(SLOT_REPAIR_BATCH)
+        for run_id in leaked:
+            # The run's end was committed but its slots were not released (the process stopped in between, or
+            # the release met an outage): release them now, so waiting runs of its groups get their proceed.
+            log.info("releasing the concurrency slots of an ended run", extra={"runId": run_id})
+            await self.run_ended(run_id)
         for job_id, attempts in overdue.ack:
             if self.core.assignment(job_id) is not None:
                 continue

@@ -422,3 +422,27 @@ async def test_a_concurrency_group_queues_the_second_run_and_promotes_it(dispatc
     await dispatch_h.add_run(plain)
     free = await dispatch_h.groups.report(job_id=plain.jobs[0].job_id, run_id=plain.run_id, agent_id="a3", group="prod")
     assert free.action == "proceed"
+
+
+async def test_ended_runs_still_holding_or_waiting_on_slots_are_found_and_released(dispatch_h: Harness) -> None:
+    group: JSONObject = {"workflowConcurrency": {"hasGroup": True, "cancelInProgress": False}}
+    one, two, three = (run_of(job("deploy", config=group)) for _ in range(3))
+    for run in (one, two, three):
+        await dispatch_h.add_run(run)
+    for run, agent in ((one, "a1"), (two, "a2"), (three, "a3")):
+        await dispatch_h.groups.report(job_id=run.jobs[0].job_id, run_id=run.run_id, agent_id=agent, group="prod")
+    assert await dispatch_h.groups.ended_runs_with_slots(10) == []  # all three still running
+
+    # one (holding) and three (waiting) end, and the process dies before releasing their slots
+    for run, status in ((one, "success"), (three, "failed")):
+        await claim(dispatch_h, run.jobs[0].job_id, "a1", dispatch_h.now() + 30)
+        result = await dispatch_h.runs.finish_job(run.jobs[0].job_id, status)
+        assert result.run_status == status
+    assert sorted(await dispatch_h.groups.ended_runs_with_slots(10)) == sorted([one.run_id, three.run_id])
+    assert len(await dispatch_h.groups.ended_runs_with_slots(1)) == 1
+
+    assert await dispatch_h.groups.release_run(three.run_id) == []  # a waiter leaving lets nobody in
+    promoted = await dispatch_h.groups.release_run(one.run_id)
+    assert [(p.job_id, p.run_id, p.agent_id) for p in promoted] == [(two.jobs[0].job_id, two.run_id, "a2")]
+    assert await dispatch_h.groups.ended_runs_with_slots(10) == []
+    assert await dispatch_h.groups.release_run(one.run_id) == []  # a second repairer finds nothing to do

@@ -4,6 +4,8 @@ protocol as upstream's agent does (they compute the group and send ``job.concurr
 ``cancelInProgress: false``: the first run to report takes the group, the second is told to ``wait`` (and
 ``kici-admin runs show`` names the group), then proceeds through the other process when the first run ends.
 ``cancelInProgress: true``: the second run supersedes the first, whose job is cancelled on its agent.
+A slot left held by a run that ended (a process that stopped between the two commits) is released by the
+dispatch sweep, and the run waiting behind it proceeds.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
+from kici_adapters.postgres import singletons
 from tests.e2e.test_agents_e2e import Harness, _git, harness
 from tests.support import pg as _pg
 from tests.support.agents import RawAgent
@@ -162,3 +166,52 @@ async def test_cancel_in_progress_supersedes_the_run_holding_the_group(db_url: s
         await run_status(two, new["runId"], "success")
         await old_agent.close()
         await new_agent.close()
+
+
+async def test_the_sweep_releases_a_slot_an_ended_run_still_holds_and_the_waiting_run_proceeds(
+    db_url: str, tmp_path: Path
+) -> None:
+    repo, sha = make_repo(tmp_path, {"hasGroup": True, "cancelInProgress": False, "max": 1})
+    async with (
+        harness(db_url, tmp_path / "a", KICI_DISPATCH_SWEEP_INTERVAL_MS="200", **ENV) as (one, _),
+        await psycopg.AsyncConnection.connect(db_url, autocommit=True) as sweeps,
+    ):
+        # Hold the sweep duty's lock while the crash's leftovers are set up, so that no sweep runs before run B
+        # waits behind them; the orchestrator's sweep skips its pass while another holder has the duty.
+        await sweeps.execute("SELECT pg_advisory_lock(%s)", (singletons.lock_key("dispatch-sweeps"),))
+        await one.add_local_source(repo)
+        agent = await RawAgent.join(one.port, "agent-a", ["conc"])
+        await one.push(repo, sha)
+        first = await started(agent)
+        assert (await report(agent, first, "prod"))["action"] == "proceed"
+        await agent.status(first, "success")
+        await run_status(one, first["runId"], "success")
+
+        async def slots() -> list[dict[str, Any]]:
+            return await one.query("SELECT run_id::text AS run, status FROM concurrency_slots ORDER BY id")
+
+        async def released() -> bool:
+            return [s["status"] for s in await slots()] == ["released"]
+
+        await one.wait_for(released, what="run A's group slot released", seen=slots)
+        # What a process that stopped after committing the run's end, before releasing its slot, leaves behind:
+        await one.query(
+            "UPDATE concurrency_slots SET status = 'holding' WHERE run_id::text = %(r)s RETURNING id", r=first["runId"]
+        )
+
+        await one.push(repo, sha)
+        second = await started(agent)
+        waiting = await report(agent, second, "prod")
+        assert (waiting["action"], waiting["reason"]) == ("wait", "Queued in concurrency group 'prod'")
+
+        await sweeps.execute("SELECT pg_advisory_unlock(%s)", (singletons.lock_key("dispatch-sweeps"),))
+        woken = await agent.expect("job.concurrency.ack")  # the next sweep frees A's slot and lets B in
+        assert (woken["action"], woken["runId"], woken["jobId"]) == ("proceed", second["runId"], second["jobId"])
+        await agent.status(second, "success")
+        await run_status(one, second["runId"], "success")
+
+        async def both_released() -> bool:
+            return [s["status"] for s in await slots()] == ["released", "released"]
+
+        await one.wait_for(both_released, what="both runs' group slots released", seen=slots)
+        await agent.close()

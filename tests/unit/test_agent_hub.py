@@ -6,6 +6,7 @@ messages go through the wire validation the ``/ws`` endpoint applies before hand
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Sequence
@@ -257,6 +258,34 @@ async def test_the_sweep_requeues_or_fails_rows_no_live_process_handles() -> Non
     )
     assert (rig.tables.jobs[c.job_id].status, rig.tables.jobs[c.job_id].error) == ("failed", REASON_RECOVERY_EXPIRED)
     assert rig.queue.duties == [("dispatch-sweeps", "i1")]
+
+
+async def test_the_sweep_releases_the_slot_of_a_run_that_ended_without_releasing_it() -> None:
+    rig = Rig()
+    group = {"workflowConcurrency": {"hasGroup": True, "cancelInProgress": False, "max": 1}}
+    jobs = [dataclasses.replace(job("deploy"), job_config={"name": "deploy", **group}) for _ in range(2)]
+    first, second = run_of(jobs[0]), run_of(jobs[1])
+    rig.tables.add_run(first)
+    rig.tables.add_run(second)
+    one, _ = await rig.connect("agent-1")
+    two, socket = await rig.connect("agent-2")
+    await rig.hub.refresh()
+    for conn, run in ((one, first), (two, second)):
+        await rig.say(conn, "job.ack", run.jobs[0].job_id, run.run_id)
+        await rig.say(conn, "job.concurrency.report", run.jobs[0].job_id, run.run_id, group="prod")
+    [waiting] = socket.of_type("job.concurrency.ack")
+    assert waiting["action"] == "wait"
+    # the first run's end is committed by a process that stops before releasing its slot
+    result = await rig.runs.finish_job(first.jobs[0].job_id, "success")
+    assert result.run_status == "success"
+    assert [s.status for s in rig.tables.slots] == ["holding", "waiting"]
+
+    await rig.hub.sweep_once()
+    assert [s.status for s in rig.tables.slots] == ["released", "holding"]
+    [_, proceed] = socket.of_type("job.concurrency.ack")
+    assert (proceed["action"], proceed["jobId"], proceed["runId"]) == ("proceed", jobs[1].job_id, second.run_id)
+    await rig.hub.sweep_once()  # nothing left to repair: no second proceed
+    assert len(socket.of_type("job.concurrency.ack")) == 2
 
 
 async def test_cancelling_a_run_stops_local_jobs_and_tells_other_processes_about_theirs() -> None:

@@ -223,7 +223,8 @@ VARIABLES: tuple[var.Var, ...] = (
         "10000",
         "core",
         "How often the dispatch sweep looks for deadlines no live process tracks (dispatches never acknowledged, "
-        "recovery windows and queue expiries of jobs whose process died); one process sweeps at a time.",
+        "recovery windows and queue expiries of jobs whose process died) and for ended runs whose concurrency-group "
+        "slots were never released; one process sweeps at a time.",
         minimum=100,
     ),
     var.row(

@@ -1,8 +1,10 @@
-"""``InboxNotifier``: a burst of acceptances costs a handful of ``NOTIFY kici_inbox``, the first one at once.
+"""``InboxNotifier``: a burst of acceptances costs a handful of ``NOTIFY kici_inbox``, the first one at once, and
+acceptances that come one at a time are each announced at once.
 
-Both properties are checked without relying on timing: the first notification of a burst must arrive although the
-interval is an hour, and wakes made while the notifier waits out its interval (all before the event loop runs it
-again) must cost exactly one further notification.
+The properties are checked without relying on timing: the first notification of a burst must arrive although the
+interval is an hour; wakes made together (all before the event loop runs the notifier again) must cost exactly one
+further notification; a wake made after the previous notification was sent must be sent although the interval
+is an hour; and wakes made while a notification is being sent must make the notifier wait out its interval.
 """
 
 from __future__ import annotations
@@ -62,12 +64,12 @@ async def test_the_first_wake_of_a_burst_is_not_delayed_by_the_interval(db_url: 
         await until(1)
 
 
-async def test_wakes_during_the_interval_are_coalesced_into_one_notification(db_url: str) -> None:
+async def test_wakes_made_together_are_coalesced_into_one_notification(db_url: str) -> None:
     notifier = InboxNotifier(db_url, interval=0.05)
     async with listening(db_url, notifier) as until:
         notifier.wake()
         await until(1)
-        for _ in range(40):  # 40 acceptances while the notifier waits out its interval
+        for _ in range(40):  # 40 acceptances before the notifier runs again
             notifier.wake()
         await until(2)
         # No wake came after the second notification was sent, so there is no third one to wait for; the
@@ -76,6 +78,36 @@ async def test_wakes_during_the_interval_are_coalesced_into_one_notification(db_
             _at(notifier, 2), what="the notifier to count 2 notifications sent", seen=lambda: notifier.sent
         )
     assert notifier.sent == 2
+
+
+async def test_a_wake_after_the_previous_notification_is_not_held_back_by_the_interval(db_url: str) -> None:
+    # Acceptances one at a time (webhooks a few milliseconds apart at a low rate): each is announced at once,
+    # not after the interval that paces a burst.
+    notifier = InboxNotifier(db_url, interval=3600.0)
+    async with listening(db_url, notifier) as until:
+        notifier.wake()
+        await until(1)
+        await waits.until(
+            _at(notifier, 1), what="the notifier to count its first notification sent", seen=lambda: notifier.sent
+        )
+        notifier.wake()
+        await until(2)
+
+
+async def test_wakes_while_a_notification_is_sent_pace_the_next_one(db_url: str) -> None:
+    # A burst: acceptances keep coming while the notification is on its way, so the notifier waits out its
+    # interval (an hour here) before the next one, however many more wakes come.
+    notifier = InboxNotifier(db_url, interval=3600.0)
+    async with listening(db_url, notifier) as until:
+        with waits.within(20, "the first notification sent", lambda: {"sent": notifier.sent}):
+            while notifier.sent == 0:  # every step of the event loop while it is sent, an acceptance
+                notifier.wake()
+                await anyio.sleep(0)
+        await until(1)
+        for _ in range(200):
+            notifier.wake()
+            await anyio.sleep(0)
+    assert notifier.sent == 1
 
 
 def _at(notifier: InboxNotifier, count: int) -> Callable[[], Awaitable[bool]]:

@@ -217,16 +217,23 @@ class PgDeliveryInbox:
         if limit <= 0:
             return []
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                q("claim"),
-                {
-                    "worker_id": worker_id,
-                    "limit": limit,
-                    "lease_seconds": float(lease_seconds),
-                    "max_crashes": MAX_CRASHES,
-                },
-            )
-            rows = await cur.fetchall()
+            # One statement, atomic on its own: without a transaction around it the claim costs one round trip
+            # instead of three (BEGIN, the claim, COMMIT), on the path of every delivery.
+            await conn.set_autocommit(True)
+            try:
+                cur = await conn.execute(
+                    q("claim"),
+                    {
+                        "worker_id": worker_id,
+                        "limit": limit,
+                        "lease_seconds": float(lease_seconds),
+                        "max_crashes": MAX_CRASHES,
+                    },
+                )
+                rows = await cur.fetchall()
+            finally:
+                with suppress(psycopg.Error):  # a broken connection cannot be switched back (the pool drops it)
+                    await conn.set_autocommit(False)
         if len(self._prefetched) + len(self._offloaded) + len(rows) > _PREFETCH_MAX:
             # items claimed and never finished (cancelled): read again if needed
             self._prefetched.clear()

@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import anyio
+import psycopg
 import pytest
 
 from kici_adapters.postgres.inbox import PgDeliveryInbox
@@ -188,3 +189,23 @@ async def test_the_claim_brings_the_body_and_an_offloaded_body_is_read_from_stor
         await inbox.payload(second)  # deleted above, never offloaded
     await blobs.put(second.payload_key, gzip.compress(b'{"n": 2}'))
     assert await inbox.payload(second) == b'{"n": 2}'
+
+
+async def test_a_claim_commits_on_its_own_and_leaves_the_pooled_connection_transactional(db_url: str) -> None:
+    # The claim runs as one autocommit statement on a pooled connection: its lease is committed when it returns,
+    # and the connection goes back to the pool in its usual mode, so later work on it is still all-or-nothing.
+    async with Database(db_url, min_size=1, max_size=1) as single:
+        inbox = PgDeliveryInbox(single, fakes.FakeBlobStore())
+        await inbox.accept(delivery(1, delivery_id="leased"))
+        (item,) = await inbox.claim(worker_id="w", limit=5, lease_seconds=60)
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as other:
+            cur = await other.execute("SELECT locked_by FROM delivery_inbox")
+            assert await cur.fetchall() == [("w",)]
+        with pytest.raises(RuntimeError):
+            async with single.connection() as conn:  # the pool's only connection: the one the claim used
+                await conn.execute("UPDATE delivery_inbox SET last_error = 'not kept'")
+                raise RuntimeError("rolled back")
+        async with single.connection() as conn:
+            cur = await conn.execute("SELECT last_error FROM delivery_inbox")
+            assert await cur.fetchall() == [{"last_error": None}]
+    assert item.delivery_id == "leased"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 import psycopg
 import pytest
 
@@ -102,11 +103,11 @@ async def test_wakes_while_a_notification_is_sent_pace_the_next_one(db_url: str)
         with waits.within(20, "the first notification sent", lambda: {"sent": notifier.sent}):
             while notifier.sent == 0:  # every step of the event loop while it is sent, an acceptance
                 notifier.wake()
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
         await until(1)
         for _ in range(200):
             notifier.wake()
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
     assert notifier.sent == 1
 
 

@@ -33,11 +33,11 @@ log = logging.getLogger("kici.dispatch")
 SWEEP_DUTY = "dispatch-sweeps"  # the singleton duty of the deadline sweeps
 STARTUP_DUTY = "dispatch-startup"
 SEQ_OVERLAP = 1000
-SLOT_REPAIR_BATCH = 100
-"""Ended runs whose concurrency slots one sweep releases at most; the next sweep takes the rest."""
 """Queue positions re-read below the highest seen after an anonymous ``kici_jobs`` notification, for rows whose
 transactions committed out of order. Named notices (the run or job ids a transaction queued) need no
 overlap: the rows they name are read by id."""
+SLOT_REPAIR_BATCH = 100
+"""Ended runs whose concurrency slots one sweep releases at most; the next sweep takes the rest."""
 
 
 class HubLoops(HubReports):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
-from contextlib import aclosing, asynccontextmanager, contextmanager
+from contextlib import aclosing, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 
 import anyio
@@ -176,6 +176,9 @@ class InboxNotifier:
                 except (errors.Unavailable, psycopg.Error) as exc:
                     # children still find the deliveries at their next poll
                     log.warning("could not notify processing workers", extra={"error": str(exc)})
+                    if conn is not None:  # closed now, not left to garbage collection
+                        with anyio.CancelScope(shield=True), suppress(psycopg.Error):
+                            await conn.close()
                     conn = None
                     await anyio.sleep(1.0)
                     continue

@@ -10,8 +10,9 @@ import pytest
 from kici_core import errors
 from kici_core.dispatch_records import CancelRun, DispatchNotice, JobsQueued, Proceed
 from kici_core.jsontypes import JSONObject
-from kici_core.run_records import NeedEdge, NewJob, NewRun
+from kici_core.run_records import NewJob, NewRun
 from tests.contract.conftest import FakeDispatchHarness, PgDispatchHarness
+from tests.support.new_runs import new_job, new_run
 
 pytestmark = pytest.mark.anyio
 
@@ -20,31 +21,14 @@ LINUX = ({"kind": "exact", "value": "linux"},)
 
 
 def job(name: str, *, needs: tuple[str, ...] = (), config: JSONObject | None = None) -> NewJob:
-    return NewJob(
-        job_id=str(uuid.uuid4()),
-        name=name,
-        base_name=name,
-        matrix_values=None,
-        needs=tuple(NeedEdge(upstream_name=n, run_on=("success",)) for n in needs),
-        runs_on=LINUX,
-        exclude_labels=(),
-        job_config={"name": name, **(config or {})},
-        runnable=not needs,
-    )
+    return new_job(name, needs=needs, runs_on=LINUX, job_config={"name": name, **(config or {})})
 
 
 def run_of(*jobs: NewJob, workflow: str = "ci") -> NewRun:
-    return NewRun(
-        run_id=str(uuid.uuid4()),
-        workflow_name=workflow,
-        provider="github",
-        routing_key="github:1",
-        repo_identifier="acme/app",
-        repo_url="https://example.test/acme/app.git",
-        ref="refs/heads/main",
-        sha="a" * 40,
+    return new_run(
+        *jobs,
+        workflow=workflow,
         trigger_decision={"matched": True},
-        jobs=jobs,
         event={"event": "push", "payload": {"ref": "refs/heads/main"}},
     )
 

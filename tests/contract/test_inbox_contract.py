@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,8 +10,10 @@ import pytest
 from kici_core import errors
 from kici_core.delivery_records import Delivery, DeliveryOutcome, EventLogEntry, EventLogQuery, InboxItem
 from kici_core.keys import event_log_payload_key
-from kici_core.run_records import NeedEdge, NewJob, NewRun
+from kici_core.run_records import NewRun
 from tests.contract.conftest import SMALL_LIMIT, FakeInboxHarness, PgInboxHarness
+from tests.support.new_runs import new_job
+from tests.support.new_runs import new_run as shared_new_run
 
 pytestmark = pytest.mark.anyio
 
@@ -46,40 +47,9 @@ def delivery(
 
 
 def new_run(workflow: str, *, run_id: str | None = None) -> NewRun:
-    build = NewJob(
-        job_id=str(uuid.uuid4()),
-        name="build",
-        base_name="build",
-        matrix_values=None,
-        needs=(),
-        runs_on=({"kind": "exact", "value": "linux"},),
-        exclude_labels=(),
-        job_config={"name": "build"},
-        runnable=True,
-    )
-    test = NewJob(
-        job_id=str(uuid.uuid4()),
-        name="test",
-        base_name="test",
-        matrix_values={"py": "3.12"},
-        needs=(NeedEdge(upstream_name="build", run_on=("success",)),),
-        runs_on=(),
-        exclude_labels=(),
-        job_config={"name": "test"},
-        runnable=False,
-    )
-    return NewRun(
-        run_id=run_id or str(uuid.uuid4()),
-        workflow_name=workflow,
-        provider="github",
-        routing_key="github:1",
-        repo_identifier="acme/app",
-        repo_url="https://example.test/acme/app.git",
-        ref="refs/heads/main",
-        sha="a" * 40,
-        trigger_decision={"matched": True},
-        jobs=(build, test),
-    )
+    build = new_job("build", runs_on=({"kind": "exact", "value": "linux"},))
+    test = new_job("test", needs=("build",), matrix_values={"py": "3.12"})
+    return shared_new_run(build, test, workflow=workflow, run_id=run_id, trigger_decision={"matched": True})
 
 
 PROCESSED = DeliveryOutcome(

@@ -18,6 +18,7 @@ from kici_core import errors, platform_events
 from kici_core.delivery_records import Delivery, DeliveryOutcome
 from kici_core.run_records import NeedEdge, NewJob, NewRun
 from kici_core.testing import fakes
+from tests.support.new_runs import new_job, new_run
 
 pytestmark = pytest.mark.anyio
 
@@ -146,29 +147,7 @@ async def test_complete_writes_the_run_graph_and_notifies(database: Database) ->
 
 
 def _run(workflow: str) -> NewRun:
-    job = NewJob(
-        job_id=str(uuid.uuid4()),
-        name="build",
-        base_name="build",
-        matrix_values=None,
-        needs=(),
-        runs_on=(),
-        exclude_labels=(),
-        job_config={"name": "build"},
-        runnable=True,
-    )
-    return NewRun(
-        run_id=str(uuid.uuid4()),
-        workflow_name=workflow,
-        provider="github",
-        routing_key="github:1",
-        repo_identifier="acme/app",
-        repo_url="https://example.test/acme/app.git",
-        ref="refs/heads/main",
-        sha="c" * 40,
-        trigger_decision=None,
-        jobs=(job,),
-    )
+    return new_run(new_job(), workflow=workflow, sha="c" * 40, trigger_decision=None)
 
 
 async def _accept_and_claim(inbox: PgDeliveryInbox, delivery: str) -> Any:
@@ -272,31 +251,12 @@ async def test_warm_opens_the_lane_connections_ahead_of_time(database: Database)
 
 
 def _run_with_jobs(workflow: str, names: list[str], event: dict[str, Any]) -> NewRun:
-    jobs = tuple(
-        NewJob(
-            job_id=str(uuid.uuid4()),
-            name=n,
-            base_name=n,
-            matrix_values=None,
-            needs=(),
-            runs_on=(),
-            exclude_labels=(),
-            job_config={"name": n, "steps": []},
-            runnable=True,
-        )
-        for n in names
-    )
-    return NewRun(
-        run_id=str(uuid.uuid4()),
-        workflow_name=workflow,
-        provider="github",
-        routing_key="github:1",
-        repo_identifier="acme/app",
-        repo_url="https://example.test/acme/app.git",
+    return new_run(
+        *(new_job(n, job_config={"name": n, "steps": []}) for n in names),
+        workflow=workflow,
         ref="feature/x",
         sha="d" * 40,
         trigger_decision={},
-        jobs=jobs,
         event=event,
     )
 

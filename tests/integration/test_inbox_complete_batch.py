@@ -4,7 +4,6 @@ its own caller, and a delivery completed in a batch is finished like one complet
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -14,8 +13,9 @@ from kici_adapters.postgres.inbox import PgDeliveryInbox
 from kici_adapters.postgres.pool import Database
 from kici_core import errors
 from kici_core.delivery_records import Delivery, DeliveryOutcome, InboxItem
-from kici_core.run_records import NewJob, NewRun
+from kici_core.run_records import NewRun
 from kici_core.testing import fakes
+from tests.support.new_runs import new_job, new_run
 from tests.support.pg import scalar
 
 pytestmark = pytest.mark.anyio
@@ -23,29 +23,8 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _run(workflow: str, *, config: dict[str, str] | None = None) -> NewRun:
-    job = NewJob(
-        job_id=str(uuid.uuid4()),
-        name="build",
-        base_name="build",
-        matrix_values=None,
-        needs=(),
-        runs_on=({"kind": "exact", "value": "linux"},),
-        exclude_labels=(),
-        job_config={"name": "build", **(config or {})},
-        runnable=True,
-    )
-    return NewRun(
-        run_id=str(uuid.uuid4()),
-        workflow_name=workflow,
-        provider="github",
-        routing_key="github:1",
-        repo_identifier="acme/app",
-        repo_url="https://example.test/acme/app.git",
-        ref="refs/heads/main",
-        sha="c" * 40,
-        trigger_decision={"workflowName": workflow, "matched": True},
-        jobs=(job,),
-    )
+    build = new_job(runs_on=({"kind": "exact", "value": "linux"},), job_config={"name": "build", **(config or {})})
+    return new_run(build, workflow=workflow, sha="c" * 40, trigger_decision={"workflowName": workflow, "matched": True})
 
 
 async def _accepted(inbox: PgDeliveryInbox, count: int) -> list[InboxItem]:

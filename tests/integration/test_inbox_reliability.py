@@ -4,7 +4,6 @@ completion."""
 from __future__ import annotations
 
 import gzip
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -15,8 +14,9 @@ from kici_adapters.postgres.inbox import PgDeliveryInbox
 from kici_adapters.postgres.pool import Database
 from kici_core import errors
 from kici_core.delivery_records import Delivery, DeliveryOutcome, InboxItem
-from kici_core.run_records import NewJob, NewRun
+from kici_core.run_records import NewRun
 from kici_core.testing import fakes
+from tests.support.new_runs import new_job, new_run
 from tests.support.pg import scalar
 
 pytestmark = pytest.mark.anyio
@@ -38,29 +38,7 @@ def delivery(n: int, *, delivery_id: str | None = None, routing_key: str = "gith
 
 
 def run(workflow: str) -> NewRun:
-    job = NewJob(
-        job_id=str(uuid.uuid4()),
-        name="build",
-        base_name="build",
-        matrix_values=None,
-        needs=(),
-        runs_on=(),
-        exclude_labels=(),
-        job_config={},
-        runnable=True,
-    )
-    return NewRun(
-        run_id=str(uuid.uuid4()),
-        workflow_name=workflow,
-        provider="github",
-        routing_key="github:1",
-        repo_identifier="acme/app",
-        repo_url=None,
-        ref="refs/heads/main",
-        sha="a" * 40,
-        trigger_decision={},
-        jobs=(job,),
-    )
+    return new_run(new_job(job_config={}), workflow=workflow, repo_url=None, trigger_decision={})
 
 
 @pytest.mark.parametrize("group_commit", [True, False])

@@ -20,9 +20,10 @@ from kici_adapters.agents.endpoint import AgentConnection
 from kici_core import dispatch_policy, routing
 from kici_core.dispatch_effects import REASON_RECOVERY_EXPIRED, DispatcherConfig
 from kici_core.dispatch_records import CancelRun, JobsQueued
-from kici_core.run_records import NeedEdge, NewJob, NewRun
+from kici_core.run_records import NewJob, NewRun
 from kici_core.testing import fakes
 from kici_runtime.orchestrator.dispatcher import AgentHub
+from tests.support.new_runs import new_job, new_run
 
 pytestmark = pytest.mark.anyio
 
@@ -47,31 +48,17 @@ class RecordingSocket:
 
 
 def job(name: str, *, needs: Sequence[str] = ()) -> NewJob:
-    return NewJob(
-        job_id=str(uuid.uuid4()),
-        name=name,
-        base_name=name,
-        matrix_values=None,
-        needs=tuple(NeedEdge(upstream_name=n, run_on=("success",)) for n in needs),
-        runs_on=LINUX,
-        exclude_labels=(),
-        job_config={"name": name, "steps": [{"run": f"make {name}"}]},
-        runnable=not needs,
-    )
+    return new_job(name, needs=needs, runs_on=LINUX, job_config={"name": name, "steps": [{"run": f"make {name}"}]})
 
 
 def run_of(*jobs: NewJob) -> NewRun:
-    return NewRun(
-        run_id=str(uuid.uuid4()),
-        workflow_name="ci",
+    return new_run(
+        *jobs,
         provider="local",
         routing_key="generic:acme:src",
-        repo_identifier="acme/app",
         repo_url="file:///srv/git/acme/app.git",
-        ref="refs/heads/main",
         sha="c" * 40,
         trigger_decision={"matched": True},
-        jobs=jobs,
     )
 
 
